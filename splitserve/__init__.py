@@ -1,0 +1,3 @@
+"""splitserve: a disaggregated (prefill/decode) LLM inference cluster."""
+
+__version__ = "0.1.0"

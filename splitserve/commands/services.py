@@ -1,0 +1,84 @@
+"""`splitserve node` and `splitserve router`: the long-running services.
+
+These flags are the services' contract with the Helm chart and `splitserve up`; every flag
+also reads an environment variable (SPLITSERVE_<FLAG>) so containers can be configured
+either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from splitserve import labels
+
+
+def _env(name: str, default):
+    value = os.environ.get("SPLITSERVE_" + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    return type(default)(value) if default is not None else value
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, default, help: str, **kw) -> None:
+    name = flag.lstrip("-")
+    parser.add_argument(flag, default=_env(name, default), help=f"{help} (env SPLITSERVE_{name.upper().replace('-', '_')})", **kw)
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--role", labels.ROLE_MIXED, "node role", choices=labels.NODE_ROLES)
+    _add(parser, "--model", None, "HF-format model folder")
+    _add(parser, "--host", "127.0.0.1", "address the gRPC server binds")
+    _add(parser, "--port", labels.DEFAULT_NODE_GRPC_PORT, "gRPC port", type=int)
+    _add(parser, "--advertise-host", None, "address peers use to reach this node (default: --host)")
+    _add(parser, "--metrics-port", 0, "Prometheus /metrics port (0: off)", type=int)
+    _add(parser, "--transport", "torch", "KV transport backend", choices=("torch", "grpc"))
+    _add(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
+    _add(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
+    _add(parser, "--dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16"))
+    _add(parser, "--threads", 1, "torch intra-op threads", type=int)
+    _add(parser, "--num-blocks", 0, "KV blocks in the pool (0: size from --kv-cache-bytes)", type=int)
+    _add(parser, "--kv-cache-bytes", 1 << 30, "KV pool size in bytes when --num-blocks is 0", type=int)
+    _add(parser, "--block-size", 16, "tokens per KV block", type=int)
+    _add(parser, "--max-num-seqs", 64, "most requests in one batch", type=int)
+    _add(parser, "--max-batched-tokens", 2048, "token budget of one engine step", type=int)
+    _add(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
+    _add(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS")
+    _add(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--model", None, "HF-format model folder (tokenizer and chat template)")
+    _add(parser, "--host", "127.0.0.1", "address the router binds")
+    _add(parser, "--port", labels.DEFAULT_ROUTER_GRPC_PORT, "gRPC port", type=int)
+    _add(parser, "--http-port", labels.DEFAULT_ROUTER_HTTP_PORT, "OpenAI-compatible HTTP port (0: off)", type=int)
+    _add(parser, "--nodes", "", "static nodes: comma-separated ROLE=HOST:PORT (role: prefill, decode, mixed)")
+    _add(parser, "--nodes-file", None, "static nodes from a YAML file")
+    _add(parser, "--discovery", "static", "node discovery", choices=("static", "kubernetes"))
+    _add(parser, "--k8s-namespace", "default", "namespace watched by Kubernetes discovery")
+    _add(parser, "--k8s-selector", f"{labels.NAME_LABEL}={labels.APP_NAME}", "pod label selector")
+    _add(parser, "--policy", "least_loaded", "routing policy")
+    _add(parser, "--api-keys-file", None, "file with one API key per line (unset: no auth)")
+    _add(parser, "--tls-dir", None, "folder with ca.pem, router.pem, router-key.pem (TLS + mTLS to nodes)")
+    _add(parser, "--max-queue", 256, "requests waiting beyond this get 429 / RESOURCE_EXHAUSTED", type=int)
+
+
+def register(subparsers) -> None:
+    node = subparsers.add_parser("node", help="run a prefill, decode or mixed (colocated) node")
+    add_node_arguments(node)
+    node.set_defaults(func=_run_node)
+    router = subparsers.add_parser("router", help="run the router (gRPC + OpenAI HTTP)")
+    add_router_arguments(router)
+    router.set_defaults(func=_run_router)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from splitserve.services import run_node
+
+    return run_node(args)
+
+
+def _run_router(args: argparse.Namespace) -> int:
+    from splitserve.services import run_router
+
+    return run_router(args)

@@ -1,0 +1,21 @@
+"""Names shared by the Helm chart and the router's Kubernetes discovery.
+
+The chart sets these labels on node pods; discovery selects and classifies pods by them.
+"""
+
+ROLE_LABEL = "splitserve.io/role"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_LABEL = "app.kubernetes.io/name"
+APP_NAME = "splitserve"
+
+ROLE_PREFILL = "prefill"
+ROLE_DECODE = "decode"
+ROLE_MIXED = "mixed"  # colocated: takes both phases (Splitwise's mixed pool)
+NODE_ROLES = (ROLE_PREFILL, ROLE_DECODE, ROLE_MIXED)
+
+# Default ports, used by the services' flags and the chart.
+DEFAULT_ROUTER_GRPC_PORT = 50050
+DEFAULT_ROUTER_HTTP_PORT = 8000
+DEFAULT_NODE_GRPC_PORT = 50051
+DEFAULT_KV_PORT = 29500
+DEFAULT_METRICS_PORT = 9100
