@@ -1,0 +1,92 @@
+"""Attention over the paged KV cache for one engine step.
+
+A step's tokens are flat: first one token per decoding request, then the chunk of each
+request in prefill. Decodes are attended in one batched call over their gathered blocks;
+each prefill chunk in its own call (fresh prompts use the chunk's own K/V with a causal mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillChunk:
+    start: int  # offset of the chunk in the step's flat tokens
+    length: int
+    context_slots: torch.Tensor | None  # [ctx] cache slots of all keys; None: chunk is the whole context
+    mask: torch.Tensor | None  # [length, ctx] bool (True = attend); None: plain causal
+
+
+@dataclass
+class AttentionBatch:
+    slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
+    num_decodes: int
+    decode_block_tables: torch.Tensor | None  # [Bd, max_blocks]
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] bool
+    prefills: list[PrefillChunk]
+
+
+class PagedKVCache:
+    """Per-layer K and V pools: [num_blocks, block_size, kv_heads, head_dim]."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device="cpu"):
+        shape = (num_blocks, block_size, kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.block_size = block_size
+
+    def flat(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> [num_blocks * block_size, kv_heads, head_dim] views
+        k, v = self.k[layer], self.v[layer]
+        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        k_flat, v_flat = self.flat(layer)
+        k_flat.index_copy_(0, slots, k)
+        v_flat.index_copy_(0, slots, v)
+
+    def read(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
+        """The K/V at `slots` as one tensor [2, len(slots), kv_heads, head_dim] (for KV transfer)."""
+        k_flat, v_flat = self.flat(layer)
+        return torch.stack((k_flat[slots], v_flat[slots]))
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PagedKVCache, layer: int,
+                    batch: AttentionBatch, scale: float) -> torch.Tensor:
+    """q: [T, heads, D]; k, v: [T, kv_heads, D] for the step's new tokens -> [T, heads, D]."""
+    cache.write(layer, batch.slot_mapping, k, v)
+    out = torch.empty_like(q)
+    if batch.num_decodes:
+        out[: batch.num_decodes] = _decode_attention(q[: batch.num_decodes], cache, layer, batch, scale)
+    for chunk in batch.prefills:
+        rows = slice(chunk.start, chunk.start + chunk.length)
+        out[rows] = _prefill_attention(q[rows], k[rows], v[rows], cache, layer, chunk, scale)
+    return out
+
+
+def _decode_attention(q, cache, layer, batch, scale):
+    tables = batch.decode_block_tables
+    k_all = cache.k[layer][tables].flatten(1, 2)  # [Bd, L, kv_heads, D]
+    v_all = cache.v[layer][tables].flatten(1, 2)
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :], k_all.transpose(1, 2), v_all.transpose(1, 2),
+        attn_mask=batch.decode_mask, scale=scale, enable_gqa=True,
+    )  # [Bd, heads, 1, D]
+    return out[:, :, 0, :]
+
+
+def _prefill_attention(q, k, v, cache, layer, chunk: PrefillChunk, scale):
+    if chunk.context_slots is not None:
+        k_flat, v_flat = cache.flat(layer)
+        k, v = k_flat[chunk.context_slots], v_flat[chunk.context_slots]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+        attn_mask=None if chunk.mask is None else chunk.mask[None, None],
+        is_causal=chunk.mask is None, scale=scale, enable_gqa=True,
+    )  # [1, heads, n, D]
+    return out[0].transpose(0, 1)

@@ -1,0 +1,223 @@
+"""Engine: the single-process inference engine that prefill, decode and mixed nodes all run.
+
+A request's life: `add_request` validates and queues it -> each `step()` is
+`schedule()` -> `execute(plan)` -> `update(results)` -> it finishes on EOS, a stop token or
+string, or max_tokens, and its blocks return to the pool. Two entries serve the split:
+prefill-only requests stop after sampling their first token and may keep their blocks
+until `release()` (the KV is sent meanwhile); decode-only requests enter through
+`reserve()` + KV written from outside + `admit_prefilled()`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from splitserve.engine.attention import PagedKVCache
+from splitserve.engine.block_pool import BlockPool
+from splitserve.engine.config import EngineConfig, ModelConfig
+from splitserve.engine.loader import load_model
+from splitserve.engine.model import LayerHook
+from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
+from splitserve.engine.request import FinishReason, Request, Status
+from splitserve.engine.runner import ModelRunner
+from splitserve.engine.sampling import SamplingParams
+from splitserve.engine.scheduler import Scheduler
+from splitserve.engine.tokenizer import Tokenizer
+
+
+class Engine:
+    def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        self.model_config = ModelConfig.from_dir(model_dir)
+        self.tokenizer = Tokenizer.from_dir(model_dir)
+        self.model = load_model(model_dir, config.torch_dtype, config.device)
+        self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
+        num_blocks = config.num_blocks or self._blocks_for(config.kv_cache_bytes)
+        self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
+        mc = self.model_config
+        self.cache = PagedKVCache(mc.num_layers, num_blocks, config.block_size, mc.num_kv_heads, mc.head_dim,
+                                  config.torch_dtype, config.device)
+        self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, self.cache, config.device, config.seed)
+        self.requests: dict[str, Request] = {}
+        self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
+        self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
+        self.outputs = OutputTracker(self.tokenizer)
+        self._ids = itertools.count()
+
+    def _blocks_for(self, num_bytes: int) -> int:
+        per_block = self.model_config.kv_bytes_per_token(self.config.torch_dtype) * self.config.block_size
+        return max(1, num_bytes // per_block)
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, prefill_only: bool = False, keep_blocks: bool = False,
+                    num_prior_output_tokens: int = 0) -> str:
+        params = params or SamplingParams()
+        request_id = request_id or f"req-{next(self._ids)}"
+        self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
+        req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,
+                      num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks)
+        self._track(req)
+        self.scheduler.add(req)
+        return request_id
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str = "",
+                 num_prior_output_tokens: int = 0) -> None:
+        """Raises ValueError naming the violated limit; changes nothing."""
+        if request_id in self.requests or request_id in self.held or request_id in self.reserved:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise ValueError("prompt is empty: at least 1 token is required")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
+        remaining = params.max_tokens - num_prior_output_tokens
+        if remaining < 1:
+            raise ValueError(f"max_tokens ({params.max_tokens}) leaves no token to generate after "
+                             f"{num_prior_output_tokens} already generated")
+        total = len(prompt_token_ids) + remaining
+        if total > self.max_model_len:
+            raise ValueError(f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({remaining}) = {total} "
+                             f"exceeds the context length {self.max_model_len}")
+        if -(-total // self.config.block_size) > self.pool.num_blocks:
+            raise ValueError(f"prompt + max_tokens = {total} tokens exceeds the KV pool "
+                             f"({self.pool.num_blocks * self.config.block_size} tokens)")
+
+    def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
+        """Decode-only: blocks for a prompt whose KV will be written from outside; None if short."""
+        if request_id in self.reserved or request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        block_ids = self.pool.allocate(-(-num_tokens // self.config.block_size))
+        if block_ids is not None:
+            self.reserved[request_id] = block_ids
+        return block_ids
+
+    def cancel_reservation(self, request_id: str) -> None:
+        block_ids = self.reserved.pop(request_id, None)
+        if block_ids is not None:
+            self.pool.release(block_ids)
+
+    def admit_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
+                        params: SamplingParams, num_prior_output_tokens: int = 0) -> None:
+        """Decode-only: the reserved blocks now hold the prompt's KV; continue after first_token_id."""
+        self.validate(prompt_token_ids, params, "", num_prior_output_tokens)
+        block_ids = self.reserved.pop(request_id)
+        req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
+                      num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic())
+        req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
+        self._track(req)
+        self.scheduler._register_full_blocks(req)
+        self._append_token(req, first_token_id, None)
+        if not req.is_finished:
+            self.scheduler.add_running(req)
+
+    def _track(self, req: Request) -> None:
+        self.requests[req.request_id] = req
+        self.outputs.start(req)
+
+    # --- stepping ----------------------------------------------------------------------------
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self, on_layer_done: LayerHook | None = None) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            return self.outputs.drain()
+        result = self.runner.execute(plan, on_layer_done)
+        self.scheduler.commit(plan)
+        for chunk in result.chunks:
+            sample = result.samples.get(chunk.request.request_id)
+            if sample is not None:
+                self._append_token(chunk.request, sample.token_id, sample)
+        return self.outputs.drain()
+
+    def _append_token(self, req: Request, token_id: int, sample) -> None:
+        req.output_token_ids.append(token_id)
+        if sample is not None and sample.logprob is not None:
+            req.logprobs.append((sample.logprob, sample.top_logprobs))
+        stopped_by_text = self.outputs.add_token(req, token_id)
+        reason = self._finish_reason(req, token_id, stopped_by_text)
+        if reason is not None:
+            self._finish(req, reason)
+
+    def _finish_reason(self, req: Request, token_id: int, stopped_by_text: bool) -> FinishReason | None:
+        p = req.params
+        if req.prefill_only:
+            return FinishReason.PREFILLED
+        if stopped_by_text or token_id in p.stop_token_ids:
+            return FinishReason.STOP
+        if not p.ignore_eos and token_id in req.eos_token_ids:
+            return FinishReason.STOP
+        if req.num_output_tokens >= p.max_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, req: Request, reason: FinishReason) -> None:
+        keep = req.keep_blocks and reason == FinishReason.PREFILLED
+        req.finish_reason = reason
+        self.scheduler.finish(req, keep_blocks=keep)
+        del self.requests[req.request_id]
+        if keep:
+            self.held[req.request_id] = req
+        self.outputs.finish(req)
+
+    def abort(self, request_id: str) -> bool:
+        """Stops a request wherever it is and frees its blocks; False if unknown."""
+        self.cancel_reservation(request_id)
+        self.release(request_id)
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        self._finish(req, FinishReason.ABORT)
+        return True
+
+    def release(self, request_id: str) -> None:
+        """Prefill-only: the KV has been sent (or the send failed); give the blocks back."""
+        req = self.held.pop(request_id, None)
+        if req is not None:
+            self.scheduler.release_blocks(req)
+
+    def held_request(self, request_id: str) -> Request | None:
+        return self.held.get(request_id)
+
+    # --- convenience ---------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int] | str], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        prompt_ids = [self._ids_of(p) for p in prompts]
+        ids = [self.add_request(p, sp) for p, sp in zip(prompt_ids, params_list)]
+        streams: dict[str, list[RequestOutput]] = {i: [] for i in ids}
+        unfinished = set(ids)
+        while unfinished:
+            for out in self.step():
+                streams[out.request_id].append(out)
+                unfinished.discard(out.request_id) if out.finished else None
+        return [collect(streams[i], p) for i, p in zip(ids, prompt_ids)]
+
+    def stream(self, prompt: list[int] | str, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        request_id = self.add_request(self._ids_of(prompt), params)
+        while True:
+            for out in self.step():
+                if out.request_id == request_id:
+                    yield out
+                    if out.finished:
+                        return
+
+    def _ids_of(self, prompt: list[int] | str) -> list[int]:
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+    def check_integrity(self) -> None:
+        self.pool.check_integrity()
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.pool.num_used

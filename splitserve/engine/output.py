@@ -1,0 +1,103 @@
+"""Per-request output bookkeeping: incremental text, stop strings, and what is new since the last step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from splitserve.engine.request import Request
+from splitserve.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    new_logprobs: list = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class _Progress:
+    request: Request
+    detok: IncrementalDetokenizer
+    text: str = ""
+    num_sent_tokens: int = 0
+    num_sent_chars: int = 0
+    holdback: int = 0  # chars kept back while a stop string may still be forming
+    finished: bool = False
+
+
+class OutputTracker:
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.progress: dict[str, _Progress] = {}
+        self.dirty: list[str] = []
+
+    def start(self, req: Request) -> None:
+        holdback = max((len(s) for s in req.params.stop), default=1) - 1
+        self.progress[req.request_id] = _Progress(req, IncrementalDetokenizer(self.tokenizer, req.all_token_ids), holdback=holdback)
+
+    def add_token(self, req: Request, token_id: int) -> bool:
+        """Adds a sampled token's text; True if a stop string appeared (text is cut before it)."""
+        prog = self.progress[req.request_id]
+        before = len(prog.text)
+        prog.text += prog.detok.add([token_id])
+        self._mark(req.request_id)
+        for stop in req.params.stop:
+            at = prog.text.find(stop, max(0, before - len(stop) + 1))
+            if at >= 0:
+                prog.text = prog.text[:at]
+                return True
+        return False
+
+    def finish(self, req: Request) -> None:
+        self.progress[req.request_id].finished = True
+        self._mark(req.request_id)
+
+    def _mark(self, request_id: str) -> None:
+        if request_id not in self.dirty:
+            self.dirty.append(request_id)
+
+    def drain(self) -> list[RequestOutput]:
+        outs = [self._output(self.progress[rid]) for rid in self.dirty]
+        self.dirty = []
+        return outs
+
+    def _output(self, prog: _Progress) -> RequestOutput:
+        req = prog.request
+        tokens = req.output_token_ids[prog.num_sent_tokens:]
+        logprobs = req.logprobs[prog.num_sent_tokens:]
+        visible = len(prog.text) if prog.finished else max(prog.num_sent_chars, len(prog.text) - prog.holdback)
+        new_text = prog.text[prog.num_sent_chars:visible]
+        prog.num_sent_tokens, prog.num_sent_chars = len(req.output_token_ids), visible
+        if prog.finished:
+            del self.progress[req.request_id]
+        reason = req.finish_reason.value if prog.finished else None
+        return RequestOutput(req.request_id, tokens, new_text, prog.finished, reason, logprobs,
+                             req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
+
+
+def collect(outputs: list[RequestOutput], prompt_token_ids: list[int]) -> Completion:
+    """Joins one request's stream of outputs into its completion."""
+    last = outputs[-1]
+    return Completion(
+        last.request_id, list(prompt_token_ids), [t for o in outputs for t in o.new_token_ids],
+        "".join(o.new_text for o in outputs), last.finish_reason, [lp for o in outputs for lp in o.new_logprobs],
+        last.num_cached_tokens,
+    )

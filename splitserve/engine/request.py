@@ -1,0 +1,64 @@
+"""A request owns its tokens, its progress counters and its block table."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from splitserve.engine.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # EOS, a stop token or a stop string
+    LENGTH = "length"
+    ABORT = "abort"
+    PREFILLED = "prefilled"  # prefill-only: prompt done, first token sampled, KV handed over
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: tuple[int, ...] = ()
+    prefill_only: bool = False
+    # Output tokens produced before this engine saw the request (a decode node's first token
+    # from prefill, or tokens already streamed before a failover); they count for max_tokens
+    # and advance the seeded sampler.
+    num_prior_output_tokens: int = 0
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # hashes of the leading full blocks
+    status: Status = Status.WAITING
+    finish_reason: FinishReason | None = None
+    logprobs: list = field(default_factory=list)
+    arrival_time_s: float = 0.0
+    keep_blocks: bool = False  # prefill-only: blocks stay allocated until released by the caller
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_prior_output_tokens + len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == Status.FINISHED

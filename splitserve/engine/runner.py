@@ -1,0 +1,96 @@
+"""ModelRunner: turns a SchedulerOutput into tensors, runs the model, samples.
+
+Its only input is the plan; it owns the model and the paged KV cache, no queues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splitserve.engine.attention import AttentionBatch, PagedKVCache, PrefillChunk
+from splitserve.engine.model import CausalLM, LayerHook
+from splitserve.engine.sampler import Sample, SampleRequest, sample
+from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
+
+
+@dataclass
+class StepResult:
+    chunks: list[ScheduledChunk]  # in the order they ran
+    samples: dict[str, Sample]  # request_id -> sampled token, for chunks that sample
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, cache: PagedKVCache, device="cpu", seed: int = 0):
+        self.model, self.cache, self.device = model, cache, device
+        self.block_size = cache.block_size
+        self.sliding_window = model.cfg.sliding_window
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
+        chunks = sorted(plan.chunks, key=lambda c: c.num_new_tokens > 1)  # decodes first
+        input_ids, positions, slots, sample_rows = [], [], [], []
+        for chunk in chunks:
+            req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
+            input_ids += req.all_token_ids[start:start + n]
+            positions += range(start, start + n)
+            slots += self._slots(req.block_ids, start, start + n)
+            if chunk.samples:
+                sample_rows.append(len(input_ids) - 1)
+        batch = self._attention_batch(chunks, slots)
+        logits = self.model(self._long(input_ids), self._long(positions), self.cache, batch,
+                            self._long(sample_rows), on_layer_done)
+        return StepResult(chunks, self._sample(chunks, logits))
+
+    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
+        sampling = [c.request for c in chunks if c.samples]
+        reqs = [SampleRequest(r.params, r.num_output_tokens, _banned(r)) for r in sampling]
+        samples = sample(logits, reqs, self.generator) if reqs else []
+        return {r.request_id: s for r, s in zip(sampling, samples)}
+
+    def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
+        size = self.block_size
+        return [block_ids[p // size] * size + p % size for p in range(start, end)]
+
+    def _attention_batch(self, chunks: list[ScheduledChunk], slots: list[int]) -> AttentionBatch:
+        decodes = [c for c in chunks if c.num_new_tokens == 1]
+        tables, mask = self._decode_tables(decodes) if decodes else (None, None)
+        prefills, offset = [], len(decodes)
+        for chunk in chunks[len(decodes):]:
+            prefills.append(self._prefill_chunk(chunk, offset))
+            offset += chunk.num_new_tokens
+        return AttentionBatch(self._long(slots), len(decodes), tables, mask, prefills)
+
+    def _decode_tables(self, decodes: list[ScheduledChunk]):
+        width = max(-(-(c.start + 1) // self.block_size) for c in decodes)
+        tables = [c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids))) for c in decodes]
+        key_pos = torch.arange(width * self.block_size, device=self.device)
+        query_pos = self._long([c.start for c in decodes])[:, None]
+        mask = self._visible(query_pos, key_pos)  # [Bd, L]
+        return self._long(tables), mask[:, None, None, :]
+
+    def _prefill_chunk(self, chunk: ScheduledChunk, offset: int) -> PrefillChunk:
+        start, n = chunk.start, chunk.num_new_tokens
+        fresh = start == 0 and (self.sliding_window is None or n <= self.sliding_window)
+        if fresh:
+            return PrefillChunk(offset, n, None, None)
+        context = self._long(self._slots(chunk.request.block_ids, 0, start + n))
+        query_pos = torch.arange(start, start + n, device=self.device)[:, None]
+        mask = self._visible(query_pos, torch.arange(start + n, device=self.device))
+        return PrefillChunk(offset, n, context, mask)
+
+    def _visible(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        visible = key_pos[None, :] <= query_pos
+        if self.sliding_window is not None:
+            visible &= key_pos[None, :] > query_pos - self.sliding_window
+        return visible
+
+    def _long(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def _banned(req) -> tuple[int, ...]:
+    if req.num_output_tokens < req.params.min_tokens and not req.params.ignore_eos:
+        return req.eos_token_ids + req.params.stop_token_ids
+    return ()

@@ -1,0 +1,74 @@
+"""Turns next-token logits into tokens: greedy, temperature, top-k, top-p, per-request seeds.
+
+A seeded request draws its n-th output token from a generator seeded by (seed, n), so its
+tokens do not depend on the batch it ran in, on preemption, or on which node sampled them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splitserve.engine.sampling import SamplingParams
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+@dataclass
+class SampleRequest:
+    params: SamplingParams
+    output_index: int  # how many output tokens the request already has
+    banned_token_ids: tuple[int, ...] = ()  # e.g. EOS before min_tokens
+
+
+@dataclass
+class Sample:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch.Generator | None = None) -> list[Sample]:
+    """logits: [S, vocab] fp32, one row per request."""
+    for row, req in enumerate(requests):
+        if req.banned_token_ids:
+            logits[row, list(req.banned_token_ids)] = float("-inf")
+    greedy_ids = logits.argmax(dim=-1).tolist()
+    want_logprobs = any(r.params.logprobs is not None for r in requests)
+    logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    samples = []
+    for row, req in enumerate(requests):
+        token = greedy_ids[row] if req.params.greedy else _sample_row(logits[row], req, generator)
+        samples.append(_with_logprobs(token, row, req.params.logprobs, logprobs))
+    return samples
+
+
+def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Generator | None) -> int:
+    p = req.params
+    logits = logits / p.temperature
+    if p.top_k:
+        kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p < 1.0:
+        probs = _top_p(probs, p.top_p)
+    if p.seed is not None:
+        generator = torch.Generator().manual_seed((p.seed * _MIX + req.output_index) % (1 << 63))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_probs, order = probs.sort(descending=True)
+    cumulative = sorted_probs.cumsum(0)
+    drop = cumulative - sorted_probs > top_p  # keeps the smallest set whose mass reaches top_p
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+
+
+def _with_logprobs(token: int, row: int, k: int | None, logprobs: torch.Tensor | None) -> Sample:
+    if k is None or logprobs is None:
+        return Sample(token)
+    top = torch.topk(logprobs[row], k) if k else None
+    top_list = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+    return Sample(token, float(logprobs[row, token]), top_list)

@@ -1,0 +1,159 @@
+"""Token-budget scheduler (chunked prefill, continuous batching, preemption by recompute).
+
+Every request has `num_computed_tokens` and `num_tokens`; each step gives each running
+request, then each waiting one, as many of its missing tokens as the budget allows. Prefill
+chunks, prefix-cache hits and decodes all follow from that one rule. When blocks run out, the
+most recently admitted running request is preempted: its blocks are freed and it waits to be
+recomputed from its tokens so far.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from splitserve.engine.block_pool import NO_HASH, BlockPool
+from splitserve.engine.request import Request, Status
+
+
+@dataclass
+class ScheduledChunk:
+    request: Request
+    num_new_tokens: int
+
+    @property
+    def start(self) -> int:
+        return self.request.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the end of the request's tokens, so a token is sampled."""
+        return self.start + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_new_tokens for c in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int):
+        self.pool = pool
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def add_running(self, request: Request) -> None:
+        """A request whose blocks and KV are already in place (decode-only entry)."""
+        request.status = Status.RUNNING
+        self.running.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if self._grow(req, req.num_computed_tokens + n):
+                out.chunks.append(ScheduledChunk(req, n))
+                budget -= n
+                i += 1
+                continue
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim.request_id)
+            if victim is req:
+                break
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            cached = self._take_prefix(req)
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._grow(req, req.num_computed_tokens + n):
+                self._free(req)
+                break
+            self.waiting.popleft()
+            req.status = Status.RUNNING
+            req.num_cached_tokens = max(req.num_cached_tokens, cached)
+            self.running.append(req)
+            out.chunks.append(ScheduledChunk(req, n))
+            budget -= n
+
+    def _take_prefix(self, req: Request) -> int:
+        """Reuse cached blocks of the request's prefix; at least one token is left to compute."""
+        if req.block_ids:
+            return 0
+        hits = self.pool.lookup_prefix(req.all_token_ids[: req.num_tokens - 1])
+        self.pool.acquire(hits)
+        req.block_ids = list(hits)
+        req.block_hashes = [self.pool.blocks[b].hash for b in hits]
+        req.num_computed_tokens = len(hits) * self.pool.block_size
+        return req.num_computed_tokens
+
+    def _grow(self, req: Request, num_tokens: int) -> bool:
+        needed = -(-num_tokens // self.pool.block_size) - len(req.block_ids)
+        if needed <= 0:
+            return True
+        new = self.pool.allocate(needed)
+        if new is None:
+            return False
+        req.block_ids.extend(new)
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self._free(req)
+        req.status = Status.WAITING
+        self.waiting.appendleft(req)
+
+    def _free(self, req: Request) -> None:
+        self.pool.release(req.block_ids)
+        req.block_ids, req.block_hashes = [], []
+        req.num_computed_tokens = 0
+
+    def commit(self, out: SchedulerOutput) -> None:
+        """After the step ran: advance counters and publish newly full blocks for prefix reuse."""
+        for chunk in out.chunks:
+            chunk.request.num_computed_tokens += chunk.num_new_tokens
+            self._register_full_blocks(chunk.request)
+
+    def _register_full_blocks(self, req: Request) -> None:
+        size = self.pool.block_size
+        tokens = req.all_token_ids
+        while (len(req.block_hashes) + 1) * size <= req.num_computed_tokens:
+            j = len(req.block_hashes)
+            parent = req.block_hashes[-1] if req.block_hashes else NO_HASH
+            req.block_hashes.append(self.pool.register_full(req.block_ids[j], parent, tokens[j * size:(j + 1) * size]))
+
+    def finish(self, req: Request, keep_blocks: bool = False) -> None:
+        """Remove a finished or aborted request; its blocks go back unless the caller keeps them."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        req.status = Status.FINISHED
+        if not keep_blocks:
+            self.release_blocks(req)
+
+    def release_blocks(self, req: Request) -> None:
+        self.pool.release(req.block_ids)
+        req.block_ids, req.block_hashes = [], []
