@@ -116,6 +116,7 @@ class Engine:
         self._track(req)
         self.scheduler._register_full_blocks(req)
         self._append_token(req, first_token_id, None)
+        self.outputs.mark_sent(req)
         if not req.is_finished:
             self.scheduler.add_running(req)
 

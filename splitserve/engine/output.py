@@ -67,17 +67,26 @@ class OutputTracker:
         return False
 
     def finish(self, req: Request) -> None:
-        self.progress[req.request_id].finished = True
+        prog = self.progress[req.request_id]
+        if req.finish_reason.value != "stop" or not req.params.stop:
+            prog.text += prog.detok.flush()
+        prog.finished = True
         self._mark(req.request_id)
 
     def _mark(self, request_id: str) -> None:
         if request_id not in self.dirty:
             self.dirty.append(request_id)
 
+    def mark_sent(self, req: Request) -> None:
+        """The tokens so far were delivered elsewhere (a decode node's first token came from prefill)."""
+        prog = self.progress[req.request_id]
+        prog.num_sent_tokens = len(req.output_token_ids)
+        prog.num_sent_chars = len(prog.text)
+
     def drain(self) -> list[RequestOutput]:
         outs = [self._output(self.progress[rid]) for rid in self.dirty]
         self.dirty = []
-        return outs
+        return [o for o in outs if o.new_token_ids or o.new_text or o.finished]
 
     def _output(self, prog: _Progress) -> RequestOutput:
         req = prog.request

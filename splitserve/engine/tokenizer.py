@@ -105,3 +105,10 @@ class IncrementalDetokenizer:
         delta = full[len(prefix):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return delta
+
+    def flush(self) -> str:
+        """Text still held back at the end of the stream (an incomplete character decodes as U+FFFD)."""
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return full[len(prefix):]
