@@ -50,7 +50,7 @@ def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Gener
     if p.top_k:
         kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1).cpu()  # generators live on the CPU, whatever the device
     if p.top_p < 1.0:
         probs = _top_p(probs, p.top_p)
     if p.seed is not None:
