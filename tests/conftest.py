@@ -1,0 +1,40 @@
+"""Fixtures shared by all tests.
+
+Models come from `splitserve.modelgen` (built once into .cache/models or $SPLITSERVE_CACHE,
+then reused), never from a model hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from splitserve.modelgen import ensure_model  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+# --- model folders ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Llama, 2 layers, hidden 64, vocab 1024, llama3 RoPE scaling, untied (~205k params)."""
+    return ensure_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def qwen2_tiny_model():
+    """Qwen2 (q/k/v bias, tied embeddings, NFC tokenizer), 2 layers, hidden 64 (~140k params)."""
+    return ensure_model("qwen2-tiny")
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """Llama, 8 layers, hidden 512, vocab 8192, 16k positions, tied (~29M params): the CPU benchmark model."""
+    return ensure_model("small")
