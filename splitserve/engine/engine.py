@@ -11,9 +11,10 @@ until `release()` (the KV is sent meanwhile); decode-only requests enter through
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,8 +27,24 @@ from splitserve.engine.output import Completion, OutputTracker, RequestOutput, c
 from splitserve.engine.request import FinishReason, Request, Status
 from splitserve.engine.runner import ModelRunner
 from splitserve.engine.sampling import SamplingParams
-from splitserve.engine.scheduler import Scheduler
+from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    num_pending_prefill_tokens: int
+    num_total_blocks: int
+    num_free_blocks: int
+    num_reserved: int
+    num_held: int
+    block_size: int
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_total_blocks - self.num_free_blocks
 
 
 class Engine:
@@ -129,11 +146,13 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self, on_layer_done: LayerHook | None = None) -> list[RequestOutput]:
+    def step(self, make_layer_hook: Callable[[SchedulerOutput], LayerHook | None] | None = None) -> list[RequestOutput]:
+        """One engine step. make_layer_hook(plan) may return a function called after each layer
+        of this step wrote its KV (the prefill node streams KV from there)."""
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return self.outputs.drain()
-        result = self.runner.execute(plan, on_layer_done)
+        result = self.runner.execute(plan, make_layer_hook(plan) if make_layer_hook else None)
         self.scheduler.commit(plan)
         for chunk in result.chunks:
             sample = result.samples.get(chunk.request.request_id)
@@ -215,6 +234,12 @@ class Engine:
 
     def _ids_of(self, prompt: list[int] | str) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+    def stats(self) -> EngineStats:
+        waiting, running = self.scheduler.waiting, self.scheduler.running
+        pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
+        return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
+                           len(self.reserved), len(self.held), self.config.block_size)
 
     def check_integrity(self) -> None:
         self.pool.check_integrity()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from splitserve.engine.request import Request
-from splitserve.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from splitserve.engine.textstream import TextStream
+from splitserve.engine.tokenizer import Tokenizer
 
 
 @dataclass
@@ -35,11 +36,9 @@ class Completion:
 @dataclass
 class _Progress:
     request: Request
-    detok: IncrementalDetokenizer
-    text: str = ""
+    text: TextStream
+    pending_text: str = ""
     num_sent_tokens: int = 0
-    num_sent_chars: int = 0
-    holdback: int = 0  # chars kept back while a stop string may still be forming
     finished: bool = False
 
 
@@ -50,38 +49,31 @@ class OutputTracker:
         self.dirty: list[str] = []
 
     def start(self, req: Request) -> None:
-        holdback = max((len(s) for s in req.params.stop), default=1) - 1
-        self.progress[req.request_id] = _Progress(req, IncrementalDetokenizer(self.tokenizer, req.all_token_ids), holdback=holdback)
+        stream = TextStream(self.tokenizer, req.all_token_ids, req.params.stop)
+        self.progress[req.request_id] = _Progress(req, stream)
 
     def add_token(self, req: Request, token_id: int) -> bool:
         """Adds a sampled token's text; True if a stop string appeared (text is cut before it)."""
         prog = self.progress[req.request_id]
-        before = len(prog.text)
-        prog.text += prog.detok.add([token_id])
+        prog.pending_text += prog.text.add([token_id])
         self._mark(req.request_id)
-        for stop in req.params.stop:
-            at = prog.text.find(stop, max(0, before - len(stop) + 1))
-            if at >= 0:
-                prog.text = prog.text[:at]
-                return True
-        return False
+        return prog.text.stopped
 
     def finish(self, req: Request) -> None:
         prog = self.progress[req.request_id]
-        if req.finish_reason.value != "stop" or not req.params.stop:
-            prog.text += prog.detok.flush()
+        prog.pending_text += prog.text.finish()
         prog.finished = True
         self._mark(req.request_id)
-
-    def _mark(self, request_id: str) -> None:
-        if request_id not in self.dirty:
-            self.dirty.append(request_id)
 
     def mark_sent(self, req: Request) -> None:
         """The tokens so far were delivered elsewhere (a decode node's first token came from prefill)."""
         prog = self.progress[req.request_id]
         prog.num_sent_tokens = len(req.output_token_ids)
-        prog.num_sent_chars = len(prog.text)
+        prog.pending_text = ""
+
+    def _mark(self, request_id: str) -> None:
+        if request_id not in self.dirty:
+            self.dirty.append(request_id)
 
     def drain(self) -> list[RequestOutput]:
         outs = [self._output(self.progress[rid]) for rid in self.dirty]
@@ -92,9 +84,8 @@ class OutputTracker:
         req = prog.request
         tokens = req.output_token_ids[prog.num_sent_tokens:]
         logprobs = req.logprobs[prog.num_sent_tokens:]
-        visible = len(prog.text) if prog.finished else max(prog.num_sent_chars, len(prog.text) - prog.holdback)
-        new_text = prog.text[prog.num_sent_chars:visible]
-        prog.num_sent_tokens, prog.num_sent_chars = len(req.output_token_ids), visible
+        new_text, prog.pending_text = prog.pending_text, ""
+        prog.num_sent_tokens = len(req.output_token_ids)
         if prog.finished:
             del self.progress[req.request_id]
         reason = req.finish_reason.value if prog.finished else None

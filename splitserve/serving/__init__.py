@@ -1,0 +1,1 @@
+"""Pieces shared by the node services: running an engine on its own thread, request plumbing."""

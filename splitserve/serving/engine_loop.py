@@ -1,0 +1,102 @@
+"""EngineLoop: runs an Engine on a dedicated thread, driven by other threads.
+
+Other threads never touch the engine: they submit functions with `call(fn)` (run on the
+engine thread between steps; the result comes back as a Future) and receive each request's
+outputs through the sink they registered with `subscribe`. The thread steps while the engine
+has work and sleeps on a condition otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Callable
+
+from splitserve.engine import Engine, RequestOutput
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RequestOutput], None]
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine, make_layer_hook: Callable | None = None,
+                 after_step: Callable[[Engine, list[RequestOutput]], None] | None = None):
+        self.engine = engine
+        self.make_layer_hook = make_layer_hook
+        self.after_step = after_step
+        self._calls: list[tuple[Callable, Future]] = []
+        self._sinks: dict[str, Sink] = {}
+        self._wake = threading.Condition()
+        self._running = False
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._wake:
+            self._running = False
+            self._wake.notify()
+        self._thread.join(timeout_s)
+
+    def call(self, fn: Callable[[Engine], object]) -> Future:
+        future: Future = Future()
+        with self._wake:
+            if not self._running:
+                future.set_exception(RuntimeError("engine loop is stopped"))
+                return future
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def subscribe(self, request_id: str, sink: Sink) -> None:
+        """Register before the request is added; the sink runs on the engine thread."""
+        with self._wake:
+            self._sinks[request_id] = sink
+
+    def unsubscribe(self, request_id: str) -> None:
+        with self._wake:
+            self._sinks.pop(request_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self._calls and not self.engine.has_unfinished():
+                    self._wake.wait()
+                if not self._running:
+                    break
+                calls, self._calls = self._calls, []
+            self._run_calls(calls)
+            if self.engine.has_unfinished():
+                self._step()
+        self._fail_pending()
+
+    def _run_calls(self, calls) -> None:
+        for fn, future in calls:
+            try:
+                future.set_result(fn(self.engine))
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it through the future
+                future.set_exception(exc)
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step(self.make_layer_hook)
+        except Exception:  # a broken step must not kill the node silently
+            log.exception("engine step failed")
+            raise
+        if self.after_step is not None:
+            self.after_step(self.engine, outputs)
+        for out in outputs:
+            with self._wake:
+                sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
+            if sink is not None:
+                sink(out)
+
+    def _fail_pending(self) -> None:
+        with self._wake:
+            calls, self._calls = self._calls, []
+        for _, future in calls:
+            future.set_exception(RuntimeError("engine loop stopped"))
