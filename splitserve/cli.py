@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "splitserve.commands.make_model",
     "splitserve.commands.generate",
     "splitserve.commands.services",
+    "splitserve.commands.bench",
 )
 
 

@@ -1,0 +1,211 @@
+"""Where requests go: a `Target` per URL scheme.
+
+`http://HOST:PORT` (and https) is any OpenAI-compatible server, streamed over SSE. Other
+schemes plug in with `register_target(scheme, factory)`, a factory `(url, TargetOptions) ->
+Target`. The cluster's `grpc://` target goes in `splitserve/bench/grpc_target.py` (see
+TARGET_MODULES), which `make_target` imports on first use and which ends with
+`register_target("grpc", GrpcTarget)`; it implements the `Target` contract below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from splitserve.bench.metrics import RequestRecord
+from splitserve.bench.workloads import BenchRequest
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Request settings shared by all targets (a target ignores those it has no use for)."""
+
+    model: str | None = None  # None: the server's first model (/v1/models), else left out
+    endpoint: str = "/v1/completions"  # or /v1/chat/completions (HTTP only)
+    ignore_eos: bool = True  # force the requested output length where the server supports it
+    temperature: float = 0.0
+    request_timeout_s: float = 600.0
+    max_connections: int = 0  # 0: unlimited
+    headers: dict = field(default_factory=dict)
+    extra_body: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.endpoint.startswith("/"):
+            raise ValueError(f"endpoint must start with '/', got {self.endpoint!r}")
+        if self.request_timeout_s <= 0 or self.max_connections < 0:
+            raise ValueError("request_timeout_s must be > 0 and max_connections >= 0")
+
+
+class Target(ABC):
+    """One serving endpoint under test. The runner uses it as an async context manager
+    (`start()` once before the first send, `close()` once at the end) and calls `send` from
+    many tasks at once.
+
+    `send(request, record)` contract:
+    - call `record.mark_sent()` immediately before the request leaves (TTFT starts there);
+    - call `record.mark_token(text)` on arrival of each streamed chunk or message that carries
+      output (one call per chunk; a chunk may hold several tokens, as in vLLM's ITL);
+    - end with exactly one of `record.finish(output_tokens)` (the server's count, or None if
+      it gave none) or `record.fail(error)`; `finish` with no token marked becomes a failure;
+    - never raise, except `asyncio.CancelledError` when the runner cancels it at its time
+      limit (the runner then records the failure);
+    - send `request.output_tokens` as the maximum (and, with `ignore_eos`, the forced) output
+      length, and `request.documents`, when not None, as the request's RAG documents.
+    """
+
+    async def start(self) -> None:
+        """Open connections, resolve the model name. Raises if the target is unusable."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def send(self, request: BenchRequest, record: RequestRecord) -> None: ...
+
+    def describe(self) -> dict:
+        """Settings to store with the results (JSON-serializable)."""
+        return {}
+
+    async def __aenter__(self) -> "Target":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+TargetFactory = Callable[[str, TargetOptions], Target]
+_TARGETS: dict[str, TargetFactory] = {}
+# Schemes whose target module is imported on first use; importing it calls register_target.
+TARGET_MODULES = {"grpc": "splitserve.bench.grpc_target"}
+
+
+def register_target(scheme: str, factory: TargetFactory) -> None:
+    """Make `scheme://...` URLs build targets with `factory(url, options)`."""
+    _TARGETS[scheme.lower()] = factory
+
+
+def target_schemes() -> tuple[str, ...]:
+    return tuple(sorted(_TARGETS))
+
+
+def make_target(url: str, options: TargetOptions | None = None) -> Target:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _TARGETS and scheme in TARGET_MODULES:
+        try:
+            importlib.import_module(TARGET_MODULES[scheme])
+        except ModuleNotFoundError as e:
+            if e.name != TARGET_MODULES[scheme]:
+                raise
+    if scheme not in _TARGETS:
+        raise KeyError(f"no target for URL scheme {scheme!r} ({url}); registered: {', '.join(target_schemes())}")
+    return _TARGETS[scheme](url, options or TargetOptions())
+
+
+class OpenAIHTTPTarget(Target):
+    """Streams `/v1/completions` (or `/v1/chat/completions`) with `stream_options.include_usage`.
+
+    Timing follows vLLM's `async_request_openai_completions`: every SSE `data:` event with a
+    non-empty `choices` list is one chunk (its text may be empty); the `usage` event gives
+    `completion_tokens`. A non-200 status, an `error` event, an exception or a stream with no
+    chunk is a failure. `ignore_eos` sends vLLM's `ignore_eos: true` and `min_tokens`.
+    """
+
+    def __init__(self, url: str, options: TargetOptions):
+        parts = urlsplit(url)
+        self.base_url = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path.rstrip("/")
+        self.url = self.base_url + (path if path else options.endpoint)
+        self.chat = self.url.rstrip("/").endswith("chat/completions")
+        self.options, self.model, self._session = options, options.model, None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=self.options.max_connections, limit_per_host=self.options.max_connections)
+        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout_s)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.options.headers)
+        if self.model is None:
+            self.model = await self._first_model()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> dict:
+        return {"url": self.url, "model": self.model, "chat": self.chat, "ignore_eos": self.options.ignore_eos}
+
+    async def _first_model(self) -> str | None:
+        try:
+            async with self._session.get(self.base_url + "/v1/models") as response:
+                data = await response.json(content_type=None)
+                return data["data"][0]["id"]
+        except Exception:  # a server without /v1/models: send no model name
+            return None
+
+    def body(self, request: BenchRequest) -> dict:
+        body = {"stream": True, "stream_options": {"include_usage": True}, "temperature": self.options.temperature}
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+            body["max_completion_tokens"] = request.output_tokens
+        else:
+            body["prompt"] = request.prompt
+            body["max_tokens"] = request.output_tokens
+        if self.model is not None:
+            body["model"] = self.model
+        if self.options.ignore_eos:
+            body["ignore_eos"], body["min_tokens"] = True, request.output_tokens
+        if request.documents is not None:
+            body["documents"] = list(request.documents)
+        return body | self.options.extra_body
+
+    async def send(self, request: BenchRequest, record: RequestRecord) -> None:
+        try:
+            record.mark_sent()
+            async with self._session.post(self.url, json=self.body(request)) as response:
+                if response.status != 200:
+                    text = (await response.text())[:300]
+                    record.fail(f"HTTP {response.status}: {response.reason}: {text}")
+                    return
+                usage = await self._read_stream(response, record)
+            record.finish(usage)
+        except Exception as e:  # CancelledError is not an Exception: it propagates
+            record.fail(f"{type(e).__name__}: {e}")
+
+    async def _read_stream(self, response, record: RequestRecord) -> int | None:
+        buffer, usage = b"", None
+        async for data in response.content.iter_any():
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                usage = self._handle_line(line.strip(), record, usage)
+        return self._handle_line(buffer.strip(), record, usage)
+
+    def _handle_line(self, line: bytes, record: RequestRecord, usage: int | None) -> int | None:
+        if not line.startswith(b"data:"):
+            return usage  # blank lines, comments (":ping"), event names
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return usage
+        event = json.loads(payload)
+        if event.get("error"):
+            raise RuntimeError(f"server error in stream: {event['error']}")
+        if choices := event.get("choices"):
+            record.mark_token(self._chunk_text(choices[0]))
+        if event.get("usage"):
+            usage = event["usage"].get("completion_tokens", usage)
+        return usage
+
+    def _chunk_text(self, choice: dict) -> str:
+        if self.chat:
+            return (choice.get("delta") or {}).get("content") or ""
+        return choice.get("text") or ""
+
+
+register_target("http", OpenAIHTTPTarget)
+register_target("https", OpenAIHTTPTarget)
