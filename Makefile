@@ -36,3 +36,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) models
+
+.PHONY: helm-goldens
+# Re-render the Helm chart's golden files (tests/helm/golden/) and its README values table.
+helm-goldens: $(STAMP)
+	$(BIN)/python scripts/render_helm_goldens.py

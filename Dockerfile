@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+# splitserve: one image runs every service; the command picks it (ENTRYPOINT is the `splitserve` CLI).
+#
+# Build (VARIANT picks the torch build; the tag suffix is the one the Helm chart expects,
+# image.repository:TAG-VARIANT):
+#   docker build --build-arg VARIANT=cpu -t splitserve:0.1.0-cpu .
+#   docker build --build-arg VARIANT=cuda -t splitserve:0.1.0-cuda .
+#   docker build --target demo --build-arg VARIANT=cpu -t splitserve:demo-cpu .
+# The demo target adds the `small` model at /models/small (helm/splitserve/examples/values-cpu-demo.yaml).
+#
+# Run (any service, by command):
+#   docker run --rm splitserve:demo-cpu node --role prefill --model /models/small --host 0.0.0.0 --port 50051
+#   docker run --rm splitserve:demo-cpu node --role decode --model /models/small --host 0.0.0.0 --port 50052 --kv-port 29500
+#   docker run --rm -p 8000:8000 splitserve:demo-cpu router --model /models/small --host 0.0.0.0 --nodes prefill=prefill:50051,decode=decode:50052
+#   docker run --rm --gpus all splitserve:0.1.0-cuda node --role mixed --model /models/m --host 0.0.0.0 --device cuda --dtype bfloat16
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS base
+# The chart's podSecurityContext runs as this user (runAsUser 10001).
+RUN groupadd --gid 10001 splitserve \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin splitserve
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+FROM base AS builder
+ARG VARIANT=cpu
+ARG TORCH_VERSION=2.13.0
+# CUDA build of torch for VARIANT=cuda; its wheels carry the CUDA runtime, the host the driver.
+ARG TORCH_CUDA=cu130
+ARG TORCH_INDEX=https://download.pytorch.org/whl
+RUN python -m venv /opt/venv
+RUN case "$VARIANT" in \
+        cpu) index="$TORCH_INDEX/cpu" ;; \
+        cuda) index="$TORCH_INDEX/$TORCH_CUDA" ;; \
+        *) echo "VARIANT must be cpu or cuda, not '$VARIANT'" >&2; exit 1 ;; \
+    esac \
+    && pip install --no-cache-dir "torch==$TORCH_VERSION" --index-url "$index"
+WORKDIR /src
+COPY pyproject.toml README.md* ./
+COPY splitserve ./splitserve
+COPY prefill_node ./prefill_node
+COPY decode_node ./decode_node
+COPY router ./router
+RUN pip install --no-cache-dir . && splitserve --help >/dev/null
+
+FROM builder AS demo-model
+RUN splitserve make-model --preset small --out /models/small
+
+FROM base AS app
+COPY --from=builder /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /home/splitserve
+# router HTTP and gRPC, node gRPC, KV rendezvous, metrics
+EXPOSE 8000 50050 50051 29500 9100
+ENTRYPOINT ["splitserve"]
+CMD ["--help"]
+
+FROM app AS demo
+COPY --from=demo-model --chown=10001:10001 /models /models
+
+FROM app AS runtime

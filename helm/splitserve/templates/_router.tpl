@@ -1,0 +1,35 @@
+{{/* The router's command line: `splitserve router ...` (flags of splitserve/commands/services.py). */}}
+{{- define "splitserve.router.args" -}}
+{{- $r := .Values.router -}}
+- router
+- --model={{ .Values.model.path }}
+- --host=0.0.0.0
+- --port={{ $r.grpcPort }}
+- --http-port={{ $r.httpPort }}
+- --discovery=kubernetes
+- --k8s-namespace={{ .Release.Namespace }}
+- --k8s-selector={{ include "splitserve.nodeSelectorString" . }}
+{{- if $r.apiKeys.enabled }}
+- --api-keys-file=/etc/splitserve/api-keys/{{ $r.apiKeys.secretKey }}
+{{- end }}
+{{- if $r.tls.enabled }}
+- --tls-dir=/etc/splitserve/tls
+{{- end }}
+{{- range $r.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Router probe: gRPC health, or HTTPS /health under TLS (kubelet gRPC probes speak plaintext only). */}}
+{{- define "splitserve.router.probe" -}}
+{{- if .root.Values.router.tls.enabled }}
+httpGet:
+  path: /health
+  port: http
+  scheme: HTTPS
+{{- else }}
+grpc:
+  port: {{ .root.Values.router.grpcPort }}
+{{- end }}
+{{ include "splitserve.probeTiming" (dict "probe" .probe) }}
+{{- end -}}

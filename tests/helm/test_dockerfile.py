@@ -1,0 +1,147 @@
+"""The Dockerfile, read rather than built (no container engine runs here): its entry point and
+every `splitserve` command it names exist in the package, it runs as the chart's non-root user,
+it builds the CPU or CUDA torch==2.13.0 by build argument, and its tags are the chart's."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitserve.cli import build_parser
+from tests.helm.chart import ROOT, goldens
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    result, parts = [], []
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        parts.append(stripped.removesuffix("\\").strip())
+        if not stripped.endswith("\\"):
+            word, _, rest = " ".join(parts).partition(" ")
+            result.append((word.upper(), rest))
+            parts = []
+    return result
+
+
+def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (the image or stage it starts FROM, its instructions)."""
+    found: dict[str, tuple[str, list]] = {}
+    current = None
+    for word, rest in instructions():
+        if word == "FROM":
+            base, _, name = rest.partition(" AS ")
+            current = found.setdefault(name.strip(), (base.strip(), []))
+        elif current is not None:
+            current[1].append((word, rest))
+    return found
+
+
+def effective(stage: str, instruction: str) -> str | None:
+    """The last value of an instruction in a stage or the stages it is built FROM."""
+    all_stages = stages()
+    while stage in all_stages:
+        base, body = all_stages[stage]
+        values = [rest for word, rest in body if word == instruction]
+        if values:
+            return values[-1]
+        stage = base
+    return None
+
+
+def _parse(args: list[str]):
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit:
+        pytest.fail(f"`splitserve {shlex.join(args)}` does not parse (argparse's error is in stderr)")
+
+
+def test_entrypoint_is_a_console_script_of_the_package():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for stage in ("runtime", "demo"):
+        [name] = yaml.safe_load(effective(stage, "ENTRYPOINT"))
+        module, _, attr = scripts[name].partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_splitserve_commands_run_at_build_time_parse():
+    commands = []
+    for word, rest in instructions():
+        if word == "RUN":
+            commands += [shlex.split(part) for part in re.split(r"&&|;", rest) if part.split()[:1] == ["splitserve"]]
+    assert any(c[1] == "make-model" for c in commands)
+    for command in commands:
+        args = [a for a in command[1:] if not a.startswith(">")]
+        if args != ["--help"]:
+            _parse(args)
+
+
+def _documented(prefix: str) -> list[list[str]]:
+    lines = [line.lstrip("# ").strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith("#")]
+    return [shlex.split(line) for line in lines if line.startswith(prefix)]
+
+
+def test_documented_docker_run_commands_parse():
+    services = set()
+    for command in _documented("docker run"):
+        image_at = next(i for i, token in enumerate(command) if token.startswith("splitserve:"))
+        parsed = _parse(command[image_at + 1 :])
+        services.add(parsed.role if parsed.command == "node" else parsed.command)
+    assert services == {"router", "prefill", "decode", "mixed"}
+
+
+def test_documented_tags_are_the_ones_the_chart_pulls():
+    chart = yaml.safe_load((goldens.CHART_DIR / "Chart.yaml").read_text())
+    demo = goldens.load_values(goldens.EXAMPLES_DIR / "values-cpu-demo.yaml")
+    tags = {c[c.index("-t") + 1] for c in _documented("docker build")}
+    variants = {"cpu", "cuda"}
+    assert {f"splitserve:{chart['appVersion']}-{v}" for v in variants} <= tags
+    assert f"splitserve:{demo['image']['tag']}-cpu" in tags
+
+
+def test_final_stages_run_as_the_chart_user():
+    values = yaml.safe_load(goldens.VALUES.read_text())
+    uid = values["podSecurityContext"]["runAsUser"]
+    [useradd] = [rest for word, rest in instructions() if word == "RUN" and "useradd" in rest]
+    assert f"--uid {uid}" in useradd
+    for stage in ("runtime", "demo"):
+        assert effective(stage, "USER") == f"{uid}:{values['podSecurityContext']['runAsGroup']}"
+    assert list(stages())[-1] == "runtime"  # a plain `docker build` builds the serving image
+
+
+def test_variant_build_arg_selects_the_cpu_or_cuda_torch_build():
+    args = dict(rest.split("=", 1) for word, rest in instructions() if word == "ARG" and "=" in rest)
+    assert args["VARIANT"] == "cpu"
+    assert args["TORCH_VERSION"] == "2.13.0"
+    [install] = [rest for word, rest in instructions() if word == "RUN" and "torch==" in rest]
+    assert 'cpu) index="$TORCH_INDEX/cpu"' in install
+    assert 'cuda) index="$TORCH_INDEX/$TORCH_CUDA"' in install
+    assert '"torch==$TORCH_VERSION" --index-url "$index"' in install
+
+
+def test_copied_sources_exist_and_the_context_leaves_out_local_state():
+    for word, rest in instructions():
+        if word == "COPY" and "--from=" not in rest:
+            for source in rest.split()[:-1]:
+                assert "*" in source or (ROOT / source).exists(), source
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "models", "tests"} <= set(ignored)
+
+
+def test_every_packaged_top_level_folder_is_copied_into_the_image():
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p for p in ROOT.iterdir() if (p / "__init__.py").exists()]
+    folders = {p.name for p in packages if any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns)}
+    copied = {Path(source).name for word, rest in instructions() if word == "COPY" for source in rest.split()[:-1]}
+    assert folders and folders <= copied, "add a COPY line for each package folder pyproject.toml installs"
