@@ -38,11 +38,8 @@ RUN case "$VARIANT" in \
     esac \
     && pip install --no-cache-dir "torch==$TORCH_VERSION" --index-url "$index"
 WORKDIR /src
-COPY pyproject.toml README.md* ./
-COPY splitserve ./splitserve
-COPY prefill_node ./prefill_node
-COPY decode_node ./decode_node
-COPY router ./router
+# The context is what .dockerignore leaves: pyproject.toml, README.md and the Python packages.
+COPY . .
 RUN pip install --no-cache-dir . && splitserve --help >/dev/null
 
 FROM builder AS demo-model
