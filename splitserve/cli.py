@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "splitserve.commands.generate",
     "splitserve.commands.services",
     "splitserve.commands.bench",
+    "splitserve.commands.cluster",
 )
 
 

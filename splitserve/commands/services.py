@@ -17,6 +17,8 @@ def _env(name: str, default):
     value = os.environ.get("SPLITSERVE_" + name.upper().replace("-", "_"))
     if value is None:
         return default
+    if isinstance(default, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
     return type(default)(value) if default is not None else value
 
 
@@ -45,6 +47,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
     _add(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS")
     _add(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
+    _add(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
+         "the prefill instead of layer by layer", type=int)
+    _add(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
 
 
 def add_router_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,12 +78,12 @@ def register(subparsers) -> None:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from splitserve.services import run_node
+    from node.server import run_node
 
     return run_node(args)
 
 
 def _run_router(args: argparse.Namespace) -> int:
-    from splitserve.services import run_router
+    from router.server import run_router
 
     return run_router(args)

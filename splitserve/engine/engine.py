@@ -171,15 +171,13 @@ class Engine:
 
     def _finish_reason(self, req: Request, token_id: int, stopped_by_text: bool) -> FinishReason | None:
         p = req.params
-        if req.prefill_only:
-            return FinishReason.PREFILLED
         if stopped_by_text or token_id in p.stop_token_ids:
             return FinishReason.STOP
         if not p.ignore_eos and token_id in req.eos_token_ids:
             return FinishReason.STOP
         if req.num_output_tokens >= p.max_tokens:
             return FinishReason.LENGTH
-        return None
+        return FinishReason.PREFILLED if req.prefill_only else None
 
     def _finish(self, req: Request, reason: FinishReason) -> None:
         keep = req.keep_blocks and reason == FinishReason.PREFILLED
@@ -240,6 +238,10 @@ class Engine:
         pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
                            len(self.reserved), len(self.held), self.config.block_size)
+
+    def kv_slots(self, block_ids: list[int], num_tokens: int) -> torch.Tensor:
+        """Cache slots of the first num_tokens positions of a block table: [num_tokens] long."""
+        return torch.tensor(self.runner.slots(block_ids, 0, num_tokens), dtype=torch.long, device=self.config.device)
 
     def check_integrity(self) -> None:
         self.pool.check_integrity()

@@ -35,7 +35,7 @@ class ModelRunner:
             req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
             input_ids += req.all_token_ids[start:start + n]
             positions += range(start, start + n)
-            slots += self._slots(req.block_ids, start, start + n)
+            slots += self.slots(req.block_ids, start, start + n)
             if chunk.samples:
                 sample_rows.append(len(input_ids) - 1)
         batch = self._attention_batch(chunks, slots)
@@ -49,7 +49,7 @@ class ModelRunner:
         samples = sample(logits, reqs, self.generator) if reqs else []
         return {r.request_id: s for r, s in zip(sampling, samples)}
 
-    def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
+    def slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         size = self.block_size
         return [block_ids[p // size] * size + p % size for p in range(start, end)]
 
@@ -75,7 +75,7 @@ class ModelRunner:
         fresh = start == 0 and (self.sliding_window is None or n <= self.sliding_window)
         if fresh:
             return PrefillChunk(offset, n, None, None)
-        context = self._long(self._slots(chunk.request.block_ids, 0, start + n))
+        context = self._long(self.slots(chunk.request.block_ids, 0, start + n))
         query_pos = torch.arange(start, start + n, device=self.device)[:, None]
         mask = self._visible(query_pos, torch.arange(start + n, device=self.device))
         return PrefillChunk(offset, n, context, mask)

@@ -1,0 +1,102 @@
+"""DecodeWorker: a request's life on a decode node.
+
+1. `reserve()`: blocks for the prompt's KV are taken from the pool (None -> the router gets
+   RESOURCE_EXHAUSTED and tries elsewhere) and the receiver is told to expect the transfer,
+   writing each arriving layer straight into those blocks. A reservation that sees no
+   `decode()` in time expires and frees its blocks.
+2. `decode()`: waits until the receiver reports the transfer DONE (FAILED or a timeout
+   frees the blocks and raises), then admits the request into the continuous batch after its
+   first token (sampled on the prefill node) and streams the tokens that follow.
+3. Abort, or the client going away, frees everything at whatever stage the request is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from splitserve.api.v1 import node_pb2
+from splitserve.engine import Engine, SamplingParams
+from splitserve.kvtransfer import RecvState, TransferError, TransferMeta
+from splitserve.serving.output_stream import run_streaming
+
+POLL_INTERVAL_S = 0.001
+
+
+class DecodeWorker:
+    def __init__(self, engine_loop, node_id: str, receiver, kv_address: str, transport: str,
+                 transfer_timeout_s: float = 30.0, checksum: bool = False):
+        self.engine_loop = engine_loop
+        self.engine: Engine = engine_loop.engine
+        self.node_id = node_id
+        self.receiver = receiver
+        self.kv_address, self.transport = kv_address, transport
+        self.transfer_timeout_s = transfer_timeout_s
+        self.checksum = checksum
+        self.expiry: dict[str, asyncio.TimerHandle] = {}
+
+    async def reserve(self, rid: str, num_tokens: int, prefill_node_id: str) -> node_pb2.ReserveReply | None:
+        if num_tokens < 1:
+            raise ValueError("num_prompt_tokens must be >= 1")
+        block_ids = await self._on_engine(lambda engine: engine.reserve(rid, num_tokens))
+        if block_ids is None:
+            return None
+        slots = self.engine.kv_slots(block_ids, num_tokens)
+        cache = self.engine.cache
+
+        def write_layer(layer: int, kv) -> None:  # on the receiver's thread
+            cache.write(layer, slots, kv[0], kv[1])
+
+        self.receiver.expect(self._meta(rid, num_tokens), write_layer, prefill_node_id)
+        loop = asyncio.get_running_loop()
+        self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
+        target = node_pb2.KVTarget(node_id=self.node_id, kv_address=self.kv_address, transport=self.transport)
+        return node_pb2.ReserveReply(target=target, num_blocks=len(block_ids))
+
+    async def decode(self, rid: str, prompt: list[int], first_token: int, params: SamplingParams, prior: int):
+        if rid not in self.expiry:
+            raise ValueError(f"no reservation for request {rid!r} (expired, aborted or never made)")
+        self.expiry.pop(rid).cancel()
+        try:
+            await self._await_kv(rid)
+        except BaseException:
+            await self._drop(rid)
+            raise
+        admit = lambda engine: engine.admit_prefilled(rid, prompt, first_token, params, prior)
+        async for out in run_streaming(self.engine_loop, rid, admit):
+            yield out
+
+    async def _await_kv(self, rid: str) -> None:
+        deadline = time.monotonic() + self.transfer_timeout_s
+        while True:
+            state = self.receiver.poll(rid)
+            if state == RecvState.DONE:
+                return
+            if state == RecvState.FAILED:
+                raise TransferError(f"receive of request {rid} failed")
+            if time.monotonic() > deadline:
+                raise TransferError(f"KV of request {rid} did not arrive within {self.transfer_timeout_s}s")
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def _expire(self, rid: str) -> None:
+        if self.expiry.pop(rid, None) is not None:
+            await self._drop(rid)
+
+    async def _drop(self, rid: str) -> None:
+        self.receiver.abort(rid)
+        await self._on_engine(lambda engine: engine.cancel_reservation(rid))
+
+    async def abort(self, rid: str) -> bool:
+        handle = self.expiry.pop(rid, None)
+        if handle is None:
+            return False
+        handle.cancel()
+        await self._drop(rid)
+        return True
+
+    def _meta(self, rid: str, num_tokens: int) -> TransferMeta:
+        cfg, dtype = self.engine.model_config, self.engine.config.dtype
+        return TransferMeta(rid, cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim, dtype, self.checksum)
+
+    async def _on_engine(self, fn):
+        return await asyncio.wrap_future(self.engine_loop.call(fn))

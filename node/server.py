@@ -1,0 +1,74 @@
+"""`splitserve node`: builds a prefill, decode or mixed node from its flags and serves it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import uuid
+
+import torch
+
+from splitserve import labels
+from splitserve.api.v1 import node_pb2, node_pb2_grpc
+from splitserve.engine import Engine, EngineConfig
+from splitserve.serving.engine_loop import EngineLoop
+from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
+from splitserve.serving.logs import setup_logging
+from node.servicer import NodeServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(dtype=args.dtype, device=args.device, block_size=args.block_size, num_blocks=args.num_blocks,
+                        kv_cache_bytes=args.kv_cache_bytes, max_num_seqs=args.max_num_seqs,
+                        max_num_batched_tokens=args.max_batched_tokens)
+
+
+async def main(args: argparse.Namespace) -> None:
+    if not args.model:
+        raise ValueError("--model is required")
+    torch.set_num_threads(args.threads)
+    engine = await asyncio.to_thread(Engine, args.model, engine_config(args))
+    node_id = f"{args.role}-{uuid.uuid4().hex[:12]}"
+    engine_loop = EngineLoop(engine)
+    server = GrpcServer(args.host, args.port, [SERVICE_NAME])
+    advertise = args.advertise_host or args.host
+    prefill = decode = None
+    closers = []
+    if args.role == labels.ROLE_PREFILL:
+        from node.transport import build_senders
+
+        prefill, close = build_senders(args, engine_loop, node_id)
+        engine_loop.make_layer_hook, engine_loop.after_step = prefill.make_layer_hook, prefill.after_step
+        closers.append(close)
+    elif args.role == labels.ROLE_DECODE:
+        from node.transport import build_receiver
+
+        decode, close = build_receiver(args, engine_loop, node_id, server, f"{advertise}:{server.port}")
+        closers.append(close)
+    servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode)
+    node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
+    engine_loop.start()
+
+    async def shutdown() -> None:
+        engine_loop.stop()
+        for close in closers:
+            close()
+
+    kv = f" kv={decode.kv_address}" if decode else ""
+    log.info("node %s (%s) listening on %s:%d%s", node_id, args.role, args.host, server.port, kv)
+    ready = f"READY node grpc://{advertise}:{server.port} node_id={node_id} role={args.role}{kv}"
+    await serve_until_signal(server, shutdown, ready)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    setup_logging(f"node-{args.role}")
+    try:
+        asyncio.run(main(args))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

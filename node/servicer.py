@@ -1,0 +1,105 @@
+"""The node's gRPC boundary: protobuf in, engine dataclasses to the workers, protobuf out.
+
+Failures are status codes: INVALID_ARGUMENT for bad input, RESOURCE_EXHAUSTED when KV blocks
+run out, UNAVAILABLE when a KV transfer fails, FAILED_PRECONDITION for calls the role does not take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
+from splitserve.engine import RequestOutput
+from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
+from splitserve.serving.output_stream import run_streaming
+
+
+class TransferError(Exception):
+    """Placeholder until splitserve.kvtransfer exists."""
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):
+    def __init__(self, node_id: str, role: str, engine_loop, prefill=None, decode=None):
+        self.node_id, self.role = node_id, role
+        self.engine_loop = engine_loop
+        self.prefill_worker, self.decode_worker = prefill, decode
+
+    async def Prefill(self, request: node_pb2.PrefillRequest, context):
+        worker = await self._need(self.prefill_worker, "Prefill", context)
+        try:
+            params = sampling_from_proto(request.sampling)
+            result = await worker.prefill(request.request_id, list(request.prompt_token_ids), params, request.target,
+                                          request.num_prior_output_tokens)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TransferError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
+        return result
+
+    async def Reserve(self, request: node_pb2.ReserveRequest, context):
+        worker = await self._need(self.decode_worker, "Reserve", context)
+        try:
+            reply = await worker.reserve(request.request_id, request.num_prompt_tokens, request.prefill_node_id)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if reply is None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"decode node {self.node_id}: not enough free KV blocks for {request.num_prompt_tokens} tokens")
+        return reply
+
+    async def Decode(self, request: node_pb2.DecodeRequest, context):
+        worker = await self._need(self.decode_worker, "Decode", context)
+        try:
+            params = sampling_from_proto(request.sampling)
+            outputs = worker.decode(request.request_id, list(request.prompt_token_ids), request.first_token_id,
+                                    params, request.num_prior_output_tokens)
+            async for out in outputs:
+                yield _chunk(out)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TransferError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
+
+    async def Generate(self, request: node_pb2.NodeGenerateRequest, context):
+        if self.prefill_worker is not None or self.decode_worker is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Generate needs a mixed node; this one is {self.role}")
+        prompt, rid, prior = list(request.prompt_token_ids), request.request_id, request.num_prior_output_tokens
+        try:
+            params = sampling_from_proto(request.sampling)
+            admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
+            async for out in run_streaming(self.engine_loop, rid, admit):
+                yield _chunk(out)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def Abort(self, request: common_pb2.AbortRequest, context):
+        rid = request.request_id
+        found = False
+        for worker in (self.prefill_worker, self.decode_worker):
+            if worker is not None:
+                found |= await worker.abort(rid)
+        found |= await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.abort(rid)))
+        return common_pb2.AbortReply(found=found)
+
+    async def Stats(self, request, context):
+        s = await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.stats()))
+        worker = self.decode_worker
+        return node_pb2.NodeStats(
+            node_id=self.node_id, role=self.role, num_waiting=s.num_waiting, num_running=s.num_running,
+            num_pending_prefill_tokens=s.num_pending_prefill_tokens, num_total_blocks=s.num_total_blocks,
+            num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
+            block_size=s.block_size, kv_address=worker.kv_address if worker else "",
+            transport=worker.transport if worker else "")
+
+    async def _need(self, worker, call: str, context):
+        if worker is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{call} is not served by a {self.role} node")
+        return worker
+
+
+def _chunk(out: RequestOutput) -> node_pb2.TokenChunk:
+    return node_pb2.TokenChunk(token_ids=out.new_token_ids, logprobs=[logprob_to_proto(lp) for lp in out.new_logprobs],
+                               finished=out.finished, finish_reason=out.finish_reason or "",
+                               num_cached_tokens=out.num_cached_tokens)

@@ -1,0 +1,1 @@
+"""The router: the cluster's front door (gRPC Generate), pairing prefill and decode nodes."""

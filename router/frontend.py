@@ -1,0 +1,63 @@
+"""Turns a client's request into a Job: prompt formats, validation, limits.
+
+Shared by the gRPC and (later) HTTP fronts; raises ValueError with a message for the client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
+from router.orchestrator import Job
+
+MAX_DOCUMENTS = 64
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_model_len: int
+    vocab_size: int
+    max_documents: int = MAX_DOCUMENTS
+
+
+class Frontend:
+    def __init__(self, tokenizer: Tokenizer, limits: Limits):
+        self.tokenizer = tokenizer
+        self.limits = limits
+
+    @classmethod
+    def from_model_dir(cls, model_dir) -> "Frontend":
+        cfg = ModelConfig.from_dir(model_dir)
+        return cls(Tokenizer.from_dir(model_dir), Limits(cfg.max_position_embeddings, cfg.vocab_size))
+
+    def prompt_ids(self, prompt: str | None = None, token_ids: list[int] | None = None,
+                   messages: list[dict] | None = None, documents: list[str] = ()) -> list[int]:
+        if len(documents) > self.limits.max_documents:
+            raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
+        if messages is not None:
+            return self.tokenizer.encode_chat(messages)
+        if token_ids is not None:
+            return list(token_ids)
+        if prompt is None:
+            raise ValueError("one of prompt, prompt_token_ids or messages is required")
+        text = "".join(f"{d}\n\n" for d in documents) + prompt
+        return self.tokenizer.encode(text) if text else []
+
+    def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> Job:
+        self.validate(prompt_ids, params)
+        return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params)
+
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise ValueError("prompt is empty: at least 1 token is required")
+        bad = [t for t in prompt_ids if not 0 <= t < self.limits.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids must be in [0, {self.limits.vocab_size}); got {bad[:5]}")
+        total = len(prompt_ids) + params.max_tokens
+        if total > self.limits.max_model_len:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
+                             f"exceeds the context length {self.limits.max_model_len}")
+        if len(params.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(params.stop)}")

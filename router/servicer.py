@@ -1,0 +1,96 @@
+"""The router's gRPC boundary: protobuf in, Jobs to the orchestrator, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
+from splitserve.engine.textstream import TextStream
+from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
+from router.frontend import Frontend
+from router.orchestrator import Done, Job, NodeCallError, Orchestrator, Tokens
+from router.policies import NoRoute
+
+log = logging.getLogger(__name__)
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, frontend: Frontend, orchestrator: Orchestrator):
+        self.frontend = frontend
+        self.orchestrator = orchestrator
+        self._active: dict[str, asyncio.Task] = {}
+
+    async def Generate(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            job = self._job(request)
+            route = self.orchestrator.route(job)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NoRoute as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        start = time.monotonic()
+        self._active[job.request_id] = asyncio.current_task()
+        try:
+            async for response in self._responses(job, route, start):
+                yield response
+        except NodeCallError as exc:
+            log.warning("request %s failed: %s", job.request_id, exc)
+            await context.abort(exc.code, str(exc))
+        finally:
+            self._active.pop(job.request_id, None)
+
+    def _job(self, request: router_pb2.GenerateRequest) -> Job:
+        params = sampling_from_proto(request.sampling, with_stop_strings=True)
+        kind = request.WhichOneof("input")
+        prompt_ids = self.frontend.prompt_ids(
+            prompt=request.prompt if kind == "prompt" else None,
+            token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
+            messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
+            documents=list(request.documents))
+        return self.frontend.job(prompt_ids, params, request.request_id)
+
+    async def _responses(self, job: Job, route, start: float):
+        text = TextStream(self.frontend.tokenizer, job.prompt_token_ids, job.params.stop)
+        num_tokens, ttft = 0, 0.0
+        events = self.orchestrator.run(job, route)
+        try:
+            async for event in events:
+                if isinstance(event, Done):
+                    rest = text.finish()
+                    if rest:
+                        yield _chunk([], rest, [])
+                    yield _final(job, event, "stop" if text.stopped else event.finish_reason, num_tokens, ttft,
+                                 time.monotonic() - start)
+                    return
+                ttft = ttft or time.monotonic() - start
+                num_tokens += len(event.token_ids)
+                yield _chunk(event.token_ids, text.add(event.token_ids), event.logprobs)
+                if text.stopped:
+                    yield _final(job, Done("stop", 0, route), "stop", num_tokens, ttft, time.monotonic() - start)
+                    return
+        finally:
+            await events.aclose()
+
+    async def Abort(self, request: common_pb2.AbortRequest, context):
+        task = self._active.get(request.request_id)
+        if task is not None:
+            task.cancel()
+        return common_pb2.AbortReply(found=task is not None)
+
+
+def _chunk(token_ids: list[int], text: str, logprobs: list) -> router_pb2.GenerateResponse:
+    return router_pb2.GenerateResponse(chunk=router_pb2.GenerateChunk(
+        token_ids=token_ids, text=text, logprobs=[logprob_to_proto(lp) for lp in logprobs]))
+
+
+def _final(job: Job, done: Done, reason: str, num_tokens: int, ttft: float, e2e: float) -> router_pb2.GenerateResponse:
+    usage = common_pb2.Usage(prompt_tokens=len(job.prompt_token_ids), completion_tokens=num_tokens,
+                             cached_tokens=done.num_cached_tokens)
+    timings = common_pb2.Timings(prefill_s=done.prefill_s, transfer_s=done.transfer_s, ttft_s=ttft, e2e_s=e2e)
+    return router_pb2.GenerateResponse(final=router_pb2.GenerateFinal(
+        finish_reason=reason, usage=usage, timings=timings, request_id=job.request_id,
+        prefill_node=done.route.prefill.address, decode_node=done.route.decode.address))

@@ -1,0 +1,131 @@
+"""A small client for the router's gRPC `Generate` stream, sync and async.
+
+    from splitserve.client import Client
+    with Client("grpc://127.0.0.1:50050") as client:
+        for event in client.generate(prompt="Hello", max_tokens=16):
+            print(event.text, end="")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
+from splitserve.grpc_util import CHANNEL_OPTIONS, parse_url
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]
+    text: str
+    logprobs: list = field(default_factory=list)
+
+
+@dataclass
+class Final:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    e2e_s: float
+    request_id: str
+    prefill_node: str
+    decode_node: str
+
+
+@dataclass
+class Result:
+    token_ids: list[int]
+    text: str
+    final: Final
+
+
+def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None = None,
+                  messages: list[dict] | None = None, documents: list[str] = (), max_tokens: int = 16,
+                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                  stop: list[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
+                  request_id: str = "") -> router_pb2.GenerateRequest:
+    sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                         stop=list(stop), ignore_eos=ignore_eos)
+    if seed is not None:
+        sampling.seed = seed
+    if logprobs is not None:
+        sampling.logprobs = logprobs
+    request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
+    if messages is not None:
+        request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)
+    elif prompt_token_ids is not None:
+        request.prompt_token_ids.ids.extend(prompt_token_ids)
+    else:
+        request.prompt = prompt or ""
+    return request
+
+
+def _event(response: router_pb2.GenerateResponse) -> Chunk | Final:
+    if response.HasField("chunk"):
+        c = response.chunk
+        return Chunk(list(c.token_ids), c.text, [(lp.logprob, [(t.token_id, t.logprob) for t in lp.top]) for lp in c.logprobs])
+    f = response.final
+    return Final(f.finish_reason, f.usage.prompt_tokens, f.usage.completion_tokens, f.usage.cached_tokens,
+                 f.timings.ttft_s, f.timings.e2e_s, f.request_id, f.prefill_node, f.decode_node)
+
+
+def collect(events) -> Result:
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    final = next(e for e in events if isinstance(e, Final))
+    return Result([t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), final)
+
+
+def _metadata(api_key: str | None):
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None):
+        self.channel = grpc.insecure_channel(parse_url(url), options=CHANNEL_OPTIONS)
+        self.stub = router_pb2_grpc.RouterStub(self.channel)
+        self.api_key, self.timeout_s = api_key, timeout_s
+
+    def generate(self, **kwargs):
+        """Yields Chunk events, then one Final. Raises grpc.RpcError with the status code on failure."""
+        for response in self.stub.Generate(build_request(**kwargs), timeout=self.timeout_s, metadata=_metadata(self.api_key)):
+            yield _event(response)
+
+    def complete(self, **kwargs) -> Result:
+        return collect(list(self.generate(**kwargs)))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None):
+        self.channel = grpc.aio.insecure_channel(parse_url(url), options=CHANNEL_OPTIONS)
+        self.stub = router_pb2_grpc.RouterStub(self.channel)
+        self.api_key, self.timeout_s = api_key, timeout_s
+
+    async def generate(self, **kwargs):
+        call = self.stub.Generate(build_request(**kwargs), timeout=self.timeout_s, metadata=_metadata(self.api_key))
+        async for response in call:
+            yield _event(response)
+
+    async def complete(self, **kwargs) -> Result:
+        return collect([e async for e in self.generate(**kwargs)])
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()

@@ -1,0 +1,113 @@
+"""`splitserve up` (a local cluster as processes) and `splitserve complete` (a streaming request)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from splitserve import labels
+
+SAMPLE_PROMPT = "The history of the city begins"
+
+
+def register(subparsers) -> None:
+    up = subparsers.add_parser("up", help="start a local cluster: router + prefill/decode (or mixed) nodes")
+    up.add_argument("--model", default=None, help="model folder (default: the `small` demo model, made on first use)")
+    up.add_argument("--prefill", type=int, default=1, help="prefill nodes")
+    up.add_argument("--decode", type=int, default=1, help="decode nodes")
+    up.add_argument("--colocated", type=int, default=0, help="mixed nodes running both phases")
+    up.add_argument("--transport", default="torch", choices=("torch", "grpc"), help="KV transport between nodes")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=labels.DEFAULT_ROUTER_GRPC_PORT, help="router gRPC port")
+    up.add_argument("--http-port", type=int, default=0, help="router OpenAI HTTP port (0: off)")
+    up.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    up.add_argument("--policy", default="least_loaded")
+    up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
+    up.add_argument("--sample", action="store_true", help="send a sample request once the cluster is up")
+    up.add_argument("--exit-after-sample", action="store_true", help="stop the cluster after the sample request")
+    up.set_defaults(func=run_up)
+
+    complete = subparsers.add_parser("complete", help="stream a completion from a router")
+    complete.add_argument("--url", default=f"grpc://127.0.0.1:{labels.DEFAULT_ROUTER_GRPC_PORT}")
+    complete.add_argument("--prompt", required=True)
+    complete.add_argument("--max-tokens", type=int, default=32)
+    complete.add_argument("--temperature", type=float, default=0.0)
+    complete.add_argument("--seed", type=int, default=None)
+    complete.add_argument("--stop", action="append", default=[])
+    complete.add_argument("--document", action="append", default=[], help="RAG passage (repeatable)")
+    complete.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
+    complete.add_argument("--api-key", default=None)
+    complete.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
+    complete.set_defaults(func=run_complete)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from splitserve.serving.local_cluster import LocalCluster, model_or_demo
+
+    cluster = LocalCluster(model_or_demo(args.model), prefill=args.prefill, decode=args.decode,
+                           colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,
+                           http_port=args.http_port, threads=args.threads, policy=args.policy,
+                           node_args=args.node_arg)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        cluster.start(log=lambda line: print(line, flush=True))
+        print(f"cluster ready: router at {cluster.url}  (Ctrl-C stops it)", flush=True)
+        if args.sample:
+            _sample(cluster.url)
+        if not args.exit_after_sample:
+            done.wait()
+    finally:
+        print("stopping the cluster ...", flush=True)
+        cluster.stop()
+    return 0
+
+
+def _sample(url: str) -> None:
+    from splitserve.client import Client, Final
+
+    print(f"sample request: {SAMPLE_PROMPT!r}\n---", flush=True)
+    with Client(url) as client:
+        for event in client.generate(prompt=SAMPLE_PROMPT, max_tokens=32):
+            if isinstance(event, Final):
+                print(f"\n--- {event.completion_tokens} tokens, finish={event.finish_reason}, "
+                      f"ttft={event.ttft_s * 1000:.1f} ms, total={event.e2e_s * 1000:.1f} ms, "
+                      f"prefill={event.prefill_node} decode={event.decode_node}", flush=True)
+            else:
+                print(event.text, end="", flush=True)
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+
+    from splitserve.client import Client, Final, collect
+
+    kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, stop=args.stop,
+                  documents=args.document)
+    if args.chat:
+        kwargs["messages"] = [{"role": "user", "content": args.prompt}]
+    else:
+        kwargs["prompt"] = args.prompt
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            events = []
+            for event in client.generate(**kwargs):
+                events.append(event)
+                if not args.json and not isinstance(event, Final):
+                    print(event.text, end="", flush=True)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    result = collect(events)
+    if args.json:
+        print(json.dumps({"token_ids": result.token_ids, "text": result.text, "finish_reason": result.final.finish_reason,
+                          "usage": {"prompt_tokens": result.final.prompt_tokens,
+                                    "completion_tokens": result.final.completion_tokens}}))
+    else:
+        print()
+    return 0

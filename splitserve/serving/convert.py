@@ -1,0 +1,43 @@
+"""protobuf <-> engine dataclasses, shared by the node and router boundary modules."""
+
+from __future__ import annotations
+
+from splitserve.api.v1 import common_pb2
+from splitserve.engine import SamplingParams
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool = False) -> SamplingParams:
+    """Raises ValueError (-> INVALID_ARGUMENT) for values out of range."""
+    return SamplingParams(
+        max_tokens=msg.max_tokens,
+        temperature=msg.temperature,
+        top_k=msg.top_k,
+        top_p=msg.top_p or 1.0,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        stop=tuple(msg.stop) if with_stop_strings else (),
+        ignore_eos=msg.ignore_eos,
+        logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+        min_tokens=msg.min_tokens,
+    )
+
+
+def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
+    msg = common_pb2.SamplingParams(
+        max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+        stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
+    )
+    if p.seed is not None:
+        msg.seed = p.seed
+    if p.logprobs is not None:
+        msg.logprobs = p.logprobs
+    return msg
+
+
+def logprob_to_proto(entry) -> common_pb2.TokenLogprob:
+    logprob, top = entry
+    return common_pb2.TokenLogprob(logprob=logprob, top=[common_pb2.TopLogprob(token_id=t, logprob=v) for t, v in top])
+
+
+def logprob_from_proto(msg: common_pb2.TokenLogprob) -> tuple[float, list[tuple[int, float]]]:
+    return msg.logprob, [(t.token_id, t.logprob) for t in msg.top]

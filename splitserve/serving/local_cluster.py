@@ -1,0 +1,73 @@
+"""LocalCluster: a router and its nodes as local processes (for `splitserve up`, tests and benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from splitserve import labels
+from splitserve.serving.procs import Service, service_command, spawn, stop
+
+
+def model_or_demo(model: str | None) -> Path:
+    if model:
+        return Path(model)
+    from splitserve.modelgen.cache import ensure_model
+
+    return ensure_model("small")
+
+
+class LocalCluster:
+    def __init__(self, model: Path, prefill: int = 1, decode: int = 1, colocated: int = 0, transport: str = "torch",
+                 host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
+                 policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = ()):
+        if colocated == 0 and (prefill == 0 or decode == 0):
+            raise ValueError("need at least one prefill and one decode node, or a colocated node")
+        self.model, self.transport, self.host = Path(model), transport, host
+        self.port, self.http_port, self.threads, self.policy = port, http_port, threads, policy
+        self.counts = {labels.ROLE_PREFILL: prefill, labels.ROLE_DECODE: decode, labels.ROLE_MIXED: colocated}
+        self.node_args, self.router_args = list(node_args), list(router_args)
+        self.nodes: list[tuple[str, Service]] = []
+        self.router: Service | None = None
+
+    @property
+    def url(self) -> str:
+        return self.router.url if self.router else ""
+
+    def node_command(self, role: str) -> list[str]:
+        return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", "0",
+                               "--kv-port", "0", "--transport", self.transport, "--threads", str(self.threads),
+                               *self.node_args)
+
+    def start(self, log=lambda line: None) -> None:
+        try:
+            for role, count in self.counts.items():
+                for i in range(count):
+                    self.start_node(role, log)
+            nodes = ",".join(f"{role}={s.address}" for role, s in self.nodes)
+            self.router = spawn("router", service_command(
+                "router", "--model", str(self.model), "--host", self.host, "--port", str(self.port),
+                "--http-port", str(self.http_port), "--nodes", nodes, "--policy", self.policy, *self.router_args))
+            log(f"router  {self.router.url}  nodes: {nodes}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_node(self, role: str, log=lambda line: None) -> Service:
+        name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
+        service = spawn(name, self.node_command(role))
+        self.nodes.append((role, service))
+        log(f"{name:10}{service.url}")
+        return service
+
+    def services(self) -> list[Service]:
+        return ([self.router] if self.router else []) + [s for _, s in self.nodes]
+
+    def stop(self) -> None:
+        stop(self.services())
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
