@@ -21,6 +21,7 @@ from splitserve.kvtransfer import RecvState, TransferError, TransferMeta
 from splitserve.serving.output_stream import run_streaming
 
 POLL_INTERVAL_S = 0.001
+REAP_INTERVAL_S = 0.1
 
 
 class DecodeWorker:
@@ -77,6 +78,13 @@ class DecodeWorker:
             if time.monotonic() > deadline:
                 raise TransferError(f"KV of request {rid} did not arrive within {self.transfer_timeout_s}s")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def reap_forever(self) -> None:
+        """Frees reservations whose transfer failed (a dead prefill peer) without waiting for Decode."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            for rid in [r for r in self.expiry if self.receiver.poll(r) == RecvState.FAILED]:
+                await self.abort(rid)
 
     async def _expire(self, rid: str) -> None:
         if self.expiry.pop(rid, None) is not None:

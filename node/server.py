@@ -52,8 +52,11 @@ async def main(args: argparse.Namespace) -> None:
     servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode)
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
     engine_loop.start()
+    reaper = asyncio.get_running_loop().create_task(decode.reap_forever()) if decode else None
 
     async def shutdown() -> None:
+        if reaper is not None:
+            reaper.cancel()
         engine_loop.stop()
         for close in closers:
             close()

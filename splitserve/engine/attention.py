@@ -25,8 +25,8 @@ class PrefillChunk:
 class AttentionBatch:
     slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
     num_decodes: int
-    decode_block_tables: torch.Tensor | None  # [Bd, max_blocks]
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] bool
+    decode_slots: torch.Tensor | None  # [Bd * L] cache slots of every decode's keys, padded to L per request
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, L] bool
     prefills: list[PrefillChunk]
 
 
@@ -60,6 +60,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
                     batch: AttentionBatch, scale: float) -> torch.Tensor:
     """q: [T, heads, D]; k, v: [T, kv_heads, D] for the step's new tokens -> [T, heads, D]."""
     cache.write(layer, batch.slot_mapping, k, v)
+    if not batch.prefills:
+        return _decode_attention(q, cache, layer, batch, scale)
     out = torch.empty_like(q)
     if batch.num_decodes:
         out[: batch.num_decodes] = _decode_attention(q[: batch.num_decodes], cache, layer, batch, scale)
@@ -70,9 +72,10 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
 
 
 def _decode_attention(q, cache, layer, batch, scale):
-    tables = batch.decode_block_tables
-    k_all = cache.k[layer][tables].flatten(1, 2)  # [Bd, L, kv_heads, D]
-    v_all = cache.v[layer][tables].flatten(1, 2)
+    k_flat, v_flat = cache.flat(layer)
+    bd = q.shape[0]
+    k_all = k_flat.index_select(0, batch.decode_slots).view(bd, -1, *k_flat.shape[1:])  # [Bd, L, kv_heads, D]
+    v_all = v_flat.index_select(0, batch.decode_slots).view(bd, -1, *v_flat.shape[1:])
     out = F.scaled_dot_product_attention(
         q[:, :, None, :], k_all.transpose(1, 2), v_all.transpose(1, 2),
         attn_mask=batch.decode_mask, scale=scale, enable_gqa=True,
@@ -83,7 +86,7 @@ def _decode_attention(q, cache, layer, batch, scale):
 def _prefill_attention(q, k, v, cache, layer, chunk: PrefillChunk, scale):
     if chunk.context_slots is not None:
         k_flat, v_flat = cache.flat(layer)
-        k, v = k_flat[chunk.context_slots], v_flat[chunk.context_slots]
+        k, v = k_flat.index_select(0, chunk.context_slots), v_flat.index_select(0, chunk.context_slots)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
         attn_mask=None if chunk.mask is None else chunk.mask[None, None],

@@ -100,6 +100,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     seed: int = 0
+    packed_cpu_linear: bool = True  # oneDNN pre-packed weights for fp32 on CPU (see cpu_linear.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -21,6 +21,7 @@ import torch
 from splitserve.engine.attention import PagedKVCache
 from splitserve.engine.block_pool import BlockPool
 from splitserve.engine.config import EngineConfig, ModelConfig
+from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
@@ -53,6 +54,8 @@ class Engine:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.model = load_model(model_dir, config.torch_dtype, config.device)
+        if config.packed_cpu_linear:
+            pack_linears(self.model)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
         num_blocks = config.num_blocks or self._blocks_for(config.kv_cache_bytes)
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)

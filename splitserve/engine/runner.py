@@ -55,20 +55,24 @@ class ModelRunner:
 
     def _attention_batch(self, chunks: list[ScheduledChunk], slots: list[int]) -> AttentionBatch:
         decodes = [c for c in chunks if c.num_new_tokens == 1]
-        tables, mask = self._decode_tables(decodes) if decodes else (None, None)
+        slots_d, mask = self._decode_tables(decodes) if decodes else (None, None)
         prefills, offset = [], len(decodes)
         for chunk in chunks[len(decodes):]:
             prefills.append(self._prefill_chunk(chunk, offset))
             offset += chunk.num_new_tokens
-        return AttentionBatch(self._long(slots), len(decodes), tables, mask, prefills)
+        return AttentionBatch(self._long(slots), len(decodes), slots_d, mask, prefills)
 
     def _decode_tables(self, decodes: list[ScheduledChunk]):
-        width = max(-(-(c.start + 1) // self.block_size) for c in decodes)
-        tables = [c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids))) for c in decodes]
-        key_pos = torch.arange(width * self.block_size, device=self.device)
+        size = self.block_size
+        width = max(-(-(c.start + 1) // size) for c in decodes)
+        tables = self._long([c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids)))
+                             for c in decodes])
+        offsets = torch.arange(size, device=self.device)
+        slots = (tables[:, :, None] * size + offsets).flatten()  # [Bd * width * size]
+        key_pos = torch.arange(width * size, device=self.device)
         query_pos = self._long([c.start for c in decodes])[:, None]
         mask = self._visible(query_pos, key_pos)  # [Bd, L]
-        return self._long(tables), mask[:, None, None, :]
+        return slots, mask[:, None, None, :]
 
     def _prefill_chunk(self, chunk: ScheduledChunk, offset: int) -> PrefillChunk:
         start, n = chunk.start, chunk.num_new_tokens
