@@ -36,7 +36,7 @@ class DecodeWorker:
         self.checksum = checksum
         self.expiry: dict[str, asyncio.TimerHandle] = {}
 
-    async def reserve(self, rid: str, num_tokens: int, prefill_node_id: str) -> node_pb2.ReserveReply | None:
+    async def reserve(self, rid: str, num_tokens: int) -> node_pb2.ReserveReply | None:
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
         block_ids = await self._on_engine(lambda engine: engine.reserve(rid, num_tokens))
@@ -48,7 +48,7 @@ class DecodeWorker:
         def write_layer(layer: int, kv) -> None:  # on the receiver's thread
             cache.write(layer, slots, kv[0], kv[1])
 
-        self.receiver.expect(self._meta(rid, num_tokens), write_layer, prefill_node_id)
+        self.receiver.expect(self._meta(rid, num_tokens), write_layer)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
         target = node_pb2.KVTarget(node_id=self.node_id, kv_address=self.kv_address, transport=self.transport)
@@ -70,7 +70,7 @@ class DecodeWorker:
     async def _await_kv(self, rid: str) -> None:
         deadline = time.monotonic() + self.transfer_timeout_s
         while True:
-            state = self.receiver.poll(rid)
+            state = self._poll(rid)
             if state == RecvState.DONE:
                 return
             if state == RecvState.FAILED:
@@ -83,7 +83,7 @@ class DecodeWorker:
         """Frees reservations whose transfer failed (a dead prefill peer) without waiting for Decode."""
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
-            for rid in [r for r in self.expiry if self.receiver.poll(r) == RecvState.FAILED]:
+            for rid in [r for r in self.expiry if self._poll(r) == RecvState.FAILED]:
                 await self.abort(rid)
 
     async def _expire(self, rid: str) -> None:
@@ -101,6 +101,12 @@ class DecodeWorker:
         handle.cancel()
         await self._drop(rid)
         return True
+
+    def _poll(self, rid: str) -> RecvState:
+        try:
+            return self.receiver.poll(rid)
+        except KeyError:  # forgotten by the receiver: treat as failed
+            return RecvState.FAILED
 
     def _meta(self, rid: str, num_tokens: int) -> TransferMeta:
         cfg, dtype = self.engine.model_config, self.engine.config.dtype

@@ -12,12 +12,9 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import RequestOutput
+from splitserve.kvtransfer import TransferError
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
 from splitserve.serving.output_stream import run_streaming
-
-
-class TransferError(Exception):
-    """Placeholder until splitserve.kvtransfer exists."""
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
@@ -41,7 +38,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
     async def Reserve(self, request: node_pb2.ReserveRequest, context):
         worker = await self._need(self.decode_worker, "Reserve", context)
         try:
-            reply = await worker.reserve(request.request_id, request.num_prompt_tokens, request.prefill_node_id)
+            reply = await worker.reserve(request.request_id, request.num_prompt_tokens)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reply is None:

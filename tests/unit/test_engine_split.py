@@ -17,9 +17,9 @@ def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: Sampli
     (first,) = [t for o in outs for t in o.new_token_ids]
     assert outs[-1].finish_reason == "prefilled"
     held = prefill.held_request(rid)
-    slots = torch.tensor(prefill.runner._slots(held.block_ids, 0, len(prompt)))
+    slots = torch.tensor(prefill.runner.slots(held.block_ids, 0, len(prompt)))
     assert decode.reserve(rid, len(prompt)) is not None
-    dst = torch.tensor(decode.runner._slots(decode.reserved[rid], 0, len(prompt)))
+    dst = torch.tensor(decode.runner.slots(decode.reserved[rid], 0, len(prompt)))
     for layer in range(prefill.model_config.num_layers):
         kv = prefill.cache.read(layer, slots)  # [2, n, kv_heads, head_dim]
         decode.cache.write(layer, dst, kv[0], kv[1])
