@@ -34,6 +34,9 @@ test-quick: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_throughput.py
 
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
 clean:
 	rm -rf $(VENV) models
 

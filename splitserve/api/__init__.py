@@ -1,0 +1,1 @@
+"""The wire contract: generated code per API version (proto/ holds the sources)."""

@@ -1,0 +1,64 @@
+"""Moving a request's KV cache from a prefill node to a decode node, layer by layer.
+
+    sender = make_sender("torch", "decode-host:29500", TransferConfig())     # prefill node, per decode node
+    receiver = make_receiver("torch", TransferConfig(), host="0.0.0.0", port=29500)  # decode node
+
+See `base` for the interface and the states, `torch_pair` for how pair groups form, `wire`
+for what travels. Backends: `torch` (torch.distributed point-to-point: gloo on CPU, NCCL on
+CUDA) and `grpc` (client-streaming PushKV); `loopback` is the in-process fake for tests.
+"""
+
+from __future__ import annotations
+
+from splitserve.kvtransfer.base import (
+    DTYPES,
+    KVReceiver,
+    KVSender,
+    RecvState,
+    SendState,
+    TransferConfig,
+    TransferError,
+    TransferInfo,
+    TransferMeta,
+    WriteLayer,
+)
+
+_SENDERS = {
+    "torch": ("splitserve.kvtransfer.torch_sender", "TorchSender"),
+    "grpc": ("splitserve.kvtransfer.grpc_sender", "GrpcSender"),
+    "loopback": ("splitserve.kvtransfer.loopback", "LoopbackSender"),
+}
+_RECEIVERS = {
+    "torch": ("splitserve.kvtransfer.torch_receiver", "TorchReceiver"),
+    "grpc": ("splitserve.kvtransfer.grpc_receiver", "GrpcReceiver"),
+    "loopback": ("splitserve.kvtransfer.loopback", "LoopbackReceiver"),
+}
+BACKENDS = ("torch", "grpc")  # across processes; "loopback" is the in-process fake
+
+
+def _load(table: dict, backend: str):
+    import importlib
+
+    if backend not in table:
+        raise KeyError(f"unknown KV transfer backend {backend!r}; supported: {', '.join(sorted(table))}")
+    module, name = table[backend]
+    return getattr(importlib.import_module(module), name)
+
+
+def make_sender(backend: str, address: str, config: TransferConfig | None = None, **kwargs) -> KVSender:
+    """A sender to the decode node at `address` (its receiver's `address`).
+
+    kwargs: torch `instance_id` (default: a fresh uuid); grpc `credentials`.
+    """
+    return _load(_SENDERS, backend)(address, config or TransferConfig(), **kwargs)
+
+
+def make_receiver(backend: str, config: TransferConfig | None = None, **kwargs) -> KVReceiver:
+    """A receiver; kwargs: `host`, `port` (0: any free port), grpc `grpc_server` (serve on it)."""
+    return _load(_RECEIVERS, backend)(config or TransferConfig(), **kwargs)
+
+
+__all__ = [
+    "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TransferConfig", "TransferError",
+    "TransferInfo", "TransferMeta", "WriteLayer", "make_receiver", "make_sender",
+]

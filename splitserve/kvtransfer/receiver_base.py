@@ -1,0 +1,174 @@
+"""State keeping shared by every receiver backend: `TrackedReceiver`.
+
+A backend's thread, for each incoming layer header, calls `_admit(header)`: it returns the
+live reservation the layer belongs to, or None, in which case the payload must be drained
+and discarded (the reservation, if any, is FAILED with the reason). After receiving the
+payload into its buffer the thread calls `_deliver(reservation, header, kv)`, which checks
+the checksum and runs `write_layer` under the reservation's lock: `abort` and the timeout
+take the same lock, so once a reservation is FAILED no write is running or will start.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from splitserve.kvtransfer.base import (
+    FINAL_RECV_STATES,
+    KVReceiver,
+    RecvState,
+    TransferConfig,
+    TransferInfo,
+    TransferMeta,
+    WriteLayer,
+)
+from splitserve.kvtransfer.sender_base import prune_history
+from splitserve.kvtransfer.wire import LayerHeader, layer_checksum, request_hash
+
+
+@dataclass
+class Reservation:
+    meta: TransferMeta
+    write_layer: WriteLayer
+    deadline: float
+    started: float = field(default_factory=time.monotonic)
+    state: RecvState = RecvState.RESERVED
+    reason: str = ""
+    next_layer: int = 0
+    num_bytes: int = 0
+    ended: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while write_layer runs
+
+
+class TrackedReceiver(KVReceiver):
+    def __init__(self, config: TransferConfig) -> None:
+        self.config = config
+        self._table_lock = threading.Lock()
+        self._by_id: OrderedDict[str, Reservation] = OrderedDict()
+        self._by_hash: dict[int, Reservation] = {}  # active reservations only
+        self._num_discarded = 0
+
+    def expect(self, meta: TransferMeta, write_layer: WriteLayer) -> None:
+        key = request_hash(meta.request_id)
+        with self._table_lock:
+            old = self._by_hash.get(key)
+            if old is not None and old.state not in FINAL_RECV_STATES:
+                raise ValueError(f"transfer {meta.request_id!r} is already expected (or its hash collides)")
+            self._by_id.pop(meta.request_id, None)
+            res = Reservation(meta, write_layer, time.monotonic() + self.config.timeout_s)
+            self._by_id[meta.request_id] = res
+            self._by_hash[key] = res
+            prune_history(self._by_id, lambda r: r.state in FINAL_RECV_STATES, self.config.history)
+
+    def poll(self, request_id: str) -> RecvState:
+        res = self._get(request_id)
+        self._expire(res)
+        return res.state
+
+    def info(self, request_id: str) -> TransferInfo:
+        res = self._get(request_id)
+        self._expire(res)
+        elapsed = (res.ended or time.monotonic()) - res.started
+        return TransferInfo(request_id, res.state, res.reason, res.next_layer, res.num_bytes, elapsed)
+
+    def abort(self, request_id: str) -> None:
+        try:
+            res = self._get(request_id)
+        except KeyError:
+            return
+        self._fail(res, "aborted")
+
+    @property
+    def num_discarded(self) -> int:
+        """Layers drained because no live reservation matched them."""
+        return self._num_discarded
+
+    def _fail_all(self, reason: str) -> None:
+        with self._table_lock:
+            active = list(self._by_hash.values())
+        for res in active:
+            self._fail(res, reason)
+
+    # -- for the backend's thread -------------------------------------------------------
+
+    def _admit(self, header: LayerHeader) -> Reservation | None:
+        """The live reservation this LAYER header belongs to, or None (drain the payload)."""
+        with self._table_lock:
+            res = self._by_hash.get(header.request_hash)
+        reason = ""
+        if res is not None:
+            self._expire(res)
+            with res.lock:
+                if res.state not in FINAL_RECV_STATES:
+                    reason = header.mismatch(res.meta, res.next_layer)
+                    if not reason:
+                        res.state = RecvState.RECEIVING
+                        return res
+        if reason:
+            self._fail(res, reason)
+        self._num_discarded += 1
+        return None
+
+    def _deliver(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> None:
+        """Verify and write one received layer (`kv` is the receive buffer, valid only now)."""
+        with res.lock:
+            if res.state in FINAL_RECV_STATES:
+                return
+            reason = self._write(res, header, kv)
+            if not reason:
+                res.next_layer += 1
+                res.num_bytes += header.nbytes
+                if res.next_layer == res.meta.num_layers:
+                    self._end(res, RecvState.DONE, "")
+                    self._drop_active(res)
+                return
+        self._fail(res, reason)
+
+    def _write(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> str:
+        if self._past_deadline(res):
+            return f"timed out after {self.config.timeout_s:g}s"
+        if res.meta.checksum and layer_checksum(kv) != header.checksum:
+            return f"layer {header.layer}: checksum mismatch"
+        try:
+            res.write_layer(header.layer, kv)
+        except Exception as exc:  # the decode node's callback must not kill our thread
+            return f"layer {header.layer}: write_layer raised {type(exc).__name__}: {exc}"
+        return ""
+
+    def _sender_aborted(self, request_hash_: int) -> None:
+        with self._table_lock:
+            res = self._by_hash.get(request_hash_)
+        if res is not None:
+            self._fail(res, "sender aborted")
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _get(self, request_id: str) -> Reservation:
+        with self._table_lock:
+            return self._by_id[request_id]
+
+    def _past_deadline(self, res: Reservation) -> bool:
+        return time.monotonic() > res.deadline
+
+    def _expire(self, res: Reservation) -> None:
+        if res.state not in FINAL_RECV_STATES and self._past_deadline(res):
+            self._fail(res, f"timed out after {self.config.timeout_s:g}s")
+
+    def _fail(self, res: Reservation, reason: str) -> None:
+        with res.lock:
+            if res.state not in FINAL_RECV_STATES:
+                self._end(res, RecvState.FAILED, reason)
+        self._drop_active(res)
+
+    def _end(self, res: Reservation, state: RecvState, reason: str) -> None:
+        res.state, res.reason, res.ended = state, reason, time.monotonic()
+
+    def _drop_active(self, res: Reservation) -> None:
+        with self._table_lock:
+            key = request_hash(res.meta.request_id)
+            if self._by_hash.get(key) is res:
+                del self._by_hash[key]

@@ -1,0 +1,137 @@
+"""A 2-rank torch.distributed group per (prefill sender, decode receiver) pair, and its wire.
+
+Formation (no global world, no `init_process_group`):
+
+1. The decode node hosts a `TCPStore` (is_master) on its kv port.
+2. A sender connects a store client to it, picks `pair_key = splitserve/kv/<sender uuid>/<gen>`
+   and pushes "<pair_key> <backend>" on the store queue `JOIN_QUEUE`.
+3. The receiver's acceptor thread pops it; both sides build the group on
+   `PrefixStore(pair_key, store)`: sender rank 0, receiver rank 1, gloo for CPU tensors,
+   NCCL for CUDA tensors. A broken group is dropped; the sender forms `<gen + 1>` next time.
+
+Measured on torch 2.13 (gloo): a recv completes only inside `Work.wait` (no polling);
+`abort()`/`shutdown()` do not wake a blocked recv; a wait that times out closes the pair,
+which fails every pending op on both ends at once ("Application timeout caused pair closure" /
+"Connection closed by peer") - `PairLink.close` uses exactly that; a dead peer process fails
+pending ops within about half a second; dropping the group object closes its sockets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+import torch
+from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
+
+from splitserve.kvtransfer.wire import CHUNK_BYTES, HEADER_WORDS, LayerHeader, chunk_ranges
+
+JOIN_QUEUE = "splitserve/kv/join"
+STOP_TOKEN = "stop"  # pushed on JOIN_QUEUE to wake the acceptor when the receiver closes
+SENDER_RANK, RECEIVER_RANK = 0, 1
+HEADER_TAG, PAYLOAD_TAG, BREAK_TAG = 1, 2, 3
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_JOIN_RE = re.compile(r"^(splitserve/kv/([A-Za-z0-9_.-]{1,64})/(\d{1,9})) (gloo|nccl)$")
+
+
+def td(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=max(seconds, 0.001))
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def connect_store(address: str, timeout_s: float) -> TCPStore:
+    host, port = split_address(address)
+    return TCPStore(host, port, None, False, td(timeout_s))
+
+
+def join_message(instance: str, generation: int, device: str) -> tuple[str, str]:
+    """(pair_key, message a sender pushes on JOIN_QUEUE)."""
+    pair_key = f"splitserve/kv/{instance}/{generation}"
+    return pair_key, f"{pair_key} {backend_for(device)}"
+
+
+def parse_join(message: str) -> tuple[str, str, str] | None:
+    """(pair_key, sender instance, backend) of a join message; None if malformed."""
+    match = _JOIN_RE.match(message)
+    return None if match is None else (match.group(1), match.group(2), match.group(4))
+
+
+def make_group(store: TCPStore, pair_key: str, rank: int, device: str, timeout_s: float):
+    prefixed = PrefixStore(pair_key, store)
+    if backend_for(device) == "gloo":
+        return ProcessGroupGloo(prefixed, rank, 2, td(timeout_s))
+    from torch.distributed import ProcessGroupNCCL
+
+    options = ProcessGroupNCCL.Options()
+    options._timeout = td(timeout_s)
+    return ProcessGroupNCCL(prefixed, rank, 2, options)
+
+
+class PairLink:
+    """One end of a pair group: headers and chunked payloads, every wait bounded.
+
+    Any exception from a method leaves the link unusable: call `close()` and form a new one.
+    """
+
+    def __init__(self, group, rank: int, device: str) -> None:
+        self.group = group
+        self.peer = 1 - rank
+        self.device = torch.device(device)
+        self._header = torch.zeros(HEADER_WORDS, dtype=torch.int64, device=self.device)
+        self._scratch: torch.Tensor | None = None
+        self.closed = False
+
+    def send_header(self, header: LayerHeader, timeout_s: float) -> None:
+        words = header.encode().to(self.device)
+        self.group.send([words], self.peer, HEADER_TAG).wait(td(timeout_s))
+
+    def recv_header(self, timeout_s: float) -> LayerHeader:
+        """Next header; ValueError if the peer does not speak this protocol."""
+        self.group.recv([self._header], self.peer, HEADER_TAG).wait(td(timeout_s))
+        return LayerHeader.decode(self._header.cpu())
+
+    def send_payload(self, flat: torch.Tensor, timeout_s: float) -> None:
+        """flat: uint8 [nbytes], sent as CHUNK_BYTES messages, all posted before waiting."""
+        works = [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
+        self._wait_all(works, timeout_s)
+
+    def recv_payload(self, flat: torch.Tensor, timeout_s: float) -> None:
+        works = [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
+        self._wait_all(works, timeout_s)
+
+    def drain(self, nbytes: int, timeout_s: float) -> None:
+        """Receive and discard a payload of `nbytes` into one reused chunk-sized buffer."""
+        if self._scratch is None:
+            self._scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8, device=self.device)
+        works = [self.group.recv([self._scratch[: hi - lo]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(nbytes)]
+        self._wait_all(works, timeout_s)
+
+    def close(self) -> None:
+        """Break the pair: wakes every pending op on both ends with an error. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if backend_for(str(self.device)) == "nccl":
+                self.group.abort()
+            else:
+                probe = torch.empty(1, dtype=torch.uint8)
+                self.group.recv([probe], self.peer, BREAK_TAG).wait(td(0.001))
+        except Exception:  # the expected timeout, or the pair was already broken
+            pass
+
+    def _wait_all(self, works: list, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        for work in works:
+            work.wait(td(end - time.monotonic()))
