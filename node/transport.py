@@ -17,7 +17,8 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
 def build_senders(args: argparse.Namespace, engine_loop, node_id: str):
     senders = SenderPool(node_id, transfer_config(args))
     worker = PrefillWorker(engine_loop, node_id, senders, one_shot_max_tokens=args.one_shot_max_tokens,
-                           transfer_timeout_s=args.transfer_timeout_s, checksum=args.kv_checksum)
+                           transfer_timeout_s=args.transfer_timeout_s, checksum=args.kv_checksum,
+                           fault_send_delay_s=args.fault_kv_send_delay_s)
     return worker, senders.close
 
 

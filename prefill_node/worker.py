@@ -36,7 +36,7 @@ class _Transfer:
 
 class PrefillWorker:
     def __init__(self, engine_loop, node_id: str, senders, one_shot_max_tokens: int = 256,
-                 transfer_timeout_s: float = 30.0, checksum: bool = False):
+                 transfer_timeout_s: float = 30.0, checksum: bool = False, fault_send_delay_s: float = 0.0):
         self.engine_loop = engine_loop
         self.engine: Engine = engine_loop.engine
         self.node_id = node_id
@@ -44,6 +44,7 @@ class PrefillWorker:
         self.one_shot_max_tokens = one_shot_max_tokens
         self.transfer_timeout_s = transfer_timeout_s
         self.checksum = checksum
+        self.fault_send_delay_s = fault_send_delay_s
         self.transfers: dict[str, _Transfer] = {}
 
     # --- on the engine thread ------------------------------------------------------------------
@@ -76,6 +77,8 @@ class PrefillWorker:
             transfer.sender.finish(out.request_id)
 
     def _send(self, rid: str, layer: int, request_slots) -> None:
+        if self.fault_send_delay_s:
+            time.sleep(self.fault_send_delay_s)
         kv = self.engine.cache.read(layer, request_slots)  # a copy: [2, n, kv_heads, head_dim]
         transfer = self.transfers[rid]
         transfer.sent_bytes += kv.numel() * kv.element_size()

@@ -89,6 +89,14 @@ class Orchestrator:
             self.registry.track(address, "decodes", -1)
 
     async def _disaggregated(self, job: Job, route: Route):
+        self.registry.track(route.decode.address, "decodes", 1)  # from the reservation to the end
+        try:
+            async for event in self._reserve_prefill_decode(job, route):
+                yield event
+        finally:
+            self.registry.track(route.decode.address, "decodes", -1)
+
+    async def _reserve_prefill_decode(self, job: Job, route: Route):
         decode = self.registry.stub(route.decode.address)
         reserve = await decode.Reserve(node_pb2.ReserveRequest(
             request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
@@ -103,7 +111,10 @@ class Orchestrator:
             await self._abort(route.decode.address, job.request_id)
             yield Done(reply.finish_reason, reply.num_cached_tokens, route, reply.timings.prefill_s, reply.timings.transfer_s)
             return
-        async for event in self._decode(job, route, reply):
+        request = node_pb2.DecodeRequest(
+            request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, first_token_id=reply.first_token_id,
+            sampling=self._node_sampling(job), num_prior_output_tokens=job.num_prior_output_tokens)
+        async for event in self._stream(decode.Decode(request), route, reply):
             yield event
 
     async def _prefill(self, job: Job, route: Route, target) -> node_pb2.PrefillReply:
@@ -115,17 +126,6 @@ class Orchestrator:
                 target=target, num_prior_output_tokens=job.num_prior_output_tokens), timeout=self.rpc_timeout_s)
         finally:
             self.registry.track(route.prefill.address, "prefill_tokens", -n)
-
-    async def _decode(self, job: Job, route: Route, reply: node_pb2.PrefillReply):
-        request = node_pb2.DecodeRequest(
-            request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, first_token_id=reply.first_token_id,
-            sampling=self._node_sampling(job), num_prior_output_tokens=job.num_prior_output_tokens)
-        self.registry.track(route.decode.address, "decodes", 1)
-        try:
-            async for event in self._stream(self.registry.stub(route.decode.address).Decode(request), route, reply):
-                yield event
-        finally:
-            self.registry.track(route.decode.address, "decodes", -1)
 
     async def _stream(self, call, route: Route, prefill: node_pb2.PrefillReply | None = None):
         try:

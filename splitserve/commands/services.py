@@ -49,6 +49,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
     _add(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
          "the prefill instead of layer by layer", type=int)
+    _add(parser, "--fault-kv-send-delay-s", 0.0, "fault injection for tests: sleep this long before sending "
+         "each KV layer", type=float)
     _add(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
 
 
