@@ -117,7 +117,7 @@ class KVTransferServicer(kvtransfer_pb2_grpc.KVTransferServicer):
                     call.next_layer()
             if call.res is None or call.res.state is not RecvState.DONE:
                 raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before the last layer")
-            return kvtransfer_pb2.PushKVReply(num_layers=call.res.next_layer, num_bytes=call.res.num_bytes)
+            return kvtransfer_pb2.PushKVReply(num_layers=call.res.num_written, num_bytes=call.res.num_bytes)
         except _Rejected as exc:
             await context.abort(exc.code, str(exc))
         finally:

@@ -1,6 +1,6 @@
 """Senders and receivers in child processes, driven over a pipe: for tests and benchmarks.
 
-`PeerProcess("receiver", backend, config)` hosts one receiver; `PeerProcess("sender", ...)`
+`PeerProcess("receiver", backend, config, record_crc=True, copy_layers=True)` hosts one receiver; `PeerProcess("sender", ...)`
 hosts one sender per destination address. Payloads are made from a seed on the sending side
 (`layer_tensor`), so the parent can compute what should arrive; the receiver copies every
 layer into a per-request destination (as a KV pool write would) and can record each layer's
@@ -32,11 +32,11 @@ def layer_tensor(meta: TransferMeta, layer: int, seed: int):
 
 
 class _ReceiverHost:
-    def __init__(self, backend: str, config: TransferConfig, record_crc: bool = True) -> None:
+    def __init__(self, backend: str, config: TransferConfig, record_crc: bool = True, copy_layers: bool = True) -> None:
         from splitserve.kvtransfer import make_receiver
 
         self.receiver = make_receiver(backend, config)
-        self.record_crc = record_crc
+        self.record_crc, self.copy_layers = record_crc, copy_layers
         self.crcs: dict[str, list[int]] = {}
         self.done_at: dict[str, float] = {}
 
@@ -53,7 +53,8 @@ class _ReceiverHost:
         crcs = self.crcs[meta.request_id] = []
 
         def write_layer(layer: int, kv) -> None:
-            dest.copy_(kv)
+            if self.copy_layers:
+                dest.copy_(kv)
             if self.record_crc:
                 crcs.append(layer_checksum(kv))
             if layer == meta.num_layers - 1:
@@ -129,7 +130,7 @@ class _SenderHost:
         store = tp.connect_store(address, self.config.connect_timeout_s)
         pair_key, message = tp.join_message("garbage" + os.urandom(4).hex(), 1, "cpu")
         store.queue_push(tp.JOIN_QUEUE, message)
-        group = tp.make_group(store, pair_key, tp.SENDER_RANK, "cpu", self.config.connect_timeout_s)
+        group = tp.make_group(store, pair_key, tp.SENDER_RANK, "cpu", self.config.connect_timeout_s, 60.0)
         group.send([torch.arange(8, dtype=torch.int64)], tp.RECEIVER_RANK, tp.HEADER_TAG).wait(tp.td(5))
 
 

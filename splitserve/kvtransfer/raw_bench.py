@@ -55,6 +55,14 @@ def _peer(rank: int, port: int, num_bytes: int, chunk_bytes: int, repeats: int, 
         out.send(times[1:])
 
 
+def _collect(conn, procs) -> list[float]:
+    deadline = time.monotonic() + _TIMEOUT.total_seconds()
+    while not conn.poll(0.2):
+        if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+            raise RuntimeError("raw gloo benchmark peers failed or did not report")
+    return conn.recv()
+
+
 def measure_gloo_bandwidth(num_bytes: int, repeats: int = 5, chunk_bytes: int | None = None) -> RawResult:
     """Median seconds to move `num_bytes` rank 0 -> rank 1 over loopback gloo (chunked if asked)."""
     from torch.distributed import TCPStore
@@ -69,9 +77,7 @@ def measure_gloo_bandwidth(num_bytes: int, repeats: int = 5, chunk_bytes: int | 
     for p in procs:
         p.start()
     try:
-        if not recv_end.poll(_TIMEOUT.total_seconds()):
-            raise TimeoutError("raw gloo benchmark peers did not report")
-        times = recv_end.recv()
+        times = _collect(recv_end, procs)
     finally:
         for p in procs:
             p.join(10)

@@ -1,11 +1,14 @@
 """State keeping shared by every receiver backend: `TrackedReceiver`.
 
 A backend's thread, for each incoming layer header, calls `_admit(header)`: it returns the
-live reservation the layer belongs to, or None, in which case the payload must be drained
-and discarded (the reservation, if any, is FAILED with the reason). After receiving the
-payload into its buffer the thread calls `_deliver(reservation, header, kv)`, which checks
-the checksum and runs `write_layer` under the reservation's lock: `abort` and the timeout
-take the same lock, so once a reservation is FAILED no write is running or will start.
+live reservation the layer belongs to (and counts the layer as admitted, so the next header
+may arrive before this layer is written), or None, in which case the payload must be drained
+and discarded (the reservation, if any, is FAILED with the reason). If the payload then
+fails to arrive, `_unadmit` takes the count back (the sender may retry on a new group).
+Received layers go to `_deliver(reservation, header, kv)`, in order, which checks the
+checksum and runs `write_layer` under the reservation's `write_lock`: `abort` and the
+timeout take the same lock, so once a reservation is FAILED no write is running or will
+start. `write_layer` must not call back into the receiver.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ class Reservation:
     started: float = field(default_factory=time.monotonic)
     state: RecvState = RecvState.RESERVED
     reason: str = ""
-    next_layer: int = 0
+    next_layer: int = 0  # layers admitted
+    num_written: int = 0
     num_bytes: int = 0
     ended: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)  # held while write_layer runs
+    guard: threading.Lock = field(default_factory=threading.Lock)  # state and counters
+    write_lock: threading.Lock = field(default_factory=threading.Lock)  # held while write_layer runs; before guard
 
 
 class TrackedReceiver(KVReceiver):
@@ -73,7 +78,7 @@ class TrackedReceiver(KVReceiver):
         res = self._get(request_id)
         self._expire(res)
         elapsed = (res.ended or time.monotonic()) - res.started
-        return TransferInfo(request_id, res.state, res.reason, res.next_layer, res.num_bytes, elapsed)
+        return TransferInfo(request_id, res.state, res.reason, res.num_written, res.num_bytes, elapsed)
 
     def abort(self, request_id: str) -> None:
         try:
@@ -102,10 +107,11 @@ class TrackedReceiver(KVReceiver):
         reason = ""
         if res is not None:
             self._expire(res)
-            with res.lock:
+            with res.guard:
                 if res.state not in FINAL_RECV_STATES:
                     reason = header.mismatch(res.meta, res.next_layer)
                     if not reason:
+                        res.next_layer += 1
                         res.state = RecvState.RECEIVING
                         return res
         if reason:
@@ -113,18 +119,26 @@ class TrackedReceiver(KVReceiver):
         self._num_discarded += 1
         return None
 
+    def _unadmit(self, res: Reservation, header: LayerHeader) -> None:
+        """The admitted layer's payload never arrived: expect it again."""
+        with res.guard:
+            if res.state not in FINAL_RECV_STATES and res.next_layer == header.layer + 1:
+                res.next_layer -= 1
+
     def _deliver(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> None:
         """Verify and write one received layer (`kv` is the receive buffer, valid only now)."""
-        with res.lock:
-            if res.state in FINAL_RECV_STATES:
-                return
+        with res.write_lock:
+            with res.guard:
+                if res.state in FINAL_RECV_STATES:
+                    return
             reason = self._write(res, header, kv)
             if not reason:
-                res.next_layer += 1
-                res.num_bytes += header.nbytes
-                if res.next_layer == res.meta.num_layers:
-                    self._end(res, RecvState.DONE, "")
-                    self._drop_active(res)
+                with res.guard:
+                    res.num_written += 1
+                    res.num_bytes += header.nbytes
+                    if res.num_written == res.meta.num_layers:
+                        self._end(res, RecvState.DONE, "")
+                        self._drop_active(res)
                 return
         self._fail(res, reason)
 
@@ -159,7 +173,7 @@ class TrackedReceiver(KVReceiver):
             self._fail(res, f"timed out after {self.config.timeout_s:g}s")
 
     def _fail(self, res: Reservation, reason: str) -> None:
-        with res.lock:
+        with res.write_lock, res.guard:
             if res.state not in FINAL_RECV_STATES:
                 self._end(res, RecvState.FAILED, reason)
         self._drop_active(res)

@@ -9,6 +9,8 @@ Formation (no global world, no `init_process_group`):
    `PrefixStore(pair_key, store)`: sender rank 0, receiver rank 1, gloo for CPU tensors,
    NCCL for CUDA tensors. A broken group is dropped; the sender forms `<gen + 1>` next time.
 
+The NCCL path follows the same code but has not been run yet (no GPUs where it was written).
+
 Measured on torch 2.13 (gloo): a recv completes only inside `Work.wait` (no polling);
 `abort()`/`shutdown()` do not wake a blocked recv; a wait that times out closes the pair,
 which fails every pending op on both ends at once ("Application timeout caused pair closure" /
@@ -67,14 +69,21 @@ def parse_join(message: str) -> tuple[str, str, str] | None:
     return None if match is None else (match.group(1), match.group(2), match.group(4))
 
 
-def make_group(store: TCPStore, pair_key: str, rank: int, device: str, timeout_s: float):
+def make_group(store: TCPStore, pair_key: str, rank: int, device: str, timeout_s: float, idle_timeout_s: float):
+    """gloo: `timeout_s` bounds forming the group (every op passes its own timeout).
+    NCCL connects lazily and its watchdog aborts ops older than the group timeout, so that
+    one is `idle_timeout_s`; and a failed op must not tear the whole process down
+    (TORCH_NCCL_ASYNC_ERROR_HANDLING=0 unless set): this code times out and aborts the group."""
     prefixed = PrefixStore(pair_key, store)
     if backend_for(device) == "gloo":
         return ProcessGroupGloo(prefixed, rank, 2, td(timeout_s))
+    import os
+
     from torch.distributed import ProcessGroupNCCL
 
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
     options = ProcessGroupNCCL.Options()
-    options._timeout = td(timeout_s)
+    options._timeout = td(idle_timeout_s)
     return ProcessGroupNCCL(prefixed, rank, 2, options)
 
 
@@ -88,7 +97,10 @@ class PairLink:
         self.group = group
         self.peer = 1 - rank
         self.device = torch.device(device)
-        self._header = torch.zeros(HEADER_WORDS, dtype=torch.int64, device=self.device)
+        self.backend = backend_for(device)
+        # two header buffers: the next header's recv is posted as soon as one arrives
+        self._headers = [torch.zeros(HEADER_WORDS, dtype=torch.int64, device=self.device) for _ in range(2)]
+        self._next_header = None  # (work, buffer) of the posted header recv
         self._scratch: torch.Tensor | None = None
         self.closed = False
 
@@ -96,26 +108,41 @@ class PairLink:
         words = header.encode().to(self.device)
         self.group.send([words], self.peer, HEADER_TAG).wait(td(timeout_s))
 
-    def recv_header(self, timeout_s: float) -> LayerHeader:
-        """Next header; ValueError if the peer does not speak this protocol."""
-        self.group.recv([self._header], self.peer, HEADER_TAG).wait(td(timeout_s))
-        return LayerHeader.decode(self._header.cpu())
+    def post_layer(self, header: LayerHeader, flat: torch.Tensor) -> list:
+        """Post header and payload (flat: uint8 [nbytes], in CHUNK_BYTES messages); wait with `wait_all`."""
+        works = [self.group.send([header.encode().to(self.device)], self.peer, HEADER_TAG)]
+        works += [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
+        return works
 
-    def send_payload(self, flat: torch.Tensor, timeout_s: float) -> None:
-        """flat: uint8 [nbytes], sent as CHUNK_BYTES messages, all posted before waiting."""
-        works = [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
-        self._wait_all(works, timeout_s)
+    def recv_header(self, timeout_s: float) -> LayerHeader:
+        """Next header; ValueError if the peer does not speak this protocol.
+
+        gloo: the recv for the following header is posted before returning, so the sender's
+        next header never waits for this side to ask for it (gloo matches each tag on its
+        own). Not on NCCL, whose p2p ops run in order on one stream: an early header recv
+        would block the payload recv in front of it."""
+        work, words = self._next_header or self._post_header_recv(0)
+        self._next_header = None
+        work.wait(td(timeout_s))
+        header = LayerHeader.decode(words.cpu())
+        if self.backend == "gloo":
+            self._next_header = self._post_header_recv(1 if words is self._headers[0] else 0)
+        return header
+
+    def _post_header_recv(self, index: int):
+        words = self._headers[index]
+        return self.group.recv([words], self.peer, HEADER_TAG), words
 
     def recv_payload(self, flat: torch.Tensor, timeout_s: float) -> None:
         works = [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
-        self._wait_all(works, timeout_s)
+        self.wait_all(works, timeout_s)
 
     def drain(self, nbytes: int, timeout_s: float) -> None:
         """Receive and discard a payload of `nbytes` into one reused chunk-sized buffer."""
         if self._scratch is None:
             self._scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8, device=self.device)
         works = [self.group.recv([self._scratch[: hi - lo]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(nbytes)]
-        self._wait_all(works, timeout_s)
+        self.wait_all(works, timeout_s)
 
     def close(self) -> None:
         """Break the pair: wakes every pending op on both ends with an error. Idempotent."""
@@ -123,7 +150,7 @@ class PairLink:
             return
         self.closed = True
         try:
-            if backend_for(str(self.device)) == "nccl":
+            if self.backend == "nccl":
                 self.group.abort()
             else:
                 probe = torch.empty(1, dtype=torch.uint8)
@@ -131,7 +158,7 @@ class PairLink:
         except Exception:  # the expected timeout, or the pair was already broken
             pass
 
-    def _wait_all(self, works: list, timeout_s: float) -> None:
+    def wait_all(self, works: list, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
         for work in works:
             work.wait(td(end - time.monotonic()))

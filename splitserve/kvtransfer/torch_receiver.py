@@ -3,9 +3,10 @@
 It hosts the rendezvous `TCPStore` on the kv port. An acceptor thread pops join messages
 (see `torch_pair`) and starts one thread per pair; a newer group from the same sender
 instance replaces (breaks) the older one. A pair thread loops: receive a header (waiting up
-to `idle_timeout_s`), `_admit` it against the reservations, receive the payload into the
-pair's reused buffer (or drain it into a chunk-sized scratch buffer when it matches no live
-reservation), then `_deliver` it. A peer that dies, a wait that times out or a header that
+to `idle_timeout_s`), `_admit` it against the reservations, receive the payload into one of
+the pair's two reused buffers (or drain it into a chunk-sized scratch buffer when it matches
+no live reservation), and hand it to the pair's writer thread, which `_deliver`s it while
+the next layer arrives. A peer that dies, a wait that times out or a header that
 is not ours ends the pair thread and closes the group; the peer forms a new one next time.
 A header claiming more than `max_layer_bytes` closes the group instead of being drained.
 """
@@ -13,6 +14,7 @@ A header claiming more than `max_layer_bytes` closes the group instead of being 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -20,7 +22,7 @@ import torch
 from torch.distributed import TCPStore
 
 from splitserve.kvtransfer.base import TransferConfig
-from splitserve.kvtransfer.receiver_base import TrackedReceiver
+from splitserve.kvtransfer.receiver_base import Reservation, TrackedReceiver
 from splitserve.kvtransfer.torch_pair import (
     JOIN_QUEUE,
     RECEIVER_RANK,
@@ -31,7 +33,7 @@ from splitserve.kvtransfer.torch_pair import (
     parse_join,
     td,
 )
-from splitserve.kvtransfer.wire import Kind
+from splitserve.kvtransfer.wire import Kind, LayerHeader
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ class TorchReceiver(TrackedReceiver):
         if self._closed:
             return
         try:
-            group = make_group(self._store, pair_key, RECEIVER_RANK, self.config.device, self.config.connect_timeout_s)
+            group = make_group(self._store, pair_key, RECEIVER_RANK, self.config.device, self.config.connect_timeout_s,
+                               self.config.idle_timeout_s)
         except Exception as exc:
             log.warning("KV pair %s did not form: %s", pair_key, exc)
             return
@@ -117,20 +120,69 @@ class TorchReceiver(TrackedReceiver):
                     del self._links[instance]
 
     def _receive_loop(self, link: PairLink) -> None:
-        buffer = torch.empty(0, dtype=torch.uint8, device=self.config.device)
-        while not self._closed and not link.closed:
-            header = link.recv_header(self.config.idle_timeout_s)
-            if header.kind is Kind.ABORT:
-                self._sender_aborted(header.request_hash)
-                continue
-            res = self._admit(header)
-            if res is None:
-                if header.nbytes > self.config.max_layer_bytes:
-                    raise ValueError(f"header claims {header.nbytes} bytes, above max_layer_bytes")
-                link.drain(header.nbytes, self.config.timeout_s)
-                continue
-            if buffer.numel() < header.nbytes:
-                buffer = torch.empty(header.nbytes, dtype=torch.uint8, device=self.config.device)
-            flat = buffer[: header.nbytes]
-            link.recv_payload(flat, max(0.0, res.deadline - time.monotonic()))
-            self._deliver(res, header, flat.view(res.meta.torch_dtype).view(res.meta.layer_shape))
+        writer = _LayerWriter(self._deliver, self.config.device)
+        try:
+            while not self._closed and not link.closed:
+                header = link.recv_header(self.config.idle_timeout_s)
+                if header.kind is Kind.ABORT:
+                    self._sender_aborted(header.request_hash)
+                    continue
+                res = self._admit(header)
+                if res is None:
+                    if header.nbytes > self.config.max_layer_bytes:
+                        raise ValueError(f"header claims {header.nbytes} bytes, above max_layer_bytes")
+                    link.drain(header.nbytes, self.config.timeout_s)
+                    continue
+                remaining_s = res.deadline - time.monotonic()
+                buffer = writer.take(header.nbytes, remaining_s)
+                try:
+                    link.recv_payload(buffer[: header.nbytes], remaining_s)
+                except Exception:
+                    writer.give_back(buffer)
+                    self._unadmit(res, header)
+                    raise
+                writer.submit(res, header, buffer)
+        finally:
+            writer.close()
+
+
+class _LayerWriter:
+    """Runs `deliver` (the decode node's copy into its pool) on a thread of its own, so that
+    layer l is copied while layer l+1 arrives. Two receive buffers per pair, each grown to the
+    largest admitted layer; a buffer is reused once its layer was written."""
+
+    def __init__(self, deliver, device: str) -> None:
+        self._deliver = deliver
+        self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+        for _ in range(2):
+            self._free.put(torch.empty(0, dtype=torch.uint8, device=device))
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kv-write", daemon=True)
+        self._thread.start()
+
+    def take(self, nbytes: int, timeout_s: float) -> torch.Tensor:
+        try:
+            buffer = self._free.get(timeout=max(timeout_s, 0.001))
+        except queue.Empty:
+            raise TimeoutError("write_layer did not return a receive buffer in time") from None
+        if buffer.numel() < nbytes:
+            buffer = torch.empty(nbytes, dtype=torch.uint8, device=buffer.device)
+        return buffer
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        self._free.put(buffer)
+
+    def submit(self, res: Reservation, header: LayerHeader, buffer: torch.Tensor) -> None:
+        self._todo.put((res, header, buffer))
+
+    def close(self) -> None:
+        """Pending layers are still written; then the thread ends."""
+        self._todo.put(None)
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            res, header, buffer = item
+            # kv: [2, num_tokens, num_kv_heads, head_dim] over the first nbytes of the buffer
+            kv = buffer[: header.nbytes].view(res.meta.torch_dtype).view(res.meta.layer_shape)
+            self._deliver(res, header, kv)
+            self._free.put(buffer)

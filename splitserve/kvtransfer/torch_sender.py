@@ -2,9 +2,10 @@
 
 One background thread per destination moves jobs in the order they were enqueued: for each
 layer, the header then the payload chunks on the pair group (formed on first use, see
-`torch_pair`). Every wait is bounded by the request's remaining time. When an op fails the
-group is dropped; the failing layer is retried once on a fresh group if the failed group
-was an old one (the receiver restarted or closed an idle group), then the request FAILS.
+`torch_pair`), with up to WINDOW layers posted before the oldest is waited for. Every wait
+is bounded by the request's remaining time. When an op fails the group is dropped; the
+unconfirmed layers are posted once more on a fresh group if the failed group had worked
+before (the receiver restarted or closed an idle group), else their requests FAIL.
 Sender DONE means every layer was handed to the peer's transport; whether the decode node
 accepted them is the decode node's state to report.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +35,17 @@ from splitserve.kvtransfer.torch_pair import (
 from splitserve.kvtransfer.wire import Kind, LayerHeader, as_bytes, layer_checksum, request_hash
 
 
+WINDOW = 2  # layers posted but unconfirmed: posting layer l+1 overlaps waiting for layer l
+
+
+@dataclass
+class _Flight:
+    job: Job
+    header: LayerHeader
+    works: list = field(default_factory=list)
+    retried: bool = False
+
+
 class TorchSender(TrackedSender):
     def __init__(self, address: str, config: TransferConfig = TransferConfig(), instance_id: str | None = None) -> None:
         super().__init__(config)
@@ -44,6 +58,7 @@ class TorchSender(TrackedSender):
         self._generation = 0
         self._store = None
         self._link: PairLink | None = None
+        self._link_proven = False  # some op on the current group succeeded
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"kv-send-{address}", daemon=True)
         self._thread.start()
@@ -63,35 +78,73 @@ class TorchSender(TrackedSender):
         self._thread.join(self.config.connect_timeout_s + 1.0)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.kind is JobKind.LAYER:
-                self._send_layer(job)
+        flights: deque[_Flight] = deque()
+        while True:
+            try:
+                job = self._jobs.get(block=not flights)
+            except queue.Empty:  # nothing new: let the layers in flight finish
+                self._settle(flights, keep=0)
+                continue
+            if job is None:
+                break
+            if job.kind is JobKind.LAYER and self._is_live(job.meta.request_id):
+                self._post(self._flight(job), flights)
+                self._settle(flights, keep=WINDOW - 1)
             elif job.kind is JobKind.ABORT:
+                self._settle(flights, keep=0)
                 self._send_abort(job)
         self._drop_link()
 
-    def _send_layer(self, job: Job) -> None:
-        rid = job.meta.request_id
-        if not self._is_live(rid):
-            return
+    def _flight(self, job: Job) -> _Flight:
         if job.ready is not None:
             torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
         crc = layer_checksum(job.kv) if job.meta.checksum else None
-        header = LayerHeader.for_layer(job.meta, job.layer, crc)
-        for attempt in range(2):
-            fresh = self._link is None
+        return _Flight(job, LayerHeader.for_layer(job.meta, job.layer, crc))
+
+    def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
+        rid = flight.job.meta.request_id
+        flights.append(flight)
+        try:
+            link = self._ensure_link(rid)
+            self._mark_sending(rid)
+            flight.works = link.post_layer(flight.header, as_bytes(flight.job.kv))
+            return True
+        except Exception as exc:
+            self._recover(flights, exc)
+            return False
+
+    def _settle(self, flights: deque[_Flight], keep: int) -> None:
+        """Wait for the oldest posted layers until at most `keep` are unconfirmed."""
+        while len(flights) > keep:
+            flight = flights[0]
+            rid = flight.job.meta.request_id
             try:
-                link = self._ensure_link(rid)
-                self._mark_sending(rid)
-                link.send_header(header, self._remaining_s(rid))
-                link.send_payload(as_bytes(job.kv), self._remaining_s(rid))
-                self._layer_sent(rid, header.nbytes)
-                return
+                self._link.wait_all(flight.works, self._remaining_s(rid))
             except Exception as exc:
-                self._drop_link()
-                if fresh or attempt == 1 or not self._is_live(rid):
-                    self._fail(rid, f"layer {job.layer}: {type(exc).__name__}: {_short(exc)}")
-                    return
+                self._recover(flights, exc)
+                continue
+            flights.popleft()
+            self._link_proven = True
+            self._layer_sent(rid, flight.header.nbytes)
+
+    def _recover(self, flights: deque[_Flight], exc: Exception) -> None:
+        """The group broke: drop it. If it had worked before (stale: the receiver restarted or
+        closed it when idle), post each unconfirmed layer once more on a fresh group; otherwise,
+        or if that fails too, their requests FAIL."""
+        proven, pending = self._link_proven, list(flights)
+        self._drop_link()
+        flights.clear()
+        reason = f"{type(exc).__name__}: {_short(exc)}"
+        for i, flight in enumerate(pending):
+            rid = flight.job.meta.request_id
+            if not proven or flight.retried or not self._is_live(rid):
+                self._fail(rid, f"layer {flight.job.layer}: {reason}")
+                continue
+            flight.retried = True
+            if not self._post(flight, flights):
+                for rest in pending[i + 1:]:
+                    self._fail(rest.job.meta.request_id, f"layer {rest.job.layer}: {reason}")
+                return
 
     def _send_abort(self, job: Job) -> None:
         if self._link is None:
@@ -110,12 +163,13 @@ class TorchSender(TrackedSender):
         self._generation += 1
         pair_key, message = join_message(self.instance, self._generation, self.config.device)
         self._store.queue_push(JOIN_QUEUE, message)
-        group = make_group(self._store, pair_key, SENDER_RANK, self.config.device, timeout_s)
+        group = make_group(self._store, pair_key, SENDER_RANK, self.config.device, timeout_s, self.config.idle_timeout_s)
         self._link = PairLink(group, SENDER_RANK, self.config.device)
+        self._link_proven = False
         return self._link
 
     def _drop_link(self) -> None:
-        link, self._link, self._store = self._link, None, None
+        link, self._link, self._store, self._link_proven = self._link, None, None, False
         if link is not None:
             link.close()
 

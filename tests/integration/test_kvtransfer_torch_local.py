@@ -1,0 +1,64 @@
+"""The torch backend with both ends in this process (two threads, one gloo pair over loopback)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from splitserve.kvtransfer import RecvState, SendState, TransferConfig, TransferMeta
+from splitserve.kvtransfer.torch_receiver import TorchReceiver
+from splitserve.kvtransfer.torch_sender import TorchSender
+
+
+def _transfer(sender: TorchSender, receiver: TorchReceiver, rid: str) -> list[torch.Tensor]:
+    m = TransferMeta(rid, 2, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16", checksum=True)
+    got: list[torch.Tensor] = []
+    receiver.expect(m, lambda layer, kv: got.append(kv.clone()))
+    sent = [torch.randn(m.layer_shape).half() for _ in range(m.num_layers)]
+    sender.begin(m)
+    for layer, kv in enumerate(sent):
+        sender.send_layer(rid, layer, kv)
+    sender.finish(rid)
+    assert sender.wait(rid, 10) is SendState.DONE, sender.info(rid)
+    deadline = time.monotonic() + 5
+    while receiver.poll(rid) is not RecvState.DONE and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert receiver.poll(rid) is RecvState.DONE, receiver.info(rid)
+    assert all(torch.equal(a, b) for a, b in zip(got, sent, strict=True))
+    return got
+
+
+@pytest.fixture
+def pair(request):
+    config = TransferConfig(timeout_s=5, connect_timeout_s=1, **getattr(request, "param", {}))
+    receiver = TorchReceiver(config)
+    sender = TorchSender(receiver.address, config)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+def test_idle_group_outlives_connect_timeout_and_is_reused(pair):
+    sender, receiver = pair
+    _transfer(sender, receiver, "a")
+    time.sleep(1.5)
+    _transfer(sender, receiver, "b")
+    assert sender.num_groups_formed == 1 and receiver.num_pairs == 1
+
+
+@pytest.mark.parametrize("pair", [{"idle_timeout_s": 0.5}], indirect=True)
+def test_group_closed_for_idleness_is_formed_again(pair):
+    sender, receiver = pair
+    _transfer(sender, receiver, "a")
+    time.sleep(1.0)
+    _transfer(sender, receiver, "b")
+    assert sender.num_groups_formed == 2
+
+
+def test_sender_validates_layers_before_queueing(pair):
+    sender, _ = pair
+    sender.begin(TransferMeta("x", 1, 1, 1, 1, "float32"))
+    with pytest.raises(ValueError, match="float32"):
+        sender.send_layer("x", 0, torch.zeros(2, 1, 1, 1, dtype=torch.float64))
