@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 $(MODEL_DIR): $(STAMP)
 	$(BIN)/splitserve make-model --preset small --out $(MODEL_DIR)
 
+# A local cluster (router + 1 prefill + 1 decode) on the demo model, a sample request, then
+# serving on grpc://127.0.0.1:50050 until Ctrl-C.
 run: $(STAMP) $(MODEL_DIR)
-	$(BIN)/splitserve generate --model $(MODEL_DIR) --prompt "The capital of France is" --max-tokens 24
+	$(BIN)/splitserve up --model $(MODEL_DIR) --prefill 1 --decode 1 --sample
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,69 @@
+"""`splitserve up`, `complete` and `generate` as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from splitserve.engine import Engine, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "splitserve.cli", *args]
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_up_serves_completes_and_stops_everything_on_sigterm(tiny_model):
+    proc = subprocess.Popen(cli("up", "--model", str(tiny_model), "--port", "0", "--sample"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, url = [], None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("cluster ready: router at "):
+            url = line.split()[4]
+        if line.startswith("--- ") and "tokens" in line:
+            break
+    assert url, "".join(lines)
+    assert "finish=length" in lines[-1]
+    children = children_of(proc.pid)
+    assert len(children) == 3  # router, prefill, decode
+
+    prompt = "the quick brown fox"
+    out = subprocess.run(cli("complete", "--url", url, "--prompt", prompt, "--max-tokens", "6", "--json"),
+                         capture_output=True, text=True, timeout=60)
+    result = json.loads(out.stdout)
+    engine = Engine(tiny_model)
+    expected = engine.generate([prompt], SamplingParams(max_tokens=6))[0]
+    assert result["token_ids"] == expected.token_ids and result["text"] == expected.text
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_generate_json_batch(tiny_model):
+    out = subprocess.run(cli("generate", "--model", str(tiny_model), "--prompt", "a b", "--prompt", "c", "--max-tokens", "5",
+                             "--json"), capture_output=True, text=True, timeout=120, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 2 and all(set(r) >= {"prompt_token_ids", "token_ids", "text"} for r in rows)
+    assert all(len(r["token_ids"]) <= 5 for r in rows)
+
+
+def test_generate_rejects_bad_input_with_a_message(tiny_model):
+    out = subprocess.run(cli("generate", "--model", str(tiny_model), "--prompt", "x", "--max-tokens", "0"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "max_tokens" in out.stderr
