@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from splitserve.bench.workloads import WORKLOADS
 
     g = p.add_argument_group("target")
-    g.add_argument("--url", help="http://HOST:PORT (OpenAI-compatible server) or another registered scheme")
+    g.add_argument("--url", help="http://HOST:PORT (OpenAI-compatible server), grpc://HOST:PORT (the cluster's router)")
     g.add_argument("--model", help="model name to send (default: the server's first /v1/models entry)")
     g.add_argument("--endpoint", default="/v1/completions", help="/v1/completions or /v1/chat/completions")
     g.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--extra-body", type=json.loads, default={}, help="JSON merged into each request body")
     g.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
-                   help="HTTP header for every request (repeatable; values are not saved)")
+                   help="HTTP header for every request (repeatable; values are not saved); "
+                        "grpc: Authorization='Bearer KEY' is the API key")
     g.add_argument("--request-timeout-s", type=float, default=600.0)
     g = p.add_argument_group("workload")
     g.add_argument("--workload", default="fixed", choices=list(WORKLOADS))

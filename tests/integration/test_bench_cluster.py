@@ -1,0 +1,82 @@
+"""`splitserve bench` against a real local cluster (router + prefill + decode, tiny model) over
+grpc://: the first 20 s of the Azure conv trace, replayed 0.3x as long (6 s) with lengths
+clipped to 256 prompt / 32 output tokens, which the tiny model on 2 shared cores serves with
+room to spare. Once in-process, once through the CLI as a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from splitserve.bench import report
+from splitserve.bench.arrivals import ArrivalConfig, trace_offsets
+from splitserve.bench.benchmark import BenchConfig, run_benchmark
+from splitserve.bench.plots import save_plots
+from splitserve.bench.runner import RunConfig
+from splitserve.bench.workloads import WorkloadConfig, make_workload
+from splitserve.serving.local_cluster import LocalCluster
+from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F401
+
+pytestmark = pytest.mark.slow
+WINDOW_S, TIME_SCALE, MAX_IN, MAX_OUT = (0.0, 20.0), 0.3, 256, 32
+PNGS = {"ttft_cdf.png", "tpot_cdf.png", "e2el_cdf.png", "throughput.png"}
+
+
+@pytest.fixture(scope="module")
+def cluster(bench_model_dir):
+    with LocalCluster(bench_model_dir, prefill=1, decode=1, transport="torch") as c:
+        yield c
+
+
+def _workload() -> WorkloadConfig:
+    return WorkloadConfig(name="azure-conv", window_s=WINDOW_S, max_input_len=MAX_IN, max_output_len=MAX_OUT)
+
+
+def _assert_readable(json_path, plot_dir, num_requests: int) -> dict:
+    saved = json.loads(json_path.read_text())
+    assert saved["completed"] == num_requests and saved["failed"] == 0 and saved["backend"] == "grpc"
+    assert len(saved["requests"]) == num_requests and saved["config"]["workload"]["name"] == "azure-conv"
+    assert {p.name for p in plot_dir.iterdir()} >= PNGS
+    assert all(matplotlib.image.imread(plot_dir / name).shape[0] > 100 for name in PNGS)
+    return saved
+
+
+def test_azure_conv_replay_in_process(cluster, bench_tokenizer, tmp_path):
+    workload = make_workload(_workload(), bench_tokenizer)
+    trace = workload.timestamps()
+    config = BenchConfig(url=cluster.url, workload=_workload(), arrival=ArrivalConfig(kind="trace", time_scale=TIME_SCALE),
+                         run=RunConfig(max_time_s=60), percentiles=(50.0, 99.0),
+                         slos_ms={"ttft": 2000.0, "tpot": 200.0}, label="tiny-1p1d")
+    result = run_benchmark(config, bench_tokenizer, workload)
+    errors = [r.error for r in result.run.records if not r.success]
+    assert not errors, errors[:5]
+    m = result.metrics
+    assert m.completed == len(trace) > 20 and m.failed == 0 and m.request_goodput > 0
+    assert [r.output_tokens for r in result.run.records] == [r.expected_output_tokens for r in result.run.records]
+    assert max(r.prompt_tokens for r in result.run.records) <= MAX_IN
+    expected = trace_offsets(config.arrival, trace)
+    assert [r.scheduled_s for r in result.run.records] == pytest.approx(expected)
+    assert result.run.duration_s >= expected[-1]
+    d = report.result_dict(result)
+    path = report.save_json(d, tmp_path / "conv.json")
+    save_plots([json.loads(path.read_text())], tmp_path / "plots")
+    saved = _assert_readable(path, tmp_path / "plots", len(trace))
+    assert saved["p99_ttft_ms"] > 0 and saved["mean_tpot_ms"] > 0 and saved["label"] == "tiny-1p1d"
+
+
+def test_azure_conv_replay_through_the_cli(cluster, bench_model_dir, bench_tokenizer, tmp_path):
+    num_requests = len(make_workload(_workload(), bench_tokenizer).timestamps())
+    command = [sys.executable, "-m", "splitserve.cli", "bench", "--url", cluster.url, "--tokenizer", str(bench_model_dir),
+               "--workload", "azure-conv", "--window", f"{WINDOW_S[0]:g}:{WINDOW_S[1]:g}",
+               "--time-scale", str(TIME_SCALE), "--max-input-len", str(MAX_IN), "--max-output-len", str(MAX_OUT),
+               "--percentiles", "50,99", "--slo", "ttft:2000,tpot:200", "--max-time-s", "60",
+               "--json", str(tmp_path / "cli.json"), "--csv", str(tmp_path / "cli.csv"), "--plot", str(tmp_path / "p")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Serving Benchmark Result" in out.stdout and "P99 TTFT (ms):" in out.stdout
+    assert "sent" in out.stdout + out.stderr  # plain progress lines when not on a terminal
+    saved = _assert_readable(tmp_path / "cli.json", tmp_path / "p", num_requests)
+    assert saved["config"]["arrival"]["time_scale"] == TIME_SCALE
+    assert len((tmp_path / "cli.csv").read_text().splitlines()) == num_requests + 1
