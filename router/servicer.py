@@ -9,10 +9,10 @@ import time
 import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
-from splitserve.engine.textstream import TextStream
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
+from router.completion import Finish, Piece, completion
 from router.frontend import Frontend
-from router.orchestrator import Done, Job, NodeCallError, Orchestrator, Tokens
+from router.orchestrator import Job, NodeCallError, Orchestrator
 from router.policies import NoRoute
 
 log = logging.getLogger(__name__)
@@ -54,26 +54,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self.frontend.job(prompt_ids, params, request.request_id)
 
     async def _responses(self, job: Job, route, start: float):
-        text = TextStream(self.frontend.tokenizer, job.prompt_token_ids, job.params.stop)
-        num_tokens, ttft = 0, 0.0
-        events = self.orchestrator.run(job, route)
-        try:
-            async for event in events:
-                if isinstance(event, Done):
-                    rest = text.finish()
-                    if rest:
-                        yield _chunk([], rest, [])
-                    yield _final(job, event, "stop" if text.stopped else event.finish_reason, num_tokens, ttft,
-                                 time.monotonic() - start)
-                    return
-                ttft = ttft or time.monotonic() - start
-                num_tokens += len(event.token_ids)
-                yield _chunk(event.token_ids, text.add(event.token_ids), event.logprobs)
-                if text.stopped:
-                    yield _final(job, Done("stop", 0, route), "stop", num_tokens, ttft, time.monotonic() - start)
-                    return
-        finally:
-            await events.aclose()
+        async for item in completion(self.frontend.tokenizer, self.orchestrator, job, route, start):
+            if isinstance(item, Piece):
+                yield _chunk(item.token_ids, item.text, item.logprobs)
+            else:
+                yield _final(job, item)
 
     async def Abort(self, request: common_pb2.AbortRequest, context):
         task = self._active.get(request.request_id)
@@ -87,10 +72,12 @@ def _chunk(token_ids: list[int], text: str, logprobs: list) -> router_pb2.Genera
         token_ids=token_ids, text=text, logprobs=[logprob_to_proto(lp) for lp in logprobs]))
 
 
-def _final(job: Job, done: Done, reason: str, num_tokens: int, ttft: float, e2e: float) -> router_pb2.GenerateResponse:
-    usage = common_pb2.Usage(prompt_tokens=len(job.prompt_token_ids), completion_tokens=num_tokens,
+def _final(job: Job, finish: Finish) -> router_pb2.GenerateResponse:
+    done = finish.done
+    usage = common_pb2.Usage(prompt_tokens=len(job.prompt_token_ids), completion_tokens=finish.num_completion_tokens,
                              cached_tokens=done.num_cached_tokens)
-    timings = common_pb2.Timings(prefill_s=done.prefill_s, transfer_s=done.transfer_s, ttft_s=ttft, e2e_s=e2e)
+    timings = common_pb2.Timings(prefill_s=done.prefill_s, transfer_s=done.transfer_s, ttft_s=finish.ttft_s,
+                                 e2e_s=finish.e2e_s)
     return router_pb2.GenerateResponse(final=router_pb2.GenerateFinal(
-        finish_reason=reason, usage=usage, timings=timings, request_id=job.request_id,
+        finish_reason=finish.reason, usage=usage, timings=timings, request_id=job.request_id,
         prefill_node=done.route.prefill.address, decode_node=done.route.decode.address))
