@@ -3,6 +3,17 @@
     sender = make_sender("torch", "decode-host:29500", TransferConfig())     # prefill node, per decode node
     receiver = make_receiver("torch", TransferConfig(), host="0.0.0.0", port=29500)  # decode node
 
+What the services exchange before a transfer (router: Reserve on the decode node, then
+Prefill on the prefill node):
+
+- the request id (the router's), and the same `TransferMeta` built on both nodes from the
+  model config, the prompt length, the dtype and the checksum setting;
+- the decode node's KV address for the prefill node's `make_sender(backend, address)`:
+  torch - "<advertised host>:<kv port>" (the port of `receiver.address`); grpc - the decode
+  node's gRPC address when the servicer sits on its own server (`grpc_server=`).
+  Nothing else: a torch pair group names itself after the sender's instance id.
+- `expect` must run before the prefill node's `begin` (Reserve returns first).
+
 See `base` for the interface and the states, `torch_pair` for how pair groups form, `wire`
 for what travels. Backends: `torch` (torch.distributed point-to-point: gloo on CPU, NCCL on
 CUDA) and `grpc` (client-streaming PushKV); `loopback` is the in-process fake for tests.

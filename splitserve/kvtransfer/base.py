@@ -161,7 +161,9 @@ class KVSender(ABC):
 
     @abstractmethod
     def finish(self, request_id: str) -> None:
-        """No more layers: DONE once all were delivered. ValueError if layers are missing."""
+        """No more layers. ValueError if layers are missing. DONE follows once all were
+        delivered: torch - every layer handed to the peer's transport (the decode node's own
+        state says whether it accepted them); grpc - the decode node replied that it wrote them."""
 
     @abstractmethod
     def poll(self, request_id: str) -> SendState:
@@ -189,8 +191,10 @@ class KVReceiver(ABC):
     """Decode side: accepts KV for reserved requests from any number of prefill nodes.
 
     `address` is what the prefill node needs to reach it ("host:port"). Layers are handed to
-    the `write_layer` given to `expect`, called from the receiver's own thread with a `kv`
-    tensor that is only valid during the call (the receiver reuses the buffer): copy it.
+    the `write_layer` given to `expect`, called in layer order from a thread of the receiver
+    with a `kv` tensor that is only valid during the call (the receiver reuses the buffer):
+    copy it (on CUDA: enqueue the copy on the current stream before returning). It must not
+    call back into the receiver.
     Layers that do not match a live reservation (unknown request, sizes that differ from the
     meta, out of order, bad checksum) are drained and discarded, and the reservation if any
     becomes FAILED with a reason; they never crash the receiver or allocate beyond

@@ -121,6 +121,9 @@ class _SenderHost:
     def result(self, request_id: str) -> tuple[list[int], float | None]:
         return self.crcs.get(request_id, []), self.begun_at.get(request_id)
 
+    def abort(self, address: str, request_id: str) -> None:
+        self.sender(address).abort(request_id)
+
     def send_garbage(self, address: str) -> None:
         """Form a pair group like a torch sender, then send a header that is not ours."""
         import torch

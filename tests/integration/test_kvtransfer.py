@@ -121,6 +121,19 @@ def test_sender_killed_mid_transfer_fails_receiver_then_fresh_sender_works(recei
     assert_delivered(replacement, receiver, transfer(replacement, receiver, ok), ok)
 
 
+def test_sender_abort_reaches_the_receiver_before_its_timeout(sender, receiver):
+    m = meta(64, num_layers=8)
+    address = transfer(sender, receiver, m, layer_delay_s=0.2)
+    time.sleep(0.5)
+    start = time.monotonic()
+    sender.call("abort", address, m.request_id)
+    state, reason = receiver.call("wait", m.request_id, CONFIG.timeout_s)
+    assert state == "FAILED" and ("sender aborted" in reason or "ended early" in reason)
+    assert time.monotonic() - start < CONFIG.timeout_s / 2
+    ok = meta(64)
+    assert_delivered(sender, receiver, transfer(sender, receiver, ok), ok)
+
+
 def test_header_that_does_not_match_the_reservation_fails_only_that_request(backend, sender, receiver):
     reserved = meta(100)
     address = receiver.call("address")

@@ -62,3 +62,15 @@ def test_sender_validates_layers_before_queueing(pair):
     sender.begin(TransferMeta("x", 1, 1, 1, 1, "float32"))
     with pytest.raises(ValueError, match="float32"):
         sender.send_layer("x", 0, torch.zeros(2, 1, 1, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("pair", [{"max_layer_bytes": 4096}], indirect=True)
+def test_oversized_unexpected_layer_closes_the_group_instead_of_draining(pair):
+    sender, receiver = pair
+    big = TransferMeta("big", 1, num_tokens=512, num_kv_heads=2, head_dim=4, dtype="float32")  # 16 KiB layer
+    sender.begin(big)
+    sender.send_layer("big", 0, torch.zeros(big.layer_shape))
+    sender.finish("big")
+    assert sender.wait("big", 10) is SendState.FAILED
+    _transfer(sender, receiver, "after")
+    assert sender.num_groups_formed == 2
