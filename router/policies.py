@@ -2,22 +2,29 @@
 
 A Route names a prefill node and a decode node; the same mixed node in both places means the
 request runs colocated there. Registered by name; `get_policy` raises KeyError listing names.
+A policy may keep state across calls (round_robin's turn, cache_aware's prefix index), never
+network access.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from splitserve import labels
 from router.nodes import NodeView
+from router.prefix_index import PrefixIndex
 
 
 @dataclass(frozen=True)
 class RouteRequest:
     num_prompt_tokens: int
     max_tokens: int
+    block_hashes: tuple[bytes, ...] = ()  # chained hashes of the prompt's full blocks (router/prefix_index.py)
+    chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
+    num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,12 @@ def prefill_load(n: NodeView) -> tuple:
     return (n.inflight_prefill_tokens, n.num_waiting, n.address)
 
 
+def pending_prefill_tokens(n: NodeView) -> int:
+    """Prompt tokens queued on n: this router's in-flight count (exact, instant) or the node's
+    own count (all routers, as of the last Stats), whichever is larger."""
+    return max(n.inflight_prefill_tokens, n.num_pending_prefill_tokens)
+
+
 def decode_load(n: NodeView) -> tuple:
     return (n.inflight_decodes, -n.free_blocks, n.address)
 
@@ -94,4 +107,93 @@ def round_robin() -> Policy:
         turn = next(counter)
         pick = lambda ns: sorted(ns, key=lambda n: n.address)[turn % len(ns)]
         return split_or_colocated(nodes, pick, pick, pick)
+    return choose
+
+
+# CacheBlend reuses a chunk's KV but recomputes about this fraction of its tokens.
+CHUNK_RECOMPUTE_FRACTION = 0.15
+
+
+def cached_tokens(n: NodeView, request: RouteRequest, matched_blocks: int) -> float:
+    """Prompt tokens n would not compute: its prefix hit or its chunk hits, whichever is larger
+    (both may cover the same leading documents, so they are not added)."""
+    prefix = min(matched_blocks * n.block_size, request.num_prompt_tokens - 1)
+    if not request.chunk_keys:
+        return prefix
+    k = len(request.chunk_keys)
+    chunk_tokens = request.num_chunk_tokens or request.num_prompt_tokens * k / (k + 1)  # unknown: chunks + question
+    hit = len(request.chunk_keys & n.chunk_keys) / k
+    return max(prefix, hit * chunk_tokens * (1 - CHUNK_RECOMPUTE_FRACTION))
+
+
+@register("cache_aware")
+def cache_aware(index_capacity: int = 65536) -> Policy:
+    """Prefill where the request starts soonest counting reuse: minimum of (tokens queued on
+    the node + prompt tokens it would still compute), as Mooncake's TTFT estimate in tokens.
+    Prefix hits come from an LRU of the block hashes this router routed; chunk hits from the
+    chunk keys nodes report in Stats (none yet: prefix hits alone). Decode: least loaded."""
+    index = PrefixIndex(index_capacity)
+
+    def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
+        matched = index.matched_blocks(request.block_hashes)
+
+        def cost(n: NodeView) -> tuple:
+            work = request.num_prompt_tokens - cached_tokens(n, request, matched.get(n.address, 0))
+            return (pending_prefill_tokens(n) + work, n.address)
+        route = split_or_colocated(nodes, lambda ps: min(ps, key=cost), lambda ds: min(ds, key=decode_load),
+                                   lambda ms: min(ms, key=cost))
+        index.record(request.block_hashes, route.prefill.address)
+        return route
+    return choose
+
+
+@dataclass(frozen=True)
+class SplitwiseConfig:
+    """When a pool counts as overloaded (then its requests overflow to the mixed pool).
+
+    prefill_overload_tokens: a prefill node is overloaded when its queued prompt tokens reach
+      this (Splitwise caps a prompt machine's batch at 2048 tokens: beyond it throughput drops).
+    decode_min_free_ratio: a decode node is overloaded when taking this request's blocks
+      (prompt + max_tokens) would leave less than this fraction of its KV pool free.
+    A pool is overloaded when every healthy node in it is (or it has none).
+    """
+
+    prefill_overload_tokens: int = 2048
+    decode_min_free_ratio: float = 0.1
+
+    def __post_init__(self):
+        if self.prefill_overload_tokens < 1:
+            raise ValueError(f"prefill_overload_tokens must be >= 1, got {self.prefill_overload_tokens}")
+        if not 0.0 <= self.decode_min_free_ratio < 1.0:
+            raise ValueError(f"decode_min_free_ratio must be in [0, 1), got {self.decode_min_free_ratio}")
+
+
+def prefill_overloaded(n: NodeView, config: SplitwiseConfig) -> bool:
+    return pending_prefill_tokens(n) >= config.prefill_overload_tokens
+
+
+def decode_overloaded(n: NodeView, request: RouteRequest, config: SplitwiseConfig) -> bool:
+    if n.total_blocks == 0:  # no Stats yet: nothing says it is full
+        return False
+    needed = math.ceil((request.num_prompt_tokens + request.max_tokens) / n.block_size)
+    return n.free_blocks - needed < config.decode_min_free_ratio * n.total_blocks
+
+
+@register("splitwise")
+def splitwise(config: SplitwiseConfig = SplitwiseConfig()) -> Policy:
+    """Splitwise's pools: prompts to the prefill pool, tokens to the decode pool, each by
+    join-the-shortest-queue (pending tokens; running requests then free blocks). When either
+    pool is overloaded (SplitwiseConfig), the request goes to the mixed pool, whose nodes run
+    both phases with mixed batching; with no mixed node the overloaded pools still serve."""
+    def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
+        prefills, decodes = healthy(nodes, labels.ROLE_PREFILL), healthy(nodes, labels.ROLE_DECODE)
+        mixed = healthy(nodes, labels.ROLE_MIXED)
+        overloaded = (not prefills or all(prefill_overloaded(n, config) for n in prefills)
+                      or not decodes or all(decode_overloaded(n, request, config) for n in decodes))
+        if mixed and overloaded:
+            node = min(mixed, key=lambda n: (pending_prefill_tokens(n) + n.inflight_decodes, n.address))
+            return Route(node, node)
+        jsq_prefill = lambda ps: min(ps, key=lambda n: (pending_prefill_tokens(n), n.address))
+        jsq_decode = lambda ds: min(ds, key=lambda n: (decode_overloaded(n, request, config), *decode_load(n)))
+        return split_or_colocated(nodes, jsq_prefill, jsq_decode, jsq_prefill)
     return choose

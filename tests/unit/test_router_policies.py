@@ -3,7 +3,9 @@
 import pytest
 
 from router.nodes import NodeView, parse_static_nodes
-from router.policies import NoRoute, RouteRequest, get_policy
+from router.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
+from router.prefix_index import PrefixIndex, block_hashes
+from splitserve.engine.block_pool import BlockPool
 
 REQ = RouteRequest(num_prompt_tokens=100, max_tokens=10)
 
@@ -50,3 +52,93 @@ def test_static_node_list_parsing():
     assert parse_static_nodes("prefill=a:1, decode=b:2,mixed=c:3") == [("prefill", "a:1"), ("decode", "b:2"), ("mixed", "c:3")]
     with pytest.raises(ValueError, match="ROLE=HOST:PORT"):
         parse_static_nodes("gpu=a:1")
+
+
+# --- cache_aware ---------------------------------------------------------------------------------
+
+PROMPT = list(range(5, 5 + 200))  # 12 full blocks of 16
+
+
+def cache_request(prompt=PROMPT, **kw):
+    return RouteRequest(len(prompt), 10, block_hashes=block_hashes(prompt, 16), **kw)
+
+
+def test_block_hashes_equal_the_block_pools_prefix_hashes():
+    pool = BlockPool(num_blocks=32, block_size=16)
+    parent, pool_hashes = b"", []
+    for block_id, start in zip(pool.allocate(12), range(0, 192, 16)):
+        parent = pool.register_full(block_id, parent, PROMPT[start:start + 16])
+        pool_hashes.append(parent)
+    assert block_hashes(PROMPT, 16) == tuple(pool_hashes)
+    assert block_hashes(PROMPT[:40], 16) == tuple(pool_hashes[:2])  # chained: a prefix's hashes are a prefix
+
+
+def test_prefix_index_matches_the_longest_routed_prefix_and_evicts_least_recent():
+    index = PrefixIndex(capacity=12)
+    hashes = block_hashes(PROMPT, 16)
+    index.record(hashes[:4], "a")
+    index.record(hashes, "b")
+    assert index.matched_blocks(hashes) == {"b": 12}
+    other = block_hashes([9] * 64, 16)
+    index.record(other, "c")  # 4 new hashes push out the 4 oldest
+    assert len(index) == 12 and index.matched_blocks(hashes) == {} and index.matched_blocks(other) == {"c": 4}
+
+
+def test_cache_aware_returns_to_the_node_holding_the_prefix():
+    policy = get_policy("cache_aware")
+    nodes = [node("p1", "prefill"), node("p2", "prefill"), node("d1", "decode")]
+    first = policy(nodes, cache_request()).prefill.address
+    loaded = [node(n.address, n.role, inflight_prefill_tokens=100 if n.address == first else 0) for n in nodes]
+    assert policy(loaded, cache_request(PROMPT + [7, 8, 9])).prefill.address == first  # 192 cached > 100 queued
+
+
+def test_cache_aware_trades_the_hit_against_load():
+    policy = get_policy("cache_aware")
+    nodes = [node("p1", "prefill"), node("p2", "prefill"), node("d1", "decode")]
+    first = policy(nodes, cache_request()).prefill.address
+    busy = [node(n.address, n.role, num_pending_prefill_tokens=1000 if n.address == first else 0) for n in nodes]
+    assert policy(busy, cache_request()).prefill.address != first
+
+
+def test_cache_aware_without_hits_is_least_loaded_and_uses_chunk_keys_when_nodes_report_them():
+    policy = get_policy("cache_aware")
+    nodes = [node("p1", "prefill", inflight_prefill_tokens=50), node("p2", "prefill"), node("d1", "decode")]
+    assert policy(nodes, cache_request([3] * 40)).prefill.address == "p2"
+    keys = frozenset({"k1", "k2", "k3"})
+    nodes = [node("p1", "prefill", inflight_prefill_tokens=50, chunk_keys=keys), node("p2", "prefill"),
+             node("d1", "decode")]
+    request = cache_request([4] * 600, chunk_keys=keys, num_chunk_tokens=500)
+    assert policy(nodes, request).prefill.address == "p1"  # 425 reused tokens outweigh 50 queued
+
+
+# --- splitwise -----------------------------------------------------------------------------------
+
+def pools(prefill_pending=0, decode_free=1000, mixed=True):
+    nodes = [node("p1", "prefill", inflight_prefill_tokens=prefill_pending),
+             node("d1", "decode", free_blocks=decode_free, total_blocks=1000)]
+    return nodes + ([node("m1", "mixed")] if mixed else [])
+
+
+def test_splitwise_uses_the_pools_while_neither_is_overloaded():
+    route = get_policy("splitwise")(pools(prefill_pending=2047, decode_free=200), REQ)
+    assert (route.prefill.address, route.decode.address) == ("p1", "d1")
+
+
+@pytest.mark.parametrize("kwargs", [dict(prefill_pending=2048), dict(decode_free=106)], ids=["prefill", "decode"])
+def test_an_overloaded_pool_overflows_to_the_mixed_pool(kwargs):
+    route = get_policy("splitwise")(pools(**kwargs), REQ)  # 110 tokens -> 7 blocks; 106 - 7 < 10% of 1000
+    assert route.colocated and route.prefill.address == "m1"
+
+
+def test_without_mixed_nodes_overloaded_pools_still_serve_and_thresholds_are_configurable():
+    route = get_policy("splitwise")(pools(prefill_pending=5000, mixed=False), REQ)
+    assert (route.prefill.address, route.decode.address) == ("p1", "d1")
+    assert not splitwise(SplitwiseConfig(prefill_overload_tokens=10_000))(pools(prefill_pending=5000), REQ).colocated
+    with pytest.raises(ValueError, match="decode_min_free_ratio"):
+        SplitwiseConfig(decode_min_free_ratio=1.5)
+
+
+def test_splitwise_prefers_a_decode_node_with_room():
+    nodes = [node("p1", "prefill"), node("d1", "decode", free_blocks=50, total_blocks=1000),
+             node("d2", "decode", inflight_decodes=4, free_blocks=800, total_blocks=1000)]
+    assert get_policy("splitwise")(nodes, REQ).decode.address == "d2"
