@@ -1,7 +1,10 @@
-"""The router's view of the nodes: who they are, their role, and how loaded they are.
+"""The router's view of the nodes: who they are, their role, whether they serve, how loaded.
 
-Load has two sources: what the router itself has in flight on each node (exact and
-instant), and each node's last `Stats` (free KV blocks, queues), polled in the background.
+Nodes come and go through `add` / `remove` (static flags, a YAML file or Kubernetes discovery,
+router/discovery.py). Health comes from the gRPC health protocol (router/health.py), checked
+in the background; a node that fails enough checks leaves the routing set and comes back when
+it passes again. Load has two sources: what the router itself has in flight on each node
+(exact and instant), and each healthy node's last `Stats` (free KV blocks, queues, chunk keys).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import grpc
 from splitserve import labels
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.grpc_util import aio_channel
+from router import health
+from router.health import HealthConfig, HealthState
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +32,15 @@ class NodeView:
     role: str
     node_id: str = ""
     healthy: bool = False
-    inflight_prefill_tokens: int = 0
-    inflight_decodes: int = 0
+    inflight_prefill_tokens: int = 0  # this router's prompts in flight there
+    inflight_decodes: int = 0  # this router's requests decoding (or reserved) there
     free_blocks: int = 0
     total_blocks: int = 0
     block_size: int = 16
     num_waiting: int = 0
+    num_running: int = 0
+    num_pending_prefill_tokens: int = 0  # the node's own count, all routers together
+    chunk_keys: frozenset[str] = frozenset()  # RAG chunk-caches the node holds (empty until nodes report them)
 
 
 def parse_static_nodes(spec: str) -> list[tuple[str, str]]:
@@ -51,25 +59,38 @@ class _Node:
     view: NodeView
     channel: grpc.aio.Channel
     stub: node_pb2_grpc.NodeStub
+    health: HealthState
     counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
 
 
 class NodeRegistry:
-    def __init__(self, poll_interval_s: float = 0.5, rpc_timeout_s: float = 2.0):
+    def __init__(self, health_config: HealthConfig = HealthConfig(), rpc_timeout_s: float = 2.0):
         self._nodes: dict[str, _Node] = {}
-        self.poll_interval_s = poll_interval_s
+        self.health_config = health_config
         self.rpc_timeout_s = rpc_timeout_s
         self._poller: asyncio.Task | None = None
 
     def add(self, role: str, address: str) -> None:
-        if address not in self._nodes:
-            channel = aio_channel(address)
-            self._nodes[address] = _Node(NodeView(address, role), channel, node_pb2_grpc.NodeStub(channel))
+        """Adds a node (unhealthy until its first passed check); a known address with a new role is replaced."""
+        node = self._nodes.get(address)
+        if node is not None:
+            if node.view.role == role:
+                return
+            del self._nodes[address]
+            asyncio.get_running_loop().create_task(node.channel.close())
+        channel = aio_channel(address)
+        self._nodes[address] = _Node(NodeView(address, role), channel, node_pb2_grpc.NodeStub(channel),
+                                     HealthState(self.health_config))
+        log.info("node added", extra={"node": address, "role": role})
 
     async def remove(self, address: str) -> None:
         node = self._nodes.pop(address, None)
         if node is not None:
+            log.info("node removed", extra={"node": address, "role": node.view.role})
             await node.channel.close()
+
+    def addresses(self) -> set[str]:
+        return set(self._nodes)
 
     def stub(self, address: str) -> node_pb2_grpc.NodeStub:
         return self._nodes[address].stub
@@ -83,24 +104,41 @@ class NodeRegistry:
         if node is not None:
             node.counters[key] += delta
 
-    def mark_unhealthy(self, address: str) -> None:
+    async def confirm_failure(self, address: str) -> bool:
+        """After a failed call: checks the node now; if it fails, it leaves the routing set at
+        once (the background checks re-admit it). True when the node is down."""
         node = self._nodes.get(address)
-        if node is not None:
-            node.view = replace(node.view, healthy=False)
+        if node is None:
+            return True
+        if await health.check(node.channel, self.health_config.timeout_s):
+            return False
+        if node.health.fail_now():
+            log.warning("node unhealthy (failed call confirmed)", extra={"node": address})
+        node.view = replace(node.view, healthy=False)
+        return True
 
     async def refresh(self) -> None:
         await asyncio.gather(*(self._refresh_one(n) for n in list(self._nodes.values())))
 
     async def _refresh_one(self, node: _Node) -> None:
+        ok = await health.check(node.channel, self.health_config.timeout_s)
+        if node.health.observe(ok):
+            log.log(logging.INFO if ok else logging.WARNING, "node healthy" if ok else "node unhealthy",
+                    extra={"node": node.view.address, "role": node.view.role})
+        node.view = replace(node.view, healthy=node.health.healthy)
+        if ok:
+            await self._poll_stats(node)
+
+    async def _poll_stats(self, node: _Node) -> None:
         try:
             s = await node.stub.Stats(node_pb2.StatsRequest(), timeout=self.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            if node.view.healthy:
-                log.warning("node %s unhealthy: %s", node.view.address, exc.code().name)
-            node.view = replace(node.view, healthy=False)
-            return
-        node.view = replace(node.view, node_id=s.node_id, healthy=True, free_blocks=s.num_free_blocks,
-                            total_blocks=s.num_total_blocks, block_size=s.block_size or 16, num_waiting=s.num_waiting)
+        except grpc.aio.AioRpcError:
+            return  # a busy engine answers late: keep the last numbers, health decides membership
+        node.view = replace(
+            node.view, node_id=s.node_id, free_blocks=s.num_free_blocks, total_blocks=s.num_total_blocks,
+            block_size=s.block_size or 16, num_waiting=s.num_waiting, num_running=s.num_running,
+            num_pending_prefill_tokens=s.num_pending_prefill_tokens,
+            chunk_keys=frozenset(getattr(s, "chunk_keys", ())))  # the field arrives with the chunk-cache
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -108,7 +146,7 @@ class NodeRegistry:
     async def _poll_forever(self) -> None:
         while True:
             await self.refresh()
-            await asyncio.sleep(self.poll_interval_s)
+            await asyncio.sleep(self.health_config.interval_s)
 
     async def wait_healthy(self, timeout_s: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout_s
