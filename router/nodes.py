@@ -64,8 +64,10 @@ class _Node:
 
 
 class NodeRegistry:
-    def __init__(self, health_config: HealthConfig = HealthConfig(), rpc_timeout_s: float = 2.0):
+    def __init__(self, health_config: HealthConfig = HealthConfig(), rpc_timeout_s: float = 2.0,
+                 credentials: grpc.ChannelCredentials | None = None, channel_options: tuple = ()):
         self._nodes: dict[str, _Node] = {}
+        self.credentials, self.channel_options = credentials, channel_options  # mTLS to the nodes (router/server.py)
         self.health_config = health_config
         self.rpc_timeout_s = rpc_timeout_s
         self._poller: asyncio.Task | None = None
@@ -78,7 +80,7 @@ class NodeRegistry:
                 return
             del self._nodes[address]
             asyncio.get_running_loop().create_task(node.channel.close())
-        channel = aio_channel(address)
+        channel = aio_channel(address, self.credentials, self.channel_options)
         self._nodes[address] = _Node(NodeView(address, role), channel, node_pb2_grpc.NodeStub(channel),
                                      HealthState(self.health_config))
         log.info("node added", extra={"node": address, "role": role})

@@ -23,8 +23,13 @@ SERVER_OPTIONS = [
 ]
 
 
-def aio_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def aio_channel(address: str, credentials: grpc.ChannelCredentials | None = None,
+                options: tuple = ()) -> grpc.aio.Channel:
+    """A channel with our limits; TLS (mTLS with a client certificate) when credentials are given."""
+    options = [*CHANNEL_OPTIONS, *options]
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 def parse_url(url: str) -> str:

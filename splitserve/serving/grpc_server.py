@@ -18,13 +18,16 @@ log = logging.getLogger(__name__)
 class GrpcServer:
     """A grpc.aio server with the health service (overall and per service) and reflection."""
 
-    def __init__(self, host: str, port: int, service_names: list[str]):
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+    def __init__(self, host: str, port: int, service_names: list[str],
+                 credentials: grpc.ServerCredentials | None = None, interceptors: tuple = ()):
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = service_names
         reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}")
 
