@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "splitserve.commands.services",
     "splitserve.commands.bench",
     "splitserve.commands.cluster",
+    "splitserve.commands.certs",
 )
 
 
