@@ -46,6 +46,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--max-batched-tokens", 2048, "token budget of one engine step", type=int)
     _add(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
     _add(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS")
+    _add(parser, "--tls-server-name", "", "with --tls-dir and --transport grpc: name the decode nodes' "
+         "certificates carry when it is not their address")
     _add(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
     _add(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
          "the prefill instead of layer by layer", type=int)
@@ -58,16 +60,28 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--model", None, "HF-format model folder (tokenizer and chat template)")
     _add(parser, "--host", "127.0.0.1", "address the router binds")
     _add(parser, "--port", labels.DEFAULT_ROUTER_GRPC_PORT, "gRPC port", type=int)
-    _add(parser, "--http-port", labels.DEFAULT_ROUTER_HTTP_PORT, "OpenAI-compatible HTTP port (0: off)", type=int)
+    _add(parser, "--http-port", labels.DEFAULT_ROUTER_HTTP_PORT, "OpenAI-compatible HTTP port (0: off; -1: any free port, "
+         "shown in the READY line)", type=int)
     _add(parser, "--nodes", "", "static nodes: comma-separated ROLE=HOST:PORT (role: prefill, decode, mixed)")
     _add(parser, "--nodes-file", None, "static nodes from a YAML file")
     _add(parser, "--discovery", "static", "node discovery", choices=("static", "kubernetes"))
     _add(parser, "--k8s-namespace", "default", "namespace watched by Kubernetes discovery")
     _add(parser, "--k8s-selector", f"{labels.NAME_LABEL}={labels.APP_NAME}", "pod label selector")
     _add(parser, "--policy", "least_loaded", "routing policy")
-    _add(parser, "--api-keys-file", None, "file with one API key per line (unset: no auth)")
+    _add(parser, "--api-keys-file", None, "file with one API key per line; keys also come from env "
+         "SPLITSERVE_API_KEYS, comma-separated (neither: no auth)")
     _add(parser, "--tls-dir", None, "folder with ca.pem, router.pem, router-key.pem (TLS + mTLS to nodes)")
-    _add(parser, "--max-queue", 256, "requests waiting beyond this get 429 / RESOURCE_EXHAUSTED", type=int)
+    _add(parser, "--max-queue", 256, "most requests the router holds at once (queued or running on nodes); "
+         "beyond it 429 / RESOURCE_EXHAUSTED", type=int)
+    # -- issue 4 (HTTP API, load shedding, security): added flags
+    _add(parser, "--served-model-name", None, "model id of the OpenAI API (default: the model folder's name)")
+    _add(parser, "--request-timeout-s", 600.0, "per-request deadline in seconds (0: none; a client's sooner "
+         "deadline wins)", type=float)
+    _add(parser, "--retry-after-s", 1.0, "Retry-After sent with 429 / RESOURCE_EXHAUSTED", type=float)
+    _add(parser, "--max-request-bytes", 8 << 20, "largest HTTP request body (413 beyond)", type=int)
+    _add(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
+    _add(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
+         action="store_true")
 
 
 def register(subparsers) -> None:
