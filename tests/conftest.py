@@ -38,3 +38,28 @@ def qwen2_tiny_model():
 def small_model():
     """Llama, 8 layers, hidden 512, vocab 8192, 16k positions, tied (~29M params): the CPU benchmark model."""
     return ensure_model("small")
+
+
+# --- redis (chunk-cache tests) -----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server on a free loopback port for the whole session (skips without one)."""
+    import shutil
+
+    from splitserve.serving.redis_server import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session redis-server, emptied before the test."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url

@@ -1,0 +1,132 @@
+"""CacheBlend's blended prefill over a CausalLM: reuse cached chunk KV, recompute a few rows.
+
+One request, one pass over the layers (`n` prompt tokens, active rows A, first all of them):
+
+1. Layers before the first check layer run a normal prefill of all rows (fresh K/V).
+2. At a check layer, the fresh K of the active rows is compared with the reused K (RoPE-moved
+   to the new positions); `selection.select_rows` keeps the highest-deviation rows plus the
+   forced ones (rows without cached KV, the last token). Several check layers filter gradually.
+3. From the first check layer on, each layer's K/V is the reused K/V with the active rows
+   replaced by their fresh values; the active rows attend to it under the exact positional
+   causal mask (key position <= the query's own position) and only they go through the MLP.
+4. `on_layer(l, K, V)` receives exactly the K/V used in attention at layer l (to persist or send).
+
+With ratio 1.0 every row stays active and the result is a full prefill; with check layer 0
+and ratio 0 only forced rows are computed (direct reuse, PromptCache-style).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from splitserve.chunkcache.selection import ChunkBudget, needs_deviation, select_rows
+from splitserve.engine.rope import apply_rotary
+
+LayerSink = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    check_layers: tuple[int, ...] = (1,)
+    ratios: tuple[float, ...] = (0.15,)  # per check layer, non-increasing (gradual filtering)
+    force_last: bool = True
+
+    def __post_init__(self):
+        if len(self.check_layers) != len(self.ratios) or not self.check_layers:
+            raise ValueError("check_layers and ratios need one entry each per check layer (at least one)")
+        if list(self.check_layers) != sorted(set(self.check_layers)) or self.check_layers[0] < 0:
+            raise ValueError(f"check_layers must be increasing and >= 0, got {self.check_layers}")
+        if any(not 0.0 <= r <= 1.0 for r in self.ratios) or list(self.ratios) != sorted(self.ratios, reverse=True):
+            raise ValueError(f"ratios must be in [0, 1] and non-increasing, got {self.ratios}")
+
+
+@dataclass
+class ReusedKV:
+    """Cached K/V placed at the request's positions; K already RoPE-moved. Rows not covered are 0."""
+    layer: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # l -> K_old, V_old: [n, Hkv, D]
+    valid: torch.Tensor  # [n] bool: a cached value exists for the row
+
+
+@dataclass
+class BlendResult:
+    logits: torch.Tensor  # [vocab] fp32, next-token logits after the last row
+    active_rows: list[int] = field(default_factory=list)  # |A| per layer
+    selected: torch.Tensor | None = None  # prompt rows active after the last check layer
+    time_s: float = 0.0
+
+    @property
+    def computed_rows(self) -> float:
+        """Rows computed, averaged over layers (the cost of the prefill in prompt tokens)."""
+        return sum(self.active_rows) / len(self.active_rows)
+
+
+@torch.inference_mode()
+def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: BlendConfig,
+                    budgets: list[ChunkBudget] | None = None, on_layer: LayerSink | None = None,
+                    forced: torch.Tensor | None = None) -> BlendResult:
+    """token_ids: [n]; forced: [n] bool rows always recomputed (beyond uncached rows and the last)."""
+    start = time.perf_counter()
+    n = token_ids.shape[0]
+    device = token_ids.device
+    positions = torch.arange(n, device=device)
+    candidate = reused.valid.clone()
+    if forced is not None:
+        candidate &= ~forced
+    if cfg.force_last:
+        candidate[n - 1] = False
+    active = positions
+    h = model.embed_tokens(token_ids)  # [n, hidden]
+    checks = dict(zip(cfg.check_layers, cfg.ratios))
+    result = BlendResult(torch.empty(0))
+    for i, layer in enumerate(model.layers):
+        old = reused.layer(i) if i >= cfg.check_layers[0] else None
+        if i in checks and not needs_deviation(checks[i], budgets):
+            keep = select_rows(active, None, candidate, checks[i], budgets)
+            active, h = active[keep], h[keep]
+        q, k, v = _qkv(layer, model.rotary, h, active)
+        if i in checks and needs_deviation(checks[i], budgets):
+            dev = (k.float() - old[0][active].float()).pow(2).sum(dim=(1, 2))  # [A]
+            keep = select_rows(active, dev, candidate, checks[i], budgets)
+            active, h, q, k, v = active[keep], h[keep], q[keep], k[keep], v[keep]
+        if old is not None:
+            k_all, v_all = old[0].clone(), old[1].clone()
+            k_all[active], v_all[active] = k, v
+        else:
+            k_all, v_all = k, v
+        h = _finish(layer, h, _attend(layer.self_attn, q, k_all, v_all, active, old is None))
+        if on_layer is not None:
+            on_layer(i, k_all, v_all)
+        result.active_rows.append(active.numel())
+    last = (active == n - 1).nonzero().flatten()
+    if last.numel() != 1:
+        raise ValueError("the last prompt row was not recomputed: its logits are unknown (set force_last)")
+    result.logits = model.lm_head(model.norm(h[last])).float()[0]
+    result.selected, result.time_s = active, time.perf_counter() - start
+    return result
+
+
+def _qkv(layer, rotary, h: torch.Tensor, rows: torch.Tensor):
+    attn = layer.self_attn
+    q, k, v = attn.qkv_proj(layer.input_layernorm(h)).split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+    cos, sin = rotary.lookup(rows, h.dtype)
+    q = apply_rotary(q.view(-1, attn.num_heads, attn.head_dim), cos, sin)  # [A, H, D]
+    k = apply_rotary(k.view(-1, attn.num_kv_heads, attn.head_dim), cos, sin)  # [A, Hkv, D]
+    return q, k, v.view(-1, attn.num_kv_heads, attn.head_dim)
+
+
+def _attend(attn, q, k, v, rows: torch.Tensor, causal: bool) -> torch.Tensor:
+    """q: [A, H, D] at prompt rows `rows`; k, v: [n, Hkv, D] -> [A, H * D]."""
+    mask = None if causal else (torch.arange(k.shape[0], device=k.device)[None, :] <= rows[:, None])[None, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                         attn_mask=mask, is_causal=causal, scale=attn.scale, enable_gqa=True)
+    return out[0].transpose(0, 1).reshape(-1, attn.q_size)  # [A, H * D]
+
+
+def _finish(layer, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    h = h + layer.self_attn.o_proj(attn_out)
+    return h + layer.mlp(layer.post_attention_layernorm(h))

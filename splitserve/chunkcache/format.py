@@ -1,0 +1,138 @@
+"""The chunk-cache value format: a fixed header, then raw tensor bytes per layer. Never pickle.
+
+All integers little-endian. Header (56 bytes, struct `<4sHHIBBHIHH16s8sQ`):
+
+    magic        4s   b"SSKV"
+    version      u16  1
+    flags        u16  bit 0: K is stored before RoPE (no positions section); bit 1: int8 values
+    header_len   u32  56 (readers skip to it, so later versions may grow the header)
+    dtype        u8   KV dtype of the model: 0 float32, 1 bfloat16, 2 float16
+    reserved     u8   0
+    num_layers   u16  L
+    num_tokens   u32  n
+    num_kv_heads u16  Hkv
+    head_dim     u16  D
+    fingerprint  16s  the model fingerprint (keys.model_fingerprint)
+    checksum     8s   blake2b-64 of the payload
+    payload_len  u64
+
+Payload: unless K is pre-RoPE, `positions` int64 [n] (the positions K was rotated at); then for
+each layer l: K_l [n, Hkv, D], V_l [n, Hkv, D] in `dtype`, or, with int8 values, K_l and V_l
+as int8 followed by their per-token scales float32 [n] each (x ~= q * scale, scale = max|x| / 127).
+A value whose header, sizes or checksum do not match is `CorruptValue`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+import torch
+
+MAGIC = b"SSKV"
+VERSION = 1
+FLAG_PRE_ROPE = 1
+FLAG_INT8 = 2
+_HEADER = struct.Struct("<4sHHIBBHIHH16s8sQ")
+HEADER_BYTES = _HEADER.size
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+class CorruptValue(ValueError):
+    """A stored value that cannot be trusted (bad header, size, fingerprint or checksum)."""
+
+
+@dataclass
+class ChunkKV:
+    k: torch.Tensor  # [L, n, Hkv, D]
+    v: torch.Tensor  # [L, n, Hkv, D]
+    positions: torch.Tensor | None  # [n] int64 positions K was rotated at; None: K is pre-RoPE
+
+    @property
+    def num_tokens(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def num_bytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+def encode(kv: ChunkKV, fingerprint: bytes, quantize: bool = False) -> bytes:
+    if kv.k.dtype not in DTYPE_CODES:
+        raise ValueError(f"KV dtype must be one of float32, bfloat16, float16; got {kv.k.dtype}")
+    parts = [] if kv.positions is None else [_raw(kv.positions.to(torch.int64))]
+    for layer in range(kv.k.shape[0]):
+        for t in (kv.k[layer], kv.v[layer]):
+            parts += _quantized(t) if quantize else [_raw(t)]
+    payload = b"".join(parts)
+    num_layers, n, heads, dim = kv.k.shape
+    flags = (FLAG_PRE_ROPE if kv.positions is None else 0) | (FLAG_INT8 if quantize else 0)
+    header = _HEADER.pack(MAGIC, VERSION, flags, HEADER_BYTES, DTYPE_CODES[kv.k.dtype], 0, num_layers, n, heads, dim,
+                          fingerprint, _checksum(payload), len(payload))
+    return header + payload
+
+
+def decode(blob: bytes, fingerprint: bytes) -> ChunkKV:
+    if len(blob) < HEADER_BYTES:
+        raise CorruptValue(f"value is {len(blob)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    magic, version, flags, header_len, code, _, num_layers, n, heads, dim, fp, checksum, payload_len = \
+        _HEADER.unpack_from(blob)
+    if magic != MAGIC or version != VERSION or code not in _CODE_DTYPES:
+        raise CorruptValue(f"bad header: magic={magic!r} version={version} dtype code={code}")
+    if fp != fingerprint:
+        raise CorruptValue("value was computed by another model (fingerprint differs)")
+    payload = memoryview(blob)[header_len:]
+    if len(payload) != payload_len or _checksum(payload) != checksum:
+        raise CorruptValue("payload size or checksum does not match the header")
+    dtype = _CODE_DTYPES[code]
+    reader = _Reader(payload)
+    positions = None if flags & FLAG_PRE_ROPE else reader.tensor(torch.int64, (n,))
+    shape = (n, heads, dim)
+    layers = [[_read_layer(reader, dtype, shape, bool(flags & FLAG_INT8)) for _ in range(2)] for _ in range(num_layers)]
+    if reader.offset != len(payload):
+        raise CorruptValue("payload longer than its shapes")
+    k = torch.stack([kv[0] for kv in layers]) if layers else torch.empty((0, *shape), dtype=dtype)
+    v = torch.stack([kv[1] for kv in layers]) if layers else torch.empty((0, *shape), dtype=dtype)
+    return ChunkKV(k, v, positions)
+
+
+def _read_layer(reader: "_Reader", dtype: torch.dtype, shape: tuple, int8: bool) -> torch.Tensor:
+    if not int8:
+        return reader.tensor(dtype, shape)
+    q = reader.tensor(torch.int8, shape)
+    scale = reader.tensor(torch.float32, shape[:1])
+    return (q.float() * scale[:, None, None]).to(dtype)
+
+
+class _Reader:
+    def __init__(self, payload: memoryview):
+        self.payload, self.offset = payload, 0
+
+    def tensor(self, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+        count = 1
+        for s in shape:
+            count *= s
+        size = count * torch.empty((), dtype=dtype).element_size()
+        if self.offset + size > len(self.payload):
+            raise CorruptValue("payload shorter than its shapes")
+        raw = bytearray(self.payload[self.offset:self.offset + size])
+        self.offset += size
+        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()
+
+
+def _quantized(t: torch.Tensor) -> list[bytes]:
+    # t: [n, Hkv, D] -> int8 values and a float32 scale per token
+    x = t.detach().float().cpu()
+    scale = x.abs().amax(dim=(1, 2)).clamp_min(1e-12) / 127.0
+    q = torch.round(x / scale[:, None, None]).clamp(-127, 127).to(torch.int8)
+    return [_raw(q), _raw(scale)]
+
+
+def _checksum(payload) -> bytes:
+    return hashlib.blake2b(payload, digest_size=8).digest()

@@ -1,0 +1,121 @@
+"""The Redis tier (redis-py: connection pool, pipelines, TTL).
+
+Layout under `base` = `ss:cc:v1:<model fingerprint>:<dtype>`:
+
+    <base>:<chunk>:m            HASH  variant id -> metadata JSON (variants.py)
+    <base>:<chunk>:h            HASH  variant id -> hit count
+    <base>:<chunk>:kv:<variant> STRING the value (format.py)
+
+A put writes the KV before the metadata, so a reader that sees metadata finds the KV unless
+Redis evicted it; a metadata entry whose KV is gone, or a value that fails to decode, is
+deleted and reported missing. Any connection error marks the tier down for `retry_after_s`
+(calls fail fast with TierUnavailable meanwhile), so a dead Redis costs a request nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import redis
+
+from splitserve.chunkcache.format import ChunkKV, CorruptValue, decode, encode
+from splitserve.chunkcache.keys import KEY_PREFIX
+from splitserve.chunkcache.tiers import Tier, VariantKey
+from splitserve.chunkcache.variants import VariantMeta
+
+
+class TierUnavailable(Exception):
+    """The tier cannot be reached now; the caller treats it as a miss."""
+
+
+class RedisTier(Tier):
+    name = "redis"
+
+    def __init__(self, url: str, fingerprint: bytes, dtype: str, ttl_s: int = 86400, quantize: bool = False,
+                 retry_after_s: float = 1.0, timeout_s: float = 1.0, max_connections: int = 16):
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                           max_connections=max_connections)
+        self.fingerprint, self.ttl_s, self.quantize = fingerprint, ttl_s, quantize
+        self.base = f"{KEY_PREFIX}:{fingerprint.hex()}:{dtype}"
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self.num_corrupt = 0
+        self.bytes_read = self.bytes_written = 0
+
+    def _key(self, chunk: str, suffix: str) -> str:
+        return f"{self.base}:{chunk}:{suffix}"
+
+    def _run(self, build) -> list:
+        """Runs the commands build(pipeline) queues, in one round trip."""
+        if time.monotonic() < self._down_until:
+            raise TierUnavailable("redis marked down")
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            return pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + self.retry_after_s
+            raise TierUnavailable(str(exc)) from exc
+
+    def metas(self, chunks: list[str]) -> dict[str, list[VariantMeta]]:
+        replies = self._run(lambda p: [p.hgetall(self._key(c, "m")) for c in chunks])
+        found, bad = {}, []
+        for chunk, fields in zip(chunks, replies):
+            for vid, raw in fields.items():
+                try:
+                    found.setdefault(chunk, []).append(VariantMeta.from_json(raw))
+                except CorruptValue:
+                    bad.append((chunk, vid.decode()))
+        for key in bad:
+            self.num_corrupt += 1
+            self.delete(key)
+        return found
+
+    def hits(self, chunk: str) -> dict[str, int]:
+        raw = self._run(lambda p: p.hgetall(self._key(chunk, "h")))[0]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def fetch(self, keys: list[VariantKey]) -> dict[VariantKey, ChunkKV]:
+        def build(p):
+            for chunk, vid in keys:
+                p.get(self._key(chunk, f"kv:{vid}"))
+                p.hincrby(self._key(chunk, "h"), vid, 1)
+        replies = self._run(build)[0::2]
+        found = {}
+        for key, blob in zip(keys, replies):
+            if blob is None:  # evicted by Redis: drop the orphan metadata
+                self.delete(key)
+                continue
+            self.bytes_read += len(blob)
+            try:
+                found[key] = decode(blob, self.fingerprint)
+            except CorruptValue:
+                self.num_corrupt += 1
+                self.delete(key)
+        return found
+
+    def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
+        blob = encode(kv, self.fingerprint, self.quantize)
+        meta = dataclasses.replace(meta, num_bytes=len(blob))
+        chunk, vid = meta.chunk, meta.variant_id
+
+        def build(p):
+            p.set(self._key(chunk, f"kv:{vid}"), blob, ex=self.ttl_s)
+            p.hset(self._key(chunk, "m"), vid, meta.to_json())
+            p.expire(self._key(chunk, "m"), self.ttl_s)
+            p.hsetnx(self._key(chunk, "h"), vid, 0)
+            p.expire(self._key(chunk, "h"), self.ttl_s)
+        self._run(build)
+        self.bytes_written += len(blob)
+
+    def delete(self, key: VariantKey) -> None:
+        chunk, vid = key
+        self._run(lambda p: [p.delete(self._key(chunk, f"kv:{vid}")), p.hdel(self._key(chunk, "m"), vid),
+                             p.hdel(self._key(chunk, "h"), vid)])
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._run(lambda p: p.ping())[0])
+        except TierUnavailable:
+            return False

@@ -1,0 +1,151 @@
+"""ChunkCache: a request's chunk-cache life on a node, minus the network.
+
+1. `plan()` (any thread; Redis I/O): key each chunk span, read the variants every tier holds,
+   choose one per chunk (Cache-Craft) and fetch its KV. Chunks found nowhere are misses.
+2. `blend()` (engine thread, between steps): reserve KV blocks for the prompt, place the reused
+   chunks at their positions, run the blended prefill writing each layer's K/V into the blocks
+   (and handing the layer to `on_layer`, which streams it to a decode node), sample the first
+   token. The caller then admits the request for decoding (mixed node) or sends and releases.
+3. `compute_alone()` / `compute_in_context()` (engine thread, off the request path): a chunk's
+   KV and attention statistics, computed the plain way, for `store.put` (after a miss, on ingest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from splitserve.chunkcache.blend import BlendConfig, blended_prefill
+from splitserve.chunkcache.cachecraft import CacheCraftConfig, ChunkContext, choose_variant
+from splitserve.chunkcache.chunk_forward import full_forward
+from splitserve.chunkcache.documents import special_prefix
+from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.keys import content_hash, prefix_hash
+from splitserve.chunkcache.reuse import PlacedChunk, place_chunks
+from splitserve.chunkcache.rope import RopeShifter
+from splitserve.chunkcache.selection import ChunkBudget
+from splitserve.chunkcache.store import ChunkStore
+from splitserve.chunkcache.variants import VariantMeta
+from splitserve.engine.sampler import Sample, SampleRequest, sample
+
+PLANNINGS = ("cachecraft", "ratio")
+
+
+@dataclass(frozen=True)
+class ChunkCacheConfig:
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    craft: CacheCraftConfig = field(default_factory=CacheCraftConfig)
+    planning: str = "cachecraft"  # per-chunk budgets (Cache-Craft) or one ratio for all rows (CacheBlend)
+    store_misses: bool = True
+
+    def __post_init__(self):
+        if self.planning not in PLANNINGS:
+            raise ValueError(f"planning must be one of {', '.join(PLANNINGS)}, got {self.planning!r}")
+
+
+@dataclass
+class RequestPlan:
+    keys: list[str]
+    placed: list[PlacedChunk] = field(default_factory=list)
+    budgets: list[ChunkBudget] = field(default_factory=list)
+    misses: list[int] = field(default_factory=list)  # indices of spans found in no tier
+
+    @property
+    def num_reused_tokens(self) -> int:
+        return sum(p.kv.num_tokens for p in self.placed)
+
+
+@dataclass
+class BlendOutcome:
+    sample: Sample
+    finish_reason: str | None  # the first token already ends the request: "stop" | "length"
+    computed_rows: float
+    time_s: float
+
+
+class ChunkCache:
+    def __init__(self, engine, store: ChunkStore, config: ChunkCacheConfig | None = None):
+        self.engine, self.store = engine, store
+        self.config = config or ChunkCacheConfig()
+        self.shifter = RopeShifter.for_model(engine.model_config)
+        self.prefix = special_prefix(engine.tokenizer)
+
+    def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan:
+        keys = [content_hash(prompt[s:s + n]) for s, n in spans]
+        found = self.store.variants(list(dict.fromkeys(keys)))
+        plans = []
+        for i, (start, _) in enumerate(spans):
+            ctx = ChunkContext(start, prefix_hash(prompt[:start]), tuple(keys[:i]))
+            plans.append(choose_variant(found.get(keys[i], []), ctx, self.config.craft))
+        fetched = self.store.fetch([p.variant for p in plans if p is not None])
+        out = RequestPlan(keys)
+        for i, ((start, n), p) in enumerate(zip(spans, plans)):
+            kv = fetched.get((keys[i], p.variant.variant_id)) if p is not None else None
+            if kv is None or kv.num_tokens != n:
+                out.misses.append(i)
+                continue
+            out.placed.append(PlacedChunk(start, kv))
+            out.budgets.append(ChunkBudget(start, start + n, p.fraction))
+        return out
+
+    def blend(self, engine, rid: str, prompt: list[int], plan: RequestPlan, params, prior: int,
+              on_layer=None) -> BlendOutcome | None:
+        """Engine thread. None when blending cannot run here (no free blocks, sliding window)."""
+        n, cfg = len(prompt), engine.model_config
+        if cfg.sliding_window is not None and n > cfg.sliding_window:
+            return None
+        block_ids = engine.reserve(rid, n)
+        if block_ids is None:
+            return None
+        try:
+            slots = engine.kv_slots(block_ids, n)
+
+            def sink(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+                engine.cache.write(layer, slots, k, v)
+                if on_layer is not None:
+                    on_layer(layer, slots)
+            result = self._blend(engine, prompt, plan, sink)
+            banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
+                if prior < params.min_tokens and not params.ignore_eos else ()
+            first = sample(result.logits[None].clone(), [SampleRequest(params, prior, banned)], engine.runner.generator)[0]
+        except BaseException:
+            engine.cancel_reservation(rid)
+            raise
+        self.store.metrics.add(blended_requests=1, blend_time_s=result.time_s, prompt_rows=n,
+                               recomputed_rows=result.computed_rows)
+        return BlendOutcome(first, _finish_reason(first.token_id, params, engine.tokenizer.eos_token_ids, prior),
+                            result.computed_rows, result.time_s)
+
+    def _blend(self, engine, prompt: list[int], plan: RequestPlan, sink):
+        cfg, device, dtype = engine.model_config, engine.config.device, engine.config.torch_dtype
+        reused = place_chunks(plan.placed, len(prompt), self.shifter, (cfg.num_kv_heads, cfg.head_dim), dtype, device)
+        budgets = plan.budgets if self.config.planning == "cachecraft" else None
+        ids = torch.tensor(prompt, dtype=torch.long, device=device)
+        return blended_prefill(engine.model, ids, reused, self.config.blend, budgets, sink)
+
+    def compute_alone(self, engine, chunk_ids: list[int]) -> tuple[VariantMeta, ChunkKV]:
+        """Engine thread: the chunk after the special prefix only (where a first document sits)."""
+        return self.compute_in_context(engine, [chunk_ids])[0]
+
+    def compute_in_context(self, engine, chunks: list[list[int]]) -> list[tuple[VariantMeta, ChunkKV]]:
+        """Engine thread: the chunks one after another; each is stored as computed after those before it."""
+        tokens, spans = list(self.prefix), []
+        for chunk in chunks:
+            spans.append((len(tokens), len(tokens) + len(chunk)))
+            tokens += chunk
+        keys = [content_hash(c) for c in chunks]
+        ids = torch.tensor(tokens, dtype=torch.long, device=engine.config.device)
+        out = full_forward(engine.model, ids, spans, keys)
+        entries = []
+        for (s, e), key, stats in zip(spans, keys, out.stats):
+            kv = ChunkKV(out.k[:, s:e].clone(), out.v[:, s:e].clone(), torch.arange(s, e))
+            entries.append((VariantMeta(key, prefix_hash(tokens[:s]), s, e - s, 0, stats), kv))
+        return entries
+
+
+def _finish_reason(token: int, params, eos_ids, prior: int) -> str | None:
+    if token in params.stop_token_ids or (not params.ignore_eos and token in eos_ids):
+        return "stop"
+    return "length" if prior + 1 >= params.max_tokens else None
+

@@ -1,0 +1,86 @@
+"""ChunkStore: the local LRU tier in front of Redis, with metrics and per-chunk variant limits.
+
+Lookup is two steps so planning reads no tensor bytes: `variants()` gathers every tier's
+metadata (one pipelined Redis round trip for all chunks), the caller picks one variant per
+chunk (cachecraft.choose_variant), and `fetch()` reads the chosen KV from the local tier, then
+Redis (promoting what it finds). Redis being down is a miss and a counter, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from splitserve.chunkcache.cachecraft import variants_to_evict
+from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.metrics import Metrics
+from splitserve.chunkcache.redis_tier import RedisTier, TierUnavailable
+from splitserve.chunkcache.tiers import LocalTier, VariantKey
+from splitserve.chunkcache.variants import VariantMeta
+
+log = logging.getLogger(__name__)
+
+
+class ChunkStore:
+    def __init__(self, local: LocalTier, remote: RedisTier | None = None, max_variants: int = 5):
+        self.local, self.remote = local, remote
+        self.max_variants = max_variants
+        self.metrics = Metrics()
+
+    def variants(self, chunks: list[str]) -> dict[str, list[VariantMeta]]:
+        found = self.local.metas(chunks)
+        remote = self._remote(lambda r: r.metas(chunks), {})
+        for chunk, metas in remote.items():
+            have = {m.variant_id for m in found.get(chunk, [])}
+            found.setdefault(chunk, []).extend(m for m in metas if m.variant_id not in have)
+        return found
+
+    def fetch(self, chosen: list[VariantMeta]) -> dict[VariantKey, ChunkKV]:
+        keys = [(m.chunk, m.variant_id) for m in chosen]
+        found = self.local.fetch(keys)
+        self.metrics.add(local_hits=len(found))
+        rest = [k for k in keys if k not in found]
+        if rest:
+            before = self.remote.bytes_read if self.remote else 0
+            remote = self._remote(lambda r: r.fetch(rest), {})
+            metas = {(m.chunk, m.variant_id): m for m in chosen}
+            for key, kv in remote.items():
+                self.local.put(metas[key], kv)
+            found.update(remote)
+            self.metrics.add(redis_hits=len(remote), misses=len(rest) - len(remote),
+                             redis_bytes_read=(self.remote.bytes_read - before) if self.remote else 0)
+        return found
+
+    def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
+        self.local.put(meta, kv)
+        if self.remote is not None:
+            before = self.remote.bytes_written
+            self._remote(lambda r: r.put(meta, kv), None)
+            self.metrics.add(redis_bytes_written=self.remote.bytes_written - before)
+        self.metrics.add(stored_variants=1)
+        self._limit_variants(meta.chunk)
+
+    def _limit_variants(self, chunk: str) -> None:
+        variants = self.variants([chunk]).get(chunk, [])
+        if len(variants) <= self.max_variants:
+            return
+        hits = self._remote(lambda r: r.hits(chunk), {})
+        for meta in variants_to_evict(variants, hits, self.max_variants):
+            self.local.delete((chunk, meta.variant_id))
+            self._remote(lambda r: r.delete((chunk, meta.variant_id)), None)
+            self.metrics.add(evicted_variants=1)
+
+    def _remote(self, fn, default):
+        if self.remote is None:
+            return default
+        corrupt = self.remote.num_corrupt
+        try:
+            return fn(self.remote)
+        except TierUnavailable as exc:
+            self.metrics.add(redis_errors=1)
+            log.debug("chunk-cache redis unavailable: %s", exc)
+            return default
+        finally:
+            self.metrics.add(corrupt_values=self.remote.num_corrupt - corrupt)
+
+    def local_chunks(self) -> list[str]:
+        return self.local.chunks()

@@ -1,0 +1,123 @@
+"""CacheBlend's blended prefill against the engine's own full prefill (fp32, tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitserve.chunkcache.blend import BlendConfig, blended_prefill
+from splitserve.chunkcache.chunk_forward import full_forward
+from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.reuse import PlacedChunk, place_chunks
+from splitserve.chunkcache.rope import RopeShifter
+from splitserve.engine.loader import load_model
+from tests.support.chunkcache import reference_prefill
+
+N, SPANS = 40, [(1, 12), (12, 26), (26, 33)]  # three chunks after a BOS row, then a 7-token question
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    torch.manual_seed(0)
+    return load_model(tiny_model, torch.float32, "cpu")
+
+
+@pytest.fixture(scope="module")
+def ids(model):
+    return torch.randint(1, model.cfg.vocab_size, (N,), generator=torch.Generator().manual_seed(1))
+
+
+def _chunks_alone(model, ids):
+    """Each chunk computed after the BOS row only (at positions 1..len), as ingest stores it."""
+    placed = []
+    for s, e in SPANS:
+        out = full_forward(model, torch.cat([ids[:1], ids[s:e]]))
+        placed.append(PlacedChunk(s, ChunkKV(out.k[:, 1:], out.v[:, 1:], torch.arange(1, 1 + e - s))))
+    return placed
+
+
+def _reused(model, placed, n=N):
+    cfg = model.cfg
+    return place_chunks(placed, n, RopeShifter.for_model(cfg), (cfg.num_kv_heads, cfg.head_dim), torch.float32)
+
+
+def _run(model, ids, cfg, placed=None, **kw):
+    layers = {}
+    reused = _reused(model, _chunks_alone(model, ids) if placed is None else placed)
+    res = blended_prefill(model, ids, reused, cfg, on_layer=lambda i, k, v: layers.update({i: (k.clone(), v.clone())}),
+                          **kw)
+    k = torch.stack([layers[i][0] for i in range(len(layers))])
+    v = torch.stack([layers[i][1] for i in range(len(layers))])
+    return res, k, v
+
+
+def test_ratio_one_equals_full_prefill(model, ids):
+    k_ref, v_ref, logits_ref = reference_prefill(model, ids)
+    res, k, v = _run(model, ids, BlendConfig((1,), (1.0,)))
+    torch.testing.assert_close(k, k_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(v, v_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.logits, logits_ref, atol=1e-4, rtol=0)
+    assert res.active_rows == [N] * model.cfg.num_layers
+
+
+def test_direct_reuse_equals_rope_shifted_chunk_kv(model, ids):
+    placed = _chunks_alone(model, ids)
+    res, k, v = _run(model, ids, BlendConfig((0,), (0.0,)), placed)
+    shifter = RopeShifter.for_model(model.cfg)
+    for c in placed:
+        rows = torch.arange(c.start, c.start + c.kv.num_tokens)
+        for layer in range(model.cfg.num_layers):
+            torch.testing.assert_close(k[layer, rows], shifter.shift(c.kv.k[layer], c.kv.positions, rows), atol=0, rtol=0)
+            assert torch.equal(v[layer, rows], c.kv.v[layer])
+    forced = N - sum(c.kv.num_tokens for c in placed)  # BOS, the question (incl. the last token)
+    assert res.active_rows == [forced] * model.cfg.num_layers
+
+
+def test_first_chunk_after_same_prefix_has_no_deviation(model, ids):
+    placed = _chunks_alone(model, ids)[:1]  # computed after BOS at positions 1.., exactly as in the prompt
+    k_ref, v_ref, _ = reference_prefill(model, ids)
+    torch.testing.assert_close(placed[0].kv.k, k_ref[:, 1:12], atol=1e-5, rtol=0)
+    res, k, _ = _run(model, ids, BlendConfig((1,), (0.15,)), placed)
+    torch.testing.assert_close(k[:, 1:12], k_ref[:, 1:12], atol=1e-5, rtol=0)
+
+
+def test_persisted_kv_is_the_kv_attention_used(model, ids):
+    """Re-running the last token over the persisted K/V gives the blend's own logits."""
+    res, k, v = _run(model, ids, BlendConfig((1,), (0.15,)))
+    cfg, n = model.cfg, N
+    from splitserve.engine.attention import AttentionBatch, PagedKVCache, PrefillChunk
+
+    cache = PagedKVCache(cfg.num_layers, n, 1, cfg.num_kv_heads, cfg.head_dim, torch.float32)
+    for layer in range(cfg.num_layers):
+        cache.write(layer, torch.arange(n - 1), k[layer, :n - 1], v[layer, :n - 1])
+    mask = torch.ones(1, n, dtype=torch.bool)
+    batch = AttentionBatch(torch.tensor([n - 1]), 0, None, None, [PrefillChunk(0, 1, torch.arange(n), mask)])
+    logits = model(ids[n - 1:], torch.tensor([n - 1]), cache, batch, torch.tensor([0]))[0]
+    torch.testing.assert_close(logits, res.logits, atol=1e-4, rtol=0)
+    assert res.selected.tolist() == sorted(set(res.selected.tolist()))
+
+
+def test_error_falls_with_ratio(model, ids):
+    k_ref, _, logits_ref = reference_prefill(model, ids)
+    errs = []
+    for r in (0.0, 0.3, 1.0):
+        _, k, _ = _run(model, ids, BlendConfig((1,), (r,)))
+        errs.append(float((k - k_ref).norm() / k_ref.norm()))
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5
+
+
+def test_gradual_filtering_counts(small_model):
+    model = load_model(small_model, torch.float32, "cpu")  # 8 layers
+    ids = torch.randint(1, model.cfg.vocab_size, (N,), generator=torch.Generator().manual_seed(2))
+    res, _, _ = _run(model, ids, BlendConfig((1, 2, 3), (0.6, 0.4, 0.2)))
+    forced = 8  # BOS and the 7-token question; 32 cached rows
+    assert res.active_rows == [N, 19 + forced, 12 + forced] + [6 + forced] * 5
+    with pytest.raises(ValueError):
+        BlendConfig((1, 2), (0.1, 0.3))  # ratios must not grow
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        BlendConfig((2, 1), (0.2, 0.1))
+    with pytest.raises(ValueError):
+        BlendConfig((1,), (1.5,))
