@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ChunkSpan(_message.Message):
+    __slots__ = ("start", "length")
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    length: int
+    def __init__(self, start: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
 class KVTarget(_message.Message):
     __slots__ = ("node_id", "kv_address", "transport")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -18,21 +26,23 @@ class KVTarget(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "num_prior_output_tokens")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "num_prior_output_tokens", "chunks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     NUM_PRIOR_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     target: KVTarget
     num_prior_output_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target: _Optional[_Union[KVTarget, _Mapping]] = ..., num_prior_output_tokens: _Optional[int] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkSpan]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target: _Optional[_Union[KVTarget, _Mapping]] = ..., num_prior_output_tokens: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkSpan, _Mapping]]] = ...) -> None: ...
 
 class PrefillReply(_message.Message):
-    __slots__ = ("first_token_id", "logprob", "finished", "finish_reason", "num_cached_tokens", "kv_bytes", "timings")
+    __slots__ = ("first_token_id", "logprob", "finished", "finish_reason", "num_cached_tokens", "kv_bytes", "timings", "num_reused_tokens", "num_computed_tokens")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +50,8 @@ class PrefillReply(_message.Message):
     NUM_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    NUM_REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     first_token_id: int
     logprob: _common_pb2.TokenLogprob
     finished: bool
@@ -47,7 +59,9 @@ class PrefillReply(_message.Message):
     num_cached_tokens: int
     kv_bytes: int
     timings: _common_pb2.Timings
-    def __init__(self, first_token_id: _Optional[int] = ..., logprob: _Optional[_Union[_common_pb2.TokenLogprob, _Mapping]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
+    num_reused_tokens: int
+    num_computed_tokens: float
+    def __init__(self, first_token_id: _Optional[int] = ..., logprob: _Optional[_Union[_common_pb2.TokenLogprob, _Mapping]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., num_reused_tokens: _Optional[int] = ..., num_computed_tokens: _Optional[float] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("request_id", "num_prompt_tokens", "prefill_node_id")
@@ -82,16 +96,18 @@ class DecodeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., first_token_id: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_prior_output_tokens: _Optional[int] = ...) -> None: ...
 
 class NodeGenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "num_prior_output_tokens")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "num_prior_output_tokens", "chunks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     NUM_PRIOR_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     num_prior_output_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_prior_output_tokens: _Optional[int] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkSpan]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_prior_output_tokens: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkSpan, _Mapping]]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("token_ids", "logprobs", "finished", "finish_reason", "num_cached_tokens")
@@ -112,7 +128,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport")
+    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +141,7 @@ class NodeStats(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     KV_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CACHE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     num_waiting: int
@@ -137,4 +154,57 @@ class NodeStats(_message.Message):
     block_size: int
     kv_address: str
     transport: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+    chunk_cache: ChunkCacheStats
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ...) -> None: ...
+
+class ChunkCacheStats(_message.Message):
+    __slots__ = ("bloom", "bloom_hashes", "num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")
+    BLOOM_FIELD_NUMBER: _ClassVar[int]
+    BLOOM_HASHES_FIELD_NUMBER: _ClassVar[int]
+    NUM_LOCAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REDIS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_HITS_FIELD_NUMBER: _ClassVar[int]
+    REDIS_HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    REDIS_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BLENDED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BLEND_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    REDIS_BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    REDIS_BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    bloom: bytes
+    bloom_hashes: int
+    num_local_chunks: int
+    local_bytes: int
+    redis: bool
+    local_hits: int
+    redis_hits: int
+    misses: int
+    redis_errors: int
+    corrupt_values: int
+    blended_requests: int
+    recompute_fraction: float
+    blend_time_s: float
+    redis_bytes_read: int
+    redis_bytes_written: int
+    def __init__(self, bloom: _Optional[bytes] = ..., bloom_hashes: _Optional[int] = ..., num_local_chunks: _Optional[int] = ..., local_bytes: _Optional[int] = ..., redis: _Optional[bool] = ..., local_hits: _Optional[int] = ..., redis_hits: _Optional[int] = ..., misses: _Optional[int] = ..., redis_errors: _Optional[int] = ..., corrupt_values: _Optional[int] = ..., blended_requests: _Optional[int] = ..., recompute_fraction: _Optional[float] = ..., blend_time_s: _Optional[float] = ..., redis_bytes_read: _Optional[int] = ..., redis_bytes_written: _Optional[int] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("documents", "in_context")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    IN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    in_context: bool
+    def __init__(self, documents: _Optional[_Iterable[str]] = ..., in_context: _Optional[bool] = ...) -> None: ...
+
+class IngestReply(_message.Message):
+    __slots__ = ("num_chunks", "num_tokens", "chunk_hashes")
+    NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    num_chunks: int
+    num_tokens: int
+    chunk_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, num_chunks: _Optional[int] = ..., num_tokens: _Optional[int] = ..., chunk_hashes: _Optional[_Iterable[str]] = ...) -> None: ...

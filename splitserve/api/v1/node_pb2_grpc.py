@@ -68,6 +68,11 @@ class NodeStub:
                 request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
                 response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeStats.FromString,
                 _registered_method=True)
+        self.IngestDocuments = channel.unary_unary(
+                '/splitserve.api.v1.Node/IngestDocuments',
+                request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.SerializeToString,
+                response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -116,6 +121,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestDocuments(self, request, context):
+        """Prefill and mixed nodes: compute each document's chunk KV and store it in the chunk cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +160,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.StatsRequest.FromString,
                     response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeStats.SerializeToString,
+            ),
+            'IngestDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestDocuments,
+                    request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.FromString,
+                    response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +332,33 @@ class Node:
             '/splitserve.api.v1.Node/Stats',
             splitserve_dot_api_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
             splitserve_dot_api_dot_v1_dot_node__pb2.NodeStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.api.v1.Node/IngestDocuments',
+            splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.SerializeToString,
+            splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.FromString,
             options,
             channel_credentials,
             insecure,
