@@ -133,9 +133,9 @@ class PairLink:
         words = self._headers[index]
         return self.group.recv([words], self.peer, HEADER_TAG), words
 
-    def recv_payload(self, flat: torch.Tensor, timeout_s: float) -> None:
-        works = [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
-        self.wait_all(works, timeout_s)
+    def post_payload(self, flat: torch.Tensor) -> list:
+        """Post the recvs of a payload into flat (uint8 [nbytes]); wait with `wait_all`."""
+        return [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
 
     def drain(self, nbytes: int, timeout_s: float) -> None:
         """Receive and discard a payload of `nbytes` into one reused chunk-sized buffer."""

@@ -3,20 +3,23 @@
 It hosts the rendezvous `TCPStore` on the kv port. An acceptor thread pops join messages
 (see `torch_pair`) and starts one thread per pair; a newer group from the same sender
 instance replaces (breaks) the older one. A pair thread loops: receive a header (waiting up
-to `idle_timeout_s`), `_admit` it against the reservations, receive the payload into one of
-the pair's two reused buffers (or drain it into a chunk-sized scratch buffer when it matches
-no live reservation), and hand it to the pair's writer thread, which `_deliver`s it while
-the next layer arrives. A peer that dies, a wait that times out or a header that
+to `idle_timeout_s`), `_admit` it against the reservations, post the payload's recv into one
+of the pair's two reused buffers (or drain it into a chunk-sized scratch buffer when it
+matches no live reservation), and only then `_deliver` the layer received before, so the
+copy into the pool overlaps the next layer's receive (gloo's own thread fills the buffer).
+A request's last layer is delivered at once, without waiting for another header. One
+thread per pair: every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times out or a header that
 is not ours ends the pair thread and closes the group; the peer forms a new one next time.
 A header claiming more than `max_layer_bytes` closes the group instead of being drained.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import queue
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.distributed import TCPStore
@@ -120,69 +123,52 @@ class TorchReceiver(TrackedReceiver):
                     del self._links[instance]
 
     def _receive_loop(self, link: PairLink) -> None:
-        writer = _LayerWriter(self._deliver, self.config.device)
+        buffers = [torch.empty(0, dtype=torch.uint8, device=self.config.device) for _ in range(2)]
+        pending: _Received | None = None  # received, not yet written
         try:
-            while not self._closed and not link.closed:
+            for count in itertools.count():
+                if pending is not None and pending.is_last:
+                    pending = self._flush(pending)
                 header = link.recv_header(self.config.idle_timeout_s)
                 if header.kind is Kind.ABORT:
                     self._sender_aborted(header.request_hash)
                     continue
                 res = self._admit(header)
                 if res is None:
+                    pending = self._flush(pending)
                     if header.nbytes > self.config.max_layer_bytes:
                         raise ValueError(f"header claims {header.nbytes} bytes, above max_layer_bytes")
                     link.drain(header.nbytes, self.config.timeout_s)
                     continue
-                remaining_s = res.deadline - time.monotonic()
-                buffer = writer.take(header.nbytes, remaining_s)
+                if buffers[count % 2].numel() < header.nbytes:
+                    buffers[count % 2] = torch.empty(header.nbytes, dtype=torch.uint8, device=self.config.device)
+                flat = buffers[count % 2][: header.nbytes]
+                works = link.post_payload(flat)
+                pending = self._flush(pending)  # overlaps with this layer's receive
                 try:
-                    link.recv_payload(buffer[: header.nbytes], remaining_s)
+                    link.wait_all(works, res.deadline - time.monotonic())
                 except Exception:
-                    writer.give_back(buffer)
                     self._unadmit(res, header)
                     raise
-                writer.submit(res, header, buffer)
+                pending = _Received(res, header, flat)
         finally:
-            writer.close()
+            self._flush(pending)
+
+    def _flush(self, received: _Received | None) -> None:
+        """Deliver a received layer (if any); returns None, the new `pending`."""
+        if received is not None:
+            # kv: [2, num_tokens, num_kv_heads, head_dim] over the receive buffer
+            kv = received.flat.view(received.res.meta.torch_dtype).view(received.res.meta.layer_shape)
+            self._deliver(received.res, received.header, kv)
+        return None
 
 
-class _LayerWriter:
-    """Runs `deliver` (the decode node's copy into its pool) on a thread of its own, so that
-    layer l is copied while layer l+1 arrives. Two receive buffers per pair, each grown to the
-    largest admitted layer; a buffer is reused once its layer was written."""
+@dataclass(frozen=True)
+class _Received:
+    res: Reservation
+    header: LayerHeader
+    flat: torch.Tensor  # uint8 [nbytes], one of the pair's two receive buffers
 
-    def __init__(self, deliver, device: str) -> None:
-        self._deliver = deliver
-        self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
-        for _ in range(2):
-            self._free.put(torch.empty(0, dtype=torch.uint8, device=device))
-        self._todo: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="kv-write", daemon=True)
-        self._thread.start()
-
-    def take(self, nbytes: int, timeout_s: float) -> torch.Tensor:
-        try:
-            buffer = self._free.get(timeout=max(timeout_s, 0.001))
-        except queue.Empty:
-            raise TimeoutError("write_layer did not return a receive buffer in time") from None
-        if buffer.numel() < nbytes:
-            buffer = torch.empty(nbytes, dtype=torch.uint8, device=buffer.device)
-        return buffer
-
-    def give_back(self, buffer: torch.Tensor) -> None:
-        self._free.put(buffer)
-
-    def submit(self, res: Reservation, header: LayerHeader, buffer: torch.Tensor) -> None:
-        self._todo.put((res, header, buffer))
-
-    def close(self) -> None:
-        """Pending layers are still written; then the thread ends."""
-        self._todo.put(None)
-
-    def _run(self) -> None:
-        while (item := self._todo.get()) is not None:
-            res, header, buffer = item
-            # kv: [2, num_tokens, num_kv_heads, head_dim] over the first nbytes of the buffer
-            kv = buffer[: header.nbytes].view(res.meta.torch_dtype).view(res.meta.layer_shape)
-            self._deliver(res, header, kv)
-            self._free.put(buffer)
+    @property
+    def is_last(self) -> bool:
+        return self.header.layer == self.res.meta.num_layers - 1
