@@ -167,6 +167,8 @@ class Engine:
         req.output_token_ids.append(token_id)
         if sample is not None and sample.logprob is not None:
             req.logprobs.append((sample.logprob, sample.top_logprobs))
+        elif req.params.logprobs is not None:  # sampled elsewhere (a prefill node's first token, never re-sent):
+            req.logprobs.append(None)  # keeps logprobs aligned with output_token_ids
         stopped_by_text = self.outputs.add_token(req, token_id)
         reason = self._finish_reason(req, token_id, stopped_by_text)
         if reason is not None:
