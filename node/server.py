@@ -15,6 +15,7 @@ from splitserve.engine import Engine, EngineConfig
 from splitserve.serving.engine_loop import EngineLoop
 from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
 from splitserve.serving.logs import setup_logging
+from splitserve.tls import TLSFiles
 from node.servicer import NodeServicer
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,16 @@ async def main(args: argparse.Namespace) -> None:
     engine = await asyncio.to_thread(Engine, args.model, engine_config(args))
     node_id = f"{args.role}-{uuid.uuid4().hex[:12]}"
     engine_loop = EngineLoop(engine)
-    server = GrpcServer(args.host, args.port, [SERVICE_NAME])
+    tls = TLSFiles.load(args.tls_dir, "node") if args.tls_dir else None  # mTLS: only holders of our CA's certs
+    credentials = tls.server_credentials(require_client_cert=True) if tls else None
+    server = GrpcServer(args.host, args.port, [SERVICE_NAME], credentials)
     advertise = args.advertise_host or args.host
     prefill = decode = None
     closers = []
     if args.role == labels.ROLE_PREFILL:
         from node.transport import build_senders
 
-        prefill, close = build_senders(args, engine_loop, node_id)
+        prefill, close = build_senders(args, engine_loop, node_id, tls.client_credentials() if tls else None)
         engine_loop.make_layer_hook, engine_loop.after_step = prefill.make_layer_hook, prefill.after_step
         closers.append(close)
     elif args.role == labels.ROLE_DECODE:

@@ -14,8 +14,8 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
     return TransferConfig(timeout_s=args.transfer_timeout_s, device=args.device if args.device.startswith("cuda") else "cpu")
 
 
-def build_senders(args: argparse.Namespace, engine_loop, node_id: str):
-    senders = SenderPool(node_id, transfer_config(args))
+def build_senders(args: argparse.Namespace, engine_loop, node_id: str, credentials=None):
+    senders = SenderPool(node_id, transfer_config(args), credentials)
     worker = PrefillWorker(engine_loop, node_id, senders, one_shot_max_tokens=args.one_shot_max_tokens,
                            transfer_timeout_s=args.transfer_timeout_s, checksum=args.kv_checksum,
                            fault_send_delay_s=args.fault_kv_send_delay_s)

@@ -9,9 +9,10 @@ from splitserve.kvtransfer import BACKENDS, KVSender, TransferConfig, make_sende
 
 
 class SenderPool:
-    def __init__(self, node_id: str, config: TransferConfig):
+    def __init__(self, node_id: str, config: TransferConfig, credentials=None):
         self.node_id = node_id
         self.config = config
+        self.credentials = credentials  # grpc.ChannelCredentials for the gRPC transport under mTLS
         self._senders: dict[tuple[str, str], KVSender] = {}
         self._lock = threading.Lock()
 
@@ -23,7 +24,8 @@ class SenderPool:
         with self._lock:
             sender = self._senders.get(key)
             if sender is None:
-                extra = {"instance_id": self.node_id} if target.transport == "torch" else {}
+                extra = ({"instance_id": self.node_id} if target.transport == "torch"
+                         else {"credentials": self.credentials})
                 sender = self._senders[key] = make_sender(target.transport, target.kv_address, self.config, **extra)
             return sender
 

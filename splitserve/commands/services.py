@@ -45,9 +45,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--max-num-seqs", 64, "most requests in one batch", type=int)
     _add(parser, "--max-batched-tokens", 2048, "token budget of one engine step", type=int)
     _add(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
-    _add(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS")
-    _add(parser, "--tls-server-name", "", "with --tls-dir and --transport grpc: name the decode nodes' "
-         "certificates carry when it is not their address")
+    _add(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS (callers need a "
+         "certificate from the same CA; the gRPC KV transport uses it too)")
     _add(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
     _add(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
          "the prefill instead of layer by layer", type=int)

@@ -61,3 +61,15 @@ def test_groups_form_on_demand_with_several_nodes(tiny_model, prefill, decode):
     assert len({r.final.prefill_node for r in results}) == prefill
     assert len({r.final.decode_node for r in results}) == decode
     assert used == [0] * len(nodes)
+
+
+def test_a_full_decode_pool_answers_resource_exhausted_and_recovers(tiny_model):
+    with LocalCluster(tiny_model, prefill=1, decode=1, node_args=["--num-blocks=8", "--block-size=16"]) as c:
+        with Client(c.url, timeout_s=30) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.complete(prompt_token_ids=[9] * 300, max_tokens=4)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "KV blocks" in err.value.details()
+            assert len(client.complete(prompt_token_ids=[9] * 20, max_tokens=4, ignore_eos=True).token_ids) == 4
+        for _, node in c.nodes:
+            assert used_blocks_settle_to_zero(node.address)
