@@ -10,6 +10,7 @@ from splitserve.api.v1 import router_pb2, router_pb2_grpc
 from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
 from splitserve.serving.logs import setup_logging
 from router.frontend import Frontend
+from router.fronts import Security, admission_from_args, http_server
 from router.nodes import NodeRegistry, parse_static_nodes
 from router.orchestrator import Orchestrator
 from router.policies import get_policy
@@ -19,25 +20,39 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
-async def build(args: argparse.Namespace) -> tuple[GrpcServer, NodeRegistry]:
+async def build(args: argparse.Namespace):
     if not args.model:
         raise ValueError("--model is required (the tokenizer and chat template come from it)")
-    registry = NodeRegistry()
+    security = Security.from_args(args)  # issue 4: keys, TLS, mTLS to nodes (router/fronts.py)
+    registry = NodeRegistry(credentials=security.node_credentials(), channel_options=security.node_channel_options())
     for role, address in parse_static_nodes(args.nodes):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(args.policy))
-    server = GrpcServer(args.host, args.port, [SERVICE_NAME])
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(Frontend.from_model_dir(args.model), orchestrator),
-                                                 server.server)
-    return server, registry
+    frontend = Frontend.from_model_dir(args.model)
+    admission = admission_from_args(args)  # issue 4: load shedding and deadlines, shared by both fronts
+    server = GrpcServer(args.host, args.port, [SERVICE_NAME], security.server_credentials(),
+                        security.grpc_interceptors(admission))
+    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(frontend, orchestrator), server.server)
+    http = http_server(args, frontend, orchestrator, admission, security)  # issue 4: OpenAI HTTP (None: off)
+    return server, registry, http
 
 
 async def main(args: argparse.Namespace) -> None:
-    server, registry = await build(args)
+    server, registry, http = await build(args)
     await registry.refresh()
     registry.start_polling()
-    log.info("router listening on %s:%d", args.host, server.port)
-    await serve_until_signal(server, registry.close, f"READY router grpc://{args.host}:{server.port}")
+    ready = f"READY router grpc://{args.host}:{server.port}"
+    if http is not None:  # issue 4: the HTTP server runs in this loop, next to gRPC
+        await http.start()
+        ready += f" http={http.url}"
+    log.info("router listening on %s:%d%s", args.host, server.port, f" and {http.url}" if http else "")
+
+    async def stop() -> None:
+        if http is not None:
+            await http.stop()
+        await registry.close()
+
+    await serve_until_signal(server, stop, ready)
 
 
 def run_router(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ class LocalCluster:
     def url(self) -> str:
         return self.router.url if self.router else ""
 
+    @property
+    def http_url(self) -> str:
+        """The router's OpenAI HTTP base URL (http_port -1: a free port; 0: off, empty)."""
+        return self.router.extra.get("http", "") if self.router else ""
+
     def node_command(self, role: str) -> list[str]:
         return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", "0",
                                "--kv-port", "0", "--transport", self.transport, "--threads", str(self.threads),

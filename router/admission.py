@@ -1,0 +1,98 @@
+"""Load shedding and deadlines, shared by the gRPC and HTTP fronts.
+
+The router holds at most `max_requests` requests at once (dispatched to nodes, where they wait
+in the nodes' queues or run). One more is refused at once with `Overloaded` -> HTTP 429 /
+gRPC RESOURCE_EXHAUSTED, both carrying Retry-After, and costs the nodes nothing. An admitted
+request has a deadline: the router's `timeout_s`, or the client's own when that is sooner;
+past it `bounded()` closes the request's event iterator, which cancels its node calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import AsyncIterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Overloaded(Exception):
+    """The router is full; the client should retry after `retry_after_s`."""
+
+    def __init__(self, max_requests: int, retry_after_s: float):
+        super().__init__(f"the router is at capacity ({max_requests} requests in flight); retry later")
+        self.retry_after = str(max(1, math.ceil(retry_after_s)))
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    max_requests: int = 256
+    retry_after_s: float = 1.0
+    timeout_s: float = 0.0  # 0: no router deadline (the client's still applies)
+
+    def __post_init__(self):
+        if self.max_requests < 1:
+            raise ValueError(f"--max-queue must be >= 1, got {self.max_requests}")
+        if self.retry_after_s <= 0:
+            raise ValueError(f"--retry-after-s must be > 0, got {self.retry_after_s}")
+        if self.timeout_s < 0:
+            raise ValueError(f"--request-timeout-s must be >= 0 (0: none), got {self.timeout_s}")
+
+
+class Slot:
+    """One admitted request; `release()` (idempotent) or leaving the `with` block frees it."""
+
+    def __init__(self, admission: "Admission"):
+        self._admission = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission.num_active -= 1
+            self._admission = None
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Admission:
+    def __init__(self, config: AdmissionConfig = AdmissionConfig()):
+        self.config = config
+        self.num_active = 0
+        self.num_rejected = 0
+
+    def admit(self) -> Slot:
+        """A slot for one request, or Overloaded. Single event loop: no lock needed."""
+        if self.num_active >= self.config.max_requests:
+            self.num_rejected += 1
+            raise Overloaded(self.config.max_requests, self.config.retry_after_s)
+        self.num_active += 1
+        return Slot(self)
+
+    def deadline(self, client_timeout_s: float | None = None) -> float | None:
+        """The request's deadline in event-loop time: the sooner of the router's and the client's."""
+        limits = [t for t in (self.config.timeout_s or None, client_timeout_s) if t is not None]
+        return asyncio.get_running_loop().time() + min(limits) if limits else None
+
+
+async def bounded(events: AsyncIterator[T], deadline: float | None) -> AsyncIterator[T]:
+    """`events`' items until it ends or `deadline` passes (DeadlineExceeded); always closes `events`."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    item = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise DeadlineExceeded("the request's deadline passed before it finished") from exc
+            yield item
+    finally:
+        await events.aclose()

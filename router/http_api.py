@@ -1,0 +1,186 @@
+"""The router's OpenAI-compatible HTTP API: a FastAPI app over the same Frontend, Orchestrator
+and Admission as the gRPC servicer (one process, one event loop).
+
+A request's life: API key (401) -> body read within the size limit (413) and validated (400)
+-> model name checked (404) -> prompt ids and Job from the Frontend (400) -> a slot from
+Admission (429 + Retry-After) -> a route (503: no healthy nodes) -> `completion()` bounded by
+the request's deadline -> one JSON response, or server-sent events. The client going away
+cancels the request on the nodes. `/health` and `/metrics` need no key (probes, scrapers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router.admission import Admission, DeadlineExceeded, Overloaded, bounded
+from router.auth import ApiKeys
+from router.completion import completion
+from router.frontend import Frontend
+from router.http_errors import ApiError, ClientGone, from_exception, unauthorized
+from router.http_stream import EventStreamResponse, collect, event_stream, until_disconnect
+from router.openai_format import ChatShape, CompletionShape, TokenTexts, _Shape
+from router.openai_models import ChatCompletionRequest, CompletionRequest
+from router.orchestrator import Job, NodeCallError, Orchestrator
+from router.policies import NoRoute
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_BODY_BYTES = 8 << 20
+# What the router raises on purpose; anything else is a bug: 500 and a traceback in the log.
+HANDLED = (ApiError, ValueError, Overloaded, NoRoute, NodeCallError, DeadlineExceeded, ClientGone)
+
+
+@dataclass
+class HttpContext:
+    frontend: Frontend
+    orchestrator: Orchestrator
+    admission: Admission
+    api_keys: ApiKeys
+    model_name: str
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self):
+        self.texts = TokenTexts(self.frontend.tokenizer)
+        self.created = int(time.time())
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Endpoints:
+    def __init__(self, ctx: HttpContext):
+        self.ctx = ctx
+
+    def check_key(self, request: Request) -> None:
+        if not self.ctx.api_keys.allows(request.headers.get("authorization")):
+            raise unauthorized()
+
+    def check_model(self, model: str | None) -> None:
+        if model and model != self.ctx.model_name:
+            raise ApiError(404, f"model {model!r} does not exist; this server serves {self.ctx.model_name!r}",
+                           param="model", code="model_not_found")
+
+    async def models(self) -> dict:
+        card = {"id": self.ctx.model_name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
+                "max_model_len": self.ctx.frontend.limits.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    async def completions(self, request: Request):
+        body = CompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
+        body.check_supported()
+        self.check_model(body.model)
+        prompt_ids = self.ctx.frontend.prompt_ids(**body.prompt_input(), documents=body.documents or ())
+        job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), _request_id(request, "cmpl"))
+        shape = CompletionShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
+                                body.logprobs is not None)
+        return await self.serve(request, job, shape, body.stream, body.include_usage)
+
+    async def chat(self, request: Request):
+        body = ChatCompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
+        body.check_supported()
+        self.check_model(body.model)
+        frontend = self.ctx.frontend
+        prompt_ids = frontend.prompt_ids(messages=body.chat_messages(), documents=body.documents or ())
+        room = max(1, frontend.limits.max_model_len - len(prompt_ids))
+        job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"))
+        shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs)
+        return await self.serve(request, job, shape, body.stream, body.include_usage)
+
+    async def serve(self, request: Request, job: Job, shape: _Shape, stream: bool, include_usage: bool):
+        slot = self.ctx.admission.admit()
+        try:
+            route = self.ctx.orchestrator.route(job)
+            events = bounded(completion(self.ctx.frontend.tokenizer, self.ctx.orchestrator, job, route),
+                             self.ctx.admission.deadline())
+        except BaseException:
+            slot.release()
+            raise
+        headers = {"X-Request-Id": job.request_id}
+        if stream:
+            return EventStreamResponse(event_stream(events, shape, include_usage, slot), headers=headers)
+        with slot:
+            pieces, finish = await until_disconnect(request.receive, collect(events))
+        return JSONResponse(shape.response(pieces, finish), headers=headers)
+
+    async def health(self) -> dict:
+        nodes = self.ctx.orchestrator.registry.snapshot()
+        return {"status": "ok", "nodes": len(nodes), "healthy_nodes": sum(n.healthy for n in nodes),
+                "requests_in_flight": self.ctx.admission.num_active}
+
+
+def _request_id(request: Request, prefix: str) -> str:
+    given = request.headers.get("x-request-id", "")
+    if given and (len(given) > 128 or not given.isprintable()):
+        raise ApiError(400, "X-Request-Id must be at most 128 printable characters", param="X-Request-Id")
+    return given or f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _metrics_route(app: FastAPI) -> None:
+    """GET /metrics from router/metrics.py (Prometheus; the metrics issue's module).
+
+    METRICS HOOK: router/metrics.py may expose `render() -> (bytes, content_type)`; without it,
+    the prometheus_client default registry is served when prometheus_client is installed."""
+    try:
+        from router import metrics
+        render = metrics.render
+    except (ImportError, AttributeError):
+        render = None
+    if render is None:
+        try:
+            import prometheus_client
+        except ImportError:
+            return
+
+        def render():
+            return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        content, content_type = render()
+        return Response(content, media_type=content_type)
+
+
+def create_app(ctx: HttpContext) -> FastAPI:
+    app = FastAPI(title="splitserve router", summary="OpenAI-compatible API of a disaggregated LLM cluster",
+                  docs_url=None, redoc_url=None)
+    endpoints = Endpoints(ctx)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(endpoints.check_key)])
+    v1.add_api_route("/models", endpoints.models, methods=["GET"])
+    v1.add_api_route("/completions", endpoints.completions, methods=["POST"])
+    v1.add_api_route("/chat/completions", endpoints.chat, methods=["POST"])
+    app.include_router(v1)
+    app.add_api_route("/health", endpoints.health, methods=["GET"])
+    _metrics_route(app)
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        error = from_exception(exc)
+        if error.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+        return error.response()
+
+    for exc_type in HANDLED:
+        app.add_exception_handler(exc_type, on_error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500
+                        else "internal_error", headers=exc.headers).response()
+
+    return app

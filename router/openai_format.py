@@ -1,0 +1,131 @@
+"""Response bodies of the OpenAI-compatible API: whole responses and SSE stream chunks.
+
+`CompletionShape` (`/v1/completions`, object `text_completion`) and `ChatShape`
+(`/v1/chat/completions`, objects `chat.completion` / `chat.completion.chunk`) turn the
+router's `Piece`s and `Finish` into OpenAI's JSON. Logprobs: completions carry
+`tokens / token_logprobs / top_logprobs / text_offset`; chat carries `content: [{token,
+logprob, bytes, top_logprobs}]`. Usage counts the prompt and the tokens generated
+(`prompt_tokens_details.cached_tokens`: prompt tokens whose KV was reused).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+from splitserve.engine import Tokenizer
+from router.completion import Finish, Piece
+
+
+class TokenTexts:
+    """Token id -> its text (memoised; special tokens kept, as logprobs show them)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+
+def usage(num_prompt_tokens: int, finish: Finish) -> dict:
+    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": finish.num_completion_tokens,
+            "total_tokens": num_prompt_tokens + finish.num_completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": finish.done.num_cached_tokens}}
+
+
+class _Shape(ABC):
+    """How one endpoint writes a request's pieces; one instance per request."""
+
+    object_name = ""
+    chunk_object_name = ""
+
+    def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool):
+        self.id, self.model, self.texts = request_id, model, texts
+        self.num_prompt_tokens, self.logprobs = num_prompt_tokens, logprobs
+        self.created = int(time.time())
+        self._num_chars = 0  # completions' text_offset
+
+    def _envelope(self, object_name: str, choices: list, **extra) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+    def chunk(self, piece: Piece, usage_field: bool) -> dict:
+        choice = self._delta_choice(piece)
+        choice["logprobs"] = self._logprobs(piece.token_ids, piece.logprobs) if self.logprobs else None
+        extra = {"usage": None} if usage_field else {}
+        return self._envelope(self.chunk_object_name, [choice], **extra)
+
+    def final_chunk(self, finish: Finish, usage_field: bool) -> dict:
+        choice = self._delta_choice(Piece([], ""), final=True)
+        choice.update(logprobs=None, finish_reason=finish.reason)
+        extra = {"usage": None} if usage_field else {}
+        return self._envelope(self.chunk_object_name, [choice], **extra)
+
+    def usage_chunk(self, finish: Finish) -> dict:
+        return self._envelope(self.chunk_object_name, [], usage=usage(self.num_prompt_tokens, finish))
+
+    def response(self, pieces: list[Piece], finish: Finish) -> dict:
+        token_ids = [t for p in pieces for t in p.token_ids]
+        entries = [e for p in pieces for e in p.logprobs]
+        choice = self._whole_choice("".join(p.text for p in pieces))
+        choice.update(logprobs=self._logprobs(token_ids, entries) if self.logprobs else None,
+                      finish_reason=finish.reason)
+        return self._envelope(self.object_name, [choice], usage=usage(self.num_prompt_tokens, finish))
+
+    @abstractmethod
+    def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
+        """The choice of one stream chunk (without logprobs)."""
+
+    @abstractmethod
+    def _whole_choice(self, text: str) -> dict:
+        """The choice of a whole response (without logprobs and finish reason)."""
+
+    @abstractmethod
+    def _logprobs(self, token_ids: list[int], entries: list) -> dict:
+        """The choice's `logprobs` for these tokens; called in order, once per chunk."""
+
+
+class CompletionShape(_Shape):
+    object_name = chunk_object_name = "text_completion"
+
+    def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
+        return {"index": 0, "text": piece.text, "logprobs": None, "finish_reason": None}
+
+    def _whole_choice(self, text: str) -> dict:
+        return {"index": 0, "text": text}
+
+    def _logprobs(self, token_ids: list[int], entries: list) -> dict:
+        tokens = [self.texts(t) for t in token_ids]
+        offsets = []
+        for token in tokens:
+            offsets.append(self._num_chars)
+            self._num_chars += len(token)
+        return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries],
+                "top_logprobs": [{self.texts(t): v for t, v in top} for _, top in entries], "text_offset": offsets}
+
+
+class ChatShape(_Shape):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+    _role_sent = False
+
+    def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
+        delta = {} if final else {"content": piece.text}
+        if not self._role_sent:  # on the first chunk: a chunk of its own would look like a token to TTFT meters
+            delta, self._role_sent = {"role": "assistant", **delta}, True
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+
+    def _whole_choice(self, text: str) -> dict:
+        return {"index": 0, "message": {"role": "assistant", "content": text}}
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        token = self.texts(token_id)
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    def _logprobs(self, token_ids: list[int], entries: list) -> dict:
+        return {"content": [{**self._entry(t, lp), "top_logprobs": [self._entry(i, v) for i, v in top]}
+                            for t, (lp, top) in zip(token_ids, entries)]}

@@ -1,0 +1,161 @@
+"""Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
+
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (n > 1, echo,
+penalties, logit_bias, tools) are refused with a 400 that names them, never silently
+dropped. vLLM's extensions `ignore_eos`, `min_tokens` and `top_k` are accepted; `documents`
+is splitserve's RAG extension (retrieved passages, placed before the prompt).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from splitserve.engine import SamplingParams
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
+
+
+class InvalidRequest(ValueError):
+    """A request the API refuses (400); `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    max_tokens: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict | None = None
+    documents: list[str] | None = None
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, body: bytes):
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def check_supported(self) -> None:
+        if self.n not in (None, 1):
+            raise InvalidRequest(f"n must be 1 (one choice per request is supported), got {self.n}", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise InvalidRequest(f"{name} is not supported (send 0 or leave it out)", name)
+        if self.logit_bias:
+            raise InvalidRequest("logit_bias is not supported", "logit_bias")
+
+    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """Engine parameters; ValueError (-> 400) for values out of range."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), seed=self.seed,
+            stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise InvalidRequest("echo is not supported", "echo")
+        if self.suffix:
+            raise InvalidRequest("suffix is not supported", "suffix")
+        if self.best_of not in (None, 1):
+            raise InvalidRequest(f"best_of must be 1, got {self.best_of}", "best_of")
+
+    def prompt_input(self) -> dict:
+        """Frontend.prompt_ids keywords: `prompt` (text) or `token_ids`."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            if len(prompt) != 1:
+                raise InvalidRequest(f"one prompt per request is supported, got {len(prompt)}", "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return {"prompt": prompt}
+        return {"token_ids": list(prompt)}
+
+    def sampling_params(self) -> SamplingParams:
+        max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+        return self.sampling(max_tokens, self.logprobs)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            kinds = sorted({p.type for p in self.content} - {"text"})
+            if kinds:
+                raise InvalidRequest(f"only text content is supported, got {', '.join(kinds)}", "messages")
+            return "".join(p.text or "" for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if not self.messages:
+            raise InvalidRequest("messages must hold at least one message", "messages")
+        if self.tools:
+            raise InvalidRequest("tools are not supported", "tools")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
+
+    def chat_messages(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def sampling_params(self, room: int) -> SamplingParams:
+        """`room`: tokens left in the context after the prompt, the default maximum."""
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self.sampling(room if max_tokens is None else max_tokens, logprobs)
