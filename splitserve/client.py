@@ -4,6 +4,8 @@
     with Client("grpc://127.0.0.1:50050") as client:
         for event in client.generate(prompt="Hello", max_tokens=16):
             print(event.text, end="")
+
+With API keys and TLS: `Client("grpcs://HOST:PORT", api_key="KEY", ca_file="certs/ca.pem")`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.grpc_util import CHANNEL_OPTIONS, parse_url
+from splitserve.tls import channel_credentials
 
 
 @dataclass
@@ -83,9 +86,18 @@ def _metadata(api_key: str | None):
     return (("authorization", f"Bearer {api_key}"),) if api_key else None
 
 
+def _channel(grpc_module, url: str, ca_file: str | None):
+    """TLS for grpcs:// URLs or with ca_file (the CA that signed the router's certificate)."""
+    address = parse_url(url)
+    if ca_file is None and not url.startswith("grpcs://"):
+        return grpc_module.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc_module.secure_channel(address, channel_credentials(ca_file), options=CHANNEL_OPTIONS)
+
+
 class Client:
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None):
-        self.channel = grpc.insecure_channel(parse_url(url), options=CHANNEL_OPTIONS)
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None,
+                 ca_file: str | None = None):
+        self.channel = _channel(grpc, url, ca_file)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self.api_key, self.timeout_s = api_key, timeout_s
 
@@ -108,8 +120,9 @@ class Client:
 
 
 class AsyncClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None):
-        self.channel = grpc.aio.insecure_channel(parse_url(url), options=CHANNEL_OPTIONS)
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float | None = None,
+                 ca_file: str | None = None):
+        self.channel = _channel(grpc.aio, url, ca_file)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self.api_key, self.timeout_s = api_key, timeout_s
 

@@ -33,8 +33,8 @@ def aio_channel(address: str, credentials: grpc.ChannelCredentials | None = None
 
 
 def parse_url(url: str) -> str:
-    """grpc://host:port or host:port -> host:port."""
-    address = url.removeprefix("grpc://")
+    """grpc://host:port, grpcs://host:port (TLS) or host:port -> host:port."""
+    address = url.removeprefix("grpcs://").removeprefix("grpc://")
     if ":" not in address or address.startswith("http"):
-        raise ValueError(f"expected grpc://HOST:PORT, got {url!r}")
+        raise ValueError(f"expected grpc://HOST:PORT or grpcs://HOST:PORT, got {url!r}")
     return address
