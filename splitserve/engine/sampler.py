@@ -31,6 +31,8 @@ class Sample:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch.Generator | None = None) -> list[Sample]:
     """logits: [S, vocab] fp32, one row per request."""
+    if any(req.banned_token_ids for req in requests):
+        logits = logits.clone()  # the model's output may be an inference tensor, which is read-only out here
     for row, req in enumerate(requests):
         if req.banned_token_ids:
             logits[row, list(req.banned_token_ids)] = float("-inf")
