@@ -10,7 +10,8 @@ An infinite rate sends everything at t=0 (pair it with a concurrency limit: clos
 
 `trace` replays timestamps given by the workload (seconds, sorted): offsets from the first
 one, multiplied by `time_scale` (0.5 = twice as fast), or, with a finite `rate`, rescaled so
-that the N requests span N/rate seconds (rate scaling). Gaps keep their proportions.
+that the N requests span N/rate seconds (rate scaling; N is the request count when one is
+given, else the whole trace). Gaps keep their proportions.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def arrival_offsets(
     if config.kind == "trace":
         if trace_s is None:
             raise ValueError("trace arrivals need a workload with timestamps (azure-code, azure-conv, mooncake)")
+        if num_requests is not None:  # rate scaling applies to the requests sent, not the whole trace
+            trace_s = trace_s[:num_requests]
         return iter(_limit(trace_offsets(config, trace_s), num_requests, duration_s))
     if math.isinf(config.rate):
         if duration_s is not None and num_requests is None:

@@ -57,6 +57,8 @@ def test_trace_replay_keeps_gaps_after_scaling():
     assert by_rate[-1] == pytest.approx(2.5) and np.allclose(np.diff(by_rate) / np.diff(by_rate).sum(), gaps / gaps.sum())
     cut = list(arrival_offsets(ArrivalConfig(kind="trace"), num_requests=3, trace_s=stamps))
     assert cut == [0.0, 0.5, 1.0]
+    counted = list(arrival_offsets(ArrivalConfig(kind="trace", rate=2.0), num_requests=3, trace_s=stamps))
+    assert counted == pytest.approx([0.0, 0.75, 1.5])  # the 3 requests sent span 3/2 s, gaps kept
     assert list(arrival_offsets(ArrivalConfig(kind="trace"), duration_s=4.1, trace_s=stamps)) == [0.0, 0.5, 1.0, 4.0]
 
 
