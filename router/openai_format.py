@@ -105,7 +105,14 @@ class CompletionShape(_Shape):
             offsets.append(self._num_chars)
             self._num_chars += len(token)
         return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries],
-                "top_logprobs": [{self.texts(t): v for t, v in top} for _, top in entries], "text_offset": offsets}
+                "top_logprobs": [self._top(top) for _, top in entries], "text_offset": offsets}
+
+    def _top(self, top: list[tuple[int, float]]) -> dict[str, float]:
+        """{text: logprob}, most likely first; of two tokens with one text the likelier stays."""
+        out = {}
+        for token_id, logprob in top:
+            out.setdefault(self.texts(token_id), logprob)
+        return out
 
 
 class ChatShape(_Shape):

@@ -1,0 +1,218 @@
+"""The router's OpenAI-compatible HTTP API with the official `openai` client against a real local
+cluster (router + prefill + decode on the tiny model): text equals the gRPC path's for the same
+request, usage counts, stop strings, logprobs, errors, and client disconnects."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import openai
+import pytest
+
+from splitserve.api.v1 import router_pb2_grpc
+from splitserve.client import Client, build_request
+from splitserve.serving.local_cluster import LocalCluster
+from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
+
+pytestmark = pytest.mark.slow
+MODEL = "tiny-s0-v1"
+PROMPT = "The history of the river"
+MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is the river?"}]
+MAX_BODY = 65536
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model):
+    with LocalCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def api(cluster):
+    with openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client
+
+
+def grpc_result(cluster, **kwargs):
+    with Client(cluster.url, timeout_s=60) as client:
+        return client.complete(**kwargs)
+
+
+def http_json(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_models_lists_the_served_model(api):
+    [model] = api.models.list().data
+    assert model.id == MODEL and model.owned_by == "splitserve"
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8, top_p=0.9, seed=11)],
+                         ids=["greedy", "seeded"])
+def test_completion_equals_the_grpc_path(cluster, api, sampling):
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, extra_body={"ignore_eos": True},
+                                      **sampling)
+    expected = grpc_result(cluster, prompt=PROMPT, max_tokens=12, ignore_eos=True, **sampling)
+    [choice] = response.choices
+    assert choice.text == expected.text and choice.finish_reason == "length"
+    assert response.usage.prompt_tokens == expected.final.prompt_tokens
+    assert response.usage.completion_tokens == 12 and response.usage.total_tokens == expected.final.prompt_tokens + 12
+
+
+def test_streamed_completion_with_usage(cluster, api):
+    stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, stream=True,
+                                    stream_options={"include_usage": True}, extra_body={"min_tokens": 10})
+    chunks = list(stream)
+    expected = grpc_result(cluster, prompt=PROMPT, max_tokens=10)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected.final.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == expected.final.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_chat_equals_the_grpc_path(cluster, api, stream):
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_completion_tokens=9, temperature=0, extra_body={"ignore_eos": True})
+    expected = grpc_result(cluster, messages=MESSAGES, max_tokens=9, ignore_eos=True)
+    if stream:
+        chunks = list(api.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        response = api.chat.completions.create(**kwargs)
+        assert response.choices[0].message.role == "assistant"
+        text, usage = response.choices[0].message.content, response.usage
+    assert text == expected.text
+    assert (usage.prompt_tokens, usage.completion_tokens) == (expected.final.prompt_tokens, 9)
+
+
+def test_stop_strings_end_the_text_before_them(cluster, api):
+    reference = grpc_result(cluster, prompt=PROMPT, max_tokens=24, ignore_eos=True).text
+    stop = reference[12:15]
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop],
+                                      extra_body={"ignore_eos": True})
+    [choice] = response.choices
+    assert choice.finish_reason == "stop" and stop not in choice.text and reference.startswith(choice.text)
+    assert choice.text == grpc_result(cluster, prompt=PROMPT, max_tokens=24, ignore_eos=True, stop=[stop]).text
+    assert response.usage.completion_tokens < 24
+
+
+def test_completion_logprobs_shape(api):
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3,
+                                      extra_body={"ignore_eos": True})
+    logprobs = response.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 6
+    assert "".join(logprobs.tokens) == response.choices[0].text
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+    for token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert value <= 0 and 1 <= len(top) <= 3
+        assert top[token] == pytest.approx(value)  # greedy: the chosen token is the most likely
+
+
+def test_chat_logprobs_shape_streamed(api):
+    chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
+                                              logprobs=True, top_logprobs=2, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(entries) == 5
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 2 and entry.bytes == list(entry.token.encode())
+
+
+def test_documents_pass_through_to_the_frontend(cluster, api):
+    documents = ["The river starts in the mountains.", "It ends in the sea."]
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
+                                      extra_body={"documents": documents, "ignore_eos": True})
+    expected = grpc_result(cluster, prompt=PROMPT, documents=documents, max_tokens=6, ignore_eos=True)
+    assert response.choices[0].text == expected.text
+    assert response.usage.prompt_tokens == expected.final.prompt_tokens > len(PROMPT.split())
+
+
+BAD = [
+    (dict(n=2), 400, "n"),
+    (dict(max_tokens=0), 400, None),
+    (dict(temperature=-1), 400, None),
+    (dict(logprobs=99), 400, None),
+    (dict(frequency_penalty=0.5), 400, "frequency_penalty"),
+    (dict(model="gpt-4"), 404, "model"),
+]
+
+
+@pytest.mark.parametrize("override, status, param", BAD)
+def test_bad_requests_get_openai_errors(cluster, api, override, status, param):
+    kwargs = dict(model=MODEL, prompt=PROMPT, max_tokens=4) | override
+    with pytest.raises(openai.APIStatusError) as err:
+        api.completions.create(**kwargs)
+    assert err.value.status_code == status
+    body = err.value.body
+    assert set(body) >= {"message", "type", "param", "code"} and body["message"]
+    assert body["param"] == param
+
+
+def test_malformed_unknown_and_oversized_requests(cluster):
+    status, body = http_json(cluster.http_url + "/v1/completions", b"{not json")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    status, body = http_json(cluster.http_url + "/v1/chat/completions", json.dumps({"messages": []}).encode())
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, body = http_json(cluster.http_url + "/v1/nothing-here")
+    assert status == 404 and "message" in body["error"]
+    big = json.dumps({"prompt": "x" * MAX_BODY, "max_tokens": 1}).encode()
+    status, body = http_json(cluster.http_url + "/v1/completions", big)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+
+
+def test_health_reports_nodes_and_requests(cluster):
+    status, body = http_json(cluster.http_url + "/health")
+    assert status == 200 and body["status"] == "ok" and body["healthy_nodes"] == 2
+
+
+def _settled(cluster) -> bool:
+    def idle():
+        return (http_json(cluster.http_url + "/health")[1]["requests_in_flight"] == 0
+                and all(node_stats(n.address).num_running == 0 for _, n in cluster.nodes))
+    return wait_until(idle, timeout_s=1.5, interval_s=0.05)
+
+
+def test_http_disconnect_cancels_the_request_on_the_nodes(cluster, api):
+    # 1900 tokens take seconds on the tiny model: finishing within the wait means it was cancelled
+    with api.completions.with_streaming_response.create(
+            model=MODEL, prompt=PROMPT, max_tokens=1900, temperature=0, stream=True,
+            extra_body={"ignore_eos": True}) as response:
+        data = (line for line in response.iter_lines() if line.startswith("data:"))
+        for _ in range(3):
+            assert '"text"' in next(data)
+    start = time.monotonic()
+    assert _settled(cluster), "the request kept running after the client left"
+    assert time.monotonic() - start < 1.5
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address)
+
+
+def test_grpc_cancel_cancels_the_request_on_the_nodes(cluster):
+    channel = grpc.insecure_channel(cluster.router.address)
+    call = router_pb2_grpc.RouterStub(channel).Generate(build_request(prompt=PROMPT, max_tokens=1900, ignore_eos=True))
+    for _ in range(3):
+        next(call)
+    call.cancel()
+    channel.close()
+    assert _settled(cluster)
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address)
+
+
+def test_grpc_client_deadline_cancels_the_request(cluster):
+    with Client(cluster.url, timeout_s=0.3) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.complete(prompt=PROMPT, max_tokens=1900, ignore_eos=True)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _settled(cluster)

@@ -1,0 +1,114 @@
+"""OpenAI request bodies -> engine parameters, refusals that name the field, and the response
+shapes (chunks, usage, logprobs) built from the router's pieces."""
+
+import json
+
+import pytest
+
+from router.completion import Finish, Piece
+from router.openai_format import ChatShape, CompletionShape
+from router.openai_models import ChatCompletionRequest, CompletionRequest, InvalidRequest
+from router.orchestrator import Done
+
+
+def parse(cls, **body):
+    request = cls.parse(json.dumps(body).encode())
+    request.check_supported()
+    return request
+
+
+def test_completion_defaults_follow_openai():
+    request = parse(CompletionRequest, prompt="hi")
+    params = request.sampling_params()
+    assert (params.max_tokens, params.temperature, params.top_p, params.logprobs) == (16, 1.0, 1.0, None)
+    assert request.prompt_input() == {"prompt": "hi"} and not request.include_usage
+
+
+def test_completion_extensions_and_prompt_forms():
+    request = parse(CompletionRequest, prompt=[[5, 6, 7]], max_tokens=3, stop="##", seed=4, top_k=-1,
+                    ignore_eos=True, min_tokens=2, logprobs=2, stream=True, stream_options={"include_usage": True},
+                    user="ignored", unknown_field=1)
+    params = request.sampling_params()
+    assert request.prompt_input() == {"token_ids": [5, 6, 7]}
+    assert (params.stop, params.seed, params.top_k, params.ignore_eos, params.min_tokens, params.logprobs) == \
+        (("##",), 4, 0, True, 2, 2)
+    assert request.include_usage
+    assert parse(CompletionRequest, prompt=[1, 2]).prompt_input() == {"token_ids": [1, 2]}
+    assert parse(CompletionRequest, prompt=["one"]).prompt_input() == {"prompt": "one"}
+
+
+@pytest.mark.parametrize("cls, body, param", [
+    (CompletionRequest, dict(prompt="x", n=2), "n"),
+    (CompletionRequest, dict(prompt="x", echo=True), "echo"),
+    (CompletionRequest, dict(prompt="x", best_of=3), "best_of"),
+    (CompletionRequest, dict(prompt="x", presence_penalty=1.0), "presence_penalty"),
+    (CompletionRequest, dict(prompt="x", logit_bias={"5": 1}), "logit_bias"),
+    (CompletionRequest, dict(prompt="x", max_tokens="many"), "max_tokens"),
+    (CompletionRequest, dict(), "prompt"),
+    (ChatCompletionRequest, dict(messages=[]), "messages"),
+    (ChatCompletionRequest, dict(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], top_logprobs=2), "top_logprobs"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]), "tools"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
+])
+def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
+    with pytest.raises(InvalidRequest) as err:
+        parse(cls, **body).chat_messages() if cls is ChatCompletionRequest else parse(cls, **body).prompt_input()
+    assert err.value.param == param
+
+
+def test_several_prompts_are_refused():
+    with pytest.raises(InvalidRequest, match="one prompt"):
+        parse(CompletionRequest, prompt=["a", "b"]).prompt_input()
+
+
+def test_chat_parameters():
+    request = parse(ChatCompletionRequest, messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                                   {"type": "text", "text": "b"}]}],
+                    max_tokens=5, max_completion_tokens=7, logprobs=True)
+    assert request.chat_messages() == [{"role": "user", "content": "ab"}]
+    params = request.sampling_params(room=100)
+    assert params.max_tokens == 7 and params.logprobs == 0
+    assert parse(ChatCompletionRequest, messages=[{"role": "user", "content": "x"}]).sampling_params(50).max_tokens == 50
+
+
+class Texts:
+    def __call__(self, token_id):
+        return f"<{token_id}>"
+
+
+def finish(reason="length", n=2):
+    return Finish(reason, n, Done(reason, 3, route=None), 0.1, 0.2)
+
+
+def test_completion_shape_with_logprobs():
+    shape = CompletionShape("cmpl-1", "m", Texts(), num_prompt_tokens=4, logprobs=True)
+    pieces = [Piece([7], "<7>", [(-0.5, [(7, -0.5), (8, -1.0)])]), Piece([8], "<8>", [(-1.5, [(9, -0.2), (8, -1.5)])])]
+    body = shape.response(pieces, finish())
+    choice = body["choices"][0]
+    assert body["object"] == "text_completion" and choice["text"] == "<7><8>" and choice["finish_reason"] == "length"
+    assert choice["logprobs"] == {"tokens": ["<7>", "<8>"], "token_logprobs": [-0.5, -1.5],
+                                  "top_logprobs": [{"<7>": -0.5, "<8>": -1.0}, {"<9>": -0.2, "<8>": -1.5}],
+                                  "text_offset": [0, 3]}
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6,
+                             "prompt_tokens_details": {"cached_tokens": 3}}
+
+
+def test_chat_stream_chunks():
+    shape = ChatShape("chatcmpl-1", "m", Texts(), num_prompt_tokens=4, logprobs=False)
+    first, second = shape.chunk(Piece([7], "a"), True), shape.chunk(Piece([8], "b"), True)
+    last, usage = shape.final_chunk(finish("stop"), True), shape.usage_chunk(finish("stop"))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+    assert second["choices"][0]["delta"] == {"content": "b"} and second["usage"] is None
+    assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 6
+    assert {c["object"] for c in (first, second, last, usage)} == {"chat.completion.chunk"}
+
+
+def test_chat_logprobs_entries():
+    shape = ChatShape("chatcmpl-1", "m", Texts(), num_prompt_tokens=1, logprobs=True)
+    body = shape.response([Piece([7], "<7>", [(-0.5, [(7, -0.5)])])], finish())
+    [entry] = body["choices"][0]["logprobs"]["content"]
+    assert entry == {"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>"),
+                     "top_logprobs": [{"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>")}]}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "<7>"}
