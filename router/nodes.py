@@ -140,7 +140,7 @@ class NodeRegistry:
             node.view, node_id=s.node_id, free_blocks=s.num_free_blocks, total_blocks=s.num_total_blocks,
             block_size=s.block_size or 16, num_waiting=s.num_waiting, num_running=s.num_running,
             num_pending_prefill_tokens=s.num_pending_prefill_tokens,
-            chunk_keys=frozenset(getattr(s, "chunk_keys", ())))  # the field arrives with the chunk-cache
+            chunk_keys=frozenset(s.chunk_keys))
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
