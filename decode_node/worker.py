@@ -35,6 +35,7 @@ class DecodeWorker:
         self.transfer_timeout_s = transfer_timeout_s
         self.checksum = checksum
         self.expiry: dict[str, asyncio.TimerHandle] = {}
+        self.metrics = None  # node.metrics.NodeMetrics: transfer bytes and seconds
 
     async def reserve(self, rid: str, num_tokens: int) -> node_pb2.ReserveReply | None:
         if num_tokens < 1:
@@ -58,11 +59,14 @@ class DecodeWorker:
         if rid not in self.expiry:
             raise ValueError(f"no reservation for request {rid!r} (expired, aborted or never made)")
         self.expiry.pop(rid).cancel()
+        waited = time.monotonic()
         try:
             await self._await_kv(rid)
         except BaseException:
             await self._drop(rid)
             raise
+        if self.metrics is not None:
+            self.metrics.kv_received(self._meta(rid, len(prompt)).total_nbytes, time.monotonic() - waited)
         admit = lambda engine: engine.admit_prefilled(rid, prompt, first_token, params, prior)
         async for out in run_streaming(self.engine_loop, rid, admit):
             yield out

@@ -16,6 +16,7 @@ from splitserve.serving.engine_loop import EngineLoop
 from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
 from splitserve.serving.logs import setup_logging
 from splitserve.tls import TLSFiles
+from node.metrics import NodeMetrics, RpcInterceptor
 from node.servicer import NodeServicer
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ async def main(args: argparse.Namespace) -> None:
     engine_loop = EngineLoop(engine)
     tls = TLSFiles.load(args.tls_dir, "node") if args.tls_dir else None  # mTLS: only holders of our CA's certs
     credentials = tls.server_credentials(require_client_cert=True) if tls else None
-    server = GrpcServer(args.host, args.port, [SERVICE_NAME], credentials)
+    metrics = NodeMetrics(args.role)  # issue 4 metrics: node/metrics.py
+    server = GrpcServer(args.host, args.port, [SERVICE_NAME], credentials,
+                        interceptors=(RpcInterceptor(metrics, SERVICE_NAME),))
     advertise = args.advertise_host or args.host
     prefill = decode = None
     closers = []
@@ -54,6 +57,9 @@ async def main(args: argparse.Namespace) -> None:
         closers.append(close)
     servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode)
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
+    metrics.attach(engine_loop, prefill, decode)
+    engine_loop.fault_step_delay_s = args.fault_step_delay_s
+    metrics_address = metrics.serve(args.host, args.metrics_port)
     engine_loop.start()
     reaper = asyncio.get_running_loop().create_task(decode.reap_forever()) if decode else None
 
@@ -65,6 +71,7 @@ async def main(args: argparse.Namespace) -> None:
             close()
 
     kv = f" kv={decode.kv_address}" if decode else ""
+    kv += f" metrics={metrics_address}" if metrics_address else ""
     log.info("node %s (%s) listening on %s:%d%s", node_id, args.role, args.host, server.port, kv)
     ready = f"READY node grpc://{advertise}:{server.port} node_id={node_id} role={args.role}{kv}"
     await serve_until_signal(server, shutdown, ready)

@@ -46,6 +46,7 @@ class PrefillWorker:
         self.checksum = checksum
         self.fault_send_delay_s = fault_send_delay_s
         self.transfers: dict[str, _Transfer] = {}
+        self.metrics = None  # node.metrics.NodeMetrics: transfer bytes and seconds
 
     # --- on the engine thread ------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class PrefillWorker:
             timings=common_pb2.Timings(prefill_s=computed - start, transfer_s=time.monotonic() - computed))
         if out.new_logprobs:
             reply.logprob.CopyFrom(logprob_to_proto(out.new_logprobs[0]))
+        if self.metrics is not None and kv_bytes:
+            self.metrics.kv_sent(kv_bytes, reply.timings.transfer_s)
         return reply
 
     async def abort(self, rid: str) -> bool:

@@ -11,7 +11,10 @@ from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
 from splitserve.serving.logs import setup_logging
 from router.frontend import Frontend
 from router.fronts import Security, admission_from_args, http_server
-from router.nodes import NodeRegistry, parse_static_nodes
+from router.discovery import start_discovery, static_nodes
+from router.failover import RetryConfig
+from router.health import HealthConfig
+from router.nodes import NodeRegistry
 from router.orchestrator import Orchestrator
 from router.policies import get_policy
 from router.servicer import RouterServicer
@@ -24,10 +27,13 @@ async def build(args: argparse.Namespace):
     if not args.model:
         raise ValueError("--model is required (the tokenizer and chat template come from it)")
     security = Security.from_args(args)  # issue 4: keys, TLS, mTLS to nodes (router/fronts.py)
-    registry = NodeRegistry(credentials=security.node_credentials(), channel_options=security.node_channel_options())
-    for role, address in parse_static_nodes(args.nodes):
+    health = HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after)  # issue 4: health
+    registry = NodeRegistry(health, credentials=security.node_credentials(),
+                            channel_options=security.node_channel_options())
+    for role, address in static_nodes(args.nodes, args.nodes_file):  # issue 4: discovery (router/discovery.py)
         registry.add(role, address)
-    orchestrator = Orchestrator(registry, get_policy(args.policy))
+    retry = RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s))  # issue 4: failover
+    orchestrator = Orchestrator(registry, get_policy(args.policy), retry=retry)
     frontend = Frontend.from_model_dir(args.model)
     admission = admission_from_args(args)  # issue 4: load shedding and deadlines, shared by both fronts
     server = GrpcServer(args.host, args.port, [SERVICE_NAME], security.server_credentials(),
@@ -39,6 +45,7 @@ async def build(args: argparse.Namespace):
 
 async def main(args: argparse.Namespace) -> None:
     server, registry, http = await build(args)
+    discovery = await start_discovery(args.discovery, registry, args.k8s_namespace, args.k8s_selector)  # issue 4
     await registry.refresh()
     registry.start_polling()
     ready = f"READY router grpc://{args.host}:{server.port}"
@@ -50,6 +57,9 @@ async def main(args: argparse.Namespace) -> None:
     async def stop() -> None:
         if http is not None:
             await http.stop()
+        if discovery is not None:  # issue 4: discovery
+            discovery.cancel()
+            await asyncio.gather(discovery, return_exceptions=True)
         await registry.close()
 
     await serve_until_signal(server, stop, ready)

@@ -33,7 +33,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--host", "127.0.0.1", "address the gRPC server binds")
     _add(parser, "--port", labels.DEFAULT_NODE_GRPC_PORT, "gRPC port", type=int)
     _add(parser, "--advertise-host", None, "address peers use to reach this node (default: --host)")
-    _add(parser, "--metrics-port", 0, "Prometheus /metrics port (0: off)", type=int)
+    _add(parser, "--metrics-port", 0, "Prometheus /metrics port (0: off; -1: any free port, shown in the READY line)",
+         type=int)
     _add(parser, "--transport", "torch", "KV transport backend", choices=("torch", "grpc"))
     _add(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
     _add(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
@@ -52,6 +53,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          "the prefill instead of layer by layer", type=int)
     _add(parser, "--fault-kv-send-delay-s", 0.0, "fault injection for tests: sleep this long before sending "
          "each KV layer", type=float)
+    _add(parser, "--fault-step-delay-s", 0.0, "fault injection for tests: sleep this long after each engine step",
+         type=float)
     _add(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
 
 
@@ -81,6 +84,14 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     _add(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")
+    # -- issue 4 (policies, discovery, health, failover): added flags
+    _add(parser, "--health-interval-s", 0.5, "seconds between gRPC health checks of each node", type=float)
+    _add(parser, "--health-timeout-s", 1.0, "a node that does not answer a health check within this fails it", type=float)
+    _add(parser, "--unhealthy-after", 2, "failed health checks in a row that take a node out of routing", type=int)
+    _add(parser, "--max-retries", 3, "re-dispatches of a request after node failures (failover) before it fails",
+         type=int)
+    _add(parser, "--retry-backoff-s", 0.05, "wait before the first re-dispatch, doubling after each (at most 1 s)",
+         type=float)
 
 
 def register(subparsers) -> None:

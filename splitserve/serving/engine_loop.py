@@ -3,13 +3,15 @@
 Other threads never touch the engine: they submit functions with `call(fn)` (run on the
 engine thread between steps; the result comes back as a Future) and receive each request's
 outputs through the sink they registered with `subscribe`. The thread steps while the engine
-has work and sleeps on a condition otherwise.
+has work and sleeps on a condition otherwise. An optional `observer` (node/metrics.py) hears
+of each subscription and each step's duration and outputs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable
 
@@ -26,6 +28,8 @@ class EngineLoop:
         self.engine = engine
         self.make_layer_hook = make_layer_hook
         self.after_step = after_step
+        self.observer = None  # on_admit(rid), on_drop(rid), on_step(seconds, outputs): metrics
+        self.fault_step_delay_s = 0.0  # fault injection for tests: sleep after each step (slow decoding)
         self._calls: list[tuple[Callable, Future]] = []
         self._sinks: dict[str, Sink] = {}
         self._wake = threading.Condition()
@@ -56,10 +60,14 @@ class EngineLoop:
         """Register before the request is added; the sink runs on the engine thread."""
         with self._wake:
             self._sinks[request_id] = sink
+        if self.observer is not None:
+            self.observer.on_admit(request_id)
 
     def unsubscribe(self, request_id: str) -> None:
         with self._wake:
             self._sinks.pop(request_id, None)
+        if self.observer is not None:
+            self.observer.on_drop(request_id)
 
     def _run(self) -> None:
         while True:
@@ -82,11 +90,16 @@ class EngineLoop:
                 future.set_exception(exc)
 
     def _step(self) -> None:
+        start = time.perf_counter()
         try:
             outputs = self.engine.step(self.make_layer_hook)
         except Exception:  # a broken step must not kill the node silently
             log.exception("engine step failed")
             raise
+        if self.observer is not None:
+            self.observer.on_step(time.perf_counter() - start, outputs)
+        if self.fault_step_delay_s:
+            time.sleep(self.fault_step_delay_s)
         if self.after_step is not None:
             self.after_step(self.engine, outputs)
         for out in outputs:
