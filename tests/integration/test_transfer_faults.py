@@ -29,7 +29,9 @@ def reserved_on(cluster, role: str):
 
 
 def test_killing_the_decode_node_fails_that_request_in_time_and_prefill_keeps_serving(tiny_model):
-    with LocalCluster(tiny_model, prefill=1, decode=2, node_args=SLOW_SEND) as cluster:
+    # --max-retries=0: the router's failover would finish the request on the other decode node
+    # (tests/integration/test_router_failover.py); here the node-level failure must surface in time.
+    with LocalCluster(tiny_model, prefill=1, decode=2, node_args=SLOW_SEND, router_args=["--max-retries=0"]) as cluster:
         errors, started = [], time.monotonic()
 
         def send():
