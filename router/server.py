@@ -36,6 +36,7 @@ async def build(args: argparse.Namespace):
     orchestrator = Orchestrator(registry, get_policy(args.policy), retry=retry)
     frontend = Frontend.from_model_dir(args.model)
     admission = admission_from_args(args)  # issue 4: load shedding and deadlines, shared by both fronts
+    orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)  # issue 4: metrics
     server = GrpcServer(args.host, args.port, [SERVICE_NAME], security.server_credentials(),
                         security.grpc_interceptors(admission))
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(frontend, orchestrator), server.server)

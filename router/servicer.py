@@ -29,6 +29,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             job = self._job(request)
             route = self.orchestrator.route(job)
         except ValueError as exc:
+            self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)  # issue 4: metrics
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NoRoute as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
