@@ -30,9 +30,8 @@ from splitserve.serving.convert import logprob_from_proto, sampling_to_proto
 from splitserve.serving.logs import request_id
 from router.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
-from router.nodes import NodeRegistry, NodeView
+from router.nodes import NodeRegistry
 from router.policies import NoRoute, Policy, Route, RouteRequest
-from router.prefix_index import block_hashes
 
 log = logging.getLogger(__name__)
 __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
@@ -95,15 +94,13 @@ class Orchestrator:
 
     def _route(self, job: Job, exclude: set[str] = frozenset()) -> Route:
         nodes = [n for n in self.registry.snapshot() if n.address not in exclude]
-        return self.policy(nodes, self.route_request(job, nodes))
+        return self.policy(nodes, self.route_request(job))
 
     @staticmethod
-    def route_request(job: Job, nodes: list[NodeView]) -> RouteRequest:
-        block_size = next((n.block_size for n in nodes if n.healthy), 16)
+    def route_request(job: Job) -> RouteRequest:
         prompt = job.prompt_token_ids
         keys = frozenset(content_hash(prompt[start:start + length]) for start, length in job.chunks)
-        return RouteRequest(len(prompt), job.params.max_tokens, block_hashes(prompt, block_size), keys,
-                            sum(length for _, length in job.chunks))
+        return RouteRequest(len(prompt), job.params.max_tokens, prompt, keys, sum(length for _, length in job.chunks))
 
     async def run(self, job: Job, route: Route) -> AsyncIterator[Tokens | Done]:
         progress, timer = Progress(job.request_id), RequestTimer(self.metrics, time.monotonic(), len(job.prompt_token_ids))

@@ -11,18 +11,18 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from splitserve import labels
 from router.nodes import NodeView
-from router.prefix_index import PrefixIndex
+from router.prefix_index import PrefixIndex, block_hashes
 
 
 @dataclass(frozen=True)
 class RouteRequest:
     num_prompt_tokens: int
     max_tokens: int
-    block_hashes: tuple[bytes, ...] = ()  # chained hashes of the prompt's full blocks (router/prefix_index.py)
+    prompt_token_ids: Sequence[int] = ()  # cache_aware hashes its blocks (router/prefix_index.py)
     chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
     num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
 
@@ -135,14 +135,16 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
     index = PrefixIndex(index_capacity)
 
     def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
-        matched = index.matched_blocks(request.block_hashes)
+        block_size = next((n.block_size for n in nodes if n.healthy and n.role != labels.ROLE_DECODE), 16)
+        hashes = block_hashes(list(request.prompt_token_ids), block_size)
+        matched = index.matched_blocks(hashes)
 
         def cost(n: NodeView) -> tuple:
             work = request.num_prompt_tokens - cached_tokens(n, request, matched.get(n.address, 0))
             return (pending_prefill_tokens(n) + work, n.address)
         route = split_or_colocated(nodes, lambda ps: min(ps, key=cost), lambda ds: min(ds, key=decode_load),
                                    lambda ms: min(ms, key=cost))
-        index.record(request.block_hashes, route.prefill.address)
+        index.record(hashes, route.prefill.address)
         return route
     return choose
 

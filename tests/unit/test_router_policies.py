@@ -60,7 +60,7 @@ PROMPT = list(range(5, 5 + 200))  # 12 full blocks of 16
 
 
 def cache_request(prompt=PROMPT, **kw):
-    return RouteRequest(len(prompt), 10, block_hashes=block_hashes(prompt, 16), **kw)
+    return RouteRequest(len(prompt), 10, prompt_token_ids=prompt, **kw)
 
 
 def test_block_hashes_equal_the_block_pools_prefix_hashes():
