@@ -1,6 +1,6 @@
 """The orchestrator's failover against scripted fake nodes on loopback (gRPC, health included).
 
-A fake node "generates" token n of every request as 100 + n, so a correct continuation (prompt
+A fake node "generates" token n of every request as BASE + n, so a correct continuation (prompt
 plus the tokens sent, num_prior_output_tokens = their number) yields the same stream whatever
 node finishes it. Fakes fail on cue: a Reserve refused, a Decode stream cut after k tokens
 with the node then reporting NOT_SERVING, as a killed process would look.
@@ -13,8 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
-from splitserve.engine import SamplingParams
+from splitserve.engine import SamplingParams, Tokenizer
 from splitserve.serving.grpc_server import GrpcServer
+from router.completion import Finish, Piece, completion
 from router.failover import RetryConfig
 from router.health import NODE_SERVICE, HealthConfig
 from router.metrics import RouterMetrics
@@ -23,6 +24,7 @@ from router.orchestrator import Done, Job, NodeCallError, Orchestrator, Tokens
 from router.policies import split_or_colocated
 
 PROMPT = list(range(10, 30))
+BASE = 300  # the tiny tokenizer's 300..309: 'ing' 'ro' 'il' ' to' 'ent' 'el' ' g' 'am' 'st' ' re'
 
 
 class FakeNode(node_pb2_grpc.NodeServicer):
@@ -45,7 +47,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
 
     async def Prefill(self, request, context):
         self.calls.append(("Prefill", request))
-        return node_pb2.PrefillReply(first_token_id=100 + request.num_prior_output_tokens, finish_reason="prefilled")
+        return node_pb2.PrefillReply(first_token_id=BASE + request.num_prior_output_tokens, finish_reason="prefilled")
 
     async def Decode(self, request, context):
         self.calls.append(("Decode", request))
@@ -54,7 +56,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
             if self.die_after is not None and i == self.die_after:
                 await self.server._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
-            yield node_pb2.TokenChunk(token_ids=[100 + n], finished=n == last, finish_reason="length" if n == last else "")
+            yield node_pb2.TokenChunk(token_ids=[BASE + n], finished=n == last, finish_reason="length" if n == last else "")
 
     async def Abort(self, request, context):
         self.calls.append(("Abort", request))
@@ -65,17 +67,18 @@ class FakeNode(node_pb2_grpc.NodeServicer):
                                   block_size=16)
 
 
-def run_job(specs: list[dict], retry: RetryConfig = RetryConfig(backoff_s=0.001)):
-    """Runs one 10-token job over fake nodes made from specs; returns (events, metrics, nodes)."""
+def run_job(specs: list[dict], retry: RetryConfig = RetryConfig(backoff_s=0.001), stop=(), tokenizer=None):
+    """Runs one 10-token job over fake nodes made from specs; returns (events, metrics, nodes).
+    With a tokenizer, the events are router/completion.py's text pieces (stop strings applied)."""
     nodes = []
     try:
-        return asyncio.run(_run_job(specs, retry, nodes))
+        return asyncio.run(_run_job(specs, retry, nodes, stop, tokenizer))
     except NodeCallError as exc:
         exc.nodes = nodes
         raise
 
 
-async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list):
+async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list, stop, tokenizer):
     nodes += [FakeNode(**spec) for spec in specs]
     for node in nodes:
         await node.server.start()
@@ -85,10 +88,12 @@ async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list):
     await registry.refresh()
     metrics = RouterMetrics()
     orchestrator = Orchestrator(registry, first_listed, retry=retry, metrics=metrics)
-    job = Job("req-1", PROMPT, SamplingParams(max_tokens=10, seed=7, temperature=0.9))
+    job = Job("req-1", PROMPT, SamplingParams(max_tokens=10, seed=7, temperature=0.9, stop=tuple(stop)))
+    route = orchestrator.route(job)
     events = []
     try:
-        async for event in orchestrator.run(job, orchestrator.route(job)):
+        stream = completion(tokenizer, orchestrator, job, route) if tokenizer else orchestrator.run(job, route)
+        async for event in stream:
             events.append(event)
     finally:
         await registry.close()
@@ -110,21 +115,29 @@ def tokens(events) -> list[int]:
 def test_a_decode_stream_cut_after_5_tokens_continues_on_another_pair():
     events, metrics, (prefill, dying, spare) = run_job([dict(role="prefill"), dict(role="decode1", die_after=4),
                                                          dict(role="decode2")])
-    assert tokens(events) == [100 + n for n in range(10)]  # nothing lost, nothing twice
+    assert tokens(events) == [BASE + n for n in range(10)]  # nothing lost, nothing twice
     assert isinstance(events[-1], Done) and events[-1].route.decode.address == spare.address
     retry = [r for call, r in prefill.calls if call == "Prefill"][1]
-    assert list(retry.prompt_token_ids) == PROMPT + [100, 101, 102, 103, 104]
+    assert list(retry.prompt_token_ids) == PROMPT + [BASE + n for n in range(5)]
     assert retry.num_prior_output_tokens == 5 and retry.sampling.max_tokens == 10 and retry.sampling.seed == 7
     assert retry.request_id == "req-1.retry1"
     decode = [r for call, r in spare.calls if call == "Decode"][0]
-    assert decode.first_token_id == 105 and decode.num_prior_output_tokens == 5
+    assert decode.first_token_id == BASE + 5 and decode.num_prior_output_tokens == 5
     assert metrics.failovers.labels("UNAVAILABLE")._value.get() == 1
+
+
+def test_a_stop_string_spanning_the_failover_is_still_found(tiny_model):
+    # 5 tokens go out ('ing' 'ro' 'il' ' to' 'ent'), then the stream is cut; "entel g" spans the cut
+    specs = [dict(role="prefill"), dict(role="decode1", die_after=4), dict(role="decode2")]
+    events, _, _ = run_job(specs, stop=["entel g"], tokenizer=Tokenizer.from_dir(tiny_model))
+    assert "".join(e.text for e in events if isinstance(e, Piece)) == "ingroil to"
+    assert isinstance(events[-1], Finish) and events[-1].reason == "stop"
 
 
 def test_a_refused_reservation_tries_another_decode_node():
     events, metrics, (prefill, full, spare) = run_job([dict(role="prefill"), dict(role="decode1", refuse=True),
                                                         dict(role="decode2")])
-    assert tokens(events) == [100 + n for n in range(10)]
+    assert tokens(events) == [BASE + n for n in range(10)]
     assert [call for call, _ in full.calls] == ["Reserve"]
     assert metrics.node_errors.labels("Reserve", "RESOURCE_EXHAUSTED")._value.get() == 1
 
