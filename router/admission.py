@@ -63,15 +63,17 @@ class Slot:
 
 
 class Admission:
-    def __init__(self, config: AdmissionConfig = AdmissionConfig()):
+    def __init__(self, config: AdmissionConfig = AdmissionConfig(), on_reject=lambda: None):
         self.config = config
         self.num_active = 0
         self.num_rejected = 0
+        self.on_reject = on_reject  # e.g. count RESOURCE_EXHAUSTED in the metrics
 
     def admit(self) -> Slot:
         """A slot for one request, or Overloaded. Single event loop: no lock needed."""
         if self.num_active >= self.config.max_requests:
             self.num_rejected += 1
+            self.on_reject()
             raise Overloaded(self.config.max_requests, self.config.retry_after_s)
         self.num_active += 1
         return Slot(self)
@@ -83,16 +85,53 @@ class Admission:
 
 
 async def bounded(events: AsyncIterator[T], deadline: float | None) -> AsyncIterator[T]:
-    """`events`' items until it ends or `deadline` passes (DeadlineExceeded); always closes `events`."""
+    """`events`' items until it ends or `deadline` passes (DeadlineExceeded); always closes `events`.
+
+    One timer per request (not one per item: tokens are many): when it fires while we wait
+    for `events`, it cancels that wait; when it fires while the consumer holds an item, the
+    next step raises."""
+    if deadline is None:
+        try:
+            async for item in events:
+                yield item
+        finally:
+            await events.aclose()
+        return
+    timer = _Deadline(asyncio.current_task(), deadline)
     try:
         while True:
+            timer.check()
+            timer.waiting = True
             try:
-                async with asyncio.timeout_at(deadline):
-                    item = await anext(events)
+                item = await anext(events)
             except StopAsyncIteration:
                 return
-            except TimeoutError as exc:
-                raise DeadlineExceeded("the request's deadline passed before it finished") from exc
+            except asyncio.CancelledError:
+                timer.check_cancelled()
+                raise
+            finally:
+                timer.waiting = False
             yield item
     finally:
+        timer.handle.cancel()
         await events.aclose()
+
+
+class _Deadline:
+    def __init__(self, task: asyncio.Task, deadline: float):
+        self.task, self.waiting, self.expired = task, False, False
+        self.handle = task.get_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.waiting:
+            self.task.cancel()
+
+    def check(self) -> None:
+        if self.expired:
+            raise DeadlineExceeded("the request's deadline passed before it finished")
+
+    def check_cancelled(self) -> None:
+        """Inside `except CancelledError`: our own cancel becomes DeadlineExceeded, others propagate."""
+        if self.expired and self.task.uncancel() == 0:
+            self.check()

@@ -17,6 +17,7 @@ from splitserve.tls import TLSFiles
 from router.admission import Admission, AdmissionConfig
 from router.auth import ApiKeys
 from router.grpc_guard import RouterGuard
+from router.metrics import ROUTER
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,13 @@ class Security:
         return (("grpc.ssl_target_name_override", self.tls_server_name),) if self.tls_server_name else ()
 
     def grpc_interceptors(self, admission: Admission) -> tuple:
-        return (RouterGuard(self.api_keys, admission),)
+        return (RouterGuard(self.api_keys, admission, ROUTER.count_error),)
 
 
 def admission_from_args(args: argparse.Namespace) -> Admission:
-    return Admission(AdmissionConfig(max_requests=args.max_queue, retry_after_s=args.retry_after_s,
-                                     timeout_s=args.request_timeout_s))
+    config = AdmissionConfig(max_requests=args.max_queue, retry_after_s=args.retry_after_s,
+                             timeout_s=args.request_timeout_s)
+    return Admission(config, on_reject=lambda: ROUTER.count_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
 
 
 def http_server(args: argparse.Namespace, frontend, orchestrator, admission: Admission, security: Security):
@@ -64,5 +66,6 @@ def http_server(args: argparse.Namespace, frontend, orchestrator, admission: Adm
     from router.http_server import HttpServer
 
     model_name = args.served_model_name or Path(args.model).resolve().name
-    context = HttpContext(frontend, orchestrator, admission, security.api_keys, model_name, args.max_request_bytes)
+    context = HttpContext(frontend, orchestrator, admission, security.api_keys, model_name, args.max_request_bytes,
+                          ROUTER.count_error)
     return HttpServer(create_app(context), args.host, args.http_port, security.tls)

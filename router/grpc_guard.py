@@ -29,9 +29,10 @@ def _authorization(details: grpc.HandlerCallDetails) -> str | None:
 
 
 class RouterGuard(grpc.aio.ServerInterceptor):
-    def __init__(self, api_keys: ApiKeys, admission: Admission):
+    def __init__(self, api_keys: ApiKeys, admission: Admission, count_error=lambda code: None):
         self.api_keys = api_keys
         self.admission = admission
+        self.count_error = count_error  # (grpc.StatusCode) -> None: the metrics' errors by code
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -46,10 +47,14 @@ class RouterGuard(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, authorized), **kwargs)
         return handler if authorized else None
 
+    async def _refuse(self, context, code: grpc.StatusCode, message: str, trailing_metadata=()) -> None:
+        self.count_error(code)
+        await context.abort(code, message, trailing_metadata=trailing_metadata)
+
     def _unary(self, behavior, authorized: bool):
         async def guarded(request, context):
             if not authorized:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+                await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             return await behavior(request, context)
 
         return guarded
@@ -57,7 +62,7 @@ class RouterGuard(grpc.aio.ServerInterceptor):
     def _stream(self, behavior, authorized: bool):
         async def guarded(request, context):
             if not authorized:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+                await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             try:
                 slot = self.admission.admit()
             except Overloaded as exc:
@@ -69,6 +74,6 @@ class RouterGuard(grpc.aio.ServerInterceptor):
                                                   self.admission.deadline(context.time_remaining())):
                         yield response
                 except DeadlineExceeded as exc:
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+                    await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
 
         return guarded

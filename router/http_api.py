@@ -14,6 +14,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
+
+import grpc
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,6 +35,10 @@ from router.policies import NoRoute
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 8 << 20
+# HTTP status of a refusal by this front -> the gRPC code the metrics count it under
+REFUSALS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+            404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
+            504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # What the router raises on purpose; anything else is a bug: 500 and a traceback in the log.
 HANDLED = (ApiError, ValueError, Overloaded, NoRoute, NodeCallError, DeadlineExceeded, ClientGone)
 
@@ -44,6 +51,7 @@ class HttpContext:
     api_keys: ApiKeys
     model_name: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    count_error: Callable = lambda code: None  # (grpc.StatusCode) -> None: the metrics' errors by code
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
@@ -171,6 +179,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         error = from_exception(exc)
+        if error.status in REFUSALS and not isinstance(exc, NodeCallError):  # node errors, 429s: counted where they arise
+            ctx.count_error(REFUSALS[error.status])
         if error.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.url.path, exc)
         return error.response()

@@ -176,6 +176,14 @@ def test_health_reports_nodes_and_requests(cluster):
     assert status == 200 and body["status"] == "ok" and body["healthy_nodes"] == 2
 
 
+def test_metrics_are_served_and_count_refusals(cluster):
+    http_json(cluster.http_url + "/v1/completions", json.dumps({"prompt": "x", "n": 3}).encode())
+    with urllib.request.urlopen(cluster.http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert 'splitserve_router_request_errors_total{code="INVALID_ARGUMENT"}' in text
+
+
 def _settled(cluster) -> bool:
     def idle():
         return (http_json(cluster.http_url + "/health")[1]["requests_in_flight"] == 0
