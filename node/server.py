@@ -26,7 +26,8 @@ SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(dtype=args.dtype, device=args.device, block_size=args.block_size, num_blocks=args.num_blocks,
                         kv_cache_bytes=args.kv_cache_bytes, max_num_seqs=args.max_num_seqs,
-                        max_num_batched_tokens=args.max_batched_tokens)
+                        max_num_batched_tokens=args.max_batched_tokens,
+                        enable_prefix_caching=not args.no_prefix_caching)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -55,7 +56,14 @@ async def main(args: argparse.Namespace) -> None:
 
         decode, close = build_receiver(args, engine_loop, node_id, server, f"{advertise}:{server.port}")
         closers.append(close)
-    servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode)
+    chunk_path = None
+    if args.role != labels.ROLE_DECODE:
+        from node.chunks import build_chunk_path
+
+        chunk_path = build_chunk_path(args, engine_loop)
+        if prefill is not None:
+            prefill.chunk_path = chunk_path
+    servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode, chunk_path)
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
     metrics.attach(engine_loop, prefill, decode)
     engine_loop.fault_step_delay_s = args.fault_step_delay_s

@@ -18,17 +18,18 @@ from splitserve.serving.output_stream import run_streaming
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
-    def __init__(self, node_id: str, role: str, engine_loop, prefill=None, decode=None):
+    def __init__(self, node_id: str, role: str, engine_loop, prefill=None, decode=None, chunk_path=None):
         self.node_id, self.role = node_id, role
         self.engine_loop = engine_loop
         self.prefill_worker, self.decode_worker = prefill, decode
+        self.chunk_path = chunk_path  # node.chunks.ChunkPath (prefill and mixed nodes with a chunk cache)
 
     async def Prefill(self, request: node_pb2.PrefillRequest, context):
         worker = await self._need(self.prefill_worker, "Prefill", context)
         try:
             params = sampling_from_proto(request.sampling)
             result = await worker.prefill(request.request_id, list(request.prompt_token_ids), params, request.target,
-                                          request.num_prior_output_tokens)
+                                          request.num_prior_output_tokens, _spans(request.chunks))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TransferError as exc:
@@ -65,8 +66,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         prompt, rid, prior = list(request.prompt_token_ids), request.request_id, request.num_prior_output_tokens
         try:
             params = sampling_from_proto(request.sampling)
-            admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
-            async for out in run_streaming(self.engine_loop, rid, admit):
+            if request.chunks and self.chunk_path is not None:
+                outputs = self.chunk_path.generate(rid, prompt, params, prior, _spans(request.chunks))
+            else:
+                admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
+                outputs = run_streaming(self.engine_loop, rid, admit)
+            async for out in outputs:
                 yield _chunk(out)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -88,12 +93,34 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, num_total_blocks=s.num_total_blocks,
             num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
             block_size=s.block_size, kv_address=worker.kv_address if worker else "",
-            transport=worker.transport if worker else "")
+            transport=worker.transport if worker else "", **self._chunk_stats())
+
+    def _chunk_stats(self) -> dict:
+        if self.chunk_path is None:
+            return {}
+        stats = self.chunk_path.stats()
+        fields = {f.name for f in node_pb2.ChunkCacheStats.DESCRIPTOR.fields}
+        return {"chunk_keys": stats.pop("chunk_keys"),
+                "chunk_cache": node_pb2.ChunkCacheStats(**{k: v for k, v in stats.items() if k in fields})}
+
+    async def IngestDocuments(self, request: node_pb2.IngestRequest, context):
+        if self.chunk_path is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self.node_id} ({self.role}) has no chunk cache (--chunk-cache-bytes 0 or a decode node)")
+        if not request.documents or any(not d for d in request.documents):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "documents must be a non-empty list of non-empty strings")
+        stored = await self.chunk_path.ingest(list(request.documents), request.in_context)
+        return node_pb2.IngestReply(num_chunks=len(stored), num_tokens=sum(n for _, n in stored),
+                                    chunk_hashes=[h for h, _ in stored])
 
     async def _need(self, worker, call: str, context):
         if worker is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{call} is not served by a {self.role} node")
         return worker
+
+
+def _spans(chunks) -> list[tuple[int, int]]:
+    return [(c.start, c.length) for c in chunks]
 
 
 def _chunk(out: RequestOutput) -> node_pb2.TokenChunk:

@@ -24,6 +24,7 @@ from splitserve.engine import Engine, RequestOutput, SamplingParams
 from splitserve.kvtransfer import SendState, TransferError, TransferMeta
 from splitserve.serving.convert import logprob_to_proto
 from splitserve.serving.output_stream import run_streaming
+from prefill_node.blended import prefill_blended
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PrefillWorker:
         self.fault_send_delay_s = fault_send_delay_s
         self.transfers: dict[str, _Transfer] = {}
         self.metrics = None  # node.metrics.NodeMetrics: transfer bytes and seconds
+        self.chunk_path = None  # node.chunks.ChunkPath when the node has a chunk cache
 
     # --- on the engine thread ------------------------------------------------------------------
 
@@ -88,9 +90,12 @@ class PrefillWorker:
     # --- on the asyncio loop ---------------------------------------------------------------------
 
     async def prefill(self, rid: str, prompt: list[int], params: SamplingParams, target: node_pb2.KVTarget,
-                      num_prior_output_tokens: int) -> node_pb2.PrefillReply:
+                      num_prior_output_tokens: int, chunks: list[tuple[int, int]] = ()) -> node_pb2.PrefillReply:
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
+        plan = await self.chunk_path.plan(prompt, list(chunks)) if chunks and self.chunk_path else None
+        if plan is not None:
+            return await prefill_blended(self, self.chunk_path, rid, prompt, params, target, num_prior_output_tokens, plan)
         meta = self._meta(rid, len(prompt))
         sender = await asyncio.to_thread(self.senders.get, target)
         sender.begin(meta)

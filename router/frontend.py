@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from splitserve.chunkcache.documents import document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
 from router.orchestrator import Job
 
@@ -34,20 +35,30 @@ class Frontend:
 
     def prompt_ids(self, prompt: str | None = None, token_ids: list[int] | None = None,
                    messages: list[dict] | None = None, documents: list[str] = ()) -> list[int]:
+        return self.prompt_and_chunks(prompt, token_ids, messages, documents)[0]
+
+    def prompt_and_chunks(self, prompt: str | None = None, token_ids: list[int] | None = None,
+                          messages: list[dict] | None = None, documents: list[str] = ()) -> tuple[list[int], tuple]:
+        """Prompt ids and the (start, length) span of each document in them. Documents go with a
+        text prompt: each is tokenized alone (documents.py), so its KV can come from the chunk cache."""
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
         if messages is not None:
-            return self.tokenizer.encode_chat(messages)
+            return self.tokenizer.encode_chat(messages), ()
         if token_ids is not None:
-            return list(token_ids)
+            return list(token_ids), ()
         if prompt is None:
             raise ValueError("one of prompt, prompt_token_ids or messages is required")
-        text = "".join(f"{d}\n\n" for d in documents) + prompt
-        return self.tokenizer.encode(text) if text else []
+        if any(not d for d in documents):
+            raise ValueError("documents must be non-empty strings")
+        if documents:
+            ids, spans = document_prompt(self.tokenizer, list(documents), prompt)
+            return ids, tuple(spans)
+        return (self.tokenizer.encode(prompt) if prompt else []), ()
 
-    def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> Job:
+    def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = ()) -> Job:
         self.validate(prompt_ids, params)
-        return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params)
+        return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params, chunks=tuple(chunks))
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
         if not prompt_ids:

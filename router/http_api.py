@@ -94,8 +94,8 @@ class Endpoints:
         body = CompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
         body.check_supported()
         self.check_model(body.model)
-        prompt_ids = self.ctx.frontend.prompt_ids(**body.prompt_input(), documents=body.documents or ())
-        job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), _request_id(request, "cmpl"))
+        prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**body.prompt_input(), documents=body.documents or ())
+        job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), _request_id(request, "cmpl"), chunks)
         shape = CompletionShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
                                 body.logprobs is not None)
         return await self.serve(request, job, shape, body.stream, body.include_usage)

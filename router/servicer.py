@@ -47,12 +47,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def _job(self, request: router_pb2.GenerateRequest) -> Job:
         params = sampling_from_proto(request.sampling, with_stop_strings=True)
         kind = request.WhichOneof("input")
-        prompt_ids = self.frontend.prompt_ids(
+        prompt_ids, chunks = self.frontend.prompt_and_chunks(
             prompt=request.prompt if kind == "prompt" else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
             documents=list(request.documents))
-        return self.frontend.job(prompt_ids, params, request.request_id)
+        return self.frontend.job(prompt_ids, params, request.request_id, chunks)
 
     async def _responses(self, job: Job, route, start: float):
         async for item in completion(self.frontend.tokenizer, self.orchestrator, job, route, start):

@@ -90,8 +90,9 @@ class LocalTier(Tier):
             del self._by_chunk[key[0]]
 
     def chunks(self) -> list[str]:
+        """Chunk hashes held, most recently used first."""
         with self._lock:
-            return list(self._by_chunk)
+            return list(dict.fromkeys(chunk for chunk, _ in reversed(self._entries)))
 
     def __len__(self) -> int:
         return len(self._entries)

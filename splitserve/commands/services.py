@@ -56,6 +56,18 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--fault-step-delay-s", 0.0, "fault injection for tests: sleep this long after each engine step",
          type=float)
     _add(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
+    _add(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
+    _add(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
+    _add(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)
+    _add(parser, "--chunk-int8", False, "store chunk KV in Redis as int8 with per-token scales", action="store_true")
+    _add(parser, "--blend-check-layers", "1", "CacheBlend check layers, comma-separated (several: gradual filtering)")
+    _add(parser, "--blend-ratio", "0.15", "recompute ratio per check layer, comma-separated, non-increasing; "
+         "check layer 0 with ratio 0 is direct reuse")
+    _add(parser, "--chunk-planning", "cachecraft", "per-chunk recompute budgets (cachecraft) or one ratio (ratio)",
+         choices=("cachecraft", "ratio"))
+    _add(parser, "--cachecraft-alpha", 1.0, "Cache-Craft fix-overhead scale alpha", type=float)
+    _add(parser, "--chunk-variants", 5, "variants kept per chunk (Cache-Craft M)", type=int)
+    _add(parser, "--chunk-stats-max-keys", 1024, "chunk keys listed in Stats replies", type=int)
 
 
 def add_router_arguments(parser: argparse.ArgumentParser) -> None:

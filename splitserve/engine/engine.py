@@ -11,6 +11,7 @@ until `release()` (the KV is sent meanwhile); decode-only requests enter through
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 import time
 from pathlib import Path
@@ -126,15 +127,19 @@ class Engine:
             self.pool.release(block_ids)
 
     def admit_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
-                        params: SamplingParams, num_prior_output_tokens: int = 0) -> None:
-        """Decode-only: the reserved blocks now hold the prompt's KV; continue after first_token_id."""
+                        params: SamplingParams, num_prior_output_tokens: int = 0, register_prefix: bool = True) -> None:
+        """Decode-only: the reserved blocks now hold the prompt's KV; continue after first_token_id.
+        register_prefix=False keeps approximate KV (a blended prefill) out of the prefix cache."""
         self.validate(prompt_token_ids, params, "", num_prior_output_tokens)
         block_ids = self.reserved.pop(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic())
         req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
         self._track(req)
-        self.scheduler._register_full_blocks(req)
+        if register_prefix:
+            self.scheduler._register_full_blocks(req)
+        else:  # later blocks chain from a private salt, so none of this request's blocks is ever matched
+            req.block_hashes = [os.urandom(16)] * (len(prompt_token_ids) // self.config.block_size)
         self._append_token(req, first_token_id, None)
         self.outputs.mark_sent(req)
         if not req.is_finished:

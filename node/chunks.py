@@ -1,0 +1,149 @@
+"""A node's chunk cache, on the asyncio side: planning, the mixed node's blended Generate, misses, ingest.
+
+A request that carries chunk spans: `plan()` looks the chunks up (local tier, then Redis, in a
+thread) -> with at least one hit, the prefill runs blended on the engine thread (prefill nodes:
+prefill_node/blended.py; mixed nodes: `generate()`, which then admits the request for decoding
+like a decode node admits transferred KV) -> chunks found nowhere are computed alone and stored
+afterwards, off the request's critical path (`_store_misses`, one task per chunk, deduplicated).
+With no hit, the request takes the plain engine path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from splitserve.chunkcache import bloom
+from splitserve.chunkcache.blend import BlendConfig
+from splitserve.chunkcache.cachecraft import CacheCraftConfig
+from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
+from splitserve.chunkcache.keys import model_fingerprint
+from splitserve.chunkcache.redis_tier import RedisTier
+from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig, RequestPlan
+from splitserve.chunkcache.store import ChunkStore
+from splitserve.chunkcache.tiers import LocalTier
+from splitserve.engine import RequestOutput
+from splitserve.serving.output_stream import OutputStream, run_streaming
+
+log = logging.getLogger(__name__)
+
+
+def build_chunk_path(args: argparse.Namespace, engine_loop) -> "ChunkPath | None":
+    if args.chunk_cache_bytes <= 0:
+        return None
+    engine = engine_loop.engine
+    layers = tuple(int(x) for x in str(args.blend_check_layers).split(","))
+    ratios = tuple(float(x) for x in str(args.blend_ratio).split(","))
+    config = ChunkCacheConfig(BlendConfig(layers, ratios), CacheCraftConfig(args.cachecraft_alpha, ratios[-1],
+                                                                            args.chunk_variants), args.chunk_planning)
+    remote = None
+    if args.redis_url:
+        remote = RedisTier(args.redis_url, model_fingerprint(args.model), engine.config.dtype, args.chunk_ttl_s,
+                           args.chunk_int8)
+    store = ChunkStore(LocalTier(args.chunk_cache_bytes), remote, args.chunk_variants)
+    log.info("chunk cache: local tier %d bytes, redis %s, blend layers %s ratios %s, planning %s",
+             args.chunk_cache_bytes, args.redis_url or "off (local tier only)", layers, ratios, args.chunk_planning)
+    return ChunkPath(engine_loop, ChunkCache(engine, store, config), args.chunk_stats_max_keys)
+
+
+class ChunkPath:
+    def __init__(self, engine_loop, cache: ChunkCache, max_stats_keys: int = 1024):
+        self.engine_loop, self.cache = engine_loop, cache
+        self.max_stats_keys = max_stats_keys
+        self._storing: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan | None:
+        """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses."""
+        validate_spans(spans, len(prompt))
+        plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
+        for i in plan.misses:
+            s, n = spans[i]
+            self._store_later(plan.keys[i], prompt[s:s + n])
+        return plan if plan.placed else None
+
+    def _store_later(self, key: str, chunk_ids: list[int]) -> None:
+        if key in self._storing:
+            return
+        self._storing.add(key)
+        task = asyncio.get_running_loop().create_task(self._store(key, chunk_ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, key: str, chunk_ids: list[int]) -> None:
+        try:
+            meta, kv = await self._on_engine(lambda engine: self.cache.compute_alone(engine, chunk_ids))
+            await asyncio.to_thread(self.cache.store.put, meta, kv)
+        except Exception:  # a failed store only costs a later miss
+            log.exception("storing chunk %s failed", key)
+        finally:
+            self._storing.discard(key)
+
+    async def generate(self, rid: str, prompt: list[int], params, prior: int, spans: list[tuple[int, int]]):
+        """Mixed node: yields RequestOutputs like run_streaming, the first token from the blended prefill."""
+        plan = await self.plan(prompt, spans)
+        first = None
+        if plan is not None:
+            stream = OutputStream()
+            self.engine_loop.subscribe(rid, stream.sink)
+            first = await self._admit_blended(rid, prompt, params, prior, plan)
+        if first is None:
+            admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
+            async for out in run_streaming(self.engine_loop, rid, admit):
+                yield out
+            return
+        yield first
+        if first.finished:
+            return
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            if not stream.finished:
+                self.engine_loop.unsubscribe(rid)
+                self.engine_loop.call(lambda engine: engine.abort(rid))
+
+    async def _admit_blended(self, rid, prompt, params, prior, plan) -> RequestOutput | None:
+        def admit(engine):
+            engine.validate(prompt, params, rid, prior)
+            outcome = self.cache.blend(engine, rid, prompt, plan, params, prior)
+            if outcome is not None:
+                engine.admit_prefilled(rid, prompt, outcome.sample.token_id, params, prior, register_prefix=False)
+            return outcome
+        try:
+            outcome = await self._on_engine(admit)
+        except BaseException:
+            self.engine_loop.unsubscribe(rid)
+            raise
+        if outcome is None or outcome.finish_reason is not None:
+            self.engine_loop.unsubscribe(rid)
+        if outcome is None:
+            return None
+        s = outcome.sample
+        return RequestOutput(rid, [s.token_id], "", outcome.finish_reason is not None, outcome.finish_reason,
+                             [(s.logprob, s.top_logprobs)] if s.logprob is not None else [], len(prompt), prior + 1,
+                             num_cached_tokens=len(prompt) - round(outcome.computed_rows))
+
+    async def ingest(self, documents: list[str], in_context: bool) -> list[tuple[str, int]]:
+        """Computes and stores each document's chunk; -> (content hash, tokens) per document."""
+        chunks = [chunk_token_ids(self.cache.engine.tokenizer, d) for d in documents]
+        entries = []
+        for ids in chunks:
+            entries += await self._on_engine(lambda engine, ids=ids: self.cache.compute_in_context(engine, [ids]))
+        if in_context and len(chunks) > 1:
+            entries += await self._on_engine(lambda engine: self.cache.compute_in_context(engine, chunks))
+        for meta, kv in entries:
+            await asyncio.to_thread(self.cache.store.put, meta, kv)
+        return [(meta.chunk, meta.num_tokens) for meta, _ in entries[:len(chunks)]]
+
+    def stats(self) -> dict:
+        keys = self.cache.store.local_chunks()
+        out = self.cache.store.metrics.snapshot()
+        out.update(bloom=bloom.build(keys), bloom_hashes=bloom.NUM_HASHES, num_local_chunks=len(keys),
+                   local_bytes=self.cache.store.local.num_bytes, redis=self.cache.store.remote is not None,
+                   chunk_keys=keys[:self.max_stats_keys])
+        return out
+
+    async def _on_engine(self, fn):
+        return await asyncio.wrap_future(self.engine_loop.call(fn))
