@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "splitserve.commands.bench",
     "splitserve.commands.cluster",
     "splitserve.commands.certs",
+    "splitserve.commands.ingest",
 )
 
 

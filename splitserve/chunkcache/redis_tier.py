@@ -56,6 +56,7 @@ class RedisTier(Tier):
             return pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._down_until = time.monotonic() + self.retry_after_s
+            self.client.connection_pool.disconnect()  # no stale connection survives a restart of Redis
             raise TierUnavailable(str(exc)) from exc
 
     def metas(self, chunks: list[str]) -> dict[str, list[VariantMeta]]:

@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     up.add_argument("--threads", type=int, default=1, help="torch threads per node")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
+    up.add_argument("--redis-url", default=None, help="chunk-cache Redis (default: a private redis-server on a free "
+                    "loopback port when one is installed, else the local tier alone)")
     up.add_argument("--sample", action="store_true", help="send a sample request once the cluster is up")
     up.add_argument("--exit-after-sample", action="store_true", help="stop the cluster after the sample request")
     up.set_defaults(func=run_up)
@@ -49,7 +51,7 @@ def run_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(model_or_demo(args.model), prefill=args.prefill, decode=args.decode,
                            colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,
                            http_port=args.http_port, threads=args.threads, policy=args.policy,
-                           node_args=args.node_arg)
+                           node_args=args.node_arg, redis_url=args.redis_url, private_redis=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

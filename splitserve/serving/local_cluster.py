@@ -19,7 +19,8 @@ def model_or_demo(model: str | None) -> Path:
 class LocalCluster:
     def __init__(self, model: Path, prefill: int = 1, decode: int = 1, colocated: int = 0, transport: str = "torch",
                  host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
-                 policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = ()):
+                 policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = (),
+                 redis_url: str | None = None, private_redis: bool = False):
         if colocated == 0 and (prefill == 0 or decode == 0):
             raise ValueError("need at least one prefill and one decode node, or a colocated node")
         self.model, self.transport, self.host = Path(model), transport, host
@@ -28,6 +29,8 @@ class LocalCluster:
         self.node_args, self.router_args = list(node_args), list(router_args)
         self.nodes: list[tuple[str, Service]] = []
         self.router: Service | None = None
+        # chunk-cache Redis: a given URL, else a private redis-server when asked (None if none is installed)
+        self.redis_url, self.private_redis, self.redis = redis_url, private_redis, None
 
     @property
     def url(self) -> str:
@@ -45,6 +48,7 @@ class LocalCluster:
 
     def start(self, log=lambda line: None) -> None:
         try:
+            self._start_redis(log)
             for role, count in self.counts.items():
                 for i in range(count):
                     self.start_node(role, log)
@@ -56,6 +60,17 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _start_redis(self, log) -> None:
+        if self.redis_url is None and self.private_redis:
+            from splitserve.serving.redis_server import start_private_redis
+
+            self.redis = start_private_redis()
+            self.redis_url = self.redis.url if self.redis else None
+            log(f"redis   {self.redis_url} (private)" if self.redis else
+                "redis   none: redis-server is not installed, the chunk cache runs with its local tier only")
+        if self.redis_url:
+            self.node_args += ["--redis-url", self.redis_url]
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
@@ -69,6 +84,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         stop(self.services())
+        if self.redis is not None:
+            self.redis.stop()
 
     def __enter__(self) -> "LocalCluster":
         self.start()

@@ -1,0 +1,102 @@
+"""The chunk cache through real clusters with a real Redis: documents from the router to the
+nodes, misses stored off the request path, blended prefills, ingest, and Redis dying mid-load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from router.frontend import Frontend
+from splitserve.client import AsyncClient, Client
+from splitserve.engine import Engine, SamplingParams
+from splitserve.serving.local_cluster import LocalCluster
+from splitserve.serving.redis_server import RedisServer
+from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
+
+pytestmark = pytest.mark.slow
+TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
+NODE_ARGS = ["--transfer-timeout-s=10", "--kv-checksum"]
+
+
+def _documents(n: int, offset: int = 0) -> list[str]:
+    if TRACE.exists():
+        ctxs = [c["text"] for q in json.loads(TRACE.read_text())[:4] for c in q["ctxs"]]
+        return [c[:400] for c in ctxs[offset:offset + n]]
+    rng = random.Random(offset)
+    return [" ".join(rng.choice("abcdefghij") * rng.randint(1, 6) for _ in range(60)) for _ in range(n)]
+
+
+def _reference(model, question: str, docs: list[str], max_tokens: int = 8) -> list[int]:
+    ids, _ = Frontend.from_model_dir(model).prompt_and_chunks(prompt=question, documents=docs)
+    return Engine(model).generate([ids], SamplingParams(max_tokens=max_tokens, ignore_eos=True))[0].token_ids
+
+
+def _prefill_address(cluster) -> str:
+    return next(s.address for role, s in cluster.nodes if role in ("prefill", "mixed"))
+
+
+def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, redis_url, tmp_path):
+    docs, question = _documents(3), "which of these is the oldest?"
+    expected = _reference(tiny_model, question, docs)
+    with LocalCluster(tiny_model, prefill=1, decode=1, node_args=NODE_ARGS, redis_url=redis_url) as cluster:
+        prefill = _prefill_address(cluster)
+        with Client(cluster.url, timeout_s=60) as client:
+            first = client.complete(prompt=question, documents=docs, max_tokens=8, ignore_eos=True)
+            assert first.token_ids == expected  # every chunk missed: the plain path
+            assert wait_until(lambda: node_stats(prefill).chunk_cache.num_local_chunks == 3, 30)
+            blended = client.complete(prompt=question, documents=docs[::-1], max_tokens=8, ignore_eos=True)
+            assert len(blended.token_ids) == 8 and blended.final.cached_tokens > 0
+            stats = node_stats(prefill)
+            assert stats.chunk_cache.blended_requests == 1 and stats.chunk_cache.local_hits == 3
+            assert 0 < stats.chunk_cache.recompute_fraction < 1 and len(stats.chunk_keys) == 3
+
+            (tmp_path / "docs.json").write_text(json.dumps(docs))
+            done = subprocess.run([sys.executable, "-m", "splitserve.cli", "ingest", "--url", f"grpc://{prefill}",
+                                   "--in-context", str(tmp_path / "docs.json")], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            exact = client.complete(prompt=question, documents=docs, max_tokens=8, ignore_eos=True)
+            assert exact.token_ids == expected  # variants computed after the same chunks: reused as they are
+        assert redis.Redis.from_url(redis_url).keys("ss:cc:v1:*")
+        for _, node in cluster.nodes:
+            assert used_blocks_settle_to_zero(node.address)
+
+
+async def _load(url: str, docs: list[str], n: int, on_half, concurrency: int = 4) -> list:
+    rng, gate = random.Random(0), asyncio.Semaphore(concurrency)
+    async with AsyncClient(url, timeout_s=120) as client:
+        async def one(i: int):
+            async with gate:
+                if i == n // 2:
+                    on_half()
+                picked = rng.sample(docs, 3)
+                return await client.complete(prompt=f"question {i}?", documents=picked, max_tokens=4, ignore_eos=True)
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_redis_killed_during_a_load_run(tiny_model):
+    server = RedisServer().start()
+    try:
+        docs = _documents(6)
+        with LocalCluster(tiny_model, prefill=0, decode=0, colocated=1, node_args=NODE_ARGS,
+                          redis_url=server.url) as cluster:
+            node = _prefill_address(cluster)
+            results = asyncio.run(_load(cluster.url, docs, 16, server.stop))
+            assert [len(r.token_ids) for r in results] == [4] * 16
+            assert node_stats(node).chunk_cache.redis_errors > 0
+            server.start()  # same port, empty: the store must find it again
+            offsets = iter(range(10, 40))
+            with Client(cluster.url, timeout_s=60) as client:
+                def stored_again() -> bool:  # each try brings a new document: its miss is stored
+                    client.complete(prompt="again?", documents=_documents(1, next(offsets)), max_tokens=2)
+                    return len(redis.Redis.from_url(server.url).keys("ss:cc:v1:*:m")) >= 1
+                assert wait_until(stored_again, 30, interval_s=1.0)
+            assert used_blocks_settle_to_zero(node)
+    finally:
+        server.stop()
