@@ -14,7 +14,7 @@ from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import RequestOutput
 from splitserve.kvtransfer import TransferError
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
-from splitserve.serving.output_stream import run_streaming
+from splitserve.serving.output_stream import EngineError, run_streaming
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
@@ -34,6 +34,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TransferError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
+        except EngineError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return result
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context):
@@ -59,6 +61,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TransferError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
+        except EngineError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     async def Generate(self, request: node_pb2.NodeGenerateRequest, context):
         if self.prefill_worker is not None or self.decode_worker is not None:
@@ -75,6 +79,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 yield _chunk(out)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except EngineError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     async def Abort(self, request: common_pb2.AbortRequest, context):
         rid = request.request_id

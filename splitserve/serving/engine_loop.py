@@ -20,6 +20,7 @@ from splitserve.engine import Engine, RequestOutput
 log = logging.getLogger(__name__)
 
 Sink = Callable[[RequestOutput], None]
+ENGINE_ERROR = "error"  # finish reason of requests failed by a broken engine step
 
 
 class EngineLoop:
@@ -93,9 +94,10 @@ class EngineLoop:
         start = time.perf_counter()
         try:
             outputs = self.engine.step(self.make_layer_hook)
-        except Exception:  # a broken step must not kill the node silently
-            log.exception("engine step failed")
-            raise
+        except Exception:  # a broken step fails its requests, never the node
+            log.exception("engine step failed; failing the requests in flight")
+            self._fail_requests()
+            return
         if self.observer is not None:
             self.observer.on_step(time.perf_counter() - start, outputs)
         if self.fault_step_delay_s:
@@ -107,6 +109,16 @@ class EngineLoop:
                 sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
             if sink is not None:
                 sink(out)
+
+    def _fail_requests(self) -> None:
+        """Aborts every request in the engine (freeing its blocks) and tells each subscriber."""
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+        self.engine.outputs.drain()
+        with self._wake:
+            sinks, self._sinks = self._sinks, {}
+        for request_id, sink in sinks.items():
+            sink(RequestOutput(request_id, [], "", True, ENGINE_ERROR))
 
     def _fail_pending(self) -> None:
         with self._wake:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from splitserve.engine import RequestOutput
+from splitserve.serving.engine_loop import ENGINE_ERROR
+
+
+class EngineError(Exception):
+    """The engine failed a step that held this request (-> INTERNAL); the node keeps serving."""
 
 
 class OutputStream:
@@ -20,6 +25,8 @@ class OutputStream:
     async def next(self) -> RequestOutput:
         out = await self.queue.get()
         self.finished = out.finished
+        if out.finish_reason == ENGINE_ERROR:
+            raise EngineError(f"request {out.request_id} failed inside the engine (see the node's log)")
         return out
 
     def __aiter__(self):
