@@ -179,7 +179,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         error = from_exception(exc)
-        if error.status in REFUSALS and not isinstance(exc, NodeCallError):  # node errors, 429s: counted where they arise
+        # node errors and 429s are counted where they arise
+        if error.status in REFUSALS and not isinstance(exc, NodeCallError):
             ctx.count_error(REFUSALS[error.status])
         if error.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.url.path, exc)

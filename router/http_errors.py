@@ -55,7 +55,8 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, ValueError):
         return ApiError(400, str(exc))
     if isinstance(exc, Overloaded):
-        return ApiError(429, str(exc), "rate_limit_exceeded", code="overloaded", headers={"Retry-After": exc.retry_after})
+        return ApiError(429, str(exc), "rate_limit_exceeded", code="overloaded",
+                        headers={"Retry-After": exc.retry_after})
     if isinstance(exc, NoRoute):
         return ApiError(503, str(exc), "service_unavailable", code="no_healthy_nodes")
     if isinstance(exc, ClientGone):

@@ -36,8 +36,8 @@ class TLSFiles:
         paths = (folder / CA_FILE, folder / f"{role}.pem", folder / f"{role}-key.pem")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise ValueError(f"--tls-dir {folder}: missing {', '.join(missing)} "
-                             f"(expected {CA_FILE}, {role}.pem, {role}-key.pem; `splitserve certs --out DIR` makes them)")
+            raise ValueError(f"--tls-dir {folder}: missing {', '.join(missing)} (expected {CA_FILE}, {role}.pem, "
+                             f"{role}-key.pem; `splitserve certs --out DIR` makes them)")
         ca, cert, key = (p.read_bytes() for p in paths)
         return cls(ca, cert, key, paths[1], paths[2], paths[0])
 
