@@ -1,7 +1,8 @@
 """`splitserve bench` against a real local cluster (router + prefill + decode, tiny model) over
 grpc://: the first 20 s of the Azure conv trace, replayed 0.3x as long (6 s) with lengths
 clipped to 256 prompt / 32 output tokens, which the tiny model on 2 shared cores serves with
-room to spare. Once in-process, once through the CLI as a subprocess."""
+room to spare. Once in-process, once through the CLI as a subprocess; then RAG documents over
+gRPC and over the router's OpenAI HTTP API, with the router's API keys on."""
 
 import json
 import subprocess
@@ -15,6 +16,7 @@ from splitserve.bench.arrivals import ArrivalConfig, trace_offsets
 from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.plots import save_plots
 from splitserve.bench.runner import RunConfig
+from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import WorkloadConfig, make_workload
 from splitserve.serving.local_cluster import LocalCluster
 from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F401
@@ -22,11 +24,16 @@ from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F
 pytestmark = pytest.mark.slow
 WINDOW_S, TIME_SCALE, MAX_IN, MAX_OUT = (0.0, 20.0), 0.3, 256, 32
 PNGS = {"ttft_cdf.png", "tpot_cdf.png", "e2el_cdf.png", "throughput.png"}
+API_KEY = "bench-key-1"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def cluster(bench_model_dir):
-    with LocalCluster(bench_model_dir, prefill=1, decode=1, transport="torch") as c:
+def cluster(bench_model_dir, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys.write_text(f"# bench test\n{API_KEY}\n")
+    with LocalCluster(bench_model_dir, prefill=1, decode=1, transport="torch", http_port=-1,
+                      router_args=["--api-keys-file", str(keys)]) as c:
         yield c
 
 
@@ -48,7 +55,7 @@ def test_azure_conv_replay_in_process(cluster, bench_tokenizer, tmp_path):
     trace = workload.timestamps()
     config = BenchConfig(url=cluster.url, workload=_workload(), arrival=ArrivalConfig(kind="trace", time_scale=TIME_SCALE),
                          run=RunConfig(max_time_s=60), percentiles=(50.0, 99.0),
-                         slos_ms={"ttft": 2000.0, "tpot": 200.0}, label="tiny-1p1d")
+                         slos_ms={"ttft": 2000.0, "tpot": 200.0}, label="tiny-1p1d", target=TargetOptions(headers=AUTH))
     result = run_benchmark(config, bench_tokenizer, workload)
     errors = [r.error for r in result.run.records if not r.success]
     assert not errors, errors[:5]
@@ -71,7 +78,7 @@ def test_azure_conv_replay_through_the_cli(cluster, bench_model_dir, bench_token
     command = [sys.executable, "-m", "splitserve.cli", "bench", "--url", cluster.url, "--tokenizer", str(bench_model_dir),
                "--workload", "azure-conv", "--window", f"{WINDOW_S[0]:g}:{WINDOW_S[1]:g}",
                "--time-scale", str(TIME_SCALE), "--max-input-len", str(MAX_IN), "--max-output-len", str(MAX_OUT),
-               "--percentiles", "50,99", "--slo", "ttft:2000,tpot:200", "--max-time-s", "60",
+               "--header", f"Authorization=Bearer {API_KEY}", "--percentiles", "50,99", "--slo", "ttft:2000,tpot:200", "--max-time-s", "60",
                "--json", str(tmp_path / "cli.json"), "--csv", str(tmp_path / "cli.csv"), "--plot", str(tmp_path / "p")]
     out = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -80,3 +87,22 @@ def test_azure_conv_replay_through_the_cli(cluster, bench_model_dir, bench_token
     saved = _assert_readable(tmp_path / "cli.json", tmp_path / "p", num_requests)
     assert saved["config"]["arrival"]["time_scale"] == TIME_SCALE
     assert len((tmp_path / "cli.csv").read_text().splitlines()) == num_requests + 1
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_rag_documents_and_api_keys(cluster, bench_tokenizer, scheme):
+    url = cluster.url if scheme == "grpc" else cluster.http_url
+    rag = WorkloadConfig(name="rag", rag_passages=2, output_len=8, seed=3)
+
+    def run(headers):
+        config = BenchConfig(url=url, workload=rag, num_requests=6, run=RunConfig(max_concurrency=3, max_time_s=60),
+                             target=TargetOptions(headers=headers))
+        return run_benchmark(config, bench_tokenizer)
+
+    ok = run(AUTH)
+    assert [r.error for r in ok.run.records if not r.success] == []
+    assert [r.output_tokens for r in ok.run.records] == [8] * 6
+    assert all(r.prompt_tokens > 50 for r in ok.run.records)  # question + 2 passages sent as documents
+    denied = run({"Authorization": "Bearer wrong-key"})
+    assert denied.metrics.completed == 0 and denied.metrics.failed == 6
+    assert all(("UNAUTHENTICATED" if scheme == "grpc" else "HTTP 401") in r.error for r in denied.run.records)
