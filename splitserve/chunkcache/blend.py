@@ -35,6 +35,7 @@ class BlendConfig:
     check_layers: tuple[int, ...] = (1,)
     ratios: tuple[float, ...] = (0.15,)  # per check layer, non-increasing (gradual filtering)
     force_last: bool = True
+    random_seed: int | None = None  # set: rows are chosen at random instead of by deviation (a baseline)
 
     def __post_init__(self):
         if len(self.check_layers) != len(self.ratios) or not self.check_layers:
@@ -90,7 +91,7 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
             active, h = active[keep], h[keep]
         q, k, v = _qkv(layer, model.rotary, h, active)
         if i in checks and needs_deviation(checks[i], budgets):
-            dev = (k.float() - old[0][active].float()).pow(2).sum(dim=(1, 2))  # [A]
+            dev = _deviation(k, old[0][active], cfg.random_seed)  # [A]
             keep = select_rows(active, dev, candidate, checks[i], budgets)
             active, h, q, k, v = active[keep], h[keep], q[keep], k[keep], v[keep]
         if old is not None:
@@ -110,6 +111,12 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
     return result
 
 
+def _deviation(k: torch.Tensor, k_old: torch.Tensor, random_seed: int | None) -> torch.Tensor:
+    if random_seed is not None:
+        return torch.rand(k.shape[0], generator=torch.Generator().manual_seed(random_seed))
+    return (k.float() - k_old.float()).pow(2).sum(dim=(1, 2))
+
+
 def _qkv(layer, rotary, h: torch.Tensor, rows: torch.Tensor):
     attn = layer.self_attn
     q, k, v = attn.qkv_proj(layer.input_layernorm(h)).split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
@@ -119,11 +126,24 @@ def _qkv(layer, rotary, h: torch.Tensor, rows: torch.Tensor):
     return q, k, v.view(-1, attn.num_kv_heads, attn.head_dim)
 
 
-def _attend(attn, q, k, v, rows: torch.Tensor, causal: bool) -> torch.Tensor:
-    """q: [A, H, D] at prompt rows `rows`; k, v: [n, Hkv, D] -> [A, H * D]."""
-    mask = None if causal else (torch.arange(k.shape[0], device=k.device)[None, :] <= rows[:, None])[None, None]
+def _attend(attn, q, k, v, rows: torch.Tensor, causal: bool, block: int = 1024) -> torch.Tensor:
+    """q: [A, H, D] at prompt rows `rows` (sorted); k, v: [n, Hkv, D] -> [A, H * D]. Query rows go in
+    blocks so the score matrix stays [H, block, keys]."""
+    if causal and q.shape[0] <= block:
+        return _sdpa(attn, q, k, v, None)
+    outs = []
+    for i in range(0, q.shape[0], block):
+        r = rows[i:i + block]
+        end = int(r[-1]) + 1  # keys past the block's last row are masked anyway
+        mask = torch.arange(end, device=k.device)[None, :] <= r[:, None]  # [b, end] exact positional causal mask
+        outs.append(_sdpa(attn, q[i:i + block], k[:end], v[:end], mask))
+    return torch.cat(outs)
+
+
+def _sdpa(attn, q, k, v, mask) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                         attn_mask=mask, is_causal=causal, scale=attn.scale, enable_gqa=True)
+                                         attn_mask=None if mask is None else mask[None, None], is_causal=mask is None,
+                                         scale=attn.scale, enable_gqa=True)
     return out[0].transpose(0, 1).reshape(-1, attn.q_size)  # [A, H * D]
 
 

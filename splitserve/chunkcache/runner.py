@@ -62,6 +62,7 @@ class BlendOutcome:
     finish_reason: str | None  # the first token already ends the request: "stop" | "length"
     computed_rows: float
     time_s: float
+    logits: torch.Tensor | None = None  # [vocab] fp32 after the last prompt row
 
 
 class ChunkCache:
@@ -115,7 +116,7 @@ class ChunkCache:
         self.store.metrics.add(blended_requests=1, blend_time_s=result.time_s, prompt_rows=n,
                                recomputed_rows=result.computed_rows)
         return BlendOutcome(first, _finish_reason(first.token_id, params, engine.tokenizer.eos_token_ids, prior),
-                            result.computed_rows, result.time_s)
+                            result.computed_rows, result.time_s, result.logits)
 
     def _blend(self, engine, prompt: list[int], plan: RequestPlan, sink):
         cfg, device, dtype = engine.model_config, engine.config.device, engine.config.torch_dtype

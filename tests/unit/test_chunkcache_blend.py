@@ -121,3 +121,16 @@ def test_config_validation():
         BlendConfig((2, 1), (0.2, 0.1))
     with pytest.raises(ValueError):
         BlendConfig((1,), (1.5,))
+
+
+def test_attention_in_row_blocks_equals_one_block(model):
+    from splitserve.chunkcache.blend import _attend
+
+    attn, g = model.layers[0].self_attn, torch.Generator().manual_seed(3)
+    k = torch.randn(30, attn.num_kv_heads, attn.head_dim, generator=g)
+    v = torch.randn(30, attn.num_kv_heads, attn.head_dim, generator=g)
+    for rows in (torch.arange(30), torch.tensor([0, 4, 5, 17, 22, 29])):
+        q = torch.randn(len(rows), attn.num_heads, attn.head_dim, generator=g)
+        causal = len(rows) == 30
+        torch.testing.assert_close(_attend(attn, q, k, v, rows, causal, block=4),
+                                   _attend(attn, q, k, v, rows, causal, block=1024), atol=1e-5, rtol=0)
