@@ -130,12 +130,13 @@ def test_chat_logprobs_shape_streamed(api):
 
 
 def test_documents_pass_through_to_the_frontend(cluster, api):
+    # the text may differ from the gRPC run's: the second run reuses the chunks' KV (approximate, blended)
     documents = ["The river starts in the mountains.", "It ends in the sea."]
     response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
                                       extra_body={"documents": documents, "ignore_eos": True})
     expected = grpc_result(cluster, prompt=PROMPT, documents=documents, max_tokens=6, ignore_eos=True)
-    assert response.choices[0].text == expected.text
-    assert response.usage.prompt_tokens == expected.final.prompt_tokens > len(PROMPT.split())
+    assert response.usage.prompt_tokens == expected.final.prompt_tokens > len(PROMPT.split()) + 10
+    assert response.usage.completion_tokens == 6
 
 
 BAD = [
