@@ -4,6 +4,8 @@ shapes (chunks, usage, logprobs) built from the router's pieces."""
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.completion import Finish, Piece
 from router.openai_format import ChatShape, CompletionShape
@@ -112,3 +114,28 @@ def test_chat_logprobs_entries():
     assert entry == {"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>"),
                      "top_logprobs": [{"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>")}]}
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "<7>"}
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False)
+                    | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
+          "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([CompletionRequest, ChatCompletionRequest]),
+       st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8) | JSON)
+def test_any_json_body_is_accepted_or_refused_with_a_value_error(cls, body):
+    """Bad input surfaces as ValueError (-> 400), never as another exception (-> 500)."""
+    try:
+        request = cls.parse(json.dumps(body).encode())
+        request.check_supported()
+        if cls is CompletionRequest:
+            request.prompt_input()
+            request.sampling_params()
+        else:
+            request.chat_messages()
+            request.sampling_params(room=16)
+    except ValueError:
+        pass
