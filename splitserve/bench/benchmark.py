@@ -67,8 +67,11 @@ def run_benchmark(config: BenchConfig, tokenizer: TokenizerLike | None = None,
     trace = workload.timestamps() if config.arrival.kind == "trace" else None
     offsets = arrival_offsets(config.arrival, config.num_requests, config.run.duration_s, trace)
     requests = workload.requests()
-    if trace is not None:  # keep the trace aligned: warm up on a separate pass over its first rows
-        warmup = list(islice(workload.requests(), config.warmup))
+    if trace is not None and config.warmup:
+        # keep the trace aligned: warm up on a separate pass over its first rows, with other text
+        # (another seed), so the warm-up does not fill the prefix cache for the measured prompts
+        other = make_workload(dataclasses.replace(config.workload, seed=config.workload.seed + 1), tokenizer)
+        warmup = list(islice(other.requests(), config.warmup))
     else:
         warmup = list(islice(requests, config.warmup))
     options = dataclasses.replace(config.target, max_connections=config.run.max_concurrency or 0)

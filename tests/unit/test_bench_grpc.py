@@ -119,3 +119,16 @@ def test_rag_workload_through_run_benchmark(fake_router, bench_tokenizer):
     assert result.config["target_info"] == {"url": fake_router.url, "protocol": "grpc", "ignore_eos": True,
                                             "temperature": 0.0, "api_key": True}
     assert result.config["target"]["headers"] == {"Authorization": "<redacted>"}
+
+
+def test_trace_warmup_uses_other_text_than_the_measured_requests(fake_router, bench_tokenizer):
+    from splitserve.bench.arrivals import ArrivalConfig
+
+    workload = WorkloadConfig(name="azure-conv", window_s=(0.0, 10.0), max_input_len=32, max_output_len=2)
+    config = BenchConfig(url=fake_router.url, workload=workload, arrival=ArrivalConfig(kind="trace", time_scale=0.01),
+                         num_requests=3, warmup=2)
+    result = run_benchmark(config, bench_tokenizer)
+    warm, main = fake_router.requests[:2], fake_router.requests[2:]
+    assert result.metrics.completed == 3 and len(main) == 3
+    assert [w.sampling.max_tokens for w in warm] == [m.sampling.max_tokens for m in main[:2]]  # the same rows
+    assert {w.prompt for w in warm}.isdisjoint(m.prompt for m in main)  # no prefix-cache head start
