@@ -42,17 +42,21 @@ def run_case(engine: Engine, store: ChunkStore, ids: list[int], spans, ratio: fl
     params = SamplingParams(max_tokens=NUM_GREEDY, ignore_eos=True)
     plan = cache.plan(ids, spans)
     outcome = cache.blend(engine, "q", ids, plan, params, 0)
+    slots = engine.kv_slots(engine.reserved["q"], len(ids))
+    last_kv = engine.cache.read(engine.model_config.num_layers - 1, slots)  # [2, n, Hkv, D]
     engine.admit_prefilled("q", ids, outcome.sample.token_id, params, register_prefix=False)
     tokens = [outcome.sample.token_id]
     while engine.has_unfinished():
         tokens += [t for out in engine.step() for t in out.new_token_ids]
-    return outcome.logits, tokens, outcome.computed_rows
+    return outcome.logits, tokens, outcome.computed_rows, last_kv
 
 
-def compare(full_logits, full_tokens, logits, tokens) -> dict:
+def compare(full, logits, tokens, kv) -> dict:
+    full_logits, full_tokens, full_kv = full
     p, q = full_logits.log_softmax(-1), logits.log_softmax(-1)
     agree = next((i for i, (a, b) in enumerate(zip(full_tokens, tokens)) if a != b), NUM_GREEDY)
-    return {"kl": float((p.exp() * (p - q)).sum()), "top1": float(full_logits.argmax() == logits.argmax()),
+    return {"kl": float((p.exp() * (p - q)).sum()), "kv_rel_err": float((kv - full_kv).norm() / full_kv.norm()),
+            "top1": float(full_logits.argmax() == logits.argmax()),
             "greedy_match": sum(a == b for a, b in zip(full_tokens, tokens)) / NUM_GREEDY, "first_divergence": agree}
 
 
@@ -62,16 +66,17 @@ def one_prompt(engine: Engine, item: dict) -> dict:
     loader = ChunkCache(engine, store)
     for s, n in spans:
         store.put(*loader.compute_alone(engine, ids[s:s + n]))
-    full_logits, full_tokens, _ = run_case(engine, store, ids, spans, 1.0, None)
+    full_logits, full_tokens, _, full_kv = run_case(engine, store, ids, spans, 1.0, None)
     rows = {"num_tokens": len(ids), "cases": []}
     for ratio in RATIOS:
         for selection, seed in (("hkvd", None), ("random", 0)):
             if ratio in (0.0, 1.0) and selection == "random":
                 continue  # nothing is chosen by deviation at r = 0 or 1
             start = time.perf_counter()
-            logits, tokens, computed = run_case(engine, store, ids, spans, ratio, seed)
+            logits, tokens, computed, kv = run_case(engine, store, ids, spans, ratio, seed)
             rows["cases"].append({"ratio": ratio, "selection": selection, "computed_fraction": computed / len(ids),
-                                  "time_s": time.perf_counter() - start, **compare(full_logits, full_tokens, logits, tokens)})
+                                  "time_s": time.perf_counter() - start,
+                                  **compare((full_logits, full_tokens, full_kv), logits, tokens, kv)})
     return rows
 
 
@@ -81,7 +86,8 @@ def summarize(prompts: list[dict]) -> list[dict]:
     for ratio, selection in keys:
         cases = [c for p in prompts for c in p["cases"] if (c["ratio"], c["selection"]) == (ratio, selection)]
         out.append({"ratio": ratio, "selection": selection, **{m: statistics.mean(c[m] for c in cases)
-                    for m in ("kl", "top1", "greedy_match", "first_divergence", "computed_fraction", "time_s")}})
+                    for m in ("kl", "kv_rel_err", "top1", "greedy_match", "first_divergence", "computed_fraction",
+                              "time_s")}})
     return out
 
 
@@ -90,14 +96,16 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for selection, style in (("hkvd", "o-"), ("random", "s--")):
         rows = [r for r in summary if r["selection"] == selection or r["ratio"] in (0.0, 1.0)]
         rows = sorted({r["ratio"]: r for r in rows}.values(), key=lambda r: r["ratio"])
         axes[0].plot([r["ratio"] for r in rows], [r["kl"] for r in rows], style, label=selection)
-        axes[1].plot([r["ratio"] for r in rows], [r["greedy_match"] for r in rows], style, label=selection)
+        axes[1].plot([r["ratio"] for r in rows], [r["kv_rel_err"] for r in rows], style, label=selection)
+        axes[2].plot([r["ratio"] for r in rows], [r["greedy_match"] for r in rows], style, label=selection)
     axes[0].set(xlabel="recompute ratio r", ylabel="last-token KL(full || blend)", yscale="symlog")
-    axes[1].set(xlabel="recompute ratio r", ylabel=f"greedy agreement, first {NUM_GREEDY} tokens", ylim=(0, 1.05))
+    axes[1].set(xlabel="recompute ratio r", ylabel="last-layer KV relative error")
+    axes[2].set(xlabel="recompute ratio r", ylabel=f"greedy agreement, first {NUM_GREEDY} tokens", ylim=(0, 1.05))
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
@@ -126,7 +134,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=1))
     plot(summary, RESULTS.with_suffix(".png"))
     for row in summary:
-        print(f"r={row['ratio']:<5} {row['selection']:<7} KL={row['kl']:.4g} top1={row['top1']:.2f} "
+        print(f"r={row['ratio']:<5} {row['selection']:<7} KL={row['kl']:.4g} kv_err={row['kv_rel_err']:.3f} "
+              f"top1={row['top1']:.2f} "
               f"greedy={row['greedy_match']:.2f} computed={row['computed_fraction']:.3f}")
 
 

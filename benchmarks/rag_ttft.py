@@ -59,7 +59,7 @@ def workload(pool_size: int, passages: int, rounds: int, seed: int = 0) -> tuple
 
 def ttft(url: str, prompt: dict) -> dict:
     start, first = time.perf_counter(), None
-    with Client(url, timeout_s=300) as client:
+    with Client(url, timeout_s=120) as client:
         for event in client.generate(prompt=prompt["question"], documents=prompt["documents"], max_tokens=4,
                                      ignore_eos=True):
             if isinstance(event, Chunk) and first is None:
@@ -68,6 +68,15 @@ def ttft(url: str, prompt: dict) -> dict:
                 return {"ttft_s": first, "prompt_tokens": event.prompt_tokens,
                         "computed_tokens": event.prompt_tokens - event.cached_tokens}
     raise RuntimeError("stream ended without a final message")
+
+
+def _measure(cluster: LocalCluster, prompt: dict) -> dict:
+    try:
+        return ttft(cluster.url, prompt)
+    except Exception:
+        for service in cluster.services():
+            print(f"--- {service.name} output:\n" + "".join(service.output[-20:]), flush=True)
+        raise
 
 
 def node_address(cluster: LocalCluster) -> str:
@@ -82,9 +91,11 @@ def ingest(address: str, documents: list[str]) -> None:
 def chunk_stats(address: str) -> dict:
     with grpc.insecure_channel(address) as channel:
         s = node_pb2_grpc.NodeStub(channel).Stats(node_pb2.StatsRequest(), timeout=10)
+    if not s.HasField("chunk_cache"):
+        return {}
     c = s.chunk_cache
     return {"local_hits": c.local_hits, "redis_hits": c.redis_hits, "misses": c.misses,
-            "recompute_fraction": c.recompute_fraction, "blended_requests": c.blended_requests} if s.HasField("chunk_cache") else {}
+            "recompute_fraction": c.recompute_fraction, "blended_requests": c.blended_requests}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -116,10 +127,11 @@ def main() -> None:
         for i, prompt in enumerate(prompts):
             order = list(MODES)[i % len(MODES):] + list(MODES)[:i % len(MODES)]
             for mode in order:
-                row = ttft(clusters[mode].url, prompt)
+                row = _measure(clusters[mode], prompt)
                 if i > 0:  # round 0 warms every node up (and fetches the pool from Redis)
                     results[mode].append(row)
-            print(f"round {i}: " + "  ".join(f"{m}={results[m][-1]['ttft_s']:.2f}s" for m in MODES if i > 0), flush=True)
+            line = "  ".join(f"{m}={results[m][-1]['ttft_s']:.2f}s" for m in MODES if i > 0)
+            print(f"round {i}: {line}", flush=True)
         stats = {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
     finally:
         for c in clusters.values():

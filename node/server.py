@@ -66,6 +66,10 @@ async def main(args: argparse.Namespace) -> None:
     servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode, chunk_path)
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
     metrics.attach(engine_loop, prefill, decode)
+    if chunk_path is not None:
+        from node.chunk_metrics import ChunkCacheCollector
+
+        metrics.registry.register(ChunkCacheCollector(chunk_path))
     engine_loop.fault_step_delay_s = args.fault_step_delay_s
     metrics_address = metrics.serve(args.host, args.metrics_port)
     engine_loop.start()

@@ -119,7 +119,9 @@ class _Reader:
             raise CorruptValue("payload shorter than its shapes")
         raw = bytearray(self.payload[self.offset:self.offset + size])
         self.offset += size
-        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
+        if not size:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
 
 
 def _raw(t: torch.Tensor) -> bytes:

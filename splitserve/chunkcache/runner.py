@@ -80,6 +80,7 @@ class ChunkCache:
             ctx = ChunkContext(start, prefix_hash(prompt[:start]), tuple(keys[:i]))
             plans.append(choose_variant(found.get(keys[i], []), ctx, self.config.craft))
         fetched = self.store.fetch([p.variant for p in plans if p is not None])
+        self.store.metrics.add(misses=sum(p is None for p in plans))  # known to no tier
         out = RequestPlan(keys)
         for i, ((start, n), p) in enumerate(zip(spans, plans)):
             kv = fetched.get((keys[i], p.variant.variant_id)) if p is not None else None
@@ -109,7 +110,8 @@ class ChunkCache:
             result = self._blend(engine, prompt, plan, sink)
             banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
                 if prior < params.min_tokens and not params.ignore_eos else ()
-            first = sample(result.logits[None].clone(), [SampleRequest(params, prior, banned)], engine.runner.generator)[0]
+            request = SampleRequest(params, prior, banned)
+            first = sample(result.logits[None].clone(), [request], engine.runner.generator)[0]
         except BaseException:
             engine.cancel_reservation(rid)
             raise
