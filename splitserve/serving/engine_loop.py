@@ -85,6 +85,8 @@ class EngineLoop:
 
     def _run_calls(self, calls) -> None:
         for fn, future in calls:
+            if not future.set_running_or_notify_cancel():  # the caller gave up (e.g. a timed-out Stats)
+                continue
             try:
                 future.set_result(fn(self.engine))
             except BaseException as exc:  # noqa: BLE001 - the caller gets it through the future
@@ -124,4 +126,5 @@ class EngineLoop:
         with self._wake:
             calls, self._calls = self._calls, []
         for _, future in calls:
-            future.set_exception(RuntimeError("engine loop stopped"))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("engine loop stopped"))
