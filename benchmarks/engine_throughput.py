@@ -24,13 +24,17 @@ from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 RESULTS = Path(__file__).parent / "results" / "engine_cpu.json"
 
 
-def matmul_gflops(n: int = 1024, iters: int = 20) -> float:
+def matmul_gflops(n: int = 1024, iters: int = 10, trials: int = 7) -> float:
+    """The best of several trials: on a shared machine the peak is what the hardware gives."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    start = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    return 2 * n**3 * iters / (time.perf_counter() - start) / 1e9
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * iters / best / 1e9
 
 
 def timed(fn) -> float:
