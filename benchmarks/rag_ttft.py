@@ -38,6 +38,7 @@ from splitserve.serving.redis_server import start_private_redis
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "rag_ttft_cpu.json"
 TRACE = ROOT.parents[1] / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
+TIMEOUT_S = 120
 CACHE = ["--no-prefix-caching", "--chunk-planning", "ratio"]
 MODES = {
     "full_prefill": ["--no-prefix-caching", "--chunk-cache-bytes", "0"],
@@ -59,7 +60,7 @@ def workload(pool_size: int, passages: int, rounds: int, seed: int = 0) -> tuple
 
 def ttft(url: str, prompt: dict) -> dict:
     start, first = time.perf_counter(), None
-    with Client(url, timeout_s=120) as client:
+    with Client(url, timeout_s=TIMEOUT_S) as client:
         for event in client.generate(prompt=prompt["question"], documents=prompt["documents"], max_tokens=4,
                                      ignore_eos=True):
             if isinstance(event, Chunk) and first is None:

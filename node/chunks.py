@@ -98,6 +98,7 @@ class ChunkPath:
             return
         try:
             async for out in stream:
+                out.num_cached_tokens = first.num_cached_tokens  # the engine saw the KV arrive, not its reuse
                 yield out
         finally:
             if not stream.finished:

@@ -69,6 +69,9 @@ def test_direct_reuse_equals_rope_shifted_chunk_kv(model, ids):
         for layer in range(model.cfg.num_layers):
             torch.testing.assert_close(k[layer, rows], shifter.shift(c.kv.k[layer], c.kv.positions, rows), atol=0, rtol=0)
             assert torch.equal(v[layer, rows], c.kv.v[layer])
+    k_ref, v_ref, _ = reference_prefill(model, ids)  # layer 0 sees only token and position: reuse is exact there
+    torch.testing.assert_close(k[0], k_ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(v[0], v_ref[0], atol=1e-5, rtol=0)
     forced = N - sum(c.kv.num_tokens for c in placed)  # BOS, the question (incl. the last token)
     assert res.active_rows == [forced] * model.cfg.num_layers
 
