@@ -154,8 +154,9 @@ def report(args, results: dict, stats: dict) -> None:
            "passages_per_prompt": args.passages, "passage_pool": args.pool, "max_tokens": 4,
            "note": "5 clusters side by side on one shared 2-core machine; medians over rounds; TTFT at the client",
            "summary": summary, "checks": checks, "rows": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    path = RESULTS if args.topology == "colocated" else RESULTS.with_name("rag_ttft_cpu_disaggregated.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
     for mode, s in summary.items():
         print(f"{mode:18} TTFT {s['ttft_s_median'] * 1000:8.1f} ms   computed {s['computed_tokens_median']:7.1f} "
               f"of {s['prompt_tokens_median']:.0f} tokens")
