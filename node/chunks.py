@@ -57,6 +57,9 @@ class ChunkPath:
     async def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan | None:
         """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses."""
         validate_spans(spans, len(prompt))
+        window = self.cache.engine.model_config.sliding_window
+        if window is not None and len(prompt) > window:
+            return None  # a blended prefill attends to every earlier key: no sliding window
         plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
         for i in plan.misses:
             s, n = spans[i]

@@ -113,7 +113,7 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
 
 def _deviation(k: torch.Tensor, k_old: torch.Tensor, random_seed: int | None) -> torch.Tensor:
     if random_seed is not None:
-        return torch.rand(k.shape[0], generator=torch.Generator().manual_seed(random_seed))
+        return torch.rand(k.shape[0], generator=torch.Generator().manual_seed(random_seed)).to(k.device)
     return (k.float() - k_old.float()).pow(2).sum(dim=(1, 2))
 
 

@@ -49,7 +49,7 @@ def _attention_probs(attn, q: torch.Tensor, k: torch.Tensor, start: int) -> torc
     k = k.float().repeat_interleave(group, dim=1)  # [e, H, D]
     scores = torch.einsum("mhd,ehd->hme", q.float(), k) * attn.scale
     m, e = q.shape[0], k.shape[0]
-    mask = torch.arange(e)[None, :] > (torch.arange(m) + start)[:, None]
+    mask = torch.arange(e, device=q.device)[None, :] > (torch.arange(m, device=q.device) + start)[:, None]
     return scores.masked_fill(mask, float("-inf")).softmax(dim=-1).mean(dim=0)
 
 

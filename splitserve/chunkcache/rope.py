@@ -17,7 +17,7 @@ class RopeShifter:
 
     def tables(self, delta: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """delta: [n] position shifts (any sign) -> cos, sin: [n, 1, D] of R(delta)."""
-        freqs = delta.double()[:, None] * self.inv_freq[None, :]  # [n, D/2]
+        freqs = delta.double()[:, None] * self.inv_freq.to(delta.device)[None, :]  # [n, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
