@@ -75,5 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _use_project_venv() -> None:
+    """Run under the project's .venv when this interpreter lacks grpcio-tools (e.g. a bare python3)."""
+    import importlib.util
+    import os
+
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if importlib.util.find_spec("grpc_tools") is None and venv_python.exists() and Path(sys.executable) != venv_python:
+        os.execv(venv_python, [str(venv_python), __file__, *sys.argv[1:]])
+
+
 if __name__ == "__main__":
+    _use_project_venv()
     sys.exit(main())
