@@ -7,6 +7,7 @@ run out, UNAVAILABLE when a KV transfer fails, FAILED_PRECONDITION for calls the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 
@@ -15,6 +16,19 @@ from splitserve.engine import RequestOutput
 from splitserve.kvtransfer import TransferError
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
 from splitserve.serving.output_stream import EngineError, run_streaming
+
+
+@contextlib.asynccontextmanager
+async def _status_codes(context):
+    """Maps the workers' failures to status codes: bad input, failed transfer, failed engine step."""
+    try:
+        yield
+    except ValueError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except TransferError as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
+    except EngineError as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
@@ -26,17 +40,10 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     async def Prefill(self, request: node_pb2.PrefillRequest, context):
         worker = await self._need(self.prefill_worker, "Prefill", context)
-        try:
+        async with _status_codes(context):
             params = sampling_from_proto(request.sampling)
-            result = await worker.prefill(request.request_id, list(request.prompt_token_ids), params, request.target,
-                                          request.num_prior_output_tokens, _spans(request.chunks))
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TransferError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
-        except EngineError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-        return result
+            return await worker.prefill(request.request_id, list(request.prompt_token_ids), params, request.target,
+                                        request.num_prior_output_tokens, _spans(request.chunks))
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context):
         worker = await self._need(self.decode_worker, "Reserve", context)
@@ -51,24 +58,18 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     async def Decode(self, request: node_pb2.DecodeRequest, context):
         worker = await self._need(self.decode_worker, "Decode", context)
-        try:
+        async with _status_codes(context):
             params = sampling_from_proto(request.sampling)
             outputs = worker.decode(request.request_id, list(request.prompt_token_ids), request.first_token_id,
                                     params, request.num_prior_output_tokens)
             async for out in outputs:
                 yield _chunk(out)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TransferError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {exc}")
-        except EngineError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     async def Generate(self, request: node_pb2.NodeGenerateRequest, context):
         if self.prefill_worker is not None or self.decode_worker is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Generate needs a mixed node; this one is {self.role}")
         prompt, rid, prior = list(request.prompt_token_ids), request.request_id, request.num_prior_output_tokens
-        try:
+        async with _status_codes(context):
             params = sampling_from_proto(request.sampling)
             if request.chunks and self.chunk_path is not None:
                 outputs = self.chunk_path.generate(rid, prompt, params, prior, _spans(request.chunks))
@@ -77,10 +78,6 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 outputs = run_streaming(self.engine_loop, rid, admit)
             async for out in outputs:
                 yield _chunk(out)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except EngineError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     async def Abort(self, request: common_pb2.AbortRequest, context):
         rid = request.request_id
