@@ -157,7 +157,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             code = _status_name(context.code())
         else:
-            code = "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
+            # the caller closed the stream (cancelled, or went away after the final message)
+            code = "CANCELLED" if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) else "UNKNOWN"
         self.metrics.rpc_errors.labels(method, code).inc()
         log.warning("%s failed: %s", method, code, exc_info=code == "UNKNOWN")
 

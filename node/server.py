@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import uuid
 
 import torch
@@ -71,6 +72,8 @@ async def main(args: argparse.Namespace) -> None:
 
         metrics.registry.register(ChunkCacheCollector(chunk_path))
     engine_loop.fault_step_delay_s = args.fault_step_delay_s
+    if args.fault_signals and prefill is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, prefill.arm_drop)
     metrics_address = metrics.serve(args.host, args.metrics_port)
     engine_loop.start()
     reaper = asyncio.get_running_loop().create_task(decode.reap_forever()) if decode else None

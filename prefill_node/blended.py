@@ -39,6 +39,7 @@ async def _blend_and_send(worker, chunk_path, sender, rid, prompt, params, prior
     if outcome is None:
         raise TransferError(f"no free KV blocks for the blended prefill of {len(prompt)} tokens")
     computed = time.monotonic()
+    worker._raise_if_dropped(rid)
     if outcome.finish_reason is None:
         sender.finish(rid)
         await worker._await_transfer(sender, rid)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from splitserve.serving.convert import logprob_to_proto
 from splitserve.serving.output_stream import run_streaming
 from prefill_node.blended import prefill_blended
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Transfer:
@@ -33,6 +36,7 @@ class _Transfer:
     meta: TransferMeta
     layerwise: bool
     sent_bytes: int = 0
+    dropped_after: int | None = None  # fault injection: layers sent before the transfer was dropped
 
 
 class PrefillWorker:
@@ -47,6 +51,7 @@ class PrefillWorker:
         self.checksum = checksum
         self.fault_send_delay_s = fault_send_delay_s
         self.transfers: dict[str, _Transfer] = {}
+        self.drops_armed = 0  # fault injection (--fault-signals): transfers to drop, one per SIGUSR1
         self.metrics = None  # node.metrics.NodeMetrics: transfer bytes and seconds
         self.chunk_path = None  # node.chunks.ChunkPath when the node has a chunk cache
 
@@ -77,15 +82,35 @@ class PrefillWorker:
                 request_slots = engine.kv_slots(held.block_ids, held.num_prompt_tokens)
                 for layer in range(engine.model_config.num_layers):
                     self._send(out.request_id, layer, request_slots)
-            transfer.sender.finish(out.request_id)
+            if transfer.dropped_after is None:
+                transfer.sender.finish(out.request_id)
 
     def _send(self, rid: str, layer: int, request_slots) -> None:
         if self.fault_send_delay_s:
             time.sleep(self.fault_send_delay_s)
-        kv = self.engine.cache.read(layer, request_slots)  # a copy: [2, n, kv_heads, head_dim]
         transfer = self.transfers[rid]
+        if transfer.dropped_after is not None or self._drop_here(rid, layer):
+            return
+        kv = self.engine.cache.read(layer, request_slots)  # a copy: [2, n, kv_heads, head_dim]
         transfer.sent_bytes += kv.numel() * kv.element_size()
         transfer.sender.send_layer(rid, layer, kv)
+
+    def arm_drop(self) -> None:
+        """--fault-signals: SIGUSR1 lands here (the asyncio loop); one more transfer is dropped."""
+        self.drops_armed += 1
+        log.warning("fault injection: the next KV transfer will be dropped midway")
+
+    def _drop_here(self, rid: str, layer: int) -> bool:
+        """Fault injection: drop an armed transfer at its middle layer - the rest is never sent,
+        the peer is not told (as when a connection dies), the Prefill call fails."""
+        if self.drops_armed < 1 or layer != self.engine.model_config.num_layers // 2:
+            return False
+        self.drops_armed -= 1
+        self.transfers[rid].dropped_after = layer
+        self.transfers[rid].sender.abandon(rid, f"dropped after {layer} layers (fault injection)")
+        log.warning("fault injection: dropped the KV transfer of %s after %d of %d layers", rid, layer,
+                    self.engine.model_config.num_layers)
+        return True
 
     # --- on the asyncio loop ---------------------------------------------------------------------
 
@@ -103,6 +128,7 @@ class PrefillWorker:
         try:
             out = await self._run(rid, prompt, params, num_prior_output_tokens)
             computed = time.monotonic()
+            self._raise_if_dropped(rid)
             if out.finish_reason == "prefilled":
                 await self._await_transfer(sender, rid)
             return self._reply(out, start, computed, self.transfers[rid].sent_bytes)
@@ -118,6 +144,11 @@ class PrefillWorker:
                                                   num_prior_output_tokens=prior)
         outputs = [out async for out in run_streaming(self.engine_loop, rid, admit)]
         return _merge(outputs)
+
+    def _raise_if_dropped(self, rid: str) -> None:
+        transfer = self.transfers[rid]
+        if transfer.dropped_after is not None:
+            raise TransferError(f"the KV transfer of {rid} was dropped after {transfer.dropped_after} layers")
 
     async def _await_transfer(self, sender, rid: str) -> None:
         state = await asyncio.to_thread(sender.wait, rid, self.transfer_timeout_s)

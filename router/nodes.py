@@ -61,6 +61,14 @@ class _Node:
     stub: node_pb2_grpc.NodeStub
     health: HealthState
     counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
+    down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unhealthy (router/stall.py)
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.view = replace(self.view, healthy=healthy)
+        if not healthy:
+            self.down.set()
+        elif self.down.is_set():
+            self.down = asyncio.Event()
 
 
 class NodeRegistry:
@@ -89,6 +97,7 @@ class NodeRegistry:
         node = self._nodes.pop(address, None)
         if node is not None:
             log.info("node removed", extra={"node": address, "role": node.view.role})
+            node.down.set()
             await node.channel.close()
 
     def addresses(self) -> set[str]:
@@ -96,6 +105,11 @@ class NodeRegistry:
 
     def stub(self, address: str) -> node_pb2_grpc.NodeStub:
         return self._nodes[address].stub
+
+    def down_event(self, address: str) -> asyncio.Event | None:
+        """Set once the node turns unhealthy or leaves (None: an unknown node)."""
+        node = self._nodes.get(address)
+        return node.down if node is not None else None
 
     def snapshot(self) -> list[NodeView]:
         return [replace(n.view, inflight_prefill_tokens=n.counters["prefill_tokens"],
@@ -116,7 +130,7 @@ class NodeRegistry:
             return False
         if node.health.fail_now():
             log.warning("node unhealthy (failed call confirmed)", extra={"node": address})
-        node.view = replace(node.view, healthy=False)
+        node.set_healthy(False)
         return True
 
     async def refresh(self) -> None:
@@ -127,7 +141,7 @@ class NodeRegistry:
         if node.health.observe(ok):
             log.log(logging.INFO if ok else logging.WARNING, "node healthy" if ok else "node unhealthy",
                     extra={"node": node.view.address, "role": node.view.role})
-        node.view = replace(node.view, healthy=node.health.healthy)
+        node.set_healthy(node.health.healthy)
         if ok:
             await self._poll_stats(node)
 

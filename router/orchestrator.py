@@ -32,6 +32,7 @@ from router.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
 from router.nodes import NodeRegistry
 from router.policies import NoRoute, Policy, Route, RouteRequest
+from router.stall import cancelled_when_down
 
 log = logging.getLogger(__name__)
 __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
@@ -210,10 +211,9 @@ class Orchestrator:
     async def _reserve_prefill_decode(self, job: Job, route: Route):
         address = route.decode.address
         decode = self._stub(address, "Reserve")
-        with calling(address, "Reserve"):
-            reserve = await decode.Reserve(node_pb2.ReserveRequest(
-                request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
-                prefill_node_id=route.prefill.node_id), timeout=self.rpc_timeout_s)
+        reserve = await self._unary(address, "Reserve", decode.Reserve(node_pb2.ReserveRequest(
+            request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
+            prefill_node_id=route.prefill.node_id), timeout=self.rpc_timeout_s))
         try:
             reply = await self._prefill(job, route, reserve.target)
         except BaseException:
@@ -235,29 +235,36 @@ class Orchestrator:
         n, address = len(job.prompt_token_ids), route.prefill.address
         self.registry.track(address, "prefill_tokens", n)
         try:
-            with calling(address, "Prefill"):
-                return await self._stub(address, "Prefill").Prefill(node_pb2.PrefillRequest(
-                    request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=self._node_sampling(job),
-                    target=target, num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job)),
-                    timeout=self.rpc_timeout_s)
+            return await self._unary(address, "Prefill", self._stub(address, "Prefill").Prefill(node_pb2.PrefillRequest(
+                request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=self._node_sampling(job),
+                target=target, num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job)),
+                timeout=self.rpc_timeout_s))
         finally:
             self.registry.track(address, "prefill_tokens", -n)
 
+    async def _unary(self, address: str, name: str, call):
+        with calling(address, name), cancelled_when_down(self.registry.down_event(address), call, address, name):
+            return await call
+
     async def _stream(self, call, route: Route, address: str, prefill: node_pb2.PrefillReply | None = None):
+        name = "Decode" if prefill is not None else "Generate"
+        finished = False
         try:
-            async for chunk in call:
-                if chunk.token_ids:
-                    yield Tokens(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs])
-                if chunk.finished:
-                    cached = prefill.num_cached_tokens if prefill is not None else chunk.num_cached_tokens
-                    timings = prefill.timings if prefill is not None else None
-                    yield Done(chunk.finish_reason, cached, route, timings.prefill_s if timings else 0.0,
-                               timings.transfer_s if timings else 0.0)
-                    return
-            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "node stream ended without a final message", address,
-                                "Decode" if prefill is not None else "Generate")
+            with cancelled_when_down(self.registry.down_event(address), call, address, name):
+                async for chunk in call:
+                    if chunk.token_ids:
+                        yield Tokens(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs])
+                    if chunk.finished:
+                        cached = prefill.num_cached_tokens if prefill is not None else chunk.num_cached_tokens
+                        timings = prefill.timings if prefill is not None else None
+                        finished = True  # the node ends the call itself: no cancel to log there
+                        yield Done(chunk.finish_reason, cached, route, timings.prefill_s if timings else 0.0,
+                                   timings.transfer_s if timings else 0.0)
+                        return
+            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "node stream ended without a final message", address, name)
         finally:
-            call.cancel()
+            if not finished:
+                call.cancel()
 
     async def _abort(self, address: str, request_id: str) -> None:
         try:

@@ -55,6 +55,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          "each KV layer", type=float)
     _add(parser, "--fault-step-delay-s", 0.0, "fault injection for tests: sleep this long after each engine step",
          type=float)
+    _add(parser, "--fault-signals", False, "fault injection for tests: SIGUSR1 makes a prefill node drop its next KV "
+         "transfer midway", action="store_true")
     _add(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
     _add(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
     _add(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)

@@ -153,6 +153,11 @@ class TrackedSender(KVSender):
             self._set_failed(rec, "aborted")
         self._submit(Job(JobKind.ABORT, rec.meta))
 
+    def abandon(self, request_id: str, reason: str) -> None:
+        """Fail a transfer here without telling the peer (fault injection: a connection that
+        died midway); the receiver's own timeout frees its side."""
+        self._fail(request_id, reason)
+
     def close(self) -> None:
         with self._cond:
             if self._closed:
