@@ -69,6 +69,7 @@ class GrpcTarget(Target):
                     record.finish(event.completion_tokens)
                 return
             if event.token_ids:
+                record.token_ids += event.token_ids
                 record.mark_token(event.text)
             else:
                 record.generated_text += event.text

@@ -53,6 +53,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)
     output_tokens: int | None = None
     generated_text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # filled by targets that see ids (gRPC)
     success: bool = False
     error: str = ""
     done: bool = False

@@ -8,7 +8,8 @@ Workloads (by name, see WORKLOADS):
 - mooncake: a Mooncake trace file (JSON lines); each 512-token block of `hash_ids` becomes a
   fixed block of text, so the same hash id is the same text and prefix reuse is kept.
 - rag: k MuSiQue passages plus the question; the passage set (one per question) is chosen with
-  Zipf popularity, its passages shuffled per request, sent as `documents`.
+  Zipf popularity, its passages shuffled per request, sent as `documents`; with max_input_len,
+  each passage is cut to max_input_len // k tokens.
 Prompt text of a given length comes from real text (prompts.TextSource).
 """
 
@@ -165,12 +166,21 @@ class RagWorkload(Workload):
         k = self.config.rag_passages
         for i in count():
             question, passages = self.items[int(rng.choice(len(self.items), p=probs))]
-            docs = tuple(passages[j] for j in rng.permutation(min(k, len(passages))))
+            docs = tuple(self._clip(passages[j]) for j in rng.permutation(min(k, len(passages))))
             n = self._count(question) + sum(self._count(d) for d in docs)
             if self.config.rag_inline:
                 yield BenchRequest(i, "\n\n".join(docs + (question,)), n, self.config.output_len)
             else:
                 yield BenchRequest(i, question, n, self.config.output_len, documents=docs)
+
+    def _clip(self, passage: str) -> str:
+        """With max_input_len: each passage cut to its share, max_input_len // k tokens."""
+        if self.config.max_input_len is None:
+            return passage
+        share = max(1, self.config.max_input_len // self.config.rag_passages)
+        if self._count(passage) <= share:
+            return passage
+        return self.tokenizer.decode(self.tokenizer.encode(passage, add_special_tokens=False)[:share])
 
     def _count(self, text: str) -> int:
         if text not in self._lengths:

@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", metavar="MODEL_DIR", help="served model folder (tokenizer.json), for prompts")
     g.add_argument("--trace-file", help="mooncake: the .jsonl trace; others: replaces the default data file")
     g.add_argument("--window", help="trace workloads: START:END seconds from the trace's first request")
-    g.add_argument("--max-input-len", type=int, help="clip sampled / trace prompt lengths")
+    g.add_argument("--max-input-len", type=int, help="clip sampled / trace prompt lengths (rag: each passage to "
+                   "max-input-len / rag-passages tokens)")
     g.add_argument("--max-output-len", type=int, help="clip sampled / trace output lengths")
     g.add_argument("--rag-passages", type=int, default=5, help="rag: passages per request (k)")
     g.add_argument("--rag-zipf", type=float, default=1.0, help="rag: Zipf exponent of passage-set popularity")

@@ -41,8 +41,8 @@ class LocalCluster:
         """The router's OpenAI HTTP base URL (http_port -1: a free port; 0: off, empty)."""
         return self.router.extra.get("http", "") if self.router else ""
 
-    def node_command(self, role: str) -> list[str]:
-        return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", "0",
+    def node_command(self, role: str, port: int = 0) -> list[str]:
+        return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", str(port),
                                "--kv-port", "0", "--transport", self.transport, "--threads", str(self.threads),
                                *self.node_args)
 
@@ -78,6 +78,17 @@ class LocalCluster:
         self.nodes.append((role, service))
         log(f"{name:10}{service.url}")
         return service
+
+    def restart_node(self, service: Service) -> Service:
+        """Starts a dead node again on its gRPC port (the router knows nodes by address) and
+        puts the new process in its place."""
+        index = next(i for i, (_, s) in enumerate(self.nodes) if s is service)
+        if service.alive():
+            raise ValueError(f"{service.name} is still running: kill it first")
+        role = self.nodes[index][0]
+        fresh = spawn(service.name, self.node_command(role, int(service.address.rsplit(":", 1)[1])))
+        self.nodes[index] = (role, fresh)
+        return fresh
 
     def services(self) -> list[Service]:
         return ([self.router] if self.router else []) + [s for _, s in self.nodes]

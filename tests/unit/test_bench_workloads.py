@@ -108,3 +108,14 @@ def test_missing_data_and_unknown_names(bench_tokenizer, tmp_path, monkeypatch):
         make_workload(WorkloadConfig(name="nope"), bench_tokenizer)
     with pytest.raises(ValueError):
         WorkloadConfig(window_s=(5.0, 1.0))
+
+
+def test_rag_max_input_len_cuts_each_passage_to_its_share(bench_tokenizer):
+    cfg = WorkloadConfig(name="rag", rag_passages=3, max_input_len=300, output_len=8, seed=2)
+    full = next(make_workload(WorkloadConfig(name="rag", rag_passages=3, output_len=8, seed=2), bench_tokenizer).requests())
+    cut = next(make_workload(cfg, bench_tokenizer).requests())
+    count = lambda text: len(bench_tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    assert all(count(d) > 100 for d in full.documents)  # MuSiQue passages run ~900 tokens here
+    assert all(count(d) <= 101 for d in cut.documents)  # re-tokenizing a cut may merge differently by a token
+    assert [d[:40] for d in cut.documents] == [d[:40] for d in full.documents]
+    assert cut.prompt_tokens < full.prompt_tokens
