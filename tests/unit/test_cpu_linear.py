@@ -9,11 +9,11 @@ from splitserve.engine import cpu_linear
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="needs torch built with oneDNN")
 
 
-@pytest.mark.parametrize("rows", [1, 7, 64])
-def test_packed_linear_matches_nn_linear(rows):
+@pytest.mark.parametrize("shape", [(1, 48), (7, 48), (64, 48), (17, 48), (3, 100, 48), (300, 48)])
+def test_packed_linear_matches_nn_linear(shape):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 96, bias=True), nn.Linear(96, 32, bias=False))
-    x = torch.randn(rows, 48)
+    x = torch.randn(*shape)
     expected = model(x)
     assert cpu_linear.pack_linears(model) == 2
     assert all(isinstance(m, cpu_linear.PackedLinear) for m in model)
@@ -23,3 +23,10 @@ def test_packed_linear_matches_nn_linear(rows):
 def test_non_fp32_layers_are_left_alone():
     model = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16))
     assert cpu_linear.pack_linears(model) == 0
+
+
+def test_row_counts_fall_in_a_bounded_set_of_buckets():
+    buckets = {cpu_linear.bucket_rows(n) for n in range(1, 2049)}
+    assert all(cpu_linear.bucket_rows(n) >= n for n in range(1, 2049))
+    assert [cpu_linear.bucket_rows(n) for n in (1, 16, 17, 32, 33, 256, 257, 2048)] == [1, 16, 32, 32, 48, 256, 384, 2048]
+    assert len(buckets) == 16 + 15 + 14  # oneDNN keeps memory per row count seen: this bounds it
