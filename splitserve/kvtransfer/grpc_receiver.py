@@ -22,6 +22,7 @@ import grpc
 import torch
 
 from splitserve.api.v1 import kvtransfer_pb2, kvtransfer_pb2_grpc
+from splitserve.grpc_util import MessageGuard
 from splitserve.kvtransfer.base import FINAL_RECV_STATES, RecvState, TransferConfig
 from splitserve.kvtransfer.receiver_base import Reservation, TrackedReceiver
 from splitserve.kvtransfer.wire import NO_CHECKSUM, Kind, LayerHeader, request_hash
@@ -171,7 +172,7 @@ class _ServerThread:
         self.server, self.port = asyncio.run_coroutine_threadsafe(self._start(servicer, host, port), self.loop).result(30)
 
     async def _start(self, servicer, host: str, port: int):
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MessageGuard()])
         kvtransfer_pb2_grpc.add_KVTransferServicer_to_server(servicer, server)
         bound = server.add_insecure_port(f"{host}:{port}")
         await server.start()

@@ -1,4 +1,5 @@
-"""Common gRPC server set-up: message limits, health checking, reflection, graceful stop."""
+"""Common gRPC server set-up: message limits, malformed requests refused (INVALID_ARGUMENT), health
+checking, reflection, graceful stop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from splitserve.grpc_util import SERVER_OPTIONS
+from splitserve.grpc_util import SERVER_OPTIONS, MessageGuard
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ class GrpcServer:
 
     def __init__(self, host: str, port: int, service_names: list[str],
                  credentials: grpc.ServerCredentials | None = None, interceptors: tuple = ()):
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MessageGuard(), *interceptors])
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = service_names
