@@ -40,6 +40,7 @@ class DecodeWorker:
     async def reserve(self, rid: str, num_tokens: int) -> node_pb2.ReserveReply | None:
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
+        meta = self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
         block_ids = await self._on_engine(lambda engine: engine.reserve(rid, num_tokens))
         if block_ids is None:
             return None
@@ -49,7 +50,7 @@ class DecodeWorker:
         def write_layer(layer: int, kv) -> None:  # on the receiver's thread
             cache.write(layer, slots, kv[0], kv[1])
 
-        self.receiver.expect(self._meta(rid, num_tokens), write_layer)
+        self.receiver.expect(meta, write_layer)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
         target = node_pb2.KVTarget(node_id=self.node_id, kv_address=self.kv_address, transport=self.transport)

@@ -14,6 +14,7 @@ import grpc
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import RequestOutput
 from splitserve.kvtransfer import TransferError
+from splitserve.kvtransfer.base import MAX_REQUEST_ID_CHARS
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
 from splitserve.serving.output_stream import EngineError, run_streaming
 
@@ -42,13 +43,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         worker = await self._need(self.prefill_worker, "Prefill", context)
         async with _status_codes(context):
             params = sampling_from_proto(request.sampling)
-            return await worker.prefill(request.request_id, list(request.prompt_token_ids), params, request.target,
+            return await worker.prefill(_request_id(request), list(request.prompt_token_ids), params, request.target,
                                         request.num_prior_output_tokens, _spans(request.chunks))
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context):
         worker = await self._need(self.decode_worker, "Reserve", context)
         try:
-            reply = await worker.reserve(request.request_id, request.num_prompt_tokens)
+            reply = await worker.reserve(_request_id(request), request.num_prompt_tokens)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reply is None:
@@ -60,7 +61,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         worker = await self._need(self.decode_worker, "Decode", context)
         async with _status_codes(context):
             params = sampling_from_proto(request.sampling)
-            outputs = worker.decode(request.request_id, list(request.prompt_token_ids), request.first_token_id,
+            outputs = worker.decode(_request_id(request), list(request.prompt_token_ids), request.first_token_id,
                                     params, request.num_prior_output_tokens)
             async for out in outputs:
                 yield _chunk(out)
@@ -68,8 +69,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
     async def Generate(self, request: node_pb2.NodeGenerateRequest, context):
         if self.prefill_worker is not None or self.decode_worker is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Generate needs a mixed node; this one is {self.role}")
-        prompt, rid, prior = list(request.prompt_token_ids), request.request_id, request.num_prior_output_tokens
+        prompt, prior = list(request.prompt_token_ids), request.num_prior_output_tokens
         async with _status_codes(context):
+            rid = _request_id(request)
             params = sampling_from_proto(request.sampling)
             if request.chunks and self.chunk_path is not None:
                 outputs = self.chunk_path.generate(rid, prompt, params, prior, _spans(request.chunks))
@@ -120,6 +122,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if worker is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{call} is not served by a {self.role} node")
         return worker
+
+
+def _request_id(request) -> str:
+    """The request's id; ValueError (-> INVALID_ARGUMENT) unless it has 1 to MAX_REQUEST_ID_CHARS characters
+    (an empty id would be renamed by the engine and its outputs never reach the caller)."""
+    rid = request.request_id
+    if not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
+        raise ValueError(f"request_id must have 1 to {MAX_REQUEST_ID_CHARS} characters, got {len(rid)}")
+    return rid
 
 
 def _spans(chunks) -> list[tuple[int, int]]:

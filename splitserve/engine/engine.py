@@ -91,8 +91,8 @@ class Engine:
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str = "",
                  num_prior_output_tokens: int = 0) -> None:
-        """Raises ValueError naming the violated limit; changes nothing."""
-        if request_id in self.requests or request_id in self.held or request_id in self.reserved:
+        """Raises ValueError naming the violated limit; changes nothing. An empty request_id skips the id check."""
+        if request_id and (request_id in self.requests or request_id in self.held or request_id in self.reserved):
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_token_ids:
             raise ValueError("prompt is empty: at least 1 token is required")
@@ -100,6 +100,9 @@ class Engine:
         bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"stop token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
         remaining = params.max_tokens - num_prior_output_tokens
         if remaining < 1:
             raise ValueError(f"max_tokens ({params.max_tokens}) leaves no token to generate after "
@@ -129,8 +132,13 @@ class Engine:
     def admit_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                         params: SamplingParams, num_prior_output_tokens: int = 0, register_prefix: bool = True) -> None:
         """Decode-only: the reserved blocks now hold the prompt's KV; continue after first_token_id.
-        register_prefix=False keeps approximate KV (a blended prefill) out of the prefix cache."""
-        self.validate(prompt_token_ids, params, "", num_prior_output_tokens)
+        register_prefix=False keeps approximate KV (a blended prefill) out of the prefix cache.
+        Bad input is a ValueError that also cancels the reservation (its KV is of no use then)."""
+        try:
+            self._check_prefilled(request_id, prompt_token_ids, first_token_id, params, num_prior_output_tokens)
+        except ValueError:
+            self.cancel_reservation(request_id)
+            raise
         block_ids = self.reserved.pop(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic())
@@ -144,6 +152,19 @@ class Engine:
         self.outputs.mark_sent(req)
         if not req.is_finished:
             self.scheduler.add_running(req)
+
+    def _check_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
+                         params: SamplingParams, num_prior_output_tokens: int) -> None:
+        self.validate(prompt_token_ids, params, "", num_prior_output_tokens)
+        if request_id not in self.reserved:
+            raise ValueError(f"no KV blocks are reserved for request {request_id!r}")
+        vocab = self.model_config.vocab_size
+        if not 0 <= first_token_id < vocab:
+            raise ValueError(f"first token id {first_token_id} is outside the vocabulary [0, {vocab})")
+        num_blocks = -(-len(prompt_token_ids) // self.config.block_size)
+        if len(self.reserved[request_id]) != num_blocks:
+            raise ValueError(f"a {len(prompt_token_ids)}-token prompt needs {num_blocks} KV blocks; "
+                             f"{len(self.reserved[request_id])} were reserved for request {request_id!r}")
 
     def _track(self, req: Request) -> None:
         self.requests[req.request_id] = req
