@@ -34,7 +34,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
     if any(req.banned_token_ids for req in requests):
         logits = logits.clone()  # the model's output may be an inference tensor, which is read-only out here
     for row, req in enumerate(requests):
-        if req.banned_token_ids:
+        if req.banned_token_ids and len(set(req.banned_token_ids)) < logits.shape[-1]:  # never every token
             logits[row, list(req.banned_token_ids)] = float("-inf")
     greedy_ids = logits.argmax(dim=-1).tolist()
     want_logprobs = any(r.params.logprobs is not None for r in requests)
@@ -48,7 +48,8 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
 
 def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Generator | None) -> int:
     p = req.params
-    logits = logits / p.temperature
+    # from the maximum down: a tiny temperature gives 0 and -inf (greedy), never inf - inf = nan
+    logits = (logits - logits.max()) / p.temperature
     if p.top_k:
         kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
