@@ -39,8 +39,9 @@ def build_chunk_path(args: argparse.Namespace, engine_loop) -> "ChunkPath | None
                                                                             args.chunk_variants), args.chunk_planning)
     remote = None
     if args.redis_url:
+        layout = (engine.model_config.num_layers, engine.model_config.num_kv_heads, engine.model_config.head_dim)
         remote = RedisTier(args.redis_url, model_fingerprint(args.model), engine.config.dtype, args.chunk_ttl_s,
-                           args.chunk_int8)
+                           args.chunk_int8, layout=layout)
     store = ChunkStore(LocalTier(args.chunk_cache_bytes), remote, args.chunk_variants)
     log.info("chunk cache: local tier %d bytes, redis %s, blend layers %s ratios %s, planning %s",
              args.chunk_cache_bytes, args.redis_url or "off (local tier only)", layers, ratios, args.chunk_planning)
@@ -132,6 +133,8 @@ class ChunkPath:
     async def ingest(self, documents: list[str], in_context: bool) -> list[tuple[str, int]]:
         """Computes and stores each document's chunk; -> (content hash, tokens) per document."""
         chunks = [chunk_token_ids(self.cache.engine.tokenizer, d) for d in documents]
+        for group in [chunks] if in_context else [[c] for c in chunks]:
+            self._check_fits(group)
         entries = []
         for ids in chunks:
             entries += await self._on_engine(lambda engine, ids=ids: self.cache.compute_in_context(engine, [ids]))
@@ -140,6 +143,13 @@ class ChunkPath:
         for meta, kv in entries:
             await asyncio.to_thread(self.cache.store.put, meta, kv)
         return [(meta.chunk, meta.num_tokens) for meta, _ in entries[:len(chunks)]]
+
+    def _check_fits(self, chunks: list[list[int]]) -> None:
+        """ValueError (-> INVALID_ARGUMENT) unless the special prefix and the chunks fit the context."""
+        num_tokens, limit = len(self.cache.prefix) + sum(map(len, chunks)), self.cache.engine.max_model_len
+        if num_tokens > limit:
+            raise ValueError(f"documents of {num_tokens} tokens (with the special prefix) exceed the context "
+                             f"length {limit}")
 
     def stats(self) -> dict:
         keys = self.cache.store.local_chunks()

@@ -114,7 +114,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                                 f"node {self.node_id} ({self.role}) has no chunk cache (--chunk-cache-bytes 0 or a decode node)")
         if not request.documents or any(not d for d in request.documents):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "documents must be a non-empty list of non-empty strings")
-        stored = await self.chunk_path.ingest(list(request.documents), request.in_context)
+        async with _status_codes(context):
+            stored = await self.chunk_path.ingest(list(request.documents), request.in_context)
         return node_pb2.IngestReply(num_chunks=len(stored), num_tokens=sum(n for _, n in stored),
                                     chunk_hashes=[h for h, _ in stored])
 

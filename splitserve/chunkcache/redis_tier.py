@@ -8,8 +8,10 @@ Layout under `base` = `ss:cc:v1:<model fingerprint>:<dtype>`:
 
 A put writes the KV before the metadata, so a reader that sees metadata finds the KV unless
 Redis evicted it; a metadata entry whose KV is gone, or a value that fails to decode, is
-deleted and reported missing. Any connection error marks the tier down for `retry_after_s`
-(calls fail fast with TierUnavailable meanwhile), so a dead Redis costs a request nothing.
+deleted and reported missing; so is a value whose dtype or shape (layers, KV heads, head dim)
+is not the model's, whatever its checksum says. Any connection error marks the tier down for
+`retry_after_s` (calls fail fast with TierUnavailable meanwhile), so a dead Redis costs a
+request nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import time
 
 import redis
+import torch
 
 from splitserve.chunkcache.format import ChunkKV, CorruptValue, decode, encode
 from splitserve.chunkcache.keys import KEY_PREFIX
@@ -33,11 +36,14 @@ class RedisTier(Tier):
     name = "redis"
 
     def __init__(self, url: str, fingerprint: bytes, dtype: str, ttl_s: int = 86400, quantize: bool = False,
-                 retry_after_s: float = 1.0, timeout_s: float = 1.0, max_connections: int = 16):
+                 retry_after_s: float = 1.0, timeout_s: float = 1.0, max_connections: int = 16,
+                 layout: tuple[int, int, int] | None = None):
         self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                            max_connections=max_connections)
         self.fingerprint, self.ttl_s, self.quantize = fingerprint, ttl_s, quantize
         self.base = f"{KEY_PREFIX}:{fingerprint.hex()}:{dtype}"
+        self.dtype = getattr(torch, dtype)
+        self.layout = layout  # (num_layers, num_kv_heads, head_dim) of the model; None: not checked
         self.retry_after_s = retry_after_s
         self._down_until = 0.0
         self.num_corrupt = 0
@@ -90,11 +96,18 @@ class RedisTier(Tier):
                 continue
             self.bytes_read += len(blob)
             try:
-                found[key] = decode(blob, self.fingerprint)
+                found[key] = self._fitting(decode(blob, self.fingerprint))
             except CorruptValue:
                 self.num_corrupt += 1
                 self.delete(key)
         return found
+
+    def _fitting(self, kv: ChunkKV) -> ChunkKV:
+        num_layers, _, heads, dim = kv.k.shape  # [L, n, Hkv, D]
+        if kv.k.dtype != self.dtype or (self.layout is not None and (num_layers, heads, dim) != self.layout):
+            raise CorruptValue(f"value is {kv.k.dtype} {(num_layers, heads, dim)}, the model's KV is "
+                               f"{self.dtype} {self.layout}")
+        return kv
 
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
         blob = encode(kv, self.fingerprint, self.quantize)

@@ -35,6 +35,8 @@ class ChunkStats:
     def __post_init__(self):
         if not len(self.prefix_keys) == len(self.prefix_lengths) == len(self.inter):
             raise ValueError("prefix_keys, prefix_lengths and inter must have one entry per preceding chunk")
+        if any(n < 0 for n in self.prefix_lengths):
+            raise ValueError(f"prefix_lengths must be >= 0, got {self.prefix_lengths}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class VariantMeta:
     num_tokens: int
     num_bytes: int = 0
     stats: ChunkStats = field(default_factory=ChunkStats)
+
+    def __post_init__(self):
+        if self.num_tokens < 1 or self.start < 0 or self.num_bytes < 0:
+            raise ValueError(f"need num_tokens >= 1, start >= 0 and num_bytes >= 0, got {self.num_tokens}, "
+                             f"{self.start} and {self.num_bytes}")
 
     @property
     def variant_id(self) -> str:
@@ -65,7 +72,7 @@ class VariantMeta:
                                tuple(float(x) for x in body.pop("token_inter")))
             meta = cls(str(body["chunk"]), str(body["prefix_hash"]), int(body["start"]), int(body["num_tokens"]),
                        int(body["num_bytes"]), stats)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise CorruptValue(f"bad chunk metadata: {exc}") from exc
         if stats.token_inter and len(stats.token_inter) != meta.num_tokens:
             raise CorruptValue("token_inter length differs from num_tokens")
