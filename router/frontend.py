@@ -14,6 +14,7 @@ from router.orchestrator import Job
 
 MAX_DOCUMENTS = 64
 MAX_STOP_STRINGS = 16
+MAX_REQUEST_ID_CHARS = 128  # room for the ".retryN" suffix of re-dispatches within the nodes' 256
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Frontend:
 
     def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = ()) -> Job:
         self.validate(prompt_ids, params)
+        if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+            raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters")
         return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params, chunks=tuple(chunks))
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
