@@ -1,0 +1,127 @@
+"""HTTP fuzzing of the router's OpenAI API (a real server): JSON bodies with wrong types and hostile
+numbers, invalid UTF-8, bodies that are not JSON, thousands of documents, stop lists of empty
+strings. Every answer is a 200 or a 4xx with an OpenAI-style error body, never a 5xx; the
+service stays healthy. (tests/unit/test_openai_api_models.py fuzzes the pydantic models alone.)"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from tests.fuzz import strategies as fs
+from tests.fuzz.harness import KEY, assert_healthy, fuzz_settings
+
+pytestmark = pytest.mark.slow
+PATHS = ("/v1/completions", "/v1/chat/completions")
+
+numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(),
+                    st.sampled_from([0, -1, 2**31, 2**63, 2**64, 1e308, 1e-320]))
+wrong_types = st.one_of(st.none(), st.booleans(), fs.text, st.lists(st.integers(), max_size=3),
+                        st.dictionaries(fs.text, st.integers(), max_size=2))
+hostile = numbers | wrong_types
+max_tokens = st.one_of(fs.max_tokens, st.sampled_from([-1, -(2**63), 2**64, 1e30, "many", None, [], {}]))
+prompts = st.one_of(fs.text, st.lists(st.integers(-5, 2**40), max_size=5), st.lists(fs.text, max_size=2), numbers,
+                    st.just("words " * 3000), wrong_types)
+messages = st.one_of(st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "robot", 5]),
+                                                     "content": fs.text | wrong_types}), max_size=2), wrong_types)
+stops = st.one_of(st.lists(st.just(""), min_size=1, max_size=30), st.lists(fs.text, max_size=20), hostile)
+documents = st.one_of(fs.documents, st.integers(65, 3000).map(lambda n: ["doc"] * n), hostile)
+words = st.text(st.characters(whitelist_categories=("L", "N", "Zs")), min_size=1, max_size=20)
+user_messages = st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": words}), min_size=1, max_size=2)
+PLAUSIBLE = {
+    "prompt": words, "messages": user_messages, "max_tokens": st.integers(1, 6), "temperature": st.floats(0, 2),
+    "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50), "seed": st.integers(0, 2**32), "n": st.just(1),
+    "stop": st.lists(words, max_size=3), "stream": st.booleans(), "logprobs": st.integers(0, 5) | st.booleans(),
+    "top_logprobs": st.integers(0, 5), "min_tokens": st.integers(0, 3), "ignore_eos": st.booleans(),
+    "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "logit_bias": st.just({}),
+    "echo": st.just(False), "best_of": st.just(1), "model": st.none(), "user": fs.text,
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})}
+HOSTILE = {"prompt": prompts, "messages": messages, "max_tokens": max_tokens, "stop": stops, "documents": documents}
+
+
+@st.composite
+def bodies(draw) -> tuple[str, dict]:
+    """A plausible body (values in range, about a third complete) with up to two fields made hostile."""
+    path = draw(st.sampled_from(PATHS))
+    # max_tokens always: a chat's default would fill the context
+    keys = ["prompt" if path == PATHS[0] else "messages", "max_tokens"]
+    keys += draw(st.lists(st.sampled_from(sorted(PLAUSIBLE.keys() - {"prompt", "messages", "max_tokens"})), max_size=5,
+                          unique=True))
+    bad = set(draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)))
+    return path, {key: draw(HOSTILE.get(key, hostile) if key in bad else PLAUSIBLE[key]) for key in keys}
+
+
+bad_utf8_prompt = fs.invalid_utf8.map(lambda b: b'{"prompt": "' + b + b'", "max_tokens": 2}')
+raw_bodies = st.one_of(st.binary(max_size=80), bad_utf8_prompt,
+                       st.just(b'{"prompt": "x", "max_tokens": 2'), st.just(b"[" * 5000 + b"]" * 5000),
+                       st.just(b'{"prompt": "x", "max_tokens": 2, "temperature": NaN}'))
+
+
+def post(base_url: str, path: str, body: bytes, key: str | None = KEY) -> tuple[int, bytes]:
+    url = urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def assert_answered(status: int, payload: bytes) -> None:
+    """200 with a completion (or an event stream), else a 4xx with an OpenAI-style error."""
+    assert status == 200 or 400 <= status < 500, (status, payload[:300])
+    if status == 200:
+        assert payload.startswith(b"data: ") or "choices" in json.loads(payload), payload[:300]
+        return
+    error = json.loads(payload)["error"]
+    assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str)
+
+
+@fuzz_settings(max_examples=100)
+@given(request=bodies())
+def test_hostile_json_bodies(cluster, request):
+    path, body = request
+    status, payload = post(cluster.http_url, path, json.dumps(body).encode())
+    event(f"HTTP {status}")
+    assert_answered(status, payload)
+
+
+@fuzz_settings(max_examples=25)
+@given(path=st.sampled_from(PATHS), body=raw_bodies)
+def test_bodies_that_are_not_json_or_not_utf8(cluster, path, body):
+    status, payload = post(cluster.http_url, path, body)
+    assert status == 400, (status, payload[:300])
+    assert_answered(status, payload)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": "q", "documents": ["doc"] * 3000, "max_tokens": 2}, "at most 64 documents"),
+    ({"prompt": "q", "stop": [""] * 1000, "max_tokens": 2}, "stop strings"),
+    ({"prompt": "words " * 3000, "max_tokens": 2}, "exceeds the context length"),
+    ({"prompt": "", "max_tokens": 2}, "prompt is empty"),
+    ({"prompt": [99999999999], "max_tokens": 2}, "prompt token ids must be in"),
+    ({"prompt": "q", "max_tokens": 2, "temperature": 1e-40}, None),  # a tiny temperature is greedy, not an error
+], ids=["3000-documents", "1000-empty-stops", "longer-than-context", "empty", "token-out-of-vocab", "tiny-temperature"])
+def test_known_hostile_bodies(cluster, body, message):
+    status, payload = post(cluster.http_url, PATHS[0], json.dumps(body).encode())
+    assert_answered(status, payload)
+    if message is None:
+        assert status == 200
+    else:
+        assert status == 400 and message in json.loads(payload)["error"]["message"]
+
+
+def test_http_fuzzing_leaves_the_service_healthy(cluster):
+    url = urlsplit(cluster.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    assert_answered(*post(cluster.http_url, PATHS[0], json.dumps({"prompt": "hi", "max_tokens": 3}).encode()))
+    assert_healthy(cluster)
