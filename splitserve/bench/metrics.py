@@ -57,6 +57,7 @@ class RequestRecord:
     success: bool = False
     error: str = ""
     done: bool = False
+    end_time: float | None = None  # when finish() or fail() was called
 
     def mark_sent(self) -> None:
         self.send_time = time.perf_counter()
@@ -72,12 +73,12 @@ class RequestRecord:
         if self.send_time is None or not self.token_times:
             self.fail(NO_CHUNK_ERROR)
             return
-        self.success, self.done = True, True
+        self.success, self.done, self.end_time = True, True, time.perf_counter()
 
     def fail(self, error: str) -> None:
         if self.done:
             return
-        self.success, self.error, self.done = False, error or "failed", True
+        self.success, self.error, self.done, self.end_time = False, error or "failed", True, time.perf_counter()
 
     @property
     def ttft_s(self) -> float:
