@@ -8,6 +8,7 @@ an unhandled exception, DEADLINE_EXCEEDED here means a hang (our own timeout ran
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import grpc
@@ -31,8 +32,13 @@ CLEAR = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.O
 RELEASE_S = 20.0  # a fuzzed Reserve that got blocks holds them until it expires (2 x --transfer-timeout-s)
 
 
+# `make test` draws the same examples every run (a CI failure can be rerun as it was);
+# SPLITSERVE_FUZZ_RANDOM=1 explores new ones.
+DERANDOMIZE = os.environ.get("SPLITSERVE_FUZZ_RANDOM", "") in ("", "0")
+
+
 def fuzz_settings(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, deadline=None, database=None,
+    return settings(max_examples=max_examples, deadline=None, database=None, derandomize=DERANDOMIZE,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
