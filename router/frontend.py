@@ -44,6 +44,8 @@ class Frontend:
         text prompt: each is tokenized alone (documents.py), so its KV can come from the chunk cache."""
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
+        if documents and (messages is not None or token_ids is not None):
+            raise ValueError("documents go with a text prompt, not with prompt token ids or chat messages")
         if messages is not None:
             return self.tokenizer.encode_chat(messages), ()
         if token_ids is not None:

@@ -25,6 +25,9 @@ def test_router_sends_each_document_as_a_span(tiny_model):
     assert frontend.prompt_ids(prompt="why?", documents=["alpha beta", "gamma"]) == ids
     with pytest.raises(ValueError):
         frontend.prompt_and_chunks(prompt="x", documents=[""])
+    for other in (dict(token_ids=[5, 6]), dict(messages=[{"role": "user", "content": "hi"}])):
+        with pytest.raises(ValueError, match="documents go with a text prompt"):  # not silently dropped
+            frontend.prompt_and_chunks(documents=["alpha"], **other)
 
 
 def test_span_validation():
