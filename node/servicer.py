@@ -18,6 +18,8 @@ from splitserve.kvtransfer.base import MAX_REQUEST_ID_CHARS
 from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
 from splitserve.serving.output_stream import EngineError, run_streaming
 
+MAX_INGEST_DOCUMENTS = 256  # one call computes them all on the engine thread: bound it
+
 
 @contextlib.asynccontextmanager
 async def _status_codes(context):
@@ -114,6 +116,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                                 f"node {self.node_id} ({self.role}) has no chunk cache (--chunk-cache-bytes 0 or a decode node)")
         if not request.documents or any(not d for d in request.documents):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "documents must be a non-empty list of non-empty strings")
+        if len(request.documents) > MAX_INGEST_DOCUMENTS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INGEST_DOCUMENTS} documents per "
+                                f"IngestDocuments call, got {len(request.documents)} (send them in batches)")
         async with _status_codes(context):
             stored = await self.chunk_path.ingest(list(request.documents), request.in_context)
         return node_pb2.IngestReply(num_chunks=len(stored), num_tokens=sum(n for _, n in stored),

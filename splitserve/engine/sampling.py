@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 MAX_TOP_LOGPROBS = 20
+UINT32_END = 2**32  # counts travel as uint32 between router and nodes
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,12 @@ class SamplingParams:
     min_tokens: int = 0
 
     def __post_init__(self):
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}")
+        _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
+               f"max_tokens must be in [1, 2**32), got {self.max_tokens}")
         _check(0 <= self.temperature < math.inf, f"temperature must be >= 0 and finite, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        _check(self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        _check(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
+        _check(0 <= self.top_k < UINT32_END, f"top_k must be in [0, 2**32) (0 disables it), got {self.top_k}")
+        _check(0 <= self.min_tokens < UINT32_END, f"min_tokens must be in [0, 2**32), got {self.min_tokens}")
         _check(self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}")
         _check(self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")

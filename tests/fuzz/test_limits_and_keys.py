@@ -19,7 +19,8 @@ import pytest
 from router.auth import ApiKeys
 from router.frontend import Frontend
 from router.http_api import DEFAULT_MAX_BODY_BYTES, HttpContext, create_app
-from splitserve.api.v1 import common_pb2, router_pb2
+from node.servicer import MAX_INGEST_DOCUMENTS
+from splitserve.api.v1 import common_pb2, node_pb2, router_pb2
 from splitserve.grpc_util import MAX_MESSAGE_BYTES
 from tests.fuzz.harness import AUTH, KEY, NODE, ROUTER, assert_healthy, call, node, push_kv
 from tests.fuzz.strategies import length_delimited
@@ -128,6 +129,12 @@ def test_abort_with_the_key_answers(cluster):
     outcome = call(cluster.url, ROUTER + "Abort", common_pb2.AbortRequest(request_id="x").SerializeToString(),
                    metadata=AUTH)
     assert outcome.code == grpc.StatusCode.OK
+
+
+def test_ingest_takes_at_most_max_ingest_documents_per_call(cluster):
+    request = node_pb2.IngestRequest(documents=["word"] * (MAX_INGEST_DOCUMENTS + 1))
+    outcome = call(node(cluster, "mixed").address, NODE + "IngestDocuments", request.SerializeToString())
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT and "send them in batches" in outcome.details, outcome
 
 
 def test_limits_leave_the_cluster_healthy(cluster):

@@ -80,3 +80,9 @@ def test_out_of_range_chunk_metadata_is_corrupt(fields):
 def test_deeply_nested_chunk_metadata_is_corrupt():
     with pytest.raises(CorruptValue):
         VariantMeta.from_json(b"[" * 100_000)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "top_k", "min_tokens"])
+def test_counts_beyond_uint32_are_refused_by_name(field):
+    with pytest.raises(ValueError, match=f"{field} must be in"):  # not the wire's "Value out of range"
+        SamplingParams(**{field: 2**32})
