@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import grpc
@@ -48,16 +49,32 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
 
+EXIT_WITH_PARENT_ENV = "SPLITSERVE_EXIT_WITH_PARENT"  # set by procs.spawn for the services it starts
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    """A service started by a local cluster stops (gracefully) when the process that started it is
+    gone, even if that one was killed with SIGKILL and could not stop it."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(interval_s)
+    log.warning("the process that started this service (pid %d) is gone: shutting down", parent)
+    stop.set()
+
+
 async def serve_until_signal(server: GrpcServer, on_stop=None, ready_line: str = "", grace_s: float = 5.0) -> None:
     """Serves until SIGINT/SIGTERM; prints ready_line (the READY handshake of procs.spawn) once serving."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(_stop_when_orphaned(stop)) if os.environ.get(EXIT_WITH_PARENT_ENV) else None
     await server.start()
     if ready_line:
         print(ready_line, flush=True)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down (grace %.1fs)", grace_s)
     await server.stop(grace_s)
     if on_stop is not None:

@@ -36,7 +36,8 @@ def service_command(kind: str, *args: str) -> list[str]:
 
 
 def spawn(name: str, command: list[str], timeout_s: float = 120.0, env: dict | None = None) -> Service:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # the service stops when this process is gone, even after a SIGKILL that left no time to stop it
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITSERVE_EXIT_WITH_PARENT": "1", **(env or {})}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     service = Service(name, proc)
