@@ -20,6 +20,7 @@ from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.grpc_util import aio_channel
 from router import health
 from router.health import HealthConfig, HealthState
+from router.stall import CallWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,12 @@ class _Node:
     stub: node_pb2_grpc.NodeStub
     health: HealthState
     counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
-    down: asyncio.Event = field(default_factory=asyncio.Event)  # set while unhealthy (router/stall.py)
+    calls: CallWatch = field(default_factory=CallWatch)  # cancelled when the node turns unhealthy (router/stall.py)
 
     def set_healthy(self, healthy: bool) -> None:
         self.view = replace(self.view, healthy=healthy)
         if not healthy:
-            self.down.set()
-        elif self.down.is_set():
-            self.down = asyncio.Event()
+            self.calls.fire()
 
 
 class NodeRegistry:
@@ -97,7 +96,7 @@ class NodeRegistry:
         node = self._nodes.pop(address, None)
         if node is not None:
             log.info("node removed", extra={"node": address, "role": node.view.role})
-            node.down.set()
+            node.calls.fire()
             await node.channel.close()
 
     def addresses(self) -> set[str]:
@@ -106,10 +105,10 @@ class NodeRegistry:
     def stub(self, address: str) -> node_pb2_grpc.NodeStub:
         return self._nodes[address].stub
 
-    def down_event(self, address: str) -> asyncio.Event | None:
-        """Set once the node turns unhealthy or leaves (None: an unknown node)."""
+    def call_watch(self, address: str) -> CallWatch | None:
+        """The node's calls in flight, cancelled when it turns unhealthy or leaves (None: an unknown node)."""
         node = self._nodes.get(address)
-        return node.down if node is not None else None
+        return node.calls if node is not None else None
 
     def snapshot(self) -> list[NodeView]:
         return [replace(n.view, inflight_prefill_tokens=n.counters["prefill_tokens"],

@@ -243,14 +243,14 @@ class Orchestrator:
             self.registry.track(address, "prefill_tokens", -n)
 
     async def _unary(self, address: str, name: str, call):
-        with calling(address, name), cancelled_when_down(self.registry.down_event(address), call, address, name):
+        with calling(address, name), cancelled_when_down(self.registry.call_watch(address), call, address, name):
             return await call
 
     async def _stream(self, call, route: Route, address: str, prefill: node_pb2.PrefillReply | None = None):
         name = "Decode" if prefill is not None else "Generate"
         finished = False
         try:
-            with cancelled_when_down(self.registry.down_event(address), call, address, name):
+            with cancelled_when_down(self.registry.call_watch(address), call, address, name):
                 async for chunk in call:
                     if chunk.token_ids:
                         yield Tokens(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs])

@@ -19,25 +19,36 @@ import grpc
 from router.failover import NodeCallError
 
 
-@contextlib.contextmanager
-def cancelled_when_down(down: asyncio.Event | None, call, address: str, name: str):
-    """Around awaiting `call` (a grpc.aio call): cancel it when `down` is set; raise UNAVAILABLE then."""
-    if down is None:
-        yield
-        return
-    watcher = asyncio.ensure_future(down.wait())
-    watcher.add_done_callback(lambda w: w.cancelled() or call.cancel())
-    try:
-        yield
-    except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
-        fired = watcher.done() and not watcher.cancelled()
-        current = asyncio.current_task()
-        if not fired or (current is not None and current.cancelling()) or not _is_cancellation(exc):
-            raise
-        raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node stopped answering health checks during the call",
-                            address, name) from None
-    finally:
-        watcher.cancel()
+class CallWatch:
+    """One node's calls in flight; `fire()` (the node turned unhealthy) cancels them all."""
+
+    def __init__(self):
+        self._calls: dict[int, list] = {}  # id -> [call, fired]
+
+    def fire(self) -> None:
+        for entry in self._calls.values():
+            entry[1] = True
+            entry[0].cancel()
+
+    @contextlib.contextmanager
+    def watching(self, call, address: str, name: str):
+        """Around awaiting `call` (a grpc.aio call): when fire() cancels it, raise UNAVAILABLE."""
+        entry = self._calls[id(call)] = [call, False]
+        try:
+            yield
+        except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
+            current = asyncio.current_task()
+            if not entry[1] or (current is not None and current.cancelling()) or not _is_cancellation(exc):
+                raise
+            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node stopped answering health checks during the "
+                                "call", address, name) from None
+        finally:
+            self._calls.pop(id(call), None)
+
+
+def cancelled_when_down(watch: CallWatch | None, call, address: str, name: str):
+    """`watch.watching(...)`, or nothing for a node the registry does not know (any more)."""
+    return watch.watching(call, address, name) if watch is not None else contextlib.nullcontext()
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from router.failover import NodeCallError
-from router.stall import cancelled_when_down
+from router.stall import CallWatch, cancelled_when_down
 
 METHOD = "/test.Hang/Call"
 
@@ -32,19 +32,19 @@ async def _with_server(body):
         await server.stop(0)
 
 
-async def _guarded(method, request: bytes, down: asyncio.Event):
+async def _guarded(method, request: bytes, watch: CallWatch | None):
     call = method(request, timeout=30)
-    with cancelled_when_down(down, call, "node:1", "Call"):
+    with cancelled_when_down(watch, call, "node:1", "Call"):
         return await call
 
 
 def test_a_hung_call_fails_over_as_unavailable_once_the_node_is_down():
     async def body(method):
-        down = asyncio.Event()
-        asyncio.get_running_loop().call_later(0.2, down.set)
+        watch = CallWatch()
+        asyncio.get_running_loop().call_later(0.2, watch.fire)
         started = asyncio.get_running_loop().time()
         with pytest.raises(NodeCallError) as err:
-            await _guarded(method, b"hang", down)
+            await _guarded(method, b"hang", watch)
         return err.value, asyncio.get_running_loop().time() - started
     error, waited = asyncio.run(_with_server(body))
     assert error.code == grpc.StatusCode.UNAVAILABLE and error.address == "node:1" and error.call == "Call"
@@ -52,12 +52,13 @@ def test_a_hung_call_fails_over_as_unavailable_once_the_node_is_down():
 
 
 def test_a_call_of_a_healthy_node_is_left_alone():
-    assert asyncio.run(_with_server(lambda method: _guarded(method, b"x", asyncio.Event()))) == b"ok:x"
+    assert asyncio.run(_with_server(lambda method: _guarded(method, b"x", CallWatch()))) == b"ok:x"
+    assert asyncio.run(_with_server(lambda method: _guarded(method, b"y", None))) == b"ok:y"  # a node no longer known
 
 
 def test_the_callers_own_cancellation_stays_a_cancellation():
     async def body(method):
-        task = asyncio.ensure_future(_guarded(method, b"hang", asyncio.Event()))
+        task = asyncio.ensure_future(_guarded(method, b"hang", CallWatch()))
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
