@@ -13,32 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import grpc
 
 from router.failover import NodeCallError
 
 
+@dataclass
+class _Watched:
+    call: object  # a grpc.aio call
+    fired: bool = False  # cancelled by fire(), not by anyone else
+
+
 class CallWatch:
     """One node's calls in flight; `fire()` (the node turned unhealthy) cancels them all."""
 
     def __init__(self):
-        self._calls: dict[int, list] = {}  # id -> [call, fired]
+        self._calls: dict[int, _Watched] = {}
 
     def fire(self) -> None:
-        for entry in self._calls.values():
-            entry[1] = True
-            entry[0].cancel()
+        for watched in list(self._calls.values()):
+            watched.fired = True
+            watched.call.cancel()
 
     @contextlib.contextmanager
     def watching(self, call, address: str, name: str):
         """Around awaiting `call` (a grpc.aio call): when fire() cancels it, raise UNAVAILABLE."""
-        entry = self._calls[id(call)] = [call, False]
+        watched = self._calls[id(call)] = _Watched(call)
         try:
             yield
         except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
             current = asyncio.current_task()
-            if not entry[1] or (current is not None and current.cancelling()) or not _is_cancellation(exc):
+            if not watched.fired or (current is not None and current.cancelling()) or not _is_cancellation(exc):
                 raise
             raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node stopped answering health checks during the "
                                 "call", address, name) from None
