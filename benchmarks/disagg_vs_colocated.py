@@ -29,7 +29,7 @@ from splitserve.bench.metrics import parse_slos
 from splitserve.bench.prompts import load_tokenizer
 from splitserve.bench.runner import RunConfig
 from splitserve.bench.workloads import WorkloadConfig
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 
 RESULTS = Path(__file__).parent / "results"
 SETUPS = {"disagg-1p1d": dict(prefill=1, decode=1, transport="torch"), "colocated-2x": dict(prefill=0, decode=0, colocated=2)}

@@ -26,7 +26,7 @@ import torch
 
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, make_receiver, make_sender
-from splitserve.kvtransfer.raw_bench import measure_gloo_bandwidth
+from kv_raw_bench import measure_gloo_bandwidth
 
 RESULTS = Path(__file__).parent / "results" / "kv_transfer_cpu.json"
 
@@ -112,7 +112,7 @@ async def _ttft(url: str, prompt: list[int]) -> float:
 
 
 def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]], **cluster_kwargs) -> dict[int, float]:
-    from splitserve.serving.local_cluster import LocalCluster
+    from splitserve.localcluster.cluster import LocalCluster
 
     with LocalCluster(model, threads=1, **cluster_kwargs) as cluster:
         asyncio.run(_ttft(cluster.url, prompts[min(prompts)][0]))  # warm-up (forms the pair group)

@@ -32,8 +32,8 @@ import grpc
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.client import Chunk, Client, Final
 from splitserve.modelgen import ensure_model
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.redis_server import start_private_redis
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.redis_server import start_private_redis
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "rag_ttft_cpu.json"

@@ -35,9 +35,9 @@ from splitserve.client import AsyncClient
 from splitserve.engine import Tokenizer
 from splitserve.grpc_util import aio_channel
 from splitserve.modelgen import ensure_model
-from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.procs import spawn, stop
+from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import spawn, stop
 
 RESULTS = Path(__file__).parent / "results" / "router_overhead.json"
 PROMPT = "The history of the river and the town"

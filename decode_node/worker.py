@@ -18,7 +18,7 @@ import time
 from splitserve.api.v1 import node_pb2
 from splitserve.engine import Engine, SamplingParams
 from splitserve.kvtransfer import RecvState, TransferError, TransferMeta
-from splitserve.serving.output_stream import run_streaming
+from splitserve.runtime.output_stream import run_streaming
 
 POLL_INTERVAL_S = 0.001
 REAP_INTERVAL_S = 0.1

@@ -24,7 +24,7 @@ from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig, RequestPl
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
 from splitserve.engine import RequestOutput
-from splitserve.serving.output_stream import OutputStream, run_streaming
+from splitserve.runtime.output_stream import OutputStream, run_streaming
 
 log = logging.getLogger(__name__)
 

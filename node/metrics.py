@@ -4,7 +4,7 @@ Three sources: the engine loop reports each step and each request's outputs (`En
 TTFT, TPOT, ITL, end to end, step time, tokens); the servicer counts calls and their failures by
 code and the KV bytes and seconds of transfers; gauges (KV blocks, queue, batch) are read from
 the engine's stats at scrape time. README "Metrics" lists every name. The same interceptor puts
-each call's request id in the log context (splitserve/serving/logs.py).
+each call's request id in the log context (splitserve/rpc/logs.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from splitserve.serving.logs import request_id
+from splitserve.rpc.logs import request_id
 
 PREFIX = "splitserve"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5,

@@ -13,9 +13,9 @@ import torch
 from splitserve import labels
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.engine import Engine, EngineConfig
-from splitserve.serving.engine_loop import EngineLoop
-from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
-from splitserve.serving.logs import setup_logging
+from splitserve.runtime.engine_loop import EngineLoop
+from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.rpc.logs import setup_logging
 from splitserve.tls import TLSFiles
 from node.metrics import NodeMetrics, RpcInterceptor
 from node.servicer import NodeServicer

@@ -15,8 +15,8 @@ from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import RequestOutput
 from splitserve.kvtransfer import TransferError
 from splitserve.kvtransfer.base import MAX_REQUEST_ID_CHARS
-from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
-from splitserve.serving.output_stream import EngineError, run_streaming
+from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
+from splitserve.runtime.output_stream import EngineError, run_streaming
 
 MAX_INGEST_DOCUMENTS = 256  # one call computes them all on the engine thread: bound it
 

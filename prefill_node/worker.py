@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.engine import Engine, RequestOutput, SamplingParams
 from splitserve.kvtransfer import SendState, TransferError, TransferMeta
-from splitserve.serving.convert import logprob_to_proto
-from splitserve.serving.output_stream import run_streaming
+from splitserve.rpc.convert import logprob_to_proto
+from splitserve.runtime.output_stream import run_streaming
 from prefill_node.blended import prefill_blended
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ import grpc
 from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.chunkcache.keys import content_hash
 from splitserve.engine import SamplingParams
-from splitserve.serving.convert import logprob_from_proto, sampling_to_proto
-from splitserve.serving.logs import request_id
+from splitserve.rpc.convert import logprob_from_proto, sampling_to_proto
+from splitserve.rpc.logs import request_id
 from router.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
 from router.nodes import NodeRegistry

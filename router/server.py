@@ -7,8 +7,8 @@ import asyncio
 import logging
 
 from splitserve.api.v1 import router_pb2, router_pb2_grpc
-from splitserve.serving.grpc_server import GrpcServer, serve_until_signal
-from splitserve.serving.logs import setup_logging
+from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.rpc.logs import setup_logging
 from router.frontend import Frontend
 from router.fronts import Security, admission_from_args, http_server
 from router.discovery import start_discovery, static_nodes

@@ -9,7 +9,7 @@ import time
 import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
-from splitserve.serving.convert import logprob_to_proto, sampling_from_proto
+from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
 from router.completion import Finish, Piece, completion
 from router.frontend import Frontend
 from router.orchestrator import Job, NodeCallError, Orchestrator

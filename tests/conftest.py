@@ -47,7 +47,7 @@ def redis_server():
     """A private redis-server on a free loopback port for the whole session (skips without one)."""
     import shutil
 
-    from splitserve.serving.redis_server import RedisServer
+    from splitserve.localcluster.redis_server import RedisServer
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")

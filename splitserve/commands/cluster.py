@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from splitserve.serving.local_cluster import LocalCluster, model_or_demo
+    from splitserve.localcluster.cluster import LocalCluster, model_or_demo
 
     cluster = LocalCluster(model_or_demo(args.model), prefill=args.prefill, decode=args.decode,
                            colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,

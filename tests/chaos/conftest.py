@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.bench.prompts import load_tokenizer
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.unit.bench_support import bench_model_dir  # noqa: F401
 from tests.chaos.load import References
 

@@ -13,7 +13,7 @@ import time
 import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2
-from splitserve.serving.procs import kill
+from splitserve.localcluster.procs import kill
 from tests.support.cluster import node_stub, wait_until
 from tests.support.metrics import scrape, value
 

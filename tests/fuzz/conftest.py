@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.fuzz.harness import KEY, NODE_ARGS
 
 

@@ -18,7 +18,7 @@ from splitserve.bench.plots import save_plots
 from splitserve.bench.runner import RunConfig
 from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import WorkloadConfig, make_workload
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F401
 
 pytestmark = pytest.mark.slow

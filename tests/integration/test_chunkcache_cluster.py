@@ -16,8 +16,8 @@ import redis
 from router.frontend import Frontend
 from splitserve.client import AsyncClient, Client
 from splitserve.engine import Engine, SamplingParams
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.redis_server import RedisServer
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.redis_server import RedisServer
 from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow

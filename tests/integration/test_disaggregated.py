@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from splitserve.client import Client
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.support.cluster import mixed_prompts, node_stats, reference, send_all, used_blocks_settle_to_zero
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """KV transfer between real processes over loopback, once per backend (torch/gloo and grpc).
 
-Each receiver and sender lives in its own spawned process (`splitserve.kvtransfer.peers`);
+Each receiver and sender lives in its own spawned process (`tests.support.kv_peers`);
 bit-identity is checked by comparing the crc32 of every layer the receiver wrote with the
 crc32 the sender computed before sending.
 """
@@ -14,7 +14,7 @@ from dataclasses import asdict
 import pytest
 
 from splitserve.kvtransfer import TransferConfig, TransferMeta
-from splitserve.kvtransfer.peers import PeerProcess
+from tests.support.kv_peers import PeerProcess
 
 pytestmark = pytest.mark.slow
 

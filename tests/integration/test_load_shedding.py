@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from splitserve.client import AsyncClient, Client
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.support.cluster import used_blocks_settle_to_zero
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from splitserve.api.v1 import router_pb2_grpc
 from splitserve.client import Client, build_request
-from splitserve.serving.local_cluster import LocalCluster
+from splitserve.localcluster.cluster import LocalCluster
 from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 PARENT = """
 import sys, time
-from splitserve.serving.procs import service_command, spawn
+from splitserve.localcluster.procs import service_command, spawn
 node = spawn("node", service_command("node", "--role", "mixed", "--model", sys.argv[1], "--port", "0",
                                      "--chunk-cache-bytes", "0"))
 print(node.proc.pid, flush=True)

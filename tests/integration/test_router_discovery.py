@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from splitserve.client import Client
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.procs import service_command, spawn, stop
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import service_command, spawn, stop
 from tests.support.cluster import wait_until
 from tests.support.fake_kube import FakeKubeAPI, chart_docs, node_pod, router_selector
 from tests.support.metrics import scrape, value

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from splitserve.client import Client
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.procs import kill
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import kill
 from tests.support.cluster import node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
 from tests.support.metrics import scrape, value
 

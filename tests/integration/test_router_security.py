@@ -16,8 +16,8 @@ import pytest
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.client import Client
 from splitserve.devcerts import make_dev_certs
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.procs import service_command, spawn, stop
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import service_command, spawn, stop
 from splitserve.tls import channel_credentials
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ import pytest
 
 from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.client import Client
-from splitserve.serving.local_cluster import LocalCluster
-from splitserve.serving.procs import kill
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import kill
 from tests.support.cluster import node_stats, node_stub, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from splitserve.engine import Engine, EngineConfig, SamplingParams
-from splitserve.serving.engine_loop import EngineLoop
-from splitserve.serving.output_stream import EngineError, run_streaming
+from splitserve.runtime.engine_loop import EngineLoop
+from splitserve.runtime.output_stream import EngineError, run_streaming
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(tiny_model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from splitserve.serving.engine_loop import EngineLoop
+from splitserve.runtime.engine_loop import EngineLoop
 
 
 class _IdleEngine:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import SamplingParams, Tokenizer
-from splitserve.serving.grpc_server import GrpcServer
+from splitserve.rpc.server import GrpcServer
 from router.completion import Finish, Piece, completion
 from router.failover import RetryConfig
 from router.health import NODE_SERVICE, HealthConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from splitserve import labels
-from splitserve.serving.procs import Service, service_command, spawn, stop
+from splitserve.localcluster.procs import Service, service_command, spawn, stop
 
 
 def model_or_demo(model: str | None) -> Path:
@@ -63,7 +63,7 @@ class LocalCluster:
 
     def _start_redis(self, log) -> None:
         if self.redis_url is None and self.private_redis:
-            from splitserve.serving.redis_server import start_private_redis
+            from splitserve.localcluster.redis_server import start_private_redis
 
             self.redis = start_private_redis()
             self.redis_url = self.redis.url if self.redis else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from splitserve.engine import RequestOutput
-from splitserve.serving.engine_loop import ENGINE_ERROR
+from splitserve.runtime.engine_loop import ENGINE_ERROR
 
 
 class EngineError(Exception):
