@@ -13,6 +13,8 @@ shared/research/benchmark-conventions.md section 2):
 - Output tokens: the server's `usage.completion_tokens`; when absent, the generated text
   re-tokenized (or 1 without a tokenizer, as vLLM does).
 - Failed requests count only in `failed`: they add nothing to tokens, latencies or goodput.
+- Retries: requests resent once because the server closed their (pooled keep-alive)
+  connection before any byte of a response; counted apart (`retries`), never as failures.
 - Throughputs: completed requests, Σ output tokens and Σ (prompt + output) tokens of the
   completed requests, over the benchmark duration (main run start to the last return).
 - Stats: mean, median, population std (np.std), percentiles with numpy's linear
@@ -41,7 +43,8 @@ class RequestRecord:
 
     A target calls `mark_sent()` right before sending, `mark_token(text)` for each streamed
     chunk (or message) carrying output, then exactly one of `finish(output_tokens)` or
-    `fail(error)`.
+    `fail(error)`. A target that resends the request counts it in `retries` and marks it
+    sent again (TTFT runs from the send that was answered).
     """
 
     request_id: int
@@ -58,6 +61,7 @@ class RequestRecord:
     error: str = ""
     done: bool = False
     end_time: float | None = None  # when finish() or fail() was called
+    retries: int = 0  # resends after the server closed the connection before answering
 
     def mark_sent(self) -> None:
         self.send_time = time.perf_counter()
@@ -140,6 +144,7 @@ class BenchmarkMetrics:
     max_output_tokens_per_s: float
     max_concurrent_requests: int
     stats: dict[str, Stats]
+    retries: int = 0  # resends of main-run requests (connection closed before a response)
 
     def to_dict(self) -> dict:
         """vLLM's result keys (`mean_ttft_ms`, `p99_tpot_ms`, ...)."""
@@ -149,7 +154,7 @@ class BenchmarkMetrics:
             "request_throughput": self.request_throughput, "request_goodput": self.request_goodput,
             "output_throughput": self.output_throughput, "total_token_throughput": self.total_token_throughput,
             "max_output_tokens_per_s": self.max_output_tokens_per_s,
-            "max_concurrent_requests": self.max_concurrent_requests,
+            "max_concurrent_requests": self.max_concurrent_requests, "retries": self.retries,
         }
         for name, s in self.stats.items():
             out[f"mean_{name}_ms"], out[f"median_{name}_ms"], out[f"std_{name}_ms"] = s.mean_ms, s.median_ms, s.std_ms
@@ -190,6 +195,7 @@ def compute_metrics(
         output_throughput=sum(lens) / duration_s, total_token_throughput=(total_input + sum(lens)) / duration_s,
         max_output_tokens_per_s=peak_tokens, max_concurrent_requests=peak_conc,
         stats={name: Stats.of(samples[name], percentiles) for name in PERCENTILE_METRICS},
+        retries=sum(r.retries for r in records),
     )
 
 

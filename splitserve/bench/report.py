@@ -25,7 +25,7 @@ HEADERS = {
     "itl": ("ITL", "Inter-token Latency"),
     "e2el": ("E2EL", "End-to-end Latency"),
 }
-CSV_FIELDS = ("request_id", "scheduled_s", "send_s", "success", "error", "prompt_tokens", "output_tokens",
+CSV_FIELDS = ("request_id", "scheduled_s", "send_s", "success", "error", "retries", "prompt_tokens", "output_tokens",
               "expected_output_tokens", "num_chunks", "ttft_ms", "tpot_ms", "e2el_ms", "mean_itl_ms")
 
 
@@ -38,7 +38,7 @@ def request_rows(result: BenchResult) -> list[dict]:
 def _request_row(r: RequestRecord, t0: float) -> dict:
     row = {"request_id": r.request_id, "scheduled_s": round(r.scheduled_s, 6),
            "send_s": None if r.send_time is None else round(r.send_time - t0, 6),
-           "success": r.success, "error": r.error, "prompt_tokens": r.prompt_tokens,
+           "success": r.success, "error": r.error, "retries": r.retries, "prompt_tokens": r.prompt_tokens,
            "output_tokens": None, "expected_output_tokens": r.expected_output_tokens,
            "num_chunks": len(r.token_times), "ttft_ms": None, "tpot_ms": None, "e2el_ms": None,
            "mean_itl_ms": None, "token_times_s": [round(t - t0, 6) for t in r.token_times]}
@@ -79,6 +79,8 @@ def format_table(d: dict) -> str:
     num = lambda label, value: lines.append(f"{label:<40} {value:<10.2f}")  # noqa: E731
     row("Successful requests:", d["completed"])
     row("Failed requests:", d["failed"])
+    if d.get("retries"):
+        row("Retried requests (connection closed):", d["retries"])
     if d.get("max_concurrency") is not None:
         row("Maximum request concurrency:", d["max_concurrency"])
     if _finite(d.get("request_rate")):

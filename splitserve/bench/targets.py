@@ -113,6 +113,12 @@ class OpenAIHTTPTarget(Target):
     non-empty `choices` list is one chunk (its text may be empty); the `usage` event gives
     `completion_tokens`. A non-200 status, an `error` event, an exception or a stream with no
     chunk is a failure. `ignore_eos` sends vLLM's `ignore_eos: true` and `min_tokens`.
+
+    Servers close keep-alive connections after some requests or some idle time, not always
+    announced; a request sent on a pooled connection the server is closing meets a closed or
+    reset connection before any byte of its response. Such a request is resent once on a
+    fresh connection and counted in `record.retries`, not as a failure; a connection lost
+    after response bytes arrived is a failure.
     """
 
     def __init__(self, url: str, options: TargetOptions):
@@ -121,7 +127,8 @@ class OpenAIHTTPTarget(Target):
         path = parts.path.rstrip("/")
         self.url = self.base_url + (path if path else options.endpoint)
         self.chat = self.url.rstrip("/").endswith("chat/completions")
-        self.options, self.model, self._session = options, options.model, None
+        self.options, self.model = options, options.model
+        self._session = self._fresh_session = None
 
     async def start(self) -> None:
         import aiohttp
@@ -129,13 +136,17 @@ class OpenAIHTTPTarget(Target):
         connector = aiohttp.TCPConnector(limit=self.options.max_connections, limit_per_host=self.options.max_connections)
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout_s)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.options.headers)
+        # retries: a new connection each, closed after its response
+        self._fresh_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                                    timeout=timeout, headers=self.options.headers)
         if self.model is None:
             self.model = await self._first_model()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh_session):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh_session = None
 
     def describe(self) -> dict:
         return {"url": self.url, "model": self.model, "chat": self.chat, "ignore_eos": self.options.ignore_eos}
@@ -165,17 +176,32 @@ class OpenAIHTTPTarget(Target):
         return body | self.options.extra_body
 
     async def send(self, request: BenchRequest, record: RequestRecord) -> None:
+        body = self.body(request)
         try:
-            record.mark_sent()
-            async with self._session.post(self.url, json=self.body(request)) as response:
-                if response.status != 200:
-                    text = (await response.text())[:300]
-                    record.fail(f"HTTP {response.status}: {response.reason}: {text}")
-                    return
-                usage = await self._read_stream(response, record)
-            record.finish(usage)
+            if not await self._send_once(self._session, body, record):
+                record.retries += 1
+                if not await self._send_once(self._fresh_session, body, record):
+                    record.fail("the server closed a fresh connection before answering (after one retry)")
         except Exception as e:  # CancelledError is not an Exception: it propagates
             record.fail(f"{type(e).__name__}: {e}")
+
+    async def _send_once(self, session, body: dict, record: RequestRecord) -> bool:
+        """One POST; False, recording nothing else, if the connection closed before any response byte."""
+        record.mark_sent()
+        try:
+            response = await session.post(self.url, json=body)
+        except Exception as e:
+            if closed_before_response(e):
+                return False
+            raise
+        async with response:
+            if response.status != 200:
+                text = (await response.text())[:300]
+                record.fail(f"HTTP {response.status}: {response.reason}: {text}")
+                return True
+            usage = await self._read_stream(response, record)
+        record.finish(usage)
+        return True
 
     async def _read_stream(self, response, record: RequestRecord) -> int | None:
         buffer, usage = b"", None
@@ -205,6 +231,19 @@ class OpenAIHTTPTarget(Target):
         if self.chat:
             return (choice.get("delta") or {}).get("content") or ""
         return choice.get("text") or ""
+
+
+def closed_before_response(error: Exception) -> bool:
+    """True for a connection the server closed or reset before any byte of the response.
+
+    aiohttp raises ServerDisconnectedError whose message is the partly parsed response when
+    some arrived (a plain string otherwise); a failure to connect is not such a close.
+    """
+    import aiohttp
+
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return isinstance(error.message, str)
+    return isinstance(error, aiohttp.ClientOSError) and not isinstance(error, aiohttp.ClientConnectorError)
 
 
 register_target("http", OpenAIHTTPTarget)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
 from splitserve.bench import traces
 from splitserve.bench.prompts import load_tokenizer
+from tests.support.server_thread import ServerThread
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def bench_tokenizer(bench_model_dir):
     return load_tokenizer(bench_model_dir)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ServerThread):
     """OpenAI-style streaming server on 127.0.0.1 in a thread, for the logic tests.
 
     Streams one SSE chunk per output token (`max_tokens` or `max_completion_tokens` of them)
@@ -35,31 +35,17 @@ class FakeOpenAIServer:
     """
 
     def __init__(self, fail_every: int = 0, token_delay_s: float = 0.002):
+        super().__init__()
         self.fail_every, self.token_delay_s = fail_every, token_delay_s
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = self.max_in_flight = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "FakeOpenAIServer":
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake server did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
+    async def start(self) -> int:
         from aiohttp import web
 
         app = web.Application()
@@ -67,15 +53,14 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/slow/v1/completions", self._slow)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
+        return site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
 
     async def _models(self, request):
         from aiohttp import web
