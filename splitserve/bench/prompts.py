@@ -1,6 +1,6 @@
 """Prompts of a requested token length, cut from real text with the served model's tokenizer.
 
-The text is the MuSiQue passages (shared/data/traces/cacheblend_musique_s.json), tokenized
+The text is the MuSiQue passages (bench/data/cacheblend_musique_s.json), tokenized
 once into one id stream; a prompt is a window of that stream, decoded, then re-encoded and
 trimmed or extended until its length is right (BPE merges at the cut can shift it by a token).
 """

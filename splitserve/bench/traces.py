@@ -1,6 +1,6 @@
-"""Readers for the workload data files in shared/data/traces (see its README for provenance).
+"""Readers for the workload data files (source, licence and transformation of each: data/README.md).
 
-The folder is `$SPLITSERVE_TRACES_DIR`, by default `../shared/data/traces` next to the repo.
+The folder is `$SPLITSERVE_TRACES_DIR`, by default the package's own `splitserve/bench/data`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LENGTH_FILES = {
 }
 MUSIQUE_FILE = "cacheblend_musique_s.json"
 MOONCAKE_BLOCK_TOKENS = 512
+SHIPPED_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,14 @@ class TraceRow:
 
 
 def traces_dir() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
-    return Path(os.environ.get(TRACES_ENV) or default)
+    return Path(os.environ.get(TRACES_ENV) or SHIPPED_DIR)
 
 
 def data_file(name: str, override: str | os.PathLike | None = None) -> Path:
     """Path of a data file; FileNotFoundError naming where it was looked for and how to fix it."""
     path = Path(override) if override else traces_dir() / name
     if not path.is_file():
-        hint = "" if override else f" (set {TRACES_ENV} to the folder holding {name}; default ../shared/data/traces)"
+        hint = "" if override else f" (set {TRACES_ENV} to the folder holding {name}; default {SHIPPED_DIR})"
         raise FileNotFoundError(f"workload data file not found: {path}{hint}")
     return path
 

@@ -63,10 +63,7 @@ def test_trace_replay_keeps_gaps_after_scaling():
 
 
 def test_azure_trace_window_replay():
-    path = traces.traces_dir() / traces.AZURE_FILES["azure-conv"]
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    all_rows = traces.load_azure(path)
+    all_rows = traces.load_azure(traces.data_file(traces.AZURE_FILES["azure-conv"]))
     rows = traces.window(all_rows, 60.0, 120.0)
     stamps = [r.time_s for r in rows]
     assert rows and all(60.0 <= t - all_rows[0].time_s < 120.0 for t in stamps)

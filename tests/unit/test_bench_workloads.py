@@ -1,6 +1,8 @@
 """Workloads: prompt lengths with the model's tokenizer, Mooncake blocks, RAG order and popularity."""
 
+import hashlib
 import json
+import re
 from collections import Counter
 from itertools import islice
 
@@ -119,3 +121,20 @@ def test_rag_max_input_len_cuts_each_passage_to_its_share(bench_tokenizer):
     assert all(count(d) <= 101 for d in cut.documents)  # re-tokenizing a cut may merge differently by a token
     assert [d[:40] for d in cut.documents] == [d[:40] for d in full.documents]
     assert cut.prompt_tokens < full.prompt_tokens
+
+
+def test_the_package_ships_the_data_its_readme_describes(monkeypatch, tmp_path):
+    monkeypatch.delenv(traces.TRACES_ENV, raising=False)
+    assert traces.traces_dir() == traces.SHIPPED_DIR and traces.SHIPPED_DIR.parent.name == "bench"
+    readme = (traces.SHIPPED_DIR / "README.md").read_text()
+    listed = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M))
+    names = [*traces.AZURE_FILES.values(), *traces.LENGTH_FILES.values(), traces.MUSIQUE_FILE]
+    assert sorted(listed) == sorted(names)
+    sections = readme.split("\n## ")
+    for name in names:
+        [section] = [s for s in sections if f"`{name}`" in s.splitlines()[0]]
+        assert all(field in section for field in ("**Source:**", "**Licence:**", "**Transformation:**"))
+        assert hashlib.sha256(traces.data_file(name).read_bytes()).hexdigest() == listed[name]
+    (tmp_path / traces.MUSIQUE_FILE).write_text("[]")
+    monkeypatch.setenv(traces.TRACES_ENV, str(tmp_path))  # the override still wins
+    assert traces.data_file(traces.MUSIQUE_FILE) == tmp_path / traces.MUSIQUE_FILE
