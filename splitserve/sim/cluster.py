@@ -1,0 +1,275 @@
+"""The cluster as built, as events: router admission and policies, Reserve -> Prefill -> KV
+transfer -> Decode, colocated Generate, retries, load shedding.
+
+A request's life (router/orchestrator.py, prefill_node/worker.py, decode_node/worker.py):
+1. It reaches the router one hop after it is sent. Over `max_queue` requests in flight it is
+   refused at once (429 / RESOURCE_EXHAUSTED). The policy picks (prefill, decode) or a mixed node.
+2. Disaggregated: Reserve runs on the decode node's engine thread (between its steps); no
+   blocks -> the router marks it full, backs off (50 ms * 2^(n-1)) and routes again, at most
+   3 times. Then Prefill: the prompt queues on the prefill node; the step that finishes it
+   samples the first token and sends the KV (layer by layer, overlapping the step, or in one
+   go after it for prompts up to `one_shot_max_tokens`); when the transfer is done the
+   blocks are released and the first token goes back to the client. Decode then admits the
+   request into the decode node's batch, which streams the rest.
+3. Colocated: Generate queues the request on a mixed node, which runs both phases.
+Every call or reply costs `hop_s`; calls run on a node between its steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from itertools import count
+
+from router.policies import SplitwiseConfig
+from splitserve.sim.node import NodeSim
+from splitserve.sim.prefix import PrefixCache
+from splitserve.sim.profile import Profile
+from splitserve.sim.request import SimRequest
+from splitserve.sim.routing import POLICIES, ExactRouter, NoRoute
+
+ROLES = ("prefill", "decode", "mixed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    prefill: int = 1
+    decode: int = 1
+    mixed: int = 0
+    policy: str = "least_loaded"
+    transport: str = "torch"
+    max_queue: int = 256  # router --max-queue
+    hop_s: float = 0.001  # one gRPC call or reply
+    poll_interval_s: float = 0.5  # router health / Stats polling
+    max_retries: int = 3
+    backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    splitwise: SplitwiseConfig = field(default_factory=SplitwiseConfig)
+    router: str = "auto"  # exact (router/policies.py per request), index (heaps), auto: index above 64 nodes
+
+    def __post_init__(self):
+        if min(self.prefill, self.decode, self.mixed) < 0 or self.prefill + self.decode + self.mixed == 0:
+            raise ValueError(f"node counts must be >= 0 and not all 0, got P={self.prefill} D={self.decode} M={self.mixed}")
+        if (self.prefill == 0) != (self.decode == 0) and self.mixed == 0:
+            raise ValueError("prefill and decode pools come together (or add mixed nodes)")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.max_queue < 1 or self.hop_s < 0 or self.poll_interval_s <= 0:
+            raise ValueError("max_queue must be >= 1, hop_s >= 0, poll_interval_s > 0")
+        if self.router not in ("auto", "exact", "index"):
+            raise ValueError(f"router must be auto, exact or index, got {self.router!r}")
+
+    @property
+    def num_nodes(self) -> int:
+        return self.prefill + self.decode + self.mixed
+
+
+def build_nodes(config: ClusterConfig, profiles: dict[str, Profile]) -> list[NodeSim]:
+    nodes = []
+    for role, n in (("prefill", config.prefill), ("decode", config.decode), ("mixed", config.mixed)):
+        for i in range(n):
+            nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role]))
+    return nodes
+
+
+def make_router(config: ClusterConfig, nodes: list[NodeSim]):
+    if config.router == "exact" or (config.router == "auto" and (len(nodes) <= 64 or config.policy == "cache_aware")):
+        return ExactRouter(nodes, config.policy, config.splitwise)
+    from splitserve.sim.routing_index import IndexRouter
+
+    return IndexRouter(nodes, config.policy, config.splitwise)
+
+
+class ClusterSim:
+    def __init__(self, config: ClusterConfig, profiles: dict[str, Profile]):
+        missing = [r for r, n in zip(ROLES, (config.prefill, config.decode, config.mixed)) if n and r not in profiles]
+        if missing:
+            raise ValueError(f"no profile for the {', '.join(missing)} nodes")
+        self.config, self.profiles = config, profiles
+        self.nodes = build_nodes(config, profiles)
+        self.router = make_router(config, self.nodes)
+        self.prefix = {n.name: PrefixCache(n.num_blocks * n.block_size) for n in self.nodes}
+        self.events: list = []
+        self.order = count()
+        self.now = 0.0
+        self.inflight = 0
+        self.unfinished = 0
+        self.itl: list[tuple[float, int]] = []  # (step seconds, requests that got a token)
+
+    # --- the event loop --------------------------------------------------------------------------
+
+    def at(self, t: float, fn, arg=None) -> None:
+        heapq.heappush(self.events, (t, next(self.order), fn, arg))
+
+    def run(self, requests: list[SimRequest]) -> list[SimRequest]:
+        for req in requests:
+            self.at(req.arrival_s + self.config.hop_s, self._arrive, req)
+        self.unfinished = len(requests)
+        self.at(0.0, self._poll)
+        events = self.events
+        while events:
+            t, _, fn, arg = heapq.heappop(events)
+            self.now = t
+            fn(arg)
+        return requests
+
+    def _poll(self, _=None) -> None:
+        self.router.poll()
+        if self.unfinished:
+            self.at(self.now + self.config.poll_interval_s, self._poll)
+
+    def call(self, node: NodeSim, fn, arg, delay: float | None = None) -> None:
+        """fn(arg) on the node's engine thread: after a hop, at its next step boundary."""
+        self.at(self.now + (self.config.hop_s if delay is None else delay), self._deliver, (node, fn, arg))
+
+    def _deliver(self, item) -> None:
+        node, fn, arg = item
+        if node.busy:
+            node.calls.append((fn, arg))
+            return
+        fn(arg)
+        self._kick(node)
+
+    def _kick(self, node: NodeSim) -> None:
+        if node.busy or not node.has_work():
+            return
+        start = self.now
+        seconds, finished, firsts = node.step()
+        if seconds <= 0 and not finished and not firsts:
+            return  # nothing fits: wait for a call (blocks released, a request admitted)
+        node.busy = True
+        self.at(start + seconds, self._step_done, (node, start, seconds, finished, firsts))
+
+    def _step_done(self, item) -> None:
+        node, start, seconds, finished, firsts = item
+        node.busy = False
+        if node.last_decodes:
+            self.itl.append((seconds, node.last_decodes))
+        for req in firsts:
+            self._first_token(node, req, start, seconds)
+        for req in finished:
+            if not req.prefill_only:
+                self._done(req, node)
+        calls, node.calls = node.calls, []
+        for fn, arg in calls:
+            fn(arg)
+        self._kick(node)
+
+    # --- the router ----------------------------------------------------------------------------
+
+    def _arrive(self, req: SimRequest) -> None:
+        if self.inflight >= self.config.max_queue:
+            return self._fail(req, "RESOURCE_EXHAUSTED: the router is at capacity", counted=False)
+        self.inflight += 1
+        self._dispatch(req, first=True)
+
+    def _dispatch(self, req: SimRequest, first: bool = False) -> None:
+        try:
+            prefill, decode = self.router.route(req, req.full)
+        except NoRoute as e:
+            if first:
+                return self._fail(req, f"UNAVAILABLE: {e}")
+            req.full.clear()
+            return self._retry(req)
+        if prefill.num_blocks * prefill.block_size < req.prompt_tokens + req.target:
+            return self._fail(req, "INVALID_ARGUMENT: prompt + max_tokens exceeds the KV pool")
+        req.prefill_node, req.decode_node = prefill, decode
+        if prefill is decode:
+            self._colocated(req, prefill)
+        else:
+            self.router.track(decode, decodes=1)
+            self.call(decode, self._reserve, req)
+
+    def _retry(self, req: SimRequest) -> None:
+        if req.retries >= self.config.max_retries:
+            return self._fail(req, "RESOURCE_EXHAUSTED: no decode node could reserve the KV blocks")
+        req.retries += 1
+        backoff = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (req.retries - 1))
+        self.at(self.now + backoff, self._dispatch, req)
+
+    def _fail(self, req: SimRequest, error: str, counted: bool = True) -> None:
+        req.error = error
+        self.unfinished -= 1
+        if counted:
+            self.inflight -= 1
+
+    def _colocated(self, req: SimRequest, node: NodeSim) -> None:
+        self.router.track(node, prefill_tokens=req.prompt_tokens, decodes=1)
+        req.prefill_only, req.outputs = False, 0
+        self.call(node, self._add_request, (node, req))
+
+    def _add_request(self, item) -> None:
+        node, req = item
+        req.cached_tokens = max(req.cached_tokens, self.prefix[node.name].hit_tokens(req))
+        node.add_request(req)
+
+    # --- disaggregated -------------------------------------------------------------------------
+
+    def _reserve(self, req: SimRequest) -> None:
+        blocks = req.decode_node.reserve(req.prompt_tokens)
+        self.at(self.now + self.config.hop_s, self._reserved, (req, blocks))
+
+    def _reserved(self, item) -> None:
+        req, blocks = item
+        if blocks is None:
+            self.router.track(req.decode_node, decodes=-1)
+            req.full.add(req.decode_node.name)
+            return self._retry(req)
+        req.reserved = blocks
+        self.router.track(req.prefill_node, prefill_tokens=req.prompt_tokens)
+        req.prefill_only, req.outputs = True, 0
+        self.call(req.prefill_node, self._add_request, (req.prefill_node, req))
+
+    def _first_token(self, node: NodeSim, req: SimRequest, start: float, seconds: float) -> None:
+        if not req.prefill_only:
+            req.first_token_s = self.now + 2 * self.config.hop_s
+            return
+        self.at(self._transfer_done_s(node, req, start, seconds), self._transferred, req)
+
+    def _transfer_done_s(self, node: NodeSim, req: SimRequest, start: float, seconds: float) -> float:
+        """Layer-wise: layer l's send follows its compute, so the end is the later of the last
+        layer's own send after the step and the whole send after the first layer. One-shot:
+        the whole send after the step."""
+        shape = node.profile.engine
+        num_bytes = req.prompt_tokens * shape.kv_bytes_per_token
+        whole = node.profile.transfer_s(self.config.transport, num_bytes)
+        if req.prompt_tokens <= shape.one_shot_max_tokens:
+            return start + seconds + whole
+        layers = shape.num_layers
+        last = node.profile.transfer_s(self.config.transport, num_bytes / layers)
+        return max(start + seconds + last, start + seconds / layers + whole)
+
+    def _transferred(self, req: SimRequest) -> None:
+        node = req.prefill_node
+        node.release(req.blocks)
+        req.blocks = 0
+        self._kick(node)  # the released blocks may let a waiting prompt in
+        self.at(self.now + self.config.hop_s, self._prefill_reply, req)
+
+    def _prefill_reply(self, req: SimRequest) -> None:
+        self.router.track(req.prefill_node, prefill_tokens=-req.prompt_tokens)
+        req.first_token_s = self.now + self.config.hop_s
+        if req.target == 1:
+            self.call(req.decode_node, self._cancel_reservation, req)
+            return self._client_done(req, req.first_token_s)
+        req.prefill_only, req.outputs = False, 1
+        self.call(req.decode_node, self._admit, req)
+
+    def _cancel_reservation(self, req: SimRequest) -> None:
+        req.decode_node.release(req.reserved)
+        self.router.track(req.decode_node, decodes=-1)
+
+    def _admit(self, req: SimRequest) -> None:
+        req.decode_node.admit_prefilled(req, req.reserved)
+
+    def _done(self, req: SimRequest, node: NodeSim) -> None:
+        if req.prefill_node is req.decode_node:
+            self.router.track(node, prefill_tokens=-req.prompt_tokens, decodes=-1)
+        else:
+            self.router.track(node, decodes=-1)
+        self._client_done(req, self.now + 2 * self.config.hop_s)
+
+    def _client_done(self, req: SimRequest, t: float) -> None:
+        req.finish_s = t
+        self.inflight -= 1
+        self.unfinished -= 1

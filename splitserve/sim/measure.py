@@ -1,0 +1,110 @@
+"""Measuring one engine on this machine: prefill steps (whole and chunked prompts) and decode
+steps (batch x context), timed around `Engine.step()`, medians over repeats.
+
+Decode batches enter through the decode-only path (`reserve` + `admit_prefilled`), so no
+prompt is computed to set them up: the KV in the blocks is whatever the pool held, which
+costs the same to attend to.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from splitserve.sim.profile import StepPoint
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    prefill_tokens: tuple[int, ...]
+    decode_batches: tuple[int, ...]
+    decode_contexts: tuple[int, ...]
+    repeats: int
+    max_num_batched_tokens: int
+    max_kv_tokens: int  # the measuring engine's pool (decode batch x context must fit)
+
+    def __post_init__(self):
+        if self.repeats < 1 or not self.prefill_tokens or not self.decode_batches or not self.decode_contexts:
+            raise ValueError("a measure plan needs repeats >= 1 and at least one size of each kind")
+
+
+DECODE_STEPS = 6
+QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000)
+FULL = MeasurePlan((16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), (1, 2, 4, 8, 16, 32, 64),
+                   (64, 256, 1024, 4096), 3, 2048, 300_000)
+
+
+def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu"):
+    from splitserve.engine import Engine, EngineConfig
+
+    return Engine(model_dir, EngineConfig(dtype=dtype, device=device, enable_prefix_caching=False,
+                                          max_num_seqs=max(plan.decode_batches),
+                                          max_num_batched_tokens=plan.max_num_batched_tokens,
+                                          num_blocks=-(-plan.max_kv_tokens // 16), max_model_len=0))
+
+
+def _prompt(engine, n: int, salt: int) -> list[int]:
+    vocab = engine.model_config.vocab_size
+    return [(salt * 7919 + i * 31) % (vocab - 1) + 1 for i in range(n)]
+
+
+def _timed_step(engine) -> float:
+    start = time.perf_counter()
+    engine.step()
+    return time.perf_counter() - start
+
+
+def prefill_points(engine, plan: MeasurePlan) -> list[StepPoint]:
+    """Each prompt as one request; every step of it (chunks of at most the budget) is a point."""
+    from splitserve.engine import SamplingParams
+
+    points = []
+    budget = plan.max_num_batched_tokens
+    for n in plan.prefill_tokens:
+        if n + 1 > engine.max_model_len:
+            continue
+        for r in range(plan.repeats):
+            engine.add_request(_prompt(engine, n, r), SamplingParams(max_tokens=1, ignore_eos=True))
+            start = 0
+            while engine.has_unfinished():
+                chunk = min(budget, n - start)
+                points.append(StepPoint(chunk, 1, chunk * (start + chunk), _timed_step(engine), "prefill"))
+                start += chunk
+    return points
+
+
+def decode_points(engine, plan: MeasurePlan) -> list[StepPoint]:
+    """A batch of `b` requests at context `c`, decoding: median of DECODE_STEPS - 1 steps after one warm-up."""
+    points = []
+    for c in plan.decode_contexts:
+        for b in plan.decode_batches:
+            if b * (c + DECODE_STEPS + 2) > plan.max_kv_tokens or c + DECODE_STEPS + 2 > engine.max_model_len:
+                continue
+            _admit_batch(engine, b, c)
+            engine.step()  # warm-up at this shape
+            times = [_timed_step(engine) for _ in range(DECODE_STEPS - 1)]
+            for rid in list(engine.requests):
+                engine.abort(rid)
+            while engine.has_unfinished():
+                engine.step()
+            points.append(StepPoint(b, b, 0.0, statistics.median(times), "decode", b * (c + 3)))
+    return points
+
+
+def _admit_batch(engine, batch: int, context: int) -> None:
+    from splitserve.engine import SamplingParams
+
+    params = SamplingParams(max_tokens=DECODE_STEPS + 2, ignore_eos=True)
+    for i in range(batch):
+        rid = f"decode-{batch}-{context}-{i}"
+        if engine.reserve(rid, context) is None:
+            raise RuntimeError(f"the measuring pool cannot hold {batch} x {context} tokens")
+        engine.admit_prefilled(rid, _prompt(engine, context, i), 1, params)
+
+
+def warm_up(engine) -> None:
+    from splitserve.engine import SamplingParams
+
+    engine.generate([_prompt(engine, 32, 99)], SamplingParams(max_tokens=4, ignore_eos=True))

@@ -1,0 +1,155 @@
+"""A node profile: what one engine step and one KV transfer cost on a machine, and how much
+KV the node holds. Written by `splitserve profile`, read by `simulate` and `plan`.
+
+Step time model (one engine step, whatever mix of prefill chunks and decodes it holds):
+
+    step_s = c0 + c1*T + sum_k q_k*max(0, T - knot_k) + c_seq*S + c_attn*A + c_ctx*C
+
+T: tokens computed in the step; S: sequences in it; A: prefill attention work, sum over its
+prompt chunks of new_tokens * context_after_the_chunk (query-key pairs); C: decode attention
+work, the summed context of its one-token chunks (keys gathered from the paged cache). The
+hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
+the measured prefill and decode steps (fit.py). Transfer time per backend: bytes -> seconds through the measured medians.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from splitserve.sim.fit import Breakpoints, hinge_features, least_squares
+
+PROFILE_VERSION = 1
+DEFAULT_KNOTS = (32.0, 128.0, 512.0)
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One measured engine step."""
+
+    num_tokens: int
+    num_seqs: int
+    attention: float  # prompt chunks: sum of new_tokens * context_after
+    seconds: float
+    kind: str = "prefill"  # or "decode"
+    decode_context: float = 0.0  # one-token chunks: sum of their context
+
+
+@dataclass(frozen=True)
+class StepModel:
+    knots: tuple[float, ...]
+    coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx
+    min_step_s: float = 1e-5
+
+    def __post_init__(self):
+        if len(self.coef) != len(self.knots) + 5:
+            raise ValueError(f"a step model with {len(self.knots)} knots has {len(self.knots) + 5} coefficients, "
+                             f"got {len(self.coef)}")
+
+    @classmethod
+    def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS) -> "StepModel":
+        max_tokens = max(p.num_tokens for p in points)
+        knots = tuple(k for k in knots if k < max_tokens)
+        tokens = np.array([p.num_tokens for p in points], dtype=float)
+        extra = np.array([[p.num_seqs, p.attention, p.decode_context] for p in points], dtype=float)
+        design = np.concatenate([hinge_features(tokens, knots), extra], axis=1)
+        coef = least_squares(design, np.array([p.seconds for p in points]))
+        return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2)
+
+    def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0) -> float:
+        c = self.coef
+        t = c[0] + c[1] * num_tokens + c[-3] * num_seqs + c[-2] * attention + c[-1] * decode_context
+        for q, k in zip(c[2:-3], self.knots):
+            if num_tokens > k:
+                t += q * (num_tokens - k)
+        return max(t, self.min_step_s)
+
+    def prefill_s(self, num_tokens: int, start: int = 0) -> float:
+        """One chunk of one sequence: tokens [start, start + num_tokens)."""
+        return self.seconds(num_tokens, 1, num_tokens * (start + num_tokens))
+
+    def decode_s(self, batch: int, context: int) -> float:
+        """One decode step of `batch` sequences holding `context` tokens each."""
+        return self.seconds(batch, batch, 0.0, batch * (context + 1))
+
+    def to_dict(self) -> dict:
+        return {"knots": list(self.knots), "coef": list(self.coef), "min_step_s": self.min_step_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepModel":
+        return cls(tuple(d["knots"]), tuple(d["coef"]), d.get("min_step_s", 1e-5))
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """The engine settings a profile was measured with (the node's flags)."""
+
+    block_size: int = 16
+    num_blocks: int = 4096
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    kv_bytes_per_token: int = 65536
+    num_layers: int = 8
+    one_shot_max_tokens: int = 256
+
+    def __post_init__(self):
+        for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token",
+                     "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+@dataclass(frozen=True)
+class Profile:
+    step: StepModel
+    engine: EngineShape
+    transfer: dict[str, Breakpoints]  # backend -> (bytes -> seconds)
+    meta: dict = field(default_factory=dict)  # model, host, threads, date
+    points: dict = field(default_factory=dict)  # raw measurements
+
+    def __post_init__(self):
+        if not self.transfer:
+            raise ValueError("a profile needs the transfer time of at least one backend")
+
+    def transfer_s(self, backend: str, num_bytes: float) -> float:
+        try:
+            return self.transfer[backend](num_bytes)
+        except KeyError:
+            raise KeyError(f"the profile has no transfer backend {backend!r}; it has: "
+                           f"{', '.join(sorted(self.transfer))}") from None
+
+    def to_dict(self) -> dict:
+        return {"version": PROFILE_VERSION, "meta": self.meta, "engine": vars(self.engine),
+                "kv_capacity_tokens": self.engine.kv_capacity_tokens, "step": self.step.to_dict(),
+                "transfer": {k: v.to_dict() for k, v in self.transfer.items()}, "points": self.points}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        if d.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {d.get('version')!r} is not {PROFILE_VERSION}")
+        return cls(StepModel.from_dict(d["step"]), EngineShape(**d["engine"]),
+                   {k: Breakpoints.from_dict(v) for k, v in d["transfer"].items()}, d.get("meta", {}),
+                   d.get("points", {}))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no profile at {path} (make one with `splitserve profile --model DIR --out {path}`)")
+    try:
+        return Profile.from_dict(json.loads(path.read_text()))
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a splitserve profile ({e!r})") from None

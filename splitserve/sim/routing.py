@@ -1,0 +1,85 @@
+"""The router's choices in the simulation: router/policies.py itself, fed with NodeViews.
+
+A NodeView mixes two sources, as in router/nodes.py: the router's own in-flight counters
+(exact, updated at once) and each node's last Stats (free blocks, queues, pending prompt
+tokens), refreshed every `poll_interval_s` of simulated time. `ExactRouter` builds the views
+and calls the registered policy, so the simulation makes the router's decisions by
+construction; its cost is linear in the node count per request. `routing_index.py` answers
+the same questions from heaps for large fleets (tests check both agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.nodes import NodeView
+from router.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
+
+POLICIES = ("round_robin", "least_loaded", "cache_aware", "splitwise")
+MOONCAKE_BLOCK = 512
+
+
+@dataclass
+class NodeStats:
+    """What a node's last Stats said (router/nodes.py _poll_stats)."""
+
+    free_blocks: int = 0
+    total_blocks: int = 0
+    num_waiting: int = 0
+    num_running: int = 0
+    num_pending_prefill_tokens: int = 0
+
+
+def make_policy(name: str, splitwise_config: SplitwiseConfig | None = None):
+    if name == "splitwise" and splitwise_config is not None:
+        return splitwise(splitwise_config)
+    return get_policy(name)
+
+
+def poll_stats(node) -> NodeStats:
+    return NodeStats(node.free_blocks, node.num_blocks, len(node.waiting), node.num_running,
+                     node.pending_prefill_tokens())
+
+
+def synthetic_token_ids(req) -> list[int]:
+    """Token ids standing for a Mooncake prompt: each 512-token block of `hash_ids` becomes the
+    same ids wherever it appears (what the bench's text blocks give), for cache_aware's index."""
+    ids = []
+    for k, h in enumerate(req.hash_ids):
+        n = min(MOONCAKE_BLOCK, req.prompt_tokens - k * MOONCAKE_BLOCK)
+        ids.extend(range(h * MOONCAKE_BLOCK, h * MOONCAKE_BLOCK + max(n, 0)))
+    return ids
+
+
+class ExactRouter:
+    def __init__(self, nodes: list, policy: str, splitwise_config: SplitwiseConfig | None = None):
+        self.nodes = nodes
+        self.by_address = {n.name: n for n in nodes}
+        self.policy = make_policy(policy, splitwise_config)
+        self.policy_name = policy
+        self.stats = {n.name: NodeStats(total_blocks=n.num_blocks, free_blocks=n.num_blocks) for n in nodes}
+        self.inflight = {n.name: [0, 0] for n in nodes}  # prefill tokens, decodes
+
+    def poll(self) -> None:
+        for n in self.nodes:
+            self.stats[n.name] = poll_stats(n)
+
+    def track(self, node, prefill_tokens: int = 0, decodes: int = 0) -> None:
+        counters = self.inflight[node.name]
+        counters[0] += prefill_tokens
+        counters[1] += decodes
+
+    def view(self, node) -> NodeView:
+        s, (tokens, decodes) = self.stats[node.name], self.inflight[node.name]
+        return NodeView(node.name, node.role, node.name, True, tokens, decodes, s.free_blocks,
+                        s.total_blocks, node.block_size, s.num_waiting, s.num_running, s.num_pending_prefill_tokens)
+
+    def route(self, req, exclude: frozenset | set = frozenset()):
+        """(prefill node, decode node); the same mixed node twice means colocated. NoRoute when none."""
+        ids = synthetic_token_ids(req) if self.policy_name == "cache_aware" and req.hash_ids else ()
+        request = RouteRequest(req.prompt_tokens, req.target, ids)
+        route = self.policy([self.view(n) for n in self.nodes if n.name not in exclude], request)
+        return self.by_address[route.prefill.address], self.by_address[route.decode.address]
+
+
+__all__ = ["ExactRouter", "NoRoute", "NodeStats", "POLICIES", "make_policy", "poll_stats"]
