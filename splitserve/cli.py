@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "splitserve.commands.cluster",
     "splitserve.commands.certs",
     "splitserve.commands.ingest",
+    "splitserve.commands.profile",
+    "splitserve.commands.simulate",
 )
 
 
