@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from splitserve.bench import traces
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.documents import document_prompt
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
@@ -31,7 +32,7 @@ from splitserve.modelgen import ensure_model
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "chunkcache_quality.json"
-TRACE = ROOT.parents[1] / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
+TRACE = traces.data_file(traces.MUSIQUE_FILE)
 RATIOS = (0.0, 0.05, 0.15, 0.3, 1.0)
 NUM_GREEDY = 16
 

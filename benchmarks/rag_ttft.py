@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
+from splitserve.bench import traces
 from splitserve.client import Chunk, Client, Final
 from splitserve.modelgen import ensure_model
 from splitserve.localcluster.cluster import LocalCluster
@@ -37,7 +38,7 @@ from splitserve.localcluster.redis_server import start_private_redis
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "rag_ttft_cpu.json"
-TRACE = ROOT.parents[1] / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
+TRACE = traces.data_file(traces.MUSIQUE_FILE)
 TIMEOUT_S = 120
 CACHE = ["--no-prefix-caching", "--chunk-planning", "ratio"]
 MODES = {

@@ -8,12 +8,12 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import redis
 
 from router.frontend import Frontend
+from splitserve.bench import traces
 from splitserve.client import AsyncClient, Client
 from splitserve.engine import Engine, SamplingParams
 from splitserve.localcluster.cluster import LocalCluster
@@ -21,16 +21,13 @@ from splitserve.localcluster.redis_server import RedisServer
 from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow
-TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
+TRACE = traces.data_file(traces.MUSIQUE_FILE)  # shipped in the package
 NODE_ARGS = ["--transfer-timeout-s=10", "--kv-checksum"]
 
 
 def _documents(n: int, offset: int = 0) -> list[str]:
-    if TRACE.exists():
-        ctxs = [c["text"] for q in json.loads(TRACE.read_text())[:4] for c in q["ctxs"]]
-        return [c[:400] for c in ctxs[offset:offset + n]]
-    rng = random.Random(offset)
-    return [" ".join(rng.choice("abcdefghij") * rng.randint(1, 6) for _ in range(60)) for _ in range(n)]
+    ctxs = [c["text"] for q in json.loads(TRACE.read_text())[:4] for c in q["ctxs"]]
+    return [c[:400] for c in ctxs[offset:offset + n]]
 
 
 def _reference(model, question: str, docs: list[str], max_tokens: int = 8) -> list[int]:
