@@ -2,11 +2,13 @@
 grpc://: the first 20 s of the Azure conv trace, replayed 0.3x as long (6 s) with lengths
 clipped to 256 prompt / 32 output tokens, which the tiny model on 2 shared cores serves with
 room to spare. Once in-process, once through the CLI as a subprocess; then RAG documents over
-gRPC and over the router's OpenAI HTTP API, with the router's API keys on."""
+gRPC and over the router's OpenAI HTTP API, with the router's API keys on; then the HTTP API
+behind a hop that resets each keep-alive connection after two requests."""
 
 import json
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import matplotlib.image
 import pytest
@@ -19,6 +21,7 @@ from splitserve.bench.runner import RunConfig
 from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import WorkloadConfig, make_workload
 from splitserve.localcluster.cluster import LocalCluster
+from tests.support.cutting_proxy import CuttingProxy
 from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -106,3 +109,15 @@ def test_rag_documents_and_api_keys(cluster, bench_tokenizer, scheme):
     denied = run({"Authorization": "Bearer wrong-key"})
     assert denied.metrics.completed == 0 and denied.metrics.failed == 6
     assert all(("UNAUTHENTICATED" if scheme == "grpc" else "HTTP 401") in r.error for r in denied.run.records)
+
+
+def test_http_requests_on_cut_connections_are_retried_not_failed(cluster, bench_tokenizer):
+    with CuttingProxy(urlsplit(cluster.http_url).port, responses_per_connection=2, cut="reset") as proxy:
+        config = BenchConfig(url=proxy.url(), workload=WorkloadConfig(input_len=24, output_len=4), num_requests=8,
+                             warmup=1, run=RunConfig(max_concurrency=1, max_time_s=60), target=TargetOptions(headers=AUTH))
+        result = run_benchmark(config, bench_tokenizer)
+    records = result.run.warmup_records + result.run.records
+    assert [r.error for r in records if not r.success] == []
+    assert [r.output_tokens for r in result.run.records] == [4] * 8
+    assert proxy.num_cuts >= 2 and sum(r.retries for r in records) == proxy.num_cuts
+    assert report.result_dict(result)["retries"] == sum(r.retries for r in result.run.records) > 0
