@@ -71,7 +71,7 @@ class TransferMeta:
     num_kv_heads: int
     head_dim: int
     dtype: str
-    checksum: bool = False  # verify a crc32 of every layer on receive
+    checksum: bool = True  # verify a 64-bit hash of every layer on receive (see `checksum`)
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not 0 < len(self.request_id) <= MAX_REQUEST_ID_CHARS:

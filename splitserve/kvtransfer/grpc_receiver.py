@@ -25,7 +25,8 @@ from splitserve.api.v1 import kvtransfer_pb2, kvtransfer_pb2_grpc
 from splitserve.grpc_util import MessageGuard
 from splitserve.kvtransfer.base import FINAL_RECV_STATES, RecvState, TransferConfig
 from splitserve.kvtransfer.receiver_base import Reservation, TrackedReceiver
-from splitserve.kvtransfer.wire import NO_CHECKSUM, Kind, LayerHeader, request_hash
+from splitserve.kvtransfer.checksum import ChecksumKind, to_int64
+from splitserve.kvtransfer.wire import Kind, LayerHeader, request_hash
 
 SERVER_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
@@ -37,8 +38,11 @@ class _Rejected(Exception):
 
 
 def _header(chunk: kvtransfer_pb2.KVChunk) -> LayerHeader:
-    crc = chunk.checksum if chunk.HasField("checksum") else NO_CHECKSUM
-    return LayerHeader(Kind.LAYER, request_hash(chunk.request_id), chunk.layer, chunk.num_tokens, chunk.layer_nbytes, crc)
+    """The chunk's layer as a LAYER entry (its checksum value, on the last chunk, is read apart)."""
+    if chunk.checksum_kind not in ChecksumKind._value2member_map_:
+        raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"unknown checksum kind {chunk.checksum_kind}")
+    return LayerHeader(Kind.LAYER, request_hash(chunk.request_id), chunk.layer, chunk.num_tokens, chunk.layer_nbytes,
+                       checksum_kind=ChecksumKind(chunk.checksum_kind))
 
 
 def _code_for(reason: str) -> grpc.StatusCode:
@@ -80,7 +84,13 @@ class _Call:
                             f"{self.header.layer} at offset {self.filled}")
         self.buffer[self.filled:self.filled + len(chunk.data)] = chunk.data
         self.filled += len(chunk.data)
-        return header if self.filled == header.nbytes else None
+        if self.filled < header.nbytes:
+            return None
+        if header.checksum_kind is not ChecksumKind.NONE:
+            if not chunk.HasField("checksum"):
+                raise _Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"layer {header.layer} ends without its checksum")
+            self.receiver._expect_checksum(self.res, header.layer, header.checksum_kind, to_int64(chunk.checksum))
+        return header
 
     def layer(self) -> torch.Tensor:
         meta = self.res.meta

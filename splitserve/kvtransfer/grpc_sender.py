@@ -2,8 +2,10 @@
 
 `begin` opens a client-streaming `PushKV` call whose request iterator reads that request's
 queue; grpc's own thread drains it, so `send_layer` only enqueues. A layer is cut into
-`grpc_chunk_bytes` chunks (one bytes copy each, as protobuf needs). The call's deadline is
-the request's timeout. DONE only when the decode node replied OK, i.e. it wrote every layer;
+`grpc_chunk_bytes` chunks (one bytes copy each, as protobuf needs); when checksummed, the
+layer's xxh3-64 is computed chunk by chunk after each chunk is handed to grpc (so it overlaps
+the send) and travels on the layer's last chunk. The call's deadline is the request's
+timeout. DONE only when the decode node replied OK, i.e. it wrote and verified every layer;
 a status code from it fails the request with that code and message as the reason.
 """
 
@@ -14,12 +16,14 @@ import threading
 
 import grpc
 import torch
+import xxhash
 
 from splitserve.api.v1 import kvtransfer_pb2, kvtransfer_pb2_grpc
 from splitserve.kvtransfer.base import TransferConfig, TransferMeta
 from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender
 from splitserve.kvtransfer.torch_pair import split_address
-from splitserve.kvtransfer.wire import as_bytes, chunk_ranges, layer_checksum
+from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
+from splitserve.kvtransfer.wire import as_bytes, chunk_ranges, request_hash
 
 
 class GrpcSender(TrackedSender):
@@ -83,11 +87,20 @@ class GrpcSender(TrackedSender):
         if flat.device.type != "cpu":
             flat = flat.cpu()
         data = memoryview(flat.numpy())
-        extra = {"checksum": layer_checksum(flat)} if meta.checksum else {}
+        kind = ChecksumKind.XXH3_64 if meta.checksum else ChecksumKind.NONE
+        hasher = xxhash.xxh3_64(seed=layer_seed(request_hash(meta.request_id), job.layer)) if meta.checksum else None
         self._mark_sending(meta.request_id)
-        for lo, hi in chunk_ranges(meta.layer_nbytes, self.config.grpc_chunk_bytes):
+        ranges = chunk_ranges(meta.layer_nbytes, self.config.grpc_chunk_bytes)
+        for i, (lo, hi) in enumerate(ranges):
+            extra = {}
+            if hasher is not None and i == len(ranges) - 1:
+                hasher.update(data[lo:hi])
+                extra["checksum"] = hasher.intdigest()
             yield kvtransfer_pb2.KVChunk(request_id=meta.request_id, layer=job.layer, num_tokens=meta.num_tokens,
-                                         layer_nbytes=meta.layer_nbytes, offset=lo, data=bytes(data[lo:hi]), **extra)
+                                         layer_nbytes=meta.layer_nbytes, offset=lo, data=bytes(data[lo:hi]),
+                                         checksum_kind=kind, **extra)
+            if hasher is not None and i < len(ranges) - 1:
+                hasher.update(data[lo:hi])  # grpc moves the chunk meanwhile
 
     def _on_reply(self, rid: str, future: grpc.Future) -> None:
         with self._lock:

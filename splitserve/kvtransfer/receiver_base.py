@@ -1,14 +1,20 @@
 """State keeping shared by every receiver backend: `TrackedReceiver`.
 
-A backend's thread, for each incoming layer header, calls `_admit(header)`: it returns the
+A backend's thread, for each incoming LAYER entry, calls `_admit(header)`: it returns the
 live reservation the layer belongs to (and counts the layer as admitted, so the next header
 may arrive before this layer is written), or None, in which case the payload must be drained
 and discarded (the reservation, if any, is FAILED with the reason). If the payload then
 fails to arrive, `_unadmit` takes the count back (the sender may retry on a new group).
-Received layers go to `_deliver(reservation, header, kv)`, in order, which checks the
-checksum and runs `write_layer` under the reservation's `write_lock`: `abort` and the
-timeout take the same lock, so once a reservation is FAILED no write is running or will
-start. `write_layer` must not call back into the receiver.
+Received layers go to `_deliver(reservation, header, kv)`, in order, which hashes them (when
+the transfer is checksummed) and runs `write_layer` under the reservation's `write_lock`:
+`abort` and the timeout take the same lock, so once a reservation is FAILED no write is
+running or will start. `write_layer` must not call back into the receiver.
+
+Checksums are verified per layer whenever both halves are known, in either order: the hash of
+the received bytes (`_deliver`) and the sender's value (`_expect_checksum`: the gRPC backend
+has it with the layer, the torch backend in a later header). A checksummed reservation is DONE
+only when every layer is written and verified; a mismatch FAILS it ("layer N: checksum
+mismatch") and counts in `num_checksum_failures`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from splitserve.kvtransfer.base import (
     TransferMeta,
     WriteLayer,
 )
+from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
 from splitserve.kvtransfer.sender_base import prune_history
-from splitserve.kvtransfer.wire import LayerHeader, layer_checksum, request_hash
+from splitserve.kvtransfer.wire import LayerHeader, as_bytes, request_hash
 
 
 @dataclass
@@ -45,6 +52,9 @@ class Reservation:
     num_written: int = 0
     num_bytes: int = 0
     ended: float | None = None
+    hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (kind, value) received, unverified
+    expected: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (kind, value) from the sender
+    num_verified: int = 0
     guard: threading.Lock = field(default_factory=threading.Lock)  # state and counters
     write_lock: threading.Lock = field(default_factory=threading.Lock)  # held while write_layer runs; before guard
 
@@ -56,6 +66,7 @@ class TrackedReceiver(KVReceiver):
         self._by_id: OrderedDict[str, Reservation] = OrderedDict()
         self._by_hash: dict[int, Reservation] = {}  # active reservations only
         self._num_discarded = 0
+        self._num_checksum_failures = 0
 
     def expect(self, meta: TransferMeta, write_layer: WriteLayer) -> None:
         key = request_hash(meta.request_id)
@@ -92,6 +103,11 @@ class TrackedReceiver(KVReceiver):
         """Layers drained because no live reservation matched them."""
         return self._num_discarded
 
+    @property
+    def num_checksum_failures(self) -> int:
+        """Transfers failed because a layer's bytes did not match the sender's checksum."""
+        return self._num_checksum_failures
+
     def _fail_all(self, reason: str) -> None:
         with self._table_lock:
             active = list(self._by_hash.values())
@@ -126,7 +142,7 @@ class TrackedReceiver(KVReceiver):
                 res.next_layer -= 1
 
     def _deliver(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> None:
-        """Verify and write one received layer (`kv` is the receive buffer, valid only now)."""
+        """Hash (if checksummed) and write one received layer (`kv` is the receive buffer, valid only now)."""
         with res.write_lock:
             with res.guard:
                 if res.state in FINAL_RECV_STATES:
@@ -136,22 +152,64 @@ class TrackedReceiver(KVReceiver):
                 with res.guard:
                     res.num_written += 1
                     res.num_bytes += header.nbytes
-                    if res.num_written == res.meta.num_layers:
-                        self._end(res, RecvState.DONE, "")
-                        self._drop_active(res)
+                    self._maybe_done(res)
                 return
         self._fail(res, reason)
 
     def _write(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> str:
         if self._past_deadline(res):
             return f"timed out after {self.config.timeout_s:g}s"
-        if res.meta.checksum and layer_checksum(kv) != header.checksum:
-            return f"layer {header.layer}: checksum mismatch"
+        if res.meta.checksum:
+            value = checksum(header.checksum_kind, as_bytes(kv), layer_seed(header.request_hash, header.layer))
+            reason = self._record(res, res.hashes, header.layer, (int(header.checksum_kind), value))
+            if reason:
+                return reason
         try:
             res.write_layer(header.layer, kv)
         except Exception as exc:  # the decode node's callback must not kill our thread
             return f"layer {header.layer}: write_layer raised {type(exc).__name__}: {exc}"
         return ""
+
+    def _expect_checksum(self, res: Reservation, layer: int, kind: ChecksumKind, value: int) -> None:
+        """The sender's checksum of `layer` (a CHECKSUM entry, or a gRPC layer's last chunk)."""
+        if not res.meta.checksum:
+            return
+        reason = self._record(res, res.expected, layer, (int(kind), value))
+        if reason:
+            self._fail(res, reason)
+            return
+        with res.guard:
+            self._maybe_done(res)
+
+    def _record(self, res: Reservation, into: dict, layer: int, value: tuple[int, int]) -> str:
+        """Store one half of a layer's check; verify when both are there. Returns a failure reason."""
+        with res.guard:
+            if res.state in FINAL_RECV_STATES:
+                return ""
+            if not 0 <= layer < res.meta.num_layers or layer in into:
+                return f"layer {layer}: unexpected checksum"
+            into[layer] = value
+            if layer not in res.hashes or layer not in res.expected:
+                return ""
+            if res.hashes.pop(layer) != res.expected.pop(layer):
+                self._num_checksum_failures += 1
+                return f"layer {layer}: checksum mismatch"
+            res.num_verified += 1
+            return ""
+
+    def _maybe_done(self, res: Reservation) -> None:
+        """(holds res.guard) DONE once every layer is written and, if checksummed, verified."""
+        verified = not res.meta.checksum or res.num_verified == res.meta.num_layers
+        if res.state not in FINAL_RECV_STATES and res.num_written == res.meta.num_layers and verified:
+            self._end(res, RecvState.DONE, "")
+            self._drop_active(res)
+
+    def _checksum_entry(self, header: LayerHeader) -> None:
+        """A CHECKSUM entry: the sender's value for a layer of a live reservation (else ignored)."""
+        with self._table_lock:
+            res = self._by_hash.get(header.request_hash)
+        if res is not None:
+            self._expect_checksum(res, header.layer, header.checksum_kind, header.checksum)
 
     def _sender_aborted(self, request_hash_: int) -> None:
         with self._table_lock:

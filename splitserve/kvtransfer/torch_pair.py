@@ -27,7 +27,7 @@ import time
 import torch
 from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
 
-from splitserve.kvtransfer.wire import CHUNK_BYTES, HEADER_WORDS, LayerHeader, chunk_ranges
+from splitserve.kvtransfer.wire import CHUNK_BYTES, HEADER_WORDS, LayerHeader, chunk_ranges, decode_entries
 
 JOIN_QUEUE = "splitserve/kv/join"
 STOP_TOKEN = "stop"  # pushed on JOIN_QUEUE to wake the acceptor when the receiver closes
@@ -104,18 +104,20 @@ class PairLink:
         self._scratch: torch.Tensor | None = None
         self.closed = False
 
-    def send_header(self, header: LayerHeader, timeout_s: float) -> None:
-        words = header.encode().to(self.device)
-        self.group.send([words], self.peer, HEADER_TAG).wait(td(timeout_s))
+    def send_header(self, words: torch.Tensor, timeout_s: float) -> None:
+        """A header message alone (int64[HEADER_WORDS], see `wire.encode_entries`)."""
+        self.group.send([words.to(self.device)], self.peer, HEADER_TAG).wait(td(timeout_s))
 
-    def post_layer(self, header: LayerHeader, flat: torch.Tensor) -> list:
-        """Post header and payload (flat: uint8 [nbytes], in CHUNK_BYTES messages); wait with `wait_all`."""
-        works = [self.group.send([header.encode().to(self.device)], self.peer, HEADER_TAG)]
-        works += [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
+    def post_batch(self, words: torch.Tensor, flats: list[torch.Tensor]) -> list:
+        """Post a header message and the payloads of its LAYER entries (each flat: uint8 [nbytes],
+        in CHUNK_BYTES messages); wait with `wait_all`."""
+        works = [self.group.send([words.to(self.device)], self.peer, HEADER_TAG)]
+        for flat in flats:
+            works += [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
         return works
 
-    def recv_header(self, timeout_s: float) -> LayerHeader:
-        """Next header; ValueError if the peer does not speak this protocol.
+    def recv_header(self, timeout_s: float) -> list[LayerHeader]:
+        """The entries of the next header message; ValueError if the peer does not speak this protocol.
 
         gloo: the recv for the following header is posted before returning, so the sender's
         next header never waits for this side to ask for it (gloo matches each tag on its
@@ -124,10 +126,10 @@ class PairLink:
         work, words = self._next_header or self._post_header_recv(0)
         self._next_header = None
         work.wait(td(timeout_s))
-        header = LayerHeader.decode(words.cpu())
+        entries = decode_entries(words.cpu())
         if self.backend == "gloo":
             self._next_header = self._post_header_recv(1 if words is self._headers[0] else 0)
-        return header
+        return entries
 
     def _post_header_recv(self, index: int):
         words = self._headers[index]
@@ -137,12 +139,11 @@ class PairLink:
         """Post the recvs of a payload into flat (uint8 [nbytes]); wait with `wait_all`."""
         return [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
 
-    def drain(self, nbytes: int, timeout_s: float) -> None:
-        """Receive and discard a payload of `nbytes` into one reused chunk-sized buffer."""
+    def post_drain(self, nbytes: int) -> list:
+        """Post the recvs of a payload of `nbytes` to be discarded, into one reused chunk-sized buffer."""
         if self._scratch is None:
             self._scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8, device=self.device)
-        works = [self.group.recv([self._scratch[: hi - lo]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(nbytes)]
-        self.wait_all(works, timeout_s)
+        return [self.group.recv([self._scratch[: hi - lo]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(nbytes)]
 
     def close(self) -> None:
         """Break the pair: wakes every pending op on both ends with an error. Idempotent."""

@@ -2,20 +2,22 @@
 
 It hosts the rendezvous `TCPStore` on the kv port. An acceptor thread pops join messages
 (see `torch_pair`) and starts one thread per pair; a newer group from the same sender
-instance replaces (breaks) the older one. A pair thread loops: receive a header (waiting up
-to `idle_timeout_s`), `_admit` it against the reservations, post the payload's recv into one
-of the pair's two reused buffers (or drain it into a chunk-sized scratch buffer when it
-matches no live reservation), and only then `_deliver` the layer received before, so the
-copy into the pool overlaps the next layer's receive (gloo's own thread fills the buffer).
-A request's last layer is delivered at once, without waiting for another header. One
-thread per pair: every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times out or a header that
-is not ours ends the pair thread and closes the group; the peer forms a new one next time.
-A header claiming more than `max_layer_bytes` closes the group instead of being drained.
+instance replaces (breaks) the older one. A pair thread loops: receive a header message
+(waiting up to `idle_timeout_s`), `_admit` each of its LAYER entries against the reservations
+and post every payload's recv at once, into buffers reused from the pair's pool (fresh memory
+costs a page fault per 4 KiB), or into a chunk-sized scratch buffer for a payload that matches
+no live reservation; CHECKSUM and ABORT entries go to the reservations they name. Then it
+waits for the payloads in order and `_deliver`s each (hash, then copy into the pool) while
+gloo's own thread fills the next. The last layer of a flight waits for the next header's
+recvs to be posted before it is delivered, unless it is its request's last layer. One thread
+per pair: every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times
+out or a header that is not ours ends the pair thread and closes the group; the peer forms a
+new one next time. A header claiming more than `max_layer_bytes` closes the group instead of
+being drained.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -36,7 +38,7 @@ from splitserve.kvtransfer.torch_pair import (
     parse_join,
     td,
 )
-from splitserve.kvtransfer.wire import Kind, LayerHeader
+from splitserve.kvtransfer.wire import MAX_ENTRIES, Kind, LayerHeader
 
 log = logging.getLogger(__name__)
 
@@ -123,52 +125,112 @@ class TorchReceiver(TrackedReceiver):
                     del self._links[instance]
 
     def _receive_loop(self, link: PairLink) -> None:
-        buffers = [torch.empty(0, dtype=torch.uint8, device=self.config.device) for _ in range(2)]
-        pending: _Received | None = None  # received, not yet written
+        pool = _BufferPool(self.config.device)
+        pending: _Received | None = None  # received, not yet delivered
         try:
-            for count in itertools.count():
+            while True:
                 if pending is not None and pending.is_last:
-                    pending = self._flush(pending)
-                header = link.recv_header(self.config.idle_timeout_s)
-                if header.kind is Kind.ABORT:
-                    self._sender_aborted(header.request_hash)
-                    continue
-                res = self._admit(header)
-                if res is None:
-                    pending = self._flush(pending)
-                    if header.nbytes > self.config.max_layer_bytes:
-                        raise ValueError(f"header claims {header.nbytes} bytes, above max_layer_bytes")
-                    link.drain(header.nbytes, self.config.timeout_s)
-                    continue
-                if buffers[count % 2].numel() < header.nbytes:
-                    buffers[count % 2] = torch.empty(header.nbytes, dtype=torch.uint8, device=self.config.device)
-                flat = buffers[count % 2][: header.nbytes]
-                works = link.post_payload(flat)
-                pending = self._flush(pending)  # overlaps with this layer's receive
-                try:
-                    link.wait_all(works, res.deadline - time.monotonic())
-                except Exception:
-                    self._unadmit(res, header)
-                    raise
-                pending = _Received(res, header, flat)
+                    pending = self._flush(pending, pool)
+                payloads = self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
+                pending = self._flush(pending, pool)  # overlaps with this flight's payloads
+                for i, post in enumerate(payloads):
+                    self._wait(link, post, payloads[i + 1:])
+                    if post.res is not None:
+                        pending = _Received(post.res, post.header, post.flat)
+                        if i + 1 < len(payloads):
+                            pending = self._flush(pending, pool)  # while gloo fills the next one
         finally:
-            self._flush(pending)
+            self._flush(pending, pool)
 
-    def _flush(self, received: _Received | None) -> None:
-        """Deliver a received layer (if any); returns None, the new `pending`."""
+    def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
+        posted: list[_Posted] = []
+        try:
+            for entry in entries:
+                post = self._post(link, entry, pool)
+                posted += [post] if post is not None else []
+        except Exception:
+            self._unadmit_all(posted)
+            raise
+        return posted
+
+    def _post(self, link: PairLink, entry: LayerHeader, pool: _BufferPool) -> _Posted | None:
+        """Act on one header entry; for a LAYER entry, post its payload's recv (None otherwise)."""
+        if entry.kind is Kind.ABORT:
+            self._sender_aborted(entry.request_hash)
+            return None
+        if entry.kind is Kind.CHECKSUM:
+            self._checksum_entry(entry)
+            return None
+        res = self._admit(entry)
+        if res is None:
+            if entry.nbytes > self.config.max_layer_bytes:
+                raise ValueError(f"header claims {entry.nbytes} bytes, above max_layer_bytes")
+            return _Posted(None, entry, None, link.post_drain(entry.nbytes))
+        flat = pool.take(entry.nbytes)
+        return _Posted(res, entry, flat, link.post_payload(flat))
+
+    def _wait(self, link: PairLink, post: _Posted, later: list[_Posted]) -> None:
+        """Wait for one payload; if it fails, the admitted layers not received are expected again."""
+        deadline = post.res.deadline if post.res is not None else time.monotonic() + self.config.timeout_s
+        try:
+            link.wait_all(post.works, deadline - time.monotonic())
+        except Exception:
+            self._unadmit_all([post] + later)
+            raise
+
+    def _unadmit_all(self, posted: list[_Posted]) -> None:
+        for post in reversed(posted):
+            if post.res is not None:
+                self._unadmit(post.res, post.header)
+
+    def _flush(self, received: _Received | None, pool: _BufferPool) -> None:
+        """Deliver a received layer (if any) and give its buffer back; returns None, the new `pending`."""
         if received is not None:
             # kv: [2, num_tokens, num_kv_heads, head_dim] over the receive buffer
             kv = received.flat.view(received.res.meta.torch_dtype).view(received.res.meta.layer_shape)
             self._deliver(received.res, received.header, kv)
+            pool.give(received.flat)
         return None
+
+
+@dataclass(frozen=True)
+class _Posted:
+    res: Reservation | None  # None: drained
+    header: LayerHeader
+    flat: torch.Tensor | None  # uint8 [nbytes] from the pool
+    works: list
 
 
 @dataclass(frozen=True)
 class _Received:
     res: Reservation
     header: LayerHeader
-    flat: torch.Tensor  # uint8 [nbytes], one of the pair's two receive buffers
+    flat: torch.Tensor  # uint8 [nbytes] from the pair's pool
 
     @property
     def is_last(self) -> bool:
         return self.header.layer == self.res.meta.num_layers - 1
+
+
+class _BufferPool:
+    """Receive buffers reused across layers and requests: at most KEEP kept, each served as a prefix."""
+
+    KEEP = MAX_ENTRIES + 2
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.free: list[torch.Tensor] = []  # whole buffers, ascending size
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        for i, buffer in enumerate(self.free):
+            if buffer.numel() >= nbytes:
+                return self.free.pop(i)[:nbytes]
+        if len(self.free) >= self.KEEP:
+            self.free.pop(0)
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def give(self, flat: torch.Tensor) -> None:
+        whole = flat if flat._base is None else flat._base
+        self.free.append(whole)
+        self.free.sort(key=torch.Tensor.numel)
+        del self.free[: max(0, len(self.free) - self.KEEP)]

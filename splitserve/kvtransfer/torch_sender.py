@@ -1,13 +1,17 @@
 """`TorchSender`: the prefill side of the torch.distributed backend (one per decode node).
 
-One background thread per destination moves jobs in the order they were enqueued: for each
-layer, the header then the payload chunks on the pair group (formed on first use, see
-`torch_pair`), with up to WINDOW layers posted before the oldest is waited for. Every wait
-is bounded by the request's remaining time. When an op fails the group is dropped; the
-unconfirmed layers are posted once more on a fresh group if the failed group had worked
-before (the receiver restarted or closed an idle group), else their requests FAIL.
-Sender DONE means every layer was handed to the peer's transport; whether the decode node
-accepted them is the decode node's state to report.
+One background thread per destination moves jobs in the order they were enqueued. It takes
+every layer already queued (up to MAX_LAYERS) as one flight: a single header message listing
+them (plus the CHECKSUM entries still owed) and their payloads straight from the caller's
+tensors, on the pair group (formed on first use, see `torch_pair`). While gloo's own thread
+moves those bytes, this thread hashes the same layers; their CHECKSUM entries ride in the
+next flight's header, or in a header of their own when nothing else is queued. A flight is
+confirmed when its sends complete; the previous one is waited for after the next is posted.
+Every wait is bounded by the request's remaining time. When an op fails the group is
+dropped; the unconfirmed flights are posted once more on a fresh group if the failed group
+had worked before (the receiver restarted or closed an idle group), else their requests
+FAIL. A layer counts as sent once its payload and its checksum were handed over; sender DONE
+means every layer was; whether the decode node accepted them is the decode node's state.
 """
 
 from __future__ import annotations
@@ -32,18 +36,48 @@ from splitserve.kvtransfer.torch_pair import (
     make_group,
     split_address,
 )
-from splitserve.kvtransfer.wire import Kind, LayerHeader, as_bytes, layer_checksum, request_hash
+from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
+from splitserve.kvtransfer.wire import MAX_ENTRIES, Kind, LayerHeader, as_bytes, encode_entries, request_hash
+
+MAX_LAYERS = MAX_ENTRIES // 2  # layers per flight: the other half of the header is for checksums owed
 
 
-WINDOW = 2  # layers posted but unconfirmed: posting layer l+1 overlaps waiting for layer l
+@dataclass(frozen=True)
+class _Owed:
+    """A hashed layer whose CHECKSUM entry is still to be sent."""
+
+    job: Job
+    entry: LayerHeader
 
 
 @dataclass
 class _Flight:
-    job: Job
-    header: LayerHeader
+    """One header message and the payloads of its LAYER entries."""
+
+    jobs: list[Job]  # LAYER jobs, in entry order
+    owed: list[_Owed]  # CHECKSUM entries it carries
     works: list = field(default_factory=list)
     retried: bool = False
+
+    def words(self) -> torch.Tensor:
+        return encode_entries([_layer_entry(job) for job in self.jobs] + [o.entry for o in self.owed])
+
+    def parts(self) -> list[tuple[Job, str]]:
+        """(job, what) of every entry, for failure reasons."""
+        return [(job, f"layer {job.layer}") for job in self.jobs] + [(o.job, f"layer {o.job.layer} checksum")
+                                                                      for o in self.owed]
+
+
+def _layer_entry(job: Job) -> LayerHeader:
+    kind = kind_for(job.kv.device) if job.meta.checksum else ChecksumKind.NONE
+    return LayerHeader.for_layer(job.meta, job.layer, kind)
+
+
+def _checksum_entry(job: Job) -> LayerHeader:
+    rhash = request_hash(job.meta.request_id)
+    kind = kind_for(job.kv.device)
+    value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
+    return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
 
 
 class TorchSender(TrackedSender):
@@ -60,6 +94,8 @@ class TorchSender(TrackedSender):
         self._link: PairLink | None = None
         self._link_proven = False  # some op on the current group succeeded
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._held: deque[Job | None] = deque()  # taken from _jobs while gathering a flight, not yet run
+        self._owed: list[_Owed] = []
         self._thread = threading.Thread(target=self._run, name=f"kv-send-{address}", daemon=True)
         self._thread.start()
 
@@ -81,76 +117,107 @@ class TorchSender(TrackedSender):
         flights: deque[_Flight] = deque()
         while True:
             try:
-                job = self._jobs.get(block=not flights)
-            except queue.Empty:  # nothing new: let the layers in flight finish
-                self._settle(flights, keep=0)
+                job = self._next_job(block=not flights and not self._owed)
+            except queue.Empty:  # nothing new: send the checksums owed, let the flights finish
+                if self._owed:
+                    self._launch([], flights)
+                else:
+                    self._settle(flights, keep=0)
                 continue
             if job is None:
                 break
-            if job.kind is JobKind.LAYER and self._is_live(job.meta.request_id):
-                self._post(self._flight(job), flights)
-                self._settle(flights, keep=WINDOW - 1)
+            if job.kind is JobKind.LAYER:
+                self._launch(self._gather(job), flights)
             elif job.kind is JobKind.ABORT:
                 self._settle(flights, keep=0)
                 self._send_abort(job)
         self._drop_link()
 
-    def _flight(self, job: Job) -> _Flight:
-        if job.ready is not None:
-            torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
-        crc = layer_checksum(job.kv) if job.meta.checksum else None
-        return _Flight(job, LayerHeader.for_layer(job.meta, job.layer, crc))
+    def _next_job(self, block: bool) -> Job | None:
+        return self._held.popleft() if self._held else self._jobs.get(block=block)
+
+    def _gather(self, first: Job) -> list[Job]:
+        """`first` and the LAYER jobs queued right behind it (at most MAX_LAYERS), of live requests."""
+        jobs = [first]
+        while len(jobs) < MAX_LAYERS:
+            try:
+                job = self._next_job(block=False)
+            except queue.Empty:
+                break
+            if job is None or job.kind is not JobKind.LAYER:
+                self._held.appendleft(job)
+                break
+            jobs.append(job)
+        return [job for job in jobs if self._is_live(job.meta.request_id)]
+
+    def _launch(self, jobs: list[Job], flights: deque[_Flight]) -> None:
+        """Post one flight (these layers + the checksums owed), hash its layers, confirm the one before."""
+        owed, self._owed = self._owed, []
+        if not jobs and not owed:
+            return
+        for job in jobs:
+            if job.ready is not None:
+                torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
+        self._post(_Flight(jobs, owed), flights)
+        self._owed = [_Owed(job, _checksum_entry(job)) for job in jobs  # hashed while the flight is on the wire
+                      if job.meta.checksum and self._is_live(job.meta.request_id)]
+        self._settle(flights, keep=1)
 
     def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
-        rid = flight.job.meta.request_id
+        rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id
         flights.append(flight)
         try:
             link = self._ensure_link(rid)
-            self._mark_sending(rid)
-            flight.works = link.post_layer(flight.header, as_bytes(flight.job.kv))
+            for job in flight.jobs:
+                self._mark_sending(job.meta.request_id)
+            flight.works = link.post_batch(flight.words(), [as_bytes(job.kv) for job in flight.jobs])
             return True
         except Exception as exc:
             self._recover(flights, exc)
             return False
 
     def _settle(self, flights: deque[_Flight], keep: int) -> None:
-        """Wait for the oldest posted layers until at most `keep` are unconfirmed."""
+        """Wait for the oldest posted flights until at most `keep` are unconfirmed."""
         while len(flights) > keep:
             flight = flights[0]
-            rid = flight.job.meta.request_id
             try:
-                self._link.wait_all(flight.works, self._remaining_s(rid))
+                self._link.wait_all(flight.works, max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts()))
             except Exception as exc:
                 self._recover(flights, exc)
                 continue
             flights.popleft()
             self._link_proven = True
-            self._layer_sent(rid, flight.header.nbytes)
+            for job in [job for job in flight.jobs if not job.meta.checksum] + [o.job for o in flight.owed]:
+                self._layer_sent(job.meta.request_id, job.meta.layer_nbytes)
 
     def _recover(self, flights: deque[_Flight], exc: Exception) -> None:
         """The group broke: drop it. If it had worked before (stale: the receiver restarted or
-        closed it when idle), post each unconfirmed layer once more on a fresh group; otherwise,
+        closed it when idle), post each unconfirmed flight once more on a fresh group; otherwise,
         or if that fails too, their requests FAIL."""
         proven, pending = self._link_proven, list(flights)
         self._drop_link()
         flights.clear()
         reason = f"{type(exc).__name__}: {_short(exc)}"
         for i, flight in enumerate(pending):
-            rid = flight.job.meta.request_id
-            if not proven or flight.retried or not self._is_live(rid):
-                self._fail(rid, f"layer {flight.job.layer}: {reason}")
+            if not proven or flight.retried:
+                self._fail_flight(flight, reason)
                 continue
             flight.retried = True
             if not self._post(flight, flights):
                 for rest in pending[i + 1:]:
-                    self._fail(rest.job.meta.request_id, f"layer {rest.job.layer}: {reason}")
+                    self._fail_flight(rest, reason)
                 return
+
+    def _fail_flight(self, flight: _Flight, reason: str) -> None:
+        for job, what in flight.parts():
+            self._fail(job.meta.request_id, f"{what}: {reason}")
 
     def _send_abort(self, job: Job) -> None:
         if self._link is None:
             return  # nothing of it reached the peer on a live group; its timeout will fire
         try:
-            self._link.send_header(LayerHeader(Kind.ABORT, request_hash(job.meta.request_id)), self.config.connect_timeout_s)
+            self._link.send_header(LayerHeader(Kind.ABORT, request_hash(job.meta.request_id)).encode(),
+                                   self.config.connect_timeout_s)
         except Exception:
             self._drop_link()
 

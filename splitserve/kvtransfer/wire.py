@@ -1,35 +1,47 @@
-"""What travels with each layer: request hash, fixed-size header, checksum, chunking.
+"""What travels with the layers: request hash, fixed-size header messages, checksums, chunking.
 
-The torch backend sends, per layer, one header tensor then the payload in chunks:
+The torch backend sends header messages and payloads on two tags. One header message lists
+up to MAX_ENTRIES entries; the payloads of its LAYER entries follow on the payload tag, in
+entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last shorter):
 
-    header: int64[HEADER_WORDS] = [MAGIC, kind, request_hash, layer, num_tokens, nbytes, checksum, 0]
-    payload: nbytes raw bytes as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last shorter)
+    header:  int64[HEADER_WORDS] = [MAGIC, num_entries, entry 0 (ENTRY_WORDS), entry 1, ..., zeros]
+    entry:   [kind, request_hash, layer, num_tokens, nbytes, checksum, checksum_kind]
 
-`nbytes` decides the receiver's message sizes, so the header and its payload must come from
-the same sender call (`LayerHeader.for_layer`); gloo aborts the process on a size mismatch,
-so the pair group is a channel between trusted peers, not a defence against hostile ones.
+- LAYER: a payload of `nbytes` follows; `checksum_kind` announces the algorithm whose value
+  comes later in a CHECKSUM entry (torch: hashed while the payload is on the wire) or, on the
+  gRPC backend, on the layer's last chunk;
+- CHECKSUM: the value for an announced layer (`checksum`, signed int64 bits of the hash);
+- ABORT: the sender gave up on the request; no payload follows.
+
+So a sender that has several layers queued sends one header for all of them, and the receiver
+posts every payload's receive at once. `nbytes` decides the receiver's message sizes, so
+entries and payloads must come from the same sender call; gloo aborts the process on a size
+mismatch, so the pair group is a channel between trusted peers, not a defence against hostile
+ones.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import zlib
 from dataclasses import dataclass
 
 import torch
 
 from splitserve.kvtransfer.base import TransferMeta
+from splitserve.kvtransfer.checksum import ChecksumKind
 
-HEADER_WORDS = 8
-MAGIC = 0x5353_4B56_0001  # "SSKV" v1
+MAGIC = 0x5353_4B56_0002  # "SSKV" v2
+MAX_ENTRIES = 16
+ENTRY_WORDS = 7
+HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
 CHUNK_BYTES = 8 << 20
-NO_CHECKSUM = -1
 
 
 class Kind(enum.IntEnum):
     LAYER = 1
     ABORT = 2  # sender gave up on the request; no payload follows
+    CHECKSUM = 3  # the checksum of a layer announced earlier
 
 
 def request_hash(request_id: str) -> int:
@@ -41,14 +53,6 @@ def request_hash(request_id: str) -> int:
 def as_bytes(kv: torch.Tensor) -> torch.Tensor:
     """Flat uint8 view of a contiguous tensor (no copy)."""
     return kv.reshape(-1).view(torch.uint8)
-
-
-def layer_checksum(kv: torch.Tensor) -> int:
-    """crc32 of the tensor's bytes (about 3.4 GB/s on one CPU core; CUDA tensors are copied to host)."""
-    flat = as_bytes(kv.detach())
-    if flat.device.type != "cpu":
-        flat = flat.cpu()
-    return zlib.crc32(memoryview(flat.numpy()))
 
 
 def chunk_ranges(nbytes: int, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
@@ -67,41 +71,66 @@ def check_layer_tensor(meta: TransferMeta, layer: int, kv: torch.Tensor) -> None
 
 @dataclass(frozen=True)
 class LayerHeader:
+    """One entry of a header message (see the module docstring)."""
+
     kind: Kind
     request_hash: int
     layer: int = 0
     num_tokens: int = 0
     nbytes: int = 0
-    checksum: int = NO_CHECKSUM
+    checksum: int = 0
+    checksum_kind: ChecksumKind = ChecksumKind.NONE
 
     @classmethod
-    def for_layer(cls, meta: TransferMeta, layer: int, checksum: int | None) -> LayerHeader:
-        crc = NO_CHECKSUM if checksum is None else checksum
-        return cls(Kind.LAYER, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, crc)
+    def for_layer(cls, meta: TransferMeta, layer: int, checksum_kind: ChecksumKind = ChecksumKind.NONE,
+                  checksum: int = 0) -> LayerHeader:
+        return cls(Kind.LAYER, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, checksum,
+                   checksum_kind)
+
+    def words(self) -> list[int]:
+        return [int(self.kind), self.request_hash, self.layer, self.num_tokens, self.nbytes, self.checksum,
+                int(self.checksum_kind)]
 
     def encode(self) -> torch.Tensor:
-        words = [MAGIC, int(self.kind), self.request_hash, self.layer, self.num_tokens, self.nbytes, self.checksum, 0]
-        return torch.tensor(words, dtype=torch.int64)
+        """A header message holding this entry alone."""
+        return encode_entries([self])
 
     @classmethod
-    def decode(cls, words: torch.Tensor) -> LayerHeader:
-        """ValueError on anything that is not a well-formed v1 header."""
-        values = words.tolist()
-        if len(values) != HEADER_WORDS or values[0] != MAGIC:
-            raise ValueError("not a splitserve KV header (bad magic)")
-        if values[1] not in Kind._value2member_map_:
-            raise ValueError(f"unknown header kind {values[1]}")
-        if min(values[2:6]) < 0 or values[6] < NO_CHECKSUM:
+    def from_words(cls, values: list[int]) -> LayerHeader:
+        """ValueError on an entry that is not well formed."""
+        if values[0] not in Kind._value2member_map_:
+            raise ValueError(f"unknown header kind {values[0]}")
+        if min(values[1:5]) < 0:
             raise ValueError("negative field in KV header")
-        return cls(Kind(values[1]), *values[2:7])
+        if values[6] not in ChecksumKind._value2member_map_:
+            raise ValueError(f"unknown checksum kind {values[6]}")
+        return cls(Kind(values[0]), *values[1:6], ChecksumKind(values[6]))
 
     def mismatch(self, meta: TransferMeta, next_layer: int) -> str:
-        """Why this LAYER header does not fit the reservation `meta` ("" if it does)."""
+        """Why this LAYER entry does not fit the reservation `meta` ("" if it does)."""
         if self.layer != next_layer:
             return f"layer {self.layer} arrived, expected layer {next_layer}"
         if self.num_tokens != meta.num_tokens or self.nbytes != meta.layer_nbytes:
             return (f"layer {self.layer} has {self.num_tokens} tokens / {self.nbytes} bytes, "
                     f"reservation has {meta.num_tokens} tokens / {meta.layer_nbytes} bytes")
-        if meta.checksum and self.checksum == NO_CHECKSUM:
+        if meta.checksum and self.checksum_kind is ChecksumKind.NONE:
             return f"layer {self.layer} carries no checksum"
         return ""
+
+
+def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:
+    """int64[HEADER_WORDS]: one header message with 1..MAX_ENTRIES entries."""
+    if not 0 < len(entries) <= MAX_ENTRIES:
+        raise ValueError(f"a header holds 1 to {MAX_ENTRIES} entries, got {len(entries)}")
+    words = [MAGIC, len(entries)] + [w for entry in entries for w in entry.words()]
+    return torch.tensor(words + [0] * (HEADER_WORDS - len(words)), dtype=torch.int64)
+
+
+def decode_entries(words: torch.Tensor) -> list[LayerHeader]:
+    """The entries of a header message; ValueError on anything that is not a well-formed v2 header."""
+    values = words.tolist()
+    if len(values) != HEADER_WORDS or values[0] != MAGIC:
+        raise ValueError("not a splitserve KV header (bad magic)")
+    if not 0 < values[1] <= MAX_ENTRIES:
+        raise ValueError(f"KV header with {values[1]} entries")
+    return [LayerHeader.from_words(values[2 + i * ENTRY_WORDS: 2 + (i + 1) * ENTRY_WORDS]) for i in range(values[1])]

@@ -12,11 +12,11 @@ header that is not ours closes the group, and a real sender's transfer still arr
 from __future__ import annotations
 
 import os
-import zlib
 
 import grpc
 import pytest
 import torch
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,7 +25,8 @@ from splitserve.kvtransfer import RecvState, SendState, TransferConfig, Transfer
 from splitserve.kvtransfer import torch_pair as tp
 from splitserve.kvtransfer.torch_receiver import TorchReceiver
 from splitserve.kvtransfer.torch_sender import TorchSender
-from splitserve.kvtransfer.wire import HEADER_WORDS, MAGIC, NO_CHECKSUM, Kind, LayerHeader, request_hash
+from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
+from splitserve.kvtransfer.wire import HEADER_WORDS, MAGIC, Kind, LayerHeader, decode_entries, request_hash
 from tests.fuzz.harness import NODE, call, fuzz_settings, node, push_kv
 from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
 
@@ -60,16 +61,18 @@ def lying_chunks(draw, rid: str, nbytes: int) -> list[kvtransfer_pb2.KVChunk]:
         "layer_nbytes": st.sampled_from([nbytes, nbytes - 1, nbytes + 1, 0, 2**40, 2**64 - 1]),
         "offset": st.sampled_from([0, nbytes // 2, nbytes, 2**64 - 1]),
         "data": st.sampled_from([0, 1, nbytes // 2, nbytes, nbytes + 8]).map(os.urandom),
-        "checksum": st.sampled_from([None, 0, 2**32 - 1]),
+        "checksum": st.sampled_from([None, 0, 2**64 - 1]),
+        "checksum_kind": st.sampled_from([0, 1, 2, 7]),
     }
     chunks = []
     for _ in range(draw(st.integers(1, 3))):
         values = {"request_id": rid, "layer": 0, "num_tokens": NUM_TOKENS, "layer_nbytes": nbytes, "offset": 0,
-                  "data": os.urandom(nbytes), "checksum": None}
+                  "data": os.urandom(nbytes), "checksum": None, "checksum_kind": int(ChecksumKind.XXH3_64)}
         for name in draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=2, unique=True)):
             values[name] = draw(fields[name])
         if values["checksum"] is None:
-            values["checksum"] = zlib.crc32(values["data"])
+            seed = layer_seed(request_hash(values["request_id"]), values["layer"])
+            values["checksum"] = xxhash.xxh3_64_intdigest(values["data"], seed)
         chunks.append(kvtransfer_pb2.KVChunk(**values))
     return chunks
 
@@ -173,9 +176,9 @@ def lying_headers(draw, meta: TransferMeta) -> LayerHeader:
               "num_tokens": st.sampled_from([meta.num_tokens, meta.num_tokens + 1, 0, 2**40]),
               "nbytes": st.sampled_from([meta.layer_nbytes, meta.layer_nbytes - 4, meta.layer_nbytes + 4, 0, 4096,
                                          TORCH_CONFIG.max_layer_bytes + 1, 2**40]),
-              "checksum": st.sampled_from([NO_CHECKSUM, 0, 2**32 - 1])}
+              "checksum_kind": st.sampled_from(list(ChecksumKind))}
     values = {"request_hash": request_hash(meta.request_id), "layer": 0, "num_tokens": meta.num_tokens,
-              "nbytes": meta.layer_nbytes, "checksum": NO_CHECKSUM}
+              "nbytes": meta.layer_nbytes, "checksum_kind": ChecksumKind.NONE}
     for name in draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=3, unique=True)):
         values[name] = draw(fields[name])
     return LayerHeader(Kind.LAYER, **values)
@@ -216,10 +219,10 @@ def test_header_decoding_refuses_what_is_not_a_header(words, magic):
     if magic:
         words[0] = MAGIC
     try:
-        header = LayerHeader.decode(torch.tensor(words, dtype=torch.int64))
+        entries = decode_entries(torch.tensor(words, dtype=torch.int64))
     except ValueError:
         return
-    assert words[0] == MAGIC and min(header.request_hash, header.layer, header.num_tokens, header.nbytes) >= 0
+    assert words[0] == MAGIC and all(min(e.request_hash, e.layer, e.num_tokens, e.nbytes) >= 0 for e in entries)
 
 
 def test_a_header_that_is_not_ours_closes_only_its_group(torch_receiver, raw_peer):

@@ -4,7 +4,7 @@
 hosts one sender per destination address. Payloads are made from a seed on the sending side
 (`layer_tensor`), so the parent can compute what should arrive; the receiver copies every
 layer into a per-request destination (as a KV pool write would) and can record each layer's
-crc32. Commands are plain tuples over a local `multiprocessing` pipe between our own
+crc32 (`layer_crc`). Commands are plain tuples over a local `multiprocessing` pipe between our own
 processes (never a network peer). Times are `time.monotonic()`, which is system-wide on
 Linux, so the parent may subtract a sender's time from a receiver's.
 """
@@ -17,9 +17,17 @@ import signal
 import threading
 import time
 import traceback
+import zlib
 from dataclasses import asdict
 
 from splitserve.kvtransfer.base import FINAL_RECV_STATES, TransferConfig, TransferMeta
+
+
+def layer_crc(kv) -> int:
+    """crc32 of a layer's bytes: the tests' own bit-identity check, apart from the transfer's checksum."""
+    import torch
+
+    return zlib.crc32(memoryview(kv.reshape(-1).view(torch.uint8).numpy()))
 
 
 def layer_tensor(meta: TransferMeta, layer: int, seed: int):
@@ -46,8 +54,6 @@ class _ReceiverHost:
     def expect(self, meta_fields: dict) -> None:
         import torch
 
-        from splitserve.kvtransfer.wire import layer_checksum
-
         meta = TransferMeta(**meta_fields)
         dest = torch.empty(meta.layer_shape, dtype=meta.torch_dtype)
         crcs = self.crcs[meta.request_id] = []
@@ -56,7 +62,7 @@ class _ReceiverHost:
             if self.copy_layers:
                 dest.copy_(kv)
             if self.record_crc:
-                crcs.append(layer_checksum(kv))
+                crcs.append(layer_crc(kv))
             if layer == meta.num_layers - 1:
                 self.done_at[meta.request_id] = time.monotonic()
 
@@ -100,9 +106,7 @@ class _SenderHost:
         threading.Thread(target=self._send, args=(self.sender(address), meta, layers, layer_delay_s), daemon=True).start()
 
     def _send(self, sender, meta: TransferMeta, layers: list, layer_delay_s: float) -> None:
-        from splitserve.kvtransfer.wire import layer_checksum
-
-        self.crcs[meta.request_id] = [layer_checksum(kv) for kv in layers]
+        self.crcs[meta.request_id] = [layer_crc(kv) for kv in layers]
         self.begun_at[meta.request_id] = time.monotonic()
         sender.begin(meta)
         for layer, kv in enumerate(layers):
@@ -134,7 +138,8 @@ class _SenderHost:
         pair_key, message = tp.join_message("garbage" + os.urandom(4).hex(), 1, "cpu")
         store.queue_push(tp.JOIN_QUEUE, message)
         group = tp.make_group(store, pair_key, tp.SENDER_RANK, "cpu", self.config.connect_timeout_s, 60.0)
-        group.send([torch.arange(8, dtype=torch.int64)], tp.RECEIVER_RANK, tp.HEADER_TAG).wait(tp.td(5))
+        garbage = torch.arange(tp.HEADER_WORDS, dtype=torch.int64)  # the size gloo expects, not our magic
+        group.send([garbage], tp.RECEIVER_RANK, tp.HEADER_TAG).wait(tp.td(5))
 
 
 def _serve(conn, role: str, backend: str, config_fields: dict, kwargs: dict) -> None:

@@ -20,7 +20,8 @@ from splitserve.kvtransfer import (
 )
 from splitserve.kvtransfer.loopback import LoopbackReceiver, LoopbackSender
 from splitserve.kvtransfer.sender_base import Job, TrackedSender
-from splitserve.kvtransfer.wire import NO_CHECKSUM, Kind, LayerHeader, request_hash
+from splitserve.kvtransfer.checksum import ChecksumKind
+from splitserve.kvtransfer.wire import Kind, LayerHeader, request_hash
 
 FAST = TransferConfig(timeout_s=0.3)
 
@@ -131,7 +132,7 @@ def test_finished_transfers_are_forgotten_beyond_history():
 
 def _header(m: TransferMeta, layer_: int, **changes) -> LayerHeader:
     fields = dict(kind=Kind.LAYER, request_hash=request_hash(m.request_id), layer=layer_, num_tokens=m.num_tokens,
-                  nbytes=m.layer_nbytes, checksum=NO_CHECKSUM)
+                  nbytes=m.layer_nbytes)
     return LayerHeader(**(fields | changes))
 
 
@@ -160,9 +161,11 @@ def test_checksum_mismatch_and_failing_write_layer_fail_the_reservation():
     receiver = LoopbackReceiver()
     m = meta(checksum=True)
     receiver.expect(m, _Recorder())
-    res = receiver._admit(_header(m, 0, checksum=1))
-    receiver._deliver(res, _header(m, 0, checksum=1), torch.zeros(m.layer_shape))
-    assert "checksum mismatch" in receiver.info("r1").reason
+    header = _header(m, 0, checksum_kind=ChecksumKind.XXH3_64)
+    res = receiver._admit(header)
+    receiver._expect_checksum(res, 0, ChecksumKind.XXH3_64, 1)
+    receiver._deliver(res, header, torch.zeros(m.layer_shape))
+    assert "checksum mismatch" in receiver.info("r1").reason and receiver.num_checksum_failures == 1
 
     def broken(layer, kv):
         raise RuntimeError("pool gone")

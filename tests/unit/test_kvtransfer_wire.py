@@ -7,15 +7,18 @@ import torch
 
 from splitserve.kvtransfer import TransferConfig, TransferMeta, make_receiver, make_sender
 from splitserve.kvtransfer.torch_pair import join_message, parse_join, split_address
+from splitserve.kvtransfer.checksum import ChecksumKind
 from splitserve.kvtransfer.wire import (
+    ENTRY_WORDS,
     HEADER_WORDS,
     MAGIC,
-    NO_CHECKSUM,
+    MAX_ENTRIES,
     Kind,
     LayerHeader,
     check_layer_tensor,
     chunk_ranges,
-    layer_checksum,
+    decode_entries,
+    encode_entries,
     request_hash,
 )
 
@@ -49,41 +52,55 @@ def test_config_rejects(change):
         TransferConfig(**change)
 
 
+def test_checksum_is_on_by_default():
+    assert META.checksum is True
+
+
 def test_header_round_trip():
-    header = LayerHeader.for_layer(META, 1, checksum=1234)
-    words = header.encode()
+    layer = LayerHeader.for_layer(META, 1, ChecksumKind.XXH3_64)
+    summed = LayerHeader(Kind.CHECKSUM, layer.request_hash, 0, checksum=-(2**63), checksum_kind=ChecksumKind.XXH3_64)
+    words = encode_entries([layer, summed, LayerHeader(Kind.ABORT, 7)])
     assert words.shape == (HEADER_WORDS,) and words.dtype == torch.int64
-    assert LayerHeader.decode(words) == header
-    assert header.request_hash == request_hash("r1") and 0 <= header.request_hash < 1 << 63
+    assert decode_entries(words) == [layer, summed, LayerHeader(Kind.ABORT, 7)]
+    assert decode_entries(layer.encode()) == [layer]
+    assert layer.request_hash == request_hash("r1") and 0 <= layer.request_hash < 1 << 63
+
+
+def _words(*entries: list[int], count: int | None = None) -> list[int]:
+    flat = [w for entry in entries for w in entry]
+    words = [MAGIC, len(entries) if count is None else count] + flat
+    return words + [0] * (HEADER_WORDS - len(words))
 
 
 @pytest.mark.parametrize("words, message", [
     ([0] * HEADER_WORDS, "magic"),
-    ([MAGIC, 9, 1, 0, 1, 1, -1, 0], "kind"),
-    ([MAGIC, 1, 1, 0, -5, 1, -1, 0], "negative"),
+    (_words([9, 1, 0, 1, 1, 0, 0]), "kind"),
+    (_words([1, 1, 0, -5, 1, 0, 0]), "negative"),
+    (_words([1, 1, 0, 1, 1, 0, 5]), "checksum kind"),
+    (_words([1, 1, 0, 1, 1, 0, 0], count=0), "0 entries"),
+    (_words([1, 1, 0, 1, 1, 0, 0], count=MAX_ENTRIES + 1), "entries"),
     ([MAGIC, 1, 1], "magic"),
 ])
 def test_header_decode_rejects(words, message):
     with pytest.raises(ValueError, match=message):
-        LayerHeader.decode(torch.tensor(words, dtype=torch.int64))
+        decode_entries(torch.tensor(words, dtype=torch.int64))
+
+
+def test_header_holds_at_most_max_entries():
+    assert len(_words(*[[2, 1, 0, 0, 0, 0, 0]] * MAX_ENTRIES)) == HEADER_WORDS == 2 + MAX_ENTRIES * ENTRY_WORDS
+    with pytest.raises(ValueError, match="entries"):
+        encode_entries([LayerHeader(Kind.ABORT, 1)] * (MAX_ENTRIES + 1))
 
 
 def test_header_mismatch_reasons():
-    good = LayerHeader.for_layer(META, 0, None)
-    assert good.mismatch(META, 0) == ""
-    assert "expected layer 1" in good.mismatch(META, 1)
-    wrong_size = LayerHeader(Kind.LAYER, good.request_hash, 0, 6, META.layer_nbytes, NO_CHECKSUM)
-    assert "6 tokens" in wrong_size.mismatch(META, 0)
-    checked = TransferMeta(**{**META.__dict__, "checksum": True})
-    assert "no checksum" in good.mismatch(checked, 0)
-
-
-def test_checksum_is_crc32_of_the_bytes_and_sees_one_bit():
-    kv = torch.randn(META.layer_shape).to(torch.bfloat16)
-    flipped = kv.clone()
-    flipped.view(torch.int16)[0, 0, 0, 0] ^= 1
-    assert layer_checksum(kv) == layer_checksum(kv.clone())
-    assert layer_checksum(kv) != layer_checksum(flipped)
+    plain = TransferMeta(**{**META.__dict__, "checksum": False})
+    good = LayerHeader.for_layer(plain, 0)
+    assert good.mismatch(plain, 0) == ""
+    assert "expected layer 1" in good.mismatch(plain, 1)
+    wrong_size = LayerHeader(Kind.LAYER, good.request_hash, 0, 6, META.layer_nbytes)
+    assert "6 tokens" in wrong_size.mismatch(plain, 0)
+    assert "no checksum" in good.mismatch(META, 0)
+    assert LayerHeader.for_layer(META, 0, ChecksumKind.XXH3_64).mismatch(META, 0) == ""
 
 
 def test_chunk_ranges_cover_exactly():
