@@ -27,6 +27,7 @@ from splitserve.bench.arrivals import ArrivalConfig
 from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.metrics import parse_slos
 from splitserve.bench.prompts import load_tokenizer
+from splitserve.bench.provenance import model_id
 from splitserve.bench.runner import RunConfig
 from splitserve.bench.workloads import WorkloadConfig
 from splitserve.localcluster.cluster import LocalCluster
@@ -178,7 +179,7 @@ def main() -> None:
         for cluster in clusters.values():
             cluster.stop()
     out = Path(args.out)
-    meta = {"model": str(model), "setups": SETUPS, "slos_ms": slos, "num_requests": num_requests,
+    meta = {"model": model_id(model), "setups": SETUPS, "slos_ms": slos, "num_requests": num_requests,
             "window_start_s": WINDOW_START_S, "max_input_len": MAX_INPUT, "max_output_len": MAX_OUTPUT,
             "code": code_version(), "cpus": os.cpu_count(), "machine": platform.platform(), "load_avg_start": load_start,
             "load_avg_end": os.getloadavg(), "wall_s": round(time.time() - started, 1),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "engine_cpu.json"
@@ -126,10 +127,10 @@ def main() -> None:
     ours, hf = medians["splitserve"], medians["hf-transformers"]
     utilisation = prefill_flops(cfg, args.prefill_tokens) / ours["prefill_s"] / (gflops * 1e9)
     report = {
-        "benchmark": "engine_throughput", "model": str(args.model), "dtype": "float32", "threads": args.threads,
+        "benchmark": "engine_throughput", "model": model_id(args.model), "dtype": "float32", "threads": args.threads,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
                     "fp32_matmul_gflops": round(gflops, 1)},
-        "config": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()},
+        "config": portable_args(vars(args)),
         "method": "medians over repeats; engine and HF alternate within each repeat; decode rate = "
                   "batch * decode_tokens / (time(decode_tokens + 1) - time(1))",
         "results": medians,

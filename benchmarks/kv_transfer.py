@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, make_receiver, make_sender
 from kv_raw_bench import measure_gloo_bandwidth
@@ -175,8 +176,8 @@ def main() -> None:
 
         args.model = ensure_model("small")
     cfg = ModelConfig.from_dir(args.model)
-    report = {"benchmark": "kv_transfer", "model": str(args.model), "dtype": "float32",
-              "config": {k: str(v) for k, v in vars(args).items()},
+    report = {"benchmark": "kv_transfer", "model": model_id(args.model), "dtype": "float32",
+              "config": portable_args({k: str(v) for k, v in vars(args).items()}),
               "method": __doc__.split("\n\n", 2)[2].strip(),
               "bandwidth": bandwidth_rows(cfg, args.tokens, args.repeats)}
     if not args.skip_ttft:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from splitserve.bench.benchmark import BenchResult
 from splitserve.bench.metrics import RequestRecord, output_len, percentile_word, tpot_s
+from splitserve.bench.provenance import model_id
 
 HEADERS = {
     "ttft": ("TTFT", "Time to First Token"),
@@ -53,7 +54,10 @@ def _request_row(r: RequestRecord, t0: float) -> dict:
 
 
 def result_dict(result: BenchResult) -> dict:
+    """The run's results and configuration; a tokenizer folder is named by name and content hash."""
     cfg = result.config
+    if cfg.get("tokenizer"):
+        cfg = {**cfg, "tokenizer": model_id(cfg["tokenizer"])}
     info = cfg.get("target_info", {})
     out = {
         "date": result.run.started_at, "backend": urlsplit(cfg["url"]).scheme, "label": cfg.get("label"),

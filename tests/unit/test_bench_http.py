@@ -12,6 +12,7 @@ from splitserve.bench.arrivals import ArrivalConfig
 from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.metrics import RequestRecord
 from splitserve.bench.plots import save_plots
+from splitserve.bench.provenance import model_id
 from splitserve.bench.runner import TIME_LIMIT_ERROR, RunConfig, Runner
 from splitserve.bench.targets import Target, TargetOptions, make_target, register_target
 from splitserve.bench.workloads import BenchRequest, WorkloadConfig
@@ -90,6 +91,8 @@ def test_cli_sweep_json_csv_plots(bench_model_dir, tmp_path, capsys):
     assert out.count("Serving Benchmark Result") == 2 and "goodput" in out
     runs = report.load_runs(tmp_path / "s.json")
     assert [r["request_rate"] for r in runs] == [50.0, 100.0] and all(r["completed"] == 6 for r in runs)
+    assert all(r["tokenizer_id"] == r["config"]["tokenizer"] == model_id(bench_model_dir) for r in runs)
+    assert str(bench_model_dir) not in (tmp_path / "s.json").read_text()
     assert (tmp_path / "p" / "goodput_vs_rate.png").stat().st_size > 0
     args = parser.parse_args(["bench", "compare", str(tmp_path / "s.json"), str(tmp_path / "s.json")])
     assert args.func(args) == 0 and "+0.0%" in capsys.readouterr().out
