@@ -66,11 +66,13 @@ class BlendOutcome:
 
 
 class ChunkCache:
-    def __init__(self, engine, store: ChunkStore, config: ChunkCacheConfig | None = None):
+    def __init__(self, engine, store: ChunkStore, config: ChunkCacheConfig | None = None,
+                 prefix: list[int] | None = None):
+        """prefix: what precedes a first document (default the tokenizer's special prefix, e.g. BOS)."""
         self.engine, self.store = engine, store
         self.config = config or ChunkCacheConfig()
         self.shifter = RopeShifter.for_model(engine.model_config)
-        self.prefix = special_prefix(engine.tokenizer)
+        self.prefix = special_prefix(engine.tokenizer) if prefix is None else list(prefix)
 
     def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan:
         keys = [content_hash(prompt[s:s + n]) for s, n in spans]
