@@ -15,29 +15,32 @@ from __future__ import annotations
 import asyncio
 import time
 
-from splitserve.api.v1 import node_pb2
-from splitserve.engine import Engine, SamplingParams
-from splitserve.kvtransfer import RecvState, TransferError, TransferMeta
+from typing import AsyncIterator, Callable
+
+from splitserve.engine import Engine, RequestOutput, SamplingParams
+from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta
+from splitserve.node_api import KVTarget, Reservation
+from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
+from splitserve.runtime.reporting import TransferMetrics
 
 POLL_INTERVAL_S = 0.001
 REAP_INTERVAL_S = 0.1
 
 
 class DecodeWorker:
-    def __init__(self, engine_loop, node_id: str, receiver, kv_address: str, transport: str,
-                 transfer_timeout_s: float = 30.0, checksum: bool = False):
+    def __init__(self, engine_loop: EngineLoop, receiver: KVReceiver, target: KVTarget,
+                 metrics: TransferMetrics | None = None, transfer_timeout_s: float = 30.0, checksum: bool = False):
         self.engine_loop = engine_loop
         self.engine: Engine = engine_loop.engine
-        self.node_id = node_id
         self.receiver = receiver
-        self.kv_address, self.transport = kv_address, transport
+        self.target = target  # this node, as prefill nodes reach it
+        self.metrics = metrics
         self.transfer_timeout_s = transfer_timeout_s
         self.checksum = checksum
         self.expiry: dict[str, asyncio.TimerHandle] = {}
-        self.metrics = None  # node.metrics.NodeMetrics: transfer bytes and seconds
 
-    async def reserve(self, rid: str, num_tokens: int) -> node_pb2.ReserveReply | None:
+    async def reserve(self, rid: str, num_tokens: int) -> Reservation | None:
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
         meta = self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
@@ -53,10 +56,10 @@ class DecodeWorker:
         self.receiver.expect(meta, write_layer)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
-        target = node_pb2.KVTarget(node_id=self.node_id, kv_address=self.kv_address, transport=self.transport)
-        return node_pb2.ReserveReply(target=target, num_blocks=len(block_ids))
+        return Reservation(self.target, len(block_ids))
 
-    async def decode(self, rid: str, prompt: list[int], first_token: int, params: SamplingParams, prior: int):
+    async def decode(self, rid: str, prompt: list[int], first_token: int, params: SamplingParams,
+                     prior: int) -> AsyncIterator[RequestOutput]:
         if rid not in self.expiry:
             raise ValueError(f"no reservation for request {rid!r} (expired, aborted or never made)")
         self.expiry.pop(rid).cancel()
@@ -117,5 +120,5 @@ class DecodeWorker:
         cfg, dtype = self.engine.model_config, self.engine.config.dtype
         return TransferMeta(rid, cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim, dtype, self.checksum)
 
-    async def _on_engine(self, fn):
+    async def _on_engine(self, fn: Callable):
         return await asyncio.wrap_future(self.engine_loop.call(fn))

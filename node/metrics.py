@@ -1,8 +1,8 @@
 """A node's Prometheus metrics, served by prometheus_client's HTTP server on `--metrics-port`.
 
 Three sources: the engine loop reports each step and each request's outputs (`EngineObserver`:
-TTFT, TPOT, ITL, end to end, step time, tokens); the servicer counts calls and their failures by
-code and the KV bytes and seconds of transfers; gauges (KV blocks, queue, batch) are read from
+TTFT, TPOT, ITL, end to end, step time, tokens); the interceptor counts calls and their failures
+by code, the workers report the KV bytes and seconds of transfers (`kv_sent`, `kv_received`); gauges (KV blocks, queue, batch) are read from
 the engine's stats at scrape time. README "Metrics" lists every name. The same interceptor puts
 each call's request id in the log context (splitserve/rpc/logs.py).
 """
@@ -14,12 +14,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from splitserve.engine import RequestOutput
 from splitserve.rpc.logs import request_id
+from splitserve.runtime.engine_loop import EngineLoop
 
 PREFIX = "splitserve"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5,
@@ -33,7 +37,7 @@ log = logging.getLogger(__name__)
 class _EngineGauges:
     """KV blocks, queue depth and batch from `engine.stats()`, fetched on the engine thread per scrape."""
 
-    def __init__(self, engine_loop):
+    def __init__(self, engine_loop: EngineLoop):
         self.engine_loop = engine_loop
 
     def collect(self):
@@ -76,13 +80,9 @@ class NodeMetrics:
         self.rpc_errors = Counter(f"{PREFIX}_rpc_errors", "node calls failed, by method and gRPC status code",
                                   ["method", "code"], registry=r)
 
-    def attach(self, engine_loop, *workers) -> None:
-        """Reads the engine's gauges, observes its steps, and lets the workers report transfers."""
+    def watch_engine(self, engine_loop: EngineLoop) -> None:
+        """Reads the engine's gauges (KV blocks, queue, batch) at each scrape."""
         self.registry.register(_EngineGauges(engine_loop))
-        engine_loop.observer = EngineObserver(self)
-        for worker in workers:
-            if worker is not None:
-                worker.metrics = self
 
     def kv_sent(self, num_bytes: int, seconds: float) -> None:
         self.transfer_bytes.labels("send").inc(num_bytes)
@@ -107,7 +107,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: NodeMetrics, service: str):
         self.metrics, self.prefix = metrics, f"/{service}/"
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self.prefix):
             return handler
@@ -120,8 +120,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                                                         handler.request_deserializer, handler.response_serializer)
         return handler
 
-    def _unary(self, method: str, behavior):
-        async def call(request, context):
+    def _unary(self, method: str, behavior: Callable):
+        async def call(request: Message, context: grpc.aio.ServicerContext):
             start = self._start(method, request)
             try:
                 reply = await behavior(request, context)
@@ -132,8 +132,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return reply
         return call
 
-    def _stream(self, method: str, behavior):
-        async def call(request, context):
+    def _stream(self, method: str, behavior: Callable):
+        async def call(request: Message, context: grpc.aio.ServicerContext):
             start = self._start(method, request)
             try:
                 async for response in behavior(request, context):
@@ -144,7 +144,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             self._done(method, start)
         return call
 
-    def _start(self, method: str, request) -> float:
+    def _start(self, method: str, request: Message) -> float:
         request_id.set(getattr(request, "request_id", ""))
         self.metrics.rpcs.labels(method).inc()
         return time.monotonic()
@@ -153,7 +153,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         log.log(logging.INFO if method in LOGGED_CALLS else logging.DEBUG, "%s done", method,
                 extra={"seconds": round(time.monotonic() - start, 6)})
 
-    def _failed(self, method: str, context, exc: BaseException) -> None:
+    def _failed(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         if isinstance(exc, grpc.aio.AbortError):
             code = _status_name(context.code())
         else:
@@ -163,7 +163,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         log.warning("%s failed: %s", method, code, exc_info=code == "UNKNOWN")
 
 
-def _status_name(code) -> str:
+def _status_name(code: grpc.StatusCode | int) -> str:
     """grpc.aio may report the code as a StatusCode or as its integer value."""
     if isinstance(code, grpc.StatusCode):
         return code.name
@@ -179,7 +179,7 @@ class _Timing:
 
 
 class EngineObserver:
-    """Called by EngineLoop: `on_admit` / `on_drop` from any thread, `on_step` on the engine thread."""
+    """The engine loop's StepObserver: `on_admit` / `on_drop` from any thread, `on_step` on the engine thread."""
 
     def __init__(self, metrics: NodeMetrics):
         self.metrics = metrics
@@ -194,7 +194,7 @@ class EngineObserver:
         with self._lock:
             self._timings.pop(rid, None)
 
-    def on_step(self, seconds: float, outputs) -> None:
+    def on_step(self, seconds: float, outputs: list[RequestOutput]) -> None:
         self.metrics.step.observe(seconds)
         now = time.monotonic()
         for out in outputs:
@@ -203,7 +203,7 @@ class EngineObserver:
             if t is not None:
                 self._observe(out, t, now)
 
-    def _observe(self, out, t: _Timing, now: float) -> None:
+    def _observe(self, out: RequestOutput, t: _Timing, now: float) -> None:
         m, n = self.metrics, len(out.new_token_ids)
         if n:
             m.generation_tokens.inc(n)

@@ -1,4 +1,10 @@
-"""`splitserve node`: builds a prefill, decode or mixed node from its flags and serves it."""
+"""`splitserve node`: the process shell. Builds the engine and the role the config names, serves the
+Node service until SIGINT/SIGTERM, then drains.
+
+    prefill: Transfers (the engine loop's step hooks) -> engine loop -> chunk path -> prefill_node/setup.py
+    decode:  engine loop -> decode_node/setup.py (KV receiver, worker; a reaper task)
+    mixed:   engine loop -> chunk path (Generate, Abort and Stats are node/servicer.py's own)
+"""
 
 from __future__ import annotations
 
@@ -11,72 +17,55 @@ import uuid
 import torch
 
 from splitserve import labels
-from splitserve.api.v1 import node_pb2, node_pb2_grpc
-from splitserve.engine import Engine, EngineConfig
-from splitserve.runtime.engine_loop import EngineLoop
-from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.engine import Engine
 from splitserve.rpc.logs import setup_logging
+from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.tls import TLSFiles
-from node.metrics import NodeMetrics, RpcInterceptor
-from node.servicer import NodeServicer
+from decode_node.setup import DecodeRole, build_decode
+from node.config import NodeConfig
+from node.metrics import EngineObserver, NodeMetrics, RpcInterceptor
+from node.servicer import SERVICE_NAME, NodeServicer, Roles
+from prefill_node.chunk_metrics import ChunkCacheCollector
+from prefill_node.chunks import build_chunk_path
+from prefill_node.setup import build_prefill, make_transfers
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(dtype=args.dtype, device=args.device, block_size=args.block_size, num_blocks=args.num_blocks,
-                        kv_cache_bytes=args.kv_cache_bytes, max_num_seqs=args.max_num_seqs,
-                        max_num_batched_tokens=args.max_batched_tokens,
-                        enable_prefix_caching=not args.no_prefix_caching)
-
-
-async def main(args: argparse.Namespace) -> None:
-    if not args.model:
-        raise ValueError("--model is required")
-    torch.set_num_threads(args.threads)
-    engine = await asyncio.to_thread(Engine, args.model, engine_config(args))
-    node_id = f"{args.role}-{uuid.uuid4().hex[:12]}"
-    engine_loop = EngineLoop(engine)
-    tls = TLSFiles.load(args.tls_dir, "node") if args.tls_dir else None  # mTLS: only holders of our CA's certs
-    credentials = tls.server_credentials(require_client_cert=True) if tls else None
-    metrics = NodeMetrics(args.role)  # issue 4 metrics: node/metrics.py
-    server = GrpcServer(args.host, args.port, [SERVICE_NAME], credentials,
-                        interceptors=(RpcInterceptor(metrics, SERVICE_NAME),))
-    advertise = args.advertise_host or args.host
-    prefill = decode = None
-    closers = []
-    if args.role == labels.ROLE_PREFILL:
-        from node.transport import build_senders
-
-        prefill, close = build_senders(args, engine_loop, node_id, tls.client_credentials() if tls else None)
-        engine_loop.make_layer_hook, engine_loop.after_step = prefill.make_layer_hook, prefill.after_step
-        closers.append(close)
-    elif args.role == labels.ROLE_DECODE:
-        from node.transport import build_receiver
-
-        decode, close = build_receiver(args, engine_loop, node_id, server, f"{advertise}:{server.port}")
-        closers.append(close)
-    chunk_path = None
-    if args.role != labels.ROLE_DECODE:
-        from node.chunks import build_chunk_path
-
-        chunk_path = build_chunk_path(args, engine_loop)
-        if prefill is not None:
-            prefill.chunk_path = chunk_path
-    servicer = NodeServicer(node_id, args.role, engine_loop, prefill, decode, chunk_path)
-    node_pb2_grpc.add_NodeServicer_to_server(servicer, server.server)
-    metrics.attach(engine_loop, prefill, decode)
+async def main(config: NodeConfig) -> None:
+    torch.set_num_threads(config.threads)
+    engine = await asyncio.to_thread(Engine, config.model, config.engine)
+    node_id = f"{config.role}-{uuid.uuid4().hex[:12]}"
+    tls = TLSFiles.load(config.tls_dir, "node") if config.tls_dir else None  # mTLS: only holders of our CA's certs
+    metrics = NodeMetrics(config.role)
+    server = GrpcServer(config.host, config.port, [SERVICE_NAME], tls.server_credentials(require_client_cert=True)
+                        if tls else None, interceptors=(RpcInterceptor(metrics, SERVICE_NAME),))
+    transfers = make_transfers(config, engine) if config.role == labels.ROLE_PREFILL else None
+    engine_loop = EngineLoop(engine, transfers, EngineObserver(metrics), config.fault_step_delay_s)
+    metrics.watch_engine(engine_loop)
+    chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:
-        from node.chunk_metrics import ChunkCacheCollector
-
         metrics.registry.register(ChunkCacheCollector(chunk_path))
-    engine_loop.fault_step_delay_s = args.fault_step_delay_s
-    if args.fault_signals and prefill is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, prefill.arm_drop)
-    metrics_address = metrics.serve(args.host, args.metrics_port)
+    roles, closers, decode = Roles(chunk_path=chunk_path), [], None
+    if transfers is not None:
+        prefill = build_prefill(config, node_id, engine_loop, transfers, chunk_path, metrics,
+                                tls.client_credentials() if tls else None)
+        roles, closers = Roles(prefill.servicer, None, chunk_path, (prefill.worker,)), [prefill.close]
+        if config.fault_signals:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, transfers.arm_drop)
+    elif config.role == labels.ROLE_DECODE:
+        decode = build_decode(config, node_id, engine_loop, server, metrics)
+        roles, closers = Roles(None, decode.servicer, None, (decode.worker,)), [decode.close]
+    NodeServicer(node_id, config.role, engine_loop, roles).add_to(server)
+    metrics_address = metrics.serve(config.host, config.metrics_port)
     engine_loop.start()
-    reaper = asyncio.get_running_loop().create_task(decode.reap_forever()) if decode else None
+    await _serve(config, server, node_id, engine_loop, closers, decode, metrics_address)
+
+
+async def _serve(config: NodeConfig, server: GrpcServer, node_id: str, engine_loop: EngineLoop, closers: list,
+                 decode: DecodeRole | None, metrics_address: str) -> None:
+    reaper = decode.start() if decode is not None else None
 
     async def shutdown() -> None:
         if reaper is not None:
@@ -85,17 +74,18 @@ async def main(args: argparse.Namespace) -> None:
         for close in closers:
             close()
 
-    kv = f" kv={decode.kv_address}" if decode else ""
+    kv = f" kv={decode.worker.target.kv_address}" if decode else ""
     kv += f" metrics={metrics_address}" if metrics_address else ""
-    log.info("node %s (%s) listening on %s:%d%s", node_id, args.role, args.host, server.port, kv)
-    ready = f"READY node grpc://{advertise}:{server.port} node_id={node_id} role={args.role}{kv}"
+    log.info("node %s (%s) listening on %s:%d%s", node_id, config.role, config.host, server.port, kv)
+    ready = f"READY node grpc://{config.advertised_host}:{server.port} node_id={node_id} role={config.role}{kv}"
     await serve_until_signal(server, shutdown, ready)
 
 
 def run_node(args: argparse.Namespace) -> int:
+    """The entry point (node/cli.py): the flags become a NodeConfig here, once."""
     setup_logging(f"node-{args.role}")
     try:
-        asyncio.run(main(args))
+        asyncio.run(main(NodeConfig.from_args(args)))
     except ValueError as exc:
         log.error("%s", exc)
         return 2

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import threading
 
-from splitserve.api.v1 import node_pb2
+import grpc
+
 from splitserve.kvtransfer import BACKENDS, KVSender, TransferConfig, make_sender
+from splitserve.node_api import KVTarget
 
 
 class SenderPool:
-    def __init__(self, node_id: str, config: TransferConfig, credentials=None):
+    def __init__(self, node_id: str, config: TransferConfig, credentials: grpc.ChannelCredentials | None = None):
         self.node_id = node_id
         self.config = config
-        self.credentials = credentials  # grpc.ChannelCredentials for the gRPC transport under mTLS
+        self.credentials = credentials  # for the gRPC transport under mTLS
         self._senders: dict[tuple[str, str], KVSender] = {}
         self._lock = threading.Lock()
 
-    def get(self, target: node_pb2.KVTarget) -> KVSender:
+    def get(self, target: KVTarget) -> KVSender:
         """The sender to target's decode node. ValueError for an unusable target (bad input)."""
         if target.transport not in BACKENDS:
             raise ValueError(f"KV transport must be one of {', '.join(BACKENDS)}, got {target.transport!r}")

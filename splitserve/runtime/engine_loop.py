@@ -3,8 +3,10 @@
 Other threads never touch the engine: they submit functions with `call(fn)` (run on the
 engine thread between steps; the result comes back as a Future) and receive each request's
 outputs through the sink they registered with `subscribe`. The thread steps while the engine
-has work and sleeps on a condition otherwise. An optional `observer` (node/metrics.py) hears
-of each subscription and each step's duration and outputs.
+has work and sleeps on a condition otherwise. Collaborators come at construction: `hooks`
+(prefill nodes: prefill_node/transfers.py sends each layer's KV during the step and finishes
+transfers after it) and `observer` (node/metrics.py: each subscription, each step's duration
+and outputs).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Protocol
 
 from splitserve.engine import Engine, RequestOutput
 
@@ -23,14 +25,33 @@ Sink = Callable[[RequestOutput], None]
 ENGINE_ERROR = "error"  # finish reason of requests failed by a broken engine step
 
 
+class StepHooks(Protocol):
+    """Called on the engine thread around each step."""
+
+    def make_layer_hook(self, plan) -> Callable[[int], None] | None:
+        """Before the step: a function called after each layer of it (None: nothing to do)."""
+
+    def after_step(self, engine: Engine, outputs: list[RequestOutput]) -> None:
+        """After the step, before the outputs reach their subscribers."""
+
+
+class StepObserver(Protocol):
+    """Hears of requests and steps: `on_admit` / `on_drop` from any thread, `on_step` on the engine thread."""
+
+    def on_admit(self, request_id: str) -> None: ...
+
+    def on_drop(self, request_id: str) -> None: ...
+
+    def on_step(self, seconds: float, outputs: list[RequestOutput]) -> None: ...
+
+
 class EngineLoop:
-    def __init__(self, engine: Engine, make_layer_hook: Callable | None = None,
-                 after_step: Callable[[Engine, list[RequestOutput]], None] | None = None):
+    def __init__(self, engine: Engine, hooks: StepHooks | None = None, observer: StepObserver | None = None,
+                 fault_step_delay_s: float = 0.0):
         self.engine = engine
-        self.make_layer_hook = make_layer_hook
-        self.after_step = after_step
-        self.observer = None  # on_admit(rid), on_drop(rid), on_step(seconds, outputs): metrics
-        self.fault_step_delay_s = 0.0  # fault injection for tests: sleep after each step (slow decoding)
+        self.hooks = hooks
+        self.observer = observer
+        self.fault_step_delay_s = fault_step_delay_s  # fault injection for tests: sleep after each step
         self._calls: list[tuple[Callable, Future]] = []
         self._sinks: dict[str, Sink] = {}
         self._wake = threading.Condition()
@@ -95,7 +116,7 @@ class EngineLoop:
     def _step(self) -> None:
         start = time.perf_counter()
         try:
-            outputs = self.engine.step(self.make_layer_hook)
+            outputs = self.engine.step(self.hooks.make_layer_hook if self.hooks is not None else None)
         except Exception:  # a broken step fails its requests, never the node
             log.exception("engine step failed; failing the requests in flight")
             self._fail_requests()
@@ -104,8 +125,8 @@ class EngineLoop:
             self.observer.on_step(time.perf_counter() - start, outputs)
         if self.fault_step_delay_s:
             time.sleep(self.fault_step_delay_s)
-        if self.after_step is not None:
-            self.after_step(self.engine, outputs)
+        if self.hooks is not None:
+            self.hooks.after_step(self.engine, outputs)
         for out in outputs:
             with self._wake:
                 sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)

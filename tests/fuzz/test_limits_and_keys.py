@@ -19,7 +19,7 @@ import pytest
 from router.auth import ApiKeys
 from router.frontend import Frontend
 from router.http_api import DEFAULT_MAX_BODY_BYTES, HttpContext, create_app
-from node.servicer import MAX_INGEST_DOCUMENTS
+from prefill_node.servicer import MAX_INGEST_DOCUMENTS
 from splitserve.api.v1 import common_pb2, node_pb2, router_pb2
 from splitserve.grpc_util import MAX_MESSAGE_BYTES
 from tests.fuzz.harness import AUTH, KEY, NODE, ROUTER, assert_healthy, call, node, push_kv

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from prefill_node.chunks import ChunkPath
+
 P = "splitserve_chunk_cache"
 
 
 class ChunkCacheCollector:
-    def __init__(self, chunk_path):
+    def __init__(self, chunk_path: ChunkPath):
         self.chunk_path = chunk_path
 
     def collect(self):

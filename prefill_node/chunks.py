@@ -10,46 +10,45 @@ With no hit, the request takes the plain engine path.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
+from typing import Callable
 
 from splitserve.chunkcache import bloom
-from splitserve.chunkcache.blend import BlendConfig
-from splitserve.chunkcache.cachecraft import CacheCraftConfig
 from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
 from splitserve.chunkcache.keys import model_fingerprint
 from splitserve.chunkcache.redis_tier import RedisTier
-from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig, RequestPlan
+from splitserve.chunkcache.runner import ChunkCache, RequestPlan
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
-from splitserve.engine import RequestOutput
+from splitserve.engine import RequestOutput, SamplingParams
+from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import OutputStream, run_streaming
+from node.config import ChunkPathConfig
 
 log = logging.getLogger(__name__)
 
 
-def build_chunk_path(args: argparse.Namespace, engine_loop) -> "ChunkPath | None":
-    if args.chunk_cache_bytes <= 0:
+def build_chunk_path(config: ChunkPathConfig, model_dir: str, engine_loop: EngineLoop) -> "ChunkPath | None":
+    """The chunk path of a prefill or mixed node, or None when its chunk cache is off."""
+    if not config.enabled:
         return None
     engine = engine_loop.engine
-    layers = tuple(int(x) for x in str(args.blend_check_layers).split(","))
-    ratios = tuple(float(x) for x in str(args.blend_ratio).split(","))
-    config = ChunkCacheConfig(BlendConfig(layers, ratios), CacheCraftConfig(args.cachecraft_alpha, ratios[-1],
-                                                                            args.chunk_variants), args.chunk_planning)
     remote = None
-    if args.redis_url:
+    if config.redis_url:
         layout = (engine.model_config.num_layers, engine.model_config.num_kv_heads, engine.model_config.head_dim)
-        remote = RedisTier(args.redis_url, model_fingerprint(args.model), engine.config.dtype, args.chunk_ttl_s,
-                           args.chunk_int8, layout=layout)
-    store = ChunkStore(LocalTier(args.chunk_cache_bytes), remote, args.chunk_variants)
+        remote = RedisTier(config.redis_url, model_fingerprint(model_dir), engine.config.dtype, config.ttl_s,
+                           config.int8, layout=layout)
+    store = ChunkStore(LocalTier(config.local_bytes), remote, config.cache.craft.max_variants)
+    blend = config.cache.blend
     log.info("chunk cache: local tier %d bytes, redis %s, blend layers %s ratios %s, planning %s",
-             args.chunk_cache_bytes, args.redis_url or "off (local tier only)", layers, ratios, args.chunk_planning)
-    return ChunkPath(engine_loop, ChunkCache(engine, store, config), args.chunk_stats_max_keys)
+             config.local_bytes, config.redis_url or "off (local tier only)", blend.check_layers, blend.ratios,
+             config.cache.planning)
+    return ChunkPath(engine_loop, ChunkCache(engine, store, config.cache), config.stats_max_keys)
 
 
 class ChunkPath:
-    def __init__(self, engine_loop, cache: ChunkCache, max_stats_keys: int = 1024):
+    def __init__(self, engine_loop: EngineLoop, cache: ChunkCache, max_stats_keys: int = 1024):
         self.engine_loop, self.cache = engine_loop, cache
         self.max_stats_keys = max_stats_keys
         self._storing: set[str] = set()
@@ -84,7 +83,8 @@ class ChunkPath:
         finally:
             self._storing.discard(key)
 
-    async def generate(self, rid: str, prompt: list[int], params, prior: int, spans: list[tuple[int, int]]):
+    async def generate(self, rid: str, prompt: list[int], params: SamplingParams, prior: int,
+                       spans: list[tuple[int, int]]):
         """Mixed node: yields RequestOutputs like run_streaming, the first token from the blended prefill."""
         plan = await self.plan(prompt, spans)
         first = None
@@ -109,7 +109,8 @@ class ChunkPath:
                 self.engine_loop.unsubscribe(rid)
                 self.engine_loop.call(lambda engine: engine.abort(rid))
 
-    async def _admit_blended(self, rid, prompt, params, prior, plan) -> RequestOutput | None:
+    async def _admit_blended(self, rid: str, prompt: list[int], params: SamplingParams, prior: int,
+                             plan: RequestPlan) -> RequestOutput | None:
         def admit(engine):
             engine.validate(prompt, params, rid, prior)
             outcome = self.cache.blend(engine, rid, prompt, plan, params, prior)
@@ -159,5 +160,5 @@ class ChunkPath:
                    chunk_keys=keys[:self.max_stats_keys])
         return out
 
-    async def _on_engine(self, fn):
+    async def _on_engine(self, fn: Callable):
         return await asyncio.wrap_future(self.engine_loop.call(fn))

@@ -1,0 +1,67 @@
+"""`splitserve node`: the node's flags (each also SPLITSERVE_<FLAG>) and its entry point.
+
+Light at import time (the CLI imports it to build its parser): the node itself is imported
+only when the command runs. The flags become a frozen NodeConfig (node/config.py) in run_node.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from splitserve import labels
+from splitserve.flags import add_command, add_flag
+
+
+def register(subparsers) -> None:
+    add_command(subparsers, "node", "run a prefill, decode or mixed (colocated) node", add_node_arguments, run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.server import run_node
+
+    return run_node(args)
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--role", labels.ROLE_MIXED, "node role", choices=labels.NODE_ROLES)
+    add_flag(parser, "--model", None, "HF-format model folder")
+    add_flag(parser, "--host", "127.0.0.1", "address the gRPC server binds")
+    add_flag(parser, "--port", labels.DEFAULT_NODE_GRPC_PORT, "gRPC port", type=int)
+    add_flag(parser, "--advertise-host", None, "address peers use to reach this node (default: --host)")
+    add_flag(parser, "--metrics-port", 0, "Prometheus /metrics port (0: off; -1: any free port, shown in the READY line)",
+         type=int)
+    add_flag(parser, "--transport", "torch", "KV transport backend", choices=("torch", "grpc"))
+    add_flag(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
+    add_flag(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
+    add_flag(parser, "--dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16"))
+    add_flag(parser, "--threads", 1, "torch intra-op threads", type=int)
+    add_flag(parser, "--num-blocks", 0, "KV blocks in the pool (0: size from --kv-cache-bytes)", type=int)
+    add_flag(parser, "--kv-cache-bytes", 1 << 30, "KV pool size in bytes when --num-blocks is 0", type=int)
+    add_flag(parser, "--block-size", 16, "tokens per KV block", type=int)
+    add_flag(parser, "--max-num-seqs", 64, "most requests in one batch", type=int)
+    add_flag(parser, "--max-batched-tokens", 2048, "token budget of one engine step", type=int)
+    add_flag(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
+    add_flag(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS (callers need a "
+         "certificate from the same CA; the gRPC KV transport uses it too)")
+    add_flag(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
+    add_flag(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
+         "the prefill instead of layer by layer", type=int)
+    add_flag(parser, "--fault-kv-send-delay-s", 0.0, "fault injection for tests: sleep this long before sending "
+         "each KV layer", type=float)
+    add_flag(parser, "--fault-step-delay-s", 0.0, "fault injection for tests: sleep this long after each engine step",
+         type=float)
+    add_flag(parser, "--fault-signals", False, "fault injection for tests: SIGUSR1 makes a prefill node drop its next KV "
+         "transfer midway", action="store_true")
+    add_flag(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
+    add_flag(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
+    add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
+    add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)
+    add_flag(parser, "--chunk-int8", False, "store chunk KV in Redis as int8 with per-token scales", action="store_true")
+    add_flag(parser, "--blend-check-layers", "1", "CacheBlend check layers, comma-separated (several: gradual filtering)")
+    add_flag(parser, "--blend-ratio", "0.15", "recompute ratio per check layer, comma-separated, non-increasing; "
+         "check layer 0 with ratio 0 is direct reuse")
+    add_flag(parser, "--chunk-planning", "cachecraft", "per-chunk recompute budgets (cachecraft) or one ratio (ratio)",
+         choices=("cachecraft", "ratio"))
+    add_flag(parser, "--cachecraft-alpha", 1.0, "Cache-Craft fix-overhead scale alpha", type=float)
+    add_flag(parser, "--chunk-variants", 5, "variants kept per chunk (Cache-Craft M)", type=int)
+    add_flag(parser, "--chunk-stats-max-keys", 1024, "chunk keys listed in Stats replies", type=int)

@@ -1,0 +1,58 @@
+"""The router's command line: `splitserve router` and its flags, each also read from SPLITSERVE_<FLAG>.
+
+The router is imported only when the command runs (the CLI imports this module to build its
+parser); run_router turns the flags into a frozen RouterConfig (router/config.py) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from splitserve import labels
+from splitserve.flags import add_command, add_flag
+
+
+def register(subparsers) -> None:
+    add_command(subparsers, "router", "run the router (gRPC + OpenAI HTTP)", add_router_arguments, run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.server import run_router
+
+    return run_router(args)
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--model", None, "HF-format model folder (tokenizer and chat template)")
+    add_flag(parser, "--host", "127.0.0.1", "address the router binds")
+    add_flag(parser, "--port", labels.DEFAULT_ROUTER_GRPC_PORT, "gRPC port", type=int)
+    add_flag(parser, "--http-port", labels.DEFAULT_ROUTER_HTTP_PORT, "OpenAI-compatible HTTP port (0: off; -1: any free port, "
+         "shown in the READY line)", type=int)
+    add_flag(parser, "--nodes", "", "static nodes: comma-separated ROLE=HOST:PORT (role: prefill, decode, mixed)")
+    add_flag(parser, "--nodes-file", None, "static nodes from a YAML file")
+    add_flag(parser, "--discovery", "static", "node discovery", choices=("static", "kubernetes"))
+    add_flag(parser, "--k8s-namespace", "default", "namespace watched by Kubernetes discovery")
+    add_flag(parser, "--k8s-selector", f"{labels.NAME_LABEL}={labels.APP_NAME}", "pod label selector")
+    add_flag(parser, "--policy", "least_loaded", "routing policy")
+    add_flag(parser, "--api-keys-file", None, "file with one API key per line; keys also come from env "
+         "SPLITSERVE_API_KEYS, comma-separated (neither: no auth)")
+    add_flag(parser, "--tls-dir", None, "folder with ca.pem, router.pem, router-key.pem (TLS + mTLS to nodes)")
+    add_flag(parser, "--max-queue", 256, "most requests the router holds at once (queued or running on nodes); "
+         "beyond it 429 / RESOURCE_EXHAUSTED", type=int)
+    # -- issue 4 (HTTP API, load shedding, security): added flags
+    add_flag(parser, "--served-model-name", None, "model id of the OpenAI API (default: the model folder's name)")
+    add_flag(parser, "--request-timeout-s", 600.0, "per-request deadline in seconds (0: none; a client's sooner "
+         "deadline wins)", type=float)
+    add_flag(parser, "--retry-after-s", 1.0, "Retry-After sent with 429 / RESOURCE_EXHAUSTED", type=float)
+    add_flag(parser, "--max-request-bytes", 8 << 20, "largest HTTP request body (413 beyond)", type=int)
+    add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
+    add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
+         action="store_true")
+    # -- issue 4 (policies, discovery, health, failover): added flags
+    add_flag(parser, "--health-interval-s", 0.5, "seconds between gRPC health checks of each node", type=float)
+    add_flag(parser, "--health-timeout-s", 1.0, "a node that does not answer a health check within this fails it", type=float)
+    add_flag(parser, "--unhealthy-after", 2, "failed health checks in a row that take a node out of routing", type=int)
+    add_flag(parser, "--max-retries", 3, "re-dispatches of a request after node failures (failover) before it fails",
+         type=int)
+    add_flag(parser, "--retry-backoff-s", 0.05, "wait before the first re-dispatch, doubling after each (at most 1 s)",
+         type=float)

@@ -1,0 +1,45 @@
+"""The Node service's calls as plain dataclasses.
+
+The node servicers (prefill_node/servicer.py, decode_node/servicer.py) convert protobuf to and
+from these; the workers take and return them. The router's node client (router/cluster/node_client.py)
+returns them to the orchestrator. Nothing here imports gRPC or protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Logprob = tuple[float, list[tuple[int, float]]]  # (logprob of the token, [(token id, logprob)] of the top k)
+
+
+@dataclass(frozen=True)
+class KVTarget:
+    """Where a request's KV goes: the decode node that reserved blocks for it."""
+
+    node_id: str
+    kv_address: str
+    transport: str
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A decode node's answer to Reserve: KV blocks are held for the request until its Decode (or expiry)."""
+
+    target: KVTarget
+    num_blocks: int
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """A prefill node's answer to Prefill: the first token; the KV is on the decode node unless `finished`."""
+
+    first_token_id: int
+    logprob: Logprob | None
+    finished: bool  # the first token ended the request: no Decode follows
+    finish_reason: str  # "prefilled" unless finished
+    num_cached_tokens: int
+    kv_bytes: int = 0
+    prefill_s: float = 0.0
+    transfer_s: float = 0.0
+    num_reused_tokens: int = 0  # chunk-cache rows reused (blended prefills)
+    num_computed_tokens: float = 0.0  # rows computed by a blended prefill
