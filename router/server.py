@@ -9,15 +9,15 @@ import logging
 from splitserve.api.v1 import router_pb2, router_pb2_grpc
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.rpc.logs import setup_logging
-from router.frontend import Frontend
-from router.fronts import Security, admission_from_args, http_server
-from router.discovery import start_discovery, static_nodes
-from router.failover import RetryConfig
-from router.health import HealthConfig
-from router.nodes import NodeRegistry
-from router.orchestrator import Orchestrator
-from router.policies import get_policy
-from router.servicer import RouterServicer
+from router.front.intake import Frontend
+from router.front.security import Security, admission_from_args, http_server
+from router.cluster.discovery import start_discovery, static_nodes
+from router.cluster.failover import RetryConfig
+from router.cluster.health import HealthConfig
+from router.cluster.nodes import NodeRegistry
+from router.cluster.orchestrator import Orchestrator
+from router.cluster.policies import get_policy
+from router.front.grpc_servicer import RouterServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
@@ -26,11 +26,11 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 async def build(args: argparse.Namespace):
     if not args.model:
         raise ValueError("--model is required (the tokenizer and chat template come from it)")
-    security = Security.from_args(args)  # issue 4: keys, TLS, mTLS to nodes (router/fronts.py)
+    security = Security.from_args(args)  # issue 4: keys, TLS, mTLS to nodes (router/front/security.py)
     health = HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after)  # issue 4: health
     registry = NodeRegistry(health, credentials=security.node_credentials(),
                             channel_options=security.node_channel_options())
-    for role, address in static_nodes(args.nodes, args.nodes_file):  # issue 4: discovery (router/discovery.py)
+    for role, address in static_nodes(args.nodes, args.nodes_file):  # issue 4: discovery (router/cluster/discovery.py)
         registry.add(role, address)
     retry = RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s))  # issue 4: failover
     orchestrator = Orchestrator(registry, get_policy(args.policy), retry=retry)

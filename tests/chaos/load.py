@@ -21,7 +21,7 @@ from splitserve.bench.runner import TIME_LIMIT_ERROR, RunConfig
 from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import BenchRequest, WorkloadConfig, make_workload
 from splitserve.engine import Engine, SamplingParams
-from router.frontend import Frontend
+from router.front.intake import Frontend
 
 # The codes the README documents for a request a fault could not be hidden from.
 DOCUMENTED_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.frontend import Frontend
+from router.front.intake import Frontend
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.documents import document_prompt
 from splitserve.chunkcache.format import HEADER_BYTES, ChunkKV, encode

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from router.auth import ApiKeys
-from router.frontend import Frontend
-from router.http_api import DEFAULT_MAX_BODY_BYTES, HttpContext, create_app
+from router.front.auth import ApiKeys
+from router.front.intake import Frontend
+from router.front.http_api import DEFAULT_MAX_BODY_BYTES, HttpContext, create_app
 from prefill_node.servicer import MAX_INGEST_DOCUMENTS
 from splitserve.api.v1 import common_pb2, node_pb2, router_pb2
 from splitserve.grpc_util import MAX_MESSAGE_BYTES
@@ -26,7 +26,7 @@ from tests.fuzz.harness import AUTH, KEY, NODE, ROUTER, assert_healthy, call, no
 from tests.fuzz.strategies import length_delimited
 
 pytestmark = pytest.mark.slow
-# probes and Prometheus scrapers (router/http_api.py documents both as keyless); /metrics and
+# probes and Prometheus scrapers (router/front/http_api.py documents both as keyless); /metrics and
 # FastAPI's /openapi.json are not in the schema this test reads the routes from
 OPEN_ROUTES = {"/health", "/metrics"}
 OVER_LIMIT = length_delimited(2, b"a" * (MAX_MESSAGE_BYTES + 1))  # field 2 (prompt / prompt_token_ids / data)

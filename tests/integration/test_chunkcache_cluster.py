@@ -12,7 +12,7 @@ import sys
 import pytest
 import redis
 
-from router.frontend import Frontend
+from router.front.intake import Frontend
 from splitserve.bench import traces
 from splitserve.client import AsyncClient, Client
 from splitserve.engine import Engine, SamplingParams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.frontend import Frontend
+from router.front.intake import Frontend
 from splitserve.chunkcache import bloom
 from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
 from splitserve.chunkcache.keys import content_hash

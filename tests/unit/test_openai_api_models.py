@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.completion import Finish, Piece
-from router.openai_format import ChatShape, CompletionShape
-from router.openai_models import ChatCompletionRequest, CompletionRequest, InvalidRequest
-from router.orchestrator import Done
+from router.front.completion import Finish, Piece
+from router.front.openai_format import ChatShape, CompletionShape
+from router.front.openai_models import ChatCompletionRequest, CompletionRequest, InvalidRequest
+from router.cluster.orchestrator import Done
 
 
 def parse(cls, **body):

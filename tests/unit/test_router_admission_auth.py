@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from router.admission import Admission, AdmissionConfig, DeadlineExceeded, Overloaded, bounded
-from router.auth import ENV_VAR, ApiKeys
+from router.front.admission import Admission, AdmissionConfig, DeadlineExceeded, Overloaded, bounded
+from router.front.auth import ENV_VAR, ApiKeys
 
 
 def test_keys_from_file_and_environment(tmp_path):

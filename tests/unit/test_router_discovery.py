@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from router.discovery import KubernetesDiscovery, load_nodes_file, pod_endpoint, static_nodes
-from router.nodes import NodeRegistry
+from router.cluster.discovery import KubernetesDiscovery, load_nodes_file, pod_endpoint, static_nodes
+from router.cluster.nodes import NodeRegistry
 from tests.support.fake_kube import FakeKubeAPI, chart_docs, node_pod, pod_status, router_selector
 
 

@@ -15,13 +15,13 @@ from grpc_health.v1 import health_pb2
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine import SamplingParams, Tokenizer
 from splitserve.rpc.server import GrpcServer
-from router.completion import Finish, Piece, completion
-from router.failover import RetryConfig
-from router.health import NODE_SERVICE, HealthConfig
+from router.front.completion import Finish, Piece, completion
+from router.cluster.failover import RetryConfig
+from router.cluster.health import NODE_SERVICE, HealthConfig
 from router.metrics import RouterMetrics
-from router.nodes import NodeRegistry
-from router.orchestrator import Done, Job, NodeCallError, Orchestrator, Tokens
-from router.policies import split_or_colocated
+from router.cluster.nodes import NodeRegistry
+from router.cluster.orchestrator import Done, Job, NodeCallError, Orchestrator, Tokens
+from router.cluster.policies import split_or_colocated
 
 PROMPT = list(range(10, 30))
 BASE = 300  # the tiny tokenizer's 300..309: 'ing' 'ro' 'il' ' to' 'ent' 'el' ' g' 'am' 'st' ' re'
@@ -69,7 +69,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
 
 def run_job(specs: list[dict], retry: RetryConfig = RetryConfig(backoff_s=0.001), stop=(), tokenizer=None):
     """Runs one 10-token job over fake nodes made from specs; returns (events, metrics, nodes).
-    With a tokenizer, the events are router/completion.py's text pieces (stop strings applied)."""
+    With a tokenizer, the events are router/front/completion.py's text pieces (stop strings applied)."""
     nodes = []
     try:
         return asyncio.run(_run_job(specs, retry, nodes, stop, tokenizer))

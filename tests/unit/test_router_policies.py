@@ -2,9 +2,9 @@
 
 import pytest
 
-from router.nodes import NodeView, parse_static_nodes
-from router.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
-from router.prefix_index import PrefixIndex, block_hashes
+from router.cluster.nodes import NodeView, parse_static_nodes
+from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
+from router.cluster.prefix_index import PrefixIndex, block_hashes
 from splitserve.engine.block_pool import BlockPool
 
 REQ = RouteRequest(num_prompt_tokens=100, max_tokens=10)

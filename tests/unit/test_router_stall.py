@@ -1,12 +1,12 @@
-"""router/stall.py against a real in-process gRPC server whose handler hangs (a stopped node)."""
+"""router/cluster/stall.py against a real in-process gRPC server whose handler hangs (a stopped node)."""
 
 import asyncio
 
 import grpc
 import pytest
 
-from router.failover import NodeCallError
-from router.stall import CallWatch, cancelled_when_down
+from router.cluster.failover import NodeCallError
+from router.cluster.stall import CallWatch, cancelled_when_down
 
 METHOD = "/test.Hang/Call"
 

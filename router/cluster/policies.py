@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from splitserve import labels
-from router.nodes import NodeView
-from router.prefix_index import PrefixIndex, block_hashes
+from router.cluster.nodes import NodeView
+from router.cluster.prefix_index import PrefixIndex, block_hashes
 
 
 @dataclass(frozen=True)
 class RouteRequest:
     num_prompt_tokens: int
     max_tokens: int
-    prompt_token_ids: Sequence[int] = ()  # cache_aware hashes its blocks (router/prefix_index.py)
+    prompt_token_ids: Sequence[int] = ()  # cache_aware hashes its blocks (router/cluster/prefix_index.py)
     chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
     num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
 

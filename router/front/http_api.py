@@ -22,16 +22,16 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.admission import Admission, DeadlineExceeded, Overloaded, bounded
-from router.auth import ApiKeys
-from router.completion import completion
-from router.frontend import Frontend
-from router.http_errors import ApiError, ClientGone, from_exception, unauthorized
-from router.http_stream import EventStreamResponse, collect, event_stream, until_disconnect
-from router.openai_format import ChatShape, CompletionShape, TokenTexts, _Shape
-from router.openai_models import ChatCompletionRequest, CompletionRequest
-from router.orchestrator import Job, NodeCallError, Orchestrator
-from router.policies import NoRoute
+from router.front.admission import Admission, DeadlineExceeded, Overloaded, bounded
+from router.front.auth import ApiKeys
+from router.front.completion import completion
+from router.front.intake import Frontend
+from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
+from router.front.http_stream import EventStreamResponse, collect, event_stream, until_disconnect
+from router.front.openai_format import ChatShape, CompletionShape, TokenTexts, Shape
+from router.front.openai_models import ChatCompletionRequest, CompletionRequest
+from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
+from router.cluster.policies import NoRoute
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 8 << 20
@@ -111,7 +111,7 @@ class Endpoints:
         shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs)
         return await self.serve(request, job, shape, body.stream, body.include_usage)
 
-    async def serve(self, request: Request, job: Job, shape: _Shape, stream: bool, include_usage: bool):
+    async def serve(self, request: Request, job: Job, shape: Shape, stream: bool, include_usage: bool):
         slot = self.ctx.admission.admit()
         try:
             route = self.ctx.orchestrator.route(job)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import grpc
 from fastapi.responses import JSONResponse
 
-from router.admission import DeadlineExceeded, Overloaded
-from router.openai_models import InvalidRequest
-from router.orchestrator import NodeCallError
-from router.policies import NoRoute
+from router.front.admission import DeadlineExceeded, Overloaded
+from router.front.openai_models import InvalidRequest
+from router.cluster.orchestrator import NodeCallError
+from router.cluster.policies import NoRoute
 
 # gRPC status of a failed node call -> (HTTP status, error type)
 _GRPC_TO_HTTP = {

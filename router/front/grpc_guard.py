@@ -14,8 +14,8 @@ from __future__ import annotations
 import grpc
 
 from splitserve.api.v1 import router_pb2
-from router.admission import Admission, DeadlineExceeded, Overloaded, bounded
-from router.auth import ApiKeys
+from router.front.admission import Admission, DeadlineExceeded, Overloaded, bounded
+from router.front.auth import ApiKeys
 
 ROUTER_PREFIX = "/" + router_pb2.DESCRIPTOR.services_by_name["Router"].full_name + "/"
 UNAUTHENTICATED_MESSAGE = "missing or invalid API key: send metadata 'authorization: Bearer KEY'"

@@ -15,10 +15,10 @@ from typing import AsyncIterator, Awaitable
 
 from fastapi.responses import StreamingResponse
 
-from router.admission import Slot
-from router.completion import Finish, Piece
-from router.http_errors import ClientGone, from_exception
-from router.openai_format import _Shape
+from router.front.admission import Slot
+from router.front.completion import Finish, Piece
+from router.front.http_errors import ClientGone, from_exception
+from router.front.openai_format import Shape
 
 log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
@@ -58,7 +58,7 @@ def _data(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def event_stream(events: AsyncIterator[Piece | Finish], shape: _Shape, include_usage: bool,
+async def event_stream(events: AsyncIterator[Piece | Finish], shape: Shape, include_usage: bool,
                        slot: Slot) -> AsyncIterator[bytes]:
     """SSE lines: text chunks, a chunk with the finish reason, usage (when asked), [DONE].
 

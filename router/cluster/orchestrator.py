@@ -5,7 +5,7 @@ streams the KV to the reservation and returns the first token, sent on at once) 
 on the decode node streams the rest. Colocated: Generate on one mixed node. Closing the
 iterator early (client gone, stop string) cancels the node calls, which abort there.
 
-Failover (router/failover.py): when a node call fails with a retryable code, the nodes of that
+Failover (router/cluster/failover.py): when a node call fails with a retryable code, the nodes of that
 route get a health check (the dead leave the routing set), the router waits a backoff, routes
 again without them and re-dispatches the prompt plus the tokens already yielded as a
 continuation; the consumer's iterator just goes on, so its text state (stop strings) carries
@@ -28,11 +28,11 @@ from splitserve.chunkcache.keys import content_hash
 from splitserve.engine import SamplingParams
 from splitserve.rpc.convert import logprob_from_proto, sampling_to_proto
 from splitserve.rpc.logs import request_id
-from router.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
+from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
-from router.nodes import NodeRegistry
-from router.policies import NoRoute, Policy, Route, RouteRequest
-from router.stall import cancelled_when_down
+from router.cluster.nodes import NodeRegistry
+from router.cluster.policies import NoRoute, Policy, Route, RouteRequest
+from router.cluster.stall import cancelled_when_down
 
 log = logging.getLogger(__name__)
 __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from splitserve import labels
-from router.nodes import NodeRegistry, parse_static_nodes
+from router.cluster.nodes import NodeRegistry, parse_static_nodes
 
 log = logging.getLogger(__name__)
 GRPC_PORT_NAME = "grpc"

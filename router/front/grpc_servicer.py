@@ -10,10 +10,10 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
-from router.completion import Finish, Piece, completion
-from router.frontend import Frontend
-from router.orchestrator import Job, NodeCallError, Orchestrator
-from router.policies import NoRoute
+from router.front.completion import Finish, Piece, completion
+from router.front.intake import Frontend
+from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
+from router.cluster.policies import NoRoute
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from router.failover import NodeCallError
+from router.cluster.failover import NodeCallError
 
 
 @dataclass

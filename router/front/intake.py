@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from splitserve.chunkcache.documents import document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
-from router.orchestrator import Job
+from router.cluster.orchestrator import Job
 
 MAX_DOCUMENTS = 64
 MAX_STOP_STRINGS = 16

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 
 from splitserve.engine import Tokenizer
-from router.completion import Finish, Piece
+from router.front.completion import Finish, Piece
 
 
 class TokenTexts:
@@ -37,7 +37,7 @@ def usage(num_prompt_tokens: int, finish: Finish) -> dict:
             "prompt_tokens_details": {"cached_tokens": finish.done.num_cached_tokens}}
 
 
-class _Shape(ABC):
+class Shape(ABC):
     """How one endpoint writes a request's pieces; one instance per request."""
 
     object_name = ""
@@ -89,7 +89,7 @@ class _Shape(ABC):
         """The choice's `logprobs` for these tokens; called in order, once per chunk."""
 
 
-class CompletionShape(_Shape):
+class CompletionShape(Shape):
     object_name = chunk_object_name = "text_completion"
 
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
@@ -115,7 +115,7 @@ class CompletionShape(_Shape):
         return out
 
 
-class ChatShape(_Shape):
+class ChatShape(Shape):
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
     _role_sent = False

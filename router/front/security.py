@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 
 from splitserve.tls import TLSFiles
-from router.admission import Admission, AdmissionConfig
-from router.auth import ApiKeys
-from router.grpc_guard import RouterGuard
+from router.front.admission import Admission, AdmissionConfig
+from router.front.auth import ApiKeys
+from router.front.grpc_guard import RouterGuard
 from router.metrics import ROUTER
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ def http_server(args: argparse.Namespace, frontend, orchestrator, admission: Adm
     """The OpenAI-compatible HTTP server (not started), or None with --http-port 0."""
     if args.http_port == 0:
         return None
-    from router.http_api import HttpContext, create_app
-    from router.http_server import HttpServer
+    from router.front.http_api import HttpContext, create_app
+    from router.front.http_server import HttpServer
 
     model_name = args.served_model_name or Path(args.model).resolve().name
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, model_name, args.max_request_bytes,

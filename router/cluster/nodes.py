@@ -1,7 +1,7 @@
 """The router's view of the nodes: who they are, their role, whether they serve, how loaded.
 
 Nodes come and go through `add` / `remove` (static flags, a YAML file or Kubernetes discovery,
-router/discovery.py). Health comes from the gRPC health protocol (router/health.py), checked
+router/cluster/discovery.py). Health comes from the gRPC health protocol (router/cluster/health.py), checked
 in the background; a node that fails enough checks leaves the routing set and comes back when
 it passes again. Load has two sources: what the router itself has in flight on each node
 (exact and instant), and each healthy node's last `Stats` (free KV blocks, queues, chunk keys).
@@ -18,9 +18,9 @@ import grpc
 from splitserve import labels
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.grpc_util import aio_channel
-from router import health
-from router.health import HealthConfig, HealthState
-from router.stall import CallWatch
+from router.cluster import health
+from router.cluster.health import HealthConfig, HealthState
+from router.cluster.stall import CallWatch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class _Node:
     stub: node_pb2_grpc.NodeStub
     health: HealthState
     counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
-    calls: CallWatch = field(default_factory=CallWatch)  # cancelled when the node turns unhealthy (router/stall.py)
+    calls: CallWatch = field(default_factory=CallWatch)  # cancelled when the node turns unhealthy (router/cluster/stall.py)
 
     def set_healthy(self, healthy: bool) -> None:
         self.view = replace(self.view, healthy=healthy)

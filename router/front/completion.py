@@ -14,8 +14,8 @@ from typing import AsyncIterator
 
 from splitserve.engine import Tokenizer
 from splitserve.engine.textstream import TextStream
-from router.orchestrator import Done, Job, Orchestrator
-from router.policies import Route
+from router.cluster.orchestrator import Done, Job, Orchestrator
+from router.cluster.policies import Route
 
 
 @dataclass
