@@ -2,10 +2,11 @@
 
 The baseline the KV transfer backends are measured against: the same bytes moved by a bare
 `ProcessGroupGloo.send`/`recv` on a 2-rank group built from a `TCPStore`, with nothing around
-it (no headers, no checksum, no copies). `measure_gloo_bandwidth(num_bytes)` spawns a sender
-and a receiver process, moves the payload `repeats` times after one warm-up, and returns the
-median seconds per transfer measured on the receiver (post recv -> recv complete, so it
-includes the sender's start).
+it (no headers, no checksum, no copies). `RawGlooPair()` spawns a sender and a receiver
+process that stay up, so a benchmark can interleave raw moves with its own transfers;
+`move(num_bytes, chunk_bytes)` returns the seconds one transfer took, measured on the receiver
+(post recv -> recv complete, so it includes the sender's start; buffers are allocated and
+touched before the clock starts). `measure_gloo_bandwidth` is the one-shot median.
 """
 
 from __future__ import annotations
@@ -34,56 +35,79 @@ def _chunks(num_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_bytes, num_bytes)) for s in range(0, num_bytes, chunk_bytes)]
 
 
-def _peer(rank: int, port: int, num_bytes: int, chunk_bytes: int, repeats: int, out) -> None:
+def _peer(rank: int, port: int, conn) -> None:
+    """Moves what each ("move", num_bytes, chunk_bytes) command says until None; rank 1 reports seconds."""
     import torch
     from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
 
     torch.set_num_threads(1)
     store = TCPStore("127.0.0.1", port, None, False, _TIMEOUT)
     pg = ProcessGroupGloo(PrefixStore("raw", store), rank, 2, _TIMEOUT)
-    buf = torch.full((num_bytes,), 7, dtype=torch.uint8) if rank == 0 else torch.empty(num_bytes, dtype=torch.uint8)
-    times = []
-    for _ in range(repeats + 1):
+    buf = torch.empty(0, dtype=torch.uint8)
+    while (command := conn.recv()) is not None:
+        _, num_bytes, chunk_bytes = command
+        if buf.numel() < num_bytes:
+            buf = torch.full((num_bytes,), 7, dtype=torch.uint8)
+        pg.barrier().wait(_TIMEOUT)
         start = time.perf_counter()
         op = pg.send if rank == 0 else pg.recv
-        works = [op([buf[lo:hi]], 1 - rank, 0) for lo, hi in _chunks(num_bytes, chunk_bytes)]
-        for work in works:
+        for work in [op([buf[lo:hi]], 1 - rank, 0) for lo, hi in _chunks(num_bytes, chunk_bytes)]:
             work.wait(_TIMEOUT)
-        times.append(time.perf_counter() - start)
-        pg.barrier().wait(_TIMEOUT)
-    if out is not None:
-        out.send(times[1:])
+        conn.send(time.perf_counter() - start)
 
 
-def _collect(conn, procs) -> list[float]:
-    deadline = time.monotonic() + _TIMEOUT.total_seconds()
-    while not conn.poll(0.2):
-        if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
-            raise RuntimeError("raw gloo benchmark peers failed or did not report")
-    return conn.recv()
+class RawGlooPair:
+    def __init__(self) -> None:
+        from torch.distributed import TCPStore
+
+        self._store = TCPStore("127.0.0.1", 0, None, True, _TIMEOUT, wait_for_workers=False)
+        ctx = mp.get_context("spawn")
+        self._conns, self._procs = [], []
+        for rank in (0, 1):
+            mine, theirs = ctx.Pipe()
+            self._conns.append(mine)
+            self._procs.append(ctx.Process(target=_peer, args=(rank, self._store.port, theirs), daemon=True))
+            self._procs[-1].start()
+
+    def move(self, num_bytes: int, chunk_bytes: int | None = None) -> float:
+        """Seconds to move `num_bytes` rank 0 -> rank 1 (in `chunk_bytes` messages), on the receiver."""
+        if num_bytes < 1:
+            raise ValueError("num_bytes must be >= 1")
+        for conn in self._conns:
+            conn.send(("move", num_bytes, min(chunk_bytes or num_bytes, num_bytes)))
+        seconds = [self._reply(conn) for conn in self._conns]
+        return seconds[1]
+
+    def _reply(self, conn) -> float:
+        deadline = time.monotonic() + _TIMEOUT.total_seconds()
+        while not conn.poll(0.2):
+            if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in self._procs):
+                raise RuntimeError("raw gloo benchmark peers failed or did not report")
+        return conn.recv()
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.send(None)
+        for proc in self._procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+    def __enter__(self) -> RawGlooPair:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def measure_gloo_bandwidth(num_bytes: int, repeats: int = 5, chunk_bytes: int | None = None) -> RawResult:
-    """Median seconds to move `num_bytes` rank 0 -> rank 1 over loopback gloo (chunked if asked)."""
-    from torch.distributed import TCPStore
-
+    """Median seconds to move `num_bytes` rank 0 -> rank 1 over loopback gloo (chunked if asked),
+    after one warm-up move."""
     if num_bytes < 1 or repeats < 1:
         raise ValueError("num_bytes and repeats must be >= 1")
-    chunk = min(chunk_bytes or num_bytes, num_bytes)
-    store = TCPStore("127.0.0.1", 0, None, True, _TIMEOUT, wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    recv_end, send_end = ctx.Pipe(duplex=False)
-    procs = [ctx.Process(target=_peer, args=(r, store.port, num_bytes, chunk, repeats, send_end if r else None)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    try:
-        times = _collect(recv_end, procs)
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    return RawResult(num_bytes, chunk, statistics.median(times))
+    with RawGlooPair() as pair:
+        times = [pair.move(num_bytes, chunk_bytes) for _ in range(repeats + 1)][1:]
+    return RawResult(num_bytes, min(chunk_bytes or num_bytes, num_bytes), statistics.median(times))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""KV transfer on the `small` model: bandwidth of each backend next to raw gloo, and TTFT
-through the disaggregated path (layer-wise and one-shot) next to a colocated node and the
-single-process engine.
+"""KV transfer on the `small` model: the layer checksums' speed, each backend's bandwidth next
+to raw gloo, and TTFT through the disaggregated path (checksum on and off, layer-wise and
+one-shot) next to a colocated node and the single-process engine.
 
-    python benchmarks/kv_transfer.py [--tokens 512 2048 8192] [--repeats 3]
+    python benchmarks/kv_transfer.py [--tokens 512 2048 8192] [--repeats 5]
 
-Part 1 moves one request's KV (8 layers of [2, n, 4, 64] fp32) from this process to a
-receiver process with each backend, and the same bytes with a bare ProcessGroupGloo
-send/recv (one message per layer) in the same run. Part 2 starts real clusters (router + 1
-prefill + 1 decode, torch transport, 1 torch thread per node; and router + 1 colocated node)
-and measures the client's time to first token. Medians over repeats.
+Part 0 times zlib crc32, CRC32C (google-crc32c) and xxh3-64 (xxhash) on one thread over
+buffers of the sizes of the KV transferred. Part 1 moves one request's KV (8 layers of
+[2, n, 4, 64] fp32) from this process to a receiver process with each backend (torch with
+and without checksums, grpc), timed from the sender's begin() to the receiver's DONE, and the
+same bytes with a bare ProcessGroupGloo send/recv (one message per layer) between two other
+processes: all interleaved round by round, so each ratio to raw gloo is the median of ratios
+measured side by side. Part 2 starts real clusters at once (router + 1 colocated node; router
++ 1 prefill + 1 decode on the torch transport, 1 torch thread per node, checksum on / off,
+layer-wise / one-shot) and sends each prompt to each cluster in turn; the client's time to
+first token, medians. The machine's load average is recorded before and after.
 """
 
 from __future__ import annotations
@@ -17,19 +22,54 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
+import xxhash
 
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, make_receiver, make_sender
-from kv_raw_bench import measure_gloo_bandwidth
+from kv_raw_bench import RawGlooPair
 
 RESULTS = Path(__file__).parent / "results" / "kv_transfer_cpu.json"
+VARIANTS = {"torch": ("torch", True), "torch_nochecksum": ("torch", False), "grpc": ("grpc", True)}
+
+
+def _hashers() -> dict:
+    hashers = {"zlib_crc32": zlib.crc32, "xxh3_64": xxhash.xxh3_64_intdigest}
+    try:
+        import google_crc32c
+
+        hashers["crc32c"] = google_crc32c.value
+    except ImportError:  # the test extra installs it
+        pass
+    return hashers
+
+
+def hash_rows(sizes: list[int], repeats: int) -> list[dict]:
+    rows = []
+    for nbytes in sizes:
+        data = torch.randint(0, 256, (nbytes,), dtype=torch.uint8).numpy()
+        row = {"bytes": nbytes}
+        for name, fn in _hashers().items():
+            times = []
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                fn(data)
+                times.append(time.perf_counter() - start)
+            row[f"{name}_gbps"] = nbytes / statistics.median(times[1:]) / 1e9
+        rows.append(row)
+        print(f"{nbytes / 1e6:6.1f} MB hashes, one thread: " + "  ".join(f"{k[:-5]} {v:.2f} GB/s"
+                                                                       for k, v in row.items() if k != "bytes"))
+    return rows
 
 
 def _receiver_process(backend: str, conn) -> None:
@@ -38,67 +78,82 @@ def _receiver_process(backend: str, conn) -> None:
     conn.send(receiver.address)
     while (message := conn.recv()) is not None:
         meta = TransferMeta(**message)
-        stamp = []
-
-        def write_layer(layer: int, kv, last=meta.num_layers - 1) -> None:
-            if layer == last:
-                stamp.append(time.perf_counter())  # CLOCK_MONOTONIC: comparable across processes
-
-        receiver.expect(meta, write_layer)
+        receiver.expect(meta, lambda layer, kv: None)
         conn.send("ready")
         while receiver.poll(meta.request_id).name not in ("DONE", "FAILED"):
             time.sleep(0.002)
-        conn.send((receiver.poll(meta.request_id).name, stamp[0] if stamp else None))
+        info = receiver.info(meta.request_id)
+        conn.send((info.state.name, info.ended_at))  # time.monotonic(): comparable across processes
     receiver.close()
 
 
-def backend_seconds(backend: str, meta_kwargs: dict, repeats: int) -> list[float]:
-    """Sender's begin() -> the receiver holding the last layer, per transfer."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_receiver_process, args=(backend, child))
-    proc.start()
-    try:
-        sender = make_sender(backend, parent.recv(), TransferConfig(timeout_s=120))
-        times = []
-        for i in range(repeats + 1):
-            meta = TransferMeta(**{**meta_kwargs, "request_id": f"{backend}-{i}"})
-            parent.send(meta.__dict__)
-            parent.recv()
-            layers = [torch.randn(meta.layer_shape) for _ in range(meta.num_layers)]
-            start = time.perf_counter()
-            sender.begin(meta)
-            for layer, kv in enumerate(layers):
-                sender.send_layer(meta.request_id, layer, kv)
-            sender.finish(meta.request_id)
-            assert sender.wait(meta.request_id, 120) == SendState.DONE
-            state, stamp = parent.recv()
-            assert state == "DONE"
-            times.append(stamp - start)
-        sender.close()
-        parent.send(None)
-        return times[1:]
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+class _BackendPeer:
+    """A receiver process for one backend and the sender to it in this process."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.conn, child = mp.get_context("spawn").Pipe()
+        self.proc = mp.get_context("spawn").Process(target=_receiver_process, args=(backend, child), daemon=True)
+        self.proc.start()
+        self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
+        self.count = 0
+
+    def seconds(self, meta_fields: dict, checksum: bool) -> float:
+        """Sender's begin() -> the receiver's DONE (every layer written and verified)."""
+        self.count += 1
+        meta = TransferMeta(**{**meta_fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
+        self.conn.send(meta.__dict__)
+        self.conn.recv()
+        layers = [torch.randn(meta.layer_shape) for _ in range(meta.num_layers)]
+        start = time.monotonic()
+        self.sender.begin(meta)
+        for layer, kv in enumerate(layers):
+            self.sender.send_layer(meta.request_id, layer, kv)
+        self.sender.finish(meta.request_id)
+        assert self.sender.wait(meta.request_id, 120) == SendState.DONE, self.sender.info(meta.request_id)
+        state, ended_at = self.conn.recv()
+        assert state == "DONE", state
+        return ended_at - start
+
+    def close(self) -> None:
+        self.sender.close()
+        self.conn.send(None)
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _bandwidth_row(n: int, total: int, samples: dict[str, list[float]]) -> dict:
+    raw = samples["raw"]
+    row = {"tokens": n, "bytes": total, "raw_gloo_gbps": total / statistics.median(raw) / 1e9}
+    for name in VARIANTS:
+        row[f"{name}_gbps"] = total / statistics.median(samples[name]) / 1e9
+        row[f"{name}_vs_raw"] = statistics.median(r / s for r, s in zip(raw, samples[name], strict=True))
+    print(f"{n:6d} tokens {total / 1e6:6.1f} MB  raw gloo {row['raw_gloo_gbps']:.2f} GB/s  " + "  ".join(
+        f"{name} {row[f'{name}_gbps']:.2f} ({row[f'{name}_vs_raw']:.0%})" for name in VARIANTS))
+    return row
 
 
 def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[dict]:
+    peers = {backend: _BackendPeer(backend) for backend in ("torch", "grpc")}
     rows = []
-    for n in token_counts:
-        meta = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=n, num_kv_heads=cfg.num_kv_heads,
-                    head_dim=cfg.head_dim, dtype="float32")
-        total = TransferMeta(**meta).total_nbytes
-        raw = measure_gloo_bandwidth(total, repeats=repeats, chunk_bytes=total // cfg.num_layers)
-        row = {"tokens": n, "bytes": total, "raw_gloo_gbps": raw.gbytes_per_s}
-        for backend in ("torch", "grpc"):
-            seconds = statistics.median(backend_seconds(backend, meta, repeats))
-            row[f"{backend}_gbps"] = total / seconds / 1e9
-            row[f"{backend}_vs_raw"] = row[f"{backend}_gbps"] / raw.gbytes_per_s
-        rows.append(row)
-        print(f"{n:6d} tokens {total / 1e6:8.1f} MB  raw gloo {row['raw_gloo_gbps']:.2f} GB/s  "
-              f"torch {row['torch_gbps']:.2f} ({row['torch_vs_raw']:.0%})  grpc {row['grpc_gbps']:.2f} ({row['grpc_vs_raw']:.0%})")
+    try:
+        with RawGlooPair() as raw:
+            for n in token_counts:
+                meta = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=n, num_kv_heads=cfg.num_kv_heads,
+                            head_dim=cfg.head_dim, dtype="float32")
+                total = TransferMeta(**meta).total_nbytes
+                samples = {name: [] for name in ["raw", *VARIANTS]}
+                for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
+                    measured = {"raw": raw.move(total, total // cfg.num_layers)}
+                    for name, (backend, checksum) in VARIANTS.items():
+                        measured[name] = peers[backend].seconds(meta, checksum)
+                    for name, seconds in measured.items():
+                        samples[name] += [seconds] if i else []
+                rows.append(_bandwidth_row(n, total, samples))
+    finally:
+        for peer in peers.values():
+            peer.close()
     return rows
 
 
@@ -112,12 +167,40 @@ async def _ttft(url: str, prompt: list[int]) -> float:
     raise RuntimeError("no token")
 
 
-def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]], **cluster_kwargs) -> dict[int, float]:
+def _checksum_off_args() -> list[str]:
+    """`--no-kv-checksum` where the nodes have it (checksums on by default); before that, off was the default."""
+    help_text = subprocess.run([str(Path(sys.executable).with_name("splitserve")), "node", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    return ["--no-kv-checksum"] if "--no-kv-checksum" in help_text else []
+
+
+CLUSTERS = {  # name -> (LocalCluster kwargs, extra node args)
+    "colocated": (dict(prefill=0, decode=0, colocated=1), []),
+    "disagg_layerwise": (dict(transport="torch"), ["--one-shot-max-tokens=0", "--kv-checksum"]),
+    "disagg_layerwise_nochecksum": (dict(transport="torch"), ["--one-shot-max-tokens=0", "OFF"]),
+    "disagg_oneshot": (dict(transport="torch"), ["--one-shot-max-tokens=1000000", "--kv-checksum"]),
+}
+
+
+def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[str, dict[int, list[float]]]:
+    """Every cluster up at once; each prompt goes to each cluster in turn. name -> tokens -> TTFTs."""
+    from contextlib import ExitStack
+
     from splitserve.localcluster.cluster import LocalCluster
 
-    with LocalCluster(model, threads=1, **cluster_kwargs) as cluster:
-        asyncio.run(_ttft(cluster.url, prompts[min(prompts)][0]))  # warm-up (forms the pair group)
-        return {n: statistics.median(asyncio.run(_ttft(cluster.url, p)) for p in ps) for n, ps in prompts.items()}
+    common, off = ["--max-batched-tokens=2048", "--transfer-timeout-s=300"], _checksum_off_args()
+    with ExitStack() as stack:
+        urls = {}
+        for name, (kwargs, extra) in CLUSTERS.items():
+            args = common + [a for x in extra for a in (off if x == "OFF" else [x])]
+            urls[name] = stack.enter_context(LocalCluster(model, threads=1, node_args=args, **kwargs)).url
+            asyncio.run(_ttft(urls[name], prompts[min(prompts)][0]))  # warm-up (forms the pair group)
+        ttfts = {name: {n: [] for n in prompts} for name in urls}
+        for n, ps in prompts.items():
+            for p in ps:
+                for name, url in urls.items():
+                    ttfts[name][n].append(asyncio.run(_ttft(url, p)))
+    return ttfts
 
 
 def engine_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[int, float]:
@@ -138,26 +221,27 @@ def engine_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[int, 
     return ttft
 
 
+def _paired_excess(slow: list[float], base: list[float]) -> float:
+    """Median over prompts of (slow - base) / base, each pair measured back to back."""
+    return statistics.median((a - b) / b for a, b in zip(slow, base, strict=True))
+
+
 def ttft_rows(model: Path, token_counts: list[int], repeats: int) -> list[dict]:
     rng = random.Random(0)
     prompts = {n: [[rng.randrange(5, 8000) for _ in range(n)] for _ in range(repeats)] for n in token_counts}
-    common = dict(node_args=["--max-batched-tokens=2048", "--transfer-timeout-s=300"])
-    runs = {
-        "engine": engine_ttfts(model, prompts),
-        "colocated": cluster_ttfts(model, prompts, prefill=0, decode=0, colocated=1, **common),
-        "disagg_layerwise": cluster_ttfts(model, prompts, transport="torch",
-                                          node_args=common["node_args"] + ["--one-shot-max-tokens=0"]),
-        "disagg_oneshot": cluster_ttfts(model, prompts, transport="torch",
-                                        node_args=common["node_args"] + ["--one-shot-max-tokens=1000000"]),
-    }
+    engine = engine_ttfts(model, prompts)
+    clusters = cluster_ttfts(model, prompts)
     rows = []
     for n in token_counts:
-        row = {"tokens": n, **{f"ttft_{k}_s": v[n] for k, v in runs.items()}}
+        row = {"tokens": n, "ttft_engine_s": engine[n], **{f"ttft_{k}_s": statistics.median(v[n]) for k, v in clusters.items()}}
         for mode in ("layerwise", "oneshot"):
-            row[f"transfer_overhead_{mode}"] = (row[f"ttft_disagg_{mode}_s"] - row["ttft_colocated_s"]) / row[f"ttft_disagg_{mode}_s"]
+            row[f"transfer_overhead_{mode}"] = _paired_excess(clusters[f"disagg_{mode}"][n], clusters["colocated"][n])
+        row["checksum_overhead_layerwise"] = _paired_excess(clusters["disagg_layerwise"][n],
+                                                            clusters["disagg_layerwise_nochecksum"][n])
         rows.append(row)
         print(f"{n:6d} tokens TTFT  engine {row['ttft_engine_s']:.3f}s  colocated {row['ttft_colocated_s']:.3f}s  "
-              f"disagg layer-wise {row['ttft_disagg_layerwise_s']:.3f}s ({row['transfer_overhead_layerwise']:+.1%})  "
+              f"layer-wise {row['ttft_disagg_layerwise_s']:.3f}s ({row['transfer_overhead_layerwise']:+.1%}; "
+              f"checksum {row['checksum_overhead_layerwise']:+.1%} over {row['ttft_disagg_layerwise_nochecksum_s']:.3f}s)  "
               f"one-shot {row['ttft_disagg_oneshot_s']:.3f}s ({row['transfer_overhead_oneshot']:+.1%})")
     return rows
 
@@ -166,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--skip-ttft", action="store_true")
     args = parser.parse_args()
@@ -179,9 +263,15 @@ def main() -> None:
     report = {"benchmark": "kv_transfer", "model": model_id(args.model), "dtype": "float32",
               "config": portable_args({k: str(v) for k, v in vars(args).items()}),
               "method": __doc__.split("\n\n", 2)[2].strip(),
-              "bandwidth": bandwidth_rows(cfg, args.tokens, args.repeats)}
+              "load_average_before": os.getloadavg()}
+    layer_sizes = sorted({TransferMeta("x", 1, n, cfg.num_kv_heads, cfg.head_dim, "float32").layer_nbytes * cfg.num_layers
+                          for n in args.tokens})
+    report["hashes"] = hash_rows(layer_sizes, args.repeats)
+    report["bandwidth"] = bandwidth_rows(cfg, args.tokens, args.repeats)
     if not args.skip_ttft:
         report["ttft"] = ttft_rows(args.model, args.tokens, args.repeats)
+    report["load_average_after"] = os.getloadavg()
+    print(f"load average before {report['load_average_before']}, after {report['load_average_after']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

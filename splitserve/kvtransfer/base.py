@@ -134,6 +134,7 @@ class TransferInfo:
     num_layers_done: int
     num_bytes: int
     elapsed_s: float  # begin/expect -> final state (or now)
+    ended_at: float | None = None  # time.monotonic() of the final state
 
 
 class KVSender(ABC):

@@ -89,7 +89,7 @@ class TrackedReceiver(KVReceiver):
         res = self._get(request_id)
         self._expire(res)
         elapsed = (res.ended or time.monotonic()) - res.started
-        return TransferInfo(request_id, res.state, res.reason, res.num_written, res.num_bytes, elapsed)
+        return TransferInfo(request_id, res.state, res.reason, res.num_written, res.num_bytes, elapsed, res.ended)
 
     def abort(self, request_id: str) -> None:
         try:

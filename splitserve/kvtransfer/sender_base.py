@@ -141,7 +141,7 @@ class TrackedSender(KVSender):
         with self._cond:
             rec = self._current(request_id)
             elapsed = (rec.ended or time.monotonic()) - rec.started
-            return TransferInfo(request_id, rec.state, rec.reason, rec.num_sent, rec.num_bytes, elapsed)
+            return TransferInfo(request_id, rec.state, rec.reason, rec.num_sent, rec.num_bytes, elapsed, rec.ended)
 
     def abort(self, request_id: str) -> None:
         with self._cond:

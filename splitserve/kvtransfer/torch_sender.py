@@ -73,13 +73,6 @@ def _layer_entry(job: Job) -> LayerHeader:
     return LayerHeader.for_layer(job.meta, job.layer, kind)
 
 
-def _checksum_entry(job: Job) -> LayerHeader:
-    rhash = request_hash(job.meta.request_id)
-    kind = kind_for(job.kv.device)
-    value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
-    return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
-
-
 class TorchSender(TrackedSender):
     def __init__(self, address: str, config: TransferConfig = TransferConfig(), instance_id: str | None = None) -> None:
         super().__init__(config)
@@ -159,9 +152,15 @@ class TorchSender(TrackedSender):
             if job.ready is not None:
                 torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
         self._post(_Flight(jobs, owed), flights)
-        self._owed = [_Owed(job, _checksum_entry(job)) for job in jobs  # hashed while the flight is on the wire
+        self._owed = [_Owed(job, self._checksum_entry(job)) for job in jobs  # hashed while the flight is on the wire
                       if job.meta.checksum and self._is_live(job.meta.request_id)]
         self._settle(flights, keep=1)
+
+    def _checksum_entry(self, job: Job) -> LayerHeader:
+        rhash = request_hash(job.meta.request_id)
+        kind = kind_for(job.kv.device)
+        value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
+        return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
 
     def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id

@@ -82,7 +82,40 @@ class _ReceiverHost:
         return self.crcs.get(request_id, []), self.done_at.get(request_id)
 
     def stats(self) -> dict:
-        return {"num_discarded": self.receiver.num_discarded, "num_pairs": getattr(self.receiver, "num_pairs", -1)}
+        return {"num_discarded": self.receiver.num_discarded, "num_pairs": getattr(self.receiver, "num_pairs", -1),
+                "num_checksum_failures": self.receiver.num_checksum_failures}
+
+
+def corrupted_layers(meta: TransferMeta, seed: int, fault: str) -> list:
+    """The layers as a faulty wire would deliver them: "flip" (one byte of the middle layer),
+    "truncate" (the middle layer's last quarter never arrived: zeros) or "reorder" (layers 0 and 1 swapped)."""
+    import torch
+
+    layers = [layer_tensor(meta, layer, seed).clone() for layer in range(meta.num_layers)]
+    middle = layers[meta.num_layers // 2].reshape(-1).view(torch.uint8)
+    if fault == "flip":
+        middle[middle.numel() // 3] ^= 0x20
+    elif fault == "truncate":
+        middle[-(middle.numel() // 4):] = 0
+    elif fault == "reorder":
+        layers[0], layers[1] = layers[1], layers[0]
+    else:
+        raise ValueError(f"fault must be flip, truncate or reorder, got {fault!r}")
+    return layers
+
+
+def _corrupting_sender(address: str, config: TransferConfig, seed: int):
+    """A torch sender whose payloads are corrupted after hashing: it declares the checksums of the
+    intact layers (`layer_tensor`) while sending what it is given, as a faulty wire would."""
+    from dataclasses import replace
+
+    from splitserve.kvtransfer.torch_sender import TorchSender
+
+    class CorruptingSender(TorchSender):
+        def _checksum_entry(self, job):
+            return super()._checksum_entry(replace(job, kv=layer_tensor(job.meta, job.layer, seed)))
+
+    return CorruptingSender(address, config)
 
 
 class _SenderHost:
@@ -124,6 +157,12 @@ class _SenderHost:
 
     def result(self, request_id: str) -> tuple[list[int], float | None]:
         return self.crcs.get(request_id, []), self.begun_at.get(request_id)
+
+    def send_corrupted(self, address: str, meta_fields: dict, seed: int, fault: str) -> None:
+        """Send one request whose bytes a faulty wire changed (`corrupted_layers`), on a pair group of its own."""
+        meta = TransferMeta(**meta_fields)
+        sender = self.senders[(address, fault)] = _corrupting_sender(address, self.config, seed)
+        self._send(sender, meta, corrupted_layers(meta, seed, fault), 0.0)
 
     def abort(self, address: str, request_id: str) -> None:
         self.sender(address).abort(request_id)
