@@ -43,3 +43,28 @@ class PrefillResult:
     transfer_s: float = 0.0
     num_reused_tokens: int = 0  # chunk-cache rows reused (blended prefills)
     num_computed_tokens: float = 0.0  # rows computed by a blended prefill
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Tokens streamed by Decode (decode node) or Generate (mixed node); the last one has `finished`."""
+
+    token_ids: list[int]
+    logprobs: list[Logprob]
+    finished: bool = False
+    finish_reason: str = ""
+    num_cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """A node's Stats as the router reads them."""
+
+    node_id: str
+    free_blocks: int
+    total_blocks: int
+    block_size: int
+    num_waiting: int
+    num_running: int
+    num_pending_prefill_tokens: int
+    chunk_keys: frozenset[str]

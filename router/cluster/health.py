@@ -5,6 +5,7 @@ registry checks each node every `interval_s`; a node leaves the routing set afte
 `unhealthy_after` failed checks in a row (no answer within `timeout_s`, an error, or any
 status but SERVING) and comes back after `healthy_after` passed checks in a row. The
 orchestrator may also drop a node at once when a call to it fails and a check confirms it.
+A healthy node's load comes from its Stats (`fetch_load`), polled with the checks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitserve.api.v1 import node_pb2
+from splitserve.api.v1 import node_pb2, node_pb2_grpc
+from splitserve.node_api import NodeLoad
 
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 
@@ -67,3 +69,13 @@ class HealthState:
         """A confirmed failure seen by a request: unhealthy at once. True when that is a change."""
         changed, self.healthy, self._streak = self.healthy, False, 0
         return changed
+
+
+async def fetch_load(channel: grpc.aio.Channel, timeout_s: float) -> NodeLoad | None:
+    """The node's Stats, or None when it did not answer (a busy engine answers late)."""
+    try:
+        s = await node_pb2_grpc.NodeStub(channel).Stats(node_pb2.StatsRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return None
+    return NodeLoad(s.node_id, s.num_free_blocks, s.num_total_blocks, s.block_size or 16, s.num_waiting,
+                    s.num_running, s.num_pending_prefill_tokens, frozenset(s.chunk_keys))

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 import grpc
 
 from splitserve import labels
-from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.grpc_util import aio_channel
 from router.cluster import health
 from router.cluster.health import HealthConfig, HealthState
@@ -59,7 +58,6 @@ def parse_static_nodes(spec: str) -> list[tuple[str, str]]:
 class _Node:
     view: NodeView
     channel: grpc.aio.Channel
-    stub: node_pb2_grpc.NodeStub
     health: HealthState
     counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
     calls: CallWatch = field(default_factory=CallWatch)  # cancelled when the node turns unhealthy (router/cluster/stall.py)
@@ -88,8 +86,7 @@ class NodeRegistry:
             del self._nodes[address]
             asyncio.get_running_loop().create_task(node.channel.close())
         channel = aio_channel(address, self.credentials, self.channel_options)
-        self._nodes[address] = _Node(NodeView(address, role), channel, node_pb2_grpc.NodeStub(channel),
-                                     HealthState(self.health_config))
+        self._nodes[address] = _Node(NodeView(address, role), channel, HealthState(self.health_config))
         log.info("node added", extra={"node": address, "role": role})
 
     async def remove(self, address: str) -> None:
@@ -102,8 +99,9 @@ class NodeRegistry:
     def addresses(self) -> set[str]:
         return set(self._nodes)
 
-    def stub(self, address: str) -> node_pb2_grpc.NodeStub:
-        return self._nodes[address].stub
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The node's channel; KeyError for a node that left."""
+        return self._nodes[address].channel
 
     def call_watch(self, address: str) -> CallWatch | None:
         """The node's calls in flight, cancelled when it turns unhealthy or leaves (None: an unknown node)."""
@@ -145,15 +143,13 @@ class NodeRegistry:
             await self._poll_stats(node)
 
     async def _poll_stats(self, node: _Node) -> None:
-        try:
-            s = await node.stub.Stats(node_pb2.StatsRequest(), timeout=self.rpc_timeout_s)
-        except grpc.aio.AioRpcError:
+        s = await health.fetch_load(node.channel, self.rpc_timeout_s)
+        if s is None:
             return  # a busy engine answers late: keep the last numbers, health decides membership
         node.view = replace(
-            node.view, node_id=s.node_id, free_blocks=s.num_free_blocks, total_blocks=s.num_total_blocks,
-            block_size=s.block_size or 16, num_waiting=s.num_waiting, num_running=s.num_running,
-            num_pending_prefill_tokens=s.num_pending_prefill_tokens,
-            chunk_keys=frozenset(s.chunk_keys))
+            node.view, node_id=s.node_id, free_blocks=s.free_blocks, total_blocks=s.total_blocks,
+            block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,
+            num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys)
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())

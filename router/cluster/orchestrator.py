@@ -18,61 +18,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import AsyncIterator
 
 import grpc
 
-from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.chunkcache.keys import content_hash
-from splitserve.engine import SamplingParams
-from splitserve.rpc.convert import logprob_from_proto, sampling_to_proto
+from splitserve.node_api import PrefillResult, TokenChunk
 from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
+from router.cluster.jobs import Done, Job, Tokens
+from router.cluster.node_client import NodeClient
 from router.cluster.nodes import NodeRegistry
 from router.cluster.policies import NoRoute, Policy, Route, RouteRequest
-from router.cluster.stall import cancelled_when_down
 
 log = logging.getLogger(__name__)
 __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
-
-
-@dataclass(frozen=True)
-class Job:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams  # stop strings are the router's; nodes never see them
-    num_prior_output_tokens: int = 0
-    chunks: tuple[tuple[int, int], ...] = ()  # RAG documents as (start, length) spans of the prompt
-
-
-@dataclass
-class Tokens:
-    token_ids: list[int]
-    logprobs: list = field(default_factory=list)
-
-
-@dataclass
-class Done:
-    finish_reason: str
-    num_cached_tokens: int
-    route: Route
-    prefill_s: float = 0.0
-    transfer_s: float = 0.0
-
-
-def _spans(job: Job) -> list[node_pb2.ChunkSpan]:
-    return [node_pb2.ChunkSpan(start=start, length=length) for start, length in job.chunks]
-
-
-@contextlib.contextmanager
-def calling(address: str, call: str):
-    """Turns a failed node call into a NodeCallError naming the node and the call."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as exc:
-        raise NodeCallError(exc.code(), exc.details() or exc.code().name, address, call) from exc
 
 
 class Orchestrator:
@@ -83,6 +45,7 @@ class Orchestrator:
         self.rpc_timeout_s = rpc_timeout_s
         self.retry = retry
         self.metrics = metrics
+        self.nodes = NodeClient(registry.channel, registry.call_watch, rpc_timeout_s)
         metrics.watch(registry)
 
     def route(self, job: Job) -> Route:
@@ -174,28 +137,13 @@ class Orchestrator:
         down = await asyncio.gather(*(self.registry.confirm_failure(a) for a in addresses))
         return {a for a, is_down in zip(addresses, down) if is_down}
 
-    def _node_sampling(self, job: Job) -> common_pb2.SamplingParams:
-        msg = sampling_to_proto(job.params)
-        del msg.stop[:]
-        return msg
-
-    def _stub(self, address: str, call: str):
-        try:
-            return self.registry.stub(address)
-        except KeyError:
-            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node left the cluster", address, call) from None
-
     async def _colocated(self, job: Job, route: Route):
         address = route.prefill.address
-        request = node_pb2.NodeGenerateRequest(request_id=job.request_id, prompt_token_ids=job.prompt_token_ids,
-                                               sampling=self._node_sampling(job), chunks=_spans(job),
-                                               num_prior_output_tokens=job.num_prior_output_tokens)
         self.registry.track(address, "prefill_tokens", len(job.prompt_token_ids))
         self.registry.track(address, "decodes", 1)
         try:
-            with calling(address, "Generate"):
-                async for event in self._stream(self._stub(address, "Generate").Generate(request), route, address):
-                    yield event
+            async for event in self._events(self.nodes.generate(address, job), route):
+                yield event
         finally:
             self.registry.track(address, "prefill_tokens", -len(job.prompt_token_ids))
             self.registry.track(address, "decodes", -1)
@@ -210,64 +158,37 @@ class Orchestrator:
 
     async def _reserve_prefill_decode(self, job: Job, route: Route):
         address = route.decode.address
-        decode = self._stub(address, "Reserve")
-        reserve = await self._unary(address, "Reserve", decode.Reserve(node_pb2.ReserveRequest(
-            request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
-            prefill_node_id=route.prefill.node_id), timeout=self.rpc_timeout_s))
+        reservation = await self.nodes.reserve(address, job, route.prefill.node_id)
         try:
-            reply = await self._prefill(job, route, reserve.target)
+            first = await self._prefill(job, route, reservation.target)
         except BaseException:
-            await self._abort(address, job.request_id)
+            await self.nodes.abort(address, job.request_id)
             raise
-        yield Tokens([reply.first_token_id], [logprob_from_proto(reply.logprob)] if reply.HasField("logprob") else [])
-        if reply.finished:
-            await self._abort(address, job.request_id)
-            yield Done(reply.finish_reason, reply.num_cached_tokens, route, reply.timings.prefill_s, reply.timings.transfer_s)
+        yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [])
+        if first.finished:
+            await self.nodes.abort(address, job.request_id)
+            yield Done(first.finish_reason, first.num_cached_tokens, route, first.prefill_s, first.transfer_s)
             return
-        request = node_pb2.DecodeRequest(
-            request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, first_token_id=reply.first_token_id,
-            sampling=self._node_sampling(job), num_prior_output_tokens=job.num_prior_output_tokens)
-        with calling(address, "Decode"):
-            async for event in self._stream(decode.Decode(request), route, address, reply):
-                yield event
+        async for event in self._events(self.nodes.decode(address, job, first.first_token_id), route, first):
+            yield event
 
-    async def _prefill(self, job: Job, route: Route, target) -> node_pb2.PrefillReply:
+    async def _prefill(self, job: Job, route: Route, target) -> PrefillResult:
         n, address = len(job.prompt_token_ids), route.prefill.address
         self.registry.track(address, "prefill_tokens", n)
         try:
-            return await self._unary(address, "Prefill", self._stub(address, "Prefill").Prefill(node_pb2.PrefillRequest(
-                request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=self._node_sampling(job),
-                target=target, num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job)),
-                timeout=self.rpc_timeout_s))
+            return await self.nodes.prefill(address, job, target)
         finally:
             self.registry.track(address, "prefill_tokens", -n)
 
-    async def _unary(self, address: str, name: str, call):
-        with calling(address, name), cancelled_when_down(self.registry.call_watch(address), call, address, name):
-            return await call
-
-    async def _stream(self, call, route: Route, address: str, prefill: node_pb2.PrefillReply | None = None):
-        name = "Decode" if prefill is not None else "Generate"
-        finished = False
-        try:
-            with cancelled_when_down(self.registry.call_watch(address), call, address, name):
-                async for chunk in call:
-                    if chunk.token_ids:
-                        yield Tokens(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs])
-                    if chunk.finished:
-                        cached = prefill.num_cached_tokens if prefill is not None else chunk.num_cached_tokens
-                        timings = prefill.timings if prefill is not None else None
-                        finished = True  # the node ends the call itself: no cancel to log there
-                        yield Done(chunk.finish_reason, cached, route, timings.prefill_s if timings else 0.0,
-                                   timings.transfer_s if timings else 0.0)
-                        return
-            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "node stream ended without a final message", address, name)
-        finally:
-            if not finished:
-                call.cancel()
-
-    async def _abort(self, address: str, request_id: str) -> None:
-        try:
-            await self._stub(address, "Abort").Abort(common_pb2.AbortRequest(request_id=request_id), timeout=5.0)
-        except (grpc.aio.AioRpcError, NodeCallError):
-            pass  # the node is gone or forgot the request: its reservation expires on its own
+    @staticmethod
+    async def _events(chunks: AsyncIterator[TokenChunk], route: Route, prefill: PrefillResult | None = None):
+        """A node's token stream as Tokens, then Done (the prefill's cached tokens and timings, if any)."""
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if chunk.token_ids:
+                    yield Tokens(chunk.token_ids, chunk.logprobs)
+                if chunk.finished:
+                    cached = prefill.num_cached_tokens if prefill is not None else chunk.num_cached_tokens
+                    yield Done(chunk.finish_reason, cached, route, prefill.prefill_s if prefill else 0.0,
+                               prefill.transfer_s if prefill else 0.0)
+                    return

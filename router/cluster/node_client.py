@@ -1,0 +1,116 @@
+"""The router's client of the Node service: dataclasses in, protobuf on the wire, dataclasses out.
+
+The orchestrator calls it with Jobs and gets splitserve.node_api dataclasses back. Every call
+is named in the NodeCallError it fails with (the node's address and the call), and is cancelled
+when its node turns unhealthy (router/cluster/stall.py). Stop strings are the router's: nodes
+never see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
+from splitserve.node_api import KVTarget, PrefillResult, Reservation, TokenChunk
+from splitserve.rpc.convert import logprob_from_proto, sampling_to_proto
+from router.cluster.failover import NodeCallError
+from router.cluster.jobs import Job
+from router.cluster.stall import CallWatch, cancelled_when_down
+
+ABORT_TIMEOUT_S = 5.0
+
+
+@contextlib.contextmanager
+def calling(address: str, call: str):
+    """Turns a failed node call into a NodeCallError naming the node and the call."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise NodeCallError(exc.code(), exc.details() or exc.code().name, address, call) from exc
+
+
+class NodeClient:
+    def __init__(self, channel_of: Callable[[str], grpc.aio.Channel], watch_of: Callable[[str], CallWatch | None],
+                 rpc_timeout_s: float = 60.0):
+        self.channel_of = channel_of  # KeyError for a node that left
+        self.watch_of = watch_of
+        self.rpc_timeout_s = rpc_timeout_s
+
+    async def reserve(self, address: str, job: Job, prefill_node_id: str) -> Reservation:
+        request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
+                                          prefill_node_id=prefill_node_id)
+        reply = await self._unary(address, "Reserve", self._stub(address, "Reserve").Reserve(
+            request, timeout=self.rpc_timeout_s))
+        t = reply.target
+        return Reservation(KVTarget(t.node_id, t.kv_address, t.transport), reply.num_blocks)
+
+    async def prefill(self, address: str, job: Job, target: KVTarget) -> PrefillResult:
+        request = node_pb2.PrefillRequest(
+            request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=_sampling(job),
+            target=node_pb2.KVTarget(node_id=target.node_id, kv_address=target.kv_address, transport=target.transport),
+            num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job))
+        reply = await self._unary(address, "Prefill", self._stub(address, "Prefill").Prefill(
+            request, timeout=self.rpc_timeout_s))
+        return PrefillResult(reply.first_token_id, logprob_from_proto(reply.logprob) if reply.HasField("logprob") else None,
+                             reply.finished, reply.finish_reason, reply.num_cached_tokens, reply.kv_bytes,
+                             reply.timings.prefill_s, reply.timings.transfer_s, reply.num_reused_tokens,
+                             reply.num_computed_tokens)
+
+    def decode(self, address: str, job: Job, first_token_id: int) -> AsyncIterator[TokenChunk]:
+        request = node_pb2.DecodeRequest(
+            request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, first_token_id=first_token_id,
+            sampling=_sampling(job), num_prior_output_tokens=job.num_prior_output_tokens)
+        return self._stream(address, "Decode", lambda stub: stub.Decode(request))
+
+    def generate(self, address: str, job: Job) -> AsyncIterator[TokenChunk]:
+        request = node_pb2.NodeGenerateRequest(request_id=job.request_id, prompt_token_ids=job.prompt_token_ids,
+                                               sampling=_sampling(job), chunks=_spans(job),
+                                               num_prior_output_tokens=job.num_prior_output_tokens)
+        return self._stream(address, "Generate", lambda stub: stub.Generate(request))
+
+    async def abort(self, address: str, request_id: str) -> None:
+        """Best effort: a node that is gone or forgot the request lets its reservation expire on its own."""
+        try:
+            await self._stub(address, "Abort").Abort(common_pb2.AbortRequest(request_id=request_id),
+                                                     timeout=ABORT_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, NodeCallError):
+            pass
+
+    def _stub(self, address: str, call: str) -> node_pb2_grpc.NodeStub:
+        try:
+            return node_pb2_grpc.NodeStub(self.channel_of(address))
+        except KeyError:
+            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node left the cluster", address, call) from None
+
+    async def _unary(self, address: str, name: str, call):
+        with calling(address, name), cancelled_when_down(self.watch_of(address), call, address, name):
+            return await call
+
+    async def _stream(self, address: str, name: str, start: Callable) -> AsyncIterator[TokenChunk]:
+        call = start(self._stub(address, name))
+        finished = False
+        try:
+            with calling(address, name), cancelled_when_down(self.watch_of(address), call, address, name):
+                async for chunk in call:
+                    finished = chunk.finished  # the node ends the call itself: no cancel to log there
+                    yield TokenChunk(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs],
+                                     chunk.finished, chunk.finish_reason, chunk.num_cached_tokens)
+                    if finished:
+                        return
+            raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "node stream ended without a final message", address, name)
+        finally:
+            if not finished:
+                call.cancel()
+
+
+def _sampling(job: Job) -> common_pb2.SamplingParams:
+    msg = sampling_to_proto(job.params)
+    del msg.stop[:]
+    return msg
+
+
+def _spans(job: Job) -> list[node_pb2.ChunkSpan]:
+    return [node_pb2.ChunkSpan(start=start, length=length) for start, length in job.chunks]
