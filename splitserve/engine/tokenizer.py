@@ -1,17 +1,28 @@
-"""Tokenizer of an HF model folder: `tokenizer.json` + the chat template of `tokenizer_config.json`.
+"""Tokenizer of an HF model folder or a GGUF file, with its chat template.
 
-Built on the `tokenizers` library and jinja2 (no transformers at run time).
+Built on the `tokenizers` library and jinja2 (no transformers at run time). A folder gives
+`tokenizer.json`, `tokenizer_config.json` (special tokens, `added_tokens_decoder`) and the
+chat template from `chat_template.jinja`, `chat_template.json` or `tokenizer_config.json`, in
+that order, as transformers reads them; EOS ids come from `generation_config.json` (a list
+there makes `<|im_end|>` end a ChatML answer). Templates render in the sandbox transformers
+uses (trim_blocks, lstrip_blocks, loop controls, `raise_exception`, `strftime_now`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
+
+from splitserve.engine.errors import ModelFormatError
+from splitserve.engine.gguf_reader import is_gguf_path, open_gguf
 
 
 def _token_text(value) -> str | None:
@@ -28,16 +39,36 @@ class Tokenizer:
     eos_token: str | None = None
     eos_token_ids: tuple[int, ...] = ()
     special_ids: frozenset[int] = field(default_factory=frozenset)
+    template_tokens: dict = field(default_factory=dict)  # special token texts the template may use
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
+        """From an HF folder, or from a .gguf file's metadata."""
+        if is_gguf_path(model_dir):
+            return cls.from_gguf(model_dir)
         model_dir = Path(model_dir)
+        if not (model_dir / "tokenizer.json").is_file():
+            raise ModelFormatError(f"{model_dir}: no tokenizer.json (a model is an HF folder or a .gguf file)")
         backend = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
         cfg = _read_json(model_dir / "tokenizer_config.json")
-        bos, eos = _token_text(cfg.get("bos_token")), _token_text(cfg.get("eos_token"))
-        eos_ids = _eos_ids(model_dir, backend, eos)
-        specials = frozenset(t.id if hasattr(t, "id") else i for i, t in backend.get_added_tokens_decoder().items() if t.special)
-        return cls(backend, cfg.get("chat_template"), bos, eos, eos_ids, specials)
+        _apply_added_tokens(backend, cfg.get("added_tokens_decoder") or {})
+        eos = _token_text(cfg.get("eos_token"))
+        return cls._build(backend, _chat_template(model_dir, cfg), cfg, _eos_ids(model_dir, backend, eos))
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> "Tokenizer":
+        from splitserve.engine.gguf_tokenizer import build_tokenizer, eos_token_ids, tokenizer_config
+
+        gguf = open_gguf(path)
+        cfg = tokenizer_config(gguf)
+        return cls._build(build_tokenizer(gguf), cfg["chat_template"], cfg, tuple(eos_token_ids(gguf)))
+
+    @classmethod
+    def _build(cls, backend: HFTokenizer, template: str | None, cfg: dict, eos_ids: tuple[int, ...]) -> "Tokenizer":
+        texts = {name: _token_text(cfg.get(name)) for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        specials = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
+        return cls(backend, template, texts["bos_token"], texts["eos_token"], eos_ids, specials,
+                   {k: v for k, v in texts.items() if v is not None})
 
     @property
     def vocab_size(self) -> int:
@@ -51,13 +82,11 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
-            raise ValueError("this model has no chat template (tokenizer_config.json: chat_template)")
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_template_error
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-        )
+            raise ValueError("this model has no chat template (chat_template.jinja, chat_template.json or "
+                             "tokenizer_config.json: chat_template)")
+        variables = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "", **self.template_tokens}
+        return _compiled_template(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Chat prompt ids; special tokens come from the template itself (as HF does)."""
@@ -66,6 +95,47 @@ class Tokenizer:
 
 def _raise_template_error(message: str):
     raise ValueError(f"chat template: {message}")
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(source: str) -> jinja2.Template:
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_template_error
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def _chat_template(model_dir: Path, cfg: dict) -> str | None:
+    jinja_file = model_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text()
+    template = _read_json(model_dir / "chat_template.json").get("chat_template") or cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t["name"]: t["template"] for t in template}
+        template = named.get("default")
+    return template
+
+
+def _apply_added_tokens(backend: HFTokenizer, decoder: dict) -> None:
+    """tokenizer_config.json's `added_tokens_decoder` wins over tokenizer.json, as in transformers."""
+    current = backend.get_added_tokens_decoder()
+    for token_id, spec in sorted(decoder.items(), key=lambda item: int(item[0])):
+        known = current.get(int(token_id))
+        if known is not None and known.content == spec["content"] and known.special == spec.get("special", False):
+            continue
+        token = AddedToken(spec["content"], single_word=spec.get("single_word", False), lstrip=spec.get("lstrip", False),
+                           rstrip=spec.get("rstrip", False), normalized=spec.get("normalized", False),
+                           special=spec.get("special", False))
+        if token.special:
+            backend.add_special_tokens([token])
+        else:
+            backend.add_tokens([token])
 
 
 def _read_json(path: Path) -> dict:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from splitserve.modelgen.presets import get_preset
+from splitserve.modelgen.presets import check_preset_name
 from splitserve.modelgen.writer import make_model
 
 FORMAT_VERSION = 1  # bump when the generated files change for the same preset and seed
@@ -30,7 +30,7 @@ def default_cache_root() -> Path:
 
 def ensure_model(preset: str, cache_root=None, seed: int = 0) -> Path:
     """<cache_root>/models/<preset>-s<seed>-v<FORMAT_VERSION>, built if missing."""
-    get_preset(preset)
+    check_preset_name(preset)
     models = Path(cache_root or default_cache_root()) / "models"
     final = models / f"{preset}-s{seed}-v{FORMAT_VERSION}"
     if final.is_dir():

@@ -136,8 +136,20 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
 )}
 
 
+def preset_names() -> list[str]:
+    """Random presets, then the packaged real models (see packaged.py)."""
+    from splitserve.modelgen.packaged import PACKAGED
+
+    return [*PRESETS, *PACKAGED]
+
+
+def check_preset_name(name: str) -> None:
+    if name not in preset_names():
+        raise KeyError(f"unknown model preset {name!r}; available: {', '.join(preset_names())}")
+
+
 def get_preset(name: str) -> ModelPreset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown model preset {name!r}; available: {', '.join(PRESETS)}") from None
+    check_preset_name(name)
+    if name not in PRESETS:
+        raise KeyError(f"preset {name!r} is a packaged real model, not a random shape")
+    return PRESETS[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from splitserve.modelgen.packaged import PACKAGED, make_packaged
 from splitserve.modelgen.presets import DTYPES, ModelPreset, get_preset
 from splitserve.modelgen.tokenizer import BOS, EOS, IM_END, PAD, SPECIAL_IDS, tokenizer_config, train_tokenizer
 from splitserve.modelgen.weights import DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, write_weights
@@ -20,7 +21,12 @@ def make_model(
     preset: str, out_dir, seed: int = 0, dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write the folder (created if missing, files overwritten) and return its path."""
+    """Write the folder (created if missing, files overwritten) and return its path.
+
+    A packaged real model (packaged.py) is converted from its GGUF; seed and sharding do not apply.
+    """
+    if preset in PACKAGED:
+        return make_packaged(preset, out_dir, dtype)
     out = write_config_files(preset, out_dir, dtype)
     spec = get_preset(preset)
     for old in [*out.glob("model*.safetensors"), out / INDEX_FILE]:

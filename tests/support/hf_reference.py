@@ -16,7 +16,11 @@ def hf_model(model_dir: str, dtype: torch.dtype = torch.float32):
 
 def hf_greedy(model_dir, prompt_ids: list[int], max_new_tokens: int, dtype=torch.float32):
     """-> (token ids, logprobs [steps, vocab]) of HF greedy generation, EOS ignored."""
-    model = hf_model(str(model_dir), dtype)
+    return greedy_with(hf_model(str(model_dir), dtype), prompt_ids, max_new_tokens)
+
+
+def greedy_with(model, prompt_ids: list[int], max_new_tokens: int):
+    """hf_greedy on a model already loaded (e.g. from a GGUF file)."""
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
