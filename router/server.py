@@ -1,4 +1,9 @@
-"""`splitserve router`: builds the router from its flags and serves until SIGINT/SIGTERM."""
+"""`splitserve router`: the process shell. Builds the router from its config and serves gRPC (and the
+OpenAI HTTP API, in the same event loop) until SIGINT/SIGTERM.
+
+    cluster control: NodeRegistry (static nodes or Kubernetes discovery, health) -> Orchestrator (policy, retries)
+    front door:      Frontend (intake) + Admission + Security -> RouterServicer (gRPC) and the HTTP app
+"""
 
 from __future__ import annotations
 
@@ -6,59 +11,67 @@ import argparse
 import asyncio
 import logging
 
-from splitserve.api.v1 import router_pb2, router_pb2_grpc
-from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.rpc.logs import setup_logging
-from router.front.intake import Frontend
-from router.front.security import Security, admission_from_args, http_server
+from splitserve.rpc.server import GrpcServer, serve_until_signal
 from router.cluster.discovery import start_discovery, static_nodes
-from router.cluster.failover import RetryConfig
-from router.cluster.health import HealthConfig
 from router.cluster.nodes import NodeRegistry
 from router.cluster.orchestrator import Orchestrator
 from router.cluster.policies import get_policy
-from router.front.grpc_servicer import RouterServicer
+from router.config import RouterConfig
+from router.front.admission import Admission
+from router.front.grpc_servicer import SERVICE_NAME, RouterServicer
+from router.front.intake import Frontend
+from router.front.security import Security, make_admission
+from router.metrics import ROUTER
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
-async def build(args: argparse.Namespace):
-    if not args.model:
-        raise ValueError("--model is required (the tokenizer and chat template come from it)")
-    security = Security.from_args(args)  # issue 4: keys, TLS, mTLS to nodes (router/front/security.py)
-    health = HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after)  # issue 4: health
-    registry = NodeRegistry(health, credentials=security.node_credentials(),
+async def build(config: RouterConfig):
+    security = Security.load(config.security)
+    registry = NodeRegistry(config.health, credentials=security.node_credentials(),
                             channel_options=security.node_channel_options())
-    for role, address in static_nodes(args.nodes, args.nodes_file):  # issue 4: discovery (router/cluster/discovery.py)
+    for role, address in static_nodes(config.nodes, config.nodes_file):
         registry.add(role, address)
-    retry = RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s))  # issue 4: failover
-    orchestrator = Orchestrator(registry, get_policy(args.policy), retry=retry)
-    frontend = Frontend.from_model_dir(args.model)
-    admission = admission_from_args(args)  # issue 4: load shedding and deadlines, shared by both fronts
-    orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)  # issue 4: metrics
-    server = GrpcServer(args.host, args.port, [SERVICE_NAME], security.server_credentials(),
+    orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry)
+    frontend = Frontend.from_model_dir(config.model)
+    admission = make_admission(config.admission)  # load shedding and deadlines, shared by both fronts
+    orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)
+    server = GrpcServer(config.host, config.port, [SERVICE_NAME], security.server_credentials(),
                         security.grpc_interceptors(admission))
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(frontend, orchestrator), server.server)
-    http = http_server(args, frontend, orchestrator, admission, security)  # issue 4: OpenAI HTTP (None: off)
+    RouterServicer(frontend, orchestrator).add_to(server)
+    http = http_server(config, frontend, orchestrator, admission, security)
     return server, registry, http
 
 
-async def main(args: argparse.Namespace) -> None:
-    server, registry, http = await build(args)
-    discovery = await start_discovery(args.discovery, registry, args.k8s_namespace, args.k8s_selector)  # issue 4
+def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestrator, admission: Admission,
+                security: Security):
+    """The OpenAI-compatible HTTP server (not started), or None with --http-port 0."""
+    if config.http_port == 0:
+        return None
+    from router.front.http_api import HttpContext, create_app
+    from router.front.http_server import HttpServer
+
+    context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
+                          config.max_request_bytes, ROUTER.count_error)
+    return HttpServer(create_app(context), config.host, config.http_port, security.tls)
+
+
+async def main(config: RouterConfig) -> None:
+    server, registry, http = await build(config)
+    discovery = await start_discovery(config.discovery, registry, config.k8s_namespace, config.k8s_selector)
     await registry.refresh()
     registry.start_polling()
-    ready = f"READY router grpc://{args.host}:{server.port}"
-    if http is not None:  # issue 4: the HTTP server runs in this loop, next to gRPC
+    ready = f"READY router grpc://{config.host}:{server.port}"
+    if http is not None:  # the HTTP server runs in this loop, next to gRPC
         await http.start()
         ready += f" http={http.url}"
-    log.info("router listening on %s:%d%s", args.host, server.port, f" and {http.url}" if http else "")
+    log.info("router listening on %s:%d%s", config.host, server.port, f" and {http.url}" if http else "")
 
     async def stop() -> None:
         if http is not None:
             await http.stop()
-        if discovery is not None:  # issue 4: discovery
+        if discovery is not None:
             discovery.cancel()
             await asyncio.gather(discovery, return_exceptions=True)
         await registry.close()
@@ -67,9 +80,10 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def run_router(args: argparse.Namespace) -> int:
+    """The entry point (router/cli.py): the flags become a RouterConfig here, once."""
     setup_logging("router")
     try:
-        asyncio.run(main(args))
+        asyncio.run(main(RouterConfig.from_args(args)))
     except (ValueError, KeyError) as exc:
         log.error("%s", exc)
         return 2

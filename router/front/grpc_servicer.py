@@ -10,12 +10,14 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
+from splitserve.rpc.server import GrpcServer
 from router.front.completion import Finish, Piece, completion
 from router.front.intake import Frontend
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
 log = logging.getLogger(__name__)
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -23,6 +25,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.frontend = frontend
         self.orchestrator = orchestrator
         self._active: dict[str, asyncio.Task] = {}
+
+    def add_to(self, server: GrpcServer) -> None:
+        router_pb2_grpc.add_RouterServicer_to_server(self, server.server)
 
     async def Generate(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         try:

@@ -1,0 +1,63 @@
+"""The router's configuration: frozen dataclasses built once from the flags (`RouterConfig.from_args`)
+and passed down. Each validates itself; a bad value is a ValueError naming it (the router exits with 2)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitserve import labels
+from router.cluster.failover import RetryConfig
+from router.cluster.health import HealthConfig
+from router.front.admission import AdmissionConfig
+
+DISCOVERY_KINDS = ("static", "kubernetes")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    api_keys_file: str | None = None  # keys also come from env SPLITSERVE_API_KEYS
+    tls_dir: str | None = None  # ca.pem, router.pem, router-key.pem: TLS on the public ports, mTLS to nodes
+    tls_server_name: str = ""  # the name node certificates carry when it is not their address
+    plaintext_nodes: bool = False  # with tls_dir: TLS on the public ports only
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = labels.DEFAULT_ROUTER_GRPC_PORT
+    http_port: int = labels.DEFAULT_ROUTER_HTTP_PORT  # 0: off; -1: any free port
+    nodes: str = ""  # ROLE=HOST:PORT,...
+    nodes_file: str | None = None
+    discovery: str = "static"
+    k8s_namespace: str = "default"
+    k8s_selector: str = f"{labels.NAME_LABEL}={labels.APP_NAME}"
+    policy: str = "least_loaded"
+    served_model_name: str | None = None
+    max_request_bytes: int = 8 << 20
+    health: HealthConfig = field(default_factory=HealthConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required (the tokenizer and chat template come from it)")
+        if self.discovery not in DISCOVERY_KINDS:
+            raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_KINDS)}, got {self.discovery!r}")
+
+    @property
+    def model_name(self) -> str:
+        """The model id of the OpenAI API."""
+        return self.served_model_name or Path(self.model).resolve().name
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RouterConfig":
+        return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
+                   args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
+                   HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
+                   RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
+                   AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),
+                   SecurityConfig(args.api_keys_file, args.tls_dir, args.tls_server_name, args.plaintext_nodes))
