@@ -45,7 +45,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-queue", type=int, default=256, help="router --max-queue (load shedding)")
     g.add_argument("--hop-ms", type=float, default=1.0, help="one gRPC call or reply")
     g.add_argument("--router", default="auto", choices=("auto", "exact", "index"),
-                   help="exact: router/policies.py per request; index: heaps (large fleets); auto: index above 64 nodes")
+                   help="exact: router/cluster/policies.py per request; index: heaps (large fleets); auto: index above 64 nodes")
 
 
 def workload_spec(args: argparse.Namespace):

@@ -1,7 +1,7 @@
 """The cluster as built, as events: router admission and policies, Reserve -> Prefill -> KV
 transfer -> Decode, colocated Generate, retries, load shedding.
 
-A request's life (router/orchestrator.py, prefill_node/worker.py, decode_node/worker.py):
+A request's life (router/cluster/orchestrator.py, prefill_node/worker.py, decode_node/worker.py):
 1. It reaches the router one hop after it is sent. Over `max_queue` requests in flight it is
    refused at once (429 / RESOURCE_EXHAUSTED). The policy picks (prefill, decode) or a mixed node.
 2. Disaggregated: Reserve runs on the decode node's engine thread (between its steps); no
@@ -21,7 +21,8 @@ import heapq
 from dataclasses import dataclass, field
 from itertools import count
 
-from router.policies import SplitwiseConfig
+from router.cluster.policies import SplitwiseConfig
+from splitserve.sim.jump import apply_jump, plan_jump
 from splitserve.sim.node import NodeSim
 from splitserve.sim.prefix import PrefixCache
 from splitserve.sim.profile import Profile
@@ -45,7 +46,7 @@ class ClusterConfig:
     backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     splitwise: SplitwiseConfig = field(default_factory=SplitwiseConfig)
-    router: str = "auto"  # exact (router/policies.py per request), index (heaps), auto: index above 64 nodes
+    router: str = "auto"  # exact (router/cluster/policies.py per request), index (heaps), auto: index above 64 nodes
 
     def __post_init__(self):
         if min(self.prefill, self.decode, self.mixed) < 0 or self.prefill + self.decode + self.mixed == 0:
@@ -126,6 +127,8 @@ class ClusterSim:
         node, fn, arg = item
         if node.busy:
             node.calls.append((fn, arg))
+            if node.jump is not None:
+                self._cut_jump(node)
             return
         fn(arg)
         self._kick(node)
@@ -133,6 +136,10 @@ class ClusterSim:
     def _kick(self, node: NodeSim) -> None:
         if node.busy or not node.has_work():
             return
+        jump = plan_jump(node, self.now)
+        if jump is not None:
+            node.busy, node.jump = True, jump
+            return self._schedule_jump(node, jump.steps)
         start = self.now
         seconds, finished, firsts = node.step()
         if seconds <= 0 and not finished and not firsts:
@@ -140,11 +147,33 @@ class ClusterSim:
         node.busy = True
         self.at(start + seconds, self._step_done, (node, start, seconds, finished, firsts))
 
+    def _schedule_jump(self, node: NodeSim, steps: int) -> None:
+        node.jump_version += 1
+        node.jump_steps = steps
+        self.at(node.jump.start_s + node.jump.elapsed_s(steps), self._jump_done, (node, steps, node.jump_version))
+
+    def _cut_jump(self, node: NodeSim) -> None:
+        steps = node.jump.steps_by(self.now)
+        if steps < node.jump_steps:
+            self._schedule_jump(node, steps)
+
+    def _jump_done(self, item) -> None:
+        node, steps, version = item
+        if version != node.jump_version:
+            return  # cut short by a call: a later event ends it
+        jump, node.jump = node.jump, None
+        finished = apply_jump(node, jump, steps)
+        self.itl.append((jump.elapsed_s(steps) / steps, steps * jump.num_decodes))
+        self._after_step(node, finished, [], 0.0, 0.0)
+
     def _step_done(self, item) -> None:
         node, start, seconds, finished, firsts = item
-        node.busy = False
         if node.last_decodes:
             self.itl.append((seconds, node.last_decodes))
+        self._after_step(node, finished, firsts, start, seconds)
+
+    def _after_step(self, node: NodeSim, finished: list, firsts: list, start: float, seconds: float) -> None:
+        node.busy = False
         for req in firsts:
             self._first_token(node, req, start, seconds)
         for req in finished:

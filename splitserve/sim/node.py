@@ -38,9 +38,13 @@ class NodeSim:
         self.dstep = 0
         self.sum_tokens = 0  # sum of num_tokens over `decoding` at dstep
         self.grow_at: dict[int, list] = {}
+        self.grow_steps: list[int] = []  # heap of grow_at's keys (some already popped)
+        self.dirty = True  # changed since the router's last Stats poll
         self.finish_heap: list = []
         self.seq = count()
         self.busy = False
+        self.jump = None  # the jump.Jump in progress, and the version of its pending event
+        self.jump_version = 0
         self.calls: list = []  # (fn, args) to run at the next step boundary
         self.busy_s = 0.0
         self.num_steps = 0
@@ -55,6 +59,8 @@ class NodeSim:
 
     def pending_prefill_tokens(self) -> int:
         """EngineStats.num_pending_prefill_tokens: missing tokens of requests still in their prompt."""
+        if not self.prefilling and not self.waiting:
+            return 0
         return sum(r.num_tokens - r.num_computed for r in self.prefilling if r.num_computed < r.prompt_tokens) + \
             sum(r.num_tokens - r.num_computed for r in self.waiting if r.num_computed < r.prompt_tokens)
 
@@ -74,7 +80,12 @@ class NodeSim:
 
     def _bucket_growth(self, req: SimRequest) -> None:
         step = req.dbase + req.blocks * self.block_size + 1 - req.tok_base
-        self.grow_at.setdefault(max(step, self.dstep), []).append((req, req.dgen))
+        step = max(step, self.dstep)
+        bucket = self.grow_at.get(step)
+        if bucket is None:
+            bucket = self.grow_at[step] = []
+            heapq.heappush(self.grow_steps, step)
+        bucket.append((req, req.dgen))
 
     def _leave_decode(self, req: SimRequest) -> None:
         self._sync(req)
@@ -86,6 +97,7 @@ class NodeSim:
 
     def add_request(self, req: SimRequest) -> None:
         req.num_tokens, req.num_computed, req.blocks = req.prompt_tokens + req.outputs, 0, 0
+        self.dirty = True
         self.waiting.append(req)
         self.max_waiting = max(self.max_waiting, len(self.waiting))
 
@@ -95,15 +107,18 @@ class NodeSim:
         if need > self.free_blocks:
             return None
         self.free_blocks -= need
+        self.dirty = True
         return need
 
     def release(self, num_blocks: int) -> None:
         self.free_blocks += num_blocks
+        self.dirty = True
 
     def admit_prefilled(self, req: SimRequest, num_blocks: int) -> None:
         """Engine.admit_prefilled: the prompt's KV is in the reserved blocks; the first token is out."""
         req.blocks, req.num_tokens, req.num_computed = num_blocks, req.prompt_tokens + req.outputs, req.prompt_tokens + req.outputs - 1
         req.seq, req.done_here = next(self.seq), False
+        self.dirty = True
         self._enter_decode(req)
 
     # --- one step --------------------------------------------------------------------------------
@@ -112,6 +127,10 @@ class NodeSim:
         return bool(self.waiting or self.prefilling or self.decoding)
 
     def step(self) -> tuple[float, list, list]:
+        self.dirty = True
+        return self._step()
+
+    def _step(self) -> tuple[float, list, list]:
         """Schedule and commit one step: (seconds, finished requests, first tokens sampled).
 
         Finished: requests done on this node (prefill-only ones keep their blocks:
@@ -181,7 +200,7 @@ class NodeSim:
         finished = self._pop_decode_finishes()
         firsts = self._commit_chunks(chunks, finished)
         self.prefilling = [r for r in self.prefilling if not r.done_here]
-        self._account(seconds, n_dec)
+        self._account(seconds, n_dec, tokens, n_dec + len(chunks))
         return seconds, finished, firsts
 
     def _pop_decode_finishes(self) -> list:
@@ -220,10 +239,10 @@ class NodeSim:
             req.blocks = 0
         finished.append(req)
 
-    def _account(self, seconds: float, num_decodes: int) -> None:
+    def _account(self, seconds: float, num_decodes: int, num_tokens: int, num_seqs: int) -> None:
         self.busy_s += seconds
         self.num_steps += 1
-        self.last_decodes = num_decodes
+        self.last_decodes, self.last_tokens, self.last_seqs = num_decodes, num_tokens, num_seqs
 
     # --- the exact (slow) path ------------------------------------------------------------------
 
@@ -252,7 +271,7 @@ class NodeSim:
                 self._enter_decode(r)
             else:
                 self.prefilling.append(r)
-        self._account(seconds, num_decodes)
+        self._account(seconds, num_decodes, tokens, len(chunks))
         return seconds, finished, firsts
 
     @staticmethod
@@ -266,7 +285,7 @@ class NodeSim:
             r.dgen += 1
         running = sorted([*self.decoding, *self.prefilling], key=lambda r: r.seq)
         self.decoding, self.prefilling = {}, []
-        self.sum_tokens, self.grow_at, self.finish_heap = 0, {}, []
+        self.sum_tokens, self.grow_at, self.grow_steps, self.finish_heap = 0, {}, [], []
         return running
 
     def _schedule_running(self, running: list) -> tuple[list, list]:

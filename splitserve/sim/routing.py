@@ -1,6 +1,6 @@
-"""The router's choices in the simulation: router/policies.py itself, fed with NodeViews.
+"""The router's choices in the simulation: router/cluster/policies.py itself, fed with NodeViews.
 
-A NodeView mixes two sources, as in router/nodes.py: the router's own in-flight counters
+A NodeView mixes two sources, as in router/cluster/nodes.py: the router's own in-flight counters
 (exact, updated at once) and each node's last Stats (free blocks, queues, pending prompt
 tokens), refreshed every `poll_interval_s` of simulated time. `ExactRouter` builds the views
 and calls the registered policy, so the simulation makes the router's decisions by
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.nodes import NodeView
-from router.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
+from router.cluster.nodes import NodeView
+from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
 
 POLICIES = ("round_robin", "least_loaded", "cache_aware", "splitwise")
 MOONCAKE_BLOCK = 512
@@ -21,7 +21,7 @@ MOONCAKE_BLOCK = 512
 
 @dataclass
 class NodeStats:
-    """What a node's last Stats said (router/nodes.py _poll_stats)."""
+    """What a node's last Stats said (router/cluster/nodes.py _poll_stats)."""
 
     free_blocks: int = 0
     total_blocks: int = 0
@@ -60,9 +60,13 @@ class ExactRouter:
         self.stats = {n.name: NodeStats(total_blocks=n.num_blocks, free_blocks=n.num_blocks) for n in nodes}
         self.inflight = {n.name: [0, 0] for n in nodes}  # prefill tokens, decodes
 
-    def poll(self) -> None:
-        for n in self.nodes:
+    def poll(self) -> list:
+        """Refresh the Stats of the nodes that changed since the last poll; those nodes."""
+        changed = [n for n in self.nodes if n.dirty]
+        for n in changed:
             self.stats[n.name] = poll_stats(n)
+            n.dirty = False
+        return changed
 
     def track(self, node, prefill_tokens: int = 0, decodes: int = 0) -> None:
         counters = self.inflight[node.name]

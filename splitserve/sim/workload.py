@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.policies import CHUNK_RECOMPUTE_FRACTION
+from router.cluster.policies import CHUNK_RECOMPUTE_FRACTION
 from splitserve.bench import traces
 from splitserve.bench.arrivals import ArrivalConfig, arrival_offsets
 from splitserve.bench.workloads import (FixedWorkload, RagWorkload, SampledLengthsWorkload, TraceWorkload,
@@ -114,7 +114,7 @@ def _chunk_hit_tokens(spec: SimWorkload, br, rng: np.random.Generator) -> int:
     if not br.documents or spec.chunk_hit_rate == 0.0:
         return 0
     k = len(br.documents)
-    chunk_tokens = br.prompt_tokens * k / (k + 1)  # as router/policies.cached_tokens estimates them
+    chunk_tokens = br.prompt_tokens * k / (k + 1)  # as router/cluster/policies.cached_tokens estimates them
     hits = rng.binomial(k, spec.chunk_hit_rate)
     return int(hits / k * chunk_tokens * (1 - CHUNK_RECOMPUTE_FRACTION))
 

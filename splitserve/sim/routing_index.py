@@ -1,0 +1,145 @@
+"""router/cluster/policies.py's choices for large fleets, from heaps instead of a scan per request.
+
+The same keys as the policies, kept per role in heaps with lazy invalidation: a node's entry
+is pushed again whenever its key changes (the router's counters move, a Stats poll lands),
+stale entries are dropped when they surface. Splitwise's "every decode node is overloaded"
+needs the largest (free - ratio * total) blocks, which only a poll changes. Calls with
+excluded nodes (retries after a full reservation: rare) and cache_aware go to the exact
+router. tests/unit/test_sim_routing.py checks every choice against router/cluster/policies.py.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from router.cluster.policies import NoRoute, SplitwiseConfig
+from splitserve.sim.routing import ExactRouter
+
+SUPPORTED = ("round_robin", "least_loaded", "splitwise")
+
+
+class KeyHeap:
+    def __init__(self):
+        self.heap: list = []
+        self.keys: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def set(self, node, key: tuple) -> None:
+        if self.keys.get(node) != key:
+            self.keys[node] = key
+            heapq.heappush(self.heap, (key, node))
+            if len(self.heap) > 4 * len(self.keys) + 64:
+                self.heap = [(k, n) for n, k in self.keys.items()]
+                heapq.heapify(self.heap)
+
+    def min(self, ok=None):
+        """The node with the smallest key (for which ok(node) holds); None when there is none."""
+        heap, popped, found = self.heap, [], None
+        while heap:
+            key, node = heap[0]
+            if self.keys[node] != key:
+                heapq.heappop(heap)
+                continue
+            if ok is None or ok(node):
+                found = node
+                break
+            popped.append(heapq.heappop(heap))
+        for entry in popped:
+            heapq.heappush(heap, entry)
+        return found
+
+
+class IndexRouter(ExactRouter):
+    def __init__(self, nodes: list, policy: str, splitwise_config: SplitwiseConfig | None = None):
+        super().__init__(nodes, policy, splitwise_config)
+        self.config = splitwise_config or SplitwiseConfig()
+        self.pools = {role: sorted((n for n in nodes if n.role == role), key=lambda n: n.name)
+                      for role in ("prefill", "decode", "mixed")}
+        self.heaps = {role: KeyHeap() for role in self.pools}
+        self.turn = 0
+        self.max_room, self.any_unpolled = math.inf, True
+        for n in nodes:
+            self._refresh(n)
+
+    def poll(self) -> list:
+        changed = super().poll()
+        for n in changed:
+            self._refresh(n)
+        if any(n.role == "decode" for n in changed):
+            self._decode_rooms()
+        return changed
+
+    def _decode_rooms(self) -> None:
+        rooms = [self.stats[n.name].free_blocks - self.config.decode_min_free_ratio * self.stats[n.name].total_blocks
+                 for n in self.pools["decode"] if self.stats[n.name].total_blocks]
+        self.any_unpolled = len(rooms) < len(self.pools["decode"])
+        self.max_room = max(rooms, default=-math.inf)
+
+    def track(self, node, prefill_tokens: int = 0, decodes: int = 0) -> None:
+        super().track(node, prefill_tokens, decodes)
+        self._refresh(node)
+
+    def _pending(self, node) -> int:
+        return max(self.inflight[node.name][0], self.stats[node.name].num_pending_prefill_tokens)
+
+    def _key(self, node) -> tuple:
+        (tokens, decodes), role = self.inflight[node.name], node.role
+        if role == "decode":
+            return (decodes, -self.stats[node.name].free_blocks, node.name)
+        if self.policy_name == "least_loaded":
+            if role == "prefill":
+                return (tokens, self.stats[node.name].num_waiting, node.name)
+            return (tokens + decodes, node.name)
+        pending = self._pending(node)
+        return (pending, node.name) if role == "prefill" else (pending + decodes, node.name)
+
+    def _refresh(self, node) -> None:
+        if self.policy_name in SUPPORTED:
+            self.heaps[node.role].set(node, self._key(node))
+
+    def route(self, req, exclude: frozenset | set = frozenset()):
+        if self.policy_name == "round_robin":  # its turn counts every call, retries too
+            return self._round_robin(exclude)
+        if exclude or self.policy_name not in SUPPORTED:
+            return super().route(req, exclude)
+        if self.policy_name == "splitwise":
+            return self._splitwise(req)
+        return self._split_or_colocated(self.heaps["prefill"].min, self.heaps["decode"].min, self.heaps["mixed"].min)
+
+    def _split_or_colocated(self, choose_prefill, choose_decode, choose_mixed, pools=None):
+        pools = pools or self.pools
+        if pools["prefill"] and pools["decode"]:
+            return choose_prefill(), choose_decode()
+        if pools["mixed"]:
+            node = choose_mixed()
+            return node, node
+        raise NoRoute("no healthy prefill+decode pair and no healthy mixed node")
+
+    def _round_robin(self, exclude):
+        turn, self.turn = self.turn, self.turn + 1
+        pools = self.pools
+        if exclude:
+            pools = {role: [n for n in ns if n.name not in exclude] for role, ns in pools.items()}
+        pick = lambda role: lambda: pools[role][turn % len(pools[role])]  # noqa: E731
+        return self._split_or_colocated(pick("prefill"), pick("decode"), pick("mixed"), pools)
+
+    def _splitwise(self, req):
+        needed = math.ceil((req.prompt_tokens + req.target) / self.nodes[0].block_size)
+        first_prefill = self.heaps["prefill"].min()
+        prefill_over = first_prefill is None or self._pending(first_prefill) >= self.config.prefill_overload_tokens
+        decode_over = not self.pools["decode"] or (not self.any_unpolled and self.max_room < needed)
+        if self.pools["mixed"] and (prefill_over or decode_over):
+            node = self.heaps["mixed"].min()
+            return node, node
+        if decode_over:
+            choose_decode = self.heaps["decode"].min
+        else:
+            choose_decode = lambda: self.heaps["decode"].min(lambda n: not self._decode_overloaded(n, needed))  # noqa: E731
+        return self._split_or_colocated(lambda: first_prefill, choose_decode, self.heaps["mixed"].min)
+
+    def _decode_overloaded(self, node, needed: int) -> bool:
+        s = self.stats[node.name]
+        return s.total_blocks > 0 and s.free_blocks - needed < self.config.decode_min_free_ratio * s.total_blocks
