@@ -1,20 +1,31 @@
-"""Blending quality vs the recompute ratio: CacheBlend on the `small` model, MuSiQue passages.
+"""Chunk-cache answer quality on a real model: CacheBlend and Cache-Craft vs full prefill, MuSiQue.
 
-Each prompt is 10 retrieved passages + the question (CacheBlend's musique_s sample). Every
-passage's KV is computed alone (after BOS, as ingest stores it); the prompt is then prefilled
-blended at ratio r in {0, 0.05, 0.15, 0.3, 1.0} (check layer 1), choosing the recomputed rows by
-KV deviation (HKVD) or at random, and compared with a full prefill of the same ids: KL(full ||
-blend) of the next-token distribution after the prompt, top-1 agreement, and agreement of the
-first 16 greedy tokens (decoded by the engine from the blended KV). Random weights: the model
-has no learned attention sparsity, so only the ordering of the curves is evidence.
+For each of CacheBlend's 100 MuSiQue questions (10 retrieved passages + the question, through the
+chat template), every passage's KV is computed alone after the prompt head (as ingest stores it),
+then the prompt is prefilled
 
-    python benchmarks/chunkcache_quality.py [--prompts 3] [--threads 1]
+- `full`: a full prefill (the reference; one pass per question, reused by every comparison),
+- `prefix_caching`: a previous request held the same passages in another order, so only the
+  longest block-aligned common prefix is reused; its KV is exact, so its answer is full prefill's
+  by construction and only its computed-token count is measured,
+- `full_reuse`: every cached row reused as it is (RoPE-moved; r = 0, PromptCache),
+- `hkvd_R` / `random_R`: CacheBlend at ratio R (check layer 1), rows chosen by KV deviation or at random,
+- `cachecraft`: Cache-Craft planning (per-chunk budgets from the stored variants),
+
+and the engine decodes the greedy answer (up to 32 tokens) from that KV. Scores: answer F1 against
+the gold answers (SQuAD token F1), ROUGE-L F1 and exact agreement with full prefill's answer,
+KL(full || case) and top-1 agreement of the first token, computed rows (mean over layers) / prompt
+rows. `full_plain` is full prefill on the same question without the chat template (F1 only).
+Results are rewritten after every question, so a cut-off run still leaves its numbers.
+
+    python benchmarks/chunkcache_quality.py --model DIR [--questions 100] [--passages 10] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -23,121 +34,163 @@ import torch
 
 from splitserve.bench import traces
 from splitserve.chunkcache.blend import BlendConfig
-from splitserve.chunkcache.documents import document_prompt
+from splitserve.chunkcache.qa_prompt import QAPrompt, qa_prompt
+from splitserve.chunkcache.quality import answer_f1, first_token_scores, rouge_l_f1
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
 from splitserve.engine import Engine, EngineConfig, SamplingParams
-from splitserve.modelgen import ensure_model
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "chunkcache_quality.json"
-TRACE = traces.data_file(traces.MUSIQUE_FILE)
-RATIOS = (0.0, 0.05, 0.15, 0.3, 1.0)
-NUM_GREEDY = 16
+MAX_ANSWER_TOKENS = 32
+RATIOS = (0.05, 0.15, 0.3)
+METRICS = ("f1", "rouge_l", "exact", "kl", "top1", "computed_fraction", "time_s")
 
 
-def run_case(engine: Engine, store: ChunkStore, ids: list[int], spans, ratio: float, seed: int | None):
-    """Blends, then decodes greedily in the engine -> (last-token logits, 16 greedy tokens, rows computed)."""
-    cache = ChunkCache(engine, store, ChunkCacheConfig(BlendConfig((1,), (ratio,), random_seed=seed), planning="ratio"))
-    params = SamplingParams(max_tokens=NUM_GREEDY, ignore_eos=True)
-    plan = cache.plan(ids, spans)
-    outcome = cache.blend(engine, "q", ids, plan, params, 0)
-    slots = engine.kv_slots(engine.reserved["q"], len(ids))
-    last_kv = engine.cache.read(engine.model_config.num_layers - 1, slots)  # [2, n, Hkv, D]
-    engine.admit_prefilled("q", ids, outcome.sample.token_id, params, register_prefix=False)
+def case_configs() -> dict[str, ChunkCacheConfig]:
+    cases = {"full_reuse": ChunkCacheConfig(BlendConfig((0,), (0.0,)), planning="ratio")}
+    for ratio in RATIOS:
+        for selection, seed in (("hkvd", None), ("random", 0)):
+            cases[f"{selection}_{ratio}"] = ChunkCacheConfig(BlendConfig((1,), (ratio,), random_seed=seed),
+                                                             planning="ratio")
+    cases["cachecraft"] = ChunkCacheConfig(BlendConfig((1,), (0.15,)), planning="cachecraft")
+    return cases
+
+
+FULL = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
+
+
+def run_case(engine: Engine, store: ChunkStore, qa: QAPrompt, config: ChunkCacheConfig, reuse: bool = True) -> dict:
+    """Blends (no reuse: a full prefill), then decodes greedily in the engine from that KV."""
+    start = time.perf_counter()
+    cache = ChunkCache(engine, store, config, prefix=qa.head)
+    params = SamplingParams(max_tokens=MAX_ANSWER_TOKENS)
+    plan = cache.plan(qa.ids, qa.spans if reuse else [])
+    outcome = cache.blend(engine, "q", qa.ids, plan, params, 0)
+    if outcome is None:
+        raise SystemExit("the engine has no room for the prompt's KV (raise the KV budget)")
+    engine.admit_prefilled("q", qa.ids, outcome.sample.token_id, params, register_prefix=False)
     tokens = [outcome.sample.token_id]
     while engine.has_unfinished():
         tokens += [t for out in engine.step() for t in out.new_token_ids]
-    return outcome.logits, tokens, outcome.computed_rows, last_kv
+    return {"logits": outcome.logits, "answer": engine.tokenizer.decode(tokens).strip(),
+            "computed_fraction": outcome.computed_rows / len(qa.ids), "time_s": time.perf_counter() - start}
 
 
-def compare(full, logits, tokens, kv) -> dict:
-    full_logits, full_tokens, full_kv = full
-    p, q = full_logits.log_softmax(-1), logits.log_softmax(-1)
-    agree = next((i for i, (a, b) in enumerate(zip(full_tokens, tokens)) if a != b), NUM_GREEDY)
-    return {"kl": float((p.exp() * (p - q)).sum()), "kv_rel_err": float((kv - full_kv).norm() / full_kv.norm()),
-            "top1": float(full_logits.argmax() == logits.argmax()),
-            "greedy_match": sum(a == b for a, b in zip(full_tokens, tokens)) / NUM_GREEDY, "first_divergence": agree}
+def score(full: dict, case: dict, golds: list[str]) -> dict:
+    return {"answer": case["answer"], "f1": answer_f1(case["answer"], golds),
+            "rouge_l": rouge_l_f1(case["answer"], full["answer"]), "exact": float(case["answer"] == full["answer"]),
+            **first_token_scores(full["logits"], case["logits"]),
+            "computed_fraction": case["computed_fraction"], "time_s": case["time_s"]}
 
 
-def one_prompt(engine: Engine, item: dict) -> dict:
-    ids, spans = document_prompt(engine.tokenizer, [c["text"] for c in item["ctxs"]], item["question"])
-    store = ChunkStore(LocalTier(1 << 30))
-    loader = ChunkCache(engine, store)
-    for s, n in spans:
-        store.put(*loader.compute_alone(engine, ids[s:s + n]))
-    full_logits, full_tokens, _, full_kv = run_case(engine, store, ids, spans, 1.0, None)
-    rows = {"num_tokens": len(ids), "cases": []}
-    for ratio in RATIOS:
-        for selection, seed in (("hkvd", None), ("random", 0)):
-            if ratio in (0.0, 1.0) and selection == "random":
-                continue  # nothing is chosen by deviation at r = 0 or 1
-            start = time.perf_counter()
-            logits, tokens, computed, kv = run_case(engine, store, ids, spans, ratio, seed)
-            rows["cases"].append({"ratio": ratio, "selection": selection, "computed_fraction": computed / len(ids),
-                                  "time_s": time.perf_counter() - start,
-                                  **compare((full_logits, full_tokens, full_kv), logits, tokens, kv)})
-    return rows
+def prefix_caching(engine: Engine, item: dict, qa: QAPrompt, full: dict, index: int, num_passages: int) -> dict:
+    """A previous request with the passages shuffled left its blocks; the rest is computed."""
+    order = list(range(len(qa.spans)))
+    while len(order) > 1 and order == sorted(order):
+        random.Random(index).shuffle(order)
+    previous = qa_prompt(engine.tokenizer, {**item, "ctxs": [item["ctxs"][i] for i in order]}, True, num_passages)
+    common = next((i for i, (a, b) in enumerate(zip(qa.ids, previous.ids)) if a != b), len(qa.ids))
+    block = engine.config.block_size
+    cached = min(common, len(qa.ids) - 1) // block * block
+    return score(full, {**full, "computed_fraction": 1 - cached / len(qa.ids)}, item["answers"])
 
 
-def summarize(prompts: list[dict]) -> list[dict]:
-    keys = sorted({(c["ratio"], c["selection"]) for p in prompts for c in p["cases"]})
-    out = []
-    for ratio, selection in keys:
-        cases = [c for p in prompts for c in p["cases"] if (c["ratio"], c["selection"]) == (ratio, selection)]
-        out.append({"ratio": ratio, "selection": selection, **{m: statistics.mean(c[m] for c in cases)
-                    for m in ("kl", "kv_rel_err", "top1", "greedy_match", "first_divergence", "computed_fraction",
-                              "time_s")}})
+def one_question(engine: Engine, item: dict, index: int, num_passages: int, plain: bool) -> dict:
+    qa = qa_prompt(engine.tokenizer, item, True, num_passages)
+    store = ChunkStore(LocalTier(1 << 34))
+    ingest = ChunkCache(engine, store, prefix=qa.head)
+    for s, n in qa.spans:
+        store.put(*ingest.compute_alone(engine, qa.ids[s:s + n]))
+    golds = item["answers"]
+    full = run_case(engine, store, qa, FULL, reuse=False)
+    out = {"index": index, "question": item["question"], "gold": golds, "num_tokens": len(qa.ids),
+           "cases": {"full": score(full, full, golds)}}
+    out["cases"]["prefix_caching"] = prefix_caching(engine, item, qa, full, index, num_passages)
+    for name, config in case_configs().items():
+        out["cases"][name] = score(full, run_case(engine, store, qa, config), golds)
+    if plain:
+        bare = run_case(engine, store, qa_prompt(engine.tokenizer, item, False, num_passages), FULL, reuse=False)
+        out["cases"]["full_plain"] = {"answer": bare["answer"], "f1": answer_f1(bare["answer"], golds)}
     return out
 
 
-def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def summarize(questions: list[dict]) -> dict[str, dict]:
+    names = list(dict.fromkeys(name for q in questions for name in q["cases"]))
+    out = {}
+    for name in names:
+        rows = [q["cases"][name] for q in questions if name in q["cases"]]
+        out[name] = {m: statistics.mean(r[m] for r in rows) for m in METRICS if all(m in r for r in rows)}
+        out[name]["num_questions"] = len(rows)
+    for ratio in RATIOS:
+        worse = [q["index"] for q in questions if q["cases"][f"hkvd_{ratio}"]["kl"] > q["cases"]["full_reuse"]["kl"]]
+        out[f"hkvd_{ratio}"]["kl_worse_than_full_reuse"] = worse
+    if "prefix_caching" in out and "cachecraft" in out:
+        saved = 1 - out["cachecraft"]["computed_fraction"] / out["prefix_caching"]["computed_fraction"]
+        out["cachecraft"]["fewer_computed_than_prefix_caching"] = saved
+    return out
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for selection, style in (("hkvd", "o-"), ("random", "s--")):
-        rows = [r for r in summary if r["selection"] == selection or r["ratio"] in (0.0, 1.0)]
-        rows = sorted({r["ratio"]: r for r in rows}.values(), key=lambda r: r["ratio"])
-        axes[0].plot([r["ratio"] for r in rows], [r["kl"] for r in rows], style, label=selection)
-        axes[1].plot([r["ratio"] for r in rows], [r["kv_rel_err"] for r in rows], style, label=selection)
-        axes[2].plot([r["ratio"] for r in rows], [r["greedy_match"] for r in rows], style, label=selection)
-    axes[0].set(xlabel="recompute ratio r", ylabel="last-token KL(full || blend)", yscale="symlog")
-    axes[1].set(xlabel="recompute ratio r", ylabel="last-layer KV relative error")
-    axes[2].set(xlabel="recompute ratio r", ylabel=f"greedy agreement, first {NUM_GREEDY} tokens", ylim=(0, 1.05))
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle("CacheBlend on `small` (random weights), MuSiQue: 10 passages + question")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+
+def kv_budget_bytes(engine: Engine, lengths: list[int]) -> int:
+    cfg = engine.model_config
+    longest = max(lengths) + MAX_ANSWER_TOKENS
+    if longest > cfg.max_position_embeddings:
+        raise SystemExit(f"a prompt needs {longest} positions (prompt + {MAX_ANSWER_TOKENS} answer tokens) but the "
+                         f"model has {cfg.max_position_embeddings}: use fewer --passages")
+    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4  # K and V, fp32
+    block = engine.config.block_size
+    return (longest // block + 2) * block * per_token
+
+
+def load_engine(model: Path, items: list[dict], num_passages: int) -> Engine:
+    probe = Engine(model, EngineConfig(kv_cache_bytes=1 << 20, enable_prefix_caching=False))
+    _read_chat_template(probe, model)
+    lengths = [len(qa_prompt(probe.tokenizer, it, chat, num_passages).ids) for it in items for chat in (True, False)]
+    engine = Engine(model, EngineConfig(kv_cache_bytes=kv_budget_bytes(probe, lengths), enable_prefix_caching=False))
+    _read_chat_template(engine, model)
+    return engine
+
+
+def _read_chat_template(engine: Engine, model: Path) -> None:
+    """Folders written by recent transformers keep the template in chat_template.jinja."""
+    if not engine.tokenizer.chat_template and (model / "chat_template.jinja").exists():
+        engine.tokenizer.chat_template = (model / "chat_template.jinja").read_text()
+
+
+def write(path: Path, args, questions: list[dict], start: float) -> dict:
+    summary = summarize(questions)
+    result = {"model": Path(args.model).name, "dtype": "float32", "chat_template": True, "check_layer": 1,
+              "passages_per_question": args.passages, "max_answer_tokens": MAX_ANSWER_TOKENS, "ratios": RATIOS,
+              "num_questions": len(questions), "threads": args.threads, "wall_s": time.perf_counter() - start,
+              "summary": summary, "questions": questions}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--model", required=True, help="HF folder of a real model, e.g. SmolLM2-135M-Instruct")
+    parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--first", type=int, default=0, help="index of the first question")
+    parser.add_argument("--passages", type=int, default=10)
+    parser.add_argument("--plain-every", type=int, default=1, help="full prefill without the chat template on "
+                        "every Nth question (0: never)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = Path(args.model) if args.model else ensure_model("small")
-    engine = Engine(model, EngineConfig(kv_cache_bytes=256 << 20, enable_prefix_caching=False))
-    items = json.loads(TRACE.read_text())[:args.prompts]
-    start = time.perf_counter()
-    prompts = [one_prompt(engine, item) for item in items]
-    summary = summarize(prompts)
-    result = {"model": model.name, "dtype": "float32", "check_layer": 1, "num_prompts": len(prompts),
-              "passages_per_prompt": 10, "greedy_tokens": NUM_GREEDY, "ratios": RATIOS, "summary": summary,
-              "prompts": prompts, "wall_s": time.perf_counter() - start, "threads": args.threads}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
-    plot(summary, RESULTS.with_suffix(".png"))
-    for row in summary:
-        print(f"r={row['ratio']:<5} {row['selection']:<7} KL={row['kl']:.4g} kv_err={row['kv_rel_err']:.3f} "
-              f"top1={row['top1']:.2f} "
-              f"greedy={row['greedy_match']:.2f} computed={row['computed_fraction']:.3f}")
+    items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
+    engine = load_engine(Path(args.model), items, args.passages)
+    start, questions = time.perf_counter(), []
+    for i, item in enumerate(items, start=args.first):
+        plain = args.plain_every > 0 and (i - args.first) % args.plain_every == 0
+        questions.append(one_question(engine, item, i, args.passages, plain))
+        summary = write(args.out, args, questions, start)
+        print(f"question {i}: {questions[-1]['num_tokens']} tokens, {time.perf_counter() - start:.0f}s", flush=True)
+    for name, row in summary.items():
+        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
 
 if __name__ == "__main__":

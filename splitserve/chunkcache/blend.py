@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from splitserve.chunkcache.selection import ChunkBudget, needs_deviation, select_rows
 from splitserve.engine.rope import apply_rotary
 
+DEVIATIONS = ("k", "v")
 LayerSink = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -36,8 +37,14 @@ class BlendConfig:
     ratios: tuple[float, ...] = (0.15,)  # per check layer, non-increasing (gradual filtering)
     force_last: bool = True
     random_seed: int | None = None  # set: rows are chosen at random instead of by deviation (a baseline)
+    deviation: str = "k"  # rank rows by fresh-vs-reused K (LMCache v1) or V (the CacheBlend prototype)
+    lead_rows: int = 0  # first rows of every reused chunk always recomputed (EPIC's LegoLink), beyond the ratio
 
     def __post_init__(self):
+        if self.lead_rows < 0:
+            raise ValueError(f"lead_rows must be >= 0, got {self.lead_rows}")
+        if self.deviation not in DEVIATIONS:
+            raise ValueError(f"deviation must be one of {', '.join(DEVIATIONS)}, got {self.deviation!r}")
         if len(self.check_layers) != len(self.ratios) or not self.check_layers:
             raise ValueError("check_layers and ratios need one entry each per check layer (at least one)")
         if list(self.check_layers) != sorted(set(self.check_layers)) or self.check_layers[0] < 0:
@@ -51,6 +58,7 @@ class ReusedKV:
     """Cached K/V placed at the request's positions; K already RoPE-moved. Rows not covered are 0."""
     layer: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # l -> K_old, V_old: [n, Hkv, D]
     valid: torch.Tensor  # [n] bool: a cached value exists for the row
+    starts: tuple[int, ...] = ()  # first row of each reused chunk
 
 
 @dataclass
@@ -80,6 +88,8 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
         candidate &= ~forced
     if cfg.force_last:
         candidate[n - 1] = False
+    for first in reused.starts:
+        candidate[first:first + cfg.lead_rows] = False
     active = positions
     h = model.embed_tokens(token_ids)  # [n, hidden]
     checks = dict(zip(cfg.check_layers, cfg.ratios))
@@ -91,7 +101,8 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
             active, h = active[keep], h[keep]
         q, k, v = _qkv(layer, model.rotary, h, active)
         if i in checks and needs_deviation(checks[i], budgets):
-            dev = _deviation(k, old[0][active], cfg.random_seed)  # [A]
+            fresh, reused_rows = (k, old[0][active]) if cfg.deviation == "k" else (v, old[1][active])
+            dev = _deviation(fresh, reused_rows, cfg.random_seed)  # [A]
             keep = select_rows(active, dev, candidate, checks[i], budgets)
             active, h, q, k, v = active[keep], h[keep], q[keep], k[keep], v[keep]
         if old is not None:

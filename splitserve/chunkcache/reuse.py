@@ -38,4 +38,4 @@ def place_chunks(chunks: list[PlacedChunk], n: int, shifter: RopeShifter, shape:
             k[c.start:end] = ck if table is None else apply_rotary(ck, *table)
             v[c.start:end] = c.kv.v[i]
         return k, v
-    return ReusedKV(layer, valid)
+    return ReusedKV(layer, valid, tuple(c.start for c in chunks))

@@ -137,3 +137,25 @@ def test_attention_in_row_blocks_equals_one_block(model):
         causal = len(rows) == 30
         torch.testing.assert_close(_attend(attn, q, k, v, rows, causal, block=4),
                                    _attend(attn, q, k, v, rows, causal, block=1024), atol=1e-5, rtol=0)
+
+
+def test_lead_rows_of_every_chunk_are_recomputed(model, ids):
+    res, _, _ = _run(model, ids, BlendConfig((0,), (0.0,), lead_rows=3))
+    selected = set(res.selected.tolist())
+    assert all({s, s + 1, s + 2} <= selected for s, _ in SPANS)
+    forced = N - sum(e - s for s, e in SPANS)  # BOS and the question
+    assert res.active_rows == [forced + 3 * len(SPANS)] * model.cfg.num_layers
+    with pytest.raises(ValueError, match="lead_rows"):
+        BlendConfig(lead_rows=-1)
+
+
+def test_v_deviation_selects_by_value_change(model, ids):
+    """The same count of rows either way; at ratio 1 both are a full prefill."""
+    k_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
+    v_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="v"))
+    assert k_res.active_rows == v_res.active_rows
+    _, _, logits_ref = reference_prefill(model, ids)
+    torch.testing.assert_close(_run(model, ids, BlendConfig((1,), (1.0,), deviation="v"))[0].logits, logits_ref,
+                               atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="deviation"):
+        BlendConfig(deviation="q")
