@@ -27,7 +27,7 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 {{- toYaml $resources -}}
 {{- end -}}
 
-{{/* The node's command line: `splitserve node ...` (flags of splitserve/commands/services.py). */}}
+{{/* The node's command line: `splitserve node ...` (flags of node/cli.py). */}}
 {{- define "splitserve.node.args" -}}
 {{- $v := .root.Values -}}
 {{- $pool := index $v .role -}}

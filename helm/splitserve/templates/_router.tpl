@@ -1,4 +1,4 @@
-{{/* The router's command line: `splitserve router ...` (flags of splitserve/commands/services.py). */}}
+{{/* The router's command line: `splitserve router ...` (flags of router/cli.py). */}}
 {{- define "splitserve.router.args" -}}
 {{- $r := .Values.router -}}
 - router
