@@ -132,6 +132,32 @@ def summarize(questions: list[dict]) -> dict[str, dict]:
     return out
 
 
+def plot(summary: dict[str, dict], num_questions: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for selection, style in (("hkvd", "o-"), ("random", "s--")):
+        rows = [summary["full_reuse"]] + [summary[f"{selection}_{r}"] for r in RATIOS] + [summary["full"]]
+        x = [r["computed_fraction"] for r in rows]
+        axes[0].plot(x, [r["rouge_l"] for r in rows], style, label=f"CacheBlend, {selection}")
+        axes[1].plot(x, [r["kl"] for r in rows], style, label=f"CacheBlend, {selection}")
+    for name, marker in (("cachecraft", "*"), ("prefix_caching", "D"), ("full_reuse", "x")):
+        row = summary[name]
+        axes[0].plot(row["computed_fraction"], row["rouge_l"], marker, markersize=11, label=name)
+        axes[1].plot(row["computed_fraction"], row["kl"], marker, markersize=11, label=name)
+    axes[0].axhline(0.8, color="grey", lw=0.8, ls=":")
+    axes[0].set(xlabel="computed rows / prompt rows", ylabel="ROUGE-L F1 vs full prefill's answer", ylim=(0, 1.05))
+    axes[1].set(xlabel="computed rows / prompt rows", ylabel="first-token KL(full || reuse)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Chunk-cache reuse on SmolLM2-135M-Instruct, MuSiQue ({num_questions} questions, chat template)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def kv_budget_bytes(engine: Engine, lengths: list[int]) -> int:
     cfg = engine.model_config
     longest = max(lengths) + MAX_ANSWER_TOKENS
@@ -166,6 +192,7 @@ def write(path: Path, args, questions: list[dict], start: float) -> dict:
               "summary": summary, "questions": questions}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
+    plot(summary, len(questions), path.with_suffix(".png"))
     return summary
 
 
@@ -179,7 +206,11 @@ def main() -> None:
                         "every Nth question (0: never)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot of --out and exit")
     args = parser.parse_args()
+    if args.plot_only:
+        result = json.loads(args.out.read_text())
+        return plot(result["summary"], result["num_questions"], args.out.with_suffix(".png"))
     torch.set_num_threads(args.threads)
     items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
     engine = load_engine(Path(args.model), items, args.passages)
