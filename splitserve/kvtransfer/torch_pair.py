@@ -131,6 +131,10 @@ class PairLink:
             self._next_header = self._post_header_recv(1 if words is self._headers[0] else 0)
         return entries
 
+    def header_arrived(self) -> bool:
+        """gloo: the next header is already here (`recv_header` will not block)."""
+        return self._next_header is not None and self._next_header[0].is_completed()
+
     def _post_header_recv(self, index: int):
         words = self._headers[index]
         return self.group.recv([words], self.peer, HEADER_TAG), words

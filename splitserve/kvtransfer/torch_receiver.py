@@ -6,7 +6,9 @@ instance replaces (breaks) the older one. A pair thread loops: receive a header 
 (waiting up to `idle_timeout_s`), `_admit` each of its LAYER entries against the reservations
 and post every payload's recv at once, into buffers reused from the pair's pool (fresh memory
 costs a page fault per 4 KiB), or into a chunk-sized scratch buffer for a payload that matches
-no live reservation; CHECKSUM and ABORT entries go to the reservations they name. Then it
+no live reservation; CHECKSUM and ABORT entries go to the reservations they name. Headers that
+have already arrived are taken too (gloo), so the sender's next flight never waits for this
+thread to finish the one before. Then it
 waits for the payloads in order and `_deliver`s each (hash, then copy into the pool) while
 gloo's own thread fills the next. The last layer of a flight waits for the next header's
 recvs to be posted before it is delivered, unless it is its request's last layer. One thread
@@ -132,7 +134,9 @@ class TorchReceiver(TrackedReceiver):
                 if pending is not None and pending.is_last:
                     pending = self._flush(pending, pool)
                 payloads = self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
-                pending = self._flush(pending, pool)  # overlaps with this flight's payloads
+                while link.header_arrived() and len(payloads) < MAX_ENTRIES:  # the sender is ahead: post more
+                    payloads += self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
+                pending = self._flush(pending, pool)  # overlaps with these payloads
                 for i, post in enumerate(payloads):
                     self._wait(link, post, payloads[i + 1:])
                     if post.res is not None:

@@ -97,7 +97,8 @@ class TorchSender(TrackedSender):
         return self._generation
 
     def _submit(self, job: Job) -> None:
-        self._jobs.put(job)
+        if job.kind in (JobKind.LAYER, JobKind.ABORT):  # begin and finish are state only: no wake-up
+            self._jobs.put(job)
 
     def _shutdown(self) -> None:
         self._jobs.put(None)
