@@ -26,7 +26,7 @@ class AttentionBatch:
     slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
     num_decodes: int
     decode_slots: torch.Tensor | None  # [Bd * L] cache slots of every decode's keys, padded to L per request
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, L] bool
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, L] bool; None: every decode sees all L keys
     prefills: list[PrefillChunk]
 
 
@@ -73,14 +73,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
 
 def _decode_attention(q, cache, layer, batch, scale):
     k_flat, v_flat = cache.flat(layer)
-    bd = q.shape[0]
-    k_all = k_flat.index_select(0, batch.decode_slots).view(bd, -1, *k_flat.shape[1:])  # [Bd, L, kv_heads, D]
-    v_all = v_flat.index_select(0, batch.decode_slots).view(bd, -1, *v_flat.shape[1:])
+    bd, heads, head_dim = q.shape
+    kv_heads = k_flat.shape[1]
+    k_all = k_flat.index_select(0, batch.decode_slots).view(bd, -1, kv_heads, head_dim)  # [Bd, L, kv_heads, D]
+    v_all = v_flat.index_select(0, batch.decode_slots).view(bd, -1, kv_heads, head_dim)
+    # a KV head's query heads (h = kv_head * group + g, as HF's repeat_kv) go in as `group` query rows
+    q_grouped = q.reshape(bd, kv_heads, heads // kv_heads, head_dim)
     out = F.scaled_dot_product_attention(
-        q[:, :, None, :], k_all.transpose(1, 2), v_all.transpose(1, 2),
-        attn_mask=batch.decode_mask, scale=scale, enable_gqa=True,
-    )  # [Bd, heads, 1, D]
-    return out[:, :, 0, :]
+        q_grouped, k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=batch.decode_mask, scale=scale,
+    )  # [Bd, kv_heads, group, D]
+    return out.reshape(bd, heads, head_dim)
 
 
 def _prefill_attention(q, k, v, cache, layer, chunk: PrefillChunk, scale):

@@ -11,14 +11,21 @@ its token budget would grow by gigabytes. Inputs are therefore padded to a bound
 counts (`bucket_rows`: exact up to 16 - decode batches - then multiples of 16 up to 256, then
 of 128): rows are independent, the padding rows are dropped, and the extra rows cost little
 where a linear is bound by reading its weight.
+
+A single row (batch-1 decode) goes to MKL's F.linear over the plain weight instead: on
+SmolLM2-135M the model's linears take 24 ms per step that way against 29.5 ms packed. The plain
+weight is kept beside the packed one for it (the fp32 linear weights are held twice; a tied
+lm_head shares the embedding's).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PACK_FOR_ROWS = 16
+MKL_MAX_ROWS = 1  # up to this many rows plain F.linear (MKL) beats the packed path
 
 
 def bucket_rows(rows: int) -> int:
@@ -38,9 +45,12 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS))
+        self.register_buffer("weight", linear.weight.detach(), persistent=False)  # [out, in], for MKL
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= MKL_MAX_ROWS * self.in_features:
+            return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features)
         padded = bucket_rows(rows.shape[0])
         if padded != rows.shape[0]:

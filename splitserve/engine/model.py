@@ -1,6 +1,7 @@
 """The Llama family (Llama 2/3, Mistral, Qwen2) as a plain nn.Module over a paged KV cache.
 
-q/k/v and gate/up projections are fused into one Linear each when weights load.
+q/k/v and gate/up projections are fused into one Linear each when weights load; RoPE turns q
+and k in one call, on the fused projection's output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from splitserve.engine.attention import AttentionBatch, PagedKVCache, paged_attention
 from splitserve.engine.config import ModelConfig
-from splitserve.engine.rope import RotaryTable, apply_rotary
+from splitserve.engine.rope import RotaryTable, apply_rotary_signed
 
 
 class RMSNorm(nn.Module):
@@ -40,11 +41,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, cos, sin, cache: PagedKVCache, layer: int, batch: AttentionBatch):
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rotary(q.view(-1, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
-        k = apply_rotary(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)  # [T, KVH, D]
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+    def forward(self, x, cos, sin_signed, cache: PagedKVCache, layer: int, batch: AttentionBatch):
+        qkv = self.qkv_proj(x)  # [T, q_size + 2 * kv_size]
+        qk_size = self.q_size + self.kv_size
+        qk = apply_rotary_signed(qkv[:, :qk_size].unflatten(-1, (-1, self.head_dim)), cos, sin_signed)  # [T, H + KVH, D]
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
+        v = qkv[:, qk_size:].unflatten(-1, (self.num_kv_heads, self.head_dim))  # [T, KVH, D]
         out = paged_attention(q, k, v, cache, layer, batch, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -95,7 +97,7 @@ class CausalLM(nn.Module):
                 batch: AttentionBatch, sample_rows: torch.Tensor, on_layer_done: LayerHook | None = None):
         """input_ids, positions: [T]; sample_rows: [S] rows whose next-token logits are wanted -> [S, vocab] fp32."""
         x = self.embed_tokens(input_ids)  # [T, hidden]
-        cos, sin = self.rotary.lookup(positions, x.dtype)
+        cos, sin = self.rotary.lookup_signed(positions, x.dtype)  # once per step, shared by every layer
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i, batch)
             if on_layer_done is not None:

@@ -68,11 +68,18 @@ class ModelRunner:
         tables = self._long([c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids)))
                              for c in decodes])
         offsets = torch.arange(size, device=self.device)
-        slots = (tables[:, :, None] * size + offsets).flatten()  # [Bd * width * size]
-        key_pos = torch.arange(width * size, device=self.device)
+        num_keys = max(c.start + 1 for c in decodes)  # L: the longest context; shorter ones are masked
+        slots = (tables[:, :, None] * size + offsets).view(len(decodes), -1)[:, :num_keys].flatten()  # [Bd * L]
+        if self._all_keys_visible(decodes, num_keys):
+            return slots, None  # SDPA without a mask: its fastest path (batch 1, equal lengths)
+        key_pos = torch.arange(num_keys, device=self.device)
         query_pos = self._long([c.start for c in decodes])[:, None]
         mask = self._visible(query_pos, key_pos)  # [Bd, L]
         return slots, mask[:, None, None, :]
+
+    def _all_keys_visible(self, decodes: list[ScheduledChunk], num_keys: int) -> bool:
+        window_ok = self.sliding_window is None or num_keys <= self.sliding_window
+        return window_ok and all(c.start + 1 == num_keys for c in decodes)
 
     def _prefill_chunk(self, chunk: ScheduledChunk, offset: int) -> PrefillChunk:
         start, n = chunk.start, chunk.num_new_tokens
