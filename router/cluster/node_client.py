@@ -38,6 +38,7 @@ class NodeClient:
         self.channel_of = channel_of  # KeyError for a node that left
         self.watch_of = watch_of
         self.rpc_timeout_s = rpc_timeout_s
+        self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}  # address -> its channel's stub
 
     async def reserve(self, address: str, job: Job, prefill_node_id: str) -> Reservation:
         request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
@@ -81,9 +82,14 @@ class NodeClient:
 
     def _stub(self, address: str, call: str) -> node_pb2_grpc.NodeStub:
         try:
-            return node_pb2_grpc.NodeStub(self.channel_of(address))
+            channel = self.channel_of(address)
         except KeyError:
+            self._stubs.pop(address, None)
             raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "the node left the cluster", address, call) from None
+        cached = self._stubs.get(address)
+        if cached is None or cached[0] is not channel:  # first call, or the node was added again
+            cached = self._stubs[address] = (channel, node_pb2_grpc.NodeStub(channel))
+        return cached[1]
 
     async def _unary(self, address: str, name: str, call):
         with calling(address, name), cancelled_when_down(self.watch_of(address), call, address, name):
