@@ -1,6 +1,7 @@
-"""KV integrity through real gloo processes: a wire that flips a byte, truncates a layer or
+"""KV integrity through real processes: a gloo wire that flips a byte, truncates a layer or
 reorders layers is caught by the receiver's checksum (the request FAILS, the failure is
-counted), and the same pair then carries an intact transfer."""
+counted), and the same pair then carries an intact transfer; over gRPC a flipped byte comes
+back to the sender as DATA_LOSS (the prefill node fails the request: the router re-dispatches)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from dataclasses import asdict
 
 import pytest
 
-from splitserve.kvtransfer import TransferConfig, TransferMeta
+import torch
+
+from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta
+from splitserve.kvtransfer.grpc_sender import GrpcSender
 from tests.support.kv_peers import PeerProcess
 
 pytestmark = pytest.mark.slow
@@ -52,3 +56,34 @@ def test_intact_transfer_after_the_faults(peers):
     sent, _ = sender.call("result", meta.request_id)
     received, _ = receiver.call("result", meta.request_id)
     assert received == sent and len(sent) == meta.num_layers
+
+
+class _FlippingGrpcSender(GrpcSender):
+    """Flips one byte of layer 1 in the message after the layer was hashed (a faulty wire)."""
+
+    def _layer_chunks(self, meta, job):
+        for chunk in super()._layer_chunks(meta, job):
+            if job.layer == 1 and chunk.offset == 0:
+                data = bytearray(chunk.data)
+                data[5] ^= 0x01
+                chunk.data = bytes(data)
+            yield chunk
+
+
+def test_grpc_checksum_mismatch_is_data_loss_for_the_sender():
+    receiver = PeerProcess("receiver", "grpc", CONFIG)
+    sender = _FlippingGrpcSender(receiver.call("address"), CONFIG)
+    try:
+        meta = _meta()
+        receiver.call("expect", asdict(meta))
+        sender.begin(meta)
+        for layer in range(meta.num_layers):
+            sender.send_layer(meta.request_id, layer, torch.randn(meta.layer_shape).to(torch.bfloat16))
+        sender.finish(meta.request_id)
+        assert sender.wait(meta.request_id, 10.0) is SendState.FAILED
+        assert sender.info(meta.request_id).reason == "DATA_LOSS: layer 1: checksum mismatch"
+        assert receiver.call("wait", meta.request_id, 5.0) == ("FAILED", "layer 1: checksum mismatch")
+        assert receiver.call("stats")["num_checksum_failures"] == 1
+    finally:
+        sender.close()
+        receiver.close()
