@@ -7,6 +7,8 @@
 #   docker build --build-arg VARIANT=cuda -t splitserve:0.1.0-cuda .
 #   docker build --target demo --build-arg VARIANT=cpu -t splitserve:demo-cpu .
 # The demo target adds the `small` model at /models/small (helm/splitserve/examples/values-cpu-demo.yaml).
+# scripts/build_image.sh builds the cpu and demo targets with buildah where no registry is
+# reachable (a local Debian bookworm base, this machine's pip sources) and runs them.
 #
 # Run (any service, by command):
 #   docker run --rm splitserve:demo-cpu node --role prefill --model /models/small --host 0.0.0.0 --port 50051
@@ -30,6 +32,12 @@ ARG TORCH_VERSION=2.13.0
 # CUDA build of torch for VARIANT=cuda; its wheels carry the CUDA runtime, the host the driver.
 ARG TORCH_CUDA=cu130
 ARG TORCH_INDEX=https://download.pytorch.org/whl
+# Other package sources for pip (a mirror, find-links, a CA bundle); unset, pip uses PyPI.
+# scripts/build_image.sh passes the building machine's own, bind-mounted into the build.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 RUN python -m venv /opt/venv
 RUN case "$VARIANT" in \
         cpu) index="$TORCH_INDEX/cpu" ;; \

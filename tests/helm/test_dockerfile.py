@@ -1,6 +1,7 @@
-"""The Dockerfile, read rather than built (no container engine runs here): its entry point and
-every `splitserve` command it names exist in the package, it runs as the chart's non-root user,
-it builds the CPU or CUDA torch==2.13.0 by build argument, and its tags are the chart's."""
+"""The Dockerfile, read: its entry point and every `splitserve` command it names exist in the
+package, it runs as the chart's non-root user, it builds the CPU or CUDA torch==2.13.0 by build
+argument, its tags are the chart's, and scripts/build_image.sh (which builds it for real; see
+test_image_build.py) agrees with it on the base image, the stages and the pip build arguments."""
 
 from __future__ import annotations
 
@@ -147,3 +148,25 @@ def test_every_package_pyproject_installs_reaches_the_build_context():
     assert "splitserve" in installed
     excluded = [name for name in installed if any(fnmatch.fnmatch(name, rule) for rule in _ignored())]
     assert excluded == [], ".dockerignore leaves out packages the image must install"
+
+
+BUILD_SCRIPT = ROOT / "scripts" / "build_image.sh"
+PIP_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT")
+
+
+def test_pip_sources_are_build_args_unset_by_default():
+    _, builder = stages()["builder"]
+    declared = [rest for word, rest in builder if word == "ARG"]
+    assert all(name in declared for name in PIP_ARGS)  # no default: a plain build uses PyPI
+    script = BUILD_SCRIPT.read_text()
+    assert all(f'"{name}=' in script for name in PIP_ARGS)
+
+
+def test_build_script_names_the_dockerfile_base_and_stages():
+    script = BUILD_SCRIPT.read_text()
+    args = dict(rest.split("=", 1) for word, rest in instructions() if word == "ARG" and "=" in rest)
+    base = stages()["base"][0].replace("${PYTHON_VERSION}", args["PYTHON_VERSION"])
+    assert f"BASE=docker.io/library/{base}\n" in script
+    assert "--pull=never" in script and "debootstrap" in script and "bookworm" in script
+    built = re.findall(r"^build (\S+) ", script, re.M)
+    assert built == ["runtime", "demo"] and set(built) <= set(stages())
