@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "splitserve.commands.ingest",
     "splitserve.commands.profile",
     "splitserve.commands.simulate",
+    "splitserve.commands.plan",
 )
 
 

@@ -48,3 +48,25 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_frontier(candidates, frontier, chosen, path: str | Path, title: str = "") -> Path:
+    """Goodput (req/s within the SLOs) against cost for every simulated configuration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for policy in sorted({c.policy for c in candidates}):
+        pts = [c for c in candidates if c.policy == policy]
+        ax.scatter([c.cost for c in pts], [c.goodput for c in pts], s=18, alpha=0.7, label=policy)
+    ax.plot([c.cost for c in frontier], [c.goodput for c in frontier], "k-", lw=1, label="frontier")
+    if chosen is not None:
+        ax.scatter([chosen.cost], [chosen.goodput], s=120, facecolors="none", edgecolors="r", lw=2,
+                   label=f"chosen P={chosen.prefill} D={chosen.decode} M={chosen.mixed} ({chosen.policy})")
+    ax.set(xlabel="cost (sum of node costs)", ylabel="goodput (req/s within SLOs)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
