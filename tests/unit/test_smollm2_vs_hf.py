@@ -1,0 +1,81 @@
+"""The real model: the engine on SmolLM2-135M-Instruct == HF transformers' own loading of its GGUF.
+
+Weights equal, prompt ids equal, greedy 32 tokens and top-5 logprobs within 1e-3 (fp32) for a
+batch prefilled in chunks; greedy 8 for one prompt of 2,000 tokens; a chat answer ends at
+`<|im_end|>`.
+"""
+
+import pytest
+
+from splitserve.engine import Engine, EngineConfig, SamplingParams, Tokenizer
+from tests.support.hf_reference import assert_matches_hf, greedy_with, hf_model
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Wie spät ist es?",
+             "List three colours.", "Explain gravity to a child in one sentence.", "¿Qué es un río?"]
+TEXTS = QUESTIONS + ["Hello, world!  Two  spaces\nand\ttabs", "café naïve — ünïcode 東京 🙂", "<|im_start|>user\nhi<|im_end|>",
+                     "def f(x):\n    return x * 2", "It's a test: don't stop; they'll see.", "   leading spaces"]
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def hf(smollm2_hf_reference):
+    return hf_model(str(smollm2_hf_reference))
+
+
+def chat_ids(tokenizer, question: str) -> list[int]:
+    return tokenizer.encode_chat([{"role": "user", "content": question}])
+
+
+def test_weights_equal_hf_dequantization(smollm2_model, smollm2_hf_reference):
+    from safetensors.torch import load_file
+
+    ours, ref = (load_file(str(d / "model.safetensors")) for d in (smollm2_model, smollm2_hf_reference))
+    assert ours.keys() == ref.keys()
+    for name, tensor in ours.items():
+        assert tensor.shape == ref[name].shape, name
+        assert (tensor - ref[name]).abs().max().item() < 1e-6, name
+
+
+def test_prompt_ids_equal_hf(smollm2_model, smollm2_hf_reference):
+    from transformers import AutoTokenizer
+
+    ours, ref = Tokenizer.from_dir(smollm2_model), AutoTokenizer.from_pretrained(smollm2_hf_reference)
+    for text in TEXTS:
+        assert ours.encode(text) == ref(text)["input_ids"], text
+        assert ours.decode(ours.encode(text)) == text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+
+
+def test_digits_are_split_one_by_one_as_llama_cpp_and_smollm2_do(smollm2_model):
+    """The one place we part from transformers' GGUF tokenizer, which keeps "2024" whole."""
+    tok = Tokenizer.from_dir(smollm2_model)
+    assert [tok.decode([i]) for i in tok.encode("year 2024")] == ["year", " ", "2", "0", "2", "4"]
+
+
+def test_greedy_batch_with_chunked_prefill_equals_hf(smollm2_model, hf):
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=128, max_num_batched_tokens=48))
+    prompts = [chat_ids(engine.tokenizer, q) for q in QUESTIONS[:4]]
+    results = engine.generate(prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True, logprobs=5))
+    for prompt, result in zip(prompts, results):
+        assert_matches_hf(result.token_ids, result.logprobs, *greedy_with(hf, prompt, MAX_NEW))
+    engine.check_integrity()
+    assert engine.num_used_blocks == 0
+
+
+def test_prompt_of_over_2000_tokens_equals_hf(smollm2_model, hf):
+    from splitserve.modelgen.corpus import load_corpus
+
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=160, max_num_batched_tokens=512))
+    passages = " ".join(load_corpus()[:40])
+    prompt = chat_ids(engine.tokenizer, f"{passages}\n\nSummarize the passages above.")[-2000:]
+    assert len(prompt) == 2000
+    result = engine.generate([prompt], SamplingParams(max_tokens=8, ignore_eos=True, logprobs=5))[0]
+    assert_matches_hf(result.token_ids, result.logprobs, *greedy_with(hf, prompt, 8))
+
+
+def test_chat_answer_is_sensible_and_ends_at_im_end(smollm2_model):
+    engine = Engine(smollm2_model, EngineConfig(num_blocks=64))
+    im_end = engine.tokenizer.backend.token_to_id("<|im_end|>")
+    assert im_end in engine.tokenizer.eos_token_ids
+    result = engine.generate([chat_ids(engine.tokenizer, QUESTIONS[0])], SamplingParams(max_tokens=48))[0]
+    assert "Paris" in result.text
+    assert result.finish_reason == "stop" and result.token_ids[-1] == im_end
