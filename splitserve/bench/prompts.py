@@ -20,12 +20,12 @@ class TokenizerLike(Protocol):
 
 
 def load_tokenizer(model_dir: str | Path) -> TokenizerLike:
-    """The served model's tokenizer (`model_dir/tokenizer.json`), via the engine's Tokenizer."""
+    """The served model's tokenizer (`model_dir/tokenizer.json` or a .gguf file), via the engine's Tokenizer."""
     from splitserve.engine.tokenizer import Tokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {model_dir} (--tokenizer takes the model folder)")
+    if not model_dir.is_file() and not (model_dir / "tokenizer.json").is_file():  # a file: a GGUF
+        raise FileNotFoundError(f"no tokenizer.json in {model_dir} (--tokenizer takes the model folder or .gguf file)")
     return Tokenizer.from_dir(model_dir)
 
 

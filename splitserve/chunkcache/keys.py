@@ -27,11 +27,13 @@ def prefix_hash(token_ids) -> str:
 
 
 def model_fingerprint(model_dir: str | Path) -> bytes:
-    """16 bytes from config.json and each weight file's name, size, head and tail (cheap for big models)."""
+    """16 bytes from config.json and each weight file's name, size, head and tail (cheap for big models);
+    a GGUF file (its metadata is in its head) by its own name, size, head and tail."""
     model_dir = Path(model_dir)
     h = hashlib.blake2b(digest_size=16)
-    h.update((model_dir / "config.json").read_bytes())
-    for path in sorted(model_dir.glob("*.safetensors")):
+    if not model_dir.is_file():
+        h.update((model_dir / "config.json").read_bytes())
+    for path in [model_dir] if model_dir.is_file() else sorted(model_dir.glob("*.safetensors")):
         size = path.stat().st_size
         h.update(f"{path.name}:{size}".encode())
         with path.open("rb") as f:

@@ -68,3 +68,13 @@ def test_converted_folder_loads_in_hf_and_gives_the_same_tokens(gguf_case, tmp_p
     assert greedy_with(hf, prompt, 8)[0] == greedy_with(hf_gguf, prompt, 8)[0]
     result = Engine(folder, EngineConfig(num_blocks=64)).generate([prompt], SamplingParams(max_tokens=8, ignore_eos=True))
     assert result[0].token_ids == greedy_with(hf, prompt, 8)[0]
+
+
+def test_bench_tokenizer_and_chunk_cache_fingerprint_accept_a_gguf_file(tiny_model, tmp_path):
+    from splitserve.bench.prompts import load_tokenizer
+    from splitserve.chunkcache.keys import model_fingerprint
+    from splitserve.engine import Tokenizer
+
+    path = write_gguf(tiny_model, tmp_path / "tiny.gguf", "F16")
+    assert load_tokenizer(path).encode(TEXTS[0]) == Tokenizer.from_dir(tiny_model).encode(TEXTS[0])
+    assert len(model_fingerprint(path)) == 16 and model_fingerprint(path) != model_fingerprint(tiny_model)
