@@ -17,9 +17,11 @@ HASH_HEX_DIGITS = 16
 _READ_BYTES = 1 << 20
 
 
-def content_hash(folder: str | os.PathLike) -> str:
-    """sha256 over the folder's regular files (relative name, size, bytes), in name order."""
-    root = Path(folder).resolve()
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 over a folder's regular files (relative name, size, bytes) in name order, or a file's."""
+    root = Path(path).resolve()
+    if root.is_file():
+        return _hash_files(root.parent, ((root.name, root.stat().st_size, root.stat().st_mtime_ns),))
     files = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                   for p in sorted(root.rglob("*")) if p.is_file())
     return _hash_files(root, files)
@@ -37,9 +39,9 @@ def _hash_files(root: Path, files: tuple[tuple[str, int, int], ...]) -> str:
 
 
 def model_id(model: str | os.PathLike) -> str:
-    """'NAME sha256:HASH' for a model folder; anything else (a hub-style name) unchanged."""
+    """'NAME sha256:HASH' for a model folder or file (GGUF); anything else (a hub-style name) unchanged."""
     path = Path(model)
-    if not path.is_dir():
+    if not path.exists():
         return str(model)
     return f"{path.resolve().name} sha256:{content_hash(path)}"
 
@@ -52,7 +54,7 @@ def portable(value):
     if not isinstance(value, str) or not os.path.isabs(value) or not os.path.exists(os.path.dirname(value)):
         return value  # not a path on this machine (e.g. a URL path such as /v1/completions)
     path = Path(value)
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or path.suffix == ".gguf":
         return model_id(path)
     resolved = path.resolve()
     if resolved.is_relative_to(REPO_ROOT):

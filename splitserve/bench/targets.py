@@ -237,13 +237,17 @@ def closed_before_response(error: Exception) -> bool:
     """True for a connection the server closed or reset before any byte of the response.
 
     aiohttp raises ServerDisconnectedError whose message is the partly parsed response when
-    some arrived (a plain string otherwise); a failure to connect is not such a close.
+    some arrived (a plain string otherwise), an OS error for a reset, ClientConnectionResetError
+    (a ConnectionResetError) when the request meets a transport already closing; a failure to
+    connect is not such a close.
     """
     import aiohttp
 
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return isinstance(error.message, str)
-    return isinstance(error, aiohttp.ClientOSError) and not isinstance(error, aiohttp.ClientConnectorError)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return False
+    return isinstance(error, (aiohttp.ClientOSError, ConnectionResetError))
 
 
 register_target("http", OpenAIHTTPTarget)

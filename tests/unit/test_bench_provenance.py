@@ -44,6 +44,10 @@ def test_model_id_is_name_plus_content_hash(tmp_path):
     (b / "model.safetensors").write_bytes(b"\x02" * 100)  # a changed file is hashed again
     assert model_id(b) != model_id(a)
     assert model_id("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x00" * 100)
+    assert model_id(gguf) == f"m.gguf sha256:{content_hash(gguf)}" != model_id(a)
+    assert portable(str(gguf)) == model_id(gguf)
 
 
 def test_portable_values(tmp_path):

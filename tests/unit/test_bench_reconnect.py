@@ -2,14 +2,17 @@
 whose connection closed before any response byte is resent once on a fresh connection and
 counted as a retry; a connection lost after response bytes arrived is a failure."""
 
+import asyncio
 import json
 
+import aiohttp
 import pytest
 
 from splitserve.bench import report
 from splitserve.bench.arrivals import ArrivalConfig
 from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.runner import RunConfig
+from splitserve.bench.targets import closed_before_response
 from splitserve.bench.workloads import WorkloadConfig
 from tests.support.cutting_proxy import CuttingProxy
 from tests.unit.bench_support import FakeOpenAIServer, bench_model_dir, bench_tokenizer  # noqa: F401
@@ -61,3 +64,16 @@ def test_a_server_that_refuses_connections_is_not_retried(bench_tokenizer):
     result = _run(f"http://127.0.0.1:{port}", bench_tokenizer, concurrency=1, num_requests=2, warmup=0)
     assert result.metrics.failed == 2 and result.metrics.retries == 0
     assert all("ClientConnectorError" in r.error for r in result.run.records)
+
+
+def test_which_errors_mean_closed_before_the_response():
+    partial = object()  # aiohttp's partly parsed response (a RawResponseMessage) when bytes arrived
+    before = [aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(104, "Connection reset by peer"),
+              ConnectionResetError("Cannot write to closing transport")]
+    if hasattr(aiohttp, "ClientConnectionResetError"):
+        before.append(aiohttp.ClientConnectionResetError("Cannot write to closing transport"))
+    after = [aiohttp.ServerDisconnectedError(partial), aiohttp.ClientPayloadError("Response payload is not completed"),
+             aiohttp.ClientConnectorError(None, OSError(111, "Connection refused")), asyncio.TimeoutError(),
+             ValueError("bad JSON")]
+    assert [closed_before_response(e) for e in before] == [True] * len(before)
+    assert [closed_before_response(e) for e in after] == [False] * len(after)
