@@ -182,6 +182,18 @@ CLUSTERS = {  # name -> (LocalCluster kwargs, extra node args)
 }
 
 
+def _started(make, attempts: int = 3):
+    """A started LocalCluster; on a loaded machine a service may miss its ready timeout: try again."""
+    for attempt in range(attempts):
+        cluster = make()
+        try:
+            cluster.start()
+            return cluster
+        except RuntimeError as exc:
+            print(f"cluster start failed ({exc.__class__.__name__}), attempt {attempt + 1} of {attempts}")
+    raise RuntimeError(f"no cluster after {attempts} attempts")
+
+
 def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[str, dict[int, list[float]]]:
     """Every cluster up at once; each prompt goes to each cluster in turn. name -> tokens -> TTFTs."""
     from contextlib import ExitStack
@@ -193,7 +205,9 @@ def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[str,
         urls = {}
         for name, (kwargs, extra) in CLUSTERS.items():
             args = common + [a for x in extra for a in (off if x == "OFF" else [x])]
-            urls[name] = stack.enter_context(LocalCluster(model, threads=1, node_args=args, **kwargs)).url
+            cluster = _started(lambda: LocalCluster(model, threads=1, node_args=args, **kwargs))
+            stack.callback(cluster.stop)
+            urls[name] = cluster.url
             asyncio.run(_ttft(urls[name], prompts[min(prompts)][0]))  # warm-up (forms the pair group)
         ttfts = {name: {n: [] for n in prompts} for name in urls}
         for n, ps in prompts.items():
@@ -252,6 +266,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--ttft-repeats", type=int, default=3, help="prompts per length in part 2")
     parser.add_argument("--skip-ttft", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -268,12 +283,18 @@ def main() -> None:
                           for n in args.tokens})
     report["hashes"] = hash_rows(layer_sizes, args.repeats)
     report["bandwidth"] = bandwidth_rows(cfg, args.tokens, args.repeats)
+    report["load_average_after_bandwidth"] = os.getloadavg()
+    _write(args.out, report)
     if not args.skip_ttft:
-        report["ttft"] = ttft_rows(args.model, args.tokens, args.repeats)
-    report["load_average_after"] = os.getloadavg()
-    print(f"load average before {report['load_average_before']}, after {report['load_average_after']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+        report["ttft"] = ttft_rows(args.model, args.tokens, args.ttft_repeats)
+        report["load_average_after"] = os.getloadavg()
+        _write(args.out, report)
+    print(f"load average before {report['load_average_before']}, after {os.getloadavg()}")
+
+
+def _write(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
