@@ -2,9 +2,10 @@
 
 from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.engine import Engine, EngineStats
+from splitserve.engine.errors import ModelFormatError
 from splitserve.engine.output import Completion, RequestOutput
 from splitserve.engine.sampling import SamplingParams
 from splitserve.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig", "RequestOutput",
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig", "ModelFormatError", "RequestOutput",
            "SamplingParams", "Tokenizer"]
