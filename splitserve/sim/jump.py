@@ -4,7 +4,7 @@ A node whose running requests are all decoding, with nothing waiting and no call
 runs the same batch step after step until a request finishes: each step's context grows by
 the batch size, so step j lasts base + slope * j and the first m steps take
 m * base + slope * m (m - 1) / 2. A jump is planned up to the next finish (at most
-MAX_STEPS, and only while the free blocks cover every block the batch can grow into).
+MAX_STEPS, and only if the free blocks cover every block the batch grows into meanwhile).
 A router call arriving mid-jump cuts it at the end of the step in progress: the call runs
 there, as on the node's engine thread.
 """
@@ -46,7 +46,7 @@ def plan_jump(node, now: float) -> Jump | None:
     if not n or node.waiting or node.prefilling or node.calls or n > node.budget:
         return None
     steps = min(MAX_STEPS, _steps_to_finish(node))
-    if steps < 2 or node.free_blocks < n * (steps // node.block_size + 1):
+    if steps < 2 or node.grows_in(node.dstep, steps) > node.free_blocks:
         return None
     model = node.step_model
     base = model.seconds(n, n, 0.0, node.sum_tokens)
@@ -64,14 +64,8 @@ def _steps_to_finish(node) -> int:
 
 
 def apply_jump(node, jump: Jump, m: int) -> list:
-    """Commit m steps of the jump: grow blocks on the way, advance the counters; the finished."""
-    steps, end = node.grow_steps, node.dstep + m
-    while steps and steps[0] < end:
-        for req, gen in node.grow_at.pop(heapq.heappop(steps), ()):
-            if req.dgen == gen and req in node.decoding:
-                req.blocks += 1
-                node.free_blocks -= 1
-                node._bucket_growth(req)
+    """Commit m steps of the jump: the blocks grown on the way, the counters; the finished."""
+    node.free_blocks -= node.grows_in(node.dstep, m)
     node.dirty = True
     node.dstep += m
     node.sum_tokens += m * jump.num_decodes

@@ -32,8 +32,7 @@ class MeasurePlan:
 
 DECODE_STEPS = 6
 QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000)
-FULL = MeasurePlan((16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), (1, 2, 4, 8, 16, 32, 64),
-                   (64, 256, 1024, 4096), 3, 2048, 300_000)
+FULL = MeasurePlan((16, 64, 256, 512, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2, 2048, 70_000)
 
 
 def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu"):

@@ -8,7 +8,8 @@ steps, as on the node's engine thread. A step's duration comes from the profile'
 
 Speed: requests in the decode phase (one token missing) are kept lazily. Their counters
 follow from the node's decode-step count (`dstep`), their finishing steps sit in a heap and
-the steps at which they need their next block in buckets, so a step where everyone gets what
+their block growth from one count per step residue (a request needs a new block every
+`block_size` steps, from its first growth step on), so a step where everyone gets what
 it asks for (demand within the budget, blocks within the free ones: the fast path) costs
 O(1) plus the requests that finish or grow. Otherwise (the slow path) every request is
 materialised and the scheduler's loop runs exactly, preemption included.
@@ -37,8 +38,7 @@ class NodeSim:
         self.decoding: dict[SimRequest, None] = {}  # running, one token missing (lazy counters)
         self.dstep = 0
         self.sum_tokens = 0  # sum of num_tokens over `decoding` at dstep
-        self.grow_at: dict[int, list] = {}
-        self.grow_steps: list[int] = []  # heap of grow_at's keys (some already popped)
+        self.phase_count = [0] * self.block_size  # decoding requests by (step of their next block) % block_size
         self.dirty = True  # changed since the router's last Stats poll
         self.finish_heap: list = []
         self.seq = count()
@@ -69,6 +69,7 @@ class NodeSim:
         req.num_tokens = req.tok_base + k
         req.num_computed = req.num_tokens - 1
         req.outputs = req.out_base + k
+        req.blocks = req.gbase + (0 if self.dstep <= req.gfirst else (self.dstep - req.gfirst - 1) // self.block_size + 1)
 
     def _enter_decode(self, req: SimRequest) -> None:
         req.dbase, req.tok_base, req.out_base = self.dstep, req.num_tokens, req.outputs
@@ -76,19 +77,22 @@ class NodeSim:
         self.decoding[req] = None
         self.sum_tokens += req.num_tokens
         heapq.heappush(self.finish_heap, (self.dstep + req.target - req.outputs - 1, req.seq, req.dgen, req))
-        self._bucket_growth(req)
+        req.gbase = req.blocks  # the step at which num_tokens first exceeds the blocks, then every block_size
+        req.gfirst = max(self.dstep, req.dbase + req.blocks * self.block_size + 1 - req.tok_base)
+        self.phase_count[req.gfirst % self.block_size] += 1
 
-    def _bucket_growth(self, req: SimRequest) -> None:
-        step = req.dbase + req.blocks * self.block_size + 1 - req.tok_base
-        step = max(step, self.dstep)
-        bucket = self.grow_at.get(step)
-        if bucket is None:
-            bucket = self.grow_at[step] = []
-            heapq.heappush(self.grow_steps, step)
-        bucket.append((req, req.dgen))
+    def grows_in(self, start: int, num_steps: int) -> int:
+        """Blocks the decoding requests take in steps [start, start + num_steps)."""
+        size, counts = self.block_size, self.phase_count
+        full, rest = divmod(num_steps, size)
+        total = full * sum(counts) if full else 0
+        for s in range(start, start + rest):
+            total += counts[s % size]
+        return total
 
     def _leave_decode(self, req: SimRequest) -> None:
         self._sync(req)
+        self.phase_count[req.gfirst % self.block_size] -= 1
         del self.decoding[req]
         self.sum_tokens -= req.num_tokens
         req.dgen += 1
@@ -143,15 +147,11 @@ class NodeSim:
         demand = n_dec + sum(r.num_tokens - r.num_computed for r in self.prefilling)
         if demand > self.budget:
             return None
-        grow = [(r, g) for r, g in self.grow_at.get(self.dstep, ()) if r.dgen == g]
-        need = len(grow) + sum(self._blocks_needed(r, r.num_tokens) for r in self.prefilling)
+        need = self.phase_count[self.dstep % self.block_size] + \
+            sum(self._blocks_needed(r, r.num_tokens) for r in self.prefilling)
         if need > self.free_blocks:
             return None
-        self.grow_at.pop(self.dstep, None)
         self.free_blocks -= need
-        for r, _ in grow:
-            r.blocks += 1
-            self._bucket_growth(r)
         chunks = []
         for r in self.prefilling:
             r.blocks += self._blocks_needed(r, r.num_tokens)
@@ -283,9 +283,10 @@ class NodeSim:
         for r in self.decoding:
             self._sync(r)
             r.dgen += 1
+        self.phase_count = [0] * self.block_size
         running = sorted([*self.decoding, *self.prefilling], key=lambda r: r.seq)
         self.decoding, self.prefilling = {}, []
-        self.sum_tokens, self.grow_at, self.grow_steps, self.finish_heap = 0, {}, [], []
+        self.sum_tokens, self.finish_heap = 0, []
         return running
 
     def _schedule_running(self, running: list) -> tuple[list, list]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 class SimRequest:
     """Counters follow splitserve/engine/request.py (num_tokens, num_computed, blocks, outputs);
-    the lazy decode fields (dbase, tok_base, out_base, dgen) belong to node.py."""
+    the lazy decode fields (dbase, tok_base, out_base, dgen, gbase, gfirst) belong to node.py."""
 
     __slots__ = ("rid", "prompt_tokens", "target", "arrival_s", "cached_tokens", "hash_ids", "num_tokens",
-                 "num_computed", "blocks", "seq", "outputs", "dbase", "tok_base", "out_base", "dgen", "done_here",
+                 "num_computed", "blocks", "seq", "outputs", "dbase", "tok_base", "out_base", "dgen", "gbase", "gfirst",
+                 "done_here",
                  "prefill_only", "first_token_s", "finish_s", "error", "retries", "full", "route", "reserved",
                  "prefill_node", "decode_node")
 
@@ -19,7 +20,7 @@ class SimRequest:
         self.rid, self.prompt_tokens, self.target, self.arrival_s = rid, prompt_tokens, target, arrival_s
         self.cached_tokens, self.hash_ids = cached_tokens, hash_ids
         self.num_tokens = self.num_computed = self.blocks = self.seq = self.outputs = 0
-        self.dbase = self.tok_base = self.out_base = self.dgen = 0
+        self.dbase = self.tok_base = self.out_base = self.dgen = self.gbase = self.gfirst = 0
         self.done_here = self.prefill_only = False
         self.first_token_s = self.finish_s = None
         self.error = ""

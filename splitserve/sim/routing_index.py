@@ -68,7 +68,7 @@ class IndexRouter(ExactRouter):
         changed = super().poll()
         for n in changed:
             self._refresh(n)
-        if any(n.role == "decode" for n in changed):
+        if self.policy_name == "splitwise" and any(n.role == "decode" for n in changed):
             self._decode_rooms()
         return changed
 

@@ -125,9 +125,14 @@ def from_bench_json(path: str | Path, run_index: int = 0) -> tuple[list[SimReque
     run = data["sweep"][run_index] if "sweep" in data else data
     if not run.get("requests"):
         raise ValueError(f"{path}: no per-request rows to replay (save the bench run with --json)")
+    return from_bench_run(run), run
+
+
+def from_bench_run(run: dict) -> list[SimRequest]:
+    """A bench result's requests at their send times (s from the run's start)."""
     requests = []
     for i, row in enumerate(sorted(run["requests"], key=lambda r: r.get("send_s") or r["scheduled_s"])):
         sent = row.get("send_s")
         requests.append(SimRequest(i, int(row["prompt_tokens"]), int(row["expected_output_tokens"]),
                                    float(sent if sent is not None else row["scheduled_s"])))
-    return requests, run
+    return requests
