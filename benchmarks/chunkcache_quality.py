@@ -18,7 +18,7 @@ KL(full || case) and top-1 agreement of the first token, computed rows (mean ove
 rows. `full_plain` is full prefill on the same question without the chat template (F1 only).
 Results are rewritten after every question, so a cut-off run still leaves its numbers.
 
-    python benchmarks/chunkcache_quality.py --model DIR [--questions 100] [--passages 10] [--threads 1]
+    python benchmarks/chunkcache_quality.py [--model DIR] [--questions 100] [--passages 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from splitserve.bench import traces
+from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.qa_prompt import QAPrompt, qa_prompt
 from splitserve.chunkcache.quality import answer_f1, first_token_scores, rouge_l_f1
@@ -40,6 +41,7 @@ from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
 from splitserve.engine import Engine, EngineConfig, SamplingParams
+from splitserve.modelgen import ensure_model
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "chunkcache_quality.json"
@@ -171,22 +173,13 @@ def kv_budget_bytes(engine: Engine, lengths: list[int]) -> int:
 
 def load_engine(model: Path, items: list[dict], num_passages: int) -> Engine:
     probe = Engine(model, EngineConfig(kv_cache_bytes=1 << 20, enable_prefix_caching=False))
-    _read_chat_template(probe, model)
     lengths = [len(qa_prompt(probe.tokenizer, it, chat, num_passages).ids) for it in items for chat in (True, False)]
-    engine = Engine(model, EngineConfig(kv_cache_bytes=kv_budget_bytes(probe, lengths), enable_prefix_caching=False))
-    _read_chat_template(engine, model)
-    return engine
-
-
-def _read_chat_template(engine: Engine, model: Path) -> None:
-    """Folders written by recent transformers keep the template in chat_template.jinja."""
-    if not engine.tokenizer.chat_template and (model / "chat_template.jinja").exists():
-        engine.tokenizer.chat_template = (model / "chat_template.jinja").read_text()
+    return Engine(model, EngineConfig(kv_cache_bytes=kv_budget_bytes(probe, lengths), enable_prefix_caching=False))
 
 
 def write(path: Path, args, questions: list[dict], start: float) -> dict:
     summary = summarize(questions)
-    result = {"model": Path(args.model).name, "dtype": "float32", "chat_template": True, "check_layer": 1,
+    result = {"model": model_id(args.model), "dtype": "float32", "chat_template": True, "check_layer": 1,
               "passages_per_question": args.passages, "max_answer_tokens": MAX_ANSWER_TOKENS, "ratios": RATIOS,
               "num_questions": len(questions), "threads": args.threads, "wall_s": time.perf_counter() - start,
               "summary": summary, "questions": questions}
@@ -198,7 +191,8 @@ def write(path: Path, args, questions: list[dict], start: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="HF folder of a real model, e.g. SmolLM2-135M-Instruct")
+    parser.add_argument("--model", type=Path, default=None, help="HF folder of a real model (default: the "
+                        "smollm2-135m-instruct preset, made on first use)")
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--first", type=int, default=0, help="index of the first question")
     parser.add_argument("--passages", type=int, default=10)
@@ -213,7 +207,8 @@ def main() -> None:
         return plot(result["summary"], result["num_questions"], args.out.with_suffix(".png"))
     torch.set_num_threads(args.threads)
     items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
-    engine = load_engine(Path(args.model), items, args.passages)
+    args.model = args.model or ensure_model("smollm2-135m-instruct")
+    engine = load_engine(args.model, items, args.passages)
     start, questions = time.perf_counter(), []
     for i, item in enumerate(items, start=args.first):
         plain = args.plain_every > 0 and (i - args.first) % args.plain_every == 0
