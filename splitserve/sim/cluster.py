@@ -66,10 +66,10 @@ class ClusterConfig:
 
 
 def build_nodes(config: ClusterConfig, profiles: dict[str, Profile]) -> list[NodeSim]:
-    nodes = []
+    nodes, changed = [], []  # one list of the nodes changed since the last Stats poll
     for role, n in (("prefill", config.prefill), ("decode", config.decode), ("mixed", config.mixed)):
         for i in range(n):
-            nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role]))
+            nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role], changed))
     return nodes
 
 
@@ -103,12 +103,17 @@ class ClusterSim:
         heapq.heappush(self.events, (t, next(self.order), fn, arg))
 
     def run(self, requests: list[SimRequest]) -> list[SimRequest]:
-        for req in requests:
-            self.at(req.arrival_s + self.config.hop_s, self._arrive, req)
+        """Every event in time order; arrivals are merged in from the sorted requests, not queued."""
+        arrivals = sorted(requests, key=lambda r: r.arrival_s)
         self.unfinished = len(requests)
         self.at(0.0, self._poll)
-        events = self.events
-        while events:
+        events, hop, i, n = self.events, self.config.hop_s, 0, len(arrivals)
+        while events or i < n:
+            if i < n and (not events or arrivals[i].arrival_s + hop <= events[0][0]):
+                self.now = arrivals[i].arrival_s + hop
+                self._arrive(arrivals[i])
+                i += 1
+                continue
             t, _, fn, arg = heapq.heappop(events)
             self.now = t
             fn(arg)

@@ -66,7 +66,7 @@ def _steps_to_finish(node) -> int:
 def apply_jump(node, jump: Jump, m: int) -> list:
     """Commit m steps of the jump: the blocks grown on the way, the counters; the finished."""
     node.free_blocks -= node.grows_in(node.dstep, m)
-    node.dirty = True
+    node.touch()
     node.dstep += m
     node.sum_tokens += m * jump.num_decodes
     seconds = jump.elapsed_s(m)

@@ -26,7 +26,7 @@ from splitserve.sim.request import SimRequest
 
 
 class NodeSim:
-    def __init__(self, name: str, role: str, profile: Profile):
+    def __init__(self, name: str, role: str, profile: Profile, changed: list | None = None):
         shape = profile.engine
         self.name, self.role, self.profile = name, role, profile
         self.step_model = profile.step
@@ -39,7 +39,9 @@ class NodeSim:
         self.dstep = 0
         self.sum_tokens = 0  # sum of num_tokens over `decoding` at dstep
         self.phase_count = [0] * self.block_size  # decoding requests by (step of their next block) % block_size
-        self.dirty = True  # changed since the router's last Stats poll
+        self.dirty = False  # changed since the router's last Stats poll (then listed in `changed`)
+        self.changed = [] if changed is None else changed
+        self.touch()
         self.finish_heap: list = []
         self.seq = count()
         self.busy = False
@@ -50,6 +52,11 @@ class NodeSim:
         self.num_steps = 0
         self.num_preemptions = 0
         self.max_waiting = 0
+
+    def touch(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.changed.append(self)
 
     # --- counters ------------------------------------------------------------------------------
 
@@ -101,7 +108,7 @@ class NodeSim:
 
     def add_request(self, req: SimRequest) -> None:
         req.num_tokens, req.num_computed, req.blocks = req.prompt_tokens + req.outputs, 0, 0
-        self.dirty = True
+        self.touch()
         self.waiting.append(req)
         self.max_waiting = max(self.max_waiting, len(self.waiting))
 
@@ -111,18 +118,18 @@ class NodeSim:
         if need > self.free_blocks:
             return None
         self.free_blocks -= need
-        self.dirty = True
+        self.touch()
         return need
 
     def release(self, num_blocks: int) -> None:
         self.free_blocks += num_blocks
-        self.dirty = True
+        self.touch()
 
     def admit_prefilled(self, req: SimRequest, num_blocks: int) -> None:
         """Engine.admit_prefilled: the prompt's KV is in the reserved blocks; the first token is out."""
         req.blocks, req.num_tokens, req.num_computed = num_blocks, req.prompt_tokens + req.outputs, req.prompt_tokens + req.outputs - 1
         req.seq, req.done_here = next(self.seq), False
-        self.dirty = True
+        self.touch()
         self._enter_decode(req)
 
     # --- one step --------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ class NodeSim:
         return bool(self.waiting or self.prefilling or self.decoding)
 
     def step(self) -> tuple[float, list, list]:
-        self.dirty = True
+        self.touch()
         return self._step()
 
     def _step(self) -> tuple[float, list, list]:

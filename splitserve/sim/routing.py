@@ -62,7 +62,9 @@ class ExactRouter:
 
     def poll(self) -> list:
         """Refresh the Stats of the nodes that changed since the last poll; those nodes."""
-        changed = [n for n in self.nodes if n.dirty]
+        changed = self.nodes[0].changed[:] if self.nodes else []
+        if changed:
+            self.nodes[0].changed.clear()
         for n in changed:
             self.stats[n.name] = poll_stats(n)
             n.dirty = False

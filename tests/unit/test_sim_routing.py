@@ -20,10 +20,9 @@ def random_state(routers, nodes, rng) -> None:
         n.free_blocks = int(rng.integers(0, n.num_blocks + 1))
         for _ in range(int(rng.integers(0, 3))):
             n.waiting.append(SimRequest(0, int(rng.integers(1, 3000)), 1, 0.0))
-        n.dirty = True
     for r in routers:
         for n in nodes:
-            n.dirty = True
+            n.touch()
         r.poll()
     for n in nodes:
         tokens, decodes = int(rng.choice([0, 0, 500, 1500, 2500])), int(rng.integers(0, 4))
@@ -62,7 +61,7 @@ def test_routing_sees_stats_only_after_a_poll():
     router = ExactRouter(nodes, "least_loaded")
     router.poll()
     nodes[0].free_blocks = 0
-    nodes[0].dirty = True
+    nodes[0].touch()
     assert router.view(nodes[0]).free_blocks == 64
     router.poll()
     assert router.view(nodes[0]).free_blocks == 0
