@@ -82,7 +82,7 @@ class Planner:
             cluster = replace(self.config.base, prefill=p, decode=d, mixed=m, policy=policy)
             profiles = {role: k.profile for role, k in zip(("prefill", "decode", "mixed"), kinds)}
             result = simulate(self.requests, cluster, profiles, percentiles=(99.0,), slos_ms=self.config.slos_ms)
-            good = (result["request_goodput"] or 0.0) * result["duration"]
+            good = round((result["request_goodput"] or 0.0) * result["duration"])
             cost = p * kinds[0].cost + d * kinds[1].cost + m * kinds[2].cost
             self.seen[key] = Candidate(p, d, m, policy, key[4], cost, good / len(self.requests),
                                        result["request_goodput"] or 0.0, result["p99_ttft_ms"],
