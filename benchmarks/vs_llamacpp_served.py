@@ -1,0 +1,114 @@
+"""The served half of vs_llamacpp.py: splitserve clusters and llama-server under the same `splitserve bench`.
+
+All servers are started first and stay up; each repeat then runs every concurrency against
+every server in turn (interleaved), so slow phases of a shared machine hit all of them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import llamacpp
+
+METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "output_throughput")
+READY_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_commands(model_dir: Path, gguf: Path, args) -> dict[str, tuple[list[str], int]]:
+    """name -> (command, HTTP port)."""
+    up = [sys.executable, "-m", "splitserve.cli", "up", "--model", str(model_dir)]
+    commands = {}
+    for name, layout, threads in (("splitserve-colocated", ["--colocated", "1", "--prefill", "0", "--decode", "0"], args.threads),
+                                  ("splitserve-1p1d", ["--prefill", "1", "--decode", "1"], max(1, args.threads // 2))):
+        port = free_port()
+        commands[name] = (up + layout + ["--threads", str(threads), "--port", str(free_port()), "--http-port", str(port)], port)
+    port = free_port()
+    ctx_per_slot = args.served_input_len + args.served_output_len + 64
+    commands["llama-server"] = (llamacpp.server_command(gguf, args.threads, port, 8, ctx_per_slot), port)
+    return commands
+
+
+def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(2)
+    raise RuntimeError(f"{name} did not serve /v1/models within {READY_TIMEOUT_S} s")
+
+
+def bench_point(port: int, model_dir: Path, concurrency: int, args, workdir: Path) -> dict:
+    out = workdir / f"{port}-c{concurrency}-{time.monotonic_ns()}.json"
+    num_requests = args.served_requests or max(8, 4 * concurrency)
+    cmd = [sys.executable, "-m", "splitserve.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--workload", "fixed",
+           "--input-len", str(args.served_input_len), "--output-len", str(args.served_output_len),
+           "--tokenizer", str(model_dir), "--concurrency", str(concurrency), "--num-requests", str(num_requests),
+           "--warmup", "1", "--no-progress", "--json", str(out)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    data = json.loads(out.read_text())
+    if data["failed"]:
+        raise RuntimeError(f"{data['failed']} requests failed against port {port} at concurrency {concurrency}")
+    return {m: data[m] for m in METRICS}
+
+
+def measure_served(model_dir: Path, gguf: Path, args) -> dict:
+    commands = server_commands(model_dir, gguf, args)
+    runs = {name: {str(c): [] for c in args.concurrency} for name in commands}
+    loads = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        for name, (cmd, port) in commands.items():
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stack.callback(_stop, proc)
+            wait_ready(port, proc, name)
+        for repeat in range(args.repeats):
+            loads.append(os.getloadavg()[0])
+            for c in args.concurrency:
+                for name, (_, port) in commands.items():
+                    runs[name][str(c)].append(bench_point(port, model_dir, c, args, Path(tmp)))
+            print(f"served repeat {repeat + 1}/{args.repeats} done (load {loads[-1]:.1f})", flush=True)
+    medians = {name: {c: {m: statistics.median(r[m] for r in points) for m in METRICS} for c, points in per_c.items()}
+               for name, per_c in runs.items()}
+    return {"runs": runs, "medians": medians, "load_average_1m": loads,
+            "config": {"input_len": args.served_input_len, "output_len": args.served_output_len,
+                       "concurrency": args.concurrency, "repeats": args.repeats,
+                       "servers": {name: " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
+                                   for name, (cmd, _) in commands.items()}}}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def print_served(result: dict) -> None:
+    print(f"{'server':24}{'c':>4}{'TTFT med':>10}{'TTFT p99':>10}{'TPOT med':>10}{'TPOT p99':>10}{'out tok/s':>11}")
+    for name, per_c in result["medians"].items():
+        for c, m in per_c.items():
+            print(f"{name:24}{c:>4}{m['median_ttft_ms']:10.0f}{m['p99_ttft_ms']:10.0f}{m['median_tpot_ms']:10.1f}"
+                  f"{m['p99_tpot_ms']:10.1f}{m['output_throughput']:11.1f}")
