@@ -3,7 +3,7 @@
 # then runs `splitserve --help`, a node and the router from it and sends one request through them.
 #
 #   scripts/build_image.sh              # base image if missing, the cpu and demo targets, smoke test
-#   SMOKE=0 scripts/build_image.sh      # build only
+#   SMOKE=0 scripts/build_image.sh      # build only (PRUNE=0: keep untagged images of older builds)
 #   IMAGE=localhost/splitserve VARIANT=cpu DEBIAN_MIRROR=http://deb.debian.org/debian  (defaults)
 #
 # No registry needs to be reachable: the Dockerfile's base (python:3.11-slim) is made here when
@@ -144,5 +144,7 @@ pip_sources
 build runtime "$IMAGE:$VERSION-$VARIANT"
 build demo "$IMAGE:demo-$VARIANT"
 [ "${SMOKE:-1}" = 0 ] || smoke "$IMAGE:demo-$VARIANT"
+# vfs keeps a full copy per image: drop the untagged ones older builds left (PRUNE=0 keeps them)
+[ "${PRUNE:-1}" = 0 ] || buildah rmi --prune >/dev/null
 buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "splitserve|python" >&2
 log "ok"
