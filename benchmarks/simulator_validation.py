@@ -37,6 +37,18 @@ def bench_config(url: str, model: Path, workload: str, rate: float, args):
                        tokenizer=str(model), percentiles=(50.0, 99.0), label=f"{workload}@{rate}")
 
 
+def started_cluster(cluster_class, model: Path, setup: str, tries: int = 3):
+    """A started cluster; a node slow to start on a loaded machine (120 s limit) is tried again."""
+    for attempt in range(tries):
+        cluster = cluster_class(model, threads=1, transport="torch", **SETUPS[setup])
+        try:
+            cluster.start()
+            return cluster
+        except RuntimeError as e:
+            print(f"{setup}: start {attempt + 1} failed ({str(e).splitlines()[0]})", flush=True)
+    raise RuntimeError(f"{setup}: the cluster did not start in {tries} tries")
+
+
 def measure_setup(model: Path, setup: str, args) -> list[dict]:
     from splitserve.bench import report
     from splitserve.bench.benchmark import run_benchmark
@@ -44,7 +56,8 @@ def measure_setup(model: Path, setup: str, args) -> list[dict]:
     from splitserve.localcluster.cluster import LocalCluster
 
     runs = []
-    with LocalCluster(model, threads=1, transport="torch", **SETUPS[setup]) as cluster:
+    cluster = started_cluster(LocalCluster, model, setup)
+    try:
         warm = bench_config(cluster.url, model, "fixed", 2.0, args)
         run_benchmark(dataclasses.replace(warm, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4),
                                           num_requests=2))
@@ -56,6 +69,8 @@ def measure_setup(model: Path, setup: str, args) -> list[dict]:
                 runs.append(result)
                 print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
                       f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f})", flush=True)
+    finally:
+        cluster.stop()
     return runs
 
 
@@ -125,9 +140,15 @@ def main() -> None:
         profile.save(RESULTS / "profile_small_cpu.json")
     started = time.time()
     rows, measured_runs = [], {}
+    runs_dir = args.out.with_suffix("")  # per run: measured and simulated bench JSON (`splitserve bench compare`)
+    runs_dir.mkdir(parents=True, exist_ok=True)
     for setup in SETUPS:
         for measured in measure_setup(model, setup, args):
-            rows.append(compare(setup, measured, predict(measured, setup, profile)))
+            predicted = predict(measured, setup, profile)
+            rows.append(compare(setup, measured, predicted))
+            name = f"{setup.replace(' ', '_').replace('+', '')}_{measured['workload']}_{measured['request_rate']}"
+            (runs_dir / f"{name}_measured.json").write_text(json.dumps(measured, indent=1))
+            (runs_dir / f"{name}_sim.json").write_text(json.dumps(predicted, indent=1))
             measured_runs[f"{setup} {measured['label']}"] = {k: v for k, v in measured.items() if k != "requests"}
     report = {"benchmark": "simulator_validation", "model": str(model), "config": {k: str(v) for k, v in vars(args).items()},
               "method": __doc__.split("\n\n", 2)[2].strip(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),

@@ -18,68 +18,17 @@ Every call or reply costs `hop_s`; calls run on a node between its steps.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 from itertools import count
 
-from router.cluster.policies import SplitwiseConfig
+from splitserve.sim.config import ROLES, ClusterConfig, build_nodes, make_router
 from splitserve.sim.jump import apply_jump, plan_jump
 from splitserve.sim.node import NodeSim
 from splitserve.sim.prefix import PrefixCache
 from splitserve.sim.profile import Profile
 from splitserve.sim.request import SimRequest
-from splitserve.sim.routing import POLICIES, ExactRouter, NoRoute
+from splitserve.sim.routing import NoRoute
 
-ROLES = ("prefill", "decode", "mixed")
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    prefill: int = 1
-    decode: int = 1
-    mixed: int = 0
-    policy: str = "least_loaded"
-    transport: str = "torch"
-    max_queue: int = 256  # router --max-queue
-    hop_s: float = 0.001  # one gRPC call or reply
-    poll_interval_s: float = 0.5  # router health / Stats polling
-    max_retries: int = 3
-    backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
-    splitwise: SplitwiseConfig = field(default_factory=SplitwiseConfig)
-    router: str = "auto"  # exact (router/cluster/policies.py per request), index (heaps), auto: index above 64 nodes
-
-    def __post_init__(self):
-        if min(self.prefill, self.decode, self.mixed) < 0 or self.prefill + self.decode + self.mixed == 0:
-            raise ValueError(f"node counts must be >= 0 and not all 0, got P={self.prefill} D={self.decode} M={self.mixed}")
-        if (self.prefill == 0) != (self.decode == 0) and self.mixed == 0:
-            raise ValueError("prefill and decode pools come together (or add mixed nodes)")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.max_queue < 1 or self.hop_s < 0 or self.poll_interval_s <= 0:
-            raise ValueError("max_queue must be >= 1, hop_s >= 0, poll_interval_s > 0")
-        if self.router not in ("auto", "exact", "index"):
-            raise ValueError(f"router must be auto, exact or index, got {self.router!r}")
-
-    @property
-    def num_nodes(self) -> int:
-        return self.prefill + self.decode + self.mixed
-
-
-def build_nodes(config: ClusterConfig, profiles: dict[str, Profile]) -> list[NodeSim]:
-    nodes, changed = [], []  # one list of the nodes changed since the last Stats poll
-    for role, n in (("prefill", config.prefill), ("decode", config.decode), ("mixed", config.mixed)):
-        for i in range(n):
-            nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role], changed))
-    return nodes
-
-
-def make_router(config: ClusterConfig, nodes: list[NodeSim]):
-    if config.router == "exact" or (config.router == "auto" and (len(nodes) <= 64 or config.policy == "cache_aware")):
-        return ExactRouter(nodes, config.policy, config.splitwise)
-    from splitserve.sim.routing_index import IndexRouter
-
-    return IndexRouter(nodes, config.policy, config.splitwise)
-
+__all__ = ["ClusterConfig", "ClusterSim", "build_nodes"]
 
 class ClusterSim:
     def __init__(self, config: ClusterConfig, profiles: dict[str, Profile]):
