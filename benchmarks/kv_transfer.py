@@ -182,6 +182,10 @@ CLUSTERS = {  # name -> (LocalCluster kwargs, extra node args)
 }
 
 
+# a node starved of CPU by other jobs misses health checks while it prefills: not a hang to fail over from
+PATIENT_ROUTER = ["--health-timeout-s=30", "--unhealthy-after=20"]
+
+
 def _started(make, attempts: int = 3):
     """A started LocalCluster; on a loaded machine a service may miss its ready timeout: try again."""
     for attempt in range(attempts):
@@ -190,7 +194,7 @@ def _started(make, attempts: int = 3):
             cluster.start()
             return cluster
         except RuntimeError as exc:
-            print(f"cluster start failed ({exc.__class__.__name__}), attempt {attempt + 1} of {attempts}")
+            print(f"cluster start failed ({str(exc).splitlines()[0]}), attempt {attempt + 1} of {attempts}")
     raise RuntimeError(f"no cluster after {attempts} attempts")
 
 
@@ -205,7 +209,8 @@ def cluster_ttfts(model: Path, prompts: dict[int, list[list[int]]]) -> dict[str,
         urls = {}
         for name, (kwargs, extra) in CLUSTERS.items():
             args = common + [a for x in extra for a in (off if x == "OFF" else [x])]
-            cluster = _started(lambda: LocalCluster(model, threads=1, node_args=args, **kwargs))
+            cluster = _started(lambda: LocalCluster(model, threads=1, node_args=args, router_args=PATIENT_ROUTER,
+                                                    **kwargs))
             stack.callback(cluster.stop)
             urls[name] = cluster.url
             asyncio.run(_ttft(urls[name], prompts[min(prompts)][0]))  # warm-up (forms the pair group)
@@ -247,7 +252,8 @@ def ttft_rows(model: Path, token_counts: list[int], repeats: int) -> list[dict]:
     clusters = cluster_ttfts(model, prompts)
     rows = []
     for n in token_counts:
-        row = {"tokens": n, "ttft_engine_s": engine[n], **{f"ttft_{k}_s": statistics.median(v[n]) for k, v in clusters.items()}}
+        row = {"tokens": n, "ttft_engine_s": engine[n],
+               **{f"ttft_{k}_s": statistics.median(v[n]) for k, v in clusters.items()}}
         for mode in ("layerwise", "oneshot"):
             row[f"transfer_overhead_{mode}"] = _paired_excess(clusters[f"disagg_{mode}"][n], clusters["colocated"][n])
         row["checksum_overhead_layerwise"] = _paired_excess(clusters["disagg_layerwise"][n],
@@ -255,7 +261,8 @@ def ttft_rows(model: Path, token_counts: list[int], repeats: int) -> list[dict]:
         rows.append(row)
         print(f"{n:6d} tokens TTFT  engine {row['ttft_engine_s']:.3f}s  colocated {row['ttft_colocated_s']:.3f}s  "
               f"layer-wise {row['ttft_disagg_layerwise_s']:.3f}s ({row['transfer_overhead_layerwise']:+.1%}; "
-              f"checksum {row['checksum_overhead_layerwise']:+.1%} over {row['ttft_disagg_layerwise_nochecksum_s']:.3f}s)  "
+              f"checksum {row['checksum_overhead_layerwise']:+.1%} over "
+              f"{row['ttft_disagg_layerwise_nochecksum_s']:.3f}s)  "
               f"one-shot {row['ttft_disagg_oneshot_s']:.3f}s ({row['transfer_overhead_oneshot']:+.1%})")
     return rows
 
@@ -279,9 +286,9 @@ def main() -> None:
               "config": portable_args({k: str(v) for k, v in vars(args).items()}),
               "method": __doc__.split("\n\n", 2)[2].strip(),
               "load_average_before": os.getloadavg()}
-    layer_sizes = sorted({TransferMeta("x", 1, n, cfg.num_kv_heads, cfg.head_dim, "float32").layer_nbytes * cfg.num_layers
-                          for n in args.tokens})
-    report["hashes"] = hash_rows(layer_sizes, args.repeats)
+    kv_sizes = sorted({TransferMeta("x", cfg.num_layers, n, cfg.num_kv_heads, cfg.head_dim, "float32").total_nbytes
+                       for n in args.tokens})
+    report["hashes"] = hash_rows(kv_sizes, args.repeats)
     report["bandwidth"] = bandwidth_rows(cfg, args.tokens, args.repeats)
     report["load_average_after_bandwidth"] = os.getloadavg()
     _write(args.out, report)

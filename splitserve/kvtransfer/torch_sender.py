@@ -181,7 +181,8 @@ class TorchSender(TrackedSender):
         while len(flights) > keep:
             flight = flights[0]
             try:
-                self._link.wait_all(flight.works, max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts()))
+                remaining_s = max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts())
+                self._link.wait_all(flight.works, remaining_s)
             except Exception as exc:
                 self._recover(flights, exc)
                 continue
