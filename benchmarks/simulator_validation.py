@@ -26,14 +26,14 @@ SETUPS = {"1P+1D": dict(prefill=1, decode=1, colocated=0), "2 colocated": dict(p
 METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")
 
 
-def bench_config(url: str, model: Path, workload: str, rate: float, args):
+def bench_config(url: str, model: Path, workload: str, rate: float, args, seed: int = 0):
     from splitserve.bench.arrivals import ArrivalConfig
     from splitserve.bench.benchmark import BenchConfig
     from splitserve.bench.workloads import WorkloadConfig
 
-    return BenchConfig(url=url, workload=WorkloadConfig(name=workload, seed=args.seed, max_input_len=args.max_input_len,
+    return BenchConfig(url=url, workload=WorkloadConfig(name=workload, seed=seed, max_input_len=args.max_input_len,
                                                         max_output_len=args.max_output_len),
-                       arrival=ArrivalConfig(kind="poisson", rate=rate, seed=args.seed), num_requests=args.num_requests,
+                       arrival=ArrivalConfig(kind="poisson", rate=rate, seed=seed), num_requests=args.num_requests,
                        tokenizer=str(model), percentiles=(50.0, 99.0), label=f"{workload}@{rate}")
 
 
@@ -61,14 +61,15 @@ def measure_setup(model: Path, setup: str, args) -> list[dict]:
         warm = bench_config(cluster.url, model, "fixed", 2.0, args)
         run_benchmark(dataclasses.replace(warm, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4),
                                           num_requests=2))
-        for workload in args.workloads:
-            for rate in args.rates:
-                load = os.getloadavg()[0]
-                result = report.result_dict(run_benchmark(bench_config(cluster.url, model, workload, rate, args)))
-                result["loadavg_1m"] = [load, os.getloadavg()[0]]
-                runs.append(result)
-                print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
-                      f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f})", flush=True)
+        for i, (workload, rate) in enumerate((w, r) for w in args.workloads for r in args.rates):
+            # a seed per run: no run finds the previous run's prompts in the prefix cache
+            load = os.getloadavg()[0]
+            config = bench_config(cluster.url, model, workload, rate, args, args.seed + 100 * i)
+            result = report.result_dict(run_benchmark(config))
+            result["loadavg_1m"] = [load, os.getloadavg()[0]]
+            runs.append(result)
+            print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
+                  f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f})", flush=True)
     finally:
         cluster.stop()
     return runs
