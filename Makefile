@@ -2,7 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL_DIR ?= models/small
+MODEL_PRESET ?= smollm2-135m-instruct
+MODEL_DIR ?= models/$(MODEL_PRESET)
 STAMP := $(VENV)/.installed
 
 .PHONY: venv run test test-quick bench proto clean
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(MODEL_DIR): $(STAMP)
-	$(BIN)/splitserve make-model --preset small --out $(MODEL_DIR)
+	$(BIN)/splitserve make-model --preset $(MODEL_PRESET) --out $(MODEL_DIR)
 
 # A local cluster (router + 1 prefill + 1 decode) on the demo model, a sample request, then
 # serving on grpc://127.0.0.1:50050 until Ctrl-C.

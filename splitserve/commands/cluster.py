@@ -9,19 +9,23 @@ import threading
 
 from splitserve import labels
 
-SAMPLE_PROMPT = "The history of the city begins"
+SAMPLE_QUESTION = "What is the capital of France? Answer in one sentence."
+SAMPLE_PROMPT = "The history of the city begins"  # models without a chat template
+DEMO_PRESET = "smollm2-135m-instruct"
 
 
 def register(subparsers) -> None:
     up = subparsers.add_parser("up", help="start a local cluster: router + prefill/decode (or mixed) nodes")
-    up.add_argument("--model", default=None, help="model folder (default: the `small` demo model, made on first use)")
-    up.add_argument("--prefill", type=int, default=1, help="prefill nodes")
-    up.add_argument("--decode", type=int, default=1, help="decode nodes")
+    up.add_argument("--model", default=None, help=f"model folder or .gguf file (default: the {DEMO_PRESET} demo "
+                    "model, prepared on first use)")
+    up.add_argument("--prefill", type=int, default=None, help="prefill nodes (default 1, or 0 with --colocated)")
+    up.add_argument("--decode", type=int, default=None, help="decode nodes (default 1, or 0 with --colocated)")
     up.add_argument("--colocated", type=int, default=0, help="mixed nodes running both phases")
     up.add_argument("--transport", default="torch", choices=("torch", "grpc"), help="KV transport between nodes")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=labels.DEFAULT_ROUTER_GRPC_PORT, help="router gRPC port")
-    up.add_argument("--http-port", type=int, default=0, help="router OpenAI HTTP port (0: off)")
+    up.add_argument("--http-port", type=int, default=labels.DEFAULT_ROUTER_HTTP_PORT,
+                    help="router OpenAI HTTP port (0: off; -1: any free port)")
     up.add_argument("--threads", type=int, default=1, help="torch threads per node")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
@@ -48,8 +52,9 @@ def register(subparsers) -> None:
 def run_up(args: argparse.Namespace) -> int:
     from splitserve.localcluster.cluster import LocalCluster, model_or_demo
 
-    cluster = LocalCluster(model_or_demo(args.model), prefill=args.prefill, decode=args.decode,
-                           colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,
+    prefill, decode = pool_sizes(args.prefill, args.decode, args.colocated)
+    model = model_or_demo(args.model, DEMO_PRESET)
+    cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,
                            http_port=args.http_port, threads=args.threads, policy=args.policy,
                            node_args=args.node_arg, redis_url=args.redis_url, private_redis=True)
     done = threading.Event()
@@ -57,9 +62,10 @@ def run_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: done.set())
     try:
         cluster.start(log=lambda line: print(line, flush=True))
-        print(f"cluster ready: router at {cluster.url}  (Ctrl-C stops it)", flush=True)
+        http = f"  OpenAI API at {cluster.http_url}/v1" if cluster.http_url else ""
+        print(f"cluster ready: router at {cluster.url}{http}  model {model.name}  (Ctrl-C stops it)", flush=True)
         if args.sample:
-            _sample(cluster.url)
+            _sample(cluster.url, chat=has_chat_template(model))
         if not args.exit_after_sample:
             done.wait()
     finally:
@@ -68,12 +74,26 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(url: str) -> None:
+def pool_sizes(prefill: int | None, decode: int | None, colocated: int) -> tuple[int, int]:
+    """`--colocated K` alone means K mixed nodes and nothing else; prefill/decode pools default to 1 each."""
+    default = 0 if colocated and prefill is None and decode is None else 1
+    return (default if prefill is None else prefill), (default if decode is None else decode)
+
+
+def has_chat_template(model) -> bool:
+    from splitserve.engine.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(model).chat_template is not None
+
+
+def _sample(url: str, chat: bool) -> None:
     from splitserve.client import Client, Final
 
-    print(f"sample request: {SAMPLE_PROMPT!r}\n---", flush=True)
+    text = SAMPLE_QUESTION if chat else SAMPLE_PROMPT
+    request = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+    print(f"sample request{' (chat)' if chat else ''}: {text!r}\n---", flush=True)
     with Client(url) as client:
-        for event in client.generate(prompt=SAMPLE_PROMPT, max_tokens=32):
+        for event in client.generate(**request, max_tokens=48, temperature=0.0):
             if isinstance(event, Final):
                 print(f"\n--- {event.completion_tokens} tokens, finish={event.finish_reason}, "
                       f"ttft={event.ttft_s * 1000:.1f} ms, total={event.e2e_s * 1000:.1f} ms, "

@@ -8,12 +8,13 @@ from splitserve import labels
 from splitserve.localcluster.procs import Service, service_command, spawn, stop
 
 
-def model_or_demo(model: str | None) -> Path:
+def model_or_demo(model: str | None, preset: str = "small") -> Path:
+    """The given model folder or .gguf file, else the preset's folder (made or prepared once, then cached)."""
     if model:
         return Path(model)
     from splitserve.modelgen.cache import ensure_model
 
-    return ensure_model("small")
+    return ensure_model(preset)
 
 
 class LocalCluster:

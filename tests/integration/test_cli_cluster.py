@@ -25,19 +25,20 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_up_serves_completes_and_stops_everything_on_sigterm(tiny_model):
-    proc = subprocess.Popen(cli("up", "--model", str(tiny_model), "--port", "0", "--sample"),
+    proc = subprocess.Popen(cli("up", "--model", str(tiny_model), "--port", "0", "--http-port", "-1", "--sample"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, url = [], None
+    lines, url, http_url = [], None, None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         lines.append(line)
         if line.startswith("cluster ready: router at "):
             url = line.split()[4]
+            http_url = line.split("OpenAI API at ")[1].split()[0] if "OpenAI API at " in line else None
         if line.startswith("--- ") and "tokens" in line:
             break
-    assert url, "".join(lines)
-    assert "finish=length" in lines[-1]
+    assert url and http_url and http_url.startswith("http://127.0.0.1:"), "".join(lines)
+    assert "finish=" in lines[-1]  # the sample is a chat question on a model with a chat template
     children = children_of(proc.pid)
     assert len(children) == 3 + (shutil.which("redis-server") is not None)  # router, prefill, decode (, redis)
 
