@@ -72,3 +72,16 @@ def test_in_context_variants_are_reused_exactly(engine):
     stats = [meta.stats for meta, _ in cache.compute_in_context(engine, [ids[s:s + n] for s, n in spans])]
     assert stats[0].inter == () and len(stats[2].inter) == 2 and all(w > 0 for w in stats[2].inter)
     assert torch.tensor(stats[2].token_inter).sum() == pytest.approx(sum(stats[2].inter), rel=1e-6)
+
+
+def test_chunks_computed_after_a_given_prefix_are_exact_there(engine):
+    """A chunk computed after the prompt head (not the special prefix) is reused as is where it sits first."""
+    head = engine.tokenizer.encode("Read these passages:", add_special_tokens=True)
+    chunk = engine.tokenizer.encode(DOCS[0] + "\n\n", add_special_tokens=False)
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)), prefix=head)
+    meta, kv = cache.compute_alone(engine, chunk)
+    assert meta.start == len(head) and kv.positions.tolist() == list(range(len(head), len(head) + len(chunk)))
+    cache.store.put(meta, kv)
+    ids = head + chunk + engine.tokenizer.encode("where?", add_special_tokens=False)
+    plan = cache.plan(ids, [(len(head), len(chunk))])
+    assert [b.fraction for b in plan.budgets] == [0.0]
