@@ -14,7 +14,6 @@ import asyncio
 import logging
 from typing import Callable
 
-from splitserve.chunkcache import bloom
 from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
 from splitserve.chunkcache.keys import model_fingerprint
 from splitserve.chunkcache.redis_tier import RedisTier
@@ -155,9 +154,8 @@ class ChunkPath:
     def stats(self) -> dict:
         keys = self.cache.store.local_chunks()
         out = self.cache.store.metrics.snapshot()
-        out.update(bloom=bloom.build(keys), bloom_hashes=bloom.NUM_HASHES, num_local_chunks=len(keys),
-                   local_bytes=self.cache.store.local.num_bytes, redis=self.cache.store.remote is not None,
-                   chunk_keys=keys[:self.max_stats_keys])
+        out.update(num_local_chunks=len(keys), local_bytes=self.cache.store.local.num_bytes,
+                   redis=self.cache.store.remote is not None, chunk_keys=keys[:self.max_stats_keys])
         return out
 
     async def _on_engine(self, fn: Callable):

@@ -1,11 +1,10 @@
-"""Documents as first-class prompt parts: spans, keys, the bloom filter the router can read."""
+"""Documents as first-class prompt parts: spans and keys."""
 
 from __future__ import annotations
 
 import pytest
 
 from router.front.intake import Frontend
-from splitserve.chunkcache import bloom
 from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
 from splitserve.chunkcache.keys import content_hash
 
@@ -36,11 +35,3 @@ def test_span_validation():
         with pytest.raises(ValueError):
             validate_spans(bad, 7)
 
-
-def test_bloom_filter_has_no_false_negatives():
-    keys = [content_hash([i]) for i in range(500)]
-    filt = bloom.build(keys)
-    assert all(bloom.might_contain(filt, k) for k in keys)
-    others = [content_hash([10_000 + i]) for i in range(1000)]
-    assert sum(bloom.might_contain(filt, k) for k in others) < 50
-    assert not bloom.might_contain(b"", keys[0])

@@ -160,9 +160,7 @@ class NodeStats(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChunkCacheStats(_message.Message):
-    __slots__ = ("bloom", "bloom_hashes", "num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")
-    BLOOM_FIELD_NUMBER: _ClassVar[int]
-    BLOOM_HASHES_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")
     NUM_LOCAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     REDIS_FIELD_NUMBER: _ClassVar[int]
@@ -176,8 +174,6 @@ class ChunkCacheStats(_message.Message):
     BLEND_TIME_S_FIELD_NUMBER: _ClassVar[int]
     REDIS_BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     REDIS_BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
-    bloom: bytes
-    bloom_hashes: int
     num_local_chunks: int
     local_bytes: int
     redis: bool
@@ -191,7 +187,7 @@ class ChunkCacheStats(_message.Message):
     blend_time_s: float
     redis_bytes_read: int
     redis_bytes_written: int
-    def __init__(self, bloom: _Optional[bytes] = ..., bloom_hashes: _Optional[int] = ..., num_local_chunks: _Optional[int] = ..., local_bytes: _Optional[int] = ..., redis: _Optional[bool] = ..., local_hits: _Optional[int] = ..., redis_hits: _Optional[int] = ..., misses: _Optional[int] = ..., redis_errors: _Optional[int] = ..., corrupt_values: _Optional[int] = ..., blended_requests: _Optional[int] = ..., recompute_fraction: _Optional[float] = ..., blend_time_s: _Optional[float] = ..., redis_bytes_read: _Optional[int] = ..., redis_bytes_written: _Optional[int] = ...) -> None: ...
+    def __init__(self, num_local_chunks: _Optional[int] = ..., local_bytes: _Optional[int] = ..., redis: _Optional[bool] = ..., local_hits: _Optional[int] = ..., redis_hits: _Optional[int] = ..., misses: _Optional[int] = ..., redis_errors: _Optional[int] = ..., corrupt_values: _Optional[int] = ..., blended_requests: _Optional[int] = ..., recompute_fraction: _Optional[float] = ..., blend_time_s: _Optional[float] = ..., redis_bytes_read: _Optional[int] = ..., redis_bytes_written: _Optional[int] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("documents", "in_context")
