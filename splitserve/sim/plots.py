@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_profile(profile: Profile, path: str | Path) -> Path:
     plt = _pyplot()
     fig, (ax_p, ax_d, ax_t) = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -42,12 +51,7 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"profile: {profile.meta.get('model', '?')}, {profile.meta.get('threads', '?')} thread(s), "
                  f"KV capacity {profile.engine.kv_capacity_tokens} tokens")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_frontier(candidates, frontier, chosen, path: str | Path, title: str = "") -> Path:
@@ -64,9 +68,4 @@ def plot_frontier(candidates, frontier, chosen, path: str | Path, title: str = "
     ax.set(xlabel="cost (sum of node costs)", ylabel="goodput (req/s within SLOs)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
