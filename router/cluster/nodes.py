@@ -10,6 +10,7 @@ it passes again. Load has two sources: what the router itself has in flight on e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -41,6 +42,7 @@ class NodeView:
     num_running: int = 0
     num_pending_prefill_tokens: int = 0  # the node's own count, all routers together
     chunk_keys: frozenset[str] = frozenset()  # RAG chunk-caches the node holds (empty until nodes report them)
+    last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
 
 
 def parse_static_nodes(spec: str) -> list[tuple[str, str]]:
@@ -59,7 +61,7 @@ class _Node:
     view: NodeView
     channel: grpc.aio.Channel
     health: HealthState
-    counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0})
+    counters: dict = field(default_factory=lambda: {"prefill_tokens": 0, "decodes": 0, "last_routed": 0})
     calls: CallWatch = field(default_factory=CallWatch)  # cancelled when the node turns unhealthy (router/cluster/stall.py)
 
     def set_healthy(self, healthy: bool) -> None:
@@ -76,6 +78,7 @@ class NodeRegistry:
         self.health_config = health_config
         self.rpc_timeout_s = rpc_timeout_s
         self._poller: asyncio.Task | None = None
+        self._route_seq = itertools.count(1)
 
     def add(self, role: str, address: str) -> None:
         """Adds a node (unhealthy until its first passed check); a known address with a new role is replaced."""
@@ -110,7 +113,15 @@ class NodeRegistry:
 
     def snapshot(self) -> list[NodeView]:
         return [replace(n.view, inflight_prefill_tokens=n.counters["prefill_tokens"],
-                        inflight_decodes=n.counters["decodes"]) for n in self._nodes.values()]
+                        inflight_decodes=n.counters["decodes"], last_routed=n.counters["last_routed"])
+                for n in self._nodes.values()]
+
+    def mark_routed(self, *addresses: str) -> None:
+        """Records a route to these nodes: among equally loaded nodes the least recently routed wins."""
+        seq = next(self._route_seq)
+        for address in addresses:
+            if address in self._nodes:
+                self._nodes[address].counters["last_routed"] = seq
 
     def track(self, address: str, key: str, delta: int) -> None:
         node = self._nodes.get(address)

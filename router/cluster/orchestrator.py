@@ -58,7 +58,9 @@ class Orchestrator:
 
     def _route(self, job: Job, exclude: set[str] = frozenset()) -> Route:
         nodes = [n for n in self.registry.snapshot() if n.address not in exclude]
-        return self.policy(nodes, self.route_request(job))
+        route = self.policy(nodes, self.route_request(job))
+        self.registry.mark_routed(route.prefill.address, route.decode.address)
+        return route
 
     @staticmethod
     def route_request(job: Job) -> RouteRequest:

@@ -3,7 +3,8 @@
 A Route names a prefill node and a decode node; the same mixed node in both places means the
 request runs colocated there. Registered by name; `get_policy` raises KeyError listing names.
 A policy may keep state across calls (round_robin's turn, cache_aware's prefix index), never
-network access.
+network access. Load ties go to the least recently routed node (NodeView.last_routed, kept by
+the caller), so equally idle nodes share a light load instead of the first address taking all.
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ def healthy(nodes: list[NodeView], role: str, exclude: frozenset[str] = frozense
 
 
 def prefill_load(n: NodeView) -> tuple:
-    return (n.inflight_prefill_tokens, n.num_waiting, n.address)
+    return (n.inflight_prefill_tokens, n.num_waiting, *tie_break(n))
+
+
+def tie_break(n: NodeView) -> tuple:
+    """The last part of every load key: among equally loaded nodes the least recently routed
+    wins (the caller records routes in `last_routed`), so idle nodes take turns; then address."""
+    return (n.last_routed, n.address)
 
 
 def pending_prefill_tokens(n: NodeView) -> int:
@@ -74,7 +81,7 @@ def pending_prefill_tokens(n: NodeView) -> int:
 
 
 def decode_load(n: NodeView) -> tuple:
-    return (n.inflight_decodes, -n.free_blocks, n.address)
+    return (n.inflight_decodes, -n.free_blocks, *tie_break(n))
 
 
 def split_or_colocated(nodes: list[NodeView], choose_prefill, choose_decode, choose_mixed) -> Route:
@@ -95,7 +102,7 @@ def least_loaded() -> Policy:
     def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
         return split_or_colocated(
             nodes, lambda ps: min(ps, key=prefill_load), lambda ds: min(ds, key=decode_load),
-            lambda ms: min(ms, key=lambda n: (n.inflight_prefill_tokens + n.inflight_decodes, n.address)))
+            lambda ms: min(ms, key=lambda n: (n.inflight_prefill_tokens + n.inflight_decodes, *tie_break(n))))
     return choose
 
 
@@ -141,7 +148,7 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
 
         def cost(n: NodeView) -> tuple:
             work = request.num_prompt_tokens - cached_tokens(n, request, matched.get(n.address, 0))
-            return (pending_prefill_tokens(n) + work, n.address)
+            return (pending_prefill_tokens(n) + work, *tie_break(n))
         route = split_or_colocated(nodes, lambda ps: min(ps, key=cost), lambda ds: min(ds, key=decode_load),
                                    lambda ms: min(ms, key=cost))
         index.record(hashes, route.prefill.address)
@@ -193,9 +200,9 @@ def splitwise(config: SplitwiseConfig = SplitwiseConfig()) -> Policy:
         overloaded = (not prefills or all(prefill_overloaded(n, config) for n in prefills)
                       or not decodes or all(decode_overloaded(n, request, config) for n in decodes))
         if mixed and overloaded:
-            node = min(mixed, key=lambda n: (pending_prefill_tokens(n) + n.inflight_decodes, n.address))
+            node = min(mixed, key=lambda n: (pending_prefill_tokens(n) + n.inflight_decodes, *tie_break(n)))
             return Route(node, node)
-        jsq_prefill = lambda ps: min(ps, key=lambda n: (pending_prefill_tokens(n), n.address))
+        jsq_prefill = lambda ps: min(ps, key=lambda n: (pending_prefill_tokens(n), *tie_break(n)))
         jsq_decode = lambda ds: min(ds, key=lambda n: (decode_overloaded(n, request, config), *decode_load(n)))
         return split_or_colocated(nodes, jsq_prefill, jsq_decode, jsq_prefill)
     return choose

@@ -59,6 +59,7 @@ class ExactRouter:
         self.policy_name = policy
         self.stats = {n.name: NodeStats(total_blocks=n.num_blocks, free_blocks=n.num_blocks) for n in nodes}
         self.inflight = {n.name: [0, 0] for n in nodes}  # prefill tokens, decodes
+        self.last_routed, self.route_seq = {n.name: 0 for n in nodes}, 0  # the load tie-break (NodeView.last_routed)
 
     def poll(self) -> list:
         """Refresh the Stats of the nodes that changed since the last poll; those nodes."""
@@ -78,10 +79,22 @@ class ExactRouter:
     def view(self, node) -> NodeView:
         s, (tokens, decodes) = self.stats[node.name], self.inflight[node.name]
         return NodeView(node.name, node.role, node.name, True, tokens, decodes, s.free_blocks,
-                        s.total_blocks, node.block_size, s.num_waiting, s.num_running, s.num_pending_prefill_tokens)
+                        s.total_blocks, node.block_size, s.num_waiting, s.num_running, s.num_pending_prefill_tokens,
+                        last_routed=self.last_routed[node.name])
 
     def route(self, req, exclude: frozenset | set = frozenset()):
         """(prefill node, decode node); the same mixed node twice means colocated. NoRoute when none."""
+        pair = self._choose(req, exclude)
+        self.mark_routed(*pair)
+        return pair
+
+    def mark_routed(self, *nodes) -> None:
+        """As router/cluster/nodes.py NodeRegistry.mark_routed: the nodes' last route is this one."""
+        self.route_seq += 1
+        for node in nodes:
+            self.last_routed[node.name] = self.route_seq
+
+    def _choose(self, req, exclude):
         ids = synthetic_token_ids(req) if self.policy_name == "cache_aware" and req.hash_ids else ()
         request = RouteRequest(req.prompt_tokens, req.target, ids)
         route = self.policy([self.view(n) for n in self.nodes if n.name not in exclude], request)

@@ -87,24 +87,30 @@ class IndexRouter(ExactRouter):
 
     def _key(self, node) -> tuple:
         (tokens, decodes), role = self.inflight[node.name], node.role
+        tie = (self.last_routed[node.name], node.name)  # policies.tie_break
         if role == "decode":
-            return (decodes, -self.stats[node.name].free_blocks, node.name)
+            return (decodes, -self.stats[node.name].free_blocks, *tie)
         if self.policy_name == "least_loaded":
             if role == "prefill":
-                return (tokens, self.stats[node.name].num_waiting, node.name)
-            return (tokens + decodes, node.name)
+                return (tokens, self.stats[node.name].num_waiting, *tie)
+            return (tokens + decodes, *tie)
         pending = self._pending(node)
-        return (pending, node.name) if role == "prefill" else (pending + decodes, node.name)
+        return (pending, *tie) if role == "prefill" else (pending + decodes, *tie)
 
     def _refresh(self, node) -> None:
         if self.policy_name in SUPPORTED:
             self.heaps[node.role].set(node, self._key(node))
 
-    def route(self, req, exclude: frozenset | set = frozenset()):
+    def mark_routed(self, *nodes) -> None:
+        super().mark_routed(*nodes)
+        for node in nodes:
+            self._refresh(node)
+
+    def _choose(self, req, exclude):
         if self.policy_name == "round_robin":  # its turn counts every call, retries too
             return self._round_robin(exclude)
         if exclude or self.policy_name not in SUPPORTED:
-            return super().route(req, exclude)
+            return super()._choose(req, exclude)
         if self.policy_name == "splitwise":
             return self._splitwise(req)
         return self._split_or_colocated(self.heaps["prefill"].min, self.heaps["decode"].min, self.heaps["mixed"].min)

@@ -117,12 +117,15 @@ def test_killing_the_decode_node_after_5_tokens_changes_nothing_the_client_sees(
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
 def test_killing_the_prefill_node_before_it_answers_retries_on_another(cluster, tiny_model, seeded):
-    # least_loaded with nothing in flight picks the prefill node first in address order
-    victim, result = min(alive(cluster, "prefill"), key=lambda n: n.address), {}
+    result = {}
     thread = threading.Thread(target=lambda: result.update(r=complete(cluster, seeded)))
     thread.start()
     assert wait_until(lambda: any(node_stats(d.address).num_reserved for d in alive(cluster, "decode")), 10, 0.02)
     time.sleep(0.2)  # the first layer is on its way
+    samples = router_metrics(cluster)  # ties rotate among idle nodes: ask the router which one it chose
+    victim = next((p for p in alive(cluster, "prefill")
+                   if value(samples, "splitserve_router_node_inflight_prefill_tokens", node=p.address) > 0), None)
+    assert victim is not None, "the router has no prefill in flight"
     kill(victim)
     thread.join(60)
     assert tuple(result["r"].token_ids) == expected(tiny_model, seeded)

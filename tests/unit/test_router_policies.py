@@ -1,8 +1,11 @@
 """Routing policies as pure functions of a node snapshot."""
 
+import asyncio
+from collections import Counter
+
 import pytest
 
-from router.cluster.nodes import NodeView, parse_static_nodes
+from router.cluster.nodes import NodeRegistry, NodeView, parse_static_nodes
 from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
 from router.cluster.prefix_index import PrefixIndex, block_hashes
 from splitserve.engine.block_pool import BlockPool
@@ -142,3 +145,35 @@ def test_splitwise_prefers_a_decode_node_with_room():
     nodes = [node("p1", "prefill"), node("d1", "decode", free_blocks=50, total_blocks=1000),
              node("d2", "decode", inflight_decodes=4, free_blocks=800, total_blocks=1000)]
     assert get_policy("splitwise")(nodes, REQ).decode.address == "d2"
+
+
+async def route_sequentially(policy_name: str, roles: dict[str, str], requests: int, loads: dict[str, int] = {}):
+    """Routes `requests` one after another through a real NodeRegistry, as the orchestrator does
+    (snapshot -> policy -> mark_routed), each finished before the next; the prefill counts."""
+    registry = NodeRegistry()
+    for address, role in roles.items():
+        registry.add(role, address)
+        registry._nodes[address].set_healthy(True)
+    for address, tokens in loads.items():
+        registry.track(address, "prefill_tokens", tokens)
+    policy, counts = get_policy(policy_name), Counter()
+    for _ in range(requests):
+        route = policy(registry.snapshot(), REQ)
+        registry.mark_routed(route.prefill.address, route.decode.address)
+        counts[route.prefill.address] += 1
+    await registry.close()
+    return counts
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "cache_aware", "splitwise"])
+def test_idle_nodes_share_a_light_load(policy):
+    split = {"p1": "prefill", "p2": "prefill", "d1": "decode", "d2": "decode"}
+    assert asyncio.run(route_sequentially(policy, split, 10)) == {"p1": 5, "p2": 5}
+    mixed = {"m1": "mixed", "m2": "mixed", "m3": "mixed"}
+    assert asyncio.run(route_sequentially(policy, mixed, 9)) == {"m1": 3, "m2": 3, "m3": 3}
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "cache_aware", "splitwise"])
+def test_a_less_loaded_node_always_wins_the_tie_break(policy):
+    split = {"p1": "prefill", "p2": "prefill", "d1": "decode", "d2": "decode"}
+    assert asyncio.run(route_sequentially(policy, split, 10, loads={"p1": 1})) == {"p2": 10}
