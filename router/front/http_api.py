@@ -26,6 +26,7 @@ from router.front.admission import Admission, DeadlineExceeded, Overloaded, boun
 from router.front.auth import ApiKeys
 from router.front.completion import completion
 from router.front.intake import Frontend
+from router.front.http_docs import add_docs_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
 from router.front.http_stream import EventStreamResponse, collect, event_stream, until_disconnect
 from router.front.openai_format import ChatShape, CompletionShape, TokenTexts, Shape
@@ -167,7 +168,7 @@ def _metrics_route(app: FastAPI) -> None:
 
 def create_app(ctx: HttpContext) -> FastAPI:
     app = FastAPI(title="splitserve router", summary="OpenAI-compatible API of a disaggregated LLM cluster",
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served by http_docs.py, behind the key
     endpoints = Endpoints(ctx)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(endpoints.check_key)])
     v1.add_api_route("/models", endpoints.models, methods=["GET"])
@@ -175,6 +176,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/chat/completions", endpoints.chat, methods=["POST"])
     app.include_router(v1)
     app.add_api_route("/health", endpoints.health, methods=["GET"])
+    add_docs_routes(app, endpoints.check_key)
     _metrics_route(app)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:

@@ -172,6 +172,14 @@ def test_malformed_unknown_and_oversized_requests(cluster):
     assert status == 413 and body["error"]["code"] == "request_too_large"
 
 
+def test_api_description_is_open_when_auth_is_off(cluster):
+    status, schema = http_json(cluster.http_url + "/openapi.json")
+    assert status == 200 and {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(schema["paths"])
+    for page in ("/docs", "/redoc"):
+        with urllib.request.urlopen(cluster.http_url + page, timeout=10) as response:
+            assert response.status == 200 and b"/openapi.json" in response.read()
+
+
 def test_health_reports_nodes_and_requests(cluster):
     status, body = http_json(cluster.http_url + "/health")
     assert status == 200 and body["status"] == "ok" and body["healthy_nodes"] == 2

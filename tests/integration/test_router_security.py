@@ -75,6 +75,18 @@ def test_wrong_or_missing_key_is_401(cluster, certs):
     assert status == 200
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_api_description_needs_a_key_as_the_api_does(cluster, certs, path):
+    ca, url = certs / "ca.pem", cluster.http_url + path
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        status, body = https_get(url, ca, headers)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=10, context=ssl.create_default_context(cafile=str(ca))) as response:
+        status, content = response.status, response.read()
+    assert status == 200 and b"openapi" in content  # the schema, or a page that loads it
+
+
 def test_health_needs_no_key(cluster, certs):
     assert https_get(cluster.http_url + "/health", certs / "ca.pem")[0] == 200
 
