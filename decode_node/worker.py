@@ -30,7 +30,7 @@ REAP_INTERVAL_S = 0.1
 
 class DecodeWorker:
     def __init__(self, engine_loop: EngineLoop, receiver: KVReceiver, target: KVTarget,
-                 metrics: TransferMetrics | None = None, transfer_timeout_s: float = 30.0, checksum: bool = False):
+                 metrics: TransferMetrics | None = None, transfer_timeout_s: float = 30.0, checksum: bool = True):
         self.engine_loop = engine_loop
         self.engine: Engine = engine_loop.engine
         self.receiver = receiver

@@ -52,7 +52,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          type=float)
     add_flag(parser, "--fault-signals", False, "fault injection for tests: SIGUSR1 makes a prefill node drop its next KV "
          "transfer midway", action="store_true")
-    add_flag(parser, "--kv-checksum", False, "verify a checksum of every transferred KV layer", action="store_true")
+    add_flag(parser, "--kv-checksum", True, "verify an xxh3 checksum of every transferred KV layer (the default; "
+         "kept for compatibility)", action="store_true")
+    parser.add_argument("--no-kv-checksum", dest="kv_checksum", action="store_false",
+                        help="do not checksum transferred KV layers")
     add_flag(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
     add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
     add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)

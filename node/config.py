@@ -23,7 +23,7 @@ class KVConfig:
     transport: str = "torch"
     kv_port: int = labels.DEFAULT_KV_PORT  # decode, torch transport: the rendezvous port (0: any free port)
     timeout_s: float = 30.0
-    checksum: bool = False
+    checksum: bool = True
     one_shot_max_tokens: int = 256  # prefill: shorter prompts send all layers after the step
     fault_send_delay_s: float = 0.0  # fault injection: sleep before each layer's send
 

@@ -33,7 +33,7 @@ class Transfer:
 
 
 class Transfers:
-    def __init__(self, engine: Engine, checksum: bool = False, fault_send_delay_s: float = 0.0):
+    def __init__(self, engine: Engine, checksum: bool = True, fault_send_delay_s: float = 0.0):
         self.engine = engine
         self.checksum = checksum
         self.fault_send_delay_s = fault_send_delay_s

@@ -1,7 +1,7 @@
 """`splitserve simulate`: the cluster as built, in simulated time, driven by node profiles.
 
 Replays a bench workload (or the requests of a measured `bench --json` run, --replay) at a
-rate against P prefill, D decode and M mixed nodes: the router's policies (router/policies.py
+rate against P prefill, D decode and M mixed nodes: the router's policies (router/cluster/policies.py
 itself), each engine's token-budget scheduler (chunked prefill, continuous batching,
 preemption by recompute), KV reservations, the transfer, retries and load shedding. Prints
 the bench table; --json writes `splitserve bench`'s JSON shape (plus a `sim` block with

@@ -1,0 +1,96 @@
+"""The real model (SmolLM2-135M-Instruct) through real clusters: the disaggregated path on both KV
+transports equals the single-process engine for concurrent chat requests; a decode node killed
+mid-stream costs nothing; the official `openai` client gets the text `generate --chat` prints."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from splitserve.client import AsyncClient
+from splitserve.engine import Engine, SamplingParams
+from splitserve.localcluster.cluster import LocalCluster
+from tests.integration.test_router_failover import running_decode
+from tests.support.cluster import used_blocks_settle_to_zero
+
+pytestmark = pytest.mark.slow
+QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "How many legs does a spider have?",
+             "Write a haiku about rain.", "What is 7 times 8?", "Who wrote Hamlet?", "Explain gravity in one sentence.",
+             "Translate 'good morning' into Spanish."]
+MAX_TOKENS = 24
+NODE_ARGS = ["--transfer-timeout-s=60", "--one-shot-max-tokens=16"]
+
+
+def chat(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+def sampling(i: int, seeded: bool) -> dict:
+    return dict(max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.95, seed=100 + i) if seeded else dict(max_tokens=MAX_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_model):
+    return Engine(smollm2_model)
+
+
+def reference(engine, seeded: bool) -> list[list[int]]:
+    prompts = [engine.tokenizer.encode_chat(chat(q)) for q in QUESTIONS]
+    params = [SamplingParams(**sampling(i, seeded)) for i in range(len(QUESTIONS))]
+    return [r.token_ids for r in engine.generate(prompts, params)]
+
+
+async def ask_all(url: str, seeded: bool):
+    async with AsyncClient(url, timeout_s=300) as client:
+        return await asyncio.gather(*(client.complete(messages=chat(q), **sampling(i, seeded))
+                                      for i, q in enumerate(QUESTIONS)))
+
+
+@pytest.fixture(scope="module", params=["torch", "grpc"])
+def cluster(request, smollm2_model):
+    with LocalCluster(smollm2_model, prefill=1, decode=1, transport=request.param, node_args=NODE_ARGS,
+                      router_args=["--http-port=-1"]) as c:
+        yield c
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
+def test_8_concurrent_chat_requests_equal_the_engine(cluster, engine, seeded):
+    results = asyncio.run(ask_all(cluster.url, seeded))
+    assert [r.token_ids for r in results] == reference(engine, seeded)
+    assert all(r.final.prefill_node != r.final.decode_node for r in results)
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address, timeout_s=30)
+
+
+def test_openai_chat_equals_generate_chat(cluster, smollm2_model):
+    from openai import OpenAI
+
+    question = QUESTIONS[0]
+    client = OpenAI(base_url=cluster.http_url + "/v1", api_key="unused")
+    reply = client.chat.completions.create(model=smollm2_model.name, messages=chat(question), temperature=0,
+                                           max_completion_tokens=MAX_TOKENS)
+    out = subprocess.run([sys.executable, "-m", "splitserve.cli", "generate", "--model", str(smollm2_model), "--chat",
+                          "--prompt", question, "--max-tokens", str(MAX_TOKENS), "--json"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert reply.choices[0].message.content == json.loads(out.stdout.splitlines()[-1])["text"]
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
+def test_decode_node_killed_mid_stream_changes_nothing(smollm2_model, engine, seeded):
+    from splitserve.client import Client
+    from splitserve.localcluster.procs import kill
+
+    expected = reference(engine, seeded)[0]
+    with LocalCluster(smollm2_model, prefill=1, decode=2, node_args=NODE_ARGS + ["--fault-step-delay-s=0.05"],
+                      router_args=["--http-port=0", "--health-interval-s=0.2"]) as c:
+        tokens, victim = [], None
+        with Client(c.url, timeout_s=300) as client:
+            for event in client.generate(messages=chat(QUESTIONS[0]), **sampling(0, seeded)):
+                tokens += getattr(event, "token_ids", [])
+                if victim is None and len(tokens) >= 4:
+                    victim = running_decode(c)
+                    kill(victim)
+        assert victim is not None and event.decode_node != victim.address
+    assert tokens == expected
