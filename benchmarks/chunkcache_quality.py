@@ -189,6 +189,15 @@ def write(path: Path, args, questions: list[dict], start: float) -> dict:
     return summary
 
 
+def previous_questions(args) -> list[dict]:
+    if not (args.resume and args.out.exists()):
+        return []
+    result = json.loads(args.out.read_text())
+    if result["passages_per_question"] != args.passages:
+        raise SystemExit(f"{args.out} has {result['passages_per_question']} passages per question, not {args.passages}")
+    return result["questions"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="HF folder of a real model (default: the "
@@ -201,6 +210,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot of --out and exit")
+    parser.add_argument("--resume", action="store_true", help="keep the questions already in --out (same "
+                        "--passages) and run only the others")
     args = parser.parse_args()
     if args.plot_only:
         result = json.loads(args.out.read_text())
@@ -209,8 +220,11 @@ def main() -> None:
     items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
     args.model = args.model or ensure_model("smollm2-135m-instruct")
     engine = load_engine(args.model, items, args.passages)
-    start, questions = time.perf_counter(), []
+    start, questions = time.perf_counter(), previous_questions(args)
+    done = {q["index"] for q in questions}
     for i, item in enumerate(items, start=args.first):
+        if i in done:
+            continue
         plain = args.plain_every > 0 and (i - args.first) % args.plain_every == 0
         questions.append(one_question(engine, item, i, args.passages, plain))
         summary = write(args.out, args, questions, start)
