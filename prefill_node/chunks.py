@@ -4,7 +4,9 @@ A request that carries chunk spans: `plan()` looks the chunks up (local tier, th
 thread) -> with at least one hit, the prefill runs blended on the engine thread (prefill nodes:
 prefill_node/blended.py; mixed nodes: `generate()`, which then admits the request for decoding
 like a decode node admits transferred KV) -> chunks found nowhere are computed alone and stored
-afterwards, off the request's critical path (`_store_misses`, one task per chunk, deduplicated).
+afterwards, off the request's critical path (`_store_later`, one task per chunk, deduplicated),
+each after the request's head (the tokens before its first chunk: BOS or the chat template's
+header, an attention sink in front of the chunk, as where a first document sits).
 With no hit, the request takes the plain engine path.
 """
 
@@ -60,22 +62,23 @@ class ChunkPath:
         if window is not None and len(prompt) > window:
             return None  # a blended prefill attends to every earlier key: no sliding window
         plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
+        head = prompt[:spans[0][0]] if spans else []
         for i in plan.misses:
             s, n = spans[i]
-            self._store_later(plan.keys[i], prompt[s:s + n])
+            self._store_later(plan.keys[i], prompt[s:s + n], head)
         return plan if plan.placed else None
 
-    def _store_later(self, key: str, chunk_ids: list[int]) -> None:
+    def _store_later(self, key: str, chunk_ids: list[int], head: list[int]) -> None:
         if key in self._storing:
             return
         self._storing.add(key)
-        task = asyncio.get_running_loop().create_task(self._store(key, chunk_ids))
+        task = asyncio.get_running_loop().create_task(self._store(key, chunk_ids, head))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _store(self, key: str, chunk_ids: list[int]) -> None:
+    async def _store(self, key: str, chunk_ids: list[int], head: list[int]) -> None:
         try:
-            meta, kv = await self._on_engine(lambda engine: self.cache.compute_alone(engine, chunk_ids))
+            meta, kv = await self._on_engine(lambda engine: self.cache.compute_alone(engine, chunk_ids, head))
             await asyncio.to_thread(self.cache.store.put, meta, kv)
         except Exception:  # a failed store only costs a later miss
             log.exception("storing chunk %s failed", key)

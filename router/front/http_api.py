@@ -106,9 +106,9 @@ class Endpoints:
         body.check_supported()
         self.check_model(body.model)
         frontend = self.ctx.frontend
-        prompt_ids = frontend.prompt_ids(messages=body.chat_messages(), documents=body.documents or ())
+        prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
-        job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"))
+        job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"), chunks)
         shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs)
         return await self.serve(request, job, shape, body.stream, body.include_usage)
 

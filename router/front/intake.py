@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from splitserve.chunkcache.documents import document_prompt
+from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
 from router.cluster.orchestrator import Job
 
@@ -40,20 +40,24 @@ class Frontend:
 
     def prompt_and_chunks(self, prompt: str | None = None, token_ids: list[int] | None = None,
                           messages: list[dict] | None = None, documents: list[str] = ()) -> tuple[list[int], tuple]:
-        """Prompt ids and the (start, length) span of each document in them. Documents go with a
-        text prompt: each is tokenized alone (documents.py), so its KV can come from the chunk cache."""
+        """Prompt ids and the (start, length) span of each document in them. Documents go with a text
+        prompt (before it) or chat messages (at the start of the last user message, inside the chat
+        template); each is tokenized alone (documents.py), so its KV can come from the chunk cache."""
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
-        if documents and (messages is not None or token_ids is not None):
-            raise ValueError("documents go with a text prompt, not with prompt token ids or chat messages")
+        if documents and token_ids is not None:
+            raise ValueError("documents go with a text prompt or chat messages, not with prompt token ids")
+        if any(not d for d in documents):
+            raise ValueError("documents must be non-empty strings")
         if messages is not None:
-            return self.tokenizer.encode_chat(messages), ()
+            if not documents:
+                return self.tokenizer.encode_chat(messages), ()
+            ids, spans = chat_document_prompt(self.tokenizer, messages, list(documents))
+            return ids, tuple(spans)
         if token_ids is not None:
             return list(token_ids), ()
         if prompt is None:
             raise ValueError("one of prompt, prompt_token_ids or messages is required")
-        if any(not d for d in documents):
-            raise ValueError("documents must be non-empty strings")
         if documents:
             ids, spans = document_prompt(self.tokenizer, list(documents), prompt)
             return ids, tuple(spans)

@@ -3,7 +3,8 @@
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (n > 1, echo,
 penalties, logit_bias, tools) are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens` and `top_k` are accepted; `documents`
-is splitserve's RAG extension (retrieved passages, placed before the prompt).
+is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
+last user message inside the chat template).
 """
 
 from __future__ import annotations

@@ -1,13 +1,20 @@
 """Documents as first-class prompt parts, shared by the router (requests) and nodes (ingest).
 
 A document's chunk is its text plus a blank line, tokenized alone (no special tokens), so the
-same passage has the same token ids, hence the same key, in every prompt. A prompt is the
-tokenizer's special prefix (e.g. BOS), the chunks in order, then the question.
+same passage has the same token ids, hence the same key, in every prompt. A text prompt is the
+tokenizer's special prefix (e.g. BOS), the chunks in order, then the question. A chat prompt
+puts the chunks at the start of the last user message's content, inside the chat template:
+
+    [head: template up to that content (+ lead)] [chunk 1] ... [chunk k] [tail: the content, the rest]
+
+(the template is rendered around a sentinel and split there, so head and tail are exactly what
+the template makes of the messages).
 """
 
 from __future__ import annotations
 
 SEPARATOR = "\n\n"
+_SENTINEL = "\x00DOCUMENTS\x00"
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -30,6 +37,24 @@ def assemble(prefix: list[int], chunks: list[list[int]], tail: list[int]) -> tup
 def document_prompt(tokenizer, documents: list[str], prompt: str) -> tuple[list[int], list[tuple[int, int]]]:
     chunks = [chunk_token_ids(tokenizer, d) for d in documents]
     return assemble(special_prefix(tokenizer), chunks, tokenizer.encode(prompt, add_special_tokens=False))
+
+
+def chat_head_and_tail(tokenizer, messages: list[dict], lead: str = "") -> tuple[list[int], list[int]]:
+    """Ids of the chat template before and after the documents' place in the last user message."""
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("documents go inside the last message, which must be from the user")
+    last = {**messages[-1], "content": lead + _SENTINEL + (messages[-1].get("content") or "")}
+    text = tokenizer.apply_chat_template([*messages[:-1], last])
+    if text.count(_SENTINEL) != 1:
+        raise ValueError("cannot place documents inside the chat template's last user message "
+                         "(the template dropped or repeated it)")
+    head, _, tail = text.partition(_SENTINEL)
+    return tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False)
+
+
+def chat_document_prompt(tokenizer, messages: list[dict], documents: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    head, tail = chat_head_and_tail(tokenizer, messages)
+    return assemble(head, [chunk_token_ids(tokenizer, d) for d in documents], tail)
 
 
 def validate_spans(spans: list[tuple[int, int]], num_tokens: int) -> None:

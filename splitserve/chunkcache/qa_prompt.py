@@ -3,23 +3,23 @@
     [head: chat header + instruction] [passage 1] ... [passage k] [tail: question + answer cue]
 
 With `chat=True` the whole user turn goes through the model's chat template and the passages sit
-inside it (the template is rendered around a sentinel and split there); with `chat=False` the
-head is the tokenizer's special prefix + the instruction and the tail ends in "Answer:". Each
-passage is a document chunk (`documents.chunk_token_ids`: the same ids in every prompt).
+inside it, after the instruction (`documents.chat_head_and_tail`, as the served chat API places
+documents); with `chat=False` the head is the tokenizer's special prefix + the instruction and the
+tail ends in "Answer:". Each passage is a document chunk (`documents.chunk_token_ids`: the same
+ids in every prompt).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitserve.chunkcache.documents import assemble, chunk_token_ids, special_prefix
+from splitserve.chunkcache.documents import assemble, chat_head_and_tail, chunk_token_ids, special_prefix
 
 INSTRUCTION = ("You will be asked a question after reading several passages. Please directly answer the question "
                "based on the given passages. Do NOT repeat the question. The answer should be within 5 words.\n"
                "Passages:\n")
 QUERY = ("Answer the question directly based on the given passages. Do NOT repeat the question. "
          "The answer should be within 5 words.\nQuestion: {question}\nAnswer:")
-_SENTINEL = "\x00PASSAGES\x00"
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,7 @@ def head_and_tail(tokenizer, question: str, chat: bool) -> tuple[list[int], list
     if not chat:
         head = special_prefix(tokenizer) + tokenizer.encode(INSTRUCTION, add_special_tokens=False)
         return head, tokenizer.encode(query, add_special_tokens=False)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": INSTRUCTION + _SENTINEL + query}])
-    head, sep, tail = text.partition(_SENTINEL)
-    if not sep:
-        raise ValueError("the chat template dropped the user message: cannot place passages inside it")
-    return tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False)
+    return chat_head_and_tail(tokenizer, [{"role": "user", "content": query}], lead=INSTRUCTION)
 
 
 def qa_prompt(tokenizer, item: dict, chat: bool, num_passages: int | None = None) -> QAPrompt:

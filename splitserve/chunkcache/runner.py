@@ -129,13 +129,14 @@ class ChunkCache:
         ids = torch.tensor(prompt, dtype=torch.long, device=device)
         return blended_prefill(engine.model, ids, reused, self.config.blend, budgets, sink)
 
-    def compute_alone(self, engine, chunk_ids: list[int]) -> tuple[VariantMeta, ChunkKV]:
-        """Engine thread: the chunk after the special prefix only (where a first document sits)."""
-        return self.compute_in_context(engine, [chunk_ids])[0]
+    def compute_alone(self, engine, chunk_ids: list[int], prefix: list[int] | None = None) -> tuple[VariantMeta, ChunkKV]:
+        """Engine thread: the chunk after `prefix` only (default self.prefix: where a first document sits)."""
+        return self.compute_in_context(engine, [chunk_ids], prefix)[0]
 
-    def compute_in_context(self, engine, chunks: list[list[int]]) -> list[tuple[VariantMeta, ChunkKV]]:
+    def compute_in_context(self, engine, chunks: list[list[int]],
+                           prefix: list[int] | None = None) -> list[tuple[VariantMeta, ChunkKV]]:
         """Engine thread: the chunks one after another; each is stored as computed after those before it."""
-        tokens, spans = list(self.prefix), []
+        tokens, spans = list(self.prefix if prefix is None else prefix), []
         for chunk in chunks:
             spans.append((len(tokens), len(tokens) + len(chunk)))
             tokens += chunk

@@ -1,0 +1,39 @@
+"""A node stores a chunk a request missed as computed after that request's head (the chat
+template's header, or BOS): the attention sink sits before it, as where the benchmark computes
+passages; a later request with the same head reuses the first chunk exactly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefill_node.chunks import ChunkPath
+from router.front.intake import Frontend
+from splitserve.chunkcache.keys import prefix_hash
+from splitserve.chunkcache.runner import ChunkCache
+from splitserve.chunkcache.store import ChunkStore
+from splitserve.chunkcache.tiers import LocalTier
+from splitserve.engine import Engine, EngineConfig
+from splitserve.runtime.engine_loop import EngineLoop
+
+MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is the mill?"}]
+DOCS = ["the river runs north past the old mill", "a bridge was built in 1820 by the town"]
+
+
+def test_missed_chunks_are_stored_as_computed_after_the_request_head(tiny_model):
+    ids, spans = Frontend.from_model_dir(tiny_model).prompt_and_chunks(messages=MESSAGES, documents=DOCS)
+    head = ids[:spans[0][0]]
+    loop = EngineLoop(Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16)))
+    loop.start()
+    try:
+        path = ChunkPath(loop, ChunkCache(loop.engine, ChunkStore(LocalTier(1 << 24))))
+
+        async def miss_then_plan():
+            assert await path.plan(ids, list(spans)) is None  # all missed: the plain path runs
+            await asyncio.gather(*path._tasks)
+            return await path.plan(ids, list(spans))
+        plan = asyncio.run(miss_then_plan())
+    finally:
+        loop.stop()
+    found = path.cache.store.variants(plan.keys)
+    assert [[(m.start, m.prefix_hash) for m in found[k]] for k in plan.keys] == [[(len(head), prefix_hash(head))]] * 2
+    assert [b.fraction for b in plan.budgets] == [0.0, 0.15]  # the first chunk sits where it was computed
