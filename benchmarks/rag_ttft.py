@@ -1,21 +1,27 @@
-"""RAG time to first token through real local clusters with a real Redis (CPU, `small` model).
+"""RAG time to first token and served answer quality through real local clusters and a real Redis.
 
-Five clusters (router + one node each; colocated by default, or prefill + decode), side by side
-on one machine and one Redis, each node configured for one way of serving RAG prompts:
+Clusters side by side on one machine and one Redis (router + one mixed node each, or prefill +
+decode with `--topology disaggregated`), each node configured for one way of serving RAG:
 
-    full_prefill      no prefix cache, no chunk cache
+    full_prefill      no prefix cache, no chunk cache (the reference answer)
     prefix_caching    the engine's prefix cache (hits only on an identical leading passage)
     direct_reuse      chunk cache, every cached row reused as is (check layer 0, r = 0)
     blend_r0.15       chunk cache, CacheBlend: recompute 15% of the rows (check layer 1)
     blend_cachecraft  chunk cache, Cache-Craft per-chunk budgets (floor r = 0.15)
 
-Prompts: MuSiQue passages from a small pool, 4 per prompt in varying order, then a question.
-The pool is ingested once (IngestDocuments -> Redis); each round sends the same prompt to every
-cluster, rotating the order, and TTFT is measured at the client (first streamed chunk). Computed
-tokens = prompt tokens - the cached tokens the router reports (prefix hits, or reused rows).
-Medians over rounds; the machine is shared, so only same-run ratios are meaningful.
+Requests go over the OpenAI HTTP API, as a user sends them: `/v1/chat/completions` with the
+MuSiQue question (and the benchmark's answer cue) as the user message and the question's first
+`--passages` passages as `documents`, greedy, up to 32 tokens, streamed. Each question is first
+asked once with its passages in the retrieved order on every cluster (warm-up, not measured: the
+chunk clusters compute the missed passages after the request's head and store them in their
+local tier and Redis), then `--reorders` times with the passages in another order. TTFT is
+measured at the client (first streamed token); computed tokens = prompt tokens - cached tokens
+(`usage.prompt_tokens_details`). Quality: each answer's ROUGE-L F1 and exact agreement with
+full prefill's answer to the same request, and SQuAD F1 against the gold answers. Medians over
+requests; the machine is shared, so only same-run ratios are meaningful.
 
-    python benchmarks/rag_ttft.py [--rounds 8] [--passages 4] [--pool 8] [--topology colocated]
+    python benchmarks/rag_ttft.py [--model smollm2-135m-instruct] [--questions 6] [--reorders 2]
+        [--passages 4] [--topology colocated|disaggregated] [--modes full_prefill,blend_r0.15,...]
 """
 
 from __future__ import annotations
@@ -28,66 +34,64 @@ import time
 from pathlib import Path
 
 import grpc
+import openai
 
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.bench import traces
-from splitserve.client import Chunk, Client, Final
-from splitserve.modelgen import ensure_model
+from splitserve.chunkcache.qa_prompt import QUERY, passage_text
+from splitserve.chunkcache.quality import answer_f1, rouge_l_f1
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.redis_server import start_private_redis
+from splitserve.modelgen import ensure_model
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "rag_ttft_cpu.json"
 TRACE = traces.data_file(traces.MUSIQUE_FILE)
-TIMEOUT_S = 120
-CACHE = ["--no-prefix-caching", "--chunk-planning", "ratio"]
+TIMEOUT_S = 300
+MAX_TOKENS = 32
+LOCAL_TIER = ["--chunk-cache-bytes", str(3 << 30)]  # every passage's KV stays local after warm-up
+CACHE = ["--no-prefix-caching", "--chunk-planning", "ratio"] + LOCAL_TIER
 MODES = {
     "full_prefill": ["--no-prefix-caching", "--chunk-cache-bytes", "0"],
     "prefix_caching": ["--chunk-cache-bytes", "0"],
     "direct_reuse": CACHE + ["--blend-check-layers", "0", "--blend-ratio", "0"],
     "blend_r0.15": CACHE + ["--blend-check-layers", "1", "--blend-ratio", "0.15"],
-    "blend_cachecraft": ["--no-prefix-caching", "--chunk-planning", "cachecraft", "--blend-ratio", "0.15"],
+    "blend_cachecraft": ["--no-prefix-caching", "--chunk-planning", "cachecraft", "--blend-ratio", "0.15"] + LOCAL_TIER,
 }
+DEFAULT_MODES = "full_prefill,blend_r0.15,blend_cachecraft"
 
 
-def workload(pool_size: int, passages: int, rounds: int, seed: int = 0) -> tuple[list[str], list[dict]]:
-    items = json.loads(TRACE.read_text())
-    pool = list(dict.fromkeys(c["text"] for item in items[:3] for c in item["ctxs"]))[:pool_size]
-    rng = random.Random(seed)
-    prompts = [{"documents": rng.sample(pool, passages), "question": items[i % len(items)]["question"]}
-               for i in range(rounds + 1)]
-    return pool, prompts
+def workload(num_questions: int, passages: int, reorders: int, seed: int = 0) -> list[dict]:
+    """Per question: the warm-up order (as retrieved), then `reorders` other orders."""
+    rng, out = random.Random(seed), []
+    for item in json.loads(TRACE.read_text())[:num_questions]:
+        docs = [passage_text(c) for c in item["ctxs"][:passages]]
+        orders = []
+        while len(orders) < reorders:
+            order = rng.sample(docs, len(docs))
+            if order != docs and (order not in orders or len(docs) < 3):
+                orders.append(order)
+        out.append({"question": item["question"], "gold": item["answers"], "warm": docs, "orders": orders})
+    return out
 
 
-def ttft(url: str, prompt: dict) -> dict:
-    start, first = time.perf_counter(), None
-    with Client(url, timeout_s=TIMEOUT_S) as client:
-        for event in client.generate(prompt=prompt["question"], documents=prompt["documents"], max_tokens=4,
-                                     ignore_eos=True):
-            if isinstance(event, Chunk) and first is None:
-                first = time.perf_counter() - start
-            if isinstance(event, Final):
-                return {"ttft_s": first, "prompt_tokens": event.prompt_tokens,
-                        "computed_tokens": event.prompt_tokens - event.cached_tokens}
-    raise RuntimeError("stream ended without a final message")
-
-
-def _measure(cluster: LocalCluster, prompt: dict) -> dict:
-    try:
-        return ttft(cluster.url, prompt)
-    except Exception:
-        for service in cluster.services():
-            print(f"--- {service.name} output:\n" + "".join(service.output[-20:]), flush=True)
-        raise
+def ask(api: openai.OpenAI, question: str, documents: list[str]) -> dict:
+    start, first, pieces, usage = time.perf_counter(), None, [], None
+    stream = api.chat.completions.create(
+        model=api.served_model, messages=[{"role": "user", "content": QUERY.format(question=question)}], max_tokens=MAX_TOKENS,
+        temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"documents": documents})
+    for chunk in stream:
+        if chunk.choices:
+            first = first or time.perf_counter() - start
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    return {"ttft_s": first, "answer": "".join(pieces).strip(), "prompt_tokens": usage.prompt_tokens,
+            "computed_tokens": usage.prompt_tokens - cached}
 
 
 def node_address(cluster: LocalCluster) -> str:
     return next(s.address for role, s in cluster.nodes if role in ("prefill", "mixed"))
-
-
-def ingest(address: str, documents: list[str]) -> None:
-    with grpc.insecure_channel(address) as channel:
-        node_pb2_grpc.NodeStub(channel).IngestDocuments(node_pb2.IngestRequest(documents=documents), timeout=600)
 
 
 def chunk_stats(address: str) -> dict:
@@ -97,70 +101,112 @@ def chunk_stats(address: str) -> dict:
         return {}
     c = s.chunk_cache
     return {"local_hits": c.local_hits, "redis_hits": c.redis_hits, "misses": c.misses,
-            "recompute_fraction": c.recompute_fraction, "blended_requests": c.blended_requests}
+            "num_local_chunks": c.num_local_chunks, "recompute_fraction": c.recompute_fraction,
+            "blended_requests": c.blended_requests}
+
+
+def wait_for_chunks(cluster: LocalCluster, num_chunks: int, timeout_s: float = 120) -> None:
+    """Misses are stored off the request path: wait until the node holds them all locally."""
+    address, deadline = node_address(cluster), time.monotonic() + timeout_s
+    while chunk_stats(address).get("num_local_chunks", num_chunks) < num_chunks:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{address} did not store {num_chunks} chunks in {timeout_s} s")
+        time.sleep(0.2)
+
+
+def score(rows: dict[str, list[dict]], golds: list[list[str]]) -> None:
+    """Adds each answer's closeness to full prefill's answer to the same request, and F1 vs gold."""
+    for mode, mode_rows in rows.items():
+        for row, full, gold in zip(mode_rows, rows["full_prefill"], golds):
+            row.update(rouge_l=rouge_l_f1(row["answer"], full["answer"]), exact=float(row["answer"] == full["answer"]),
+                       f1=answer_f1(row["answer"], gold))
 
 
 def summarize(rows: list[dict]) -> dict:
-    return {"ttft_s_median": statistics.median(r["ttft_s"] for r in rows),
-            "computed_tokens_median": statistics.median(r["computed_tokens"] for r in rows),
-            "prompt_tokens_median": statistics.median(r["prompt_tokens"] for r in rows), "rounds": len(rows)}
+    median = lambda key: statistics.median(r[key] for r in rows)
+    mean = lambda key: statistics.mean(r[key] for r in rows)
+    return {"ttft_s_median": median("ttft_s"), "computed_tokens_median": median("computed_tokens"),
+            "prompt_tokens_median": median("prompt_tokens"), "rouge_l_vs_full_mean": mean("rouge_l"),
+            "exact_vs_full_mean": mean("exact"), "f1_vs_gold_mean": mean("f1"), "requests": len(rows)}
+
+
+def run(args, clusters: dict[str, LocalCluster], questions: list[dict]) -> tuple[dict, list]:
+    apis = {m: openai.OpenAI(base_url=c.http_url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+            for m, c in clusters.items()}
+    for mode, api in apis.items():
+        api.served_model = api.models.list().data[0].id
+    rows, golds, seen = {mode: [] for mode in clusters}, [], set()
+    for q, item in enumerate(questions):
+        seen.update(item["warm"])
+        for mode, cluster in clusters.items():
+            ask(apis[mode], item["question"], item["warm"])
+            if mode not in ("full_prefill", "prefix_caching"):
+                wait_for_chunks(cluster, len(seen))
+        for order in item["orders"]:
+            modes = list(clusters)
+            modes = modes[len(golds) % len(modes):] + modes[:len(golds) % len(modes)]  # rotate who goes first
+            for mode in modes:
+                rows[mode].append({"question": q, **ask(apis[mode], item["question"], order)})
+            golds.append(item["gold"])
+            line = "  ".join(f"{m}={rows[m][-1]['ttft_s']:.2f}s" for m in clusters)
+            print(f"question {q}: {line}", flush=True)
+    score(rows, golds)
+    return rows, golds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="preset name or HF folder")
+    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--reorders", type=int, default=2, help="measured requests per question, each another order")
     parser.add_argument("--passages", type=int, default=4)
-    parser.add_argument("--pool", type=int, default=8)
     parser.add_argument("--topology", default="colocated", choices=("colocated", "disaggregated"))
+    parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    model = ensure_model("small")
-    pool, prompts = workload(args.pool, args.passages, args.rounds)
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or "full_prefill" not in modes:
+        raise SystemExit(f"--modes must include full_prefill and name only {', '.join(MODES)}; unknown: {unknown}")
+    model = Path(args.model) if Path(args.model).is_dir() else ensure_model(args.model)
+    questions = workload(args.questions, args.passages, args.reorders)
     redis = start_private_redis()
     if redis is None:
         raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
     shape = dict(prefill=0, decode=0, colocated=1) if args.topology == "colocated" else dict(prefill=1, decode=1)
-    clusters = {}
+    clusters, start = {}, time.perf_counter()
     try:
-        for mode, flags in MODES.items():
-            clusters[mode] = LocalCluster(model, node_args=flags, redis_url=redis.url, **shape)
+        for mode in modes:
+            clusters[mode] = LocalCluster(model, node_args=MODES[mode], redis_url=redis.url, http_port=-1, **shape)
             clusters[mode].start()
-        ingest(node_address(clusters["blend_r0.15"]), pool)
-        results = {mode: [] for mode in MODES}
-        for i, prompt in enumerate(prompts):
-            order = list(MODES)[i % len(MODES):] + list(MODES)[:i % len(MODES)]
-            for mode in order:
-                row = _measure(clusters[mode], prompt)
-                if i > 0:  # round 0 warms every node up (and fetches the pool from Redis)
-                    results[mode].append(row)
-            line = "  ".join(f"{m}={results[m][-1]['ttft_s']:.2f}s" for m in MODES if i > 0)
-            print(f"round {i}: {line}", flush=True)
+        rows, _ = run(args, clusters, questions)
         stats = {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
     finally:
         for c in clusters.values():
             c.stop()
         redis.stop()
-    report(args, results, stats)
+    report(args, model, rows, stats, time.perf_counter() - start)
 
 
-def report(args, results: dict, stats: dict) -> None:
-    summary = {mode: {**summarize(rows), "chunk_cache": stats.get(mode, {})} for mode, rows in results.items()}
-    full, prefix, blend = summary["full_prefill"], summary["prefix_caching"], summary["blend_r0.15"]
-    checks = {
-        "blend_ttft_over_full": blend["ttft_s_median"] / full["ttft_s_median"],
-        "blend_ttft_target_max": 1 / 2.5,
-        "blend_computed_over_prefix": blend["computed_tokens_median"] / prefix["computed_tokens_median"],
-        "blend_computed_target_max": 0.49,
-    }
-    out = {"model": "small", "dtype": "float32", "device": "cpu", "topology": args.topology, "threads_per_node": 1,
-           "passages_per_prompt": args.passages, "passage_pool": args.pool, "max_tokens": 4,
-           "note": "5 clusters side by side on one shared 2-core machine; medians over rounds; TTFT at the client",
-           "summary": summary, "checks": checks, "rows": results}
-    path = RESULTS if args.topology == "colocated" else RESULTS.with_name("rag_ttft_cpu_disaggregated.json")
+def report(args, model: Path, rows: dict, stats: dict, wall_s: float) -> None:
+    summary = {mode: {**summarize(r), "chunk_cache": stats.get(mode, {})} for mode, r in rows.items()}
+    full = summary["full_prefill"]
+    checks = {f"{m}_ttft_over_full": s["ttft_s_median"] / full["ttft_s_median"] for m, s in summary.items()}
+    checks["ttft_target_max"] = 1 / 3
+    checks["rouge_l_target_min"] = 0.8
+    out = {"model": model.name, "dtype": "float32", "device": "cpu", "topology": args.topology, "threads_per_node": 1,
+           "api": "HTTP /v1/chat/completions, documents field, streamed", "passages_per_question": args.passages,
+           "questions": args.questions, "reorders": args.reorders, "max_tokens": MAX_TOKENS, "wall_s": wall_s,
+           "note": "clusters side by side on one shared 2-core machine; medians over requests; TTFT at the client",
+           "summary": summary, "checks": checks, "rows": rows}
+    name = "rag_ttft_smollm2" if "smollm2" in model.name else f"rag_ttft_{model.name}"
+    path = args.out or ROOT / "results" / f"{name}{'_disaggregated' if args.topology == 'disaggregated' else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     for mode, s in summary.items():
         print(f"{mode:18} TTFT {s['ttft_s_median'] * 1000:8.1f} ms   computed {s['computed_tokens_median']:7.1f} "
-              f"of {s['prompt_tokens_median']:.0f} tokens")
+              f"of {s['prompt_tokens_median']:.0f}   ROUGE-L vs full {s['rouge_l_vs_full_mean']:.3f}   "
+              f"exact {s['exact_vs_full_mean']:.2f}   F1 {s['f1_vs_gold_mean']:.3f}")
     print(json.dumps(checks, indent=1))
 
 
