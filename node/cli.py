@@ -67,4 +67,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          choices=("cachecraft", "ratio"))
     add_flag(parser, "--cachecraft-alpha", 1.0, "Cache-Craft fix-overhead scale alpha", type=float)
     add_flag(parser, "--chunk-variants", 5, "variants kept per chunk (Cache-Craft M)", type=int)
+    add_flag(parser, "--chunk-live-variants", 4, "variants recorded per chunk from requests (the chunk as computed "
+             "in their prompts); 0: a missed chunk is stored computed alone", type=int)
+    add_flag(parser, "--chunk-eviction", "score", "local chunk tier eviction: Cache-Craft reuse x saving (score) or lru",
+             choices=("score", "lru"))
+    add_flag(parser, "--chunk-load", "layerwise", "read Redis chunk KV layer by layer while the blend computes "
+             "(layerwise) or whole before it (whole)", choices=("layerwise", "whole"))
     add_flag(parser, "--chunk-stats-max-keys", 1024, "chunk keys listed in Stats replies", type=int)

@@ -110,4 +110,6 @@ def _chunk_cache(args: argparse.Namespace) -> ChunkCacheConfig:
     layers = tuple(int(x) for x in str(args.blend_check_layers).split(","))
     ratios = tuple(float(x) for x in str(args.blend_ratio).split(","))
     craft = CacheCraftConfig(args.cachecraft_alpha, ratios[-1], args.chunk_variants)
-    return ChunkCacheConfig(BlendConfig(layers, ratios), craft, args.chunk_planning)
+    return ChunkCacheConfig(BlendConfig(layers, ratios), craft, args.chunk_planning,
+                            live_variants=args.chunk_live_variants, eviction=args.chunk_eviction,
+                            layerwise_load=args.chunk_load == "layerwise")

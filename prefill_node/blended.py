@@ -50,7 +50,8 @@ class BlendedPrefill:
         blend = lambda engine: self.chunk_path.cache.blend(engine, rid, prompt, plan, params, prior, on_layer=send)
         outcome = await asyncio.wrap_future(self.engine_loop.call(blend))
         if outcome is None:
-            raise TransferError(f"no free KV blocks for the blended prefill of {len(prompt)} tokens")
+            raise TransferError(f"no free KV blocks for the blended prefill of {len(prompt)} tokens, or its chunk KV "
+                                "failed while loading from Redis (deleted; a miss next time)")
         computed = time.monotonic()
         self.transfers.raise_if_dropped(rid)
         if outcome.finish_reason is None:

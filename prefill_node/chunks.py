@@ -8,16 +8,23 @@ afterwards, off the request's critical path (`_store_later`, one task per chunk,
 each after the request's head (the tokens before its first chunk: BOS or the chat template's
 header, an attention sink in front of the chunk, as where a first document sits).
 With no hit, the request takes the plain engine path.
+
+With live variants on (ChunkCacheConfig.live_variants > 0, the default), misses are not computed
+alone: the chunks the plan names (`record`: misses, and hits reused in a context not stored yet)
+are computed once more inside the request's own prompt and stored as variants of that context
+(`_record_later`, chunkcache/live.py), after the request's prefill (`prefilled(rid)`) so that
+they never run ahead of it on the engine thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Callable
 
 from splitserve.chunkcache.documents import chunk_token_ids, validate_spans
-from splitserve.chunkcache.keys import model_fingerprint
+from splitserve.chunkcache.keys import model_fingerprint, prefix_hash
 from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.runner import ChunkCache, RequestPlan
 from splitserve.chunkcache.store import ChunkStore
@@ -28,6 +35,7 @@ from splitserve.runtime.output_stream import OutputStream, run_streaming
 from node.config import ChunkPathConfig
 
 log = logging.getLogger(__name__)
+RECORD_WAIT_S = 60.0  # a recording waits at most this long for its request's prefill
 
 
 def build_chunk_path(config: ChunkPathConfig, model_dir: str, engine_loop: EngineLoop) -> "ChunkPath | None":
@@ -40,7 +48,7 @@ def build_chunk_path(config: ChunkPathConfig, model_dir: str, engine_loop: Engin
         layout = (engine.model_config.num_layers, engine.model_config.num_kv_heads, engine.model_config.head_dim)
         remote = RedisTier(config.redis_url, model_fingerprint(model_dir), engine.config.dtype, config.ttl_s,
                            config.int8, layout=layout)
-    store = ChunkStore(LocalTier(config.local_bytes), remote, config.cache.craft.max_variants)
+    store = ChunkStore(LocalTier(config.local_bytes, config.cache.eviction), remote, config.cache.craft.max_variants)
     blend = config.cache.blend
     log.info("chunk cache: local tier %d bytes, redis %s, blend layers %s ratios %s, planning %s",
              config.local_bytes, config.redis_url or "off (local tier only)", blend.check_layers, blend.ratios,
@@ -54,19 +62,57 @@ class ChunkPath:
         self.max_stats_keys = max_stats_keys
         self._storing: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._prefilling: dict[str, asyncio.Event] = {}
 
-    async def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan | None:
-        """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses."""
+    async def plan(self, prompt: list[int], spans: list[tuple[int, int]], rid: str | None = None) -> RequestPlan | None:
+        """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses
+        (or recordings of live variants, which wait for `prefilled(rid)` when rid is given)."""
         validate_spans(spans, len(prompt))
         window = self.cache.engine.model_config.sliding_window
         if window is not None and len(prompt) > window:
             return None  # a blended prefill attends to every earlier key: no sliding window
         plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
+        if self.cache.config.live_variants > 0:
+            self._record_later(prompt, spans, plan, rid)
+            return plan if plan.placed else None
         head = prompt[:spans[0][0]] if spans else []
         for i in plan.misses:
             s, n = spans[i]
             self._store_later(plan.keys[i], prompt[s:s + n], head)
         return plan if plan.placed else None
+
+    def prefilled(self, rid: str) -> None:
+        """The request's prompt is computed: recordings it scheduled may use the engine now."""
+        event = self._prefilling.pop(rid, None)
+        if event is not None:
+            event.set()
+
+    def _record_later(self, prompt: list[int], spans: list[tuple[int, int]], plan: RequestPlan,
+                      rid: str | None) -> None:
+        names = {i: f"{plan.keys[i]}:{spans[i][0]}:{prefix_hash(prompt[:spans[i][0]])}" for i in plan.record}
+        targets = [i for i, name in names.items() if name not in self._storing]
+        if not targets:
+            return
+        ids = {names[i] for i in targets}
+        self._storing |= ids
+        gate = self._prefilling.setdefault(rid, asyncio.Event()) if rid is not None else None
+        task = asyncio.get_running_loop().create_task(self._record(prompt, spans, plan.keys, targets, ids, gate))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, prompt: list[int], spans: list[tuple[int, int]], keys: list[str], targets: list[int],
+                      ids: set[str], gate: asyncio.Event | None) -> None:
+        try:
+            if gate is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(gate.wait(), RECORD_WAIT_S)
+                self._prefilling = {r: e for r, e in self._prefilling.items() if e is not gate}
+            entries = await self._on_engine(lambda engine: self.cache.record(engine, prompt, spans, keys, targets))
+            await asyncio.to_thread(lambda: [self.cache.store.put(meta, kv) for meta, kv in entries])
+        except Exception:  # a failed recording only costs a later fix
+            log.exception("recording live chunk variants failed")
+        finally:
+            self._storing -= ids
 
     def _store_later(self, key: str, chunk_ids: list[int], head: list[int]) -> None:
         if key in self._storing:
@@ -88,17 +134,21 @@ class ChunkPath:
     async def generate(self, rid: str, prompt: list[int], params: SamplingParams, prior: int,
                        spans: list[tuple[int, int]]):
         """Mixed node: yields RequestOutputs like run_streaming, the first token from the blended prefill."""
-        plan = await self.plan(prompt, spans)
-        first = None
-        if plan is not None:
-            stream = OutputStream()
-            self.engine_loop.subscribe(rid, stream.sink)
-            first = await self._admit_blended(rid, prompt, params, prior, plan)
-        if first is None:
-            admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
-            async for out in run_streaming(self.engine_loop, rid, admit):
-                yield out
-            return
+        try:
+            plan = await self.plan(prompt, spans, rid)
+            first = None
+            if plan is not None:
+                stream = OutputStream()
+                self.engine_loop.subscribe(rid, stream.sink)
+                first = await self._admit_blended(rid, prompt, params, prior, plan)
+            if first is None:
+                admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
+                async for out in run_streaming(self.engine_loop, rid, admit):
+                    self.prefilled(rid)
+                    yield out
+                return
+        finally:
+            self.prefilled(rid)
         yield first
         if first.finished:
             return

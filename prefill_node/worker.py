@@ -48,7 +48,15 @@ class PrefillWorker:
                       num_prior_output_tokens: int, chunks: list[tuple[int, int]] = ()) -> PrefillResult:
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
-        plan = await self.chunk_path.plan(prompt, list(chunks)) if chunks and self.chunk_path else None
+        plan = await self.chunk_path.plan(prompt, list(chunks), rid) if chunks and self.chunk_path else None
+        try:
+            return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start)
+        finally:
+            if self.chunk_path is not None:
+                self.chunk_path.prefilled(rid)  # live variants it scheduled may be recorded now
+
+    async def _prefill(self, rid: str, prompt: list[int], params: SamplingParams, target: KVTarget,
+                       num_prior_output_tokens: int, plan, start: float) -> PrefillResult:
         sender = await asyncio.to_thread(self.senders.get, target)
         if plan is not None:
             start = time.monotonic()

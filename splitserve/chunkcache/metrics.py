@@ -11,12 +11,15 @@ class ChunkCacheCounters:
     local_hits: int = 0
     redis_hits: int = 0
     misses: int = 0
+    exact_hits: int = 0  # chunks reused from a variant computed after the same tokens (no fix needed)
     redis_errors: int = 0
     corrupt_values: int = 0
     redis_bytes_read: int = 0
     redis_bytes_written: int = 0
     stored_variants: int = 0
     evicted_variants: int = 0
+    recorded_variants: int = 0  # live variants: chunks stored as computed inside a request's prompt
+    recorded_tokens: int = 0  # prompt tokens forwarded (off the request path) to record them
     blended_requests: int = 0
     blend_time_s: float = 0.0
     prompt_rows: int = 0  # prompt tokens of blended requests

@@ -102,11 +102,31 @@ class RedisTier(Tier):
                 self.delete(key)
         return found
 
+    def heads(self, keys: list[VariantKey], num_bytes: list[int]) -> list[tuple[int, bytes]]:
+        """(value length, its first num_bytes bytes) per key ((0, b"") when gone); counts a hit for each,
+        like fetch. For layer-wise loading (layer_fetch.py)."""
+        def build(p):
+            for (chunk, vid), size in zip(keys, num_bytes):
+                p.strlen(self._key(chunk, f"kv:{vid}"))
+                p.getrange(self._key(chunk, f"kv:{vid}"), 0, size - 1)
+                p.hincrby(self._key(chunk, "h"), vid, 1)
+        replies = self._run(build)
+        return [(int(replies[i]), replies[i + 1]) for i in range(0, len(replies), 3)]
+
+    def ranges(self, spans: list[tuple[VariantKey, int, int]]) -> list[bytes]:
+        """Bytes [start, end) of each key's value, in one round trip."""
+        out = self._run(lambda p: [p.getrange(self._key(c, f"kv:{v}"), a, b - 1) for (c, v), a, b in spans])
+        self.bytes_read += sum(map(len, out))
+        return out
+
+    def check_layout(self, dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
+        """CorruptValue unless dtype and (layers, KV heads, head dim) are the model's."""
+        if dtype != self.dtype or (self.layout is not None and shape != self.layout):
+            raise CorruptValue(f"value is {dtype} {shape}, the model's KV is {self.dtype} {self.layout}")
+
     def _fitting(self, kv: ChunkKV) -> ChunkKV:
         num_layers, _, heads, dim = kv.k.shape  # [L, n, Hkv, D]
-        if kv.k.dtype != self.dtype or (self.layout is not None and (num_layers, heads, dim) != self.layout):
-            raise CorruptValue(f"value is {kv.k.dtype} {(num_layers, heads, dim)}, the model's KV is "
-                               f"{self.dtype} {self.layout}")
+        self.check_layout(kv.k.dtype, (num_layers, heads, dim))
         return kv
 
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:

@@ -1,4 +1,8 @@
-"""Placing cached chunks at a request's positions: the reused K/V a blended prefill starts from."""
+"""Placing cached chunks at a request's positions: the reused K/V a blended prefill starts from.
+
+A chunk's KV is a whole ChunkKV, or a layer_fetch.PendingKV still arriving from Redis: layer l
+is then read when the blended prefill reaches layer l (loading overlapped with compute).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch
 
 from splitserve.chunkcache.blend import ReusedKV
 from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.layer_fetch import PendingKV
 from splitserve.chunkcache.rope import RopeShifter
 from splitserve.engine.rope import apply_rotary
 
@@ -15,7 +20,10 @@ from splitserve.engine.rope import apply_rotary
 @dataclass
 class PlacedChunk:
     start: int  # prompt row of the chunk's first token
-    kv: ChunkKV
+    kv: ChunkKV | PendingKV
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv.layer(i) if isinstance(self.kv, PendingKV) else (self.kv.k[i], self.kv.v[i])
 
 
 def place_chunks(chunks: list[PlacedChunk], n: int, shifter: RopeShifter, shape: tuple[int, int],
@@ -34,8 +42,9 @@ def place_chunks(chunks: list[PlacedChunk], n: int, shifter: RopeShifter, shape:
         v = torch.zeros_like(k)
         for c, table in zip(chunks, tables):
             end = c.start + c.kv.num_tokens
-            ck = c.kv.k[i].to(device=device, dtype=dtype)
+            ck, cv = c.layer(i)
+            ck = ck.to(device=device, dtype=dtype)
             k[c.start:end] = ck if table is None else apply_rotary(ck, *table)
-            v[c.start:end] = c.kv.v[i]
+            v[c.start:end] = cv
         return k, v
     return ReusedKV(layer, valid, tuple(c.start for c in chunks))

@@ -1,13 +1,16 @@
 """ChunkCache: a request's chunk-cache life on a node, minus the network.
 
 1. `plan()` (any thread; Redis I/O): key each chunk span, read the variants every tier holds,
-   choose one per chunk (Cache-Craft) and fetch its KV. Chunks found nowhere are misses.
+   choose one per chunk (Cache-Craft) and fetch its KV (from Redis layer by layer, arriving while
+   the blend computes, with `layerwise_load`). Chunks found nowhere are misses. The plan also
+   names the chunks to record as live variants (live.py: used here in a context not stored yet).
 2. `blend()` (engine thread, between steps): reserve KV blocks for the prompt, place the reused
    chunks at their positions, run the blended prefill writing each layer's K/V into the blocks
    (and handing the layer to `on_layer`, which streams it to a decode node), sample the first
    token. The caller then admits the request for decoding (mixed node) or sends and releases.
-3. `compute_alone()` / `compute_in_context()` (engine thread, off the request path): a chunk's
-   KV and attention statistics, computed the plain way, for `store.put` (after a miss, on ingest).
+3. `compute_alone()` / `compute_in_context()` / `record()` (engine thread, off the request path):
+   a chunk's KV and attention statistics, computed the plain way, for `store.put` (after a miss,
+   on ingest, or as the request's own context: a live variant).
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import torch
 
 from splitserve.chunkcache.blend import BlendConfig, blended_prefill
 from splitserve.chunkcache.cachecraft import CacheCraftConfig, ChunkContext, choose_variant
-from splitserve.chunkcache.chunk_forward import full_forward
 from splitserve.chunkcache.documents import special_prefix
-from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.format import ChunkKV, CorruptValue
 from splitserve.chunkcache.keys import content_hash, prefix_hash
+from splitserve.chunkcache.layer_fetch import LayerwiseFetch
+from splitserve.chunkcache.live import is_exact, record_targets, variants_in_prompt
+from splitserve.chunkcache.redis_tier import TierUnavailable
 from splitserve.chunkcache.reuse import PlacedChunk, place_chunks
 from splitserve.chunkcache.rope import RopeShifter
 from splitserve.chunkcache.selection import ChunkBudget
 from splitserve.chunkcache.store import ChunkStore
+from splitserve.chunkcache.tiers import EVICTIONS
 from splitserve.chunkcache.variants import VariantMeta
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 
@@ -38,10 +44,17 @@ class ChunkCacheConfig:
     craft: CacheCraftConfig = field(default_factory=CacheCraftConfig)
     planning: str = "cachecraft"  # per-chunk budgets (Cache-Craft) or one ratio for all rows (CacheBlend)
     store_misses: bool = True
+    live_variants: int = 4  # variants recorded from requests per chunk; 0: misses stored computed alone
+    eviction: str = "score"  # local tier: Cache-Craft's reuse x saving, or "lru"
+    layerwise_load: bool = True  # Redis values read layer by layer while the blend computes
 
     def __post_init__(self):
         if self.planning not in PLANNINGS:
             raise ValueError(f"planning must be one of {', '.join(PLANNINGS)}, got {self.planning!r}")
+        if self.live_variants < 0:
+            raise ValueError(f"live_variants must be >= 0, got {self.live_variants}")
+        if self.eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
 
 
 @dataclass
@@ -50,6 +63,9 @@ class RequestPlan:
     placed: list[PlacedChunk] = field(default_factory=list)
     budgets: list[ChunkBudget] = field(default_factory=list)
     misses: list[int] = field(default_factory=list)  # indices of spans found in no tier
+    record: list[int] = field(default_factory=list)  # indices of spans to record as live variants
+    exact: int = 0  # chunks reused from a variant computed in this very context
+    loading: LayerwiseFetch | None = None  # Redis values still arriving layer by layer
 
     @property
     def num_reused_tokens(self) -> int:
@@ -77,25 +93,30 @@ class ChunkCache:
     def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan:
         keys = [content_hash(prompt[s:s + n]) for s, n in spans]
         found = self.store.variants(list(dict.fromkeys(keys)))
-        plans = []
-        for i, (start, _) in enumerate(spans):
-            ctx = ChunkContext(start, prefix_hash(prompt[:start]), tuple(keys[:i]))
-            plans.append(choose_variant(found.get(keys[i], []), ctx, self.config.craft))
-        fetched = self.store.fetch([p.variant for p in plans if p is not None])
+        held = [found.get(key, []) for key in keys]
+        contexts = [ChunkContext(s, prefix_hash(prompt[:s]), tuple(keys[:i])) for i, (s, _) in enumerate(spans)]
+        plans = [choose_variant(h, ctx, self.config.craft) for h, ctx in zip(held, contexts)]
+        chosen = [p.variant for p in plans if p is not None]
+        fetched, loading = self.store.fetch_layerwise(chosen) if self.config.layerwise_load \
+            else (self.store.fetch(chosen), None)
         self.store.metrics.add(misses=sum(p is None for p in plans))  # known to no tier
-        out = RequestPlan(keys)
-        for i, ((start, n), p) in enumerate(zip(spans, plans)):
+        out = RequestPlan(keys, record=record_targets(held, contexts, self.config.live_variants), loading=loading)
+        for i, ((start, n), p, ctx) in enumerate(zip(spans, plans, contexts)):
             kv = fetched.get((keys[i], p.variant.variant_id)) if p is not None else None
             if kv is None or kv.num_tokens != n:
                 out.misses.append(i)
                 continue
             out.placed.append(PlacedChunk(start, kv))
             out.budgets.append(ChunkBudget(start, start + n, p.fraction))
+            out.exact += is_exact(p.variant, ctx)
+        self.store.metrics.add(exact_hits=out.exact)
         return out
 
     def blend(self, engine, rid: str, prompt: list[int], plan: RequestPlan, params, prior: int,
               on_layer=None) -> BlendOutcome | None:
-        """Engine thread. None when blending cannot run here (no free blocks, sliding window)."""
+        """Engine thread. None when blending cannot run here (no free blocks, sliding window, a Redis
+        value that failed its checksum or went away while it was read: deleted, counted, a miss).
+        on_layer(l, slots) is held back until every Redis value is in and verified."""
         n, cfg = len(prompt), engine.model_config
         if cfg.sliding_window is not None and n > cfg.sliding_window:
             return None
@@ -104,16 +125,32 @@ class ChunkCache:
             return None
         try:
             slots = engine.kv_slots(block_ids, n)
+            held: list[int] = []
+
+            def release(layers: list[int]) -> None:
+                for layer in layers:
+                    on_layer(layer, slots)
+                layers.clear()
 
             def sink(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
                 engine.cache.write(layer, slots, k, v)
                 if on_layer is not None:
-                    on_layer(layer, slots)
+                    held.append(layer)
+                    if _loaded(plan.loading, block=False):
+                        release(held)
             result = self._blend(engine, prompt, plan, sink)
+            _loaded(plan.loading, block=True)
+            if on_layer is not None:
+                release(held)
             banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
                 if prior < params.min_tokens and not params.ignore_eos else ()
             request = SampleRequest(params, prior, banned)
             first = sample(result.logits[None].clone(), [request], engine.runner.generator)[0]
+        except (CorruptValue, TierUnavailable) as exc:
+            engine.cancel_reservation(rid)
+            corrupt = isinstance(exc, CorruptValue)
+            self.store.metrics.add(corrupt_values=int(corrupt), redis_errors=int(not corrupt))
+            return None
         except BaseException:
             engine.cancel_reservation(rid)
             raise
@@ -138,16 +175,28 @@ class ChunkCache:
         """Engine thread: the chunks one after another; each is stored as computed after those before it."""
         tokens, spans = list(self.prefix if prefix is None else prefix), []
         for chunk in chunks:
-            spans.append((len(tokens), len(tokens) + len(chunk)))
+            spans.append((len(tokens), len(chunk)))
             tokens += chunk
         keys = [content_hash(c) for c in chunks]
-        ids = torch.tensor(tokens, dtype=torch.long, device=engine.config.device)
-        out = full_forward(engine.model, ids, spans, keys)
-        entries = []
-        for (s, e), key, stats in zip(spans, keys, out.stats):
-            kv = ChunkKV(out.k[:, s:e].clone(), out.v[:, s:e].clone(), torch.arange(s, e))
-            entries.append((VariantMeta(key, prefix_hash(tokens[:s]), s, e - s, 0, stats), kv))
+        return variants_in_prompt(engine.model, tokens, spans, keys, list(range(len(chunks))), engine.config.device)
+
+    def record(self, engine, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
+               targets: list[int]) -> list[tuple[VariantMeta, ChunkKV]]:
+        """Engine thread: the target chunks as computed in this prompt (live variants, live.py)."""
+        entries = variants_in_prompt(engine.model, prompt, spans, keys, targets, engine.config.device)
+        self.store.metrics.add(recorded_variants=len(entries),
+                               recorded_tokens=max((m.start + m.num_tokens for m, _ in entries), default=0))
         return entries
+
+
+def _loaded(loading: LayerwiseFetch | None, block: bool) -> bool:
+    """Every Redis value in and verified (raises the fetch's error); False if still arriving and not block."""
+    if loading is None:
+        return True
+    if not block and not loading.done:
+        return False
+    loading.wait()
+    return True
 
 
 def _finish_reason(token: int, params, eos_ids, prior: int) -> str | None:

@@ -4,6 +4,8 @@ Lookup is two steps so planning reads no tensor bytes: `variants()` gathers ever
 metadata (one pipelined Redis round trip for all chunks), the caller picks one variant per
 chunk (cachecraft.choose_variant), and `fetch()` reads the chosen KV from the local tier, then
 Redis (promoting what it finds). Redis being down is a miss and a counter, never an error.
+`fetch_layerwise()` returns the Redis values as they arrive, layer by layer (layer_fetch.py), so
+the blended prefill computes layer l while layer l + 1 is read; they are promoted once verified.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 
 from splitserve.chunkcache.cachecraft import variants_to_evict
 from splitserve.chunkcache.format import ChunkKV
+from splitserve.chunkcache.layer_fetch import LayerwiseFetch, PendingKV
 from splitserve.chunkcache.metrics import Metrics
 from splitserve.chunkcache.redis_tier import RedisTier, TierUnavailable
 from splitserve.chunkcache.tiers import LocalTier, VariantKey
@@ -50,6 +53,31 @@ class ChunkStore:
                              redis_bytes_read=(self.remote.bytes_read - before) if self.remote else 0)
         return found
 
+    def fetch_layerwise(self, chosen: list[VariantMeta]) -> tuple[dict[VariantKey, ChunkKV | PendingKV],
+                                                                   LayerwiseFetch | None]:
+        """Like fetch, but Redis values come as PendingKV; the LayerwiseFetch (None when all were
+        local or nothing came from Redis) must be waited on before results leave the node."""
+        if self.remote is None:
+            return self.fetch(chosen), None
+        keys = [(m.chunk, m.variant_id) for m in chosen]
+        found: dict = self.local.fetch(keys)
+        self.metrics.add(local_hits=len(found))
+        rest = [m for m in chosen if (m.chunk, m.variant_id) not in found]
+        if not rest:
+            return found, None
+        metas = {(m.chunk, m.variant_id): m for m in rest}
+        before = self.remote.bytes_read
+        loading = LayerwiseFetch(self.remote, lambda whole: self._promote(metas, whole, before))
+        pending = self._remote(lambda r: loading.start(rest), {})
+        found.update(pending)
+        self.metrics.add(redis_hits=len(pending), misses=len(rest) - len(pending))
+        return found, loading if pending else None
+
+    def _promote(self, metas: dict[VariantKey, VariantMeta], whole: dict[VariantKey, ChunkKV], before: int) -> None:
+        for key, kv in whole.items():
+            self.local.put(metas[key], kv)
+        self.metrics.add(redis_bytes_read=self.remote.bytes_read - before)
+
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
         self.local.put(meta, kv)
         if self.remote is not None:
@@ -63,7 +91,9 @@ class ChunkStore:
         variants = self.variants([chunk]).get(chunk, [])
         if len(variants) <= self.max_variants:
             return
-        hits = self._remote(lambda r: r.hits(chunk), {})
+        hits = self._remote(lambda r: r.hits(chunk), None)
+        if hits is None:
+            hits = self.local.hits_of(chunk)
         for meta in variants_to_evict(variants, hits, self.max_variants):
             self.local.delete((chunk, meta.variant_id))
             self._remote(lambda r: r.delete((chunk, meta.variant_id)), None)

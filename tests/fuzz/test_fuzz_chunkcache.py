@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from router.front.intake import Frontend
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.documents import document_prompt
-from splitserve.chunkcache.format import HEADER_BYTES, ChunkKV, encode
+from splitserve.chunkcache.format import HEADER_BYTES, ChunkKV, CorruptValue, encode
 from splitserve.chunkcache.keys import content_hash, model_fingerprint
 from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
@@ -60,7 +60,16 @@ class Stored:
         if plan.misses:
             return True
         (placed,) = plan.placed
-        assert torch.equal(placed.kv.k, self.kv.k) and torch.equal(placed.kv.v, self.kv.v)
+        if plan.loading is not None:  # read layer by layer: a bad payload shows after the last layer
+            try:
+                layers = [placed.layer(i) for i in range(self.kv.k.shape[0])]
+                plan.loading.wait()
+            except CorruptValue:
+                return True  # deleted; the blend would have returned None (a miss)
+            k, v = torch.stack([kv[0] for kv in layers]), torch.stack([kv[1] for kv in layers])
+        else:
+            k, v = placed.kv.k, placed.kv.v
+        assert torch.equal(k, self.kv.k) and torch.equal(v, self.kv.v)
         assert torch.equal(placed.kv.positions, self.kv.positions)
         return False
 

@@ -9,7 +9,7 @@ import asyncio
 from prefill_node.chunks import ChunkPath
 from router.front.intake import Frontend
 from splitserve.chunkcache.keys import prefix_hash
-from splitserve.chunkcache.runner import ChunkCache
+from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
 from splitserve.engine import Engine, EngineConfig
@@ -25,7 +25,8 @@ def test_missed_chunks_are_stored_as_computed_after_the_request_head(tiny_model)
     loop = EngineLoop(Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16)))
     loop.start()
     try:
-        path = ChunkPath(loop, ChunkCache(loop.engine, ChunkStore(LocalTier(1 << 24))))
+        config = ChunkCacheConfig(live_variants=0)  # misses stored alone (live variants: test_chunkcache_live*)
+        path = ChunkPath(loop, ChunkCache(loop.engine, ChunkStore(LocalTier(1 << 24)), config))
 
         async def miss_then_plan():
             assert await path.plan(ids, list(spans)) is None  # all missed: the plain path runs
