@@ -89,9 +89,9 @@ def score(full: dict, case: dict, golds: list[str]) -> dict:
 
 def prefix_caching(engine: Engine, item: dict, qa: QAPrompt, full: dict, index: int, num_passages: int) -> dict:
     """A previous request with the passages shuffled left its blocks; the rest is computed."""
-    order = list(range(len(qa.spans)))
+    order, rng = list(range(len(qa.spans))), random.Random(index)
     while len(order) > 1 and order == sorted(order):
-        random.Random(index).shuffle(order)
+        rng.shuffle(order)  # one generator: a fresh Random(index) would give the same identity shuffle forever
     previous = qa_prompt(engine.tokenizer, {**item, "ctxs": [item["ctxs"][i] for i in order]}, True, num_passages)
     common = next((i for i, (a, b) in enumerate(zip(qa.ids, previous.ids)) if a != b), len(qa.ids))
     block = engine.config.block_size
@@ -190,12 +190,15 @@ def write(path: Path, args, questions: list[dict], start: float) -> dict:
 
 
 def previous_questions(args) -> list[dict]:
-    if not (args.resume and args.out.exists()):
-        return []
-    result = json.loads(args.out.read_text())
-    if result["passages_per_question"] != args.passages:
-        raise SystemExit(f"{args.out} has {result['passages_per_question']} passages per question, not {args.passages}")
-    return result["questions"]
+    """Questions already run: --out's with --resume, and every --merge file's (same --passages)."""
+    paths = ([args.out] if args.resume and args.out.exists() else []) + list(args.merge)
+    questions = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        if result["passages_per_question"] != args.passages:
+            raise SystemExit(f"{path} has {result['passages_per_question']} passages per question, not {args.passages}")
+        questions.update((q["index"], q) for q in result["questions"])
+    return [questions[i] for i in sorted(questions)]
 
 
 def main() -> None:
@@ -212,6 +215,8 @@ def main() -> None:
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot of --out and exit")
     parser.add_argument("--resume", action="store_true", help="keep the questions already in --out (same "
                         "--passages) and run only the others")
+    parser.add_argument("--merge", type=Path, action="append", default=[], help="also keep the questions of this "
+                        "result file (repeatable; e.g. a second process over other questions); --questions 0 only merges")
     args = parser.parse_args()
     if args.plot_only:
         result = json.loads(args.out.read_text())
@@ -219,16 +224,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
     args.model = args.model or ensure_model("smollm2-135m-instruct")
-    engine = load_engine(args.model, items, args.passages)
     start, questions = time.perf_counter(), previous_questions(args)
     done = {q["index"] for q in questions}
-    for i, item in enumerate(items, start=args.first):
-        if i in done:
-            continue
+    items = [(i, item) for i, item in enumerate(items, start=args.first) if i not in done]
+    engine = load_engine(args.model, [item for _, item in items], args.passages) if items else None
+    for i, item in items:
         plain = args.plain_every > 0 and (i - args.first) % args.plain_every == 0
         questions.append(one_question(engine, item, i, args.passages, plain))
-        summary = write(args.out, args, questions, start)
+        write(args.out, args, questions, start)
         print(f"question {i}: {questions[-1]['num_tokens']} tokens, {time.perf_counter() - start:.0f}s", flush=True)
+    summary = write(args.out, args, questions, start)
     for name, row in summary.items():
         print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
