@@ -12,17 +12,14 @@ HKVD and random recompute at r = 0.15, scored against that setup's own full pref
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from chunkcache_quality import FULL, load_engine, run_case, score
+from chunkcache_quality import FULL, load_questions, question_parser, run_case, score
 
-from splitserve.bench import traces
 from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.documents import special_prefix
@@ -30,7 +27,6 @@ from splitserve.chunkcache.qa_prompt import qa_prompt
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
-from splitserve.modelgen import ensure_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chunkcache_quality_ablation.json"
 RATIO = 0.15
@@ -88,21 +84,11 @@ def summarize(questions: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="default: the smollm2-135m-instruct preset")
-    parser.add_argument("--questions", default="2,0,1", help="comma-separated question indices")
-    parser.add_argument("--passages", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
-    indices = [int(i) for i in args.questions.split(",")]
-    args.model = args.model or ensure_model("smollm2-135m-instruct")
-    engine = load_engine(args.model, [everything[i] for i in indices], args.passages)
+    args = question_parser(__doc__.splitlines()[0], "2,0,1", RESULTS).parse_args()
+    engine, items = load_questions(args)
     start, questions = time.perf_counter(), []
-    for i in indices:
-        questions.append({"index": i, "setups": run_setups(engine, everything[i], args.passages)})
+    for i, item in items:
+        questions.append({"index": i, "setups": run_setups(engine, item, args.passages)})
         result = {"model": model_id(args.model), "passages_per_question": args.passages, "ratio": RATIO,
                   "num_questions": len(questions), "wall_s": time.perf_counter() - start,
                   "summary": summarize(questions), "questions": questions}

@@ -63,12 +63,16 @@ def case_configs() -> dict[str, ChunkCacheConfig]:
 FULL = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
 
 
-def run_case(engine: Engine, store: ChunkStore, qa: QAPrompt, config: ChunkCacheConfig, reuse: bool = True) -> dict:
-    """Blends (no reuse: a full prefill), then decodes greedily in the engine from that KV."""
+def run_case(engine: Engine, store: ChunkStore, qa: QAPrompt, config: ChunkCacheConfig, reuse: bool = True,
+             adjust=None) -> dict:
+    """Blends (no reuse: a full prefill), then decodes greedily in the engine from that KV.
+    adjust: (plan) -> None, changes the reuse plan first (e.g. its per-chunk budgets)."""
     start = time.perf_counter()
     cache = ChunkCache(engine, store, config, prefix=qa.head)
     params = SamplingParams(max_tokens=MAX_ANSWER_TOKENS)
     plan = cache.plan(qa.ids, qa.spans if reuse else [])
+    if adjust is not None:
+        adjust(plan)
     outcome = cache.blend(engine, "q", qa.ids, plan, params, 0)
     if outcome is None:
         raise SystemExit("the engine has no room for the prompt's KV (raise the KV budget)")
@@ -169,6 +173,26 @@ def kv_budget_bytes(engine: Engine, lengths: list[int]) -> int:
     per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4  # K and V, fp32
     block = engine.config.block_size
     return (longest // block + 2) * block * per_token
+
+
+def question_parser(description: str, default_questions: str, out: Path) -> argparse.ArgumentParser:
+    """The command line of the scripts that look closer at a few questions (ablation, fixes)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, default=None, help="default: the smollm2-135m-instruct preset")
+    parser.add_argument("--questions", default=default_questions, help="comma-separated question indices")
+    parser.add_argument("--passages", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
+def load_questions(args) -> tuple[Engine, list[tuple[int, dict]]]:
+    """question_parser's args -> the engine (KV budget sized for them) and (index, item) per question."""
+    torch.set_num_threads(args.threads)
+    everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
+    items = [(int(i), everything[int(i)]) for i in args.questions.split(",")]
+    args.model = args.model or ensure_model("smollm2-135m-instruct")
+    return load_engine(args.model, [item for _, item in items], args.passages), items
 
 
 def load_engine(model: Path, items: list[dict], num_passages: int) -> Engine:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -130,7 +132,8 @@ def summarize(rows: list[dict]) -> dict:
             "exact_vs_full_mean": mean("exact"), "f1_vs_gold_mean": mean("f1"), "requests": len(rows)}
 
 
-def run(args, clusters: dict[str, LocalCluster], questions: list[dict]) -> tuple[dict, list]:
+def run(clusters: dict[str, LocalCluster], questions: list[dict], done) -> None:
+    """done(rows, golds) after every question (the results so far are written there)."""
     apis = {m: openai.OpenAI(base_url=c.http_url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
             for m, c in clusters.items()}
     for mode, api in apis.items():
@@ -150,8 +153,8 @@ def run(args, clusters: dict[str, LocalCluster], questions: list[dict]) -> tuple
             golds.append(item["gold"])
             line = "  ".join(f"{m}={rows[m][-1]['ttft_s']:.2f}s" for m in clusters)
             print(f"question {q}: {line}", flush=True)
-    score(rows, golds)
-    return rows, golds
+        score(rows, golds)
+        done(rows, golds)
 
 
 def main() -> None:
@@ -174,18 +177,18 @@ def main() -> None:
     if redis is None:
         raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
     shape = dict(prefill=0, decode=0, colocated=1) if args.topology == "colocated" else dict(prefill=1, decode=1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the clusters on the way out
     clusters, start = {}, time.perf_counter()
     try:
         for mode in modes:
             clusters[mode] = LocalCluster(model, node_args=MODES[mode], redis_url=redis.url, http_port=-1, **shape)
             clusters[mode].start()
-        rows, _ = run(args, clusters, questions)
-        stats = {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
+        stats = lambda: {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
+        run(clusters, questions, lambda rows, golds: report(args, model, rows, stats(), time.perf_counter() - start))
     finally:
         for c in clusters.values():
             c.stop()
         redis.stop()
-    report(args, model, rows, stats, time.perf_counter() - start)
 
 
 def report(args, model: Path, rows: dict, stats: dict, wall_s: float) -> None:
@@ -196,7 +199,7 @@ def report(args, model: Path, rows: dict, stats: dict, wall_s: float) -> None:
     checks["rouge_l_target_min"] = 0.8
     out = {"model": model.name, "dtype": "float32", "device": "cpu", "topology": args.topology, "threads_per_node": 1,
            "api": "HTTP /v1/chat/completions, documents field, streamed", "passages_per_question": args.passages,
-           "questions": args.questions, "reorders": args.reorders, "max_tokens": MAX_TOKENS, "wall_s": wall_s,
+           "questions": len({r["question"] for r in rows["full_prefill"]}), "reorders": args.reorders, "max_tokens": MAX_TOKENS, "wall_s": wall_s,
            "note": "clusters side by side on one shared 2-core machine; medians over requests; TTFT at the client",
            "summary": summary, "checks": checks, "rows": rows}
     name = "rag_ttft_smollm2" if "smollm2" in model.name else f"rag_ttft_{model.name}"
