@@ -57,8 +57,9 @@ class PendingKV:
 
 
 class LayerwiseFetch:
-    def __init__(self, tier: RedisTier, on_complete: Callable[[dict[VariantKey, ChunkKV]], None] | None = None):
-        """on_complete: called on the fetch thread with every value's whole KV once verified (promotion)."""
+    def __init__(self, tier: RedisTier, on_complete: Callable[["LayerwiseFetch"], None] | None = None):
+        """on_complete(self): called on the fetch thread once every value is verified (`whole()` then
+        assembles a value's ChunkKV, for promotion to a faster tier)."""
         self.tier, self.on_complete = tier, on_complete
         self.num_layers = 0
         self._values: list[_Value] = []
@@ -122,7 +123,7 @@ class LayerwiseFetch:
             if bad:
                 raise CorruptValue(f"payload checksum does not match the header for {len(bad)} value(s)")
             if self.on_complete is not None:
-                self.on_complete(self._whole())
+                self.on_complete(self)
         except BaseException as exc:  # handed to the engine thread by layer() / wait()
             self._error = exc
         finally:
@@ -163,7 +164,12 @@ class LayerwiseFetch:
     def done(self) -> bool:
         return self._done
 
-    def _whole(self) -> dict[VariantKey, ChunkKV]:
-        return {v.key: ChunkKV(torch.stack([layer[i][0] for layer in self._layers]),
-                               torch.stack([layer[i][1] for layer in self._layers]), v.positions)
-                for i, v in enumerate(self._values)}
+    @property
+    def keys(self) -> list[VariantKey]:
+        return [v.key for v in self._values]
+
+    def whole(self, key: VariantKey) -> ChunkKV:
+        """One value's KV [L, n, Hkv, D], once every layer is in."""
+        i = self.keys.index(key)
+        return ChunkKV(torch.stack([layer[i][0] for layer in self._layers]),
+                       torch.stack([layer[i][1] for layer in self._layers]), self._values[i].positions)

@@ -67,15 +67,16 @@ class ChunkStore:
             return found, None
         metas = {(m.chunk, m.variant_id): m for m in rest}
         before = self.remote.bytes_read
-        loading = LayerwiseFetch(self.remote, lambda whole: self._promote(metas, whole, before))
+        loading = LayerwiseFetch(self.remote, lambda fetch: self._promote(metas, fetch, before))
         pending = self._remote(lambda r: loading.start(rest), {})
         found.update(pending)
         self.metrics.add(redis_hits=len(pending), misses=len(rest) - len(pending))
         return found, loading if pending else None
 
-    def _promote(self, metas: dict[VariantKey, VariantMeta], whole: dict[VariantKey, ChunkKV], before: int) -> None:
-        for key, kv in whole.items():
-            self.local.put(metas[key], kv)
+    def _promote(self, metas: dict[VariantKey, VariantMeta], fetch: LayerwiseFetch, before: int) -> None:
+        for key in fetch.keys:
+            if self.local.fits(metas[key]):
+                self.local.put(metas[key], fetch.whole(key))
         self.metrics.add(redis_bytes_read=self.remote.bytes_read - before)
 
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:

@@ -96,6 +96,10 @@ class LocalTier(Tier):
         self._clock = self._priority[victim]
         return victim
 
+    def fits(self, meta: VariantMeta) -> bool:
+        """Whether this variant can be held at all (meta.num_bytes: its stored size, about its KV's)."""
+        return self.capacity_bytes > 0 and meta.num_bytes <= self.capacity_bytes
+
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
         if kv.num_bytes > self.capacity_bytes:
             return

@@ -41,7 +41,7 @@ def test_layers_are_what_a_whole_decode_gives(redis_url, dtype, quantize, positi
         tier.put(m, _kv(m.num_tokens, dtype, seed=i, positions=positions))
     whole = tier.fetch([(m.chunk, m.variant_id) for m in metas])
     promoted = {}
-    fetch = LayerwiseFetch(tier, promoted.update)
+    fetch = LayerwiseFetch(tier, lambda done: promoted.update({key: done.whole(key) for key in done.keys}))
     pending = fetch.start(metas)
     for m in metas:
         key, ref = (m.chunk, m.variant_id), whole[(m.chunk, m.variant_id)]
@@ -131,3 +131,17 @@ def test_blend_fed_layer_by_layer_equals_blend_fed_whole_values(engine, tiny_mod
     assert c is None and sent_c == []  # nothing left the node; the request can take the plain path
     assert layerwise.store.metrics.snapshot()["corrupt_values"] == 1 and tier.client.get(key) is None
     engine.check_integrity()
+
+
+def test_the_store_promotes_verified_values_to_its_local_tier(redis_url):
+    tier = RedisTier(redis_url, FP, "float32", layout=(3, 2, 8))
+    meta = _meta("c", 6)
+    tier.put(meta, _kv(6))
+    meta = tier.metas(["c"])["c"][0]  # with its stored size
+    store = ChunkStore(LocalTier(1 << 20), tier)
+    found, loading = store.fetch_layerwise([meta])
+    assert loading is not None and found[("c", meta.variant_id)].num_tokens == 6
+    loading.wait()
+    again, none = store.fetch_layerwise([meta])
+    assert none is None and torch.equal(again[("c", meta.variant_id)].k, _kv(6).k)
+    assert store.metrics.snapshot()["local_hits"] == 1 and store.metrics.snapshot()["redis_hits"] == 1
