@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from splitserve.kvtransfer import KVReceiver, make_receiver
 from splitserve.node_api import KVTarget
@@ -19,6 +19,11 @@ from splitserve.runtime.reporting import TransferMetrics
 from decode_node.servicer import DecodeServicer
 from decode_node.worker import DecodeWorker
 from node.config import NodeConfig
+
+
+class DecodeMetrics(TransferMetrics, Protocol):
+    def watch_kv_receiver(self, receiver: KVReceiver) -> None:
+        """Export the receiver's own counters (checksum failures) at each scrape."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,9 @@ class DecodeRole:
 
 
 def build_decode(config: NodeConfig, node_id: str, engine_loop: EngineLoop, server: GrpcServer,
-                 metrics: TransferMetrics) -> DecodeRole:
+                 metrics: DecodeMetrics) -> DecodeRole:
     receiver, kv_address = _receiver(config, server)
+    metrics.watch_kv_receiver(receiver)
     target = KVTarget(node_id, kv_address, config.kv.transport)
     worker = DecodeWorker(engine_loop, receiver, target, metrics, config.kv.timeout_s, config.kv.checksum)
     return DecodeRole(DecodeServicer(worker), worker, receiver.close)

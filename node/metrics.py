@@ -3,7 +3,7 @@
 Three sources: the engine loop reports each step and each request's outputs (`EngineObserver`:
 TTFT, TPOT, ITL, end to end, step time, tokens); the interceptor counts calls and their failures
 by code, the workers report the KV bytes and seconds of transfers (`kv_sent`, `kv_received`); gauges (KV blocks, queue, batch) are read from
-the engine's stats at scrape time. README "Metrics" lists every name. The same interceptor puts
+the engine's stats at scrape time, a decode node's checksum failures from its KV receiver. README "Metrics" lists every name. The same interceptor puts
 each call's request id in the log context (splitserve/rpc/logs.py).
 """
 
@@ -19,7 +19,7 @@ from typing import Callable
 import grpc
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from splitserve.engine import RequestOutput
 from splitserve.rpc.logs import request_id
@@ -60,6 +60,19 @@ class _EngineGauges:
             yield family
 
 
+class _ChecksumFailures:
+    """Decode nodes: the KV receiver's count of transfers failed on a checksum mismatch, read per scrape."""
+
+    def __init__(self, receiver):
+        self.receiver = receiver
+
+    def collect(self):
+        family = CounterMetricFamily(f"{PREFIX}_kv_transfer_checksum_failures",
+                                     "KV transfers failed because a layer's bytes did not match the sender's checksum")
+        family.add_metric([], float(self.receiver.num_checksum_failures))
+        yield family
+
+
 class NodeMetrics:
     def __init__(self, role: str):
         self.role = role
@@ -83,6 +96,10 @@ class NodeMetrics:
     def watch_engine(self, engine_loop: EngineLoop) -> None:
         """Reads the engine's gauges (KV blocks, queue, batch) at each scrape."""
         self.registry.register(_EngineGauges(engine_loop))
+
+    def watch_kv_receiver(self, receiver) -> None:
+        """Decode nodes: `splitserve_kv_transfer_checksum_failures_total` from receiver.num_checksum_failures."""
+        self.registry.register(_ChecksumFailures(receiver))
 
     def kv_sent(self, num_bytes: int, seconds: float) -> None:
         self.transfer_bytes.labels("send").inc(num_bytes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from splitserve.sim.node_flags import add_shape_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help="measure the engine into a profile (for simulate / plan)",
@@ -17,36 +19,40 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--out", default="profile.json", help="profile JSON to write")
     p.add_argument("--plot", help="PNG of the measured points and the fits")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (as the node's --threads)")
     p.add_argument("--quick", action="store_true", help="fewer points: under a minute on `small`")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--backends", default="torch,grpc", help="KV transports to time (comma list)")
-    g = p.add_argument_group("the node's serving flags (its KV capacity and scheduler limits)")
-    g.add_argument("--kv-cache-bytes", type=int, default=1 << 30)
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--max-num-seqs", type=int, default=64)
-    g.add_argument("--max-batched-tokens", type=int, default=2048)
-    g.add_argument("--one-shot-max-tokens", type=int, default=256)
+    p.add_argument("--configmap", help="also write the profile into key profile.json of this existing ConfigMap "
+                   "(Kubernetes API; the Helm chart's profile Job)")
+    p.add_argument("--namespace", help="the ConfigMap's namespace (default: the pod's own)")
+    add_shape_flags(p.add_argument_group("the node's flags (device, KV capacity, scheduler limits): node/cli.py's "
+                                         "definitions and defaults"))
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from splitserve.sim.plots import plot_profile
     from splitserve.sim.profiler import ProfileConfig, run_profile
+    from splitserve.sim.publish import PROFILE_KEY, pod_namespace, write_configmap
 
     try:
         config = ProfileConfig(
             model_dir=args.model, quick=args.quick, threads=args.threads, device=args.device, dtype=args.dtype,
             backends=tuple(b for b in args.backends.split(",") if b), kv_cache_bytes=args.kv_cache_bytes,
-            block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+            num_blocks=args.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_batched_tokens, one_shot_max_tokens=args.one_shot_max_tokens)
     except (ValueError, FileNotFoundError) as e:
         print(f"splitserve profile: error: {e}", file=sys.stderr)
         return 2
+    namespace = args.namespace or pod_namespace()
+    if args.configmap and not namespace:
+        print("splitserve profile: error: --configmap needs --namespace outside a pod", file=sys.stderr)
+        return 2
     profile = run_profile(config, log=lambda line: print(line, file=sys.stderr))
-    print(f"wrote {profile.save(args.out)} (KV capacity {profile.engine.kv_capacity_tokens} tokens, "
-          f"{profile.meta['profile_seconds']}s)")
+    path = profile.save(args.out)
+    print(f"wrote {path} (KV capacity {profile.engine.kv_capacity_tokens} tokens, {profile.meta['profile_seconds']}s)")
+    if args.configmap:
+        write_configmap(args.configmap, namespace, path.read_text())
+        print(f"wrote configmap {namespace}/{args.configmap} key {PROFILE_KEY}")
     if args.plot:
         print(f"wrote {plot_profile(profile, args.plot)}")
     return 0

@@ -48,6 +48,9 @@ class StepModel:
         if len(self.coef) != len(self.knots) + 5:
             raise ValueError(f"a step model with {len(self.knots)} knots has {len(self.knots) + 5} coefficients, "
                              f"got {len(self.coef)}")
+        c = self.coef  # unpacked once: seconds() runs millions of times in a large simulation
+        object.__setattr__(self, "_linear", (c[0], c[1], c[-3], c[-2], c[-1]))
+        object.__setattr__(self, "_hinges", tuple(zip(c[2:-3], self.knots)))
 
     @classmethod
     def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS) -> "StepModel":
@@ -60,12 +63,12 @@ class StepModel:
         return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2)
 
     def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0) -> float:
-        c = self.coef
-        t = c[0] + c[1] * num_tokens + c[-3] * num_seqs + c[-2] * attention + c[-1] * decode_context
-        for q, k in zip(c[2:-3], self.knots):
+        c0, c1, c_seq, c_attn, c_ctx = self._linear
+        t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context
+        for q, k in self._hinges:
             if num_tokens > k:
                 t += q * (num_tokens - k)
-        return max(t, self.min_step_s)
+        return t if t > self.min_step_s else self.min_step_s
 
     def prefill_s(self, num_tokens: int, start: int = 0) -> float:
         """One chunk of one sequence: tokens [start, start + num_tokens)."""
@@ -85,15 +88,16 @@ class StepModel:
 
 @dataclass(frozen=True)
 class EngineShape:
-    """The engine settings a profile was measured with (the node's flags)."""
+    """The engine settings a profile was measured for: the node's flags (defaults in node/cli.py) and
+    the model's KV layout. No defaults here: `splitserve profile` fills every field."""
 
-    block_size: int = 16
-    num_blocks: int = 4096
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    kv_bytes_per_token: int = 65536
-    num_layers: int = 8
-    one_shot_max_tokens: int = 256
+    block_size: int
+    num_blocks: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_bytes_per_token: int
+    num_layers: int
+    one_shot_max_tokens: int
 
     def __post_init__(self):
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token",

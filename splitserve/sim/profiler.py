@@ -10,23 +10,28 @@ from pathlib import Path
 from splitserve.sim.fit import Breakpoints
 from splitserve.sim.measure import FULL, QUICK, decode_points, make_engine, prefill_points, warm_up
 from splitserve.sim.measure_transfer import transfer_points
+from splitserve.sim.node_flags import node_defaults
 from splitserve.sim.profile import EngineShape, Profile, StepModel
+
+
+NODE = node_defaults()
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
     model_dir: str
     quick: bool = False
-    threads: int = 1
-    device: str = "cpu"
-    dtype: str = "float32"
+    threads: int = NODE.threads
+    device: str = NODE.device
+    dtype: str = NODE.dtype
     backends: tuple[str, ...] = ("torch", "grpc")
-    # the node's serving flags (the KV capacity and scheduler limits the simulator uses)
-    kv_cache_bytes: int = 1 << 30
-    block_size: int = 16
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    one_shot_max_tokens: int = 256
+    # the node's serving flags (its KV capacity and scheduler limits), defaults from node/cli.py
+    kv_cache_bytes: int = NODE.kv_cache_bytes
+    num_blocks: int = NODE.num_blocks  # 0: from kv_cache_bytes, as on the node
+    block_size: int = NODE.block_size
+    max_num_seqs: int = NODE.max_num_seqs
+    max_num_batched_tokens: int = NODE.max_batched_tokens
+    one_shot_max_tokens: int = NODE.one_shot_max_tokens
 
     def __post_init__(self):
         if self.threads < 1:
@@ -37,13 +42,23 @@ class ProfileConfig:
         if not (Path(self.model_dir) / "config.json").is_file():
             raise FileNotFoundError(f"no model at {self.model_dir} (config.json missing)")
 
+    @property
+    def model_name(self) -> str:
+        """The model folder relative to the working directory when it is under it, else its name
+        (a profile is committed and shared: no machine paths in it)."""
+        path = Path(self.model_dir).resolve()
+        try:
+            return str(path.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return path.name
 
-def engine_shape(config: ProfileConfig, model_config, dtype_bytes: int) -> EngineShape:
-    per_token = 2 * model_config.num_layers * model_config.num_kv_heads * model_config.head_dim * dtype_bytes
+
+def engine_shape(config: ProfileConfig, model_config, kv_bytes_per_token: int) -> EngineShape:
+    per_block = kv_bytes_per_token * config.block_size
     return EngineShape(block_size=config.block_size,
-                       num_blocks=max(1, config.kv_cache_bytes // (per_token * config.block_size)),
+                       num_blocks=config.num_blocks or max(1, config.kv_cache_bytes // per_block),  # Engine._blocks_for
                        max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-                       kv_bytes_per_token=per_token, num_layers=model_config.num_layers,
+                       kv_bytes_per_token=kv_bytes_per_token, num_layers=model_config.num_layers,
                        one_shot_max_tokens=config.one_shot_max_tokens)
 
 
@@ -61,7 +76,7 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     decode = decode_points(engine, plan)
     log(f"decode: {len(decode)} batch shapes measured ({time.perf_counter() - started:.1f}s)")
     mc = engine.model_config
-    shape = engine_shape(config, mc, torch.finfo(engine.config.torch_dtype).bits // 8)
+    shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.torch_dtype))
     del engine
     layout = dict(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, dtype=config.dtype)
     tokens = [64, 1024] if config.quick else [16, 256, 2048, 8192]
@@ -71,7 +86,7 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     return Profile(
         step=StepModel.fit(steps), engine=shape,
         transfer={b: Breakpoints.through_medians(p) for b, p in transfer.items()},
-        meta={"model": Path(config.model_dir).name, "model_dir": str(config.model_dir), "threads": config.threads,
+        meta={"model": Path(config.model_dir).name, "model_dir": config.model_name, "threads": config.threads,
               "device": config.device, "dtype": config.dtype, "quick": config.quick, "host": platform.node(),
               "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "profile_seconds": round(time.perf_counter() - started, 1)},

@@ -47,6 +47,9 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 - --kv-cache-bytes={{ int64 $engine.kvCacheBytes }}
 - --max-num-seqs={{ int64 $engine.maxNumSeqs }}
 - --max-batched-tokens={{ int64 $engine.maxBatchedTokens }}
+{{- if not $v.node.kvChecksum }}
+- --no-kv-checksum
+{{- end }}
 {{- if ne $v.redis.mode "disabled" }}
 - --redis-url={{ include "splitserve.redisUrl" .root }}
 {{- end }}
@@ -106,6 +109,30 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 {{- end }}
 {{- end -}}
 
+{{/* Where a pool's pods run: runtime and priority class, node selector, tolerations, affinity
+(pod spec fields; the profile Job's pod runs where the pool's pods run). */}}
+{{- define "splitserve.node.scheduling" -}}
+{{- $pool := index .root.Values .role -}}
+{{- with $pool.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with $pool.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $pool.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pool.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pool.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* gRPC health probe of a node (TCP under mTLS: kubelet gRPC probes speak plaintext only). */}}
 {{- define "splitserve.node.probe" -}}
 {{- if .root.Values.node.tls.enabled }}
@@ -142,23 +169,8 @@ spec:
   {{- with include "splitserve.imagePullSecrets" $root | trim }}
   {{- . | nindent 2 }}
   {{- end }}
-  {{- with $pool.runtimeClassName }}
-  runtimeClassName: {{ . }}
-  {{- end }}
-  {{- with $pool.priorityClassName }}
-  priorityClassName: {{ . }}
-  {{- end }}
-  {{- with $pool.nodeSelector }}
-  nodeSelector:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $pool.tolerations }}
-  tolerations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $pool.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
+  {{- with include "splitserve.node.scheduling" . | trim }}
+  {{- . | nindent 2 }}
   {{- end }}
   {{- with include "splitserve.modelInit" $root | trim }}
   initContainers:
