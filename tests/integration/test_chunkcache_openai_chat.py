@@ -1,7 +1,7 @@
 """Chat messages with `documents` over the OpenAI HTTP API (the official `openai` client) through a
 real cluster (prefill + decode, tiny model) and a real redis-server: the documents sit inside the
 chat template's last user turn, misses are stored after the request's head, the same passages in
-another order are blended; bad combinations get 400s."""
+another order are blended (over HTTP and gRPC); bad combinations get 400s."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from router.front.intake import Frontend
+from splitserve.client import Client
 from splitserve.engine import Engine, SamplingParams
 from splitserve.localcluster.cluster import LocalCluster
 from tests.support.cluster import node_stats, wait_until
@@ -40,6 +41,9 @@ def test_chat_documents_over_http_are_cached_and_blended(tiny_model, redis_url):
             assert blended.usage.prompt_tokens_details.cached_tokens > 0
             stats = node_stats(prefill).chunk_cache
             assert stats.blended_requests == 1 and stats.local_hits == 3
+            with Client(cluster.url, timeout_s=60) as client:  # the gRPC Generate path: same prompt, same chunks
+                result = client.complete(messages=MESSAGES, documents=DOCS[1:] + DOCS[:1], max_tokens=2)
+            assert result.final.prompt_tokens == len(ids) and result.final.cached_tokens > 0
 
             for messages, docs, match in ((MESSAGES[:1], DOCS, "last message, which must be from the user"),
                                           (MESSAGES, ["a", ""], "non-empty")):
