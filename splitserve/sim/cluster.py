@@ -42,6 +42,7 @@ class ClusterSim:
         self.events: list = []
         self.order = count()
         self.now = 0.0
+        self.hop_s = config.hop_s
         self.inflight = 0
         self.unfinished = 0
         self.itl: list[tuple[float, int]] = []  # (step seconds, requests that got a token)
@@ -73,9 +74,9 @@ class ClusterSim:
         if self.unfinished:
             self.at(self.now + self.config.poll_interval_s, self._poll)
 
-    def call(self, node: NodeSim, fn, arg, delay: float | None = None) -> None:
+    def call(self, node: NodeSim, fn, arg) -> None:
         """fn(arg) on the node's engine thread: after a hop, at its next step boundary."""
-        self.at(self.now + (self.config.hop_s if delay is None else delay), self._deliver, (node, fn, arg))
+        heapq.heappush(self.events, (self.now + self.hop_s, next(self.order), self._deliver, (node, fn, arg)))
 
     def _deliver(self, item) -> None:
         node, fn, arg = item
@@ -88,9 +89,9 @@ class ClusterSim:
         self._kick(node)
 
     def _kick(self, node: NodeSim) -> None:
-        if node.busy or not node.has_work():
+        if node.busy or not (node.decoding or node.waiting or node.prefilling):  # NodeSim.has_work, inlined
             return
-        jump = plan_jump(node, self.now)
+        jump = plan_jump(node, self.now) if node.decoding and not node.waiting and not node.prefilling else None
         if jump is not None:
             node.busy, node.jump = True, jump
             return self._schedule_jump(node, jump.steps)
@@ -99,12 +100,14 @@ class ClusterSim:
         if seconds <= 0 and not finished and not firsts:
             return  # nothing fits: wait for a call (blocks released, a request admitted)
         node.busy = True
-        self.at(start + seconds, self._step_done, (node, start, seconds, finished, firsts))
+        heapq.heappush(self.events, (start + seconds, next(self.order), self._step_done,
+                                     (node, start, seconds, finished, firsts)))
 
     def _schedule_jump(self, node: NodeSim, steps: int) -> None:
         node.jump_version += 1
         node.jump_steps = steps
-        self.at(node.jump.start_s + node.jump.elapsed_s(steps), self._jump_done, (node, steps, node.jump_version))
+        heapq.heappush(self.events, (node.jump.start_s + node.jump.elapsed_s(steps), next(self.order), self._jump_done,
+                                     (node, steps, node.jump_version)))
 
     def _cut_jump(self, node: NodeSim) -> None:
         steps = node.jump.steps_by(self.now)
@@ -133,9 +136,10 @@ class ClusterSim:
         for req in finished:
             if not req.prefill_only:
                 self._done(req, node)
-        calls, node.calls = node.calls, []
-        for fn, arg in calls:
-            fn(arg)
+        if node.calls:
+            calls, node.calls = node.calls, []
+            for fn, arg in calls:
+                fn(arg)
         self._kick(node)
 
     # --- the router ----------------------------------------------------------------------------

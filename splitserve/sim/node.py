@@ -92,9 +92,12 @@ class NodeSim:
         """Blocks the decoding requests take in steps [start, start + num_steps)."""
         size, counts = self.block_size, self.phase_count
         full, rest = divmod(num_steps, size)
-        total = full * sum(counts) if full else 0
-        for s in range(start, start + rest):
-            total += counts[s % size]
+        total = full * len(self.decoding)  # every decoding request is counted in one phase
+        if rest:
+            first = start % size
+            total += sum(counts[first:first + rest])
+            if first + rest > size:
+                total += sum(counts[:first + rest - size])
         return total
 
     def _leave_decode(self, req: SimRequest) -> None:
@@ -138,14 +141,12 @@ class NodeSim:
         return bool(self.waiting or self.prefilling or self.decoding)
 
     def step(self) -> tuple[float, list, list]:
-        self.touch()
-        return self._step()
-
-    def _step(self) -> tuple[float, list, list]:
         """Schedule and commit one step: (seconds, finished requests, first tokens sampled).
 
         Finished: requests done on this node (prefill-only ones keep their blocks:
         `req.blocks` to release later). First tokens: requests whose prompt completed."""
+        if not self.dirty:
+            self.touch()
         fast = self._fast_plan()
         return self._run_fast(*fast) if fast is not None else self._run_slow()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
+
 
 class SimRequest:
     """Counters follow splitserve/engine/request.py (num_tokens, num_computed, blocks, outputs);
@@ -35,3 +38,17 @@ class SimRequest:
 
     def __lt__(self, other: "SimRequest") -> bool:
         return self.rid < other.rid
+
+
+@contextmanager
+def gc_paused():
+    """The cyclic garbage collector off for a block that allocates millions of objects and frees
+    none in cycles (a simulation, its requests): its full collections would walk every live
+    request again and again. Restored as it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -19,7 +19,7 @@ POLICIES = ("round_robin", "least_loaded", "cache_aware", "splitwise")
 MOONCAKE_BLOCK = 512
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeStats:
     """What a node's last Stats said (router/cluster/nodes.py _poll_stats)."""
 

@@ -1,8 +1,9 @@
 """router/cluster/policies.py's choices for large fleets, from heaps instead of a scan per request.
 
 The same keys as the policies, kept per role in heaps with lazy invalidation: a node's entry
-is pushed again whenever its key changes (the router's counters move, a Stats poll lands),
-stale entries are dropped when they surface. Splitwise's "every decode node is overloaded"
+is pushed again when its key has changed (the router's counters moved, a Stats poll landed)
+by the next routing decision: changes between two decisions cost one push per node. Stale
+entries are dropped when they surface. Splitwise's "every decode node is overloaded"
 needs the largest (free - ratio * total) blocks, which only a poll changes. Calls with
 excluded nodes (retries after a full reservation: rare) and cache_aware go to the exact
 router. tests/unit/test_sim_routing.py checks every choice against router/cluster/policies.py.
@@ -32,8 +33,11 @@ class KeyHeap:
             self.keys[node] = key
             heapq.heappush(self.heap, (key, node))
             if len(self.heap) > 4 * len(self.keys) + 64:
-                self.heap = [(k, n) for n, k in self.keys.items()]
-                heapq.heapify(self.heap)
+                self.compact()
+
+    def compact(self) -> None:
+        self.heap = [(k, n) for n, k in self.keys.items()]
+        heapq.heapify(self.heap)
 
     def min(self, ok=None):
         """The node with the smallest key (for which ok(node) holds); None when there is none."""
@@ -61,13 +65,12 @@ class IndexRouter(ExactRouter):
         self.heaps = {role: KeyHeap() for role in self.pools}
         self.turn = 0
         self.max_room, self.any_unpolled = math.inf, True
-        for n in nodes:
-            self._refresh(n)
+        self.indexed = self.policy_name in SUPPORTED
+        self.stale: set = set(nodes) if self.indexed else set()  # nodes whose keys may have changed
 
     def poll(self) -> list:
         changed = super().poll()
-        for n in changed:
-            self._refresh(n)
+        self._mark_stale(changed)
         if self.policy_name == "splitwise" and any(n.role == "decode" for n in changed):
             self._decode_rooms()
         return changed
@@ -79,8 +82,11 @@ class IndexRouter(ExactRouter):
         self.max_room = max(rooms, default=-math.inf)
 
     def track(self, node, prefill_tokens: int = 0, decodes: int = 0) -> None:
-        super().track(node, prefill_tokens, decodes)
-        self._refresh(node)
+        counters = self.inflight[node.name]  # ExactRouter.track, inlined: it runs for every call
+        counters[0] += prefill_tokens
+        counters[1] += decodes
+        if self.indexed:
+            self.stale.add(node)
 
     def _pending(self, node) -> int:
         return max(self.inflight[node.name][0], self.stats[node.name].num_pending_prefill_tokens)
@@ -97,20 +103,32 @@ class IndexRouter(ExactRouter):
         pending = self._pending(node)
         return (pending, *tie) if role == "prefill" else (pending + decodes, *tie)
 
-    def _refresh(self, node) -> None:
-        if self.policy_name in SUPPORTED:
-            self.heaps[node.role].set(node, self._key(node))
+    def _mark_stale(self, nodes) -> None:
+        if self.indexed:
+            self.stale.update(nodes)
+
+    def _flush(self) -> None:
+        """KeyHeap.set for every stale node, inlined (a large simulation runs it ~10 times a request)."""
+        heaps, key, push = self.heaps, self._key, heapq.heappush
+        for node in self.stale:
+            heap, k = heaps[node.role], key(node)
+            if heap.keys.get(node) != k:
+                heap.keys[node] = k
+                push(heap.heap, (k, node))
+                if len(heap.heap) > 4 * len(heap.keys) + 64:
+                    heap.compact()
+        self.stale.clear()
 
     def mark_routed(self, *nodes) -> None:
         super().mark_routed(*nodes)
-        for node in nodes:
-            self._refresh(node)
+        self._mark_stale(nodes)
 
     def _choose(self, req, exclude):
         if self.policy_name == "round_robin":  # its turn counts every call, retries too
             return self._round_robin(exclude)
         if exclude or self.policy_name not in SUPPORTED:
             return super()._choose(req, exclude)
+        self._flush()
         if self.policy_name == "splitwise":
             return self._splitwise(req)
         return self._split_or_colocated(self.heaps["prefill"].min, self.heaps["decode"].min, self.heaps["mixed"].min)

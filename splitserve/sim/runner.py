@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from splitserve.bench.benchmark import _jsonable
 from splitserve.sim.cluster import ClusterConfig, ClusterSim
 from splitserve.sim.profile import Profile
-from splitserve.sim.request import SimRequest
+from splitserve.sim.request import SimRequest, gc_paused
 from splitserve.sim.results import result_dict
 
 
@@ -22,9 +22,10 @@ def simulate(requests: Sequence[SimRequest], config: ClusterConfig, profiles: di
              run: dict | None = None, percentiles: Sequence[float] = (50.0, 99.0),
              slos_ms: dict[str, float] | None = None) -> dict:
     started = time.perf_counter()
-    reqs = fresh(requests)
-    sim = ClusterSim(config, profiles)
-    sim.run(reqs)
+    with gc_paused():
+        reqs = fresh(requests)
+        sim = ClusterSim(config, profiles)
+        sim.run(reqs)
     cluster = _jsonable(dataclasses.asdict(config))
     run = {**(run or {}), "cluster": cluster, "profiles": {role: p.meta for role, p in profiles.items()}}
     return result_dict(reqs, sim, run, percentiles, slos_ms or {}, time.perf_counter() - started)

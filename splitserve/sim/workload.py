@@ -26,7 +26,8 @@ from splitserve.bench import traces
 from splitserve.bench.arrivals import ArrivalConfig, arrival_offsets
 from splitserve.bench.workloads import (FixedWorkload, RagWorkload, SampledLengthsWorkload, TraceWorkload,
                                         WORKLOADS, WorkloadConfig)
-from splitserve.sim.request import SimRequest
+from splitserve.sim.fast_lengths import sampled_lengths
+from splitserve.sim.request import SimRequest, gc_paused
 
 TRACE_WORKLOADS = ("azure-code", "azure-conv", "mooncake")
 
@@ -101,6 +102,11 @@ def make_requests(spec: SimWorkload, tokenizer=None) -> list[SimRequest]:
     workload, rows = _source_workload(spec, tokenizer)
     trace = workload.timestamps() if spec.arrival.kind == "trace" else None
     offsets = list(arrival_offsets(spec.arrival, spec.num_requests, spec.duration_s, trace))
+    if isinstance(workload, SampledLengthsWorkload):
+        lengths = sampled_lengths(spec.workload, workload.rows, len(offsets))
+        if lengths is not None:
+            with gc_paused():
+                return [SimRequest(i, p, o, t) for i, (t, p, o) in enumerate(zip(offsets, *lengths))]
     rng = np.random.default_rng(spec.workload.seed + 7)
     requests = []
     for i, (t, br) in enumerate(zip(offsets, islice(workload.requests(), len(offsets)))):
