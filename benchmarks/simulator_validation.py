@@ -151,12 +151,12 @@ def main() -> None:
             (runs_dir / f"{name}_measured.json").write_text(json.dumps(measured, indent=1))
             (runs_dir / f"{name}_sim.json").write_text(json.dumps(predicted, indent=1))
             measured_runs[f"{setup} {measured['label']}"] = {k: v for k, v in measured.items() if k != "requests"}
-    report = {"benchmark": "simulator_validation", "model": model.name, "config": {k: str(v) for k, v in vars(args).items()},
-              "method": __doc__.split("\n\n", 2)[2].strip(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-              "profile_meta": profile.meta, "wall_s": round(time.time() - started, 1), "rows": rows,
-              "measured": measured_runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        report = {"benchmark": "simulator_validation", "model": model.name,
+                  "config": {k: str(v) for k, v in vars(args).items()}, "method": __doc__.split("\n\n", 2)[2].strip(),
+                  "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "profile_meta": profile.meta,
+                  "wall_s": round(time.time() - started, 1), "rows": rows, "measured": measured_runs}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")  # after each setup: a cut-off run keeps what it has
     plot(rows, args.out.with_suffix(".png"))
     for r in rows:
         print(r["setup"], r["workload"], r["rate"], {k: f"{r[k]['error']:+.0%}" for k in METRICS if r[k]["error"] is not None})
