@@ -52,14 +52,20 @@ def test_grouped_decode_attention_matches_repeat_kv(masked):
 
 
 @pytest.mark.skipif(not cpu_linear.available(), reason="needs torch built with oneDNN")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 48), (48,), (1, 1, 48), (2, 48)])
-def test_packed_linear_one_row_path_matches_nn_linear(shape):
+def test_packed_linear_one_row_paths_match_nn_linear(shape, bias, threads):
     torch.manual_seed(0)
-    linear = nn.Linear(48, 80, bias=True)
+    linear = nn.Linear(48, 80, bias=bias)
     x = torch.randn(*shape)
     expected = linear(x)
     packed = cpu_linear.PackedLinear(linear)
-    assert packed.weight.data_ptr() == linear.weight.data_ptr()  # shared, not copied
-    out = packed(x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one row and one thread: x @ w_t; otherwise the packed path
+    try:
+        out = packed(x)
+    finally:
+        torch.set_num_threads(before)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

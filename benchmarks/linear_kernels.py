@@ -1,0 +1,66 @@
+"""Which fp32 CPU kernel is fastest for a model's linears at each row count (cpu_linear.py's choice).
+
+Times every linear of one decode step of SmolLM2-135M's shapes (30 layers of qkv 960x576, o
+576x576, gate_up 3072x576, down 576x1536, random weights) and its lm_head (49152x576) with
+F.linear over [out, in], `x @ w_t` over the weight stored [in, out], and oneDNN over the packed
+weight; medians of a few runs, milliseconds per step.
+
+    python benchmarks/linear_kernels.py [--threads 1] [--rows 1 2 4 8 16 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from splitserve.engine.cpu_linear import PACK_FOR_ROWS
+
+LAYER = ((960, 576), (576, 576), (3072, 576), (576, 1536))
+HEAD = (49152, 576)
+
+
+def median_ms(fn, repeats: int = 9) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def kernels(weights: list[torch.Tensor]) -> dict:
+    """name -> (weights prepared for it, the call)."""
+    pointwise = torch.ops.mkldnn._linear_pointwise
+    return {"F.linear": (weights, F.linear),
+            "x @ w_t": ([w.t().contiguous() for w in weights], torch.mm),
+            "packed": ([torch.ops.mkldnn._reorder_linear_weight(w, PACK_FOR_ROWS) for w in weights],
+                       lambda x, p: pointwise(x, p, None, "none", [], ""))}
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    layers = kernels([torch.randn(o, i) for o, i in LAYER * 30])
+    head = kernels([torch.randn(*HEAD)])
+    for rows in args.rows:
+        cells = []
+        for name in layers:
+            (ws, call), (hw, hcall) = layers[name], head[name]
+            xs = [torch.randn(rows, w.shape[1] if name != "x @ w_t" else w.shape[0]) for w in ws]
+            h = torch.randn(rows, HEAD[1])
+            cells.append(f"{name} {median_ms(lambda: [call(x, w) for x, w in zip(xs, ws)]):.1f}"
+                         f" + head {median_ms(lambda: hcall(h, hw[0])):.1f}")
+        print(f"threads {args.threads}, rows {rows}: " + ";  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
