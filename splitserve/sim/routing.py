@@ -66,10 +66,15 @@ class ExactRouter:
         changed = self.nodes[0].changed[:] if self.nodes else []
         if changed:
             self.nodes[0].changed.clear()
+        stats = self.stats
         for n in changed:
-            self.stats[n.name] = poll_stats(n)
+            old, stats[n.name] = stats[n.name], poll_stats(n)
             n.dirty = False
+            self._polled(n, old)
         return changed
+
+    def _polled(self, node, old: NodeStats) -> None:
+        """A node's Stats were just replaced (old: the previous ones)."""
 
     def track(self, node, prefill_tokens: int = 0, decodes: int = 0) -> None:
         counters = self.inflight[node.name]

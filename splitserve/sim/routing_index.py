@@ -70,7 +70,6 @@ class IndexRouter(ExactRouter):
 
     def poll(self) -> list:
         changed = super().poll()
-        self._mark_stale(changed)
         if self.policy_name == "splitwise" and any(n.role == "decode" for n in changed):
             self._decode_rooms()
         return changed
@@ -102,6 +101,18 @@ class IndexRouter(ExactRouter):
             return (tokens + decodes, *tie)
         pending = self._pending(node)
         return (pending, *tie) if role == "prefill" else (pending + decodes, *tie)
+
+    def _polled(self, node, old) -> None:
+        """The node's key reads one field of its Stats: recomputed only when that field changed."""
+        if self.indexed and self._stats_part(node, self.stats[node.name]) != self._stats_part(node, old):
+            self.stale.add(node)
+
+    def _stats_part(self, node, s):
+        if node.role == "decode":
+            return s.free_blocks
+        if self.policy_name == "least_loaded":
+            return s.num_waiting if node.role == "prefill" else None
+        return s.num_pending_prefill_tokens
 
     def _mark_stale(self, nodes) -> None:
         if self.indexed:
