@@ -80,6 +80,9 @@ def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model):
         assert value(samples, "splitserve_rpcs_total", method="Prefill" if role == "prefill" else "Decode") >= 1
         assert value(samples, "splitserve_kv_transfer_bytes_total", direction="send" if role == "prefill" else "receive") > 0
         assert value(samples, "splitserve_time_to_first_token_seconds_count") >= 1
+        if role == "decode":  # the receiver's own count, exported per scrape
+            failures = [v for n, _, v in samples if n == "splitserve_kv_transfer_checksum_failures_total"]
+            assert failures == [0.0]
     sent, received = (sum(value(s, "splitserve_kv_transfer_bytes_total", direction=d) for _, s in nodes.values())
                       for d in ("send", "receive"))
     assert sent == received == 2 * 2 * 2 * len(PROMPT) * 2 * 16 * 4  # requests x layers x K,V x tokens x heads x dim x fp32
