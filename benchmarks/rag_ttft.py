@@ -1,7 +1,8 @@
 """RAG time to first token and served answer quality through real local clusters and a real Redis.
 
-Clusters side by side on one machine and one Redis (router + one mixed node each, or prefill +
-decode with `--topology disaggregated`), each node configured for one way of serving RAG:
+Clusters side by side on one machine and one redis-server (a database each, so no cluster reuses
+what another computed for the same request; router + one mixed node each, or prefill + decode
+with `--topology disaggregated`), each node configured for one way of serving RAG:
 
     full_prefill      no prefix cache, no chunk cache (the reference answer)
     prefix_caching    the engine's prefix cache (hits only on an identical leading passage)
@@ -180,8 +181,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the clusters on the way out
     clusters, start = {}, time.perf_counter()
     try:
-        for mode in modes:
-            clusters[mode] = LocalCluster(model, node_args=MODES[mode], redis_url=redis.url, http_port=-1, **shape)
+        for db, mode in enumerate(modes):
+            # a Redis database per cluster: one cluster must not reuse the KV another just computed for the same request
+            url = f"{redis.url.rsplit('/', 1)[0]}/{db}"
+            clusters[mode] = LocalCluster(model, node_args=MODES[mode], redis_url=url, http_port=-1, **shape)
             clusters[mode].start()
         stats = lambda: {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
         run(clusters, questions, lambda rows, golds: report(args, model, rows, stats(), time.perf_counter() - start))
