@@ -117,7 +117,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--part", nargs="+", choices=("inprocess", "served"), default=["inprocess"])
     sizes = {"--threads": 2, "--repeats": 3, "--prefill-tokens": 512, "--decode-prompt-tokens": 64, "--decode-tokens": 32,
              "--served-input-len": 512, "--served-output-len": 128,
-             "--served-requests": 0}  # served: requests per point; 0: 4 x concurrency, at least 8
+             "--served-requests": 0}  # served: requests per point; 0: 2 x concurrency, 4 to 32
     for flag, default in sizes.items():
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="in-process decode batch sizes")
@@ -150,10 +150,18 @@ def main() -> None:
     if "served" in args.part:
         from vs_llamacpp_served import measure_served, print_served
 
-        report["served"] = measure_served(model_dir, gguf, args)
+        def save_partial(served: dict) -> None:
+            report["served"] = {**served, "partial": True}
+            write(args.out, report)
+
+        report["served"] = measure_served(model_dir, gguf, args, on_point=save_partial)
         print_served(report["served"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write(args.out, report)
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 
 All servers are started first and stay up; each repeat then runs every concurrency against
 every server in turn (interleaved), so slow phases of a shared machine hit all of them alike.
+Every server process (and the nodes `splitserve up` starts in sessions of their own) gets the
+benchmark's own autogroup nice: with Linux's autogroup scheduling, `nice` does not reach across
+sessions, and a server left in a fresh session would compete with every other session on the
+machine while the client does not. Results are written after every point (`on_point`), so a run
+cut off by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -60,7 +66,7 @@ def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
 
 def bench_point(port: int, model_dir: Path, concurrency: int, args, workdir: Path) -> dict:
     out = workdir / f"{port}-c{concurrency}-{time.monotonic_ns()}.json"
-    num_requests = args.served_requests or max(8, 4 * concurrency)
+    num_requests = args.served_requests or max(4, min(2 * concurrency, 32))
     cmd = [sys.executable, "-m", "splitserve.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--workload", "fixed",
            "--input-len", str(args.served_input_len), "--output-len", str(args.served_output_len),
            "--tokenizer", str(model_dir), "--concurrency", str(concurrency), "--num-requests", str(num_requests),
@@ -72,28 +78,58 @@ def bench_point(port: int, model_dir: Path, concurrency: int, args, workdir: Pat
     return {m: data[m] for m in METRICS}
 
 
-def measure_served(model_dir: Path, gguf: Path, args) -> dict:
+def measure_served(model_dir: Path, gguf: Path, args, on_point=None) -> dict:
+    """on_point(result so far) is called after every measured point."""
     commands = server_commands(model_dir, gguf, args)
     runs = {name: {str(c): [] for c in args.concurrency} for name in commands}
     loads = []
+    signal.signal(signal.SIGTERM, _exit_on_term)  # `timeout` sends SIGTERM: stop the servers on the way out
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         for name, (cmd, port) in commands.items():
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             stack.callback(_stop, proc)
             wait_ready(port, proc, name)
+            _share_autogroup(proc.pid)
         for repeat in range(args.repeats):
             loads.append(os.getloadavg()[0])
             for c in args.concurrency:
                 for name, (_, port) in commands.items():
                     runs[name][str(c)].append(bench_point(port, model_dir, c, args, Path(tmp)))
+                    if on_point is not None:
+                        on_point(_summary(runs, loads, commands, args))
             print(f"served repeat {repeat + 1}/{args.repeats} done (load {loads[-1]:.1f})", flush=True)
-    medians = {name: {c: {m: statistics.median(r[m] for r in points) for m in METRICS} for c, points in per_c.items()}
+    return _summary(runs, loads, commands, args)
+
+
+def _summary(runs: dict, loads: list[float], commands: dict, args) -> dict:
+    medians = {name: {c: {m: statistics.median(r[m] for r in points) for m in METRICS} for c, points in per_c.items() if points}
                for name, per_c in runs.items()}
     return {"runs": runs, "medians": medians, "load_average_1m": loads,
             "config": {"input_len": args.served_input_len, "output_len": args.served_output_len,
                        "concurrency": args.concurrency, "repeats": args.repeats,
                        "servers": {name: " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
                                    for name, (cmd, _) in commands.items()}}}
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _share_autogroup(pid: int) -> None:
+    """Gives pid and its descendants this process's autogroup nice (Linux with autogroup; else nothing)."""
+    try:
+        nice = Path("/proc/self/autogroup").read_text().split()[-1]
+        for child in [pid, *_descendants(pid)]:
+            Path(f"/proc/{child}/autogroup").write_text(nice)
+    except (OSError, IndexError):
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children + [d for c in children for d in _descendants(c)]
 
 
 def _stop(proc: subprocess.Popen) -> None:
