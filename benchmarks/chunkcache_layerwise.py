@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from splitserve.bench import traces
+from splitserve.bench.provenance import portable_args
 from splitserve.chunkcache.documents import document_prompt
 from splitserve.chunkcache.keys import content_hash, model_fingerprint
 from splitserve.chunkcache.redis_tier import RedisTier
@@ -77,7 +78,7 @@ def main() -> None:
         result = measure(args, engine, tier)
     finally:
         redis_server.stop()
-    result.update(model=args.model, threads=args.threads, args=vars(args), loadavg_before=result.pop("load0"),
+    result.update(model=args.model, threads=args.threads, args=portable_args(vars(args)), loadavg_before=result.pop("load0"),
                   loadavg_after=os.getloadavg())
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=1))

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from splitserve.bench import traces
+from splitserve.bench.provenance import portable_args
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.documents import chunk_token_ids, document_prompt
 from splitserve.chunkcache.qa_prompt import passage_text, qa_prompt
@@ -161,7 +162,7 @@ def main() -> None:
     modes = {name: run_mode(engine, MODES[name], stream, full, local_bytes, params, args.chat)
              for name in args.modes.split(",")}
     gold_full = statistics.fmean(answer_f1(f["answer"], r["gold"]) for f, r in zip(full, stream))
-    result = {"model": args.model, "threads": args.threads, "args": vars(args), "distinct_passages": len(distinct),
+    result = {"model": args.model, "threads": args.threads, "args": portable_args(vars(args)), "distinct_passages": len(distinct),
               "distinct_passage_tokens": chunk_tokens, "local_tier_bytes": local_bytes,
               "full_prefill_f1": gold_full, "wall_s": time.perf_counter() - start, "modes": modes}
     Path(args.out).write_text(json.dumps(result, indent=1))

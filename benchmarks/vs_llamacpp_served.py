@@ -26,6 +26,8 @@ from pathlib import Path
 
 import llamacpp
 
+from splitserve.bench.provenance import portable
+
 METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "output_throughput")
 READY_TIMEOUT_S = 600
 
@@ -107,7 +109,7 @@ def _summary(runs: dict, loads: list[float], commands: dict, args) -> dict:
     return {"runs": runs, "medians": medians, "load_average_1m": loads,
             "config": {"input_len": args.served_input_len, "output_len": args.served_output_len,
                        "concurrency": args.concurrency, "repeats": args.repeats,
-                       "servers": {name: " ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd))
+                       "servers": {name: " ".join(Path(cmd[0]).name if i == 0 else str(portable(a)) for i, a in enumerate(cmd))
                                    for name, (cmd, _) in commands.items()}}}
 
 
