@@ -47,6 +47,21 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 - --kv-cache-bytes={{ int64 $engine.kvCacheBytes }}
 - --max-num-seqs={{ int64 $engine.maxNumSeqs }}
 - --max-batched-tokens={{ int64 $engine.maxBatchedTokens }}
+{{- with $v.node.chunkCache }}
+- --chunk-cache-bytes={{ int64 .localBytes }}
+- --chunk-ttl-s={{ int64 .ttlSeconds }}
+{{- if .int8 }}
+- --chunk-int8
+{{- end }}
+- --chunk-planning={{ .planning }}
+- --blend-ratio={{ .blendRatio }}
+- --blend-check-layers={{ .blendCheckLayers }}
+- --cachecraft-alpha={{ .cachecraftAlpha }}
+- --chunk-variants={{ int64 .variants }}
+- --chunk-live-variants={{ int64 .liveVariants }}
+- --chunk-eviction={{ .eviction }}
+- --chunk-load={{ .load }}
+{{- end }}
 {{- if not $v.node.kvChecksum }}
 - --no-kv-checksum
 {{- end }}
