@@ -21,6 +21,15 @@ def special_prefix(tokenizer) -> list[int]:
     return tokenizer.encode("", add_special_tokens=True)
 
 
+def document_head(tokenizer) -> list[int]:
+    """What a document stored ahead of any request (ingest) is computed after: the head a chat request
+    with one user message puts before its first document (the template's header, e.g. a default system
+    prompt: the attention sink the served chunk sits behind), or the special prefix without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return special_prefix(tokenizer)
+    return chat_head_and_tail(tokenizer, [{"role": "user", "content": ""}])[0]
+
+
 def chunk_token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text + SEPARATOR, add_special_tokens=False)
 

@@ -21,7 +21,7 @@ import torch
 
 from splitserve.chunkcache.blend import BlendConfig, blended_prefill
 from splitserve.chunkcache.cachecraft import CacheCraftConfig, ChunkContext, choose_variant
-from splitserve.chunkcache.documents import special_prefix
+from splitserve.chunkcache.documents import document_head
 from splitserve.chunkcache.format import ChunkKV, CorruptValue
 from splitserve.chunkcache.keys import content_hash, prefix_hash
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch
@@ -84,11 +84,12 @@ class BlendOutcome:
 class ChunkCache:
     def __init__(self, engine, store: ChunkStore, config: ChunkCacheConfig | None = None,
                  prefix: list[int] | None = None):
-        """prefix: what precedes a first document (default the tokenizer's special prefix, e.g. BOS)."""
+        """prefix: what ingested chunks are computed after (default documents.document_head: the chat
+        template's head before a chat request's documents, else the special prefix, e.g. BOS)."""
         self.engine, self.store = engine, store
         self.config = config or ChunkCacheConfig()
         self.shifter = RopeShifter.for_model(engine.model_config)
-        self.prefix = special_prefix(engine.tokenizer) if prefix is None else list(prefix)
+        self.prefix = document_head(engine.tokenizer) if prefix is None else list(prefix)
 
     def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan:
         keys = [content_hash(prompt[s:s + n]) for s, n in spans]

@@ -30,8 +30,9 @@ def _documents(n: int, offset: int = 0) -> list[str]:
     return [c[:400] for c in ctxs[offset:offset + n]]
 
 
-def _reference(model, question: str, docs: list[str], max_tokens: int = 8) -> list[int]:
-    ids, _ = Frontend.from_model_dir(model).prompt_and_chunks(prompt=question, documents=docs)
+def _reference(model, question: str, docs: list[str], max_tokens: int = 8, messages: list[dict] | None = None) -> list[int]:
+    prompt = None if messages else question
+    ids, _ = Frontend.from_model_dir(model).prompt_and_chunks(prompt=prompt, messages=messages, documents=docs)
     return Engine(model).generate([ids], SamplingParams(max_tokens=max_tokens, ignore_eos=True))[0].token_ids
 
 
@@ -58,8 +59,10 @@ def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, 
             done = subprocess.run([sys.executable, "-m", "splitserve.cli", "ingest", "--url", f"grpc://{prefill}",
                                    "--in-context", str(tmp_path / "docs.json")], capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
-            exact = client.complete(prompt=question, documents=docs, max_tokens=8, ignore_eos=True)
-            assert exact.token_ids == expected  # variants computed after the same chunks: reused as they are
+            # ingest computes after the chat head a chat request puts before its documents: reused as they are
+            messages = [{"role": "user", "content": question}]
+            exact = client.complete(messages=messages, documents=docs, max_tokens=8, ignore_eos=True)
+            assert exact.token_ids == _reference(tiny_model, question, docs, messages=messages)
         assert redis.Redis.from_url(redis_url).keys("ss:cc:v1:*")
         for _, node in cluster.nodes:
             assert used_blocks_settle_to_zero(node.address)

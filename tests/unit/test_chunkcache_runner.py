@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from splitserve.chunkcache.blend import BlendConfig
-from splitserve.chunkcache.documents import document_prompt
+from splitserve.chunkcache.documents import chat_document_prompt, document_head, document_prompt, special_prefix
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
@@ -31,8 +31,12 @@ def _generate_blended(engine, cache, ids, spans, params):
     return plan, outcome, tokens
 
 
+def _chat(engine, docs, question):
+    return chat_document_prompt(engine.tokenizer, [{"role": "user", "content": question}], docs)
+
+
 def test_plan_misses_then_hits(engine):
-    ids, spans = document_prompt(engine.tokenizer, DOCS, "where is the mill?")
+    ids, spans = _chat(engine, DOCS, "where is the mill?")
     cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
     plan = cache.plan(ids, spans)
     assert plan.misses == [0, 1, 2] and not plan.placed
@@ -42,6 +46,21 @@ def test_plan_misses_then_hits(engine):
     plan = cache.plan(ids, spans)
     assert plan.misses == [] and [p.start for p in plan.placed] == [s for s, _ in spans]
     assert [b.fraction for b in plan.budgets] == [0.0, 0.15, 0.15]  # the first chunk sits where it was computed
+
+
+def test_chunks_are_computed_after_the_chat_head_by_default(engine):
+    """Ingested chunks (no request yet) sit behind the head a chat request puts before its documents;
+    a model without a chat template computes them after its special prefix."""
+    ids, spans = _chat(engine, DOCS, "where is the mill?")
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
+    assert cache.prefix == document_head(engine.tokenizer) == ids[:spans[0][0]]
+    meta, kv = cache.compute_alone(engine, ids[spans[0][0]:sum(spans[0])])
+    assert meta.start == spans[0][0] and kv.positions[0] == spans[0][0]
+
+    class Plain:
+        chat_template = None
+        encode = engine.tokenizer.encode
+    assert document_head(Plain()) == special_prefix(engine.tokenizer)
 
 
 def test_ratio_one_generates_what_the_engine_generates(engine):
@@ -59,7 +78,7 @@ def test_ratio_one_generates_what_the_engine_generates(engine):
 
 
 def test_in_context_variants_are_reused_exactly(engine):
-    ids, spans = document_prompt(engine.tokenizer, DOCS, "what runs north?")
+    ids, spans = _chat(engine, DOCS, "what runs north?")
     cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
     for meta, kv in cache.compute_in_context(engine, [ids[s:s + n] for s, n in spans]):
         cache.store.put(meta, kv)
@@ -67,7 +86,7 @@ def test_in_context_variants_are_reused_exactly(engine):
     plan, outcome, tokens = _generate_blended(engine, cache, ids, spans, params)
     assert [b.fraction for b in plan.budgets] == [0.0, 0.0, 0.0]
     assert tokens == engine.generate([ids], params)[0].token_ids
-    forced = len(ids) - plan.num_reused_tokens  # BOS and the question; tiny has 2 layers, layer 0 runs in full
+    forced = len(ids) - plan.num_reused_tokens  # the chat head and the question; tiny has 2 layers, layer 0 runs in full
     assert outcome.computed_rows == (len(ids) + forced) / 2
     stats = [meta.stats for meta, _ in cache.compute_in_context(engine, [ids[s:s + n] for s, n in spans])]
     assert stats[0].inter == () and len(stats[2].inter) == 2 and all(w > 0 for w in stats[2].inter)
