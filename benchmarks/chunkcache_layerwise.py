@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from chunkcache_common import load_engine
 from splitserve.bench import traces
 from splitserve.bench.provenance import portable_args
 from splitserve.chunkcache.documents import document_prompt
@@ -37,9 +38,8 @@ from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
-from splitserve.engine import Engine, EngineConfig, SamplingParams
+from splitserve.engine import Engine, SamplingParams
 from splitserve.localcluster.redis_server import start_private_redis
-from splitserve.modelgen import ensure_model
 
 ROOT = Path(__file__).resolve().parent
 PARAMS = SamplingParams(max_tokens=1)
@@ -65,9 +65,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results" / "chunkcache_layerwise.json"))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model = Path(args.model) if Path(args.model).exists() else ensure_model(args.model)
-    engine = Engine(model, EngineConfig(kv_cache_bytes=256 << 20, enable_prefix_caching=False))
+    model, engine = load_engine(args.model, args.threads)
     cfg = engine.model_config
     redis_server = start_private_redis()
     if redis_server is None:

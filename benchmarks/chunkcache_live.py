@@ -30,8 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
+from chunkcache_common import blend_and_decode, load_engine
 from splitserve.bench import traces
 from splitserve.bench.provenance import portable_args
 from splitserve.chunkcache.blend import BlendConfig
@@ -41,8 +40,7 @@ from splitserve.chunkcache.quality import answer_f1, first_token_scores, rouge_l
 from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
-from splitserve.engine import Engine, EngineConfig, SamplingParams
-from splitserve.modelgen import ensure_model
+from splitserve.engine import Engine, SamplingParams
 
 ROOT = Path(__file__).resolve().parent
 MODES = {"before": ChunkCacheConfig(live_variants=0, eviction="lru"),
@@ -76,11 +74,7 @@ def prompt(tokenizer, req: dict, chat: bool) -> tuple[list[int], list[tuple[int,
 
 def decode_answer(engine: Engine, cache: ChunkCache, ids, spans, params) -> tuple[dict, object]:
     plan = cache.plan(ids, spans)
-    outcome = cache.blend(engine, "r", ids, plan, params, 0)  # no hit: every row computed (a full prefill)
-    engine.admit_prefilled("r", ids, outcome.sample.token_id, params, register_prefix=False)
-    tokens = [outcome.sample.token_id]
-    while engine.has_unfinished():
-        tokens += [t for out in engine.step() for t in out.new_token_ids]
+    tokens, outcome = blend_and_decode(engine, cache, ids, plan, params)  # no hit: every row computed (full prefill)
     return {"answer": engine.tokenizer.decode(tokens).strip(), "logits": outcome.logits,
             "computed": outcome.computed_rows}, plan
 
@@ -143,9 +137,7 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     p.add_argument("--out", default=str(ROOT / "results" / "chunkcache_live.json"))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model = Path(args.model) if Path(args.model).exists() else ensure_model(args.model)
-    engine = Engine(model, EngineConfig(kv_cache_bytes=256 << 20, enable_prefix_caching=False))
+    _, engine = load_engine(args.model, args.threads)
     stream = requests(args.questions, args.passages, args.rounds, args.orders, args.seed)
     params = SamplingParams(max_tokens=args.answer_tokens)
     start = time.perf_counter()

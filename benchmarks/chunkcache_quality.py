@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from chunkcache_common import blend_and_decode
 from splitserve.bench import traces
 from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.blend import BlendConfig
@@ -73,13 +74,7 @@ def run_case(engine: Engine, store: ChunkStore, qa: QAPrompt, config: ChunkCache
     plan = cache.plan(qa.ids, qa.spans if reuse else [])
     if adjust is not None:
         adjust(plan)
-    outcome = cache.blend(engine, "q", qa.ids, plan, params, 0)
-    if outcome is None:
-        raise SystemExit("the engine has no room for the prompt's KV (raise the KV budget)")
-    engine.admit_prefilled("q", qa.ids, outcome.sample.token_id, params, register_prefix=False)
-    tokens = [outcome.sample.token_id]
-    while engine.has_unfinished():
-        tokens += [t for out in engine.step() for t in out.new_token_ids]
+    tokens, outcome = blend_and_decode(engine, cache, qa.ids, plan, params)
     return {"logits": outcome.logits, "answer": engine.tokenizer.decode(tokens).strip(),
             "computed_fraction": outcome.computed_rows / len(qa.ids), "time_s": time.perf_counter() - start}
 
