@@ -34,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from splitserve.bench.arrivals import ArrivalConfig
+    from splitserve.bench.provenance import portable
     from splitserve.bench.workloads import WorkloadConfig
     from splitserve.sim.cluster import ClusterConfig
     from splitserve.sim.profile import load_profile
@@ -51,7 +52,7 @@ def main() -> None:
     cpu2, wall2 = time.process_time(), time.perf_counter()
     report = {"benchmark": "simulator_scale", "requests": args.requests, "nodes": args.prefill + args.decode,
               "prefill": args.prefill, "decode": args.decode, "policy": args.policy, "rate": args.rate,
-              "workload": args.workload, "profile": str(args.profile), "generate_requests_s": round(generate_s, 1),
+              "workload": args.workload, "profile": portable(args.profile), "generate_requests_s": round(generate_s, 1),
               "generate_cpu_s": round(cpu1 - cpu0, 1), "simulate_wall_s": round(wall2 - wall1, 1),
               "simulate_cpu_s": round(cpu2 - cpu1, 1), "total_wall_s": round(wall2 - wall0, 1),
               "total_cpu_s": round(cpu2 - cpu0, 1), "loadavg_1m": [load, os.getloadavg()[0]],

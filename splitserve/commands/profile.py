@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="profile.json", help="profile JSON to write")
     p.add_argument("--plot", help="PNG of the measured points and the fits")
     p.add_argument("--quick", action="store_true", help="fewer points: under a minute on `small`")
+    p.add_argument("--corun", type=int, default=0, metavar="K",
+                   help="also time steps in 1..K engine processes at once: how steps stretch when nodes share "
+                        "this machine's cores (simulate --host-cores)")
     p.add_argument("--backends", default="torch,grpc", help="KV transports to time (comma list)")
     p.add_argument("--configmap", help="also write the profile into key profile.json of this existing ConfigMap "
                    "(Kubernetes API; the Helm chart's profile Job)")
@@ -39,7 +42,7 @@ def handle(args: argparse.Namespace) -> int:
             model_dir=args.model, quick=args.quick, threads=args.threads, device=args.device, dtype=args.dtype,
             backends=tuple(b for b in args.backends.split(",") if b), kv_cache_bytes=args.kv_cache_bytes,
             num_blocks=args.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_batched_tokens, one_shot_max_tokens=args.one_shot_max_tokens)
+            max_num_batched_tokens=args.max_batched_tokens, one_shot_max_tokens=args.one_shot_max_tokens, corun=args.corun)
     except (ValueError, FileNotFoundError) as e:
         print(f"splitserve profile: error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,10 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transport", default="torch", help="KV transport whose profiled time is used")
     g.add_argument("--max-queue", type=int, default=256, help="router --max-queue (load shedding)")
     g.add_argument("--hop-ms", type=float, default=1.0, help="one gRPC call or reply")
+    g.add_argument("--host-cores", type=int, default=0,
+                   help="nodes share hosts of this many cores: steps stretch while co-hosted nodes are busy "
+                        "(the profile's --corun measurements); 0: each node has cores of its own")
+    g.add_argument("--nodes-per-host", type=int, default=0, help="with --host-cores: nodes per host (0: all on one)")
     g.add_argument("--router", default="auto", choices=("auto", "exact", "index"),
                    help="exact: router/cluster/policies.py per request; index: heaps (large fleets); auto: index above 64 nodes")
 

@@ -91,7 +91,8 @@ class ClusterSim:
     def _kick(self, node: NodeSim) -> None:
         if node.busy or not (node.decoding or node.waiting or node.prefilling):  # NodeSim.has_work, inlined
             return
-        jump = plan_jump(node, self.now) if node.decoding and not node.waiting and not node.prefilling else None
+        jump = plan_jump(node, self.now) if node.decoding and not node.waiting and not node.prefilling and \
+            node.host_peers is None else None  # a shared host's steps stretch one by one
         if jump is not None:
             node.busy, node.jump = True, jump
             return self._schedule_jump(node, jump.steps)
@@ -99,9 +100,18 @@ class ClusterSim:
         seconds, finished, firsts = node.step()
         if seconds <= 0 and not finished and not firsts:
             return  # nothing fits: wait for a call (blocks released, a request admitted)
+        if node.host_peers is not None:
+            seconds = self._stretched(node, seconds)
         node.busy = True
         heapq.heappush(self.events, (start + seconds, next(self.order), self._step_done,
                                      (node, start, seconds, finished, firsts)))
+
+    @staticmethod
+    def _stretched(node: NodeSim, seconds: float) -> float:
+        busy = 1 + sum(1 for p in node.host_peers if p.busy or p.waiting or p.prefilling or p.decoding)
+        stretched = seconds * node.host_model.stretch(busy)
+        node.busy_s += stretched - seconds
+        return stretched
 
     def _schedule_jump(self, node: NodeSim, steps: int) -> None:
         node.jump_version += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router.cluster.policies import SplitwiseConfig
+from splitserve.sim.host import HostModel, assign_hosts
 from splitserve.sim.node import NodeSim
 from splitserve.sim.profile import Profile
 from splitserve.sim.routing import POLICIES, ExactRouter
@@ -26,6 +27,8 @@ class ClusterConfig:
     backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     splitwise: SplitwiseConfig = field(default_factory=SplitwiseConfig)
+    host_cores: int = 0  # cores of one host shared by its nodes (host.py); 0: each node has cores of its own
+    nodes_per_host: int = 0  # with host_cores: nodes per host, in node order (0: all on one host)
     router: str = "auto"  # exact (router/cluster/policies.py per request), index (heaps), auto: index above 64 nodes
 
     def __post_init__(self):
@@ -37,6 +40,8 @@ class ClusterConfig:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.max_queue < 1 or self.hop_s < 0 or self.poll_interval_s <= 0:
             raise ValueError("max_queue must be >= 1, hop_s >= 0, poll_interval_s > 0")
+        if self.host_cores < 0 or self.nodes_per_host < 0:
+            raise ValueError(f"host_cores and nodes_per_host must be >= 0, got {self.host_cores}, {self.nodes_per_host}")
         if self.router not in ("auto", "exact", "index"):
             raise ValueError(f"router must be auto, exact or index, got {self.router!r}")
 
@@ -50,7 +55,20 @@ def build_nodes(config: ClusterConfig, profiles: dict[str, Profile]) -> list[Nod
     for role, n in (("prefill", config.prefill), ("decode", config.decode), ("mixed", config.mixed)):
         for i in range(n):
             nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role], changed))
+    if config.host_cores:
+        share_hosts(nodes, config.host_cores, config.nodes_per_host)
     return nodes
+
+
+def share_hosts(nodes: list[NodeSim], cores: int, nodes_per_host: int) -> None:
+    """Each node learns its host's other nodes and the stretch model of its own profile."""
+    hosts: dict[int, list[NodeSim]] = {}
+    for node, host in zip(nodes, assign_hosts(len(nodes), nodes_per_host)):
+        hosts.setdefault(host, []).append(node)
+    for members in hosts.values():
+        for node in members:
+            node.host_peers = [n for n in members if n is not node]
+            node.host_model = HostModel.from_profile(node.profile, cores)
 
 
 def make_router(config: ClusterConfig, nodes: list[NodeSim]):

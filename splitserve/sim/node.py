@@ -52,6 +52,8 @@ class NodeSim:
         self.num_steps = 0
         self.num_preemptions = 0
         self.max_waiting = 0
+        self.host_peers: list | None = None  # other nodes on this node's host (host.py); None: cores of its own
+        self.host_model = None
 
     def touch(self) -> None:
         if not self.dirty:

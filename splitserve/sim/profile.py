@@ -117,6 +117,7 @@ class Profile:
     transfer: dict[str, Breakpoints]  # backend -> (bytes -> seconds)
     meta: dict = field(default_factory=dict)  # model, host, threads, date
     points: dict = field(default_factory=dict)  # raw measurements
+    host: dict = field(default_factory=dict)  # {"corun": {"cores", "threads", "stretch": [...], ...}} (host.py)
 
     def __post_init__(self):
         if not self.transfer:
@@ -132,7 +133,8 @@ class Profile:
     def to_dict(self) -> dict:
         return {"version": PROFILE_VERSION, "meta": self.meta, "engine": vars(self.engine),
                 "kv_capacity_tokens": self.engine.kv_capacity_tokens, "step": self.step.to_dict(),
-                "transfer": {k: v.to_dict() for k, v in self.transfer.items()}, "points": self.points}
+                "transfer": {k: v.to_dict() for k, v in self.transfer.items()}, "points": self.points,
+                **({"host": self.host} if self.host else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Profile":
@@ -140,7 +142,7 @@ class Profile:
             raise ValueError(f"profile version {d.get('version')!r} is not {PROFILE_VERSION}")
         return cls(StepModel.from_dict(d["step"]), EngineShape(**d["engine"]),
                    {k: Breakpoints.from_dict(v) for k, v in d["transfer"].items()}, d.get("meta", {}),
-                   d.get("points", {}))
+                   d.get("points", {}), d.get("host", {}))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -32,8 +32,11 @@ class ProfileConfig:
     max_num_seqs: int = NODE.max_num_seqs
     max_num_batched_tokens: int = NODE.max_batched_tokens
     one_shot_max_tokens: int = NODE.one_shot_max_tokens
+    corun: int = 0  # > 0: also time steps in 1..corun processes at once (host.py's stretch; measure_corun.py)
 
     def __post_init__(self):
+        if self.corun < 0:
+            raise ValueError(f"corun must be >= 0, got {self.corun}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         unknown = set(self.backends) - {"torch", "grpc"}
@@ -83,6 +86,12 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     transfer = {b: transfer_points(b, layout, tokens, 2 if config.quick else 3) for b in config.backends}
     log(f"transfer: {', '.join(transfer)} measured ({time.perf_counter() - started:.1f}s)")
     steps = prefill + decode
+    host = {}
+    if config.corun:
+        from splitserve.sim.measure_corun import CorunConfig, measure_corun
+
+        host["corun"] = measure_corun(CorunConfig(config.model_dir, config.threads, config.corun, dtype=config.dtype), log)
+        log(f"corun: stretch {host['corun']['stretch']} ({time.perf_counter() - started:.1f}s)")
     return Profile(
         step=StepModel.fit(steps), engine=shape,
         transfer={b: Breakpoints.through_medians(p) for b, p in transfer.items()},
@@ -90,4 +99,5 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
               "device": config.device, "dtype": config.dtype, "quick": config.quick, "host": platform.node(),
               "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "profile_seconds": round(time.perf_counter() - started, 1)},
-        points={"steps": [vars(p) for p in steps], "transfer": {b: [list(x) for x in p] for b, p in transfer.items()}})
+        points={"steps": [vars(p) for p in steps], "transfer": {b: [list(x) for x in p] for b, p in transfer.items()}},
+        host=host)

@@ -1,0 +1,132 @@
+"""How much one engine's steps stretch when other engine processes run on the same machine:
+the calibration of host.py's model (`splitserve profile --corun K`).
+
+K worker processes each load the engine once (the node's threads). For k = 1..K, the first k
+of them run the same steps at the same moment for `seconds` (a decode batch, then whole
+prompts), each timing its steps; the stretch for k is the median over kinds of
+(median step with k running / median step with 1 running).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+DECODE_BATCH, DECODE_CONTEXT, PREFILL_TOKENS = 4, 256, 256
+
+
+@dataclass(frozen=True)
+class CorunConfig:
+    model_dir: str
+    threads: int = 1
+    max_procs: int = 3
+    seconds: float = 2.0  # per kind and k
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.threads < 1 or self.max_procs < 1 or self.seconds <= 0:
+            raise ValueError("threads and max_procs must be >= 1 and seconds > 0")
+
+
+def _worker(config: CorunConfig, commands, results) -> None:
+    import torch
+
+    from splitserve.sim.measure import QUICK, make_engine, warm_up
+
+    torch.set_num_threads(config.threads)
+    engine = make_engine(config.model_dir, QUICK, config.dtype)
+    warm_up(engine)
+    results.put(("ready", os.getpid()))
+    for kind, start, seconds in iter(commands.get, None):
+        while time.time() < start:
+            time.sleep(0.005)
+        run = _decode_steps if kind == "decode" else _prefill_steps
+        try:
+            results.put((kind, run(engine, start + seconds)))
+        except Exception as e:  # reported to the parent, which raises it
+            results.put(("error", repr(e)))
+
+
+def _timed(engine) -> float:
+    t = time.perf_counter()
+    engine.step()
+    return time.perf_counter() - t
+
+
+def _decode_steps(engine, until: float) -> list[float]:
+    from splitserve.engine import SamplingParams
+
+    vocab = engine.model_config.vocab_size
+    params = SamplingParams(max_tokens=engine.max_model_len - DECODE_CONTEXT - 2, ignore_eos=True)
+    for i in range(DECODE_BATCH):
+        rid = f"corun-{i}-{time.time()}"
+        engine.reserve(rid, DECODE_CONTEXT)
+        engine.admit_prefilled(rid, [(i * 31 + j) % (vocab - 1) + 1 for j in range(DECODE_CONTEXT)], 1, params)
+    engine.step()
+    times = []
+    while time.time() < until:
+        times.append(_timed(engine))
+    for rid in list(engine.requests):
+        engine.abort(rid)
+    while engine.has_unfinished():
+        engine.step()
+    return times
+
+
+def _prefill_steps(engine, until: float) -> list[float]:
+    from splitserve.engine import SamplingParams
+
+    vocab = engine.model_config.vocab_size
+    times, n = [], 0
+    while time.time() < until:
+        n += 1
+        engine.add_request([(n * 7919 + j * 31) % (vocab - 1) + 1 for j in range(PREFILL_TOKENS)],
+                           SamplingParams(max_tokens=1, ignore_eos=True))
+        while engine.has_unfinished():
+            times.append(_timed(engine))
+    return times
+
+
+def _result(results) -> list[float]:
+    kind, value = results.get(timeout=120)
+    if kind == "error" or not value:
+        raise RuntimeError(f"a co-run worker failed: {value or 'no steps timed'}")
+    return value
+
+
+def measure_corun(config: CorunConfig, log=print) -> dict:
+    """{"cores", "threads", "stretch": [1.0, r2, ...], "median_step_ms": {kind: [per k]}, ...}"""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    queues = [ctx.Queue() for _ in range(config.max_procs)]
+    procs = [ctx.Process(target=_worker, args=(config, q, results), daemon=True) for q in queues]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            results.get(timeout=300)
+        medians = {"decode": [], "prefill": []}
+        for k in range(1, config.max_procs + 1):
+            for kind in medians:
+                start = time.time() + 0.3
+                for q in queues[:k]:
+                    q.put((kind, start, config.seconds))
+                per_proc = [statistics.median(_result(results)) for _ in range(k)]
+                medians[kind].append(statistics.median(per_proc))
+            log(f"corun: {k} busy: decode {medians['decode'][-1] * 1e3:.1f} ms, "
+                f"prefill {medians['prefill'][-1] * 1e3:.1f} ms")
+    finally:
+        for q in queues:
+            q.put(None)
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    stretch = [statistics.median([m[k] / m[0] for m in medians.values()]) for k in range(config.max_procs)]
+    return {"cores": len(os.sched_getaffinity(0)), "threads": config.threads, "stretch": [round(s, 4) for s in stretch],
+            "median_step_ms": {kind: [round(v * 1e3, 3) for v in m] for kind, m in medians.items()},
+            "workload": {"decode": [DECODE_BATCH, DECODE_CONTEXT], "prefill_tokens": PREFILL_TOKENS},
+            "seconds_per_point": config.seconds}
