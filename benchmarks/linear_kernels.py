@@ -2,7 +2,7 @@
 
 Times every linear of one decode step of SmolLM2-135M's shapes (30 layers of qkv 960x576, o
 576x576, gate_up 3072x576, down 576x1536, random weights) and its lm_head (49152x576) with
-F.linear over [out, in], `x @ w_t` over the weight stored [in, out], and oneDNN over the packed
+F.linear over [out, in], `torch.mv` over [out, in] (one row), `x @ w_t` over the weight stored [in, out], and oneDNN over the packed
 weight; medians of a few runs, milliseconds per step.
 
     python benchmarks/linear_kernels.py [--threads 1] [--rows 1 2 4 8 16 32]
@@ -38,6 +38,7 @@ def kernels(weights: list[torch.Tensor]) -> dict:
     pointwise = torch.ops.mkldnn._linear_pointwise
     return {"F.linear": (weights, F.linear),
             "x @ w_t": ([w.t().contiguous() for w in weights], torch.mm),
+            "mv": (weights, lambda x, w: torch.mv(w, x[0])),  # one row only: gemv over [out, in]
             "packed": ([torch.ops.mkldnn._reorder_linear_weight(w, PACK_FOR_ROWS) for w in weights],
                        lambda x, p: pointwise(x, p, None, "none", [], ""))}
 
@@ -53,7 +54,7 @@ def main() -> None:
     head = kernels([torch.randn(*HEAD)])
     for rows in args.rows:
         cells = []
-        for name in layers:
+        for name in [n for n in layers if rows == 1 or n != "mv"]:
             (ws, call), (hw, hcall) = layers[name], head[name]
             xs = [torch.randn(rows, w.shape[1] if name != "x @ w_t" else w.shape[0]) for w in ws]
             h = torch.randn(rows, HEAD[1])
