@@ -3,10 +3,13 @@ decoded greedily in the engine from the KV it wrote (how a mixed node serves a b
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import torch
 
+from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.runner import BlendOutcome, ChunkCache, RequestPlan
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.modelgen import ensure_model
@@ -30,3 +33,15 @@ def blend_and_decode(engine: Engine, cache: ChunkCache, ids: list[int], plan: Re
     while engine.has_unfinished():
         tokens += [t for out in engine.step() for t in out.new_token_ids]
     return tokens, outcome
+
+
+def run_questions(args, engine: Engine, items: list[tuple[int, dict]], one, summarize, **meta) -> dict:
+    """one(engine, item, passages) per question; the results so far are rewritten to args.out after each."""
+    questions, start = {}, time.perf_counter()
+    for i, item in items:
+        questions[i] = one(engine, item, args.passages)
+        args.out.write_text(json.dumps({"model": model_id(args.model), "passages": args.passages, **meta,
+                                        "threads": args.threads, "wall_s": time.perf_counter() - start,
+                                        "summary": summarize(questions), "questions": questions}, indent=1))
+        print(f"question {i} done", flush=True)
+    return questions

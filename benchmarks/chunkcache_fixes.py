@@ -16,20 +16,16 @@ and the engine decodes the greedy answer; scored like `chunkcache_quality.score`
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
 from pathlib import Path
 
-from chunkcache_quality import FULL, load_questions, question_parser, run_case, score
+from chunkcache_common import run_questions
+from chunkcache_quality import FULL, load_questions, passages_stored, question_parser, run_case, score
 
-from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.qa_prompt import qa_prompt
-from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
+from splitserve.chunkcache.runner import ChunkCacheConfig
 from splitserve.chunkcache.selection import ChunkBudget, hkvd_count
-from splitserve.chunkcache.store import ChunkStore
-from splitserve.chunkcache.tiers import LocalTier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chunkcache_quality_fixes.json"
 RATIO = 0.15
@@ -50,10 +46,7 @@ def per_chunk(qa, plan) -> None:
 
 def one_question(engine, item: dict, num_passages: int) -> dict:
     qa = qa_prompt(engine.tokenizer, item, True, num_passages)
-    store = ChunkStore(LocalTier(1 << 34))
-    ingest = ChunkCache(engine, store, prefix=qa.head)
-    for s, n in qa.spans:
-        store.put(*ingest.compute_alone(engine, qa.ids[s:s + n]))
+    store = passages_stored(engine, qa)
     full = run_case(engine, store, qa, FULL, reuse=False)
     out = {"full": score(full, full, item["answers"])}
     for name, blend in CASES.items():
@@ -67,18 +60,15 @@ def one_question(engine, item: dict, num_passages: int) -> dict:
     return out
 
 
+def summarize(questions: dict) -> dict:
+    names = next(iter(questions.values()))
+    return {n: {m: statistics.mean(q[n][m] for q in questions.values())
+                for m in ("rouge_l", "exact", "kl", "top1", "computed_fraction")} for n in names}
+
+
 def main() -> None:
     args = question_parser(__doc__.splitlines()[0], "4,6,7", RESULTS).parse_args()
-    engine, items = load_questions(args)
-    questions, start = {}, time.perf_counter()
-    for i, item in items:
-        questions[i] = one_question(engine, item, args.passages)
-        summary = {n: {m: statistics.mean(q[n][m] for q in questions.values())
-                       for m in ("rouge_l", "exact", "kl", "top1", "computed_fraction")} for n in questions[i]}
-        args.out.write_text(json.dumps({"model": model_id(args.model), "passages": args.passages, "ratio": RATIO,
-                                        "wall_s": time.perf_counter() - start, "summary": summary,
-                                        "questions": questions}, indent=1))
-        print(f"question {i} done", flush=True)
+    run_questions(args, *load_questions(args), one_question, summarize, ratio=RATIO)
 
 
 if __name__ == "__main__":

@@ -98,12 +98,18 @@ def prefix_caching(engine: Engine, item: dict, qa: QAPrompt, full: dict, index: 
     return score(full, {**full, "computed_fraction": 1 - cached / len(qa.ids)}, item["answers"])
 
 
-def one_question(engine: Engine, item: dict, index: int, num_passages: int, plain: bool) -> dict:
-    qa = qa_prompt(engine.tokenizer, item, True, num_passages)
+def passages_stored(engine: Engine, qa: QAPrompt) -> ChunkStore:
+    """A store holding every passage of the prompt computed alone after its head (as a node stores a miss)."""
     store = ChunkStore(LocalTier(1 << 34))
     ingest = ChunkCache(engine, store, prefix=qa.head)
     for s, n in qa.spans:
         store.put(*ingest.compute_alone(engine, qa.ids[s:s + n]))
+    return store
+
+
+def one_question(engine: Engine, item: dict, index: int, num_passages: int, plain: bool) -> dict:
+    qa = qa_prompt(engine.tokenizer, item, True, num_passages)
+    store = passages_stored(engine, qa)
     golds = item["answers"]
     full = run_case(engine, store, qa, FULL, reuse=False)
     out = {"index": index, "question": item["question"], "gold": golds, "num_tokens": len(qa.ids),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from splitserve.chunkcache.selection import ChunkBudget, needs_deviation, select_rows
 from splitserve.engine.rope import apply_rotary
 
-DEVIATIONS = ("k", "v")
+DEVIATIONS = ("k", "v", "k_rel")
 LayerSink = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -37,7 +37,7 @@ class BlendConfig:
     ratios: tuple[float, ...] = (0.15,)  # per check layer, non-increasing (gradual filtering)
     force_last: bool = True
     random_seed: int | None = None  # set: rows are chosen at random instead of by deviation (a baseline)
-    deviation: str = "k"  # rank rows by fresh-vs-reused K (LMCache v1) or V (the CacheBlend prototype)
+    deviation: str = "k"  # rank rows by fresh-vs-reused K (LMCache v1), V (the CacheBlend prototype), or K relative to |K|
     lead_rows: int = 0  # first rows of every reused chunk always recomputed (EPIC's LegoLink), beyond the ratio
 
     def __post_init__(self):
@@ -101,8 +101,8 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
             active, h = active[keep], h[keep]
         q, k, v = _qkv(layer, model.rotary, h, active)
         if i in checks and needs_deviation(checks[i], budgets):
-            fresh, reused_rows = (k, old[0][active]) if cfg.deviation == "k" else (v, old[1][active])
-            dev = _deviation(fresh, reused_rows, cfg.random_seed)  # [A]
+            fresh, reused_rows = (v, old[1][active]) if cfg.deviation == "v" else (k, old[0][active])
+            dev = _deviation(fresh, reused_rows, cfg.random_seed, cfg.deviation == "k_rel")  # [A]
             keep = select_rows(active, dev, candidate, checks[i], budgets)
             active, h, q, k, v = active[keep], h[keep], q[keep], k[keep], v[keep]
         if old is not None:
@@ -122,10 +122,11 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
     return result
 
 
-def _deviation(k: torch.Tensor, k_old: torch.Tensor, random_seed: int | None) -> torch.Tensor:
+def _deviation(k: torch.Tensor, k_old: torch.Tensor, random_seed: int | None, relative: bool = False) -> torch.Tensor:
     if random_seed is not None:
         return torch.rand(k.shape[0], generator=torch.Generator().manual_seed(random_seed)).to(k.device)
-    return (k.float() - k_old.float()).pow(2).sum(dim=(1, 2))
+    dev = (k.float() - k_old.float()).pow(2).sum(dim=(1, 2))
+    return dev / k_old.float().pow(2).sum(dim=(1, 2)).clamp_min(1e-12) if relative else dev
 
 
 def _qkv(layer, rotary, h: torch.Tensor, rows: torch.Tensor):

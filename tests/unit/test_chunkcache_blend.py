@@ -149,13 +149,24 @@ def test_lead_rows_of_every_chunk_are_recomputed(model, ids):
         BlendConfig(lead_rows=-1)
 
 
-def test_v_deviation_selects_by_value_change(model, ids):
-    """The same count of rows either way; at ratio 1 both are a full prefill."""
+@pytest.mark.parametrize("deviation", ["v", "k_rel"])
+def test_other_deviations_keep_counts_and_full_prefill(model, ids, deviation):
+    """The same count of rows by V or relative K deviation; at ratio 1 each is a full prefill."""
     k_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
-    v_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="v"))
-    assert k_res.active_rows == v_res.active_rows
+    other, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation=deviation))
+    assert k_res.active_rows == other.active_rows
     _, _, logits_ref = reference_prefill(model, ids)
-    torch.testing.assert_close(_run(model, ids, BlendConfig((1,), (1.0,), deviation="v"))[0].logits, logits_ref,
+    torch.testing.assert_close(_run(model, ids, BlendConfig((1,), (1.0,), deviation=deviation))[0].logits, logits_ref,
                                atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="deviation"):
         BlendConfig(deviation="q")
+
+
+def test_relative_k_deviation_ranks_by_change_over_norm():
+    from splitserve.chunkcache.blend import _deviation
+
+    k_old = torch.tensor([[[10.0, 0.0]], [[0.1, 0.0]], [[1.0, 0.0]]])  # [3 rows, 1 head, 2]
+    k = k_old + torch.tensor([[[1.0, 0.0]], [[0.1, 0.0]], [[0.0, 0.0]]])
+    assert _deviation(k, k_old, None).argmax() == 0  # absolute: the large-norm row
+    torch.testing.assert_close(_deviation(k, k_old, None, relative=True), torch.tensor([0.01, 1.0, 0.0]))
+
