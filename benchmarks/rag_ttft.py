@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import statistics
@@ -41,6 +42,7 @@ import openai
 
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.bench import traces
+from splitserve.bench.provenance import portable_args
 from splitserve.chunkcache.qa_prompt import QUERY, passage_text
 from splitserve.chunkcache.quality import answer_f1, rouge_l_f1
 from splitserve.localcluster.cluster import LocalCluster
@@ -50,6 +52,9 @@ from splitserve.modelgen import ensure_model
 ROOT = Path(__file__).resolve().parent
 TRACE = traces.data_file(traces.MUSIQUE_FILE)
 TIMEOUT_S = 300
+READY_TIMEOUT_S = 900  # per process: nodes load the model and warm up slowly on a loaded machine
+# a node busy with a 2,500-token prefill on a loaded machine answers health checks late: not a dead node
+PATIENT_ROUTER = ["--health-timeout-s", "30", "--unhealthy-after", "10"]
 MAX_TOKENS = 32
 LOCAL_TIER = ["--chunk-cache-bytes", str(3 << 30)]  # every passage's KV stays local after warm-up
 CACHE = ["--no-prefix-caching", "--chunk-planning", "ratio"] + LOCAL_TIER
@@ -93,19 +98,40 @@ def ask(api: openai.OpenAI, question: str, documents: list[str]) -> dict:
             "computed_tokens": usage.prompt_tokens - cached}
 
 
+def leftover_services() -> list[str]:
+    """Pids of splitserve nodes and routers already running (e.g. left by a killed run): they take CPU."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"splitserve.cli" in argv and (b"node" in argv or b"router" in argv):
+            found.append(pid)
+    return found
+
+
 def node_address(cluster: LocalCluster) -> str:
     return next(s.address for role, s in cluster.nodes if role in ("prefill", "mixed"))
 
 
-def chunk_stats(address: str) -> dict:
+def chunk_stats(address: str, timeout_s: float = 10) -> dict:
     with grpc.insecure_channel(address) as channel:
-        s = node_pb2_grpc.NodeStub(channel).Stats(node_pb2.StatsRequest(), timeout=10)
+        s = node_pb2_grpc.NodeStub(channel).Stats(node_pb2.StatsRequest(), timeout=timeout_s)
     if not s.HasField("chunk_cache"):
         return {}
     c = s.chunk_cache
     return {"local_hits": c.local_hits, "redis_hits": c.redis_hits, "misses": c.misses,
             "num_local_chunks": c.num_local_chunks, "recompute_fraction": c.recompute_fraction,
             "blended_requests": c.blended_requests}
+
+
+def stats_or_error(address: str) -> dict:
+    """For the results: a node still busy (recording live variants) may not answer Stats in time."""
+    try:
+        return chunk_stats(address, timeout_s=60)
+    except grpc.RpcError as exc:
+        return {"stats_error": exc.code().name}
 
 
 def wait_for_chunks(cluster: LocalCluster, num_chunks: int, timeout_s: float = 120) -> None:
@@ -153,6 +179,7 @@ def run(clusters: dict[str, LocalCluster], questions: list[dict], done) -> None:
             ask(apis[mode], item["question"], item["warm"])
             if mode not in ("full_prefill", "prefix_caching"):
                 wait_for_chunks(cluster, len(seen))
+        print(f"question {q}: warmed up", flush=True)
         for order in item["orders"]:
             modes = list(clusters)
             modes = modes[len(golds) % len(modes):] + modes[:len(golds) % len(modes)]  # rotate who goes first
@@ -173,6 +200,8 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=4)
     parser.add_argument("--topology", default="colocated", choices=("colocated", "disaggregated"))
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--node-kv-bytes", type=int, default=384 << 20, help="each node's KV pool (--kv-cache-bytes): "
+                        "the nodes of every cluster share the machine's memory")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -180,6 +209,11 @@ def main() -> None:
     if unknown or "full_prefill" not in modes:
         raise SystemExit(f"--modes must include full_prefill and name only {', '.join(MODES)}; unknown: {unknown}")
     model = Path(args.model) if Path(args.model).is_dir() else ensure_model(args.model)
+    args.load_average_start = os.getloadavg()
+    args.leftover_services = leftover_services()
+    if args.leftover_services:
+        print(f"warning: splitserve services already running (pids {', '.join(args.leftover_services)}): "
+              "they compete for the CPU", flush=True)
     questions = workload(args.questions, args.passages, args.reorders)
     redis = start_private_redis()
     if redis is None:
@@ -191,9 +225,13 @@ def main() -> None:
         for db, mode in enumerate(modes):
             # a Redis database per cluster: one cluster must not reuse the KV another just computed for the same request
             url = f"{redis.url.rsplit('/', 1)[0]}/{db}"
-            clusters[mode] = LocalCluster(model, node_args=MODES[mode], redis_url=url, http_port=-1, **shape)
-            clusters[mode].start()
-        stats = lambda: {mode: chunk_stats(node_address(c)) for mode, c in clusters.items()}
+            # patient KV transfers: a 2,500-token prefill sent layer by layer can take over 30 s on a loaded machine
+            node_args = MODES[mode] + ["--kv-cache-bytes", str(args.node_kv_bytes), "--transfer-timeout-s", "300"]
+            clusters[mode] = LocalCluster(model, node_args=node_args, redis_url=url, http_port=-1,
+                                          router_args=PATIENT_ROUTER, ready_timeout_s=READY_TIMEOUT_S, **shape)
+            clusters[mode].start(log=lambda line, mode=mode: print(f"{time.perf_counter() - start:6.0f}s {mode}: {line}",
+                                                                   flush=True))
+        stats = lambda: {mode: stats_or_error(node_address(c)) for mode, c in clusters.items()}
         run(clusters, questions, lambda rows, golds: report(args, model, rows, stats(), time.perf_counter() - start))
     finally:
         for c in clusters.values():
@@ -207,7 +245,9 @@ def report(args, model: Path, rows: dict, stats: dict, wall_s: float) -> None:
     checks = {f"{m}_ttft_over_full": s["ttft_s_median"] / full["ttft_s_median"] for m, s in summary.items()}
     checks["ttft_target_max"] = 1 / 3
     checks["rouge_l_target_min"] = 0.8
-    out = {"model": model.name, "dtype": "float32", "device": "cpu", "topology": args.topology, "threads_per_node": 1,
+    out = {"command": {"script": "benchmarks/rag_ttft.py", **portable_args(vars(args))}, "model": model.name,
+           "load_average_now": os.getloadavg(), "dtype": "float32", "device": "cpu", "topology": args.topology,
+           "threads_per_node": 1,
            "api": "HTTP /v1/chat/completions, documents field, streamed", "passages_per_question": args.passages,
            "questions": len({r["question"] for r in rows["full_prefill"]}), "reorders": args.reorders, "max_tokens": MAX_TOKENS, "wall_s": wall_s,
            "note": "clusters side by side on one shared 2-core machine; medians over requests; TTFT at the client",

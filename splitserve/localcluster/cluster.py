@@ -21,7 +21,7 @@ class LocalCluster:
     def __init__(self, model: Path, prefill: int = 1, decode: int = 1, colocated: int = 0, transport: str = "torch",
                  host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
                  policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = (),
-                 redis_url: str | None = None, private_redis: bool = False):
+                 redis_url: str | None = None, private_redis: bool = False, ready_timeout_s: float = 120.0):
         if colocated == 0 and (prefill == 0 or decode == 0):
             raise ValueError("need at least one prefill and one decode node, or a colocated node")
         self.model, self.transport, self.host = Path(model), transport, host
@@ -32,6 +32,7 @@ class LocalCluster:
         self.router: Service | None = None
         # chunk-cache Redis: a given URL, else a private redis-server when asked (None if none is installed)
         self.redis_url, self.private_redis, self.redis = redis_url, private_redis, None
+        self.ready_timeout_s = ready_timeout_s  # per process: how long to wait for its READY line
 
     @property
     def url(self) -> str:
@@ -56,7 +57,7 @@ class LocalCluster:
             nodes = ",".join(f"{role}={s.address}" for role, s in self.nodes)
             self.router = spawn("router", service_command(
                 "router", "--model", str(self.model), "--host", self.host, "--port", str(self.port),
-                "--http-port", str(self.http_port), "--nodes", nodes, "--policy", self.policy, *self.router_args))
+                "--http-port", str(self.http_port), "--nodes", nodes, "--policy", self.policy, *self.router_args), self.ready_timeout_s)
             log(f"router  {self.router.url}  nodes: {nodes}")
         except BaseException:
             self.stop()
@@ -75,7 +76,7 @@ class LocalCluster:
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
-        service = spawn(name, self.node_command(role))
+        service = spawn(name, self.node_command(role), self.ready_timeout_s)
         self.nodes.append((role, service))
         log(f"{name:10}{service.url}")
         return service
@@ -87,7 +88,7 @@ class LocalCluster:
         if service.alive():
             raise ValueError(f"{service.name} is still running: kill it first")
         role = self.nodes[index][0]
-        fresh = spawn(service.name, self.node_command(role, int(service.address.rsplit(":", 1)[1])))
+        fresh = spawn(service.name, self.node_command(role, int(service.address.rsplit(":", 1)[1])), self.ready_timeout_s)
         self.nodes[index] = (role, fresh)
         return fresh
 
