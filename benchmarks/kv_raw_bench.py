@@ -6,7 +6,11 @@ it (no headers, no checksum, no copies). `RawGlooPair()` spawns a sender and a r
 process that stay up, so a benchmark can interleave raw moves with its own transfers;
 `move(num_bytes, chunk_bytes)` returns the seconds one transfer took, measured on the receiver
 (post recv -> recv complete, so it includes the sender's start; buffers are allocated and
-touched before the clock starts). `measure_gloo_bandwidth` is the one-shot median.
+touched before the clock starts). `move_from_idle` times the same bytes the way a KV backend
+is timed: the receiver's recvs are posted and it sleeps in them (idle) until the sender starts,
+20 ms later; from the sender's first send to the receiver's last completion (one monotonic
+clock across processes), so it includes waking the idle receiver. `measure_gloo_bandwidth` is
+the one-shot median.
 """
 
 from __future__ import annotations
@@ -45,15 +49,33 @@ def _peer(rank: int, port: int, conn) -> None:
     pg = ProcessGroupGloo(PrefixStore("raw", store), rank, 2, _TIMEOUT)
     buf = torch.empty(0, dtype=torch.uint8)
     while (command := conn.recv()) is not None:
-        _, num_bytes, chunk_bytes = command
+        kind, num_bytes, chunk_bytes = command
         if buf.numel() < num_bytes:
             buf = torch.full((num_bytes,), 7, dtype=torch.uint8)
+        chunks = [buf[lo:hi] for lo, hi in _chunks(num_bytes, chunk_bytes)]
+        if kind == "idle":
+            conn.send(_move_from_idle(pg, rank, chunks))
+            continue
         pg.barrier().wait(_TIMEOUT)
         start = time.perf_counter()
         op = pg.send if rank == 0 else pg.recv
-        for work in [op([buf[lo:hi]], 1 - rank, 0) for lo, hi in _chunks(num_bytes, chunk_bytes)]:
+        for work in [op([chunk], 1 - rank, 0) for chunk in chunks]:
             work.wait(_TIMEOUT)
         conn.send(time.perf_counter() - start)
+
+
+def _move_from_idle(pg, rank: int, chunks: list) -> float:
+    """Rank 1 posts its recvs and waits in them; rank 0 sends 20 ms later. time.monotonic() of
+    rank 0's start / of rank 1's end."""
+    works = [pg.recv([chunk], 0, 0) for chunk in chunks] if rank == 1 else []
+    pg.barrier().wait(_TIMEOUT)
+    if rank == 0:
+        time.sleep(0.02)
+        start = time.monotonic()
+        works = [pg.send([chunk], 1, 0) for chunk in chunks]
+    for work in works:
+        work.wait(_TIMEOUT)
+    return start if rank == 0 else time.monotonic()
 
 
 class RawGlooPair:
@@ -71,12 +93,19 @@ class RawGlooPair:
 
     def move(self, num_bytes: int, chunk_bytes: int | None = None) -> float:
         """Seconds to move `num_bytes` rank 0 -> rank 1 (in `chunk_bytes` messages), on the receiver."""
+        return self._command("move", num_bytes, chunk_bytes)[1]
+
+    def move_from_idle(self, num_bytes: int, chunk_bytes: int | None = None) -> float:
+        """Seconds from rank 0's first send to rank 1's last completion, rank 1 idle in its recvs."""
+        start, end = self._command("idle", num_bytes, chunk_bytes)
+        return end - start
+
+    def _command(self, kind: str, num_bytes: int, chunk_bytes: int | None) -> list[float]:
         if num_bytes < 1:
             raise ValueError("num_bytes must be >= 1")
         for conn in self._conns:
-            conn.send(("move", num_bytes, min(chunk_bytes or num_bytes, num_bytes)))
-        seconds = [self._reply(conn) for conn in self._conns]
-        return seconds[1]
+            conn.send((kind, num_bytes, min(chunk_bytes or num_bytes, num_bytes)))
+        return [self._reply(conn) for conn in self._conns]
 
     def _reply(self, conn) -> float:
         deadline = time.monotonic() + _TIMEOUT.total_seconds()

@@ -5,15 +5,19 @@ one-shot) next to a colocated node and the single-process engine.
     python benchmarks/kv_transfer.py [--tokens 512 2048 8192] [--repeats 5]
 
 Part 0 times zlib crc32, CRC32C (google-crc32c) and xxh3-64 (xxhash) on one thread over
-buffers of the sizes of the KV transferred. Part 1 moves one request's KV (8 layers of
-[2, n, 4, 64] fp32) from this process to a receiver process with each backend (torch with
-and without checksums, grpc), timed from the sender's begin() to the receiver's DONE, and the
-same bytes with a bare ProcessGroupGloo send/recv (one message per layer) between two other
-processes: all interleaved round by round, so each ratio to raw gloo is the median of ratios
-measured side by side. Part 2 starts real clusters at once (router + 1 colocated node; router
-+ 1 prefill + 1 decode on the torch transport, 1 torch thread per node, checksum on / off,
-layer-wise / one-shot) and sends each prompt to each cluster in turn; the client's time to
-first token, medians. The machine's load average is recorded before and after.
+buffers of the sizes of the KV transferred. Part 1 moves one request's KV (the model's
+layers of [2, n, kv_heads, head_dim] fp32; small: 8 x [2, n, 4, 64]) from this process to a
+receiver process with each backend (torch with and without checksums, grpc), timed from the
+sender's begin() to the receiver's DONE, and the same bytes with a bare ProcessGroupGloo
+send/recv (one message per layer) between two other processes: all interleaved round by
+round, so each ratio to raw gloo is the median of ratios measured side by side. Raw gloo is
+timed twice: hot (both ends just left a barrier, timed on the receiver: the target's
+reference) and from idle (the receiver asleep in its posted recvs until the sender starts,
+timed like the backends across processes: `*_vs_raw_idle`). Part 2 starts real clusters at
+once (router + 1 colocated node; router + 1 prefill + 1 decode on the torch transport, 1
+torch thread per node, checksum on / off, layer-wise / one-shot) and sends each prompt to
+each cluster in turn; the client's time to first token, medians. The machine's load average
+is recorded before and after.
 """
 
 from __future__ import annotations
@@ -124,13 +128,17 @@ class _BackendPeer:
 
 
 def _bandwidth_row(n: int, total: int, samples: dict[str, list[float]]) -> dict:
-    raw = samples["raw"]
-    row = {"tokens": n, "bytes": total, "raw_gloo_gbps": total / statistics.median(raw) / 1e9}
+    raw, idle = samples["raw"], samples["raw_idle"]
+    row = {"tokens": n, "bytes": total, "raw_gloo_gbps": total / statistics.median(raw) / 1e9,
+           "raw_gloo_idle_gbps": total / statistics.median(idle) / 1e9}
     for name in VARIANTS:
         row[f"{name}_gbps"] = total / statistics.median(samples[name]) / 1e9
         row[f"{name}_vs_raw"] = statistics.median(r / s for r, s in zip(raw, samples[name], strict=True))
-    print(f"{n:6d} tokens {total / 1e6:6.1f} MB  raw gloo {row['raw_gloo_gbps']:.2f} GB/s  " + "  ".join(
-        f"{name} {row[f'{name}_gbps']:.2f} ({row[f'{name}_vs_raw']:.0%})" for name in VARIANTS))
+        row[f"{name}_vs_raw_idle"] = statistics.median(r / s for r, s in zip(idle, samples[name], strict=True))
+    print(f"{n:6d} tokens {total / 1e6:6.1f} MB  raw gloo {row['raw_gloo_gbps']:.2f} GB/s "
+          f"(from idle {row['raw_gloo_idle_gbps']:.2f})  " + "  ".join(
+              f"{name} {row[f'{name}_gbps']:.2f} ({row[f'{name}_vs_raw']:.0%}; {row[f'{name}_vs_raw_idle']:.0%})"
+              for name in VARIANTS))
     return row
 
 
@@ -143,9 +151,10 @@ def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> l
                 meta = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=n, num_kv_heads=cfg.num_kv_heads,
                             head_dim=cfg.head_dim, dtype="float32")
                 total = TransferMeta(**meta).total_nbytes
-                samples = {name: [] for name in ["raw", *VARIANTS]}
+                samples = {name: [] for name in ["raw", "raw_idle", *VARIANTS]}
                 for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
-                    measured = {"raw": raw.move(total, total // cfg.num_layers)}
+                    measured = {"raw": raw.move(total, total // cfg.num_layers),
+                                "raw_idle": raw.move_from_idle(total, total // cfg.num_layers)}
                     for name, (backend, checksum) in VARIANTS.items():
                         measured[name] = peers[backend].seconds(meta, checksum)
                     for name, seconds in measured.items():

@@ -32,7 +32,7 @@ from splitserve.kvtransfer.wire import CHUNK_BYTES, HEADER_WORDS, LayerHeader, c
 JOIN_QUEUE = "splitserve/kv/join"
 STOP_TOKEN = "stop"  # pushed on JOIN_QUEUE to wake the acceptor when the receiver closes
 SENDER_RANK, RECEIVER_RANK = 0, 1
-HEADER_TAG, PAYLOAD_TAG, BREAK_TAG = 1, 2, 3
+HEADER_TAG, PAYLOAD_TAG, BREAK_TAG, ACK_TAG = 1, 2, 3, 4
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JOIN_RE = re.compile(r"^(splitserve/kv/([A-Za-z0-9_.-]{1,64})/(\d{1,9})) (gloo|nccl)$")
 
@@ -88,7 +88,13 @@ def make_group(store: TCPStore, pair_key: str, rank: int, device: str, timeout_s
 
 
 class PairLink:
-    """One end of a pair group: headers and chunked payloads, every wait bounded.
+    """One end of a pair group: headers, acks and chunked payloads, every wait bounded.
+
+    gloo: the sender posts a flight's payload sends only after the receiver acked its header
+    (`wait_ack` / `ack`), so every payload finds its recv posted and gloo writes it at once.
+    Posted the other way round, each payload waits for a recv-ready notice that the receiver
+    can only send between reads of the payload before it (measured: about half raw speed).
+    NCCL has no acks (its p2p ops run in order on one stream: an early ack recv would block).
 
     Any exception from a method leaves the link unusable: call `close()` and form a new one.
     """
@@ -102,19 +108,45 @@ class PairLink:
         self._headers = [torch.zeros(HEADER_WORDS, dtype=torch.int64, device=self.device) for _ in range(2)]
         self._next_header = None  # (work, buffer) of the posted header recv
         self._scratch: torch.Tensor | None = None
+        self.acks = self.backend == "gloo"
+        self._ack_word = torch.ones(1, dtype=torch.int64)  # receiver: the (constant) ack message
+        self._ack_buffer = torch.zeros(1, dtype=torch.int64)  # sender: where acks land
+        self._acks_out: list = []  # receiver: ack sends not completed yet
+        self._ack_in = None  # sender: (work, buffer) of the posted ack recv
         self.closed = False
 
     def send_header(self, words: torch.Tensor, timeout_s: float) -> None:
         """A header message alone (int64[HEADER_WORDS], see `wire.encode_entries`)."""
-        self.group.send([words.to(self.device)], self.peer, HEADER_TAG).wait(td(timeout_s))
+        self.post_header(words).wait(td(timeout_s))
 
-    def post_batch(self, words: torch.Tensor, flats: list[torch.Tensor]) -> list:
-        """Post a header message and the payloads of its LAYER entries (each flat: uint8 [nbytes],
-        in CHUNK_BYTES messages); wait with `wait_all`."""
-        works = [self.group.send([words.to(self.device)], self.peer, HEADER_TAG)]
-        for flat in flats:
-            works += [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
-        return works
+    def post_header(self, words: torch.Tensor):
+        """Post a header message; the ack of a header with LAYER entries is `wait_ack`ed next."""
+        if self.acks and self._ack_in is None:
+            self._ack_in = self._post_ack_recv()
+        return self.group.send([words.to(self.device)], self.peer, HEADER_TAG)
+
+    def wait_ack(self, timeout_s: float) -> None:
+        """Sender: wait until the receiver posted the payload recvs of the header just sent."""
+        if not self.acks:
+            return
+        work, self._ack_in = self._ack_in, None
+        work.wait(td(timeout_s))
+        self._ack_in = self._post_ack_recv()
+
+    def _post_ack_recv(self):
+        return self.group.recv([self._ack_buffer], self.peer, ACK_TAG)
+
+    def ack(self) -> None:
+        """Receiver: the payload recvs of the last header are posted (never waits)."""
+        if self.acks:
+            self._acks_out = [work for work in self._acks_out if not work.is_completed()]
+            self._acks_out.append(self.group.send([self._ack_word], self.peer, ACK_TAG))
+
+    def post_payloads(self, flats: list[torch.Tensor]) -> list:
+        """Post the payloads of a header's LAYER entries (each flat: uint8 [nbytes], in
+        CHUNK_BYTES messages); wait with `wait_all`."""
+        return [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG)
+                for flat in flats for lo, hi in chunk_ranges(flat.numel())]
 
     def recv_header(self, timeout_s: float) -> list[LayerHeader]:
         """The entries of the next header message; ValueError if the peer does not speak this protocol.

@@ -6,9 +6,10 @@ instance replaces (breaks) the older one. A pair thread loops: receive a header 
 (waiting up to `idle_timeout_s`), `_admit` each of its LAYER entries against the reservations
 and post every payload's recv at once, into buffers reused from the pair's pool (fresh memory
 costs a page fault per 4 KiB), or into a chunk-sized scratch buffer for a payload that matches
-no live reservation; CHECKSUM and ABORT entries go to the reservations they name. Headers that
-have already arrived are taken too (gloo), so the sender's next flight never waits for this
-thread to finish the one before. Then it
+no live reservation; CHECKSUM and ABORT entries go to the reservations they name. A header
+with LAYER entries is acked once their recvs are posted: only then does the sender post the
+payloads (see `PairLink`). Headers that have already arrived are taken too (gloo), so the
+sender's next flight never waits for this thread to finish the one before. Then it
 waits for the payloads in order and `_deliver`s each (hash, then copy into the pool) while
 gloo's own thread fills the next. The last layer of a flight waits for the next header's
 recvs to be posted before it is delivered, unless it is its request's last layer. One thread
@@ -155,6 +156,8 @@ class TorchReceiver(TrackedReceiver):
         except Exception:
             self._unadmit_all(posted)
             raise
+        if posted:
+            link.ack()  # the sender posts these payloads now: each finds its recv waiting
         return posted
 
     def _post(self, link: PairLink, entry: LayerHeader, pool: _BufferPool) -> _Posted | None:

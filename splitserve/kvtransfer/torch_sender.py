@@ -2,11 +2,12 @@
 
 One background thread per destination moves jobs in the order they were enqueued. It takes
 every layer already queued (up to MAX_LAYERS) as one flight: a single header message listing
-them (plus the CHECKSUM entries still owed) and their payloads straight from the caller's
-tensors, on the pair group (formed on first use, see `torch_pair`). While gloo's own thread
-moves those bytes, this thread hashes the same layers; their CHECKSUM entries ride in the
-next flight's header, or in a header of their own when nothing else is queued. A flight is
-confirmed when its sends complete; the previous one is waited for after the next is posted.
+them (plus the CHECKSUM entries still owed), on the pair group (formed on first use, see
+`torch_pair`). While the receiver posts the flight's recvs, this thread hashes its layers;
+on the receiver's ack it posts the payloads straight from the caller's tensors (gloo writes
+each at once: its recv is waiting). The CHECKSUM entries ride in the next flight's header, or
+in a header of their own when nothing else is queued. A flight is confirmed when its sends
+complete; the previous one is waited for after the next is posted.
 Every wait is bounded by the request's remaining time. When an op fails the group is
 dropped; the unconfirmed flights are posted once more on a fresh group if the failed group
 had worked before (the receiver restarted or closed an idle group), else their requests
@@ -58,6 +59,7 @@ class _Flight:
     owed: list[_Owed]  # CHECKSUM entries it carries
     works: list = field(default_factory=list)
     retried: bool = False
+    hashed: list[_Owed] | None = None  # CHECKSUM entries of its layers, once computed
 
     def words(self) -> torch.Tensor:
         return encode_entries([_layer_entry(job) for job in self.jobs] + [o.entry for o in self.owed])
@@ -152,10 +154,16 @@ class TorchSender(TrackedSender):
         for job in jobs:
             if job.ready is not None:
                 torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
-        self._post(_Flight(jobs, owed), flights)
-        self._owed = [_Owed(job, self._checksum_entry(job)) for job in jobs  # hashed while the flight is on the wire
-                      if job.meta.checksum and self._is_live(job.meta.request_id)]
+        flight = _Flight(jobs, owed)
+        self._post(flight, flights, while_unacked=lambda: self._hash(flight))
+        self._hash(flight)
+        self._owed = [o for o in flight.hashed if self._is_live(o.job.meta.request_id)]
         self._settle(flights, keep=1)
+
+    def _hash(self, flight: _Flight) -> None:
+        """The CHECKSUM entries of the flight's layers, computed once (while its header waits for the ack)."""
+        if flight.hashed is None:
+            flight.hashed = [_Owed(job, self._checksum_entry(job)) for job in flight.jobs if job.meta.checksum]
 
     def _checksum_entry(self, job: Job) -> LayerHeader:
         rhash = request_hash(job.meta.request_id)
@@ -163,14 +171,18 @@ class TorchSender(TrackedSender):
         value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
         return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
 
-    def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
+    def _post(self, flight: _Flight, flights: deque[_Flight], while_unacked=lambda: None) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id
         flights.append(flight)
         try:
             link = self._ensure_link(rid)
-            for job in flight.jobs:
-                self._mark_sending(job.meta.request_id)
-            flight.works = link.post_batch(flight.words(), [as_bytes(job.kv) for job in flight.jobs])
+            flight.works = [link.post_header(flight.words())]
+            if flight.jobs:
+                while_unacked()
+                link.wait_ack(self._flight_remaining_s(flight))
+                for job in flight.jobs:
+                    self._mark_sending(job.meta.request_id)
+                flight.works += link.post_payloads([as_bytes(job.kv) for job in flight.jobs])
             return True
         except Exception as exc:
             self._recover(flights, exc)
@@ -181,8 +193,7 @@ class TorchSender(TrackedSender):
         while len(flights) > keep:
             flight = flights[0]
             try:
-                remaining_s = max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts())
-                self._link.wait_all(flight.works, remaining_s)
+                self._link.wait_all(flight.works, self._flight_remaining_s(flight))
             except Exception as exc:
                 self._recover(flights, exc)
                 continue
@@ -190,6 +201,9 @@ class TorchSender(TrackedSender):
             self._link_proven = True
             for job in [job for job in flight.jobs if not job.meta.checksum] + [o.job for o in flight.owed]:
                 self._layer_sent(job.meta.request_id, job.meta.layer_nbytes)
+
+    def _flight_remaining_s(self, flight: _Flight) -> float:
+        return max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts())
 
     def _recover(self, flights: deque[_Flight], exc: Exception) -> None:
         """The group broke: drop it. If it had worked before (stale: the receiver restarted or

@@ -14,7 +14,8 @@ entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last sh
 - ABORT: the sender gave up on the request; no payload follows.
 
 So a sender that has several layers queued sends one header for all of them, and the receiver
-posts every payload's receive at once. `nbytes` decides the receiver's message sizes, so
+posts every payload's receive at once, then acks the header (gloo; v3): the sender posts the
+payloads only after the ack, so they never wait on a receive posted late. `nbytes` decides the receiver's message sizes, so
 entries and payloads must come from the same sender call; gloo aborts the process on a size
 mismatch, so the pair group is a channel between trusted peers, not a defence against hostile
 ones.
@@ -31,7 +32,7 @@ import torch
 from splitserve.kvtransfer.base import TransferMeta
 from splitserve.kvtransfer.checksum import ChecksumKind
 
-MAGIC = 0x5353_4B56_0002  # "SSKV" v2
+MAGIC = 0x5353_4B56_0003  # "SSKV" v3 (v2 had no acks: the two do not talk to each other)
 MAX_ENTRIES = 16
 ENTRY_WORDS = 7
 HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
@@ -127,7 +128,7 @@ def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:
 
 
 def decode_entries(words: torch.Tensor) -> list[LayerHeader]:
-    """The entries of a header message; ValueError on anything that is not a well-formed v2 header."""
+    """The entries of a header message; ValueError on anything that is not a well-formed v3 header."""
     values = words.tolist()
     if len(values) != HEADER_WORDS or values[0] != MAGIC:
         raise ValueError("not a splitserve KV header (bad magic)")
