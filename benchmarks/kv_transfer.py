@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--ttft-repeats", type=int, default=3, help="prompts per length in part 2")
+    parser.add_argument("--ttft-tokens", type=int, nargs="+", default=None, help="prompt lengths in part 2 (--tokens)")
     parser.add_argument("--skip-ttft", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -302,7 +303,7 @@ def main() -> None:
     report["load_average_after_bandwidth"] = os.getloadavg()
     _write(args.out, report)
     if not args.skip_ttft:
-        report["ttft"] = ttft_rows(args.model, args.tokens, args.ttft_repeats)
+        report["ttft"] = ttft_rows(args.model, args.ttft_tokens or args.tokens, args.ttft_repeats)
         report["load_average_after"] = os.getloadavg()
         _write(args.out, report)
     print(f"load average before {report['load_average_before']}, after {os.getloadavg()}")

@@ -3,20 +3,21 @@
 It hosts the rendezvous `TCPStore` on the kv port. An acceptor thread pops join messages
 (see `torch_pair`) and starts one thread per pair; a newer group from the same sender
 instance replaces (breaks) the older one. A pair thread loops: receive a header message
-(waiting up to `idle_timeout_s`), `_admit` each of its LAYER entries against the reservations
-and post every payload's recv at once, into buffers reused from the pair's pool (fresh memory
-costs a page fault per 4 KiB), or into a chunk-sized scratch buffer for a payload that matches
-no live reservation; CHECKSUM and ABORT entries go to the reservations they name. A header
-with LAYER entries is acked once their recvs are posted: only then does the sender post the
-payloads (see `PairLink`). Headers that have already arrived are taken too (gloo), so the
-sender's next flight never waits for this thread to finish the one before. Then it
-waits for the payloads in order and `_deliver`s each (hash, then copy into the pool) while
-gloo's own thread fills the next. The last layer of a flight waits for the next header's
-recvs to be posted before it is delivered, unless it is its request's last layer. One thread
-per pair: every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times
-out or a header that is not ours ends the pair thread and closes the group; the peer forms a
-new one next time. A header claiming more than `max_layer_bytes` closes the group instead of
-being drained.
+(waiting up to `idle_timeout_s`), `_admit` each of its LAYER entries against the
+reservations and post every payload's recv at once, into buffers reused from the pair's pool
+(fresh memory costs a page fault per 4 KiB), or into a chunk-sized scratch buffer for a
+payload that matches no live reservation; CHECKSUM and ABORT entries go to the reservations
+they name. A header with LAYER entries is acked once their recvs are posted: only then does
+the sender post the payloads (see `PairLink`). Headers that have already arrived are taken
+too (gloo), before and while it waits for the payloads (once at most POST_AHEAD are
+outstanding), so the sender's next flight flows right behind this one. The payloads are
+waited for in order, `_deliver`ing each (hash, then copy into the pool) while gloo's own
+thread fills the next. The last layer of a flight waits for the next header's recvs to be
+posted before it is delivered, unless it is its request's last layer. One thread per pair:
+every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times out or a
+header that is not ours ends the pair thread and closes the group; the peer forms a new one
+next time. A header claiming more than `max_layer_bytes` closes the group instead of being
+drained.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from splitserve.kvtransfer.torch_pair import (
 from splitserve.kvtransfer.wire import MAX_ENTRIES, Kind, LayerHeader
 
 log = logging.getLogger(__name__)
+POST_AHEAD = 2  # the next flight's recvs are posted once this few payloads are outstanding (pool: + MAX_ENTRIES)
 
 
 class TorchReceiver(TrackedReceiver):
@@ -135,17 +137,29 @@ class TorchReceiver(TrackedReceiver):
                 if pending is not None and pending.is_last:
                     pending = self._flush(pending, pool)
                 payloads = self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
-                while link.header_arrived() and len(payloads) < MAX_ENTRIES:  # the sender is ahead: post more
-                    payloads += self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
+                self._post_arrived(link, payloads, pool, 0)
                 pending = self._flush(pending, pool)  # overlaps with these payloads
-                for i, post in enumerate(payloads):
+                i = 0
+                while i < len(payloads):
+                    post = payloads[i]
                     self._wait(link, post, payloads[i + 1:])
                     if post.res is not None:
                         pending = _Received(post.res, post.header, post.flat)
-                        if i + 1 < len(payloads):
-                            pending = self._flush(pending, pool)  # while gloo fills the next one
+                    self._post_arrived(link, payloads, pool, i + 1)  # the next flight flows right behind this one
+                    if pending is not None and i + 1 < len(payloads):
+                        pending = self._flush(pending, pool)  # while gloo fills the next one
+                    i += 1
         finally:
             self._flush(pending, pool)
+
+    def _post_arrived(self, link: PairLink, payloads: list[_Posted], pool: _BufferPool, num_waited: int) -> None:
+        """Post (and ack) the headers already here while at most POST_AHEAD payloads are outstanding."""
+        try:
+            while link.header_arrived() and len(payloads) - num_waited <= POST_AHEAD:
+                payloads += self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
+        except Exception:
+            self._unadmit_all(payloads[num_waited:])
+            raise
 
     def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
         posted: list[_Posted] = []
