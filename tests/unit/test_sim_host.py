@@ -49,3 +49,15 @@ def test_a_shared_host_stretches_busy_steps_and_own_cores_do_not():
     assert one_each["median_ttft_ms"] == pytest.approx(own["median_ttft_ms"])
     assert shared["median_tpot_ms"] == pytest.approx(1.5 * own["median_tpot_ms"], rel=0.02)
     assert shared["completed"] == own["completed"] == 8
+
+
+@pytest.mark.slow
+def test_corun_measures_one_stretch_per_process_count(tiny_model):
+    from splitserve.sim.measure_corun import CorunConfig, measure_corun
+
+    corun = measure_corun(CorunConfig(str(tiny_model), threads=1, max_procs=2, seconds=0.2), log=lambda _: None)
+    assert corun["stretch"][0] == 1.0 and len(corun["stretch"]) == 2 and corun["stretch"][1] > 0
+    assert corun["threads"] == 1 and corun["cores"] >= 1
+    assert all(len(v) == 2 for v in corun["median_step_ms"].values())
+    with pytest.raises(ValueError):
+        CorunConfig(str(tiny_model), max_procs=0)
