@@ -134,8 +134,9 @@ def main() -> None:
     model_dir = resolve_model(args.model)
     gguf = args.gguf or llamacpp.convert_f32(model_dir, llamacpp.CACHE / "gguf" / f"{model_dir.name}-f32.gguf")
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    stamp = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # also on each part: one not re-run keeps its own
     report.update({"benchmark": "vs_llamacpp", "model": model_dir.name, "gguf": gguf.name, "dtype": "float32",
-                   "threads": args.threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "threads": args.threads, **stamp,
                    "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}})
     if "inprocess" in args.part:
         result = measure_inprocess(model_dir, gguf, args)
@@ -145,7 +146,7 @@ def main() -> None:
         result["method"] = ("per repeat: llama-bench -p N -n 0 -r 1, engine and HF prefill (generate 1 token), then "
                             "llama-batched-bench -npp -ntg -npl, engine and HF decode per batch = batch * ntg / "
                             "(time(ntg + 1 tokens) - time(1 token)); medians over repeats")
-        report["inprocess"] = result
+        report["inprocess"] = {**result, **stamp}
         print_inprocess(result)
     if "served" in args.part:
         from vs_llamacpp_served import measure_served, print_served
@@ -154,7 +155,7 @@ def main() -> None:
             report["served"] = {**served, "partial": True}
             write(args.out, report)
 
-        report["served"] = measure_served(model_dir, gguf, args, on_point=save_partial)
+        report["served"] = {**measure_served(model_dir, gguf, args, on_point=save_partial), **stamp}
         print_served(report["served"])
     write(args.out, report)
 
