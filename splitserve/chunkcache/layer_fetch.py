@@ -117,8 +117,7 @@ class LayerwiseFetch:
             for layer in range(self.num_layers):
                 self._read_layer(layer)
             bad = [v.key for v in self._values if v.hasher.digest() != v.checksum]
-            for key in bad:
-                self.tier.num_corrupt += 1
+            for key in bad:  # counted once, by whoever receives the CorruptValue (runner.py)
                 self.tier.delete(key)
             if bad:
                 raise CorruptValue(f"payload checksum does not match the header for {len(bad)} value(s)")
