@@ -118,11 +118,11 @@ def one_question(engine: Engine, item: dict, nxt: dict, index: int, passages: in
 
 def summarize(questions: list[dict]) -> dict:
     out = {}
-    for name in questions[0]["cases"]:
-        rows = [q["cases"][name] for q in questions]
+    for name in dict.fromkeys(n for q in questions for n in q["cases"]):
+        rows = [q["cases"][name] for q in questions if name in q["cases"]]
         out[name] = {m: statistics.mean(r[m] for r in rows) for m in rows[0] if m != "answer"}
-        out[name]["rouge_l_min"] = min(r["rouge_l"] for r in rows)
-        out[name]["rouge_ge_0.8"] = sum(r["rouge_l"] >= 0.8 for r in rows) / len(rows)
+        out[name].update(num_questions=len(rows), rouge_l_min=min(r["rouge_l"] for r in rows),
+                         rouge_ge_0_8=sum(r["rouge_l"] >= 0.8 for r in rows) / len(rows))
     return out
 
 
@@ -131,6 +131,14 @@ def make_engine(model: Path, items: list[dict], passages: int) -> Engine:
     probe = Engine(model, EngineConfig(kv_cache_bytes=1 << 20, enable_prefix_caching=False))
     lengths = [len(qa_prompt(probe.tokenizer, it, True, passages).ids) for it in items]
     return Engine(model, EngineConfig(kv_cache_bytes=2 * kv_budget_bytes(probe, lengths), enable_prefix_caching=False))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    results = [json.loads(p.read_text()) for p in paths]
+    questions = sorted({q["index"]: q for r in results for q in r["questions"]}.values(), key=lambda q: q["index"])
+    merged = {**results[0], "num_questions": len(questions), "wall_s": sum(r["wall_s"] for r in results),
+              "merged_from": [p.name for p in paths], "summary": summarize(questions), "questions": questions}
+    out.write_text(json.dumps(merged, indent=1))
 
 
 def parse_range(text: str) -> list[int]:
@@ -146,7 +154,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kv-only", action="store_true", help="only the KV perturbations (no engine-path cases)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="only merge these result files into --out")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     torch.set_num_threads(args.threads)
     everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
     indices = parse_range(args.questions)

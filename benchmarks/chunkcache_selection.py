@@ -19,6 +19,7 @@ where it was computed: zero deviation, so HKVD never spends budget there; random
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -81,7 +82,15 @@ def summarize(questions: dict) -> dict:
 
 
 def main() -> None:
-    args = question_parser(__doc__.splitlines()[0], "0,1,2", RESULTS).parse_args()
+    parser = question_parser(__doc__.splitlines()[0], "0,1,2", RESULTS)
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="only merge these result files into --out")
+    args = parser.parse_args()
+    if args.merge:
+        results = [json.loads(p.read_text()) for p in args.merge]
+        questions = {i: q for r in results for i, q in r["questions"].items()}
+        merged = {**results[0], "wall_s": sum(r["wall_s"] for r in results), "merged_from": [p.name for p in args.merge],
+                  "summary": summarize(questions), "questions": questions}
+        return args.out.write_text(json.dumps(merged, indent=1))
     run_questions(args, *load_questions(args), one_question, summarize, ratio=RATIO)
 
 
