@@ -13,7 +13,9 @@ With live variants on (ChunkCacheConfig.live_variants > 0, the default), misses 
 alone: the chunks the plan names (`record`: misses, and hits reused in a context not stored yet)
 are computed once more inside the request's own prompt and stored as variants of that context
 (`_record_later`, chunkcache/live.py), after the request's prefill (`prefilled(rid)`) so that
-they never run ahead of it on the engine thread.
+they never run ahead of it on the engine thread. Recordings and stores run as the engine loop's
+background work, one layer at a time, only while no request waits: a later request's prefill never
+queues behind them for more than one layer.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class ChunkPath:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(gate.wait(), RECORD_WAIT_S)
                 self._prefilling = {r: e for r, e in self._prefilling.items() if e is not gate}
-            entries = await self._on_engine(lambda engine: self.cache.record(engine, prompt, spans, keys, targets))
+            entries = await self._in_background(lambda engine: self.cache.record_steps(engine, prompt, spans, keys,
+                                                                                       targets))
             await asyncio.to_thread(lambda: [self.cache.store.put(meta, kv) for meta, kv in entries])
         except Exception:  # a failed recording only costs a later fix
             log.exception("recording live chunk variants failed")
@@ -124,7 +127,8 @@ class ChunkPath:
 
     async def _store(self, key: str, chunk_ids: list[int], head: list[int]) -> None:
         try:
-            meta, kv = await self._on_engine(lambda engine: self.cache.compute_alone(engine, chunk_ids, head))
+            [(meta, kv)] = await self._in_background(lambda engine: self.cache.compute_in_context_steps(
+                engine, [chunk_ids], head))
             await asyncio.to_thread(self.cache.store.put, meta, kv)
         except Exception:  # a failed store only costs a later miss
             log.exception("storing chunk %s failed", key)
@@ -213,3 +217,7 @@ class ChunkPath:
 
     async def _on_engine(self, fn: Callable):
         return await asyncio.wrap_future(self.engine_loop.call(fn))
+
+    async def _in_background(self, job: Callable):
+        """Off-path work, a layer at a time, only while no request waits for the engine (EngineLoop.background)."""
+        return await asyncio.wrap_future(self.engine_loop.background(job))

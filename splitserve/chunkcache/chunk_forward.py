@@ -8,6 +8,7 @@ earlier span (inter), on itself (intra), and per row on all earlier spans (token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generator
 
 import torch
 
@@ -22,25 +23,44 @@ class ForwardOut:
     stats: list[ChunkStats]  # one per span
 
 
-@torch.inference_mode()
 def full_forward(model, token_ids: torch.Tensor, spans: list[tuple[int, int]] = (),
                  keys: list[str] = ()) -> ForwardOut:
     """token_ids: [n]; spans: (start, end) rows of each chunk, in order; keys: their chunk hashes."""
+    return drain(full_forward_steps(model, token_ids, spans, keys))
+
+
+def full_forward_steps(model, token_ids: torch.Tensor, spans: list[tuple[int, int]] = (),
+                       keys: list[str] = ()) -> Generator[None, None, ForwardOut]:
+    """full_forward one layer per step (yields between layers; returns the ForwardOut): off-path work that
+    the engine loop runs piece by piece (EngineLoop.background), the same arithmetic in the same order."""
     n = token_ids.shape[0]
-    rows = torch.arange(n, device=token_ids.device)
-    h = model.embed_tokens(token_ids)
+    with torch.inference_mode():
+        rows = torch.arange(n, device=token_ids.device)
+        h = model.embed_tokens(token_ids)
     ks, vs = [], []
     acc = [_Acc(len(spans[:i]), e - s) for i, (s, e) in enumerate(spans)]
     for layer in model.layers:
-        q, k, v = _qkv(layer, model.rotary, h, rows)
-        for i, (s, e) in enumerate(spans):
-            acc[i].add(_attention_probs(layer.self_attn, q[s:e], k[:e], s), spans[:i], s)
-        h = _finish(layer, h, _attend(layer.self_attn, q, k, v, rows, True))
+        yield
+        with torch.inference_mode():
+            q, k, v = _qkv(layer, model.rotary, h, rows)
+            for i, (s, e) in enumerate(spans):
+                acc[i].add(_attention_probs(layer.self_attn, q[s:e], k[:e], s), spans[:i], s)
+            h = _finish(layer, h, _attend(layer.self_attn, q, k, v, rows, True))
         ks.append(k)
         vs.append(v)
     num_layers = len(model.layers)
     stats = [a.stats(tuple(keys[:i]), tuple(e - s for s, e in spans[:i]), num_layers) for i, a in enumerate(acc)]
-    return ForwardOut(torch.stack(ks), torch.stack(vs), stats)
+    with torch.inference_mode():
+        return ForwardOut(torch.stack(ks), torch.stack(vs), stats)
+
+
+def drain(steps: Generator):
+    """Runs a step generator to its end -> what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _attention_probs(attn, q: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:

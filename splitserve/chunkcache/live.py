@@ -9,15 +9,18 @@ chunk gets variants this way while it holds fewer than `limit`; past the per-chu
 (cachecraft.variants_to_evict, tiers.LocalTier), and Redis' TTL bounds every variant's life.
 
 The KV comes from one causal forward of the prompt up to the last recorded chunk, on the
-engine thread, after the request's own prefill (prefill_node/chunks.py), off its critical path.
+engine thread, after the request's own prefill (prefill_node/chunks.py), off its critical path:
+one layer per piece of engine-loop background work, so requests that arrive meanwhile go first.
 """
 
 from __future__ import annotations
 
+from typing import Generator
+
 import torch
 
 from splitserve.chunkcache.cachecraft import ChunkContext
-from splitserve.chunkcache.chunk_forward import full_forward
+from splitserve.chunkcache.chunk_forward import drain, full_forward_steps
 from splitserve.chunkcache.format import ChunkKV
 from splitserve.chunkcache.keys import prefix_hash
 from splitserve.chunkcache.variants import VariantMeta
@@ -38,12 +41,18 @@ def variants_in_prompt(model, prompt: list[int], spans: list[tuple[int, int]], k
                        targets: list[int], device="cpu") -> list[tuple[VariantMeta, ChunkKV]]:
     """Engine thread. spans: (start, length) of every chunk, ordered; -> a variant per target chunk,
     computed in this prompt (statistics against all the chunks before it)."""
+    return drain(variants_in_prompt_steps(model, prompt, spans, keys, targets, device))
+
+
+def variants_in_prompt_steps(model, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
+                             targets: list[int], device="cpu") -> Generator[None, None, list]:
+    """variants_in_prompt one layer per step (chunk_forward.full_forward_steps)."""
     if not targets:
         return []
     end = max(spans[i][0] + spans[i][1] for i in targets)
     inside = [(s, s + n) for s, n in spans if s + n <= end]
     ids = torch.tensor(prompt[:end], dtype=torch.long, device=device)
-    out = full_forward(model, ids, inside, keys[:len(inside)])
+    out = yield from full_forward_steps(model, ids, inside, keys[:len(inside)])
     entries = []
     for i in targets:
         s, e = inside[i]

@@ -10,7 +10,8 @@
    token. The caller then admits the request for decoding (mixed node) or sends and releases.
 3. `compute_alone()` / `compute_in_context()` / `record()` (engine thread, off the request path):
    a chunk's KV and attention statistics, computed the plain way, for `store.put` (after a miss,
-   on ingest, or as the request's own context: a live variant).
+   on ingest, or as the request's own context: a live variant). The `*_steps` forms are generators,
+   one layer per step, for EngineLoop.background (requests arriving meanwhile go first).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from splitserve.chunkcache.documents import document_head
 from splitserve.chunkcache.format import ChunkKV, CorruptValue
 from splitserve.chunkcache.keys import content_hash, prefix_hash
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch
-from splitserve.chunkcache.live import is_exact, record_targets, variants_in_prompt
+from splitserve.chunkcache.chunk_forward import drain
+from splitserve.chunkcache.live import is_exact, record_targets, variants_in_prompt_steps
 from splitserve.chunkcache.redis_tier import TierUnavailable
 from splitserve.chunkcache.reuse import PlacedChunk, place_chunks
 from splitserve.chunkcache.rope import RopeShifter
@@ -174,17 +176,27 @@ class ChunkCache:
     def compute_in_context(self, engine, chunks: list[list[int]],
                            prefix: list[int] | None = None) -> list[tuple[VariantMeta, ChunkKV]]:
         """Engine thread: the chunks one after another; each is stored as computed after those before it."""
+        return drain(self.compute_in_context_steps(engine, chunks, prefix))
+
+    def compute_in_context_steps(self, engine, chunks: list[list[int]], prefix: list[int] | None = None):
+        """compute_in_context one layer per step (a generator: EngineLoop.background)."""
         tokens, spans = list(self.prefix if prefix is None else prefix), []
         for chunk in chunks:
             spans.append((len(tokens), len(chunk)))
             tokens += chunk
         keys = [content_hash(c) for c in chunks]
-        return variants_in_prompt(engine.model, tokens, spans, keys, list(range(len(chunks))), engine.config.device)
+        return (yield from variants_in_prompt_steps(engine.model, tokens, spans, keys, list(range(len(chunks))),
+                                                    engine.config.device))
 
     def record(self, engine, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
                targets: list[int]) -> list[tuple[VariantMeta, ChunkKV]]:
         """Engine thread: the target chunks as computed in this prompt (live variants, live.py)."""
-        entries = variants_in_prompt(engine.model, prompt, spans, keys, targets, engine.config.device)
+        return drain(self.record_steps(engine, prompt, spans, keys, targets))
+
+    def record_steps(self, engine, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
+                     targets: list[int]):
+        """record one layer per step (a generator: EngineLoop.background)."""
+        entries = yield from variants_in_prompt_steps(engine.model, prompt, spans, keys, targets, engine.config.device)
         self.store.metrics.add(recorded_variants=len(entries),
                                recorded_tokens=max((m.start + m.num_tokens for m, _ in entries), default=0))
         return entries

@@ -3,7 +3,10 @@
 Other threads never touch the engine: they submit functions with `call(fn)` (run on the
 engine thread between steps; the result comes back as a Future) and receive each request's
 outputs through the sink they registered with `subscribe`. The thread steps while the engine
-has work and sleeps on a condition otherwise. Collaborators come at construction: `hooks`
+has work and sleeps on a condition otherwise. Off-path work (chunk-cache recordings) comes as
+`background(job)`: job(engine) returns an iterator whose pieces (e.g. one layer each) run only
+while no call is queued and no request is in the engine, so a new request waits for one piece at
+most, never for the whole job. Collaborators come at construction: `hooks`
 (prefill nodes: prefill_node/transfers.py sends each layer's KV during the step and finishes
 transfers after it) and `observer` (node/metrics.py: each subscription, each step's duration
 and outputs).
@@ -15,7 +18,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Protocol
+from collections import deque
+from typing import Callable, Iterator, Protocol
 
 from splitserve.engine import Engine, RequestOutput
 
@@ -53,6 +57,7 @@ class EngineLoop:
         self.observer = observer
         self.fault_step_delay_s = fault_step_delay_s  # fault injection for tests: sleep after each step
         self._calls: list[tuple[Callable, Future]] = []
+        self._background: deque[tuple[Callable | Iterator, Future]] = deque()
         self._sinks: dict[str, Sink] = {}
         self._wake = threading.Condition()
         self._running = False
@@ -69,12 +74,20 @@ class EngineLoop:
         self._thread.join(timeout_s)
 
     def call(self, fn: Callable[[Engine], object]) -> Future:
+        return self._submit(fn, background=False)
+
+    def background(self, job: Callable[[Engine], Iterator]) -> Future:
+        """Low-priority work, FIFO: job(engine) -> iterator, advanced one piece at a time on the engine thread
+        when nothing else waits; the future gets the value it returns (StopIteration.value)."""
+        return self._submit(job, background=True)
+
+    def _submit(self, fn: Callable, background: bool) -> Future:
         future: Future = Future()
         with self._wake:
             if not self._running:
                 future.set_exception(RuntimeError("engine loop is stopped"))
                 return future
-            self._calls.append((fn, future))
+            (self._background if background else self._calls).append((fn, future))  # under the lock: _run swaps _calls
             self._wake.notify()
         return future
 
@@ -94,7 +107,7 @@ class EngineLoop:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while self._running and not self._calls and not self.engine.has_unfinished():
+                while self._running and not (self._calls or self._background or self.engine.has_unfinished()):
                     self._wake.wait()
                 if not self._running:
                     break
@@ -102,7 +115,31 @@ class EngineLoop:
             self._run_calls(calls)
             if self.engine.has_unfinished():
                 self._step()
+            elif self._idle():
+                self._run_piece()
         self._fail_pending()
+
+    def _idle(self) -> bool:
+        with self._wake:
+            return not self._calls and bool(self._background)
+
+    def _run_piece(self) -> None:
+        """One piece of the oldest background job (starting it first if it is new)."""
+        job, future = self._background[0]
+        try:
+            if callable(job):
+                if not future.set_running_or_notify_cancel():
+                    self._background.popleft()
+                    return
+                job = iter(job(self.engine))
+                self._background[0] = (job, future)
+            next(job)
+        except StopIteration as done:
+            self._background.popleft()
+            future.set_result(done.value)
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it through the future
+            self._background.popleft()
+            future.set_exception(exc)
 
     def _run_calls(self, calls) -> None:
         for fn, future in calls:
@@ -146,6 +183,7 @@ class EngineLoop:
     def _fail_pending(self) -> None:
         with self._wake:
             calls, self._calls = self._calls, []
-        for _, future in calls:
-            if future.set_running_or_notify_cancel():
+            jobs, self._background = list(self._background), deque()
+        for job, future in calls + jobs:
+            if not callable(job) or future.set_running_or_notify_cancel():
                 future.set_exception(RuntimeError("engine loop stopped"))
