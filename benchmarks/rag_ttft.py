@@ -134,8 +134,9 @@ def stats_or_error(address: str) -> dict:
         return {"stats_error": exc.code().name}
 
 
-def wait_for_chunks(cluster: LocalCluster, num_chunks: int, timeout_s: float = 120) -> None:
-    """Misses are stored off the request path: wait until the node holds them all locally."""
+def wait_for_chunks(cluster: LocalCluster, num_chunks: int, timeout_s: float = 600) -> None:
+    """Misses are stored off the request path (engine background work: slow on a loaded machine): wait until
+    the node holds them all locally."""
     address, deadline = node_address(cluster), time.monotonic() + timeout_s
     while _local_chunks(address, num_chunks) < num_chunks:
         if time.monotonic() > deadline:
