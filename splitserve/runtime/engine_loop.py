@@ -124,22 +124,29 @@ class EngineLoop:
             return not self._calls and bool(self._background)
 
     def _run_piece(self) -> None:
-        """One piece of the oldest background job (starting it first if it is new)."""
-        job, future = self._background[0]
+        """One piece of the oldest background job (starting it first if it is new). Other threads append to
+        `_background`; every read and change of its head here is under the lock too."""
+        with self._wake:
+            job, future = self._background[0]
         try:
             if callable(job):
                 if not future.set_running_or_notify_cancel():
-                    self._background.popleft()
+                    self._end_piece()
                     return
                 job = iter(job(self.engine))
-                self._background[0] = (job, future)
+                with self._wake:
+                    self._background[0] = (job, future)
             next(job)
         except StopIteration as done:
-            self._background.popleft()
+            self._end_piece()
             future.set_result(done.value)
         except BaseException as exc:  # noqa: BLE001 - the caller gets it through the future
-            self._background.popleft()
+            self._end_piece()
             future.set_exception(exc)
+
+    def _end_piece(self) -> None:
+        with self._wake:
+            self._background.popleft()
 
     def _run_calls(self, calls) -> None:
         for fn, future in calls:
