@@ -61,6 +61,14 @@ def case_configs() -> dict[str, ChunkCacheConfig]:
     return cases
 
 
+def selection_configs(ratio: float = 0.15) -> dict[str, ChunkCacheConfig]:
+    """Other row selections at one ratio (--cases; chunkcache_selection.py compares them by first token)."""
+    blends = {"hkvd_layer2": BlendConfig((2,), (ratio,)), "hkvd_gradual": BlendConfig((1, 2, 3), (0.3, 0.2, ratio)),
+              **{f"hkvd_{d}": BlendConfig((1,), (ratio,), deviation=d) for d in ("v", "k_rel")},
+              **{d: BlendConfig((1,), (ratio,), deviation=d) for d in ("attn", "k_attn", "v_attn")}}
+    return {f"{name}_{ratio}": ChunkCacheConfig(blend, planning="ratio") for name, blend in blends.items()}
+
+
 FULL = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
 
 
@@ -107,7 +115,8 @@ def passages_stored(engine: Engine, qa: QAPrompt) -> ChunkStore:
     return store
 
 
-def one_question(engine: Engine, item: dict, index: int, num_passages: int, plain: bool) -> dict:
+def one_question(engine: Engine, item: dict, index: int, num_passages: int, plain: bool,
+                 cases: dict[str, ChunkCacheConfig] | None = None) -> dict:
     qa = qa_prompt(engine.tokenizer, item, True, num_passages)
     store = passages_stored(engine, qa)
     golds = item["answers"]
@@ -115,7 +124,7 @@ def one_question(engine: Engine, item: dict, index: int, num_passages: int, plai
     out = {"index": index, "question": item["question"], "gold": golds, "num_tokens": len(qa.ids),
            "cases": {"full": score(full, full, golds)}}
     out["cases"]["prefix_caching"] = prefix_caching(engine, item, qa, full, index, num_passages)
-    for name, config in case_configs().items():
+    for name, config in (case_configs() if cases is None else cases).items():
         out["cases"][name] = score(full, run_case(engine, store, qa, config), golds)
     if plain:
         bare = run_case(engine, store, qa_prompt(engine.tokenizer, item, False, num_passages), FULL, reuse=False)
@@ -130,7 +139,7 @@ def summarize(questions: list[dict]) -> dict[str, dict]:
         rows = [q["cases"][name] for q in questions if name in q["cases"]]
         out[name] = {m: statistics.mean(r[m] for r in rows) for m in METRICS if all(m in r for r in rows)}
         out[name]["num_questions"] = len(rows)
-    for ratio in RATIOS:
+    for ratio in (r for r in RATIOS if f"hkvd_{r}" in out and "full_reuse" in out):
         worse = [q["index"] for q in questions if q["cases"][f"hkvd_{ratio}"]["kl"] > q["cases"]["full_reuse"]["kl"]]
         out[f"hkvd_{ratio}"]["kl_worse_than_full_reuse"] = worse
     if "prefix_caching" in out and "cachecraft" in out:
@@ -145,6 +154,8 @@ def plot(summary: dict[str, dict], num_questions: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    if any(f"hkvd_{r}" not in summary for r in RATIOS):
+        return  # a run of --cases only: no curves to draw
     for selection, style in (("hkvd", "o-"), ("random", "s--")):
         rows = [summary["full_reuse"]] + [summary[f"{selection}_{r}"] for r in RATIOS] + [summary["full"]]
         x = [r["computed_fraction"] for r in rows]
@@ -226,12 +237,32 @@ def previous_questions(args) -> list[dict]:
     return [questions[i] for i in sorted(questions)]
 
 
+def parse_indices(text: str) -> list[int]:
+    """'0-23,25' -> [0, ..., 23, 25]."""
+    out = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
+def pick_cases(names: str) -> dict[str, ChunkCacheConfig]:
+    known = {**case_configs(), **selection_configs()}
+    unknown = [n for n in names.split(",") if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
+    return {n: known[n] for n in names.split(",")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="HF folder of a real model (default: the "
                         "smollm2-135m-instruct preset, made on first use)")
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--first", type=int, default=0, help="index of the first question")
+    parser.add_argument("--indices", default=None, help="question indices instead of --first/--questions, e.g. 0-23,25")
+    parser.add_argument("--cases", default=None, help="comma-separated case names instead of the standard set, from: "
+                        + ", ".join(selection_configs()))
     parser.add_argument("--passages", type=int, default=10)
     parser.add_argument("--plain-every", type=int, default=1, help="full prefill without the chat template on "
                         "every Nth question (0: never)")
@@ -247,15 +278,17 @@ def main() -> None:
         result = json.loads(args.out.read_text())
         return plot(result["summary"], result["num_questions"], args.out.with_suffix(".png"))
     torch.set_num_threads(args.threads)
-    items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())[args.first:args.first + args.questions]
+    everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
+    indices = parse_indices(args.indices) if args.indices else range(args.first, args.first + args.questions)
+    cases = None if args.cases is None else pick_cases(args.cases)
     args.model = args.model or ensure_model("smollm2-135m-instruct")
     start, questions = time.perf_counter(), previous_questions(args)
     done = {q["index"] for q in questions}
-    items = [(i, item) for i, item in enumerate(items, start=args.first) if i not in done]
+    items = [(i, everything[i]) for i in indices if i < len(everything) and i not in done]
     engine = load_engine(args.model, [item for _, item in items], args.passages) if items else None
     for i, item in items:
         plain = args.plain_every > 0 and (i - args.first) % args.plain_every == 0
-        questions.append(one_question(engine, item, i, args.passages, plain))
+        questions.append(one_question(engine, item, i, args.passages, plain, cases))
         write(args.out, args, questions, start)
         print(f"question {i}: {questions[-1]['num_tokens']} tokens, {time.perf_counter() - start:.0f}s", flush=True)
     summary = write(args.out, args, questions, start)

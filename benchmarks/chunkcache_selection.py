@@ -10,11 +10,14 @@ head); every case recomputes the same number of rows (r = 0.15 of the cached row
     hkvd_layer2     K deviation at layer 2 (one more layer of cross-passage attention seen)
     hkvd_gradual    check layers 1, 2, 3 at 0.3, 0.2, 0.15 (CacheBlend's gradual filtering)
     random_S        rows at random, seeds 0, 1, 2
+    attn            query-aware: the layer-1 attention the forced rows (question, chat tail, last
+                    token) pay each cached row, summed over heads and query rows
+    k_attn, v_attn  layer-1 K / V deviation x that attention
 
 Also per question: forced rows (head, question, last) and the rows of the first passage (it sits
 where it was computed: zero deviation, so HKVD never spends budget there; random does).
 
-    nice -n 19 python benchmarks/chunkcache_selection.py [--questions 0,1,2] [--passages 4]
+    nice -n 19 python benchmarks/chunkcache_selection.py [--questions 0,1,2] [--passages 4] [--cases hkvd,attn]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ CASES = {
     "hkvd_layer2": BlendConfig((2,), (RATIO,)),
     "hkvd_gradual": BlendConfig((1, 2, 3), (0.3, 0.2, RATIO)),
     **{f"random_{seed}": BlendConfig((1,), (RATIO,), random_seed=seed) for seed in (0, 1, 2)},
+    **{name: BlendConfig((1,), (RATIO,), deviation=name) for name in ("attn", "k_attn", "v_attn")},
 }
 PARAMS = SamplingParams(max_tokens=1)
 
@@ -53,13 +57,13 @@ def first_token(engine, store, qa, config: ChunkCacheConfig, reuse: bool = True)
     return outcome
 
 
-def one_question(engine, item: dict, num_passages: int) -> dict:
+def one_question(engine, item: dict, num_passages: int, cases: dict[str, BlendConfig] = CASES) -> dict:
     qa = qa_prompt(engine.tokenizer, item, True, num_passages)
     store = passages_stored(engine, qa)
     full = first_token(engine, store, qa, FULL, reuse=False)
     out = {"num_tokens": len(qa.ids), "forced_rows": len(qa.ids) - qa.num_passage_tokens,
            "first_passage_rows": qa.spans[0][1], "cases": {}}
-    for name, blend in CASES.items():
+    for name, blend in cases.items():
         outcome = first_token(engine, store, qa, ChunkCacheConfig(blend, planning="ratio"))
         out["cases"][name] = {**first_token_scores(full.logits, outcome.logits),
                               "computed_fraction": outcome.computed_rows / len(qa.ids)}
@@ -68,13 +72,16 @@ def one_question(engine, item: dict, num_passages: int) -> dict:
 
 def summarize(questions: dict) -> dict:
     rows = list(questions.values())
+    names = [name for name in CASES if all(name in q["cases"] for q in rows)]
     summary = {name: {m: statistics.mean(q["cases"][name][m] for q in rows) for m in ("kl", "top1", "computed_fraction")}
-               for name in CASES}
-    for name in CASES:
-        if name != "hkvd":  # paired: questions where this case's KL is below / above HKVD's
+               for name in names}
+    for name in names:
+        if name != "hkvd" and "hkvd" in names:  # paired: questions where this case's KL is below / above HKVD's
             d = [q["cases"][name]["kl"] - q["cases"]["hkvd"]["kl"] for q in rows]
             summary[name].update(kl_below_hkvd=sum(x < 0 for x in d), kl_above_hkvd=sum(x > 0 for x in d))
-    summary["random_mean"] = {m: statistics.mean(summary[f"random_{s}"][m] for s in (0, 1, 2)) for m in ("kl", "top1")}
+    if all(f"random_{s}" in names for s in (0, 1, 2)):
+        summary["random_mean"] = {m: statistics.mean(summary[f"random_{s}"][m] for s in (0, 1, 2))
+                                  for m in ("kl", "top1")}
     summary["forced_fraction"] = statistics.mean(q["forced_rows"] / q["num_tokens"] for q in rows)
     summary["first_passage_fraction_of_cached"] = statistics.mean(
         q["first_passage_rows"] / (q["num_tokens"] - q["forced_rows"]) for q in rows)
@@ -83,6 +90,7 @@ def summarize(questions: dict) -> dict:
 
 def main() -> None:
     parser = question_parser(__doc__.splitlines()[0], "0,1,2", RESULTS)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names (default: all)")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="only merge these result files into --out")
     args = parser.parse_args()
     if args.merge:
@@ -91,7 +99,12 @@ def main() -> None:
         merged = {**results[0], "wall_s": sum(r["wall_s"] for r in results), "merged_from": [p.name for p in args.merge],
                   "summary": summarize(questions), "questions": questions}
         return args.out.write_text(json.dumps(merged, indent=1))
-    run_questions(args, *load_questions(args), one_question, summarize, ratio=RATIO)
+    unknown = set(args.cases.split(",")) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown cases {sorted(unknown)}; known: {', '.join(CASES)}")
+    cases = {name: CASES[name] for name in args.cases.split(",")}
+    run_questions(args, *load_questions(args), lambda e, item, n: one_question(e, item, n, cases), summarize,
+                  ratio=RATIO, cases=list(cases))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ One request, one pass over the layers (`n` prompt tokens, active rows A, first a
 2. At a check layer, the fresh K of the active rows is compared with the reused K (RoPE-moved
    to the new positions); `selection.select_rows` keeps the highest-deviation rows plus the
    forced ones (rows without cached KV, the last token). Several check layers filter gradually.
+   Query-aware options rank rows instead by the attention the forced rows (the question, the
+   chat tail, the last token) pay them at the check layer ("attn"), or by deviation x attention.
 3. From the first check layer on, each layer's K/V is the reused K/V with the active rows
    replaced by their fresh values; the active rows attend to it under the exact positional
    causal mask (key position <= the query's own position) and only they go through the MLP.
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from splitserve.chunkcache.selection import ChunkBudget, needs_deviation, select_rows
 from splitserve.engine.rope import apply_rotary
 
-DEVIATIONS = ("k", "v", "k_rel")
+DEVIATIONS = ("k", "v", "k_rel", "attn", "k_attn", "v_attn")
 LayerSink = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -37,7 +39,9 @@ class BlendConfig:
     ratios: tuple[float, ...] = (0.15,)  # per check layer, non-increasing (gradual filtering)
     force_last: bool = True
     random_seed: int | None = None  # set: rows are chosen at random instead of by deviation (a baseline)
-    deviation: str = "k"  # rank rows by fresh-vs-reused K (LMCache v1), V (the CacheBlend prototype), or K relative to |K|
+    # rank rows by fresh-vs-reused K (LMCache v1), V (the CacheBlend prototype), K relative to |K|, the attention
+    # the forced rows pay each row ("attn"), or K / V deviation x that attention ("k_attn", "v_attn")
+    deviation: str = "k"
     lead_rows: int = 0  # first rows of every reused chunk always recomputed (EPIC's LegoLink), beyond the ratio
 
     def __post_init__(self):
@@ -101,8 +105,7 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
             active, h = active[keep], h[keep]
         q, k, v = _qkv(layer, model.rotary, h, active)
         if i in checks and needs_deviation(checks[i], budgets):
-            fresh, reused_rows = (v, old[1][active]) if cfg.deviation == "v" else (k, old[0][active])
-            dev = _deviation(fresh, reused_rows, cfg.random_seed, cfg.deviation == "k_rel")  # [A]
+            dev = _row_scores(cfg, layer.self_attn, q, k, v, old, active, ~candidate[active])  # [A]
             keep = select_rows(active, dev, candidate, checks[i], budgets)
             active, h, q, k, v = active[keep], h[keep], q[keep], k[keep], v[keep]
         if old is not None:
@@ -120,6 +123,28 @@ def blended_prefill(model, token_ids: torch.Tensor, reused: ReusedKV, cfg: Blend
     result.logits = model.lm_head(model.norm(h[last])).float()[0]
     result.selected, result.time_s = active, time.perf_counter() - start
     return result
+
+
+def _row_scores(cfg: BlendConfig, attn, q, k, v, old, active: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """-> [A] the check layer's score of each active row (higher: recompute first); queries: [A] bool, forced rows."""
+    fresh, reused_rows = (v, old[1][active]) if cfg.deviation.startswith("v") else (k, old[0][active])
+    if cfg.random_seed is not None or not cfg.deviation.endswith("attn"):
+        return _deviation(fresh, reused_rows, cfg.random_seed, cfg.deviation == "k_rel")
+    received = attention_received(attn, q[queries], k, active[queries], active)
+    return received if cfg.deviation == "attn" else _deviation(fresh, reused_rows, None) * received
+
+
+def attention_received(attn, q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, k_rows: torch.Tensor,
+                       block: int = 256) -> torch.Tensor:
+    """q: [F, H, D] at prompt rows q_rows; k: [A, Hkv, D] at k_rows -> [A] softmax attention weight each key
+    row receives, summed over heads and query rows (causal by position). Query rows go in blocks."""
+    k = k.float().repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)  # [A, H, D]
+    total = torch.zeros(k.shape[0], device=k.device)
+    for i in range(0, q.shape[0], block):
+        scores = torch.einsum("fhd,ahd->hfa", q[i:i + block].float(), k) * attn.scale  # [H, f, A]
+        future = k_rows[None, :] > q_rows[i:i + block, None]  # [f, A]
+        total += scores.masked_fill(future, float("-inf")).softmax(dim=-1).sum(dim=(0, 1))
+    return total
 
 
 def _deviation(k: torch.Tensor, k_old: torch.Tensor, random_seed: int | None, relative: bool = False) -> torch.Tensor:

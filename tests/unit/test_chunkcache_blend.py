@@ -149,7 +149,7 @@ def test_lead_rows_of_every_chunk_are_recomputed(model, ids):
         BlendConfig(lead_rows=-1)
 
 
-@pytest.mark.parametrize("deviation", ["v", "k_rel"])
+@pytest.mark.parametrize("deviation", ["v", "k_rel", "attn", "k_attn", "v_attn"])
 def test_other_deviations_keep_counts_and_full_prefill(model, ids, deviation):
     """The same count of rows by V or relative K deviation; at ratio 1 each is a full prefill."""
     k_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
@@ -170,3 +170,32 @@ def test_relative_k_deviation_ranks_by_change_over_norm():
     assert _deviation(k, k_old, None).argmax() == 0  # absolute: the large-norm row
     torch.testing.assert_close(_deviation(k, k_old, None, relative=True), torch.tensor([0.01, 1.0, 0.0]))
 
+
+
+def test_attention_selection_picks_the_rows_the_query_attends_to_most(model, ids):
+    """deviation="attn": the cached rows recomputed are those with the most layer-1 attention (softmax, summed over
+    heads and query rows) from the forced rows (BOS, the question); "k_attn" ranks by K deviation x that weight."""
+    from splitserve.chunkcache.blend import _attend, _finish, _qkv
+
+    rows, forced = torch.arange(N), torch.tensor([0, *range(SPANS[-1][1], N)])
+    cached = torch.tensor([r for s, e in SPANS for r in range(s, e)])
+    count = int(0.3 * cached.numel())
+    with torch.inference_mode():
+        layer0, layer1 = model.layers[0], model.layers[1]
+        q, k, v = _qkv(layer0, model.rotary, model.embed_tokens(ids), rows)
+        h1 = _finish(layer0, model.embed_tokens(ids), _attend(layer0.self_attn, q, k, v, rows, True))
+        q, k, _ = _qkv(layer1, model.rotary, h1, rows)
+    attn = layer1.self_attn
+    k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)
+    scores = torch.einsum("fhd,ahd->hfa", q[forced], k) * attn.scale
+    received = scores.masked_fill(rows[None, None, :] > forced[None, :, None], float("-inf")).softmax(-1).sum((0, 1))
+    expected = set(cached[received[cached].topk(count).indices].tolist())
+    res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="attn"))
+    assert set(res.selected.tolist()) - set(forced.tolist()) == expected
+    k_dev, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
+    assert set(k_dev.selected.tolist()) != set(res.selected.tolist())  # not K deviation under another name
+    reused_k = _reused(model, _chunks_alone(model, ids)).layer(1)[0]
+    dev = (k[:, ::attn.num_heads // attn.num_kv_heads] - reused_k).pow(2).sum(dim=(1, 2))
+    both = set(cached[(dev * received)[cached].topk(count).indices].tolist())
+    res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="k_attn"))
+    assert set(res.selected.tolist()) - set(forced.tolist()) == both
