@@ -14,7 +14,6 @@ Writes benchmarks/results/simulator_calibrated.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -22,15 +21,8 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")
 
 
-def scaled(profile, k: float):
-    from splitserve.sim.profile import StepModel
-
-    step = StepModel(profile.step.knots, tuple(c * k for c in profile.step.coef), profile.step.min_step_s * k)
-    return dataclasses.replace(profile, step=step)
-
-
 def main() -> None:
-    from simulator_validation import SETUPS, compare, predict
+    from simulator_validation import SETUPS, compare, predict, scaled
     from splitserve.sim.profile import load_profile
 
     report = json.loads((RESULTS / "simulator_validation.json").read_text())

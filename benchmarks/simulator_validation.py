@@ -113,9 +113,8 @@ def calibrate_hop_s(idle: dict, setup: str, profile) -> float:
 
 
 def scaled(profile, k: float):
-    from splitserve.sim.profile import StepModel
-
-    step = StepModel(profile.step.knots, tuple(c * k for c in profile.step.coef), profile.step.min_step_s * k)
+    step = dataclasses.replace(profile.step, coef=tuple(c * k for c in profile.step.coef),
+                               min_step_s=profile.step.min_step_s * k)
     return dataclasses.replace(profile, step=step)
 
 

@@ -30,9 +30,13 @@ class MeasurePlan:
             raise ValueError("a measure plan needs repeats >= 1 and at least one size of each kind")
 
 
-DECODE_STEPS = 6
+DECODE_STEPS = 11  # 10 timed: their spread is kept too (decode_step_ratios)
 QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000)
-FULL = MeasurePlan((16, 64, 256, 512, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2, 2048, 70_000)
+# 384, 640, 768: row counts the packed linears pad to (profile.bucket_rows) between 256 and 1024,
+# where most prompts fall; 320 and 576 are padded (to 384, 640): they part the padded linears
+# from the attention, which runs on the real tokens
+FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2,
+                   2048, 70_000)
 
 
 def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu"):
@@ -74,8 +78,9 @@ def prefill_points(engine, plan: MeasurePlan) -> list[StepPoint]:
     return points
 
 
-def decode_points(engine, plan: MeasurePlan) -> list[StepPoint]:
-    """A batch of `b` requests at context `c`, decoding: median of DECODE_STEPS - 1 steps after one warm-up."""
+def decode_points(engine, plan: MeasurePlan, ratios: list[float] | None = None) -> list[StepPoint]:
+    """A batch of `b` requests at context `c`, decoding: median of DECODE_STEPS - 1 steps after one warm-up.
+    `ratios` (when given) gets every timed step's time / its shape's median: the steps' spread."""
     points = []
     for c in plan.decode_contexts:
         for b in plan.decode_batches:
@@ -88,7 +93,10 @@ def decode_points(engine, plan: MeasurePlan) -> list[StepPoint]:
                 engine.abort(rid)
             while engine.has_unfinished():
                 engine.step()
-            points.append(StepPoint(b, b, 0.0, statistics.median(times), "decode", b * (c + 3)))
+            median = statistics.median(times)
+            points.append(StepPoint(b, b, 0.0, median, "decode", b * (c + 3)))
+            if ratios is not None:
+                ratios.extend(t / median for t in times)
     return points
 
 

@@ -9,7 +9,10 @@ T: tokens computed in the step; S: sequences in it; A: prefill attention work, s
 prompt chunks of new_tokens * context_after_the_chunk (query-key pairs); C: decode attention
 work, the summed context of its one-token chunks (keys gathered from the paged cache). The
 hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
-the measured prefill and decode steps (fit.py). Transfer time per backend: bytes -> seconds through the measured medians.
+the measured prefill and decode steps (fit.py). With `row_buckets` (an engine whose linears are
+cpu_linear.py's packed ones) the token terms take T padded as the engine pads a step's rows
+(exact to 16, then multiples of 16 to 256, then of 128): a 513-token step runs its linears on 640
+rows, as slow as a 640-token one. Transfer time per backend: bytes -> seconds through the measured medians.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from splitserve.sim.fit import Breakpoints, hinge_features, least_squares
 
 PROFILE_VERSION = 1
 DEFAULT_KNOTS = (32.0, 128.0, 512.0)
+
+
+def bucket_rows(rows: int) -> int:
+    """splitserve/engine/cpu_linear.py's bucket_rows (that module imports torch; the simulator
+    does not): the rows a packed linear runs for `rows` input rows. Equality is tested."""
+    if rows <= 16:
+        return rows
+    step = 16 if rows <= 256 else 128
+    return -(-rows // step) * step
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class StepModel:
     knots: tuple[float, ...]
     coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx
     min_step_s: float = 1e-5
+    row_buckets: bool = False  # the token terms take bucket_rows(T) (packed CPU linears pad their rows)
 
     def __post_init__(self):
         if len(self.coef) != len(self.knots) + 5:
@@ -53,17 +66,20 @@ class StepModel:
         object.__setattr__(self, "_hinges", tuple(zip(c[2:-3], self.knots)))
 
     @classmethod
-    def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS) -> "StepModel":
-        max_tokens = max(p.num_tokens for p in points)
-        knots = tuple(k for k in knots if k < max_tokens)
-        tokens = np.array([p.num_tokens for p in points], dtype=float)
+    def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS,
+            row_buckets: bool = False) -> "StepModel":
+        rows = [bucket_rows(p.num_tokens) if row_buckets else p.num_tokens for p in points]
+        knots = tuple(k for k in knots if k < max(rows))
+        tokens = np.array(rows, dtype=float)
         extra = np.array([[p.num_seqs, p.attention, p.decode_context] for p in points], dtype=float)
         design = np.concatenate([hinge_features(tokens, knots), extra], axis=1)
         coef = least_squares(design, np.array([p.seconds for p in points]))
-        return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2)
+        return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2, row_buckets)
 
     def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0) -> float:
         c0, c1, c_seq, c_attn, c_ctx = self._linear
+        if self.row_buckets and num_tokens > 16:
+            num_tokens = bucket_rows(num_tokens)
         t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context
         for q, k in self._hinges:
             if num_tokens > k:
@@ -79,11 +95,12 @@ class StepModel:
         return self.seconds(batch, batch, 0.0, batch * (context + 1))
 
     def to_dict(self) -> dict:
-        return {"knots": list(self.knots), "coef": list(self.coef), "min_step_s": self.min_step_s}
+        return {"knots": list(self.knots), "coef": list(self.coef), "min_step_s": self.min_step_s,
+                "row_buckets": self.row_buckets}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepModel":
-        return cls(tuple(d["knots"]), tuple(d["coef"]), d.get("min_step_s", 1e-5))
+        return cls(tuple(d["knots"]), tuple(d["coef"]), d.get("min_step_s", 1e-5), d.get("row_buckets", False))
 
 
 @dataclass(frozen=True)
@@ -98,8 +115,13 @@ class EngineShape:
     kv_bytes_per_token: int
     num_layers: int
     one_shot_max_tokens: int
+    # tokens the router's encode adds to every text prompt (a BOS): the engine computes them, the
+    # client does not count them. 0 in profiles taken before it was recorded.
+    prompt_special_tokens: int = 0
 
     def __post_init__(self):
+        if self.prompt_special_tokens < 0:
+            raise ValueError(f"prompt_special_tokens must be >= 0, got {self.prompt_special_tokens}")
         for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token",
                      "num_layers"):
             if getattr(self, name) < 1:

@@ -56,13 +56,20 @@ class ProfileConfig:
             return path.name
 
 
-def engine_shape(config: ProfileConfig, model_config, kv_bytes_per_token: int) -> EngineShape:
+def engine_shape(config: ProfileConfig, model_config, kv_bytes_per_token: int, prompt_special_tokens: int = 0) -> EngineShape:
     per_block = kv_bytes_per_token * config.block_size
     return EngineShape(block_size=config.block_size,
                        num_blocks=config.num_blocks or max(1, config.kv_cache_bytes // per_block),  # Engine._blocks_for
                        max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                        kv_bytes_per_token=kv_bytes_per_token, num_layers=model_config.num_layers,
-                       one_shot_max_tokens=config.one_shot_max_tokens)
+                       one_shot_max_tokens=config.one_shot_max_tokens, prompt_special_tokens=prompt_special_tokens)
+
+
+def pads_rows(engine) -> bool:
+    """True when the engine's linears are cpu_linear.py's packed ones (they pad a step's rows)."""
+    from splitserve.engine.cpu_linear import PackedLinear
+
+    return any(isinstance(m, PackedLinear) for m in engine.model.modules())
 
 
 def run_profile(config: ProfileConfig, log=print) -> Profile:
@@ -76,10 +83,13 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     warm_up(engine)
     prefill = prefill_points(engine, plan)
     log(f"prefill: {len(prefill)} steps measured ({time.perf_counter() - started:.1f}s)")
-    decode = decode_points(engine, plan)
+    ratios: list[float] = []
+    decode = decode_points(engine, plan, ratios)
     log(f"decode: {len(decode)} batch shapes measured ({time.perf_counter() - started:.1f}s)")
     mc = engine.model_config
-    shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.torch_dtype))
+    shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.torch_dtype),
+                         len(engine.tokenizer.encode("")))  # the router encodes text prompts with special tokens
+    row_buckets = pads_rows(engine)
     del engine
     layout = dict(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, dtype=config.dtype)
     tokens = [64, 1024] if config.quick else [16, 256, 2048, 8192]
@@ -93,11 +103,12 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
         host["corun"] = measure_corun(CorunConfig(config.model_dir, config.threads, config.corun, dtype=config.dtype), log)
         log(f"corun: stretch {host['corun']['stretch']} ({time.perf_counter() - started:.1f}s)")
     return Profile(
-        step=StepModel.fit(steps), engine=shape,
+        step=StepModel.fit(steps, row_buckets=row_buckets), engine=shape,
         transfer={b: Breakpoints.through_medians(p) for b, p in transfer.items()},
         meta={"model": Path(config.model_dir).name, "model_dir": config.model_name, "threads": config.threads,
               "device": config.device, "dtype": config.dtype, "quick": config.quick, "host": platform.node(),
               "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "profile_seconds": round(time.perf_counter() - started, 1)},
-        points={"steps": [vars(p) for p in steps], "transfer": {b: [list(x) for x in p] for b, p in transfer.items()}},
+        points={"steps": [vars(p) for p in steps], "transfer": {b: [list(x) for x in p] for b, p in transfer.items()},
+                "decode_step_ratios": sorted(round(r, 4) for r in ratios)},
         host=host)
