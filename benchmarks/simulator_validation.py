@@ -125,7 +125,8 @@ def predict(measured: dict, setup: str, profile, host_cores: int, hop_s: float |
 
     counts = SETUPS[setup]
     config = ClusterConfig(prefill=counts["prefill"], decode=counts["decode"], mixed=counts["colocated"],
-                           host_cores=host_cores, hop_s=measured["hop_s"] if hop_s is None else hop_s)
+                           host_cores=host_cores, hop_s=measured["hop_s"] if hop_s is None else hop_s,
+                           step_jitter=bool(profile.points.get("decode_step_ratios")))  # the profile's spread
     profile = scaled(profile, measured["speed_factor"])
     profiles = {"prefill": profile, "decode": profile, "mixed": profile}
     return simulate(from_bench_run(measured), config, profiles, {"label": measured["label"]}, (50.0, 99.0))
@@ -205,19 +206,10 @@ def setup_profile(model: Path, setup: str, args):
     return profile
 
 
-def run_setup(model: Path, setup: str, args, runs_dir: Path) -> tuple[list[dict], dict, dict]:
-    from splitserve.sim.measure import QUICK, make_engine, warm_up
-
-    load_start, started = os.getloadavg(), time.time()
-    profile = setup_profile(model, setup, args)
-    engine = make_engine(model, QUICK)
-    warm_up(engine)
+def predicted_rows(setup: str, runs: list[dict], profile, runs_dir: Path) -> tuple[list[dict], dict]:
+    """Predictions for the measured runs (hop_s and speed_factor in each); writes each run's JSON."""
     rows, measured_runs = [], {}
-    runs, idle = measure_setup(model, setup, args, lambda: speed_factor(engine, profile))
-    hop_s = calibrate_hop_s(idle, setup, profile)
-    print(f"{setup}: idle TTFT {idle['median_ttft_ms']:.0f} ms -> hop {hop_s * 1e3:.2f} ms", flush=True)
     for measured in runs:
-        measured["hop_s"] = hop_s
         predicted = predict(measured, setup, profile, host_cores=len(os.sched_getaffinity(0)))
         own = predict(measured, setup, profile, host_cores=0)
         rows.append(compare(setup, measured, predicted, own))
@@ -225,6 +217,33 @@ def run_setup(model: Path, setup: str, args, runs_dir: Path) -> tuple[list[dict]
         (runs_dir / f"{name}_measured.json").write_text(json.dumps(measured, indent=1))
         (runs_dir / f"{name}_sim.json").write_text(json.dumps(predicted, indent=1))
         measured_runs[f"{setup} {measured['label']}"] = {k: v for k, v in measured.items() if k != "requests"}
+    return rows, measured_runs
+
+
+def repredict_setup(setup: str, args, runs_dir: Path) -> tuple[list[dict], dict]:
+    """--predict-only: the setup's saved measured runs and session profile, predicted again."""
+    from splitserve.sim.profile import load_profile
+
+    profile = load_profile(args.out.parent / f"profile_small_cpu_validation_{slug(setup)}.json")
+    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"{slug(setup)}_*_measured.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no measured runs of {setup} in {runs_dir}")
+    return predicted_rows(setup, runs, profile, runs_dir)
+
+
+def run_setup(model: Path, setup: str, args, runs_dir: Path) -> tuple[list[dict], dict, dict]:
+    from splitserve.sim.measure import QUICK, make_engine, warm_up
+
+    load_start, started = os.getloadavg(), time.time()
+    profile = setup_profile(model, setup, args)
+    engine = make_engine(model, QUICK)
+    warm_up(engine)
+    runs, idle = measure_setup(model, setup, args, lambda: speed_factor(engine, profile))
+    hop_s = calibrate_hop_s(idle, setup, profile)
+    print(f"{setup}: idle TTFT {idle['median_ttft_ms']:.0f} ms -> hop {hop_s * 1e3:.2f} ms", flush=True)
+    for measured in runs:
+        measured["hop_s"] = hop_s
+    rows, measured_runs = predicted_rows(setup, runs, profile, runs_dir)
     session = {"setup": setup, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
                "wall_s": round(time.time() - started, 1), "profile_meta": profile.meta,
                "corun": profile.host.get("corun"), "hop_s": hop_s,
@@ -247,20 +266,27 @@ def main() -> None:
     parser.add_argument("--max-output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the other setups' rows of --out")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="measure nothing: predict the saved runs of --setups again with their sessions' profiles")
     parser.add_argument("--out", type=Path, default=RESULTS / "simulator_validation.json")
     args = parser.parse_args()
     from splitserve.modelgen.cache import ensure_model
 
     model = args.model or ensure_model("small")
-    old = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
+    old = json.loads(args.out.read_text()) if (args.merge or args.predict_only) and args.out.is_file() else {}
     rows = [r for r in old.get("rows", []) if r["setup"] not in args.setups]
     measured_runs = {k: v for k, v in old.get("measured", {}).items() if k.rsplit(" ", 1)[0] not in args.setups}
     sessions = [s for s in old.get("sessions", []) if s["setup"] not in args.setups]
     runs_dir = args.out.with_suffix("")  # per run: measured and simulated bench JSON (`splitserve bench compare`)
     runs_dir.mkdir(parents=True, exist_ok=True)
     for setup in args.setups:
-        new_rows, new_runs, session = run_setup(model, setup, args, runs_dir)
-        rows, sessions = rows + new_rows, sessions + [{**session, "config": portable_args(vars(args))}]
+        if args.predict_only:
+            new_rows, new_runs = repredict_setup(setup, args, runs_dir)
+            new_sessions = [s for s in old.get("sessions", []) if s["setup"] == setup]
+        else:
+            new_rows, new_runs, session = run_setup(model, setup, args, runs_dir)
+            new_sessions = [{**session, "config": portable_args(vars(args))}]
+        rows, sessions = rows + new_rows, sessions + new_sessions
         measured_runs.update(new_runs)
         order = list(SETUPS)
         rows.sort(key=lambda r: (order.index(r["setup"]), r["workload"] != "sharegpt", r["rate"]))

@@ -50,6 +50,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nodes-per-host", type=int, default=0, help="with --host-cores: nodes per host (0: all on one)")
     g.add_argument("--router", default="auto", choices=("auto", "exact", "index"),
                    help="exact: router/cluster/policies.py per request; index: heaps (large fleets); auto: index above 64 nodes")
+    g.add_argument("--step-jitter", action="store_true",
+                   help="decode steps drawn from the profile's measured spread (seeded), one by one; default: its median")
+    g.add_argument("--jitter-seed", type=int, default=0, help="seed of --step-jitter's draws")
 
 
 def workload_spec(args: argparse.Namespace):

@@ -92,7 +92,7 @@ class ClusterSim:
         if node.busy or not (node.decoding or node.waiting or node.prefilling):  # NodeSim.has_work, inlined
             return
         jump = plan_jump(node, self.now) if node.decoding and not node.waiting and not node.prefilling and \
-            node.host_peers is None else None  # a shared host's steps stretch one by one
+            node.host_peers is None and node.jitter is None else None  # stretched or drawn: one by one
         if jump is not None:
             node.busy, node.jump = True, jump
             return self._schedule_jump(node, jump.steps)
@@ -100,6 +100,10 @@ class ClusterSim:
         seconds, finished, firsts = node.step()
         if seconds <= 0 and not finished and not firsts:
             return  # nothing fits: wait for a call (blocks released, a request admitted)
+        if node.jitter is not None and node.last_decodes == node.last_seqs:
+            drawn = seconds * node.jitter()
+            node.busy_s += drawn - seconds
+            seconds = drawn
         if node.host_peers is not None:
             seconds = self._stretched(node, seconds)
         node.busy = True

@@ -30,6 +30,8 @@ class ClusterConfig:
     host_cores: int = 0  # cores of one host shared by its nodes (host.py); 0: each node has cores of its own
     nodes_per_host: int = 0  # with host_cores: nodes per host, in node order (0: all on one host)
     router: str = "auto"  # exact (router/cluster/policies.py per request), index (heaps), auto: index above 64 nodes
+    step_jitter: bool = False  # decode steps drawn from the profile's measured spread (jitter.py)
+    seed: int = 0  # of the step jitter's draws
 
     def __post_init__(self):
         if min(self.prefill, self.decode, self.mixed) < 0 or self.prefill + self.decode + self.mixed == 0:
@@ -57,6 +59,11 @@ def build_nodes(config: ClusterConfig, profiles: dict[str, Profile]) -> list[Nod
             nodes.append(NodeSim(f"{role}-{i:05d}", role, profiles[role], changed))
     if config.host_cores:
         share_hosts(nodes, config.host_cores, config.nodes_per_host)
+    if config.step_jitter:
+        from splitserve.sim.jitter import StepJitter
+
+        for node in nodes:
+            node.jitter = StepJitter.for_node(node.profile, config.seed, node.name)
     return nodes
 
 

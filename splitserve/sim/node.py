@@ -54,6 +54,7 @@ class NodeSim:
         self.max_waiting = 0
         self.host_peers: list | None = None  # other nodes on this node's host (host.py); None: cores of its own
         self.host_model = None
+        self.jitter = None  # jitter.StepJitter: decode steps' time factors (None: the modelled time)
 
     def touch(self) -> None:
         if not self.dirty:
