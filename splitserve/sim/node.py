@@ -12,7 +12,7 @@ their block growth from one count per step residue (a request needs a new block 
 `block_size` steps, from its first growth step on), so a step where everyone gets what
 it asks for (demand within the budget, blocks within the free ones: the fast path) costs
 O(1) plus the requests that finish or grow. Otherwise (the slow path) every request is
-materialised and the scheduler's loop runs exactly, preemption included.
+materialised and the scheduler's loop runs exactly, preemption included (node_slow.py).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import heapq
 from collections import deque
 from itertools import count
 
+from splitserve.sim.node_slow import ExactSteps
 from splitserve.sim.profile import Profile
 from splitserve.sim.request import SimRequest
 
 
-class NodeSim:
+class NodeSim(ExactSteps):
     def __init__(self, name: str, role: str, profile: Profile, changed: list | None = None):
         shape = profile.engine
         self.name, self.role, self.profile = name, role, profile
@@ -254,67 +255,3 @@ class NodeSim:
         self.busy_s += seconds
         self.num_steps += 1
         self.last_decodes, self.last_tokens, self.last_seqs = num_decodes, num_tokens, num_seqs
-
-    # --- the exact (slow) path ------------------------------------------------------------------
-
-    def _run_slow(self) -> tuple[float, list, list]:
-        running = self._materialise()
-        chunks, preempted = self._schedule_running(running)
-        if not preempted:
-            self.prefilling = running
-            chunks += self._admit_waiting(self.budget - sum(n for _, n in chunks))
-            running = self.prefilling
-        decodes = [r for r, n in chunks if self._decode_phase(r)]
-        tokens = sum(n for _, n in chunks)
-        attention = sum(n * (r.num_computed + n) for r, n in chunks if not self._decode_phase(r))
-        context = sum(r.num_tokens for r in decodes)
-        seconds = self.step_model.seconds(tokens, len(chunks), attention, context) if chunks else 0.0
-        num_decodes = len(decodes)
-        finished: list = []
-        for r in running:
-            r.done_here = False
-        firsts = self._commit_chunks(chunks, finished)
-        self.prefilling = []
-        for r in running:
-            if r.done_here:
-                continue
-            if self._decode_phase(r):
-                self._enter_decode(r)
-            else:
-                self.prefilling.append(r)
-        self._account(seconds, num_decodes, tokens, len(chunks))
-        return seconds, finished, firsts
-
-    @staticmethod
-    def _decode_phase(r: SimRequest) -> bool:
-        return r.num_tokens - r.num_computed == 1 and r.outputs >= 1 and not r.prefill_only
-
-    def _materialise(self) -> list:
-        """Every running request with exact counters, in admission order; lazy state cleared."""
-        for r in self.decoding:
-            self._sync(r)
-            r.dgen += 1
-        self.phase_count = [0] * self.block_size
-        running = sorted([*self.decoding, *self.prefilling], key=lambda r: r.seq)
-        self.decoding, self.prefilling = {}, []
-        self.sum_tokens, self.finish_heap = 0, []
-        return running
-
-    def _schedule_running(self, running: list) -> tuple[list, list]:
-        chunks, preempted, budget, i = [], [], self.budget, 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            n = min(req.num_tokens - req.num_computed, budget)
-            if self._grow(req, req.num_computed + n):
-                chunks.append((req, n))
-                budget -= n
-                i += 1
-                continue
-            victim = running.pop()
-            self._free(victim)
-            self.waiting.appendleft(victim)
-            self.num_preemptions += 1
-            preempted.append(victim)
-            if victim is req:
-                break
-        return chunks, preempted
