@@ -35,6 +35,15 @@ def blend_and_decode(engine: Engine, cache: ChunkCache, ids: list[int], plan: Re
     return tokens, outcome
 
 
+def parse_indices(text: str) -> list[int]:
+    """'0-23,25' -> [0, ..., 23, 25]."""
+    out = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
 def run_questions(args, engine: Engine, items: list[tuple[int, dict]], one, summarize, **meta) -> dict:
     """one(engine, item, passages) per question; the results so far are rewritten to args.out after each."""
     questions, start = {}, time.perf_counter()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from chunkcache_common import blend_and_decode
+from chunkcache_common import blend_and_decode, parse_indices
 from splitserve.bench import traces
 from splitserve.bench.provenance import model_id
 from splitserve.chunkcache.blend import BlendConfig
@@ -65,8 +65,13 @@ def selection_configs(ratio: float = 0.15) -> dict[str, ChunkCacheConfig]:
     """Other row selections at one ratio (--cases; chunkcache_selection.py compares them by first token)."""
     blends = {"hkvd_layer2": BlendConfig((2,), (ratio,)), "hkvd_gradual": BlendConfig((1, 2, 3), (0.3, 0.2, ratio)),
               **{f"hkvd_{d}": BlendConfig((1,), (ratio,), deviation=d) for d in ("v", "k_rel")},
-              **{d: BlendConfig((1,), (ratio,), deviation=d) for d in ("attn", "k_attn", "v_attn")}}
-    return {f"{name}_{ratio}": ChunkCacheConfig(blend, planning="ratio") for name, blend in blends.items()}
+              **{d: BlendConfig((1,), (ratio,), deviation=d) for d in ("attn", "k_attn", "v_attn")},
+              "v_attn_layer2": BlendConfig((2,), (ratio,), deviation="v_attn"),
+              "v_attn_gradual": BlendConfig((1, 2, 3), (0.3, 0.2, ratio), deviation="v_attn")}
+    cases = {f"{name}_{ratio}": ChunkCacheConfig(blend, planning="ratio") for name, blend in blends.items()}
+    for d in ("attn", "v_attn"):
+        cases[f"cachecraft_{d}"] = ChunkCacheConfig(BlendConfig((1,), (ratio,), deviation=d), planning="cachecraft")
+    return cases
 
 
 FULL = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
@@ -235,15 +240,6 @@ def previous_questions(args) -> list[dict]:
             raise SystemExit(f"{path} has {result['passages_per_question']} passages per question, not {args.passages}")
         questions.update((q["index"], q) for q in result["questions"])
     return [questions[i] for i in sorted(questions)]
-
-
-def parse_indices(text: str) -> list[int]:
-    """'0-23,25' -> [0, ..., 23, 25]."""
-    out = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        out += range(int(first), int(last or first) + 1)
-    return out
 
 
 def pick_cases(names: str) -> dict[str, ChunkCacheConfig]:
