@@ -133,6 +133,10 @@ class PairLink:
         work.wait(td(timeout_s))
         self._ack_in = self._post_ack_recv()
 
+    def ack_arrived(self) -> bool:
+        """Sender: `wait_ack` will not block (always on NCCL: no acks)."""
+        return not self.acks or self._ack_in is None or self._ack_in.is_completed()
+
     def _post_ack_recv(self):
         return self.group.recv([self._ack_buffer], self.peer, ACK_TAG)
 

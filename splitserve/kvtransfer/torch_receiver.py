@@ -42,10 +42,10 @@ from splitserve.kvtransfer.torch_pair import (
     parse_join,
     td,
 )
-from splitserve.kvtransfer.wire import MAX_ENTRIES, Kind, LayerHeader
+from splitserve.kvtransfer.wire import MAX_FLIGHT_LAYERS, Kind, LayerHeader
 
 log = logging.getLogger(__name__)
-POST_AHEAD = 2  # the next flight's recvs are posted once this few payloads are outstanding (pool: + MAX_ENTRIES)
+POST_AHEAD = 2  # the next flight's recvs are posted once this few payloads are outstanding
 
 
 class TorchReceiver(TrackedReceiver):
@@ -234,9 +234,11 @@ class _Received:
 
 
 class _BufferPool:
-    """Receive buffers reused across layers and requests: at most KEEP kept, each served as a prefix."""
+    """Receive buffers reused across layers and requests: at most KEEP (and KEEP_BYTES) kept, each
+    served as a prefix."""
 
-    KEEP = MAX_ENTRIES + 2
+    KEEP = MAX_FLIGHT_LAYERS + POST_AHEAD + 2
+    KEEP_BYTES = 256 << 20  # two flights of the sender's MAX_FLIGHT_BYTES
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -255,3 +257,5 @@ class _BufferPool:
         self.free.append(whole)
         self.free.sort(key=torch.Tensor.numel)
         del self.free[: max(0, len(self.free) - self.KEEP)]
+        while sum(buffer.numel() for buffer in self.free) > self.KEEP_BYTES:
+            self.free.pop()  # the largest

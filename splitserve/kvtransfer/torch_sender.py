@@ -1,13 +1,15 @@
 """`TorchSender`: the prefill side of the torch.distributed backend (one per decode node).
 
 One background thread per destination moves jobs in the order they were enqueued. It takes
-every layer already queued (up to MAX_LAYERS) as one flight: a single header message listing
-them (plus the CHECKSUM entries still owed), on the pair group (formed on first use, see
-`torch_pair`). While the receiver posts the flight's recvs, this thread hashes its layers;
-on the receiver's ack it posts the payloads straight from the caller's tensors (gloo writes
-each at once: its recv is waiting). The CHECKSUM entries ride in the next flight's header, or
-in a header of their own when nothing else is queued. A flight is confirmed when its sends
-complete; the previous one is waited for after the next is posted.
+every layer already queued (up to MAX_FLIGHT_LAYERS and MAX_FLIGHT_BYTES) as one flight: a
+single header message listing them (plus the CHECKSUM entries still owed), on the pair group
+(formed on first use, see `torch_pair`). While the receiver posts the flight's recvs, this
+thread hashes its layers, one at a time until the ack is there; then it posts the payloads
+straight from the caller's tensors (gloo writes each at once: its recv is waiting) and hashes
+the rest while they are on the wire, so hashing delays neither the ack nor the payloads. The
+CHECKSUM entries ride in the next flight's header, or in a header of their own when nothing
+else is queued. A flight is confirmed when its sends complete; the previous one is waited for
+after the next is posted.
 Every wait is bounded by the request's remaining time. When an op fails the group is
 dropped; the unconfirmed flights are posted once more on a fresh group if the failed group
 had worked before (the receiver restarted or closed an idle group), else their requests
@@ -38,9 +40,9 @@ from splitserve.kvtransfer.torch_pair import (
     split_address,
 )
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
-from splitserve.kvtransfer.wire import MAX_ENTRIES, Kind, LayerHeader, as_bytes, encode_entries, request_hash
+from splitserve.kvtransfer.wire import MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, encode_entries, request_hash
 
-MAX_LAYERS = MAX_ENTRIES // 2  # layers per flight: the other half of the header is for checksums owed
+MAX_FLIGHT_BYTES = 128 << 20  # bounds the receive buffers a flight makes the receiver hold (one layer at least)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class _Flight:
     owed: list[_Owed]  # CHECKSUM entries it carries
     works: list = field(default_factory=list)
     retried: bool = False
-    hashed: list[_Owed] | None = None  # CHECKSUM entries of its layers, once computed
+    hashed: list[_Owed] = field(default_factory=list)  # CHECKSUM entries of its first `num_hashed` layers
+    num_hashed: int = 0
 
     def words(self) -> torch.Tensor:
         return encode_entries([_layer_entry(job) for job in self.jobs] + [o.entry for o in self.owed])
@@ -133,17 +136,19 @@ class TorchSender(TrackedSender):
         return self._held.popleft() if self._held else self._jobs.get(block=block)
 
     def _gather(self, first: Job) -> list[Job]:
-        """`first` and the LAYER jobs queued right behind it (at most MAX_LAYERS), of live requests."""
-        jobs = [first]
-        while len(jobs) < MAX_LAYERS:
+        """`first` and the LAYER jobs queued right behind it (at most MAX_FLIGHT_LAYERS and
+        MAX_FLIGHT_BYTES), of live requests."""
+        jobs, nbytes = [first], first.meta.layer_nbytes
+        while len(jobs) < MAX_FLIGHT_LAYERS:
             try:
                 job = self._next_job(block=False)
             except queue.Empty:
                 break
-            if job is None or job.kind is not JobKind.LAYER:
+            if job is None or job.kind is not JobKind.LAYER or nbytes + job.meta.layer_nbytes > MAX_FLIGHT_BYTES:
                 self._held.appendleft(job)
                 break
             jobs.append(job)
+            nbytes += job.meta.layer_nbytes
         return [job for job in jobs if self._is_live(job.meta.request_id)]
 
     def _launch(self, jobs: list[Job], flights: deque[_Flight]) -> None:
@@ -155,15 +160,19 @@ class TorchSender(TrackedSender):
             if job.ready is not None:
                 torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
         flight = _Flight(jobs, owed)
-        self._post(flight, flights, while_unacked=lambda: self._hash(flight))
+        self._post(flight, flights, while_unacked=lambda link: self._hash(flight, stop=link.ack_arrived))
         self._hash(flight)
         self._owed = [o for o in flight.hashed if self._is_live(o.job.meta.request_id)]
         self._settle(flights, keep=1)
 
-    def _hash(self, flight: _Flight) -> None:
-        """The CHECKSUM entries of the flight's layers, computed once (while its header waits for the ack)."""
-        if flight.hashed is None:
-            flight.hashed = [_Owed(job, self._checksum_entry(job)) for job in flight.jobs if job.meta.checksum]
+    def _hash(self, flight: _Flight, stop=lambda: False) -> None:
+        """The CHECKSUM entries of the flight's layers, each computed once, in order, until `stop()`:
+        while the header waits for its ack, then (the rest) while the payloads are on the wire."""
+        while flight.num_hashed < len(flight.jobs) and not stop():
+            job = flight.jobs[flight.num_hashed]
+            flight.num_hashed += 1
+            if job.meta.checksum:
+                flight.hashed.append(_Owed(job, self._checksum_entry(job)))
 
     def _checksum_entry(self, job: Job) -> LayerHeader:
         rhash = request_hash(job.meta.request_id)
@@ -171,14 +180,14 @@ class TorchSender(TrackedSender):
         value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
         return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
 
-    def _post(self, flight: _Flight, flights: deque[_Flight], while_unacked=lambda: None) -> bool:
+    def _post(self, flight: _Flight, flights: deque[_Flight], while_unacked=lambda link: None) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id
         flights.append(flight)
         try:
             link = self._ensure_link(rid)
             flight.works = [link.post_header(flight.words())]
             if flight.jobs:
-                while_unacked()
+                while_unacked(link)
                 link.wait_ack(self._flight_remaining_s(flight))
                 for job in flight.jobs:
                     self._mark_sending(job.meta.request_id)

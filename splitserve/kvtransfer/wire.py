@@ -14,8 +14,9 @@ entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last sh
 - ABORT: the sender gave up on the request; no payload follows.
 
 So a sender that has several layers queued sends one header for all of them, and the receiver
-posts every payload's receive at once, then acks the header (gloo; v3): the sender posts the
-payloads only after the ack, so they never wait on a receive posted late. `nbytes` decides the receiver's message sizes, so
+posts every payload's receive at once, then acks the header (gloo; since v3): the sender posts the
+payloads only after the ack, so they never wait on a receive posted late. v4 carries up to
+MAX_FLIGHT_LAYERS layers a header (30-layer models: one ack per request, not four). `nbytes` decides the receiver's message sizes, so
 entries and payloads must come from the same sender call; gloo aborts the process on a size
 mismatch, so the pair group is a channel between trusted peers, not a defence against hostile
 ones.
@@ -32,8 +33,9 @@ import torch
 from splitserve.kvtransfer.base import TransferMeta
 from splitserve.kvtransfer.checksum import ChecksumKind
 
-MAGIC = 0x5353_4B56_0003  # "SSKV" v3 (v2 had no acks: the two do not talk to each other)
-MAX_ENTRIES = 16
+MAGIC = 0x5353_4B56_0004  # "SSKV" v4 (v3 headers held 16 entries: the two do not talk to each other)
+MAX_ENTRIES = 64
+MAX_FLIGHT_LAYERS = MAX_ENTRIES // 2  # LAYER entries in one header: the other half is for CHECKSUM entries owed
 ENTRY_WORDS = 7
 HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
 CHUNK_BYTES = 8 << 20
