@@ -67,7 +67,7 @@ def _decode_steps(engine, until: float) -> list[float]:
         engine.admit_prefilled(rid, [(i * 31 + j) % (vocab - 1) + 1 for j in range(DECODE_CONTEXT)], 1, params)
     engine.step()
     times = []
-    while time.time() < until:
+    while not times or time.time() < until:  # at least one step, even when the command came late (a loaded host)
         times.append(_timed(engine))
     for rid in list(engine.requests):
         engine.abort(rid)
@@ -81,7 +81,7 @@ def _prefill_steps(engine, until: float) -> list[float]:
 
     vocab = engine.model_config.vocab_size
     times, n = [], 0
-    while time.time() < until:
+    while not times or time.time() < until:  # at least one prompt, as above
         n += 1
         engine.add_request([(n * 7919 + j * 31) % (vocab - 1) + 1 for j in range(PREFILL_TOKENS)],
                            SamplingParams(max_tokens=1, ignore_eos=True))
