@@ -8,7 +8,7 @@ Moves `--rounds` transfers (plus one warm-up) of `--layers` x [2, tokens, 4, 64]
 time.monotonic() (one clock across processes) relative to the sender's `begin()`. Prints the
 median time of each phase (sender thread has the layers, receiver has the header, ack, first
 payload posted / landed, last layer verified) and, with --timeline, every step of the median
-transfer. Exploration only: the wrappers add a few microseconds a step; time it under the
+transfer. --pin puts the sender's process on CPU 0 and the receiver's on CPU 1. Exploration only: the wrappers add a few microseconds a step; time it under the
 timing lock.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing as mp
+import os
 import statistics
 import time
 
@@ -53,8 +54,10 @@ def _record(cls, name: str) -> None:
     setattr(cls, name, wrapped)
 
 
-def _receiver(conn) -> None:
+def _receiver(conn, pin: bool) -> None:
     torch.set_num_threads(1)
+    if pin:
+        os.sched_setaffinity(0, {1})
     for cls, name in STEPS["receiver"]:
         _record(cls, name)
     receiver = make_receiver("torch", TransferConfig(timeout_s=60), host="127.0.0.1", port=0)
@@ -82,13 +85,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-checksum", action="store_true")
     parser.add_argument("--timeline", action="store_true")
+    parser.add_argument("--pin", action="store_true", help="sender on CPU 0, receiver on CPU 1 (like two hosts)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for cls, name in STEPS["sender"]:
         _record(cls, name)
     conn, child = mp.get_context("spawn").Pipe()
-    proc = mp.get_context("spawn").Process(target=_receiver, args=(child,), daemon=True)
+    proc = mp.get_context("spawn").Process(target=_receiver, args=(child, args.pin), daemon=True)
     proc.start()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     sender = make_sender("torch", conn.recv(), TransferConfig(timeout_s=60))
     totals, timelines = [], []
     try:

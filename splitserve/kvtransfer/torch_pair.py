@@ -133,10 +133,6 @@ class PairLink:
         work.wait(td(timeout_s))
         self._ack_in = self._post_ack_recv()
 
-    def ack_arrived(self) -> bool:
-        """Sender: `wait_ack` will not block (always on NCCL: no acks)."""
-        return not self.acks or self._ack_in is None or self._ack_in.is_completed()
-
     def _post_ack_recv(self):
         return self.group.recv([self._ack_buffer], self.peer, ACK_TAG)
 
@@ -168,11 +164,14 @@ class PairLink:
         return entries
 
     def header_arrived(self) -> bool:
-        """gloo: the next header is already here (`recv_header` will not block)."""
-        return self._next_header is not None and self._next_header[0].is_completed()
+        """gloo: the next header is (at least partly) here, so `recv_header` returns at once.
+        Looks at the header buffer's first word (MAGIC once written, zeroed before the recv is
+        posted): gloo's `is_completed()` turns True only inside `wait()`."""
+        return self._next_header is not None and self._next_header[1][0].item() != 0
 
     def _post_header_recv(self, index: int):
         words = self._headers[index]
+        words[0] = 0
         return self.group.recv([words], self.peer, HEADER_TAG), words
 
     def post_payload(self, flat: torch.Tensor) -> list:

@@ -1,17 +1,22 @@
 """The torch sender's flights, without a peer: which queued layers one header carries, and
-the order its layers are hashed in (some while the header waits for its ack, the rest after
-the payloads are posted)."""
+their checksums (each layer hashed once, in order); and a gloo pair link in one process: the
+receiver sees a header that has arrived without waiting for it."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
+from torch.distributed import HashStore, PrefixStore, ProcessGroupGloo
 
 from splitserve.kvtransfer import TransferConfig, TransferMeta
 from splitserve.kvtransfer import torch_sender
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
+from splitserve.kvtransfer.torch_pair import PairLink, td
 from splitserve.kvtransfer.sender_base import Job, JobKind
-from splitserve.kvtransfer.wire import MAX_ENTRIES, MAX_FLIGHT_LAYERS, as_bytes, request_hash
+from splitserve.kvtransfer.wire import MAX_ENTRIES, MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, request_hash
 
 
 @pytest.fixture
@@ -41,13 +46,48 @@ def test_a_flight_takes_the_queued_layers_up_to_its_byte_budget(sender, monkeypa
     assert [job.layer for job in sender._held] == [3, 4]  # the next flight's
 
 
-def test_a_flight_is_hashed_in_order_until_stopped_then_to_the_end(sender):
+def test_a_flight_is_hashed_once_in_layer_order(sender):
     meta = TransferMeta("r", 4, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32")
     flight = torch_sender._Flight(_jobs(meta), [])
-    sender._hash(flight, stop=lambda: flight.num_hashed == 2)  # the ack arrived after two layers
-    assert [o.entry.layer for o in flight.hashed] == [0, 1]
     sender._hash(flight)
-    sender._hash(flight)  # each layer once
+    first = flight.hashed
+    sender._hash(flight)
+    assert flight.hashed is first
     expected = [(job.layer, checksum(ChecksumKind.XXH3_64, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)))
                 for job in flight.jobs]
     assert [(o.entry.layer, o.entry.checksum) for o in flight.hashed] == expected
+
+
+@pytest.fixture
+def links():
+    """(sender link, receiver link) over a gloo pair group formed by two threads of this process."""
+    store, groups = HashStore(), [None, None]
+
+    def form(rank: int) -> None:
+        groups[rank] = ProcessGroupGloo(PrefixStore("t", store), rank, 2, td(10))
+
+    threads = [threading.Thread(target=form, args=(rank,)) for rank in (0, 1)]
+    [thread.start() for thread in threads]
+    [thread.join() for thread in threads]
+    return PairLink(groups[0], 0, "cpu"), PairLink(groups[1], 1, "cpu")
+
+
+def _eventually(predicate, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.001)
+    return predicate()
+
+
+def test_the_receiver_sees_a_header_that_arrived_without_waiting_for_it(links):
+    sender, receiver = links
+    got = []
+    first = threading.Thread(target=lambda: got.append(receiver.recv_header(5)))
+    first.start()
+    sender.post_header(LayerHeader(Kind.ABORT, 1).encode()).wait(td(5))
+    first.join()
+    assert got[0][0].request_hash == 1 and not receiver.header_arrived()
+    sender.post_header(LayerHeader(Kind.ABORT, 2).encode()).wait(td(5))
+    assert _eventually(receiver.header_arrived)  # gloo's is_completed() stays False until wait()
+    assert receiver.recv_header(5)[0].request_hash == 2 and not receiver.header_arrived()
+
