@@ -7,7 +7,8 @@ One request, one pass over the layers (`n` prompt tokens, active rows A, first a
    to the new positions); `selection.select_rows` keeps the highest-deviation rows plus the
    forced ones (rows without cached KV, the last token). Several check layers filter gradually.
    Query-aware options rank rows instead by the attention the forced rows (the question, the
-   chat tail, the last token) pay them at the check layer ("attn"), or by deviation x attention.
+   chat tail, the last token) pay them at the check layer ("attn"), or by deviation x attention
+   (the default: V deviation x attention).
 3. From the first check layer on, each layer's K/V is the reused K/V with the active rows
    replaced by their fresh values; the active rows attend to it under the exact positional
    causal mask (key position <= the query's own position) and only they go through the MLP.
@@ -40,8 +41,9 @@ class BlendConfig:
     force_last: bool = True
     random_seed: int | None = None  # set: rows are chosen at random instead of by deviation (a baseline)
     # rank rows by fresh-vs-reused K (LMCache v1), V (the CacheBlend prototype), K relative to |K|, the attention
-    # the forced rows pay each row ("attn"), or K / V deviation x that attention ("k_attn", "v_attn")
-    deviation: str = "k"
+    # the forced rows pay each row ("attn"), or K / V deviation x that attention ("k_attn", "v_attn"; the default:
+    # on SmolLM2 / MuSiQue at r = 0.15 first-token KL 0.047 vs 0.070 for "k", ROUGE-L 0.730 vs 0.679, README)
+    deviation: str = "v_attn"
     lead_rows: int = 0  # first rows of every reused chunk always recomputed (EPIC's LegoLink), beyond the ratio
 
     def __post_init__(self):

@@ -152,7 +152,7 @@ def test_lead_rows_of_every_chunk_are_recomputed(model, ids):
 @pytest.mark.parametrize("deviation", ["v", "k_rel", "attn", "k_attn", "v_attn"])
 def test_other_deviations_keep_counts_and_full_prefill(model, ids, deviation):
     """The same count of rows by V or relative K deviation; at ratio 1 each is a full prefill."""
-    k_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
+    k_res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="k"))
     other, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation=deviation))
     assert k_res.active_rows == other.active_rows
     _, _, logits_ref = reference_prefill(model, ids)
@@ -192,7 +192,7 @@ def test_attention_selection_picks_the_rows_the_query_attends_to_most(model, ids
     expected = set(cached[received[cached].topk(count).indices].tolist())
     res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="attn"))
     assert set(res.selected.tolist()) - set(forced.tolist()) == expected
-    k_dev, _, _ = _run(model, ids, BlendConfig((1,), (0.3,)))
+    k_dev, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="k"))
     assert set(k_dev.selected.tolist()) != set(res.selected.tolist())  # not K deviation under another name
     reused_k = _reused(model, _chunks_alone(model, ids)).layer(1)[0]
     dev = (k[:, ::attn.num_heads // attn.num_kv_heads] - reused_k).pow(2).sum(dim=(1, 2))
