@@ -8,6 +8,7 @@ baseline: questions better / worse / equal by ROUGE-L and KL, the mean ROUGE-L d
 95% bootstrap interval (4,000 resamples of the questions, seed 0).
 
     python benchmarks/chunkcache_paired.py results/chunkcache_quality_selection.json [--baseline hkvd_0.15]
+        [--pair cachecraft_v_attn=cachecraft]
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="chunkcache_quality.py --cases result files")
     parser.add_argument("--base", type=Path, default=RESULTS / "chunkcache_quality.json")
     parser.add_argument("--baseline", default="hkvd_0.15")
+    parser.add_argument("--pair", action="append", default=[], help="CASE=BASELINE: another baseline for one case "
+                        "(e.g. cachecraft_v_attn=cachecraft)")
     parser.add_argument("--out", type=Path, default=RESULTS / "chunkcache_quality_selection_paired.json")
     args = parser.parse_args()
     base = {q["index"]: q for q in json.loads(args.base.read_text())["questions"]}
     other = {q["index"]: q for run in args.runs for q in json.loads(run.read_text())["questions"]}
     names = [n for n in next(iter(other.values()))["cases"] if n not in ("full", "prefix_caching")]
-    result = {"base": args.base.name, "runs": [r.name for r in args.runs], "baseline": args.baseline,
-              "cases": {n: paired(base, other, args.baseline, n) for n in names}}
+    pairs = dict(p.split("=", 1) for p in args.pair)
+    result = {"base": args.base.name, "runs": [r.name for r in args.runs], "baseline": args.baseline, "pairs": pairs,
+              "cases": {n: paired(base, other, pairs.get(n, args.baseline), n) for n in names}}
     args.out.write_text(json.dumps(result, indent=1))
     for name, row in result["cases"].items():
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
