@@ -87,6 +87,10 @@ def make_group(store: TCPStore, pair_key: str, rank: int, device: str, timeout_s
     return ProcessGroupNCCL(prefixed, rank, 2, options)
 
 
+MAX_ACKS_OUT = 64  # receiver: ack sends kept before the older half is waited out (see PairLink._retire_acks)
+ACK_RETIRE_TIMEOUT_S = 30.0
+
+
 class PairLink:
     """One end of a pair group: headers, acks and chunked payloads, every wait bounded.
 
@@ -111,7 +115,7 @@ class PairLink:
         self.acks = self.backend == "gloo"
         self._ack_word = torch.ones(1, dtype=torch.int64)  # receiver: the (constant) ack message
         self._ack_buffer = torch.zeros(1, dtype=torch.int64)  # sender: where acks land
-        self._acks_out: list = []  # receiver: ack sends not completed yet
+        self._acks_out: list = []  # receiver: ack sends not waited for yet (at most MAX_ACKS_OUT)
         self._ack_in = None  # sender: (work, buffer) of the posted ack recv
         self.closed = False
 
@@ -139,8 +143,18 @@ class PairLink:
     def ack(self) -> None:
         """Receiver: the payload recvs of the last header are posted (never waits)."""
         if self.acks:
-            self._acks_out = [work for work in self._acks_out if not work.is_completed()]
+            if len(self._acks_out) >= MAX_ACKS_OUT:
+                self._retire_acks()
             self._acks_out.append(self.group.send([self._ack_word], self.peer, ACK_TAG))
+
+    def _retire_acks(self) -> None:
+        """Waits out the older half of the ack sends: gloo reports a send complete only once it is waited
+        for (`is_completed()` stays False until then), so without this the list grows by one per flight. A live
+        sender read those acks long ago (it waits for each before that flight's payloads): the waits return at
+        once; a peer that stopped reading makes this raise, like any other wait on the link."""
+        old, self._acks_out = self._acks_out[: MAX_ACKS_OUT // 2], self._acks_out[MAX_ACKS_OUT // 2:]
+        for work in old:
+            work.wait(td(ACK_RETIRE_TIMEOUT_S))
 
     def post_payloads(self, flats: list[torch.Tensor]) -> list:
         """Post the payloads of a header's LAYER entries (each flat: uint8 [nbytes], in

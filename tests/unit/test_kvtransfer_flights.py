@@ -14,7 +14,7 @@ from torch.distributed import HashStore, PrefixStore, ProcessGroupGloo
 from splitserve.kvtransfer import TransferConfig, TransferMeta
 from splitserve.kvtransfer import torch_sender
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
-from splitserve.kvtransfer.torch_pair import PairLink, td
+from splitserve.kvtransfer.torch_pair import MAX_ACKS_OUT, PairLink, td
 from splitserve.kvtransfer.sender_base import Job, JobKind
 from splitserve.kvtransfer.wire import MAX_ENTRIES, MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, request_hash
 
@@ -91,3 +91,12 @@ def test_the_receiver_sees_a_header_that_arrived_without_waiting_for_it(links):
     assert _eventually(receiver.header_arrived)  # gloo's is_completed() stays False until wait()
     assert receiver.recv_header(5)[0].request_hash == 2 and not receiver.header_arrived()
 
+
+
+def test_the_receivers_pending_ack_sends_stay_bounded(links):
+    sender, receiver = links
+    sender._ack_in = sender._post_ack_recv()
+    for _ in range(3 * MAX_ACKS_OUT):  # one flight each: the receiver acks, the sender reads the ack
+        receiver.ack()
+        sender.wait_ack(5)
+    assert len(receiver._acks_out) <= MAX_ACKS_OUT
