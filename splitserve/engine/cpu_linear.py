@@ -10,7 +10,11 @@ per linear per new count, never given back), so a server that saw every prompt l
 its token budget would grow by gigabytes. Inputs are therefore padded to a bounded set of row
 counts (`bucket_rows`: exact up to 16 - decode batches - then multiples of 16 up to 256, then
 of 128): rows are independent, the padding rows are dropped, and the extra rows cost little
-where a linear is bound by reading its weight.
+where a linear is bound by reading its weight. Past 256 rows a few rows over a multiple of 128 would
+pad to a whole 128 more (a 512-token prompt with its BOS: 513 rows run as 640), so they run as a
+second call instead (`row_calls`): 513 rows as 512 + 1 took 453 ms against 535 ms padded (`small`, 1
+thread, one prefill), with the same outputs; with more than SPLIT_MAX_REMAINDER rows over, the second
+call's own weight read costs about what the padding does (600 rows: 555 vs 549 ms), so they pad.
 
 A single row (batch-1 decode) with one torch thread goes to MKL's gemm over the weight stored
 transposed, [in, out] (`x @ w_t`: it streams the weight row by row instead of taking one dot
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 PACK_FOR_ROWS = 16
+SPLIT_MAX_REMAINDER = 64  # rows over a multiple of 128 (past 256) that run as a second call rather than padded
 
 
 def bucket_rows(rows: int) -> int:
@@ -36,6 +41,19 @@ def bucket_rows(rows: int) -> int:
         return rows
     step = 16 if rows <= 256 else 128
     return -(-rows // step) * step
+
+
+def row_calls(rows: int) -> tuple[int, ...]:
+    """The rows of each packed call for `rows` input rows (each call padded by `bucket_rows`)."""
+    head = rows // 128 * 128
+    if rows <= 256 or rows == head or rows - head > SPLIT_MAX_REMAINDER:
+        return (rows,)
+    return (head, rows - head)
+
+
+def computed_rows(rows: int) -> int:
+    """The rows the packed linears compute for `rows` input rows, padding included."""
+    return sum(bucket_rows(n) for n in row_calls(rows))
 
 
 def available() -> bool:
@@ -54,11 +72,17 @@ class PackedLinear(nn.Module):
         if x.numel() == self.in_features and torch.get_num_threads() == 1:
             return self._one_row(x)
         rows = x.reshape(-1, self.in_features)
-        padded = bucket_rows(rows.shape[0])
-        if padded != rows.shape[0]:
-            rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - rows.shape[0]))
+        calls = row_calls(rows.shape[0])
+        out = self._packed(rows) if len(calls) == 1 else torch.cat([self._packed(part) for part in rows.split(calls)])
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _packed(self, rows: torch.Tensor) -> torch.Tensor:
+        count = rows.shape[0]
+        padded = bucket_rows(count)
+        if padded != count:
+            rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - count))
         out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self.packed_weight, self.bias, "none", [], "")
-        return out[: x.numel() // self.in_features].view(*x.shape[:-1], self.out_features)
+        return out[:count]
 
     def _one_row(self, x: torch.Tensor) -> torch.Tensor:
         row = x.reshape(1, self.in_features)

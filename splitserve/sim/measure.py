@@ -32,9 +32,9 @@ class MeasurePlan:
 
 DECODE_STEPS = 11  # 10 timed: their spread is kept too (decode_step_ratios)
 QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000)
-# 384, 640, 768: row counts the packed linears pad to (profile.bucket_rows) between 256 and 1024,
-# where most prompts fall; 320 and 576 are padded (to 384, 640): they part the padded linears
-# from the attention, which runs on the real tokens
+# 384, 640, 768: row counts the packed linears pad to (profile.computed_rows) between 256 and 1024,
+# where most prompts fall; 320 and 576 run as 256 + 64 and 512 + 64 rows (a second call, not
+# padded): the fit sees the linears at rows between the buckets
 FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2,
                    2048, 70_000)
 

@@ -10,9 +10,11 @@ prompt chunks of new_tokens * context_after_the_chunk (query-key pairs); C: deco
 work, the summed context of its one-token chunks (keys gathered from the paged cache). The
 hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
 the measured prefill and decode steps (fit.py). With `row_buckets` (an engine whose linears are
-cpu_linear.py's packed ones) the token terms take T padded as the engine pads a step's rows
-(exact to 16, then multiples of 16 to 256, then of 128): a 513-token step runs its linears on 640
-rows, as slow as a 640-token one. Transfer time per backend: bytes -> seconds through the measured medians.
+cpu_linear.py's packed ones) the token terms take the rows the engine computes for T
+(`computed_rows`: padded exact to 16, then to multiples of 16 to 256, then of 128, except that up
+to 64 rows past a multiple of 128 run as a second call): a 600-token step runs its linears on 640
+rows, as slow as a 640-token one; a 513-token step on 512 + 1 (the second call's extra weight read
+is not modelled). Transfer time per backend: bytes -> seconds through the measured medians.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ def bucket_rows(rows: int) -> int:
     return -(-rows // step) * step
 
 
+SPLIT_MAX_REMAINDER = 64
+
+
+def computed_rows(rows: int) -> int:
+    """splitserve/engine/cpu_linear.py's computed_rows: the rows its packed linears run for `rows`
+    input rows, padding included (up to SPLIT_MAX_REMAINDER rows past a multiple of 128, past 256,
+    run as a second call instead of padded). Equality is tested."""
+    head = rows // 128 * 128
+    if rows <= 256 or rows == head or rows - head > SPLIT_MAX_REMAINDER:
+        return bucket_rows(rows)
+    return head + bucket_rows(rows - head)
+
+
 @dataclass(frozen=True)
 class StepPoint:
     """One measured engine step."""
@@ -55,7 +70,7 @@ class StepModel:
     knots: tuple[float, ...]
     coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx
     min_step_s: float = 1e-5
-    row_buckets: bool = False  # the token terms take bucket_rows(T) (packed CPU linears pad their rows)
+    row_buckets: bool = False  # the token terms take computed_rows(T) (packed CPU linears pad their rows)
 
     def __post_init__(self):
         if len(self.coef) != len(self.knots) + 5:
@@ -68,7 +83,7 @@ class StepModel:
     @classmethod
     def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS,
             row_buckets: bool = False) -> "StepModel":
-        rows = [bucket_rows(p.num_tokens) if row_buckets else p.num_tokens for p in points]
+        rows = [computed_rows(p.num_tokens) if row_buckets else p.num_tokens for p in points]
         knots = tuple(k for k in knots if k < max(rows))
         tokens = np.array(rows, dtype=float)
         extra = np.array([[p.num_seqs, p.attention, p.decode_context] for p in points], dtype=float)
@@ -79,7 +94,7 @@ class StepModel:
     def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0) -> float:
         c0, c1, c_seq, c_attn, c_ctx = self._linear
         if self.row_buckets and num_tokens > 16:
-            num_tokens = bucket_rows(num_tokens)
+            num_tokens = computed_rows(num_tokens)
         t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context
         for q, k in self._hinges:
             if num_tokens > k:

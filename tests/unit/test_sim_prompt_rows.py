@@ -1,5 +1,5 @@
 """The engine computes more than the client counts: the router's BOS, and packed CPU linears
-padding a step's rows (a 513-token prompt runs its linears on 640 rows). The simulator models both."""
+padding a step's rows (a 600-token prompt runs its linears on 640 rows). The simulator models both."""
 
 from __future__ import annotations
 
@@ -9,22 +9,25 @@ import pytest
 from tests.unit.sim_support import all_roles, linear_profile
 
 from splitserve.sim.cluster import ClusterConfig
-from splitserve.sim.profile import Profile, StepModel, StepPoint, bucket_rows
+from splitserve.sim.profile import Profile, StepModel, StepPoint, bucket_rows, computed_rows
 from splitserve.sim.request import SimRequest
 from splitserve.sim.runner import simulate
 
 
 def test_the_row_buckets_are_the_engines():
     from splitserve.engine.cpu_linear import bucket_rows as engine_bucket_rows
+    from splitserve.engine.cpu_linear import computed_rows as engine_computed_rows
 
     assert all(bucket_rows(n) == engine_bucket_rows(n) for n in range(1, 4200))
+    assert all(computed_rows(n) == engine_computed_rows(n) for n in range(1, 4200))
 
 
 def test_a_padded_step_costs_its_rows_in_the_token_terms_only():
     plain = StepModel((), (0.01, 0.001, 0.0005, 1e-7, 1e-6))
     padded = dataclasses.replace(plain, row_buckets=True)
     assert padded.seconds(512, 1, 512 * 512) == plain.seconds(512, 1, 512 * 512)
-    assert padded.seconds(513, 1, 513 * 513) == pytest.approx(plain.seconds(640, 1, 513 * 513))
+    assert padded.seconds(600, 1, 600 * 600) == pytest.approx(plain.seconds(640, 1, 600 * 600))
+    assert padded.seconds(513, 1, 513 * 513) == pytest.approx(plain.seconds(513, 1, 513 * 513))  # 512 + 1
     assert padded.seconds(9, 9, 0.0, 900) == plain.seconds(9, 9, 0.0, 900)
     assert StepModel.from_dict(padded.to_dict()) == padded
     assert not StepModel.from_dict({"knots": [], "coef": list(plain.coef)}).row_buckets  # older profiles
