@@ -20,7 +20,7 @@ from typing import Generator
 import torch
 
 from splitserve.chunkcache.cachecraft import ChunkContext
-from splitserve.chunkcache.chunk_forward import drain, full_forward_steps
+from splitserve.chunkcache.chunk_forward import full_forward_steps
 from splitserve.chunkcache.format import ChunkKV
 from splitserve.chunkcache.keys import prefix_hash
 from splitserve.chunkcache.variants import VariantMeta
@@ -37,16 +37,11 @@ def record_targets(variants: list[list[VariantMeta]], contexts: list[ChunkContex
             if len(held) < limit and not any(is_exact(v, ctx) for v in held)]
 
 
-def variants_in_prompt(model, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
-                       targets: list[int], device="cpu") -> list[tuple[VariantMeta, ChunkKV]]:
-    """Engine thread. spans: (start, length) of every chunk, ordered; -> a variant per target chunk,
-    computed in this prompt (statistics against all the chunks before it)."""
-    return drain(variants_in_prompt_steps(model, prompt, spans, keys, targets, device))
-
-
 def variants_in_prompt_steps(model, prompt: list[int], spans: list[tuple[int, int]], keys: list[str],
                              targets: list[int], device="cpu") -> Generator[None, None, list]:
-    """variants_in_prompt one layer per step (chunk_forward.full_forward_steps)."""
+    """Engine thread, one layer per step (chunk_forward.full_forward_steps; run it whole with `drain`).
+    spans: (start, length) of every chunk, ordered; -> a variant per target chunk, computed in this
+    prompt (statistics against all the chunks before it)."""
     if not targets:
         return []
     end = max(spans[i][0] + spans[i][1] for i in targets)
