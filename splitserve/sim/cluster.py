@@ -112,8 +112,13 @@ class ClusterSim:
 
     @staticmethod
     def _stretched(node: NodeSim, seconds: float) -> float:
-        busy = 1 + sum(1 for p in node.host_peers if p.busy or p.waiting or p.prefilling or p.decoding)
-        stretched = seconds * node.host_model.stretch(busy)
+        prefill_step = node.last_decodes != node.last_seqs
+        busy, other = 1, 0
+        for p in node.host_peers:
+            if p.busy or p.waiting or p.prefilling or p.decoding:
+                busy += 1
+                other += _runs_prefill(p) != prefill_step
+        stretched = seconds * node.host_model.mixed_stretch(busy, prefill_step, other)
         node.busy_s += stretched - seconds
         return stretched
 
@@ -274,3 +279,10 @@ class ClusterSim:
         req.finish_s = t
         self.inflight -= 1
         self.unfinished -= 1
+
+
+def _runs_prefill(node: NodeSim) -> bool:
+    """Whether a node's current step (busy) or next one (idle with work) has prompt tokens."""
+    if node.busy:
+        return node.last_decodes != node.last_seqs
+    return bool(node.waiting or node.prefilling)

@@ -4,7 +4,10 @@ the calibration of host.py's model (`splitserve profile --corun K`).
 K worker processes each load the engine once (the node's threads). For k = 1..K, the first k
 of them run the same steps at the same moment for `seconds` (a decode batch, then whole
 prompts), each timing its steps; the stretch for k is the median over kinds of
-(median step with k running / median step with 1 running).
+(median step with k running / median step with 1 running). With K >= 2, two processes then run
+different kinds at once (one decodes while the other prefills): `cross` is each kind's median step
+next to the other kind over its median alone (a decode step next to a prefill stretches more than
+next to another decode step: the prefill's gemms take the shared caches and memory bandwidth).
 """
 
 from __future__ import annotations
@@ -90,15 +93,23 @@ def _prefill_steps(engine, until: float) -> list[float]:
     return times
 
 
-def _result(results) -> list[float]:
-    kind, value = results.get(timeout=120)
-    if kind == "error" or not value:
-        raise RuntimeError(f"a co-run worker failed: {value or 'no steps timed'}")
-    return value
+def _run_together(queues, results, kinds, seconds: float) -> dict:
+    """Each queue's worker runs its kind's steps for `seconds` from the same moment: {kind: [medians]}."""
+    start = time.time() + 0.3
+    for q, kind in zip(queues, kinds):
+        q.put((kind, start, seconds))
+    medians: dict = {}
+    for _ in kinds:
+        kind, value = results.get(timeout=120)
+        if kind == "error" or not value:
+            raise RuntimeError(f"a co-run worker failed: {value or 'no steps timed'}")
+        medians.setdefault(kind, []).append(statistics.median(value))
+    return medians
 
 
 def measure_corun(config: CorunConfig, log=print) -> dict:
-    """{"cores", "threads", "stretch": [1.0, r2, ...], "median_step_ms": {kind: [per k]}, ...}"""
+    """{"cores", "threads", "stretch": [1.0, r2, ...], "median_step_ms": {kind: [per k]},
+    "cross": {kind: ratio next to the other kind} (K >= 2), ...}"""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     queues = [ctx.Queue() for _ in range(config.max_procs)]
@@ -111,13 +122,11 @@ def measure_corun(config: CorunConfig, log=print) -> dict:
         medians = {"decode": [], "prefill": []}
         for k in range(1, config.max_procs + 1):
             for kind in medians:
-                start = time.time() + 0.3
-                for q in queues[:k]:
-                    q.put((kind, start, config.seconds))
-                per_proc = [statistics.median(_result(results)) for _ in range(k)]
+                per_proc = _run_together(queues[:k], results, [kind] * k, config.seconds)[kind]
                 medians[kind].append(statistics.median(per_proc))
             log(f"corun: {k} busy: decode {medians['decode'][-1] * 1e3:.1f} ms, "
                 f"prefill {medians['prefill'][-1] * 1e3:.1f} ms")
+        mixed = _run_together(queues[:2], results, ["decode", "prefill"], config.seconds) if len(procs) >= 2 else {}
     finally:
         for q in queues:
             q.put(None)
@@ -126,7 +135,11 @@ def measure_corun(config: CorunConfig, log=print) -> dict:
             if p.is_alive():
                 p.kill()
     stretch = [statistics.median([m[k] / m[0] for m in medians.values()]) for k in range(config.max_procs)]
+    cross = {kind: round(mixed[kind][0] / medians[kind][0], 4) for kind in mixed}
+    if cross:
+        log(f"corun: one decoding next to one prefilling: decode x{cross['decode']}, prefill x{cross['prefill']}")
     return {"cores": len(os.sched_getaffinity(0)), "threads": config.threads, "stretch": [round(s, 4) for s in stretch],
+            "cross": cross, "cross_step_ms": {kind: round(v[0] * 1e3, 3) for kind, v in mixed.items()},
             "median_step_ms": {kind: [round(v * 1e3, 3) for v in m] for kind, m in medians.items()},
             "workload": {"decode": [DECODE_BATCH, DECODE_CONTEXT], "prefill_tokens": PREFILL_TOKENS},
             "seconds_per_point": config.seconds}

@@ -21,6 +21,18 @@ def test_stretch_uses_measurements_then_oversubscription():
     assert [bare.stretch(k) for k in (1, 2, 3, 4)] == [1.0, 1.0, 1.5, 2.0]
 
 
+def test_a_step_next_to_the_other_kind_takes_the_measured_cross_factor():
+    host = HostModel(cores=2, threads=1, corun=(1.0, 1.1, 1.4), cross=(1.7, 1.3))
+    assert host.mixed_stretch(2, prefill_step=False, other=0) == host.stretch(2) == 1.1
+    assert host.mixed_stretch(2, prefill_step=False, other=1) == pytest.approx(1.7)  # decode next to a prefill
+    assert host.mixed_stretch(2, prefill_step=True, other=1) == pytest.approx(1.3)  # prefill next to a decode
+    assert host.mixed_stretch(3, prefill_step=False, other=1) == pytest.approx(1.4 * (1 + (1.7 / 1.1 - 1) / 2))
+    assert host.mixed_stretch(1, prefill_step=True, other=0) == 1.0
+    assert HostModel(cores=2, corun=(1.0, 1.1)).mixed_stretch(2, False, 1) == 1.1  # not measured: same-kind stretch
+    with pytest.raises(ValueError):
+        HostModel(cores=2, corun=(1.0, 1.1), cross=(1.5,))
+
+
 def test_host_model_validates_and_reads_the_profile():
     with pytest.raises(ValueError):
         HostModel(cores=0)
@@ -30,6 +42,9 @@ def test_host_model_validates_and_reads_the_profile():
         ClusterConfig(host_cores=-1)
     profile = dataclasses.replace(make_profile(), host={"corun": {"cores": 2, "threads": 1, "stretch": [1.0, 1.3]}})
     assert HostModel.from_profile(profile, 2).corun == (1.0, 1.3)
+    assert HostModel.from_profile(profile, 2).cross == ()
+    crossed = dataclasses.replace(profile, host={"corun": {**profile.host["corun"], "cross": {"decode": 1.6, "prefill": 1.2}}})
+    assert HostModel.from_profile(crossed, 2).cross == (1.6, 1.2)
     assert HostModel.from_profile(profile, 8).corun == ()  # measured on another core count: not used
     assert Profile.from_dict(profile.to_dict()).host == profile.host
     assert assign_hosts(5, 2) == [0, 0, 1, 1, 2] and assign_hosts(3, 0) == [0, 0, 0]
@@ -51,6 +66,21 @@ def test_a_shared_host_stretches_busy_steps_and_own_cores_do_not():
     assert shared["completed"] == own["completed"] == 8
 
 
+def _disaggregated(profile):
+    requests = [SimRequest(i, 400, 10, 0.2 * i) for i in range(10)]  # a burst: decodes overlap later prefills
+    return simulate(requests, ClusterConfig(prefill=1, decode=1, host_cores=2), {"prefill": profile, "decode": profile})
+
+
+def test_decode_steps_next_to_prefills_stretch_by_the_cross_factor():
+    corun = {"cores": 2, "threads": 1, "stretch": [1.0, 1.05]}
+    same = _disaggregated(dataclasses.replace(make_profile(), host={"corun": corun}))
+    crossed = _disaggregated(dataclasses.replace(make_profile(), host={"corun": {**corun,
+                                                                                "cross": {"decode": 2.0, "prefill": 1.05}}}))
+    assert crossed["completed"] == same["completed"] == 10
+    assert crossed["median_ttft_ms"] == pytest.approx(same["median_ttft_ms"])  # prefills: cross == stretch(2)
+    assert crossed["median_tpot_ms"] > 1.4 * same["median_tpot_ms"]  # the decodes ran beside prefills
+
+
 @pytest.mark.slow
 def test_corun_measures_one_stretch_per_process_count(tiny_model):
     from splitserve.sim.measure_corun import CorunConfig, measure_corun
@@ -59,5 +89,6 @@ def test_corun_measures_one_stretch_per_process_count(tiny_model):
     assert corun["stretch"][0] == 1.0 and len(corun["stretch"]) == 2 and corun["stretch"][1] > 0
     assert corun["threads"] == 1 and corun["cores"] >= 1
     assert all(len(v) == 2 for v in corun["median_step_ms"].values())
+    assert set(corun["cross"]) == {"decode", "prefill"} and min(corun["cross"].values()) > 0
     with pytest.raises(ValueError):
         CorunConfig(str(tiny_model), max_procs=0)
