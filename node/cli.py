@@ -60,7 +60,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
     add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)
     add_flag(parser, "--chunk-int8", False, "store chunk KV in Redis as int8 with per-token scales", action="store_true")
-    add_flag(parser, "--blend-check-layers", "1", "CacheBlend check layers, comma-separated (several: gradual filtering)")
+    add_flag(parser, "--blend-check-layers", "2", "CacheBlend check layers, comma-separated (several: gradual filtering)")
     add_flag(parser, "--blend-ratio", "0.15", "recompute ratio per check layer, comma-separated, non-increasing; "
          "check layer 0 with ratio 0 is direct reuse")
     add_flag(parser, "--chunk-planning", "cachecraft", "per-chunk recompute budgets (cachecraft) or one ratio (ratio)",

@@ -199,3 +199,25 @@ def test_attention_selection_picks_the_rows_the_query_attends_to_most(model, ids
     both = set(cached[(dev * received)[cached].topk(count).indices].tolist())
     res, _, _ = _run(model, ids, BlendConfig((1,), (0.3,), deviation="k_attn"))
     assert set(res.selected.tolist()) - set(forced.tolist()) == both
+
+
+def test_check_layer_past_the_last_layer_runs_at_the_last(model, ids):
+    """The default check layer 2 on this 2-layer model is check layer 1 (not a silent full prefill)."""
+    assert BlendConfig().check_layers == (2,) and model.cfg.num_layers == 2
+    at_one, k1, v1 = _run(model, ids, BlendConfig((1,), (0.15,)))
+    at_two, k2, v2 = _run(model, ids, BlendConfig((2,), (0.15,)))
+    assert at_two.active_rows == at_one.active_rows and torch.equal(at_two.selected, at_one.selected)
+    assert torch.equal(k2, k1) and torch.equal(v2, v1)
+
+
+def test_reused_k_scale_scales_only_the_reused_rows(model, ids):
+    plain, k, v = _run(model, ids, BlendConfig((1,), (0.15,)))
+    scaled, k_s, v_s = _run(model, ids, BlendConfig((1,), (0.15,), reused_k_scale=1.1))
+    assert torch.equal(scaled.selected, plain.selected)  # rows are chosen before the scale applies
+    reused = torch.ones(N, dtype=torch.bool)
+    reused[plain.selected] = False
+    torch.testing.assert_close(k_s[1, reused], 1.1 * k[1, reused], atol=1e-6, rtol=0)
+    assert torch.equal(k_s[0], k[0]) and torch.equal(v_s[1, reused], v[1, reused])
+    assert not torch.equal(scaled.logits, plain.logits)
+    with pytest.raises(ValueError, match="reused_k_scale"):
+        BlendConfig(reused_k_scale=0.0)
