@@ -54,3 +54,19 @@ def run_questions(args, engine: Engine, items: list[tuple[int, dict]], one, summ
                                         "summary": summarize(questions), "questions": questions}, indent=1))
         print(f"question {i} done", flush=True)
     return questions
+
+
+def pick_cases(names: str, known: dict) -> dict:
+    """'a,b' -> {name: known[name]}; an unknown name exits listing the known ones."""
+    unknown = sorted(set(names.split(",")) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
+    return {name: known[name] for name in names.split(",")}
+
+
+def merged(paths: list[Path], questions_of, summarize) -> dict:
+    """Result files of processes over disjoint questions -> one result (questions_of: the runs -> their questions)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    questions = questions_of(runs)
+    return {**runs[0], "wall_s": sum(r["wall_s"] for r in runs), "merged_from": [p.name for p in paths],
+            "summary": summarize(questions), "questions": questions}

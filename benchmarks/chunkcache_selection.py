@@ -26,7 +26,7 @@ import json
 import statistics
 from pathlib import Path
 
-from chunkcache_common import run_questions
+from chunkcache_common import merged, pick_cases, run_questions
 from chunkcache_quality import FULL, load_questions, passages_stored, question_parser
 
 from splitserve.chunkcache.blend import BlendConfig
@@ -94,15 +94,9 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="only merge these result files into --out")
     args = parser.parse_args()
     if args.merge:
-        results = [json.loads(p.read_text()) for p in args.merge]
-        questions = {i: q for r in results for i, q in r["questions"].items()}
-        merged = {**results[0], "wall_s": sum(r["wall_s"] for r in results), "merged_from": [p.name for p in args.merge],
-                  "summary": summarize(questions), "questions": questions}
-        return args.out.write_text(json.dumps(merged, indent=1))
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        raise SystemExit(f"unknown cases {sorted(unknown)}; known: {', '.join(CASES)}")
-    cases = {name: CASES[name] for name in args.cases.split(",")}
+        result = merged(args.merge, lambda runs: {i: q for r in runs for i, q in r["questions"].items()}, summarize)
+        return args.out.write_text(json.dumps(result, indent=1))
+    cases = pick_cases(args.cases, CASES)
     run_questions(args, *load_questions(args), lambda e, item, n: one_question(e, item, n, cases), summarize,
                   ratio=RATIO, cases=list(cases))
 
