@@ -3,11 +3,14 @@ the calibration of host.py's model (`splitserve profile --corun K`).
 
 K worker processes each load the engine once (the node's threads). For k = 1..K, the first k
 of them run the same steps at the same moment for `seconds` (a decode batch, then whole
-prompts), each timing its steps; the stretch for k is the median over kinds of
-(median step with k running / median step with 1 running). With K >= 2, two processes then run
-different kinds at once (one decodes while the other prefills): `cross` is each kind's median step
-next to the other kind over its median alone (a decode step next to a prefill stretches more than
-next to another decode step: the prefill's gemms take the shared caches and memory bandwidth).
+prompts), each timing its steps. With K >= 2, two processes then run different kinds at once
+(one decodes while the other prefills). The sequence runs `rounds` times; every ratio is taken
+within a round (against that round's steps alone: the machine's other load drifts between rounds
+more than within one) and its median over rounds kept. The stretch for k is the median over
+kinds of (median step with k running / median step with 1 running); `cross` is each kind's
+median step next to the other kind over its median alone (a decode step next to a prefill
+stretches more than next to another decode step: the prefill's gemms take the shared caches
+and memory bandwidth).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ class CorunConfig:
     model_dir: str
     threads: int = 1
     max_procs: int = 3
-    seconds: float = 2.0  # per kind and k
+    seconds: float = 1.5  # per kind and k, in each round
     dtype: str = "float32"
+    rounds: int = 3
 
     def __post_init__(self):
-        if self.threads < 1 or self.max_procs < 1 or self.seconds <= 0:
-            raise ValueError("threads and max_procs must be >= 1 and seconds > 0")
+        if self.threads < 1 or self.max_procs < 1 or self.seconds <= 0 or self.rounds < 1:
+            raise ValueError("threads, max_procs and rounds must be >= 1 and seconds > 0")
 
 
 def _worker(config: CorunConfig, commands, results) -> None:
@@ -107,26 +111,37 @@ def _run_together(queues, results, kinds, seconds: float) -> dict:
     return medians
 
 
+def _one_round(queues, results, config: CorunConfig) -> tuple[dict, dict]:
+    """Median step per kind with k = 1..K of a kind at once, and each kind next to the other kind."""
+    medians = {"decode": [], "prefill": []}
+    for k in range(1, config.max_procs + 1):
+        for kind in medians:
+            medians[kind].append(statistics.median(_run_together(queues[:k], results, [kind] * k, config.seconds)[kind]))
+    mixed = _run_together(queues[:2], results, ["decode", "prefill"], config.seconds) if len(queues) >= 2 else {}
+    return medians, {kind: v[0] for kind, v in mixed.items()}
+
+
 def measure_corun(config: CorunConfig, log=print) -> dict:
-    """{"cores", "threads", "stretch": [1.0, r2, ...], "median_step_ms": {kind: [per k]},
-    "cross": {kind: ratio next to the other kind} (K >= 2), ...}"""
+    """{"cores", "threads", "stretch": [1.0, r2, ...], "cross": {kind: ratio next to the other kind}
+    (K >= 2), "median_step_ms": {kind: [per k]} (of the first round), ...}. Each ratio is taken
+    within one round (against that round's steps alone) and the median over `rounds` rounds kept:
+    the machine's other load moves between rounds more than within one."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     queues = [ctx.Queue() for _ in range(config.max_procs)]
     procs = [ctx.Process(target=_worker, args=(config, q, results), daemon=True) for q in queues]
     for p in procs:
         p.start()
+    rounds = []
     try:
         for _ in procs:
             results.get(timeout=300)
-        medians = {"decode": [], "prefill": []}
-        for k in range(1, config.max_procs + 1):
-            for kind in medians:
-                per_proc = _run_together(queues[:k], results, [kind] * k, config.seconds)[kind]
-                medians[kind].append(statistics.median(per_proc))
-            log(f"corun: {k} busy: decode {medians['decode'][-1] * 1e3:.1f} ms, "
-                f"prefill {medians['prefill'][-1] * 1e3:.1f} ms")
-        mixed = _run_together(queues[:2], results, ["decode", "prefill"], config.seconds) if len(procs) >= 2 else {}
+        for r in range(config.rounds):
+            medians, mixed = _one_round(queues, results, config)
+            rounds.append((medians, mixed))
+            log(f"corun round {r + 1}: decode {[round(v * 1e3, 1) for v in medians['decode']]} ms, prefill "
+                f"{[round(v * 1e3, 1) for v in medians['prefill']]} ms by busy count; next to the other kind "
+                f"{ {kind: round(v * 1e3, 1) for kind, v in mixed.items()} } ms")
     finally:
         for q in queues:
             q.put(None)
@@ -134,12 +149,21 @@ def measure_corun(config: CorunConfig, log=print) -> dict:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    stretch = [statistics.median([m[k] / m[0] for m in medians.values()]) for k in range(config.max_procs)]
-    cross = {kind: round(mixed[kind][0] / medians[kind][0], 4) for kind in mixed}
-    if cross:
-        log(f"corun: one decoding next to one prefilling: decode x{cross['decode']}, prefill x{cross['prefill']}")
-    return {"cores": len(os.sched_getaffinity(0)), "threads": config.threads, "stretch": [round(s, 4) for s in stretch],
-            "cross": cross, "cross_step_ms": {kind: round(v[0] * 1e3, 3) for kind, v in mixed.items()},
-            "median_step_ms": {kind: [round(v * 1e3, 3) for v in m] for kind, m in medians.items()},
+    return _summary(rounds, config)
+
+
+def _summary(rounds: list, config: CorunConfig) -> dict:
+    def ratio(kind, value_of):  # median over rounds of (a value / that round's step alone)
+        return statistics.median(value_of(m, x) / m[kind][0] for m, x in rounds)
+
+    kinds = ("decode", "prefill")
+    stretch = [statistics.median(ratio(kind, lambda m, x, kind=kind, k=k: m[kind][k]) for kind in kinds)
+               for k in range(config.max_procs)]
+    cross = {kind: round(ratio(kind, lambda m, x, kind=kind: x[kind]), 4) for kind in rounds[0][1]}
+    return {"cores": len(os.sched_getaffinity(0)), "threads": config.threads, "stretch": [round(v, 4) for v in stretch],
+            "cross": cross, "rounds": len(rounds),
+            "median_step_ms": {kind: [round(v * 1e3, 3) for v in rounds[0][0][kind]] for kind in kinds},
+            "round_step_ms": [{"same_kind": {kind: [round(v * 1e3, 3) for v in m[kind]] for kind in kinds},
+                               "next_to_other_kind": {kind: round(v * 1e3, 3) for kind, v in x.items()}} for m, x in rounds],
             "workload": {"decode": [DECODE_BATCH, DECODE_CONTEXT], "prefill_tokens": PREFILL_TOKENS},
             "seconds_per_point": config.seconds}

@@ -81,14 +81,28 @@ def test_decode_steps_next_to_prefills_stretch_by_the_cross_factor():
     assert crossed["median_tpot_ms"] > 1.4 * same["median_tpot_ms"]  # the decodes ran beside prefills
 
 
+def test_corun_ratios_are_taken_within_a_round_then_the_median_over_rounds():
+    from splitserve.sim.measure_corun import CorunConfig, _summary
+
+    def round_(alone, pair, decode_next_to_prefill):  # one kind-neutral round: prefill steps 10x decode's
+        return ({"decode": [alone, pair], "prefill": [10 * alone, 10 * pair]},
+                {"decode": decode_next_to_prefill, "prefill": 10 * pair})
+
+    rounds = [round_(1.0, 1.2, 1.6), round_(2.0, 2.4, 3.2), round_(1.0, 1.5, 1.8)]  # round 2: a loaded machine
+    summary = _summary(rounds, CorunConfig("m", max_procs=2))
+    assert summary["stretch"] == [1.0, 1.2] and summary["cross"] == {"decode": 1.6, "prefill": 1.2}
+    assert summary["rounds"] == 3 and summary["median_step_ms"]["decode"] == [1000.0, 1200.0]
+
+
 @pytest.mark.slow
 def test_corun_measures_one_stretch_per_process_count(tiny_model):
     from splitserve.sim.measure_corun import CorunConfig, measure_corun
 
-    corun = measure_corun(CorunConfig(str(tiny_model), threads=1, max_procs=2, seconds=0.2), log=lambda _: None)
+    corun = measure_corun(CorunConfig(str(tiny_model), threads=1, max_procs=2, seconds=0.2, rounds=2), log=lambda _: None)
     assert corun["stretch"][0] == 1.0 and len(corun["stretch"]) == 2 and corun["stretch"][1] > 0
     assert corun["threads"] == 1 and corun["cores"] >= 1
     assert all(len(v) == 2 for v in corun["median_step_ms"].values())
     assert set(corun["cross"]) == {"decode", "prefill"} and min(corun["cross"].values()) > 0
+    assert corun["rounds"] == 2 == len(corun["round_step_ms"])
     with pytest.raises(ValueError):
         CorunConfig(str(tiny_model), max_procs=0)
