@@ -29,8 +29,10 @@ def bootstrap(diffs: list[float], resamples: int = 4000, seed: int = 0) -> tuple
     return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
-def paired(base: dict[int, dict], other: dict[int, dict], baseline: str, name: str) -> dict:
-    """base, other: index -> question of each run -> the case's means and its comparison with the baseline."""
+def paired(base: dict[int, dict], other: dict[int, dict], baseline: str, name: str,
+           reference: dict[int, dict] | None = None) -> dict:
+    """base, other: index -> question of each run -> the case's means and its comparison with the baseline;
+    reference: the run holding full reuse (default: base)."""
     common = sorted(set(base) & set(other))
     mismatched = [i for i in common if base[i]["cases"]["full"]["answer"] != other[i]["cases"]["full"]["answer"]]
     rows = [other[i]["cases"][name] for i in common]
@@ -46,7 +48,8 @@ def paired(base: dict[int, dict], other: dict[int, dict], baseline: str, name: s
     k = [r["kl"] - b["kl"] for r, b in zip(rows, ref)]
     out["kl_vs_baseline"] = {"below": sum(x < 0 for x in k), "above": sum(x > 0 for x in k),
                              "mean_diff": statistics.mean(k), "interval_95": bootstrap(k)}
-    out["kl_worse_than_full_reuse"] = [i for i in common if other[i]["cases"][name]["kl"] > base[i]["cases"]["full_reuse"]["kl"]]
+    reuse = {i: q["cases"]["full_reuse"]["kl"] for i, q in (reference or base).items() if "full_reuse" in q["cases"]}
+    out["kl_worse_than_full_reuse"] = [i for i in common if i in reuse and other[i]["cases"][name]["kl"] > reuse[i]]
     return out
 
 
@@ -55,16 +58,19 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="chunkcache_quality.py --cases result files")
     parser.add_argument("--base", type=Path, default=RESULTS / "chunkcache_quality.json")
     parser.add_argument("--baseline", default="hkvd_0.15")
+    parser.add_argument("--reference", type=Path, default=RESULTS / "chunkcache_quality.json",
+                        help="the run with full reuse (r = 0), for the questions where a case's KL is worse")
     parser.add_argument("--pair", action="append", default=[], help="CASE=BASELINE: another baseline for one case "
                         "(e.g. cachecraft_v_attn=cachecraft)")
     parser.add_argument("--out", type=Path, default=RESULTS / "chunkcache_quality_selection_paired.json")
     args = parser.parse_args()
     base = {q["index"]: q for q in json.loads(args.base.read_text())["questions"]}
     other = {q["index"]: q for run in args.runs for q in json.loads(run.read_text())["questions"]}
+    reference = {q["index"]: q for q in json.loads(args.reference.read_text())["questions"]}
     names = [n for n in next(iter(other.values()))["cases"] if n not in ("full", "prefix_caching")]
     pairs = dict(p.split("=", 1) for p in args.pair)
     result = {"base": args.base.name, "runs": [r.name for r in args.runs], "baseline": args.baseline, "pairs": pairs,
-              "cases": {n: paired(base, other, pairs.get(n, args.baseline), n) for n in names}}
+              "cases": {n: paired(base, other, pairs.get(n, args.baseline), n, reference) for n in names}}
     args.out.write_text(json.dumps(result, indent=1))
     for name, row in result["cases"].items():
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))

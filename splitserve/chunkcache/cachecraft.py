@@ -30,6 +30,10 @@ class CacheCraftConfig:
     alpha: float = 1.0
     min_fraction: float = 0.15
     max_variants: int = 5
+    # among variants not computed in this very context, take the one that saw most of the chunks now before it
+    # (context_coverage) rather than the least fix: a variant computed alone has CFO 0 (nothing to lose), so by fix
+    # it always wins over the live variants computed in real prompts, whose KV is far closer (README, issue 15)
+    prefer_context: bool = False
 
     def __post_init__(self):
         if self.alpha < 0 or not 0.0 <= self.min_fraction <= 1.0 or self.max_variants < 1:
@@ -92,10 +96,23 @@ def plan_variant(meta: VariantMeta, ctx: ChunkContext, cfg: CacheCraftConfig) ->
     return Plan(meta, max(cfg.min_fraction, cfo), cfo)
 
 
+def context_coverage(stats: ChunkStats, new_prefix: tuple[str, ...]) -> int:
+    """Tokens of the chunks now before the chunk that were also before it when the variant was computed."""
+    keep = set(new_prefix)
+    return sum(n for key, n in zip(stats.prefix_keys, stats.prefix_lengths) if key in keep)
+
+
 def choose_variant(variants: list[VariantMeta], ctx: ChunkContext, cfg: CacheCraftConfig) -> Plan | None:
-    """The stored variant needing the least recompute; None when there is none (a miss)."""
+    """The stored variant needing the least recompute (prefer_context: an exact one, else the one that saw most of
+    the current preceding chunks); None when there is none (a miss)."""
     plans = [plan_variant(v, ctx, cfg) for v in variants]
-    return min(plans, key=lambda p: (p.fraction, p.cfo, abs(p.variant.start - ctx.start)), default=None)
+
+    def rank(p: Plan) -> tuple:
+        fix = (p.fraction, p.cfo, abs(p.variant.start - ctx.start))
+        if not cfg.prefer_context:
+            return fix
+        return (p.fraction > 0, -context_coverage(p.variant.stats, ctx.prefix_keys), *fix)
+    return min(plans, key=rank, default=None)
 
 
 def retention_value(meta: VariantMeta, hits: int) -> float:
