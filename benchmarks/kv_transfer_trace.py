@@ -32,7 +32,7 @@ STEPS = {
                  (receiver_base.TrackedReceiver, "_deliver")],
     "sender": [(torch_sender.TorchSender, "_gather"), (torch_pair.PairLink, "post_header"),
                (torch_pair.PairLink, "wait_ack"), (torch_pair.PairLink, "post_payloads"),
-               (torch_sender.TorchSender, "_hash")],
+               (torch_sender.TorchSender, "_hash_upto")],
 }
 PHASES = [("sender has the layers", "_gather", 0, "start"), ("receiver has the header", "recv_header", 0, "end"),
           ("receiver acked", "ack", 0, "end"), ("sender saw the ack", "wait_ack", 0, "end"),

@@ -113,6 +113,8 @@ class PairLink:
         self._next_header = None  # (work, buffer) of the posted header recv
         self._scratch: torch.Tensor | None = None
         self.acks = self.backend == "gloo"
+        # a header may overtake payloads: the receiver keeps a header recv posted and gloo matches by tag
+        self.early_headers = self.backend == "gloo"
         self._ack_word = torch.ones(1, dtype=torch.int64)  # receiver: the (constant) ack message
         self._ack_buffer = torch.zeros(1, dtype=torch.int64)  # sender: where acks land
         self._acks_out: list = []  # receiver: ack sends not waited for yet (at most MAX_ACKS_OUT)
@@ -137,7 +139,14 @@ class PairLink:
         work.wait(td(timeout_s))
         self._ack_in = self._post_ack_recv()
 
+    def ack_arrived(self) -> bool:
+        """Sender: the ack `wait_ack` waits for is here, so it returns at once (always True without
+        acks). Looks at the ack buffer, zeroed before each recv is posted: gloo's `is_completed()`
+        turns True only inside `wait()`."""
+        return not self.acks or (self._ack_in is not None and self._ack_buffer[0].item() != 0)
+
     def _post_ack_recv(self):
+        self._ack_buffer.zero_()
         return self.group.recv([self._ack_buffer], self.peer, ACK_TAG)
 
     def ack(self) -> None:

@@ -3,12 +3,17 @@
 One background thread per destination moves jobs in the order they were enqueued. It takes
 every layer already queued (up to MAX_FLIGHT_LAYERS and MAX_FLIGHT_BYTES) as one flight: a
 single header message listing them (plus the CHECKSUM entries still owed), on the pair group
-(formed on first use, see `torch_pair`). While the receiver posts the flight's recvs, this
-thread hashes its layers; then, on the receiver's ack, it posts the payloads straight from the
-caller's tensors (gloo writes each at once: its recv is waiting). Hashing the rest after the
-payloads are posted, once the ack is there, measured no faster on 2 cores: the hash then
-takes CPU from gloo's copies. The CHECKSUM entries ride in the next flight's header, or in a
-header of their own when nothing else is queued. A flight is confirmed when its sends complete; the previous one is waited for
+(formed on first use, see `torch_pair`). It hashes the flight's layers while the header waits
+for the receiver's ack, until the ack is there; then it posts the payloads straight from the
+caller's tensors (gloo writes each at once: its recv is waiting), hashing each layer not hashed
+yet right before posting it. gloo writes a posted send largely inside `send()`, on this thread,
+and returns once the socket is full: the next layer's hash runs while the socket drains.
+Hashing the whole flight before its payloads (wire v4 as first shipped) held the payloads
+back at 34 MB; hashing after posting them all ran after all the writes. On gloo the flight's
+CHECKSUM entries go in a header of their own ahead of its last payload (the receiver keeps a
+header recv posted), so the last layer is verified as soon as it lands; on NCCL (ops in order,
+no early header recv) they ride in the next flight's header or in a header of their own after
+the flight. A flight is confirmed when its sends complete; the previous one is waited for
 after the next is posted.
 Every wait is bounded by the request's remaining time. When an op fails the group is
 dropped; the unconfirmed flights are posted once more on a fresh group if the failed group
@@ -61,7 +66,8 @@ class _Flight:
     owed: list[_Owed]  # CHECKSUM entries it carries
     works: list = field(default_factory=list)
     retried: bool = False
-    hashed: list[_Owed] | None = None  # CHECKSUM entries of its layers, once computed
+    num_hashed: int = 0  # its first layers, hashed (if checksummed) into `hashed`
+    hashed: list[_Owed] = field(default_factory=list)  # CHECKSUM entries, in layer order
 
     def words(self) -> torch.Tensor:
         return encode_entries([_layer_entry(job) for job in self.jobs] + [o.entry for o in self.owed])
@@ -151,7 +157,7 @@ class TorchSender(TrackedSender):
         return [job for job in jobs if self._is_live(job.meta.request_id)]
 
     def _launch(self, jobs: list[Job], flights: deque[_Flight]) -> None:
-        """Post one flight (these layers + the checksums owed), hash its layers, confirm the one before."""
+        """Post one flight (these layers + the checksums owed), hashing its layers; confirm the one before."""
         owed, self._owed = self._owed, []
         if not jobs and not owed:
             return
@@ -159,15 +165,17 @@ class TorchSender(TrackedSender):
             if job.ready is not None:
                 torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
         flight = _Flight(jobs, owed)
-        self._post(flight, flights, while_unacked=lambda: self._hash(flight))
-        self._hash(flight)
+        self._post(flight, flights)
+        self._hash_upto(flight, len(jobs))  # what a failed post left unhashed
         self._owed = [o for o in flight.hashed if self._is_live(o.job.meta.request_id)]
         self._settle(flights, keep=1)
 
-    def _hash(self, flight: _Flight) -> None:
-        """The CHECKSUM entries of the flight's layers, computed once (while its header waits for the ack)."""
-        if flight.hashed is None:
-            flight.hashed = [_Owed(job, self._checksum_entry(job)) for job in flight.jobs if job.meta.checksum]
+    def _hash_upto(self, flight: _Flight, num_layers: int) -> None:
+        """Hash the flight's layers in order until its first `num_layers` are (each layer once)."""
+        for job in flight.jobs[flight.num_hashed:num_layers]:
+            if job.meta.checksum:
+                flight.hashed.append(_Owed(job, self._checksum_entry(job)))
+            flight.num_hashed += 1
 
     def _checksum_entry(self, job: Job) -> LayerHeader:
         rhash = request_hash(job.meta.request_id)
@@ -175,22 +183,35 @@ class TorchSender(TrackedSender):
         value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
         return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
 
-    def _post(self, flight: _Flight, flights: deque[_Flight], while_unacked=lambda: None) -> bool:
+    def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id
         flights.append(flight)
         try:
             link = self._ensure_link(rid)
             flight.works = [link.post_header(flight.words())]
             if flight.jobs:
-                while_unacked()
+                while flight.num_hashed < len(flight.jobs) and not link.ack_arrived():
+                    self._hash_upto(flight, flight.num_hashed + 1)
                 link.wait_ack(self._flight_remaining_s(flight))
-                for job in flight.jobs:
+                for i, job in enumerate(flight.jobs):
                     self._mark_sending(job.meta.request_id)
-                flight.works += link.post_payloads([as_bytes(job.kv) for job in flight.jobs])
+                    self._hash_upto(flight, i + 1)  # while the layers before it drain from the socket
+                    if i == len(flight.jobs) - 1 and link.early_headers:
+                        self._post_checksums(flight, link, flights)
+                    flight.works += link.post_payloads([as_bytes(job.kv)])
             return True
         except Exception as exc:
             self._recover(flights, exc)
             return False
+
+    def _post_checksums(self, flight: _Flight, link: PairLink, flights: deque[_Flight]) -> None:
+        """The flight's CHECKSUM entries in a header of their own, ahead of its last payload: the
+        receiver has them when that payload lands and verifies it at once."""
+        owed, flight.hashed = [o for o in flight.hashed if self._is_live(o.job.meta.request_id)], []
+        if owed:
+            sums = _Flight([], owed)
+            flights.append(sums)
+            sums.works = [link.post_header(sums.words())]
 
     def _settle(self, flights: deque[_Flight], keep: int) -> None:
         """Wait for the oldest posted flights until at most `keep` are unconfirmed."""

@@ -1,6 +1,7 @@
-"""The torch sender's flights, without a peer: which queued layers one header carries, and
-their checksums (each layer hashed once, in order); and a gloo pair link in one process: the
-receiver sees a header that has arrived without waiting for it."""
+"""The torch sender's flights, without a peer: which queued layers one header carries, their
+checksums (each layer hashed once, in order) and where they go (ahead of the last payload); and
+a gloo pair link in one process: the receiver sees a header, the sender an ack, that has arrived
+without waiting for it."""
 
 from __future__ import annotations
 
@@ -49,13 +50,51 @@ def test_a_flight_takes_the_queued_layers_up_to_its_byte_budget(sender, monkeypa
 def test_a_flight_is_hashed_once_in_layer_order(sender):
     meta = TransferMeta("r", 4, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32")
     flight = torch_sender._Flight(_jobs(meta), [])
-    sender._hash(flight)
-    first = flight.hashed
-    sender._hash(flight)
-    assert flight.hashed is first
+    sender._hash_upto(flight, 1)  # while the ack is on its way
+    sender._hash_upto(flight, 1)
+    assert flight.num_hashed == 1 and len(flight.hashed) == 1
+    sender._hash_upto(flight, 4)  # each right before its payload is posted
     expected = [(job.layer, checksum(ChecksumKind.XXH3_64, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)))
                 for job in flight.jobs]
     assert [(o.entry.layer, o.entry.checksum) for o in flight.hashed] == expected
+
+
+class _RecordingLink:
+    """Stands in for a gloo PairLink: records what the sender posts, in order; the ack is there at once."""
+
+    acks = early_headers = True
+
+    def __init__(self) -> None:
+        self.posted: list = []
+
+    def post_header(self, words: torch.Tensor):
+        from splitserve.kvtransfer.wire import decode_entries
+
+        self.posted.append([(entry.kind, entry.layer) for entry in decode_entries(words)])
+        return "header"
+
+    def ack_arrived(self) -> bool:
+        return True
+
+    def wait_ack(self, timeout_s: float) -> None:
+        pass
+
+    def post_payloads(self, flats: list[torch.Tensor]) -> list:
+        self.posted += [flat.numel() for flat in flats]
+        return ["payload"]
+
+
+def test_a_flights_checksums_go_ahead_of_its_last_payload(sender):
+    meta = TransferMeta("r", 3, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32", checksum=True)
+    sender.begin(meta)
+    sender._link = link = _RecordingLink()
+    flight, flights = torch_sender._Flight(_jobs(meta), []), torch_sender.deque()
+    assert sender._post(flight, flights)
+    n = meta.layer_nbytes
+    assert link.posted == [[(Kind.LAYER, 0), (Kind.LAYER, 1), (Kind.LAYER, 2)], n, n,
+                           [(Kind.CHECKSUM, 0), (Kind.CHECKSUM, 1), (Kind.CHECKSUM, 2)], n]
+    assert [len(f.jobs) for f in flights] == [3, 0] and flight.hashed == []  # nothing left owed
+    sender._link = None
 
 
 @pytest.fixture
@@ -91,6 +130,16 @@ def test_the_receiver_sees_a_header_that_arrived_without_waiting_for_it(links):
     assert _eventually(receiver.header_arrived)  # gloo's is_completed() stays False until wait()
     assert receiver.recv_header(5)[0].request_hash == 2 and not receiver.header_arrived()
 
+
+
+def test_the_sender_sees_an_ack_that_arrived_without_waiting_for_it(links):
+    sender, receiver = links
+    sender.post_header(LayerHeader(Kind.ABORT, 1).encode())
+    assert not sender.ack_arrived()
+    receiver.ack()
+    assert _eventually(sender.ack_arrived)
+    sender.wait_ack(5)
+    assert not sender.ack_arrived()  # the next ack's buffer is zeroed
 
 
 def test_the_receivers_pending_ack_sends_stay_bounded(links):
