@@ -51,9 +51,7 @@ class LocalCluster:
     def start(self, log=lambda line: None) -> None:
         try:
             self._start_redis(log)
-            for role, count in self.counts.items():
-                for i in range(count):
-                    self.start_node(role, log)
+            self._start_nodes(log)
             nodes = ",".join(f"{role}={s.address}" for role, s in self.nodes)
             self.router = spawn("router", service_command(
                 "router", "--model", str(self.model), "--host", self.host, "--port", str(self.port),
@@ -73,6 +71,11 @@ class LocalCluster:
                 "redis   none: redis-server is not installed, the chunk cache runs with its local tier only")
         if self.redis_url:
             self.node_args += ["--redis-url", self.redis_url]
+
+    def _start_nodes(self, log) -> None:
+        for role, count in self.counts.items():
+            for _ in range(count):
+                self.start_node(role, log)
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.bench.prompts import load_tokenizer
-from splitserve.localcluster.cluster import LocalCluster
+from tests.support.cluster import ParallelCluster
 from tests.unit.bench_support import bench_model_dir  # noqa: F401
 from tests.chaos.load import References
 
@@ -40,7 +40,7 @@ def chaos_cluster(bench_model_dir):  # noqa: F811
     """Router, 2 prefill, 2 decode (torch KV transport), a private Redis. Blending recomputes
     every token (ratio 1.0), so a RAG request's output is the plain engine's whether its
     chunks hit the cache or not: exact comparison holds across a Redis restart."""
-    cluster = LocalCluster(bench_model_dir, prefill=2, decode=2, private_redis=True, policy=POLICY,
+    cluster = ParallelCluster(bench_model_dir, prefill=2, decode=2, private_redis=True, policy=POLICY,
                            node_args=NODE_ARGS, router_args=ROUTER_ARGS)
     cluster.start()
     if cluster.redis is None:

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from splitserve.localcluster.cluster import LocalCluster
+from tests.support.cluster import ParallelCluster
 from tests.fuzz.harness import KEY, NODE_ARGS
 
 
@@ -23,7 +23,7 @@ def fuzz_redis_url(request):
 def cluster(tiny_model, fuzz_redis_url, tmp_path_factory):
     keys = tmp_path_factory.mktemp("fuzz-keys") / "api-keys"
     keys.write_text(KEY + "\n")
-    with LocalCluster(tiny_model, prefill=1, decode=1, colocated=1, transport="grpc", http_port=-1,
+    with ParallelCluster(tiny_model, prefill=1, decode=1, colocated=1, transport="grpc", http_port=-1,
                       node_args=NODE_ARGS, router_args=["--api-keys-file", str(keys)],
                       redis_url=fuzz_redis_url) as c:
         yield c

@@ -20,7 +20,7 @@ from splitserve.bench.plots import save_plots
 from splitserve.bench.runner import RunConfig
 from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import WorkloadConfig, make_workload
-from splitserve.localcluster.cluster import LocalCluster
+from tests.support.cluster import ParallelCluster
 from tests.support.cutting_proxy import CuttingProxy
 from tests.unit.bench_support import bench_model_dir, bench_tokenizer  # noqa: F401
 
@@ -35,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def cluster(bench_model_dir, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(f"# bench test\n{API_KEY}\n")
-    with LocalCluster(bench_model_dir, prefill=1, decode=1, transport="torch", http_port=-1,
+    with ParallelCluster(bench_model_dir, prefill=1, decode=1, transport="torch", http_port=-1,
                       router_args=["--api-keys-file", str(keys)]) as c:
         yield c
 

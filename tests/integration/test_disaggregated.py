@@ -7,8 +7,7 @@ import grpc
 import pytest
 
 from splitserve.client import Client
-from splitserve.localcluster.cluster import LocalCluster
-from tests.support.cluster import mixed_prompts, node_stats, reference, send_all, used_blocks_settle_to_zero
+from tests.support.cluster import ParallelCluster, mixed_prompts, node_stats, reference, send_all, used_blocks_settle_to_zero
 
 pytestmark = pytest.mark.slow
 NODE_ARGS = ["--one-shot-max-tokens=64", "--kv-checksum", "--transfer-timeout-s=10"]
@@ -16,7 +15,7 @@ NODE_ARGS = ["--one-shot-max-tokens=64", "--kv-checksum", "--transfer-timeout-s=
 
 @pytest.fixture(scope="module", params=["torch", "grpc"])
 def cluster(request, tiny_model):
-    with LocalCluster(tiny_model, prefill=1, decode=1, transport=request.param, node_args=NODE_ARGS) as c:
+    with ParallelCluster(tiny_model, prefill=1, decode=1, transport=request.param, node_args=NODE_ARGS) as c:
         yield c
 
 
@@ -53,7 +52,7 @@ def test_bad_requests_get_invalid_argument_and_the_cluster_keeps_serving(cluster
 @pytest.mark.parametrize("prefill, decode", [(1, 2), (2, 1)])
 def test_groups_form_on_demand_with_several_nodes(tiny_model, prefill, decode):
     prompts = mixed_prompts(24, seed=3)
-    with LocalCluster(tiny_model, prefill=prefill, decode=decode, node_args=NODE_ARGS) as c:
+    with ParallelCluster(tiny_model, prefill=prefill, decode=decode, node_args=NODE_ARGS) as c:
         results = asyncio.run(send_all(c.url, prompts, seeded=True))
         nodes = [n.address for _, n in c.nodes]
         used = [node_stats(a).num_used_blocks for a in nodes] if all(used_blocks_settle_to_zero(a) for a in nodes) else None
@@ -64,7 +63,7 @@ def test_groups_form_on_demand_with_several_nodes(tiny_model, prefill, decode):
 
 
 def test_a_full_decode_pool_answers_resource_exhausted_and_recovers(tiny_model):
-    with LocalCluster(tiny_model, prefill=1, decode=1, node_args=["--num-blocks=8", "--block-size=16"]) as c:
+    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=["--num-blocks=8", "--block-size=16"]) as c:
         with Client(c.url, timeout_s=30) as client:
             with pytest.raises(grpc.RpcError) as err:
                 client.complete(prompt_token_ids=[9] * 300, max_tokens=4)

@@ -13,8 +13,7 @@ import grpc
 import pytest
 
 from splitserve.client import AsyncClient, Client
-from splitserve.localcluster.cluster import LocalCluster
-from tests.support.cluster import used_blocks_settle_to_zero
+from tests.support.cluster import ParallelCluster, used_blocks_settle_to_zero
 
 pytestmark = pytest.mark.slow
 MAX_QUEUE, BURST, TOKENS = 4, 24, 48
@@ -25,7 +24,7 @@ LONG = 2030  # tokens: seconds on the tiny model, far past TIMEOUT_S
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
     args = ["--max-queue", str(MAX_QUEUE), "--retry-after-s", "2", "--request-timeout-s", str(TIMEOUT_S)]
-    with LocalCluster(tiny_model, http_port=-1, router_args=args) as c:
+    with ParallelCluster(tiny_model, http_port=-1, router_args=args) as c:
         yield c
 
 

@@ -15,8 +15,7 @@ import pytest
 
 from splitserve.api.v1 import router_pb2_grpc
 from splitserve.client import Client, build_request
-from splitserve.localcluster.cluster import LocalCluster
-from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
+from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
@@ -27,7 +26,7 @@ MAX_BODY = 65536
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
-    with LocalCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)]) as c:
+    with ParallelCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)]) as c:
         yield c
 
 

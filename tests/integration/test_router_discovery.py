@@ -14,7 +14,7 @@ import pytest
 from splitserve.client import Client
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.procs import service_command, spawn, stop
-from tests.support.cluster import wait_until
+from tests.support.cluster import start_nodes_at_once, wait_until
 from tests.support.fake_kube import FakeKubeAPI, chart_docs, node_pod, router_selector
 from tests.support.metrics import scrape, value
 
@@ -34,8 +34,8 @@ def world(tiny_model, tmp_path):
     local = LocalCluster(tiny_model, prefill=1, decode=2, node_args=["--transfer-timeout-s=10"])
     services = []
     try:
-        nodes = {name: local.start_node(role) for name, role in
-                 (("prefill-a", "prefill"), ("decode-a", "decode"), ("decode-b", "decode"))}
+        names_roles = [("prefill-a", "prefill"), ("decode-a", "decode"), ("decode-b", "decode")]
+        nodes = dict(zip([name for name, _ in names_roles], start_nodes_at_once(local, names_roles)))
         services += nodes.values()
         (tmp_path / "kubeconfig").write_text(KUBECONFIG % api.url)
         pods = {name: (lambda ready=True, name=name, node=node: node_pod(

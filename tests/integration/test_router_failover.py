@@ -16,9 +16,8 @@ import grpc
 import pytest
 
 from splitserve.client import Client
-from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.procs import kill
-from tests.support.cluster import node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
+from tests.support.cluster import ParallelCluster, node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
 from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.slow
@@ -31,7 +30,7 @@ ROUTER_ARGS = ["--http-port=-1", "--health-interval-s=0.2"]
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
-    with LocalCluster(tiny_model, prefill=3, decode=3, node_args=NODE_ARGS, router_args=ROUTER_ARGS) as c:
+    with ParallelCluster(tiny_model, prefill=3, decode=3, node_args=NODE_ARGS, router_args=ROUTER_ARGS) as c:
         yield c
 
 

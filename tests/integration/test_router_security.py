@@ -16,7 +16,7 @@ import pytest
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.client import Client
 from splitserve.devcerts import make_dev_certs
-from splitserve.localcluster.cluster import LocalCluster
+from tests.support.cluster import ParallelCluster
 from splitserve.localcluster.procs import service_command, spawn, stop
 from splitserve.tls import channel_credentials
 
@@ -35,7 +35,7 @@ def certs(tmp_path_factory):
 def cluster(tiny_model, certs, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(f"# one key per line\n{KEY}\n\nsk-other\n")
-    with LocalCluster(tiny_model, http_port=-1, node_args=["--tls-dir", str(certs)],
+    with ParallelCluster(tiny_model, http_port=-1, node_args=["--tls-dir", str(certs)],
                       router_args=["--tls-dir", str(certs), "--api-keys-file", str(keys)]) as c:
         yield c
 

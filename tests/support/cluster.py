@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 from splitserve.client import AsyncClient
 from splitserve.engine import Engine, SamplingParams
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import Service, spawn, stop
 
 PROMPT_LENGTHS = [1, 2, 5, 9, 16, 17, 31, 48, 64, 100, 150, 257, 300, 400, 513, 700]
 
@@ -66,3 +69,28 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
 
 def used_blocks_settle_to_zero(address: str, timeout_s: float = 10.0) -> bool:
     return wait_until(lambda: node_stats(address).num_used_blocks == 0, timeout_s)
+
+
+def start_nodes_at_once(cluster: LocalCluster, names_roles: list[tuple[str, str]]) -> list[Service]:
+    """Spawns the cluster's nodes side by side and waits for all (each spends seconds importing torch
+    and loading its model; none needs another). They share the CPU, so each may take as long as all
+    did one by one: each gets the one-by-one total as its timeout. If one fails, the others are stopped."""
+    timeout_s = cluster.ready_timeout_s * len(names_roles)
+    with ThreadPoolExecutor(len(names_roles)) as pool:
+        futures = [pool.submit(spawn, name, cluster.node_command(role), timeout_s) for name, role in names_roles]
+    started = [f.result() for f in futures if f.exception() is None]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        stop(started)
+        raise failed[0]
+    return started
+
+
+class ParallelCluster(LocalCluster):
+    """LocalCluster whose nodes start at once (the router still starts last: it needs their addresses).
+    Same processes, flags and order of `nodes`; `splitserve up` tests cover the one-by-one start."""
+
+    def _start_nodes(self, log) -> None:
+        roles = [role for role, count in self.counts.items() for _ in range(count)]
+        names = [f"{role}-{roles[:i].count(role)}" for i, role in enumerate(roles)]
+        self.nodes += zip(roles, start_nodes_at_once(self, list(zip(names, roles))))
