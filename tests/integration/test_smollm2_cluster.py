@@ -3,17 +3,17 @@ transports equals the single-process engine for concurrent chat requests; a deco
 mid-stream costs nothing; the official `openai` client gets the text `generate --chat` prints."""
 
 import asyncio
+import contextlib
+import functools
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 
 from splitserve.client import AsyncClient
 from splitserve.engine import Engine, SamplingParams
-from splitserve.localcluster.cluster import LocalCluster
 from tests.integration.test_router_failover import running_decode
-from tests.support.cluster import used_blocks_settle_to_zero
+from tests.support.cluster import ParallelCluster, used_blocks_settle_to_zero
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "How many legs does a spider have?",
@@ -36,10 +36,27 @@ def engine(smollm2_model):
     return Engine(smollm2_model)
 
 
-def reference(engine, seeded: bool) -> list[list[int]]:
-    prompts = [engine.tokenizer.encode_chat(chat(q)) for q in QUESTIONS]
-    params = [SamplingParams(**sampling(i, seeded)) for i in range(len(QUESTIONS))]
-    return [r.token_ids for r in engine.generate(prompts, params)]
+@pytest.fixture(scope="module")
+def reference(engine):
+    """reference(seeded): the single-process engine's tokens for QUESTIONS, computed once per module."""
+    @functools.cache
+    def tokens(seeded: bool) -> list[list[int]]:
+        prompts = [engine.tokenizer.encode_chat(chat(q)) for q in QUESTIONS]
+        params = [SamplingParams(**sampling(i, seeded)) for i in range(len(QUESTIONS))]
+        return [r.token_ids for r in engine.generate(prompts, params)]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def generate_chat_text(smollm2_model) -> str:
+    """What `splitserve generate --chat --json` prints for QUESTIONS[0] (the CLI's handler, run in this process once)."""
+    from splitserve.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["generate", "--model", str(smollm2_model), "--chat", "--prompt", QUESTIONS[0],
+                     "--max-tokens", str(MAX_TOKENS), "--json"]) == 0
+    return json.loads(out.getvalue().splitlines()[-1])["text"]
 
 
 async def ask_all(url: str, seeded: bool):
@@ -50,41 +67,36 @@ async def ask_all(url: str, seeded: bool):
 
 @pytest.fixture(scope="module", params=["torch", "grpc"])
 def cluster(request, smollm2_model):
-    with LocalCluster(smollm2_model, prefill=1, decode=1, transport=request.param, node_args=NODE_ARGS,
-                      router_args=["--http-port=-1"]) as c:
+    with ParallelCluster(smollm2_model, prefill=1, decode=1, transport=request.param, node_args=NODE_ARGS,
+                         router_args=["--http-port=-1"]) as c:
         yield c
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
-def test_8_concurrent_chat_requests_equal_the_engine(cluster, engine, seeded):
+def test_8_concurrent_chat_requests_equal_the_engine(cluster, reference, seeded):
     results = asyncio.run(ask_all(cluster.url, seeded))
-    assert [r.token_ids for r in results] == reference(engine, seeded)
+    assert [r.token_ids for r in results] == reference(seeded)
     assert all(r.final.prefill_node != r.final.decode_node for r in results)
     for _, node in cluster.nodes:
         assert used_blocks_settle_to_zero(node.address, timeout_s=30)
 
 
-def test_openai_chat_equals_generate_chat(cluster, smollm2_model):
+def test_openai_chat_equals_generate_chat(cluster, smollm2_model, generate_chat_text):
     from openai import OpenAI
 
-    question = QUESTIONS[0]
     client = OpenAI(base_url=cluster.http_url + "/v1", api_key="unused")
-    reply = client.chat.completions.create(model=smollm2_model.name, messages=chat(question), temperature=0,
+    reply = client.chat.completions.create(model=smollm2_model.name, messages=chat(QUESTIONS[0]), temperature=0,
                                            max_completion_tokens=MAX_TOKENS)
-    out = subprocess.run([sys.executable, "-m", "splitserve.cli", "generate", "--model", str(smollm2_model), "--chat",
-                          "--prompt", question, "--max-tokens", str(MAX_TOKENS), "--json"],
-                         capture_output=True, text=True, timeout=300, check=True)
-    assert reply.choices[0].message.content == json.loads(out.stdout.splitlines()[-1])["text"]
+    assert reply.choices[0].message.content == generate_chat_text
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
-def test_decode_node_killed_mid_stream_changes_nothing(smollm2_model, engine, seeded):
+def test_decode_node_killed_mid_stream_changes_nothing(smollm2_model, reference, seeded):
     from splitserve.client import Client
     from splitserve.localcluster.procs import kill
 
-    expected = reference(engine, seeded)[0]
-    with LocalCluster(smollm2_model, prefill=1, decode=2, node_args=NODE_ARGS + ["--fault-step-delay-s=0.05"],
-                      router_args=["--http-port=0", "--health-interval-s=0.2"]) as c:
+    with ParallelCluster(smollm2_model, prefill=1, decode=2, node_args=NODE_ARGS + ["--fault-step-delay-s=0.05"],
+                         router_args=["--http-port=0", "--health-interval-s=0.2"]) as c:
         tokens, victim = [], None
         with Client(c.url, timeout_s=300) as client:
             for event in client.generate(messages=chat(QUESTIONS[0]), **sampling(0, seeded)):
@@ -93,4 +105,4 @@ def test_decode_node_killed_mid_stream_changes_nothing(smollm2_model, engine, se
                     victim = running_decode(c)
                     kill(victim)
         assert victim is not None and event.decode_node != victim.address
-    assert tokens == expected
+    assert tokens == reference(seeded)[0]
