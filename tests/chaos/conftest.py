@@ -35,13 +35,13 @@ POLICY = "round_robin"  # every node has requests in flight when a fault hits it
 ROUTER_ARGS = ["--max-retries=5", "--max-queue=512", "--http-port=-1"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_cluster(bench_model_dir):  # noqa: F811
     """Router, 2 prefill, 2 decode (torch KV transport), a private Redis. Blending recomputes
     every token (ratio 1.0), so a RAG request's output is the plain engine's whether its
     chunks hit the cache or not: exact comparison holds across a Redis restart."""
     cluster = ParallelCluster(bench_model_dir, prefill=2, decode=2, private_redis=True, policy=POLICY,
-                           node_args=NODE_ARGS, router_args=ROUTER_ARGS)
+                              node_args=NODE_ARGS, router_args=ROUTER_ARGS)
     cluster.start()
     if cluster.redis is None:
         cluster.stop()
@@ -50,19 +50,19 @@ def chaos_cluster(bench_model_dir):  # noqa: F811
     cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_tokenizer(bench_model_dir):  # noqa: F811
     return load_tokenizer(bench_model_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def references(bench_model_dir):  # noqa: F811
     return References(bench_model_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reliability_report(tmp_path_factory):
-    """A dict the tests fill; written as JSON when the session ends."""
+    """A dict the tests fill; written as JSON once the chaos tests are done."""
     report = {"mode": "long" if LONG else "short", "seed": SEED,
               "generated_by": "SPLITSERVE_CHAOS_LONG=1 pytest -m chaos tests/chaos" if LONG else "pytest tests/chaos",
               "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -24,6 +24,6 @@ def cluster(tiny_model, fuzz_redis_url, tmp_path_factory):
     keys = tmp_path_factory.mktemp("fuzz-keys") / "api-keys"
     keys.write_text(KEY + "\n")
     with ParallelCluster(tiny_model, prefill=1, decode=1, colocated=1, transport="grpc", http_port=-1,
-                      node_args=NODE_ARGS, router_args=["--api-keys-file", str(keys)],
-                      redis_url=fuzz_redis_url) as c:
+                         node_args=NODE_ARGS, router_args=["--api-keys-file", str(keys)],
+                         redis_url=fuzz_redis_url) as c:
         yield c

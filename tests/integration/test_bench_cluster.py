@@ -36,7 +36,7 @@ def cluster(bench_model_dir, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(f"# bench test\n{API_KEY}\n")
     with ParallelCluster(bench_model_dir, prefill=1, decode=1, transport="torch", http_port=-1,
-                      router_args=["--api-keys-file", str(keys)]) as c:
+                         router_args=["--api-keys-file", str(keys)]) as c:
         yield c
 
 

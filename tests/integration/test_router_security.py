@@ -36,7 +36,7 @@ def cluster(tiny_model, certs, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(f"# one key per line\n{KEY}\n\nsk-other\n")
     with ParallelCluster(tiny_model, http_port=-1, node_args=["--tls-dir", str(certs)],
-                      router_args=["--tls-dir", str(certs), "--api-keys-file", str(keys)]) as c:
+                         router_args=["--tls-dir", str(certs), "--api-keys-file", str(keys)]) as c:
         yield c
 
 
