@@ -32,8 +32,9 @@ class CacheCraftConfig:
     max_variants: int = 5
     # among variants not computed in this very context, take the one that saw most of the chunks now before it
     # (context_coverage) rather than the least fix: a variant computed alone has CFO 0 (nothing to lose), so by fix
-    # it always wins over the live variants computed in real prompts, whose KV is far closer (README, issue 15)
-    prefer_context: bool = False
+    # it always wins over the live variants computed in real prompts, whose KV is far closer (SmolLM2 / MuSiQue,
+    # 46 questions: Cache-Craft ROUGE-L vs full 0.830 vs 0.698, +0.132 [+0.076, +0.198], at 0.43 vs 0.18 rows; README)
+    prefer_context: bool = True
 
     def __post_init__(self):
         if self.alpha < 0 or not 0.0 <= self.min_fraction <= 1.0 or self.max_variants < 1:

@@ -81,8 +81,8 @@ def test_prefer_context_takes_the_variant_that_saw_the_current_chunks():
     after_ab = _variant(["a", "b"], [3.0, 3.0], start=21, prefix_hash="ab")
     after_x = _variant(["x"], [3.0], start=11, prefix_hash="x")
     ctx = ChunkContext(31, "ba", ("b", "a"))
-    assert choose_variant([after_ab, after_x, alone], ctx, CacheCraftConfig()).variant is alone
-    plan = choose_variant([after_x, alone, after_ab], ctx, CacheCraftConfig(prefer_context=True))
+    assert choose_variant([after_ab, after_x, alone], ctx, CacheCraftConfig(prefer_context=False)).variant is alone
+    plan = choose_variant([after_x, alone, after_ab], ctx, CacheCraftConfig())
     assert plan.variant is after_ab and plan.fraction >= 0.15
     exact = _variant(["b", "a"], [1.0, 1.0], start=31, prefix_hash="ba")
     assert choose_variant([after_ab, exact], ctx, CacheCraftConfig(prefer_context=True)).variant is exact
