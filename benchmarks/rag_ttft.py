@@ -7,7 +7,7 @@ with `--topology disaggregated`), each node configured for one way of serving RA
     full_prefill      no prefix cache, no chunk cache (the reference answer)
     prefix_caching    the engine's prefix cache (hits only on an identical leading passage)
     direct_reuse      chunk cache, every cached row reused as is (check layer 0, r = 0)
-    blend_r0.15       chunk cache, CacheBlend: recompute 15% of the rows (check layer 1)
+    blend_r0.15       chunk cache, CacheBlend: recompute 15% of the rows (the nodes' default check layer, 2)
     blend_cachecraft  chunk cache, Cache-Craft per-chunk budgets (floor r = 0.15)
 
 Requests go over the OpenAI HTTP API, as a user sends them: `/v1/chat/completions` with the
@@ -62,7 +62,7 @@ MODES = {
     "full_prefill": ["--no-prefix-caching", "--chunk-cache-bytes", "0"],
     "prefix_caching": ["--chunk-cache-bytes", "0"],
     "direct_reuse": CACHE + ["--blend-check-layers", "0", "--blend-ratio", "0"],
-    "blend_r0.15": CACHE + ["--blend-check-layers", "1", "--blend-ratio", "0.15"],
+    "blend_r0.15": CACHE + ["--blend-ratio", "0.15"],  # the nodes' default check layer (2)
     "blend_cachecraft": ["--no-prefix-caching", "--chunk-planning", "cachecraft", "--blend-ratio", "0.15"] + LOCAL_TIER,
 }
 DEFAULT_MODES = "full_prefill,blend_r0.15,blend_cachecraft"
