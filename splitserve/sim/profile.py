@@ -25,32 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from splitserve.rowcounts import bucket_rows, computed_rows  # noqa: F401 (bucket_rows re-exported)
 from splitserve.sim.fit import Breakpoints, hinge_features, least_squares
 
 PROFILE_VERSION = 1
 DEFAULT_KNOTS = (32.0, 128.0, 512.0)
-
-
-def bucket_rows(rows: int) -> int:
-    """splitserve/engine/cpu_linear.py's bucket_rows (that module imports torch; the simulator
-    does not): the rows a packed linear runs for `rows` input rows. Equality is tested."""
-    if rows <= 16:
-        return rows
-    step = 16 if rows <= 256 else 128
-    return -(-rows // step) * step
-
-
-SPLIT_MAX_REMAINDER = 64
-
-
-def computed_rows(rows: int) -> int:
-    """splitserve/engine/cpu_linear.py's computed_rows: the rows its packed linears run for `rows`
-    input rows, padding included (up to SPLIT_MAX_REMAINDER rows past a multiple of 128, past 256,
-    run as a second call instead of padded). Equality is tested."""
-    head = rows // 128 * 128
-    if rows <= 256 or rows == head or rows - head > SPLIT_MAX_REMAINDER:
-        return bucket_rows(rows)
-    return head + bucket_rows(rows - head)
 
 
 @dataclass(frozen=True)
