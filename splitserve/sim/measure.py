@@ -24,6 +24,7 @@ class MeasurePlan:
     repeats: int
     max_num_batched_tokens: int
     max_kv_tokens: int  # the measuring engine's pool (decode batch x context must fit)
+    prefill_pairs: tuple[int, ...] = ()  # two fresh prompts of each size in one step (attention per sequence)
 
     def __post_init__(self):
         if self.repeats < 1 or not self.prefill_tokens or not self.decode_batches or not self.decode_contexts:
@@ -31,12 +32,13 @@ class MeasurePlan:
 
 
 DECODE_STEPS = 11  # 10 timed: their spread is kept too (decode_step_ratios)
-QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000)
+QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000, (256,))
 # 384, 640, 768: row counts the packed linears pad to (profile.computed_rows) between 256 and 1024,
 # where most prompts fall; 320 and 576 run as 256 + 64 and 512 + 64 rows (a second call, not
 # padded): the fit sees the linears at rows between the buckets
+# pairs: prompts that arrive together share a step; its attention is two blocks, not one of twice the size
 FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2,
-                   2048, 70_000)
+                   2048, 70_000, (256, 512))
 
 
 def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu"):
@@ -60,21 +62,34 @@ def _timed_step(engine) -> float:
 
 
 def prefill_points(engine, plan: MeasurePlan) -> list[StepPoint]:
-    """Each prompt as one request; every step of it (chunks of at most the budget) is a point."""
+    """Each prompt as one request; every step of it (chunks of at most the budget) is a point. Then
+    each pair size: two prompts added together, one step."""
     from splitserve.engine import SamplingParams
 
     points = []
     budget = plan.max_num_batched_tokens
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
     for n in plan.prefill_tokens:
         if n + 1 > engine.max_model_len:
             continue
         for r in range(plan.repeats):
-            engine.add_request(_prompt(engine, n, r), SamplingParams(max_tokens=1, ignore_eos=True))
+            engine.add_request(_prompt(engine, n, r), params)
             start = 0
             while engine.has_unfinished():
                 chunk = min(budget, n - start)
-                points.append(StepPoint(chunk, 1, chunk * (start + chunk), _timed_step(engine), "prefill"))
+                attention = chunk * (start + chunk)
+                points.append(StepPoint(chunk, 1, attention, _timed_step(engine), "prefill",
+                                        masked_attention=attention if start else 0.0))
                 start += chunk
+    for n in plan.prefill_pairs:
+        if 2 * n > budget or n + 1 > engine.max_model_len:
+            continue
+        for r in range(plan.repeats):
+            for i in range(2):
+                engine.add_request(_prompt(engine, n, 1000 + 2 * r + i), params)
+            points.append(StepPoint(2 * n, 2, 2 * n * n, _timed_step(engine), "prefill"))
+            while engine.has_unfinished():
+                engine.step()
     return points
 
 

@@ -21,7 +21,7 @@ import heapq
 from collections import deque
 from itertools import count
 
-from splitserve.sim.node_slow import ExactSteps
+from splitserve.sim.node_slow import ExactSteps, prefill_attention
 from splitserve.sim.profile import Profile
 from splitserve.sim.request import SimRequest
 
@@ -55,6 +55,9 @@ class NodeSim(ExactSteps):
         self.max_waiting = 0
         self.host_peers: list | None = None  # other nodes on this node's host (host.py); None: cores of its own
         self.host_model = None
+        self.shared_step: list | None = None  # on a shared host, the step in progress (shared_steps.py)
+        self.step_left = self.step_at = self.step_factor = 0.0
+        self.step_version = 0
         self.jitter = None  # jitter.StepJitter: decode steps' time factors (None: the modelled time)
 
     def touch(self) -> None:
@@ -205,8 +208,8 @@ class NodeSim(ExactSteps):
 
     def _run_fast(self, n_dec: int, chunks: list) -> tuple[float, list, list]:
         tokens = n_dec + sum(n for _, n in chunks)
-        attention = sum(n * (r.num_computed + n) for r, n in chunks)
-        seconds = self.step_model.seconds(tokens, n_dec + len(chunks), attention, self.sum_tokens)
+        attention, masked = prefill_attention(chunks)
+        seconds = self.step_model.seconds(tokens, n_dec + len(chunks), attention, self.sum_tokens, masked)
         self.dstep += 1
         self.sum_tokens += n_dec
         finished = self._pop_decode_finishes()

@@ -11,6 +11,18 @@ from __future__ import annotations
 from splitserve.sim.request import SimRequest
 
 
+def prefill_attention(chunks: list) -> tuple[int, int]:
+    """(A, M) of profile.py's step model for (request, new tokens) prompt chunks: query-key pairs,
+    and those of the chunks that continue a context (the engine's masked attention)."""
+    attention = masked = 0
+    for r, n in chunks:
+        pairs = n * (r.num_computed + n)
+        attention += pairs
+        if r.num_computed:
+            masked += pairs
+    return attention, masked
+
+
 class ExactSteps:
     """Mixed into NodeSim: uses its counters, `_admit_waiting`, `_commit_chunks`, `_grow`, `_free`."""
 
@@ -24,9 +36,9 @@ class ExactSteps:
             running = self.prefilling
         decodes = [r for r, n in chunks if self._decode_phase(r)]
         tokens = sum(n for _, n in chunks)
-        attention = sum(n * (r.num_computed + n) for r, n in chunks if not self._decode_phase(r))
+        attention, masked = prefill_attention([(r, n) for r, n in chunks if not self._decode_phase(r)])
         context = sum(r.num_tokens for r in decodes)
-        seconds = self.step_model.seconds(tokens, len(chunks), attention, context) if chunks else 0.0
+        seconds = self.step_model.seconds(tokens, len(chunks), attention, context, masked) if chunks else 0.0
         num_decodes = len(decodes)
         finished: list = []
         for r in running:

@@ -3,12 +3,19 @@ KV the node holds. Written by `splitserve profile`, read by `simulate` and `plan
 
 Step time model (one engine step, whatever mix of prefill chunks and decodes it holds):
 
-    step_s = c0 + c1*T + sum_k q_k*max(0, T - knot_k) + c_seq*S + c_attn*A + c_ctx*C
+    step_s = c0 + c1*T + sum_k q_k*max(0, T - knot_k) + c_seq*S + c_attn*A + c_ctx*C + c_mask*M
 
 T: tokens computed in the step; S: sequences in it; A: prefill attention work, sum over its
 prompt chunks of new_tokens * context_after_the_chunk (query-key pairs); C: decode attention
-work, the summed context of its one-token chunks (keys gathered from the paged cache). The
-hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
+work, the summed context of its one-token chunks (keys gathered from the paged cache); M: the
+part of A in chunks that continue a context (a later chunk of a long prompt, or one after a
+cached prefix). The engine attends a fresh prompt with SDPA's causal kernel but a continuing
+chunk with an explicit mask over gathered keys (engine/attention.py), several times dearer per
+query-key pair here; with one attention term the chunked points made fresh prompts' attention
+look dear, and a step of two 512-token prompts was predicted 18% short (730 vs 890 ms).
+Profiles written before M existed have no c_mask (read as 0).
+
+The hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
 the measured prefill and decode steps (fit.py). With `row_buckets` (an engine whose linears are
 cpu_linear.py's packed ones) the token terms take the rows the engine computes for T
 (`computed_rows`: padded exact to 16, then to multiples of 16 to 256, then of 128, except that up
@@ -42,22 +49,25 @@ class StepPoint:
     seconds: float
     kind: str = "prefill"  # or "decode"
     decode_context: float = 0.0  # one-token chunks: sum of their context
+    masked_attention: float = 0.0  # the part of `attention` in chunks that continue a context
 
 
 @dataclass(frozen=True)
 class StepModel:
     knots: tuple[float, ...]
-    coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx
+    coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx, c_mask (older profiles: no c_mask)
     min_step_s: float = 1e-5
     row_buckets: bool = False  # the token terms take computed_rows(T) (packed CPU linears pad their rows)
 
     def __post_init__(self):
-        if len(self.coef) != len(self.knots) + 5:
-            raise ValueError(f"a step model with {len(self.knots)} knots has {len(self.knots) + 5} coefficients, "
+        k = len(self.knots)
+        if len(self.coef) not in (k + 5, k + 6):
+            raise ValueError(f"a step model with {k} knots has {k + 6} coefficients ({k + 5} without c_mask), "
                              f"got {len(self.coef)}")
-        c = self.coef  # unpacked once: seconds() runs millions of times in a large simulation
-        object.__setattr__(self, "_linear", (c[0], c[1], c[-3], c[-2], c[-1]))
-        object.__setattr__(self, "_hinges", tuple(zip(c[2:-3], self.knots)))
+        c = self.coef if len(self.coef) == k + 6 else (*self.coef, 0.0)
+        # unpacked once: seconds() runs millions of times in a large simulation
+        object.__setattr__(self, "_linear", (c[0], c[1], c[-4], c[-3], c[-2], c[-1]))
+        object.__setattr__(self, "_hinges", tuple(zip(c[2:-4], self.knots)))
 
     @classmethod
     def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS,
@@ -65,16 +75,19 @@ class StepModel:
         rows = [computed_rows(p.num_tokens) if row_buckets else p.num_tokens for p in points]
         knots = tuple(k for k in knots if k < max(rows))
         tokens = np.array(rows, dtype=float)
-        extra = np.array([[p.num_seqs, p.attention, p.decode_context] for p in points], dtype=float)
+        extra = np.array([[p.num_seqs, p.attention, p.decode_context, p.masked_attention] for p in points],
+                         dtype=float)
         design = np.concatenate([hinge_features(tokens, knots), extra], axis=1)
         coef = least_squares(design, np.array([p.seconds for p in points]))
         return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2, row_buckets)
 
-    def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0) -> float:
-        c0, c1, c_seq, c_attn, c_ctx = self._linear
+    def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0,
+                masked_attention: float = 0.0) -> float:
+        c0, c1, c_seq, c_attn, c_ctx, c_mask = self._linear
         if self.row_buckets and num_tokens > 16:
             num_tokens = computed_rows(num_tokens)
-        t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context
+        t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context + \
+            c_mask * masked_attention
         for q, k in self._hinges:
             if num_tokens > k:
                 t += q * (num_tokens - k)
@@ -82,7 +95,8 @@ class StepModel:
 
     def prefill_s(self, num_tokens: int, start: int = 0) -> float:
         """One chunk of one sequence: tokens [start, start + num_tokens)."""
-        return self.seconds(num_tokens, 1, num_tokens * (start + num_tokens))
+        attention = num_tokens * (start + num_tokens)
+        return self.seconds(num_tokens, 1, attention, 0.0, attention if start else 0.0)
 
     def decode_s(self, batch: int, context: int) -> float:
         """One decode step of `batch` sequences holding `context` tokens each."""
