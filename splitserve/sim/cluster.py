@@ -27,10 +27,11 @@ from splitserve.sim.prefix import PrefixCache
 from splitserve.sim.profile import Profile
 from splitserve.sim.request import SimRequest
 from splitserve.sim.routing import NoRoute
+from splitserve.sim.shared_steps import SharedHostSteps
 
 __all__ = ["ClusterConfig", "ClusterSim", "build_nodes"]
 
-class ClusterSim:
+class ClusterSim(SharedHostSteps):
     def __init__(self, config: ClusterConfig, profiles: dict[str, Profile]):
         missing = [r for r, n in zip(ROLES, (config.prefill, config.decode, config.mixed)) if n and r not in profiles]
         if missing:
@@ -104,23 +105,11 @@ class ClusterSim:
             drawn = seconds * node.jitter()
             node.busy_s += drawn - seconds
             seconds = drawn
-        if node.host_peers is not None:
-            seconds = self._stretched(node, seconds)
         node.busy = True
+        if node.host_peers is not None:
+            return self._start_shared_step(node, start, seconds, finished, firsts)
         heapq.heappush(self.events, (start + seconds, next(self.order), self._step_done,
                                      (node, start, seconds, finished, firsts)))
-
-    @staticmethod
-    def _stretched(node: NodeSim, seconds: float) -> float:
-        prefill_step = node.last_decodes != node.last_seqs
-        busy, other = 1, 0
-        for p in node.host_peers:
-            if p.busy or p.waiting or p.prefilling or p.decoding:
-                busy += 1
-                other += _runs_prefill(p) != prefill_step
-        stretched = seconds * node.host_model.mixed_stretch(busy, prefill_step, other)
-        node.busy_s += stretched - seconds
-        return stretched
 
     def _schedule_jump(self, node: NodeSim, steps: int) -> None:
         node.jump_version += 1
@@ -280,9 +269,3 @@ class ClusterSim:
         self.inflight -= 1
         self.unfinished -= 1
 
-
-def _runs_prefill(node: NodeSim) -> bool:
-    """Whether a node's current step (busy) or next one (idle with work) has prompt tokens."""
-    if node.busy:
-        return node.last_decodes != node.last_seqs
-    return bool(node.waiting or node.prefilling)

@@ -17,9 +17,10 @@ whose busy peers include `other` of the other kind (a prefill step: any step wit
 tokens) takes stretch(k) * (1 + (cross / stretch(2) - 1) * other / (k - 1)): exactly the
 measured cross factor for one peer of the other kind, the same-kind stretch for none.
 
-A step's factor is fixed when it starts, from the host's nodes that are busy or have work
-then (a node with work is about to step), and the kind of step each is running or about to
-run: an approximation of processes whose overlap changes mid-step.
+A step's factor comes from the host's nodes that are busy or have work (a node with work is
+about to step) and the kind of step each is running or about to run; it is taken again each
+time a node of the host starts or ends a step, and the rest of the step runs at the new
+factor (shared_steps.py).
 """
 
 from __future__ import annotations
