@@ -8,10 +8,12 @@ Per setup (one call per setup fits one timing-lock session; --merge keeps the ot
    the nodes' default flags, plus the steps' stretch with 1..3 engine processes at once),
    unless --profile is given. On the started cluster, 5 short requests 1 s apart (idle) give
    the hop cost: the `hop_s` that makes the simulated idle TTFT the measured one.
-2. Start a real local cluster (router + nodes, 1 thread each); before each workload and rate,
-   a speed probe (decode steps at batch 1 and 4, two 256-token prompts, in this process while
-   the cluster idles) gives this minute's machine speed against the profile's model: the step
-   model is scaled by it (median of the probe's measured / predicted step times). Then
+2. Start a real local cluster (router + nodes, 1 thread each); before and after each workload
+   and rate, a speed probe (in this process while the cluster idles: prompts of 128, 256 and 512
+   tokens; decode steps at batch 1 and 4, contexts 64 and 256) gives the machine's speed per
+   step kind against the profile's model (median measured / predicted step time); the run's
+   speed is the geometric mean of its two probes, and the step model's prefill steps (any with
+   prompt tokens) and decode-only steps are scaled by theirs. Between the runs
    `splitserve bench` (gRPC); its per-request send times and lengths are replayed in the simulator.
 3. Predictions: `shared host` (host_cores = this machine's cores, all nodes on it: host.py) and
    `own cores` (the fleet default), both with the probe's speed. Errors are (predicted -
@@ -55,17 +57,24 @@ def started_cluster(cluster_class, model: Path, setup: str, tries: int = 3):
     raise RuntimeError(f"{setup}: the cluster did not start in {tries} tries")
 
 
-def speed_factor(engine, profile) -> float:
-    """Measured / profiled step time, median over a few probe steps (decode and prefill)."""
+def speed_factors(engine, profile) -> dict:
+    """Measured / profiled step time per kind, median over the probe's steps: prefill (prompts of
+    128, 256 and 512 tokens, twice) and decode (batch 1 and 4 at contexts 64 and 256, 10 steps each)."""
     import statistics
 
     from splitserve.sim.measure import MeasurePlan, decode_points, prefill_points
 
-    plan = MeasurePlan((256,), (1, 4), (256,), 2, profile.engine.max_num_batched_tokens, 4096)
-    points = prefill_points(engine, plan) + decode_points(engine, plan)
+    plan = MeasurePlan((128, 256, 512), (1, 4), (64, 256), 2, profile.engine.max_num_batched_tokens, 4096)
     step = profile.step
-    return statistics.median(p.seconds / step.seconds(p.num_tokens, p.num_seqs, p.attention, p.decode_context)
-                             for p in points)
+    ratio = lambda p: p.seconds / step.seconds(p.num_tokens, p.num_seqs, p.attention, p.decode_context,
+                                               p.masked_attention)
+    return {"prefill": statistics.median(map(ratio, prefill_points(engine, plan))),
+            "decode": statistics.median(map(ratio, decode_points(engine, plan)))}
+
+
+def run_speed(before: dict, after: dict) -> dict:
+    """A run's speed per kind: the geometric mean of the probes before and after it (the machine drifts)."""
+    return {k: (before[k] * after[k]) ** 0.5 for k in before} | {"before": before, "after": after}
 
 
 def measure_setup(model: Path, setup: str, args, probe) -> tuple[list[dict], dict]:
@@ -82,7 +91,7 @@ def measure_setup(model: Path, setup: str, args, probe) -> tuple[list[dict], dic
         warm = bench_config(cluster.url, model, "fixed", 2.0, args)
         run_benchmark(dataclasses.replace(warm, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4),
                                           num_requests=2))
-        factor = probe()
+        factor = run_speed(probe(), probe())
         idle = bench_config(cluster.url, model, "fixed", 1.0, args, seed=12345)
         idle = report.result_dict(run_benchmark(dataclasses.replace(
             idle, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4, seed=12345), num_requests=5,
@@ -90,15 +99,16 @@ def measure_setup(model: Path, setup: str, args, probe) -> tuple[list[dict], dic
         idle["speed_factor"] = factor
         for i, (workload, rate) in enumerate((w, r) for w in args.workloads for r in args.rates):
             # a seed per run: no run finds the previous run's prompts in the prefix cache
-            factor = probe()
+            before = probe()
             load = os.getloadavg()[0]
             config = bench_config(cluster.url, model, workload, rate, args, args.seed + 100 * i)
             result = report.result_dict(run_benchmark(config))
             result["loadavg_1m"] = [load, os.getloadavg()[0]]
-            result["speed_factor"] = factor
+            result["speed_factor"] = factor = run_speed(before, probe())
             runs.append(result)
             print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
-                  f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f}, speed x{factor:.2f})", flush=True)
+                  f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f}, speed prefill x{factor['prefill']:.2f} "
+                  f"decode x{factor['decode']:.2f})", flush=True)
     finally:
         cluster.stop()
     return runs, idle
@@ -112,10 +122,34 @@ def calibrate_hop_s(idle: dict, setup: str, profile) -> float:
     return max(0.0, 0.001 * (idle["median_ttft_ms"] - t0) / (t1 - t0))
 
 
-def scaled(profile, k: float):
-    step = dataclasses.replace(profile.step, coef=tuple(c * k for c in profile.step.coef),
-                               min_step_s=profile.step.min_step_s * k)
-    return dataclasses.replace(profile, step=step)
+@dataclasses.dataclass(frozen=True)
+class ScaledSteps:
+    """A step model whose steps with prompt tokens take `prefill` times, and decode-only steps
+    `decode` times, the profiled time (the run's measured speed of each kind)."""
+
+    base: object
+    prefill: float
+    decode: float
+
+    def seconds(self, num_tokens, num_seqs, attention, decode_context=0.0, masked_attention=0.0) -> float:
+        factor = self.prefill if attention else self.decode
+        return factor * self.base.seconds(num_tokens, num_seqs, attention, decode_context, masked_attention)
+
+    @property
+    def min_step_s(self) -> float:
+        return self.decode * self.base.min_step_s
+
+    def prefill_s(self, num_tokens: int, start: int = 0) -> float:
+        return self.prefill * self.base.prefill_s(num_tokens, start)
+
+    def decode_s(self, batch: int, context: int) -> float:
+        return self.decode * self.base.decode_s(batch, context)
+
+
+def scaled(profile, speed):
+    """The profile at a run's speed: {"prefill", "decode"} factors (older runs: one number for both)."""
+    speed = speed if isinstance(speed, dict) else {"prefill": speed, "decode": speed}
+    return dataclasses.replace(profile, step=ScaledSteps(profile.step, speed["prefill"], speed["decode"]))
 
 
 def predict(measured: dict, setup: str, profile, host_cores: int, hop_s: float | None = None) -> dict:
@@ -238,7 +272,7 @@ def run_setup(model: Path, setup: str, args, runs_dir: Path) -> tuple[list[dict]
     profile = setup_profile(model, setup, args)
     engine = make_engine(model, QUICK)
     warm_up(engine)
-    runs, idle = measure_setup(model, setup, args, lambda: speed_factor(engine, profile))
+    runs, idle = measure_setup(model, setup, args, lambda: speed_factors(engine, profile))
     hop_s = calibrate_hop_s(idle, setup, profile)
     print(f"{setup}: idle TTFT {idle['median_ttft_ms']:.0f} ms -> hop {hop_s * 1e3:.2f} ms", flush=True)
     for measured in runs:
