@@ -101,7 +101,7 @@ class ClusterSim(SharedHostSteps):
         seconds, finished, firsts = node.step()
         if seconds <= 0 and not finished and not firsts:
             return  # nothing fits: wait for a call (blocks released, a request admitted)
-        if node.jitter is not None and node.last_decodes == node.last_seqs:
+        if node.jitter is not None and not node.last_step_had_prompt:
             drawn = seconds * node.jitter()
             node.busy_s += drawn - seconds
             seconds = drawn

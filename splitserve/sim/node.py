@@ -68,6 +68,11 @@ class NodeSim(ExactSteps):
     # --- counters ------------------------------------------------------------------------------
 
     @property
+    def last_step_had_prompt(self) -> bool:
+        """Whether the step just planned (or run) computed prompt tokens: not decode-only."""
+        return self.last_decodes != self.last_seqs
+
+    @property
     def num_running(self) -> int:
         return len(self.prefilling) + len(self.decoding)
 

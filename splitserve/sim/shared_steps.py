@@ -53,7 +53,7 @@ class SharedHostSteps:
 
 def host_factor(node: NodeSim) -> float:
     """The node's step-time factor from its host's state now (host.py's mixed_stretch)."""
-    prefill_step = node.last_decodes != node.last_seqs
+    prefill_step = node.last_step_had_prompt
     busy, other = 1, 0
     for p in node.host_peers:
         if p.busy or p.waiting or p.prefilling or p.decoding:
@@ -65,5 +65,5 @@ def host_factor(node: NodeSim) -> float:
 def runs_prefill(node: NodeSim) -> bool:
     """Whether a node's current step (busy) or next one (idle with work) has prompt tokens."""
     if node.busy:
-        return node.last_decodes != node.last_seqs
+        return node.last_step_had_prompt
     return bool(node.waiting or node.prefilling)
