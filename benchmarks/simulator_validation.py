@@ -9,9 +9,9 @@ Per setup (one call per setup fits one timing-lock session; --merge keeps the ot
    unless --profile is given. On the started cluster, 5 short requests 1 s apart (idle) give
    the hop cost: the `hop_s` that makes the simulated idle TTFT the measured one.
 2. Start a real local cluster (router + nodes, 1 thread each); before and after each workload
-   and rate, a speed probe (in this process while the cluster idles: prompts of 128, 256 and 512
-   tokens; decode steps at batch 1 and 4, contexts 64 and 256) gives the machine's speed per
-   step kind against the profile's model (median measured / predicted step time); the run's
+   and rate, a speed probe (in this process while the cluster idles: prompts of 256, 384 and 512
+   tokens; decode steps at batch 1 and 4, contexts 64 and 512) gives the machine's speed per
+   step kind against the profile (median of probe / profile step time, shape by shape); the run's
    speed is the geometric mean of its two probes, and the step model's prefill steps (any with
    prompt tokens) and decode-only steps are scaled by theirs. Between the runs
    `splitserve bench` (gRPC); its per-request send times and lengths are replayed in the simulator.
@@ -59,17 +59,39 @@ def started_cluster(cluster_class, model: Path, setup: str, tries: int = 3):
 
 def speed_factors(engine, profile) -> dict:
     """Measured / profiled step time per kind, median over the probe's steps: prefill (prompts of
-    128, 256 and 512 tokens, twice) and decode (batch 1 and 4 at contexts 64 and 256, 10 steps each)."""
+    256, 384 and 512 tokens, twice) and decode (batch 1 and 4 at contexts 64 and 512, 10 steps
+    each), each against the profile's own measurement of that shape (the fit where it has none:
+    against the fit, the decode ratio carried its error at the probe's shapes, up to 28%)."""
     import statistics
 
     from splitserve.sim.measure import MeasurePlan, decode_points, prefill_points
 
-    plan = MeasurePlan((128, 256, 512), (1, 4), (64, 256), 2, profile.engine.max_num_batched_tokens, 4096)
+    plan = MeasurePlan((256, 384, 512), (1, 4), (64, 512), 2, profile.engine.max_num_batched_tokens, 4096)
+    measured = profiled_seconds(profile)
     step = profile.step
-    ratio = lambda p: p.seconds / step.seconds(p.num_tokens, p.num_seqs, p.attention, p.decode_context,
-                                               p.masked_attention)
+
+    def ratio(p):
+        key = shape_key(p.kind, p.num_tokens, p.num_seqs, p.attention, p.decode_context)
+        return p.seconds / measured.get(key, step.seconds(p.num_tokens, p.num_seqs, p.attention, p.decode_context,
+                                                          p.masked_attention))
+
     return {"prefill": statistics.median(map(ratio, prefill_points(engine, plan))),
             "decode": statistics.median(map(ratio, decode_points(engine, plan)))}
+
+
+def shape_key(kind: str, num_tokens: int, num_seqs: int, attention: float, decode_context: float) -> tuple:
+    return kind, int(num_tokens), int(num_seqs), float(attention), float(decode_context)
+
+
+def profiled_seconds(profile) -> dict:
+    """The profile's raw step points: shape -> median measured seconds."""
+    import statistics
+
+    by_shape: dict[tuple, list[float]] = {}
+    for p in profile.points.get("steps", []):
+        key = shape_key(p["kind"], p["num_tokens"], p["num_seqs"], p["attention"], p.get("decode_context", 0.0))
+        by_shape.setdefault(key, []).append(p["seconds"])
+    return {k: statistics.median(v) for k, v in by_shape.items()}
 
 
 def run_speed(before: dict, after: dict) -> dict:
