@@ -1,23 +1,26 @@
 """Simulator vs the real cluster on this machine: predicted and measured median and p99 TTFT
 and TPOT, for two workloads at two rates each, on 1 prefill + 1 decode and on 2 colocated.
 
-    python benchmarks/simulator_validation.py [--setups 1P+1D] [--num-requests 30] [--merge]
+    python benchmarks/simulator_validation.py [--setups 1P+1D] [--num-requests 30] [--merge] [--interleave]
 
-Per setup (one call per setup fits one timing-lock session; --merge keeps the other setup's rows):
+Per sitting (--merge keeps the rows of setups not measured in it):
 1. Profile the `small` model in the same sitting (`splitserve profile --corun 3`: 1 torch thread,
    the nodes' default flags, plus the steps' stretch with 1..3 engine processes at once),
-   unless --profile is given. On the started cluster, 5 short requests 1 s apart (idle) give
-   the hop cost: the `hop_s` that makes the simulated idle TTFT the measured one.
-2. Start a real local cluster (router + nodes, 1 thread each); before and after each workload
-   and rate, a speed probe (in this process while the cluster idles: prompts of 256, 384 and 512
-   tokens; decode steps at batch 1 and 4, contexts 64 and 512) gives the machine's speed per
-   step kind against the profile (median of probe / profile step time, shape by shape); the run's
-   speed is the geometric mean of its two probes, and the step model's prefill steps (any with
-   prompt tokens) and decode-only steps are scaled by theirs. Between the runs
-   `splitserve bench` (gRPC); its per-request send times and lengths are replayed in the simulator.
-3. Predictions: `shared host` (host_cores = this machine's cores, all nodes on it: host.py) and
-   `own cores` (the fleet default), both with the probe's speed. Errors are (predicted -
-   measured) / measured; the load average is recorded before and after every run.
+   unless --profile is given; one profile for the sitting's setups.
+2. Start a real local cluster per setup (router + nodes, 1 thread each): one setup after the
+   other, or with --interleave every setup's cluster at once, the setups taking turns run by
+   run (the ranking of two setups a few per cent apart is then not decided by the machine's
+   drift between them). Each workload and rate is one `splitserve bench` run (gRPC), whose
+   per-request send times and lengths are replayed in the simulator.
+3. Idle calibrations on the same cluster, each request alone: once after it starts, 6 short
+   requests (64 tokens in, 4 out) give the hop cost (what the router, gRPC and the client add
+   per call); before and after each run, 4 long ones (512 in, 24 out) give the prefill and decode
+   speed: factors on the profile's step times that make the simulated median TTFT and TPOT the
+   measured ones. The run is predicted at the geometric mean of its two calibrations. Nothing is
+   taken from the run itself.
+4. Predictions: `shared host` (host_cores = this machine's cores, all nodes on it: host.py) and
+   `own cores` (the fleet default). Errors are (predicted - measured) / measured; the load
+   average is recorded before and after every run.
 """
 
 from __future__ import annotations
@@ -57,91 +60,121 @@ def started_cluster(cluster_class, model: Path, setup: str, tries: int = 3):
     raise RuntimeError(f"{setup}: the cluster did not start in {tries} tries")
 
 
-def speed_factors(engine, profile) -> dict:
-    """Measured / profiled step time per kind, median over the probe's steps: prefill (prompts of
-    256, 384 and 512 tokens, twice) and decode (batch 1 and 4 at contexts 64 and 512, 10 steps
-    each), each against the profile's own measurement of that shape (the fit where it has none:
-    against the fit, the decode ratio carried its error at the probe's shapes, up to 28%)."""
-    import statistics
-
-    from splitserve.sim.measure import MeasurePlan, decode_points, prefill_points
-
-    plan = MeasurePlan((256, 384, 512), (1, 4), (64, 512), 2, profile.engine.max_num_batched_tokens, 4096)
-    measured = profiled_seconds(profile)
-    step = profile.step
-
-    def ratio(p):
-        key = shape_key(p.kind, p.num_tokens, p.num_seqs, p.attention, p.decode_context)
-        return p.seconds / measured.get(key, step.seconds(p.num_tokens, p.num_seqs, p.attention, p.decode_context,
-                                                          p.masked_attention))
-
-    return {"prefill": statistics.median(map(ratio, prefill_points(engine, plan))),
-            "decode": statistics.median(map(ratio, decode_points(engine, plan)))}
-
-
-def shape_key(kind: str, num_tokens: int, num_seqs: int, attention: float, decode_context: float) -> tuple:
-    return kind, int(num_tokens), int(num_seqs), float(attention), float(decode_context)
-
-
-def profiled_seconds(profile) -> dict:
-    """The profile's raw step points: shape -> median measured seconds."""
-    import statistics
-
-    by_shape: dict[tuple, list[float]] = {}
-    for p in profile.points.get("steps", []):
-        key = shape_key(p["kind"], p["num_tokens"], p["num_seqs"], p["attention"], p.get("decode_context", 0.0))
-        by_shape.setdefault(key, []).append(p["seconds"])
-    return {k: statistics.median(v) for k, v in by_shape.items()}
-
-
 def run_speed(before: dict, after: dict) -> dict:
-    """A run's speed per kind: the geometric mean of the probes before and after it (the machine drifts)."""
-    return {k: (before[k] * after[k]) ** 0.5 for k in before} | {"before": before, "after": after}
+    """A run's speed per kind: the geometric mean of the calibrations before and after it (the
+    machine drifts); the hop cost is the cluster's."""
+    mean = {k: (before[k] * after[k]) ** 0.5 for k in ("prefill", "decode")}
+    return mean | {"hop_s": before["hop_s"], "before": before, "after": after}
 
 
-def measure_setup(model: Path, setup: str, args, probe) -> tuple[list[dict], dict]:
-    """The measured runs, and an idle run (5 short requests 1 s apart) that calibrates the hop cost."""
+def fixed_run(cluster, model: Path, args, input_len: int, output_len: int, num: int, rate: float, seed: int) -> dict:
+    """`num` requests of fixed lengths at a constant rate (alone in the cluster when the rate is low)."""
     from splitserve.bench import report
     from splitserve.bench.arrivals import ArrivalConfig
     from splitserve.bench.benchmark import run_benchmark
     from splitserve.bench.workloads import WorkloadConfig
+
+    config = bench_config(cluster.url, model, "fixed", rate, args, seed=seed)
+    return report.result_dict(run_benchmark(dataclasses.replace(
+        config, workload=WorkloadConfig(name="fixed", input_len=input_len, output_len=output_len, seed=seed),
+        num_requests=num, arrival=ArrivalConfig(kind="constant", rate=rate))))
+
+
+def calibrate(cluster, model: Path, setup: str, profile, args, seed: int, hop_s: float | None = None) -> dict:
+    """On the idle cluster, each request alone, 4 long requests (512 tokens in, 24 out, 2 s apart):
+    the prefill and decode speed (factors on the profile's step times) that make the simulated
+    median TTFT and TPOT the measured ones. Without `hop_s`, first 6 short ones (64 in, 4 out,
+    1 s apart) and the hop cost solved with them (what the router, gRPC and the client add per
+    call). Everything the loaded runs are predicted with comes from the same cluster, idle,
+    minutes apart; nothing from the runs themselves."""
+    short = None if hop_s is not None else fixed_run(cluster, model, args, 64, 4, 6, 1.0, seed)
+    long = fixed_run(cluster, model, args, 512, 24, 4, 0.5, seed + 1)
+    speed = solve_speed(short, long, setup, profile, hop_s)
+    return speed | {"long_ttft_ms": long["median_ttft_ms"], "long_tpot_ms": long["median_tpot_ms"]} | (
+        {"short_ttft_ms": short["median_ttft_ms"]} if short else {})
+
+
+def solve_speed(short: dict | None, long: dict, setup: str, profile, hop_s: float | None = None) -> dict:
+    """The hop cost (from the short runs' median TTFT, unless given), prefill speed (the long runs'
+    median TTFT) and decode speed (their median TPOT), each solved given the others: a few rounds settle."""
+    speed = {"prefill": 1.0, "decode": 1.0, "hop_s": 0.002 if hop_s is None else hop_s}
+    targets = [("prefill", long, "median_ttft_ms"), ("decode", long, "median_tpot_ms")]
+    if hop_s is None:
+        targets.insert(0, ("hop_s", short, "median_ttft_ms"))
+    for _ in range(4):
+        for key, run, metric in targets:
+            f = lambda x: sim_median(run, setup, profile, {**speed, key: x}, metric)
+            speed[key] = solve(f, run[metric], speed[key])
+    return speed
+
+
+def solve(f, target: float, x0: float) -> float:
+    """x > 0 with f(x) = target, f increasing and nearly linear: secant steps from x0 and 1.2 x0."""
+    x1 = 1.2 * x0
+    for _ in range(3):
+        f0, f1 = f(x0), f(x1)
+        if f1 == f0:
+            return x1
+        x0, x1 = x1, max(1e-6, x1 + (target - f1) * (x1 - x0) / (f1 - f0))
+    return x1
+
+
+def sim_median(run: dict, setup: str, profile, speed: dict, key: str) -> float:
+    return predict({**run, "speed_factor": speed, "hop_s": speed["hop_s"]}, setup, profile, 0)[key]
+
+
+def measured_run(cluster, model: Path, setup: str, point: tuple, args, calibration) -> dict:
+    """One bench run between two calibrations (calibration(seed) -> its speed)."""
+    from splitserve.bench import report
+    from splitserve.bench.benchmark import run_benchmark
+
+    workload, rate, seed = point
+    before = calibration(seed + 11)
+    load = os.getloadavg()[0]
+    result = report.result_dict(run_benchmark(bench_config(cluster.url, model, workload, rate, args, seed)))
+    result["loadavg_1m"] = [load, os.getloadavg()[0]]
+    result["speed_factor"] = factor = run_speed(before, calibration(seed + 13))
+    result["hop_s"] = factor["hop_s"]
+    print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
+          f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f}; idle calibration: prefill x{factor['prefill']:.2f}, "
+          f"decode x{factor['decode']:.2f}, hop {factor['hop_s'] * 1e3:.1f} ms)", flush=True)
+    return result
+
+
+def workload_points(args) -> list[tuple[str, float, int]]:
+    """(workload, rate, seed) per run: a seed per run, so no run finds the previous one's prompts in the
+    prefix cache (with --interleave both setups run the same prompts)."""
+    pairs = [(w, r) for w in args.workloads for r in args.rates]
+    return [(w, r, args.seed + 100 * i) for i, (w, r) in enumerate(pairs)]
+
+
+def measure_setups(model: Path, setups: list[str], profile, args) -> dict[str, list[dict]]:
+    """Per setup, its measured runs. One setup at a time, or (--interleave) every setup's cluster up
+    at once (the idle one costs a Stats poll per 0.5 s) and the setups taking turns run by run, so
+    a drift of the machine's speed falls on both alike."""
     from splitserve.localcluster.cluster import LocalCluster
 
-    runs = []
-    cluster = started_cluster(LocalCluster, model, setup)
-    try:
-        warm = bench_config(cluster.url, model, "fixed", 2.0, args)
-        run_benchmark(dataclasses.replace(warm, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4),
-                                          num_requests=2))
-        factor = run_speed(probe(), probe())
-        idle = bench_config(cluster.url, model, "fixed", 1.0, args, seed=12345)
-        idle = report.result_dict(run_benchmark(dataclasses.replace(
-            idle, workload=WorkloadConfig(name="fixed", input_len=64, output_len=4, seed=12345), num_requests=5,
-            arrival=ArrivalConfig(kind="constant", rate=1.0))))
-        idle["speed_factor"] = factor
-        for i, (workload, rate) in enumerate((w, r) for w in args.workloads for r in args.rates):
-            # a seed per run: no run finds the previous run's prompts in the prefix cache
-            before = probe()
-            load = os.getloadavg()[0]
-            config = bench_config(cluster.url, model, workload, rate, args, args.seed + 100 * i)
-            result = report.result_dict(run_benchmark(config))
-            result["loadavg_1m"] = [load, os.getloadavg()[0]]
-            result["speed_factor"] = factor = run_speed(before, probe())
-            runs.append(result)
-            print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
-                  f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f}, speed prefill x{factor['prefill']:.2f} "
-                  f"decode x{factor['decode']:.2f})", flush=True)
-    finally:
-        cluster.stop()
-    return runs, idle
-
-
-def calibrate_hop_s(idle: dict, setup: str, profile) -> float:
-    """The hop cost that makes the simulated idle TTFT the measured one (TTFT is linear in it on
-    an idle cluster): what the router, gRPC and the client add beyond the engine's steps."""
-    t0 = predict(idle, setup, profile, 0, hop_s=0.0)["median_ttft_ms"]
-    t1 = predict(idle, setup, profile, 0, hop_s=0.001)["median_ttft_ms"]
-    return max(0.0, 0.001 * (idle["median_ttft_ms"] - t0) / (t1 - t0))
+    out = {}
+    groups = [setups] if args.interleave else [[s] for s in setups]
+    for group in groups:
+        clusters = {}
+        try:
+            hops = {}
+            for setup in group:
+                clusters[setup] = started_cluster(LocalCluster, model, setup)
+                fixed_run(clusters[setup], model, args, 64, 4, 2, 2.0, 12345)  # warm-up
+                hops[setup] = calibrate(clusters[setup], model, setup, profile, args, 12346)["hop_s"]
+                print(f"{setup}: hop {hops[setup] * 1e3:.2f} ms", flush=True)
+            runs = {setup: [] for setup in group}
+            for point in workload_points(args):
+                for setup in group:
+                    calibration = lambda seed: calibrate(clusters[setup], model, setup, profile, args, seed, hops[setup])
+                    runs[setup].append(measured_run(clusters[setup], model, setup, point, args, calibration))
+        finally:
+            for cluster in clusters.values():
+                cluster.stop()
+        out.update(runs)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,11 +288,11 @@ def setup_profile(model: Path, setup: str, args):
     from splitserve.sim.profiler import ProfileConfig, run_profile
 
     if args.profile:
-        return load_profile(args.profile)
+        return load_profile(args.profile), args.profile.name
     profile = run_profile(ProfileConfig(str(model), threads=1, corun=args.corun))
     path = profile.save(args.out.parent / f"profile_small_cpu_validation_{slug(setup)}.json")
     plot_profile(profile, path.with_suffix(".png"))
-    return profile
+    return profile, path.name
 
 
 def predicted_rows(setup: str, runs: list[dict], profile, runs_dir: Path) -> tuple[list[dict], dict]:
@@ -276,35 +309,32 @@ def predicted_rows(setup: str, runs: list[dict], profile, runs_dir: Path) -> tup
     return rows, measured_runs
 
 
-def repredict_setup(setup: str, args, runs_dir: Path) -> tuple[list[dict], dict]:
+def repredict_setup(setup: str, session: dict, args, runs_dir: Path) -> tuple[list[dict], dict]:
     """--predict-only: the setup's saved measured runs and session profile, predicted again."""
     from splitserve.sim.profile import load_profile
 
-    profile = load_profile(args.out.parent / f"profile_small_cpu_validation_{slug(setup)}.json")
+    profile_file = session.get("profile", f"profile_small_cpu_validation_{slug(setup)}.json")
+    profile = load_profile(args.out.parent / profile_file)
     runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"{slug(setup)}_*_measured.json"))]
     if not runs:
         raise FileNotFoundError(f"no measured runs of {setup} in {runs_dir}")
     return predicted_rows(setup, runs, profile, runs_dir)
 
 
-def run_setup(model: Path, setup: str, args, runs_dir: Path) -> tuple[list[dict], dict, dict]:
-    from splitserve.sim.measure import QUICK, make_engine, warm_up
-
+def run_setups(model: Path, args, runs_dir: Path) -> dict[str, tuple[list[dict], dict, dict]]:
+    """Measure (one profile for all the setups of this sitting), then predict; per setup: rows,
+    measured runs and the session record."""
     load_start, started = os.getloadavg(), time.time()
-    profile = setup_profile(model, setup, args)
-    engine = make_engine(model, QUICK)
-    warm_up(engine)
-    runs, idle = measure_setup(model, setup, args, lambda: speed_factors(engine, profile))
-    hop_s = calibrate_hop_s(idle, setup, profile)
-    print(f"{setup}: idle TTFT {idle['median_ttft_ms']:.0f} ms -> hop {hop_s * 1e3:.2f} ms", flush=True)
-    for measured in runs:
-        measured["hop_s"] = hop_s
-    rows, measured_runs = predicted_rows(setup, runs, profile, runs_dir)
-    session = {"setup": setup, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-               "wall_s": round(time.time() - started, 1), "profile_meta": profile.meta,
-               "corun": profile.host.get("corun"), "hop_s": hop_s,
-               "idle_run": {k: v for k, v in idle.items() if k != "requests"}}
-    return rows, measured_runs, session
+    name = args.setups[0] if len(args.setups) == 1 else "setups"  # one profile for the setups of this sitting
+    profile, profile_file = setup_profile(model, name, args)
+    out = {}
+    for setup, runs in measure_setups(model, args.setups, profile, args).items():
+        rows, measured_runs = predicted_rows(setup, runs, profile, runs_dir)
+        session = {"setup": setup, "interleaved": args.interleave, "loadavg_start": load_start,
+                   "loadavg_end": os.getloadavg(), "wall_s": round(time.time() - started, 1),
+                   "profile": profile_file, "profile_meta": profile.meta, "corun": profile.host.get("corun")}
+        out[setup] = rows, measured_runs, session
+    return out
 
 
 def main() -> None:
@@ -322,6 +352,8 @@ def main() -> None:
     parser.add_argument("--max-output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true", help="keep the other setups' rows of --out")
+    parser.add_argument("--interleave", action="store_true",
+                        help="one profile, every setup's cluster up at once, the setups taking turns run by run")
     parser.add_argument("--predict-only", action="store_true",
                         help="measure nothing: predict the saved runs of --setups again with their sessions' profiles")
     parser.add_argument("--out", type=Path, default=RESULTS / "simulator_validation.json")
@@ -335,14 +367,16 @@ def main() -> None:
     sessions = [s for s in old.get("sessions", []) if s["setup"] not in args.setups]
     runs_dir = args.out.with_suffix("")  # per run: measured and simulated bench JSON (`splitserve bench compare`)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    for setup in args.setups:
-        if args.predict_only:
-            new_rows, new_runs = repredict_setup(setup, args, runs_dir)
-            new_sessions = [s for s in old.get("sessions", []) if s["setup"] == setup]
-        else:
-            new_rows, new_runs, session = run_setup(model, setup, args, runs_dir)
-            new_sessions = [{**session, "config": portable_args(vars(args))}]
-        rows, sessions = rows + new_rows, sessions + new_sessions
+    if args.predict_only:
+        done = {}
+        for setup in args.setups:
+            session = next(s for s in old.get("sessions", []) if s["setup"] == setup)
+            done[setup] = (*repredict_setup(setup, session, args, runs_dir), session)
+    else:
+        done = run_setups(model, args, runs_dir)
+    for setup, (new_rows, new_runs, session) in done.items():
+        session = session if args.predict_only else {**session, "config": portable_args(vars(args))}
+        rows, sessions = rows + new_rows, sessions + [session]
         measured_runs.update(new_runs)
         order = list(SETUPS)
         rows.sort(key=lambda r: (order.index(r["setup"]), r["workload"] != "sharegpt", r["rate"]))
