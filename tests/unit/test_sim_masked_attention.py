@@ -3,6 +3,8 @@ term in the step model (profile.py): it costs several times the causal kernel's 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tests.unit.sim_support import all_roles, linear_profile
 
@@ -40,8 +42,7 @@ def test_a_long_prompts_second_chunk_pays_the_masked_term():
     """3000 tokens with a 2048 budget: chunk 2 (952 tokens after 2048) is masked; a cached prefix
     makes the first computed chunk masked too."""
     plain = linear_profile(budget=2048)
-    masked = linear_profile(budget=2048)
-    object.__setattr__(masked, "step", StepModel((), (*plain.step.coef, 4e-7), plain.step.min_step_s))
+    masked = dataclasses.replace(plain, step=StepModel((), (*plain.step.coef, 4e-7), plain.step.min_step_s))
     ttft = {name: simulate([SimRequest(0, 3000, 1, 0.0)], ClusterConfig(mixed=1), all_roles(p))["median_ttft_ms"]
             for name, p in (("plain", plain), ("masked", masked))}
     assert ttft["masked"] - ttft["plain"] == pytest.approx(1e3 * 4e-7 * 952 * 3000, rel=1e-6)

@@ -34,20 +34,20 @@ def test_prompt_steps_take_the_prefill_factor_and_decode_only_steps_the_decode_f
 def _bench_run(prompt: int, output: int, num: int) -> dict:
     """A measured-run dict as the simulator replays it: requests alone, 5 s apart."""
     requests = [SimRequest(i, prompt, output, 5.0 * i) for i in range(num)]
-    run = simulate(requests, validation_config("1P+1D"), {"prefill": linear_profile(), "decode": linear_profile()})
+    run = simulate(requests, _config("1P+1D"), {"prefill": linear_profile(), "decode": linear_profile()})
     return {**run, "label": "calibration"}
 
 
-def validation_config(setup):
+def _config(setup: str):
     from splitserve.sim.cluster import ClusterConfig
 
     counts = validation.SETUPS[setup]
     return ClusterConfig(prefill=counts["prefill"], decode=counts["decode"], mixed=counts["colocated"], hop_s=0.004)
 
 
-@pytest.mark.parametrize("truth", [{"prefill": 1.3, "decode": 0.8, "hop_s": 0.004}])
-def test_the_calibration_recovers_the_speeds_that_made_the_idle_runs(truth):
+def test_the_calibration_recovers_the_speeds_that_made_the_idle_runs():
     """Idle runs simulated at known factors: solving for hop, prefill and decode in turn finds them."""
+    truth = {"prefill": 1.3, "decode": 0.8, "hop_s": 0.004}
     profile = linear_profile()
     short, long = _bench_run(64, 4, 4), _bench_run(512, 24, 3)
     short = validation.predict({**short, "speed_factor": truth, "hop_s": truth["hop_s"]}, "1P+1D", profile, 0)
