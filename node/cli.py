@@ -46,6 +46,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--transfer-timeout-s", 30.0, "KV transfer timeout in seconds", type=float)
     add_flag(parser, "--one-shot-max-tokens", 256, "prefill: prompts up to this many tokens send their KV in one go after "
          "the prefill instead of layer by layer", type=int)
+    add_flag(parser, "--step-log", None, "append one JSON line per engine step to this file, or to "
+             "<node id>.jsonl in this folder (start, duration, the chunks it ran): how a loaded node's steps compare "
+             "with its profile")
     add_flag(parser, "--fault-kv-send-delay-s", 0.0, "fault injection for tests: sleep this long before sending "
          "each KV layer", type=float)
     add_flag(parser, "--fault-step-delay-s", 0.0, "fault injection for tests: sleep this long after each engine step",

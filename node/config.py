@@ -68,6 +68,7 @@ class NodeConfig:
     tls_dir: str | None = None
     fault_step_delay_s: float = 0.0
     fault_signals: bool = False
+    step_log: str | None = None  # JSONL of every engine step (runtime/step_log.py)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -85,7 +86,7 @@ class NodeConfig:
     def from_args(cls, args: argparse.Namespace) -> "NodeConfig":
         return cls(args.role, args.model, _engine(args), _kv(args), _chunks(args), args.host, args.port,
                    args.advertise_host, args.metrics_port, args.threads, args.tls_dir, args.fault_step_delay_s,
-                   args.fault_signals)
+                   args.fault_signals, args.step_log)
 
 
 def _engine(args: argparse.Namespace) -> EngineConfig:

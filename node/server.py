@@ -21,6 +21,7 @@ from splitserve.engine import Engine
 from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.runtime.engine_loop import EngineLoop
+from splitserve.runtime.step_log import StepLog
 from splitserve.tls import TLSFiles
 from decode_node.setup import DecodeRole, build_decode
 from node.config import NodeConfig
@@ -42,7 +43,8 @@ async def main(config: NodeConfig) -> None:
     server = GrpcServer(config.host, config.port, [SERVICE_NAME], tls.server_credentials(require_client_cert=True)
                         if tls else None, interceptors=(RpcInterceptor(metrics, SERVICE_NAME),))
     transfers = make_transfers(config, engine) if config.role == labels.ROLE_PREFILL else None
-    engine_loop = EngineLoop(engine, transfers, EngineObserver(metrics), config.fault_step_delay_s)
+    engine_loop = EngineLoop(engine, transfers, EngineObserver(metrics), config.fault_step_delay_s,
+                             StepLog.open(config.step_log, node_id) if config.step_log else None)
     metrics.watch_engine(engine_loop)
     chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:

@@ -9,7 +9,7 @@ while no call is queued and no request is in the engine, so a new request waits 
 most, never for the whole job. Collaborators come at construction: `hooks`
 (prefill nodes: prefill_node/transfers.py sends each layer's KV during the step and finishes
 transfers after it) and `observer` (node/metrics.py: each subscription, each step's duration
-and outputs).
+and outputs) and `step_log` (`--step-log`: runtime/step_log.py, each step's start, duration and shape).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections import deque
 from typing import Callable, Iterator, Protocol
 
 from splitserve.engine import Engine, RequestOutput
+from splitserve.runtime.step_log import StepLog, StepShape
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ class StepObserver(Protocol):
 
 class EngineLoop:
     def __init__(self, engine: Engine, hooks: StepHooks | None = None, observer: StepObserver | None = None,
-                 fault_step_delay_s: float = 0.0):
+                 fault_step_delay_s: float = 0.0, step_log: StepLog | None = None):
         self.engine = engine
         self.hooks = hooks
         self.observer = observer
+        self.step_log = step_log
         self.fault_step_delay_s = fault_step_delay_s  # fault injection for tests: sleep after each step
         self._calls: list[tuple[Callable, Future]] = []
         self._background: deque[tuple[Callable | Iterator, Future]] = deque()
@@ -72,6 +74,8 @@ class EngineLoop:
             self._running = False
             self._wake.notify()
         self._thread.join(timeout_s)
+        if self.step_log is not None:
+            self.step_log.close()
 
     def call(self, fn: Callable[[Engine], object]) -> Future:
         return self._submit(fn, background=False)
@@ -158,15 +162,18 @@ class EngineLoop:
                 future.set_exception(exc)
 
     def _step(self) -> None:
-        start = time.perf_counter()
+        started_unix, start, shapes = time.time(), time.perf_counter(), []
         try:
-            outputs = self.engine.step(self.hooks.make_layer_hook if self.hooks is not None else None)
+            outputs = self.engine.step(self._layer_hook_factory(shapes))
         except Exception:  # a broken step fails its requests, never the node
             log.exception("engine step failed; failing the requests in flight")
             self._fail_requests()
             return
+        seconds = time.perf_counter() - start
         if self.observer is not None:
-            self.observer.on_step(time.perf_counter() - start, outputs)
+            self.observer.on_step(seconds, outputs)
+        if self.step_log is not None and shapes:
+            self.step_log.write(started_unix, seconds, shapes[0])
         if self.fault_step_delay_s:
             time.sleep(self.fault_step_delay_s)
         if self.hooks is not None:
@@ -176,6 +183,19 @@ class EngineLoop:
                 sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
             if sink is not None:
                 sink(out)
+
+    def _layer_hook_factory(self, shapes: list[StepShape]):
+        """What the engine calls with its plan before the step (the hooks' factory); with a step log it also
+        appends the plan's shape to `shapes`."""
+        make = self.hooks.make_layer_hook if self.hooks is not None else None
+        if self.step_log is None:
+            return make
+
+        def shape_and_make(plan):
+            shapes.append(StepShape.of(plan))
+            return make(plan) if make is not None else None
+
+        return shape_and_make
 
     def _fail_requests(self) -> None:
         """Aborts every request in the engine (freeing its blocks) and tells each subscriber."""
