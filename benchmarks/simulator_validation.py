@@ -21,6 +21,11 @@ Per sitting (--merge keeps the rows of setups not measured in it):
 4. Predictions: `shared host` (host_cores = this machine's cores, all nodes on it: host.py) and
    `own cores` (the fleet default). Errors are (predicted - measured) / measured; the load
    average is recorded before and after every run.
+5. Every node runs with `--step-log`: each run and calibration records how fast its steps ran
+   against the profile (sim/step_speed.py, per kind). `run steps` predicts the run (shared host)
+   at its own loaded step speed instead of the idle calibration's: the simulator's error with the
+   machine's speed drift between calibration and run taken out. It is a diagnosis, read from the
+   run itself, not a prediction.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 SETUPS = {"1P+1D": dict(prefill=1, decode=1, colocated=0), "2 colocated": dict(prefill=0, decode=0, colocated=2)}
 METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")
+PREDICTIONS = (("shared_host", "error"), ("own_cores", "own_cores_error"), ("run_steps", "run_steps_error"))
 
 
 def bench_config(url: str, model: Path, workload: str, rate: float, args, seed: int = 0):
@@ -48,10 +56,13 @@ def bench_config(url: str, model: Path, workload: str, rate: float, args, seed: 
                        tokenizer=str(model), percentiles=(50.0, 99.0), label=f"{workload}@{rate}")
 
 
-def started_cluster(cluster_class, model: Path, setup: str, tries: int = 3):
-    """A started cluster; a node slow to start on a loaded machine (120 s limit) is tried again."""
+def started_cluster(cluster_class, model: Path, setup: str, step_logs: Path, tries: int = 3):
+    """A started cluster whose nodes log their steps into `step_logs`; a node slow to start on a
+    loaded machine (120 s limit) is tried again."""
+    step_logs.mkdir(parents=True, exist_ok=True)
     for attempt in range(tries):
-        cluster = cluster_class(model, threads=1, transport="torch", **SETUPS[setup])
+        cluster = cluster_class(model, threads=1, transport="torch", node_args=["--step-log", str(step_logs)],
+                                **SETUPS[setup])
         try:
             cluster.start()
             return cluster
@@ -123,22 +134,46 @@ def sim_median(run: dict, setup: str, profile, speed: dict, key: str) -> float:
     return predict({**run, "speed_factor": speed, "hop_s": speed["hop_s"]}, setup, profile, 0)[key]
 
 
-def measured_run(cluster, model: Path, setup: str, point: tuple, args, calibration) -> dict:
-    """One bench run between two calibrations (calibration(seed) -> its speed)."""
+def measured_run(cluster, model: Path, setup: str, point: tuple, args, calibration, step_logs: Path,
+                 profile) -> dict:
+    """One bench run between two calibrations (calibration(seed) -> its speed); the speed of the nodes'
+    steps (their --step-log) in each of the three."""
     from splitserve.bench import report
     from splitserve.bench.benchmark import run_benchmark
 
     workload, rate, seed = point
+    windows = {"before": [time.time()]}
     before = calibration(seed + 11)
+    windows["run"] = [time.time()]
     load = os.getloadavg()[0]
     result = report.result_dict(run_benchmark(bench_config(cluster.url, model, workload, rate, args, seed)))
     result["loadavg_1m"] = [load, os.getloadavg()[0]]
+    windows["after"] = [time.time()]
     result["speed_factor"] = factor = run_speed(before, calibration(seed + 13))
+    windows["end"] = [time.time()]
+    result["step_speed"] = window_speeds(step_logs, profile, windows)
     result["hop_s"] = factor["hop_s"]
     print(f"{setup} {workload}@{rate}: measured median TTFT {result['median_ttft_ms']:.0f} ms, "
           f"TPOT {result['median_tpot_ms']:.0f} ms (load {load:.1f}; idle calibration: prefill x{factor['prefill']:.2f}, "
           f"decode x{factor['decode']:.2f}, hop {factor['hop_s'] * 1e3:.1f} ms)", flush=True)
     return result
+
+
+def window_speeds(step_logs: Path, profile, windows: dict) -> dict:
+    """The nodes' step speed (per kind, against the profile) in the calibration before the run, the run,
+    and the calibration after it."""
+    from splitserve.sim.step_speed import folder_logs, step_speed
+
+    logs, names = folder_logs(step_logs), list(windows)
+    return {name: step_speed(logs, profile.step, windows[name][0], windows[nxt][0])
+            for name, nxt in zip(names, names[1:])}
+
+
+def run_steps_speed(measured: dict) -> dict:
+    """The run's own step speed per kind when its steps ran alone (the simulator adds the co-run stretch
+    itself); all its steps of the kind where none ran alone, the calibration's factor where it ran none."""
+    own = measured["step_speed"]["run"]
+    return {kind: own[f"{kind}_alone"] or own[kind] or measured["speed_factor"][kind] for kind in ("prefill", "decode")}
 
 
 def workload_points(args) -> list[tuple[str, float, int]]:
@@ -154,14 +189,14 @@ def measure_setups(model: Path, setups: list[str], profile, args) -> dict[str, l
     a drift of the machine's speed falls on both alike."""
     from splitserve.localcluster.cluster import LocalCluster
 
-    out = {}
+    out, logs = {}, args.step_logs or Path(tempfile.mkdtemp(prefix="splitserve-steps-"))
     groups = [setups] if args.interleave else [[s] for s in setups]
     for group in groups:
         clusters = {}
         try:
             hops = {}
             for setup in group:
-                clusters[setup] = started_cluster(LocalCluster, model, setup)
+                clusters[setup] = started_cluster(LocalCluster, model, setup, logs / slug(setup))
                 fixed_run(clusters[setup], model, args, 64, 4, 2, 2.0, 12345)  # warm-up
                 hops[setup] = calibrate(clusters[setup], model, setup, profile, args, 12346)["hop_s"]
                 print(f"{setup}: hop {hops[setup] * 1e3:.2f} ms", flush=True)
@@ -169,11 +204,14 @@ def measure_setups(model: Path, setups: list[str], profile, args) -> dict[str, l
             for point in workload_points(args):
                 for setup in group:
                     calibration = lambda seed: calibrate(clusters[setup], model, setup, profile, args, seed, hops[setup])
-                    runs[setup].append(measured_run(clusters[setup], model, setup, point, args, calibration))
+                    runs[setup].append(measured_run(clusters[setup], model, setup, point, args, calibration,
+                                                    logs / slug(setup), profile))
         finally:
             for cluster in clusters.values():
                 cluster.stop()
         out.update(runs)
+    if not args.step_logs:
+        shutil.rmtree(logs, ignore_errors=True)  # what they said is in the runs (step_speed)
     return out
 
 
@@ -221,14 +259,18 @@ def predict(measured: dict, setup: str, profile, host_cores: int, hop_s: float |
     return simulate(from_bench_run(measured), config, profiles, {"label": measured["label"]}, (50.0, 99.0))
 
 
-def compare(setup: str, measured: dict, predicted: dict, own_cores: dict) -> dict:
+def compare(setup: str, measured: dict, predictions: dict) -> dict:
+    """One row: per metric, measured and each prediction ({"shared_host", "own_cores", "run_steps"}) with its error."""
     row = {"setup": setup, "workload": measured["workload"], "rate": measured["request_rate"],
-           "completed": [measured["completed"], predicted["completed"]], "loadavg_1m": measured["loadavg_1m"],
-           "speed_factor": measured["speed_factor"]}
+           "completed": [measured["completed"], predictions["shared_host"]["completed"]],
+           "loadavg_1m": measured["loadavg_1m"], "speed_factor": measured["speed_factor"],
+           **({"step_speed": measured["step_speed"]} if "step_speed" in measured else {})}
     for key in METRICS:
-        m, p, o = measured[key], predicted[key], own_cores[key]
-        row[key] = {"measured": m, "predicted": p, "error": (p - m) / m if m else None,
-                    "own_cores": o, "own_cores_error": (o - m) / m if m else None}
+        m = measured[key]
+        row[key] = {"measured": m}
+        for (model, err), value in ((pe, predictions[pe[0]][key]) for pe in PREDICTIONS if pe[0] in predictions):
+            row[key]["predicted" if model == "shared_host" else model] = value
+            row[key][err] = (value - m) / m if m else None
     return row
 
 
@@ -236,9 +278,12 @@ def summary(rows: list[dict]) -> dict:
     """Cells within target (median 15%, p99 30%) for both models; each (workload, rate): does the
     faster setup by median TTFT / TPOT come out the same measured and predicted?"""
     out = {}
-    for model, err in (("shared_host", "error"), ("own_cores", "own_cores_error")):
-        within = {k: sum(abs(r[k][err]) <= (0.15 if k.startswith("median") else 0.30) for r in rows) for k in METRICS}
-        within["cells"] = len(rows)
+    for model, err in PREDICTIONS:
+        have = [r for r in rows if err in r[METRICS[0]]]
+        if not have:
+            continue
+        within = {k: sum(abs(r[k][err]) <= (0.15 if k.startswith("median") else 0.30) for r in have) for k in METRICS}
+        within["cells"] = len(have)
         out[model] = within
     ranking = []
     for workload, rate in sorted({(r["workload"], r["rate"]) for r in rows}):
@@ -247,8 +292,10 @@ def summary(rows: list[dict]) -> dict:
             continue
         cell = {"workload": workload, "rate": rate}
         for key in ("median_ttft_ms", "median_tpot_ms"):
-            for model, value in (("measured", "measured"), ("shared_host", "predicted"), ("own_cores", "own_cores")):
-                cell[f"{key}_{model}_faster"] = min(pair, key=lambda s: pair[s][key][value])
+            for model, value in (("measured", "measured"), ("shared_host", "predicted"), ("own_cores", "own_cores"),
+                                 ("run_steps", "run_steps")):
+                if all(value in r[key] for r in pair.values()):
+                    cell[f"{key}_{model}_faster"] = min(pair, key=lambda s: pair[s][key][value])
         ranking.append(cell)
     out["ranking"] = ranking
     return out
@@ -299,9 +346,13 @@ def predicted_rows(setup: str, runs: list[dict], profile, runs_dir: Path) -> tup
     """Predictions for the measured runs (hop_s and speed_factor in each); writes each run's JSON."""
     rows, measured_runs = [], {}
     for measured in runs:
-        predicted = predict(measured, setup, profile, host_cores=len(os.sched_getaffinity(0)))
-        own = predict(measured, setup, profile, host_cores=0)
-        rows.append(compare(setup, measured, predicted, own))
+        cores = len(os.sched_getaffinity(0))
+        predicted = predict(measured, setup, profile, host_cores=cores)
+        predictions = {"shared_host": predicted, "own_cores": predict(measured, setup, profile, host_cores=0)}
+        if "step_speed" in measured:
+            predictions["run_steps"] = predict({**measured, "speed_factor": run_steps_speed(measured)}, setup, profile,
+                                               host_cores=cores)
+        rows.append(compare(setup, measured, predictions))
         name = f"{slug(setup)}_{measured['workload']}_{measured['request_rate']}"
         (runs_dir / f"{name}_measured.json").write_text(json.dumps(measured, indent=1))
         (runs_dir / f"{name}_sim.json").write_text(json.dumps(predicted, indent=1))
@@ -356,6 +407,8 @@ def main() -> None:
                         help="one profile, every setup's cluster up at once, the setups taking turns run by run")
     parser.add_argument("--predict-only", action="store_true",
                         help="measure nothing: predict the saved runs of --setups again with their sessions' profiles")
+    parser.add_argument("--step-logs", type=Path, help="keep the nodes' step logs in this folder (default: a temporary "
+                        "one, removed at the end)")
     parser.add_argument("--out", type=Path, default=RESULTS / "simulator_validation.json")
     args = parser.parse_args()
     from splitserve.modelgen.cache import ensure_model
@@ -387,7 +440,7 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")  # after each setup: a cut-off run keeps what it has
     plot(rows, args.out.with_suffix(".png"))
     for r in rows:
-        print(r["setup"], r["workload"], r["rate"], {k: f"{r[k]['error']:+.0%}/{r[k]['own_cores_error']:+.0%}"
+        print(r["setup"], r["workload"], r["rate"], {k: "/".join(f"{r[k][e]:+.0%}" for _, e in PREDICTIONS if e in r[k])
                                                      for k in METRICS if r[k]["error"] is not None})
     print(json.dumps(summary(rows), indent=1))
 

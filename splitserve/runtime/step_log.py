@@ -6,7 +6,7 @@ t: when the step started (Unix seconds); s: how long it took; prompt: [start, ne
 prompt chunk (start > 0: the chunk continues a context); decode: the context of each one-token
 decode row. The shapes are what `splitserve profile` fits its step model on, so a log taken under
 real load says how far a loaded node's steps are from the profile (and what happened between
-them: the gaps). Lines are buffered; the file is flushed when the node stops.
+them: the gaps). Each line is written when its step ends, so the log can be read while the node runs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class StepShape:
 
 class StepLog:
     def __init__(self, path: str | Path):
-        self._file = open(path, "a", encoding="utf-8", buffering=1 << 16)
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: readable while the node runs
         self._lock = threading.Lock()
 
     @classmethod
