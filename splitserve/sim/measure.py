@@ -37,7 +37,7 @@ QUICK = MeasurePlan((16, 64, 256, 1024), (1, 8, 32), (64, 1024), 2, 2048, 40_000
 # where most prompts fall; 320 and 576 run as 256 + 64 and 512 + 64 rows (a second call, not
 # padded): the fit sees the linears at rows between the buckets
 # pairs: prompts that arrive together share a step; its attention is two blocks, not one of twice the size
-FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096), (1, 4, 16, 64), (64, 512, 2048), 2,
+FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096), (1, 2, 4, 16, 64), (64, 512, 2048), 2,
                    2048, 70_000, (256, 512))
 
 

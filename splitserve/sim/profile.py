@@ -3,7 +3,7 @@ KV the node holds. Written by `splitserve profile`, read by `simulate` and `plan
 
 Step time model (one engine step, whatever mix of prefill chunks and decodes it holds):
 
-    step_s = c0 + c1*T + sum_k q_k*max(0, T - knot_k) + c_seq*S + c_attn*A + c_ctx*C + c_mask*M
+    step_s = c0 + c1*T + sum_k q_k*max(0, T - knot_k) + c_seq*S + c_attn*A + c_ctx*C + c_mask*M + c_one*[T=1]
 
 T: tokens computed in the step; S: sequences in it; A: prefill attention work, sum over its
 prompt chunks of new_tokens * context_after_the_chunk (query-key pairs); C: decode attention
@@ -13,7 +13,13 @@ cached prefix). The engine attends a fresh prompt with SDPA's causal kernel but 
 chunk with an explicit mask over gathered keys (engine/attention.py), several times dearer per
 query-key pair here; with one attention term the chunked points made fresh prompts' attention
 look dear, and a step of two 512-token prompts was predicted 18% short (730 vs 890 ms).
-Profiles written before M existed have no c_mask (read as 0).
+Profiles written before M existed have no c_mask (read as 0). [T=1] is 1 for a step of one token
+(a lone decode): with one torch thread the engine runs such a step's linears as matrix-vector
+products (cpu_linear.py), much cheaper than its packed path for two rows or more. Without the
+term the fit put a batch of 1 and a batch of 2-4 on one line: the nodes' step logs of validation
+run 7 read batch 1 at 0.81x the fit and batches 2 to 4 at 1.14-1.28x, and a calibration made
+with lone requests carried batch 1's error into every batched step. With it they read 0.81-0.89x
+alike. Profiles written before it have no c_one (read as 0).
 
 The hinge terms follow the linear layers' cost in T; fitted by least squares (relative error) on
 the measured prefill and decode steps (fit.py). With `row_buckets` (an engine whose linears are
@@ -55,19 +61,21 @@ class StepPoint:
 @dataclass(frozen=True)
 class StepModel:
     knots: tuple[float, ...]
-    coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx, c_mask (older profiles: no c_mask)
+    coef: tuple[float, ...]  # c0, c1, q_k..., c_seq, c_attn, c_ctx, c_mask, c_one (older profiles: without
+    # c_one, or without both)
     min_step_s: float = 1e-5
     row_buckets: bool = False  # the token terms take computed_rows(T) (packed CPU linears pad their rows)
 
     def __post_init__(self):
         k = len(self.knots)
-        if len(self.coef) not in (k + 5, k + 6):
-            raise ValueError(f"a step model with {k} knots has {k + 6} coefficients ({k + 5} without c_mask), "
-                             f"got {len(self.coef)}")
-        c = self.coef if len(self.coef) == k + 6 else (*self.coef, 0.0)
+        if len(self.coef) not in (k + 5, k + 6, k + 7):
+            raise ValueError(f"a step model with {k} knots has {k + 7} coefficients ({k + 6} without c_one, "
+                             f"{k + 5} without c_mask either), got {len(self.coef)}")
+        c = (*self.coef, *(0.0,) * (k + 7 - len(self.coef)))
         # unpacked once: seconds() runs millions of times in a large simulation
-        object.__setattr__(self, "_linear", (c[0], c[1], c[-4], c[-3], c[-2], c[-1]))
-        object.__setattr__(self, "_hinges", tuple(zip(c[2:-4], self.knots)))
+        object.__setattr__(self, "_linear", (c[0], c[1], c[-5], c[-4], c[-3], c[-2]))
+        object.__setattr__(self, "_one_row", c[-1])
+        object.__setattr__(self, "_hinges", tuple(zip(c[2:-5], self.knots)))
 
     @classmethod
     def fit(cls, points: list[StepPoint], knots: tuple[float, ...] = DEFAULT_KNOTS,
@@ -75,8 +83,8 @@ class StepModel:
         rows = [computed_rows(p.num_tokens) if row_buckets else p.num_tokens for p in points]
         knots = tuple(k for k in knots if k < max(rows))
         tokens = np.array(rows, dtype=float)
-        extra = np.array([[p.num_seqs, p.attention, p.decode_context, p.masked_attention] for p in points],
-                         dtype=float)
+        extra = np.array([[p.num_seqs, p.attention, p.decode_context, p.masked_attention, float(p.num_tokens == 1)]
+                          for p in points], dtype=float)
         design = np.concatenate([hinge_features(tokens, knots), extra], axis=1)
         coef = least_squares(design, np.array([p.seconds for p in points]))
         return cls(knots, tuple(float(c) for c in coef), min(p.seconds for p in points) / 2, row_buckets)
@@ -84,7 +92,9 @@ class StepModel:
     def seconds(self, num_tokens: int, num_seqs: int, attention: float, decode_context: float = 0.0,
                 masked_attention: float = 0.0) -> float:
         c0, c1, c_seq, c_attn, c_ctx, c_mask = self._linear
-        if self.row_buckets and num_tokens > 16:
+        if num_tokens == 1:
+            c0 += self._one_row
+        elif self.row_buckets and num_tokens > 16:
             num_tokens = computed_rows(num_tokens)
         t = c0 + c1 * num_tokens + c_seq * num_seqs + c_attn * attention + c_ctx * decode_context + \
             c_mask * masked_attention

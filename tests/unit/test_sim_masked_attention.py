@@ -13,7 +13,7 @@ from splitserve.sim.profile import StepModel, StepPoint
 from splitserve.sim.request import SimRequest
 from splitserve.sim.runner import simulate
 
-TRUTH = StepModel((), (0.01, 0.0008, 0.0005, 1e-7, 1e-6, 4e-7))  # ..., c_attn, c_ctx, c_mask
+TRUTH = StepModel((), (0.01, 0.0008, 0.0005, 1e-7, 1e-6, 4e-7, -0.004))  # ..., c_attn, c_ctx, c_mask, c_one
 
 
 def _points(model: StepModel) -> list[StepPoint]:
@@ -30,9 +30,19 @@ def test_the_fit_tells_masked_from_causal_attention():
     assert TRUTH.prefill_s(512, start=512) - TRUTH.seconds(512, 1, 512 * 1024) == pytest.approx(4e-7 * 512 * 1024)
 
 
-def test_profiles_without_the_masked_term_read_it_as_zero():
+def test_a_lone_decode_has_its_own_intercept():
+    """One token in a step (one-row linears: matrix-vector products) is c_one cheaper than the line
+    through the batched steps says; from two rows on, nothing changes."""
+    line = StepModel((), TRUTH.coef[:6])
+    assert TRUTH.decode_s(1, 500) == pytest.approx(line.decode_s(1, 500) - 0.004)
+    assert TRUTH.decode_s(2, 500) == line.decode_s(2, 500) and TRUTH.prefill_s(2) == line.prefill_s(2)
+
+
+def test_profiles_without_the_masked_or_one_row_terms_read_them_as_zero():
     old = StepModel.from_dict({"knots": [128.0], "coef": [0.01, 0.001, -0.0002, 0.0005, 1e-7, 1e-6]})
     assert old.prefill_s(512, start=512) == old.seconds(512, 1, 512 * 1024)
+    no_one_row = StepModel.from_dict({"knots": [128.0], "coef": [0.01, 0.001, -0.0002, 0.0005, 1e-7, 1e-6, 3e-7]})
+    assert no_one_row.decode_s(1, 100) == pytest.approx(0.01 + 0.001 + 0.0005 + 1e-6 * 101)
     assert StepModel.from_dict(TRUTH.to_dict()) == TRUTH
     with pytest.raises(ValueError, match="coefficients"):
         StepModel((), (0.01, 0.001, 0.0005))
