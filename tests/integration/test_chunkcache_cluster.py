@@ -18,7 +18,7 @@ from splitserve.client import AsyncClient, Client
 from splitserve.engine import Engine, SamplingParams
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.redis_server import RedisServer
-from tests.support.cluster import node_stats, used_blocks_settle_to_zero, wait_until
+from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow
 TRACE = traces.data_file(traces.MUSIQUE_FILE)  # shipped in the package
@@ -43,7 +43,7 @@ def _prefill_address(cluster) -> str:
 def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, redis_url, tmp_path):
     docs, question = _documents(3), "which of these is the oldest?"
     expected = _reference(tiny_model, question, docs)
-    with LocalCluster(tiny_model, prefill=1, decode=1, node_args=NODE_ARGS, redis_url=redis_url) as cluster:
+    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=NODE_ARGS, redis_url=redis_url) as cluster:
         prefill = _prefill_address(cluster)
         with Client(cluster.url, timeout_s=60) as client:
             first = client.complete(prompt=question, documents=docs, max_tokens=8, ignore_eos=True)

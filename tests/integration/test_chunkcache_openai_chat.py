@@ -11,8 +11,7 @@ import pytest
 from router.front.intake import Frontend
 from splitserve.client import Client
 from splitserve.engine import Engine, SamplingParams
-from splitserve.localcluster.cluster import LocalCluster
-from tests.support.cluster import node_stats, wait_until
+from tests.support.cluster import ParallelCluster, node_stats, wait_until
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
@@ -25,7 +24,7 @@ DOCS = ["The stone bridge over the river was built in 1820 by the town.",
 def test_chat_documents_over_http_are_cached_and_blended(tiny_model, redis_url):
     ids, _ = Frontend.from_model_dir(tiny_model).prompt_and_chunks(messages=MESSAGES, documents=DOCS)
     expected = Engine(tiny_model).generate([ids], SamplingParams(max_tokens=6, ignore_eos=True))[0]
-    with LocalCluster(tiny_model, prefill=1, decode=1, http_port=-1, redis_url=redis_url,
+    with ParallelCluster(tiny_model, prefill=1, decode=1, http_port=-1, redis_url=redis_url,
                       node_args=["--transfer-timeout-s=10"]) as cluster:
         prefill = next(s.address for role, s in cluster.nodes if role == "prefill")
         with openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60) as api:

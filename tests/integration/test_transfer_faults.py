@@ -12,9 +12,8 @@ import pytest
 
 from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.client import Client
-from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.procs import kill
-from tests.support.cluster import node_stats, node_stub, used_blocks_settle_to_zero, wait_until
+from tests.support.cluster import ParallelCluster, node_stats, node_stub, used_blocks_settle_to_zero, wait_until
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 3.0
@@ -31,7 +30,7 @@ def reserved_on(cluster, role: str):
 def test_killing_the_decode_node_fails_that_request_in_time_and_prefill_keeps_serving(tiny_model):
     # --max-retries=0: the router's failover would finish the request on the other decode node
     # (tests/integration/test_router_failover.py); here the node-level failure must surface in time.
-    with LocalCluster(tiny_model, prefill=1, decode=2, node_args=SLOW_SEND, router_args=["--max-retries=0"]) as cluster:
+    with ParallelCluster(tiny_model, prefill=1, decode=2, node_args=SLOW_SEND, router_args=["--max-retries=0"]) as cluster:
         errors, started = [], time.monotonic()
 
         def send():
@@ -60,7 +59,7 @@ def test_killing_the_decode_node_fails_that_request_in_time_and_prefill_keeps_se
 
 
 def test_killing_the_prefill_node_mid_transfer_frees_the_decode_reservation(tiny_model):
-    with LocalCluster(tiny_model, prefill=1, decode=1, node_args=SLOW_SEND) as cluster:
+    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=SLOW_SEND) as cluster:
         (prefill,), (decode,) = ([n for r, n in cluster.nodes if r == role] for role in ("prefill", "decode"))
         d_channel, d_stub = node_stub(decode.address)
         p_channel, p_stub = node_stub(prefill.address)
