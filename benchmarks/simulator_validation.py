@@ -42,7 +42,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 SETUPS = {"1P+1D": dict(prefill=1, decode=1, colocated=0), "2 colocated": dict(prefill=0, decode=0, colocated=2)}
 METRICS = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")
-PREDICTIONS = (("shared_host", "error"), ("own_cores", "own_cores_error"), ("run_steps", "run_steps_error"))
+# each prediction: its name, and the keys of its value and its error in a row's metric
+PREDICTIONS = (("shared_host", "predicted", "error"), ("own_cores", "own_cores", "own_cores_error"),
+               ("run_steps", "run_steps", "run_steps_error"))
 
 
 def bench_config(url: str, model: Path, workload: str, rate: float, args, seed: int = 0):
@@ -268,17 +270,18 @@ def compare(setup: str, measured: dict, predictions: dict) -> dict:
     for key in METRICS:
         m = measured[key]
         row[key] = {"measured": m}
-        for (model, err), value in ((pe, predictions[pe[0]][key]) for pe in PREDICTIONS if pe[0] in predictions):
-            row[key]["predicted" if model == "shared_host" else model] = value
-            row[key][err] = (value - m) / m if m else None
+        for model, value_key, err in PREDICTIONS:
+            if model in predictions:
+                value = row[key][value_key] = predictions[model][key]
+                row[key][err] = (value - m) / m if m else None
     return row
 
 
 def summary(rows: list[dict]) -> dict:
-    """Cells within target (median 15%, p99 30%) for both models; each (workload, rate): does the
+    """Cells within target (median 15%, p99 30%) for each prediction; each (workload, rate): does the
     faster setup by median TTFT / TPOT come out the same measured and predicted?"""
     out = {}
-    for model, err in PREDICTIONS:
+    for model, _, err in PREDICTIONS:
         have = [r for r in rows if err in r[METRICS[0]]]
         if not have:
             continue
@@ -292,8 +295,7 @@ def summary(rows: list[dict]) -> dict:
             continue
         cell = {"workload": workload, "rate": rate}
         for key in ("median_ttft_ms", "median_tpot_ms"):
-            for model, value in (("measured", "measured"), ("shared_host", "predicted"), ("own_cores", "own_cores"),
-                                 ("run_steps", "run_steps")):
+            for model, value in (("measured", "measured"), *((model, v) for model, v, _ in PREDICTIONS)):
                 if all(value in r[key] for r in pair.values()):
                     cell[f"{key}_{model}_faster"] = min(pair, key=lambda s: pair[s][key][value])
         ranking.append(cell)
@@ -440,7 +442,7 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")  # after each setup: a cut-off run keeps what it has
     plot(rows, args.out.with_suffix(".png"))
     for r in rows:
-        print(r["setup"], r["workload"], r["rate"], {k: "/".join(f"{r[k][e]:+.0%}" for _, e in PREDICTIONS if e in r[k])
+        print(r["setup"], r["workload"], r["rate"], {k: "/".join(f"{r[k][e]:+.0%}" for _, _, e in PREDICTIONS if e in r[k])
                                                      for k in METRICS if r[k]["error"] is not None})
     print(json.dumps(summary(rows), indent=1))
 
