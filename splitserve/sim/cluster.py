@@ -47,6 +47,7 @@ class ClusterSim(SharedHostSteps):
         self.inflight = 0
         self.unfinished = 0
         self.itl: list[tuple[float, int]] = []  # (step seconds, requests that got a token)
+        self.transfer_memo: dict[tuple[int, int], tuple[float, float, int]] = {}
 
     # --- the event loop --------------------------------------------------------------------------
 
@@ -225,14 +226,27 @@ class ClusterSim(SharedHostSteps):
         """Layer-wise: layer l's send follows its compute, so the end is the later of the last
         layer's own send after the step and the whole send after the first layer. One-shot:
         the whole send after the step."""
-        shape = node.profile.engine
-        num_bytes = req.prompt_tokens * shape.kv_bytes_per_token
-        whole = node.profile.transfer_s(self.config.transport, num_bytes)
-        if req.prompt_tokens <= shape.one_shot_max_tokens:
+        whole, last, layers = self._transfer_times(node.profile, req.prompt_tokens)
+        if not layers:
             return start + seconds + whole
-        layers = shape.num_layers
-        last = node.profile.transfer_s(self.config.transport, num_bytes / layers)
         return max(start + seconds + last, start + seconds / layers + whole)
+
+    def _transfer_times(self, profile: Profile, prompt_tokens: int) -> tuple[float, float, int]:
+        """(whole send, last layer's send, layers; 0 layers: one-shot) for a prompt's KV, memoized per
+        profile and length (a large simulation sends a million prompts of a few thousand lengths)."""
+        key = (id(profile), prompt_tokens)
+        times = self.transfer_memo.get(key)
+        if times is None:
+            shape = profile.engine
+            num_bytes = prompt_tokens * shape.kv_bytes_per_token
+            whole = profile.transfer_s(self.config.transport, num_bytes)
+            if prompt_tokens <= shape.one_shot_max_tokens:
+                times = (whole, 0.0, 0)
+            else:
+                layers = shape.num_layers
+                times = (whole, profile.transfer_s(self.config.transport, num_bytes / layers), layers)
+            self.transfer_memo[key] = times
+        return times
 
     def _transferred(self, req: SimRequest) -> None:
         node = req.prefill_node

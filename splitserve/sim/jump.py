@@ -12,12 +12,13 @@ there, as on the node's engine thread.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 MAX_STEPS = 512
 
 
-@dataclass
+@dataclass(slots=True)
 class Jump:
     start_s: float
     steps: int
@@ -29,15 +30,23 @@ class Jump:
         return m * self.base_s + self.slope_s * m * (m - 1) / 2
 
     def steps_by(self, t: float) -> int:
-        """Steps done when the step running at time t ends (at least 1, at most `steps`)."""
-        lo, hi = 1, self.steps
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.start_s + self.elapsed_s(mid) >= t:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        """Steps done when the step running at time t ends (at least 1, at most `steps`): the least m
+        with start + elapsed(m) >= t, from the quadratic's root, then checked by that very test
+        (the root's rounding can be one step off)."""
+        start, elapsed = self.start_s, self.elapsed_s
+        m = min(max(self._root(t - start), 1), self.steps)
+        while m > 1 and start + elapsed(m - 1) >= t:
+            m -= 1
+        while m < self.steps and start + elapsed(m) < t:
+            m += 1
+        return m
+
+    def _root(self, dt: float) -> int:
+        """ceil of the m solving m * base + slope * m (m - 1) / 2 = dt."""
+        a, b = self.slope_s / 2, self.base_s - self.slope_s / 2
+        if a <= 0:
+            return math.ceil(dt / b) if b > 0 else 1
+        return math.ceil((-b + math.sqrt(b * b + 4 * a * dt)) / (2 * a)) if b * b + 4 * a * dt >= 0 else 1
 
 
 def plan_jump(node, now: float) -> Jump | None:

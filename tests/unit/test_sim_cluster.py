@@ -86,3 +86,25 @@ def test_jumps_change_nothing(monkeypatch):
     (errors_jumping, jumping), (errors_stepping, stepping) = times(512), times(1)
     assert errors_jumping == errors_stepping and errors_jumping.count("") > 100
     np.testing.assert_allclose(jumping, stepping, rtol=1e-9, atol=1e-9)
+
+
+def _steps_by_bisection(j: jump.Jump, t: float) -> int:
+    lo, hi = 1, j.steps
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if j.start_s + j.elapsed_s(mid) >= t:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def test_a_cut_jump_ends_at_the_step_a_bisection_of_its_step_ends_finds():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        j = jump.Jump(float(rng.uniform(0, 1e4)), int(rng.integers(2, 513)), float(rng.uniform(1e-4, 0.2)),
+                      float(rng.choice([0.0, rng.uniform(0, 1e-4)])), 1)
+        ends = [j.start_s + j.elapsed_s(m) for m in (1, j.steps // 2, j.steps)]
+        for t in (j.start_s, *ends, *(np.nextafter(e, -np.inf) for e in ends), *(np.nextafter(e, np.inf) for e in ends),
+                  float(rng.uniform(j.start_s, ends[-1] * 1.01))):
+            assert j.steps_by(t) == _steps_by_bisection(j, t)
