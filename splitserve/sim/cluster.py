@@ -18,6 +18,7 @@ Every call or reply costs `hop_s`; calls run on a node between its steps.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from itertools import count
 
 from splitserve.sim.config import ROLES, ClusterConfig, build_nodes, make_router
@@ -40,7 +41,8 @@ class ClusterSim(SharedHostSteps):
         self.nodes = build_nodes(config, profiles)
         self.router = make_router(config, self.nodes)
         self.prefix = {n.name: PrefixCache(n.num_blocks * n.block_size) for n in self.nodes}
-        self.events: list = []
+        self.events: list = []  # (time, order, fn, arg), a heap
+        self.hops: deque = deque()  # the same, for events one hop from when they were made: already in order
         self.order = count()
         self.now = 0.0
         self.hop_s = config.hop_s
@@ -55,21 +57,26 @@ class ClusterSim(SharedHostSteps):
         heapq.heappush(self.events, (t, next(self.order), fn, arg))
 
     def run(self, requests: list[SimRequest]) -> list[SimRequest]:
-        """Every event in time order; arrivals are merged in from the sorted requests, not queued."""
+        """Every event in (time, order) order. Three sources, each in order, are merged: the sorted
+        arrivals (they go first on a tie), `hops` (events one hop_s after their making: in order as
+        made, so a queue does) and the `events` heap for everything else."""
         arrivals = sorted(requests, key=lambda r: r.arrival_s)
         self.unfinished = len(requests)
         self.at(0.0, self._poll)
-        events, hop, i, n = self.events, self.config.hop_s, 0, len(arrivals)
-        while events or i < n:
-            if i < n and (not events or arrivals[i].arrival_s + hop <= events[0][0]):
+        events, hops, hop, i, n = self.events, self.hops, self.config.hop_s, 0, len(arrivals)
+        while True:
+            from_hops = bool(hops) and (not events or hops[0] < events[0])
+            head = hops[0] if from_hops else events[0] if events else None
+            if i < n and (head is None or arrivals[i].arrival_s + hop <= head[0]):
                 self.now = arrivals[i].arrival_s + hop
                 self._arrive(arrivals[i])
                 i += 1
                 continue
-            t, _, fn, arg = heapq.heappop(events)
+            if head is None:
+                return requests
+            t, _, fn, arg = hops.popleft() if from_hops else heapq.heappop(events)
             self.now = t
             fn(arg)
-        return requests
 
     def _poll(self, _=None) -> None:
         self.router.poll()
@@ -78,7 +85,11 @@ class ClusterSim(SharedHostSteps):
 
     def call(self, node: NodeSim, fn, arg) -> None:
         """fn(arg) on the node's engine thread: after a hop, at its next step boundary."""
-        heapq.heappush(self.events, (self.now + self.hop_s, next(self.order), self._deliver, (node, fn, arg)))
+        self.hops.append((self.now + self.hop_s, next(self.order), self._deliver, (node, fn, arg)))
+
+    def after_hop(self, fn, arg) -> None:
+        """fn(arg) one hop from now (a reply on its way)."""
+        self.hops.append((self.now + self.hop_s, next(self.order), fn, arg))
 
     def _deliver(self, item) -> None:
         node, fn, arg = item
@@ -203,7 +214,7 @@ class ClusterSim(SharedHostSteps):
 
     def _reserve(self, req: SimRequest) -> None:
         blocks = req.decode_node.reserve(req.prompt_tokens)
-        self.at(self.now + self.config.hop_s, self._reserved, (req, blocks))
+        self.after_hop(self._reserved, (req, blocks))
 
     def _reserved(self, item) -> None:
         req, blocks = item
@@ -253,7 +264,7 @@ class ClusterSim(SharedHostSteps):
         node.release(req.blocks)
         req.blocks = 0
         self._kick(node)  # the released blocks may let a waiting prompt in
-        self.at(self.now + self.config.hop_s, self._prefill_reply, req)
+        self.after_hop(self._prefill_reply, req)
 
     def _prefill_reply(self, req: SimRequest) -> None:
         self.router.track(req.prefill_node, prefill_tokens=-req.prompt_tokens)
