@@ -85,7 +85,7 @@ class ClusterSim(SharedHostSteps):
 
     def call(self, node: NodeSim, fn, arg) -> None:
         """fn(arg) on the node's engine thread: after a hop, at its next step boundary."""
-        self.hops.append((self.now + self.hop_s, next(self.order), self._deliver, (node, fn, arg)))
+        self.after_hop(self._deliver, (node, fn, arg))
 
     def after_hop(self, fn, arg) -> None:
         """fn(arg) one hop from now (a reply on its way)."""

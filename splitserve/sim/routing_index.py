@@ -93,9 +93,6 @@ class IndexRouter(ExactRouter):
     def _pending(self, node) -> int:
         return max(self.inflight[node.name][0], self.stats[node.name].num_pending_prefill_tokens)
 
-    def _key(self, node) -> tuple:
-        return self.key_of[node.role](node)
-
     def _key_functions(self) -> dict:
         """Per role, a node's key as the policy orders nodes: its load, then policies.tie_break
         (last routed, name). Closures over the router's counters: _flush runs one ~6 times a request."""
@@ -115,14 +112,13 @@ class IndexRouter(ExactRouter):
                 tokens, decodes = inflight[name]
                 return (tokens + decodes, last[name], name)
         else:
+            pending = self._pending
+
             def prefill(node):
-                name = node.name
-                return (max(inflight[name][0], stats[name].num_pending_prefill_tokens), last[name], name)
+                return (pending(node), last[node.name], node.name)
 
             def mixed(node):
-                name = node.name
-                tokens, decodes = inflight[name]
-                return (max(tokens, stats[name].num_pending_prefill_tokens) + decodes, last[name], name)
+                return (pending(node) + inflight[node.name][1], last[node.name], node.name)
         return {"decode": decode, "prefill": prefill, "mixed": mixed}
 
     def _polled(self, node, old) -> None:
