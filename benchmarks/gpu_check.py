@@ -1,16 +1,21 @@
-"""GPU check (one prepared run on a lent H200): the `1b` preset in bf16 on CUDA.
+"""GPU check (one prepared run on a lent GPU): the `1b` preset (Llama-3.2-1B shape) in bf16 on CUDA.
 
 1. Greedy output of the engine equals HF transformers on CUDA (same folder, bf16); where bf16
    rounding makes them part, each side's token must be in the other's top-5 at that step.
 2. Prefill FLOP utilisation (vs the GPU's dense bf16 peak) and decode memory-bandwidth
    utilisation (weights + KV read per step vs peak bandwidth).
-Writes benchmarks/results/engine_gpu.json. Without CUDA it says so and exits 0.
+3. Decode tokens/s of the engine and of HF `generate` at batch 1, 8, 32 and 64 (prompts of 128
+   tokens, 32 new tokens, the prefill subtracted; medians of 3), and prefill time at 4,096 tokens
+   (--long-prompt).
+Writes benchmarks/results/engine_gpu.json (or --out). Without CUDA it says so and exits 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "engine_gpu.json"
+DEVICE, DTYPE = "cuda", "bfloat16"  # a dry run on the CPU sets "cpu", "float32" (tests/unit/test_gpu_check.py)
 PEAKS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12), "A100": (312e12, 2.0e12)}  # dense bf16 FLOP/s, bytes/s
 
 
@@ -26,24 +32,51 @@ def peaks(name: str) -> tuple[float, float]:
     return next((v for k, v in PEAKS.items() if k in name), (989e12, 4.8e12))
 
 
-def cuda_time(fn) -> float:
-    torch.cuda.synchronize()
+def device_time(fn) -> float:
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start
 
 
-def compare_greedy(engine, hf, prompts, new_tokens: int) -> list[dict]:
-    from splitserve.engine import SamplingParams
+class CudaEngine:
+    name = "splitserve"
 
-    ours = engine.generate(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True, logprobs=5))
-    rows = []
-    for prompt, result in zip(prompts, ours):
+    def __init__(self, model_dir: Path, kv_cache_bytes: int):
+        from splitserve.engine import Engine, EngineConfig
+
+        self.engine = Engine(model_dir, EngineConfig(dtype=DTYPE, device=DEVICE, kv_cache_bytes=kv_cache_bytes, max_num_seqs=64,
+                                                     max_num_batched_tokens=8192, enable_prefix_caching=False))
+
+    def run(self, prompts: list[list[int]], new_tokens: int, **extra):
+        from splitserve.engine import SamplingParams
+
+        return self.engine.generate(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True, **extra))
+
+
+class CudaHF:
+    name = "hf-transformers"
+
+    def __init__(self, model_dir: Path):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, DTYPE)).to(DEVICE).eval()
+
+    def run(self, prompts: list[list[int]], new_tokens: int, **extra):
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=DEVICE)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=DEVICE)
         with torch.inference_mode():
-            out = hf.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
-                              attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device="cuda"))
+            return self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                       do_sample=False, pad_token_id=0, **extra)
+
+
+def compare_greedy(ours: CudaEngine, hf: CudaHF, prompts, new_tokens: int) -> list[dict]:
+    rows = []
+    for prompt, result in zip(prompts, ours.run(prompts, new_tokens, logprobs=5)):
+        out = hf.run([prompt], new_tokens, output_logits=True, return_dict_in_generate=True)
         hf_ids = out.sequences[0, len(prompt):].tolist()
         diff = next((i for i, (a, b) in enumerate(zip(result.token_ids, hf_ids)) if a != b), None)
         ok = diff is None
@@ -55,46 +88,74 @@ def compare_greedy(engine, hf, prompts, new_tokens: int) -> list[dict]:
     return rows
 
 
+def decode_rates(systems, vocab: int, batches=(1, 8, 32, 64), prompt_tokens: int = 128, new_tokens: int = 32,
+                 repeats: int = 3) -> dict:
+    """Decode tokens/s per system and batch, the prefill (and first token) subtracted; medians."""
+    rng = random.Random(1)
+    rates = {s.name: {} for s in systems}
+    for batch in batches:
+        prompts = [[rng.randrange(5, vocab) for _ in range(prompt_tokens)] for _ in range(batch)]
+        for s in systems:
+            samples = []
+            for _ in range(repeats):
+                first = device_time(lambda: s.run(prompts, 1))
+                total = device_time(lambda: s.run(prompts, new_tokens + 1))
+                samples.append(batch * new_tokens / max(total - first, 1e-9))
+            rates[s.name][str(batch)] = statistics.median(samples)
+    return rates
+
+
 def main() -> int:
-    if not torch.cuda.is_available():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a 1b-preset folder (default: made in a temp folder)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--long-prompt", type=int, default=4096, help="prompt tokens for the prefill and bandwidth figures")
+    parser.add_argument("--kv-cache-gib", type=float, default=8.0)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    args = parser.parse_args()
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; skipped (run it on a lent GPU machine)")
         return 0
-    from transformers import AutoModelForCausalLM
-
-    from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
+    from splitserve.engine import ModelConfig
     from splitserve.modelgen.writer import make_model
     sys.path.insert(0, str(Path(__file__).parent))
     from engine_throughput import prefill_flops
 
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     peak_flops, peak_bw = peaks(name)
-    model_dir = make_model("1b", Path(tempfile.mkdtemp()) / "1b", seed=0, dtype="bfloat16")
+    model_dir = args.model or make_model("1b", Path(tempfile.mkdtemp()) / "1b", seed=0, dtype="bfloat16")
     cfg = ModelConfig.from_dir(model_dir)
-    engine = Engine(model_dir, EngineConfig(dtype="bfloat16", device="cuda", kv_cache_bytes=8 << 30,
-                                            max_num_batched_tokens=8192, enable_prefix_caching=False))
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
+    ours, hf = CudaEngine(model_dir, int(args.kv_cache_gib * (1 << 30))), CudaHF(model_dir)
+    vocab = min(8000, cfg.vocab_size)
     rng = random.Random(0)
-    prompts = [[rng.randrange(5, 8000) for _ in range(n)] for n in (7, 64, 300, 1000)]
-    greedy = compare_greedy(engine, hf, prompts, 32)
+    prompts = [[rng.randrange(5, vocab) for _ in range(n)] for n in (7, 64, 300, 1000)]
+    report = {"device": name, "torch": torch.__version__, "model": "1b preset (Llama-3.2-1B shape, random weights), bfloat16"}
+    report["greedy_vs_hf"] = compare_greedy(ours, hf, prompts, 32)
+    _write(args.out, report)
 
-    long_prompt = [[rng.randrange(5, 8000) for _ in range(4096)]]
-    run = lambda n: engine.generate(long_prompt, SamplingParams(max_tokens=n, ignore_eos=True))
-    run(1)
-    prefill_s = min(cuda_time(lambda: run(1)) for _ in range(3))
-    decode_s = (cuda_time(lambda: run(65)) - prefill_s) / 64
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    kv_bytes = cfg.kv_bytes_per_token(torch.bfloat16) * (4096 + 32)
-    report = {
-        "device": name, "model": "1b preset (Llama-3.2-1B shape), bfloat16",
-        "greedy_vs_hf": greedy,
-        "prefill_4096_s": prefill_s, "prefill_flop_utilisation": prefill_flops(cfg, 4096) / prefill_s / peak_flops,
-        "decode_step_s_batch1": decode_s, "decode_bandwidth_utilisation": (weight_bytes + kv_bytes) / decode_s / peak_bw,
+    long_prompt = [[rng.randrange(5, vocab) for _ in range(args.long_prompt)]]
+    ours.run(long_prompt, 1)
+    prefill_s = min(device_time(lambda: ours.run(long_prompt, 1)) for _ in range(3))
+    decode_s = (device_time(lambda: ours.run(long_prompt, 65)) - prefill_s) / 64
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.engine.model.parameters())
+    kv_bytes = cfg.kv_bytes_per_token(getattr(torch, DTYPE)) * (args.long_prompt + 32)
+    report.update({
+        "long_prompt_tokens": args.long_prompt, "prefill_long_s": prefill_s, "prefill_flop_utilisation": prefill_flops(cfg, args.long_prompt) / prefill_s / peak_flops,
+        "decode_step_s_batch1_long": decode_s, "decode_bandwidth_utilisation": (weight_bytes + kv_bytes) / decode_s / peak_bw,
         "peaks_assumed": {"bf16_flops": peak_flops, "bytes_per_s": peak_bw},
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    })
+    _write(args.out, report)
+    hf.run(long_prompt, 2)
+    report["hf_prefill_long_s"] = min(device_time(lambda: hf.run(long_prompt, 1)) for _ in range(3))
+    report["decode_tok_s"] = decode_rates([ours, hf], vocab, args.batches)
+    _write(args.out, report)
     print(json.dumps(report, indent=2))
-    return 0 if all(r["within_top5"] for r in greedy) else 1
+    return 0 if all(r["within_top5"] for r in report["greedy_vs_hf"]) else 1
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -66,17 +66,18 @@ def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
     raise RuntimeError(f"{name} did not serve /v1/models within {READY_TIMEOUT_S} s")
 
 
-def bench_point(port: int, model_dir: Path, concurrency: int, args, workdir: Path) -> dict:
-    out = workdir / f"{port}-c{concurrency}-{time.monotonic_ns()}.json"
+def bench_point(url: str, model_dir: Path, concurrency: int, args, workdir: Path) -> dict:
+    """One `splitserve bench` run against url (http:// or grpc://): fixed lengths, closed loop at concurrency."""
+    out = workdir / f"c{concurrency}-{time.monotonic_ns()}.json"
     num_requests = args.served_requests or max(4, min(2 * concurrency, 32))
-    cmd = [sys.executable, "-m", "splitserve.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--workload", "fixed",
+    cmd = [sys.executable, "-m", "splitserve.cli", "bench", "--url", url, "--workload", "fixed",
            "--input-len", str(args.served_input_len), "--output-len", str(args.served_output_len),
            "--tokenizer", str(model_dir), "--concurrency", str(concurrency), "--num-requests", str(num_requests),
            "--warmup", "1", "--no-progress", "--json", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(out.read_text())
     if data["failed"]:
-        raise RuntimeError(f"{data['failed']} requests failed against port {port} at concurrency {concurrency}")
+        raise RuntimeError(f"{data['failed']} requests failed against {url} at concurrency {concurrency}")
     return {m: data[m] for m in METRICS}
 
 
@@ -96,7 +97,7 @@ def measure_served(model_dir: Path, gguf: Path, args, on_point=None) -> dict:
             loads.append(os.getloadavg()[0])
             for c in args.concurrency:
                 for name, (_, port) in commands.items():
-                    runs[name][str(c)].append(bench_point(port, model_dir, c, args, Path(tmp)))
+                    runs[name][str(c)].append(bench_point(f"http://127.0.0.1:{port}", model_dir, c, args, Path(tmp)))
                     if on_point is not None:
                         on_point(_summary(runs, loads, commands, args))
             print(f"served repeat {repeat + 1}/{args.repeats} done (load {loads[-1]:.1f})", flush=True)
