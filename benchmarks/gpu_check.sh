@@ -38,8 +38,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log how it ende
 cat "$LOG"
 $PY -m splitserve.cli make-model --preset 1b --out "$MODEL" >"$OUTDIR/make_model.log" 2>&1 &
 MAKER=$!
-step gpu_tests 170 $PY -m pytest -q -p no:cacheprovider -rA tests/gpu
+step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider -rA tests/gpu
 wait $MAKER; echo "make-model 1b: rc=$?" | tee -a "$LOG"
-step engine_gpu 200 $PY benchmarks/gpu_check.py --model "$MODEL" --out "$OUTDIR/engine_gpu.json"
-step serving_gpu 230 $PY benchmarks/gpu_serving.py --model "$MODEL" --out "$OUTDIR/serving_gpu.json"
+step engine_gpu 180 $PY benchmarks/gpu_check.py --model "$MODEL" --out "$OUTDIR/engine_gpu.json"
+step serving_gpu 200 $PY benchmarks/gpu_serving.py --model "$MODEL" --out "$OUTDIR/serving_gpu.json"
 cat "$LOG"
