@@ -105,6 +105,30 @@ def decode_rates(systems, vocab: int, batches=(1, 8, 32, 64), prompt_tokens: int
     return rates
 
 
+def decode_step_ms_by_context(ours: CudaEngine, vocab: int, contexts=(128, 1024, 4096), steps: int = 32) -> dict:
+    """Batch-1 decode step time (ms) after prompts of each length, the prefill subtracted (min of 2)."""
+    rng = random.Random(2)
+    out = {}
+    for n in contexts:
+        prompt = [[rng.randrange(5, vocab) for _ in range(n)]]
+        first = min(device_time(lambda: ours.run(prompt, 1)) for _ in range(2))
+        total = min(device_time(lambda: ours.run(prompt, steps + 1)) for _ in range(2))
+        out[str(n)] = 1000 * (total - first) / steps
+    return out
+
+
+def decode_profile(ours: CudaEngine, vocab: int, context: int, steps: int = 8) -> str:
+    """torch.profiler's table (top ops by self device time) over `steps` batch-1 decode steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = [[random.Random(3).randrange(5, vocab) for _ in range(context)]]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        ours.run(prompt, steps + 1)
+    key = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a 1b-preset folder (default: made in a temp folder)")
@@ -149,6 +173,9 @@ def main() -> int:
     report["hf_prefill_long_s"] = min(device_time(lambda: hf.run(long_prompt, 1)) for _ in range(3))
     report["decode_tok_s"] = decode_rates([ours, hf], vocab, args.batches)
     _write(args.out, report)
+    report["decode_step_ms_by_context"] = decode_step_ms_by_context(ours, vocab, (128, 1024, args.long_prompt))
+    _write(args.out, report)
+    print(decode_profile(ours, vocab, args.long_prompt))
     print(json.dumps(report, indent=2))
     return 0 if all(r["within_top5"] for r in report["greedy_vs_hf"]) else 1
 

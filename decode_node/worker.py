@@ -51,6 +51,7 @@ class DecodeWorker:
         cache = self.engine.cache
 
         def write_layer(layer: int, kv) -> None:  # on the receiver's thread
+            kv = kv.to(slots.device)  # the gRPC receiver's buffer is on the host, the pool may be on a GPU
             cache.write(layer, slots, kv[0], kv[1])
 
         self.receiver.expect(meta, write_layer)

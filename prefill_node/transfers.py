@@ -64,9 +64,11 @@ class Transfers:
 
     async def wait(self, rid: str, timeout_s: float) -> None:
         """Until the decode node confirmed the whole KV; TransferError when it failed or timed out."""
-        state = await asyncio.to_thread(self.active[rid].sender.wait, rid, timeout_s)
+        sender = self.active[rid].sender
+        state = await asyncio.to_thread(sender.wait, rid, timeout_s)
         if state != SendState.DONE:
-            raise TransferError(f"send of request {rid} ended {state.name}")
+            reason = sender.info(rid).reason
+            raise TransferError(f"send of request {rid} ended {state.name}" + (f": {reason}" if reason else ""))
 
     def raise_if_dropped(self, rid: str) -> None:
         transfer = self.active[rid]

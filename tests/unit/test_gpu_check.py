@@ -27,3 +27,4 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tiny_model, tmp_path, monkeypatch)
     assert report["prefill_long_s"] > 0 and report["hf_prefill_long_s"] > 0
     assert set(report["decode_tok_s"]) == {"splitserve", "hf-transformers"}
     assert all(set(rates) == {"1", "3"} and min(rates.values()) > 0 for rates in report["decode_tok_s"].values())
+    assert set(report["decode_step_ms_by_context"]) == {"128", "1024", "40"}
