@@ -56,6 +56,16 @@ class PagedKVCache:
         return torch.stack((k_flat[slots], v_flat[slots]))
 
 
+def leave_out_cudnn_sdpa(device: str | torch.device) -> None:
+    """On CUDA, keep SDPA off its cuDNN backend (process-wide), so it picks flash or memory-efficient
+    attention. cuDNN builds an execution plan for every new shape it meets, and a decode step meets a
+    new key length (and batch mix) every step: on an H200 (torch 2.11, the 1b preset in bf16) a
+    batch-1 decode step took 52-70 ms at fresh lengths against 16.5 ms once its shapes were planned
+    (benchmarks/gpu_check.py)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PagedKVCache, layer: int,
                     batch: AttentionBatch, scale: float) -> torch.Tensor:
     """q: [T, heads, D]; k, v: [T, kv_heads, D] for the step's new tokens -> [T, heads, D]."""

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from splitserve.engine.attention import PagedKVCache
+from splitserve.engine.attention import PagedKVCache, leave_out_cudnn_sdpa
 from splitserve.engine.block_pool import BlockPool
 from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.cpu_linear import pack_linears
@@ -55,6 +55,7 @@ class Engine:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.model = load_model(model_dir, config.torch_dtype, config.device)
+        leave_out_cudnn_sdpa(config.device)
         if config.packed_cpu_linear:
             pack_linears(self.model)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
