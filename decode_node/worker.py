@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from typing import AsyncIterator, Callable
@@ -24,7 +25,6 @@ from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
 from splitserve.runtime.reporting import TransferMetrics
 
-POLL_INTERVAL_S = 0.001
 REAP_INTERVAL_S = 0.1
 
 
@@ -77,16 +77,25 @@ class DecodeWorker:
             yield out
 
     async def _await_kv(self, rid: str) -> None:
-        deadline = time.monotonic() + self.transfer_timeout_s
-        while True:
-            state = self._poll(rid)
-            if state == RecvState.DONE:
-                return
-            if state == RecvState.FAILED:
-                raise TransferError(f"receive of request {rid} failed")
-            if time.monotonic() > deadline:
-                raise TransferError(f"KV of request {rid} did not arrive within {self.transfer_timeout_s}s")
-            await asyncio.sleep(POLL_INTERVAL_S)
+        """Until the receiver ends the transfer (woken by it, no polling), at most transfer_timeout_s."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def on_end(state: RecvState) -> None:  # on a receiver thread, or here at once
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(state))
+
+        try:
+            self.receiver.when_ended(rid, on_end)
+        except KeyError:  # forgotten by the receiver: _poll says FAILED below
+            ended.set_result(RecvState.FAILED)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ended, self.transfer_timeout_s)
+        state = self._poll(rid)  # applies the receiver's own timeout too
+        if state == RecvState.FAILED:
+            raise TransferError(f"receive of request {rid} failed: {self._reason(rid)}")
+        if state != RecvState.DONE:
+            raise TransferError(f"KV of request {rid} did not arrive within {self.transfer_timeout_s}s")
 
     async def reap_forever(self) -> None:
         """Frees reservations whose transfer failed (a dead prefill peer) without waiting for Decode."""
@@ -116,6 +125,12 @@ class DecodeWorker:
             return self.receiver.poll(rid)
         except KeyError:  # forgotten by the receiver: treat as failed
             return RecvState.FAILED
+
+    def _reason(self, rid: str) -> str:
+        try:
+            return self.receiver.info(rid).reason
+        except KeyError:
+            return "forgotten by the receiver"
 
     def _meta(self, rid: str, num_tokens: int) -> TransferMeta:
         cfg, dtype = self.engine.model_config, self.engine.config.dtype

@@ -220,6 +220,13 @@ class KVReceiver(ABC):
         """State, failure reason, progress and timing."""
 
     @abstractmethod
+    def when_ended(self, request_id: str, callback: Callable[[RecvState], None]) -> None:
+        """Call `callback(state)` once, when the transfer is DONE or FAILED: at once if it already
+        is, else on the thread that ends it (it must not block or call back into the receiver).
+        A timeout is applied only by `poll`/`info`, so waiters bound their own wait. KeyError for
+        unknown requests."""
+
+    @abstractmethod
     def abort(self, request_id: str) -> None:
         """Mark FAILED ("aborted"); when it returns, write_layer is not running for this request
         and will not be called again, so its blocks may be freed. A no-op for final or unknown

@@ -55,6 +55,7 @@ class Reservation:
     hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (kind, value) received, unverified
     expected: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (kind, value) from the sender
     num_verified: int = 0
+    listeners: list = field(default_factory=list)  # when_ended callbacks, called once at the end
     guard: threading.Lock = field(default_factory=threading.Lock)  # state and counters
     write_lock: threading.Lock = field(default_factory=threading.Lock)  # held while write_layer runs; before guard
 
@@ -84,6 +85,14 @@ class TrackedReceiver(KVReceiver):
         res = self._get(request_id)
         self._expire(res)
         return res.state
+
+    def when_ended(self, request_id: str, callback) -> None:
+        res = self._get(request_id)
+        with res.guard:
+            if res.state not in FINAL_RECV_STATES:
+                res.listeners.append(callback)
+                return
+        callback(res.state)
 
     def info(self, request_id: str) -> TransferInfo:
         res = self._get(request_id)
@@ -237,7 +246,11 @@ class TrackedReceiver(KVReceiver):
         self._drop_active(res)
 
     def _end(self, res: Reservation, state: RecvState, reason: str) -> None:
+        """(holds res.guard) The final state, then its listeners."""
         res.state, res.reason, res.ended = state, reason, time.monotonic()
+        listeners, res.listeners = res.listeners, []
+        for callback in listeners:
+            callback(state)
 
     def _drop_active(self, res: Reservation) -> None:
         with self._table_lock:

@@ -226,3 +226,32 @@ def test_wait_returns_current_state_on_its_own_timeout():
     start = time.monotonic()
     assert sender.wait("r1", 0.05) is SendState.PENDING
     assert time.monotonic() - start < 1
+
+
+def test_when_ended_calls_back_once_at_the_end_or_at_once_if_already_ended(pair):
+    sender, receiver = pair
+    m, sink = meta(), _Recorder()
+    receiver.expect(m, sink)
+    seen = []
+    receiver.when_ended("r1", seen.append)
+    assert seen == []
+    sender.begin(m)
+    for layer, kv in enumerate(layers(m)):
+        sender.send_layer("r1", layer, kv)
+    sender.finish("r1")
+    assert sender.wait("r1", 5) is SendState.DONE
+    assert seen == [RecvState.DONE]
+    receiver.when_ended("r1", seen.append)
+    assert seen == [RecvState.DONE, RecvState.DONE]
+
+
+def test_when_ended_reports_an_abort_and_unknown_requests_raise():
+    receiver = make_receiver("loopback", FAST)
+    receiver.expect(meta("r2"), _Recorder())
+    seen = []
+    receiver.when_ended("r2", seen.append)
+    receiver.abort("r2")
+    assert seen == [RecvState.FAILED]
+    with pytest.raises(KeyError):
+        receiver.when_ended("nobody", seen.append)
+    receiver.close()
