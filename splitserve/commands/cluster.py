@@ -8,6 +8,7 @@ import sys
 import threading
 
 from splitserve import labels
+from splitserve.localcluster.devices import plan_devices
 
 SAMPLE_QUESTION = "What is the capital of France? Answer in one sentence."
 SAMPLE_PROMPT = "The history of the city begins"  # models without a chat template
@@ -27,6 +28,10 @@ def register(subparsers) -> None:
     up.add_argument("--http-port", type=int, default=labels.DEFAULT_ROUTER_HTTP_PORT,
                     help="router OpenAI HTTP port (0: off; -1: any free port)")
     up.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    up.add_argument("--device", default="cpu", help="cpu, cuda (node k on cuda:k; nodes share GPUs when there are "
+                    "fewer, and then the KV goes over gRPC) or cuda:INDEX (every node on it)")
+    up.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                    help="model dtype on every node (default: the nodes' float32)")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
     up.add_argument("--redis-url", default=None, help="chunk-cache Redis (default: a private redis-server on a free "
@@ -53,10 +58,19 @@ def run_up(args: argparse.Namespace) -> int:
     from splitserve.localcluster.cluster import LocalCluster, model_or_demo
 
     prefill, decode = pool_sizes(args.prefill, args.decode, args.colocated)
+    roles = [labels.ROLE_PREFILL] * prefill + [labels.ROLE_DECODE] * decode + [labels.ROLE_MIXED] * args.colocated
+    try:
+        devices, transport, note = plan_devices(args.device, roles, gpu_count(args.device), args.transport)
+    except ValueError as exc:
+        print(f"splitserve up: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(note, flush=True)
     model = model_or_demo(args.model, DEMO_PRESET)
-    cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=args.transport, host=args.host, port=args.port,
+    node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
+    cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport, host=args.host, port=args.port,
                            http_port=args.http_port, threads=args.threads, policy=args.policy,
-                           node_args=args.node_arg, redis_url=args.redis_url, private_redis=True)
+                           node_args=node_args, redis_url=args.redis_url, private_redis=True, devices=devices)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -72,6 +86,14 @@ def run_up(args: argparse.Namespace) -> int:
         print("stopping the cluster ...", flush=True)
         cluster.stop()
     return 0
+
+
+def gpu_count(device: str) -> int:
+    if device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def pool_sizes(prefill: int | None, decode: int | None, colocated: int) -> tuple[int, int]:

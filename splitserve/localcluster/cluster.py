@@ -21,7 +21,8 @@ class LocalCluster:
     def __init__(self, model: Path, prefill: int = 1, decode: int = 1, colocated: int = 0, transport: str = "torch",
                  host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
                  policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = (),
-                 redis_url: str | None = None, private_redis: bool = False, ready_timeout_s: float = 120.0):
+                 redis_url: str | None = None, private_redis: bool = False, ready_timeout_s: float = 120.0,
+                 devices: list[str] = ()):
         if colocated == 0 and (prefill == 0 or decode == 0):
             raise ValueError("need at least one prefill and one decode node, or a colocated node")
         self.model, self.transport, self.host = Path(model), transport, host
@@ -33,6 +34,8 @@ class LocalCluster:
         # chunk-cache Redis: a given URL, else a private redis-server when asked (None if none is installed)
         self.redis_url, self.private_redis, self.redis = redis_url, private_redis, None
         self.ready_timeout_s = ready_timeout_s  # per process: how long to wait for its READY line
+        self.devices = list(devices)  # node k (in start order) gets --device devices[k]; empty: the nodes' default
+        self.node_devices: dict[str, str] = {}  # node name -> its device, kept across restarts
 
     @property
     def url(self) -> str:
@@ -43,10 +46,11 @@ class LocalCluster:
         """The router's OpenAI HTTP base URL (http_port -1: a free port; 0: off, empty)."""
         return self.router.extra.get("http", "") if self.router else ""
 
-    def node_command(self, role: str, port: int = 0) -> list[str]:
+    def node_command(self, role: str, port: int = 0, device: str | None = None) -> list[str]:
+        device_args = ["--device", device] if device else []
         return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", str(port),
                                "--kv-port", "0", "--transport", self.transport, "--threads", str(self.threads),
-                               *self.node_args)
+                               *device_args, *self.node_args)
 
     def start(self, log=lambda line: None) -> None:
         try:
@@ -79,7 +83,9 @@ class LocalCluster:
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
-        service = spawn(name, self.node_command(role), self.ready_timeout_s)
+        if self.devices:
+            self.node_devices[name] = self.devices[len(self.nodes) % len(self.devices)]
+        service = spawn(name, self.node_command(role, device=self.node_devices.get(name)), self.ready_timeout_s)
         self.nodes.append((role, service))
         log(f"{name:10}{service.url}")
         return service
@@ -91,7 +97,8 @@ class LocalCluster:
         if service.alive():
             raise ValueError(f"{service.name} is still running: kill it first")
         role = self.nodes[index][0]
-        fresh = spawn(service.name, self.node_command(role, int(service.address.rsplit(":", 1)[1])), self.ready_timeout_s)
+        port = int(service.address.rsplit(":", 1)[1])
+        fresh = spawn(service.name, self.node_command(role, port, self.node_devices.get(service.name)), self.ready_timeout_s)
         self.nodes[index] = (role, fresh)
         return fresh
 
