@@ -83,12 +83,16 @@ class LocalCluster:
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
-        if self.devices:
-            self.node_devices[name] = self.devices[len(self.nodes) % len(self.devices)]
-        service = spawn(name, self.node_command(role, device=self.node_devices.get(name)), self.ready_timeout_s)
+        service = spawn(name, self.node_command(role, device=self.assign_device(name)), self.ready_timeout_s)
         self.nodes.append((role, service))
         log(f"{name:10}{service.url}")
         return service
+
+    def assign_device(self, name: str) -> str | None:
+        """The device of the node about to start (`devices` in turn, in start order), kept for its restarts."""
+        if self.devices and name not in self.node_devices:
+            self.node_devices[name] = self.devices[len(self.node_devices) % len(self.devices)]
+        return self.node_devices.get(name)
 
     def restart_node(self, service: Service) -> Service:
         """Starts a dead node again on its gRPC port (the router knows nodes by address) and

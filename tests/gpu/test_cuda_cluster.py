@@ -47,3 +47,13 @@ def test_16_concurrent_prompts_equal_the_engine_given_them_at_once(cluster, cuda
     results = asyncio.run(send_all(cluster.url, prompts, False))
     expected = cuda_engine.generate(prompts, [SamplingParams(**request_kwargs(i, False)) for i in range(len(prompts))])
     assert [r.token_ids for r in results] == [e.token_ids for e in expected]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU per node")
+def test_kv_over_nccl_between_two_gpus_equals_the_single_process_engine(tiny_model, cuda_engine):
+    prompts = mixed_prompts(8, seed=7)
+    with ParallelCluster(tiny_model, prefill=1, decode=1, transport="torch", node_args=NODE_ARGS[1:],
+                         devices=["cuda:0", "cuda:1"]) as cluster:
+        with Client(cluster.url, timeout_s=60) as client:
+            got = [client.complete(prompt_token_ids=p, **request_kwargs(i, False)).token_ids for i, p in enumerate(prompts)]
+    assert got == one_by_one(cuda_engine, prompts, False)

@@ -77,7 +77,8 @@ def start_nodes_at_once(cluster: LocalCluster, names_roles: list[tuple[str, str]
     did one by one: each gets the one-by-one total as its timeout. If one fails, the others are stopped."""
     timeout_s = cluster.ready_timeout_s * len(names_roles)
     with ThreadPoolExecutor(len(names_roles)) as pool:
-        futures = [pool.submit(spawn, name, cluster.node_command(role), timeout_s) for name, role in names_roles]
+        commands = [(name, cluster.node_command(role, device=cluster.assign_device(name))) for name, role in names_roles]
+        futures = [pool.submit(spawn, name, command, timeout_s) for name, command in commands]
     started = [f.result() for f in futures if f.exception() is None]
     failed = [f.exception() for f in futures if f.exception() is not None]
     if failed:

@@ -42,3 +42,12 @@ def test_the_cluster_passes_each_node_its_device_after_the_model_flags(tmp_path)
     assert command[command.index("--device") + 1] == "cuda:1"
     assert command.index("--device") < command.index("--dtype")  # a user's --node-arg=--device=... still wins
     assert "--device" not in cluster.node_command("decode")
+
+
+def test_devices_go_round_in_start_order_and_stay_with_their_node(tmp_path):
+    from splitserve.localcluster.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path, prefill=1, decode=2, devices=["cuda:0", "cuda:1"])
+    assert [cluster.assign_device(n) for n in ("prefill-0", "decode-0", "decode-1")] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert cluster.assign_device("decode-0") == "cuda:1"  # a restart keeps it
+    assert LocalCluster(tmp_path).assign_device("prefill-0") is None
