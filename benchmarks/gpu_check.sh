@@ -8,7 +8,7 @@
 #      `splitserve bench` at concurrency 1/8/32                        -> serving_gpu.json
 # Files go to $OUT (the device tool's folder) or benchmarks/results/gpu_run; steps.log says how
 # each step ended. On a machine whose image lacks some of the project's packages, carry them as
-# wheels in .whl/ (see the README's "GPU" section). Skips cleanly (exit 0) where there is no GPU.
+# wheels in .whl/ (scripts/gpu_wheels.sh downloads them). Skips cleanly (exit 0) where there is no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nvidia-smi >/dev/null 2>&1; then
