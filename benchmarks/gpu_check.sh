@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (about 7 minutes; every step has its own time limit):
+# One prepared run for a lent GPU machine (about 8 minutes; every step has its own time limit):
 #   1. tests/gpu: the engine on CUDA vs HF on CUDA; 1P+1D and colocated clusters on CUDA vs the
 #      single-process engine on CUDA (KV over gRPC)                    -> gpu_tests.log
 #   2. benchmarks/gpu_check.py: the 1b preset in bf16, engine vs HF (greedy, prefill, decode
@@ -41,5 +41,5 @@ MAKER=$!
 step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider -rA tests/gpu
 wait $MAKER; echo "make-model 1b: rc=$?" | tee -a "$LOG"
 step engine_gpu 180 $PY benchmarks/gpu_check.py --model "$MODEL" --out "$OUTDIR/engine_gpu.json"
-step serving_gpu 260 $PY benchmarks/gpu_serving.py --model "$MODEL" --out "$OUTDIR/serving_gpu.json"
+step serving_gpu 300 $PY benchmarks/gpu_serving.py --model "$MODEL" --out "$OUTDIR/serving_gpu.json"
 cat "$LOG"

@@ -1,8 +1,8 @@
 """GPU serving (one prepared run on a lent GPU): splitserve clusters on one CUDA device under `splitserve bench`.
 
-The `1b` preset (Llama-3.2-1B shape, random weights) in bf16, served two ways at once: one colocated
-node, and 1 prefill + 1 decode node with the KV over gRPC (NCCL, the torch transport's CUDA path,
-needs two devices). Fixed 512 prompt / 128 output tokens, closed loop at concurrency 1, 8 and 32,
+The `1b` preset (Llama-3.2-1B shape, random weights) in bf16, served three ways at once: one
+colocated node, and 1 prefill + 1 decode node with the KV over gRPC or over gloo through host
+memory (NCCL, the torch transport's CUDA path, needs two devices). Fixed 512 prompt / 128 output tokens, closed loop at concurrency 1, 8 and 32,
 through the router's gRPC API (the random model's ids go past its 8,192-token tokenizer, so the
 counts come from the server's usage, not from text). The setups take turns; medians of --repeats.
 Writes benchmarks/results/serving_gpu.json (or --out). Without CUDA it says so and exits 0.
@@ -27,13 +27,14 @@ from vs_llamacpp_served import METRICS, bench_point  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serving_gpu.json"
 DEVICE, DTYPE = "cuda", "bfloat16"  # a dry run on the CPU sets "cpu", "float32" (the CPU dry run in gpu_check.sh's header)
-SETUPS = {"colocated": dict(prefill=0, decode=0, colocated=1), "1p1d-grpc": dict(prefill=1, decode=1)}
+SETUPS = {"colocated": dict(prefill=0, decode=0, colocated=1, transport="grpc"),
+          "1p1d-grpc": dict(prefill=1, decode=1, transport="grpc"), "1p1d-gloo": dict(prefill=1, decode=1, transport="gloo")}
 
 
 def start_clusters(model: Path, args) -> dict[str, LocalCluster]:
     node_args = ["--device", DEVICE, "--dtype", DTYPE, "--kv-cache-bytes", str(int(args.kv_cache_gib * (1 << 30))),
                  "--max-batched-tokens", "8192"]
-    clusters = {name: LocalCluster(model, transport="grpc", threads=args.threads, node_args=node_args, **layout)
+    clusters = {name: LocalCluster(model, threads=args.threads, node_args=node_args, **layout)
                 for name, layout in SETUPS.items()}
     errors = []
 
@@ -80,7 +81,8 @@ def summary(runs: dict, args) -> dict:
     device = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     return {"device": device, "dtype": DTYPE, "model": "1b preset (Llama-3.2-1B shape, random weights)",
             "config": {"input_len": args.served_input_len, "output_len": args.served_output_len, "threads": args.threads,
-                       "concurrency": args.concurrency, "repeats": args.repeats, "transport": "grpc", "target": "router gRPC"},
+                       "concurrency": args.concurrency, "repeats": args.repeats, "transports": {name: s["transport"] for name, s in SETUPS.items()},
+                       "target": "router gRPC"},
             "medians": medians, "runs": runs}
 
 

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from splitserve.kvtransfer import KVReceiver, make_receiver
+from splitserve.kvtransfer import KVReceiver, make_receiver, transport_backend
 from splitserve.node_api import KVTarget
 from splitserve.rpc.server import GrpcServer
 from splitserve.runtime.engine_loop import EngineLoop
@@ -48,7 +48,7 @@ def build_decode(config: NodeConfig, node_id: str, engine_loop: EngineLoop, serv
 
 def _receiver(config: NodeConfig, server: GrpcServer) -> tuple[KVReceiver, str]:
     transfer = config.kv.transfer_config(config.engine.device)
-    if config.kv.transport == "grpc":
+    if transport_backend(config.kv.transport, config.engine.device)[0] == "grpc":
         return make_receiver("grpc", transfer, grpc_server=server.server), f"{config.advertised_host}:{server.port}"
     receiver = make_receiver("torch", transfer, host=config.host, port=config.kv.kv_port)
     return receiver, f"{config.advertised_host}:{receiver.address.rsplit(':', 1)[1]}"

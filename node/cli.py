@@ -30,7 +30,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--advertise-host", None, "address peers use to reach this node (default: --host)")
     add_flag(parser, "--metrics-port", 0, "Prometheus /metrics port (0: off; -1: any free port, shown in the READY line)",
          type=int)
-    add_flag(parser, "--transport", "torch", "KV transport backend", choices=("torch", "grpc"))
+    add_flag(parser, "--transport", "torch", "KV transport: torch (gloo on CPU, NCCL on CUDA), gloo (torch.distributed "
+             "through host memory, for CUDA nodes without a GPU each) or grpc", choices=labels.KV_TRANSPORTS)
     add_flag(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
     add_flag(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
     add_flag(parser, "--dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16"))

@@ -11,9 +11,7 @@ from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.cachecraft import CacheCraftConfig
 from splitserve.chunkcache.runner import ChunkCacheConfig
 from splitserve.engine import EngineConfig
-from splitserve.kvtransfer import TransferConfig
-
-TRANSPORTS = ("torch", "grpc")
+from splitserve.kvtransfer import TRANSPORTS, TransferConfig, transport_backend
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,8 @@ class KVConfig:
             raise ValueError("kv_port, one_shot_max_tokens and fault_kv_send_delay_s must be >= 0")
 
     def transfer_config(self, device: str) -> TransferConfig:
-        return TransferConfig(timeout_s=self.timeout_s, device=device if device.startswith("cuda") else "cpu")
+        """For this node's own transport (a prefill node's senders follow each decode node's: SenderPool)."""
+        return TransferConfig(timeout_s=self.timeout_s, device=transport_backend(self.transport, device)[1])
 
 
 @dataclass(frozen=True)

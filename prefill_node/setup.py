@@ -32,7 +32,7 @@ class PrefillRole:
 def build_prefill(config: NodeConfig, node_id: str, engine_loop: EngineLoop, transfers: Transfers,
                   chunk_path: ChunkPath | None, metrics: TransferMetrics,
                   credentials: grpc.ChannelCredentials | None) -> PrefillRole:
-    senders = SenderPool(node_id, config.kv.transfer_config(config.engine.device), credentials)
+    senders = SenderPool(node_id, config.kv.transfer_config(config.engine.device), config.engine.device, credentials)
     worker = PrefillWorker(engine_loop, transfers, senders, chunk_path, metrics, config.kv.one_shot_max_tokens,
                            config.kv.timeout_s)
     return PrefillRole(PrefillServicer(worker), worker, senders.close)

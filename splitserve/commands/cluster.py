@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     up.add_argument("--prefill", type=int, default=None, help="prefill nodes (default 1, or 0 with --colocated)")
     up.add_argument("--decode", type=int, default=None, help="decode nodes (default 1, or 0 with --colocated)")
     up.add_argument("--colocated", type=int, default=0, help="mixed nodes running both phases")
-    up.add_argument("--transport", default="torch", choices=("torch", "grpc"), help="KV transport between nodes")
+    up.add_argument("--transport", default="torch", choices=labels.KV_TRANSPORTS,
+                    help="KV transport between nodes: torch (gloo on CPU, NCCL on CUDA), gloo (host copies) or grpc")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=labels.DEFAULT_ROUTER_GRPC_PORT, help="router gRPC port")
     up.add_argument("--http-port", type=int, default=labels.DEFAULT_ROUTER_HTTP_PORT,

@@ -16,11 +16,13 @@ Prefill on the prefill node):
 
 See `base` for the interface and the states, `torch_pair` for how pair groups form, `wire`
 for what travels. Backends: `torch` (torch.distributed point-to-point: gloo on CPU, NCCL on
-CUDA) and `grpc` (client-streaming PushKV); `loopback` is the in-process fake for tests.
+CUDA) and `grpc` (client-streaming PushKV); `loopback` is the in-process fake for tests. Nodes name a
+transport (`transport_backend`): a backend, or `gloo`, the torch backend on host copies.
 """
 
 from __future__ import annotations
 
+from splitserve.labels import KV_TRANSPORTS
 from splitserve.kvtransfer.base import (
     DTYPES,
     KVReceiver,
@@ -45,6 +47,19 @@ _RECEIVERS = {
     "loopback": ("splitserve.kvtransfer.loopback", "LoopbackReceiver"),
 }
 BACKENDS = ("torch", "grpc")  # across processes; "loopback" is the in-process fake
+# what nodes name on their flags and in KVTarget: a backend, and "gloo" = the torch backend kept on
+# gloo with the KV staged through host memory (CUDA nodes that share a GPU, or have no NCCL)
+TRANSPORTS = KV_TRANSPORTS
+
+
+def transport_backend(transport: str, device: str) -> tuple[str, str]:
+    """(backend, the device its tensors are on) for a node's transport and engine device.
+    torch on a CUDA node moves CUDA tensors over NCCL, on a CPU node CPU tensors over gloo;
+    gloo always moves host copies; grpc takes tensors on the engine's device and copies them."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"KV transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    on_device = device if device.startswith("cuda") else "cpu"
+    return ("torch", "cpu") if transport == "gloo" else (transport, on_device)
 
 
 def _load(table: dict, backend: str):
@@ -70,6 +85,6 @@ def make_receiver(backend: str, config: TransferConfig | None = None, **kwargs) 
 
 
 __all__ = [
-    "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TransferConfig", "TransferError",
-    "TransferInfo", "TransferMeta", "WriteLayer", "make_receiver", "make_sender",
+    "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TRANSPORTS", "TransferConfig",
+    "TransferError", "TransferInfo", "TransferMeta", "WriteLayer", "make_receiver", "make_sender", "transport_backend",
 ]

@@ -146,6 +146,11 @@ class KVSender(ABC):
     transport in the order their layers were enqueued.
     """
 
+    @property
+    @abstractmethod
+    def device(self) -> str:
+        """The device `send_layer` takes tensors on ("cpu", "cuda[:i]")."""
+
     @abstractmethod
     def begin(self, meta: TransferMeta) -> None:
         """Start a transfer (state PENDING). ValueError if the request id is already active."""

@@ -76,6 +76,10 @@ class TrackedSender(KVSender):
         self._cond = threading.Condition()
         self._closed = False
 
+    @property
+    def device(self) -> str:
+        return self.config.device
+
     @abstractmethod
     def _submit(self, job: Job) -> None:
         """Hand a job to the transport (never blocks)."""

@@ -9,7 +9,8 @@ def plan_devices(device: str, roles: list[str], gpu_count: int, transport: str) 
     "cpu", or one named device ("cuda:1"): every node on it. "cuda": node k on cuda:k while there
     are GPUs enough for one each, else round-robin over them. The torch transport moves CUDA KV
     over NCCL, which refuses two ranks on one device: when a prefill or decode node shares its GPU
-    with another such node, the KV goes over gRPC instead (through host memory)."""
+    with another such node, the KV goes over gloo instead, through host memory (the `gloo`
+    transport; on this project's CPU machine gloo moves bytes 4-5x faster than gRPC)."""
     if device == "cpu":
         return ["cpu"] * len(roles), transport, ""
     if not device.startswith("cuda"):
@@ -25,6 +26,6 @@ def plan_devices(device: str, roles: list[str], gpu_count: int, transport: str) 
         devices = [device] * len(roles)
     transferring = [d for d, role in zip(devices, roles) if role != "mixed"]
     if transport == "torch" and len(set(transferring)) < len(transferring):
-        return devices, "grpc", (f"{len(transferring)} prefill/decode nodes on {len(set(transferring))} GPU(s): "
-                                 "the KV goes over gRPC (NCCL needs a GPU per node)")
+        return devices, "gloo", (f"{len(transferring)} prefill/decode nodes on {len(set(transferring))} GPU(s): "
+                                 "the KV goes over gloo through host memory (NCCL needs a GPU per node)")
     return devices, transport, ""

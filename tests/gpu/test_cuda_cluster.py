@@ -1,7 +1,7 @@
 """The disaggregated path on one CUDA device (skipped without a GPU): router + prefill + decode
-node processes with the model on CUDA and the KV over gRPC from CUDA tensors to CUDA tensors (the
-torch transport's CUDA path is NCCL, which needs two devices). Outputs must equal the
-single-process engine's on CUDA, token for token."""
+node processes with the model on CUDA and the KV from CUDA tensors to CUDA tensors over gRPC or
+over gloo through host memory (the torch transport's CUDA path is NCCL, which needs two devices:
+the last test). Outputs must equal the single-process engine's on CUDA, token for token."""
 
 import asyncio
 
@@ -14,12 +14,13 @@ from tests.support.cluster import ParallelCluster, mixed_prompts, request_kwargs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 NODE_ARGS = ["--device=cuda", "--one-shot-max-tokens=64", "--kv-checksum", "--transfer-timeout-s=20"]
-LAYOUTS = {"1p1d": dict(prefill=1, decode=1), "colocated": dict(prefill=0, decode=0, colocated=1)}
+LAYOUTS = {"1p1d-grpc": dict(prefill=1, decode=1, transport="grpc"), "1p1d-gloo": dict(prefill=1, decode=1, transport="gloo"),
+           "colocated": dict(prefill=0, decode=0, colocated=1, transport="grpc")}
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
 def cluster(request, tiny_model):
-    with ParallelCluster(tiny_model, transport="grpc", node_args=NODE_ARGS, **LAYOUTS[request.param]) as c:
+    with ParallelCluster(tiny_model, node_args=NODE_ARGS, **LAYOUTS[request.param]) as c:
         yield c
 
 

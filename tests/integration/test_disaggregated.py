@@ -79,3 +79,14 @@ def test_a_full_decode_pool_answers_resource_exhausted_and_recovers(tiny_model):
             assert len(client.complete(prompt_token_ids=[9] * 20, max_tokens=4, ignore_eos=True).token_ids) == 4
         for _, node in c.nodes:
             assert used_blocks_settle_to_zero(node.address)
+
+
+def test_the_gloo_transport_moves_host_copies_and_equals_the_single_process_engine(tiny_model):
+    """`--transport gloo`: the torch backend kept on gloo (on CUDA nodes, through host memory); on
+    this CPU machine the same bytes as `torch`, reached through the transport's own name."""
+    prompts = mixed_prompts(8, seed=11)
+    with ParallelCluster(tiny_model, prefill=1, decode=1, transport="gloo", node_args=NODE_ARGS) as c:
+        results = asyncio.run(send_all(c.url, prompts, seeded=False))
+        targets = {node_stats(a).transport for a in [n.address for role, n in c.nodes if role == "decode"]}
+    assert [r.token_ids for r in results] == expected(tiny_model, 8, 11, False)
+    assert targets == {"gloo"}

@@ -15,14 +15,14 @@ def test_cuda_gives_each_node_its_own_gpu_and_keeps_nccl_when_there_are_enough()
     assert plan_devices("cuda", [P, D, D], 4, "torch") == (["cuda:0", "cuda:1", "cuda:2"], "torch", "")
 
 
-def test_shared_gpus_send_the_kv_over_grpc_and_say_so():
+def test_shared_gpus_send_the_kv_over_gloo_and_say_so():
     devices, transport, note = plan_devices("cuda", [P, D, D], 2, "torch")
-    assert devices == ["cuda:0", "cuda:1", "cuda:0"] and transport == "grpc"
+    assert devices == ["cuda:0", "cuda:1", "cuda:0"] and transport == "gloo"
     assert "3 prefill/decode nodes on 2 GPU(s)" in note
 
 
-def test_one_named_gpu_for_a_split_pair_needs_grpc_but_not_for_colocated_nodes():
-    assert plan_devices("cuda:1", [P, D], 2, "torch")[:2] == (["cuda:1", "cuda:1"], "grpc")
+def test_one_named_gpu_for_a_split_pair_needs_gloo_but_not_for_colocated_nodes():
+    assert plan_devices("cuda:1", [P, D], 2, "torch")[:2] == (["cuda:1", "cuda:1"], "gloo")
     assert plan_devices("cuda:0", [M, M], 1, "torch") == (["cuda:0", "cuda:0"], "torch", "")
     assert plan_devices("cuda", [P, D], 1, "grpc") == (["cuda:0", "cuda:0"], "grpc", "")
 
