@@ -126,7 +126,8 @@ class Transfers:
         transfer = self.active[rid]
         if transfer.dropped_after is not None or self._drop_here(rid, layer):
             return
-        kv = self.engine.cache.read(layer, request_slots).to(transfer.sender.device)  # a copy: [2, n, kv_heads, head_dim]
+        kv = self.engine.cache.read(layer, request_slots)  # a copy: [2, n, kv_heads, head_dim]
+        kv = kv.to(transfer.sender.device)  # the gloo transport from a GPU: a host copy (else a no-op)
         transfer.sent_bytes += kv.numel() * kv.element_size()
         transfer.sender.send_layer(rid, layer, kv)
 
