@@ -164,7 +164,8 @@ def main() -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.engine.model.parameters())
     kv_bytes = cfg.kv_bytes_per_token(getattr(torch, DTYPE)) * (args.long_prompt + 32)
     report.update({
-        "long_prompt_tokens": args.long_prompt, "prefill_long_s": prefill_s, "prefill_flop_utilisation": prefill_flops(cfg, args.long_prompt) / prefill_s / peak_flops,
+        "long_prompt_tokens": args.long_prompt, "prefill_long_s": prefill_s,
+        "prefill_flop_utilisation": prefill_flops(cfg, args.long_prompt) / prefill_s / peak_flops,
         "decode_step_s_batch1_long": decode_s, "decode_bandwidth_utilisation": (weight_bytes + kv_bytes) / decode_s / peak_bw,
         "peaks_assumed": {"bf16_flops": peak_flops, "bytes_per_s": peak_bw},
     })

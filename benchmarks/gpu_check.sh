@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (about 8 minutes; every step has its own time limit):
-#   1. tests/gpu: the engine on CUDA vs HF on CUDA; 1P+1D and colocated clusters on CUDA vs the
-#      single-process engine on CUDA (KV over gRPC)                    -> gpu_tests.log
+#   1. tests/gpu: the engine on CUDA vs HF on CUDA; 1P+1D (KV over gRPC, over gloo, and over NCCL
+#      where there are two GPUs) and colocated clusters on CUDA vs the single-process engine on
+#      CUDA; the chunk cache on CUDA                                   -> gpu_tests.log
 #   2. benchmarks/gpu_check.py: the 1b preset in bf16, engine vs HF (greedy, prefill, decode
 #      tokens/s at batch 1-64, FLOP and bandwidth utilisation)         -> engine_gpu.json
-#   3. benchmarks/gpu_serving.py: the 1b preset served on CUDA, colocated vs 1P+1D, under
+#   3. benchmarks/gpu_serving.py: the 1b preset served on CUDA, colocated vs 1P+1D (gRPC, gloo), under
 #      `splitserve bench` at concurrency 1/8/32                        -> serving_gpu.json
 # Files go to $OUT (the device tool's folder) or benchmarks/results/gpu_run; steps.log says how
 # each step ended. On a machine whose image lacks some of the project's packages, carry them as

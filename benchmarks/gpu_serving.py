@@ -2,10 +2,11 @@
 
 The `1b` preset (Llama-3.2-1B shape, random weights) in bf16, served three ways at once: one
 colocated node, and 1 prefill + 1 decode node with the KV over gRPC or over gloo through host
-memory (NCCL, the torch transport's CUDA path, needs two devices). Fixed 512 prompt / 128 output tokens, closed loop at concurrency 1, 8 and 32,
-through the router's gRPC API (the random model's ids go past its 8,192-token tokenizer, so the
-counts come from the server's usage, not from text). The setups take turns; medians of --repeats.
-Writes benchmarks/results/serving_gpu.json (or --out). Without CUDA it says so and exits 0.
+memory (NCCL, the torch transport's CUDA path, needs two devices). Fixed 512 prompt / 128 output
+tokens, closed loop at concurrency 1, 8 and 32, through the router's gRPC API (the random model's
+ids go past its 8,192-token tokenizer, so the counts come from the server's usage, not from text).
+The setups take turns; medians of --repeats. Writes benchmarks/results/serving_gpu.json (or
+--out). Without CUDA it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vs_llamacpp_served import METRICS, bench_point  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serving_gpu.json"
-DEVICE, DTYPE = "cuda", "bfloat16"  # a dry run on the CPU sets "cpu", "float32" (the CPU dry run in gpu_check.sh's header)
+DEVICE, DTYPE = "cuda", "bfloat16"  # set to "cpu", "float32" to dry-run the script on the CPU
 SETUPS = {"colocated": dict(prefill=0, decode=0, colocated=1, transport="grpc"),
-          "1p1d-grpc": dict(prefill=1, decode=1, transport="grpc"), "1p1d-gloo": dict(prefill=1, decode=1, transport="gloo")}
+          "1p1d-grpc": dict(prefill=1, decode=1, transport="grpc"),
+          "1p1d-gloo": dict(prefill=1, decode=1, transport="gloo")}
 
 
 def start_clusters(model: Path, args) -> dict[str, LocalCluster]:
@@ -41,7 +43,7 @@ def start_clusters(model: Path, args) -> dict[str, LocalCluster]:
     def start(cluster: LocalCluster) -> None:
         try:
             cluster.start()
-        except BaseException as err:  # noqa: BLE001 - reported below, after both starts
+        except BaseException as err:  # noqa: BLE001 - reported below, after every start
             errors.append(err)
 
     threads = [threading.Thread(target=start, args=(c,)) for c in clusters.values()]
@@ -81,7 +83,8 @@ def summary(runs: dict, args) -> dict:
     device = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     return {"device": device, "dtype": DTYPE, "model": "1b preset (Llama-3.2-1B shape, random weights)",
             "config": {"input_len": args.served_input_len, "output_len": args.served_output_len, "threads": args.threads,
-                       "concurrency": args.concurrency, "repeats": args.repeats, "transports": {name: s["transport"] for name, s in SETUPS.items()},
+                       "concurrency": args.concurrency, "repeats": args.repeats,
+                       "transports": {name: s["transport"] for name, s in SETUPS.items()},
                        "target": "router gRPC"},
             "medians": medians, "runs": runs}
 

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                     help="router OpenAI HTTP port (0: off; -1: any free port)")
     up.add_argument("--threads", type=int, default=1, help="torch threads per node")
     up.add_argument("--device", default="cpu", help="cpu, cuda (node k on cuda:k; nodes share GPUs when there are "
-                    "fewer, and then the KV goes over gRPC) or cuda:INDEX (every node on it)")
+                    "fewer, and then the KV goes over gloo through host memory) or cuda:INDEX (every node on it)")
     up.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                     help="model dtype on every node (default: the nodes' float32)")
     up.add_argument("--policy", default="least_loaded")

@@ -47,17 +47,16 @@ _RECEIVERS = {
     "loopback": ("splitserve.kvtransfer.loopback", "LoopbackReceiver"),
 }
 BACKENDS = ("torch", "grpc")  # across processes; "loopback" is the in-process fake
-# what nodes name on their flags and in KVTarget: a backend, and "gloo" = the torch backend kept on
-# gloo with the KV staged through host memory (CUDA nodes that share a GPU, or have no NCCL)
-TRANSPORTS = KV_TRANSPORTS
 
 
 def transport_backend(transport: str, device: str) -> tuple[str, str]:
-    """(backend, the device its tensors are on) for a node's transport and engine device.
-    torch on a CUDA node moves CUDA tensors over NCCL, on a CPU node CPU tensors over gloo;
-    gloo always moves host copies; grpc takes tensors on the engine's device and copies them."""
-    if transport not in TRANSPORTS:
-        raise ValueError(f"KV transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    """(backend, the device its tensors are on) for a node's transport (labels.KV_TRANSPORTS: what
+    nodes name on their flags and in KVTarget) and engine device. torch on a CUDA node moves CUDA
+    tensors over NCCL, on a CPU node CPU tensors over gloo; gloo is the torch backend kept on gloo,
+    moving host copies (CUDA nodes that share a GPU, or have no NCCL); grpc takes tensors on the
+    engine's device and copies them."""
+    if transport not in KV_TRANSPORTS:
+        raise ValueError(f"KV transport must be one of {', '.join(KV_TRANSPORTS)}, got {transport!r}")
     on_device = device if device.startswith("cuda") else "cpu"
     return ("torch", "cpu") if transport == "gloo" else (transport, on_device)
 
@@ -85,6 +84,6 @@ def make_receiver(backend: str, config: TransferConfig | None = None, **kwargs) 
 
 
 __all__ = [
-    "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TRANSPORTS", "TransferConfig",
+    "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TransferConfig",
     "TransferError", "TransferInfo", "TransferMeta", "WriteLayer", "make_receiver", "make_sender", "transport_backend",
 ]
