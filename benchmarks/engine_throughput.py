@@ -47,9 +47,10 @@ def timed(fn) -> float:
 class Ours:
     name = "splitserve"
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, quant_cpu_linear: bool = True, name: str = "splitserve"):
+        self.name = name
         self.engine = Engine(model_dir, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=8192, max_num_seqs=64,
-                                                     enable_prefix_caching=False))
+                                                     enable_prefix_caching=False, quant_cpu_linear=quant_cpu_linear))
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> None:
         self.engine.generate(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True))

@@ -3,7 +3,9 @@
 Times every linear of one decode step of SmolLM2-135M's shapes (30 layers of qkv 960x576, o
 576x576, gate_up 3072x576, down 576x1536, random weights) and its lm_head (49152x576) with
 F.linear over [out, in], `torch.mv` over [out, in] (one row), `x @ w_t` over the weight stored [in, out], and oneDNN over the packed
-weight; medians of a few runs, milliseconds per step.
+weight; medians of a few runs, milliseconds per step. The random weights are made Q4_1 (layers) and
+Q8_0 (head) exact, as SmolLM2's GGUF's are, so that `blocks` (native.py's kernels over those
+blocks, where they build) computes the same linears.
 
     python benchmarks/linear_kernels.py [--threads 1] [--rows 1 2 4 8 16 32]
 """
@@ -17,7 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from splitserve.engine import native
 from splitserve.engine.cpu_linear import PACK_FOR_ROWS
+from splitserve.engine.quant_weights import find_blocks, gguf_round_trip
 
 LAYER = ((960, 576), (576, 576), (3072, 576), (576, 1536))
 HEAD = (49152, 576)
@@ -40,7 +44,16 @@ def kernels(weights: list[torch.Tensor]) -> dict:
             "x @ w_t": ([w.t().contiguous() for w in weights], torch.mm),
             "mv": (weights, lambda x, w: torch.mv(w, x[0])),  # one row only: gemv over [out, in]
             "packed": ([torch.ops.mkldnn._reorder_linear_weight(w, PACK_FOR_ROWS) for w in weights],
-                       lambda x, p: pointwise(x, p, None, "none", [], ""))}
+                       lambda x, p: pointwise(x, p, None, "none", [], ""))} | block_kernel(weights)
+
+
+def block_kernel(weights: list[torch.Tensor]) -> dict:
+    ops = native.quant_ops()
+    if ops is None:
+        return {}
+    blocks = [find_blocks(w) for w in weights]
+    return {"blocks": (blocks, lambda x, b: ops.q4_1_linear(x, b.qs, b.d, b.m) if b.kind == "q4_1"
+                       else ops.q8_0_linear(x, b.qs, b.d))}
 
 
 @torch.inference_mode()
@@ -50,13 +63,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    layers = kernels([torch.randn(o, i) for o, i in LAYER * 30])
-    head = kernels([torch.randn(*HEAD)])
+    layers = kernels([gguf_round_trip(torch.randn(o, i) * 0.05, "q4_1") for o, i in LAYER * 30])
+    head = kernels([gguf_round_trip(torch.randn(*HEAD) * 0.05, "q8_0")])
     for rows in args.rows:
         cells = []
         for name in [n for n in layers if rows == 1 or n != "mv"]:
             (ws, call), (hw, hcall) = layers[name], head[name]
-            xs = [torch.randn(rows, w.shape[1] if name != "x @ w_t" else w.shape[0]) for w in ws]
+            xs = [torch.randn(rows, in_features) for _, in_features in LAYER * 30]
             h = torch.randn(rows, HEAD[1])
             cells.append(f"{name} {median_ms(lambda: [call(x, w) for x, w in zip(xs, ws)]):.1f}"
                          f" + head {median_ms(lambda: hcall(h, hw[0])):.1f}")

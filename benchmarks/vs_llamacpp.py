@@ -34,7 +34,7 @@ import llamacpp
 from engine_throughput import HF, Ours, decode_tokens_per_s, timed
 
 RESULTS = Path(__file__).parent / "results" / "vs_llamacpp.json"
-SYSTEMS = ("splitserve", "hf-transformers", "llama.cpp")
+SYSTEMS = ("splitserve", "splitserve-fp32-linears", "hf-transformers", "llama.cpp")
 
 
 def resolve_model(name_or_dir: str) -> Path:
@@ -47,23 +47,25 @@ def resolve_model(name_or_dir: str) -> Path:
 
 def measure_inprocess(model_dir: Path, gguf: Path, args) -> dict:
     engine, hf = Ours(model_dir), HF(model_dir)
+    # the engine again without the native Q4_1/Q8_0 kernels (cpu_linear.py): the fp32 linears' share
+    systems = (engine, Ours(model_dir, quant_cpu_linear=False, name="splitserve-fp32-linears"), hf)
     vocab = engine.engine.tokenizer.vocab_size
     rng = random.Random(0)
     prompt = [[rng.randrange(5, vocab) for _ in range(args.prefill_tokens)]]
-    for system in (engine, hf):
+    for system in systems:
         system.run(prompt, 2)  # warm-up
     runs = {name: {"prefill_s": [], "decode_tok_s": {b: [] for b in args.batches}} for name in SYSTEMS}
     loads = []
     for repeat in range(args.repeats):
         loads.append(os.getloadavg()[0])
         runs["llama.cpp"]["prefill_s"].append(llamacpp.prefill_s(gguf, args.threads, args.prefill_tokens))
-        for system in (engine, hf):
+        for system in systems:
             runs[system.name]["prefill_s"].append(timed(lambda: system.run(prompt, 1)))
         peer = llamacpp.batched_bench(gguf, args.threads, args.decode_prompt_tokens, args.decode_tokens, args.batches)
         for batch in args.batches:
             runs["llama.cpp"]["decode_tok_s"][batch].append(peer[batch]["decode_tok_s"])
             prompts = [[rng.randrange(5, vocab) for _ in range(args.decode_prompt_tokens)] for _ in range(batch)]
-            for system in (engine, hf):
+            for system in systems:
                 runs[system.name]["decode_tok_s"][batch].append(decode_tokens_per_s(system, prompts, args.decode_tokens))
         print(f"repeat {repeat + 1}/{args.repeats} done (load {loads[-1]:.1f})", flush=True)
     loads.append(os.getloadavg()[0])
@@ -85,7 +87,7 @@ def inprocess_ratios(medians: dict) -> dict:
     """Engine over llama.cpp and over HF: decode rates (higher is better), prefill time (peer / engine)."""
     ours = medians["splitserve"]
     ratios = {}
-    for peer in ("llama.cpp", "hf-transformers"):
+    for peer in ("llama.cpp", "hf-transformers", "splitserve-fp32-linears"):
         theirs = medians[peer]
         ratios[peer] = {"prefill_speed": theirs["prefill_s"] / ours["prefill_s"],
                         **{f"decode_b{b}": ours["decode_tok_s"][b] / theirs["decode_tok_s"][b] for b in ours["decode_tok_s"]}}
@@ -94,13 +96,13 @@ def inprocess_ratios(medians: dict) -> dict:
 
 def print_inprocess(result: dict) -> None:
     medians, ratios = result["medians"], result["ratios"]
-    print(f"{'':26}" + "".join(f"{s:>16}" for s in SYSTEMS) + f"{'vs llama.cpp':>14}{'vs HF':>8}")
+    print(f"{'':26}" + "".join(f"{s:>24}" for s in SYSTEMS) + f"{'vs llama.cpp':>14}{'vs HF':>8}")
     row = [medians[s]["prefill_s"] for s in SYSTEMS]
-    print(f"{'prefill 512 (s)':26}" + "".join(f"{v:16.3f}" for v in row)
+    print(f"{'prefill 512 (s)':26}" + "".join(f"{v:24.3f}" for v in row)
           + f"{ratios['llama.cpp']['prefill_speed']:14.2f}{ratios['hf-transformers']['prefill_speed']:8.2f}")
     for b in medians["splitserve"]["decode_tok_s"]:
         row = [medians[s]["decode_tok_s"][b] for s in SYSTEMS]
-        print(f"{'decode tok/s, batch ' + b:26}" + "".join(f"{v:16.1f}" for v in row)
+        print(f"{'decode tok/s, batch ' + b:26}" + "".join(f"{v:24.1f}" for v in row)
               + f"{ratios['llama.cpp'][f'decode_b{b}']:14.2f}{ratios['hf-transformers'][f'decode_b{b}']:8.2f}")
 
 

@@ -128,6 +128,7 @@ class EngineConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     seed: int = 0
     packed_cpu_linear: bool = True  # oneDNN pre-packed weights for fp32 on CPU (see cpu_linear.py)
+    quant_cpu_linear: bool = True  # with it, native kernels over weights that are exactly Q4_1/Q8_0 blocks
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -57,7 +57,7 @@ class Engine:
         self.model = load_model(model_dir, config.torch_dtype, config.device)
         leave_out_cudnn_sdpa(config.device)
         if config.packed_cpu_linear:
-            pack_linears(self.model)
+            pack_linears(self.model, quantized=config.quant_cpu_linear)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
         num_blocks = config.num_blocks or self._blocks_for(config.kv_cache_bytes)
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)

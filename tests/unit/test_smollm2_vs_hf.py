@@ -1,5 +1,8 @@
 """The real model: the engine on SmolLM2-135M-Instruct == HF transformers' own loading of its GGUF.
 
+Where g++ is, the engine runs the linears of up to 16 rows over the GGUF's own Q4_1/Q8_0 blocks
+(cpu_linear.py), so these tests check those kernels against HF too.
+
 Weights equal, prompt ids equal, greedy 32 tokens and top-5 logprobs within 1e-3 (fp32) for a
 batch prefilled in chunks; greedy 8 for one prompt of 2,000 tokens; a chat answer ends at
 `<|im_end|>`.
@@ -8,7 +11,9 @@ batch prefilled in chunks; greedy 8 for one prompt of 2,000 tokens; a chat answe
 import pytest
 
 from splitserve.engine import Engine, EngineConfig, SamplingParams, Tokenizer
+from splitserve.engine.cpu_linear import PackedLinear
 from tests.support.hf_reference import assert_matches_hf, greedy_with, hf_model
+from tests.unit.test_quant_linear import HAS_TOOLCHAIN
 
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Wie spät ist es?",
              "List three colours.", "Explain gravity to a child in one sentence.", "¿Qué es un río?"]
@@ -20,6 +25,14 @@ MAX_NEW = 32
 @pytest.fixture(scope="module")
 def hf(smollm2_hf_reference):
     return hf_model(str(smollm2_hf_reference))
+
+
+def linear_kinds(engine) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for module in engine.model.modules():
+        if isinstance(module, PackedLinear) and module.quant_op is not None:
+            kinds[module.blocks.kind] = kinds.get(module.blocks.kind, 0) + 1
+    return kinds
 
 
 def chat_ids(tokenizer, question: str) -> list[int]:
@@ -53,6 +66,8 @@ def test_digits_are_split_one_by_one_as_llama_cpp_and_smollm2_do(smollm2_model):
 
 def test_greedy_batch_with_chunked_prefill_equals_hf(smollm2_model, hf):
     engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=128, max_num_batched_tokens=48))
+    if HAS_TOOLCHAIN:  # decode batches (4 rows) and the last token's lm_head go through the GGUF's own blocks
+        assert linear_kinds(engine) == {"q4_1": 120, "q8_0": 1}
     prompts = [chat_ids(engine.tokenizer, q) for q in QUESTIONS[:4]]
     results = engine.generate(prompts, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True, logprobs=5))
     for prompt, result in zip(prompts, results):

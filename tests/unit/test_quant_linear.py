@@ -1,0 +1,90 @@
+"""Q4_1/Q8_0 blocks found in fp32 weights, and the native kernels over them, against F.linear.
+
+Weights are made as a quantized GGUF's are: gguf-py (llama.cpp's reference Python) quantizes and
+dequantizes them. The kernels must build wherever g++ and AVX2+FMA are (as on CI).
+"""
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from splitserve.engine import cpu_linear, native
+from splitserve.engine.quant_weights import find_blocks, gguf_round_trip
+
+HAS_TOOLCHAIN = shutil.which("g++") is not None and native._unsupported_reason() is None
+needs_kernels = pytest.mark.skipif(not HAS_TOOLCHAIN, reason="needs g++ and an x86-64 CPU with AVX2+FMA")
+
+
+def gguf_weight(kind: str, out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return gguf_round_trip(torch.randn(out_features, in_features, generator=generator) * 0.05, kind)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_blocks_are_found_and_reproduce_every_weight_bit_for_bit(kind):
+    weight = gguf_weight(kind, 40, 96)
+    blocks = find_blocks(weight)
+    assert blocks is not None and blocks.kind == kind
+    assert torch.equal(blocks.dequantized(), weight)
+
+
+def test_weights_that_are_not_exactly_blocks_are_left_alone():
+    assert find_blocks(torch.randn(40, 96)) is None
+    off_by_one_ulp = gguf_weight("q4_1", 40, 96)
+    off_by_one_ulp[39, 95] = torch.nextafter(off_by_one_ulp[39, 95], torch.tensor(1.0))
+    assert find_blocks(off_by_one_ulp) is None
+    assert find_blocks(gguf_weight("q8_0", 8, 96)[:, :80]) is None  # not whole blocks
+    assert find_blocks(gguf_weight("q8_0", 8, 96).half()) is None
+
+
+@needs_kernels
+def test_kernels_build_on_a_machine_with_the_toolchain():
+    assert native.quant_ops() is not None
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 17])
+def test_kernel_matches_fp32_linear(kind, rows):
+    weight = gguf_weight(kind, 72, 160, seed=rows)
+    blocks = find_blocks(weight)
+    op = native.quant_ops().q4_1_linear if kind == "q4_1" else native.quant_ops().q8_0_linear
+    x = torch.randn(rows, 160)
+    extra = (blocks.m,) if kind == "q4_1" else ()
+    torch.testing.assert_close(op(x, blocks.qs, blocks.d, *extra), x @ weight.t(), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_kernel_refuses_mismatched_inputs_with_a_clear_error():
+    blocks = find_blocks(gguf_weight("q4_1", 16, 64))
+    ops = native.quant_ops()
+    with pytest.raises(RuntimeError, match="input features"):
+        ops.q4_1_linear(torch.randn(2, 96), blocks.qs, blocks.d, blocks.m)
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.q4_1_linear(torch.randn(2, 64).double(), blocks.qs, blocks.d, blocks.m)
+    with pytest.raises(RuntimeError, match="int8"):
+        ops.q8_0_linear(torch.randn(2, 64), blocks.qs, blocks.d)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(1, 96), (8, 96), (9, 96), (40, 96), (2, 3, 96)])
+def test_packed_linear_over_blocks_matches_nn_linear(shape):
+    linear = nn.Linear(96, 64, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(gguf_weight("q4_1", 64, 96))
+    model = nn.Sequential(linear)
+    x = torch.randn(*shape)
+    expected = model(x)
+    cpu_linear.pack_linears(model)
+    assert model[0].quant_op is not None
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_false_keeps_the_fp32_paths():
+    model = nn.Sequential(nn.Linear(96, 64))
+    with torch.no_grad():
+        model[0].weight.copy_(gguf_weight("q8_0", 64, 96))
+    cpu_linear.pack_linears(model, quantized=False)
+    assert model[0].quant_op is None and model[0].blocks is None
