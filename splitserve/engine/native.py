@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -53,6 +54,8 @@ def _unsupported_reason() -> str | None:
     flags = _cpu_flags()
     if not {"avx2", "fma"} <= flags:
         return "the CPU lacks AVX2 or FMA"
+    if shutil.which("g++") is None:
+        return "no g++ on the PATH (apt-get install -y g++)"
     return None
 
 
@@ -94,3 +97,9 @@ def _compile_command(output: Path) -> list[str]:
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             str(SOURCE), f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}",
             "-o", str(output)]
+
+
+def build_now() -> None:
+    """Builds now and says whether the kernels are there (make venv calls it; never fails)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    print("native CPU kernels:", "ready" if quant_ops() is not None else "unavailable (fp32 linears will be used)")

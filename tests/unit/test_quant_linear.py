@@ -4,8 +4,6 @@ Weights are made as a quantized GGUF's are: gguf-py (llama.cpp's reference Pytho
 dequantizes them. The kernels must build wherever g++ and AVX2+FMA are (as on CI).
 """
 
-import shutil
-
 import pytest
 import torch
 from torch import nn
@@ -13,7 +11,7 @@ from torch import nn
 from splitserve.engine import cpu_linear, native
 from splitserve.engine.quant_weights import find_blocks, gguf_round_trip
 
-HAS_TOOLCHAIN = shutil.which("g++") is not None and native._unsupported_reason() is None
+HAS_TOOLCHAIN = native._unsupported_reason() is None
 needs_kernels = pytest.mark.skipif(not HAS_TOOLCHAIN, reason="needs g++ and an x86-64 CPU with AVX2+FMA")
 
 
@@ -88,3 +86,17 @@ def test_quantized_false_keeps_the_fp32_paths():
         model[0].weight.copy_(gguf_weight("q8_0", 64, 96))
     cpu_linear.pack_linears(model, quantized=False)
     assert model[0].quant_op is None and model[0].blocks is None
+
+
+def test_a_failed_build_says_why_and_leaves_the_fp32_linears(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SPLITSERVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_unsupported_reason", lambda: None)
+    monkeypatch.setattr(native, "_compile_command", lambda output: ["g++", "-x", "c++", "/dev/null", "-no-such-flag"])
+    assert native.quant_ops.__wrapped__() is None
+    assert "building quant_linear.cpp failed" in caplog.text
+    assert not list(tmp_path.rglob("*.so"))
+
+
+def test_the_kernels_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, "1")
+    assert native.quant_ops.__wrapped__() is None
