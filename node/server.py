@@ -22,7 +22,7 @@ from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.step_log import StepLog
-from splitserve.runtime.torch_threads import in_passing_thread
+from splitserve.runtime.torch_threads import in_passing_thread, keep_this_thread_serial, serial_executor
 from splitserve.tls import TLSFiles
 from decode_node.setup import DecodeRole, build_decode
 from node.config import NodeConfig
@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 async def main(config: NodeConfig) -> None:
-    torch.set_num_threads(config.threads)
-    engine = await in_passing_thread(Engine, config.model, config.engine)  # see torch_threads.py
+    torch.set_num_threads(config.threads)  # the engine thread's (see torch_threads.py)
+    keep_this_thread_serial()
+    asyncio.get_running_loop().set_default_executor(serial_executor())
+    engine = await in_passing_thread(Engine, config.model, config.engine)
     node_id = f"{config.role}-{uuid.uuid4().hex[:12]}"
     tls = TLSFiles.load(config.tls_dir, "node") if config.tls_dir else None  # mTLS: only holders of our CA's certs
     metrics = NodeMetrics(config.role)

@@ -50,3 +50,22 @@ def test_the_event_loop_keeps_running_meanwhile():
         return await task
 
     assert asyncio.run(main()) is True
+
+
+def test_a_serial_thread_runs_torch_on_one_thread_and_leaves_the_others_their_count():
+    import torch
+
+    from splitserve.runtime.torch_threads import serial_executor
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with serial_executor(1) as executor:
+            assert executor.submit(torch.get_num_threads).result() == 1
+        other = {}
+        thread = threading.Thread(target=lambda: other.setdefault("n", torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert other["n"] == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
