@@ -57,8 +57,8 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS))
-        self.blocks = blocks
         self.quant_op = _quant_op(blocks)
+        self.blocks = blocks if self.quant_op is not None else None  # no kernels here: no use for them
         if self.quant_op is None:  # [in, out]; the blocks serve one row better
             self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
         self.bias = linear.bias
