@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from splitserve.engine import native
+from splitserve.engine import cpu_linear
 from splitserve.engine.cpu_linear import PACK_FOR_ROWS
 from splitserve.engine.quant_weights import find_blocks, gguf_round_trip
 
@@ -48,12 +48,10 @@ def kernels(weights: list[torch.Tensor]) -> dict:
 
 
 def block_kernel(weights: list[torch.Tensor]) -> dict:
-    ops = native.quant_ops()
-    if ops is None:
-        return {}
     blocks = [find_blocks(w) for w in weights]
-    return {"blocks": (blocks, lambda x, b: ops.q4_1_linear(x, b.qs, b.d, b.m) if b.kind == "q4_1"
-                       else ops.q8_0_linear(x, b.qs, b.d))}
+    if cpu_linear.kernel_for(blocks[0]) is None:
+        return {}
+    return {"blocks": (blocks, lambda x, b: cpu_linear.kernel_for(b)(x, *cpu_linear.kernel_arguments(b)))}
 
 
 @torch.inference_mode()

@@ -57,8 +57,9 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS))
-        self.quant_op = _quant_op(blocks)
+        self.quant_op = kernel_for(blocks)
         self.blocks = blocks if self.quant_op is not None else None  # no kernels here: no use for them
+        self.quant_weight = () if self.blocks is None else kernel_arguments(self.blocks)
         if self.quant_op is None:  # [in, out]; the blocks serve one row better
             self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
         self.bias = linear.bias
@@ -82,9 +83,7 @@ class PackedLinear(nn.Module):
         return out[:count]
 
     def _quantized(self, rows: torch.Tensor) -> torch.Tensor:
-        blocks = self.blocks
-        extra = () if blocks.m is None else (blocks.m,)
-        out = self.quant_op(rows.contiguous(), blocks.qs, blocks.d, *extra)
+        out = self.quant_op(rows.contiguous(), *self.quant_weight)
         return out if self.bias is None else out + self.bias
 
     def _one_row(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +106,12 @@ def pack_linears(model: nn.Module, quantized: bool = True) -> int:
     return len(targets)
 
 
-def _quant_op(blocks: QuantBlocks | None):
+def kernel_arguments(blocks: QuantBlocks) -> tuple[torch.Tensor, ...]:
+    """The weight's arguments to its kernel: (qs, d, m) for Q4_1, (qs, d) for Q8_0."""
+    return (blocks.qs, blocks.d) if blocks.m is None else (blocks.qs, blocks.d, blocks.m)
+
+
+def kernel_for(blocks: QuantBlocks | None):
     """The native kernel for these blocks, or None (no blocks, or no kernels on this machine)."""
     ops = native.quant_ops() if blocks is not None else None
     if ops is None:

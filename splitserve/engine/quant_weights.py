@@ -41,9 +41,12 @@ def find_blocks(weight: torch.Tensor) -> QuantBlocks | None:
     if weight.dim() != 2 or weight.dtype != torch.float32 or weight.shape[1] % BLOCK or not weight.isfinite().all():
         return None
     blocks = weight.detach().reshape(weight.shape[0], -1, BLOCK)
-    if _as_q8_0(blocks[:1]) is None and _as_q4_1(blocks[:1]) is None:
-        return None  # the first row settles most weights cheaply
-    return _as_q8_0(blocks) or _as_q4_1(blocks)
+    for as_kind in (_as_q8_0, _as_q4_1):
+        if as_kind(blocks[:1]) is not None:  # the first row rules a kind out cheaply: no full pass for it
+            found = as_kind(blocks)
+            if found is not None:
+                return found
+    return None
 
 
 def gguf_round_trip(weight: torch.Tensor, kind: str) -> torch.Tensor:

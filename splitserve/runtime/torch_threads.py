@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, TypeVar
@@ -28,33 +27,11 @@ T = TypeVar("T")
 
 async def in_passing_thread(fn: Callable[..., T], *args) -> T:
     """fn(*args) on a new thread that ends with it; awaited without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
-
-    def run() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-    thread = threading.Thread(target=run, name=f"start-{getattr(fn, '__name__', 'work')}", daemon=True)
-    thread.start()
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"start-{getattr(fn, '__name__', 'work')}")
     try:
-        return await done
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     finally:
-        if thread.is_alive():  # it ends right after handing over the result
-            await asyncio.to_thread(thread.join)
-
-
-def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+        await asyncio.to_thread(executor.shutdown)  # its one thread ends (after fn, if we were cancelled)
 
 
 def keep_this_thread_serial() -> None:

@@ -9,7 +9,7 @@
 //   Q4_1: qs uint8 [N, K/2]: bytes 16b..16b+15 hold weight 32b+j in their low nibble and weight
 //         32b+16+j in their high nibble (GGML's order); d, m float32 [N, K/32]; w = d * q + m.
 //   Q8_0: qs int8 [N, K]; d float32 [N, K/32]; w = d * q.
-// Rows of x go eight at a time through each weight block: the block is decoded once per eight rows.
+// Rows of x go four at a time through each weight block: the block is decoded once per four rows.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -78,7 +78,7 @@ struct Q8Block {
 template <int R, typename Block, typename Q>
 void rows_times_feature(const float* x, int64_t x_stride, const Q* qs, int64_t q_bytes_per_block,
                         const float* d, const float* m, int64_t blocks, float* out, int64_t out_stride) {
-  constexpr int kChains = R == 1 ? 4 : (R <= 4 ? 2 : 1);
+  constexpr int kChains = R == 1 ? 4 : 2;
   __m256 acc[R][kChains];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < kChains; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -102,15 +102,12 @@ void rows_times_feature_any(int64_t rows, const float* x, int64_t x_stride, cons
                             const float* d, const float* m, int64_t blocks, float* out, int64_t out_stride) {
 #define SPLITSERVE_ROWS(R) \
   return rows_times_feature<R, Block>(x, x_stride, qs, q_bytes_per_block, d, m, blocks, out, out_stride)
+  static_assert(kRowsPerPass == 4, "one case per row count of a pass");
   switch (rows) {
     case 1: SPLITSERVE_ROWS(1);
     case 2: SPLITSERVE_ROWS(2);
     case 3: SPLITSERVE_ROWS(3);
-    case 4: SPLITSERVE_ROWS(4);
-    case 5: SPLITSERVE_ROWS(5);
-    case 6: SPLITSERVE_ROWS(6);
-    case 7: SPLITSERVE_ROWS(7);
-    default: SPLITSERVE_ROWS(8);
+    default: SPLITSERVE_ROWS(4);
   }
 #undef SPLITSERVE_ROWS
 }
