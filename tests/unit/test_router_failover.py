@@ -82,7 +82,7 @@ async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list, stop, tok
     nodes += [FakeNode(**spec) for spec in specs]
     for node in nodes:
         await node.server.start()
-    registry = NodeRegistry(HealthConfig(timeout_s=0.5))
+    registry = NodeRegistry(HealthConfig(timeout_s=5.0))  # a first health call on 2 loaded cores can pass 0.5 s
     for node in nodes:
         registry.add(node.role.rstrip("0123456789"), node.address)
     await registry.refresh()
