@@ -5,7 +5,7 @@ Times every linear of one decode step of SmolLM2-135M's shapes (30 layers of qkv
 F.linear over [out, in], `torch.mv` over [out, in] (one row), `x @ w_t` over the weight stored [in, out], and oneDNN over the packed
 weight; medians of a few runs, milliseconds per step. The random weights are made Q4_1 (layers) and
 Q8_0 (head) exact, as SmolLM2's GGUF's are, so that `blocks` (native.py's kernels over those
-blocks, where they build) computes the same linears.
+blocks, where they build: `dot` and `panel`) computes the same linears.
 
     python benchmarks/linear_kernels.py [--threads 1] [--rows 1 2 4 8 16 32]
 """
@@ -48,10 +48,12 @@ def kernels(weights: list[torch.Tensor]) -> dict:
 
 
 def block_kernel(weights: list[torch.Tensor]) -> dict:
-    blocks = [find_blocks(w) for w in weights]
-    if cpu_linear.kernel_for(blocks[0]) is None:
+    """cpu_linear's kernels over the weights' blocks: `dot` (few rows) and `panel` (more), where they build."""
+    kernels_per_weight = [cpu_linear.block_kernels(find_blocks(w)) for w in weights]
+    if len(kernels_per_weight[0]) < 2:
         return {}
-    return {"blocks": (blocks, lambda x, b: cpu_linear.kernel_for(b)(x, *cpu_linear.kernel_arguments(b)))}
+    call = lambda x, kernel: kernel(x)  # noqa: E731
+    return {name: ([ks[i] for ks in kernels_per_weight], call) for i, name in enumerate(("dot", "panel"))}
 
 
 @torch.inference_mode()

@@ -26,26 +26,36 @@ split a one-row gemm over threads), and from 2 rows up it is the fastest at any 
 copy kept beside the packed one (a tied lm_head's copy is extra memory: 113 MB on SmolLM2-135M).
 
 Weights that are exactly GGML Q4_1 or Q8_0 blocks (a model converted from a quantized GGUF, like
-SmolLM2-135M-Instruct: quant_weights.py) also keep those blocks, and up to QUANT_MAX_ROWS rows go
-through native.py's kernels over them: the same function from a sixth of the bytes, decoded to
-the fp32 weights in registers. On SmolLM2's 121 linears, 2 threads, medians of 7, alternating with
-the packed path (quiet machine): 1 row 8.3-10.3 ms against 28.7-29.9 ms, 4 rows 13.3-13.6 against
-36.6-40.5, 8 rows 25.5-28.5 against 40.3-48.9, 16 rows 47-68 against 60-79, 24 rows about even,
-32 rows 0.86x (so the packed path from 17 rows up). One thread: 1 row 19 against 42 ms.
-`benchmarks/linear_kernels.py` times them all (`blocks`).
+SmolLM2-135M-Instruct: quant_weights.py) also keep those blocks, and native.py's kernels run over
+them: the same function from a sixth of the bytes, each block decoded back to the fp32 weights. Up
+to DOT_MAX_ROWS rows the dot kernels decode a block in registers per 4 rows; from there up to
+PANEL_MAX_ROWS the panel kernels decode 16 output features once into an fp32 panel in L1 and run a
+register-tiled GEMM over it (the weights again, in groups of 16 features); beyond, the packed fp32
+path. On SmolLM2's 121 linears, 2 threads (`benchmarks/linear_kernels.py`, ms per step, layers +
+head, one run on a quiet machine): 1 row dot 12.4 + 5.2 against packed 23.6 + 4.6; 4 rows dot 12.1
++ 1.9, panel 15.4 + 3.7; 6 rows panel 14.1 + 3.1 against dot 17.0 + 3.2 and packed 25.7 + 5.4; 8
+rows panel 18.5-21.0 + 4.2-5.6, dot 21.0-27.2 + 3.7, packed 29.3-30.8 + 5.7-6.8; 32 rows panel 63.3 +
+17.0 against packed 72.4 + 21.1; 128 rows 195.4 + 44.7 against 239.1 + 62.5; 256 rows 387.7 + 124.6
+against 359.4 + 120.5. A weight whose output features are not a multiple of 16 has no panel
+layout: the dot kernels take it up to DOT_ONLY_MAX_ROWS.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from splitserve.engine import native
-from splitserve.engine.quant_weights import QuantBlocks, find_blocks
+from splitserve.engine.quant_weights import QuantBlocks, by_groups, find_blocks
 from splitserve.rowcounts import SPLIT_MAX_REMAINDER, bucket_rows, computed_rows, row_calls  # noqa: F401 (re-exported)
 
 PACK_FOR_ROWS = 16
-QUANT_MAX_ROWS = 16
+DOT_MAX_ROWS = 4
+PANEL_MAX_ROWS = 128
+DOT_ONLY_MAX_ROWS = 16
 
 
 def available() -> bool:
@@ -57,17 +67,18 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS))
-        self.quant_op = kernel_for(blocks)
-        self.blocks = blocks if self.quant_op is not None else None  # no kernels here: no use for them
-        self.quant_weight = () if self.blocks is None else kernel_arguments(self.blocks)
-        if self.quant_op is None:  # [in, out]; the blocks serve one row better
+        self.block_kernels = block_kernels(blocks)  # fewest rows first
+        self.blocks = blocks if self.block_kernels else None  # no kernels here: no use for them
+        if not self.block_kernels:  # [in, out]; the blocks serve one row better
             self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.quant_op is not None and rows.shape[0] <= QUANT_MAX_ROWS:
-            return self._quantized(rows).view(*x.shape[:-1], self.out_features)
+        for kernel in self.block_kernels:
+            if rows.shape[0] <= kernel.max_rows:
+                out = kernel(rows.contiguous())
+                return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], self.out_features)
         if x.numel() == self.in_features and torch.get_num_threads() == 1:
             return self._one_row(x)
         calls = row_calls(rows.shape[0])
@@ -81,10 +92,6 @@ class PackedLinear(nn.Module):
             rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - count))
         out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self.packed_weight, self.bias, "none", [], "")
         return out[:count]
-
-    def _quantized(self, rows: torch.Tensor) -> torch.Tensor:
-        out = self.quant_op(rows.contiguous(), *self.quant_weight)
-        return out if self.bias is None else out + self.bias
 
     def _one_row(self, x: torch.Tensor) -> torch.Tensor:
         row = x.reshape(1, self.in_features)
@@ -106,14 +113,28 @@ def pack_linears(model: nn.Module, quantized: bool = True) -> int:
     return len(targets)
 
 
-def kernel_arguments(blocks: QuantBlocks) -> tuple[torch.Tensor, ...]:
-    """The weight's arguments to its kernel: (qs, d, m) for Q4_1, (qs, d) for Q8_0."""
-    return (blocks.qs, blocks.d) if blocks.m is None else (blocks.qs, blocks.d, blocks.m)
+@dataclass(frozen=True)
+class BlockKernel:
+    """A native kernel over one weight's blocks, for inputs of up to max_rows rows."""
+
+    op: Callable[..., torch.Tensor]
+    arguments: tuple[torch.Tensor, ...]  # the weight, in the kernel's layout
+    max_rows: int
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.op(rows, *self.arguments)
 
 
-def kernel_for(blocks: QuantBlocks | None):
-    """The native kernel for these blocks, or None (no blocks, or no kernels on this machine)."""
+def block_kernels(blocks: QuantBlocks | None) -> list[BlockKernel]:
+    """The kernels over these blocks, fewest rows first; none without blocks or kernels on this machine."""
     ops = native.quant_ops() if blocks is not None else None
     if ops is None:
-        return None
-    return ops.q4_1_linear if blocks.kind == "q4_1" else ops.q8_0_linear
+        return []
+    q4_1 = blocks.kind == "q4_1"
+    dot_arguments = (blocks.qs, blocks.d, blocks.m) if q4_1 else (blocks.qs, blocks.d)
+    dot_op = ops.q4_1_linear if q4_1 else ops.q8_0_linear
+    groups = by_groups(blocks)
+    if groups is None:
+        return [BlockKernel(dot_op, dot_arguments, DOT_ONLY_MAX_ROWS)]
+    panel_op = ops.q4_1_panel_linear if q4_1 else ops.q8_0_panel_linear
+    return [BlockKernel(dot_op, dot_arguments, DOT_MAX_ROWS), BlockKernel(panel_op, groups, PANEL_MAX_ROWS)]

@@ -93,3 +93,18 @@ def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     pairs = qs.view(qs.shape[0], -1, 16)
     return torch.cat([pairs & 0x0F, pairs >> 4], dim=-1).reshape(qs.shape[0], -1).float()
+
+
+GROUP = 16  # output features per group in csrc/quant_linear.cpp's panel layout
+
+
+def by_groups(blocks: QuantBlocks) -> tuple[torch.Tensor, ...] | None:
+    """The panel kernels' arguments (qs, d[, m]) in groups of 16 features; None when N is not a multiple of 16."""
+    rows, k = blocks.d.shape[0], blocks.d.shape[1] * BLOCK
+    if rows % GROUP:
+        return None
+    scales = [s.view(rows // GROUP, GROUP, -1).transpose(1, 2).contiguous() for s in (blocks.d, blocks.m) if s is not None]
+    if blocks.kind == "q8_0":
+        return (blocks.qs.view(rows // GROUP, GROUP, k).transpose(1, 2).contiguous(), *scales)
+    q = _unpack_nibbles(blocks.qs).to(torch.uint8).view(rows // GROUP, GROUP, k).transpose(1, 2)
+    return ((q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)).contiguous(), *scales)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from splitserve.engine import cpu_linear, native
-from splitserve.engine.quant_weights import find_blocks, gguf_round_trip
+from splitserve.engine.quant_weights import by_groups, find_blocks, gguf_round_trip
 
 HAS_TOOLCHAIN = native._unsupported_reason() is None
 needs_kernels = pytest.mark.skipif(not HAS_TOOLCHAIN, reason="needs g++ and an x86-64 CPU with AVX2+FMA")
@@ -55,6 +55,27 @@ def test_kernel_matches_fp32_linear(kind, rows):
 
 
 @needs_kernels
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 8, 9, 13, 20, 33])
+def test_panel_kernel_matches_fp32_linear(kind, rows):
+    weight = gguf_weight(kind, 80, 320, seed=rows)  # 320 inputs: a panel of 256 and one of 64
+    ops = native.quant_ops()
+    op = ops.q4_1_panel_linear if kind == "q4_1" else ops.q8_0_panel_linear
+    x = torch.randn(rows, 320)
+    torch.testing.assert_close(op(x, *by_groups(find_blocks(weight))), x @ weight.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_groups_hold_the_same_weights():
+    blocks = find_blocks(gguf_weight("q4_1", 32, 64))
+    qs, d, m = by_groups(blocks)
+    assert qs.shape == (2, 64, 8) and d.shape == m.shape == (2, 2, 16)
+    feature, k = 16 + 9, 40  # group 1, its feature 9: the high nibble of byte 1
+    q = int(qs[1, k, 1]) >> 4
+    assert d[1, k // 32, 9] * q + m[1, k // 32, 9] == blocks.dequantized()[feature, k]
+    assert by_groups(find_blocks(gguf_weight("q4_1", 24, 64))) is None  # not a multiple of 16 features
+
+
+@needs_kernels
 def test_kernel_refuses_mismatched_inputs_with_a_clear_error():
     blocks = find_blocks(gguf_weight("q4_1", 16, 64))
     ops = native.quant_ops()
@@ -64,19 +85,25 @@ def test_kernel_refuses_mismatched_inputs_with_a_clear_error():
         ops.q4_1_linear(torch.randn(2, 64).double(), blocks.qs, blocks.d, blocks.m)
     with pytest.raises(RuntimeError, match="int8"):
         ops.q8_0_linear(torch.randn(2, 64), blocks.qs, blocks.d)
+    with pytest.raises(RuntimeError, match="input features"):
+        ops.q4_1_panel_linear(torch.randn(6, 96), *by_groups(blocks))
+    with pytest.raises(RuntimeError, match="3-D"):
+        ops.q4_1_panel_linear(torch.randn(6, 64), blocks.qs, blocks.d, blocks.m)
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(1, 96), (8, 96), (9, 96), (40, 96), (2, 3, 96)])
-def test_packed_linear_over_blocks_matches_nn_linear(shape):
-    linear = nn.Linear(96, 64, bias=True)
+@pytest.mark.parametrize("out_features", [64, 72])  # 72: no groups of 16, the dot kernels only
+@pytest.mark.parametrize("shape", [(1, 96), (8, 96), (9, 96), (40, 96), (2, 3, 96), (200, 96)])
+def test_packed_linear_over_blocks_matches_nn_linear(shape, out_features):
+    linear = nn.Linear(96, out_features, bias=True)
     with torch.no_grad():
-        linear.weight.copy_(gguf_weight("q4_1", 64, 96))
+        linear.weight.copy_(gguf_weight("q4_1", out_features, 96))
     model = nn.Sequential(linear)
     x = torch.randn(*shape)
     expected = model(x)
     cpu_linear.pack_linears(model)
-    assert model[0].quant_op is not None
+    expected_limits = [cpu_linear.DOT_MAX_ROWS, cpu_linear.PANEL_MAX_ROWS] if out_features == 64 else [cpu_linear.DOT_ONLY_MAX_ROWS]
+    assert [k.max_rows for k in model[0].block_kernels] == expected_limits
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -85,7 +112,7 @@ def test_quantized_false_keeps_the_fp32_paths():
     with torch.no_grad():
         model[0].weight.copy_(gguf_weight("q8_0", 64, 96))
     cpu_linear.pack_linears(model, quantized=False)
-    assert model[0].quant_op is None and model[0].blocks is None
+    assert model[0].block_kernels == [] and model[0].blocks is None
 
 
 def test_a_failed_build_says_why_and_leaves_the_fp32_linears(monkeypatch, tmp_path, caplog):

@@ -30,7 +30,8 @@ def hf(smollm2_hf_reference):
 def linear_kinds(engine) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for module in engine.model.modules():
-        if isinstance(module, PackedLinear) and module.quant_op is not None:
+        if isinstance(module, PackedLinear) and module.block_kernels:
+            assert len(module.block_kernels) == 2  # dot and panel: every SmolLM2 shape has groups of 16
             kinds[module.blocks.kind] = kinds.get(module.blocks.kind, 0) + 1
     return kinds
 
