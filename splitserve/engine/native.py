@@ -1,10 +1,11 @@
-"""Builds and loads csrc/quant_linear.cpp (torch ops `splitserve_quant.*`) once per machine.
+"""Builds and loads the native CPU kernels in csrc/ once per machine: the Q4_1/Q8_0 linears (torch ops
+`splitserve_quant.*`) and decode attention over the paged KV cache (`splitserve_attention.*`).
 
-Compiled with g++ against the installed torch, for this CPU (-march=native), into
+Compiled, into one library, with g++ against the installed torch, for this CPU (-march=native), into
 <cache>/native/<key>/, where the key covers the source, the torch build and the CPU's flags;
 parallel processes build into their own temporary file and rename it into place. Needs g++ and
-AVX2+FMA; without them (or on any build error) `quant_ops()` returns None, says why once, and the
-engine keeps its fp32 linears.
+AVX2+FMA; without them (or on any build error) `quant_ops()` and `attention_ops()` return None, the
+reason is logged once, and the engine keeps its fp32 linears and torch's attention.
 """
 
 from __future__ import annotations
@@ -25,27 +26,39 @@ from splitserve.modelgen.cache import default_cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "quant_linear.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp")
+HEADERS = (CSRC / "simd.h",)
+LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep the fp32 linears
 BUILD_TIMEOUT_S = 300
 
 
-@lru_cache(maxsize=1)
 def quant_ops():
     """torch.ops.splitserve_quant, built if needed; None when this machine cannot have it."""
+    return torch.ops.splitserve_quant if _loaded() else None
+
+
+def attention_ops():
+    """torch.ops.splitserve_attention, built if needed; None when this machine cannot have it."""
+    return torch.ops.splitserve_attention if _loaded() else None
+
+
+@lru_cache(maxsize=1)
+def _loaded() -> bool:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return None
+        return False
     reason = _unsupported_reason()
     if reason is None:
         try:
             torch.ops.load_library(str(_built_library()))
-            return torch.ops.splitserve_quant
+            return True
         except subprocess.CalledProcessError as exc:
-            reason = f"building {SOURCE.name} failed: {exc.stderr[-2000:]}"
+            reason = f"building {LIBRARY} failed: {exc.stderr[-2000:]}"
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            reason = f"loading {SOURCE.name} failed: {exc}"
-    log.warning("quantized CPU linears unavailable (%s); using fp32 linears", reason)
-    return None
+            reason = f"loading {LIBRARY} failed: {exc}"
+    log.warning("native CPU kernels unavailable (%s); using fp32 linears and torch's attention", reason)
+    return False
 
 
 def _unsupported_reason() -> str | None:
@@ -70,14 +83,16 @@ def _cpu_flags() -> set[str]:
 
 
 def _build_key() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
     digest.update(" ".join(sorted(_cpu_flags())).encode())
     return digest.hexdigest()[:16]
 
 
 def _built_library() -> Path:
-    target = default_cache_root() / "native" / _build_key() / "quant_linear.so"
+    target = default_cache_root() / "native" / _build_key() / LIBRARY
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +110,7 @@ def _compile_command(output: Path) -> list[str]:
     return ["g++", "-O3", "-march=native", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-            str(SOURCE), f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}",
+            *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}",
             "-o", str(output)]
 
 

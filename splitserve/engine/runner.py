@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from splitserve.engine.attention import AttentionBatch, PagedKVCache, PrefillChunk
+from splitserve.engine import native
+from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
 from splitserve.engine.model import CausalLM, LayerHook
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -26,6 +27,7 @@ class ModelRunner:
         self.model, self.cache, self.device = model, cache, device
         self.block_size = cache.block_size
         self.sliding_window = model.cfg.sliding_window
+        self.native_decode = native_decode_attention(cache, device)
         self.generator = torch.Generator().manual_seed(seed)
 
     def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
@@ -55,18 +57,27 @@ class ModelRunner:
 
     def _attention_batch(self, chunks: list[ScheduledChunk], slots: list[int]) -> AttentionBatch:
         decodes = [c for c in chunks if c.num_new_tokens == 1]
-        slots_d, mask = self._decode_tables(decodes) if decodes else (None, None)
+        blocks = self._decode_blocks(decodes) if decodes and self.native_decode else None
+        slots_d, mask = self._decode_tables(decodes) if decodes and blocks is None else (None, None)
         prefills, offset = [], len(decodes)
         for chunk in chunks[len(decodes):]:
             prefills.append(self._prefill_chunk(chunk, offset))
             offset += chunk.num_new_tokens
-        return AttentionBatch(self._long(slots), len(decodes), slots_d, mask, prefills)
+        return AttentionBatch(self._long(slots), len(decodes), slots_d, mask, prefills, blocks)
+
+    def _block_tables(self, decodes: list[ScheduledChunk]) -> torch.Tensor:
+        """[Bd, W]: each decode's blocks up to its query's, padded with block 0."""
+        width = max(-(-(c.start + 1) // self.block_size) for c in decodes)
+        return self._long([c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids)))
+                           for c in decodes])
+
+    def _decode_blocks(self, decodes: list[ScheduledChunk]) -> DecodeBlocks:
+        positions = self._long([c.start for c in decodes])
+        return DecodeBlocks(self._block_tables(decodes), positions, self.sliding_window or 0)
 
     def _decode_tables(self, decodes: list[ScheduledChunk]):
         size = self.block_size
-        width = max(-(-(c.start + 1) // size) for c in decodes)
-        tables = self._long([c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids)))
-                             for c in decodes])
+        tables = self._block_tables(decodes)
         offsets = torch.arange(size, device=self.device)
         num_keys = max(c.start + 1 for c in decodes)  # L: the longest context; shorter ones are masked
         slots = (tables[:, :, None] * size + offsets).view(len(decodes), -1)[:, :num_keys].flatten()  # [Bd * L]
@@ -99,6 +110,11 @@ class ModelRunner:
 
     def _long(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def native_decode_attention(cache: PagedKVCache, device) -> bool:
+    """Whether decodes go to native.py's attention: a CPU fp32 cache on a machine with the kernels."""
+    return torch.device(device).type == "cpu" and cache.k[0].dtype == torch.float32 and native.attention_ops() is not None
 
 
 def _banned(req) -> tuple[int, ...]:

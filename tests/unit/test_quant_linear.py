@@ -119,11 +119,11 @@ def test_a_failed_build_says_why_and_leaves_the_fp32_linears(monkeypatch, tmp_pa
     monkeypatch.setenv("SPLITSERVE_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_unsupported_reason", lambda: None)
     monkeypatch.setattr(native, "_compile_command", lambda output: ["g++", "-x", "c++", "/dev/null", "-no-such-flag"])
-    assert native.quant_ops.__wrapped__() is None
-    assert "building quant_linear.cpp failed" in caplog.text
+    assert native._loaded.__wrapped__() is False
+    assert "building splitserve_native.so failed" in caplog.text
     assert not list(tmp_path.rglob("*.so"))
 
 
 def test_the_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, "1")
-    assert native.quant_ops.__wrapped__() is None
+    assert native._loaded.__wrapped__() is False

@@ -17,11 +17,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "these kernels need AVX2 and FMA"
-#endif
+#include "simd.h"
 
 #include <cstdint>
 #include <type_traits>
@@ -29,16 +25,11 @@
 
 namespace {
 
+using splitserve::sum8;
+
 constexpr int64_t kBlock = 32;
 constexpr int64_t kRowsPerPass = 4;
 constexpr int64_t kGrain = 16;  // output features per task
-
-inline float sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline __m256 bytes_to_floats(__m128i eight_low_bytes) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight_low_bytes));
