@@ -4,6 +4,10 @@ Prefills `batch` requests of `--prompt` tokens, then times `engine.step()` for d
 (medians) and profiles a few with torch.profiler (ops by self CPU time).
 
     python benchmarks/decode_profile.py [--model DIR] [--threads 1] [--batch 1 8] [--steps 21] [--profile]
+        [--ab-attention]
+
+--ab-attention alternates, step by step in the same process, the native decode attention and torch's
+SDPA over gathered keys (where the native kernels build), and reports both medians.
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ def step_ms(engine: Engine, steps: int) -> list[float]:
     return times
 
 
+def ab_attention(engine: Engine, steps: int) -> str:
+    native = engine.runner.native_decode
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for step in range(2 * steps):
+        engine.runner.native_decode = native and step % 2 == 0
+        times[engine.runner.native_decode] += step_ms(engine, 1)
+    engine.runner.native_decode = native
+    return "; ".join(f"{name} step median {statistics.median(times[flag]):.2f} ms"
+                     for name, flag in (("native attention", True), ("SDPA", False)) if times[flag])
+
+
 def profile(engine: Engine, steps: int, rows: int) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -57,15 +72,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=21)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--ab-attention", action="store_true", help="native decode attention vs SDPA, alternating")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engine = engine_for(args.model)
     for batch in args.batch:
         start_batch(engine, batch, args.prompt, 2 * args.steps + 10)
         step_ms(engine, 3)
-        times = step_ms(engine, args.steps)
-        print(f"threads {args.threads} batch {batch}: step median {statistics.median(times):.2f} ms "
-              f"(min {min(times):.2f}, max {max(times):.2f})", flush=True)
+        if args.ab_attention:
+            print(f"threads {args.threads} batch {batch}: " + ab_attention(engine, args.steps), flush=True)
+        else:
+            times = step_ms(engine, args.steps)
+            print(f"threads {args.threads} batch {batch}: step median {statistics.median(times):.2f} ms "
+                  f"(min {min(times):.2f}, max {max(times):.2f})", flush=True)
         if args.profile:
             profile(engine, 5, args.rows)
         for rid in list(engine.requests):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, PagedKVCache, paged_attention
 from splitserve.engine.config import ModelConfig
 from splitserve.engine.rope import RotaryTable, apply_rotary_signed
@@ -26,12 +27,31 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _native_rows(x):
+            return native.norm_ops().rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
         if x.dtype == torch.float32:  # one fused op; HF's formula in fp32
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + residual, the norm of it), in one pass where the native kernels run."""
+        if _native_rows(x) and residual.is_contiguous():
+            width = x.shape[-1]
+            total, normed = native.norm_ops().add_rms_norm(x.reshape(-1, width), residual.reshape(-1, width),
+                                                           self.weight, self.eps)
+            return total.view(x.shape), normed.view(x.shape)
+        total = x + residual
+        return total, self.forward(total)
+
+
+def _native_rows(x: torch.Tensor) -> bool:
+    """Whether native.py's RMSNorm takes x: contiguous fp32 CPU rows, a multiple of 8 wide, kernels built."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 8 == 0
+            and native.norm_ops() is not None)
 
 
 class Attention(nn.Module):
@@ -73,8 +93,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache, layer, batch):
-        x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, batch)
-        return x + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        attended = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, batch)
+        x, normed = self.post_attention_layernorm.add_and_norm(attended, x)
+        return x + self.mlp.forward(normed)
 
 
 LayerHook = Callable[[int], None]

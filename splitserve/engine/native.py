@@ -1,11 +1,12 @@
 """Builds and loads the native CPU kernels in csrc/ once per machine: the Q4_1/Q8_0 linears (torch ops
-`splitserve_quant.*`) and decode attention over the paged KV cache (`splitserve_attention.*`).
+`splitserve_quant.*`), decode attention over the paged KV cache (`splitserve_attention.*`) and
+RMSNorm (`splitserve_norm.*`).
 
 Compiled, into one library, with g++ against the installed torch, for this CPU (-march=native), into
 <cache>/native/<key>/, where the key covers the source, the torch build and the CPU's flags;
 parallel processes build into their own temporary file and rename it into place. Needs g++ and
-AVX2+FMA; without them (or on any build error) `quant_ops()` and `attention_ops()` return None, the
-reason is logged once, and the engine keeps its fp32 linears and torch's attention.
+AVX2+FMA; without them (or on any build error) `quant_ops()`, `attention_ops()` and `norm_ops()`
+return None, the reason is logged once, and the engine keeps torch's own ops.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from splitserve.modelgen.cache import default_cache_root
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp")
+SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "rms_norm.cpp")
 HEADERS = (CSRC / "simd.h",)
 LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep the fp32 linears
@@ -44,6 +45,11 @@ def attention_ops():
     return torch.ops.splitserve_attention if _loaded() else None
 
 
+def norm_ops():
+    """torch.ops.splitserve_norm, built if needed; None when this machine cannot have it."""
+    return torch.ops.splitserve_norm if _loaded() else None
+
+
 @lru_cache(maxsize=1)
 def _loaded() -> bool:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
@@ -57,7 +63,7 @@ def _loaded() -> bool:
             reason = f"building {LIBRARY} failed: {exc.stderr[-2000:]}"
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             reason = f"loading {LIBRARY} failed: {exc}"
-    log.warning("native CPU kernels unavailable (%s); using fp32 linears and torch's attention", reason)
+    log.warning("native CPU kernels unavailable (%s); using torch's own ops", reason)
     return False
 
 

@@ -1,11 +1,14 @@
-// Linears over weights held as GGML's Q4_1 and Q8_0 blocks (32 weights each), for a few fp32 rows.
+// Linears over weights held as GGML's Q4_1 and Q8_0 blocks (32 weights each), for fp32 rows.
 //
 // The weights are what the fp32 weights already are (quant_weights.py only takes a tensor whose every
 // value is exactly d * q + m), and each block is decoded back to those fp32 weights in registers:
 // the output is the fp32 linear up to summation order, from a quarter (Q8_0) or a sixth (Q4_1) of
 // the bytes. Activations stay fp32 (llama.cpp quantizes them to int8; this does not).
 //
-// Layouts (row n of the weight, block b of its K / 32):
+// Two kernels each: the dot kernels (q4_1_linear, q8_0_linear) for a few rows, and the panel kernels
+// (q4_1_panel_linear, q8_0_panel_linear, further down) for more.
+//
+// Dot kernels' layouts (row n of the weight, block b of its K / 32):
 //   Q4_1: qs uint8 [N, K/2]: bytes 16b..16b+15 hold weight 32b+j in their low nibble and weight
 //         32b+16+j in their high nibble (GGML's order); d, m float32 [N, K/32]; w = d * q + m.
 //   Q8_0: qs int8 [N, K]; d float32 [N, K/32]; w = d * q.
@@ -164,12 +167,12 @@ at::Tensor q8_0_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
 //   Q4_1: qs uint8 [N/16, K, 8]: byte j at input k holds feature j's q in its low nibble and feature
 //         8+j's in its high nibble; d, m float32 [N/16, K/32, 16].
 //   Q8_0: qs int8 [N/16, K, 16]; d float32 [N/16, K/32, 16].
-// The panel [K, 16] holds the group's exact fp32 weights input by input; tiles of up to kTileRows rows
-// of x then take 2 x kTileRows accumulators of 8 features each, one broadcast of x per row and input.
+// A panel [kPanelInputs, 16] holds the group's exact fp32 weights input by input for a stretch of K; tiles
+// of rows of x then run over it (panel_tile), adding to their outputs from the second stretch on.
 
 constexpr int64_t kGroup = 16;
-constexpr int64_t kTileRows = 8;
-constexpr int64_t kFullWidthRows = 6;  // rows a tile takes all 16 features at once for
+constexpr int64_t kTileRows = 8;  // the most rows one tile takes
+constexpr int64_t kFullWidthRows = 6;  // the most rows a tile takes all 16 features at once for
 constexpr int64_t kPanelInputs = 256;  // 16 KB of fp32 panel: a multiple of kBlock
 
 void decode_q4_1_panel(const uint8_t* qs, const float* d, const float* m, int64_t k, float* panel) {
