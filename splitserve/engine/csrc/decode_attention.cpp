@@ -50,42 +50,48 @@ inline void for_each_key(const float* pool, const int64_t* table, int64_t lo, in
   }
 }
 
-constexpr int64_t kMaxGroup = 8;  // query heads per KV head that one pass over the keys scores at once
+constexpr int64_t kScoreHeads = 4;  // query heads one pass over the keys scores at once (8 accumulators)
 
-// scores[g][j] = q_g . k_j * scale for G query heads; G is a template argument so that the
-// accumulators stay in registers.
+// scores[g][j] = q_g . k_j * scale for G query heads: two accumulators a head (even and odd stretches of
+// 8 lanes), so that 2G chains of FMAs run side by side; G is a template argument so that they stay in
+// registers.
 template <int G>
 void score_keys_for(const float* q, const float* k, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                     float scale, const Shapes& s, float* scores, int64_t keys) {
   for_each_key(k, table, lo, position, kv, s, [&](int64_t j, const float* kj) {
-    __m256 acc[G];
-    #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < s.head_dim; i += 8) {
-      const __m256 ki = _mm256_loadu_ps(kj + i);
-      #pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i), ki, acc[g]);
+    __m256 acc[G][2];
+    #pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= s.head_dim; i += 16) {
+      const __m256 k0 = _mm256_loadu_ps(kj + i), k1 = _mm256_loadu_ps(kj + i + 8);
+      #pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        acc[g][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i), k0, acc[g][0]);
+        acc[g][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i + 8), k1, acc[g][1]);
+      }
     }
-    #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) scores[g * keys + j] = sum8(acc[g]) * scale;
+    if (i < s.head_dim) {  // head_dim is a multiple of 8: one stretch left
+      const __m256 k0 = _mm256_loadu_ps(kj + i);
+      #pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[g][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i), k0, acc[g][0]);
+    }
+    #pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) scores[g * keys + j] = sum8(_mm256_add_ps(acc[g][0], acc[g][1])) * scale;
   });
 }
 
 void score_keys(const float* q, const float* k, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                 float scale, const Shapes& s, float* scores, int64_t keys) {
-  for (int64_t g0 = 0; g0 < s.group; g0 += kMaxGroup) {
+  for (int64_t g0 = 0; g0 < s.group; g0 += kScoreHeads) {
     const float* qg = q + g0 * s.head_dim;
     float* sg = scores + g0 * keys;
 #define SPLITSERVE_HEADS(G) score_keys_for<G>(qg, k, table, lo, position, kv, scale, s, sg, keys); break
-    switch (std::min(kMaxGroup, s.group - g0)) {
+    switch (std::min(kScoreHeads, s.group - g0)) {
       case 1: SPLITSERVE_HEADS(1);
       case 2: SPLITSERVE_HEADS(2);
       case 3: SPLITSERVE_HEADS(3);
-      case 4: SPLITSERVE_HEADS(4);
-      case 5: SPLITSERVE_HEADS(5);
-      case 6: SPLITSERVE_HEADS(6);
-      case 7: SPLITSERVE_HEADS(7);
-      default: SPLITSERVE_HEADS(8);
+      default: SPLITSERVE_HEADS(4);
     }
 #undef SPLITSERVE_HEADS
   }
@@ -110,38 +116,63 @@ void softmax_rows(float* scores, int64_t rows, int64_t keys) {
   }
 }
 
-// out[0..8C) = sum_j weights[j] v_j[0..8C): C vectors of accumulators in registers.
-template <int C>
-void weigh_values_for(const float* weights, const float* v, const int64_t* table, int64_t lo, int64_t position,
-                      int64_t kv, const Shapes& s, float* out) {
-  __m256 acc[C];
+constexpr int64_t kWeighHeads = 3;  // query heads one pass over the values serves (3 x 4 accumulators)
+
+// out_h[0..8C) = sum_j weights[h][j] v_j[0..8C) for H query heads at once: H x C accumulators in registers,
+// each value row loaded once for all H.
+template <int H, int C>
+void weigh_values_for(const float* weights, int64_t keys, const float* v, const int64_t* table, int64_t lo,
+                      int64_t position, int64_t kv, const Shapes& s, float* out) {
+  __m256 acc[H][C];
   #pragma GCC unroll 4
-  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
-  for_each_key(v, table, lo, position, kv, s, [&](int64_t j, const float* vj) {
-    const __m256 w = _mm256_set1_ps(weights[j]);
+  for (int h = 0; h < H; ++h) {
     #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * c), acc[c]);
+    for (int c = 0; c < C; ++c) acc[h][c] = _mm256_setzero_ps();
+  }
+  for_each_key(v, table, lo, position, kv, s, [&](int64_t j, const float* vj) {
+    __m256 row[C];
+    #pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) row[c] = _mm256_loadu_ps(vj + 8 * c);
+    #pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m256 w = _mm256_broadcast_ss(weights + h * keys + j);
+      #pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[h][c] = _mm256_fmadd_ps(w, row[c], acc[h][c]);
+    }
   });
   #pragma GCC unroll 4
-  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
+  for (int h = 0; h < H; ++h) {
+    #pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + h * s.head_dim + 8 * c, acc[h][c]);
+  }
 }
 
-// out_g = sum_j weights[g][j] v_j for every query head of the group, 32 lanes of the head at a time.
+template <int H>
+void weigh_lanes(int64_t lanes, const float* weights, int64_t keys, const float* v, const int64_t* table, int64_t lo,
+                 int64_t position, int64_t kv, const Shapes& s, float* out) {
+#define SPLITSERVE_LANES(C) return weigh_values_for<H, C>(weights, keys, v, table, lo, position, kv, s, out)
+  switch (lanes) {
+    case 1: SPLITSERVE_LANES(1);
+    case 2: SPLITSERVE_LANES(2);
+    case 3: SPLITSERVE_LANES(3);
+    default: SPLITSERVE_LANES(4);
+  }
+#undef SPLITSERVE_LANES
+}
+
+// out_g = sum_j weights[g][j] v_j for every query head of the group: up to 3 heads and 32 lanes a pass.
 void weigh_values(const float* weights, const float* v, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                   const Shapes& s, int64_t keys, float* out) {
-  for (int64_t g = 0; g < s.group; ++g) {
+  for (int64_t g0 = 0; g0 < s.group; g0 += kWeighHeads) {
     for (int64_t d0 = 0; d0 < s.head_dim; d0 += 32) {
-      const float* wg = weights + g * keys;
-      const float* vd = v + d0;
-      float* od = out + g * s.head_dim + d0;
-#define SPLITSERVE_LANES(C) weigh_values_for<C>(wg, vd, table, lo, position, kv, s, od); break
-      switch (std::min<int64_t>(4, (s.head_dim - d0) / 8)) {
-        case 1: SPLITSERVE_LANES(1);
-        case 2: SPLITSERVE_LANES(2);
-        case 3: SPLITSERVE_LANES(3);
-        default: SPLITSERVE_LANES(4);
+      const int64_t lanes = std::min<int64_t>(4, (s.head_dim - d0) / 8);
+      const float* wg = weights + g0 * keys;
+      float* od = out + g0 * s.head_dim + d0;
+      switch (std::min(kWeighHeads, s.group - g0)) {
+        case 1: weigh_lanes<1>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
+        case 2: weigh_lanes<2>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
+        default: weigh_lanes<3>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
       }
-#undef SPLITSERVE_LANES
     }
   }
 }
