@@ -4,9 +4,11 @@ Prefills `batch` requests of `--prompt` tokens, then times `engine.step()` for d
 (medians) and profiles a few with torch.profiler (ops by self CPU time).
 
     python benchmarks/decode_profile.py [--model DIR] [--threads 1] [--batch 1 8] [--steps 21] [--profile]
-        [--ab-attention]
+        [--ab-attention] [--clocks]
 
---ab-attention alternates, step by step in the same process, the native decode attention and torch's
+--clocks splits each step's wall time into the linears, the attention and the rest with plain clocks
+around them (torch.profiler inflates short custom ops: it read the batch-8 head at 7.5 ms against 4.6
+ms by a clock). --ab-attention alternates, step by step in the same process, the native decode attention and torch's
 SDPA over gathered keys (where the native kernels build), and reports both medians.
 """
 
@@ -44,6 +46,37 @@ def step_ms(engine: Engine, steps: int) -> list[float]:
     return times
 
 
+def install_clocks(engine: Engine) -> dict[str, float]:
+    """Wraps every PackedLinear and the model's paged_attention in a clock; returns the running seconds."""
+    from splitserve.engine import model as model_module
+    from splitserve.engine.cpu_linear import PackedLinear
+
+    clocks: dict[str, float] = {}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            clocks[name] = clocks.get(name, 0.0) + time.perf_counter() - start
+            return out
+        return call
+
+    for module in engine.model.modules():
+        if isinstance(module, PackedLinear):
+            module.forward = timed("linears", module.forward)
+    model_module.paged_attention = timed("attention", model_module.paged_attention)
+    return clocks
+
+
+def split(clocks: dict[str, float] | None, times: list[float]) -> str:
+    if clocks is None:
+        return ""
+    mean_ms = sum(times) / len(times)
+    parts = {name: clocks.get(name, 0.0) * 1e3 / len(times) for name in ("linears", "attention")}
+    return (f"; mean {mean_ms:.2f} ms = linears {parts['linears']:.2f} + attention {parts['attention']:.2f}"
+            f" + rest {mean_ms - sum(parts.values()):.2f}")
+
+
 def ab_attention(engine: Engine, steps: int) -> str:
     native = engine.runner.native_decode
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -73,18 +106,22 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--ab-attention", action="store_true", help="native decode attention vs SDPA, alternating")
+    parser.add_argument("--clocks", action="store_true", help="linears / attention / rest per step, by clocks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engine = engine_for(args.model)
+    clocks = install_clocks(engine) if args.clocks else None
     for batch in args.batch:
         start_batch(engine, batch, args.prompt, 2 * args.steps + 10)
         step_ms(engine, 3)
         if args.ab_attention:
             print(f"threads {args.threads} batch {batch}: " + ab_attention(engine, args.steps), flush=True)
         else:
+            if clocks is not None:
+                clocks.clear()
             times = step_ms(engine, args.steps)
             print(f"threads {args.threads} batch {batch}: step median {statistics.median(times):.2f} ms "
-                  f"(min {min(times):.2f}, max {max(times):.2f})", flush=True)
+                  f"(min {min(times):.2f}, max {max(times):.2f})" + split(clocks, times), flush=True)
         if args.profile:
             profile(engine, 5, args.rows)
         for rid in list(engine.requests):
