@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native_rows(x):
-            return native.norm_ops().rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
+            return native.layer_ops().rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
         if x.dtype == torch.float32:  # one fused op; HF's formula in fp32
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype
@@ -41,17 +41,18 @@ class RMSNorm(nn.Module):
         """(x + residual, the norm of it), in one pass where the native kernels run."""
         if _native_rows(x) and residual.is_contiguous():
             width = x.shape[-1]
-            total, normed = native.norm_ops().add_rms_norm(x.reshape(-1, width), residual.reshape(-1, width),
+            total, normed = native.layer_ops().add_rms_norm(x.reshape(-1, width), residual.reshape(-1, width),
                                                            self.weight, self.eps)
             return total.view(x.shape), normed.view(x.shape)
         total = x + residual
         return total, self.forward(total)
 
 
-def _native_rows(x: torch.Tensor) -> bool:
-    """Whether native.py's RMSNorm takes x: contiguous fp32 CPU rows, a multiple of 8 wide, kernels built."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 8 == 0
-            and native.norm_ops() is not None)
+def _native_rows(x: torch.Tensor, multiple: int = 8) -> bool:
+    """Whether native.py's layer ops take x: contiguous fp32 CPU rows, `multiple` divides their width,
+    kernels built."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % multiple == 0
+            and native.layer_ops() is not None)
 
 
 class Attention(nn.Module):
@@ -66,11 +67,16 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin_signed, cache: PagedKVCache, layer: int, batch: AttentionBatch):
         qkv = self.qkv_proj.forward(x)  # [T, q_size + 2 * kv_size]
         qk_size = self.q_size + self.kv_size
-        qk = apply_rotary_signed(qkv[:, :qk_size].unflatten(-1, (-1, self.head_dim)), cos, sin_signed)  # [T, H + KVH, D]
+        qk = self._rotated(qkv, qk_size, cos, sin_signed)  # [T, H + KVH, D]
         q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
         v = qkv[:, qk_size:].unflatten(-1, (self.num_kv_heads, self.head_dim))  # [T, KVH, D]
         out = paged_attention(q, k, v, cache, layer, batch, self.scale)
         return self.o_proj.forward(out.reshape(-1, self.q_size))
+
+    def _rotated(self, qkv: torch.Tensor, qk_size: int, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        if self.head_dim % 16 == 0 and _native_rows(qkv) and cos.is_contiguous() and sin_signed.is_contiguous():
+            return native.layer_ops().rope(qkv, qk_size // self.head_dim, self.head_dim, cos, sin_signed)
+        return apply_rotary_signed(qkv[:, :qk_size].unflatten(-1, (-1, self.head_dim)), cos, sin_signed)
 
 
 class MLP(nn.Module):
@@ -80,7 +86,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj.forward(x).chunk(2, dim=-1)  # views of one fresh tensor: safe to overwrite
+        gate_up = self.gate_up_proj.forward(x)
+        if _native_rows(gate_up, 16):
+            return self.down_proj.forward(native.layer_ops().silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # views of one fresh tensor: safe to overwrite
         return self.down_proj.forward(F.silu(gate, inplace=True).mul_(up))
 
 

@@ -1,11 +1,11 @@
 """Builds and loads the native CPU kernels in csrc/ once per machine: the Q4_1/Q8_0 linears (torch ops
 `splitserve_quant.*`), decode attention over the paged KV cache (`splitserve_attention.*`) and
-RMSNorm (`splitserve_norm.*`).
+RMSNorm, RoPE and SiLU-and-multiply (`splitserve_layer.*`).
 
 Compiled, into one library, with g++ against the installed torch, for this CPU (-march=native), into
 <cache>/native/<key>/, where the key covers the source, the torch build and the CPU's flags;
 parallel processes build into their own temporary file and rename it into place. Needs g++ and
-AVX2+FMA; without them (or on any build error) `quant_ops()`, `attention_ops()` and `norm_ops()`
+AVX2+FMA; without them (or on any build error) `quant_ops()`, `attention_ops()` and `layer_ops()`
 return None, the reason is logged once, and the engine keeps torch's own ops.
 """
 
@@ -28,10 +28,10 @@ from splitserve.modelgen.cache import default_cache_root
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "rms_norm.cpp")
+SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp")
 HEADERS = (CSRC / "simd.h",)
 LIBRARY = "splitserve_native.so"
-DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep the fp32 linears
+DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep torch's own ops
 BUILD_TIMEOUT_S = 300
 
 
@@ -45,9 +45,9 @@ def attention_ops():
     return torch.ops.splitserve_attention if _loaded() else None
 
 
-def norm_ops():
-    """torch.ops.splitserve_norm, built if needed; None when this machine cannot have it."""
-    return torch.ops.splitserve_norm if _loaded() else None
+def layer_ops():
+    """torch.ops.splitserve_layer, built if needed; None when this machine cannot have it."""
+    return torch.ops.splitserve_layer if _loaded() else None
 
 
 @lru_cache(maxsize=1)
@@ -113,7 +113,7 @@ def _built_library() -> Path:
 def _compile_command(output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ["g++", "-O3", "-march=native", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w",
+    return ["g++", "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++20", "-shared", "-fPIC", "-w",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}",
