@@ -67,10 +67,10 @@ def measure(model: Path, args, on_point) -> dict:
     clusters = start_clusters(model, args)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 for c in args.concurrency:
-                    for name, cluster in clusters.items():
-                        runs[name][str(c)].append(bench_point(cluster.url, model, c, args, Path(tmp)))
+                    for name, cluster in clusters.items():  # new prompts per point (bench_point's docstring)
+                        runs[name][str(c)].append(bench_point(cluster.url, model, c, args, Path(tmp), 1000 * repeat + c))
                         on_point(summary(runs, args))
     finally:
         stop_all(clusters)

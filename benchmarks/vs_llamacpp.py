@@ -119,7 +119,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--part", nargs="+", choices=("inprocess", "served"), default=["inprocess"])
     sizes = {"--threads": 2, "--repeats": 3, "--prefill-tokens": 512, "--decode-prompt-tokens": 64, "--decode-tokens": 32,
              "--served-input-len": 512, "--served-output-len": 128,
-             "--served-requests": 0}  # served: requests per point; 0: 2 x concurrency, 4 to 32
+             "--served-requests": 0,  # served: requests per point; 0: 2 x concurrency, 4 to 32
+             "--llama-slots": 8}  # llama-server's -np: requests it runs at once (the rest queue)
     for flag, default in sizes.items():
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="in-process decode batch sizes")

@@ -48,7 +48,7 @@ def server_commands(model_dir: Path, gguf: Path, args) -> dict[str, tuple[list[s
         commands[name] = (up + layout + ["--threads", str(threads), "--port", str(free_port()), "--http-port", str(port)], port)
     port = free_port()
     ctx_per_slot = args.served_input_len + args.served_output_len + 64
-    commands["llama-server"] = (llamacpp.server_command(gguf, args.threads, port, 8, ctx_per_slot), port)
+    commands["llama-server"] = (llamacpp.server_command(gguf, args.threads, port, args.llama_slots, ctx_per_slot), port)
     return commands
 
 
@@ -66,14 +66,18 @@ def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
     raise RuntimeError(f"{name} did not serve /v1/models within {READY_TIMEOUT_S} s")
 
 
-def bench_point(url: str, model_dir: Path, concurrency: int, args, workdir: Path) -> dict:
-    """One `splitserve bench` run against url (http:// or grpc://): fixed lengths, closed loop at concurrency."""
+def bench_point(url: str, model_dir: Path, concurrency: int, args, workdir: Path, seed: int) -> dict:
+    """One `splitserve bench` run against url (http:// or grpc://): fixed lengths, closed loop at concurrency.
+
+    Each (repeat, concurrency) point draws its own prompts (seed): with one seed for all, a point's
+    prompts were the earlier points' and every server's prompt cache answered part of them (at c=32
+    the colocated node's median TTFT read 3.9 s with them and 18.3 s without)."""
     out = workdir / f"c{concurrency}-{time.monotonic_ns()}.json"
     num_requests = args.served_requests or max(4, min(2 * concurrency, 32))
     cmd = [sys.executable, "-m", "splitserve.cli", "bench", "--url", url, "--workload", "fixed",
            "--input-len", str(args.served_input_len), "--output-len", str(args.served_output_len),
            "--tokenizer", str(model_dir), "--concurrency", str(concurrency), "--num-requests", str(num_requests),
-           "--warmup", "1", "--no-progress", "--json", str(out)]
+           "--warmup", "1", "--seed", str(seed), "--no-progress", "--json", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(out.read_text())
     if data["failed"]:
@@ -96,8 +100,9 @@ def measure_served(model_dir: Path, gguf: Path, args, on_point=None) -> dict:
         for repeat in range(args.repeats):
             loads.append(os.getloadavg()[0])
             for c in args.concurrency:
+                seed = 1000 * repeat + c  # the same prompts for every server at this point, new ones per point
                 for name, (_, port) in commands.items():
-                    runs[name][str(c)].append(bench_point(f"http://127.0.0.1:{port}", model_dir, c, args, Path(tmp)))
+                    runs[name][str(c)].append(bench_point(f"http://127.0.0.1:{port}", model_dir, c, args, Path(tmp), seed))
                     if on_point is not None:
                         on_point(_summary(runs, loads, commands, args))
             print(f"served repeat {repeat + 1}/{args.repeats} done (load {loads[-1]:.1f})", flush=True)
