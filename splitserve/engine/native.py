@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp")
-HEADERS = (CSRC / "simd.h",)
+HEADERS = (CSRC / "checks.h", CSRC / "simd.h")
 LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep torch's own ops
 BUILD_TIMEOUT_S = 300

@@ -17,6 +17,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "simd.h"
 
 #include <cmath>
@@ -31,8 +32,7 @@ using splitserve::sum8;
 constexpr int64_t kRowsPerTask = 16;
 
 void check_rows(const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
-              "x must be a contiguous 2-D float32 CPU tensor");
+  splitserve::check_float_rows(x, "x");
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1 && weight.is_contiguous() &&
                   weight.size(0) == x.size(1), "weight must be float32 [", x.size(1), "]");
   TORCH_CHECK(x.size(1) % 8 == 0, "the row width must be a multiple of 8");
@@ -85,8 +85,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
 }
 
 at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.is_contiguous(),
-              "qkv must be a contiguous 2-D float32 CPU tensor");
+  splitserve::check_float_rows(qkv, "qkv");
   TORCH_CHECK(head_dim % 16 == 0 && heads > 0 && heads * head_dim <= qkv.size(1),
               "heads x head_dim must fit in a row, head_dim a multiple of 16");
   const int64_t tokens = qkv.size(0), width = qkv.size(1), half = head_dim / 2;

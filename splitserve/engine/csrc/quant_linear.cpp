@@ -20,6 +20,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "simd.h"
 
 #include <cstdint>
@@ -117,8 +118,7 @@ void rows_times_feature_any(int64_t rows, const float* x, int64_t x_stride, cons
 
 void check_inputs(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d, int64_t k_per_q_byte,
                   at::ScalarType q_type) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
-              "x must be a contiguous 2-D float32 CPU tensor");
+  splitserve::check_float_rows(x, "x");
   TORCH_CHECK(qs.dim() == 2 && qs.is_contiguous() && d.dim() == 2 && d.is_contiguous() &&
                   d.scalar_type() == at::kFloat, "qs and d must be contiguous 2-D tensors, d float32");
   TORCH_CHECK(qs.scalar_type() == q_type, "qs must be ", q_type == at::kByte ? "uint8 (Q4_1)" : "int8 (Q8_0)");
@@ -289,8 +289,7 @@ at::Tensor panel_linear(const at::Tensor& x, const Q* qs, const float* d, const 
 
 void check_panel_inputs(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d, int64_t q_per_input,
                         at::ScalarType q_type) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
-              "x must be a contiguous 2-D float32 CPU tensor");
+  splitserve::check_float_rows(x, "x");
   TORCH_CHECK(qs.dim() == 3 && qs.is_contiguous() && d.dim() == 3 && d.is_contiguous() &&
                   d.scalar_type() == at::kFloat, "qs and d must be contiguous 3-D tensors, d float32");
   TORCH_CHECK(qs.scalar_type() == q_type, "qs must be ", q_type == at::kByte ? "uint8 (Q4_1)" : "int8 (Q8_0)");
