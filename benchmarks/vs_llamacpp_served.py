@@ -42,8 +42,10 @@ def server_commands(model_dir: Path, gguf: Path, args) -> dict[str, tuple[list[s
     """name -> (command, HTTP port)."""
     up = [sys.executable, "-m", "splitserve.cli", "up", "--model", str(model_dir)]
     commands = {}
+    pools = ["--prefill", "1", "--decode", "1"]
     for name, layout, threads in (("splitserve-colocated", ["--colocated", "1", "--prefill", "0", "--decode", "0"], args.threads),
-                                  ("splitserve-1p1d", ["--prefill", "1", "--decode", "1"], max(1, args.threads // 2))):
+                                  ("splitserve-1p1d", pools, max(1, args.threads // 2)),
+                                  ("splitserve-1p1d-shared", pools, 0)):
         port = free_port()
         commands[name] = (up + layout + ["--threads", str(threads), "--port", str(free_port()), "--http-port", str(port)], port)
     port = free_port()

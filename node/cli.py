@@ -35,7 +35,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
     add_flag(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
     add_flag(parser, "--dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16"))
-    add_flag(parser, "--threads", 1, "torch intra-op threads", type=int)
+    add_flag(parser, "--threads", 1, "torch intra-op threads (with --cpu-share: the cores the host's nodes share)",
+             type=int)
+    add_flag(parser, "--cpu-share", None, "FILE:SLOT: this node shares --threads cores with the other nodes mapping "
+             "FILE (one slot each): each step runs on the cores divided by the nodes stepping at the time")
     add_flag(parser, "--num-blocks", 0, "KV blocks in the pool (0: size from --kv-cache-bytes)", type=int)
     add_flag(parser, "--kv-cache-bytes", 1 << 30, "KV pool size in bytes when --num-blocks is 0", type=int)
     add_flag(parser, "--block-size", 16, "tokens per KV block", type=int)

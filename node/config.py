@@ -12,6 +12,7 @@ from splitserve.chunkcache.cachecraft import CacheCraftConfig
 from splitserve.chunkcache.runner import ChunkCacheConfig
 from splitserve.engine import EngineConfig
 from splitserve.kvtransfer import TransferConfig, transport_backend
+from splitserve.runtime.cpu_share import parse_cpu_share
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class NodeConfig:
     fault_step_delay_s: float = 0.0
     fault_signals: bool = False
     step_log: str | None = None  # JSONL of every engine step (runtime/step_log.py)
+    cpu_share: str | None = None  # FILE:SLOT: threads = this node's share of them (runtime/cpu_share.py)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -75,6 +77,8 @@ class NodeConfig:
             raise ValueError(f"role must be one of {', '.join(labels.NODE_ROLES)}, got {self.role!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.cpu_share is not None:
+            parse_cpu_share(self.cpu_share)
 
     @property
     def advertised_host(self) -> str:
@@ -84,7 +88,7 @@ class NodeConfig:
     def from_args(cls, args: argparse.Namespace) -> "NodeConfig":
         return cls(args.role, args.model, _engine(args), _kv(args), _chunks(args), args.host, args.port,
                    args.advertise_host, args.metrics_port, args.threads, args.tls_dir, args.fault_step_delay_s,
-                   args.fault_signals, args.step_log)
+                   args.fault_signals, args.step_log, args.cpu_share)
 
 
 def _engine(args: argparse.Namespace) -> EngineConfig:

@@ -22,6 +22,7 @@ from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.step_log import StepLog
+from splitserve.runtime.cpu_share import CpuShare, parse_cpu_share
 from splitserve.runtime.torch_threads import in_passing_thread, keep_this_thread_serial, serial_executor
 from splitserve.tls import TLSFiles
 from decode_node.setup import DecodeRole, build_decode
@@ -47,7 +48,8 @@ async def main(config: NodeConfig) -> None:
                         if tls else None, interceptors=(RpcInterceptor(metrics, SERVICE_NAME),))
     transfers = make_transfers(config, engine) if config.role == labels.ROLE_PREFILL else None
     engine_loop = EngineLoop(engine, transfers, EngineObserver(metrics), config.fault_step_delay_s,
-                             StepLog.open(config.step_log, node_id) if config.step_log else None)
+                             StepLog.open(config.step_log, node_id) if config.step_log else None,
+                             CpuShare(*parse_cpu_share(config.cpu_share), config.threads) if config.cpu_share else None)
     metrics.watch_engine(engine_loop)
     chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:

@@ -27,6 +27,7 @@ from splitserve.chunkcache.format import (_CODE_DTYPES, _HEADER, FLAG_INT8, FLAG
 from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.tiers import VariantKey
 from splitserve.chunkcache.variants import VariantMeta
+from splitserve.runtime.torch_threads import serially
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # K_l, V_l: [n, Hkv, D]
 
@@ -84,7 +85,7 @@ class LayerwiseFetch:
         if not self._values:
             self._done = True
             return {}
-        threading.Thread(target=self._run, name="chunk-layer-fetch", daemon=True).start()
+        threading.Thread(target=serially(self._run), name="chunk-layer-fetch", daemon=True).start()
         return {v.key: PendingKV(self, i, v.shape[0], v.positions) for i, v in enumerate(self._values)}
 
     def _parse(self, key: VariantKey, n: int, length: int, head: bytes) -> _Value:

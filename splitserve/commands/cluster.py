@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     up.add_argument("--port", type=int, default=labels.DEFAULT_ROUTER_GRPC_PORT, help="router gRPC port")
     up.add_argument("--http-port", type=int, default=labels.DEFAULT_ROUTER_HTTP_PORT,
                     help="router OpenAI HTTP port (0: off; -1: any free port)")
-    up.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    up.add_argument("--threads", type=int, default=0, help="torch threads per node (0: the host's cores, shared by "
+                    "the nodes: each step runs on them divided by the nodes stepping at the time, see --cpu-share)")
     up.add_argument("--device", default="cpu", help="cpu, cuda (node k on cuda:k; nodes share GPUs when there are "
                     "fewer, and then the KV goes over gloo through host memory) or cuda:INDEX (every node on it)")
     up.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     from splitserve.localcluster.cluster import LocalCluster, model_or_demo
+    from splitserve.runtime.cpu_share import host_cores
 
     prefill, decode = pool_sizes(args.prefill, args.decode, args.colocated)
     roles = [labels.ROLE_PREFILL] * prefill + [labels.ROLE_DECODE] * decode + [labels.ROLE_MIXED] * args.colocated
@@ -70,8 +72,9 @@ def run_up(args: argparse.Namespace) -> int:
     model = model_or_demo(args.model, DEMO_PRESET)
     node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
     cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport, host=args.host, port=args.port,
-                           http_port=args.http_port, threads=args.threads, policy=args.policy,
-                           node_args=node_args, redis_url=args.redis_url, private_redis=True, devices=devices)
+                           http_port=args.http_port, threads=args.threads or host_cores(), policy=args.policy,
+                           node_args=node_args, redis_url=args.redis_url, private_redis=True, devices=devices,
+                           share_cores=args.threads == 0)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

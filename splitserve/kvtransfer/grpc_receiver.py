@@ -27,6 +27,7 @@ from splitserve.kvtransfer.base import FINAL_RECV_STATES, RecvState, TransferCon
 from splitserve.kvtransfer.receiver_base import Reservation, TrackedReceiver
 from splitserve.kvtransfer.checksum import ChecksumKind, to_int64
 from splitserve.kvtransfer.wire import Kind, LayerHeader, request_hash
+from splitserve.runtime.torch_threads import serially
 
 SERVER_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
@@ -177,7 +178,7 @@ class _ServerThread:
 
     def __init__(self, servicer: KVTransferServicer, host: str, port: int) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="kv-grpc-server", daemon=True)
+        self.thread = threading.Thread(target=serially(self.loop.run_forever), name="kv-grpc-server", daemon=True)
         self.thread.start()
         self.server, self.port = asyncio.run_coroutine_threadsafe(self._start(servicer, host, port), self.loop).result(30)
 

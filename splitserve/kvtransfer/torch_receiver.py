@@ -42,6 +42,7 @@ from splitserve.kvtransfer.torch_pair import (
     parse_join,
     td,
 )
+from splitserve.runtime.torch_threads import serially
 from splitserve.kvtransfer.wire import MAX_FLIGHT_LAYERS, Kind, LayerHeader
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class TorchReceiver(TrackedReceiver):
             thread.join(1.0)
 
     def _spawn(self, target, name: str, *args) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread = threading.Thread(target=serially(target), args=args, name=name, daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 

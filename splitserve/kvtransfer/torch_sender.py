@@ -45,6 +45,7 @@ from splitserve.kvtransfer.torch_pair import (
     split_address,
 )
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
+from splitserve.runtime.torch_threads import serially
 from splitserve.kvtransfer.wire import MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, encode_entries, request_hash
 
 MAX_FLIGHT_BYTES = 128 << 20  # bounds the receive buffers a flight makes the receiver hold (one layer at least)
@@ -99,7 +100,7 @@ class TorchSender(TrackedSender):
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._held: deque[Job | None] = deque()  # taken from _jobs while gathering a flight, not yet run
         self._owed: list[_Owed] = []
-        self._thread = threading.Thread(target=self._run, name=f"kv-send-{address}", daemon=True)
+        self._thread = threading.Thread(target=serially(self._run), name=f"kv-send-{address}", daemon=True)
         self._thread.start()
 
     @property

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from splitserve import labels
 from splitserve.localcluster.procs import Service, service_command, spawn, stop
+from splitserve.runtime.cpu_share import share_file
 
 
 def model_or_demo(model: str | None, preset: str = "small") -> Path:
@@ -22,7 +25,7 @@ class LocalCluster:
                  host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
                  policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = (),
                  redis_url: str | None = None, private_redis: bool = False, ready_timeout_s: float = 120.0,
-                 devices: list[str] = ()):
+                 devices: list[str] = (), share_cores: bool = False):
         if colocated == 0 and (prefill == 0 or decode == 0):
             raise ValueError("need at least one prefill and one decode node, or a colocated node")
         self.model, self.transport, self.host = Path(model), transport, host
@@ -36,6 +39,9 @@ class LocalCluster:
         self.ready_timeout_s = ready_timeout_s  # per process: how long to wait for its READY line
         self.devices = list(devices)  # node k (in start order) gets --device devices[k]; empty: the nodes' default
         self.node_devices: dict[str, str] = {}  # node name -> its device, kept across restarts
+        # share_cores: `threads` are the host's cores, which the nodes share by how many are stepping
+        self.share_dir = Path(tempfile.mkdtemp(prefix="splitserve-cpu-")) if share_cores else None
+        self.share_slots: dict[str, int] = {}  # node name -> its slot in the share file, kept across restarts
 
     @property
     def url(self) -> str:
@@ -46,11 +52,20 @@ class LocalCluster:
         """The router's OpenAI HTTP base URL (http_port -1: a free port; 0: off, empty)."""
         return self.router.extra.get("http", "") if self.router else ""
 
-    def node_command(self, role: str, port: int = 0, device: str | None = None) -> list[str]:
+    def node_command(self, role: str, port: int = 0, device: str | None = None, name: str = "") -> list[str]:
         device_args = ["--device", device] if device else []
         return service_command("node", "--role", role, "--model", str(self.model), "--host", self.host, "--port", str(port),
                                "--kv-port", "0", "--transport", self.transport, "--threads", str(self.threads),
-                               *device_args, *self.node_args)
+                               *device_args, *self.share_args(name), *self.node_args)
+
+    def share_args(self, name: str) -> list[str]:
+        """`--cpu-share FILE:SLOT` for the node `name` when the nodes share the host's cores."""
+        if self.share_dir is None:
+            return []
+        if not self.share_slots:
+            share_file(self.share_dir)
+        slot = self.share_slots.setdefault(name, len(self.share_slots))
+        return ["--cpu-share", f"{self.share_dir / 'cpu-share'}:{slot}"]
 
     def start(self, log=lambda line: None) -> None:
         try:
@@ -83,7 +98,7 @@ class LocalCluster:
 
     def start_node(self, role: str, log=lambda line: None) -> Service:
         name = f"{role}-{sum(1 for r, _ in self.nodes if r == role)}"
-        service = spawn(name, self.node_command(role, device=self.assign_device(name)), self.ready_timeout_s)
+        service = spawn(name, self.node_command(role, device=self.assign_device(name), name=name), self.ready_timeout_s)
         self.nodes.append((role, service))
         log(f"{name:10}{service.url}")
         return service
@@ -102,7 +117,8 @@ class LocalCluster:
             raise ValueError(f"{service.name} is still running: kill it first")
         role = self.nodes[index][0]
         port = int(service.address.rsplit(":", 1)[1])
-        fresh = spawn(service.name, self.node_command(role, port, self.node_devices.get(service.name)), self.ready_timeout_s)
+        fresh = spawn(service.name, self.node_command(role, port, self.node_devices.get(service.name), service.name),
+                      self.ready_timeout_s)
         self.nodes[index] = (role, fresh)
         return fresh
 
@@ -113,6 +129,8 @@ class LocalCluster:
         stop(self.services())
         if self.redis is not None:
             self.redis.stop()
+        if self.share_dir is not None:
+            shutil.rmtree(self.share_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         self.start()

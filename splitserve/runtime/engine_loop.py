@@ -9,7 +9,9 @@ while no call is queued and no request is in the engine, so a new request waits 
 most, never for the whole job. Collaborators come at construction: `hooks`
 (prefill nodes: prefill_node/transfers.py sends each layer's KV during the step and finishes
 transfers after it) and `observer` (node/metrics.py: each subscription, each step's duration
-and outputs) and `step_log` (`--step-log`: runtime/step_log.py, each step's start, duration and shape).
+and outputs) and `step_log` (`--step-log`: runtime/step_log.py, each step's start, duration and shape) and
+`cpu_share` (`--cpu-share`: runtime/cpu_share.py, the host's cores claimed before each step and after
+each layer, given back when the loop has nothing to do).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import deque
 from typing import Callable, Iterator, Protocol
 
 from splitserve.engine import Engine, RequestOutput
+from splitserve.runtime.cpu_share import CpuShare
 from splitserve.runtime.step_log import StepLog, StepShape
 
 log = logging.getLogger(__name__)
@@ -52,11 +55,12 @@ class StepObserver(Protocol):
 
 class EngineLoop:
     def __init__(self, engine: Engine, hooks: StepHooks | None = None, observer: StepObserver | None = None,
-                 fault_step_delay_s: float = 0.0, step_log: StepLog | None = None):
+                 fault_step_delay_s: float = 0.0, step_log: StepLog | None = None, cpu_share: CpuShare | None = None):
         self.engine = engine
         self.hooks = hooks
         self.observer = observer
         self.step_log = step_log
+        self.cpu_share = cpu_share
         self.fault_step_delay_s = fault_step_delay_s  # fault injection for tests: sleep after each step
         self._calls: list[tuple[Callable, Future]] = []
         self._background: deque[tuple[Callable | Iterator, Future]] = deque()
@@ -112,6 +116,8 @@ class EngineLoop:
         while True:
             with self._wake:
                 while self._running and not (self._calls or self._background or self.engine.has_unfinished()):
+                    if self.cpu_share is not None:
+                        self.cpu_share.release()
                     self._wake.wait()
                 if not self._running:
                     break
@@ -163,6 +169,8 @@ class EngineLoop:
 
     def _step(self) -> None:
         started_unix, start, shapes = time.time(), time.perf_counter(), []
+        if self.cpu_share is not None:
+            self.cpu_share.claim()
         try:
             outputs = self.engine.step(self._layer_hook_factory(shapes))
         except Exception:  # a broken step fails its requests, never the node
@@ -186,14 +194,16 @@ class EngineLoop:
 
     def _layer_hook_factory(self, shapes: list[StepShape]):
         """What the engine calls with its plan before the step (the hooks' factory); with a step log it also
-        appends the plan's shape to `shapes`."""
+        appends the plan's shape to `shapes`; with a CPU share the layer hook claims the cores after each layer."""
         make = self.hooks.make_layer_hook if self.hooks is not None else None
-        if self.step_log is None:
+        if self.step_log is None and self.cpu_share is None:
             return make
 
         def shape_and_make(plan):
-            shapes.append(StepShape.of(plan))
-            return make(plan) if make is not None else None
+            if self.step_log is not None:
+                shapes.append(StepShape.of(plan))
+            hook = make(plan) if make is not None else None
+            return hook if self.cpu_share is None else _then_claim(hook, self.cpu_share)
 
         return shape_and_make
 
@@ -214,3 +224,15 @@ class EngineLoop:
         for job, future in calls + jobs:
             if not callable(job) or future.set_running_or_notify_cancel():
                 future.set_exception(RuntimeError("engine loop stopped"))
+
+
+def _then_claim(hook, share: CpuShare):
+    """A layer hook running `hook` (if any), then claiming the host's cores again for the next layer."""
+    if hook is None:
+        return lambda layer: share.claim()
+
+    def hook_then_claim(layer: int) -> None:
+        hook(layer)
+        share.claim()
+
+    return hook_then_claim

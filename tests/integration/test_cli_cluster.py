@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,12 +51,29 @@ def test_up_serves_completes_and_stops_everything_on_sigterm(tiny_model):
     engine = Engine(tiny_model)
     expected = engine.generate([prompt], SamplingParams(max_tokens=6))[0]
     assert result["token_ids"] == expected.token_ids and result["text"] == expected.text
+    # the nodes share the host's cores (--threads 0, the default): one share file, a slot each, idle once served
+    shares = [_flag(pid, "--cpu-share") for pid in children if _flag(pid, "--role")]
+    files = {share.rpartition(":")[0] for share in shares}
+    assert len(shares) == 2 and len(files) == 1 and sorted(s.rpartition(":")[2] for s in shares) == ["0", "1"]
+    share = Path(files.pop())
+    deadline = time.monotonic() + 10
+    while any(share.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(share.read_bytes())
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+    assert not share.parent.exists()  # the cluster's share folder goes with it
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _flag(pid: int, name: str) -> str | None:
+    """The value of `name` on process pid's command line (None without it)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().decode().split("\0")
+    return args[args.index(name) + 1] if name in args else None
 
 
 # `generate` runs its handler in this process (the up test above covers `python -m splitserve.cli` itself)
