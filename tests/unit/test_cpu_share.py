@@ -4,6 +4,8 @@ them, an idle node gives its share back; the thread count really changes; bad sp
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 
 import pytest
@@ -41,9 +43,27 @@ def test_the_first_node_makes_the_file_and_later_ones_map_the_same_bytes(tmp_pat
     first.claim()
     second = CpuShare(path, 5, 2)
     assert second.claim() == 1
-    assert (tmp_path / "share").read_bytes()[3] == 1 and len((tmp_path / "share").read_bytes()) == MAX_SLOTS
+    assert _slots(tmp_path / "share")[3] == os.getpid() and len(_slots(tmp_path / "share")) == MAX_SLOTS
     first.close()
     second.close()
+
+
+def test_a_node_that_died_mid_step_loses_its_share(tmp_path, restore_threads):
+    path = share_file(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ghost = CpuShare(path, 1, 2)
+    ghost._pids[1] = dead.pid  # it died while stepping: its slot still says busy
+    alive = CpuShare(path, 0, 2, check_dead_every_s=0.0)
+    assert alive.claim() == 2 and _slots(tmp_path / "cpu-share")[1] == 0
+    ghost._pids[1] = os.getpid()  # a live process in the slot keeps it
+    assert alive.claim() == 1
+    alive.close()
+    ghost.close()
+
+
+def _slots(path) -> list[int]:
+    return list(memoryview(path.read_bytes()).cast("i"))
 
 
 @pytest.mark.parametrize("spec", ["share", "share:", ":1", "share:-1", f"share:{MAX_SLOTS}", "share:x"])
@@ -88,10 +108,10 @@ def test_the_engine_loop_claims_before_each_step_and_layer_and_releases_when_idl
     try:
         asyncio.run(generate("alone"))
         alone, hooks.seen = hooks.seen, []
-        other._map[1] = 1  # another node steps now (set by hand: claim() would change this thread's count)
+        other._pids[1] = other.pid  # another node steps now (set by hand: claim() would change this thread's count)
         asyncio.run(generate("shared"))
         shared = hooks.seen
-        assert _eventually(lambda: (tmp_path / "cpu-share").read_bytes()[0] == 0)  # idle: its share given back
+        assert _eventually(lambda: _slots(tmp_path / "cpu-share")[0] == 0)  # idle: its share given back
     finally:
         loop.stop()
     assert set(alone) == {2} and set(shared) == {1} and len(shared) == len(alone) > 0
