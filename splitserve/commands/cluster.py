@@ -60,6 +60,9 @@ def run_up(args: argparse.Namespace) -> int:
     from splitserve.localcluster.cluster import LocalCluster, model_or_demo
     from splitserve.runtime.cpu_share import host_cores
 
+    if args.threads < 0:
+        print(f"splitserve up: --threads must be >= 0 (0: the host's cores, shared), got {args.threads}", file=sys.stderr)
+        return 2
     prefill, decode = pool_sizes(args.prefill, args.decode, args.colocated)
     roles = [labels.ROLE_PREFILL] * prefill + [labels.ROLE_DECODE] * decode + [labels.ROLE_MIXED] * args.colocated
     try:

@@ -14,3 +14,10 @@ from splitserve.commands.cluster import pool_sizes
 ])
 def test_pool_sizes(flags, expected):
     assert pool_sizes(*flags) == expected
+
+
+def test_negative_threads_are_refused_before_anything_starts(capsys):
+    from splitserve.cli import main
+
+    assert main(["up", "--threads", "-1"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err
