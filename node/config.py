@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from splitserve import labels
 from splitserve.chunkcache.blend import BlendConfig
@@ -78,7 +79,9 @@ class NodeConfig:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.cpu_share is not None:
-            parse_cpu_share(self.cpu_share)
+            path = Path(parse_cpu_share(self.cpu_share)[0])
+            if not path.absolute().parent.is_dir():
+                raise ValueError(f"--cpu-share: the folder of {path} does not exist")
 
     @property
     def advertised_host(self) -> str:

@@ -123,3 +123,13 @@ def _eventually(predicate, timeout_s: float = 5.0) -> bool:
     while not predicate() and time.monotonic() < end:
         time.sleep(0.005)
     return predicate()
+
+
+def test_a_node_refuses_a_share_file_in_a_missing_folder(tmp_path):
+    from node.config import ChunkPathConfig, KVConfig, NodeConfig
+    from splitserve.engine import EngineConfig
+
+    parts = ("decode", "model", EngineConfig(), KVConfig(), ChunkPathConfig())
+    with pytest.raises(ValueError, match="--cpu-share: the folder of .* does not exist"):
+        NodeConfig(*parts, cpu_share=f"{tmp_path / 'missing' / 'share'}:0")
+    assert NodeConfig(*parts, cpu_share=f"{tmp_path / 'share'}:0").cpu_share.endswith("share:0")
