@@ -20,9 +20,9 @@ from splitserve import labels
 from splitserve.engine import Engine
 from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.runtime.cpu_share import CpuShare, parse_cpu_share
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.step_log import StepLog
-from splitserve.runtime.cpu_share import CpuShare, parse_cpu_share
 from splitserve.runtime.torch_threads import in_passing_thread, keep_this_thread_serial, serial_executor
 from splitserve.tls import TLSFiles
 from decode_node.setup import DecodeRole, build_decode
