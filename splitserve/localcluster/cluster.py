@@ -40,7 +40,7 @@ class LocalCluster:
         self.devices = list(devices)  # node k (in start order) gets --device devices[k]; empty: the nodes' default
         self.node_devices: dict[str, str] = {}  # node name -> its device, kept across restarts
         # share_cores: `threads` are the host's cores, which the nodes share by how many are stepping
-        self.share_dir = Path(tempfile.mkdtemp(prefix="splitserve-cpu-")) if share_cores else None
+        self.share_file = share_file(Path(tempfile.mkdtemp(prefix="splitserve-cpu-"))) if share_cores else None
         self.share_slots: dict[str, int] = {}  # node name -> its slot in the share file, kept across restarts
 
     @property
@@ -60,12 +60,10 @@ class LocalCluster:
 
     def share_args(self, name: str) -> list[str]:
         """`--cpu-share FILE:SLOT` for the node `name` when the nodes share the host's cores."""
-        if self.share_dir is None:
+        if self.share_file is None:
             return []
-        if not self.share_slots:
-            share_file(self.share_dir)
         slot = self.share_slots.setdefault(name, len(self.share_slots))
-        return ["--cpu-share", f"{self.share_dir / 'cpu-share'}:{slot}"]
+        return ["--cpu-share", f"{self.share_file}:{slot}"]
 
     def start(self, log=lambda line: None) -> None:
         try:
@@ -129,8 +127,8 @@ class LocalCluster:
         stop(self.services())
         if self.redis is not None:
             self.redis.stop()
-        if self.share_dir is not None:
-            shutil.rmtree(self.share_dir, ignore_errors=True)
+        if self.share_file is not None:
+            shutil.rmtree(Path(self.share_file).parent, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         self.start()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 
 import pytest
 import torch
 
 from splitserve.runtime.cpu_share import MAX_SLOTS, CpuShare, parse_cpu_share, share_file
+from tests.support.cluster import wait_until
 
 
 @pytest.fixture
@@ -111,18 +111,12 @@ def test_the_engine_loop_claims_before_each_step_and_layer_and_releases_when_idl
         other._pids[1] = other.pid  # another node steps now (set by hand: claim() would change this thread's count)
         asyncio.run(generate("shared"))
         shared = hooks.seen
-        assert _eventually(lambda: _slots(tmp_path / "cpu-share")[0] == 0)  # idle: its share given back
+        assert wait_until(lambda: _slots(tmp_path / "cpu-share")[0] == 0, 5.0, 0.005)  # idle: its share given back
     finally:
         loop.stop()
     assert set(alone) == {2} and set(shared) == {1} and len(shared) == len(alone) > 0
     other.close()
 
-
-def _eventually(predicate, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.005)
-    return predicate()
 
 
 def test_a_node_refuses_a_share_file_in_a_missing_folder(tmp_path):

@@ -116,9 +116,8 @@ at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {
-  TORCH_CHECK(gate_up.device().is_cpu() && gate_up.scalar_type() == at::kFloat && gate_up.dim() == 2 &&
-                  gate_up.is_contiguous() && gate_up.size(1) % 16 == 0,
-              "gate_up must be a contiguous 2-D float32 CPU tensor, its width a multiple of 16");
+  splitserve::check_float_rows(gate_up, "gate_up");
+  TORCH_CHECK(gate_up.size(1) % 16 == 0, "gate_up's width must be a multiple of 16");
   const int64_t tokens = gate_up.size(0), inner = gate_up.size(1) / 2;
   at::Tensor out = at::empty({tokens, inner}, gate_up.options());
   const float* gp = gate_up.data_ptr<float>();
