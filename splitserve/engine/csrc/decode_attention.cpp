@@ -29,6 +29,7 @@
 namespace {
 
 using splitserve::exp8;
+using splitserve::prefetch_floats;
 using splitserve::sum8;
 
 struct Shapes {
@@ -37,14 +38,26 @@ struct Shapes {
 
 // Calls visit(j, row) for the visible keys lo..position in order, j counting from 0, row pointing at the
 // key's KV head `kv` in `pool`: block by block, no division per key.
+//
+// Before each key it asks for the same row of the next block. A block is a few pages at a place of its
+// own, and the hardware's prefetchers stop at a page's end, so without this every block began with a
+// wait on memory. SmolLM2-135M's 30 layers, 2 threads, keys in random blocks of a 4,096-block pool
+// (benchmarks/decode_attention_kernel.py): batch 8 at 530 keys 19.4 -> 14.6 ms, batch 1 at 600 keys
+// 4.7 -> 3.0 ms, batch 32 89 -> 66 ms; reading the same bytes in the same order with no arithmetic
+// took 11.8 ms at batch 8. Prefetching two blocks ahead, or a whole block at once, was no faster.
 template <typename Visit>
 inline void for_each_key(const float* pool, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                          const Shapes& s, Visit visit) {
-  const int64_t row = s.kv_heads * s.head_dim;
+  const int64_t row = s.kv_heads * s.head_dim, last_block = position / s.block_size;
   for (int64_t p = lo, j = 0; p <= position;) {
-    const int64_t in_block = p % s.block_size, run = std::min(s.block_size - in_block, position + 1 - p);
-    const float* first = pool + (table[p / s.block_size] * s.block_size + in_block) * row + kv * s.head_dim;
-    for (int64_t i = 0; i < run; ++i) visit(j + i, first + i * row);
+    const int64_t block = p / s.block_size, in_block = p % s.block_size;
+    const int64_t run = std::min(s.block_size - in_block, position + 1 - p);
+    const float* first = pool + (table[block] * s.block_size + in_block) * row + kv * s.head_dim;
+    const float* ahead = pool + (table[std::min(block + 1, last_block)] * s.block_size + in_block) * row + kv * s.head_dim;
+    for (int64_t i = 0; i < run; ++i) {
+      prefetch_floats(ahead + i * row, s.head_dim);
+      visit(j + i, first + i * row);
+    }
     p += run;
     j += run;
   }

@@ -3,6 +3,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "these kernels need AVX2 and FMA"
 #endif
@@ -15,6 +17,14 @@ inline float sum8(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// Asks the cache for the lines holding floats[0..n).
+inline void prefetch_floats(const float* floats, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(floats);
+  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(float)); offset += 64) {
+    _mm_prefetch(bytes + offset, _MM_HINT_T0);
+  }
 }
 
 // e^x for each lane, Cephes' single-precision method (range reduction by ln 2, a degree-5 polynomial,
