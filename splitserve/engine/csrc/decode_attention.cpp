@@ -42,8 +42,8 @@ struct Shapes {
 // Before each key it asks for the same row of the next block. A block is a few pages at a place of its
 // own, and the hardware's prefetchers stop at a page's end, so without this every block began with a
 // wait on memory. SmolLM2-135M's 30 layers, 2 threads, keys in random blocks of a 4,096-block pool
-// (benchmarks/decode_attention_kernel.py): batch 8 at 530 keys 17.6 -> 12.6 ms, batch 1 at 600 keys
-// 3.8 -> 2.3 ms, batch 32 76 -> 56 ms; reading the same bytes in the same order with no arithmetic
+// (benchmarks/decode_attention_kernel.py): batch 8 at 530 keys 18.2 -> 13.6 ms, batch 1 at 600 keys
+// 3.8 -> 2.6 ms, batch 32 78 -> 59 ms; reading the same bytes in the same order with no arithmetic
 // took 11.8 ms at batch 8. Prefetching two blocks ahead, or a whole block at once, was no faster.
 template <typename Visit>
 inline void for_each_key(const float* pool, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
