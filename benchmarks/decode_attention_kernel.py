@@ -52,15 +52,13 @@ def baseline_ops(revision: str, workdir: Path):
             source = source.replace("TORCH_LIBRARY(splitserve_attention,", "TORCH_LIBRARY(splitserve_attention_baseline,")
         (workdir / path.name).write_text(source)
     library = workdir / "baseline.so"
-    command = native._compile_command(library)
-    first_source = command.index(str(native.SOURCES[0]))  # the sources come before the libraries
-    command[first_source:first_source + len(native.SOURCES)] = [str(workdir / "decode_attention.cpp")]
+    command = native._compile_command(library, sources=(workdir / "decode_attention.cpp",))
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=native.BUILD_TIMEOUT_S)
     torch.ops.load_library(str(library))
     return torch.ops.splitserve_attention_baseline
 
 
-def step_ms(op, q, pools, tables, positions) -> float:
+def kernel_step_ms(op, q, pools, tables, positions) -> float:
     start = time.perf_counter()
     for k, v in pools:
         op.paged_decode_attention(q, k, v, tables, positions, 0, HEAD_DIM ** -0.5)
@@ -77,7 +75,7 @@ def run_case(kernels: dict, pools, requests: int, keys: int, repeats: int) -> di
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(repeats):
         for name, op in kernels.items():
-            times[name].append(step_ms(op, q, pools, tables, positions))
+            times[name].append(kernel_step_ms(op, q, pools, tables, positions))
     first, *others = outputs.values()
     return {"requests": requests, "keys": keys,
             "step_ms": {name: statistics.median(values) for name, values in times.items()},

@@ -10,6 +10,8 @@ import subprocess
 import pytest
 import torch
 
+from node.config import ChunkPathConfig, KVConfig, NodeConfig
+from splitserve.engine import EngineConfig
 from splitserve.runtime.cpu_share import MAX_SLOTS, CpuShare, parse_cpu_share, share_file
 from tests.support.cluster import wait_until
 
@@ -118,11 +120,7 @@ def test_the_engine_loop_claims_before_each_step_and_layer_and_releases_when_idl
     other.close()
 
 
-
 def test_a_node_refuses_a_share_file_in_a_missing_folder(tmp_path):
-    from node.config import ChunkPathConfig, KVConfig, NodeConfig
-    from splitserve.engine import EngineConfig
-
     parts = ("decode", "model", EngineConfig(), KVConfig(), ChunkPathConfig())
     with pytest.raises(ValueError, match="--cpu-share: the folder of .* does not exist"):
         NodeConfig(*parts, cpu_share=f"{tmp_path / 'missing' / 'share'}:0")
