@@ -8,7 +8,9 @@ Part 0 times zlib crc32, CRC32C (google-crc32c) and xxh3-64 (xxhash) on one thre
 buffers of the sizes of the KV transferred. Part 1 moves one request's KV (the model's
 layers of [2, n, kv_heads, head_dim] fp32; small: 8 x [2, n, 4, 64]) from this process to a
 receiver process with each backend (torch with and without checksums, grpc), timed from the
-sender's begin() to the receiver's DONE, and the same bytes with a bare ProcessGroupGloo
+sender's begin() to the receiver's DONE; the layers lie back to back in buffers of about
+JOIN_BYTES as a prefill node reads them, so the torch backend sends ~2 MB messages (wire v5),
+and `torch_apart` sends layers allocated one by one (one message each, as before v5). The same bytes with a bare ProcessGroupGloo
 send/recv (one message per layer) between two other processes: all interleaved round by
 round, so each ratio to raw gloo is the median of ratios measured side by side. Raw gloo is
 timed twice: hot (both ends just left a barrier, timed on the receiver: the target's
@@ -40,11 +42,13 @@ import xxhash
 
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
-from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, make_receiver, make_sender
+from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, joined_layers, make_receiver, make_sender
 from kv_raw_bench import RawGlooPair
 
 RESULTS = Path(__file__).parent / "results" / "kv_transfer_cpu.json"
-VARIANTS = {"torch": ("torch", True), "torch_nochecksum": ("torch", False), "grpc": ("grpc", True)}
+# name -> (backend, checksum, layers back to back as a prefill node reads them (else one buffer each))
+VARIANTS = {"torch": ("torch", True, True), "torch_nochecksum": ("torch", False, True),
+            "torch_apart": ("torch", True, False), "grpc": ("grpc", True, True)}
 
 
 def _hashers() -> dict:
@@ -102,13 +106,16 @@ class _BackendPeer:
         self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
         self.count = 0
 
-    def seconds(self, meta_fields: dict, checksum: bool) -> float:
-        """Sender's begin() -> the receiver's DONE (every layer written and verified)."""
+    def seconds(self, meta_fields: dict, checksum: bool, joined: bool = True) -> float:
+        """Sender's begin() -> the receiver's DONE (every layer written and verified). `joined`: the
+        layers lie back to back in buffers of about JOIN_BYTES (`joined_layers`, as a prefill node
+        reads them), else each in its own buffer (as before v5)."""
         self.count += 1
         meta = TransferMeta(**{**meta_fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
         self.conn.send(meta.__dict__)
         self.conn.recv()
-        layers = [torch.randn(meta.layer_shape) for _ in range(meta.num_layers)]
+        layers = joined_layers(meta) if joined else [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)]
+        layers = [kv.normal_() for kv in layers]
         start = time.monotonic()
         self.sender.begin(meta)
         for layer, kv in enumerate(layers):
@@ -155,8 +162,8 @@ def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> l
                 for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
                     measured = {"raw": raw.move(total, total // cfg.num_layers),
                                 "raw_idle": raw.move_from_idle(total, total // cfg.num_layers)}
-                    for name, (backend, checksum) in VARIANTS.items():
-                        measured[name] = peers[backend].seconds(meta, checksum)
+                    for name, (backend, checksum, joined) in VARIANTS.items():
+                        measured[name] = peers[backend].seconds(meta, checksum, joined)
                     for name, seconds in measured.items():
                         samples[name] += [seconds] if i else []
                 rows.append(_bandwidth_row(n, total, samples))

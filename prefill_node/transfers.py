@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from splitserve.engine import Engine, RequestOutput
-from splitserve.kvtransfer import KVSender, SendState, TransferError, TransferMeta
+from splitserve.kvtransfer import KVSender, SendState, TransferError, TransferMeta, joined_layers
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class Transfer:
     layerwise: bool
     sent_bytes: int = 0
     dropped_after: int | None = None  # fault injection: layers sent before the transfer was dropped
+    layers: list[torch.Tensor] | None = None  # where its layers are read to: back to back, sent joined
 
 
 class Transfers:
@@ -126,10 +129,18 @@ class Transfers:
         transfer = self.active[rid]
         if transfer.dropped_after is not None or self._drop_here(rid, layer):
             return
-        kv = self.engine.cache.read(layer, request_slots)  # a copy: [2, n, kv_heads, head_dim]
+        kv = self.engine.cache.read(layer, request_slots, out=self._layer_buffer(transfer, layer))
         kv = kv.to(transfer.sender.device)  # the gloo transport from a GPU: a host copy (else a no-op)
         transfer.sent_bytes += kv.numel() * kv.element_size()
         transfer.sender.send_layer(rid, layer, kv)
+
+    def _layer_buffer(self, transfer: Transfer, layer: int) -> torch.Tensor:
+        """Layer `layer`'s [2, n, kv_heads, head_dim] slot among the transfer's joined buffers
+        (allocated at its first layer): consecutive layers lie back to back, so the sender moves
+        several in one message."""
+        if transfer.layers is None:
+            transfer.layers = joined_layers(transfer.meta, self.engine.cache.k[0].device)
+        return transfer.layers[layer]
 
     def _drop_here(self, rid: str, layer: int) -> bool:
         """Fault injection: drop an armed transfer at its middle layer - the rest is never sent,

@@ -70,10 +70,15 @@ class PagedKVCache:
         k_flat.index_copy_(0, slots, k)
         v_flat.index_copy_(0, slots, v)
 
-    def read(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
-        """The K/V at `slots` as one tensor [2, len(slots), kv_heads, head_dim] (for KV transfer)."""
+    def read(self, layer: int, slots: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The K/V at `slots` as one tensor [2, len(slots), kv_heads, head_dim] (for KV transfer),
+        written into `out` when given (one copy)."""
         k_flat, v_flat = self.flat(layer)
-        return torch.stack((k_flat[slots], v_flat[slots]))
+        if out is None:
+            return torch.stack((k_flat[slots], v_flat[slots]))
+        torch.index_select(k_flat, 0, slots, out=out[0])
+        torch.index_select(v_flat, 0, slots, out=out[1])
+        return out
 
 
 def leave_out_cudnn_sdpa(device: str | torch.device) -> None:

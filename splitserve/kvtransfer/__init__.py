@@ -23,6 +23,7 @@ transport (`transport_backend`): a backend, or `gloo`, the torch backend on host
 from __future__ import annotations
 
 from splitserve.labels import KV_TRANSPORTS
+from splitserve.kvtransfer.wire import joined_layers
 from splitserve.kvtransfer.base import (
     DTYPES,
     KVReceiver,
@@ -85,5 +86,6 @@ def make_receiver(backend: str, config: TransferConfig | None = None, **kwargs) 
 
 __all__ = [
     "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TransferConfig",
-    "TransferError", "TransferInfo", "TransferMeta", "WriteLayer", "make_receiver", "make_sender", "transport_backend",
+    "TransferError", "TransferInfo", "TransferMeta", "WriteLayer", "joined_layers", "make_receiver", "make_sender",
+    "transport_backend",
 ]

@@ -145,7 +145,7 @@ class TorchReceiver(TrackedReceiver):
                     post = payloads[i]
                     self._wait(link, post, payloads[i + 1:])
                     if post.res is not None:
-                        pending = _Received(post.res, post.header, post.flat)
+                        pending = _Received(post.res, post.header, post.flat, post.release)
                     self._post_arrived(link, payloads, pool, i + 1)  # the next flight flows right behind this one
                     if pending is not None and i + 1 < len(payloads):
                         pending = self._flush(pending, pool)  # while gloo fills the next one
@@ -165,8 +165,11 @@ class TorchReceiver(TrackedReceiver):
     def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
         posted: list[_Posted] = []
         try:
-            for entry in entries:
-                post = self._post(link, entry, pool)
+            for message in _messages(entries):
+                if len(message) > 1:
+                    posted += self._post_joined(link, message, pool)
+                    continue
+                post = self._post(link, message[0], pool)
                 posted += [post] if post is not None else []
         except Exception:
             self._unadmit_all(posted)
@@ -183,13 +186,39 @@ class TorchReceiver(TrackedReceiver):
         if entry.kind is Kind.CHECKSUM:
             self._checksum_entry(entry)
             return None
-        res = self._admit(entry)
+        if entry.kind is Kind.JOINED:
+            raise ValueError("KV header: a JOINED entry follows no layer")
+        res = self._admit_sized(entry)
         if res is None:
-            if entry.nbytes > self.config.max_layer_bytes:
-                raise ValueError(f"header claims {entry.nbytes} bytes, above max_layer_bytes")
             return _Posted(None, entry, None, link.post_drain(entry.nbytes))
         flat = pool.take(entry.nbytes)
-        return _Posted(res, entry, flat, link.post_payload(flat))
+        return _Posted(res, entry, flat, link.post_payload(flat), release=flat)
+
+    def _post_joined(self, link: PairLink, message: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
+        """Post the recv of one message carrying several layers, into one buffer; each layer's
+        payload is its slice (a layer no reservation takes is received there and dropped)."""
+        admitted: list[_Posted] = []
+        try:
+            for entry in message:
+                admitted.append(_Posted(self._admit_sized(entry), entry, None, []))
+        except Exception:
+            self._unadmit_all(admitted)
+            raise
+        buffer = pool.take(sum(entry.nbytes for entry in message))
+        works = link.post_payload(buffer)
+        posted, offset = [], 0
+        for post in admitted:  # the first layer waits for the message (a gloo work is waited for once)
+            flat, offset = buffer[offset: offset + post.header.nbytes], offset + post.header.nbytes
+            posted.append(_Posted(post.res, post.header, flat, [] if posted else works,
+                                  release=buffer if post is admitted[-1] else None))
+        return posted
+
+    def _admit_sized(self, entry: LayerHeader) -> Reservation | None:
+        """`_admit`, refusing a payload no reservation takes that claims more than max_layer_bytes."""
+        res = self._admit(entry)
+        if res is None and entry.nbytes > self.config.max_layer_bytes:
+            raise ValueError(f"header claims {entry.nbytes} bytes, above max_layer_bytes")
+        return res
 
     def _wait(self, link: PairLink, post: _Posted, later: list[_Posted]) -> None:
         """Wait for one payload; if it fails, the admitted layers not received are expected again."""
@@ -211,16 +240,29 @@ class TorchReceiver(TrackedReceiver):
             # kv: [2, num_tokens, num_kv_heads, head_dim] over the receive buffer
             kv = received.flat.view(received.res.meta.torch_dtype).view(received.res.meta.layer_shape)
             self._deliver(received.res, received.header, kv)
-            pool.give(received.flat)
+            if received.release is not None:
+                pool.give(received.release)
         return None
+
+
+def _messages(entries: list[LayerHeader]) -> list[list[LayerHeader]]:
+    """The header's entries as they travel: a JOINED entry goes with the payload entry before it."""
+    messages: list[list[LayerHeader]] = []
+    for entry in entries:
+        if entry.kind is Kind.JOINED and messages and messages[-1][-1].has_payload:
+            messages[-1].append(entry)
+        else:
+            messages.append([entry])
+    return messages
 
 
 @dataclass(frozen=True)
 class _Posted:
     res: Reservation | None  # None: drained
     header: LayerHeader
-    flat: torch.Tensor | None  # uint8 [nbytes] from the pool
-    works: list
+    flat: torch.Tensor | None  # uint8 [nbytes] from the pool (a slice of a joined message's buffer)
+    works: list  # its recvs ([] for the later layers of a joined message: the first one's cover them)
+    release: torch.Tensor | None = None  # the pool buffer to give back once this layer is delivered
 
 
 @dataclass(frozen=True)
@@ -228,6 +270,7 @@ class _Received:
     res: Reservation
     header: LayerHeader
     flat: torch.Tensor  # uint8 [nbytes] from the pair's pool
+    release: torch.Tensor | None
 
     @property
     def is_last(self) -> bool:

@@ -24,6 +24,7 @@ means every layer was; whether the decode node accepted them is the decode node'
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import uuid
@@ -46,7 +47,17 @@ from splitserve.kvtransfer.torch_pair import (
 )
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
 from splitserve.runtime.torch_threads import serially
-from splitserve.kvtransfer.wire import MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, encode_entries, request_hash
+from splitserve.kvtransfer.wire import (
+    JOIN_BYTES,
+    MAX_FLIGHT_LAYERS,
+    Kind,
+    LayerHeader,
+    adjacent,
+    as_bytes,
+    encode_entries,
+    request_hash,
+    span_bytes,
+)
 
 MAX_FLIGHT_BYTES = 128 << 20  # bounds the receive buffers a flight makes the receiver hold (one layer at least)
 
@@ -69,9 +80,15 @@ class _Flight:
     retried: bool = False
     num_hashed: int = 0  # its first layers, hashed (if checksummed) into `hashed`
     hashed: list[_Owed] = field(default_factory=list)  # CHECKSUM entries, in layer order
+    messages: list[tuple[int, int]] = field(init=False)  # [first, end) of the jobs each payload message carries
+
+    def __post_init__(self) -> None:
+        self.messages = _messages(self.jobs)
 
     def words(self) -> torch.Tensor:
-        return encode_entries([_layer_entry(job) for job in self.jobs] + [o.entry for o in self.owed])
+        joined = {i for first, end in self.messages for i in range(first + 1, end)}
+        return encode_entries([_layer_entry(job, i in joined) for i, job in enumerate(self.jobs)]
+                              + [o.entry for o in self.owed])
 
     def parts(self) -> list[tuple[Job, str]]:
         """(job, what) of every entry, for failure reasons."""
@@ -79,9 +96,32 @@ class _Flight:
                                                                       for o in self.owed]
 
 
-def _layer_entry(job: Job) -> LayerHeader:
+def _layer_entry(job: Job, joined: bool) -> LayerHeader:
     kind = kind_for(job.kv.device) if job.meta.checksum else ChecksumKind.NONE
-    return LayerHeader.for_layer(job.meta, job.layer, kind)
+    entry = LayerHeader.for_layer(job.meta, job.layer, kind)
+    return dataclasses.replace(entry, kind=Kind.JOINED) if joined else entry
+
+
+def _messages(jobs: list[Job]) -> list[tuple[int, int]]:
+    """The jobs cut into payload messages, [first, end) each: a layer joins the message before it
+    when it lies right after that message's last layer in memory, up to JOIN_BYTES a message."""
+    messages: list[tuple[int, int]] = []
+    nbytes = 0
+    for i, job in enumerate(jobs):
+        if messages and nbytes + job.meta.layer_nbytes <= JOIN_BYTES and adjacent(jobs[i - 1].kv, job.kv):
+            messages[-1] = (messages[-1][0], i + 1)
+            nbytes += job.meta.layer_nbytes
+        else:
+            messages.append((i, i + 1))
+            nbytes = job.meta.layer_nbytes
+    return messages
+
+
+def _payload(jobs: list[Job]) -> torch.Tensor:
+    """The bytes of one message: a layer's own, or a span over layers lying back to back."""
+    if len(jobs) == 1:
+        return as_bytes(jobs[0].kv)
+    return span_bytes(jobs[0].kv, sum(job.meta.layer_nbytes for job in jobs))
 
 
 class TorchSender(TrackedSender):
@@ -194,12 +234,13 @@ class TorchSender(TrackedSender):
                 while flight.num_hashed < len(flight.jobs) and not link.ack_arrived():
                     self._hash_upto(flight, flight.num_hashed + 1)
                 link.wait_ack(self._flight_remaining_s(flight))
-                for i, job in enumerate(flight.jobs):
-                    self._mark_sending(job.meta.request_id)
-                    self._hash_upto(flight, i + 1)  # while the layers before it drain from the socket
-                    if i == len(flight.jobs) - 1 and link.early_headers:
+                for first, end in flight.messages:
+                    for job in flight.jobs[first:end]:
+                        self._mark_sending(job.meta.request_id)
+                    self._hash_upto(flight, end)  # while the messages before it drain from the socket
+                    if end == len(flight.jobs) and link.early_headers:
                         self._post_checksums(flight, link, flights)
-                    flight.works += link.post_payloads([as_bytes(job.kv)])
+                    flight.works += link.post_payloads([_payload(flight.jobs[first:end])])
             return True
         except Exception as exc:
             self._recover(flights, exc)

@@ -7,16 +7,20 @@ import time
 import pytest
 import torch
 
-from splitserve.kvtransfer import RecvState, SendState, TransferConfig, TransferMeta
+from splitserve.kvtransfer import RecvState, SendState, TransferConfig, TransferMeta, joined_layers
 from splitserve.kvtransfer.torch_receiver import TorchReceiver
 from splitserve.kvtransfer.torch_sender import TorchSender
 
 
-def _transfer(sender: TorchSender, receiver: TorchReceiver, rid: str) -> list[torch.Tensor]:
-    m = TransferMeta(rid, 2, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16", checksum=True)
+def _transfer(sender: TorchSender, receiver: TorchReceiver, rid: str, num_layers: int = 2,
+              joined: bool = False) -> list[torch.Tensor]:
+    m = TransferMeta(rid, num_layers, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16", checksum=True)
     got: list[torch.Tensor] = []
     receiver.expect(m, lambda layer, kv: got.append(kv.clone()))
-    sent = [torch.randn(m.layer_shape).half() for _ in range(m.num_layers)]
+    if joined:  # back to back in buffers of 3 layers: messages of 3, 3, ..., as a prefill node sends them
+        sent = [kv.copy_(torch.randn(m.layer_shape)) for kv in joined_layers(m, join_bytes=3 * m.layer_nbytes)]
+    else:
+        sent = [torch.randn(m.layer_shape).half() for _ in range(m.num_layers)]
     sender.begin(m)
     for layer, kv in enumerate(sent):
         sender.send_layer(rid, layer, kv)
@@ -74,3 +78,22 @@ def test_oversized_unexpected_layer_closes_the_group_instead_of_draining(pair):
     assert sender.wait("big", 10) is SendState.FAILED
     _transfer(sender, receiver, "after")
     assert sender.num_groups_formed == 2
+
+
+def test_layers_lying_back_to_back_arrive_intact_in_joined_messages(pair):
+    sender, receiver = pair
+    _transfer(sender, receiver, "joined", num_layers=8, joined=True)
+    _transfer(sender, receiver, "apart", num_layers=8)
+    assert sender.num_groups_formed == 1 and receiver.num_discarded == 0
+
+
+def test_a_joined_message_nobody_expects_is_dropped_and_the_pair_goes_on(pair):
+    sender, receiver = pair
+    ghost = TransferMeta("ghost", 6, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16")
+    sender.begin(ghost)
+    for layer, kv in enumerate(joined_layers(ghost)):
+        sender.send_layer("ghost", layer, kv.zero_())
+    sender.finish("ghost")
+    assert sender.wait("ghost", 10) is SendState.DONE  # handed over: the receiver drops it
+    _transfer(sender, receiver, "after", num_layers=6, joined=True)
+    assert receiver.num_discarded == 6 and sender.num_groups_formed == 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.distributed import HashStore, PrefixStore, ProcessGroupGloo
 
-from splitserve.kvtransfer import TransferConfig, TransferMeta
+from splitserve.kvtransfer import TransferConfig, TransferMeta, joined_layers
 from splitserve.kvtransfer import torch_sender
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
 from splitserve.kvtransfer.torch_pair import MAX_ACKS_OUT, PairLink, td
@@ -97,6 +97,28 @@ def test_a_flights_checksums_go_ahead_of_its_last_payload(sender):
     sender._link = None
 
 
+def test_layers_lying_back_to_back_leave_joined_up_to_join_bytes(sender, monkeypatch):
+    meta = TransferMeta("r", 5, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32", checksum=True)
+    n = meta.layer_nbytes
+    layers = joined_layers(meta, join_bytes=2 * n)  # [0, 1] [2, 3] [4], each pair back to back
+    sender.begin(meta)
+    sender._link = link = _RecordingLink()
+    jobs = [Job(JobKind.LAYER, meta, layer, kv.normal_()) for layer, kv in enumerate(layers)]
+    assert sender._post(torch_sender._Flight(jobs, []), torch_sender.deque())
+    assert link.posted == [[(Kind.LAYER, 0), (Kind.JOINED, 1), (Kind.LAYER, 2), (Kind.JOINED, 3), (Kind.LAYER, 4)],
+                           2 * n, 2 * n, [(Kind.CHECKSUM, layer) for layer in range(5)], n]
+    monkeypatch.setattr(torch_sender, "JOIN_BYTES", n)  # a message of one layer at most: none joined
+    assert torch_sender._messages(jobs) == [(i, i + 1) for i in range(5)]
+    sender._link = None
+
+
+def test_layers_apart_in_memory_are_never_joined():
+    meta = TransferMeta("r", 3, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32")
+    assert torch_sender._messages(_jobs(meta)) == [(0, 1), (1, 2), (2, 3)]
+    separate = [Job(JobKind.LAYER, meta, i, kv) for i, kv in enumerate(joined_layers(meta, join_bytes=1))]
+    assert torch_sender._messages(separate) == [(0, 1), (1, 2), (2, 3)]  # one layer a buffer
+
+
 @pytest.fixture
 def links():
     """(sender link, receiver link) over a gloo pair group formed by two threads of this process."""
@@ -149,3 +171,17 @@ def test_the_receivers_pending_ack_sends_stay_bounded(links):
         receiver.ack()
         sender.wait_ack(5)
     assert len(receiver._acks_out) <= MAX_ACKS_OUT
+
+
+def test_the_receiver_reads_joined_entries_as_part_of_the_payload_before_them():
+    from splitserve.kvtransfer import torch_receiver
+
+    layer, joined, summed = (LayerHeader(kind, 1) for kind in (Kind.LAYER, Kind.JOINED, Kind.CHECKSUM))
+    assert torch_receiver._messages([layer, joined, joined, summed, joined]) == [[layer, joined, joined], [summed],
+                                                                                [joined]]
+    receiver = torch_receiver.TorchReceiver(TransferConfig())
+    try:
+        with pytest.raises(ValueError, match="JOINED entry follows no layer"):
+            receiver._post(None, joined, None)  # a header like that closes the pair
+    finally:
+        receiver.close()
