@@ -110,7 +110,7 @@ class TransferConfig:
     device: str = "cpu"  # torch: "cpu" -> gloo, "cuda[:i]" -> NCCL
     grpc_chunk_bytes: int = 1 << 20  # grpc: bytes per KVChunk message
     max_layer_bytes: int = 1 << 32  # receiver: larger claimed layers break the pair
-    history: int = 4096  # finished transfers remembered for poll()/info()
+    history: int = 4096  # transfers remembered for poll()/info(): the oldest finished go first, active ones never
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "connect_timeout_s", "idle_timeout_s"):

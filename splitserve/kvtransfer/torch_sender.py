@@ -24,7 +24,6 @@ means every layer was; whether the decode node accepted them is the decode node'
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 import uuid
@@ -98,8 +97,7 @@ class _Flight:
 
 def _layer_entry(job: Job, joined: bool) -> LayerHeader:
     kind = kind_for(job.kv.device) if job.meta.checksum else ChecksumKind.NONE
-    entry = LayerHeader.for_layer(job.meta, job.layer, kind)
-    return dataclasses.replace(entry, kind=Kind.JOINED) if joined else entry
+    return LayerHeader.for_layer(job.meta, job.layer, kind, kind=Kind.JOINED if joined else Kind.LAYER)
 
 
 def _messages(jobs: list[Job]) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ ones.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class Kind(enum.IntEnum):
     JOINED = 4  # a LAYER whose payload continues the previous entry's message
 
 
+@functools.lru_cache(maxsize=1024)
 def request_hash(request_id: str) -> int:
     """63-bit stable hash of a request id (fits an int64 header word)."""
     digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
@@ -117,8 +119,8 @@ class LayerHeader:
 
     @classmethod
     def for_layer(cls, meta: TransferMeta, layer: int, checksum_kind: ChecksumKind = ChecksumKind.NONE,
-                  checksum: int = 0) -> LayerHeader:
-        return cls(Kind.LAYER, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, checksum,
+                  checksum: int = 0, kind: Kind = Kind.LAYER) -> LayerHeader:
+        return cls(kind, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, checksum,
                    checksum_kind)
 
     @property
@@ -137,13 +139,14 @@ class LayerHeader:
     @classmethod
     def from_words(cls, values: list[int]) -> LayerHeader:
         """ValueError on an entry that is not well formed."""
-        if values[0] not in Kind._value2member_map_:
+        kind, checksum_kind = Kind._value2member_map_.get(values[0]), ChecksumKind._value2member_map_.get(values[6])
+        if kind is None:
             raise ValueError(f"unknown header kind {values[0]}")
         if min(values[1:5]) < 0:
             raise ValueError("negative field in KV header")
-        if values[6] not in ChecksumKind._value2member_map_:
+        if checksum_kind is None:
             raise ValueError(f"unknown checksum kind {values[6]}")
-        return cls(Kind(values[0]), *values[1:6], ChecksumKind(values[6]))
+        return cls(kind, *values[1:6], checksum_kind)
 
     def mismatch(self, meta: TransferMeta, next_layer: int) -> str:
         """Why this LAYER entry does not fit the reservation `meta` ("" if it does)."""
