@@ -6,6 +6,8 @@ layer is written (layer-wise: the send of layer l overlaps layer l+1); `after_st
 layers of short prompts at once, finishes the transfer of every request the step prefilled and
 aborts those that ended otherwise. The asyncio side opens and closes transfers and awaits them
 (`opened`, `wait`). Fault injection (--fault-signals) drops an armed transfer midway.
+Each layer is read out of the pool straight into the transfer's `joined_layers` buffers, where
+consecutive layers lie back to back: the torch sender moves them a few at a time, one message each.
 """
 
 from __future__ import annotations

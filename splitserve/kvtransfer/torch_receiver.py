@@ -10,8 +10,9 @@ payload that matches no live reservation; CHECKSUM and ABORT entries go to the r
 they name. A header with LAYER entries is acked once their recvs are posted: only then does
 the sender post the payloads (see `PairLink`). Headers that have already arrived are taken
 too (gloo), before and while it waits for the payloads (once at most POST_AHEAD are
-outstanding), so the sender's next flight flows right behind this one. The payloads are
-waited for in order, `_deliver`ing each (hash, then copy into the pool) while gloo's own
+outstanding), so the sender's next flight flows right behind this one. A LAYER entry and the
+JOINED entries after it are one message: one recv into one pooled buffer, each layer delivered
+from its slice. The payloads are waited for in order, `_deliver`ing each (hash, then copy into the pool) while gloo's own
 thread fills the next. The last layer of a flight waits for the next header's recvs to be
 posted before it is delivered, unless it is its request's last layer. One thread per pair:
 every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times out or a

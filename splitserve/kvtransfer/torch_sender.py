@@ -14,7 +14,9 @@ CHECKSUM entries go in a header of their own ahead of its last payload (the rece
 header recv posted), so the last layer is verified as soon as it lands; on NCCL (ops in order,
 no early header recv) they ride in the next flight's header or in a header of their own after
 the flight. A flight is confirmed when its sends complete; the previous one is waited for
-after the next is posted.
+after the next is posted. Layers that lie back to back in memory (a prefill node reads them so,
+into `joined_layers` buffers) leave as one payload message of up to JOIN_BYTES, announced by
+JOINED entries: gloo pays per message (30 x 277 KB took 3.2-5.4 ms against 2.0-2.9 ms as 4).
 Every wait is bounded by the request's remaining time. When an op fails the group is
 dropped; the unconfirmed flights are posted once more on a fresh group if the failed group
 had worked before (the receiver restarted or closed an idle group), else their requests
