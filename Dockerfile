@@ -54,6 +54,15 @@ FROM builder AS demo-model
 RUN splitserve make-model --preset small --out /models/small
 
 FROM base AS app
+ARG VARIANT=cpu
+# g++ builds the native CPU kernels (decode attention, RMSNorm/RoPE/SiLU, Q4_1/Q8_0 linears:
+# splitserve/engine/native.py) on the node's own CPU at first use (-march=native, so not here:
+# the machine building the image may be another CPU); ~30 s on 2 cores, cached under
+# $HOME/.cache/splitserve (the chart's /tmp emptyDir). Without it a CPU node falls back to
+# torch's own ops. CUDA nodes run torch's ops and do without.
+RUN if [ "$VARIANT" = cpu ]; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /home/splitserve

@@ -170,3 +170,21 @@ def test_build_script_names_the_dockerfile_base_and_stages():
     assert "--pull=never" in script and "debootstrap" in script and "bookworm" in script
     built = re.findall(r"^build (\S+) ", script, re.M)
     assert built == ["runtime", "demo"] and set(built) <= set(stages())
+
+
+def test_the_installed_package_carries_every_native_kernel_source():
+    """pip installs csrc/ as package data: a source or header left out makes every node built from
+    the image fall back to torch's ops (the headers once were)."""
+    from splitserve.engine import native
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = globs["splitserve.engine"]
+    files = [path.relative_to(path.parents[1]).as_posix() for path in native.SOURCES + native.HEADERS]
+    assert [f for f in files if not any(fnmatch.fnmatch(f, glob) for glob in shipped)] == []
+    assert {p.name for p in native.CSRC.iterdir()} == {p.name for p in native.SOURCES + native.HEADERS}
+
+
+def test_the_cpu_image_has_the_compiler_the_native_kernels_need():
+    _, app = stages()["app"]
+    runs = " ".join(rest for word, rest in app if word == "RUN")
+    assert "g++" in runs and '"$VARIANT" = cpu' in runs
