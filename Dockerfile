@@ -39,6 +39,12 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 RUN python -m venv /opt/venv
+# g++ builds the native CPU kernels (decode attention, RMSNorm/RoPE/SiLU, Q4_1/Q8_0 linears;
+# splitserve/engine/native.py) below, for every AVX2+FMA CPU (-march=x86-64-v3) rather than this
+# machine's: a node loads them from /opt/splitserve-native with no compiler and no build at start.
+RUN if [ "$VARIANT" = cpu ]; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN case "$VARIANT" in \
         cpu) index="$TORCH_INDEX/cpu" ;; \
         cuda) index="$TORCH_INDEX/$TORCH_CUDA" ;; \
@@ -49,21 +55,24 @@ WORKDIR /src
 # The context is what .dockerignore leaves: pyproject.toml, README.md and the Python packages.
 COPY . .
 RUN pip install --no-cache-dir . && splitserve --help >/dev/null
+RUN mkdir -p /opt/splitserve-native && if [ "$VARIANT" = cpu ]; then \
+        SPLITSERVE_NATIVE_MARCH=x86-64-v3 SPLITSERVE_NATIVE_DIR=/opt/splitserve-native python -c \
+        "from splitserve.engine import native; assert native.layer_ops() is not None, 'native kernels did not build'"; \
+    fi
 
 FROM builder AS demo-model
 RUN splitserve make-model --preset small --out /models/small
 
 FROM base AS app
 ARG VARIANT=cpu
-# g++ builds the native CPU kernels (decode attention, RMSNorm/RoPE/SiLU, Q4_1/Q8_0 linears:
-# splitserve/engine/native.py) on the node's own CPU at first use (-march=native, so not here:
-# the machine building the image may be another CPU); ~30 s on 2 cores, cached under
-# $HOME/.cache/splitserve (the chart's /tmp emptyDir). Without it a CPU node falls back to
-# torch's own ops. CUDA nodes run torch's ops and do without.
+# The native kernels use OpenMP (libgomp); the library itself is built in the builder stage.
 RUN if [ "$VARIANT" = cpu ]; then \
-        apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
+        apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*; \
     fi
+ENV SPLITSERVE_NATIVE_MARCH=x86-64-v3 \
+    SPLITSERVE_NATIVE_DIR=/opt/splitserve-native
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/splitserve-native /opt/splitserve-native
 USER 10001:10001
 WORKDIR /home/splitserve
 # router HTTP and gRPC, node gRPC, KV rendezvous, metrics

@@ -7,6 +7,10 @@ Compiled, into one library, with g++ against the installed torch, for this CPU (
 parallel processes build into their own temporary file and rename it into place. Needs g++ and
 AVX2+FMA; without them (or on any build error) `quant_ops()`, `attention_ops()` and `layer_ops()`
 return None, the reason is logged once, and the engine keeps torch's own ops.
+
+A library built ahead for a CPU level instead ($SPLITSERVE_NATIVE_MARCH=x86-64-v3: every AVX2+FMA
+CPU; the key then covers the level, not this CPU's flags) into $SPLITSERVE_NATIVE_DIR is loaded
+from there on any machine of that level, with no compiler: the container image ships one.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "lay
 HEADERS = (CSRC / "checks.h", CSRC / "simd.h")
 LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep torch's own ops
+MARCH_ENV = "SPLITSERVE_NATIVE_MARCH"  # g++ -march: native (default) or a level such as x86-64-v3
+DIR_ENV = "SPLITSERVE_NATIVE_DIR"  # where libraries are built and looked for (default <cache>/native)
+# what each -march level needs of the CPU (x86-64-v3: Haswell, Zen and later)
+LEVEL_FLAGS = {"x86-64-v3": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"}}
 BUILD_TIMEOUT_S = 300
 
 
@@ -54,7 +62,7 @@ def layer_ops():
 def _loaded() -> bool:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return False
-    reason = _unsupported_reason()
+    reason = _unsupported_reason(needs_compiler=not _library_path().exists())
     if reason is None:
         try:
             torch.ops.load_library(str(_built_library()))
@@ -67,15 +75,21 @@ def _loaded() -> bool:
     return False
 
 
-def _unsupported_reason() -> str | None:
+def _unsupported_reason(needs_compiler: bool = True) -> str | None:
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"needs x86-64, this is {platform.machine()}"
-    flags = _cpu_flags()
+    flags, march = _cpu_flags(), _march()
     if not {"avx2", "fma"} <= flags:
         return "the CPU lacks AVX2 or FMA"
-    if shutil.which("g++") is None:
+    if march != "native" and not LEVEL_FLAGS.get(march, {"?"}) <= flags:
+        return f"{MARCH_ENV}={march}: this CPU lacks {sorted(LEVEL_FLAGS.get(march, {march}) - flags)}"
+    if needs_compiler and shutil.which("g++") is None:
         return "no g++ on the PATH (apt-get install -y g++)"
     return None
+
+
+def _march() -> str:
+    return os.environ.get(MARCH_ENV, "") or "native"
 
 
 def _cpu_flags() -> set[str]:
@@ -93,12 +107,18 @@ def _build_key() -> str:
     for path in SOURCES + HEADERS:
         digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
-    digest.update(" ".join(sorted(_cpu_flags())).encode())
+    march = _march()
+    digest.update((" ".join(sorted(_cpu_flags())) if march == "native" else f"-march={march}").encode())
     return digest.hexdigest()[:16]
 
 
+def _library_path() -> Path:
+    root = Path(os.environ[DIR_ENV]) if os.environ.get(DIR_ENV) else default_cache_root() / "native"
+    return root / _build_key() / LIBRARY
+
+
 def _built_library() -> Path:
-    target = default_cache_root() / "native" / _build_key() / LIBRARY
+    target = _library_path()
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +133,7 @@ def _built_library() -> Path:
 def _compile_command(output: Path, sources: tuple[Path, ...] = SOURCES) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ["g++", "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++20", "-shared", "-fPIC", "-w",
+    return ["g++", "-O3", f"-march={_march()}", "-fopenmp", "-ffp-contract=off", "-std=c++20", "-shared", "-fPIC", "-w",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             *map(str, sources), f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}",

@@ -184,7 +184,15 @@ def test_the_installed_package_carries_every_native_kernel_source():
     assert {p.name for p in native.CSRC.iterdir()} == {p.name for p in native.SOURCES + native.HEADERS}
 
 
-def test_the_cpu_image_has_the_compiler_the_native_kernels_need():
+def test_the_cpu_image_ships_the_native_kernels_built_ahead():
+    """Built in the builder stage for every AVX2+FMA CPU, loaded by the app from where the app's
+    environment says, with OpenMP's runtime and no compiler."""
+    _, builder = stages()["builder"]
     _, app = stages()["app"]
+    built = " ".join(rest for word, rest in builder if word == "RUN")
+    assert "g++" in built and "SPLITSERVE_NATIVE_MARCH=x86-64-v3 SPLITSERVE_NATIVE_DIR=/opt/splitserve-native" in built
     runs = " ".join(rest for word, rest in app if word == "RUN")
-    assert "g++" in runs and '"$VARIANT" = cpu' in runs
+    assert "libgomp1" in runs and "g++" not in runs
+    env = " ".join(rest for word, rest in app if word == "ENV")
+    assert "SPLITSERVE_NATIVE_MARCH=x86-64-v3" in env and "SPLITSERVE_NATIVE_DIR=/opt/splitserve-native" in env
+    assert ("COPY", "--from=builder /opt/splitserve-native /opt/splitserve-native") in app

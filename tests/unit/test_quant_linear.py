@@ -117,7 +117,7 @@ def test_quantized_false_keeps_the_fp32_paths():
 
 def test_a_failed_build_says_why_and_leaves_the_fp32_linears(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("SPLITSERVE_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "_unsupported_reason", lambda: None)
+    monkeypatch.setattr(native, "_unsupported_reason", lambda needs_compiler=True: None)
     monkeypatch.setattr(native, "_compile_command", lambda output: ["g++", "-x", "c++", "/dev/null", "-no-such-flag"])
     assert native._loaded.__wrapped__() is False
     assert "building splitserve_native.so failed" in caplog.text
@@ -127,3 +127,23 @@ def test_a_failed_build_says_why_and_leaves_the_fp32_linears(monkeypatch, tmp_pa
 def test_the_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, "1")
     assert native._loaded.__wrapped__() is False
+
+
+def test_a_library_built_for_a_cpu_level_is_keyed_by_the_level_not_this_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.DIR_ENV, str(tmp_path))
+    native_key = native._build_key()
+    monkeypatch.setenv(native.MARCH_ENV, "x86-64-v3")
+    level_key = native._build_key()
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma"})  # another CPU of the level
+    assert native._build_key() == level_key != native_key
+    assert native._library_path() == tmp_path / level_key / native.LIBRARY
+    assert "-march=x86-64-v3" in native._compile_command(tmp_path / "x.so")
+    assert "lacks" in native._unsupported_reason()  # bmi2, f16c, ... missing from that CPU's flags
+
+
+@pytest.mark.skipif(not HAS_TOOLCHAIN, reason="needs g++ and AVX2+FMA")
+def test_a_built_library_loads_with_no_compiler(monkeypatch):
+    assert native._loaded()  # built here (make venv builds it)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    assert native._unsupported_reason() is not None  # it could not be built again
+    assert native._loaded.__wrapped__() is True  # but it is there: loaded as it is
