@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, make_receiver, make_sender
+from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, joined_layers, make_receiver, make_sender
 from splitserve.kvtransfer import receiver_base, torch_pair, torch_receiver, torch_sender
 
 EVENTS: list[tuple[str, float, float]] = []  # (step, start, end), this process
@@ -102,7 +102,7 @@ def main() -> None:
             meta = TransferMeta(f"t{i}", args.layers, args.tokens, 4, 64, "float32", checksum=not args.no_checksum)
             conn.send(meta.__dict__)
             conn.recv()
-            layers = [torch.randn(meta.layer_shape) for _ in range(meta.num_layers)]
+            layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a node lays them out
             EVENTS.clear()
             start = time.monotonic()
             sender.begin(meta)

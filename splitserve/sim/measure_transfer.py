@@ -34,11 +34,11 @@ def _one_transfer(sender, conn, meta) -> float:
     """begin() -> the receiver holding the last layer, in seconds."""
     import torch
 
-    from splitserve.kvtransfer import SendState
+    from splitserve.kvtransfer import SendState, joined_layers
 
     conn.send(meta.__dict__)
     conn.recv()
-    layers = [torch.randn(meta.layer_shape) for _ in range(meta.num_layers)]
+    layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a prefill node lays them out
     start = time.perf_counter()
     sender.begin(meta)
     for layer, kv in enumerate(layers):
