@@ -2,15 +2,17 @@
 `splitserve_quant.*`), decode attention over the paged KV cache (`splitserve_attention.*`) and
 RMSNorm, RoPE and SiLU-and-multiply (`splitserve_layer.*`).
 
-Compiled, into one library, with g++ against the installed torch, for this CPU (-march=native), into
-<cache>/native/<key>/, where the key covers the source, the torch build and the CPU's flags;
+Compiled, into one library, with g++ against the installed torch, for every AVX2+FMA CPU
+(-march=x86-64-v3: measured no slower than -march=native on an AMD Zen 3 and an Intel AVX-512 host)
+or, on a CPU without that level's flags, for this CPU (-march=native), into <cache>/native/<key>/,
+where the key covers the source, the torch build and the level (or, for native, the CPU's flags);
 parallel processes build into their own temporary file and rename it into place. Needs g++ and
 AVX2+FMA; without them (or on any build error) `quant_ops()`, `attention_ops()` and `layer_ops()`
 return None, the reason is logged once, and the engine keeps torch's own ops.
 
-A library built ahead for a CPU level instead ($SPLITSERVE_NATIVE_MARCH=x86-64-v3: every AVX2+FMA
-CPU; the key then covers the level, not this CPU's flags) into $SPLITSERVE_NATIVE_DIR is loaded
-from there on any machine of that level, with no compiler: the container image ships one.
+$SPLITSERVE_NATIVE_MARCH picks the -march (native, or a level of LEVEL_FLAGS). A library built
+ahead for a level into $SPLITSERVE_NATIVE_DIR is loaded from there on any machine of that level,
+with no compiler: the container image ships one.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "lay
 HEADERS = (CSRC / "checks.h", CSRC / "simd.h")
 LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep torch's own ops
-MARCH_ENV = "SPLITSERVE_NATIVE_MARCH"  # g++ -march: native (default) or a level such as x86-64-v3
+MARCH_ENV = "SPLITSERVE_NATIVE_MARCH"  # g++ -march: a level such as x86-64-v3 (default where the CPU has it) or native
 DIR_ENV = "SPLITSERVE_NATIVE_DIR"  # where libraries are built and looked for (default <cache>/native)
 # what each -march level needs of the CPU (x86-64-v3: Haswell, Zen and later)
 LEVEL_FLAGS = {"x86-64-v3": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"}}
+DEFAULT_LEVEL = "x86-64-v3"
 BUILD_TIMEOUT_S = 300
 
 
@@ -89,7 +92,10 @@ def _unsupported_reason(needs_compiler: bool = True) -> str | None:
 
 
 def _march() -> str:
-    return os.environ.get(MARCH_ENV, "") or "native"
+    """$SPLITSERVE_NATIVE_MARCH, else DEFAULT_LEVEL where this CPU has its flags, else native."""
+    if os.environ.get(MARCH_ENV, ""):
+        return os.environ[MARCH_ENV]
+    return DEFAULT_LEVEL if LEVEL_FLAGS[DEFAULT_LEVEL] <= _cpu_flags() else "native"
 
 
 def _cpu_flags() -> set[str]:

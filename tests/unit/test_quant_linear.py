@@ -131,6 +131,7 @@ def test_the_kernels_can_be_turned_off(monkeypatch):
 
 def test_a_library_built_for_a_cpu_level_is_keyed_by_the_level_not_this_cpu(monkeypatch, tmp_path):
     monkeypatch.setenv(native.DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(native.MARCH_ENV, "native")
     native_key = native._build_key()
     monkeypatch.setenv(native.MARCH_ENV, "x86-64-v3")
     level_key = native._build_key()
@@ -139,6 +140,17 @@ def test_a_library_built_for_a_cpu_level_is_keyed_by_the_level_not_this_cpu(monk
     assert native._library_path() == tmp_path / level_key / native.LIBRARY
     assert "-march=x86-64-v3" in native._compile_command(tmp_path / "x.so")
     assert "lacks" in native._unsupported_reason()  # bmi2, f16c, ... missing from that CPU's flags
+
+
+def test_the_default_build_is_for_the_cpu_level_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.delenv(native.MARCH_ENV, raising=False)
+    monkeypatch.setattr(native, "_cpu_flags", lambda: native.LEVEL_FLAGS["x86-64-v3"] | {"avx512f"})
+    assert native._march() == "x86-64-v3"
+    key = native._build_key()
+    monkeypatch.setattr(native, "_cpu_flags", lambda: native.LEVEL_FLAGS["x86-64-v3"])  # another CPU of the level
+    assert native._build_key() == key  # one library serves both
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx", "avx2", "fma"})  # AVX2+FMA without BMI2, F16C, ...
+    assert native._march() == "native" and native._unsupported_reason(needs_compiler=False) is None
 
 
 @pytest.mark.skipif(not HAS_TOOLCHAIN, reason="needs g++ and AVX2+FMA")
