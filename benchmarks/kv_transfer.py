@@ -106,16 +106,19 @@ class _BackendPeer:
         self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
         self.count = 0
 
-    def seconds(self, meta_fields: dict, checksum: bool, joined: bool = True) -> float:
+    def seconds(self, meta_fields: dict, checksum: bool, joined: bool = True, prepare=None) -> float:
         """Sender's begin() -> the receiver's DONE (every layer written and verified). `joined`: the
         layers lie back to back in buffers of about JOIN_BYTES (`joined_layers`, as a prefill node
-        reads them), else each in its own buffer (as before v5)."""
+        reads them), else each in its own buffer (as before v5). `prepare(meta, layers)` runs just
+        before the clock starts."""
         self.count += 1
         meta = TransferMeta(**{**meta_fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
         self.conn.send(meta.__dict__)
         self.conn.recv()
         layers = joined_layers(meta) if joined else [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)]
         layers = [kv.normal_() for kv in layers]
+        if prepare is not None:
+            prepare(meta, layers)
         start = time.monotonic()
         self.sender.begin(meta)
         for layer, kv in enumerate(layers):
