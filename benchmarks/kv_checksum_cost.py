@@ -31,7 +31,7 @@ from splitserve.kvtransfer import torch_sender
 from splitserve.kvtransfer.checksum import kind_for, layer_seed
 from splitserve.kvtransfer.wire import as_bytes, request_hash
 from kv_raw_bench import RawGlooPair
-from kv_transfer import _BackendPeer
+from kv_transfer import _BackendPeer, meta_fields
 
 RESULTS = Path(__file__).parent / "results" / "kv_checksum_cost.json"
 SHIPPED = torch_sender.checksum
@@ -60,9 +60,7 @@ def measure(cfg: ModelConfig, tokens: list[int], repeats: int) -> list[dict]:
     try:
         with RawGlooPair() as raw:
             for n in tokens:
-                fields = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=n, num_kv_heads=cfg.num_kv_heads,
-                              head_dim=cfg.head_dim, dtype="float32")
-                total = TransferMeta(**fields).total_nbytes
+                fields, total = meta_fields(cfg, n)
                 samples: dict[str, list[float]] = {"raw": [], "checksum": [], "sender_hashed_ahead": [], "no_checksum": []}
                 for i in range(repeats + 1):  # round 0 warms up
                     measured = {"raw": raw.move(total, total // cfg.num_layers),

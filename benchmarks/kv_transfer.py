@@ -152,15 +152,20 @@ def _bandwidth_row(n: int, total: int, samples: dict[str, list[float]]) -> dict:
     return row
 
 
+def meta_fields(cfg: ModelConfig, num_tokens: int) -> tuple[dict, int]:
+    """The TransferMeta fields of one request's fp32 KV of `num_tokens` (request_id set per transfer), and its bytes."""
+    fields = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=num_tokens, num_kv_heads=cfg.num_kv_heads,
+                  head_dim=cfg.head_dim, dtype="float32")
+    return fields, TransferMeta(**fields).total_nbytes
+
+
 def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[dict]:
     peers = {backend: _BackendPeer(backend) for backend in ("torch", "grpc")}
     rows = []
     try:
         with RawGlooPair() as raw:
             for n in token_counts:
-                meta = dict(request_id="x", num_layers=cfg.num_layers, num_tokens=n, num_kv_heads=cfg.num_kv_heads,
-                            head_dim=cfg.head_dim, dtype="float32")
-                total = TransferMeta(**meta).total_nbytes
+                meta, total = meta_fields(cfg, n)
                 samples = {name: [] for name in ["raw", "raw_idle", *VARIANTS]}
                 for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
                     measured = {"raw": raw.move(total, total // cfg.num_layers),
