@@ -147,6 +147,8 @@ class TorchReceiver(TrackedReceiver):
                     self._wait(link, post, payloads[i + 1:])
                     if post.res is not None:
                         pending = _Received(post.res, post.header, post.flat, post.release)
+                    elif post.release is not None:  # a joined message's last layer, dropped:
+                        pool.give(post.release)  # the layers before it are delivered already
                     self._post_arrived(link, payloads, pool, i + 1)  # the next flight flows right behind this one
                     if pending is not None and i + 1 < len(payloads):
                         pending = self._flush(pending, pool)  # while gloo fills the next one

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from splitserve.kvtransfer import RecvState, SendState, TransferConfig, TransferMeta, joined_layers
+from splitserve.kvtransfer import torch_receiver
 from splitserve.kvtransfer.torch_receiver import TorchReceiver
 from splitserve.kvtransfer.torch_sender import TorchSender
 
@@ -32,6 +33,16 @@ def _transfer(sender: TorchSender, receiver: TorchReceiver, rid: str, num_layers
     assert receiver.poll(rid) is RecvState.DONE, receiver.info(rid)
     assert all(torch.equal(a, b) for a, b in zip(got, sent, strict=True))
     return got
+
+
+def _send_ghost(sender: TorchSender) -> None:
+    """Six layers back to back (one joined message) of a transfer the receiver does not expect."""
+    ghost = TransferMeta("ghost", 6, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16")
+    sender.begin(ghost)
+    for layer, kv in enumerate(joined_layers(ghost)):
+        sender.send_layer("ghost", layer, kv.zero_())
+    sender.finish("ghost")
+    assert sender.wait("ghost", 10) is SendState.DONE  # handed over: the receiver drops it
 
 
 @pytest.fixture
@@ -89,11 +100,18 @@ def test_layers_lying_back_to_back_arrive_intact_in_joined_messages(pair):
 
 def test_a_joined_message_nobody_expects_is_dropped_and_the_pair_goes_on(pair):
     sender, receiver = pair
-    ghost = TransferMeta("ghost", 6, num_tokens=8, num_kv_heads=2, head_dim=4, dtype="float16")
-    sender.begin(ghost)
-    for layer, kv in enumerate(joined_layers(ghost)):
-        sender.send_layer("ghost", layer, kv.zero_())
-    sender.finish("ghost")
-    assert sender.wait("ghost", 10) is SendState.DONE  # handed over: the receiver drops it
+    _send_ghost(sender)
     _transfer(sender, receiver, "after", num_layers=6, joined=True)
     assert receiver.num_discarded == 6 and sender.num_groups_formed == 1
+
+
+def test_a_dropped_joined_message_gives_its_buffer_back_to_the_pool(pair, monkeypatch):
+    taken, given = [], []
+    take, give = torch_receiver._BufferPool.take, torch_receiver._BufferPool.give
+    monkeypatch.setattr(torch_receiver._BufferPool, "take", lambda self, n: taken.append(n) or take(self, n))
+    monkeypatch.setattr(torch_receiver._BufferPool, "give",
+                        lambda self, flat: given.append(flat.numel()) or give(self, flat))
+    sender, receiver = pair
+    _send_ghost(sender)
+    _transfer(sender, receiver, "after", num_layers=6, joined=True)
+    assert receiver.num_discarded == 6 and len(taken) == len(given) >= 2  # every pooled buffer came back
