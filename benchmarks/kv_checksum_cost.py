@@ -61,7 +61,8 @@ def measure(cfg: ModelConfig, tokens: list[int], repeats: int) -> list[dict]:
         with RawGlooPair() as raw:
             for n in tokens:
                 fields, total = meta_fields(cfg, n)
-                samples: dict[str, list[float]] = {"raw": [], "checksum": [], "sender_hashed_ahead": [], "no_checksum": []}
+                samples: dict[str, list[float]] = {name: [] for name in
+                                                   ("raw", "checksum", "sender_hashed_ahead", "no_checksum")}
                 for i in range(repeats + 1):  # round 0 warms up
                     measured = {"raw": raw.move(total, total // cfg.num_layers),
                                 "checksum": peer.seconds(fields, True)}

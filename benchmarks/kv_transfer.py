@@ -106,13 +106,13 @@ class _BackendPeer:
         self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
         self.count = 0
 
-    def seconds(self, meta_fields: dict, checksum: bool, joined: bool = True, prepare=None) -> float:
+    def seconds(self, fields: dict, checksum: bool, joined: bool = True, prepare=None) -> float:
         """Sender's begin() -> the receiver's DONE (every layer written and verified). `joined`: the
         layers lie back to back in buffers of about JOIN_BYTES (`joined_layers`, as a prefill node
         reads them), else each in its own buffer (as before v5). `prepare(meta, layers)` runs just
         before the clock starts."""
         self.count += 1
-        meta = TransferMeta(**{**meta_fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
+        meta = TransferMeta(**{**fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
         self.conn.send(meta.__dict__)
         self.conn.recv()
         layers = joined_layers(meta) if joined else [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)]
@@ -165,13 +165,13 @@ def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> l
     try:
         with RawGlooPair() as raw:
             for n in token_counts:
-                meta, total = meta_fields(cfg, n)
+                fields, total = meta_fields(cfg, n)
                 samples = {name: [] for name in ["raw", "raw_idle", *VARIANTS]}
                 for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
                     measured = {"raw": raw.move(total, total // cfg.num_layers),
                                 "raw_idle": raw.move_from_idle(total, total // cfg.num_layers)}
                     for name, (backend, checksum, joined) in VARIANTS.items():
-                        measured[name] = peers[backend].seconds(meta, checksum, joined)
+                        measured[name] = peers[backend].seconds(fields, checksum, joined)
                     for name, seconds in measured.items():
                         samples[name] += [seconds] if i else []
                 rows.append(_bandwidth_row(n, total, samples))

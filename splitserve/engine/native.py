@@ -93,8 +93,9 @@ def _unsupported_reason(needs_compiler: bool = True) -> str | None:
 
 def _march() -> str:
     """$SPLITSERVE_NATIVE_MARCH, else DEFAULT_LEVEL where this CPU has its flags, else native."""
-    if os.environ.get(MARCH_ENV, ""):
-        return os.environ[MARCH_ENV]
+    chosen = os.environ.get(MARCH_ENV, "")
+    if chosen:
+        return chosen
     return DEFAULT_LEVEL if LEVEL_FLAGS[DEFAULT_LEVEL] <= _cpu_flags() else "native"
 
 
