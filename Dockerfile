@@ -39,7 +39,7 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 RUN python -m venv /opt/venv
-# g++ builds the native CPU kernels (decode attention, RMSNorm/RoPE/SiLU, Q4_1/Q8_0 linears;
+# g++ builds the native CPU kernels (decode attention, RMSNorm/RoPE/SiLU, Q4_1/Q8_0 linears, KV checksums;
 # splitserve/engine/native.py) below, for every AVX2+FMA CPU (-march=x86-64-v3) rather than this
 # machine's: a node loads them from /opt/splitserve-native with no compiler and no build at start.
 RUN if [ "$VARIANT" = cpu ]; then \

@@ -19,7 +19,7 @@ import time
 from typing import AsyncIterator, Callable
 
 from splitserve.engine import Engine, RequestOutput, SamplingParams
-from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta
+from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta, scatter_checksummed
 from splitserve.node_api import KVTarget, Reservation
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
@@ -54,7 +54,13 @@ class DecodeWorker:
             kv = kv.to(slots.device)  # the gRPC receiver's buffer is on the host, the pool may be on a GPU
             cache.write(layer, slots, kv[0], kv[1])
 
-        self.receiver.expect(meta, write_layer)
+        def write_hashed(layer: int, kv, seed: int) -> int | None:  # hashed as it is copied into a CPU pool
+            value = scatter_checksummed(kv, *cache.flat(layer), slots, seed)
+            if value is None:
+                write_layer(layer, kv)
+            return value
+
+        self.receiver.expect(meta, write_layer, write_hashed)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
         return Reservation(self.target, len(block_ids))

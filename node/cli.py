@@ -59,7 +59,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          type=float)
     add_flag(parser, "--fault-signals", False, "fault injection for tests: SIGUSR1 makes a prefill node drop its next KV "
          "transfer midway", action="store_true")
-    add_flag(parser, "--kv-checksum", True, "verify an xxh3 checksum of every transferred KV layer (the default; "
+    add_flag(parser, "--kv-checksum", True, "verify a checksum of every transferred KV layer (the default; "
          "kept for compatibility)", action="store_true")
     parser.add_argument("--no-kv-checksum", dest="kv_checksum", action="store_false",
                         help="do not checksum transferred KV layers")

@@ -8,6 +8,8 @@ aborts those that ended otherwise. The asyncio side opens and closes transfers a
 (`opened`, `wait`). Fault injection (--fault-signals) drops an armed transfer midway.
 Each layer is read out of the pool straight into the transfer's `joined_layers` buffers, where
 consecutive layers lie back to back: the torch sender moves them a few at a time, one message each.
+A checksummed layer in a CPU pool is hashed as it is read (`gather_checksummed`), so the sender
+does not read it again to hash it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Callable
 import torch
 
 from splitserve.engine import Engine, RequestOutput
-from splitserve.kvtransfer import KVSender, SendState, TransferError, TransferMeta, joined_layers
+from splitserve.kvtransfer import (KVSender, SendState, TransferError, TransferMeta, checksum_seed, gather_checksummed,
+                                   joined_layers)
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +134,20 @@ class Transfers:
         transfer = self.active[rid]
         if transfer.dropped_after is not None or self._drop_here(rid, layer):
             return
-        kv = self.engine.cache.read(layer, request_slots, out=self._layer_buffer(transfer, layer))
-        kv = kv.to(transfer.sender.device)  # the gloo transport from a GPU: a host copy (else a no-op)
+        kv, value = self._read(transfer, rid, layer, request_slots)
         transfer.sent_bytes += kv.numel() * kv.element_size()
-        transfer.sender.send_layer(rid, layer, kv)
+        transfer.sender.send_layer(rid, layer, kv, checksum=value)
+
+    def _read(self, transfer: Transfer, rid: str, layer: int, request_slots) -> tuple[torch.Tensor, int | None]:
+        """The layer read into its joined buffer, with its checksum where the native kernels hash it
+        as they copy (a CPU pool, a checksummed transfer); else the sender hashes it."""
+        out = self._layer_buffer(transfer, layer)
+        if transfer.meta.checksum and transfer.sender.device == "cpu":
+            value = gather_checksummed(*self.engine.cache.flat(layer), request_slots, out, checksum_seed(rid, layer))
+            if value is not None:
+                return out, value
+        kv = self.engine.cache.read(layer, request_slots, out=out)
+        return kv.to(transfer.sender.device), None  # the gloo transport from a GPU: a host copy (else a no-op)
 
     def _layer_buffer(self, transfer: Transfer, layer: int) -> torch.Tensor:
         """Layer `layer`'s [2, n, kv_heads, head_dim] slot among the transfer's joined buffers

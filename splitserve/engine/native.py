@@ -1,6 +1,7 @@
 """Builds and loads the native CPU kernels in csrc/ once per machine: the Q4_1/Q8_0 linears (torch ops
 `splitserve_quant.*`), decode attention over the paged KV cache (`splitserve_attention.*`) and
-RMSNorm, RoPE and SiLU-and-multiply (`splitserve_layer.*`).
+RMSNorm, RoPE and SiLU-and-multiply (`splitserve_layer.*`), and KV transfer's layer checksum
+(`splitserve_kv.*`).
 
 Compiled, into one library, with g++ against the installed torch, for every AVX2+FMA CPU
 (-march=x86-64-v3: measured no slower than -march=native on an AMD Zen 3 and an Intel AVX-512 host)
@@ -34,7 +35,7 @@ from splitserve.modelgen.cache import default_cache_root
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp")
+SOURCES = (CSRC / "quant_linear.cpp", CSRC / "decode_attention.cpp", CSRC / "layer_ops.cpp", CSRC / "kv_ops.cpp")
 HEADERS = (CSRC / "checks.h", CSRC / "simd.h")
 LIBRARY = "splitserve_native.so"
 DISABLE_ENV = "SPLITSERVE_NO_NATIVE"  # set to 1 to keep torch's own ops
@@ -59,6 +60,12 @@ def attention_ops():
 def layer_ops():
     """torch.ops.splitserve_layer, built if needed; None when this machine cannot have it."""
     return torch.ops.splitserve_layer if _loaded() else None
+
+
+def kv_ops():
+    """torch.ops.splitserve_kv (KV transfer's layer checksum, alone or fused into its copies), built
+    if needed; None when this machine cannot have it."""
+    return torch.ops.splitserve_kv if _loaded() else None
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,9 @@ MAX_REQUEST_ID_CHARS = 256
 MAX_DIM = 1 << 24  # sanity bound on every size in a meta
 
 WriteLayer = Callable[[int, torch.Tensor], None]
+# (layer, kv, seed) -> writes the layer like WriteLayer and returns the MULSUM_64 checksum of kv's
+# bytes with that seed, hashed while copying (`checksum.scatter_checksummed`); None: written, not hashed
+WriteHashed = Callable[[int, torch.Tensor, int], "int | None"]
 
 
 class TransferError(Exception):
@@ -156,8 +159,13 @@ class KVSender(ABC):
         """Start a transfer (state PENDING). ValueError if the request id is already active."""
 
     @abstractmethod
-    def send_layer(self, request_id: str, layer: int, kv: torch.Tensor) -> None:
+    def send_layer(self, request_id: str, layer: int, kv: torch.Tensor, checksum: int | None = None) -> None:
         """Enqueue layer `layer` (0, 1, ... in order) of shape `meta.layer_shape`, `meta.dtype`.
+
+        `checksum`: the layer's `ChecksumKind.MULSUM_64` value seeded by
+        `wire.checksum_seed(request_id, layer)`, where the caller computed it while copying the
+        layer (`checksum.gather_checksummed`); without it the sender hashes the layer itself.
+        Ignored when the transfer is not checksummed.
 
         The sender keeps a reference to `kv` (no copy): the caller must not modify it until
         the request reaches a final state; it may drop its own reference at once. ValueError
@@ -213,8 +221,10 @@ class KVReceiver(ABC):
         """"host:port" senders connect to (empty if the transport is served elsewhere)."""
 
     @abstractmethod
-    def expect(self, meta: TransferMeta, write_layer: WriteLayer) -> None:
-        """Reserve a transfer (state RESERVED). ValueError if the request id is already active."""
+    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None) -> None:
+        """Reserve a transfer (state RESERVED). ValueError if the request id is already active.
+        `write_hashed`, where given, writes the layers that arrive with a MULSUM_64 checksum in
+        place of `write_layer` (the receiver does not hash them again)."""
 
     @abstractmethod
     def poll(self, request_id: str) -> RecvState:

@@ -3,8 +3,9 @@
 `begin` opens a client-streaming `PushKV` call whose request iterator reads that request's
 queue; grpc's own thread drains it, so `send_layer` only enqueues. A layer is cut into
 `grpc_chunk_bytes` chunks (one bytes copy each, as protobuf needs); when checksummed, the
-layer's xxh3-64 is computed chunk by chunk after each chunk is handed to grpc (so it overlaps
-the send) and travels on the layer's last chunk. The call's deadline is the request's
+layer's checksum travels on its last chunk: the one the prefill node computed while reading the
+layer (MULSUM_64), else its xxh3-64, computed chunk by chunk after each chunk is handed to grpc
+(so it overlaps the send). The call's deadline is the request's
 timeout. DONE only when the decode node replied OK, i.e. it wrote and verified every layer;
 a status code from it fails the request with that code and message as the reason.
 """
@@ -20,10 +21,10 @@ import xxhash
 
 from splitserve.api.v1 import kvtransfer_pb2, kvtransfer_pb2_grpc
 from splitserve.kvtransfer.base import TransferConfig, TransferMeta
-from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender
+from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender, checksum_kind
 from splitserve.kvtransfer.torch_pair import split_address
-from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
-from splitserve.kvtransfer.wire import as_bytes, chunk_ranges, request_hash
+from splitserve.kvtransfer.checksum import MASK64, ChecksumKind
+from splitserve.kvtransfer.wire import as_bytes, checksum_seed, chunk_ranges
 
 
 class GrpcSender(TrackedSender):
@@ -87,15 +88,16 @@ class GrpcSender(TrackedSender):
         if flat.device.type != "cpu":
             flat = flat.cpu()
         data = memoryview(flat.numpy())
-        kind = ChecksumKind.XXH3_64 if meta.checksum else ChecksumKind.NONE
-        hasher = xxhash.xxh3_64(seed=layer_seed(request_hash(meta.request_id), job.layer)) if meta.checksum else None
+        kind = checksum_kind(job) if job.checksum is not None else _streamed_kind(meta)
+        hasher = xxhash.xxh3_64(seed=checksum_seed(meta.request_id, job.layer)) if kind is ChecksumKind.XXH3_64 else None
         self._mark_sending(meta.request_id)
         ranges = chunk_ranges(meta.layer_nbytes, self.config.grpc_chunk_bytes)
         for i, (lo, hi) in enumerate(ranges):
             extra = {}
-            if hasher is not None and i == len(ranges) - 1:
-                hasher.update(data[lo:hi])
-                extra["checksum"] = hasher.intdigest()
+            if kind is not ChecksumKind.NONE and i == len(ranges) - 1:
+                if hasher is not None:
+                    hasher.update(data[lo:hi])
+                extra["checksum"] = job.checksum & MASK64 if hasher is None else hasher.intdigest()
             yield kvtransfer_pb2.KVChunk(request_id=meta.request_id, layer=job.layer, num_tokens=meta.num_tokens,
                                          layer_nbytes=meta.layer_nbytes, offset=lo, data=bytes(data[lo:hi]),
                                          checksum_kind=kind, **extra)
@@ -115,3 +117,8 @@ class GrpcSender(TrackedSender):
             self._fail(rid, f"{error.code().name}: {error.details()}")
         else:
             self._fail(rid, f"{type(error).__name__}: {error}")
+
+
+def _streamed_kind(meta: TransferMeta) -> ChecksumKind:
+    """A layer nobody hashed yet is hashed chunk by chunk as it is cut (xxh3's streaming API)."""
+    return ChecksumKind.XXH3_64 if meta.checksum else ChecksumKind.NONE

@@ -15,9 +15,8 @@ import weakref
 
 from splitserve.kvtransfer.base import TransferConfig
 from splitserve.kvtransfer.receiver_base import TrackedReceiver
-from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender
-from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
-from splitserve.kvtransfer.wire import LayerHeader, as_bytes, request_hash
+from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender, checksum_kind, layer_checksum
+from splitserve.kvtransfer.wire import LayerHeader, request_hash
 
 _receivers: weakref.WeakValueDictionary[str, LoopbackReceiver] = weakref.WeakValueDictionary()
 _numbers = itertools.count(1)
@@ -62,13 +61,12 @@ class LoopbackSender(TrackedSender):
             elif job.kind is JobKind.ABORT:
                 receiver._sender_aborted(request_hash(rid))
             elif job.kind is JobKind.LAYER and self._is_live(rid):
-                kind = kind_for(job.kv.device) if job.meta.checksum else ChecksumKind.NONE
+                kind = checksum_kind(job)
                 header = LayerHeader.for_layer(job.meta, job.layer, kind)
                 self._mark_sending(rid)
                 res = receiver._admit(header)
                 if res is not None:
                     if job.meta.checksum:
-                        seed = layer_seed(header.request_hash, job.layer)
-                        receiver._expect_checksum(res, job.layer, kind, checksum(kind, as_bytes(job.kv), seed))
+                        receiver._expect_checksum(res, job.layer, kind, layer_checksum(job))
                     receiver._deliver(res, header, job.kv)
                 self._layer_sent(rid, header.nbytes)

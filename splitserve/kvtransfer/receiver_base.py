@@ -6,7 +6,9 @@ may arrive before this layer is written), or None, in which case the payload mus
 and discarded (the reservation, if any, is FAILED with the reason). If the payload then
 fails to arrive, `_unadmit` takes the count back (the sender may retry on a new group).
 Received layers go to `_deliver(reservation, header, kv)`, in order, which hashes them (when
-the transfer is checksummed) and runs `write_layer` under the reservation's `write_lock`:
+the transfer is checksummed) and runs `write_layer` under the reservation's `write_lock`
+(or, for a layer checksummed with MULSUM_64, the reservation's `write_hashed`, which hashes
+while it writes):
 `abort` and the timeout take the same lock, so once a reservation is FAILED no write is
 running or will start. `write_layer` must not call back into the receiver.
 
@@ -33,6 +35,7 @@ from splitserve.kvtransfer.base import (
     TransferConfig,
     TransferInfo,
     TransferMeta,
+    WriteHashed,
     WriteLayer,
 )
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
@@ -44,6 +47,7 @@ from splitserve.kvtransfer.wire import LayerHeader, as_bytes, request_hash
 class Reservation:
     meta: TransferMeta
     write_layer: WriteLayer
+    write_hashed: WriteHashed | None
     deadline: float
     started: float = field(default_factory=time.monotonic)
     state: RecvState = RecvState.RESERVED
@@ -69,14 +73,14 @@ class TrackedReceiver(KVReceiver):
         self._num_discarded = 0
         self._num_checksum_failures = 0
 
-    def expect(self, meta: TransferMeta, write_layer: WriteLayer) -> None:
+    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None) -> None:
         key = request_hash(meta.request_id)
         with self._table_lock:
             old = self._by_hash.get(key)
             if old is not None and old.state not in FINAL_RECV_STATES:
                 raise ValueError(f"transfer {meta.request_id!r} is already expected (or its hash collides)")
             self._by_id.pop(meta.request_id, None)
-            res = Reservation(meta, write_layer, time.monotonic() + self.config.timeout_s)
+            res = Reservation(meta, write_layer, write_hashed, time.monotonic() + self.config.timeout_s)
             self._by_id[meta.request_id] = res
             self._by_hash[key] = res
             prune_history(self._by_id, lambda r: r.state in FINAL_RECV_STATES, self.config.history)
@@ -168,16 +172,20 @@ class TrackedReceiver(KVReceiver):
     def _write(self, res: Reservation, header: LayerHeader, kv: torch.Tensor) -> str:
         if self._past_deadline(res):
             return f"timed out after {self.config.timeout_s:g}s"
-        if res.meta.checksum:
-            value = checksum(header.checksum_kind, as_bytes(kv), layer_seed(header.request_hash, header.layer))
-            reason = self._record(res, res.hashes, header.layer, (int(header.checksum_kind), value))
+        if not res.meta.checksum:
+            return _call(header.layer, "write_layer", res.write_layer, header.layer, kv)
+        seed, value = layer_seed(header.request_hash, header.layer), None
+        fused = header.checksum_kind is ChecksumKind.MULSUM_64 and res.write_hashed is not None
+        if fused:  # written, then verified: a mismatch fails the reservation, whose blocks are freed unread
+            reason, value = _call_for(header.layer, "write_hashed", res.write_hashed, header.layer, kv, seed)
             if reason:
                 return reason
-        try:
-            res.write_layer(header.layer, kv)
-        except Exception as exc:  # the decode node's callback must not kill our thread
-            return f"layer {header.layer}: write_layer raised {type(exc).__name__}: {exc}"
-        return ""
+        if value is None:
+            value = checksum(header.checksum_kind, as_bytes(kv), seed)
+        reason = self._record(res, res.hashes, header.layer, (int(header.checksum_kind), value))
+        if reason or fused:
+            return reason
+        return _call(header.layer, "write_layer", res.write_layer, header.layer, kv)
 
     def _expect_checksum(self, res: Reservation, layer: int, kind: ChecksumKind, value: int) -> None:
         """The sender's checksum of `layer` (a CHECKSUM entry, or a gRPC layer's last chunk)."""
@@ -257,3 +265,15 @@ class TrackedReceiver(KVReceiver):
             key = request_hash(res.meta.request_id)
             if self._by_hash.get(key) is res:
                 del self._by_hash[key]
+
+
+def _call_for(layer: int, name: str, fn, *args) -> tuple[str, object]:
+    """(failure reason or "", result) of the decode node's callback, which must not kill our thread."""
+    try:
+        return "", fn(*args)
+    except Exception as exc:
+        return f"layer {layer}: {name} raised {type(exc).__name__}: {exc}", None
+
+
+def _call(layer: int, name: str, fn, *args) -> str:
+    return _call_for(layer, name, fn, *args)[0]

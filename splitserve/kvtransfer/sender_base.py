@@ -25,7 +25,8 @@ from splitserve.kvtransfer.base import (
     TransferInfo,
     TransferMeta,
 )
-from splitserve.kvtransfer.wire import check_layer_tensor
+from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for
+from splitserve.kvtransfer.wire import as_bytes, check_layer_tensor, checksum_seed
 
 
 class JobKind(enum.Enum):
@@ -42,6 +43,22 @@ class Job:
     layer: int = -1
     kv: torch.Tensor | None = None
     ready: object | None = None  # torch.cuda.Event recorded on the caller's stream
+    checksum: int | None = None  # the layer's MULSUM_64, computed by the caller while it copied the layer
+
+
+def checksum_kind(job: Job) -> ChecksumKind:
+    """The algorithm of a layer job's checksum: MULSUM_64 where the caller hashed the layer, else
+    the one for its device; NONE when the transfer is not checksummed."""
+    if not job.meta.checksum:
+        return ChecksumKind.NONE
+    return ChecksumKind.MULSUM_64 if job.checksum is not None else kind_for(job.kv.device)
+
+
+def layer_checksum(job: Job) -> int:
+    """A checksummed layer job's checksum value (`checksum_kind(job)`): the caller's, else hashed now."""
+    if job.checksum is not None:
+        return job.checksum
+    return checksum(kind_for(job.kv.device), as_bytes(job.kv), checksum_seed(job.meta.request_id, job.layer))
 
 
 @dataclass
@@ -110,7 +127,7 @@ class TrackedSender(KVSender):
             prune_history(self._records, lambda r: r.state in FINAL_SEND_STATES, self.config.history)
         self._submit(Job(JobKind.BEGIN, meta))
 
-    def send_layer(self, request_id: str, layer: int, kv: torch.Tensor) -> None:
+    def send_layer(self, request_id: str, layer: int, kv: torch.Tensor, checksum: int | None = None) -> None:
         with self._cond:
             rec = self._live_record(request_id)
             if rec is None:
@@ -124,7 +141,7 @@ class TrackedSender(KVSender):
         if kv.is_cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(kv.device))
-        self._submit(Job(JobKind.LAYER, rec.meta, layer, kv, ready))
+        self._submit(Job(JobKind.LAYER, rec.meta, layer, kv, ready, checksum))
 
     def finish(self, request_id: str) -> None:
         with self._cond:

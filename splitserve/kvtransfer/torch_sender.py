@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from splitserve.kvtransfer.base import TransferConfig
-from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender
+from splitserve.kvtransfer.sender_base import Job, JobKind, TrackedSender, checksum_kind, layer_checksum
 from splitserve.kvtransfer.torch_pair import (
     INSTANCE_RE,
     JOIN_QUEUE,
@@ -46,7 +46,6 @@ from splitserve.kvtransfer.torch_pair import (
     make_group,
     split_address,
 )
-from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
 from splitserve.runtime.torch_threads import serially
 from splitserve.kvtransfer.wire import (
     JOIN_BYTES,
@@ -98,8 +97,7 @@ class _Flight:
 
 
 def _layer_entry(job: Job, joined: bool) -> LayerHeader:
-    kind = kind_for(job.kv.device) if job.meta.checksum else ChecksumKind.NONE
-    return LayerHeader.for_layer(job.meta, job.layer, kind, kind=Kind.JOINED if joined else Kind.LAYER)
+    return LayerHeader.for_layer(job.meta, job.layer, checksum_kind(job), kind=Kind.JOINED if joined else Kind.LAYER)
 
 
 def _messages(jobs: list[Job]) -> list[tuple[int, int]]:
@@ -219,10 +217,8 @@ class TorchSender(TrackedSender):
             flight.num_hashed += 1
 
     def _checksum_entry(self, job: Job) -> LayerHeader:
-        rhash = request_hash(job.meta.request_id)
-        kind = kind_for(job.kv.device)
-        value = checksum(kind, as_bytes(job.kv), layer_seed(rhash, job.layer))
-        return LayerHeader(Kind.CHECKSUM, rhash, job.layer, checksum=value, checksum_kind=kind)
+        return LayerHeader(Kind.CHECKSUM, request_hash(job.meta.request_id), job.layer, checksum=layer_checksum(job),
+                           checksum_kind=checksum_kind(job))
 
     def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from splitserve.kvtransfer.base import TransferMeta
-from splitserve.kvtransfer.checksum import ChecksumKind
+from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
 
 MAGIC = 0x5353_4B56_0005  # "SSKV" v5 (v4 had no JOINED entries, v3 headers held 16: they do not talk to each other)
 MAX_ENTRIES = 64
@@ -59,6 +59,11 @@ def request_hash(request_id: str) -> int:
     """63-bit stable hash of a request id (fits an int64 header word)."""
     digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def checksum_seed(request_id: str, layer: int) -> int:
+    """The seed of a layer's checksum: binds it to its request and position."""
+    return layer_seed(request_hash(request_id), layer)
 
 
 def as_bytes(kv: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""KV integrity: the two checksum algorithms, and the receiver catching a flipped byte in any
+"""KV integrity: the checksum algorithms, and the receiver catching a flipped byte in any
 layer, a truncated layer and reordered layers (checksum before or after the bytes arrive)."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ import pytest
 import torch
 import xxhash
 
+from splitserve.engine import native
 from splitserve.kvtransfer import RecvState, TransferMeta
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed, to_int64, torch_words
 from splitserve.kvtransfer.loopback import LoopbackReceiver
 from splitserve.kvtransfer.wire import Kind, LayerHeader, as_bytes, request_hash
 
-KINDS = [ChecksumKind.XXH3_64, ChecksumKind.TORCH_WORDS]
+KINDS = [ChecksumKind.XXH3_64, ChecksumKind.TORCH_WORDS, ChecksumKind.MULSUM_64]
 
 
 def _bytes(n: int, seed: int = 0) -> torch.Tensor:
@@ -24,8 +25,11 @@ def test_xxh3_is_the_library_hash_as_int64():
     assert checksum(ChecksumKind.XXH3_64, flat, 5) == to_int64(xxhash.xxh3_64_intdigest(flat.numpy(), 5))
 
 
-def test_cuda_tensors_hash_on_their_device():
+def test_cuda_tensors_hash_on_their_device_cpu_ones_fused_where_the_kernels_are(monkeypatch):
     assert kind_for(torch.device("cuda", 0)) is ChecksumKind.TORCH_WORDS
+    want = ChecksumKind.XXH3_64 if native.kv_ops() is None else ChecksumKind.MULSUM_64
+    assert kind_for(torch.device("cpu")) is want
+    monkeypatch.setattr(native, "kv_ops", lambda: None)
     assert kind_for(torch.device("cpu")) is ChecksumKind.XXH3_64
 
 

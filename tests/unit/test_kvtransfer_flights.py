@@ -14,10 +14,12 @@ from torch.distributed import HashStore, PrefixStore, ProcessGroupGloo
 
 from splitserve.kvtransfer import TransferConfig, TransferMeta, joined_layers
 from splitserve.kvtransfer import torch_sender
-from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
+from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
 from splitserve.kvtransfer.torch_pair import MAX_ACKS_OUT, PairLink, td
+from splitserve.kvtransfer import sender_base
 from splitserve.kvtransfer.sender_base import Job, JobKind
-from splitserve.kvtransfer.wire import MAX_ENTRIES, MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, request_hash
+from splitserve.kvtransfer.wire import (MAX_ENTRIES, MAX_FLIGHT_LAYERS, Kind, LayerHeader, as_bytes, decode_entries,
+                                        request_hash)
 
 
 @pytest.fixture
@@ -54,9 +56,21 @@ def test_a_flight_is_hashed_once_in_layer_order(sender):
     sender._hash_upto(flight, 1)
     assert flight.num_hashed == 1 and len(flight.hashed) == 1
     sender._hash_upto(flight, 4)  # each right before its payload is posted
-    expected = [(job.layer, checksum(ChecksumKind.XXH3_64, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)))
+    kind = kind_for(torch.device("cpu"))
+    expected = [(job.layer, checksum(kind, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)), kind)
                 for job in flight.jobs]
-    assert [(o.entry.layer, o.entry.checksum) for o in flight.hashed] == expected
+    assert [(o.entry.layer, o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == expected
+
+
+def test_a_layer_the_caller_hashed_while_copying_it_is_not_hashed_again(sender, monkeypatch):
+    meta = TransferMeta("r", 2, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32")
+    monkeypatch.setattr(sender_base, "checksum", None)  # hashing here would raise
+    jobs = [Job(JobKind.LAYER, meta, layer, torch.randn(meta.layer_shape), checksum=-5 - layer) for layer in range(2)]
+    flight = torch_sender._Flight(jobs, [])
+    sender._hash_upto(flight, 2)
+    assert [(o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == [(-5, ChecksumKind.MULSUM_64),
+                                                                                  (-6, ChecksumKind.MULSUM_64)]
+    assert {e.checksum_kind for e in decode_entries(flight.words())} == {ChecksumKind.MULSUM_64}
 
 
 class _RecordingLink:

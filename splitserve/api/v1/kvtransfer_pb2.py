@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"splitserve/api/v1/kvtransfer.proto\x12\x11splitserve.api.v1\"\xd0\x01\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0clayer_nbytes\x18\x04 \x01(\x04\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x15\n\x08\x63hecksum\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x36\n\rchecksum_kind\x18\x08 \x01(\x0e\x32\x1f.splitserve.api.v1.ChecksumKindB\x0b\n\t_checksum\"4\n\x0bPushKVReply\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04*`\n\x0c\x43hecksumKind\x12\x16\n\x12\x43HECKSUM_KIND_NONE\x10\x00\x12\x19\n\x15\x43HECKSUM_KIND_XXH3_64\x10\x01\x12\x1d\n\x19\x43HECKSUM_KIND_TORCH_WORDS\x10\x02\x32T\n\nKVTransfer\x12\x46\n\x06PushKV\x12\x1a.splitserve.api.v1.KVChunk\x1a\x1e.splitserve.api.v1.PushKVReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"splitserve/api/v1/kvtransfer.proto\x12\x11splitserve.api.v1\"\xd0\x01\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0clayer_nbytes\x18\x04 \x01(\x04\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x15\n\x08\x63hecksum\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x36\n\rchecksum_kind\x18\x08 \x01(\x0e\x32\x1f.splitserve.api.v1.ChecksumKindB\x0b\n\t_checksum\"4\n\x0bPushKVReply\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04*}\n\x0c\x43hecksumKind\x12\x16\n\x12\x43HECKSUM_KIND_NONE\x10\x00\x12\x19\n\x15\x43HECKSUM_KIND_XXH3_64\x10\x01\x12\x1d\n\x19\x43HECKSUM_KIND_TORCH_WORDS\x10\x02\x12\x1b\n\x17\x43HECKSUM_KIND_MULSUM_64\x10\x03\x32T\n\nKVTransfer\x12\x46\n\x06PushKV\x12\x1a.splitserve.api.v1.KVChunk\x1a\x1e.splitserve.api.v1.PushKVReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitserve.api.v1.kvtransfe
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHECKSUMKIND']._serialized_start=322
-  _globals['_CHECKSUMKIND']._serialized_end=418
+  _globals['_CHECKSUMKIND']._serialized_end=447
   _globals['_KVCHUNK']._serialized_start=58
   _globals['_KVCHUNK']._serialized_end=266
   _globals['_PUSHKVREPLY']._serialized_start=268
   _globals['_PUSHKVREPLY']._serialized_end=320
-  _globals['_KVTRANSFER']._serialized_start=420
-  _globals['_KVTRANSFER']._serialized_end=504
+  _globals['_KVTRANSFER']._serialized_start=449
+  _globals['_KVTRANSFER']._serialized_end=533
 # @@protoc_insertion_point(module_scope)

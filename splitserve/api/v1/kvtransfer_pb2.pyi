@@ -10,9 +10,11 @@ class ChecksumKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHECKSUM_KIND_NONE: _ClassVar[ChecksumKind]
     CHECKSUM_KIND_XXH3_64: _ClassVar[ChecksumKind]
     CHECKSUM_KIND_TORCH_WORDS: _ClassVar[ChecksumKind]
+    CHECKSUM_KIND_MULSUM_64: _ClassVar[ChecksumKind]
 CHECKSUM_KIND_NONE: ChecksumKind
 CHECKSUM_KIND_XXH3_64: ChecksumKind
 CHECKSUM_KIND_TORCH_WORDS: ChecksumKind
+CHECKSUM_KIND_MULSUM_64: ChecksumKind
 
 class KVChunk(_message.Message):
     __slots__ = ("request_id", "layer", "num_tokens", "layer_nbytes", "offset", "data", "checksum", "checksum_kind")
