@@ -4,14 +4,14 @@
         --tokens 180 740 --repeats 20
 
 A diagnostic beside `kv_transfer.py` (same receiver process, same timing: the sender's begin() to
-the receiver's DONE, layers lying back to back as a prefill node reads them, each ratio the
-median of ratios to hot raw gloo measured in the same round). Variants, interleaved round by
-round: `checksum` (as shipped), `sender_hashed_ahead` (checksummed, but the sender's xxh3 of
-every layer is computed before the clock starts and looked up inside the transfer: what is left
-is the receiver's hashing and the checksum entries on the wire), `no_checksum`. So
-checksum - sender_hashed_ahead is the sender's hashing as it runs inside a transfer, and
-sender_hashed_ahead - no_checksum the receiver's. The lookup replaces the sender module's
-`checksum` function in this process only (a benchmark's patch, not an API).
+the receiver's DONE, layers read out of a pool into buffers lying back to back as a prefill node
+reads them, each ratio the median of ratios to hot raw gloo measured in the same round).
+Variants, interleaved round by round: `checksum` (as shipped: each layer hashed as the prefill
+node's read copies it, MULSUM_64), `sender_hashes` (the read only copies; the sender's thread
+hashes each layer inside the transfer, as before the fused read), `no_checksum`. Each with the
+receiver dropping the layers (`*`: it hashes them apart) and writing them into a KV pool
+(`*_pool`: it hashes them as the write copies them). So sender_hashes - checksum is the sender's
+hashing as it runs inside a transfer, and checksum - no_checksum what the receiver's still costs.
 """
 
 from __future__ import annotations
@@ -26,52 +26,26 @@ import torch
 
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import ModelConfig
-from splitserve.kvtransfer import TransferMeta
-from splitserve.kvtransfer import torch_sender
-from splitserve.kvtransfer.checksum import kind_for, layer_seed
-from splitserve.kvtransfer.wire import as_bytes, request_hash
 from kv_raw_bench import RawGlooPair
-from kv_transfer import _BackendPeer, meta_fields
+from kv_transfer import Variant, _BackendPeer, meta_fields
 
 RESULTS = Path(__file__).parent / "results" / "kv_checksum_cost.json"
-SHIPPED = torch_sender.checksum
-
-
-class _HashedAhead:
-    """The sender's checksum function, answering from a table filled before the clock starts."""
-
-    def __init__(self) -> None:
-        self.table: dict[tuple[int, int, int], int] = {}
-
-    def prepare(self, meta: TransferMeta, layers: list[torch.Tensor]) -> None:
-        self.table.clear()
-        rhash = request_hash(meta.request_id)
-        for layer, kv in enumerate(layers):
-            flat, seed = as_bytes(kv), layer_seed(rhash, layer)
-            self.table[(flat.data_ptr(), flat.numel(), seed)] = SHIPPED(kind_for(kv.device), flat, seed)
-
-    def __call__(self, kind, flat: torch.Tensor, seed: int) -> int:
-        value = self.table.get((flat.data_ptr(), flat.numel(), seed))
-        return SHIPPED(kind, flat, seed) if value is None else value
+VARIANTS = {"checksum": Variant("torch", True), "sender_hashes": Variant("torch", True, fused=False),
+            "no_checksum": Variant("torch", False), "checksum_pool": Variant("torch", True, sink="pool"),
+            "sender_hashes_pool": Variant("torch", True, fused=False, sink="pool"),
+            "no_checksum_pool": Variant("torch", False, sink="pool")}
 
 
 def measure(cfg: ModelConfig, tokens: list[int], repeats: int) -> list[dict]:
-    peer, ahead, rows = _BackendPeer("torch"), _HashedAhead(), []
+    peer, rows = _BackendPeer("torch"), []
     try:
         with RawGlooPair() as raw:
             for n in tokens:
                 fields, total = meta_fields(cfg, n)
-                samples: dict[str, list[float]] = {name: [] for name in
-                                                   ("raw", "checksum", "sender_hashed_ahead", "no_checksum")}
+                samples: dict[str, list[float]] = {name: [] for name in ("raw", *VARIANTS)}
                 for i in range(repeats + 1):  # round 0 warms up
-                    measured = {"raw": raw.move(total, total // cfg.num_layers),
-                                "checksum": peer.seconds(fields, True)}
-                    torch_sender.checksum = ahead
-                    try:
-                        measured["sender_hashed_ahead"] = peer.seconds(fields, True, prepare=ahead.prepare)
-                    finally:
-                        torch_sender.checksum = SHIPPED
-                    measured["no_checksum"] = peer.seconds(fields, False)
+                    measured = {"raw": raw.move(total, total // cfg.num_layers)}
+                    measured.update({name: peer.seconds(fields, variant) for name, variant in VARIANTS.items()})
                     for name, seconds in measured.items():
                         samples[name] += [seconds] if i else []
                 rows.append(_row(n, total, samples))

@@ -4,18 +4,25 @@ one-shot) next to a colocated node and the single-process engine.
 
     python benchmarks/kv_transfer.py [--tokens 512 2048 8192] [--repeats 5]
 
-Part 0 times zlib crc32, CRC32C (google-crc32c) and xxh3-64 (xxhash) on one thread over
-buffers of the sizes of the KV transferred. Part 1 moves one request's KV (the model's
-layers of [2, n, kv_heads, head_dim] fp32; small: 8 x [2, n, 4, 64]) from this process to a
-receiver process with each backend (torch with and without checksums, grpc), timed from the
-sender's begin() to the receiver's DONE; the layers lie back to back in buffers of about
-JOIN_BYTES as a prefill node reads them, so the torch backend sends ~2 MB messages (wire v5),
-and `torch_apart` sends layers allocated one by one (one message each, as before v5). The same bytes with a bare ProcessGroupGloo
-send/recv (one message per layer) between two other processes: all interleaved round by
-round, so each ratio to raw gloo is the median of ratios measured side by side. Raw gloo is
-timed twice: hot (both ends just left a barrier, timed on the receiver: the target's
-reference) and from idle (the receiver asleep in its posted recvs until the sender starts,
-timed like the backends across processes: `*_vs_raw_idle`). Part 2 starts real clusters at
+Part 0 times zlib crc32, CRC32C (google-crc32c), xxh3-64 (xxhash) and MULSUM_64 (the native
+kernels') on one thread over buffers of the sizes of the KV transferred, and one layer's copies
+with and without the checksum computed as they copy (a prefill node's read out of its pool, a
+decode node's write into it). Part 1 moves one request's KV (the model's layers of [2, n,
+kv_heads, head_dim] fp32; small: 8 x [2, n, 4, 64]) from this process to a receiver process with
+each backend, timed from the sender's begin() to the receiver's DONE. Before the clock starts
+the layers are read out of a KV pool as a prefill node reads them while it computes: into
+buffers of about JOIN_BYTES where they lie back to back (so the torch backend sends ~2 MB
+messages, wire v5), each hashed as it is copied. Variants (`Variant`): torch with and without
+checksums; `torch_sender_hashes` (the read only copies, the sender's thread hashes each layer
+inside the transfer, as before the fused read); `torch_apart` (layers in buffers of their own,
+one message each, as before v5); `torch_pool*` (the receiver writes each layer into a KV pool as
+a decode node does, hashing as it copies; the others drop the layers and the receiver hashes
+them apart); grpc. The same bytes with a bare ProcessGroupGloo send/recv (one message per
+layer) between two other processes: all interleaved round by round, so each ratio to raw gloo
+is the median of ratios measured side by side. Raw gloo is timed twice: hot (both ends just
+left a barrier, timed on the receiver: the target's reference) and from idle (the receiver
+asleep in its posted recvs until the sender starts, timed like the backends across processes:
+`*_vs_raw_idle`). Part 2 starts real clusters at
 once (router + 1 colocated node; router + 1 prefill + 1 decode on the torch transport, 1
 torch thread per node, checksum on / off, layer-wise / one-shot) and sends each prompt to
 each cluster in turn; the client's time to first token, medians. The machine's load average
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,17 +50,34 @@ import xxhash
 
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
-from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, joined_layers, make_receiver, make_sender
+from splitserve.engine import native
+from splitserve.kvtransfer import (SendState, TransferConfig, TransferMeta, checksum_seed, gather_checksummed,
+                                   joined_layers, make_receiver, make_sender, scatter_checksummed)
 from kv_raw_bench import RawGlooPair
+from linear_kernels import median_ms
 
 RESULTS = Path(__file__).parent / "results" / "kv_transfer_cpu.json"
-# name -> (backend, checksum, layers back to back as a prefill node reads them (else one buffer each))
-VARIANTS = {"torch": ("torch", True, True), "torch_nochecksum": ("torch", False, True),
-            "torch_apart": ("torch", True, False), "grpc": ("grpc", True, True)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    checksum: bool
+    joined: bool = True  # layers back to back in buffers of about JOIN_BYTES, as a prefill node reads them
+    fused: bool = True  # the prefill node's read hashes each layer as it copies it; False: the sender hashes it
+    sink: str = "none"  # the receiver's write_layer: "none" drops each layer, "pool" writes it into a KV pool
+
+
+VARIANTS = {"torch": Variant("torch", True), "torch_nochecksum": Variant("torch", False),
+            "torch_sender_hashes": Variant("torch", True, fused=False), "torch_apart": Variant("torch", True, joined=False),
+            "torch_pool": Variant("torch", True, sink="pool"), "torch_pool_nochecksum": Variant("torch", False, sink="pool"),
+            "grpc": Variant("grpc", True)}
 
 
 def _hashers() -> dict:
     hashers = {"zlib_crc32": zlib.crc32, "xxh3_64": xxhash.xxh3_64_intdigest}
+    if native.kv_ops() is not None:
+        hashers["mulsum_64"] = lambda data: native.kv_ops().mulsum(torch.from_numpy(data), 0)
     try:
         import google_crc32c
 
@@ -80,13 +105,91 @@ def hash_rows(sizes: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+class KVPool:
+    """A node's KV pool in small for transfers of one length: per layer flat K and V with room for
+    `num_tokens` rows at slots in whole blocks of 16, the blocks in random order (as a node's pool
+    hands them out), filled with random values."""
+
+    def __init__(self, meta: TransferMeta) -> None:
+        blocks = -(-meta.num_tokens // 16) + 4
+        order = torch.randperm(blocks, generator=torch.Generator().manual_seed(meta.num_tokens))
+        self.slots = (order[:, None] * 16 + torch.arange(16)).flatten()[:meta.num_tokens].contiguous()
+        shape = (blocks * 16, meta.num_kv_heads, meta.head_dim)
+        self.k = [torch.randn(shape) for _ in range(meta.num_layers)]
+        self.v = [torch.randn(shape) for _ in range(meta.num_layers)]
+
+    def read(self, meta: TransferMeta, layers: list[torch.Tensor], hashed: bool) -> list[int | None]:
+        """A prefill node's reads of every layer into `layers`: with the checksum computed as each is
+        copied where `hashed` (and the native kernels are there), else a plain index_select."""
+        sums = []
+        for layer, out in enumerate(layers):
+            value = None
+            if hashed:
+                value = gather_checksummed(self.k[layer], self.v[layer], self.slots, out,
+                                           checksum_seed(meta.request_id, layer))
+            if value is None:
+                torch.index_select(self.k[layer], 0, self.slots, out=out[0])
+                torch.index_select(self.v[layer], 0, self.slots, out=out[1])
+            sums.append(value)
+        return sums
+
+    def write_layer(self, layer: int, kv: torch.Tensor) -> None:
+        self.k[layer].index_copy_(0, self.slots, kv[0])
+        self.v[layer].index_copy_(0, self.slots, kv[1])
+
+    def write_hashed(self, layer: int, kv: torch.Tensor, seed: int) -> int | None:
+        value = scatter_checksummed(kv, self.k[layer], self.v[layer], self.slots, seed)
+        if value is None:
+            self.write_layer(layer, kv)
+        return value
+
+
+def _pool_for(pools: dict[int, KVPool], meta: TransferMeta) -> KVPool:
+    if meta.num_tokens not in pools:
+        pools[meta.num_tokens] = KVPool(meta)
+    return pools[meta.num_tokens]
+
+
+def copy_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[dict]:
+    """One layer's copies on one thread, plain and with the checksum computed as they copy: a
+    prefill node's read out of its pool (index_select; the same then xxh3; gather_mulsum) and a
+    decode node's write into its pool (index_copy_; scatter_mulsum), medians in microseconds."""
+    rows = []
+    for n in token_counts:
+        meta = TransferMeta(**{**meta_fields(cfg, n)[0], "num_layers": 1})
+        pool, out = KVPool(meta), torch.empty(meta.layer_shape)
+        k, v, slots = pool.k[0], pool.v[0], pool.slots
+
+        def read() -> None:
+            torch.index_select(k, 0, slots, out=out[0])
+            torch.index_select(v, 0, slots, out=out[1])
+
+        copies = {"read": read, "read_then_xxh3": lambda: (read(), xxhash.xxh3_64_intdigest(out.numpy().view("u1"))),
+                  "write": lambda: pool.write_layer(0, out)}
+        if native.kv_ops() is not None:
+            copies["read_mulsum"] = lambda: gather_checksummed(k, v, slots, out, 1)
+            copies["write_mulsum"] = lambda: scatter_checksummed(out, k, v, slots, 1)
+        row = {"tokens": n, "layer_bytes": meta.layer_nbytes}
+        row.update({f"{name}_us": median_ms(fn, 10 * repeats) * 1e3 for name, fn in copies.items()})
+        print(f"{n:6d} tokens, one layer {meta.layer_nbytes / 1e6:.2f} MB: " + "  ".join(
+            f"{name} {row[f'{name}_us']:.0f} us" for name in copies))
+        rows.append(row)
+    return rows
+
+
 def _receiver_process(backend: str, conn) -> None:
     torch.set_num_threads(1)
     receiver = make_receiver(backend, TransferConfig(timeout_s=120), host="127.0.0.1", port=0)
     conn.send(receiver.address)
+    pools: dict[int, KVPool] = {}
     while (message := conn.recv()) is not None:
-        meta = TransferMeta(**message)
-        receiver.expect(meta, lambda layer, kv: None)
+        fields, sink = message
+        meta = TransferMeta(**fields)
+        if sink == "pool":
+            pool = _pool_for(pools, meta)
+            receiver.expect(meta, pool.write_layer, pool.write_hashed)
+        else:
+            receiver.expect(meta, lambda layer, kv: None)
         conn.send("ready")
         while receiver.poll(meta.request_id).name not in ("DONE", "FAILED"):
             time.sleep(0.002)
@@ -105,24 +208,24 @@ class _BackendPeer:
         self.proc.start()
         self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
         self.count = 0
+        self.pools: dict[int, KVPool] = {}
 
-    def seconds(self, fields: dict, checksum: bool, joined: bool = True, prepare=None) -> float:
-        """Sender's begin() -> the receiver's DONE (every layer written and verified). `joined`: the
-        layers lie back to back in buffers of about JOIN_BYTES (`joined_layers`, as a prefill node
-        reads them), else each in its own buffer (as before v5). `prepare(meta, layers)` runs just
-        before the clock starts."""
+    def seconds(self, fields: dict, variant: Variant) -> float:
+        """Sender's begin() -> the receiver's DONE (every layer written and verified). Before the
+        clock starts the layers are read out of a pool as a prefill node reads them while it
+        computes (into `joined_layers` buffers, or each into its own buffer as before v5; hashed
+        as they are copied, or left to the sender to hash, per `variant`)."""
         self.count += 1
-        meta = TransferMeta(**{**fields, "request_id": f"{self.backend}-{self.count}", "checksum": checksum})
-        self.conn.send(meta.__dict__)
+        meta = TransferMeta(**{**fields, "request_id": f"{self.backend}-{self.count}", "checksum": variant.checksum})
+        self.conn.send((meta.__dict__, variant.sink))
         self.conn.recv()
-        layers = joined_layers(meta) if joined else [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)]
-        layers = [kv.normal_() for kv in layers]
-        if prepare is not None:
-            prepare(meta, layers)
+        layers = (joined_layers(meta) if variant.joined else
+                  [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)])
+        sums = _pool_for(self.pools, meta).read(meta, layers, hashed=variant.checksum and variant.fused)
         start = time.monotonic()
         self.sender.begin(meta)
         for layer, kv in enumerate(layers):
-            self.sender.send_layer(meta.request_id, layer, kv)
+            self.sender.send_layer(meta.request_id, layer, kv, checksum=sums[layer])
         self.sender.finish(meta.request_id)
         assert self.sender.wait(meta.request_id, 120) == SendState.DONE, self.sender.info(meta.request_id)
         state, ended_at = self.conn.recv()
@@ -170,8 +273,8 @@ def bandwidth_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> l
                 for i in range(repeats + 1):  # round 0 warms up (pair groups, buffers): not counted
                     measured = {"raw": raw.move(total, total // cfg.num_layers),
                                 "raw_idle": raw.move_from_idle(total, total // cfg.num_layers)}
-                    for name, (backend, checksum, joined) in VARIANTS.items():
-                        measured[name] = peers[backend].seconds(fields, checksum, joined)
+                    for name, variant in VARIANTS.items():
+                        measured[name] = peers[variant.backend].seconds(fields, variant)
                     for name, seconds in measured.items():
                         samples[name] += [seconds] if i else []
                 rows.append(_bandwidth_row(n, total, samples))
@@ -314,6 +417,7 @@ def main() -> None:
     kv_sizes = sorted({TransferMeta("x", cfg.num_layers, n, cfg.num_kv_heads, cfg.head_dim, "float32").total_nbytes
                        for n in args.tokens})
     report["hashes"] = hash_rows(kv_sizes, args.repeats)
+    report["layer_copies"] = copy_rows(cfg, args.tokens, args.repeats)
     report["bandwidth"] = bandwidth_rows(cfg, args.tokens, args.repeats)
     report["load_average_after_bandwidth"] = os.getloadavg()
     _write(args.out, report)
