@@ -52,7 +52,7 @@ from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, ModelConfig, SamplingParams
 from splitserve.engine import native
 from splitserve.kvtransfer import (SendState, TransferConfig, TransferMeta, checksum_seed, gather_checksummed,
-                                   joined_layers, make_receiver, make_sender, scatter_checksummed)
+                                   joined_layers, make_receiver, make_sender, scatter_checksummed, scatter_layer)
 from kv_raw_bench import RawGlooPair
 from linear_kernels import median_ms
 
@@ -134,8 +134,7 @@ class KVPool:
         return sums
 
     def write_layer(self, layer: int, kv: torch.Tensor) -> None:
-        self.k[layer].index_copy_(0, self.slots, kv[0])
-        self.v[layer].index_copy_(0, self.slots, kv[1])
+        scatter_layer(kv, self.k[layer], self.v[layer], self.slots)
 
     def write_hashed(self, layer: int, kv: torch.Tensor, seed: int) -> int | None:
         value = scatter_checksummed(kv, self.k[layer], self.v[layer], self.slots, seed)
@@ -153,7 +152,8 @@ def _pool_for(pools: dict[int, KVPool], meta: TransferMeta) -> KVPool:
 def copy_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[dict]:
     """One layer's copies on one thread, plain and with the checksum computed as they copy: a
     prefill node's read out of its pool (index_select; the same then xxh3; gather_mulsum) and a
-    decode node's write into its pool (index_copy_; scatter_mulsum), medians in microseconds."""
+    decode node's write into its pool (index_copy_; the native copy, scatter_layer; scatter_mulsum),
+    medians in microseconds."""
     rows = []
     for n in token_counts:
         meta = TransferMeta(**{**meta_fields(cfg, n)[0], "num_layers": 1})
@@ -164,10 +164,15 @@ def copy_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[d
             torch.index_select(k, 0, slots, out=out[0])
             torch.index_select(v, 0, slots, out=out[1])
 
+        def write() -> None:
+            k.index_copy_(0, slots, out[0])
+            v.index_copy_(0, slots, out[1])
+
         copies = {"read": read, "read_then_xxh3": lambda: (read(), xxhash.xxh3_64_intdigest(out.numpy().view("u1"))),
-                  "write": lambda: pool.write_layer(0, out)}
+                  "write": write}
         if native.kv_ops() is not None:
             copies["read_mulsum"] = lambda: gather_checksummed(k, v, slots, out, 1)
+            copies["write_native"] = lambda: scatter_layer(out, k, v, slots)
             copies["write_mulsum"] = lambda: scatter_checksummed(out, k, v, slots, 1)
         row = {"tokens": n, "layer_bytes": meta.layer_nbytes}
         row.update({f"{name}_us": median_ms(fn, 10 * repeats) * 1e3 for name, fn in copies.items()})

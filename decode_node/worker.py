@@ -19,7 +19,7 @@ import time
 from typing import AsyncIterator, Callable
 
 from splitserve.engine import Engine, RequestOutput, SamplingParams
-from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta, scatter_checksummed
+from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta, scatter_checksummed, scatter_layer
 from splitserve.node_api import KVTarget, Reservation
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
@@ -51,8 +51,7 @@ class DecodeWorker:
         cache = self.engine.cache
 
         def write_layer(layer: int, kv) -> None:  # on the receiver's thread
-            kv = kv.to(slots.device)  # the gRPC receiver's buffer is on the host, the pool may be on a GPU
-            cache.write(layer, slots, kv[0], kv[1])
+            scatter_layer(kv, *cache.flat(layer), slots)  # the gRPC receiver's buffer is on the host, the pool may be on a GPU
 
         def write_hashed(layer: int, kv, seed: int) -> int | None:  # hashed as it is copied into a CPU pool
             value = scatter_checksummed(kv, *cache.flat(layer), slots, seed)

@@ -23,7 +23,7 @@ transport (`transport_backend`): a backend, or `gloo`, the torch backend on host
 from __future__ import annotations
 
 from splitserve.labels import KV_TRANSPORTS
-from splitserve.kvtransfer.checksum import gather_checksummed, scatter_checksummed
+from splitserve.kvtransfer.pool_copy import gather_checksummed, scatter_checksummed, scatter_layer
 from splitserve.kvtransfer.wire import checksum_seed, joined_layers
 from splitserve.kvtransfer.base import (
     DTYPES,
@@ -89,5 +89,6 @@ def make_receiver(backend: str, config: TransferConfig | None = None, **kwargs) 
 __all__ = [
     "BACKENDS", "DTYPES", "KVReceiver", "KVSender", "RecvState", "SendState", "TransferConfig",
     "TransferError", "TransferInfo", "TransferMeta", "WriteHashed", "WriteLayer", "checksum_seed", "gather_checksummed",
-    "joined_layers", "make_receiver", "make_sender", "scatter_checksummed", "transport_backend",
+    "joined_layers", "make_receiver", "make_sender", "scatter_checksummed", "scatter_layer",
+    "transport_backend",
 ]

@@ -33,7 +33,7 @@ MAX_DIM = 1 << 24  # sanity bound on every size in a meta
 
 WriteLayer = Callable[[int, torch.Tensor], None]
 # (layer, kv, seed) -> writes the layer like WriteLayer and returns the MULSUM_64 checksum of kv's
-# bytes with that seed, hashed while copying (`checksum.scatter_checksummed`); None: written, not hashed
+# bytes with that seed, hashed while copying (`pool_copy.scatter_checksummed`); None: written, not hashed
 WriteHashed = Callable[[int, torch.Tensor, int], "int | None"]
 
 
@@ -164,7 +164,7 @@ class KVSender(ABC):
 
         `checksum`: the layer's `ChecksumKind.MULSUM_64` value seeded by
         `wire.checksum_seed(request_id, layer)`, where the caller computed it while copying the
-        layer (`checksum.gather_checksummed`); without it the sender hashes the layer itself.
+        layer (`pool_copy.gather_checksummed`); without it the sender hashes the layer itself.
         Ignored when the transfer is not checksummed.
 
         The sender keeps a reference to `kv` (no copy): the caller must not modify it until

@@ -10,8 +10,8 @@ sender used:
   A changed word always changes `words`; swapped words change `products` through their keys.
   Sums do not depend on the order the words are taken in, so the kernels hash each chunk of a
   layer right after copying it (a prefill node reading the layer out of its pool, a decode node
-  writing it in: `gather_mulsum`, `scatter_mulsum`), chunks on any thread, and the bytes are
-  read once for both. `mulsum` below is the torch reference (any device).
+  writing it in: `pool_copy.py`), chunks on any thread, and the bytes are read once for both.
+  `mulsum` below is the torch reference (any device).
 - `XXH3_64` for CPU tensors without the native kernels: xxh3-64 (PyPI `xxhash`) over the raw bytes. Measured on this
   project's 2-core CI machine, one core, 8 MB / 34 MB buffers: xxh3-64 24-34 / 6.5-8.6 GB/s,
   CRC32C (`google-crc32c`) 6-16 / 6.6-7.8 GB/s, zlib crc32 2.0-3.2 / 2.0-2.6 GB/s
@@ -128,27 +128,3 @@ def torch_words(flat: torch.Tensor, seed: int) -> int:
     total = int(mixed.sum().item()) & MASK64
     return to_int64(_fmix64_int((total + nbytes) & MASK64))
 
-
-def _fusable(*tensors: torch.Tensor):
-    """The native ops when every tensor is a contiguous CPU tensor they can take, else None."""
-    if not all(t.device.type == "cpu" and t.is_contiguous() for t in tensors):
-        return None
-    return native.kv_ops()
-
-
-def gather_checksummed(k_flat: torch.Tensor, v_flat: torch.Tensor, slots: torch.Tensor, out: torch.Tensor,
-                       seed: int) -> int | None:
-    """out[0], out[1] = k_flat[slots], v_flat[slots] (a layer read out of a pool, `out` [2, n,
-    kv_heads, head_dim]) and the `MULSUM_64` checksum of out, hashed while copying; None, with
-    nothing copied, where the native kernels cannot do it (not built, not CPU)."""
-    ops = _fusable(k_flat, v_flat, slots, out)
-    return None if ops is None else ops.gather_mulsum(k_flat, v_flat, slots, out, to_int64(seed))
-
-
-def scatter_checksummed(kv: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, slots: torch.Tensor,
-                        seed: int) -> int | None:
-    """k_flat[slots], v_flat[slots] = kv[0], kv[1] (a received layer written into a pool) and the
-    `MULSUM_64` checksum of kv, hashed while copying; None, with nothing written, where the native
-    kernels cannot do it."""
-    ops = _fusable(kv, k_flat, v_flat, slots)
-    return None if ops is None else ops.scatter_mulsum(kv, k_flat, v_flat, slots, to_int64(seed))

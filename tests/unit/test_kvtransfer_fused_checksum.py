@@ -12,8 +12,8 @@ from prefill_node.transfers import Transfers
 from splitserve.engine import Engine, EngineConfig, native
 from splitserve.kvtransfer import RecvState, SendState, TransferMeta, checksum_seed, make_sender
 from splitserve.kvtransfer import receiver_base, sender_base
-from splitserve.kvtransfer.checksum import (ChecksumKind, checksum, gather_checksummed, mulsum, scatter_checksummed,
-                                            to_int64)
+from splitserve.kvtransfer.checksum import ChecksumKind, checksum, mulsum, to_int64
+from splitserve.kvtransfer.pool_copy import gather_checksummed, scatter_checksummed, scatter_layer
 from splitserve.kvtransfer.loopback import LoopbackReceiver
 from splitserve.kvtransfer.wire import Kind, LayerHeader, as_bytes
 
@@ -72,6 +72,20 @@ def test_scatter_writes_like_index_copy_and_hashes_what_it_read(dtype, heads, di
     assert torch.equal(k, want_k) and torch.equal(v, want_v)
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_an_unhashed_write_is_index_copy_with_or_without_the_kernels(kernels, monkeypatch):
+    if kernels and native.kv_ops() is None:
+        pytest.skip("native CPU kernels unavailable")
+    if not kernels:
+        monkeypatch.setattr(native, "kv_ops", lambda: None)
+    kv = torch.randn(2, 300, 3, 64)
+    slots = torch.randperm(400, generator=torch.Generator().manual_seed(4))[:300]
+    k, v = _pool(400, 3, 64, torch.float32, seed=5)
+    want_k, want_v = k.clone().index_copy_(0, slots, kv[0]), v.clone().index_copy_(0, slots, kv[1])
+    scatter_layer(kv, k, v, slots)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)
+
+
 @needs_kernels
 def test_a_slot_outside_the_pool_is_refused_before_anything_is_copied():
     k, v = _pool(8, 2, 4, torch.float32, seed=0)
@@ -82,6 +96,8 @@ def test_a_slot_outside_the_pool_is_refused_before_anything_is_copied():
             scatter_checksummed(kv, k, v, torch.tensor(bad), seed=0)
         with pytest.raises(RuntimeError, match="outside the pool"):
             gather_checksummed(k, v, torch.tensor(bad), kv, seed=0)
+        with pytest.raises(RuntimeError, match="outside the pool"):
+            scatter_layer(kv, k, v, torch.tensor(bad))
     assert torch.equal(k, pool_before[0]) and torch.equal(v, pool_before[1]) and torch.equal(kv, kv_before)
 
 
