@@ -1,6 +1,7 @@
 """KV integrity through real processes: a gloo wire that flips a byte, truncates a layer or
-reorders layers is caught by the receiver's checksum (the request FAILS, the failure is
-counted), and the same pair then carries an intact transfer; over gRPC a flipped byte comes
+reorders layers is caught by the receiver's checksum, computed by the receiver or by a decode
+node's write into its pool (the request FAILS, the failure is counted), and the same pair then
+carries an intact transfer; over gRPC a flipped byte comes
 back to the sender as DATA_LOSS (the prefill node fails the request: the router re-dispatches)."""
 
 from __future__ import annotations
@@ -34,23 +35,25 @@ def peers():
     receiver.close()
 
 
+@pytest.mark.parametrize("into_pool", [False, True], ids=["receiver-hashes", "pool-write-hashes"])
 @pytest.mark.parametrize("fault, bad_layer", [("flip", 2), ("truncate", 2), ("reorder", 0)])
-def test_a_corrupted_wire_fails_the_request_and_counts(peers, fault, bad_layer):
+def test_a_corrupted_wire_fails_the_request_and_counts(peers, fault, bad_layer, into_pool):
     receiver, sender = peers
     address, meta = receiver.call("address"), _meta()
     assert meta.checksum  # on by default
     failures = receiver.call("stats")["num_checksum_failures"]
-    receiver.call("expect", asdict(meta))
+    receiver.call("expect", asdict(meta), into_pool)
     sender.call("send_corrupted", address, asdict(meta), 7, fault)
     state, reason = receiver.call("wait", meta.request_id, 10.0)
     assert (state, reason) == ("FAILED", f"layer {bad_layer}: checksum mismatch")
     assert receiver.call("stats")["num_checksum_failures"] == failures + 1
 
 
-def test_intact_transfer_after_the_faults(peers):
+@pytest.mark.parametrize("into_pool", [False, True], ids=["receiver-hashes", "pool-write-hashes"])
+def test_intact_transfer_after_the_faults(peers, into_pool):
     receiver, sender = peers
     address, meta = receiver.call("address"), _meta()
-    receiver.call("expect", asdict(meta))
+    receiver.call("expect", asdict(meta), into_pool)
     sender.call("send", address, asdict(meta), 7)
     assert receiver.call("wait", meta.request_id, 10.0) == ("DONE", "")
     sent, _ = sender.call("result", meta.request_id)

@@ -51,8 +51,12 @@ class _ReceiverHost:
     def address(self) -> str:
         return self.receiver.address
 
-    def expect(self, meta_fields: dict) -> None:
+    def expect(self, meta_fields: dict, into_pool: bool = False) -> None:
+        """Reserve; `into_pool`: also hand the receiver a decode node's hashing write (each layer
+        copied into a KV pool, its checksum computed as it is copied)."""
         import torch
+
+        from splitserve.kvtransfer import scatter_checksummed
 
         meta = TransferMeta(**meta_fields)
         dest = torch.empty(meta.layer_shape, dtype=meta.torch_dtype)
@@ -66,7 +70,16 @@ class _ReceiverHost:
             if layer == meta.num_layers - 1:
                 self.done_at[meta.request_id] = time.monotonic()
 
-        self.receiver.expect(meta, write_layer)
+        pool = [torch.zeros(meta.num_tokens + 3, meta.num_kv_heads, meta.head_dim, dtype=meta.torch_dtype)
+                for _ in range(2)] if into_pool else []
+        slots = torch.arange(meta.num_tokens + 2, 2, -1)
+
+        def write_hashed(layer: int, kv, seed: int) -> int | None:
+            value = scatter_checksummed(kv, *pool, slots, seed)
+            write_layer(layer, kv)
+            return value
+
+        self.receiver.expect(meta, write_layer, write_hashed if into_pool else None)
 
     def poll(self, request_id: str) -> tuple[str, str]:
         info = self.receiver.info(request_id)
