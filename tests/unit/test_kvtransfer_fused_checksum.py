@@ -105,7 +105,9 @@ def test_tensors_the_kernels_cannot_take_are_left_to_the_caller(monkeypatch):
     k, v = _pool(8, 2, 4, torch.float32, seed=0)
     out = torch.zeros(3, 2, 2, 4).transpose(0, 1)  # [2, 3, 2, 4], not contiguous
     assert gather_checksummed(k, v, torch.tensor([0, 1, 2]), out, seed=0) is None
-    assert not out.any()
+    contiguous = torch.zeros(2, 3, 2, 4)
+    assert gather_checksummed(k, v, torch.tensor([0, 1, 2], dtype=torch.int32), contiguous, seed=0) is None
+    assert not out.any() and not contiguous.any()
     monkeypatch.setattr(native, "kv_ops", lambda: None)
     assert scatter_checksummed(torch.zeros(2, 3, 2, 4), k, v, torch.tensor([0, 1, 2]), seed=0) is None
 
