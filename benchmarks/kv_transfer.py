@@ -143,10 +143,12 @@ class KVPool:
         return value
 
 
-def _pool_for(pools: dict[int, KVPool], meta: TransferMeta) -> KVPool:
-    if meta.num_tokens not in pools:
-        pools[meta.num_tokens] = KVPool(meta)
-    return pools[meta.num_tokens]
+def _pool_for(pools: dict[tuple, KVPool], meta: TransferMeta) -> KVPool:
+    """The pool for transfers of this layout and length (made once)."""
+    key = (meta.num_layers, meta.num_tokens, meta.num_kv_heads, meta.head_dim)
+    if key not in pools:
+        pools[key] = KVPool(meta)
+    return pools[key]
 
 
 def copy_rows(cfg: ModelConfig, token_counts: list[int], repeats: int) -> list[dict]:
@@ -186,7 +188,7 @@ def _receiver_process(backend: str, conn) -> None:
     torch.set_num_threads(1)
     receiver = make_receiver(backend, TransferConfig(timeout_s=120), host="127.0.0.1", port=0)
     conn.send(receiver.address)
-    pools: dict[int, KVPool] = {}
+    pools: dict[tuple, KVPool] = {}
     while (message := conn.recv()) is not None:
         fields, sink = message
         meta = TransferMeta(**fields)
@@ -213,7 +215,7 @@ class _BackendPeer:
         self.proc.start()
         self.sender = make_sender(backend, self.conn.recv(), TransferConfig(timeout_s=120))
         self.count = 0
-        self.pools: dict[int, KVPool] = {}
+        self.pools: dict[tuple, KVPool] = {}
 
     def seconds(self, fields: dict, variant: Variant) -> float:
         """Sender's begin() -> the receiver's DONE (every layer written and verified). Before the

@@ -166,9 +166,11 @@ class TorchReceiver(TrackedReceiver):
             raise
 
     def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
+        """Post the recvs of a header's payloads and ack them; its CHECKSUM entries are recorded
+        after the ack, so the sender's payloads do not wait for them."""
         posted: list[_Posted] = []
         try:
-            for message in _messages(entries):
+            for message in _messages([entry for entry in entries if entry.kind is not Kind.CHECKSUM]):
                 if len(message) > 1:
                     posted += self._post_joined(link, message, pool)
                     continue
@@ -179,15 +181,15 @@ class TorchReceiver(TrackedReceiver):
             raise
         if posted:
             link.ack()  # the sender posts these payloads now: each finds its recv waiting
+        for entry in entries:
+            if entry.kind is Kind.CHECKSUM:
+                self._checksum_entry(entry)
         return posted
 
     def _post(self, link: PairLink, entry: LayerHeader, pool: _BufferPool) -> _Posted | None:
         """Act on one header entry; for a LAYER entry, post its payload's recv (None otherwise)."""
         if entry.kind is Kind.ABORT:
             self._sender_aborted(entry.request_hash)
-            return None
-        if entry.kind is Kind.CHECKSUM:
-            self._checksum_entry(entry)
             return None
         if entry.kind is Kind.JOINED:
             raise ValueError("KV header: a JOINED entry follows no layer")

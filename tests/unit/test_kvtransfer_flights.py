@@ -62,17 +62,6 @@ def test_a_flight_is_hashed_once_in_layer_order(sender):
     assert [(o.entry.layer, o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == expected
 
 
-def test_a_layer_the_caller_hashed_while_copying_it_is_not_hashed_again(sender, monkeypatch):
-    meta = TransferMeta("r", 2, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32")
-    monkeypatch.setattr(sender_base, "checksum", None)  # hashing here would raise
-    jobs = [Job(JobKind.LAYER, meta, layer, torch.randn(meta.layer_shape), checksum=-5 - layer) for layer in range(2)]
-    flight = torch_sender._Flight(jobs, [])
-    sender._hash_upto(flight, 2)
-    assert [(o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == [(-5, ChecksumKind.MULSUM_64),
-                                                                                  (-6, ChecksumKind.MULSUM_64)]
-    assert {e.checksum_kind for e in decode_entries(flight.words())} == {ChecksumKind.MULSUM_64}
-
-
 class _RecordingLink:
     """Stands in for a gloo PairLink: records what the sender posts, in order; the ack is there at once."""
 
@@ -108,6 +97,24 @@ def test_a_flights_checksums_go_ahead_of_its_last_payload(sender):
     assert link.posted == [[(Kind.LAYER, 0), (Kind.LAYER, 1), (Kind.LAYER, 2)], n, n,
                            [(Kind.CHECKSUM, 0), (Kind.CHECKSUM, 1), (Kind.CHECKSUM, 2)], n]
     assert [len(f.jobs) for f in flights] == [3, 0] and flight.hashed == []  # nothing left owed
+    sender._link = None
+
+
+def test_checksums_computed_by_the_read_ride_in_the_flights_own_header(sender, monkeypatch):
+    meta = TransferMeta("r", 3, num_tokens=4, num_kv_heads=2, head_dim=8, dtype="float32", checksum=True)
+    monkeypatch.setattr(sender_base, "checksum", None)  # hashing here would raise
+    sender.begin(meta)
+    sender._link = link = _RecordingLink()
+    jobs = [Job(JobKind.LAYER, meta, layer, torch.randn(meta.layer_shape), checksum=-5 - layer) for layer in range(3)]
+    flights = torch_sender.deque()
+    sender._launch(jobs, flights)
+    n = meta.layer_nbytes
+    assert link.posted == [[(Kind.LAYER, 0), (Kind.LAYER, 1), (Kind.LAYER, 2), (Kind.CHECKSUM, 0), (Kind.CHECKSUM, 1),
+                            (Kind.CHECKSUM, 2)], n, n, n]  # no checksum header before the last payload
+    entries = [e for e in decode_entries(flights[0].words()) if e.kind is Kind.CHECKSUM]
+    assert [(e.checksum, e.checksum_kind) for e in entries] == [(-5, ChecksumKind.MULSUM_64), (-6, ChecksumKind.MULSUM_64),
+                                                                (-7, ChecksumKind.MULSUM_64)]
+    assert sender._owed == []
     sender._link = None
 
 
