@@ -1,10 +1,11 @@
 """Where one torch-backend KV transfer spends its time: per-step timestamps on both sides.
 
-    python benchmarks/kv_transfer_trace.py [--tokens 512] [--layers 8] [--rounds 31] [--no-checksum] [--timeline]
+    python benchmarks/kv_transfer_trace.py [--tokens 512] [--layers 8] [--kv-heads 4] [--rounds 31] [--no-checksum] [--timeline]
 
-Moves `--rounds` transfers (plus one warm-up) of `--layers` x [2, tokens, 4, 64] fp32 (the
-`small` model's layers) from this process to a receiver process, like
-`benchmarks/kv_transfer.py`, with the sender's and receiver's steps wrapped to record
+Moves `--rounds` transfers (plus one warm-up) of `--layers` x [2, tokens, kv_heads, 64] fp32 (by
+default the `small` model's layers; SmolLM2's: --layers 30 --kv-heads 3) from this process to a
+receiver process, like `benchmarks/kv_transfer.py` (each layer's checksum computed before the
+clock, as a prefill node's read computes it, where the native kernels are built), with the sender's and receiver's steps wrapped to record
 time.monotonic() (one clock across processes) relative to the sender's `begin()`. Prints the
 median time of each phase (sender thread has the layers, receiver has the header, ack, first
 payload posted / landed, last layer verified) and, with --timeline, every step of the median
@@ -25,6 +26,7 @@ import torch
 
 from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, joined_layers, make_receiver, make_sender
 from splitserve.kvtransfer import receiver_base, torch_pair, torch_receiver, torch_sender
+from splitserve.sim.measure_transfer import _read_checksum
 
 EVENTS: list[tuple[str, float, float]] = []  # (step, start, end), this process
 STEPS = {
@@ -82,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-checksum", action="store_true")
     parser.add_argument("--timeline", action="store_true")
@@ -99,15 +102,17 @@ def main() -> None:
     totals, timelines = [], []
     try:
         for i in range(args.rounds + 1):
-            meta = TransferMeta(f"t{i}", args.layers, args.tokens, 4, 64, "float32", checksum=not args.no_checksum)
+            meta = TransferMeta(f"t{i}", args.layers, args.tokens, args.kv_heads, 64, "float32",
+                                checksum=not args.no_checksum)
             conn.send(meta.__dict__)
             conn.recv()
             layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a node lays them out
+            sums = [_read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
             EVENTS.clear()
             start = time.monotonic()
             sender.begin(meta)
             for layer, kv in enumerate(layers):
-                sender.send_layer(meta.request_id, layer, kv)
+                sender.send_layer(meta.request_id, layer, kv, checksum=sums[layer])
             sender.finish(meta.request_id)
             assert sender.wait(meta.request_id, 60) is SendState.DONE, sender.info(meta.request_id)
             ended_at, received = conn.recv()
