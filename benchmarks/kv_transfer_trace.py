@@ -26,7 +26,7 @@ import torch
 
 from splitserve.kvtransfer import SendState, TransferConfig, TransferMeta, joined_layers, make_receiver, make_sender
 from splitserve.kvtransfer import receiver_base, torch_pair, torch_receiver, torch_sender
-from splitserve.sim.measure_transfer import _read_checksum
+from splitserve.sim.measure_transfer import read_checksum
 
 EVENTS: list[tuple[str, float, float]] = []  # (step, start, end), this process
 STEPS = {
@@ -107,7 +107,7 @@ def main() -> None:
             conn.send(meta.__dict__)
             conn.recv()
             layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a node lays them out
-            sums = [_read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
+            sums = [read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
             EVENTS.clear()
             start = time.monotonic()
             sender.begin(meta)

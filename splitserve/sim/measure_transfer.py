@@ -39,7 +39,7 @@ def _one_transfer(sender, conn, meta) -> float:
     conn.send(meta.__dict__)
     conn.recv()
     layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a prefill node lays them out
-    sums = [_read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
+    sums = [read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
     start = time.perf_counter()
     sender.begin(meta)
     for layer, kv in enumerate(layers):
@@ -53,7 +53,7 @@ def _one_transfer(sender, conn, meta) -> float:
     return stamp - start
 
 
-def _read_checksum(meta, layer: int, kv) -> int | None:
+def read_checksum(meta, layer: int, kv) -> int | None:
     """The checksum a prefill node's read of the layer computes as it copies it (native kernels on
     CPU), so the sender does not hash inside the transfer; None where the sender would."""
     from splitserve.engine import native
