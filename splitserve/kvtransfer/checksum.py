@@ -127,4 +127,3 @@ def torch_words(flat: torch.Tensor, seed: int) -> int:
     mixed = _fmix64(words + index * to_int64(GOLDEN) + to_int64(seed))
     total = int(mixed.sum().item()) & MASK64
     return to_int64(_fmix64_int((total + nbytes) & MASK64))
-

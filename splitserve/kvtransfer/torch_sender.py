@@ -5,7 +5,8 @@ every layer already queued (up to MAX_FLIGHT_LAYERS and MAX_FLIGHT_BYTES) as one
 single header message listing them (plus the CHECKSUM entries still owed), on the pair group
 (formed on first use, see `torch_pair`). Layers whose checksum the caller computed as it read
 them (a prefill node on CPU) have their CHECKSUM entries in that same header: nothing to hash
-here and no checksum header (at 8.3 MB the extra header cost about 1 ms of a 5 ms transfer).
+here and no checksum header (one message fewer; against a header of their own it measured within
+noise).
 Otherwise it hashes the flight's layers while the header waits
 for the receiver's ack, until the ack is there; then it posts the payloads straight from the
 caller's tensors (gloo writes each at once: its recv is waiting), hashing each layer not hashed
