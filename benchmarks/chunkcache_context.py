@@ -10,6 +10,12 @@ chunkcache_quality.py (chat template, 4 passages). Stores:
                  to one set of positions, context_mean.mean_kv); first passage alone
     other_order  Cache-Craft's live variants: every passage as computed in this question's prompt
                  with the passages in another order (the previous order of prefix caching)
+    written_first    g1_first with a passage written for this benchmark instead of question 99's
+                 (chunkcache_written_passage.txt: plain prose, 511 tokens); written91_first with its
+                 title and first paragraph only (91 tokens)
+    other_and_alone  other_order's variants and each passage as computed alone after the head, the
+                 planner choosing among them (what a node holds when it stores a missed passage
+                 alone as well as recording it: the first passage then has an exact variant)
 
 Cases are (store, selection): `v_attn` at check layer 2 with planning by ratio, `cachecraft`:
 Cache-Craft planning (per-chunk budgets, min 0.15) with the same row scores, `ape_S`: cached K
@@ -45,6 +51,7 @@ from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import LocalTier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chunkcache_context.json"
+WRITTEN = Path(__file__).resolve().parent / "chunkcache_written_passage.txt"
 NEUTRAL = (99, 98, 97)  # questions whose first passage is the neutral "previous passage" (not among those run)
 RATIO = 0.15
 
@@ -61,6 +68,11 @@ CASES = {
     "mean3_first": ("mean3_first", RATIO_L2),
     "other_order": ("other_order", RATIO_L2),
     "other_order_cachecraft": ("other_order", ChunkCacheConfig(blend(), planning="cachecraft")),
+    "written_first": ("written_first", RATIO_L2),
+    "written_first_cachecraft": ("written_first", ChunkCacheConfig(blend(), planning="cachecraft")),
+    "written91_first": ("written91_first", RATIO_L2),
+    "other_and_alone": ("other_and_alone", RATIO_L2),
+    "other_and_alone_cachecraft": ("other_and_alone", ChunkCacheConfig(blend(), planning="cachecraft")),
     "alone_cachecraft": ("alone", ChunkCacheConfig(blend(), planning="cachecraft")),
     **{f"ape_{s}": ("alone", ChunkCacheConfig(blend(s), planning="ratio")) for s in (0.9, 1.1)},
 }
@@ -98,10 +110,20 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
             shifter = RopeShifter.for_model(engine.model_config)
             means = [(variants[0][0], mean_kv([kv for _, kv in variants], shifter)) for variants in zip(*g)]
             stores["mean3_first"] = _store([first] + means[1:])
-    if "other_order" in names:
+    if names & {"written_first", "written91_first"}:
+        first = alone.compute_alone(engine, qa.ids[qa.spans[0][0]:sum(qa.spans[0])])
+        written = WRITTEN.read_text().strip()
+        for name, text in (("written_first", written), ("written91_first", "\n\n".join(written.split("\n\n")[:2]))):
+            if name in names:
+                stores[name] = _store([first] + after(engine, qa, chunk_token_ids(engine.tokenizer, text))[1:])
+    if names & {"other_order", "other_and_alone"}:
         order = previous_order(index, len(qa.spans))
         chunks = [qa.ids[qa.spans[i][0]:sum(qa.spans[i])] for i in order]
-        stores["other_order"] = _store(alone.compute_in_context(engine, chunks, qa.head))
+        in_context = alone.compute_in_context(engine, chunks, qa.head)
+        stores["other_order"] = _store(in_context)
+        if "other_and_alone" in names:
+            stores["other_and_alone"] = _store(in_context + [alone.compute_alone(engine, qa.ids[s:s + n])
+                                                             for s, n in qa.spans])
     return stores
 
 
