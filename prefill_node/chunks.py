@@ -9,13 +9,17 @@ each after the request's head (the tokens before its first chunk: BOS or the cha
 header, an attention sink in front of the chunk, as where a first document sits).
 With no hit, the request takes the plain engine path.
 
-With live variants on (ChunkCacheConfig.live_variants > 0, the default), misses are not computed
-alone: the chunks the plan names (`record`: misses, and hits reused in a context not stored yet)
-are computed once more inside the request's own prompt and stored as variants of that context
-(`_record_later`, chunkcache/live.py), after the request's prefill (`prefilled(rid)`) so that
-they never run ahead of it on the engine thread. Recordings and stores run as the engine loop's
-background work, one layer at a time, only while no request waits: a later request's prefill never
-queues behind them for more than one layer.
+With live variants on (ChunkCacheConfig.live_variants > 0, the default), the chunks the plan
+names (`record`: misses, and hits reused in a context not stored yet) are also computed once
+more inside the request's own prompt and stored as variants of that context (`_record_later`,
+chunkcache/live.py), after the request's prefill (`prefilled(rid)`) so that they never run ahead
+of it on the engine thread. Missed chunks are still stored as computed after the head too (the
+first one's recording is exactly that already): a later request that puts one first reuses it
+with no fix instead of fixing a variant computed after other chunks (Cache-Craft planning on
+SmolLM2 / MuSiQue: the same answers at 0.28 of the prompt's rows computed instead of 0.43;
+README). Recordings and stores run as the engine loop's background work, one layer at a time,
+only while no request waits: a later request's prefill never queues behind them for more than
+one layer.
 """
 
 from __future__ import annotations
@@ -68,19 +72,20 @@ class ChunkPath:
 
     async def plan(self, prompt: list[int], spans: list[tuple[int, int]], rid: str | None = None) -> RequestPlan | None:
         """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses
-        (or recordings of live variants, which wait for `prefilled(rid)` when rid is given)."""
+        and recordings of live variants (which wait for `prefilled(rid)` when rid is given)."""
         validate_spans(spans, len(prompt))
         window = self.cache.engine.model_config.sliding_window
         if window is not None and len(prompt) > window:
             return None  # a blended prefill attends to every earlier key: no sliding window
         plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
-        if self.cache.config.live_variants > 0:
-            self._record_later(prompt, spans, plan, rid)
-            return plan if plan.placed else None
         head = prompt[:spans[0][0]] if spans else []
+        live = self.cache.config.live_variants > 0
         for i in plan.misses:
             s, n = spans[i]
-            self._store_later(plan.keys[i], prompt[s:s + n], head)
+            if i > 0 or not live:  # with live variants, the first chunk's recording is that variant already
+                self._store_later(plan.keys[i], prompt[s:s + n], head)
+        if live:
+            self._record_later(prompt, spans, plan, rid)
         return plan if plan.placed else None
 
     def prefilled(self, rid: str) -> None:

@@ -65,8 +65,9 @@ def test_background_work_waits_while_the_engine_has_requests(loop):
 
 
 def test_a_request_does_not_wait_for_the_previous_requests_recording(loop):
-    """The recording's forward runs layer by layer; a call submitted during its first layer runs before
-    its last layer (before this fix the whole recording ran as one call and the request queued behind it)."""
+    """The recording's forward (and the misses' stores) runs layer by layer; a call submitted during the first
+    layer runs before that forward's last layer (before this fix the whole recording ran as one call and the
+    request queued behind it)."""
     engine, order = loop.engine, []
     cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)), ChunkCacheConfig(live_variants=4))
     path = ChunkPath(loop, cache)
@@ -95,4 +96,4 @@ def test_a_request_does_not_wait_for_the_previous_requests_recording(loop):
             hook.remove()
     requests[0].result(5)
     assert cache.store.metrics.snapshot()["recorded_variants"] == 3
-    assert order == ["recording: first layer", "next request", "recording: last layer"]
+    assert order[:3] == ["recording: first layer", "next request", "recording: last layer"]
