@@ -1,7 +1,8 @@
 """Live variants and layer-wise loading through a node's chunk path with a real redis-server.
 
 Node A serves a RAG request that misses everything: the plain path answers, then A records each
-chunk as computed inside that prompt into Redis. Nodes B and C (no local tier: Redis is their
+chunk as computed inside that prompt into Redis (and stores the later chunks computed after the
+prompt's head alone, as the first one was). Nodes B and C (no local tier: Redis is their
 only tier) find those variants: the same prompt reuses all three exactly (fraction 0) and
 generates what the plain engine generated. B reads Redis layer by layer while it blends, C
 reads whole values first: for a reordered prompt both generate the same tokens.
@@ -57,8 +58,9 @@ def test_live_variants_through_redis_and_layerwise_loading(tiny_model, redis_url
         a_stats = a.stats()
         assert a_stats["misses"] == 3 and a_stats["recorded_variants"] == 3 and a_stats["blended_requests"] == 0
         held = b.cache.store.variants([content_hash(ids[s:s + n]) for s, n in spans])
+        head = (spans[0][0], prefix_hash(ids[:spans[0][0]]))  # the later chunks also stored after the head alone
         assert sorted((m.start, m.prefix_hash) for ms in held.values() for m in ms) == \
-            sorted((s, prefix_hash(ids[:s])) for s, _ in spans)
+            sorted([(s, prefix_hash(ids[:s])) for s, _ in spans] + [head] * (len(spans) - 1))
 
         assert asyncio.run(_generate(b, "b1", ids, spans)) == plain
         b_stats = b.stats()
