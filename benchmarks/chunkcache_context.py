@@ -28,6 +28,7 @@ without it only the first token (KL(full || case), top-1) is scored.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import statistics
@@ -100,8 +101,13 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
     """names: the stores the cases use; "alone" is always there (empty when no case uses it: full prefill's)."""
     stores = {"alone": passages_stored(engine, qa) if "alone" in names else ChunkStore(LocalTier(1 << 34))}
     alone = ChunkCache(engine, stores["alone"], prefix=qa.head)
+
+    @functools.cache
+    def computed_alone(i: int):
+        s, n = qa.spans[i]
+        return alone.compute_alone(engine, qa.ids[s:s + n])
+    first = computed_alone(0) if names & {"g1_first", "mean3_first", "written_first", "written91_first"} else None
     if names & {"g1", "g1_first", "mean3_first"}:
-        first = alone.compute_alone(engine, qa.ids[qa.spans[0][0]:sum(qa.spans[0])])
         g = [after(engine, qa, neutral[0])]
         stores["g1"] = _store(g[0])
         stores["g1_first"] = _store([first] + g[0][1:])
@@ -111,7 +117,6 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
             means = [(variants[0][0], mean_kv([kv for _, kv in variants], shifter)) for variants in zip(*g)]
             stores["mean3_first"] = _store([first] + means[1:])
     if names & {"written_first", "written91_first"}:
-        first = alone.compute_alone(engine, qa.ids[qa.spans[0][0]:sum(qa.spans[0])])
         written = WRITTEN.read_text().strip()
         for name, text in (("written_first", written), ("written91_first", "\n\n".join(written.split("\n\n")[:2]))):
             if name in names:
@@ -122,8 +127,7 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
         in_context = alone.compute_in_context(engine, chunks, qa.head)
         stores["other_order"] = _store(in_context)
         if "other_and_alone" in names:
-            stores["other_and_alone"] = _store(in_context + [alone.compute_alone(engine, qa.ids[s:s + n])
-                                                             for s, n in qa.spans])
+            stores["other_and_alone"] = _store(in_context + [computed_alone(i) for i in range(len(qa.spans))])
     return stores
 
 
