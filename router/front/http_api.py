@@ -87,9 +87,16 @@ class Endpoints:
                            param="model", code="model_not_found")
 
     async def models(self) -> dict:
-        card = {"id": self.ctx.model_name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
+        return {"object": "list", "data": [self.model_card()]}
+
+    async def model(self, model: str) -> dict:
+        """GET /v1/models/{model} (the openai client's models.retrieve)."""
+        self.check_model(model)
+        return self.model_card()
+
+    def model_card(self) -> dict:
+        return {"id": self.ctx.model_name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
                 "max_model_len": self.ctx.frontend.limits.max_model_len}
-        return {"object": "list", "data": [card]}
 
     async def completions(self, request: Request):
         body = CompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
@@ -172,6 +179,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     endpoints = Endpoints(ctx)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(endpoints.check_key)])
     v1.add_api_route("/models", endpoints.models, methods=["GET"])
+    v1.add_api_route("/models/{model:path}", endpoints.model, methods=["GET"])
     v1.add_api_route("/completions", endpoints.completions, methods=["POST"])
     v1.add_api_route("/chat/completions", endpoints.chat, methods=["POST"])
     app.include_router(v1)

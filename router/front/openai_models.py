@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (n > 1, echo,
-penalties, logit_bias, tools) are refused with a 400 that names them, never silently
+penalties, logit_bias, tools, a response_format other than text) are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens` and `top_k` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
@@ -136,12 +136,19 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list | None = None
+    response_format: ResponseFormat | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -149,6 +156,9 @@ class ChatCompletionRequest(_Request):
             raise InvalidRequest("messages must hold at least one message", "messages")
         if self.tools:
             raise InvalidRequest("tools are not supported", "tools")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequest(f"response_format {self.response_format.type!r} is not supported (no constrained "
+                                 "decoding: send {\"type\": \"text\"} or leave it out)", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
 

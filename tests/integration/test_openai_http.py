@@ -53,6 +53,9 @@ def http_json(url: str, body: bytes | None = None, headers: dict | None = None) 
 def test_models_lists_the_served_model(api):
     [model] = api.models.list().data
     assert model.id == MODEL and model.owned_by == "splitserve"
+    assert api.models.retrieve(MODEL) == model
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("no-such-model")
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8, top_p=0.9, seed=11)],

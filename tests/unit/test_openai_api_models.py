@@ -51,6 +51,9 @@ def test_completion_extensions_and_prompt_forms():
     (ChatCompletionRequest, dict(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], top_logprobs=2), "top_logprobs"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]), "tools"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}),
+     "response_format"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format="json"), "response_format"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
 ])
 def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
@@ -120,7 +123,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | s
                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
-          "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools"]
+          "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools",
+          "response_format"]
 
 
 @settings(max_examples=300, deadline=None)
