@@ -13,6 +13,9 @@ chunkcache_quality.py (chat template, 4 passages). Stores:
     written_first    g1_first with a passage written for this benchmark instead of question 99's
                  (chunkcache_written_passage.txt: plain prose, 511 tokens); written91_first with its
                  title and first paragraph only (91 tokens)
+    corpus_first g1_first with a different previous passage for each passage: question q + 1's passage
+                 of the same rank (in-corpus text, unrelated to the question; what an ingest storing each
+                 document also after another document of its batch would hold)
     other_and_alone  other_order's variants and each passage as computed alone after the head, the
                  planner choosing among them (what a node holds when it stores a missed passage
                  alone as well as recording it: the first passage then has an exact variant)
@@ -67,6 +70,8 @@ CASES = {
     "g1": ("g1", RATIO_L2),
     "g1_first": ("g1_first", RATIO_L2),
     "mean3_first": ("mean3_first", RATIO_L2),
+    "corpus_first": ("corpus_first", RATIO_L2),
+    "corpus_first_cachecraft": ("corpus_first", ChunkCacheConfig(blend(), planning="cachecraft")),
     "other_order": ("other_order", RATIO_L2),
     "other_order_cachecraft": ("other_order", ChunkCacheConfig(blend(), planning="cachecraft")),
     "written_first": ("written_first", RATIO_L2),
@@ -85,8 +90,18 @@ def neutral_passages(tokenizer, everything: list[dict]) -> list[list[int]]:
 
 def after(engine, qa, neutral: list[int]):
     """(meta, kv) per passage, each computed after the head + one neutral passage."""
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 34)), prefix=qa.head + neutral)
-    return [cache.compute_alone(engine, qa.ids[s:s + n]) for s, n in qa.spans]
+    return [after_one(engine, qa, i, neutral) for i in range(len(qa.spans))]
+
+
+def after_one(engine, qa, i: int, previous: list[int]):
+    """(meta, kv) of passage i computed after the head + `previous`."""
+    s, n = qa.spans[i]
+    return ChunkCache(engine, ChunkStore(LocalTier(1 << 34)), prefix=qa.head + previous).compute_alone(engine, qa.ids[s:s + n])
+
+
+def corpus_previous(tokenizer, everything: list[dict], index: int, rank: int) -> list[int]:
+    """The previous passage of corpus_first: question index + 1's passage of the same rank."""
+    return chunk_token_ids(tokenizer, passage_text(everything[(index + 1) % len(everything)]["ctxs"][rank]))
 
 
 def previous_order(index: int, num: int) -> list[int]:
@@ -106,7 +121,8 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
     def computed_alone(i: int):
         s, n = qa.spans[i]
         return alone.compute_alone(engine, qa.ids[s:s + n])
-    first = computed_alone(0) if names & {"g1_first", "mean3_first", "written_first", "written91_first"} else None
+    first = computed_alone(0) if names & {"g1_first", "mean3_first", "written_first", "written91_first",
+                                          "corpus_first"} else None
     if names & {"g1", "g1_first", "mean3_first"}:
         g = [after(engine, qa, neutral[0])]
         stores["g1"] = _store(g[0])
@@ -121,6 +137,10 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
         for name, text in (("written_first", written), ("written91_first", "\n\n".join(written.split("\n\n")[:2]))):
             if name in names:
                 stores[name] = _store([first] + after(engine, qa, chunk_token_ids(engine.tokenizer, text))[1:])
+    if "corpus_first" in names:
+        everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
+        stores["corpus_first"] = _store([first] + [after_one(engine, qa, i, corpus_previous(
+            engine.tokenizer, everything, index, i)) for i in range(1, len(qa.spans))])
     if names & {"other_order", "other_and_alone"}:
         order = previous_order(index, len(qa.spans))
         chunks = [qa.ids[qa.spans[i][0]:sum(qa.spans[i])] for i in order]
