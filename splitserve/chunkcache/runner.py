@@ -45,7 +45,6 @@ class ChunkCacheConfig:
     blend: BlendConfig = field(default_factory=BlendConfig)
     craft: CacheCraftConfig = field(default_factory=CacheCraftConfig)
     planning: str = "cachecraft"  # per-chunk budgets (Cache-Craft) or one ratio for all rows (CacheBlend)
-    store_misses: bool = True
     live_variants: int = 4  # variants recorded from requests per chunk; 0: misses stored computed alone
     eviction: str = "score"  # local tier: Cache-Craft's reuse x saving, or "lru"
     layerwise_load: bool = True  # Redis values read layer by layer while the blend computes
