@@ -44,8 +44,8 @@ class WorkloadConfig:
     seed: int = 0
     trace_file: str | None = None  # required for mooncake; overrides the default file otherwise
     window_s: tuple[float, float] | None = None  # trace workloads: [start, end) s from the first row
-    max_input_len: int | None = None  # clip sampled/trace lengths
-    max_output_len: int | None = None
+    max_input_len: int | None = None  # clip sampled/trace lengths (rag: its passages)
+    max_output_len: int | None = None  # clip sampled/trace lengths and output_len
     rag_passages: int = 5
     rag_zipf: float = 1.0  # Zipf exponent over passage sets; 0 = uniform
     rag_inline: bool = False  # put the passages in the prompt instead of `documents`
@@ -65,6 +65,11 @@ class WorkloadConfig:
     def clip(self, input_len: int, output_len: int) -> tuple[int, int]:
         return (max(1, min(input_len, self.max_input_len or input_len)),
                 max(1, min(output_len, self.max_output_len or output_len)))
+
+    @property
+    def fixed_output_len(self) -> int:
+        """output_len clipped to max_output_len: the fixed and rag workloads' output length."""
+        return self.clip(1, self.output_len)[1]
 
 
 class Workload(ABC):
@@ -91,7 +96,7 @@ class FixedWorkload(Workload):
         rng = np.random.default_rng(self.config.seed)
         for i in count():
             text, n = self.source.prompt(self.config.input_len, rng)
-            yield BenchRequest(i, text, n, self.config.output_len)
+            yield BenchRequest(i, text, n, self.config.fixed_output_len)
 
 
 class SampledLengthsWorkload(Workload):
@@ -169,9 +174,9 @@ class RagWorkload(Workload):
             docs = tuple(self._clip(passages[j]) for j in rng.permutation(min(k, len(passages))))
             n = self._count(question) + sum(self._count(d) for d in docs)
             if self.config.rag_inline:
-                yield BenchRequest(i, "\n\n".join(docs + (question,)), n, self.config.output_len)
+                yield BenchRequest(i, "\n\n".join(docs + (question,)), n, self.config.fixed_output_len)
             else:
-                yield BenchRequest(i, question, n, self.config.output_len, documents=docs)
+                yield BenchRequest(i, question, n, self.config.fixed_output_len, documents=docs)
 
     def _clip(self, passage: str) -> str:
         """With max_input_len: each passage cut to its share, max_input_len // k tokens."""

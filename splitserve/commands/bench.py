@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", help="trace workloads: START:END seconds from the trace's first request")
     g.add_argument("--max-input-len", type=int, help="clip sampled / trace prompt lengths (rag: each passage to "
                    "max-input-len / rag-passages tokens)")
-    g.add_argument("--max-output-len", type=int, help="clip sampled / trace output lengths")
+    g.add_argument("--max-output-len", type=int, help="clip output lengths (sampled, trace, --output-len)")
     g.add_argument("--rag-passages", type=int, default=5, help="rag: passages per request (k)")
     g.add_argument("--rag-zipf", type=float, default=1.0, help="rag: Zipf exponent of passage-set popularity")
     g.add_argument("--rag-inline", action="store_true", help="rag: passages in the prompt, not in `documents`")

@@ -121,6 +121,13 @@ def test_rag_max_input_len_cuts_each_passage_to_its_share(bench_tokenizer):
     assert all(count(d) <= 101 for d in cut.documents)  # re-tokenizing a cut may merge differently by a token
     assert [d[:40] for d in cut.documents] == [d[:40] for d in full.documents]
     assert cut.prompt_tokens < full.prompt_tokens
+    assert full.output_tokens == cut.output_tokens == 8
+
+
+@pytest.mark.parametrize("name", ["fixed", "rag"])
+def test_max_output_len_clips_the_fixed_output_len_too(bench_tokenizer, name):
+    cfg = WorkloadConfig(name=name, input_len=16, output_len=128, max_output_len=32)
+    assert next(make_workload(cfg, bench_tokenizer).requests()).output_tokens == 32
 
 
 def test_the_package_ships_the_data_its_readme_describes(monkeypatch, tmp_path):
