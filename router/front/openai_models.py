@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (n > 1, echo,
-penalties, logit_bias, tools, a response_format other than text) are refused with a 400 that names them, never silently
-dropped. vLLM's extensions `ignore_eos`, `min_tokens` and `top_k` are accepted; `documents`
+logit_bias, tools, a response_format other than text) are refused with a 400 that names them, never silently
+dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
@@ -47,6 +47,7 @@ class _Request(BaseModel):
     min_tokens: int = 0
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     logit_bias: dict | None = None
     documents: list[str] | None = None
     user: str | None = None
@@ -67,9 +68,6 @@ class _Request(BaseModel):
     def check_supported(self) -> None:
         if self.n not in (None, 1):
             raise InvalidRequest(f"n must be 1 (one choice per request is supported), got {self.n}", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise InvalidRequest(f"{name} is not supported (send 0 or leave it out)", name)
         if self.logit_bias:
             raise InvalidRequest("logit_bias is not supported", "logit_bias")
 
@@ -79,7 +77,9 @@ class _Request(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), seed=self.seed,
-            stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens)
+            stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
+            presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty)
 
 
 class CompletionRequest(_Request):

@@ -35,6 +35,7 @@ from splitserve.chunkcache.selection import ChunkBudget
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import EVICTIONS
 from splitserve.chunkcache.variants import VariantMeta
+from splitserve.engine.request import penalty_history
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 
 PLANNINGS = ("cachecraft", "ratio")
@@ -146,7 +147,7 @@ class ChunkCache:
                 release(held)
             banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
                 if prior < params.min_tokens and not params.ignore_eos else ()
-            request = SampleRequest(params, prior, banned)
+            request = SampleRequest(params, prior, banned, *penalty_history(prompt, [], prior))
             first = sample(result.logits[None].clone(), [request], engine.runner.generator)[0]
         except (CorruptValue, TierUnavailable) as exc:
             engine.cancel_reservation(rid)

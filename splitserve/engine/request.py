@@ -59,6 +59,17 @@ class Request:
     def num_output_tokens(self) -> int:
         return self.num_prior_output_tokens + len(self.output_token_ids)
 
+    def penalty_history(self) -> tuple[list[int], list[int]]:
+        return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)
+
     @property
     def is_finished(self) -> bool:
         return self.status == Status.FINISHED
+
+
+def penalty_history(prompt_token_ids: list[int], output_token_ids: list[int],
+                    num_prior_output_tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt, output) tokens as sampling penalties see them: the prompt's last num_prior_output_tokens
+    are output (a continuation after a failover carries the tokens already streamed in its prompt)."""
+    split = max(0, len(prompt_token_ids) - num_prior_output_tokens)
+    return prompt_token_ids[:split], prompt_token_ids[split:] + output_token_ids

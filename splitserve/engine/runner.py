@@ -47,7 +47,8 @@ class ModelRunner:
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
         sampling = [c.request for c in chunks if c.samples]
-        reqs = [SampleRequest(r.params, r.num_output_tokens, _banned(r)) for r in sampling]
+        reqs = [SampleRequest(r.params, r.num_output_tokens, _banned(r),
+                              *(r.penalty_history() if r.params.penalized else ((), ()))) for r in sampling]
         samples = sample(logits, reqs, self.generator) if reqs else []
         return {r.request_id: s for r, s in zip(sampling, samples)}
 

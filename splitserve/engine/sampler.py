@@ -1,4 +1,9 @@
-"""Turns next-token logits into tokens: greedy, temperature, top-k, top-p, per-request seeds.
+"""Turns next-token logits into tokens: penalties, greedy, temperature, top-k, top-p, per-request seeds.
+
+Penalties change a request's logits before anything else (and so its greedy token and its
+logprobs): HF's / vLLM's repetition penalty over the prompt and output tokens, then OpenAI's
+frequency and presence penalties over the output tokens (a request's output includes tokens
+produced before this engine saw it: `Request.penalty_history`).
 
 A seeded request draws its n-th output token from a generator seeded by (seed, n), so its
 tokens do not depend on the batch it ran in, on preemption, or on which node sampled them.
@@ -6,6 +11,7 @@ tokens do not depend on the batch it ran in, on preemption, or on which node sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +26,8 @@ class SampleRequest:
     params: SamplingParams
     output_index: int  # how many output tokens the request already has
     banned_token_ids: tuple[int, ...] = ()  # e.g. EOS before min_tokens
+    prompt_token_ids: Sequence[int] = ()  # read only when params.penalized
+    output_token_ids: Sequence[int] = ()
 
 
 @dataclass
@@ -31,9 +39,11 @@ class Sample:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch.Generator | None = None) -> list[Sample]:
     """logits: [S, vocab] fp32, one row per request."""
-    if any(req.banned_token_ids for req in requests):
+    if any(req.banned_token_ids or req.params.penalized for req in requests):
         logits = logits.clone()  # the model's output may be an inference tensor, which is read-only out here
     for row, req in enumerate(requests):
+        if req.params.penalized:
+            _penalize(logits[row], req)
         if req.banned_token_ids and len(set(req.banned_token_ids)) < logits.shape[-1]:  # never every token
             logits[row, list(req.banned_token_ids)] = float("-inf")
     greedy_ids = logits.argmax(dim=-1).tolist()
@@ -44,6 +54,20 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
         token = greedy_ids[row] if req.params.greedy else _sample_row(logits[row], req, generator)
         samples.append(_with_logprobs(token, row, req.params.logprobs, logprobs))
     return samples
+
+
+def _penalize(logits: torch.Tensor, req: SampleRequest) -> None:
+    """In place on one row [vocab]."""
+    p, vocab = req.params, logits.shape[-1]
+    output = torch.tensor(list(req.output_token_ids), dtype=torch.long, device=logits.device)
+    if p.repetition_penalty != 1.0:
+        seen = torch.cat([torch.tensor(list(req.prompt_token_ids), dtype=torch.long, device=logits.device), output])
+        seen = seen[(seen >= 0) & (seen < vocab)].unique()
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+    if (p.frequency_penalty or p.presence_penalty) and output.numel():
+        counts = torch.bincount(output[(output >= 0) & (output < vocab)], minlength=vocab)[:vocab].to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
 
 def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Generator | None) -> int:

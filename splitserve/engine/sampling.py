@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 MAX_TOP_LOGPROBS = 20
 UINT32_END = 2**32  # counts travel as uint32 between router and nodes
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-k logprobs per sampled token; None: off
     min_tokens: int = 0
+    presence_penalty: float = 0.0  # OpenAI's, on output tokens: logit - presence * (count > 0) - frequency * count
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # HF's / vLLM's, on prompt and output tokens: logit / p if > 0 else logit * p
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -33,12 +37,20 @@ class SamplingParams:
         _check(self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check(-2 <= getattr(self, name) <= 2, f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        _check(0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
+               f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
 def _check(ok: bool, message: str) -> None:

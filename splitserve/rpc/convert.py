@@ -19,6 +19,9 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         ignore_eos=msg.ignore_eos,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
         min_tokens=msg.min_tokens,
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0,
     )
 
 
@@ -26,7 +29,10 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
         stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
     )
+    if p.repetition_penalty != 1.0:
+        msg.repetition_penalty = p.repetition_penalty
     if p.seed is not None:
         msg.seed = p.seed
     if p.logprobs is not None:

@@ -58,14 +58,21 @@ def test_models_lists_the_served_model(api):
         api.models.retrieve("no-such-model")
 
 
-@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8, top_p=0.9, seed=11)],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8, top_p=0.9, seed=11),
+                                      dict(temperature=0.0, frequency_penalty=0.8, presence_penalty=0.4)],
+                         ids=["greedy", "seeded", "penalized"])
 def test_completion_equals_the_grpc_path(cluster, api, sampling):
     response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, extra_body={"ignore_eos": True},
                                       **sampling)
     expected = grpc_result(cluster, prompt=PROMPT, max_tokens=12, ignore_eos=True, **sampling)
     [choice] = response.choices
     assert choice.text == expected.text and choice.finish_reason == "length"
+    if "frequency_penalty" in sampling:  # the penalties reach the sampler: from the second token on, logprobs move
+        def logprobs(**kw):
+            return api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, logprobs=1,
+                                          extra_body={"ignore_eos": True}, **kw).choices[0].logprobs.token_logprobs
+        plain, penalized = logprobs(temperature=0.0), logprobs(**sampling)
+        assert plain[0] == penalized[0] and all(a != b for a, b in zip(plain[1:], penalized[1:]))
     assert response.usage.prompt_tokens == expected.final.prompt_tokens
     assert response.usage.completion_tokens == 12 and response.usage.total_tokens == expected.final.prompt_tokens + 12
 
@@ -146,7 +153,8 @@ BAD = [
     (dict(max_tokens=0), 400, None),
     (dict(temperature=-1), 400, None),
     (dict(logprobs=99), 400, None),
-    (dict(frequency_penalty=0.5), 400, "frequency_penalty"),
+    (dict(frequency_penalty=2.5), 400, None),
+    (dict(logit_bias={"5": 1}), 400, "logit_bias"),
     (dict(model="gpt-4"), 404, "model"),
 ]
 

@@ -27,6 +27,8 @@ def request_kwargs(i: int, seeded: bool) -> dict:
     kwargs = dict(max_tokens=8 + i % 5, ignore_eos=True)
     if seeded:
         kwargs.update(temperature=0.8, top_p=0.95, seed=1000 + i)
+    if i % 4 == 3:  # the prefill node's first token and the decode node's later ones both see the history
+        kwargs.update(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2)
     return kwargs
 
 

@@ -43,7 +43,6 @@ def test_completion_extensions_and_prompt_forms():
     (CompletionRequest, dict(prompt="x", n=2), "n"),
     (CompletionRequest, dict(prompt="x", echo=True), "echo"),
     (CompletionRequest, dict(prompt="x", best_of=3), "best_of"),
-    (CompletionRequest, dict(prompt="x", presence_penalty=1.0), "presence_penalty"),
     (CompletionRequest, dict(prompt="x", logit_bias={"5": 1}), "logit_bias"),
     (CompletionRequest, dict(prompt="x", max_tokens="many"), "max_tokens"),
     (CompletionRequest, dict(), "prompt"),
@@ -60,6 +59,15 @@ def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
     with pytest.raises(InvalidRequest) as err:
         parse(cls, **body).chat_messages() if cls is ChatCompletionRequest else parse(cls, **body).prompt_input()
     assert err.value.param == param
+
+
+def test_penalties_reach_the_sampling_params_and_their_range_is_checked():
+    body = parse(CompletionRequest, prompt="x", presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=1.2)
+    params = body.sampling_params()
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.5, -0.25, 1.2)
+    assert parse(CompletionRequest, prompt="x", presence_penalty=0).sampling_params().penalized is False
+    with pytest.raises(ValueError, match="frequency_penalty"):
+        parse(CompletionRequest, prompt="x", frequency_penalty=2.5).sampling_params()
 
 
 def test_several_prompts_are_refused():
@@ -124,7 +132,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | s
                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
           "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools",
-          "response_format"]
+          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty"]
 
 
 @settings(max_examples=300, deadline=None)
