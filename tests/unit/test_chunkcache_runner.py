@@ -63,13 +63,15 @@ def test_chunks_are_computed_after_the_chat_head_by_default(engine):
     assert document_head(Plain()) == special_prefix(engine.tokenizer)
 
 
-def test_ratio_one_generates_what_the_engine_generates(engine):
+@pytest.mark.parametrize("penalties", [{}, dict(repetition_penalty=0.5, frequency_penalty=0.5)],
+                         ids=["plain", "penalized"])
+def test_ratio_one_generates_what_the_engine_generates(engine, penalties):
     ids, spans = document_prompt(engine.tokenizer, DOCS[::-1], "who built the bridge?")
     config = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
     cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)), config)
     for s, n in spans:
         cache.store.put(*cache.compute_alone(engine, ids[s:s + n]))
-    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    params = SamplingParams(max_tokens=6, ignore_eos=True, **penalties)  # penalized: the blend samples another first token
     plan, outcome, tokens = _generate_blended(engine, cache, ids, spans, params)
     assert plan.num_reused_tokens == sum(n for _, n in spans) and outcome.computed_rows == len(ids)
     assert tokens == engine.generate([ids], params)[0].token_ids
