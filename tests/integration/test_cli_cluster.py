@@ -51,6 +51,11 @@ def test_up_serves_completes_and_stops_everything_on_sigterm(tiny_model):
     engine = Engine(tiny_model)
     expected = engine.generate([prompt], SamplingParams(max_tokens=6))[0]
     assert result["token_ids"] == expected.token_ids and result["text"] == expected.text
+    out = subprocess.run(cli("complete", "--url", url, "--prompt", prompt, "--max-tokens", "6", "--json",
+                             "--repetition-penalty", "3", "--frequency-penalty", "2"),
+                         capture_output=True, text=True, timeout=60)
+    penalized = engine.generate([prompt], SamplingParams(max_tokens=6, repetition_penalty=3.0, frequency_penalty=2.0))
+    assert json.loads(out.stdout)["token_ids"] == penalized[0].token_ids != expected.token_ids
     # the nodes share the host's cores (--threads 0, the default): one share file, a slot each, idle once served
     shares = [_flag(pid, "--cpu-share") for pid in children if _flag(pid, "--role")]
     files = {share.rpartition(":")[0] for share in shares}
@@ -88,3 +93,5 @@ def test_generate_json_batch(tiny_model, capsys):
 def test_generate_rejects_bad_input_with_a_message(tiny_model, capsys):
     assert main(["generate", "--model", str(tiny_model), "--prompt", "x", "--max-tokens", "0"]) == 2
     assert "max_tokens" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_model), "--prompt", "x", "--repetition-penalty", "0"]) == 2
+    assert "repetition_penalty" in capsys.readouterr().err

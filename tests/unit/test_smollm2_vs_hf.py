@@ -95,3 +95,17 @@ def test_chat_answer_is_sensible_and_ends_at_im_end(smollm2_model):
     result = engine.generate([chat_ids(engine.tokenizer, QUESTIONS[0])], SamplingParams(max_tokens=48))[0]
     assert "Paris" in result.text
     assert result.finish_reason == "stop" and result.token_ids[-1] == im_end
+
+
+def test_penalized_greedy_equals_hf(smollm2_model, smollm2_hf_reference):
+    """Repetition and frequency penalties on the real model, against HF generate's own repetition processor
+    (and OpenAI's formula as a logits processor); unpenalized, this answer loops within 32 tokens."""
+    from tests.unit.test_sampling_penalties import hf_penalized
+
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=64))
+    prompt = chat_ids(engine.tokenizer, "Write a short poem about the sea.")
+    params = SamplingParams(max_tokens=MAX_NEW, ignore_eos=True, logprobs=5, repetition_penalty=1.3,
+                            frequency_penalty=0.3)
+    result = engine.generate([prompt], params)[0]
+    assert_matches_hf(result.token_ids, result.logprobs, *hf_penalized(smollm2_hf_reference, prompt, MAX_NEW, params))
+    assert result.token_ids != engine.generate([prompt], SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))[0].token_ids
