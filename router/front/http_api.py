@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import grpc
@@ -28,8 +28,8 @@ from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
-from router.front.http_stream import EventStreamResponse, collect, event_stream, until_disconnect
-from router.front.openai_format import ChatShape, CompletionShape, TokenTexts, Shape
+from router.front.http_stream import EventStreamResponse, collect, event_stream, numbered, until_disconnect
+from router.front.openai_format import ChatShape, CompletionShape, TokenTexts, Shape, whole_response
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
@@ -104,9 +104,9 @@ class Endpoints:
         self.check_model(body.model)
         prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**body.prompt_input(), documents=body.documents or ())
         job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), _request_id(request, "cmpl"), chunks)
-        shape = CompletionShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
-                                body.logprobs is not None)
-        return await self.serve(request, job, shape, body.stream, body.include_usage)
+        shapes = [CompletionShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
+                                  body.logprobs is not None, index=i) for i in range(body.num_choices)]
+        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
 
     async def chat(self, request: Request):
         body = ChatCompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
@@ -116,29 +116,46 @@ class Endpoints:
         prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
         job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"), chunks)
-        shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs)
-        return await self.serve(request, job, shape, body.stream, body.include_usage)
+        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs, index=i)
+                  for i in range(body.num_choices)]
+        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
 
-    async def serve(self, request: Request, job: Job, shape: Shape, stream: bool, include_usage: bool):
-        slot = self.ctx.admission.admit()
+    async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):
+        """One job per choice, each admitted and routed on its own; their events merged (`numbered`)."""
+        slots, streams = [], []
         try:
-            route = self.ctx.orchestrator.route(job)
-            events = bounded(completion(self.ctx.frontend.tokenizer, self.ctx.orchestrator, job, route),
-                             self.ctx.admission.deadline())
+            for job in jobs:
+                slots.append(self.ctx.admission.admit())
+                route = self.ctx.orchestrator.route(job)
+                streams.append(bounded(completion(self.ctx.frontend.tokenizer, self.ctx.orchestrator, job, route),
+                                       self.ctx.admission.deadline()))
         except BaseException:
-            slot.release()
+            for slot in slots:
+                slot.release()
             raise
-        headers = {"X-Request-Id": job.request_id}
+        events, headers = numbered(streams), {"X-Request-Id": shapes[0].id}
         if stream:
-            return EventStreamResponse(event_stream(events, shape, include_usage, slot), headers=headers)
-        with slot:
-            pieces, finish = await until_disconnect(request.receive, collect(events))
-        return JSONResponse(shape.response(pieces, finish), headers=headers)
+            return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
+        try:
+            results = await until_disconnect(request.receive, collect(events, len(jobs)))
+        finally:
+            for slot in slots:
+                slot.release()
+        return JSONResponse(whole_response(shapes, results), headers=headers)
 
     async def health(self) -> dict:
         nodes = self.ctx.orchestrator.registry.snapshot()
         return {"status": "ok", "nodes": len(nodes), "healthy_nodes": sum(n.healthy for n in nodes),
                 "requests_in_flight": self.ctx.admission.num_active}
+
+
+def choice_jobs(job: Job, n: int) -> list[Job]:
+    """n jobs for n choices: ids `<id>-<i>`; a seeded request's choice i draws from seed + i."""
+    if n == 1:
+        return [job]
+    seed = job.params.seed
+    return [replace(job, request_id=f"{job.request_id}-{i}",
+                    params=replace(job.params, seed=None if seed is None else (seed + i) % 2**63)) for i in range(n)]
 
 
 def _request_id(request: Request, prefix: str) -> str:

@@ -58,37 +58,88 @@ def _data(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def event_stream(events: AsyncIterator[Piece | Finish], shape: Shape, include_usage: bool,
-                       slot: Slot) -> AsyncIterator[bytes]:
-    """SSE lines: text chunks, a chunk with the finish reason, usage (when asked), [DONE].
+async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes: list[Shape], include_usage: bool,
+                       slots: list[Slot]) -> AsyncIterator[bytes]:
+    """SSE lines: text chunks (each choice's under its index), each choice's chunk with its finish reason,
+    usage over all choices (when asked), [DONE]. `events` is `numbered()`'s.
 
     A failure after the 200 went out becomes an `error` event, then [DONE]."""
+    finishes = []
     try:
-        async for item in events:
+        async for index, item in events:
             if isinstance(item, Piece):
-                yield _data(shape.chunk(item, include_usage))
+                yield _data(shapes[index].chunk(item, include_usage))
                 continue
-            yield _data(shape.final_chunk(item, include_usage))
-            if include_usage:
-                yield _data(shape.usage_chunk(item))
+            yield _data(shapes[index].final_chunk(item, include_usage))
+            finishes.append(item)
+        if include_usage:
+            yield _data(shapes[0].usage_chunk(finishes))
         yield DONE
     except Exception as exc:
         error = from_exception(exc)
-        log.warning("request %s failed mid-stream: %s", shape.id, exc)
+        log.warning("request %s failed mid-stream: %s", shapes[0].id, exc)
         yield _data(error.body())
         yield DONE
     finally:
         await events.aclose()
-        slot.release()
+        for slot in slots:
+            slot.release()
 
 
-async def collect(events: AsyncIterator[Piece | Finish]) -> tuple[list[Piece], Finish]:
-    pieces, finish = [], None
-    async for item in events:
-        if isinstance(item, Piece):
-            pieces.append(item)
-        else:
-            finish = item
-    if finish is None:
+async def collect(events: AsyncIterator[tuple[int, Piece | Finish]], n: int) -> list[tuple[list[Piece], Finish]]:
+    """Each of the n choices' pieces and finish, from `numbered()`'s events."""
+    pieces: list[list[Piece]] = [[] for _ in range(n)]
+    finishes: list[Finish | None] = [None] * n
+    try:
+        async for index, item in events:
+            if isinstance(item, Piece):
+                pieces[index].append(item)
+            else:
+                finishes[index] = item
+    finally:
+        await events.aclose()
+    if any(f is None for f in finishes):
         raise RuntimeError("the request ended without a finish")
-    return pieces, finish
+    return list(zip(pieces, finishes))
+
+
+async def numbered(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+    """(i, item) from every stream as items come; the first error ends it. Closing it closes them all."""
+    if len(streams) == 1:  # one choice: no tasks in between
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait((i, item))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+        finally:
+            queue.put_nowait((i, _END))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, item = await queue.get()
+            if item is _END:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+
+
+_END = object()

@@ -5,7 +5,9 @@
 router's `Piece`s and `Finish` into OpenAI's JSON. Logprobs: completions carry
 `tokens / token_logprobs / top_logprobs / text_offset`; chat carries `content: [{token,
 logprob, bytes, top_logprobs}]`. Usage counts the prompt and the tokens generated
-(`prompt_tokens_details.cached_tokens`: prompt tokens whose KV was reused).
+(`prompt_tokens_details.cached_tokens`: prompt tokens whose KV was reused). A request for n
+choices has one shape per choice (`index`), all under one id; its usage counts the prompt once
+and every choice's tokens (`usage(..., finishes)`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class TokenTexts:
         return text
 
 
-def usage(num_prompt_tokens: int, finish: Finish) -> dict:
-    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": finish.num_completion_tokens,
-            "total_tokens": num_prompt_tokens + finish.num_completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": finish.done.num_cached_tokens}}
+def usage(num_prompt_tokens: int, finishes: list[Finish]) -> dict:
+    completion_tokens = sum(f.num_completion_tokens for f in finishes)
+    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": num_prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": finishes[0].done.num_cached_tokens}}
 
 
 class Shape(ABC):
@@ -43,8 +46,9 @@ class Shape(ABC):
     object_name = ""
     chunk_object_name = ""
 
-    def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool):
-        self.id, self.model, self.texts = request_id, model, texts
+    def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool,
+                 index: int = 0):
+        self.id, self.model, self.texts, self.index = request_id, model, texts, index
         self.num_prompt_tokens, self.logprobs = num_prompt_tokens, logprobs
         self.created = int(time.time())
         self._num_chars = 0  # completions' text_offset
@@ -65,16 +69,19 @@ class Shape(ABC):
         extra = {"usage": None} if usage_field else {}
         return self._envelope(self.chunk_object_name, [choice], **extra)
 
-    def usage_chunk(self, finish: Finish) -> dict:
-        return self._envelope(self.chunk_object_name, [], usage=usage(self.num_prompt_tokens, finish))
+    def usage_chunk(self, finishes: list[Finish]) -> dict:
+        return self._envelope(self.chunk_object_name, [], usage=usage(self.num_prompt_tokens, finishes))
 
     def response(self, pieces: list[Piece], finish: Finish) -> dict:
+        return whole_response([self], [(pieces, finish)])
+
+    def whole_choice(self, pieces: list[Piece], finish: Finish) -> dict:
         token_ids = [t for p in pieces for t in p.token_ids]
         entries = [e for p in pieces for e in p.logprobs]
         choice = self._whole_choice("".join(p.text for p in pieces))
         choice.update(logprobs=self._logprobs(token_ids, entries) if self.logprobs else None,
                       finish_reason=finish.reason)
-        return self._envelope(self.object_name, [choice], usage=usage(self.num_prompt_tokens, finish))
+        return choice
 
     @abstractmethod
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
@@ -93,10 +100,10 @@ class CompletionShape(Shape):
     object_name = chunk_object_name = "text_completion"
 
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
-        return {"index": 0, "text": piece.text, "logprobs": None, "finish_reason": None}
+        return {"index": self.index, "text": piece.text, "logprobs": None, "finish_reason": None}
 
     def _whole_choice(self, text: str) -> dict:
-        return {"index": 0, "text": text}
+        return {"index": self.index, "text": text}
 
     def _logprobs(self, token_ids: list[int], entries: list) -> dict:
         tokens = [self.texts(t) for t in token_ids]
@@ -124,10 +131,10 @@ class ChatShape(Shape):
         delta = {} if final else {"content": piece.text}
         if not self._role_sent:  # on the first chunk: a chunk of its own would look like a token to TTFT meters
             delta, self._role_sent = {"role": "assistant", **delta}, True
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        return {"index": self.index, "delta": delta, "logprobs": None, "finish_reason": None}
 
     def _whole_choice(self, text: str) -> dict:
-        return {"index": 0, "message": {"role": "assistant", "content": text}}
+        return {"index": self.index, "message": {"role": "assistant", "content": text}}
 
     def _entry(self, token_id: int, logprob: float) -> dict:
         token = self.texts(token_id)
@@ -136,3 +143,10 @@ class ChatShape(Shape):
     def _logprobs(self, token_ids: list[int], entries: list) -> dict:
         return {"content": [{**self._entry(t, lp), "top_logprobs": [self._entry(i, v) for i, v in top]}
                             for t, (lp, top) in zip(token_ids, entries)]}
+
+
+def whole_response(shapes: list[Shape], results: list[tuple[list[Piece], Finish]]) -> dict:
+    """The response of a request for len(shapes) choices (one shape and one result per choice)."""
+    choices = [shape.whole_choice(pieces, finish) for shape, (pieces, finish) in zip(shapes, results)]
+    return shapes[0]._envelope(shapes[0].object_name, choices,
+                               usage=usage(shapes[0].num_prompt_tokens, [finish for _, finish in results]))

@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (n > 1, echo,
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (echo, best_of > 1,
 logit_bias, tools, a response_format other than text) are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from splitserve.engine import SamplingParams
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
+MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
 
 
 class InvalidRequest(ValueError):
@@ -62,12 +63,16 @@ class _Request(BaseModel):
             raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
 
     @property
+    def num_choices(self) -> int:
+        return 1 if self.n is None else self.n
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def check_supported(self) -> None:
-        if self.n not in (None, 1):
-            raise InvalidRequest(f"n must be 1 (one choice per request is supported), got {self.n}", "n")
+        if not 1 <= self.num_choices <= MAX_CHOICES:
+            raise InvalidRequest(f"n must be in [1, {MAX_CHOICES}], got {self.n}", "n")
         if self.logit_bias:
             raise InvalidRequest("logit_bias is not supported", "logit_bias")
 

@@ -93,3 +93,22 @@ def test_router_deadline_ends_long_requests_on_both_fronts(cluster):
     assert status == 504 and body["error"]["code"] == "deadline_exceeded"
     for _, node in cluster.nodes:
         assert used_blocks_settle_to_zero(node.address, timeout_s=5)
+
+
+def test_more_choices_than_slots_is_a_429_that_takes_no_slot(cluster):
+    """n choices take n slots: n above the router's limit is refused whole, and the slots it took are freed."""
+    import urllib.error
+    import urllib.request
+
+    def post(n: int) -> int:
+        body = json.dumps({"prompt": "x", "max_tokens": 2, "n": n, "temperature": 0}).encode()
+        request = urllib.request.Request(cluster.http_url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert post(MAX_QUEUE + 1) == 429
+    assert post(MAX_QUEUE) == 200  # every slot free again

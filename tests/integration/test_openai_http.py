@@ -88,6 +88,32 @@ def test_streamed_completion_with_usage(cluster, api):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_n_choices_are_the_grpc_path_with_seed_plus_index(cluster, api):
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, n=3, temperature=0.9, seed=7,
+                                      extra_body={"ignore_eos": True})
+    expected = [grpc_result(cluster, prompt=PROMPT, max_tokens=6, ignore_eos=True, temperature=0.9, seed=7 + i)
+                for i in range(3)]
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    assert [c.text for c in response.choices] == [e.text for e in expected] and len({e.text for e in expected}) > 1
+    assert response.usage.prompt_tokens == expected[0].final.prompt_tokens and response.usage.completion_tokens == 18
+    greedy = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, n=2, temperature=0)
+    assert greedy.choices[0].text == greedy.choices[1].text
+
+
+def test_n_chat_choices_streamed_interleave_by_index(cluster, api):
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_completion_tokens=8, temperature=0.9, seed=3, n=2,
+                  extra_body={"ignore_eos": True})
+    whole = api.chat.completions.create(**kwargs)
+    chunks = list(api.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    texts, finishes = ["", ""], [None, None]
+    for chunk in chunks[:-1]:
+        [choice] = chunk.choices
+        texts[choice.index] += choice.delta.content or ""
+        finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == [c.message.content for c in whole.choices] and finishes == ["length", "length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 16
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_chat_equals_the_grpc_path(cluster, api, stream):
     kwargs = dict(model=MODEL, messages=MESSAGES, max_completion_tokens=9, temperature=0, extra_body={"ignore_eos": True})
@@ -149,7 +175,7 @@ def test_documents_pass_through_to_the_frontend(cluster, api):
 
 
 BAD = [
-    (dict(n=2), 400, "n"),
+    (dict(n=17), 400, "n"),
     (dict(max_tokens=0), 400, None),
     (dict(temperature=-1), 400, None),
     (dict(logprobs=99), 400, None),

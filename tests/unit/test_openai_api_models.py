@@ -40,7 +40,8 @@ def test_completion_extensions_and_prompt_forms():
 
 
 @pytest.mark.parametrize("cls, body, param", [
-    (CompletionRequest, dict(prompt="x", n=2), "n"),
+    (CompletionRequest, dict(prompt="x", n=17), "n"),
+    (CompletionRequest, dict(prompt="x", n=0), "n"),
     (CompletionRequest, dict(prompt="x", echo=True), "echo"),
     (CompletionRequest, dict(prompt="x", best_of=3), "best_of"),
     (CompletionRequest, dict(prompt="x", logit_bias={"5": 1}), "logit_bias"),
@@ -110,7 +111,7 @@ def test_completion_shape_with_logprobs():
 def test_chat_stream_chunks():
     shape = ChatShape("chatcmpl-1", "m", Texts(), num_prompt_tokens=4, logprobs=False)
     first, second = shape.chunk(Piece([7], "a"), True), shape.chunk(Piece([8], "b"), True)
-    last, usage = shape.final_chunk(finish("stop"), True), shape.usage_chunk(finish("stop"))
+    last, usage = shape.final_chunk(finish("stop"), True), shape.usage_chunk([finish("stop")])
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
     assert second["choices"][0]["delta"] == {"content": "b"} and second["usage"] is None
     assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "stop"
