@@ -166,13 +166,19 @@ class Orchestrator:
         except BaseException:
             await self.nodes.abort(address, job.request_id)
             raise
-        yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [])
-        if first.finished:
+        try:
+            yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [])
+            if first.finished:
+                await self.nodes.abort(address, job.request_id)
+                yield Done(first.finish_reason, first.num_cached_tokens, route, first.prefill_s, first.transfer_s)
+                return
+            async for event in self._events(self.nodes.decode(address, job, first.first_token_id), route, first):
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client left: a Decode call cancelled before the node took it up (or never made) leaves the
+            # reservation to the node's reservation timeout (Abort is a no-op for a Decode already running)
             await self.nodes.abort(address, job.request_id)
-            yield Done(first.finish_reason, first.num_cached_tokens, route, first.prefill_s, first.transfer_s)
-            return
-        async for event in self._events(self.nodes.decode(address, job, first.first_token_id), route, first):
-            yield event
+            raise
 
     async def _prefill(self, job: Job, route: Route, target) -> PrefillResult:
         n, address = len(job.prompt_token_ids), route.prefill.address

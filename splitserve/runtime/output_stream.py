@@ -47,6 +47,9 @@ async def run_streaming(engine_loop, request_id: str, admit):
         await asyncio.wrap_future(engine_loop.call(admit))
     except BaseException:
         engine_loop.unsubscribe(request_id)
+        # cancelled (client gone) while admit waited its turn (it will not run: the reservation it would take
+        # is freed) or ran (the request is admitted: stopped); after a ValueError it changes nothing
+        engine_loop.call(lambda engine: engine.abort(request_id))
         raise
     try:
         async for out in stream:

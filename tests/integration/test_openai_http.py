@@ -222,7 +222,7 @@ def test_health_reports_nodes_and_requests(cluster):
 
 
 def test_metrics_are_served_and_count_refusals(cluster):
-    http_json(cluster.http_url + "/v1/completions", json.dumps({"prompt": "x", "n": 3}).encode())
+    http_json(cluster.http_url + "/v1/completions", json.dumps({"prompt": "x", "n": 99}).encode())
     with urllib.request.urlopen(cluster.http_url + "/metrics", timeout=10) as response:
         text = response.read().decode()
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -236,10 +236,11 @@ def _settled(cluster) -> bool:
     return wait_until(idle, timeout_s=1.5, interval_s=0.05)
 
 
-def test_http_disconnect_cancels_the_request_on_the_nodes(cluster, api):
+@pytest.mark.parametrize("n", [1, 2])
+def test_http_disconnect_cancels_the_request_on_the_nodes(cluster, api, n):
     # 1900 tokens take seconds on the tiny model: finishing within the wait means it was cancelled
     with api.completions.with_streaming_response.create(
-            model=MODEL, prompt=PROMPT, max_tokens=1900, temperature=0, stream=True,
+            model=MODEL, prompt=PROMPT, max_tokens=1900, temperature=0, stream=True, n=n,
             extra_body={"ignore_eos": True}) as response:
         data = (line for line in response.iter_lines() if line.startswith("data:"))
         for _ in range(3):

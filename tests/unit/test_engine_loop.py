@@ -39,3 +39,45 @@ def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(tiny_model
         assert loop.call(lambda e: e.num_used_blocks).result(5) == 0
     finally:
         loop.stop()
+
+
+@pytest.mark.parametrize("while_admitting", [False, True], ids=["admit_queued", "admit_running"])
+def test_a_consumer_cancelled_around_admission_leaves_no_reservation_or_request(tiny_model, while_admitting):
+    """A decode node's Decode cancelled after the KV arrived, before or while the engine admits the request:
+    the reservation the admit would take is freed, or the admitted request is stopped (it used to stay
+    reserved, or run on with nobody reading it)."""
+    import threading
+
+    engine = Engine(tiny_model, EngineConfig(num_blocks=64, block_size=4))
+    loop = EngineLoop(engine)
+    loop.start()
+    prompt, params = [5, 6, 7, 8, 9], SamplingParams(max_tokens=500, ignore_eos=True)
+    gate, entered = threading.Event(), threading.Event()
+
+    def admit(e):
+        if while_admitting:
+            entered.set()
+            gate.wait(5)
+        e.admit_prefilled("r", prompt, 11, params)
+
+    async def main():
+        assert loop.call(lambda e: e.reserve("r", len(prompt) + 1)).result(5)
+        if not while_admitting:  # the engine thread is busy: admit waits its turn
+            loop.call(lambda e: (entered.set(), gate.wait(5)))
+        consumer = asyncio.ensure_future(_drain(run_streaming(loop, "r", admit)))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        await asyncio.sleep(0.05)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        gate.set()
+
+    try:
+        asyncio.run(main())
+        settled = lambda e: (e.num_used_blocks, dict(e.reserved), e.has_unfinished())  # noqa: E731
+        assert loop.call(settled).result(5) == (0, {}, False)
+    finally:
+        loop.stop()
+
+
+async def _drain(outputs) -> list:
+    return [o async for o in outputs]
