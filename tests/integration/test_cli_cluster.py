@@ -29,6 +29,18 @@ def children_of(pid: int) -> list[int]:
 def test_up_serves_completes_and_stops_everything_on_sigterm(tiny_model):
     proc = subprocess.Popen(cli("up", "--model", str(tiny_model), "--port", "0", "--http-port", "-1", "--sample"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _serves_completes_and_stops_on_sigterm(proc, tiny_model)
+    finally:  # a failed check must not leave the cluster running
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _serves_completes_and_stops_on_sigterm(proc: subprocess.Popen, tiny_model) -> None:
     lines, url, http_url = [], None, None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
