@@ -84,6 +84,12 @@ CASES = {
 }
 
 
+@functools.cache
+def musique() -> list[dict]:
+    """The trace's 100 questions, read once."""
+    return json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
+
+
 def neutral_passages(tokenizer, everything: list[dict]) -> list[list[int]]:
     return [chunk_token_ids(tokenizer, passage_text(everything[i]["ctxs"][0])) for i in NEUTRAL]
 
@@ -138,9 +144,8 @@ def build_stores(engine, qa, index: int, neutral: list[list[int]], names: set[st
             if name in names:
                 stores[name] = _store([first] + after(engine, qa, chunk_token_ids(engine.tokenizer, text))[1:])
     if "corpus_first" in names:
-        everything = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
         stores["corpus_first"] = _store([first] + [after_one(engine, qa, i, corpus_previous(
-            engine.tokenizer, everything, index, i)) for i in range(1, len(qa.spans))])
+            engine.tokenizer, musique(), index, i)) for i in range(1, len(qa.spans))])
     if names & {"other_order", "other_and_alone"}:
         order = previous_order(index, len(qa.spans))
         chunks = [qa.ids[qa.spans[i][0]:sum(qa.spans[i])] for i in order]
@@ -204,7 +209,7 @@ def main() -> None:
     cases = pick_cases(args.cases, CASES)
     args.questions = ",".join(str(i) for i in parse_indices(args.questions))
     engine, items = load_questions(args)
-    neutral = neutral_passages(engine.tokenizer, json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text()))
+    neutral = neutral_passages(engine.tokenizer, musique())
     run(args, engine, items, neutral, cases)
 
 

@@ -166,6 +166,7 @@ class Orchestrator:
         except BaseException:
             await self.nodes.abort(address, job.request_id)
             raise
+        decoding = False  # the node's Decode has streamed: it took the reservation over
         try:
             yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [])
             if first.finished:
@@ -173,11 +174,13 @@ class Orchestrator:
                 yield Done(first.finish_reason, first.num_cached_tokens, route, first.prefill_s, first.transfer_s)
                 return
             async for event in self._events(self.nodes.decode(address, job, first.first_token_id), route, first):
+                decoding = True
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
             # the client left: a Decode call cancelled before the node took it up (or never made) leaves the
-            # reservation to the node's reservation timeout (Abort is a no-op for a Decode already running)
-            await self.nodes.abort(address, job.request_id)
+            # reservation to the node's reservation timeout; once it streams, cancelling it frees everything
+            if not decoding:
+                await self.nodes.abort(address, job.request_id)
             raise
 
     async def _prefill(self, job: Job, route: Route, target) -> PrefillResult:
