@@ -51,10 +51,11 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                   stop: list[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
                   request_id: str = "", presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                  repetition_penalty: float | None = None) -> router_pb2.GenerateRequest:
+                  repetition_penalty: float | None = None,
+                  logit_bias: dict[int, float] | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
-                                         frequency_penalty=frequency_penalty)
+                                         frequency_penalty=frequency_penalty, logit_bias=logit_bias or {})
     if repetition_penalty is not None:
         sampling.repetition_penalty = repetition_penalty
     if seed is not None:

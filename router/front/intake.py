@@ -75,6 +75,7 @@ class Frontend:
         bad = [t for t in prompt_ids if not 0 <= t < self.limits.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {self.limits.vocab_size}); got {bad[:5]}")
+        params.check_vocab(self.limits.vocab_size)
         total = len(prompt_ids) + params.max_tokens
         if total > self.limits.max_model_len:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (echo, best_of > 1,
-logit_bias, tools, a response_format other than text) are refused with a 400 that names them, never silently
+tools, a response_format other than text) are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
@@ -49,7 +49,7 @@ class _Request(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    logit_bias: dict | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as JSON keys are) -> bias
     documents: list[str] | None = None
     user: str | None = None
 
@@ -73,8 +73,9 @@ class _Request(BaseModel):
     def check_supported(self) -> None:
         if not 1 <= self.num_choices <= MAX_CHOICES:
             raise InvalidRequest(f"n must be in [1, {MAX_CHOICES}], got {self.n}", "n")
-        if self.logit_bias:
-            raise InvalidRequest("logit_bias is not supported", "logit_bias")
+        bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
+        if bad:
+            raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
 
     def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """Engine parameters; ValueError (-> 400) for values out of range."""
@@ -84,7 +85,11 @@ class _Request(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), seed=self.seed,
             stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty)
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            logit_bias=self._logit_bias())
+
+    def _logit_bias(self) -> dict[int, float]:
+        return {int(key): value for key, value in (self.logit_bias or {}).items()}
 
 
 class CompletionRequest(_Request):

@@ -1,4 +1,4 @@
-"""Sampling-penalty flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
+"""Sampling-penalty and logit-bias flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,21 @@ def add_penalty_flags(parser: argparse.ArgumentParser) -> None:
                         help="OpenAI's: minus this times a token's count in the output so far")
     parser.add_argument("--presence-penalty", type=float, default=0.0,
                         help="OpenAI's: minus this for every token already in the output")
+    parser.add_argument("--logit-bias", type=_bias, action="append", default=[], metavar="TOKEN_ID=BIAS",
+                        help="OpenAI's: add BIAS (-100 to 100) to a token's logit; repeat for more tokens")
+
+
+def _bias(text: str) -> tuple[int, float]:
+    token_id, sep, bias = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return int(token_id), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS, got {text!r}") from None
 
 
 def penalties(args: argparse.Namespace) -> dict:
     """SamplingParams keywords from the flags above."""
     return dict(repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-                presence_penalty=args.presence_penalty)
+                presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias))

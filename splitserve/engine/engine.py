@@ -101,9 +101,7 @@ class Engine:
         bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
-        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"stop token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
+        params.check_vocab(vocab)
         remaining = params.max_tokens - num_prior_output_tokens
         if remaining < 1:
             raise ValueError(f"max_tokens ({params.max_tokens}) leaves no token to generate after "

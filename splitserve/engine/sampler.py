@@ -1,9 +1,10 @@
-"""Turns next-token logits into tokens: penalties, greedy, temperature, top-k, top-p, per-request seeds.
+"""Turns next-token logits into tokens: logit bias, penalties, greedy, temperature, top-k, top-p, per-request seeds.
 
-Penalties change a request's logits before anything else (and so its greedy token and its
-logprobs): HF's / vLLM's repetition penalty over the prompt and output tokens, then OpenAI's
-frequency and presence penalties over the output tokens (a request's output includes tokens
-produced before this engine saw it: `Request.penalty_history`).
+A request's logit bias and penalties change its logits before anything else (and so its greedy
+token and its logprobs), in vLLM's order: OpenAI's logit_bias added first; then HF's / vLLM's
+repetition penalty over the prompt and output tokens, then OpenAI's frequency and presence
+penalties over the output tokens (a request's output includes tokens produced before this
+engine saw it: `Request.penalty_history`).
 
 A seeded request draws its n-th output token from a generator seeded by (seed, n), so its
 tokens do not depend on the batch it ran in, on preemption, or on which node sampled them.
@@ -39,9 +40,11 @@ class Sample:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch.Generator | None = None) -> list[Sample]:
     """logits: [S, vocab] fp32, one row per request."""
-    if any(req.banned_token_ids or req.params.penalized for req in requests):
+    if any(req.banned_token_ids or req.params.penalized or req.params.logit_bias for req in requests):
         logits = logits.clone()  # the model's output may be an inference tensor, which is read-only out here
     for row, req in enumerate(requests):
+        if req.params.logit_bias:
+            _add_bias(logits[row], req.params.logit_bias)
         if req.params.penalized:
             _penalize(logits[row], req)
         if req.banned_token_ids and len(set(req.banned_token_ids)) < logits.shape[-1]:  # never every token
@@ -54,6 +57,13 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
         token = greedy_ids[row] if req.params.greedy else _sample_row(logits[row], req, generator)
         samples.append(_with_logprobs(token, row, req.params.logprobs, logprobs))
     return samples
+
+
+def _add_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> None:
+    """In place on one row [vocab]; ids past the row (checked at the door) are skipped."""
+    kept = [(t, b) for t, b in bias if t < logits.shape[-1]]
+    ids = torch.tensor([t for t, _ in kept], dtype=torch.long, device=logits.device)
+    logits[ids] += torch.tensor([b for _, b in kept], dtype=logits.dtype, device=logits.device)
 
 
 def _penalize(logits: torch.Tensor, req: SampleRequest) -> None:

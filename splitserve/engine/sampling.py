@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 MAX_TOP_LOGPROBS = 20
 UINT32_END = 2**32  # counts travel as uint32 between router and nodes
 MAX_REPETITION_PENALTY = 10.0
+MAX_LOGIT_BIAS_TOKENS = 1024
+MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's, on output tokens: logit - presence * (count > 0) - frequency * count
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # HF's / vLLM's, on prompt and output tokens: logit / p if > 0 else logit * p
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), ascending ids
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -41,6 +44,7 @@ class SamplingParams:
             _check(-2 <= getattr(self, name) <= 2, f"{name} must be in [-2, 2], got {getattr(self, name)}")
         _check(0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
                f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}")
+        object.__setattr__(self, "logit_bias", _checked_bias(self.logit_bias))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
@@ -48,9 +52,31 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """ValueError unless every stop token id and logit_bias token id is in the vocabulary."""
+        bias_ids = [token_id for token_id, _ in self.logit_bias]
+        for what, ids in (("stop token ids", self.stop_token_ids), ("logit_bias token ids", bias_ids)):
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            _check(not bad, f"{what} must be in [0, {vocab_size}) (the vocabulary size); got {bad[:5]}")
+
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+def _checked_bias(pairs) -> tuple[tuple[int, float], ...]:
+    """A dict or (token id, bias) pairs, as pairs sorted by id; ValueError for a repeated id or a value out of
+    range. Ids are checked against the vocabulary where it is known (the engine, the router's front)."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    pairs = tuple(sorted((int(token_id), float(bias)) for token_id, bias in items))
+    _check(len(pairs) <= MAX_LOGIT_BIAS_TOKENS, f"logit_bias holds at most {MAX_LOGIT_BIAS_TOKENS} tokens, "
+                                                f"got {len(pairs)}")
+    _check(len({token_id for token_id, _ in pairs}) == len(pairs), "logit_bias names a token twice")
+    for token_id, bias in pairs:
+        _check(0 <= token_id < UINT32_END, f"logit_bias token ids must be in [0, 2**32), got {token_id}")
+        _check(-MAX_ABS_LOGIT_BIAS <= bias <= MAX_ABS_LOGIT_BIAS,
+               f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
+    return pairs
 
 
 def _check(ok: bool, message: str) -> None:

@@ -22,6 +22,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         presence_penalty=msg.presence_penalty,
         frequency_penalty=msg.frequency_penalty,
         repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0,
+        logit_bias=dict(msg.logit_bias),
     )
 
 
@@ -29,7 +30,7 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
         stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
-        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias),
     )
     if p.repetition_penalty != 1.0:
         msg.repetition_penalty = p.repetition_penalty

@@ -77,6 +77,20 @@ def test_completion_equals_the_grpc_path(cluster, api, sampling):
     assert response.usage.completion_tokens == 12 and response.usage.total_tokens == expected.final.prompt_tokens + 12
 
 
+def test_logit_bias_steers_every_token_like_the_grpc_path(cluster, api):
+    forced = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=1,
+                                    logit_bias={"42": 100}, extra_body={"ignore_eos": True})
+    assert grpc_result(cluster, prompt=PROMPT, max_tokens=5, ignore_eos=True, logit_bias={42: 100.0}).token_ids == [42] * 5
+    assert forced.choices[0].logprobs.token_logprobs == pytest.approx([0.0] * 5, abs=1e-4)
+    plain = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0)
+    first = grpc_result(cluster, messages=MESSAGES, max_tokens=1).token_ids[0]  # banned below
+    steered = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
+                                          logit_bias={str(first): -100})
+    assert steered.choices[0].message.content != plain.choices[0].message.content
+    assert steered.choices[0].message.content == grpc_result(cluster, messages=MESSAGES, max_tokens=5,
+                                                             logit_bias={first: -100.0}).text
+
+
 def test_streamed_completion_with_usage(cluster, api):
     stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, stream=True,
                                     stream_options={"include_usage": True}, extra_body={"min_tokens": 10})
@@ -180,7 +194,8 @@ BAD = [
     (dict(temperature=-1), 400, None),
     (dict(logprobs=99), 400, None),
     (dict(frequency_penalty=2.5), 400, None),
-    (dict(logit_bias={"5": 1}), 400, "logit_bias"),
+    (dict(logit_bias={"five": 1}), 400, "logit_bias"),
+    (dict(logit_bias={"1000000": 1}), 400, None),  # past the vocabulary
     (dict(model="gpt-4"), 404, "model"),
 ]
 

@@ -29,6 +29,8 @@ def request_kwargs(i: int, seeded: bool) -> dict:
         kwargs.update(temperature=0.8, top_p=0.95, seed=1000 + i)
     if i % 4 == 3:  # the prefill node's first token and the decode node's later ones both see the history
         kwargs.update(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2)
+    if i % 4 == 1:  # both nodes add the bias: token 42 comes up often, token 7 never
+        kwargs.update(logit_bias={42: 3.0, 7: -100.0})
     return kwargs
 
 

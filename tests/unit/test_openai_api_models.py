@@ -44,7 +44,8 @@ def test_completion_extensions_and_prompt_forms():
     (CompletionRequest, dict(prompt="x", n=0), "n"),
     (CompletionRequest, dict(prompt="x", echo=True), "echo"),
     (CompletionRequest, dict(prompt="x", best_of=3), "best_of"),
-    (CompletionRequest, dict(prompt="x", logit_bias={"5": 1}), "logit_bias"),
+    (CompletionRequest, dict(prompt="x", logit_bias={"five": 1}), "logit_bias"),
+    (CompletionRequest, dict(prompt="x", logit_bias={"5": "up"}), "logit_bias.5"),
     (CompletionRequest, dict(prompt="x", max_tokens="many"), "max_tokens"),
     (CompletionRequest, dict(), "prompt"),
     (ChatCompletionRequest, dict(messages=[]), "messages"),
@@ -69,6 +70,14 @@ def test_penalties_reach_the_sampling_params_and_their_range_is_checked():
     assert parse(CompletionRequest, prompt="x", presence_penalty=0).sampling_params().penalized is False
     with pytest.raises(ValueError, match="frequency_penalty"):
         parse(CompletionRequest, prompt="x", frequency_penalty=2.5).sampling_params()
+
+
+def test_logit_bias_keys_become_token_ids():
+    params = parse(ChatCompletionRequest, messages=[{"role": "user", "content": "x"}],
+                   logit_bias={"50256": -100, "7": 2.5}).sampling_params(8)
+    assert params.logit_bias == ((7, 2.5), (50256, -100.0))
+    with pytest.raises(ValueError, match=r"\[-100, 100\]"):
+        parse(CompletionRequest, prompt="x", logit_bias={"5": 101}).sampling_params()
 
 
 def test_several_prompts_are_refused():
