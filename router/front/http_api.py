@@ -102,11 +102,16 @@ class Endpoints:
         body = CompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
         body.check_supported()
         self.check_model(body.model)
-        prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**body.prompt_input(), documents=body.documents or ())
-        job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), _request_id(request, "cmpl"), chunks)
-        shapes = [CompletionShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
-                                  body.logprobs is not None, index=i) for i in range(body.num_choices)]
-        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
+        request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
+        inputs = body.prompt_inputs()
+        for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
+            prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or ())
+            job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), request_id, chunks)
+            jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
+            shapes += [CompletionShape(request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
+                                       body.logprobs is not None, index=k * n + i, counts_prompt=i == 0)
+                       for i in range(n)]
+        return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
 
     async def chat(self, request: Request):
         body = ChatCompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
@@ -116,8 +121,8 @@ class Endpoints:
         prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
         job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"), chunks)
-        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs, index=i)
-                  for i in range(body.num_choices)]
+        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs,
+                            index=i, counts_prompt=i == 0) for i in range(body.num_choices)]
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
 
     async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):

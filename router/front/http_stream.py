@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from router.front.admission import Slot
 from router.front.completion import Finish, Piece
 from router.front.http_errors import ClientGone, from_exception
-from router.front.openai_format import Shape
+from router.front.openai_format import Shape, usage
 
 log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
@@ -64,16 +64,16 @@ async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes
     usage over all choices (when asked), [DONE]. `events` is `numbered()`'s.
 
     A failure after the 200 went out becomes an `error` event, then [DONE]."""
-    finishes = []
+    finishes: dict[int, Finish] = {}
     try:
         async for index, item in events:
             if isinstance(item, Piece):
                 yield _data(shapes[index].chunk(item, include_usage))
                 continue
             yield _data(shapes[index].final_chunk(item, include_usage))
-            finishes.append(item)
+            finishes[index] = item
         if include_usage:
-            yield _data(shapes[0].usage_chunk(finishes))
+            yield _data(shapes[0].usage_chunk(usage(shapes, [finishes[i] for i in range(len(shapes))])))
         yield DONE
     except Exception as exc:
         error = from_exception(exc)

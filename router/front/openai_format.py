@@ -6,8 +6,9 @@ router's `Piece`s and `Finish` into OpenAI's JSON. Logprobs: completions carry
 `tokens / token_logprobs / top_logprobs / text_offset`; chat carries `content: [{token,
 logprob, bytes, top_logprobs}]`. Usage counts the prompt and the tokens generated
 (`prompt_tokens_details.cached_tokens`: prompt tokens whose KV was reused). A request for n
-choices has one shape per choice (`index`), all under one id; its usage counts the prompt once
-and every choice's tokens (`usage(..., finishes)`).
+choices has one shape per choice (`index`), all under one id; its usage counts each prompt once
+(a completions request may carry several, each with its n choices) and every choice's tokens
+(`usage(shapes, finishes)`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ class TokenTexts:
         return text
 
 
-def usage(num_prompt_tokens: int, finishes: list[Finish]) -> dict:
+def usage(shapes: list["Shape"], finishes: list[Finish]) -> dict:
+    """Usage of a request: one shape and its finish per choice, in index order."""
+    firsts = [(shape, finish) for shape, finish in zip(shapes, finishes, strict=True) if shape.counts_prompt]
+    prompt_tokens = sum(shape.num_prompt_tokens for shape, _ in firsts)
     completion_tokens = sum(f.num_completion_tokens for f in finishes)
-    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": num_prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": finishes[0].done.num_cached_tokens}}
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": sum(f.done.num_cached_tokens for _, f in firsts)}}
 
 
 class Shape(ABC):
@@ -47,8 +51,9 @@ class Shape(ABC):
     chunk_object_name = ""
 
     def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool,
-                 index: int = 0):
-        self.id, self.model, self.texts, self.index = request_id, model, texts, index
+                 index: int = 0, counts_prompt: bool = True):
+        """`counts_prompt`: usage counts this choice's prompt (its prompt's first choice)."""
+        self.id, self.model, self.texts, self.index, self.counts_prompt = request_id, model, texts, index, counts_prompt
         self.num_prompt_tokens, self.logprobs = num_prompt_tokens, logprobs
         self.created = int(time.time())
         self._num_chars = 0  # completions' text_offset
@@ -69,8 +74,8 @@ class Shape(ABC):
         extra = {"usage": None} if usage_field else {}
         return self._envelope(self.chunk_object_name, [choice], **extra)
 
-    def usage_chunk(self, finishes: list[Finish]) -> dict:
-        return self._envelope(self.chunk_object_name, [], usage=usage(self.num_prompt_tokens, finishes))
+    def usage_chunk(self, usage_field: dict) -> dict:
+        return self._envelope(self.chunk_object_name, [], usage=usage_field)
 
     def response(self, pieces: list[Piece], finish: Finish) -> dict:
         return whole_response([self], [(pieces, finish)])
@@ -148,5 +153,4 @@ class ChatShape(Shape):
 def whole_response(shapes: list[Shape], results: list[tuple[list[Piece], Finish]]) -> dict:
     """The response of a request for len(shapes) choices (one shape and one result per choice)."""
     choices = [shape.whole_choice(pieces, finish) for shape, (pieces, finish) in zip(shapes, results)]
-    return shapes[0]._envelope(shapes[0].object_name, choices,
-                               usage=usage(shapes[0].num_prompt_tokens, [finish for _, finish in results]))
+    return shapes[0]._envelope(shapes[0].object_name, choices, usage=usage(shapes, [finish for _, finish in results]))

@@ -17,6 +17,7 @@ from splitserve.engine import SamplingParams
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
 MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
+MAX_PROMPT_CHOICES = 64  # prompts x n of one completions request
 
 
 class InvalidRequest(ValueError):
@@ -108,16 +109,15 @@ class CompletionRequest(_Request):
         if self.best_of not in (None, 1):
             raise InvalidRequest(f"best_of must be 1, got {self.best_of}", "best_of")
 
-    def prompt_input(self) -> dict:
-        """Frontend.prompt_ids keywords: `prompt` (text) or `token_ids`."""
+    def prompt_inputs(self) -> list[dict]:
+        """Frontend.prompt_ids keywords of each prompt: `prompt` (text) or `token_ids`. A list of texts or of
+        token-id lists is several prompts, each with its `n` choices."""
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            if len(prompt) != 1:
-                raise InvalidRequest(f"one prompt per request is supported, got {len(prompt)}", "prompt")
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            return {"prompt": prompt}
-        return {"token_ids": list(prompt)}
+        prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+        if len(prompts) * self.num_choices > MAX_PROMPT_CHOICES:
+            raise InvalidRequest(f"{len(prompts)} prompts x n = {self.num_choices} choices exceeds "
+                                 f"{MAX_PROMPT_CHOICES}", "prompt")
+        return [{"prompt": p} if isinstance(p, str) else {"token_ids": list(p)} for p in prompts]
 
     def sampling_params(self) -> SamplingParams:
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens

@@ -114,6 +114,26 @@ def test_n_choices_are_the_grpc_path_with_seed_plus_index(cluster, api):
     assert greedy.choices[0].text == greedy.choices[1].text
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_several_prompts_each_with_n_choices(cluster, api, stream):
+    prompts = [PROMPT, "A second prompt", "Third"] if stream else [[5, 6, 7, 8, 9], [10, 11], [12]]
+    kwargs = dict(model=MODEL, prompt=prompts, max_tokens=5, n=2, temperature=0.9, seed=5,
+                  extra_body={"ignore_eos": True})
+    expected = [grpc_result(cluster, max_tokens=5, ignore_eos=True, temperature=0.9, seed=5 + i,
+                            **({"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p}))
+                for p in prompts for i in range(2)]  # choice k * n + i: prompt k, seed + i
+    if stream:
+        chunks = list(api.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+        texts = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(6)]
+        usage = chunks[-1].usage
+    else:
+        response = api.completions.create(**kwargs)
+        assert [c.index for c in response.choices] == list(range(6))
+        texts, usage = [c.text for c in response.choices], response.usage
+    assert texts == [e.text for e in expected]
+    assert usage.prompt_tokens == sum(e.final.prompt_tokens for e in expected[::2]) and usage.completion_tokens == 30
+
+
 def test_n_chat_choices_streamed_interleave_by_index(cluster, api):
     kwargs = dict(model=MODEL, messages=MESSAGES, max_completion_tokens=8, temperature=0.9, seed=3, n=2,
                   extra_body={"ignore_eos": True})

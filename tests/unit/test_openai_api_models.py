@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.front.completion import Finish, Piece
-from router.front.openai_format import ChatShape, CompletionShape
+from router.front.openai_format import ChatShape, CompletionShape, whole_response
+from router.front.openai_format import usage as usage_of
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest, InvalidRequest
 from router.cluster.orchestrator import Done
 
@@ -23,7 +24,7 @@ def test_completion_defaults_follow_openai():
     request = parse(CompletionRequest, prompt="hi")
     params = request.sampling_params()
     assert (params.max_tokens, params.temperature, params.top_p, params.logprobs) == (16, 1.0, 1.0, None)
-    assert request.prompt_input() == {"prompt": "hi"} and not request.include_usage
+    assert request.prompt_inputs() == [{"prompt": "hi"}] and not request.include_usage
 
 
 def test_completion_extensions_and_prompt_forms():
@@ -31,12 +32,12 @@ def test_completion_extensions_and_prompt_forms():
                     ignore_eos=True, min_tokens=2, logprobs=2, stream=True, stream_options={"include_usage": True},
                     user="ignored", unknown_field=1)
     params = request.sampling_params()
-    assert request.prompt_input() == {"token_ids": [5, 6, 7]}
+    assert request.prompt_inputs() == [{"token_ids": [5, 6, 7]}]
     assert (params.stop, params.seed, params.top_k, params.ignore_eos, params.min_tokens, params.logprobs) == \
         (("##",), 4, 0, True, 2, 2)
     assert request.include_usage
-    assert parse(CompletionRequest, prompt=[1, 2]).prompt_input() == {"token_ids": [1, 2]}
-    assert parse(CompletionRequest, prompt=["one"]).prompt_input() == {"prompt": "one"}
+    assert parse(CompletionRequest, prompt=[1, 2]).prompt_inputs() == [{"token_ids": [1, 2]}]
+    assert parse(CompletionRequest, prompt=["one"]).prompt_inputs() == [{"prompt": "one"}]
 
 
 @pytest.mark.parametrize("cls, body, param", [
@@ -59,7 +60,7 @@ def test_completion_extensions_and_prompt_forms():
 ])
 def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
     with pytest.raises(InvalidRequest) as err:
-        parse(cls, **body).chat_messages() if cls is ChatCompletionRequest else parse(cls, **body).prompt_input()
+        parse(cls, **body).chat_messages() if cls is ChatCompletionRequest else parse(cls, **body).prompt_inputs()
     assert err.value.param == param
 
 
@@ -80,9 +81,15 @@ def test_logit_bias_keys_become_token_ids():
         parse(CompletionRequest, prompt="x", logit_bias={"5": 101}).sampling_params()
 
 
-def test_several_prompts_are_refused():
-    with pytest.raises(InvalidRequest, match="one prompt"):
-        parse(CompletionRequest, prompt=["a", "b"]).prompt_input()
+def test_several_prompts_each_with_n_choices():
+    assert parse(CompletionRequest, prompt=["a", "b"]).prompt_inputs() == [{"prompt": "a"}, {"prompt": "b"}]
+    assert parse(CompletionRequest, prompt=[[1], [2, 3]]).prompt_inputs() == [{"token_ids": [1]}, {"token_ids": [2, 3]}]
+    assert len(parse(CompletionRequest, prompt=["a"] * 4, n=16).prompt_inputs()) == 4
+    with pytest.raises(InvalidRequest, match="exceeds 64") as err:
+        parse(CompletionRequest, prompt=["a"] * 5, n=13).prompt_inputs()
+    assert err.value.param == "prompt"
+    with pytest.raises(InvalidRequest):
+        parse(CompletionRequest, prompt=["a", [1]])
 
 
 def test_chat_parameters():
@@ -120,12 +127,21 @@ def test_completion_shape_with_logprobs():
 def test_chat_stream_chunks():
     shape = ChatShape("chatcmpl-1", "m", Texts(), num_prompt_tokens=4, logprobs=False)
     first, second = shape.chunk(Piece([7], "a"), True), shape.chunk(Piece([8], "b"), True)
-    last, usage = shape.final_chunk(finish("stop"), True), shape.usage_chunk([finish("stop")])
+    last, usage = shape.final_chunk(finish("stop"), True), shape.usage_chunk(usage_of([shape], [finish("stop")]))
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
     assert second["choices"][0]["delta"] == {"content": "b"} and second["usage"] is None
     assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "stop"
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 6
     assert {c["object"] for c in (first, second, last, usage)} == {"chat.completion.chunk"}
+
+
+def test_usage_counts_each_prompt_once_and_every_choice():
+    shapes = [CompletionShape("cmpl-1", "m", Texts(), num_prompt_tokens=n, logprobs=False, index=i, counts_prompt=first)
+              for i, (n, first) in enumerate([(4, True), (4, False), (9, True), (9, False)])]
+    body = whole_response(shapes, [([Piece([7], "a")], finish(n=k)) for k in (1, 2, 3, 4)])
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert body["usage"] == {"prompt_tokens": 13, "completion_tokens": 10, "total_tokens": 23,
+                             "prompt_tokens_details": {"cached_tokens": 6}}
 
 
 def test_chat_logprobs_entries():
@@ -142,7 +158,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | s
                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
           "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools",
-          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty"]
+          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -154,7 +170,7 @@ def test_any_json_body_is_accepted_or_refused_with_a_value_error(cls, body):
         request = cls.parse(json.dumps(body).encode())
         request.check_supported()
         if cls is CompletionRequest:
-            request.prompt_input()
+            request.prompt_inputs()
             request.sampling_params()
         else:
             request.chat_messages()
