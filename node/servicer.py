@@ -83,7 +83,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         async with status_codes(context):
             rid = request_id_of(request)
             params = sampling_from_proto(request.sampling)
-            if request.chunks and self.roles.chunk_path is not None:
+            if request.chunks and self.roles.chunk_path is not None and params.prompt_logprobs is None:
                 outputs = self.roles.chunk_path.generate(rid, prompt, params, prior, spans_of(request.chunks))
             else:
                 admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)

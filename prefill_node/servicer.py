@@ -7,7 +7,8 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.node_api import KVTarget, PrefillResult
-from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
+from splitserve.rpc.convert import sampling_from_proto
+from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.rpc.node_messages import request_id_of, spans_of, status_codes
 from prefill_node.chunks import ChunkPath
 from prefill_node.worker import PrefillWorker
@@ -56,7 +57,8 @@ def _prefill_reply(result: PrefillResult) -> node_pb2.PrefillReply:
         first_token_id=result.first_token_id, finished=result.finished, finish_reason=result.finish_reason,
         num_cached_tokens=result.num_cached_tokens, kv_bytes=result.kv_bytes,
         timings=common_pb2.Timings(prefill_s=result.prefill_s, transfer_s=result.transfer_s),
-        num_reused_tokens=result.num_reused_tokens, num_computed_tokens=result.num_computed_tokens)
+        num_reused_tokens=result.num_reused_tokens, num_computed_tokens=result.num_computed_tokens,
+        prompt_logprobs=prompt_logprobs_to_proto(result.prompt_logprobs))
     if result.logprob is not None:
         reply.logprob.CopyFrom(logprob_to_proto(result.logprob))
     return reply

@@ -48,7 +48,8 @@ class PrefillWorker:
                       num_prior_output_tokens: int, chunks: list[tuple[int, int]] = ()) -> PrefillResult:
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
-        plan = await self.chunk_path.plan(prompt, list(chunks), rid) if chunks and self.chunk_path else None
+        blend = chunks and self.chunk_path and params.prompt_logprobs is None  # prompt logprobs: every row computed
+        plan = await self.chunk_path.plan(prompt, list(chunks), rid) if blend else None
         try:
             return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start)
         finally:
@@ -87,7 +88,7 @@ class PrefillWorker:
             self.metrics.kv_sent(kv_bytes, transfer_s)
         return PrefillResult(out.new_token_ids[0], out.new_logprobs[0] if out.new_logprobs else None,
                              out.finish_reason != "prefilled", out.finish_reason, out.num_cached_tokens, kv_bytes,
-                             computed - start, transfer_s, num_reused_tokens, num_computed_tokens)
+                             computed - start, transfer_s, num_reused_tokens, num_computed_tokens, out.prompt_logprobs)
 
     async def abort(self, rid: str) -> bool:
         return self.transfers.abort(rid)
@@ -97,4 +98,5 @@ def _merge(outputs: list[RequestOutput]) -> RequestOutput:
     last = outputs[-1]
     last.new_token_ids = [t for o in outputs for t in o.new_token_ids]
     last.new_logprobs = [lp for o in outputs for lp in o.new_logprobs]
+    last.prompt_logprobs = next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None)
     return last

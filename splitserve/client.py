@@ -16,6 +16,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.grpc_util import CHANNEL_OPTIONS, parse_url
+from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from splitserve.tls import channel_credentials
 
 
@@ -24,6 +25,7 @@ class Chunk:
     token_ids: list[int]
     text: str
     logprobs: list = field(default_factory=list)
+    prompt_logprobs: list | None = None  # asked for (prompt_logprobs=K): on the first chunk, entry 0 None
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Result:
     token_ids: list[int]
     text: str
     final: Final
+    prompt_logprobs: list | None = None
 
 
 def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None = None,
@@ -52,7 +55,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   stop: list[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
                   request_id: str = "", presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                   repetition_penalty: float | None = None,
-                  logit_bias: dict[int, float] | None = None) -> router_pb2.GenerateRequest:
+                  logit_bias: dict[int, float] | None = None,
+                  prompt_logprobs: int | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
                                          frequency_penalty=frequency_penalty, logit_bias=logit_bias or {})
@@ -62,6 +66,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
         sampling.seed = seed
     if logprobs is not None:
         sampling.logprobs = logprobs
+    if prompt_logprobs is not None:
+        sampling.prompt_logprobs = prompt_logprobs
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
     if messages is not None:
         request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)
@@ -75,16 +81,22 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
 def _event(response: router_pb2.GenerateResponse) -> Chunk | Final:
     if response.HasField("chunk"):
         c = response.chunk
-        return Chunk(list(c.token_ids), c.text, [(lp.logprob, [(t.token_id, t.logprob) for t in lp.top]) for lp in c.logprobs])
+        return Chunk(list(c.token_ids), c.text, [logprob_from_proto(lp) for lp in c.logprobs],
+                     prompt_logprobs_from_proto(c.prompt_logprobs))
     f = response.final
     return Final(f.finish_reason, f.usage.prompt_tokens, f.usage.completion_tokens, f.usage.cached_tokens,
                  f.timings.ttft_s, f.timings.e2e_s, f.request_id, f.prefill_node, f.decode_node)
 
 
-def collect(events) -> Result:
+def collect(events, prompt_logprobs: int | None = None) -> Result:
+    """The events of one request as its Result; `prompt_logprobs` as asked (a one-token prompt's one entry, None,
+    does not travel)."""
     chunks = [e for e in events if isinstance(e, Chunk)]
     final = next(e for e in events if isinstance(e, Final))
-    return Result([t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), final)
+    entries = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
+    if entries is None and prompt_logprobs is not None:
+        entries = [None] * final.prompt_tokens
+    return Result([t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), final, entries)
 
 
 def _metadata(api_key: str | None):
@@ -112,7 +124,7 @@ class Client:
             yield _event(response)
 
     def complete(self, **kwargs) -> Result:
-        return collect(list(self.generate(**kwargs)))
+        return collect(list(self.generate(**kwargs)), kwargs.get("prompt_logprobs"))
 
     def close(self) -> None:
         self.channel.close()
@@ -137,7 +149,7 @@ class AsyncClient:
             yield _event(response)
 
     async def complete(self, **kwargs) -> Result:
-        return collect([e async for e in self.generate(**kwargs)])
+        return collect([e async for e in self.generate(**kwargs)], kwargs.get("prompt_logprobs"))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -43,6 +43,7 @@ class PrefillResult:
     transfer_s: float = 0.0
     num_reused_tokens: int = 0  # chunk-cache rows reused (blended prefills)
     num_computed_tokens: float = 0.0  # rows computed by a blended prefill
+    prompt_logprobs: list | None = None  # params.prompt_logprobs (entry 0 None: the first token has none)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class TokenChunk:
     finished: bool = False
     finish_reason: str = ""
     num_cached_tokens: int = 0
+    prompt_logprobs: list | None = None  # on one chunk (a mixed node's), as in PrefillResult
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class Job:
 class Tokens:
     token_ids: list[int]
     logprobs: list[Logprob] = field(default_factory=list)
+    prompt_logprobs: list | None = None  # params.prompt_logprobs: with the first tokens (entry 0 None)
 
 
 @dataclass

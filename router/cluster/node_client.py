@@ -15,7 +15,8 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.node_api import KVTarget, PrefillResult, Reservation, TokenChunk
-from splitserve.rpc.convert import logprob_from_proto, sampling_to_proto
+from splitserve.rpc.convert import sampling_to_proto
+from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from router.cluster.failover import NodeCallError
 from router.cluster.jobs import Job
 from router.cluster.stall import CallWatch, cancelled_when_down
@@ -58,7 +59,7 @@ class NodeClient:
         return PrefillResult(reply.first_token_id, logprob_from_proto(reply.logprob) if reply.HasField("logprob") else None,
                              reply.finished, reply.finish_reason, reply.num_cached_tokens, reply.kv_bytes,
                              reply.timings.prefill_s, reply.timings.transfer_s, reply.num_reused_tokens,
-                             reply.num_computed_tokens)
+                             reply.num_computed_tokens, prompt_logprobs_from_proto(reply.prompt_logprobs))
 
     def decode(self, address: str, job: Job, first_token_id: int) -> AsyncIterator[TokenChunk]:
         request = node_pb2.DecodeRequest(
@@ -103,7 +104,8 @@ class NodeClient:
                 async for chunk in call:
                     finished = chunk.finished  # the node ends the call itself: no cancel to log there
                     yield TokenChunk(list(chunk.token_ids), [logprob_from_proto(lp) for lp in chunk.logprobs],
-                                     chunk.finished, chunk.finish_reason, chunk.num_cached_tokens)
+                                     chunk.finished, chunk.finish_reason, chunk.num_cached_tokens,
+                                     prompt_logprobs_from_proto(chunk.prompt_logprobs))
                     if finished:
                         return
             raise NodeCallError(grpc.StatusCode.UNAVAILABLE, "node stream ended without a final message", address, name)

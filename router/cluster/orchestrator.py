@@ -97,7 +97,9 @@ class Orchestrator:
                                                    "tokens": len(progress.sent), "retries": progress.retries})
 
     def _continuation(self, job: Job, progress: Progress) -> Job:
-        return replace(job, request_id=progress.node_request_id(),
+        """The job as re-dispatched after progress.sent went out (the prompt logprobs went with the first)."""
+        params = replace(job.params, prompt_logprobs=None) if progress.sent else job.params
+        return replace(job, request_id=progress.node_request_id(), params=params,
                        prompt_token_ids=job.prompt_token_ids + progress.sent,
                        num_prior_output_tokens=job.num_prior_output_tokens + len(progress.sent))
 
@@ -168,7 +170,8 @@ class Orchestrator:
             raise
         decoding = False  # the node's Decode has streamed: it took the reservation over
         try:
-            yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [])
+            yield Tokens([first.first_token_id], [first.logprob] if first.logprob is not None else [],
+                         first.prompt_logprobs)
             if first.finished:
                 await self.nodes.abort(address, job.request_id)
                 yield Done(first.finish_reason, first.num_cached_tokens, route, first.prefill_s, first.transfer_s)
@@ -197,7 +200,7 @@ class Orchestrator:
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 if chunk.token_ids:
-                    yield Tokens(chunk.token_ids, chunk.logprobs)
+                    yield Tokens(chunk.token_ids, chunk.logprobs, chunk.prompt_logprobs)
                 if chunk.finished:
                     cached = prefill.num_cached_tokens if prefill is not None else chunk.num_cached_tokens
                     yield Done(chunk.finish_reason, cached, route, prefill.prefill_s if prefill else 0.0,

@@ -23,6 +23,7 @@ class Piece:
     token_ids: list[int]
     text: str
     logprobs: list = field(default_factory=list)  # one (logprob, [(token_id, logprob)]) per token
+    prompt_logprobs: list | None = None  # params.prompt_logprobs, on the first piece: one per prompt token, first None
 
 
 @dataclass
@@ -51,7 +52,7 @@ async def completion(tokenizer: Tokenizer, orchestrator: Orchestrator, job: Job,
                 return
             ttft = ttft or time.monotonic() - start
             num_tokens += len(event.token_ids)
-            yield Piece(event.token_ids, text.add(event.token_ids), event.logprobs)
+            yield Piece(event.token_ids, text.add(event.token_ids), event.logprobs, event.prompt_logprobs)
             if text.stopped:
                 yield Finish("stop", num_tokens, Done("stop", 0, route), ttft, time.monotonic() - start)
                 return

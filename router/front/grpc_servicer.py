@@ -9,7 +9,8 @@ import time
 import grpc
 
 from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
-from splitserve.rpc.convert import logprob_to_proto, sampling_from_proto
+from splitserve.rpc.convert import sampling_from_proto
+from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.rpc.server import GrpcServer
 from router.front.completion import Finish, Piece, completion
 from router.front.intake import Frontend
@@ -62,7 +63,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _responses(self, job: Job, route, start: float):
         async for item in completion(self.frontend.tokenizer, self.orchestrator, job, route, start):
             if isinstance(item, Piece):
-                yield _chunk(item.token_ids, item.text, item.logprobs)
+                yield _chunk(item)
             else:
                 yield _final(job, item)
 
@@ -73,9 +74,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return common_pb2.AbortReply(found=task is not None)
 
 
-def _chunk(token_ids: list[int], text: str, logprobs: list) -> router_pb2.GenerateResponse:
+def _chunk(piece: Piece) -> router_pb2.GenerateResponse:
     return router_pb2.GenerateResponse(chunk=router_pb2.GenerateChunk(
-        token_ids=token_ids, text=text, logprobs=[logprob_to_proto(lp) for lp in logprobs]))
+        token_ids=piece.token_ids, text=piece.text, logprobs=[logprob_to_proto(lp) for lp in piece.logprobs],
+        prompt_logprobs=prompt_logprobs_to_proto(piece.prompt_logprobs)))
 
 
 def _final(job: Job, finish: Finish) -> router_pb2.GenerateResponse:

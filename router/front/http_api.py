@@ -29,7 +29,7 @@ from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
 from router.front.http_stream import EventStreamResponse, collect, event_stream, numbered, until_disconnect
-from router.front.openai_format import ChatShape, CompletionShape, TokenTexts, Shape, whole_response
+from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
@@ -108,10 +108,18 @@ class Endpoints:
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or ())
             job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), request_id, chunks)
             jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
+            echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
             shapes += [CompletionShape(request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
-                                       body.logprobs is not None, index=k * n + i, counts_prompt=i == 0)
+                                       body.logprobs is not None, index=k * n + i, counts_prompt=i == 0, echo=echo)
                        for i in range(n)]
         return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
+
+    def _echo(self, prompt_input: dict, prompt_ids: list[int], body: CompletionRequest) -> Echo:
+        """A text prompt is echoed as sent; token ids, or a prompt with documents in front, as the model saw it."""
+        text = prompt_input.get("prompt")
+        if text is None or body.documents:
+            text = self.ctx.frontend.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        return Echo(text, prompt_ids, body.scores_only)
 
     async def chat(self, request: Request):
         body = ChatCompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))

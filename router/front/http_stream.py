@@ -68,7 +68,9 @@ async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes
     try:
         async for index, item in events:
             if isinstance(item, Piece):
-                yield _data(shapes[index].chunk(item, include_usage))
+                chunk = shapes[index].chunk(item, include_usage)
+                if chunk is not None:
+                    yield _data(chunk)
                 continue
             yield _data(shapes[index].final_chunk(item, include_usage))
             finishes[index] = item

@@ -8,13 +8,16 @@ logprob, bytes, top_logprobs}]`. Usage counts the prompt and the tokens generate
 (`prompt_tokens_details.cached_tokens`: prompt tokens whose KV was reused). A request for n
 choices has one shape per choice (`index`), all under one id; its usage counts each prompt once
 (a completions request may carry several, each with its n choices) and every choice's tokens
-(`usage(shapes, finishes)`).
+(`usage(shapes, finishes)`). A completions `echo` puts the prompt in front of the choice's text
+and, with `logprobs`, its tokens' logprobs in front of the generated ones (the first token's is
+null); with `max_tokens: 0` the choice is the prompt alone (`Echo.scores_only`).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 
 from splitserve.engine import Tokenizer
 from router.front.completion import Finish, Piece
@@ -38,7 +41,7 @@ def usage(shapes: list["Shape"], finishes: list[Finish]) -> dict:
     """Usage of a request: one shape and its finish per choice, in index order."""
     firsts = [(shape, finish) for shape, finish in zip(shapes, finishes, strict=True) if shape.counts_prompt]
     prompt_tokens = sum(shape.num_prompt_tokens for shape, _ in firsts)
-    completion_tokens = sum(f.num_completion_tokens for f in finishes)
+    completion_tokens = sum(f.num_completion_tokens for s, f in zip(shapes, finishes) if not s.scores_only)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": sum(f.done.num_cached_tokens for _, f in firsts)}}
@@ -49,6 +52,7 @@ class Shape(ABC):
 
     object_name = ""
     chunk_object_name = ""
+    scores_only = False  # the choice shows no generated token (completions: echo with max_tokens 0)
 
     def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool,
                  index: int = 0, counts_prompt: bool = True):
@@ -62,7 +66,11 @@ class Shape(ABC):
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
-    def chunk(self, piece: Piece, usage_field: bool) -> dict:
+    def chunk(self, piece: Piece, usage_field: bool) -> dict | None:
+        """The stream chunk of a piece; None when it shows nothing."""
+        piece = self._shown(piece)
+        if piece is None:
+            return None
         choice = self._delta_choice(piece)
         choice["logprobs"] = self._logprobs(piece.token_ids, piece.logprobs) if self.logprobs else None
         extra = {"usage": None} if usage_field else {}
@@ -70,7 +78,7 @@ class Shape(ABC):
 
     def final_chunk(self, finish: Finish, usage_field: bool) -> dict:
         choice = self._delta_choice(Piece([], ""), final=True)
-        choice.update(logprobs=None, finish_reason=finish.reason)
+        choice.update(logprobs=None, finish_reason=self._reason(finish))
         extra = {"usage": None} if usage_field else {}
         return self._envelope(self.chunk_object_name, [choice], **extra)
 
@@ -81,12 +89,20 @@ class Shape(ABC):
         return whole_response([self], [(pieces, finish)])
 
     def whole_choice(self, pieces: list[Piece], finish: Finish) -> dict:
+        pieces = [shown for shown in map(self._shown, pieces or [Piece([], "")]) if shown is not None]
         token_ids = [t for p in pieces for t in p.token_ids]
         entries = [e for p in pieces for e in p.logprobs]
         choice = self._whole_choice("".join(p.text for p in pieces))
         choice.update(logprobs=self._logprobs(token_ids, entries) if self.logprobs else None,
-                      finish_reason=finish.reason)
+                      finish_reason=self._reason(finish))
         return choice
+
+    def _shown(self, piece: Piece) -> Piece | None:
+        """What the client sees of a piece (None: nothing)."""
+        return piece
+
+    def _reason(self, finish: Finish) -> str:
+        return finish.reason
 
     @abstractmethod
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
@@ -101,8 +117,35 @@ class Shape(ABC):
         """The choice's `logprobs` for these tokens; called in order, once per chunk."""
 
 
+@dataclass(frozen=True)
+class Echo:
+    """A completions request's `echo`: its prompt goes in front of each choice's text and logprobs."""
+
+    text: str
+    token_ids: list[int]
+    scores_only: bool = False  # max_tokens 0: the prompt alone; the one token generated is dropped
+
+
 class CompletionShape(Shape):
     object_name = chunk_object_name = "text_completion"
+
+    def __init__(self, *args, echo: Echo | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.echo, self.scores_only = echo, echo is not None and echo.scores_only
+
+    def _shown(self, piece: Piece) -> Piece | None:
+        """The first piece gets the echoed prompt in front (its logprobs come with it: one entry per prompt
+        token, the first None); with `scores_only` the generated tokens are left out."""
+        echo, self.echo = self.echo, None
+        shown = Piece([], "") if self.scores_only else piece
+        if echo is not None:
+            entries = piece.prompt_logprobs or [None] * len(echo.token_ids)
+            shown = replace(shown, token_ids=echo.token_ids + shown.token_ids, text=echo.text + shown.text,
+                            logprobs=entries + shown.logprobs)
+        return shown if shown.token_ids or shown.text else None
+
+    def _reason(self, finish: Finish) -> str:
+        return "length" if self.scores_only else finish.reason
 
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
         return {"index": self.index, "text": piece.text, "logprobs": None, "finish_reason": None}
@@ -116,8 +159,8 @@ class CompletionShape(Shape):
         for token in tokens:
             offsets.append(self._num_chars)
             self._num_chars += len(token)
-        return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries],
-                "top_logprobs": [self._top(top) for _, top in entries], "text_offset": offsets}
+        return {"tokens": tokens, "token_logprobs": [None if e is None else e[0] for e in entries],
+                "top_logprobs": [None if e is None else self._top(e[1]) for e in entries], "text_offset": offsets}
 
     def _top(self, top: list[tuple[int, float]]) -> dict[str, float]:
         """{text: logprob}, most likely first; of two tokens with one text the likelier stays."""

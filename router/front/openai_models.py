@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (echo, best_of > 1,
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
 tools, a response_format other than text) are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
@@ -9,6 +9,7 @@ last user message inside the chat template).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -102,8 +103,6 @@ class CompletionRequest(_Request):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise InvalidRequest("echo is not supported", "echo")
         if self.suffix:
             raise InvalidRequest("suffix is not supported", "suffix")
         if self.best_of not in (None, 1):
@@ -119,9 +118,17 @@ class CompletionRequest(_Request):
                                  f"{MAX_PROMPT_CHOICES}", "prompt")
         return [{"prompt": p} if isinstance(p, str) else {"token_ids": list(p)} for p in prompts]
 
+    @property
+    def scores_only(self) -> bool:
+        """echo with max_tokens 0 (how lm-evaluation-harness scores a text): the prompt and its logprobs alone."""
+        return self.echo and self.max_tokens == 0
+
     def sampling_params(self) -> SamplingParams:
+        """With echo and logprobs the prompt's tokens are scored too (prompt_logprobs); max_tokens 0 (with echo)
+        generates one token, which the response leaves out."""
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
-        return self.sampling(max_tokens, self.logprobs)
+        params = self.sampling(1 if self.scores_only else max_tokens, self.logprobs)
+        return replace(params, prompt_logprobs=self.logprobs if self.echo else None)
 
 
 class TextPart(BaseModel):

@@ -20,6 +20,7 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
+    prompt_logprobs: list | None = None  # params.prompt_logprobs: on the output that ends the prompt (see Request)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Completion:
     finish_reason: str
     logprobs: list = field(default_factory=list)
     num_cached_tokens: int = 0
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -40,6 +42,7 @@ class _Progress:
     pending_text: str = ""
     num_sent_tokens: int = 0
     finished: bool = False
+    prompt_logprobs_sent: bool = False
 
 
 class OutputTracker:
@@ -89,8 +92,11 @@ class OutputTracker:
         if prog.finished:
             del self.progress[req.request_id]
         reason = req.finish_reason.value if prog.finished else None
+        prompt_logprobs = None
+        if req.prompt_logprobs_done and not prog.prompt_logprobs_sent:
+            prompt_logprobs, prog.prompt_logprobs_sent = req.prompt_logprobs, True
         return RequestOutput(req.request_id, tokens, new_text, prog.finished, reason, logprobs,
-                             req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
+                             req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens, prompt_logprobs)
 
 
 def collect(outputs: list[RequestOutput], prompt_token_ids: list[int]) -> Completion:
@@ -99,5 +105,5 @@ def collect(outputs: list[RequestOutput], prompt_token_ids: list[int]) -> Comple
     return Completion(
         last.request_id, list(prompt_token_ids), [t for o in outputs for t in o.new_token_ids],
         "".join(o.new_text for o in outputs), last.finish_reason, [lp for o in outputs for lp in o.new_logprobs],
-        last.num_cached_tokens,
+        last.num_cached_tokens, next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None),
     )

@@ -40,6 +40,10 @@ class Request:
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
     logprobs: list = field(default_factory=list)
+    # params.prompt_logprobs: entry p is (logprob, top) of prompt token p given the ones before it (entry 0:
+    # None); filled as the prompt's chunks run, complete once `prompt_logprobs_done`
+    prompt_logprobs: list = field(default_factory=list)
+    prompt_logprobs_done: bool = False
     arrival_time_s: float = 0.0
     keep_blocks: bool = False  # prefill-only: blocks stay allocated until released by the caller
 
@@ -58,6 +62,10 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return self.num_prior_output_tokens + len(self.output_token_ids)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.params.prompt_logprobs is not None
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

@@ -12,6 +12,7 @@ import torch
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
 from splitserve.engine.model import CausalLM, LayerHook
+from splitserve.engine.prompt_logprobs import prompt_rows, record
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -32,18 +33,26 @@ class ModelRunner:
 
     def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
         chunks = sorted(plan.chunks, key=lambda c: c.num_new_tokens > 1)  # decodes first
-        input_ids, positions, slots, sample_rows = [], [], [], []
+        input_ids, positions, slots = [], [], []
+        logit_rows, sampled, scored = [], [], []  # rows whose logits are computed; which of them sample; prompt rows
         for chunk in chunks:
             req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
+            rows = prompt_rows(req, start, n, len(logit_rows))
+            if rows is not None:
+                scored.append(rows)
+                logit_rows += range(len(input_ids), len(input_ids) + rows.num_rows)
             input_ids += req.all_token_ids[start:start + n]
             positions += range(start, start + n)
             slots += self.slots(req.block_ids, start, start + n)
             if chunk.samples:
-                sample_rows.append(len(input_ids) - 1)
+                sampled.append(len(logit_rows))
+                logit_rows.append(len(input_ids) - 1)
         batch = self._attention_batch(chunks, slots)
         logits = self.model(self._long(input_ids), self._long(positions), self.cache, batch,
-                            self._long(sample_rows), on_layer_done)
-        return StepResult(chunks, self._sample(chunks, logits))
+                            self._long(logit_rows), on_layer_done)
+        for rows in scored:
+            record(rows, logits)
+        return StepResult(chunks, self._sample(chunks, logits[sampled] if scored else logits))
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
         sampling = [c.request for c in chunks if c.samples]

@@ -23,6 +23,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # top-k logprobs per sampled token; None: off
+    prompt_logprobs: int | None = None  # logprob and top-k of each prompt token after the first; None: off
     min_tokens: int = 0
     presence_penalty: float = 0.0  # OpenAI's, on output tokens: logit - presence * (count > 0) - frequency * count
     frequency_penalty: float = 0.0
@@ -39,6 +40,8 @@ class SamplingParams:
         _check(self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}")
         _check(self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
+        _check(self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+               f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.prompt_logprobs}")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         for name in ("presence_penalty", "frequency_penalty"):
             _check(-2 <= getattr(self, name) <= 2, f"{name} must be in [-2, 2], got {getattr(self, name)}")

@@ -100,8 +100,9 @@ class Scheduler:
             budget -= n
 
     def _take_prefix(self, req: Request) -> int:
-        """Reuse cached blocks of the request's prefix; at least one token is left to compute."""
-        if req.block_ids:
+        """Reuse cached blocks of the request's prefix; at least one token is left to compute. A request
+        for prompt logprobs computes its whole prompt (a cached block has no logits)."""
+        if req.block_ids or req.wants_prompt_logprobs:
             return 0
         hits = self.pool.lookup_prefix(req.all_token_ids[: req.num_tokens - 1])
         self.pool.acquire(hits)

@@ -23,6 +23,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         frequency_penalty=msg.frequency_penalty,
         repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0,
         logit_bias=dict(msg.logit_bias),
+        prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
     )
 
 
@@ -38,13 +39,6 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
         msg.seed = p.seed
     if p.logprobs is not None:
         msg.logprobs = p.logprobs
+    if p.prompt_logprobs is not None:
+        msg.prompt_logprobs = p.prompt_logprobs
     return msg
-
-
-def logprob_to_proto(entry) -> common_pb2.TokenLogprob:
-    logprob, top = entry
-    return common_pb2.TokenLogprob(logprob=logprob, top=[common_pb2.TopLogprob(token_id=t, logprob=v) for t, v in top])
-
-
-def logprob_from_proto(msg: common_pb2.TokenLogprob) -> tuple[float, list[tuple[int, float]]]:
-    return msg.logprob, [(t.token_id, t.logprob) for t in msg.top]

@@ -15,7 +15,7 @@ from splitserve.api.v1 import node_pb2
 from splitserve.engine import RequestOutput
 from splitserve.kvtransfer import TransferError
 from splitserve.kvtransfer.base import MAX_REQUEST_ID_CHARS
-from splitserve.rpc.convert import logprob_to_proto
+from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.runtime.output_stream import EngineError
 
 
@@ -49,7 +49,8 @@ def spans_of(chunks) -> list[tuple[int, int]]:
 def token_chunk(out: RequestOutput) -> node_pb2.TokenChunk:
     return node_pb2.TokenChunk(token_ids=out.new_token_ids, logprobs=[logprob_to_proto(lp) for lp in out.new_logprobs],
                                finished=out.finished, finish_reason=out.finish_reason or "",
-                               num_cached_tokens=out.num_cached_tokens)
+                               num_cached_tokens=out.num_cached_tokens,
+                               prompt_logprobs=prompt_logprobs_to_proto(out.prompt_logprobs))
 
 
 async def refuse(context: grpc.aio.ServicerContext, message: str) -> None:

@@ -14,8 +14,10 @@ import openai
 import pytest
 
 from splitserve.api.v1 import router_pb2_grpc
+from router.front.intake import Frontend
 from splitserve.client import Client, build_request
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
+from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
@@ -89,6 +91,39 @@ def test_logit_bias_steers_every_token_like_the_grpc_path(cluster, api):
     assert steered.choices[0].message.content != plain.choices[0].message.content
     assert steered.choices[0].message.content == grpc_result(cluster, messages=MESSAGES, max_tokens=5,
                                                              logit_bias={first: -100.0}).text
+
+
+def test_echo_with_max_tokens_0_scores_prompts_like_hf(cluster, api, tiny_model):
+    """What lm-evaluation-harness sends to score texts: several prompts, echo, logprobs, max_tokens 0 (one of them
+    with documents: its prompt is computed whole, not blended from the chunk cache)."""
+    frontend, model = Frontend.from_model_dir(tiny_model), hf_model(str(tiny_model))
+    texts = [PROMPT, "Rivers run into the sea and the sea is never full"]
+    response = api.completions.create(model=MODEL, prompt=texts, max_tokens=0, echo=True, logprobs=2, temperature=0)
+    for text, choice in zip(texts, response.choices):
+        ids = frontend.prompt_ids(prompt=text)
+        assert choice.text == text and choice.finish_reason == "length"
+        assert choice.logprobs.tokens == [frontend.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
+        entries = [None] + [(lp, []) for lp in choice.logprobs.token_logprobs[1:]]
+        assert_prompt_logprobs_match_hf(ids, entries, model)
+        assert choice.logprobs.top_logprobs[0] is None and len(choice.logprobs.top_logprobs[1]) == 2
+    assert response.usage.completion_tokens == 0
+    documents = ["The Nile is the longest river in Africa.", "The Amazon carries the most water."]
+    assert wait_until(lambda: grpc_result(cluster, prompt=PROMPT, documents=documents, max_tokens=1).final.cached_tokens,
+                      30)  # the passages' KV is in the chunk cache now
+    scored = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=0,
+                                    extra_body={"documents": documents})
+    ids = frontend.prompt_ids(prompt=PROMPT, documents=documents)
+    entries = [None] + [(lp, []) for lp in scored.choices[0].logprobs.token_logprobs[1:]]
+    assert_prompt_logprobs_match_hf(ids, entries, model)
+    assert scored.choices[0].text == frontend.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_echo_streamed_puts_the_prompt_in_front_of_the_generated_text(cluster, api):
+    stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, echo=True, temperature=0, stream=True,
+                                    extra_body={"ignore_eos": True})
+    chunks = [c.choices[0].text for c in stream if c.choices]
+    assert chunks[0].startswith(PROMPT)
+    assert "".join(chunks) == PROMPT + grpc_result(cluster, prompt=PROMPT, max_tokens=6, ignore_eos=True).text
 
 
 def test_streamed_completion_with_usage(cluster, api):

@@ -44,6 +44,18 @@ def assert_matches_hf(ours_ids: list[int], ours_logprobs: list, hf_ids: list[int
             assert abs(value - ref[token].item()) < atol, f"step {step} token {token}"
 
 
+def hf_prompt_logprobs(model, prompt_ids: list[int]) -> torch.Tensor:
+    """[n - 1, vocab]: row q is HF's logprobs for prompt token q + 1, from one forward pass."""
+    with torch.inference_mode():
+        return torch.log_softmax(model(torch.tensor([prompt_ids])).logits[0, :-1].float(), dim=-1)
+
+
+def assert_prompt_logprobs_match_hf(prompt_ids: list[int], entries: list, model, atol: float = 1e-3) -> None:
+    """Our prompt logprobs (entry 0 None) against HF's forward pass: each token's logprob and the top-k."""
+    assert len(entries) == len(prompt_ids) and entries[0] is None
+    assert_matches_hf(prompt_ids[1:], entries[1:], prompt_ids[1:], hf_prompt_logprobs(model, prompt_ids), atol)
+
+
 def _near_tie(ref: torch.Tensor, top: list, atol: float) -> bool:
     ref_sorted = torch.sort(ref, descending=True).values[: len(top)]
     return all(abs(v - r) < atol for (_, v), r in zip(top, ref_sorted.tolist()))

@@ -43,7 +43,7 @@ def test_completion_extensions_and_prompt_forms():
 @pytest.mark.parametrize("cls, body, param", [
     (CompletionRequest, dict(prompt="x", n=17), "n"),
     (CompletionRequest, dict(prompt="x", n=0), "n"),
-    (CompletionRequest, dict(prompt="x", echo=True), "echo"),
+    (CompletionRequest, dict(prompt="x", suffix="y"), "suffix"),
     (CompletionRequest, dict(prompt="x", best_of=3), "best_of"),
     (CompletionRequest, dict(prompt="x", logit_bias={"five": 1}), "logit_bias"),
     (CompletionRequest, dict(prompt="x", logit_bias={"5": "up"}), "logit_bias.5"),
@@ -71,6 +71,14 @@ def test_penalties_reach_the_sampling_params_and_their_range_is_checked():
     assert parse(CompletionRequest, prompt="x", presence_penalty=0).sampling_params().penalized is False
     with pytest.raises(ValueError, match="frequency_penalty"):
         parse(CompletionRequest, prompt="x", frequency_penalty=2.5).sampling_params()
+
+
+def test_echo_scores_the_prompt_and_max_tokens_0_needs_it():
+    params = parse(CompletionRequest, prompt="x", echo=True, logprobs=2, max_tokens=0).sampling_params()
+    assert (params.max_tokens, params.logprobs, params.prompt_logprobs) == (1, 2, 2)  # the one token is dropped
+    assert parse(CompletionRequest, prompt="x", echo=True).sampling_params().prompt_logprobs is None  # no logprobs
+    with pytest.raises(ValueError, match="max_tokens"):
+        parse(CompletionRequest, prompt="x", max_tokens=0).sampling_params()
 
 
 def test_logit_bias_keys_become_token_ids():

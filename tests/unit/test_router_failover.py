@@ -67,18 +67,19 @@ class FakeNode(node_pb2_grpc.NodeServicer):
                                   block_size=16)
 
 
-def run_job(specs: list[dict], retry: RetryConfig = RetryConfig(backoff_s=0.001), stop=(), tokenizer=None):
+def run_job(specs: list[dict], retry: RetryConfig = RetryConfig(backoff_s=0.001), stop=(), tokenizer=None,
+            **params):
     """Runs one 10-token job over fake nodes made from specs; returns (events, metrics, nodes).
     With a tokenizer, the events are router/front/completion.py's text pieces (stop strings applied)."""
     nodes = []
     try:
-        return asyncio.run(_run_job(specs, retry, nodes, stop, tokenizer))
+        return asyncio.run(_run_job(specs, retry, nodes, stop, tokenizer, params))
     except NodeCallError as exc:
         exc.nodes = nodes
         raise
 
 
-async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list, stop, tokenizer):
+async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list, stop, tokenizer, params: dict):
     nodes += [FakeNode(**spec) for spec in specs]
     for node in nodes:
         await node.server.start()
@@ -88,7 +89,7 @@ async def _run_job(specs: list[dict], retry: RetryConfig, nodes: list, stop, tok
     await registry.refresh()
     metrics = RouterMetrics()
     orchestrator = Orchestrator(registry, first_listed, retry=retry, metrics=metrics)
-    job = Job("req-1", PROMPT, SamplingParams(max_tokens=10, seed=7, temperature=0.9, stop=tuple(stop)))
+    job = Job("req-1", PROMPT, SamplingParams(max_tokens=10, seed=7, temperature=0.9, stop=tuple(stop), **params))
     route = orchestrator.route(job)
     events = []
     try:
@@ -110,6 +111,14 @@ def first_listed(nodes, request):
 
 def tokens(events) -> list[int]:
     return [t for e in events if isinstance(e, Tokens) for t in e.token_ids]
+
+
+def test_a_continuation_asks_no_prompt_logprobs_again():
+    """They went out with the first token: the continuation's prompt holds output tokens too."""
+    _, _, (prefill, _, _) = run_job([dict(role="prefill"), dict(role="decode1", die_after=4), dict(role="decode2")],
+                                    prompt_logprobs=2)
+    first, retry = [r.sampling for call, r in prefill.calls if call == "Prefill"]
+    assert first.HasField("prompt_logprobs") and not retry.HasField("prompt_logprobs")
 
 
 def test_a_decode_stream_cut_after_5_tokens_continues_on_another_pair():

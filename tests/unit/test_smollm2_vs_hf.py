@@ -109,3 +109,16 @@ def test_penalized_greedy_equals_hf(smollm2_model, smollm2_hf_reference):
     result = engine.generate([prompt], params)[0]
     assert_matches_hf(result.token_ids, result.logprobs, *hf_penalized(smollm2_hf_reference, prompt, MAX_NEW, params))
     assert result.token_ids != engine.generate([prompt], SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))[0].token_ids
+
+
+def test_prompt_logprobs_equal_hf(smollm2_model, hf):
+    """Every prompt token's logprob and top-5 (what OpenAI's echo with logprobs returns, how lm-evaluation-harness
+    scores a text), the prompt prefilled in 32-token chunks."""
+    from tests.support.hf_reference import assert_prompt_logprobs_match_hf
+
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=64, max_num_batched_tokens=32))
+    prompt = chat_ids(engine.tokenizer, "Explain gravity to a child in one sentence.") + \
+        engine.tokenizer.encode("Gravity is the force that pulls things down toward the ground, like when you drop a ball.")
+    result = engine.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=5))[0]
+    assert_prompt_logprobs_match_hf(prompt, result.prompt_logprobs, hf)
+    assert len(prompt) > 32
