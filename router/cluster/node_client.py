@@ -62,9 +62,11 @@ class NodeClient:
                              reply.num_computed_tokens, prompt_logprobs_from_proto(reply.prompt_logprobs))
 
     def decode(self, address: str, job: Job, first_token_id: int) -> AsyncIterator[TokenChunk]:
+        sampling = _sampling(job)
+        sampling.ClearField("prompt_logprobs")  # the prefill node scored the prompt
         request = node_pb2.DecodeRequest(
             request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, first_token_id=first_token_id,
-            sampling=_sampling(job), num_prior_output_tokens=job.num_prior_output_tokens)
+            sampling=sampling, num_prior_output_tokens=job.num_prior_output_tokens)
         return self._stream(address, "Decode", lambda stub: stub.Decode(request))
 
     def generate(self, address: str, job: Job) -> AsyncIterator[TokenChunk]:

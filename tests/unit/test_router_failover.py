@@ -115,10 +115,13 @@ def tokens(events) -> list[int]:
 
 def test_a_continuation_asks_no_prompt_logprobs_again():
     """They went out with the first token: the continuation's prompt holds output tokens too."""
-    _, _, (prefill, _, _) = run_job([dict(role="prefill"), dict(role="decode1", die_after=4), dict(role="decode2")],
-                                    prompt_logprobs=2)
+    _, _, nodes = run_job([dict(role="prefill"), dict(role="decode1", die_after=4), dict(role="decode2")],
+                          prompt_logprobs=2)
+    prefill = nodes[0]
     first, retry = [r.sampling for call, r in prefill.calls if call == "Prefill"]
     assert first.HasField("prompt_logprobs") and not retry.HasField("prompt_logprobs")
+    decodes = [r.sampling for node in nodes[1:] for call, r in node.calls if call == "Decode"]
+    assert decodes and not any(d.HasField("prompt_logprobs") for d in decodes)  # the prefill node scores the prompt
 
 
 def test_a_decode_stream_cut_after_5_tokens_continues_on_another_pair():
