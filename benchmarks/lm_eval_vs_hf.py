@@ -3,7 +3,8 @@
 A client nobody here wrote, scoring texts the way it scores every multiple-choice benchmark: its
 `local-completions` model sends batches of tokenized prompts (context + choice) to
 `/v1/completions` with `echo`, `logprobs: 1` and one generated token, and sums the logprobs of
-the choice's tokens. Its `hf` model computes the same sums in-process with HF transformers. The
+the choice's tokens; it tokenizes with the server's /tokenize (`--tokenizer-backend remote`, the
+default) or with the model folder's tokenizer.json (`huggingface`). Its `hf` model computes the same sums in-process with HF transformers. The
 two runs score the same requests, so their per-request loglikelihoods must agree to float
 precision and their accuracies must be equal.
 
@@ -122,6 +123,8 @@ def main() -> None:
     parser.add_argument("--topology", choices=["disaggregated", "colocated"], default="disaggregated")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per request (lm_eval --batch_size)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    parser.add_argument("--tokenizer-backend", choices=["remote", "huggingface"], default="remote",
+                        help="lm-eval's tokenizer for the served run: the server's /tokenize, or the model folder's")
     parser.add_argument("--out", default="results/lm_eval_vs_hf.json")
     args = parser.parse_args()
     if not LMEVAL_PYTHON.exists():
@@ -133,8 +136,9 @@ def main() -> None:
         write_task(folder, args.questions)
         with LocalCluster(model, prefill=int(split), decode=int(split), colocated=int(not split), http_port=-1,
                           threads=args.threads) as cluster:
+            tokenizer = f",tokenizer={model}" if args.tokenizer_backend == "huggingface" else ""
             served_args = (f"model={served_model_name(cluster.http_url)},base_url={cluster.http_url}/v1/completions,"
-                           f"tokenizer_backend=huggingface,tokenizer={model},max_retries=1,timeout=600")
+                           f"tokenizer_backend={args.tokenizer_backend}{tokenizer},max_retries=1,timeout=600")
             served = run_lm_eval(folder, "served", "local-completions", served_args, args.batch_size)
         hf = run_lm_eval(folder, "hf", "hf", f"pretrained={model},dtype=float32", args.batch_size, ("--device", "cpu"))
     row = {name: {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"], "seconds": round(s, 1)}

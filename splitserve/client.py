@@ -56,7 +56,7 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   request_id: str = "", presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                   repetition_penalty: float | None = None,
                   logit_bias: dict[int, float] | None = None,
-                  prompt_logprobs: int | None = None) -> router_pb2.GenerateRequest:
+                  prompt_logprobs: int | None = None, grammar: str | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
                                          frequency_penalty=frequency_penalty, logit_bias=logit_bias or {})
@@ -68,6 +68,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
         sampling.logprobs = logprobs
     if prompt_logprobs is not None:
         sampling.prompt_logprobs = prompt_logprobs
+    if grammar is not None:
+        sampling.grammar = grammar
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
     if messages is not None:
         request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)

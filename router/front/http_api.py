@@ -27,6 +27,7 @@ from router.front.auth import ApiKeys
 from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
+from router.front.http_tokenize import add_tokenizer_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
 from router.front.http_stream import EventStreamResponse, collect, event_stream, numbered, until_disconnect
 from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
@@ -81,6 +82,9 @@ class Endpoints:
         if not self.ctx.api_keys.allows(request.headers.get("authorization")):
             raise unauthorized()
 
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.ctx.max_body_bytes)
+
     def check_model(self, model: str | None) -> None:
         if model and model != self.ctx.model_name:
             raise ApiError(404, f"model {model!r} does not exist; this server serves {self.ctx.model_name!r}",
@@ -99,7 +103,7 @@ class Endpoints:
                 "max_model_len": self.ctx.frontend.limits.max_model_len}
 
     async def completions(self, request: Request):
-        body = CompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
+        body = CompletionRequest.parse(await self.body(request))
         body.check_supported()
         self.check_model(body.model)
         request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
@@ -122,7 +126,7 @@ class Endpoints:
         return Echo(text, prompt_ids, body.scores_only)
 
     async def chat(self, request: Request):
-        body = ChatCompletionRequest.parse(await read_body(request, self.ctx.max_body_bytes))
+        body = ChatCompletionRequest.parse(await self.body(request))
         body.check_supported()
         self.check_model(body.model)
         frontend = self.ctx.frontend
@@ -215,6 +219,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     app.include_router(v1)
     app.add_api_route("/health", endpoints.health, methods=["GET"])
     add_docs_routes(app, endpoints.check_key)
+    add_tokenizer_routes(app, endpoints, endpoints.check_key)
     _metrics_route(app)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:

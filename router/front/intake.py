@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
+from splitserve.engine.grammar import Grammars
 from router.cluster.orchestrator import Job
 
 MAX_DOCUMENTS = 64
@@ -28,6 +29,7 @@ class Frontend:
     def __init__(self, tokenizer: Tokenizer, limits: Limits):
         self.tokenizer = tokenizer
         self.limits = limits
+        self.grammars = Grammars(tokenizer, limits.vocab_size)
 
     @classmethod
     def from_model_dir(cls, model_dir) -> "Frontend":
@@ -76,6 +78,8 @@ class Frontend:
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {self.limits.vocab_size}); got {bad[:5]}")
         params.check_vocab(self.limits.vocab_size)
+        if params.grammar is not None:
+            self.grammars.check(params.grammar)
         total = len(prompt_ids) + params.max_tokens
         if total > self.limits.max_model_len:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
-tools, a response_format other than text) are refused with a 400 that names them, never silently
+tools) are refused are refused with a 400 that names them, never silently
 dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
+from splitserve.engine.grammar import json_schema_grammar
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
 MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
@@ -29,8 +30,48 @@ class InvalidRequest(ValueError):
         self.param = param
 
 
+def parse_body(model: type[BaseModel], body: bytes):
+    """A request body as `model`; InvalidRequest naming the first field that does not validate."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    json_schema: dict = Field(default_factory=dict, alias="schema")  # `schema` shadows a BaseModel attribute
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text, json_object (any JSON object) or json_schema (values of its schema)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    json_schema: JsonSchema | None = None
+
+    def check(self) -> None:
+        if self.type not in ("text", "json_object", "json_schema"):
+            raise InvalidRequest(f"response_format type must be text, json_object or json_schema, got {self.type!r}",
+                                 "response_format")
+        if self.type == "json_schema" and self.json_schema is None:
+            raise InvalidRequest("response_format json_schema needs its json_schema.schema", "response_format")
+
+    def grammar(self) -> str | None:
+        """llguidance's grammar for it (None: free text); ValueError for a schema that is not JSON."""
+        if self.type == "text":
+            return None
+        return json_schema_grammar(self.json_schema.json_schema if self.type == "json_schema" else None)
 
 
 class _Request(BaseModel):
@@ -52,17 +93,13 @@ class _Request(BaseModel):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string, as JSON keys are) -> bias
+    response_format: ResponseFormat | None = None
     documents: list[str] | None = None
     user: str | None = None
 
     @classmethod
     def parse(cls, body: bytes):
-        try:
-            return cls.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
+        return parse_body(cls, body)
 
     @property
     def num_choices(self) -> int:
@@ -75,6 +112,8 @@ class _Request(BaseModel):
     def check_supported(self) -> None:
         if not 1 <= self.num_choices <= MAX_CHOICES:
             raise InvalidRequest(f"n must be in [1, {MAX_CHOICES}], got {self.n}", "n")
+        if self.response_format is not None:
+            self.response_format.check()
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
@@ -88,7 +127,7 @@ class _Request(BaseModel):
             stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            logit_bias=self._logit_bias())
+            logit_bias=self._logit_bias(), grammar=self.response_format.grammar() if self.response_format else None)
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}
@@ -153,19 +192,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-
-
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list | None = None
-    response_format: ResponseFormat | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -173,9 +205,6 @@ class ChatCompletionRequest(_Request):
             raise InvalidRequest("messages must hold at least one message", "messages")
         if self.tools:
             raise InvalidRequest("tools are not supported", "tools")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise InvalidRequest(f"response_format {self.response_format.type!r} is not supported (no constrained "
-                                 "decoding: send {\"type\": \"text\"} or leave it out)", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
 

@@ -35,6 +35,7 @@ from splitserve.chunkcache.selection import ChunkBudget
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import EVICTIONS
 from splitserve.chunkcache.variants import VariantMeta
+from splitserve.engine.grammar import allowed_tokens
 from splitserve.engine.request import penalty_history
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 
@@ -147,7 +148,8 @@ class ChunkCache:
                 release(held)
             banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
                 if prior < params.min_tokens and not params.ignore_eos else ()
-            request = SampleRequest(params, prior, banned, *penalty_history(prompt, [], prior))
+            history = penalty_history(prompt, [], prior)
+            request = SampleRequest(params, prior, banned, *history, allowed=_grammar_mask(engine, params, history[1]))
             first = sample(result.logits[None].clone(), [request], engine.runner.generator)[0]
         except (CorruptValue, TierUnavailable) as exc:
             engine.cancel_reservation(rid)
@@ -210,6 +212,14 @@ def _loaded(loading: LayerwiseFetch | None, block: bool) -> bool:
         return False
     loading.wait()
     return True
+
+
+def _grammar_mask(engine, params, output_token_ids: list[int]) -> torch.Tensor | None:
+    """The first token's mask under the request's grammar (the engine's own matcher replays it at admission)."""
+    if params.grammar is None:
+        return None
+    return allowed_tokens(engine.grammars.matcher(params.grammar, output_token_ids), engine.model_config.vocab_size,
+                          engine.config.device)
 
 
 def _finish_reason(token: int, params, eos_ids, prior: int) -> str | None:

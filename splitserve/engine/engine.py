@@ -11,6 +11,7 @@ until `release()` (the KV is sent meanwhile); decode-only requests enter through
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 import time
@@ -22,15 +23,18 @@ import torch
 from splitserve.engine.attention import PagedKVCache, leave_out_cudnn_sdpa
 from splitserve.engine.block_pool import BlockPool
 from splitserve.engine.config import EngineConfig, ModelConfig
+from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
-from splitserve.engine.request import FinishReason, Request, Status
+from splitserve.engine.request import FinishReason, Request, Status, penalty_history
 from splitserve.engine.runner import ModelRunner
 from splitserve.engine.sampling import SamplingParams
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Engine:
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
         self.outputs = OutputTracker(self.tokenizer)
+        self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
         self._ids = itertools.count()
 
     def _blocks_for(self, num_bytes: int) -> int:
@@ -86,6 +91,7 @@ class Engine:
         self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,
                       num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks)
+        req.matcher = self._matcher(params, req.penalty_history()[1])
         self._track(req)
         self.scheduler.add(req)
         return request_id
@@ -102,6 +108,8 @@ class Engine:
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
         params.check_vocab(vocab)
+        if params.grammar is not None:
+            self.grammars.check(params.grammar)
         remaining = params.max_tokens - num_prior_output_tokens
         if remaining < 1:
             raise ValueError(f"max_tokens ({params.max_tokens}) leaves no token to generate after "
@@ -135,12 +143,14 @@ class Engine:
         Bad input is a ValueError that also cancels the reservation (its KV is of no use then)."""
         try:
             self._check_prefilled(request_id, prompt_token_ids, first_token_id, params, num_prior_output_tokens)
+            prior = penalty_history(prompt_token_ids, [], num_prior_output_tokens)[1]
+            matcher = self._matcher(params, prior + [first_token_id])  # the first token was sampled elsewhere
         except ValueError:
             self.cancel_reservation(request_id)
             raise
         block_ids = self.reserved.pop(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
-                      num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic())
+                      num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher)
         req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
         self._track(req)
         if register_prefix:
@@ -164,6 +174,10 @@ class Engine:
         if len(self.reserved[request_id]) != num_blocks:
             raise ValueError(f"a {len(prompt_token_ids)}-token prompt needs {num_blocks} KV blocks; "
                              f"{len(self.reserved[request_id])} were reserved for request {request_id!r}")
+
+    def _matcher(self, params: SamplingParams, output_token_ids: list[int]):
+        """The grammar's matcher after the output so far (None without a grammar); ValueError if it does not fit."""
+        return None if params.grammar is None else self.grammars.matcher(params.grammar, output_token_ids)
 
     def _track(self, req: Request) -> None:
         self.requests[req.request_id] = req
@@ -194,6 +208,9 @@ class Engine:
             req.logprobs.append((sample.logprob, sample.top_logprobs))
         elif req.params.logprobs is not None:  # sampled elsewhere (a prefill node's first token, never re-sent):
             req.logprobs.append(None)  # keeps logprobs aligned with output_token_ids
+        if sample is not None and req.matcher is not None and not req.matcher.consume_token(token_id):
+            log.warning("request %s: token %d outside its grammar (%s): ended", req.request_id, token_id,
+                        req.matcher.get_error())
         stopped_by_text = self.outputs.add_token(req, token_id)
         reason = self._finish_reason(req, token_id, stopped_by_text)
         if reason is not None:
@@ -204,6 +221,8 @@ class Engine:
         if stopped_by_text or token_id in p.stop_token_ids:
             return FinishReason.STOP
         if not p.ignore_eos and token_id in req.eos_token_ids:
+            return FinishReason.STOP
+        if req.matcher is not None and (req.matcher.is_stopped() or req.matcher.is_error()):  # language complete
             return FinishReason.STOP
         if req.num_output_tokens >= p.max_tokens:
             return FinishReason.LENGTH

@@ -44,6 +44,7 @@ class Request:
     # None); filled as the prompt's chunks run, complete once `prompt_logprobs_done`
     prompt_logprobs: list = field(default_factory=list)
     prompt_logprobs_done: bool = False
+    matcher: object = field(default=None, repr=False)  # params.grammar's llguidance matcher (grammar.py)
     arrival_time_s: float = 0.0
     keep_blocks: bool = False  # prefill-only: blocks stay allocated until released by the caller
 

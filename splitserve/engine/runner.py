@@ -12,6 +12,7 @@ import torch
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
 from splitserve.engine.model import CausalLM, LayerHook
+from splitserve.engine.grammar import allowed_tokens
 from splitserve.engine.prompt_logprobs import prompt_rows, record
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -57,9 +58,13 @@ class ModelRunner:
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
         sampling = [c.request for c in chunks if c.samples]
         reqs = [SampleRequest(r.params, r.num_output_tokens, _banned(r),
-                              *(r.penalty_history() if r.params.penalized else ((), ()))) for r in sampling]
+                              *(r.penalty_history() if r.params.penalized else ((), ())), self._allowed(r))
+                for r in sampling]
         samples = sample(logits, reqs, self.generator) if reqs else []
         return {r.request_id: s for r, s in zip(sampling, samples)}
+
+    def _allowed(self, req) -> torch.Tensor | None:
+        return None if req.matcher is None else allowed_tokens(req.matcher, self.model.cfg.vocab_size, self.device)
 
     def slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         size = self.block_size

@@ -1,6 +1,6 @@
 """Turns next-token logits into tokens: logit bias, penalties, greedy, temperature, top-k, top-p, per-request seeds.
 
-A request's logit bias and penalties change its logits before anything else (and so its greedy
+A request's logit bias, penalties and grammar mask change its logits before anything else (and so its greedy
 token and its logprobs), in vLLM's order: OpenAI's logit_bias added first; then HF's / vLLM's
 repetition penalty over the prompt and output tokens, then OpenAI's frequency and presence
 penalties over the output tokens (a request's output includes tokens produced before this
@@ -29,6 +29,7 @@ class SampleRequest:
     banned_token_ids: tuple[int, ...] = ()  # e.g. EOS before min_tokens
     prompt_token_ids: Sequence[int] = ()  # read only when params.penalized
     output_token_ids: Sequence[int] = ()
+    allowed: torch.Tensor | None = None  # bool [vocab]: the tokens its grammar takes next (None: all)
 
 
 @dataclass
@@ -40,15 +41,18 @@ class Sample:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch.Generator | None = None) -> list[Sample]:
     """logits: [S, vocab] fp32, one row per request."""
-    if any(req.banned_token_ids or req.params.penalized or req.params.logit_bias for req in requests):
+    if any(req.banned_token_ids or req.params.penalized or req.params.logit_bias or req.allowed is not None
+           for req in requests):
         logits = logits.clone()  # the model's output may be an inference tensor, which is read-only out here
     for row, req in enumerate(requests):
         if req.params.logit_bias:
             _add_bias(logits[row], req.params.logit_bias)
         if req.params.penalized:
             _penalize(logits[row], req)
-        if req.banned_token_ids and len(set(req.banned_token_ids)) < logits.shape[-1]:  # never every token
-            logits[row, list(req.banned_token_ids)] = float("-inf")
+        if req.allowed is not None:
+            logits[row].masked_fill_(~req.allowed, float("-inf"))
+        if req.banned_token_ids:
+            _ban(logits[row], list(req.banned_token_ids))
     greedy_ids = logits.argmax(dim=-1).tolist()
     want_logprobs = any(r.params.logprobs is not None for r in requests)
     logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
@@ -57,6 +61,14 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
         token = greedy_ids[row] if req.params.greedy else _sample_row(logits[row], req, generator)
         samples.append(_with_logprobs(token, row, req.params.logprobs, logprobs))
     return samples
+
+
+def _ban(logits: torch.Tensor, token_ids: list[int]) -> None:
+    """-inf for these tokens of one row, unless no other token is left (a grammar that takes only EOS now)."""
+    left = torch.isfinite(logits)
+    left[token_ids] = False
+    if left.any():
+        logits[token_ids] = float("-inf")
 
 
 def _add_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> None:

@@ -24,6 +24,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0,
         logit_bias=dict(msg.logit_bias),
         prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
+        grammar=msg.grammar if msg.HasField("grammar") else None,
     )
 
 
@@ -41,4 +42,6 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
         msg.logprobs = p.logprobs
     if p.prompt_logprobs is not None:
         msg.prompt_logprobs = p.prompt_logprobs
+    if p.grammar is not None:
+        msg.grammar = p.grammar
     return msg

@@ -16,8 +16,11 @@ import pytest
 from splitserve.api.v1 import router_pb2_grpc
 from router.front.intake import Frontend
 from splitserve.client import Client, build_request
+from splitserve.engine import Engine, SamplingParams
+from splitserve.engine.grammar import json_schema_grammar
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
+from tests.unit.test_grammar import SCHEMA, _valid
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
@@ -124,6 +127,48 @@ def test_echo_streamed_puts_the_prompt_in_front_of_the_generated_text(cluster, a
     chunks = [c.choices[0].text for c in stream if c.choices]
     assert chunks[0].startswith(PROMPT)
     assert "".join(chunks) == PROMPT + grpc_result(cluster, prompt=PROMPT, max_tokens=6, ignore_eos=True).text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_response_format_json_schema_is_the_engines_constrained_output(cluster, api, tiny_model, stream):
+    """The prefill node samples the first token under the grammar, the decode node replays it and goes on."""
+    response_format = {"type": "json_schema", "json_schema": {"name": "pick", "schema": SCHEMA, "strict": True}}
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_tokens=40, temperature=0.9, seed=4, n=2,
+                  response_format=response_format)
+    if stream:
+        chunks = list(api.chat.completions.create(stream=True, **kwargs))
+        texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                 for i in range(2)]
+    else:
+        texts = [c.message.content for c in api.chat.completions.create(**kwargs).choices]
+    prompt = Frontend.from_model_dir(tiny_model).prompt_ids(messages=MESSAGES)
+    expected = [Engine(tiny_model).generate([prompt], SamplingParams(
+        max_tokens=40, temperature=0.9, seed=4 + i, grammar=json_schema_grammar(SCHEMA)))[0].text for i in range(2)]
+    assert texts == expected and all(_valid(t) for t in texts)
+    with pytest.raises(openai.BadRequestError, match="grammar"):
+        api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "bogus"}}})
+
+
+def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):
+    """vLLM's /tokenize, /detokenize and /tokenizer_info (lm-evaluation-harness's remote tokenizer reads them)."""
+    frontend, url = Frontend.from_model_dir(tiny_model), cluster.http_url
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        return http_json(url + path, json.dumps(body).encode())
+
+    status, body = post("/tokenize", {"prompt": PROMPT, "return_token_strs": True})
+    assert status == 200 and body["tokens"] == frontend.prompt_ids(prompt=PROMPT) and body["count"] == len(body["tokens"])
+    assert body["max_model_len"] == 2048 and "".join(body["token_strs"]).endswith(PROMPT)
+    bare = post("/tokenize", {"prompt": PROMPT, "add_special_tokens": False})[1]["tokens"]
+    assert bare == frontend.tokenizer.encode(PROMPT, add_special_tokens=False) != body["tokens"]
+    assert post("/tokenize", {"messages": MESSAGES})[1]["tokens"] == frontend.prompt_ids(messages=MESSAGES)
+    assert post("/detokenize", {"tokens": bare}) == (200, {"prompt": PROMPT})
+    status, info = http_json(url + "/tokenizer_info")
+    assert status == 200 and info["eos_token"] == frontend.tokenizer.eos_token and info["chat_template"]
+    assert post("/tokenize", {"prompt": "a", "messages": MESSAGES})[0] == 400
+    assert post("/detokenize", {"tokens": [10**6]})[0] == 400
+    assert post("/tokenize", {"prompt": "a", "model": "gpt-4"})[0] == 404
 
 
 def test_streamed_completion_with_usage(cluster, api):

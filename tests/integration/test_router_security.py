@@ -87,6 +87,12 @@ def test_api_description_needs_a_key_as_the_api_does(cluster, certs, path):
     assert status == 200 and b"openapi" in content  # the schema, or a page that loads it
 
 
+def test_the_tokenizer_needs_a_key_as_the_api_does(cluster, certs):
+    ca, url = certs / "ca.pem", cluster.http_url + "/tokenizer_info"
+    assert https_get(url, ca)[0] == 401
+    assert https_get(url, ca, {"Authorization": f"Bearer {KEY}"})[0] == 200
+
+
 def test_health_needs_no_key(cluster, certs):
     assert https_get(cluster.http_url + "/health", certs / "ca.pem")[0] == 200
 

@@ -53,8 +53,9 @@ def test_completion_extensions_and_prompt_forms():
     (ChatCompletionRequest, dict(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], top_logprobs=2), "top_logprobs"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]), "tools"),
-    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format={"type": "xml"}),
      "response_format"),
+    (CompletionRequest, dict(prompt="x", response_format={"type": "json_schema"}), "response_format"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format="json"), "response_format"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
 ])
@@ -71,6 +72,16 @@ def test_penalties_reach_the_sampling_params_and_their_range_is_checked():
     assert parse(CompletionRequest, prompt="x", presence_penalty=0).sampling_params().penalized is False
     with pytest.raises(ValueError, match="frequency_penalty"):
         parse(CompletionRequest, prompt="x", frequency_penalty=2.5).sampling_params()
+
+
+def test_response_format_becomes_a_grammar():
+    user = [{"role": "user", "content": "x"}]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    body = dict(type="json_schema", json_schema={"name": "thing", "schema": schema, "strict": True})
+    grammar = parse(ChatCompletionRequest, messages=user, response_format=body).sampling_params(8).grammar
+    assert '"required": ["a"]' in grammar
+    assert parse(CompletionRequest, prompt="x", response_format={"type": "json_object"}).sampling_params().grammar
+    assert parse(CompletionRequest, prompt="x", response_format={"type": "text"}).sampling_params().grammar is None
 
 
 def test_echo_scores_the_prompt_and_max_tokens_0_needs_it():

@@ -1,6 +1,7 @@
-"""Prompt logprobs over gRPC from a colocated (mixed) node: concurrent prompts against HF transformers' forward
-pass, and a prompt whose documents are in the chunk cache is still computed whole (the disaggregated path and
-the OpenAI `echo` are tested in test_openai_http.py)."""
+"""Prompt logprobs and grammars over gRPC on a colocated (mixed) node: prompt logprobs of concurrent prompts
+against HF transformers' forward pass, and a prompt whose documents are in the chunk cache is still computed
+whole for them; a grammar holds on a blended prefill's first token too (the disaggregated path, `echo` and
+`response_format` over HTTP are tested in test_openai_http.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 
 from router.front.intake import Frontend
 from splitserve.client import AsyncClient, Client
+from splitserve.engine.grammar import json_schema_grammar
 from splitserve.localcluster.cluster import LocalCluster
 from tests.support.cluster import mixed_prompts, wait_until
 from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
+from tests.unit.test_grammar import SCHEMA, _valid
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +50,15 @@ def test_documents_in_the_chunk_cache_are_computed_whole(cluster, tiny_model):
     ids = Frontend.from_model_dir(tiny_model).prompt_ids(prompt=question, documents=documents)
     assert scored.final.cached_tokens == 0
     assert_prompt_logprobs_match_hf(ids, scored.prompt_logprobs, hf_model(str(tiny_model)))
+
+
+def test_a_grammar_holds_on_a_blended_prefill(cluster):
+    documents = ["Red is the colour of blood.", "Twelve is a dozen."]
+    grammar = json_schema_grammar(SCHEMA)
+    with Client(cluster.url, timeout_s=60) as client:
+        assert wait_until(lambda: client.complete(prompt="Pick one.", documents=documents, max_tokens=1).final.cached_tokens,
+                          30)
+        results = [client.complete(prompt="Pick one.", documents=documents, max_tokens=40, grammar=grammar,
+                                   temperature=1.0, seed=seed) for seed in range(3)]
+    assert all(r.final.cached_tokens > 0 for r in results)  # blended: the first token sampled by the chunk path
+    assert all(r.final.finish_reason == "stop" and _valid(r.text) for r in results), [r.text for r in results]

@@ -1,0 +1,71 @@
+"""Structured output: a request's grammar restricts each sampled token to those that keep its output a
+valid prefix of the language (OpenAI's `response_format` json_object / json_schema; any grammar
+llguidance takes: JSON schema, Lark, regex).
+
+`SamplingParams.grammar` holds llguidance's grammar text (what `LLMatcher.grammar_from_json_schema`
+and friends return); `Grammars` (one per tokenizer) checks it and makes the matcher a request
+carries. Each step the matcher's mask sends every other token's logit to -inf before sampling (so
+greedy, seeded sampling and logprobs all see the masked distribution); the sampled token is fed
+back; a matcher that has completed its language ends the request ("stop"). A request that
+continues elsewhere (the decode node after the prefill node's first token, a failover
+continuation) replays the output tokens it already has into a fresh matcher.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import torch
+
+from splitserve.engine.tokenizer import Tokenizer
+
+MAX_GRAMMAR_CHARS = 256 << 10
+
+
+class Grammars:
+    """Matchers for one tokenizer; its llguidance tokenizer is built on first use (~0.3 s)."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int):
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+
+    @functools.cached_property
+    def _lltokenizer(self):
+        import llguidance
+
+        return llguidance.LLTokenizer(self.tokenizer.backend.to_str(), n_vocab=self.vocab_size,
+                                      eos_token=list(self.tokenizer.eos_token_ids) or None)
+
+    def check(self, grammar: str) -> None:
+        """ValueError naming what is wrong with the grammar (changes nothing)."""
+        import llguidance
+
+        if len(grammar) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"the grammar has {len(grammar)} characters, more than {MAX_GRAMMAR_CHARS}")
+        error = llguidance.LLMatcher.validate_grammar(grammar, self._lltokenizer)
+        if error:
+            raise ValueError(f"invalid grammar: {error}")
+
+    def matcher(self, grammar: str, output_token_ids=()):
+        """A matcher for `grammar` that has consumed the output so far; ValueError if either is invalid."""
+        import llguidance
+
+        self.check(grammar)
+        matcher = llguidance.LLMatcher(self._lltokenizer, grammar)
+        if output_token_ids and not matcher.consume_tokens(list(output_token_ids)):
+            raise ValueError(f"the output so far does not fit the grammar: {matcher.get_error()}")
+        return matcher
+
+
+def allowed_tokens(matcher, vocab_size: int, device) -> torch.Tensor:
+    """bool [vocab_size]: the tokens the matcher takes next."""
+    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+    return torch.from_numpy(bits[:vocab_size].astype(bool)).to(device)
+
+
+def json_schema_grammar(schema: dict | None) -> str:
+    """llguidance's grammar for JSON values of `schema` (None: any JSON object, OpenAI's json_object)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"} if schema is None else schema))
