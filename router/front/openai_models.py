@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
-tools) are refused are refused with a 400 that names them, never silently
-dropped. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
+tools) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions'
+`echo` (prompt logprobs) and several prompts, and `response_format` json_object / json_schema (a
+grammar, splitserve/engine/grammar.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """

@@ -38,21 +38,18 @@ class Grammars:
                                       eos_token=list(self.tokenizer.eos_token_ids) or None)
 
     def check(self, grammar: str) -> None:
-        """ValueError naming what is wrong with the grammar (changes nothing)."""
-        import llguidance
-
-        if len(grammar) > MAX_GRAMMAR_CHARS:
-            raise ValueError(f"the grammar has {len(grammar)} characters, more than {MAX_GRAMMAR_CHARS}")
-        error = llguidance.LLMatcher.validate_grammar(grammar, self._lltokenizer)
-        if error:
-            raise ValueError(f"invalid grammar: {error}")
+        """ValueError naming what is wrong with the grammar (changes nothing; ~0.5 ms for a JSON schema)."""
+        self.matcher(grammar)
 
     def matcher(self, grammar: str, output_token_ids=()):
         """A matcher for `grammar` that has consumed the output so far; ValueError if either is invalid."""
         import llguidance
 
-        self.check(grammar)
+        if len(grammar) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"the grammar has {len(grammar)} characters, more than {MAX_GRAMMAR_CHARS}")
         matcher = llguidance.LLMatcher(self._lltokenizer, grammar)
+        if matcher.is_error():
+            raise ValueError(f"invalid grammar: {matcher.get_error()}")
         if output_token_ids and not matcher.consume_tokens(list(output_token_ids)):
             raise ValueError(f"the output so far does not fit the grammar: {matcher.get_error()}")
         return matcher
