@@ -134,7 +134,7 @@ class Endpoints:
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
         job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"), chunks)
         shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs,
-                            index=i, counts_prompt=i == 0) for i in range(body.num_choices)]
+                            index=i, counts_prompt=i == 0, tool_mode=body.tool_mode) for i in range(body.num_choices)]
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
 
     async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):

@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 
 from splitserve.engine import Tokenizer
+from router.front import tools
 from router.front.completion import Finish, Piece
 
 
@@ -175,14 +176,44 @@ class ChatShape(Shape):
     chunk_object_name = "chat.completion.chunk"
     _role_sent = False
 
+    def __init__(self, *args, tool_mode=None, **kwargs):
+        """`tool_mode` (tools.chosen()): the answer is tool calls, sent whole once they are complete."""
+        super().__init__(*args, **kwargs)
+        self.tool_mode, self._answer, self._calls = tool_mode, [], None
+
+    def _shown(self, piece: Piece) -> Piece | None:
+        if self.tool_mode is None:
+            return piece
+        self._answer.append(piece.text)
+        return None
+
+    def _tool_calls(self) -> list[dict] | None:
+        """The calls of the whole answer; None if it is not complete (cut by max_tokens or a stop string)."""
+        if self._calls is None and self.tool_mode is not None:
+            try:
+                self._calls = tools.tool_calls("".join(self._answer), self.tool_mode)
+            except ValueError:
+                self._calls = []
+        return self._calls or None
+
+    def _reason(self, finish: Finish) -> str:
+        return "tool_calls" if self._tool_calls() else finish.reason
+
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
         delta = {} if final else {"content": piece.text}
+        if final and self._tool_calls():
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(self._tool_calls())]
+        elif final and self.tool_mode is not None:  # an incomplete answer goes out as text
+            delta["content"] = "".join(self._answer)
         if not self._role_sent:  # on the first chunk: a chunk of its own would look like a token to TTFT meters
             delta, self._role_sent = {"role": "assistant", **delta}, True
         return {"index": self.index, "delta": delta, "logprobs": None, "finish_reason": None}
 
     def _whole_choice(self, text: str) -> dict:
-        return {"index": self.index, "message": {"role": "assistant", "content": text}}
+        calls = self._tool_calls()
+        if calls:
+            return {"index": self.index, "message": {"role": "assistant", "content": None, "tool_calls": calls}}
+        return {"index": self.index, "message": {"role": "assistant", "content": text or "".join(self._answer)}}
 
     def _entry(self, token_id: int, logprob: float) -> dict:
         token = self.texts(token_id)

@@ -1,15 +1,16 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
-tools) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions'
+tool_choice auto) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions'
 `echo` (prompt logprobs) and several prompts, and `response_format` json_object / json_schema (a
-grammar, splitserve/engine/grammar.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
+grammar, splitserve/engine/grammar.py) and tools (required or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
 is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Literal
 
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
 from splitserve.engine.grammar import json_schema_grammar
+from router.front import tools
+from router.front.tools import Tool
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
 MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
@@ -183,6 +186,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = None  # an assistant's earlier calls: given to the model as their JSON
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -190,7 +194,8 @@ class ChatMessage(BaseModel):
             if kinds:
                 raise InvalidRequest(f"only text content is supported, got {', '.join(kinds)}", "messages")
             return "".join(p.text or "" for p in self.content)
-        return self.content or ""
+        calls = [c.get("function") for c in self.tool_calls or []]
+        return (self.content or "") + (json.dumps(calls) if calls else "")
 
 
 class ChatCompletionRequest(_Request):
@@ -198,22 +203,35 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
+        if self.tool_mode is not None and self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequest("tools and a response_format constrain the answer twice: send one", "response_format")
         if not self.messages:
             raise InvalidRequest("messages must hold at least one message", "messages")
-        if self.tools:
-            raise InvalidRequest("tools are not supported", "tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
 
+    @property
+    def tool_mode(self):
+        """tools.chosen(): "required", the named function, or None; InvalidRequest for what is refused."""
+        try:
+            return tools.chosen(self.tools or [], self.tool_choice)
+        except tools.InvalidTools as exc:
+            raise InvalidRequest(str(exc), exc.param) from None
+
     def chat_messages(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in self.messages]
+        mode = self.tool_mode
+        return messages if mode is None else tools.with_tools(messages, tools.system_text(self.tools, mode))
 
     def sampling_params(self, room: int) -> SamplingParams:
         """`room`: tokens left in the context after the prompt, the default maximum."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self.sampling(room if max_tokens is None else max_tokens, logprobs)
+        params = self.sampling(room if max_tokens is None else max_tokens, logprobs)
+        mode = self.tool_mode
+        return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode))

@@ -150,6 +150,34 @@ def test_response_format_json_schema_is_the_engines_constrained_output(cluster, 
             "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "bogus"}}})
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_tool_calls_required_and_named(cluster, api, stream):
+    pick = {"type": "function", "function": {"name": "pick", "parameters": SCHEMA}}
+    clock = {"type": "function", "function": {"name": "clock", "parameters": {
+        "type": "object", "properties": {"zone": {"enum": ["utc", "local"]}}, "required": ["zone"],
+        "additionalProperties": False, "x-guidance": {"whitespace_flexible": False}}}}
+
+    def calls(**kwargs):
+        kwargs = dict(model=MODEL, messages=MESSAGES, tools=[pick, clock], max_tokens=80, temperature=0.8, seed=1,
+                      **kwargs)
+        if not stream:
+            choice = api.chat.completions.create(**kwargs).choices[0]
+            return choice.finish_reason, choice.message.tool_calls
+        chunks = [c.choices[0] for c in api.chat.completions.create(stream=True, **kwargs) if c.choices]
+        return chunks[-1].finish_reason, [d for c in chunks for d in c.delta.tool_calls or []]
+
+    reason, named = calls(tool_choice={"type": "function", "function": {"name": "pick"}})
+    assert reason == "tool_calls" and [c.function.name for c in named] == ["pick"]
+    assert _valid(named[0].function.arguments) and named[0].id.startswith("call_")
+    reason, required = calls(tool_choice="required")
+    assert reason == "tool_calls" and required and all(c.function.name in ("pick", "clock") for c in required)
+    for call in required:
+        assert _valid(call.function.arguments) if call.function.name == "pick" else \
+            json.loads(call.function.arguments)["zone"] in ("utc", "local")
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        api.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[pick], max_tokens=4)  # auto
+
+
 def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):
     """vLLM's /tokenize, /detokenize and /tokenizer_info (lm-evaluation-harness's remote tokenizer reads them)."""
     frontend, url = Frontend.from_model_dir(tiny_model), cluster.http_url

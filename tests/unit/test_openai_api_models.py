@@ -52,7 +52,8 @@ def test_completion_extensions_and_prompt_forms():
     (ChatCompletionRequest, dict(messages=[]), "messages"),
     (ChatCompletionRequest, dict(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], top_logprobs=2), "top_logprobs"),
-    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]), "tools"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]),
+     "tools.0.function"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format={"type": "xml"}),
      "response_format"),
     (CompletionRequest, dict(prompt="x", response_format={"type": "json_schema"}), "response_format"),
@@ -177,7 +178,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | s
                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
           "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools",
-          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"]
+          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "tool_choice"]
 
 
 @settings(max_examples=300, deadline=None)
