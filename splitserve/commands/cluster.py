@@ -8,7 +8,7 @@ import sys
 import threading
 
 from splitserve import labels
-from splitserve.commands.sampling_flags import add_penalty_flags, penalties
+from splitserve.commands.sampling_flags import add_sampling_flags, sampling_kwargs
 from splitserve.localcluster.devices import plan_devices
 
 SAMPLE_QUESTION = "What is the capital of France? Answer in one sentence."
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     complete.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
     complete.add_argument("--api-key", default=None)
     complete.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
-    add_penalty_flags(complete)
+    add_sampling_flags(complete)
     complete.set_defaults(func=run_complete)
 
 
@@ -141,7 +141,7 @@ def run_complete(args: argparse.Namespace) -> int:
     from splitserve.client import Client, Final, collect
 
     kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, stop=args.stop,
-                  documents=args.document, **penalties(args))
+                  documents=args.document, **sampling_kwargs(args))
     if args.chat:
         kwargs["messages"] = [{"role": "user", "content": args.prompt}]
     else:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from splitserve.commands.sampling_flags import add_penalty_flags, penalties
+from splitserve.commands.sampling_flags import add_sampling_flags, sampling_kwargs
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    add_penalty_flags(p)
+    add_sampling_flags(p)
     p.set_defaults(func=run)
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                                top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **penalties(args))
+                                top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **sampling_kwargs(args))
         engine = Engine(args.model, EngineConfig(dtype=args.dtype, device=args.device))
         prompts = [_prompt_ids(engine, text, args.chat) for text in args.prompt]
         results = engine.generate(prompts, params)

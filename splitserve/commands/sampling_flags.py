@@ -1,11 +1,13 @@
-"""Sampling-penalty and logit-bias flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
+"""Sampling-penalty, logit-bias and JSON-schema flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
-def add_penalty_flags(parser: argparse.ArgumentParser) -> None:
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0,
                         help="HF's / vLLM's, on prompt and output tokens (1: off; > 1 discourages repeats)")
     parser.add_argument("--frequency-penalty", type=float, default=0.0,
@@ -14,6 +16,18 @@ def add_penalty_flags(parser: argparse.ArgumentParser) -> None:
                         help="OpenAI's: minus this for every token already in the output")
     parser.add_argument("--logit-bias", type=_bias, action="append", default=[], metavar="TOKEN_ID=BIAS",
                         help="OpenAI's: add BIAS (-100 to 100) to a token's logit; repeat for more tokens")
+    parser.add_argument("--json-schema", type=_schema, default=None, metavar="SCHEMA",
+                        help="constrain the answer to this JSON schema (inline JSON, or @file); {} for any JSON object")
+
+
+def _schema(text: str) -> dict:
+    try:
+        schema = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON schema: {exc}") from None
+    if not isinstance(schema, dict):
+        raise argparse.ArgumentTypeError("a JSON schema is a JSON object")
+    return schema
 
 
 def _bias(text: str) -> tuple[int, float]:
@@ -26,7 +40,10 @@ def _bias(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS, got {text!r}") from None
 
 
-def penalties(args: argparse.Namespace) -> dict:
+def sampling_kwargs(args: argparse.Namespace) -> dict:
     """SamplingParams keywords from the flags above."""
+    from splitserve.engine.grammar import json_schema_grammar
+
+    grammar = None if args.json_schema is None else json_schema_grammar(args.json_schema or None)
     return dict(repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-                presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias))
+                presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar)

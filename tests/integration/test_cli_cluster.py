@@ -68,6 +68,10 @@ def _serves_completes_and_stops_on_sigterm(proc: subprocess.Popen, tiny_model) -
                          capture_output=True, text=True, timeout=60)
     penalized = engine.generate([prompt], SamplingParams(max_tokens=6, repetition_penalty=3.0, frequency_penalty=2.0))
     assert json.loads(out.stdout)["token_ids"] == penalized[0].token_ids != expected.token_ids
+    schema = '{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"]}'
+    out = subprocess.run(cli("complete", "--url", url, "--prompt", prompt, "--max-tokens", "24", "--json",
+                             "--json-schema", schema), capture_output=True, text=True, timeout=60)
+    assert set(json.loads(json.loads(out.stdout)["text"])) == {"n"}  # the answer is the schema's object
     # the nodes share the host's cores (--threads 0, the default): one share file, a slot each, idle once served
     shares = [_flag(pid, "--cpu-share") for pid in children if _flag(pid, "--role")]
     files = {share.rpartition(":")[0] for share in shares}

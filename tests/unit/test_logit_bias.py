@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-from splitserve.commands.sampling_flags import add_penalty_flags, penalties
+from splitserve.commands.sampling_flags import add_sampling_flags, sampling_kwargs
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.engine.sampler import SampleRequest, sample
 from splitserve.rpc.convert import sampling_from_proto, sampling_to_proto
@@ -53,9 +53,9 @@ def test_bias_travels_through_protobuf_and_the_cli_flags():
     params = SamplingParams(logit_bias={7: -100.0, 3: 0.125})
     assert sampling_from_proto(sampling_to_proto(params)) == params
     parser = argparse.ArgumentParser()
-    add_penalty_flags(parser)
+    add_sampling_flags(parser)
     args = parser.parse_args(["--logit-bias", "7=-100", "--logit-bias", "3=0.125"])
-    assert SamplingParams(**penalties(args)).logit_bias == params.logit_bias
+    assert SamplingParams(**sampling_kwargs(args)).logit_bias == params.logit_bias
     with pytest.raises(SystemExit):
         parser.parse_args(["--logit-bias", "7"])
 
