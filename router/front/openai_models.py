@@ -1,10 +1,11 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
-tool_choice auto) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions'
-`echo` (prompt logprobs) and several prompts, and `response_format` json_object / json_schema (a
-grammar, splitserve/engine/grammar.py) and tools (required or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k` and `repetition_penalty` are accepted; `documents`
-is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
+tool_choice auto) are refused with a 400 that names them, never silently dropped. `logit_bias`,
+completions' `echo` (prompt logprobs) and several prompts, `response_format` json_object /
+json_schema (a grammar, splitserve/engine/grammar.py) and tools (required or a named function:
+tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `repetition_penalty`
+and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
 
@@ -89,6 +90,7 @@ class _Request(BaseModel):
     top_k: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None  # vLLM's: generation ends on any of these (kept in the output)
     n: int | None = None
     max_tokens: int | None = None
     ignore_eos: bool = False
@@ -128,7 +130,7 @@ class _Request(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), seed=self.seed,
-            stop=tuple(stop), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
+            stop=tuple(stop), stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             logit_bias=self._logit_bias(), grammar=self.response_format.grammar() if self.response_format else None)

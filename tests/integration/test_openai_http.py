@@ -199,6 +199,15 @@ def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):
     assert post("/tokenize", {"prompt": "a", "model": "gpt-4"})[0] == 404
 
 
+def test_stop_token_ids_end_the_completion_on_that_token(cluster, api):
+    first = grpc_result(cluster, prompt=PROMPT, max_tokens=1).token_ids[0]
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0,
+                                      extra_body={"stop_token_ids": [first], "ignore_eos": True})
+    assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens == 1
+    with pytest.raises(openai.BadRequestError, match="stop token ids"):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"stop_token_ids": [10**6]})
+
+
 def test_streamed_completion_with_usage(cluster, api):
     stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, stream=True,
                                     stream_options={"include_usage": True}, extra_body={"min_tokens": 10})

@@ -178,7 +178,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | s
                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs",
           "top_logprobs", "stream", "stream_options", "min_tokens", "ignore_eos", "documents", "echo", "tools",
-          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "tool_choice"]
+          "response_format", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "tool_choice",
+          "stop_token_ids"]
 
 
 @settings(max_examples=300, deadline=None)
