@@ -63,7 +63,8 @@ def chosen(tools: list[Tool], choice) -> str | FunctionDef | None:
                            "tool_choice")
     if choice == "required":
         return "required"
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     named = next((t.function for t in tools if t.function.name == name), None)
     if named is None:
         raise InvalidTools(f"tool_choice must be 'none', 'required' or a function among the tools, got {choice!r}",

@@ -38,8 +38,15 @@ PLAUSIBLE = {
     "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50), "seed": st.integers(0, 2**32), "n": st.just(1),
     "stop": st.lists(words, max_size=3), "stream": st.booleans(), "logprobs": st.integers(0, 5) | st.booleans(),
     "top_logprobs": st.integers(0, 5), "min_tokens": st.integers(0, 3), "ignore_eos": st.booleans(),
-    "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "logit_bias": st.just({}),
-    "echo": st.just(False), "best_of": st.just(1), "model": st.none(), "user": fs.text,
+    "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "echo": st.booleans(),
+    "logit_bias": st.dictionaries(st.integers(0, 200).map(str), st.floats(-100, 100), max_size=3),
+    "stop_token_ids": st.lists(st.integers(0, 200), max_size=2), "best_of": st.just(1), "model": st.none(),
+    "user": fs.text, "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}, {
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {
+            "n": {"type": "integer"}}}}}]),
+    "tools": st.just([{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}]),
+    "tool_choice": st.sampled_from(["none", "required", "auto", {"type": "function", "function": {"name": "f"}}]),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})}
 HOSTILE = {"prompt": prompts, "messages": messages, "max_tokens": max_tokens, "stop": stops, "documents": documents}
 

@@ -30,6 +30,8 @@ def parse(**body) -> ChatCompletionRequest:
     (dict(tools=[WEATHER]), "tool_choice"),  # OpenAI's default, auto
     (dict(tools=[WEATHER], tool_choice="auto"), "tool_choice"),
     (dict(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
+    (dict(tools=[WEATHER], tool_choice={"type": "function", "function": "get_weather"}), "tool_choice"),
+    (dict(tools=[WEATHER], tool_choice="sometimes"), "tool_choice"),
     (dict(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}), "response_format"),
     (dict(tools=[{"type": "function", "function": {"name": "bad name!"}}], tool_choice="required"), "tools.0.function.name"),
 ])
