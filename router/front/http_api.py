@@ -107,10 +107,10 @@ class Endpoints:
         body.check_supported()
         self.check_model(body.model)
         request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
-        inputs = body.prompt_inputs()
+        inputs, params = body.prompt_inputs(), body.sampling_params()
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or ())
-            job = self.ctx.frontend.job(prompt_ids, body.sampling_params(), request_id, chunks)
+            job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
             jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
             shapes += [CompletionShape(request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),

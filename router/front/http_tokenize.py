@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
 from router.front.openai_models import ChatMessage, InvalidRequest, parse_body
+from splitserve.engine.sampling import check_token_ids
 
 
 class TokenizeRequest(BaseModel):
@@ -62,10 +63,7 @@ class TokenizerEndpoints:
     async def detokenize(self, request: Request) -> dict:
         body = parse_body(DetokenizeRequest, await self.endpoints.body(request))
         self.endpoints.check_model(body.model)
-        vocab = self.endpoints.ctx.frontend.limits.vocab_size
-        bad = [t for t in body.tokens if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequest(f"token ids must be in [0, {vocab}); got {bad[:5]}", "tokens")
+        check_token_ids("token ids", body.tokens, self.endpoints.ctx.frontend.limits.vocab_size)
         return {"prompt": self.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
     async def tokenizer_info(self) -> dict:

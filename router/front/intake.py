@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
 from splitserve.engine.grammar import Grammars
+from splitserve.engine.sampling import check_prompt
 from router.cluster.orchestrator import Job
 
 MAX_DOCUMENTS = 64
@@ -72,11 +73,7 @@ class Frontend:
         return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params, chunks=tuple(chunks))
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        if not prompt_ids:
-            raise ValueError("prompt is empty: at least 1 token is required")
-        bad = [t for t in prompt_ids if not 0 <= t < self.limits.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token ids must be in [0, {self.limits.vocab_size}); got {bad[:5]}")
+        check_prompt(prompt_ids, self.limits.vocab_size)
         params.check_vocab(self.limits.vocab_size)
         if params.grammar is not None:
             self.grammars.check(params.grammar)

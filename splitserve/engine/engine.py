@@ -30,7 +30,7 @@ from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
 from splitserve.engine.request import FinishReason, Request, Status, penalty_history
 from splitserve.engine.runner import ModelRunner
-from splitserve.engine.sampling import SamplingParams
+from splitserve.engine.sampling import SamplingParams, check_prompt
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
 
@@ -101,13 +101,8 @@ class Engine:
         """Raises ValueError naming the violated limit; changes nothing. An empty request_id skips the id check."""
         if request_id and (request_id in self.requests or request_id in self.held or request_id in self.reserved):
             raise ValueError(f"request id {request_id!r} is already in use")
-        if not prompt_token_ids:
-            raise ValueError("prompt is empty: at least 1 token is required")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids must be in [0, {vocab}) (the vocabulary size); got {bad[:5]}")
-        params.check_vocab(vocab)
+        check_prompt(prompt_token_ids, self.model_config.vocab_size)
+        params.check_vocab(self.model_config.vocab_size)
         if params.grammar is not None:
             self.grammars.check(params.grammar)
         remaining = params.max_tokens - num_prior_output_tokens

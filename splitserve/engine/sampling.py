@@ -60,14 +60,24 @@ class SamplingParams:
 
     def check_vocab(self, vocab_size: int) -> None:
         """ValueError unless every stop token id and logit_bias token id is in the vocabulary."""
-        bias_ids = [token_id for token_id, _ in self.logit_bias]
-        for what, ids in (("stop token ids", self.stop_token_ids), ("logit_bias token ids", bias_ids)):
-            bad = [t for t in ids if not 0 <= t < vocab_size]
-            _check(not bad, f"{what} must be in [0, {vocab_size}) (the vocabulary size); got {bad[:5]}")
+        check_token_ids("stop token ids", self.stop_token_ids, vocab_size)
+        check_token_ids("logit_bias token ids", [token_id for token_id, _ in self.logit_bias], vocab_size)
 
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+def check_token_ids(what: str, ids, vocab_size: int) -> None:
+    """ValueError naming `what` unless every id is an int in [0, vocab_size)."""
+    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    _check(not bad, f"{what} must be in [0, {vocab_size}) (the vocabulary size); got {bad[:5]}")
+
+
+def check_prompt(prompt_token_ids, vocab_size: int) -> None:
+    """ValueError for an empty prompt or a token id outside the vocabulary."""
+    _check(bool(prompt_token_ids), "prompt is empty: at least 1 token is required")
+    check_token_ids("prompt token ids", prompt_token_ids, vocab_size)
 
 
 def _checked_bias(pairs) -> tuple[tuple[int, float], ...]:

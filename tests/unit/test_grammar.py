@@ -63,6 +63,16 @@ def test_a_bad_grammar_is_refused_and_changes_nothing(engine, grammar):
     assert not engine.has_unfinished() and "bad-grammar" not in engine.requests
 
 
+def test_valid_grammars_are_remembered_and_bad_ones_refused_every_time(engine):
+    grammars = Grammars(engine.tokenizer, engine.model_config.vocab_size)
+    for n in range(70):
+        grammars.check(json_schema_grammar({"type": "integer", "maximum": n}))
+        assert 0 < len(grammars._checked) <= 64
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid grammar"):
+            grammars.check('{"grammars": [{"json_schema": {"type": "bogus"}}]}')
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=6),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
