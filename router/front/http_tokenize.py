@@ -63,7 +63,10 @@ class TokenizerEndpoints:
     async def detokenize(self, request: Request) -> dict:
         body = parse_body(DetokenizeRequest, await self.endpoints.body(request))
         self.endpoints.check_model(body.model)
-        check_token_ids("token ids", body.tokens, self.endpoints.ctx.frontend.limits.vocab_size)
+        try:
+            check_token_ids("token ids", body.tokens, self.endpoints.ctx.frontend.limits.vocab_size)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "tokens") from None
         return {"prompt": self.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
     async def tokenizer_info(self) -> dict:

@@ -195,7 +195,8 @@ def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):
     status, info = http_json(url + "/tokenizer_info")
     assert status == 200 and info["eos_token"] == frontend.tokenizer.eos_token and info["chat_template"]
     assert post("/tokenize", {"prompt": "a", "messages": MESSAGES})[0] == 400
-    assert post("/detokenize", {"tokens": [10**6]})[0] == 400
+    status, body = post("/detokenize", {"tokens": [10**6]})
+    assert status == 400 and body["error"]["param"] == "tokens"
     assert post("/tokenize", {"prompt": "a", "model": "gpt-4"})[0] == 404
 
 
