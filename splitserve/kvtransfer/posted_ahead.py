@@ -27,7 +27,7 @@ from splitserve.kvtransfer.base import TransferMeta
 from splitserve.kvtransfer.wire import LayerHeader, prepost_plan
 from splitserve.node_api import PostedRecvs
 
-BUDGET_BYTES = 128 << 20  # per pair: sixteen requests' first 8 MB
+BUDGET_BYTES = 256 << 20  # per pair: sixteen requests' first 16 MB
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,11 @@ class PostedAhead:
 
     def take(self, message: list[LayerHeader]) -> Ready | None:
         """The receive posted ahead for this message of the header (its entries share a tag), or None
-        if none was posted on this pair. ValueError if the message is not the one posted next."""
+        if it is not one (`ahead`) or none was posted on this pair. ValueError if it is not the one
+        posted next."""
         tag = message[0].tag
         with self._lock:
-            request = self._by_tag.get(tag) if tag else None
+            request = self._by_tag.get(tag) if message[0].ahead else None
             if request is None:
                 return None
             ready = request.messages[0]

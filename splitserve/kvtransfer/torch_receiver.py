@@ -19,8 +19,8 @@ every extra hand-off costs a wake-up per layer. A peer that dies, a wait that ti
 header that is not ours ends the pair thread and closes the group; the peer forms a new one
 next time. A header claiming more than `max_layer_bytes` closes the group instead of being
 drained. `expect(..., sender=)` posts the receives of a request's first messages ahead, on the
-pair with that sender if there is one (`posted_ahead`, wire v6): its header is then acked only
-if it also lists untagged payloads.
+pair with that sender if there is one (`posted_ahead`, wire v6): a header is acked only if it
+lists payloads other than those (`ahead` entries).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class TorchReceiver(TrackedReceiver):
     def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool,
                   ahead: PostedAhead) -> list[_Posted]:
         """Post the recvs of a header's payloads (or take those posted ahead) and ack them if any is
-        untagged; its CHECKSUM entries are recorded after the ack, so the sender's payloads do not
+        not `ahead`; its CHECKSUM entries are recorded after the ack, so the sender's payloads do not
         wait for them."""
         posted: list[_Posted] = []
         try:
@@ -214,7 +214,7 @@ class TorchReceiver(TrackedReceiver):
         except Exception:
             self._unadmit_all(posted)
             raise
-        if any(post.header.tag == 0 for post in posted):
+        if any(not post.header.ahead for post in posted):
             link.ack()  # the sender posts these payloads now: each finds its recv waiting
         for entry in entries:
             if entry.kind is Kind.CHECKSUM:

@@ -288,21 +288,31 @@ class TorchSender(TrackedSender):
         try:
             link = self._ensure_link(rid)
             flight.works = [link.post_header(flight.words())]
-            if any(not job.meta.tag for job in flight.jobs):  # the receiver acks once it posted their recvs
+            ahead = [m for m in flight.messages if _planned(flight.jobs[m[0]]) is not None]  # receives waiting
+            acked = [m for m in flight.messages if _planned(flight.jobs[m[0]]) is None]
+            self._post_messages(flight, ahead, link, flights, last=not acked)
+            if acked:  # the receiver acks once it posted their recvs
                 while flight.num_hashed < len(flight.jobs) and not link.ack_arrived():
                     self._hash_upto(flight, flight.num_hashed + 1)
                 link.wait_ack(self._flight_remaining_s(flight))
-            for first, end in flight.messages:
-                for job in flight.jobs[first:end]:
-                    self._mark_sending(job.meta.request_id)
-                self._hash_upto(flight, end)  # while the messages before it drain from the socket
-                if end == len(flight.jobs) and link.early_headers:
-                    self._post_checksums(flight, link, flights)
-                flight.works += link.post_payloads([_payload(flight.jobs[first:end])], flight.jobs[first].meta.tag)
+                self._post_messages(flight, acked, link, flights, last=True)
             return True
         except Exception as exc:
             self._recover(flights, exc)
             return False
+
+    def _post_messages(self, flight: _Flight, messages: list[tuple[int, int]], link: PairLink,
+                       flights: deque[_Flight], last: bool) -> None:
+        """Post these payload messages of the flight, each layer hashed first (if the caller did not);
+        `last`: they end the flight, so its checksums go ahead of the last one."""
+        for i, (first, end) in enumerate(messages):
+            for job in flight.jobs[first:end]:
+                self._mark_sending(job.meta.request_id)
+            self._hash_upto(flight, end)  # while the messages before it drain from the socket
+            if last and i == len(messages) - 1 and link.early_headers:
+                self._hash_upto(flight, len(flight.jobs))
+                self._post_checksums(flight, link, flights)
+            flight.works += link.post_payloads([_payload(flight.jobs[first:end])], flight.jobs[first].meta.tag)
 
     def _post_checksums(self, flight: _Flight, link: PairLink, flights: deque[_Flight]) -> None:
         """The flight's CHECKSUM entries in a header of their own, ahead of its last payload: the
@@ -331,7 +341,7 @@ class TorchSender(TrackedSender):
         """The words of a layer's CHECKSUM entry (`LayerHeader(Kind.CHECKSUM, ...).words()`), hashing the
         layer if the caller did not."""
         return [int(Kind.CHECKSUM), request_hash(job.meta.request_id), job.layer, 0, 0, layer_checksum(job),
-                int(checksum_kind(job)), 0]
+                int(checksum_kind(job)), 0, 0]
 
     def _flight_remaining_s(self, flight: _Flight) -> float:
         return max(self._remaining_s(job.meta.request_id) for job, _ in flight.parts())
@@ -367,7 +377,7 @@ class TorchSender(TrackedSender):
             return  # nothing of it reached the peer on a live group; its timeout will fire
         entries = [LayerHeader(Kind.ABORT, request_hash(rid))] + [
             LayerHeader(Kind.FILL, request_hash(rid), first, job.meta.num_tokens, (end - first) * job.meta.layer_nbytes,
-                        tag=job.meta.tag) for first, end in fills]
+                        tag=job.meta.tag, ahead=True) for first, end in fills]
         try:
             works = [self._link.post_header(encode_entries(entries))]
             works += self._link.post_payloads([self._zeros(entry.nbytes) for entry in entries[1:]], job.meta.tag)

@@ -6,7 +6,7 @@ request's own tag, below), in
 entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last shorter):
 
     header:  int64[HEADER_WORDS] = [MAGIC, num_entries, entry 0 (ENTRY_WORDS), entry 1, ..., zeros]
-    entry:   [kind, request_hash, layer, num_tokens, nbytes, checksum, checksum_kind, tag]
+    entry:   [kind, request_hash, layer, num_tokens, nbytes, checksum, checksum_kind, tag, ahead]
 
 - LAYER: a payload of `nbytes` follows; `checksum_kind` announces the algorithm whose value
   comes later in a CHECKSUM entry (torch: hashed while the payload is on the wire) or, on the
@@ -25,9 +25,10 @@ decode node that already has a pair with the request's prefill node posts the re
 request's first messages there and then (`prepost_plan`: the messages of `message_plan` up to
 PREPOST_BYTES, each receive the size of a whole message), on a tag of their own, and hands
 that plan (`PostedRecvs`) to the prefill node through the router. The payloads of a tagged
-request travel on its tag, and the sender posts them right behind their header, without
-waiting for an ack: the first ones find their receives waiting, and the receiver posts the
-others as soon as the header is in. Its first messages must be exactly the planned ones, and
+request travel on its tag; those of the messages posted ahead (`ahead` entries) leave right
+behind their header, without waiting for an ack, and find their receives waiting; the others
+wait for the header's ack as untagged ones do (posted before their receive, a gloo message
+waits a round trip for it: measured 2-13 points slower at 134 MB when they did not wait). Its first messages must be exactly the planned ones, and
 none of its messages larger than one (gloo matches a tag's messages in order and aborts the
 process when a message is larger than the receive it lands in; a smaller one is received). A
 tag is only valid on the pair it was posted on; on another one (a pair formed again) the
@@ -59,11 +60,11 @@ from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
 MAGIC = 0x5353_4B56_0006  # "SSKV" v6 (v5 had no tags, v4 no JOINED entries, v3 headers held 16: none talk to another)
 MAX_ENTRIES = 64
 MAX_FLIGHT_LAYERS = MAX_ENTRIES // 2  # LAYER entries in one header: the other half is for CHECKSUM entries owed
-ENTRY_WORDS = 8
+ENTRY_WORDS = 9
 HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
 CHUNK_BYTES = 8 << 20
 JOIN_BYTES = 2 << 20  # layers lying back to back are joined into messages of about this size (at least one layer)
-PREPOST_BYTES = 8 << 20  # a request's first messages whose receives the decode node posts when it reserves
+PREPOST_BYTES = 16 << 20  # a request's first messages whose receives the decode node posts when it reserves
 
 
 _ZEROS = array("q", bytes(8 * HEADER_WORDS))
@@ -158,12 +159,13 @@ class LayerHeader:
     checksum: int = 0
     checksum_kind: ChecksumKind = ChecksumKind.NONE
     tag: int = 0  # the payload's tag: the request's reservation tag, 0 for the shared payload tag
+    ahead: bool = False  # the payload is one of the messages whose receives were posted ahead: not acked
 
     @classmethod
     def for_layer(cls, meta: TransferMeta, layer: int, checksum_kind: ChecksumKind = ChecksumKind.NONE,
                   checksum: int = 0, kind: Kind = Kind.LAYER) -> LayerHeader:
         return cls(kind, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, checksum,
-                   checksum_kind, meta.tag)
+                   checksum_kind, meta.tag, _ahead(meta, layer))
 
     @property
     def has_payload(self) -> bool:
@@ -172,7 +174,7 @@ class LayerHeader:
 
     def words(self) -> list[int]:
         return [int(self.kind), self.request_hash, self.layer, self.num_tokens, self.nbytes, self.checksum,
-                int(self.checksum_kind), self.tag]
+                int(self.checksum_kind), self.tag, int(self.ahead)]
 
     def encode(self) -> torch.Tensor:
         """A header message holding this entry alone."""
@@ -190,7 +192,9 @@ class LayerHeader:
             raise ValueError(f"unknown checksum kind {values[6]}")
         if values[7] != 0 and not FIRST_TAG <= values[7] <= MAX_TAG:
             raise ValueError(f"KV header: tag {values[7]} is no reservation's")
-        return cls(kind, *values[1:6], checksum_kind, values[7])
+        if values[8] not in (0, 1) or (values[8] and not values[7]):
+            raise ValueError(f"KV header: ahead {values[8]} (tag {values[7]})")
+        return cls(kind, *values[1:6], checksum_kind, values[7], bool(values[8]))
 
     def mismatch(self, meta: TransferMeta, next_layer: int) -> str:
         """Why this LAYER entry does not fit the reservation `meta` ("" if it does)."""
@@ -208,7 +212,12 @@ def layer_words(meta: TransferMeta, layer: int, checksum_kind: ChecksumKind, kin
     """`LayerHeader.for_layer(meta, layer, checksum_kind, kind=kind).words()` without the object
     (a sender encodes dozens a flight)."""
     return [int(kind), request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, 0,
-            int(checksum_kind), meta.tag]
+            int(checksum_kind), meta.tag, int(_ahead(meta, layer))]
+
+
+def _ahead(meta: TransferMeta, layer: int) -> bool:
+    """`layer` travels in a message whose receive was posted ahead."""
+    return meta.posted is not None and meta.posted.message_of(layer) is not None
 
 
 def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:

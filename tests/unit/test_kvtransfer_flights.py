@@ -73,7 +73,7 @@ class _RecordingLink:
     def __init__(self) -> None:
         self.posted: list = []
         self.tags: list[int] = []  # of each payload message
-        self.acks_waited = 0
+        self.acks_waited_at: list[int] = []  # len(posted) when the sender waited for an ack
 
     def post_header(self, words: torch.Tensor):
         from splitserve.kvtransfer.wire import decode_entries
@@ -85,7 +85,7 @@ class _RecordingLink:
         return True
 
     def wait_ack(self, timeout_s: float) -> None:
-        self.acks_waited += 1
+        self.acks_waited_at.append(len(self.posted))
 
     def post_payloads(self, flats: list[torch.Tensor], tag: int = 0) -> list:
         self.posted += [flat.numel() for flat in flats]
@@ -93,7 +93,7 @@ class _RecordingLink:
         return ["payload"]
 
 
-def test_a_tagged_flight_sends_its_planned_messages_on_its_tag_without_an_ack(sender):
+def test_a_tagged_flight_sends_its_messages_posted_ahead_before_the_ack_and_the_rest_after(sender):
     meta = TransferMeta("t", 6, num_tokens=2, num_kv_heads=2, head_dim=4, dtype="float32", checksum=True)
     posted = PostedRecvs(21, 6, meta.layer_nbytes, layers_per_message=2, num_messages=2)  # layers 0-1, 2-3
     meta = dataclasses.replace(meta, posted=posted)
@@ -105,8 +105,10 @@ def test_a_tagged_flight_sends_its_planned_messages_on_its_tag_without_an_ack(se
     assert [job.layer for job in flight.jobs] == [2, 3, 4, 5] and flight.messages == [(0, 2), (2, 3), (3, 4)]
     assert sender._post(flight, torch_sender.deque())
     n = meta.layer_nbytes
-    assert link.acks_waited == 0 and link.tags == [21] * 3
+    assert link.tags == [21] * 3 and link.posted[1:2] == [2 * n] and link.acks_waited_at == [2]
     assert [p for p in link.posted if isinstance(p, int)] == [2 * n, n, n]
+    assert link.posted[0] == [(Kind.LAYER, 2), (Kind.JOINED, 3), (Kind.LAYER, 4), (Kind.LAYER, 5)]
+    assert [entry.ahead for entry in decode_entries(flight.words())] == [True, True, False, False]
     sender._link = None
 
 

@@ -85,6 +85,8 @@ def _words(*entries: list[int], count: int | None = None) -> list[int]:
     (_words([1, 1, 0, 1, 1, 0, 5]), "checksum kind"),
     (_words([1, 1, 0, 1, 1, 0, 0, 5]), "tag"),  # below the reservation tags
     (_words([1, 1, 0, 1, 1, 0, 0, 1 << 31]), "tag"),
+    (_words([1, 1, 0, 1, 1, 0, 0, 0, 1]), "ahead"),  # posted ahead on no tag
+    (_words([1, 1, 0, 1, 1, 0, 0, 16, 2]), "ahead"),
     (_words([1, 1, 0, 1, 1, 0, 0], count=0), "0 entries"),
     (_words([1, 1, 0, 1, 1, 0, 0], count=MAX_ENTRIES + 1), "entries"),
     ([MAGIC, 1, 1], "magic"),
@@ -98,7 +100,7 @@ def test_a_tagged_layer_entry_round_trips_and_its_fast_words_match():
     tagged = TransferMeta(**{**META.__dict__, "posted": prepost_plan(META, 99)})
     for kind in (Kind.LAYER, Kind.JOINED):
         entry = LayerHeader.for_layer(tagged, 1, ChecksumKind.MULSUM_64, kind=kind)
-        assert entry.tag == 99 and layer_words(tagged, 1, ChecksumKind.MULSUM_64, kind) == entry.words()
+        assert entry.tag == 99 and entry.ahead and layer_words(tagged, 1, ChecksumKind.MULSUM_64, kind) == entry.words()
         assert decode_entries(encode_words([entry.words()])) == decode_entries(encode_entries([entry])) == [entry]
 
 
