@@ -17,9 +17,7 @@ checksums; `torch_sender_hashes` (the read only copies, the sender's thread hash
 inside the transfer, as before the fused read); `torch_apart` (layers in buffers of their own,
 one message each, as before v5); `torch_pool*` (the receiver writes each layer into a KV pool as
 a decode node does, hashing as it copies; the others drop the layers and the receiver hashes
-them apart); `torch_acked*` (the receiver is not told the sender, so it posts no receives ahead
-and the sender waits for each header's ack, as before wire v6; the others: receives posted
-ahead, as a decode node does once it has a pair with the prefill node); grpc. The same bytes with a bare ProcessGroupGloo send/recv (one message per
+them apart); grpc. The same bytes with a bare ProcessGroupGloo send/recv (one message per
 layer) between two other processes: all interleaved round by round, so each ratio to raw gloo
 is the median of ratios measured side by side. Raw gloo is timed twice: hot (both ends just
 left a barrier, timed on the receiver: the target's reference) and from idle (the receiver
@@ -44,7 +42,6 @@ import subprocess
 import sys
 import time
 import zlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +66,12 @@ class Variant:
     joined: bool = True  # layers back to back in buffers of about JOIN_BYTES, as a prefill node reads them
     fused: bool = True  # the prefill node's read hashes each layer as it copies it; False: the sender hashes it
     sink: str = "none"  # the receiver's write_layer: "none" drops each layer, "pool" writes it into a KV pool
-    ahead: bool = True  # the receiver is told the sender, as a decode node is, and posts receives ahead (wire v6)
 
 
 VARIANTS = {"torch": Variant("torch", True), "torch_nochecksum": Variant("torch", False),
             "torch_sender_hashes": Variant("torch", True, fused=False), "torch_apart": Variant("torch", True, joined=False),
             "torch_pool": Variant("torch", True, sink="pool"), "torch_pool_nochecksum": Variant("torch", False, sink="pool"),
-            "torch_acked": Variant("torch", True, ahead=False),
-            "torch_acked_nochecksum": Variant("torch", False, ahead=False), "grpc": Variant("grpc", True)}
+            "grpc": Variant("grpc", True)}
 
 
 def _hashers() -> dict:
@@ -195,14 +190,14 @@ def _receiver_process(backend: str, conn) -> None:
     conn.send(receiver.address)
     pools: dict[tuple, KVPool] = {}
     while (message := conn.recv()) is not None:
-        fields, sink, sender = message
+        fields, sink = message
         meta = TransferMeta(**fields)
         if sink == "pool":
             pool = _pool_for(pools, meta)
-            posted = receiver.expect(meta, pool.write_layer, pool.write_hashed, sender=sender)
+            receiver.expect(meta, pool.write_layer, pool.write_hashed)
         else:
-            posted = receiver.expect(meta, lambda layer, kv: None, sender=sender)
-        conn.send(posted)
+            receiver.expect(meta, lambda layer, kv: None)
+        conn.send("ready")
         while receiver.poll(meta.request_id).name not in ("DONE", "FAILED"):
             time.sleep(0.002)
         info = receiver.info(meta.request_id)
@@ -229,8 +224,8 @@ class _BackendPeer:
         as they are copied, or left to the sender to hash, per `variant`)."""
         self.count += 1
         meta = TransferMeta(**{**fields, "request_id": f"{self.backend}-{self.count}", "checksum": variant.checksum})
-        self.conn.send((meta.__dict__, variant.sink, getattr(self.sender, "instance", "") if variant.ahead else ""))
-        meta = dataclasses.replace(meta, posted=self.conn.recv())
+        self.conn.send((meta.__dict__, variant.sink))
+        self.conn.recv()
         layers = (joined_layers(meta) if variant.joined else
                   [torch.empty(meta.layer_shape) for _ in range(meta.num_layers)])
         sums = _pool_for(self.pools, meta).read(meta, layers, hashed=variant.checksum and variant.fused)

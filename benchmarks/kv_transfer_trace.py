@@ -1,6 +1,6 @@
 """Where one torch-backend KV transfer spends its time: per-step timestamps on both sides.
 
-    python benchmarks/kv_transfer_trace.py [--tokens 512] [--layers 8] [--kv-heads 4] [--rounds 31] [--no-checksum] [--acked] [--timeline]
+    python benchmarks/kv_transfer_trace.py [--tokens 512] [--layers 8] [--kv-heads 4] [--rounds 31] [--no-checksum] [--timeline]
 
 Moves `--rounds` transfers (plus one warm-up) of `--layers` x [2, tokens, kv_heads, 64] fp32 (by
 default the `small` model's layers; SmolLM2's: --layers 30 --kv-heads 3) from this process to a
@@ -9,16 +9,13 @@ clock, as a prefill node's read computes it, where the native kernels are built)
 time.monotonic() (one clock across processes) relative to the sender's `begin()`. Prints the
 median time of each phase (sender thread has the layers, receiver has the header, ack, first
 payload posted / landed, last layer verified) and, with --timeline, every step of the median
-transfer. The receiver is told the sender, as a decode node is, so it posts the receives of the
-first messages ahead (wire v6); --acked: it is not, and the sender waits for each header's ack.
---pin puts the sender's process on CPU 0 and the receiver's on CPU 1. Exploration only: the wrappers add a few microseconds a step; time it under the
+transfer. --pin puts the sender's process on CPU 0 and the receiver's on CPU 1. Exploration only: the wrappers add a few microseconds a step; time it under the
 timing lock.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import multiprocessing as mp
 import os
@@ -67,11 +64,11 @@ def _receiver(conn, pin: bool) -> None:
         _record(cls, name)
     receiver = make_receiver("torch", TransferConfig(timeout_s=60), host="127.0.0.1", port=0)
     conn.send(receiver.address)
-    while (message := conn.recv()) is not None:
-        fields, sender = message
+    while (fields := conn.recv()) is not None:
         meta = TransferMeta(**fields)
         EVENTS.clear()
-        conn.send(receiver.expect(meta, lambda layer, kv: None, sender=sender))
+        receiver.expect(meta, lambda layer, kv: None)
+        conn.send("ready")
         while receiver.poll(meta.request_id).name not in ("DONE", "FAILED"):
             time.sleep(0.001)
         conn.send((receiver.info(meta.request_id).ended_at, list(EVENTS)))
@@ -91,7 +88,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-checksum", action="store_true")
     parser.add_argument("--timeline", action="store_true")
-    parser.add_argument("--acked", action="store_true", help="no receives posted ahead: the sender waits for acks")
     parser.add_argument("--pin", action="store_true", help="sender on CPU 0, receiver on CPU 1 (like two hosts)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -108,8 +104,8 @@ def main() -> None:
         for i in range(args.rounds + 1):
             meta = TransferMeta(f"t{i}", args.layers, args.tokens, args.kv_heads, 64, "float32",
                                 checksum=not args.no_checksum)
-            conn.send((meta.__dict__, "" if args.acked else sender.instance))
-            meta = dataclasses.replace(meta, posted=conn.recv())
+            conn.send(meta.__dict__)
+            conn.recv()
             layers = [kv.copy_(torch.randn(meta.layer_shape)) for kv in joined_layers(meta)]  # as a node lays them out
             sums = [read_checksum(meta, layer, kv) for layer, kv in enumerate(layers)]
             EVENTS.clear()
@@ -136,7 +132,7 @@ def _report(args, meta: TransferMeta, totals: list[float], timelines: list) -> N
           f"{median * 1e3:.2f} ms ({meta.total_nbytes / median / 1e9:.2f} GB/s) over {len(totals)} transfers")
     for label, step, index, edge in PHASES:
         times = [t for t in (_at(tl, step, index, edge) for tl in timelines) if t is not None]
-        print(f"  {label:26s} " + (f"{statistics.median(times) * 1e3:7.3f} ms" if times else "      - (none)"))
+        print(f"  {label:26s} {statistics.median(times) * 1e3:7.3f} ms")
     if args.timeline:
         middle = timelines[totals.index(sorted(totals)[len(totals) // 2])]
         for name, a, b in middle:

@@ -10,7 +10,6 @@ import grpc
 from splitserve.api.v1 import node_pb2
 from splitserve.node_api import Reservation
 from splitserve.rpc.convert import sampling_from_proto
-from splitserve.rpc.kv_target import kv_target_to_proto
 from splitserve.rpc.node_messages import request_id_of, status_codes, token_chunk
 from decode_node.worker import DecodeWorker
 
@@ -21,8 +20,7 @@ class DecodeServicer:
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context: grpc.aio.ServicerContext) -> node_pb2.ReserveReply:
         try:
-            reservation = await self.worker.reserve(request_id_of(request), request.num_prompt_tokens,
-                                                    request.prefill_node_id)
+            reservation = await self.worker.reserve(request_id_of(request), request.num_prompt_tokens)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reservation is None:
@@ -41,4 +39,7 @@ class DecodeServicer:
 
 
 def _reserve_reply(reservation: Reservation) -> node_pb2.ReserveReply:
-    return node_pb2.ReserveReply(target=kv_target_to_proto(reservation.target), num_blocks=reservation.num_blocks)
+    t = reservation.target
+    return node_pb2.ReserveReply(target=node_pb2.KVTarget(node_id=t.node_id, kv_address=t.kv_address,
+                                                          transport=t.transport),
+                                 num_blocks=reservation.num_blocks)

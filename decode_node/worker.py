@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 
 from typing import AsyncIterator, Callable
@@ -41,9 +40,7 @@ class DecodeWorker:
         self.checksum = checksum
         self.expiry: dict[str, asyncio.TimerHandle] = {}
 
-    async def reserve(self, rid: str, num_tokens: int, prefill_node_id: str = "") -> Reservation | None:
-        """Blocks for the request's KV; the receiver also posts the receives of its first messages
-        ahead where it has a pair with that prefill node (their tag goes back in the target)."""
+    async def reserve(self, rid: str, num_tokens: int) -> Reservation | None:
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
         meta = self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
@@ -62,10 +59,10 @@ class DecodeWorker:
                 write_layer(layer, kv)
             return value
 
-        posted = self.receiver.expect(meta, write_layer, write_hashed, sender=prefill_node_id)
+        self.receiver.expect(meta, write_layer, write_hashed)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
-        return Reservation(dataclasses.replace(self.target, posted=posted), len(block_ids))
+        return Reservation(self.target, len(block_ids))
 
     async def decode(self, rid: str, prompt: list[int], first_token: int, params: SamplingParams,
                      prior: int) -> AsyncIterator[RequestOutput]:

@@ -60,22 +60,17 @@ class _EngineGauges:
             yield family
 
 
-class _ReceiverCounts:
-    """Decode nodes: the KV receiver's own counts, read per scrape."""
-
-    COUNTS = {"checksum_failures": ("num_checksum_failures",
-                                    "KV transfers failed because a layer's bytes did not match the sender's checksum"),
-              "posted_ahead": ("num_posted_ahead", "KV reservations whose first messages' receives were posted "
-                               "when reserved (torch on gloo: no header round trip)")}
+class _ChecksumFailures:
+    """Decode nodes: the KV receiver's count of transfers failed on a checksum mismatch, read per scrape."""
 
     def __init__(self, receiver):
         self.receiver = receiver
 
     def collect(self):
-        for name, (attribute, doc) in self.COUNTS.items():
-            family = CounterMetricFamily(f"{PREFIX}_kv_transfer_{name}", doc)
-            family.add_metric([], float(getattr(self.receiver, attribute)))
-            yield family
+        family = CounterMetricFamily(f"{PREFIX}_kv_transfer_checksum_failures",
+                                     "KV transfers failed because a layer's bytes did not match the sender's checksum")
+        family.add_metric([], float(self.receiver.num_checksum_failures))
+        yield family
 
 
 class NodeMetrics:
@@ -103,9 +98,8 @@ class NodeMetrics:
         self.registry.register(_EngineGauges(engine_loop))
 
     def watch_kv_receiver(self, receiver) -> None:
-        """Decode nodes: `splitserve_kv_transfer_checksum_failures_total` and `..._posted_ahead_total`, read from
-        the receiver at each scrape."""
-        self.registry.register(_ReceiverCounts(receiver))
+        """Decode nodes: `splitserve_kv_transfer_checksum_failures_total` from receiver.num_checksum_failures."""
+        self.registry.register(_ChecksumFailures(receiver))
 
     def kv_sent(self, num_bytes: int, seconds: float) -> None:
         self.transfer_bytes.labels("send").inc(num_bytes)

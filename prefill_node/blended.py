@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from splitserve.chunkcache.runner import RequestPlan
 from splitserve.engine import RequestOutput, SamplingParams
 from splitserve.kvtransfer import KVSender, TransferError
-from splitserve.node_api import PostedRecvs
 from splitserve.runtime.engine_loop import EngineLoop
 from prefill_node.chunks import ChunkPath
 from prefill_node.transfers import Transfers
@@ -38,9 +37,9 @@ class BlendedPrefill:
         self.transfer_timeout_s = transfer_timeout_s
 
     async def run(self, rid: str, prompt: list[int], params: SamplingParams, sender: KVSender, prior: int,
-                  plan: RequestPlan, posted: PostedRecvs | None = None) -> BlendedOutput:
+                  plan: RequestPlan) -> BlendedOutput:
         try:
-            with self.transfers.opened(rid, sender, len(prompt), layerwise=True, posted=posted):
+            with self.transfers.opened(rid, sender, len(prompt), layerwise=True):
                 return await self._blend_and_send(rid, prompt, params, sender, prior, plan)
         finally:
             self.engine_loop.call(lambda engine: engine.cancel_reservation(rid))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from typing import Callable
 import torch
 
 from splitserve.engine import Engine, RequestOutput
-from splitserve.node_api import PostedRecvs
 from splitserve.kvtransfer import (KVSender, SendState, TransferError, TransferMeta, checksum_seed, gather_checksummed,
                                    joined_layers)
 
@@ -52,22 +50,18 @@ class Transfers:
 
     # --- on the asyncio loop ---------------------------------------------------------------------
 
-    def _open(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool,
-              posted: PostedRecvs | None) -> Transfer:
+    def _open(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool) -> Transfer:
         cfg = self.engine.model_config
         meta = TransferMeta(rid, cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim, self.engine.config.dtype,
                             self.checksum)
-        if posted is not None and posted.fits(meta.num_layers, meta.layer_nbytes):  # the decode node's receives
-            meta = dataclasses.replace(meta, posted=posted)  # for its first messages wait (else: sent untagged)
         sender.begin(meta)
         transfer = self.active[rid] = Transfer(sender, meta, layerwise)
         return transfer
 
     @contextlib.contextmanager
-    def opened(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool, posted: PostedRecvs | None = None):
-        """A transfer open for the block: aborted when the block fails, forgotten after it either way.
-        `posted`: the receives the decode node posted ahead for it (from its reservation)."""
-        transfer = self._open(rid, sender, num_tokens, layerwise, posted)
+    def opened(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool):
+        """A transfer open for the block: aborted when the block fails, forgotten after it either way."""
+        transfer = self._open(rid, sender, num_tokens, layerwise)
         try:
             yield transfer
         except BaseException:

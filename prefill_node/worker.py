@@ -61,12 +61,11 @@ class PrefillWorker:
         sender = await asyncio.to_thread(self.senders.get, target)
         if plan is not None:
             start = time.monotonic()
-            blended = await self.blended.run(rid, prompt, params, sender, num_prior_output_tokens, plan, target.posted)
+            blended = await self.blended.run(rid, prompt, params, sender, num_prior_output_tokens, plan)
             return self._result(blended.output, start, blended.computed_at, blended.sent_bytes,
                                 plan.num_reused_tokens, blended.computed_rows)
         try:
-            with self.transfers.opened(rid, sender, len(prompt), len(prompt) > self.one_shot_max_tokens,
-                                       target.posted) as transfer:
+            with self.transfers.opened(rid, sender, len(prompt), len(prompt) > self.one_shot_max_tokens) as transfer:
                 out = await self._run(rid, prompt, params, num_prior_output_tokens)
                 computed = time.monotonic()
                 self.transfers.raise_if_dropped(rid)

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-from splitserve.node_api import PostedRecvs
-
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_REQUEST_ID_CHARS = 256
 MAX_DIM = 1 << 24  # sanity bound on every size in a meta
@@ -77,9 +75,6 @@ class TransferMeta:
     head_dim: int
     dtype: str
     checksum: bool = True  # verify a 64-bit hash of every layer on receive (see `checksum`)
-    # the sender's side only: what the decode node's `expect` returned (torch: receives posted
-    # ahead for the first messages, on a tag of their own; see `wire`); None: none
-    posted: PostedRecvs | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not 0 < len(self.request_id) <= MAX_REQUEST_ID_CHARS:
@@ -90,14 +85,6 @@ class TransferMeta:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.checksum, bool):
             raise ValueError("checksum must be a bool")
-        if self.posted is not None and not (isinstance(self.posted, PostedRecvs)
-                                            and self.posted.fits(self.num_layers, self.layer_nbytes)):
-            raise ValueError(f"receives posted ahead for another layout: {self.posted!r}")
-
-    @property
-    def tag(self) -> int:
-        """The tag of the receives posted ahead for it; 0: none."""
-        return 0 if self.posted is None else self.posted.tag
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -234,13 +221,10 @@ class KVReceiver(ABC):
         """"host:port" senders connect to (empty if the transport is served elsewhere)."""
 
     @abstractmethod
-    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None,
-               sender: str = "") -> PostedRecvs | None:
+    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None) -> None:
         """Reserve a transfer (state RESERVED). ValueError if the request id is already active.
         `write_hashed`, where given, writes the layers that arrive with a MULSUM_64 checksum in
-        place of `write_layer` (the receiver does not hash them again). `sender`: the instance id
-        of the prefill node that will send it, where known. Returns what goes in the sender's
-        `TransferMeta.posted`: None, or (torch) the receives it posted ahead for it."""
+        place of `write_layer` (the receiver does not hash them again)."""
 
     @abstractmethod
     def poll(self, request_id: str) -> RecvState:

@@ -41,7 +41,6 @@ from splitserve.kvtransfer.base import (
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, layer_seed
 from splitserve.kvtransfer.sender_base import prune_history
 from splitserve.kvtransfer.wire import LayerHeader, as_bytes, request_hash
-from splitserve.node_api import PostedRecvs
 
 
 @dataclass
@@ -73,13 +72,8 @@ class TrackedReceiver(KVReceiver):
         self._by_hash: dict[int, Reservation] = {}  # active reservations only
         self._num_discarded = 0
         self._num_checksum_failures = 0
-        self._num_posted_ahead = 0
 
-    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None,
-               sender: str = "") -> PostedRecvs | None:
-        """Reserves it; no receives posted ahead here (see `TorchReceiver.expect`): returns None."""
-        if meta.posted is not None:
-            raise ValueError("a receiver's meta names no receives posted ahead: they are expect's answer")
+    def expect(self, meta: TransferMeta, write_layer: WriteLayer, write_hashed: WriteHashed | None = None) -> None:
         key = request_hash(meta.request_id)
         with self._table_lock:
             old = self._by_hash.get(key)
@@ -90,7 +84,6 @@ class TrackedReceiver(KVReceiver):
             self._by_id[meta.request_id] = res
             self._by_hash[key] = res
             prune_history(self._by_id, lambda r: r.state in FINAL_RECV_STATES, self.config.history)
-        return None
 
     def poll(self, request_id: str) -> RecvState:
         res = self._get(request_id)
@@ -122,11 +115,6 @@ class TrackedReceiver(KVReceiver):
     def num_discarded(self) -> int:
         """Layers drained because no live reservation matched them."""
         return self._num_discarded
-
-    @property
-    def num_posted_ahead(self) -> int:
-        """Reservations whose first messages' receives were posted when reserved (`TorchReceiver.expect`)."""
-        return self._num_posted_ahead
 
     @property
     def num_checksum_failures(self) -> int:

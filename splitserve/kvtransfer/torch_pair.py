@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import threading
 import time
 
 import torch
@@ -36,11 +35,6 @@ SENDER_RANK, RECEIVER_RANK = 0, 1
 HEADER_TAG, PAYLOAD_TAG, BREAK_TAG, ACK_TAG = 1, 2, 3, 4
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JOIN_RE = re.compile(r"^(splitserve/kv/([A-Za-z0-9_.-]{1,64})/(\d{1,9})) (gloo|nccl)$")
-
-
-def payload_tag(tag: int) -> int:
-    """The gloo tag of a payload: its request's reservation tag (`wire`), else the shared PAYLOAD_TAG."""
-    return tag or PAYLOAD_TAG
 
 
 def td(seconds: float) -> datetime.timedelta:
@@ -125,7 +119,6 @@ class PairLink:
         self._ack_buffer = torch.zeros(1, dtype=torch.int64)  # sender: where acks land
         self._acks_out: list = []  # receiver: ack sends not waited for yet (at most MAX_ACKS_OUT)
         self._ack_in = None  # sender: (work, buffer) of the posted ack recv
-        self._post_lock = threading.Lock()  # receiver: payload recvs are also posted ahead by reserving threads
         self.closed = False
 
     def send_header(self, words: torch.Tensor, timeout_s: float) -> None:
@@ -172,10 +165,10 @@ class PairLink:
         for work in old:
             work.wait(td(ACK_RETIRE_TIMEOUT_S))
 
-    def post_payloads(self, flats: list[torch.Tensor], tag: int = 0) -> list:
+    def post_payloads(self, flats: list[torch.Tensor]) -> list:
         """Post the payloads of a header's LAYER entries (each flat: uint8 [nbytes], in
-        CHUNK_BYTES messages) on `payload_tag(tag)`; wait with `wait_all`."""
-        return [self.group.send([flat[lo:hi]], self.peer, payload_tag(tag))
+        CHUNK_BYTES messages); wait with `wait_all`."""
+        return [self.group.send([flat[lo:hi]], self.peer, PAYLOAD_TAG)
                 for flat in flats for lo, hi in chunk_ranges(flat.numel())]
 
     def recv_header(self, timeout_s: float) -> list[LayerHeader]:
@@ -202,23 +195,17 @@ class PairLink:
     def _post_header_recv(self, index: int):
         words = self._headers[index]
         words[0] = 0
-        with self._post_lock:
-            return self.group.recv([words], self.peer, HEADER_TAG), words
+        return self.group.recv([words], self.peer, HEADER_TAG), words
 
-    def post_payload(self, flat: torch.Tensor, tag: int = 0) -> list:
-        """Post the recvs of a payload into flat (uint8 [nbytes]) on `payload_tag(tag)`; wait with
-        `wait_all`. Any thread may post (a decode node's reserve posts ahead)."""
-        with self._post_lock:
-            return [self.group.recv([flat[lo:hi]], self.peer, payload_tag(tag)) for lo, hi in chunk_ranges(flat.numel())]
+    def post_payload(self, flat: torch.Tensor) -> list:
+        """Post the recvs of a payload into flat (uint8 [nbytes]); wait with `wait_all`."""
+        return [self.group.recv([flat[lo:hi]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(flat.numel())]
 
-    def post_drain(self, nbytes: int, tag: int = 0) -> list:
-        """Post the recvs of a payload of `nbytes` to be discarded, into one reused chunk-sized buffer
-        (the pair's thread only)."""
+    def post_drain(self, nbytes: int) -> list:
+        """Post the recvs of a payload of `nbytes` to be discarded, into one reused chunk-sized buffer."""
         if self._scratch is None:
             self._scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8, device=self.device)
-        with self._post_lock:
-            return [self.group.recv([self._scratch[: hi - lo]], self.peer, payload_tag(tag))
-                    for lo, hi in chunk_ranges(nbytes)]
+        return [self.group.recv([self._scratch[: hi - lo]], self.peer, PAYLOAD_TAG) for lo, hi in chunk_ranges(nbytes)]
 
     def close(self) -> None:
         """Break the pair: wakes every pending op on both ends with an error. Idempotent."""

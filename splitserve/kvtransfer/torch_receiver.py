@@ -18,14 +18,11 @@ posted before it is delivered, unless it is its request's last layer. One thread
 every extra hand-off costs a wake-up per layer. A peer that dies, a wait that times out or a
 header that is not ours ends the pair thread and closes the group; the peer forms a new one
 next time. A header claiming more than `max_layer_bytes` closes the group instead of being
-drained. `expect(..., sender=)` posts the receives of a request's first messages ahead, on the
-pair with that sender if there is one (`posted_ahead`, wire v6): a header is acked only if it
-lists payloads other than those (`ahead` entries).
+drained.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -34,10 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch.distributed import TCPStore
 
-from splitserve.kvtransfer.base import FINAL_RECV_STATES, TransferConfig, TransferMeta
-from splitserve.kvtransfer.posted_ahead import BUDGET_BYTES, PostedAhead, Ready
+from splitserve.kvtransfer.base import TransferConfig
 from splitserve.kvtransfer.receiver_base import Reservation, TrackedReceiver
-from splitserve.node_api import FIRST_TAG, MAX_TAG, PostedRecvs
 from splitserve.kvtransfer.torch_pair import (
     JOIN_QUEUE,
     RECEIVER_RANK,
@@ -63,8 +58,6 @@ class TorchReceiver(TrackedReceiver):
         self._pop_store = TCPStore(host, self._store.port, None, False, td(config.idle_timeout_s))
         self._lock = threading.Lock()
         self._links: dict[str, PairLink] = {}  # sender instance -> its current pair
-        self._ahead: dict[str, PostedAhead] = {}  # sender instance -> its pair's receives posted ahead
-        self._tags = itertools.count(FIRST_TAG)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._spawn(self._accept, "kv-accept")
@@ -76,32 +69,6 @@ class TorchReceiver(TrackedReceiver):
     @property
     def port(self) -> int:
         return self._store.port
-
-    def expect(self, meta: TransferMeta, write_layer, write_hashed=None, sender: str = "") -> PostedRecvs | None:
-        """Reserves it and, if there is a pair with `sender`, posts the receives of its first
-        messages there: returns them (None if none were posted)."""
-        super().expect(meta, write_layer, write_hashed)
-        with self._lock:
-            link, ahead = self._links.get(sender), self._ahead.get(sender)
-        if link is None or ahead is None:
-            return None
-        tag = FIRST_TAG + (next(self._tags) - FIRST_TAG) % (MAX_TAG - FIRST_TAG + 1)
-        try:
-            posted = ahead.post(meta, tag)
-        except Exception as exc:  # the pair broke: its thread closes it
-            log.info("KV receives for %s not posted ahead: %s", meta.request_id, exc)
-            return None
-        if posted is not None:
-            self._num_posted_ahead += 1
-        elif ahead.stale_bytes(self._is_live) >= BUDGET_BYTES // 2:
-            log.info("KV pair with %s closed: receives posted ahead for ended requests fill its budget", sender)
-            link.close()
-        return posted
-
-    def _is_live(self, request_id: str) -> bool:
-        with self._table_lock:
-            res = self._by_id.get(request_id)
-        return res is not None and res.state not in FINAL_RECV_STATES
 
     @property
     def num_pairs(self) -> int:
@@ -149,30 +116,30 @@ class TorchReceiver(TrackedReceiver):
         except Exception as exc:
             log.warning("KV pair %s did not form: %s", pair_key, exc)
             return
-        link, pool = PairLink(group, RECEIVER_RANK, self.config.device), _BufferPool(self.config.device)
-        ahead = PostedAhead(link, pool)
+        link = PairLink(group, RECEIVER_RANK, self.config.device)
         with self._lock:
-            old, self._links[instance], self._ahead[instance] = self._links.get(instance), link, ahead
+            old, self._links[instance] = self._links.get(instance), link
         if old is not None:
             old.close()
         try:
-            self._receive_loop(link, pool, ahead)
+            self._receive_loop(link)
         except Exception as exc:
             log.info("KV pair %s closed: %s", pair_key, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         finally:
             link.close()
             with self._lock:
                 if self._links.get(instance) is link:
-                    del self._links[instance], self._ahead[instance]
+                    del self._links[instance]
 
-    def _receive_loop(self, link: PairLink, pool: _BufferPool, ahead: PostedAhead) -> None:
+    def _receive_loop(self, link: PairLink) -> None:
+        pool = _BufferPool(self.config.device)
         pending: _Received | None = None  # received, not yet delivered
         try:
             while True:
                 if pending is not None and pending.is_last:
                     pending = self._flush(pending, pool)
-                payloads = self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool, ahead)
-                self._post_arrived(link, payloads, pool, ahead, 0)
+                payloads = self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
+                self._post_arrived(link, payloads, pool, 0)
                 pending = self._flush(pending, pool)  # overlaps with these payloads
                 i = 0
                 while i < len(payloads):
@@ -182,69 +149,59 @@ class TorchReceiver(TrackedReceiver):
                         pending = _Received(post.res, post.header, post.flat, post.release)
                     elif post.release is not None:  # a joined message's last layer, dropped:
                         pool.give(post.release)  # the layers before it are delivered already
-                    self._post_arrived(link, payloads, pool, ahead, i + 1)  # the next flight flows right behind this one
+                    self._post_arrived(link, payloads, pool, i + 1)  # the next flight flows right behind this one
                     if pending is not None and i + 1 < len(payloads):
                         pending = self._flush(pending, pool)  # while gloo fills the next one
                     i += 1
         finally:
             self._flush(pending, pool)
 
-    def _post_arrived(self, link: PairLink, payloads: list[_Posted], pool: _BufferPool, ahead: PostedAhead,
-                      num_waited: int) -> None:
+    def _post_arrived(self, link: PairLink, payloads: list[_Posted], pool: _BufferPool, num_waited: int) -> None:
         """Post (and ack) the headers already here while at most POST_AHEAD payloads are outstanding."""
         try:
             while link.header_arrived() and len(payloads) - num_waited <= POST_AHEAD:
-                payloads += self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool, ahead)
+                payloads += self._post_all(link, link.recv_header(self.config.idle_timeout_s), pool)
         except Exception:
             self._unadmit_all(payloads[num_waited:])
             raise
 
-    def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool,
-                  ahead: PostedAhead) -> list[_Posted]:
-        """Post the recvs of a header's payloads (or take those posted ahead) and ack them if any is
-        not `ahead`; its CHECKSUM entries are recorded after the ack, so the sender's payloads do not
-        wait for them."""
+    def _post_all(self, link: PairLink, entries: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
+        """Post the recvs of a header's payloads and ack them; its CHECKSUM entries are recorded
+        after the ack, so the sender's payloads do not wait for them."""
         posted: list[_Posted] = []
         try:
             for message in _messages([entry for entry in entries if entry.kind is not Kind.CHECKSUM]):
-                if message[0].kind is Kind.ABORT:
-                    self._sender_aborted(message[0].request_hash)
+                if len(message) > 1:
+                    posted += self._post_joined(link, message, pool)
                     continue
-                posted += self._post_message(link, message, pool, ahead.take(message))
+                post = self._post(link, message[0], pool)
+                posted += [post] if post is not None else []
         except Exception:
             self._unadmit_all(posted)
             raise
-        if any(not post.header.ahead for post in posted):
+        if posted:
             link.ack()  # the sender posts these payloads now: each finds its recv waiting
         for entry in entries:
             if entry.kind is Kind.CHECKSUM:
                 self._checksum_entry(entry)
         return posted
 
-    def _post_message(self, link: PairLink, message: list[LayerHeader], pool: _BufferPool,
-                      ready: Ready | None) -> list[_Posted]:
-        """The recvs of one payload message (a layer, layers joined, or a FILL), or the ones `ready`."""
-        entry = message[0]
+    def _post(self, link: PairLink, entry: LayerHeader, pool: _BufferPool) -> _Posted | None:
+        """Act on one header entry; for a LAYER entry, post its payload's recv (None otherwise)."""
+        if entry.kind is Kind.ABORT:
+            self._sender_aborted(entry.request_hash)
+            return None
         if entry.kind is Kind.JOINED:
             raise ValueError("KV header: a JOINED entry follows no layer")
-        if entry.kind is Kind.FILL:
-            if len(message) > 1:
-                raise ValueError("KV header: a JOINED entry follows a FILL")
-            works = ready.works if ready is not None else link.post_drain(entry.nbytes, entry.tag)
-            return [_Posted(None, entry, None, works, release=None if ready is None else ready.buffer)]
-        if len(message) > 1 or ready is not None:
-            return self._post_joined(link, message, pool, ready)
         res = self._admit_sized(entry)
         if res is None:
-            return [_Posted(None, entry, None, link.post_drain(entry.nbytes, entry.tag))]
+            return _Posted(None, entry, None, link.post_drain(entry.nbytes))
         flat = pool.take(entry.nbytes)
-        return [_Posted(res, entry, flat, link.post_payload(flat, entry.tag), release=flat)]
+        return _Posted(res, entry, flat, link.post_payload(flat), release=flat)
 
-    def _post_joined(self, link: PairLink, message: list[LayerHeader], pool: _BufferPool,
-                     ready: Ready | None) -> list[_Posted]:
-        """Post the recv of one message carrying several layers, into one buffer (or take the one
-        `ready`); each layer's payload is its slice (a layer no reservation takes is received there
-        and dropped)."""
+    def _post_joined(self, link: PairLink, message: list[LayerHeader], pool: _BufferPool) -> list[_Posted]:
+        """Post the recv of one message carrying several layers, into one buffer; each layer's
+        payload is its slice (a layer no reservation takes is received there and dropped)."""
         admitted: list[_Posted] = []
         try:
             for entry in message:
@@ -252,11 +209,8 @@ class TorchReceiver(TrackedReceiver):
         except Exception:
             self._unadmit_all(admitted)
             raise
-        if ready is not None:  # its receive holds a whole message: this one fills its first bytes
-            buffer, works = ready.buffer[:ready.nbytes], ready.works
-        else:
-            buffer = pool.take(sum(entry.nbytes for entry in message))
-            works = link.post_payload(buffer, message[0].tag)
+        buffer = pool.take(sum(entry.nbytes for entry in message))
+        works = link.post_payload(buffer)
         posted, offset = [], 0
         for post in admitted:  # the first layer waits for the message (a gloo work is waited for once)
             flat, offset = buffer[offset: offset + post.header.nbytes], offset + post.header.nbytes
@@ -338,22 +292,19 @@ class _BufferPool:
     def __init__(self, device: str) -> None:
         self.device = device
         self.free: list[torch.Tensor] = []  # whole buffers, ascending size
-        self._lock = threading.Lock()  # the pair's thread and reserving threads (receives posted ahead)
 
     def take(self, nbytes: int) -> torch.Tensor:
-        with self._lock:
-            for i, buffer in enumerate(self.free):
-                if buffer.numel() >= nbytes:
-                    return self.free.pop(i)[:nbytes]
-            if len(self.free) >= self.KEEP:
-                self.free.pop(0)
+        for i, buffer in enumerate(self.free):
+            if buffer.numel() >= nbytes:
+                return self.free.pop(i)[:nbytes]
+        if len(self.free) >= self.KEEP:
+            self.free.pop(0)
         return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
     def give(self, flat: torch.Tensor) -> None:
         whole = flat if flat._base is None else flat._base
-        with self._lock:
-            self.free.append(whole)
-            self.free.sort(key=torch.Tensor.numel)
-            del self.free[: max(0, len(self.free) - self.KEEP)]
-            while sum(buffer.numel() for buffer in self.free) > self.KEEP_BYTES:
-                self.free.pop()  # the largest
+        self.free.append(whole)
+        self.free.sort(key=torch.Tensor.numel)
+        del self.free[: max(0, len(self.free) - self.KEEP)]
+        while sum(buffer.numel() for buffer in self.free) > self.KEEP_BYTES:
+            self.free.pop()  # the largest

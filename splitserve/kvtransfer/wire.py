@@ -1,12 +1,11 @@
 """What travels with the layers: request hash, fixed-size header messages, checksums, chunking.
 
-The torch backend sends header messages on the header tag. One header message lists
-up to MAX_ENTRIES entries; the payloads of its LAYER entries follow on the payload tag (or the
-request's own tag, below), in
+The torch backend sends header messages and payloads on two tags. One header message lists
+up to MAX_ENTRIES entries; the payloads of its LAYER entries follow on the payload tag, in
 entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last shorter):
 
     header:  int64[HEADER_WORDS] = [MAGIC, num_entries, entry 0 (ENTRY_WORDS), entry 1, ..., zeros]
-    entry:   [kind, request_hash, layer, num_tokens, nbytes, checksum, checksum_kind, tag, ahead]
+    entry:   [kind, request_hash, layer, num_tokens, nbytes, checksum, checksum_kind]
 
 - LAYER: a payload of `nbytes` follows; `checksum_kind` announces the algorithm whose value
   comes later in a CHECKSUM entry (torch: hashed while the payload is on the wire) or, on the
@@ -16,23 +15,7 @@ entry order, each as ceil(nbytes / CHUNK_BYTES) messages of CHUNK_BYTES (last sh
   bytes (chunked as above), sent from one buffer with no copy when the sender's layers lie
   back to back in memory (`joined_layers`); fewer, larger messages cost gloo less per byte;
 - CHECKSUM: the value for an announced layer (`checksum`, signed int64 bits of the hash);
-- ABORT: the sender gave up on the request; no payload follows;
-- FILL: a payload of `nbytes` that belongs to no layer (since v6): the sender of an aborted
-  request fills the receives its decode node posted ahead (below) and were not used.
-
-`tag` (since v6): 0, or the tag the decode node gave the request when it reserved it. A
-decode node that already has a pair with the request's prefill node posts the receives of the
-request's first messages there and then (`prepost_plan`: the messages of `message_plan` up to
-PREPOST_BYTES, each receive the size of a whole message), on a tag of their own, and hands
-that plan (`PostedRecvs`) to the prefill node through the router. The payloads of a tagged
-request travel on its tag; those of the messages posted ahead (`ahead` entries) leave right
-behind their header, without waiting for an ack, and find their receives waiting; the others
-wait for the header's ack as untagged ones do (posted before their receive, a gloo message
-waits a round trip for it: measured 2-13 points slower at 134 MB when they did not wait). Its first messages must be exactly the planned ones, and
-none of its messages larger than one (gloo matches a tag's messages in order and aborts the
-process when a message is larger than the receive it lands in; a smaller one is received). A
-tag is only valid on the pair it was posted on; on another one (a pair formed again) the
-receiver posts every receive when the header is in, as for an untagged request.
+- ABORT: the sender gave up on the request; no payload follows.
 
 So a sender that has several layers queued sends one header for all of them, and the receiver
 posts every payload's receive at once, then acks the header (gloo; since v3): the sender posts the
@@ -46,7 +29,6 @@ ones.
 from __future__ import annotations
 
 import enum
-from array import array
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -54,20 +36,15 @@ from dataclasses import dataclass
 import torch
 
 from splitserve.kvtransfer.base import TransferMeta
-from splitserve.node_api import FIRST_TAG, MAX_TAG, PostedRecvs
 from splitserve.kvtransfer.checksum import ChecksumKind, layer_seed
 
-MAGIC = 0x5353_4B56_0006  # "SSKV" v6 (v5 had no tags, v4 no JOINED entries, v3 headers held 16: none talk to another)
+MAGIC = 0x5353_4B56_0005  # "SSKV" v5 (v4 had no JOINED entries, v3 headers held 16: they do not talk to each other)
 MAX_ENTRIES = 64
 MAX_FLIGHT_LAYERS = MAX_ENTRIES // 2  # LAYER entries in one header: the other half is for CHECKSUM entries owed
-ENTRY_WORDS = 9
+ENTRY_WORDS = 7
 HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
 CHUNK_BYTES = 8 << 20
 JOIN_BYTES = 2 << 20  # layers lying back to back are joined into messages of about this size (at least one layer)
-PREPOST_BYTES = 16 << 20  # a request's first messages whose receives the decode node posts when it reserves
-
-
-_ZEROS = array("q", bytes(8 * HEADER_WORDS))
 
 
 class Kind(enum.IntEnum):
@@ -75,7 +52,6 @@ class Kind(enum.IntEnum):
     ABORT = 2  # sender gave up on the request; no payload follows
     CHECKSUM = 3  # the checksum of a layer announced earlier
     JOINED = 4  # a LAYER whose payload continues the previous entry's message
-    FILL = 5  # a payload belonging to no layer: fills an aborted request's receives posted ahead
 
 
 @functools.lru_cache(maxsize=1024)
@@ -95,29 +71,16 @@ def as_bytes(kv: torch.Tensor) -> torch.Tensor:
     return kv.reshape(-1).view(torch.uint8)
 
 
-def message_plan(meta: TransferMeta, join_bytes: int | None = None) -> list[tuple[int, int]]:
-    """[first, end) layers of each message when the layers travel in groups of about `join_bytes`
-    (JOIN_BYTES by default; at least one layer a group)."""
-    per_group = max(1, (join_bytes or JOIN_BYTES) // max(1, meta.layer_nbytes))
-    return [(first, min(first + per_group, meta.num_layers)) for first in range(0, meta.num_layers, per_group)]
-
-
-def prepost_plan(meta: TransferMeta, tag: int) -> PostedRecvs:
-    """The receives a decode node posts ahead for `meta` on `tag`: the first messages of its
-    `message_plan`, up to PREPOST_BYTES (at least one)."""
-    per_message = min(meta.num_layers, max(1, JOIN_BYTES // meta.layer_nbytes))
-    num_messages = min(-(-meta.num_layers // per_message), max(1, PREPOST_BYTES // (per_message * meta.layer_nbytes)))
-    return PostedRecvs(tag, meta.num_layers, meta.layer_nbytes, per_message, num_messages)
-
-
 def joined_layers(meta: TransferMeta, device: str | torch.device = "cpu",
-                  join_bytes: int | None = None) -> list[torch.Tensor]:
+                  join_bytes: int = JOIN_BYTES) -> list[torch.Tensor]:
     """Empty layer tensors for `meta` ([2, tokens, kv_heads, head_dim] each), allocated in groups of
-    consecutive layers lying back to back (`message_plan`): filled and sent in order, each group
-    leaves as one message."""
+    consecutive layers lying back to back, about `join_bytes` a group: filled and sent in order,
+    each group leaves as one message."""
+    per_group = max(1, join_bytes // max(1, meta.layer_nbytes))
     layers: list[torch.Tensor] = []
-    for first, end in message_plan(meta, join_bytes):
-        layers += torch.empty((end - first, *meta.layer_shape), dtype=meta.torch_dtype, device=device).unbind(0)
+    for first in range(0, meta.num_layers, per_group):
+        count = min(per_group, meta.num_layers - first)
+        layers += torch.empty((count, *meta.layer_shape), dtype=meta.torch_dtype, device=device).unbind(0)
     return layers
 
 
@@ -158,23 +121,21 @@ class LayerHeader:
     nbytes: int = 0
     checksum: int = 0
     checksum_kind: ChecksumKind = ChecksumKind.NONE
-    tag: int = 0  # the payload's tag: the request's reservation tag, 0 for the shared payload tag
-    ahead: bool = False  # the payload is one of the messages whose receives were posted ahead: not acked
 
     @classmethod
     def for_layer(cls, meta: TransferMeta, layer: int, checksum_kind: ChecksumKind = ChecksumKind.NONE,
                   checksum: int = 0, kind: Kind = Kind.LAYER) -> LayerHeader:
         return cls(kind, request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, checksum,
-                   checksum_kind, meta.tag, _ahead(meta, layer))
+                   checksum_kind)
 
     @property
     def has_payload(self) -> bool:
-        """LAYER, JOINED or FILL: a payload of `nbytes` follows."""
-        return self.kind in (Kind.LAYER, Kind.JOINED, Kind.FILL)
+        """LAYER or JOINED: a payload of `nbytes` follows."""
+        return self.kind is Kind.LAYER or self.kind is Kind.JOINED
 
     def words(self) -> list[int]:
         return [int(self.kind), self.request_hash, self.layer, self.num_tokens, self.nbytes, self.checksum,
-                int(self.checksum_kind), self.tag, int(self.ahead)]
+                int(self.checksum_kind)]
 
     def encode(self) -> torch.Tensor:
         """A header message holding this entry alone."""
@@ -190,11 +151,7 @@ class LayerHeader:
             raise ValueError("negative field in KV header")
         if checksum_kind is None:
             raise ValueError(f"unknown checksum kind {values[6]}")
-        if values[7] != 0 and not FIRST_TAG <= values[7] <= MAX_TAG:
-            raise ValueError(f"KV header: tag {values[7]} is no reservation's")
-        if values[8] not in (0, 1) or (values[8] and not values[7]):
-            raise ValueError(f"KV header: ahead {values[8]} (tag {values[7]})")
-        return cls(kind, *values[1:6], checksum_kind, values[7], bool(values[8]))
+        return cls(kind, *values[1:6], checksum_kind)
 
     def mismatch(self, meta: TransferMeta, next_layer: int) -> str:
         """Why this LAYER entry does not fit the reservation `meta` ("" if it does)."""
@@ -208,36 +165,16 @@ class LayerHeader:
         return ""
 
 
-def layer_words(meta: TransferMeta, layer: int, checksum_kind: ChecksumKind, kind: Kind = Kind.LAYER) -> list[int]:
-    """`LayerHeader.for_layer(meta, layer, checksum_kind, kind=kind).words()` without the object
-    (a sender encodes dozens a flight)."""
-    return [int(kind), request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, 0,
-            int(checksum_kind), meta.tag, int(_ahead(meta, layer))]
-
-
-def _ahead(meta: TransferMeta, layer: int) -> bool:
-    """`layer` travels in a message whose receive was posted ahead."""
-    return meta.posted is not None and meta.posted.message_of(layer) is not None
-
-
 def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:
     """int64[HEADER_WORDS]: one header message with 1..MAX_ENTRIES entries."""
-    return encode_words([entry.words() for entry in entries])
-
-
-def encode_words(entries: list[list[int]]) -> torch.Tensor:
-    """`encode_entries` of entries given as their words."""
     if not 0 < len(entries) <= MAX_ENTRIES:
         raise ValueError(f"a header holds 1 to {MAX_ENTRIES} entries, got {len(entries)}")
-    words = array("q", [MAGIC, len(entries)])
-    for entry in entries:
-        words.extend(entry)
-    words.extend(_ZEROS[: HEADER_WORDS - len(words)])
-    return torch.frombuffer(words, dtype=torch.int64)  # keeps `words` alive
+    words = [MAGIC, len(entries)] + [w for entry in entries for w in entry.words()]
+    return torch.tensor(words + [0] * (HEADER_WORDS - len(words)), dtype=torch.int64)
 
 
 def decode_entries(words: torch.Tensor) -> list[LayerHeader]:
-    """The entries of a header message; ValueError on anything that is not a well-formed v6 header."""
+    """The entries of a header message; ValueError on anything that is not a well-formed v3 header."""
     values = words.tolist()
     if len(values) != HEADER_WORDS or values[0] != MAGIC:
         raise ValueError("not a splitserve KV header (bad magic)")

@@ -61,11 +61,8 @@ def test_hostile_values_leave_the_cluster_healthy(cluster):
 spans = st.lists(st.builds(node_pb2.ChunkSpan, start=fs.uint32, length=fs.uint32), max_size=3)
 node_generate = st.builds(node_pb2.NodeGenerateRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
                           sampling=fs.sampling, num_prior_output_tokens=fs.uint32, chunks=spans)
-posted = st.builds(node_pb2.PostedRecvs, tag=fs.uint32, num_layers=fs.uint32, layer_bytes=fs.uint32,
-                   layers_per_message=fs.uint32, num_messages=fs.uint32)
 targets = st.builds(node_pb2.KVTarget, node_id=fs.text, transport=st.sampled_from(["", "grpc", "torch", "zzz"]),
-                    kv_address=st.sampled_from(["", "nonsense", "127.0.0.1:1", "127.0.0.1:99999", "[::1]:0"]),
-                    posted=st.none() | posted)
+                    kv_address=st.sampled_from(["", "nonsense", "127.0.0.1:1", "127.0.0.1:99999", "[::1]:0"]))
 prefills = st.builds(node_pb2.PrefillRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
                      sampling=fs.sampling, target=targets, num_prior_output_tokens=fs.uint32, chunks=spans)
 reserves = st.builds(node_pb2.ReserveRequest, request_id=fs.request_ids, num_prompt_tokens=fs.uint32,

@@ -5,7 +5,6 @@ without waiting for it."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -15,7 +14,6 @@ from torch.distributed import HashStore, PrefixStore, ProcessGroupGloo
 
 from splitserve.kvtransfer import TransferConfig, TransferMeta, joined_layers
 from splitserve.kvtransfer import torch_sender
-from splitserve.node_api import PostedRecvs
 from splitserve.kvtransfer.checksum import ChecksumKind, checksum, kind_for, layer_seed
 from splitserve.kvtransfer.torch_pair import MAX_ACKS_OUT, PairLink, td
 from splitserve.kvtransfer import sender_base
@@ -61,8 +59,7 @@ def test_a_flight_is_hashed_once_in_layer_order(sender):
     kind = kind_for(torch.device("cpu"))
     expected = [(job.layer, checksum(kind, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)), kind)
                 for job in flight.jobs]
-    entries = [LayerHeader.from_words(o.words) for o in flight.hashed]
-    assert [(e.layer, e.checksum, e.checksum_kind) for e in entries] == expected
+    assert [(o.entry.layer, o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == expected
 
 
 class _RecordingLink:
@@ -72,8 +69,6 @@ class _RecordingLink:
 
     def __init__(self) -> None:
         self.posted: list = []
-        self.tags: list[int] = []  # of each payload message
-        self.acks_waited_at: list[int] = []  # len(posted) when the sender waited for an ack
 
     def post_header(self, words: torch.Tensor):
         from splitserve.kvtransfer.wire import decode_entries
@@ -85,40 +80,11 @@ class _RecordingLink:
         return True
 
     def wait_ack(self, timeout_s: float) -> None:
-        self.acks_waited_at.append(len(self.posted))
+        pass
 
-    def post_payloads(self, flats: list[torch.Tensor], tag: int = 0) -> list:
+    def post_payloads(self, flats: list[torch.Tensor]) -> list:
         self.posted += [flat.numel() for flat in flats]
-        self.tags += [tag] * len(flats)
         return ["payload"]
-
-
-def test_a_tagged_flight_sends_its_messages_posted_ahead_before_the_ack_and_the_rest_after(sender):
-    meta = TransferMeta("t", 6, num_tokens=2, num_kv_heads=2, head_dim=4, dtype="float32", checksum=True)
-    posted = PostedRecvs(21, 6, meta.layer_nbytes, layers_per_message=2, num_messages=2)  # layers 0-1, 2-3
-    meta = dataclasses.replace(meta, posted=posted)
-    sender.begin(meta)
-    sender._link = link = _RecordingLink()
-    jobs = _jobs(meta)  # each layer in a buffer of its own: a planned message is copied into one
-    assert sender._stage(jobs[:3]) == jobs[:2]  # layer 2 waits for layer 3, its message's other half
-    flight = torch_sender._Flight(sender._stage(jobs[3:]), [])
-    assert [job.layer for job in flight.jobs] == [2, 3, 4, 5] and flight.messages == [(0, 2), (2, 3), (3, 4)]
-    assert sender._post(flight, torch_sender.deque())
-    n = meta.layer_nbytes
-    assert link.tags == [21] * 3 and link.posted[1:2] == [2 * n] and link.acks_waited_at == [2]
-    assert [p for p in link.posted if isinstance(p, int)] == [2 * n, n, n]
-    assert link.posted[0] == [(Kind.LAYER, 2), (Kind.JOINED, 3), (Kind.LAYER, 4), (Kind.LAYER, 5)]
-    assert [entry.ahead for entry in decode_entries(flight.words())] == [True, True, False, False]
-    sender._link = None
-
-
-def test_a_tagged_requests_messages_never_outgrow_its_receives_posted_ahead():
-    meta = TransferMeta("t", 8, num_tokens=2, num_kv_heads=2, head_dim=4, dtype="float32")
-    layers = joined_layers(meta)  # all 8 back to back: untagged, one message
-    assert torch_sender._messages([Job(JobKind.LAYER, meta, i, kv) for i, kv in enumerate(layers)]) == [(0, 8)]
-    tagged = dataclasses.replace(meta, posted=PostedRecvs(21, 8, meta.layer_nbytes, 3, 1))  # receives of 3 layers
-    jobs = [Job(JobKind.LAYER, tagged, i, kv) for i, kv in enumerate(layers)]
-    assert torch_sender._messages(jobs) == [(0, 3), (3, 6), (6, 8)]
 
 
 def test_a_flights_checksums_go_ahead_of_its_last_payload(sender):
@@ -237,6 +203,6 @@ def test_the_receiver_reads_joined_entries_as_part_of_the_payload_before_them():
     receiver = torch_receiver.TorchReceiver(TransferConfig())
     try:
         with pytest.raises(ValueError, match="JOINED entry follows no layer"):
-            receiver._post_message(None, [joined], None, None)  # a header like that closes the pair
+            receiver._post(None, joined, None)  # a header like that closes the pair
     finally:
         receiver.close()

@@ -16,17 +16,11 @@ from splitserve.kvtransfer.wire import (
     Kind,
     LayerHeader,
     check_layer_tensor,
-    PREPOST_BYTES,
     chunk_ranges,
     decode_entries,
     encode_entries,
-    encode_words,
-    layer_words,
-    message_plan,
-    prepost_plan,
     request_hash,
 )
-from splitserve.node_api import PostedRecvs
 
 META = TransferMeta("r1", num_layers=2, num_tokens=5, num_kv_heads=2, head_dim=4, dtype="bfloat16")
 
@@ -83,10 +77,6 @@ def _words(*entries: list[int], count: int | None = None) -> list[int]:
     (_words([9, 1, 0, 1, 1, 0, 0]), "kind"),
     (_words([1, 1, 0, -5, 1, 0, 0]), "negative"),
     (_words([1, 1, 0, 1, 1, 0, 5]), "checksum kind"),
-    (_words([1, 1, 0, 1, 1, 0, 0, 5]), "tag"),  # below the reservation tags
-    (_words([1, 1, 0, 1, 1, 0, 0, 1 << 31]), "tag"),
-    (_words([1, 1, 0, 1, 1, 0, 0, 0, 1]), "ahead"),  # posted ahead on no tag
-    (_words([1, 1, 0, 1, 1, 0, 0, 16, 2]), "ahead"),
     (_words([1, 1, 0, 1, 1, 0, 0], count=0), "0 entries"),
     (_words([1, 1, 0, 1, 1, 0, 0], count=MAX_ENTRIES + 1), "entries"),
     ([MAGIC, 1, 1], "magic"),
@@ -94,48 +84,6 @@ def _words(*entries: list[int], count: int | None = None) -> list[int]:
 def test_header_decode_rejects(words, message):
     with pytest.raises(ValueError, match=message):
         decode_entries(torch.tensor(words, dtype=torch.int64))
-
-
-def test_a_tagged_layer_entry_round_trips_and_its_fast_words_match():
-    tagged = TransferMeta(**{**META.__dict__, "posted": prepost_plan(META, 99)})
-    for kind in (Kind.LAYER, Kind.JOINED):
-        entry = LayerHeader.for_layer(tagged, 1, ChecksumKind.MULSUM_64, kind=kind)
-        assert entry.tag == 99 and entry.ahead and layer_words(tagged, 1, ChecksumKind.MULSUM_64, kind) == entry.words()
-        assert decode_entries(encode_words([entry.words()])) == decode_entries(encode_entries([entry])) == [entry]
-
-
-@pytest.mark.parametrize("posted, message", [
-    (PostedRecvs(99, 3, 80, 1, 1), "another layout"),  # META: 2 layers
-    (PostedRecvs(99, 2, 81, 1, 1), "another layout"),
-    ("99", "another layout"),
-])
-def test_meta_rejects_receives_posted_for_another_layout(posted, message):
-    with pytest.raises(ValueError, match=message):
-        TransferMeta(**{**META.__dict__, "posted": posted})
-
-
-@pytest.mark.parametrize("fields, message", [
-    ((15, 30, 1024, 1, 1), "tag"), ((1 << 31, 30, 1024, 1, 1), "tag"), ((16, 30, 1024, 31, 1), "layout"),
-    ((16, 30, 1024, 0, 1), "layout"), ((16, 30, 0, 1, 1), "layout"), ((16, 30, 1024, 7, 6), "messages"),
-    ((16, 30, 1024, 7, 0), "messages"),
-])
-def test_posted_recvs_reject_what_no_decode_node_posts(fields, message):
-    with pytest.raises(ValueError, match=message):
-        PostedRecvs(*fields)
-
-
-@pytest.mark.parametrize("num_layers, num_tokens", [(30, 180), (30, 740), (30, 1), (3, 5000), (1, 8), (64, 2), (30, 12000)])
-def test_the_plan_posted_ahead_is_the_first_messages_of_the_joined_layout(num_layers, num_tokens):
-    meta = TransferMeta("r", num_layers, num_tokens, num_kv_heads=3, head_dim=64, dtype="float32")
-    posted = prepost_plan(meta, 16)
-    messages = posted.messages()
-    assert messages == message_plan(meta)[:len(messages)] and messages[0][0] == 0 and posted.fits(num_layers,
-                                                                                                    meta.layer_nbytes)
-    assert posted.num_messages * posted.message_bytes <= PREPOST_BYTES or len(messages) == 1
-    assert all((end - first) * meta.layer_nbytes <= posted.message_bytes for first, end in messages)
-    for layer in range(num_layers):
-        inside = [(first, end) for first, end in messages if first <= layer < end]
-        assert posted.message_of(layer) == (inside[0] if inside else None)
 
 
 def test_header_holds_at_most_max_entries():

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from splitserve.api.v1 import common_pb2 as splitserve_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/api/v1/node.proto\x12\x11splitserve.api.v1\x1a\x1esplitserve/api/v1/common.proto\"*\n\tChunkSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"r\n\x08KVTarget\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nkv_address\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\x12.\n\x06posted\x18\x04 \x01(\x0b\x32\x1e.splitserve.api.v1.PostedRecvs\"u\n\x0bPostedRecvs\x12\x0b\n\x03tag\x18\x01 \x01(\r\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x13\n\x0blayer_bytes\x18\x03 \x01(\x04\x12\x1a\n\x12layers_per_message\x18\x04 \x01(\r\x12\x14\n\x0cnum_messages\x18\x05 \x01(\r\"\xef\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12+\n\x06target\x18\x04 \x01(\x0b\x32\x1b.splitserve.api.v1.KVTarget\x12\x1f\n\x17num_prior_output_tokens\x18\x05 \x01(\r\x12,\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x1c.splitserve.api.v1.ChunkSpan\"\xcd\x02\n\x0cPrefillReply\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x30\n\x07logprob\x18\x02 \x01(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.splitserve.api.v1.Timings\x12\x19\n\x11num_reused_tokens\x18\x08 \x01(\r\x12\x1b\n\x13num_computed_tokens\x18\t \x01(\x01\x12\x38\n\x0fprompt_logprobs\x18\n \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"X\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x02 \x01(\r\x12\x17\n\x0fprefill_node_id\x18\x03 \x01(\t\"O\n\x0cReserveReply\x12+\n\x06target\x18\x01 \x01(\x0b\x32\x1b.splitserve.api.v1.KVTarget\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"\xab\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x16\n\x0e\x66irst_token_id\x18\x03 \x01(\r\x12\x33\n\x08sampling\x18\x04 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x1f\n\x17num_prior_output_tokens\x18\x05 \x01(\r\"\xc7\x01\n\x13NodeGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x1f\n\x17num_prior_output_tokens\x18\x04 \x01(\r\x12,\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1c.splitserve.api.v1.ChunkSpan\"\xd0\x01\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x38\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"\x0e\n\x0cStatsRequest\"\xe2\x02\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x03 \x01(\r\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\"\n\x1anum_pending_prefill_tokens\x18\x05 \x01(\r\x12\x18\n\x10num_total_blocks\x18\x06 \x01(\r\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x08 \x01(\r\x12\x14\n\x0cnum_reserved\x18\t \x01(\r\x12\x12\n\nblock_size\x18\n \x01(\r\x12\x12\n\nkv_address\x18\x0b \x01(\t\x12\x11\n\ttransport\x18\x0c \x01(\t\x12\x37\n\x0b\x63hunk_cache\x18\r \x01(\x0b\x32\".splitserve.api.v1.ChunkCacheStats\x12\x12\n\nchunk_keys\x18\x0e \x03(\t\"\xd9\x02\n\x0f\x43hunkCacheStats\x12\x18\n\x10num_local_chunks\x18\x03 \x01(\r\x12\x13\n\x0blocal_bytes\x18\x04 \x01(\x04\x12\r\n\x05redis\x18\x05 \x01(\x08\x12\x12\n\nlocal_hits\x18\x06 \x01(\x04\x12\x12\n\nredis_hits\x18\x07 \x01(\x04\x12\x0e\n\x06misses\x18\x08 \x01(\x04\x12\x14\n\x0credis_errors\x18\t \x01(\x04\x12\x16\n\x0e\x63orrupt_values\x18\n \x01(\x04\x12\x18\n\x10\x62lended_requests\x18\x0b \x01(\x04\x12\x1a\n\x12recompute_fraction\x18\x0c \x01(\x01\x12\x14\n\x0c\x62lend_time_s\x18\r \x01(\x01\x12\x18\n\x10redis_bytes_read\x18\x0e \x01(\x04\x12\x1b\n\x13redis_bytes_written\x18\x0f \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\x05\x62loomR\x0c\x62loom_hashes\"6\n\rIngestRequest\x12\x11\n\tdocuments\x18\x01 \x03(\t\x12\x12\n\nin_context\x18\x02 \x01(\x08\"K\n\x0bIngestReply\x12\x12\n\nnum_chunks\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x14\n\x0c\x63hunk_hashes\x18\x03 \x03(\t2\xac\x04\n\x04Node\x12M\n\x07Prefill\x12!.splitserve.api.v1.PrefillRequest\x1a\x1f.splitserve.api.v1.PrefillReply\x12M\n\x07Reserve\x12!.splitserve.api.v1.ReserveRequest\x1a\x1f.splitserve.api.v1.ReserveReply\x12K\n\x06\x44\x65\x63ode\x12 .splitserve.api.v1.DecodeRequest\x1a\x1d.splitserve.api.v1.TokenChunk0\x01\x12S\n\x08Generate\x12&.splitserve.api.v1.NodeGenerateRequest\x1a\x1d.splitserve.api.v1.TokenChunk0\x01\x12G\n\x05\x41\x62ort\x12\x1f.splitserve.api.v1.AbortRequest\x1a\x1d.splitserve.api.v1.AbortReply\x12\x46\n\x05Stats\x12\x1f.splitserve.api.v1.StatsRequest\x1a\x1c.splitserve.api.v1.NodeStats\x12S\n\x0fIngestDocuments\x12 .splitserve.api.v1.IngestRequest\x1a\x1e.splitserve.api.v1.IngestReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/api/v1/node.proto\x12\x11splitserve.api.v1\x1a\x1esplitserve/api/v1/common.proto\"*\n\tChunkSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"B\n\x08KVTarget\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nkv_address\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\"\xef\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12+\n\x06target\x18\x04 \x01(\x0b\x32\x1b.splitserve.api.v1.KVTarget\x12\x1f\n\x17num_prior_output_tokens\x18\x05 \x01(\r\x12,\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x1c.splitserve.api.v1.ChunkSpan\"\xcd\x02\n\x0cPrefillReply\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x30\n\x07logprob\x18\x02 \x01(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.splitserve.api.v1.Timings\x12\x19\n\x11num_reused_tokens\x18\x08 \x01(\r\x12\x1b\n\x13num_computed_tokens\x18\t \x01(\x01\x12\x38\n\x0fprompt_logprobs\x18\n \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"X\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x02 \x01(\r\x12\x17\n\x0fprefill_node_id\x18\x03 \x01(\t\"O\n\x0cReserveReply\x12+\n\x06target\x18\x01 \x01(\x0b\x32\x1b.splitserve.api.v1.KVTarget\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"\xab\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x16\n\x0e\x66irst_token_id\x18\x03 \x01(\r\x12\x33\n\x08sampling\x18\x04 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x1f\n\x17num_prior_output_tokens\x18\x05 \x01(\r\"\xc7\x01\n\x13NodeGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x1f\n\x17num_prior_output_tokens\x18\x04 \x01(\r\x12,\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1c.splitserve.api.v1.ChunkSpan\"\xd0\x01\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x38\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"\x0e\n\x0cStatsRequest\"\xe2\x02\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x03 \x01(\r\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\"\n\x1anum_pending_prefill_tokens\x18\x05 \x01(\r\x12\x18\n\x10num_total_blocks\x18\x06 \x01(\r\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x08 \x01(\r\x12\x14\n\x0cnum_reserved\x18\t \x01(\r\x12\x12\n\nblock_size\x18\n \x01(\r\x12\x12\n\nkv_address\x18\x0b \x01(\t\x12\x11\n\ttransport\x18\x0c \x01(\t\x12\x37\n\x0b\x63hunk_cache\x18\r \x01(\x0b\x32\".splitserve.api.v1.ChunkCacheStats\x12\x12\n\nchunk_keys\x18\x0e \x03(\t\"\xd9\x02\n\x0f\x43hunkCacheStats\x12\x18\n\x10num_local_chunks\x18\x03 \x01(\r\x12\x13\n\x0blocal_bytes\x18\x04 \x01(\x04\x12\r\n\x05redis\x18\x05 \x01(\x08\x12\x12\n\nlocal_hits\x18\x06 \x01(\x04\x12\x12\n\nredis_hits\x18\x07 \x01(\x04\x12\x0e\n\x06misses\x18\x08 \x01(\x04\x12\x14\n\x0credis_errors\x18\t \x01(\x04\x12\x16\n\x0e\x63orrupt_values\x18\n \x01(\x04\x12\x18\n\x10\x62lended_requests\x18\x0b \x01(\x04\x12\x1a\n\x12recompute_fraction\x18\x0c \x01(\x01\x12\x14\n\x0c\x62lend_time_s\x18\r \x01(\x01\x12\x18\n\x10redis_bytes_read\x18\x0e \x01(\x04\x12\x1b\n\x13redis_bytes_written\x18\x0f \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\x05\x62loomR\x0c\x62loom_hashes\"6\n\rIngestRequest\x12\x11\n\tdocuments\x18\x01 \x03(\t\x12\x12\n\nin_context\x18\x02 \x01(\x08\"K\n\x0bIngestReply\x12\x12\n\nnum_chunks\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x14\n\x0c\x63hunk_hashes\x18\x03 \x03(\t2\xac\x04\n\x04Node\x12M\n\x07Prefill\x12!.splitserve.api.v1.PrefillRequest\x1a\x1f.splitserve.api.v1.PrefillReply\x12M\n\x07Reserve\x12!.splitserve.api.v1.ReserveRequest\x1a\x1f.splitserve.api.v1.ReserveReply\x12K\n\x06\x44\x65\x63ode\x12 .splitserve.api.v1.DecodeRequest\x1a\x1d.splitserve.api.v1.TokenChunk0\x01\x12S\n\x08Generate\x12&.splitserve.api.v1.NodeGenerateRequest\x1a\x1d.splitserve.api.v1.TokenChunk0\x01\x12G\n\x05\x41\x62ort\x12\x1f.splitserve.api.v1.AbortRequest\x1a\x1d.splitserve.api.v1.AbortReply\x12\x46\n\x05Stats\x12\x1f.splitserve.api.v1.StatsRequest\x1a\x1c.splitserve.api.v1.NodeStats\x12S\n\x0fIngestDocuments\x12 .splitserve.api.v1.IngestRequest\x1a\x1e.splitserve.api.v1.IngestReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNKSPAN']._serialized_start=83
   _globals['_CHUNKSPAN']._serialized_end=125
   _globals['_KVTARGET']._serialized_start=127
-  _globals['_KVTARGET']._serialized_end=241
-  _globals['_POSTEDRECVS']._serialized_start=243
-  _globals['_POSTEDRECVS']._serialized_end=360
-  _globals['_PREFILLREQUEST']._serialized_start=363
-  _globals['_PREFILLREQUEST']._serialized_end=602
-  _globals['_PREFILLREPLY']._serialized_start=605
-  _globals['_PREFILLREPLY']._serialized_end=938
-  _globals['_RESERVEREQUEST']._serialized_start=940
-  _globals['_RESERVEREQUEST']._serialized_end=1028
-  _globals['_RESERVEREPLY']._serialized_start=1030
-  _globals['_RESERVEREPLY']._serialized_end=1109
-  _globals['_DECODEREQUEST']._serialized_start=1112
-  _globals['_DECODEREQUEST']._serialized_end=1283
-  _globals['_NODEGENERATEREQUEST']._serialized_start=1286
-  _globals['_NODEGENERATEREQUEST']._serialized_end=1485
-  _globals['_TOKENCHUNK']._serialized_start=1488
-  _globals['_TOKENCHUNK']._serialized_end=1696
-  _globals['_STATSREQUEST']._serialized_start=1698
-  _globals['_STATSREQUEST']._serialized_end=1712
-  _globals['_NODESTATS']._serialized_start=1715
-  _globals['_NODESTATS']._serialized_end=2069
-  _globals['_CHUNKCACHESTATS']._serialized_start=2072
-  _globals['_CHUNKCACHESTATS']._serialized_end=2417
-  _globals['_INGESTREQUEST']._serialized_start=2419
-  _globals['_INGESTREQUEST']._serialized_end=2473
-  _globals['_INGESTREPLY']._serialized_start=2475
-  _globals['_INGESTREPLY']._serialized_end=2550
-  _globals['_NODE']._serialized_start=2553
-  _globals['_NODE']._serialized_end=3109
+  _globals['_KVTARGET']._serialized_end=193
+  _globals['_PREFILLREQUEST']._serialized_start=196
+  _globals['_PREFILLREQUEST']._serialized_end=435
+  _globals['_PREFILLREPLY']._serialized_start=438
+  _globals['_PREFILLREPLY']._serialized_end=771
+  _globals['_RESERVEREQUEST']._serialized_start=773
+  _globals['_RESERVEREQUEST']._serialized_end=861
+  _globals['_RESERVEREPLY']._serialized_start=863
+  _globals['_RESERVEREPLY']._serialized_end=942
+  _globals['_DECODEREQUEST']._serialized_start=945
+  _globals['_DECODEREQUEST']._serialized_end=1116
+  _globals['_NODEGENERATEREQUEST']._serialized_start=1119
+  _globals['_NODEGENERATEREQUEST']._serialized_end=1318
+  _globals['_TOKENCHUNK']._serialized_start=1321
+  _globals['_TOKENCHUNK']._serialized_end=1529
+  _globals['_STATSREQUEST']._serialized_start=1531
+  _globals['_STATSREQUEST']._serialized_end=1545
+  _globals['_NODESTATS']._serialized_start=1548
+  _globals['_NODESTATS']._serialized_end=1902
+  _globals['_CHUNKCACHESTATS']._serialized_start=1905
+  _globals['_CHUNKCACHESTATS']._serialized_end=2250
+  _globals['_INGESTREQUEST']._serialized_start=2252
+  _globals['_INGESTREQUEST']._serialized_end=2306
+  _globals['_INGESTREPLY']._serialized_start=2308
+  _globals['_INGESTREPLY']._serialized_end=2383
+  _globals['_NODE']._serialized_start=2386
+  _globals['_NODE']._serialized_end=2942
 # @@protoc_insertion_point(module_scope)

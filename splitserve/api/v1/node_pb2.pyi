@@ -16,30 +16,14 @@ class ChunkSpan(_message.Message):
     def __init__(self, start: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class KVTarget(_message.Message):
-    __slots__ = ("node_id", "kv_address", "transport", "posted")
+    __slots__ = ("node_id", "kv_address", "transport")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KV_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
-    POSTED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     kv_address: str
     transport: str
-    posted: PostedRecvs
-    def __init__(self, node_id: _Optional[str] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., posted: _Optional[_Union[PostedRecvs, _Mapping]] = ...) -> None: ...
-
-class PostedRecvs(_message.Message):
-    __slots__ = ("tag", "num_layers", "layer_bytes", "layers_per_message", "num_messages")
-    TAG_FIELD_NUMBER: _ClassVar[int]
-    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
-    LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
-    LAYERS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    NUM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    tag: int
-    num_layers: int
-    layer_bytes: int
-    layers_per_message: int
-    num_messages: int
-    def __init__(self, tag: _Optional[int] = ..., num_layers: _Optional[int] = ..., layer_bytes: _Optional[int] = ..., layers_per_message: _Optional[int] = ..., num_messages: _Optional[int] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "num_prior_output_tokens", "chunks")
