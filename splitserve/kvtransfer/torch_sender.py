@@ -59,6 +59,8 @@ from splitserve.kvtransfer.wire import (
     adjacent,
     as_bytes,
     encode_entries,
+    encode_words,
+    layer_words,
     request_hash,
     span_bytes,
 )
@@ -71,7 +73,7 @@ class _Owed:
     """A hashed layer whose CHECKSUM entry is still to be sent."""
 
     job: Job
-    entry: LayerHeader
+    words: list[int]  # the entry's
 
 
 @dataclass
@@ -91,17 +93,13 @@ class _Flight:
 
     def words(self) -> torch.Tensor:
         joined = {i for first, end in self.messages for i in range(first + 1, end)}
-        return encode_entries([_layer_entry(job, i in joined) for i, job in enumerate(self.jobs)]
-                              + [o.entry for o in self.owed])
+        return encode_words([layer_words(job.meta, job.layer, checksum_kind(job), Kind.JOINED if i in joined else Kind.LAYER)
+                             for i, job in enumerate(self.jobs)] + [o.words for o in self.owed])
 
     def parts(self) -> list[tuple[Job, str]]:
         """(job, what) of every entry, for failure reasons."""
         return [(job, f"layer {job.layer}") for job in self.jobs] + [(o.job, f"layer {o.job.layer} checksum")
                                                                       for o in self.owed]
-
-
-def _layer_entry(job: Job, joined: bool) -> LayerHeader:
-    return LayerHeader.for_layer(job.meta, job.layer, checksum_kind(job), kind=Kind.JOINED if joined else Kind.LAYER)
 
 
 def _read_hashed(job: Job) -> bool:
@@ -213,7 +211,7 @@ class TorchSender(TrackedSender):
         for job in jobs:
             if job.ready is not None:
                 torch.cuda.current_stream(job.kv.device).wait_event(job.ready)
-        flight = _Flight(jobs, owed + [_Owed(job, self._checksum_entry(job)) for job in jobs if _read_hashed(job)])
+        flight = _Flight(jobs, owed + [_Owed(job, self._checksum_words(job)) for job in jobs if _read_hashed(job)])
         self._post(flight, flights)
         self._hash_upto(flight, len(jobs))  # what a failed post left unhashed
         self._owed = [o for o in flight.hashed if self._is_live(o.job.meta.request_id)]
@@ -223,12 +221,14 @@ class TorchSender(TrackedSender):
         """Hash the flight's layers in order until its first `num_layers` are (each layer once)."""
         for job in flight.jobs[flight.num_hashed:num_layers]:
             if job.meta.checksum and not _read_hashed(job):
-                flight.hashed.append(_Owed(job, self._checksum_entry(job)))
+                flight.hashed.append(_Owed(job, self._checksum_words(job)))
             flight.num_hashed += 1
 
-    def _checksum_entry(self, job: Job) -> LayerHeader:
-        return LayerHeader(Kind.CHECKSUM, request_hash(job.meta.request_id), job.layer, checksum=layer_checksum(job),
-                           checksum_kind=checksum_kind(job))
+    def _checksum_words(self, job: Job) -> list[int]:
+        """The words of a layer's CHECKSUM entry (`LayerHeader(Kind.CHECKSUM, ...).words()`), hashing the
+        layer if the caller did not."""
+        return [int(Kind.CHECKSUM), request_hash(job.meta.request_id), job.layer, 0, 0, layer_checksum(job),
+                int(checksum_kind(job))]
 
     def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id

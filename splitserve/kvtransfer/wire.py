@@ -29,6 +29,7 @@ ones.
 from __future__ import annotations
 
 import enum
+from array import array
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ ENTRY_WORDS = 7
 HEADER_WORDS = 2 + MAX_ENTRIES * ENTRY_WORDS
 CHUNK_BYTES = 8 << 20
 JOIN_BYTES = 2 << 20  # layers lying back to back are joined into messages of about this size (at least one layer)
+
+
+_ZEROS = array("q", bytes(8 * HEADER_WORDS))
 
 
 class Kind(enum.IntEnum):
@@ -165,12 +169,28 @@ class LayerHeader:
         return ""
 
 
+def layer_words(meta: TransferMeta, layer: int, checksum_kind: ChecksumKind, kind: Kind = Kind.LAYER) -> list[int]:
+    """`LayerHeader.for_layer(meta, layer, checksum_kind, kind=kind).words()` without the object
+    (a sender encodes dozens a flight)."""
+    return [int(kind), request_hash(meta.request_id), layer, meta.num_tokens, meta.layer_nbytes, 0,
+            int(checksum_kind)]
+
+
 def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:
     """int64[HEADER_WORDS]: one header message with 1..MAX_ENTRIES entries."""
+    return encode_words([entry.words() for entry in entries])
+
+
+def encode_words(entries: list[list[int]]) -> torch.Tensor:
+    """`encode_entries` of entries given as their words (an array, not a list of Python ints, is
+    what torch copies fast: 30 layers' header in about 45 instead of 105 us)."""
     if not 0 < len(entries) <= MAX_ENTRIES:
         raise ValueError(f"a header holds 1 to {MAX_ENTRIES} entries, got {len(entries)}")
-    words = [MAGIC, len(entries)] + [w for entry in entries for w in entry.words()]
-    return torch.tensor(words + [0] * (HEADER_WORDS - len(words)), dtype=torch.int64)
+    words = array("q", [MAGIC, len(entries)])
+    for entry in entries:
+        words.extend(entry)
+    words.extend(_ZEROS[: HEADER_WORDS - len(words)])
+    return torch.frombuffer(words, dtype=torch.int64)  # keeps `words` alive
 
 
 def decode_entries(words: torch.Tensor) -> list[LayerHeader]:

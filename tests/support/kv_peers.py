@@ -125,8 +125,8 @@ def _corrupting_sender(address: str, config: TransferConfig, seed: int):
     from splitserve.kvtransfer.torch_sender import TorchSender
 
     class CorruptingSender(TorchSender):
-        def _checksum_entry(self, job):
-            return super()._checksum_entry(replace(job, kv=layer_tensor(job.meta, job.layer, seed)))
+        def _checksum_words(self, job):
+            return super()._checksum_words(replace(job, kv=layer_tensor(job.meta, job.layer, seed)))
 
     return CorruptingSender(address, config)
 

@@ -59,7 +59,8 @@ def test_a_flight_is_hashed_once_in_layer_order(sender):
     kind = kind_for(torch.device("cpu"))
     expected = [(job.layer, checksum(kind, as_bytes(job.kv), layer_seed(request_hash("r"), job.layer)), kind)
                 for job in flight.jobs]
-    assert [(o.entry.layer, o.entry.checksum, o.entry.checksum_kind) for o in flight.hashed] == expected
+    entries = [LayerHeader.from_words(o.words) for o in flight.hashed]
+    assert [(e.layer, e.checksum, e.checksum_kind) for e in entries] == expected
 
 
 class _RecordingLink:

@@ -19,6 +19,8 @@ from splitserve.kvtransfer.wire import (
     chunk_ranges,
     decode_entries,
     encode_entries,
+    encode_words,
+    layer_words,
     request_hash,
 )
 
@@ -84,6 +86,14 @@ def _words(*entries: list[int], count: int | None = None) -> list[int]:
 def test_header_decode_rejects(words, message):
     with pytest.raises(ValueError, match=message):
         decode_entries(torch.tensor(words, dtype=torch.int64))
+
+
+def test_a_senders_fast_layer_words_are_the_entrys():
+    for kind in (Kind.LAYER, Kind.JOINED):
+        entry = LayerHeader.for_layer(META, 1, ChecksumKind.MULSUM_64, kind=kind)
+        assert layer_words(META, 1, ChecksumKind.MULSUM_64, kind) == entry.words()
+        assert torch.equal(encode_words([entry.words()]), encode_entries([entry]))
+        assert decode_entries(encode_words([entry.words(), entry.words()])) == [entry, entry]
 
 
 def test_header_holds_at_most_max_entries():
