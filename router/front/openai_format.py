@@ -177,15 +177,26 @@ class ChatShape(Shape):
     _role_sent = False
 
     def __init__(self, *args, tool_mode=None, **kwargs):
-        """`tool_mode` (tools.chosen()): the answer is tool calls, sent whole once they are complete."""
+        """`tool_mode` (tools.chosen()): the answer is tool calls, sent whole once they are complete;
+        "auto": it may be text instead, streamed as soon as it can no longer be the start of calls."""
         super().__init__(*args, **kwargs)
         self.tool_mode, self._answer, self._calls = tool_mode, [], None
+        self._held: list[Piece] = []  # "auto": pieces whose text may still begin tools.CALL_MARKER
+        self._text = tool_mode is None  # the answer is text: shown as it comes
 
     def _shown(self, piece: Piece) -> Piece | None:
-        if self.tool_mode is None:
+        if self._text:
             return piece
         self._answer.append(piece.text)
-        return None
+        if self.tool_mode != "auto":
+            return None
+        self._held.append(piece)
+        answer = "".join(self._answer)
+        if answer.startswith(tools.CALL_MARKER) or tools.CALL_MARKER.startswith(answer):
+            return None
+        held, self._held, self._answer, self._text = self._held, [], [], True
+        return Piece([t for p in held for t in p.token_ids], answer, [e for p in held for e in p.logprobs],
+                     held[0].prompt_logprobs)
 
     def _tool_calls(self) -> list[dict] | None:
         """The calls of the whole answer; None if it is not complete (cut by max_tokens or a stop string)."""
@@ -203,7 +214,7 @@ class ChatShape(Shape):
         delta = {} if final else {"content": piece.text}
         if final and self._tool_calls():
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(self._tool_calls())]
-        elif final and self.tool_mode is not None:  # an incomplete answer goes out as text
+        elif final and self._answer:  # an incomplete answer (or "auto" text too short to tell) goes out as text
             delta["content"] = "".join(self._answer)
         if not self._role_sent:  # on the first chunk: a chunk of its own would look like a token to TTFT meters
             delta, self._role_sent = {"role": "assistant", **delta}, True

@@ -1,10 +1,10 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1,
-tool_choice auto) are refused with a 400 that names them, never silently dropped. `logit_bias`,
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1)
+are refused with a 400 that names them, never silently dropped. `logit_bias`,
 completions' `echo` (prompt logprobs) and several prompts, `response_format` json_object /
-json_schema (a grammar, splitserve/engine/grammar.py) and tools (required or a named function:
-tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `repetition_penalty`
+json_schema (a grammar, splitserve/engine/grammar.py) and tools (auto, required or a named
+function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `repetition_penalty`
 and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """

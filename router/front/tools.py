@@ -3,18 +3,20 @@
 `tool_choice: "required"` constrains the answer to a JSON array of one or more calls, each
 `{"name": <one of the tools>, "arguments": <that tool's parameters schema>}`; a named function
 (`{"type": "function", "function": {"name": ...}}`) constrains it to that function's arguments.
-The grammar (splitserve/engine/grammar.py) guarantees the calls parse and match their schemas;
-the answer goes back as `message.tool_calls` with finish_reason "tool_calls". The tools are
-described to the model in the system message (the served templates render no tools of their
-own). `"none"` leaves the answer free and the tools out. `"auto"` (OpenAI's default when tools
-are given) needs the model's own tool-call format and a parser for it, which this server does
-not have: it is refused with a 400 that says what to send instead, never served as if no tools
-had been given.
+`"auto"` (OpenAI's default when tools are given) lets the model choose: its answer is either
+text that does not start with CALL_MARKER, or CALL_MARKER and then such an array of calls (a
+Lark grammar: free text and the marker's language, told apart by regex negation). The grammar
+(splitserve/engine/grammar.py) guarantees that calls, once begun, parse and match their
+schemas; they go back as `message.tool_calls` with finish_reason "tool_calls", text as
+`content`. The tools and the format are described to the model in the system message (the
+served templates render no tools of their own). `"none"` leaves the answer free and the tools
+out.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitserve.engine.grammar import json_schema_grammar
 
 MAX_TOOLS = 128
+CALL_MARKER = "<tool_call>"  # `auto`: an answer that starts with it is calls (Hermes' and Qwen's tag)
 # calls are read by programs: JSON in json.dumps' one-line style, which leaves a model no whitespace to loop on;
 # the spaces after ':' and ',' are what models write (SmolLM2 under separators without them: '{"city":".en-CH,"}',
 # with them: '{"city": "Paris,"}'). A schema's own "x-guidance" wins.
@@ -52,15 +55,13 @@ class Tool(BaseModel):
 
 
 def chosen(tools: list[Tool], choice) -> str | FunctionDef | None:
-    """"required", the named FunctionDef, or None (no tools in play); InvalidTools otherwise."""
+    """"auto", "required", the named FunctionDef, or None (no tools in play); InvalidTools otherwise."""
     if not tools or choice == "none":
         return None
     if len(tools) > MAX_TOOLS or any(t.type != "function" for t in tools):
         raise InvalidTools(f"tools must be at most {MAX_TOOLS} entries of type 'function'", "tools")
     if choice in (None, "auto"):
-        raise InvalidTools("tool_choice 'auto' needs the model's own tool-call format, which this server does not "
-                           "parse: send tool_choice 'required' (one or more calls), a named function, or 'none'",
-                           "tool_choice")
+        return "auto"
     if choice == "required":
         return "required"
     function = choice.get("function") if isinstance(choice, dict) else None
@@ -73,21 +74,43 @@ def chosen(tools: list[Tool], choice) -> str | FunctionDef | None:
 
 
 def grammar(tools: list[Tool], mode: str | FunctionDef) -> str:
-    """The grammar of the answer: a named function's arguments, or an array of calls ("required")."""
+    """The grammar of the answer: a named function's arguments, an array of calls ("required"), or text
+    or CALL_MARKER and an array of calls ("auto")."""
     if isinstance(mode, FunctionDef):
         return json_schema_grammar({**ONE_LINE, **mode.parameters})
+    if mode == "auto":
+        return _auto_grammar(_calls_schema(tools))
+    return json_schema_grammar(_calls_schema(tools))
+
+
+def _calls_schema(tools: list[Tool]) -> dict:
     calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters},
               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    return json_schema_grammar({**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1})
+    return {**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1}
+
+
+def _auto_grammar(calls: dict) -> str:
+    """Lark for llguidance: calls after the marker, or text (at least one character) that does not start
+    with it (`&` and `~`: intersection and complement of regular languages)."""
+    import llguidance
+
+    marker = json.dumps(CALL_MARKER)
+    lark = (f"start: calls | TEXT\ncalls: {marker} calls_json\ncalls_json: %json {json.dumps(calls)}\n"
+            f"TEXT: /(?s:.+)/ & ~/(?s:{re.escape(CALL_MARKER)}.*)/\n")
+    return llguidance.LLMatcher.grammar_from_lark(lark)
 
 
 def system_text(tools: list[Tool], mode: str | FunctionDef) -> str:
     """What the system message says of the tools."""
     described = [{"name": t.function.name, "description": t.function.description or "",
                   "parameters": t.function.parameters} for t in tools]
-    ask = (f"Call the function {mode.name}: answer with its arguments as a JSON object."
-           if isinstance(mode, FunctionDef) else
-           'Answer with a JSON array of calls, each {"name": <function>, "arguments": {...}}.')
+    calls = 'a JSON array of calls, each {"name": <function>, "arguments": {...}}'
+    if isinstance(mode, FunctionDef):
+        ask = f"Call the function {mode.name}: answer with its arguments as a JSON object."
+    elif mode == "auto":
+        ask = f"To call functions, answer with {CALL_MARKER} followed by {calls}. Otherwise answer in plain text."
+    else:
+        ask = f"Answer with {calls}."
     return f"You can call these functions:\n{json.dumps(described)}\n{ask}"
 
 
@@ -99,7 +122,12 @@ def with_tools(messages: list[dict], text: str) -> list[dict]:
 
 
 def tool_calls(text: str, mode: str | FunctionDef) -> list[dict]:
-    """OpenAI's `tool_calls` from the constrained answer (ValueError if it is cut short: max_tokens, a stop)."""
+    """OpenAI's `tool_calls` from the constrained answer (ValueError if it is cut short: max_tokens, a stop;
+    or, "auto", if it is text)."""
+    if mode == "auto":
+        if not text.startswith(CALL_MARKER):
+            raise ValueError("the answer is text, not calls")
+        text = text[len(CALL_MARKER):]
     value = json.loads(text)
     calls = [(mode.name, text.strip())] if isinstance(mode, FunctionDef) else \
         [(c["name"], json.dumps(c["arguments"])) for c in value]

@@ -174,8 +174,18 @@ def test_tool_calls_required_and_named(cluster, api, stream):
     for call in required:
         assert _valid(call.function.arguments) if call.function.name == "pick" else \
             json.loads(call.function.arguments)["zone"] in ("utc", "local")
-    with pytest.raises(openai.BadRequestError, match="tool_choice"):
-        api.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[pick], max_tokens=4)  # auto
+    for seed in range(4):  # auto (no tool_choice: OpenAI's default): text, or calls that parse, as the model chose
+        kwargs = dict(model=MODEL, messages=MESSAGES, tools=[pick, clock], max_tokens=40, temperature=1.0, seed=seed)
+        choice = api.chat.completions.create(**kwargs).choices[0]
+        if choice.finish_reason == "tool_calls":
+            assert choice.message.content is None and all(c.function.name in ("pick", "clock") for c in
+                                                          choice.message.tool_calls)
+        else:
+            assert choice.message.tool_calls is None and choice.message.content
+            assert not choice.message.content.startswith("<tool_call>")
+        chunks = [c.choices[0] for c in api.chat.completions.create(stream=True, **kwargs) if c.choices]
+        streamed = "".join(c.delta.content or "" for c in chunks)
+        assert chunks[-1].finish_reason == choice.finish_reason and streamed == (choice.message.content or "")
 
 
 def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):

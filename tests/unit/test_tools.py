@@ -10,8 +10,9 @@ from router.front.completion import Finish, Piece
 from router.front.intake import Frontend
 from router.front.openai_format import ChatShape
 from router.front.openai_models import ChatCompletionRequest, InvalidRequest
-from router.front.tools import FunctionDef
+from router.front.tools import CALL_MARKER, FunctionDef
 from splitserve.engine import Engine, EngineConfig
+from splitserve.engine.grammar import Grammars
 
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
@@ -27,8 +28,6 @@ def parse(**body) -> ChatCompletionRequest:
 
 
 @pytest.mark.parametrize("body, param", [
-    (dict(tools=[WEATHER]), "tool_choice"),  # OpenAI's default, auto
-    (dict(tools=[WEATHER], tool_choice="auto"), "tool_choice"),
     (dict(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
     (dict(tools=[WEATHER], tool_choice={"type": "function", "function": "get_weather"}), "tool_choice"),
     (dict(tools=[WEATHER], tool_choice="sometimes"), "tool_choice"),
@@ -49,6 +48,48 @@ def test_required_and_named_become_a_grammar_and_a_system_message():
     assert isinstance(named.tool_mode, FunctionDef) and named.tool_mode.name == "get_time"
     free = parse(tools=[WEATHER], tool_choice="none")
     assert free.sampling_params(64).grammar is None and free.chat_messages() == USER
+
+
+@pytest.mark.parametrize("body", [dict(tools=[WEATHER, TIME]), dict(tools=[WEATHER, TIME], tool_choice="auto")])
+def test_auto_is_the_default_and_lets_the_model_answer_text_or_begin_valid_calls(body, smollm2_model):
+    request = parse(**body)
+    assert request.tool_mode == "auto" and CALL_MARKER in request.chat_messages()[0]["content"]
+    tokenizer = Frontend.from_model_dir(smollm2_model).tokenizer
+    grammars = Grammars(tokenizer, 49152)
+    grammar = request.sampling_params(64).grammar
+
+    def fits(text: str) -> bool:
+        matcher = grammars.matcher(grammar)
+        return matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False)) and not matcher.is_error()
+
+    call = CALL_MARKER + '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]'
+    for good in ["It is sunny in Paris.", "<b>sunny</b>", "<tool", call]:
+        assert fits(good), good
+    for bad in [CALL_MARKER + "sunny", CALL_MARKER + '[{"name": "get_wind"', CALL_MARKER + '[{"name": "get_weather", '
+                '"arguments": {"town": "Paris"}}]']:
+        assert not fits(bad), bad
+
+
+def test_auto_text_streams_once_it_cannot_be_calls_and_calls_go_out_whole():
+    text = shape("auto")
+    assert text.chunk(Piece([1], "<"), False) is None  # may still become the marker
+    shown = text.chunk(Piece([2], "b>hi"), False)["choices"][0]
+    assert shown["delta"] == {"role": "assistant", "content": "<b>hi"}
+    assert text.chunk(Piece([3], " there"), False)["choices"][0]["delta"] == {"content": " there"}
+    last = text.final_chunk(finish(), False)["choices"][0]
+    assert last["finish_reason"] == "stop" and last["delta"] == {}
+    whole = shape("auto").response([Piece([1], "<"), Piece([2], "b>hi")], finish())["choices"][0]
+    assert whole["message"]["content"] == "<b>hi" and whole["finish_reason"] == "stop"
+    short = shape("auto").response([Piece([1], "<tool")], finish("length"))["choices"][0]
+    assert short["message"]["content"] == "<tool" and short["finish_reason"] == "length"
+    calls = shape("auto")
+    pieces = [Piece([1], "<tool_"), Piece([2], 'call>[{"name": "get_time", '), Piece([3], '"arguments": {}}]')]
+    assert [calls.chunk(p, False) for p in pieces] == [None, None, None]
+    last = calls.final_chunk(finish(), False)["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert last["delta"]["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
+    whole = shape("auto").response(pieces, finish())["choices"][0]
+    assert whole["message"]["content"] is None and whole["message"]["tool_calls"][0]["function"]["name"] == "get_time"
 
 
 def finish(reason="stop"):
