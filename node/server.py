@@ -41,6 +41,7 @@ async def main(config: NodeConfig) -> None:
     keep_this_thread_serial()
     asyncio.get_running_loop().set_default_executor(serial_executor())
     engine = await in_passing_thread(Engine, config.model, config.engine)
+    await in_passing_thread(engine.grammars.warm)
     node_id = f"{config.role}-{uuid.uuid4().hex[:12]}"
     tls = TLSFiles.load(config.tls_dir, "node") if config.tls_dir else None  # mTLS: only holders of our CA's certs
     metrics = NodeMetrics(config.role)

@@ -35,6 +35,7 @@ async def build(config: RouterConfig):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry)
     frontend = Frontend.from_model_dir(config.model)
+    frontend.grammars.warm()
     admission = make_admission(config.admission)  # load shedding and deadlines, shared by both fronts
     orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)
     server = GrpcServer(config.host, config.port, [SERVICE_NAME], security.server_credentials(),

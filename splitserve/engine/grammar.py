@@ -27,7 +27,8 @@ KEEP_CHECKED = 64  # grammars known valid: a node checks each request's at the d
 
 
 class Grammars:
-    """Matchers for one tokenizer; its llguidance tokenizer is built on first use (~0.3 s)."""
+    """Matchers for one tokenizer; its llguidance tokenizer is built on first use (0.23 s for SmolLM2's
+    49k tokens), or by `warm`."""
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int):
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
@@ -41,6 +42,11 @@ class Grammars:
 
         return llguidance.LLTokenizer(self.tokenizer.backend.to_str(), n_vocab=self.vocab_size,
                                       eos_token=list(self.tokenizer.eos_token_ids) or None)
+
+    def warm(self) -> None:
+        """Build the llguidance tokenizer now (a server at startup: else its first request with a grammar,
+        or with tools, waits for it)."""
+        self._lltokenizer
 
     def check(self, grammar: str) -> None:
         """ValueError naming what is wrong with the grammar (changes nothing; ~0.5 ms for a JSON schema the first
