@@ -28,7 +28,7 @@ from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
-from splitserve.engine.request import FinishReason, Request, Status, penalty_history
+from splitserve.engine.request import FinishReason, Request, penalty_history
 from splitserve.engine.runner import ModelRunner
 from splitserve.engine.sampling import SamplingParams, check_prompt
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput

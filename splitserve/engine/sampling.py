@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_TOP_LOGPROBS = 20
 UINT32_END = 2**32  # counts travel as uint32 between router and nodes

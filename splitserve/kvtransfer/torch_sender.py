@@ -58,7 +58,6 @@ from splitserve.kvtransfer.wire import (
     LayerHeader,
     adjacent,
     as_bytes,
-    encode_entries,
     encode_words,
     layer_words,
     request_hash,
