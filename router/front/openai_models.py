@@ -207,6 +207,7 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = True
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -236,4 +237,5 @@ class ChatCompletionRequest(_Request):
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         params = self.sampling(room if max_tokens is None else max_tokens, logprobs)
         mode = self.tool_mode
-        return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode))
+        return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode,
+                                                                                 self.parallel_tool_calls))

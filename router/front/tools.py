@@ -73,20 +73,21 @@ def chosen(tools: list[Tool], choice) -> str | FunctionDef | None:
     return named
 
 
-def grammar(tools: list[Tool], mode: str | FunctionDef) -> str:
+def grammar(tools: list[Tool], mode: str | FunctionDef, parallel: bool = True) -> str:
     """The grammar of the answer: a named function's arguments, an array of calls ("required"), or text
-    or CALL_MARKER and an array of calls ("auto")."""
+    or CALL_MARKER and an array of calls ("auto"); `parallel` False (OpenAI's `parallel_tool_calls`):
+    one call at most."""
     if isinstance(mode, FunctionDef):
         return json_schema_grammar({**ONE_LINE, **mode.parameters})
     if mode == "auto":
-        return _auto_grammar(_calls_schema(tools))
-    return json_schema_grammar(_calls_schema(tools))
+        return _auto_grammar(_calls_schema(tools, parallel))
+    return json_schema_grammar(_calls_schema(tools, parallel))
 
 
-def _calls_schema(tools: list[Tool]) -> dict:
+def _calls_schema(tools: list[Tool], parallel: bool) -> dict:
     calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters},
               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    return {**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1}
+    return {**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1, **({} if parallel else {"maxItems": 1})}
 
 
 def _auto_grammar(calls: dict) -> str:

@@ -68,6 +68,8 @@ def test_auto_is_the_default_and_lets_the_model_answer_text_or_begin_valid_calls
     for bad in [CALL_MARKER + "sunny", CALL_MARKER + '[{"name": "get_wind"', CALL_MARKER + '[{"name": "get_weather", '
                 '"arguments": {"town": "Paris"}}]']:
         assert not fits(bad), bad
+    grammar = parse(parallel_tool_calls=False, **body).sampling_params(64).grammar  # one call at most
+    assert fits(call[:call.index(", {")] + "]") and not fits(call)
 
 
 def test_auto_text_streams_once_it_cannot_be_calls_and_calls_go_out_whole():
