@@ -220,7 +220,7 @@ class ChatCompletionRequest(_Request):
 
     @property
     def tool_mode(self):
-        """tools.chosen(): "required", the named function, or None; InvalidRequest for what is refused."""
+        """tools.chosen(): "auto", "required", the named function, or None; InvalidRequest for what is refused."""
         try:
             return tools.chosen(self.tools or [], self.tool_choice)
         except tools.InvalidTools as exc:

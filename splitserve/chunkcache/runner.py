@@ -216,10 +216,8 @@ def _loaded(loading: LayerwiseFetch | None, block: bool) -> bool:
 
 def _grammar_mask(engine, params, output_token_ids: list[int]) -> torch.Tensor | None:
     """The first token's mask under the request's grammar (the engine's own matcher replays it at admission)."""
-    if params.grammar is None:
-        return None
-    return allowed_tokens(engine.grammars.matcher(params.grammar, output_token_ids), engine.model_config.vocab_size,
-                          engine.config.device)
+    matcher = engine.matcher(params, output_token_ids)
+    return None if matcher is None else allowed_tokens(matcher, engine.model_config.vocab_size, engine.config.device)
 
 
 def _finish_reason(token: int, params, eos_ids, prior: int) -> str | None:

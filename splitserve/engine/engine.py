@@ -91,7 +91,7 @@ class Engine:
         self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,
                       num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks)
-        req.matcher = self._matcher(params, req.penalty_history()[1])
+        req.matcher = self.matcher(params, req.penalty_history()[1])
         self._track(req)
         self.scheduler.add(req)
         return request_id
@@ -139,7 +139,7 @@ class Engine:
         try:
             self._check_prefilled(request_id, prompt_token_ids, first_token_id, params, num_prior_output_tokens)
             prior = penalty_history(prompt_token_ids, [], num_prior_output_tokens)[1]
-            matcher = self._matcher(params, prior + [first_token_id])  # the first token was sampled elsewhere
+            matcher = self.matcher(params, prior + [first_token_id])  # the first token was sampled elsewhere
         except ValueError:
             self.cancel_reservation(request_id)
             raise
@@ -170,8 +170,9 @@ class Engine:
             raise ValueError(f"a {len(prompt_token_ids)}-token prompt needs {num_blocks} KV blocks; "
                              f"{len(self.reserved[request_id])} were reserved for request {request_id!r}")
 
-    def _matcher(self, params: SamplingParams, output_token_ids: list[int]):
-        """The grammar's matcher after the output so far (None without a grammar); ValueError if it does not fit."""
+    def matcher(self, params: SamplingParams, output_token_ids: list[int]):
+        """The grammar's matcher after the output so far (None without a grammar); ValueError if it does not fit.
+        Also the chunk cache's, for a blended request's first token."""
         return None if params.grammar is None else self.grammars.matcher(params.grammar, output_token_ids)
 
     def _track(self, req: Request) -> None:

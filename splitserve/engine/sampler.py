@@ -52,7 +52,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
         if req.allowed is not None:
             logits[row].masked_fill_(~req.allowed, float("-inf"))
         if req.banned_token_ids:
-            _ban(logits[row], list(req.banned_token_ids))
+            _ban(logits[row], list(req.banned_token_ids), masked=req.allowed is not None)
     greedy_ids = logits.argmax(dim=-1).tolist()
     want_logprobs = any(r.params.logprobs is not None for r in requests)
     logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
@@ -63,12 +63,17 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest], generator: torch
     return samples
 
 
-def _ban(logits: torch.Tensor, token_ids: list[int]) -> None:
-    """-inf for these tokens of one row, unless no other token is left (a grammar that takes only EOS now)."""
-    left = torch.isfinite(logits)
-    left[token_ids] = False
-    if left.any():
-        logits[token_ids] = float("-inf")
+def _ban(logits: torch.Tensor, token_ids: list[int], masked: bool) -> None:
+    """-inf for these tokens of one row, unless no other token is left (a grammar that takes only EOS now;
+    `masked`: a grammar mask put -inf on the row, so it is looked at, else only the count is)."""
+    if masked:
+        left = torch.isfinite(logits)
+        left[token_ids] = False
+        if not left.any():
+            return
+    elif len(set(token_ids)) >= logits.shape[-1]:
+        return
+    logits[token_ids] = float("-inf")
 
 
 def _add_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> None:
