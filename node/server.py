@@ -22,6 +22,7 @@ from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.runtime.cpu_share import CpuShare, parse_cpu_share
 from splitserve.runtime.engine_loop import EngineLoop
+from splitserve.runtime.open_files import raise_open_files_limit
 from splitserve.runtime.step_log import StepLog
 from splitserve.runtime.torch_threads import in_passing_thread, keep_this_thread_serial, serial_executor
 from splitserve.tls import TLSFiles
@@ -92,6 +93,7 @@ async def _serve(config: NodeConfig, server: GrpcServer, node_id: str, engine_lo
 def run_node(args: argparse.Namespace) -> int:
     """The entry point (node/cli.py): the flags become a NodeConfig here, once."""
     setup_logging(f"node-{args.role}")
+    raise_open_files_limit()  # routers' connections, KV pairs, Redis
     try:
         asyncio.run(main(NodeConfig.from_args(args)))
     except ValueError as exc:

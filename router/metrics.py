@@ -59,6 +59,8 @@ class RouterMetrics:
                                    ["call", "code"], registry=r)
         self.failovers = Counter(f"{p}_failovers", "requests re-dispatched to other nodes, by the failed call's code",
                                  ["code"], registry=r)
+        self.accept_errors = Counter(f"{p}_accept_errors", "HTTP connections not accepted for lack of file "
+                                     "descriptors (failed accept() calls; see the open-files limit)", registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)
         self.generation_tokens = Counter(f"{p}_generation_tokens", "tokens sent to clients", registry=r)
         self.running = Gauge(f"{p}_requests_running", "requests the orchestrator is running", registry=r)

@@ -13,6 +13,7 @@ import logging
 
 from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
+from splitserve.runtime.open_files import LOW, AcceptErrorLog, raise_open_files_limit
 from router.cluster.discovery import start_discovery, static_nodes
 from router.cluster.nodes import NodeRegistry
 from router.cluster.orchestrator import Orchestrator
@@ -59,6 +60,7 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
 
 
 async def main(config: RouterConfig) -> None:
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(ROUTER.accept_errors.inc))
     server, registry, http = await build(config)
     discovery = await start_discovery(config.discovery, registry, config.k8s_namespace, config.k8s_selector)
     await registry.refresh()
@@ -83,6 +85,10 @@ async def main(config: RouterConfig) -> None:
 def run_router(args: argparse.Namespace) -> int:
     """The entry point (router/cli.py): the flags become a RouterConfig here, once."""
     setup_logging("router")
+    open_files = raise_open_files_limit()
+    if open_files < LOW:
+        log.warning("open-files limit %d (hard limit reached): a burst of more simultaneous connections than "
+                    "that waits in the listen queue; raise it (ulimit -n) to %d or more", open_files, LOW)
     try:
         asyncio.run(main(RouterConfig.from_args(args)))
     except (ValueError, KeyError) as exc:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 
+import anyio
 import uvicorn
 
 from splitserve.tls import TLSFiles
@@ -52,6 +53,9 @@ class HttpServer:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        # FastAPI runs sync dependencies in anyio's threads, whose backend module anyio imports on first
+        # use: imported now, a first request that comes while descriptors run out is not a 500.
+        await anyio.to_thread.run_sync(lambda: None)
         self._task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
             if self._task.done():

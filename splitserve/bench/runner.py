@@ -22,6 +22,7 @@ from splitserve.bench.metrics import RequestRecord
 from splitserve.bench.progress import Progress
 from splitserve.bench.targets import Target
 from splitserve.bench.workloads import BenchRequest
+from splitserve.runtime.open_files import raise_open_files_limit
 
 TIME_LIMIT_ERROR = "cancelled: the run reached its time limit (max_time_s)"
 
@@ -152,4 +153,5 @@ def run(target: Target, schedule: Iterable[tuple[float, BenchRequest]], config: 
         async with target:
             return await Runner(target, config, progress).run(schedule, warmup)
 
+    raise_open_files_limit()  # a connection per request in flight
     return asyncio.run(main())

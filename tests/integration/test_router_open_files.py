@@ -1,0 +1,86 @@
+"""The router and its open-files limit: it raises a low soft limit at startup, and when descriptors
+run out anyway (a hard limit it cannot pass) it keeps serving, says so in one line instead of
+asyncio's traceback per failed accept, and counts the failures in a metric."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from splitserve.localcluster.procs import service_command, spawn, stop
+from splitserve.runtime.open_files import TARGET
+from tests.support.metrics import scrape
+
+
+def router_with_limits(tiny_model, soft: int, hard: int):
+    """A router (no nodes) started with RLIMIT_NOFILE = (soft, hard)."""
+    command = service_command("router", "--model", str(tiny_model), "--port", "0", "--http-port", "-1", "--nodes", "")
+    launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
+                "os.execv(sys.argv[1], sys.argv[1:])" % (soft, hard))
+    return spawn("router", [sys.executable, "-c", launcher, *command])
+
+
+def soft_limit_of(pid: int) -> int:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+def get(url: str, timeout_s: float = 5.0) -> int:
+    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        return reply.status
+
+
+def test_router_raises_a_low_soft_limit_to_the_hard_one(tiny_model):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"hard open-files limit {hard}: nothing to raise to")
+    router = router_with_limits(tiny_model, 256, hard)
+    try:
+        want = TARGET if hard == resource.RLIM_INFINITY else min(hard, TARGET)
+        assert soft_limit_of(router.proc.pid) == want
+        assert not any("open-files limit" in line for line in router.output)
+    finally:
+        stop([router])
+
+
+def test_router_out_of_descriptors_logs_one_line_and_recovers(tiny_model):
+    router = router_with_limits(tiny_model, 64, 64)
+    clients: list[socket.socket] = []
+    try:
+        http = router.extra["http"]
+        host, port = http.rsplit("/", 1)[-1].rsplit(":", 1)
+        assert any("open-files limit 64" in line for line in router.output)  # the startup warning
+        for _ in range(120):  # more connections than descriptors, each holding one once accepted
+            client = socket.create_connection((host, int(port)), timeout=5)
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: stays open
+            clients.append(client)
+        time.sleep(2.5)  # accepts fail, asyncio retries every second
+        lines = list(router.output)
+        assert sum("out of file descriptors" in line for line in lines) == 1
+        assert not any("Traceback" in line or "out of system resource" in line for line in lines)
+        for client in clients:
+            client.close()
+        clients.clear()
+        deadline = time.monotonic() + 15
+        while True:  # the router accepts again once descriptors are free
+            try:
+                assert get(http + "/health") == 200
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        failed = [v for name, _, v in scrape(http + "/metrics") if name == "splitserve_router_accept_errors_total"]
+        assert failed and failed[0] >= 1
+        assert router.alive()
+    finally:
+        for client in clients:
+            client.close()
+        stop([router])
