@@ -24,6 +24,11 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # Calls that arrived and wait for the (Python) server to take them: past 1,000 (gRPC's default) gRPC
+    # cancels some at random (the client sees CANCELLED), which a burst of clients reaches within a
+    # second. Load is shed by the router's --max-queue instead (RESOURCE_EXHAUSTED with retry-after).
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 
