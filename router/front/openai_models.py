@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from splitserve.engine import SamplingParams
 from splitserve.engine.grammar import json_schema_grammar
 from router.front import tools
+from router.front.json_schemas import closed
 from router.front.tools import Tool
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
@@ -58,7 +59,8 @@ class JsonSchema(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    """OpenAI's response_format: text, json_object (any JSON object) or json_schema (values of its schema)."""
+    """OpenAI's response_format: text, json_object (any JSON object) or json_schema (values of its schema;
+    with `strict: true` its objects are closed: json_schemas.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -76,7 +78,10 @@ class ResponseFormat(BaseModel):
         """llguidance's grammar for it (None: free text); ValueError for a schema that is not JSON."""
         if self.type == "text":
             return None
-        return json_schema_grammar(self.json_schema.json_schema if self.type == "json_schema" else None)
+        if self.type == "json_object":
+            return json_schema_grammar(None)
+        schema = self.json_schema.json_schema
+        return json_schema_grammar(closed(schema) if self.json_schema.strict else schema)
 
 
 class _Request(BaseModel):

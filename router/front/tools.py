@@ -7,7 +7,7 @@
 text that does not start with CALL_MARKER, or CALL_MARKER and then such an array of calls (a
 Lark grammar: free text and the marker's language, told apart by regex negation). The grammar
 (splitserve/engine/grammar.py) guarantees that calls, once begun, parse and match their
-schemas; they go back as `message.tool_calls` with finish_reason "tool_calls", text as
+schemas, read as closed (no arguments the parameters do not list: json_schemas.py); they go back as `message.tool_calls` with finish_reason "tool_calls", text as
 `content`. The tools and the format are described to the model in the system message (the
 served templates render no tools of their own). `"none"` leaves the answer free and the tools
 out.
@@ -21,6 +21,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.front.json_schemas import closed
 from splitserve.engine.grammar import json_schema_grammar
 
 MAX_TOOLS = 128
@@ -76,16 +77,16 @@ def chosen(tools: list[Tool], choice) -> str | FunctionDef | None:
 def grammar(tools: list[Tool], mode: str | FunctionDef, parallel: bool = True) -> str:
     """The grammar of the answer: a named function's arguments, an array of calls ("required"), or text
     or CALL_MARKER and an array of calls ("auto"); `parallel` False (OpenAI's `parallel_tool_calls`):
-    one call at most."""
+    one call at most. Arguments are objects of the parameters' keys only (json_schemas.closed)."""
     if isinstance(mode, FunctionDef):
-        return json_schema_grammar({**ONE_LINE, **mode.parameters})
+        return json_schema_grammar({**ONE_LINE, **closed(mode.parameters)})
     if mode == "auto":
         return _auto_grammar(_calls_schema(tools, parallel))
     return json_schema_grammar(_calls_schema(tools, parallel))
 
 
 def _calls_schema(tools: list[Tool], parallel: bool) -> dict:
-    calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters},
+    calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": closed(t.function.parameters)},
               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     return {**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1, **({} if parallel else {"maxItems": 1})}
 

@@ -22,7 +22,7 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"typ
 
 
 def parse(**body) -> ChatCompletionRequest:
-    request = ChatCompletionRequest.parse(json.dumps({"messages": USER, **body}).encode())
+    request = ChatCompletionRequest.parse(json.dumps({"messages": USER, **body}).encode())  # body's messages win
     request.check_supported()
     return request
 
@@ -70,6 +70,47 @@ def test_auto_is_the_default_and_lets_the_model_answer_text_or_begin_valid_calls
         assert not fits(bad), bad
     grammar = parse(parallel_tool_calls=False, **body).sampling_params(64).grammar  # one call at most
     assert fits(call[:call.index(", {")] + "]") and not fits(call)
+
+
+OPEN_WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {  # no additionalProperties
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def fits(smollm2_model):
+    """fits(grammar, text): whether text, as SmolLM2's tokens, is a prefix of the grammar's language."""
+    tokenizer = Frontend.from_model_dir(smollm2_model).tokenizer
+    grammars = Grammars(tokenizer, 49152)
+
+    def fits(grammar: str, text: str) -> bool:
+        matcher = grammars.matcher(grammar)
+        return matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False)) and not matcher.is_error()
+    return fits
+
+
+def test_arguments_take_only_the_parameters_keys_as_does_a_strict_response_format(fits):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice, prefix in [("required", '[{"name": "get_weather", "arguments": '), (None, CALL_MARKER + '[{"name": '
+                           '"get_weather", "arguments": '), (named, "")]:
+        grammar = parse(tools=[OPEN_WEATHER, TIME], tool_choice=choice).sampling_params(64).grammar
+        assert fits(grammar, prefix + '{"city": "Paris", "unit": "C"}'), choice
+        assert not fits(grammar, prefix + '{"city": "Paris", "type"'), choice  # what SmolLM2 wrote when it could
+    schema = OPEN_WEATHER["function"]["parameters"]
+    for strict, extra_fits in [(True, False), (False, True), (None, True)]:
+        response_format = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": strict}}
+        grammar = parse(response_format=response_format).sampling_params(64).grammar
+        assert fits(grammar, '{"city": "Paris", "type"') is extra_fits, strict
+
+
+def test_the_real_model_writes_only_the_parameters(smollm2_model):
+    # with the parameters open, it wrote {"city": "Montreal", "type": "string", "properties": ... to max_tokens
+    request = parse(tools=[OPEN_WEATHER, TIME], tool_choice="required", max_tokens=80,
+                    messages=[{"role": "user", "content": "Is it cold in Montreal today, in Fahrenheit?"}])
+    prompt = Frontend.from_model_dir(smollm2_model).prompt_ids(messages=request.chat_messages())
+    result = Engine(smollm2_model, EngineConfig(num_blocks=64)).generate([prompt], request.sampling_params(80))[0]
+    calls = json.loads(result.text)
+    assert result.finish_reason == "stop" and calls[0]["name"] == "get_weather"
+    assert set(calls[0]["arguments"]) <= {"city", "unit"}  # the city is the 135M model's guess
 
 
 def test_auto_text_streams_once_it_cannot_be_calls_and_calls_go_out_whole():
