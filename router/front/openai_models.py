@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1)
-are refused with a 400 that names them, never silently dropped. `logit_bias`,
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1, the
+deprecated functions / function_call) are refused with a 400 that names them, never silently dropped. `logit_bias`,
 completions' `echo` (prompt logprobs) and several prompts, `response_format` json_object /
 json_schema (a grammar, splitserve/engine/grammar.py) and tools (auto, required or a named
 function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `repetition_penalty`
@@ -213,9 +213,15 @@ class ChatCompletionRequest(_Request):
     tools: list[Tool] | None = None
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool = True
+    functions: list | None = None  # OpenAI's deprecated tools: refused by name rather than ignored
+    function_call: str | dict | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
+        for legacy in ("functions", "function_call"):
+            if getattr(self, legacy) is not None:
+                raise InvalidRequest(f"{legacy} is OpenAI's deprecated form of tool calling and is not supported: "
+                                     "send tools and tool_choice", legacy)
         if self.tool_mode is not None and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest("tools and a response_format constrain the answer twice: send one", "response_format")
         if not self.messages:

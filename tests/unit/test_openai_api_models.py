@@ -59,6 +59,8 @@ def test_completion_extensions_and_prompt_forms():
     (CompletionRequest, dict(prompt="x", response_format={"type": "json_schema"}), "response_format"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], response_format="json"), "response_format"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], functions=[{"name": "f"}]), "functions"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], function_call="auto"), "function_call"),
 ])
 def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
     with pytest.raises(InvalidRequest) as err:
