@@ -7,10 +7,10 @@
 text that does not start with CALL_MARKER, or CALL_MARKER and then such an array of calls (a
 Lark grammar: free text and the marker's language, told apart by regex negation). The grammar
 (splitserve/engine/grammar.py) guarantees that calls, once begun, parse and match their
-schemas, read as closed (no arguments the parameters do not list: json_schemas.py); they go back as `message.tool_calls` with finish_reason "tool_calls", text as
-`content`. The tools and the format are described to the model in the system message (the
-served templates render no tools of their own). `"none"` leaves the answer free and the tools
-out.
+schemas, read as closed (no arguments the parameters do not list: json_schemas.py); they go
+back as `message.tool_calls` with finish_reason "tool_calls", text as `content`. The tools and
+the format are described to the model in the system message (the served templates render no
+tools of their own). `"none"` leaves the answer free and the tools out.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def grammar(tools: list[Tool], mode: str | FunctionDef, parallel: bool = True) -
 
 
 def _calls_schema(tools: list[Tool], parallel: bool) -> dict:
-    calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": closed(t.function.parameters)},
+    calls = [{"type": "object", "properties": {"name": {"const": t.function.name},
+                                               "arguments": closed(t.function.parameters)},
               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     return {**ONE_LINE, "type": "array", "items": {"anyOf": calls}, "minItems": 1, **({} if parallel else {"maxItems": 1})}
 

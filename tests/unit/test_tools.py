@@ -90,8 +90,8 @@ def fits(smollm2_model):
 
 def test_arguments_take_only_the_parameters_keys_as_does_a_strict_response_format(fits):
     named = {"type": "function", "function": {"name": "get_weather"}}
-    for choice, prefix in [("required", '[{"name": "get_weather", "arguments": '), (None, CALL_MARKER + '[{"name": '
-                           '"get_weather", "arguments": '), (named, "")]:
+    call = '[{"name": "get_weather", "arguments": '
+    for choice, prefix in [("required", call), (None, CALL_MARKER + call), (named, "")]:
         grammar = parse(tools=[OPEN_WEATHER, TIME], tool_choice=choice).sampling_params(64).grammar
         assert fits(grammar, prefix + '{"city": "Paris", "unit": "C"}'), choice
         assert not fits(grammar, prefix + '{"city": "Paris", "type"'), choice  # what SmolLM2 wrote when it could
