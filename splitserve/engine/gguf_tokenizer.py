@@ -3,7 +3,9 @@
 Built as transformers builds it from a GGUF (its `byte_level_tokenizer`): the vocabulary and
 merges as stored, control tokens (type 3) added whole as special tokens, user-defined ones
 (type 4) added whole as plain tokens, BOS prepended when `add_bos_token` says so, and the
-text split by the regex named in `tokenizer.ggml.pre`. One deliberate difference: "smollm"
+text split by the regex named in `tokenizer.ggml.pre`. Llama 3's vocabularies (tiktoken's) take a piece that is
+a token whole, before any merge (`ignore_merges`, as its tokenizer.json and llama.cpp do: "Cửa Việt" is 3
+tokens, not 5). One deliberate difference: "smollm"
 splits digits one by one, as llama.cpp and SmolLM2's own tokenizer.json do (transformers
 falls back to GPT-2's split there and keeps runs of digits together).
 """
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import functools
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from splitserve.engine.gguf_reader import GGUFFile
 
-SUPPORTED_MODELS = ("gpt2",)
-CONTROL, USER_DEFINED = 3, 4
+SUPPORTED_MODELS = ("gpt2", "llama")  # byte-level BPE; SentencePiece BPE (Llama 2, Mistral, TinyLlama)
+NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # llama.cpp's token types (6: byte, <0xXX>)
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -25,26 +27,61 @@ _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 SPLITS = {"llama3": _LLAMA3, "llama-v3": _LLAMA3, "llama-bpe": _LLAMA3, "smaug-bpe": _LLAMA3, "dbrx": _LLAMA3,
           "qwen2": _QWEN2, "deepseek-r1-qwen": _QWEN2}
 DIGIT_SPLITS = ("smollm", "starcoder", "refact", "codeshell")
+WHOLE_PIECES = ("llama3", "llama-v3", "llama-bpe")  # llama.cpp's ignore_merges among the splits above
 
 
 def build_tokenizer(gguf: GGUFFile) -> Tokenizer:
     model = gguf.get("tokenizer.ggml.model")
     if model not in SUPPORTED_MODELS:
-        raise gguf.error(f"tokenizer model {model!r} is not supported; supported: {', '.join(SUPPORTED_MODELS)} (byte-level BPE)")
+        raise gguf.error(f"tokenizer model {model!r} is not supported; supported: gpt2 (byte-level BPE), "
+                         "llama (SentencePiece BPE)")
     tokens, types = _tokens(gguf), gguf.get("tokenizer.ggml.token_type") or []
-    tok = Tokenizer(models.BPE(vocab=_vocab(tokens), merges=_merges(gguf), fuse_unk=False))
-    tok.pre_tokenizer = _pre_tokenizer(gguf.get("tokenizer.ggml.pre"))
-    tok.decoder = decoders.ByteLevel()
-    alphabet = _byte_alphabet()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, kind in zip(tokens, types) if kind == CONTROL and set(t) <= alphabet])
+    tok = _byte_level(gguf, tokens) if model == "gpt2" else _sentencepiece(gguf, tokens, types)
+    whole = _byte_alphabet() if model == "gpt2" else None  # byte-level: control tokens spelled in its alphabet
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types)
+                            if kind == CONTROL and (whole is None or set(t) <= whole)])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, kind in zip(tokens, types) if kind == USER_DEFINED])
     bos = gguf.get("tokenizer.ggml.bos_token_id")
-    if gguf.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+    if gguf.get("tokenizer.ggml.add_bos_token", model == "llama") and bos is not None:
         text = tokens[int(bos)]
         tok.post_processor = processors.TemplateProcessing(single=f"{text} $A", pair=f"{text} $A {text}:1 $B:1",
                                                            special_tokens=[(text, int(bos))])
     return tok
+
+
+def _byte_level(gguf: GGUFFile, tokens: list[str]) -> Tokenizer:
+    pre = gguf.get("tokenizer.ggml.pre")
+    tok = Tokenizer(models.BPE(vocab=_vocab(tokens), merges=_merges(gguf), fuse_unk=False,
+                               ignore_merges=pre in WHOLE_PIECES))
+    tok.pre_tokenizer = _pre_tokenizer(pre)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece(gguf: GGUFFile, tokens: list[str], types: list[int]) -> Tokenizer:
+    """SentencePiece BPE as llama.cpp runs it: spaces become "▁" (one in front of the text when
+    add_space_prefix), adjacent pieces merge best score first, and characters outside the vocabulary
+    fall back to their <0xXX> byte tokens. As a `tokenizers` BPE (transformers' LlamaConverter):
+    merges are every split of a piece into two pieces, ranked by the joined piece's score."""
+    scores = gguf.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise gguf.error("SentencePiece vocabulary without one tokenizer.ggml.scores entry per token")
+    unk = tokens[int(gguf.get("tokenizer.ggml.unknown_token_id", 0))]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_spm_merges(tokens, scores, types),
+                               unk_token=unk, fuse_unk=True, byte_fallback=True))
+    prefix = bool(gguf.get("tokenizer.ggml.add_space_prefix", True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * prefix + [normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                    + [decoders.Strip(" ", 1, 0)] * prefix)
+    return tok
+
+
+def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    pieces = {t: i for i, t in enumerate(tokens) if not types or types[i] in (NORMAL, USER_DEFINED)}
+    found = [(scores[i], left, piece[len(left):]) for piece, i in pieces.items()
+             for left in (piece[:k] for k in range(1, len(piece))) if left in pieces and piece[len(left):] in pieces]
+    found.sort(key=lambda m: (-m[0], pieces[m[1]], pieces[m[2]]))
+    return [(left, right) for _, left, right in found]
 
 
 def tokenizer_config(gguf: GGUFFile) -> dict:

@@ -28,14 +28,19 @@ PRE_TOKENIZERS = {"llama": "llama-bpe", "qwen2": "qwen2"}
 
 
 def write_gguf(model_dir: Path, out: Path, quant: str = "F32", arch: str | None = None,
-               tokenizer_model: str = "gpt2", extra_tensors: dict | None = None) -> Path:
+               tokenizer_model: str = "gpt2", extra_tensors: dict | None = None, sentencepiece: bytes | None = None) -> Path:
+    """`sentencepiece`: a SentencePiece model (its serialized proto) written as the vocabulary instead of the
+    folder's own, as llama.cpp's converter writes a Llama 2 / Mistral one."""
     import gguf
 
     config = json.loads((model_dir / "config.json").read_text())
     arch = arch or config["model_type"]
     writer = gguf.GGUFWriter(str(out), arch)
     _write_config(writer, config)
-    _write_tokenizer(writer, model_dir, config["model_type"], tokenizer_model)
+    if sentencepiece is None:
+        _write_tokenizer(writer, model_dir, config["model_type"], tokenizer_model)
+    else:
+        _write_sentencepiece(writer, sentencepiece, json.loads((model_dir / "tokenizer_config.json").read_text()))
     for name, tensor in _gguf_tensors(model_dir, config):
         _add_tensor(writer, name, tensor, quant)
     for name, (array, qtype) in (extra_tensors or {}).items():
@@ -77,6 +82,43 @@ def _write_tokenizer(writer, model_dir: Path, model_type: str, tokenizer_model: 
     writer.add_eos_token_id(ids[tok_config["eos_token"]])
     writer.add_pad_token_id(ids[tok_config["pad_token"]])
     writer.add_add_bos_token(tok.get("post_processor") is not None)
+    writer.add_chat_template(tok_config["chat_template"])
+
+
+def train_sentencepiece(vocab_size: int, control_symbols: tuple[str, ...] = ()) -> bytes:
+    """A SentencePiece BPE model trained on the shipped corpus with Llama 2's settings (byte fallback, no
+    normalization, spaces kept, a space in front): its serialized proto."""
+    import io
+
+    import sentencepiece
+
+    from splitserve.modelgen.corpus import load_corpus
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(load_corpus()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True, split_digits=True, character_coverage=0.9995, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, control_symbols=list(control_symbols), minloglevel=2)
+    return model.getvalue()
+
+
+def _write_sentencepiece(writer, proto: bytes, tok_config: dict) -> None:
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    ids = range(sp.get_piece_size())
+    kinds = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in ids]
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([sp.id_to_piece(i) for i in ids])
+    writer.add_token_scores([sp.get_score(i) for i in ids])
+    writer.add_token_types(kinds)
+    writer.add_bos_token_id(sp.bos_id())
+    writer.add_eos_token_id(sp.eos_id())
+    writer.add_unk_token_id(sp.unk_id())
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(True)
     writer.add_chat_template(tok_config["chat_template"])
 
 
