@@ -88,3 +88,4 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, capsys, caplog):
         stderr = capsys.readouterr().err
         assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "bad.gguf" in stderr
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+

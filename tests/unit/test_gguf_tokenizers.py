@@ -1,4 +1,6 @@
-"""GGUF files with a SentencePiece vocabulary (`tokenizer.ggml.model = llama`: Llama 2, Mistral, TinyLlama),
+"""GGUF tokenizers beyond test_gguf_vs_hf's: Llama 3's whole pieces, and SentencePiece vocabularies.
+
+GGUF files with a SentencePiece vocabulary (`tokenizer.ggml.model = llama`: Llama 2, Mistral, TinyLlama),
 written from a SentencePiece model trained here with Llama 2's settings and the `tiny` preset's weights.
 
 Tokens equal SentencePiece's own encoder on text, and llama.cpp's rule around special tokens (a space
@@ -88,3 +90,34 @@ def test_converted_folder_tokenizes_the_same_in_hf(spm, tmp_path):
     for text in TEXTS + TRICKY:
         assert hf(text)["input_ids"] == Tokenizer.from_dir(folder).encode(text) == [sp.bos_id()] + sp.encode(text), text
         assert hf.decode(sp.encode(text)) == text
+
+
+def vocab_only_gguf(path, pre: str):
+    """A byte-level vocabulary of the 256 bytes, "ab" (merged from a + b) and "abc" (no merge leads to it)."""
+    import gguf
+
+    from splitserve.engine.gguf_tokenizer import _byte_spelling
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    tokens = [_byte_spelling()[b] for b in range(256)] + ["ab", "abc"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_merges(["a b"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_llama3_vocabularies_take_a_piece_that_is_a_token_whole(tmp_path):
+    # llama.cpp's ignore_merges (and Llama 3's tokenizer.json): "Cửa Việt" is 3 tokens, not 5 (benchmarks/gguf_vocab_check.py)
+    from splitserve.engine.gguf_reader import open_gguf
+    from splitserve.engine.gguf_tokenizer import build_tokenizer
+
+    whole = build_tokenizer(open_gguf(vocab_only_gguf(tmp_path / "llama3.gguf", "llama-bpe")))
+    merged = build_tokenizer(open_gguf(vocab_only_gguf(tmp_path / "gpt2.gguf", "gpt-2")))
+    assert whole.encode("abc").tokens == ["abc"]
+    assert merged.encode("abc").tokens == ["ab", "c"]
