@@ -25,16 +25,23 @@ from router.front.completion import Finish, Piece
 
 
 class TokenTexts:
-    """Token id -> its text (memoised; special tokens kept, as logprobs show them)."""
+    """Token id -> the text it adds after another token (memoised; special tokens kept, as logprobs show
+    them). Decoded behind an anchor token: a SentencePiece tokenizer drops the space in front of a text's
+    first token ("▁world" alone decodes to "world", after another token to " world")."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._texts: dict[int, str] = {}
+        self._anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+        self._anchor_text = tokenizer.decode(self._anchor, skip_special_tokens=False)
 
     def __call__(self, token_id: int) -> str:
         text = self._texts.get(token_id)
         if text is None:
-            text = self._texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            both = self.tokenizer.decode(self._anchor + [token_id], skip_special_tokens=False)
+            text = both[len(self._anchor_text):] if both.startswith(self._anchor_text) else \
+                self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._texts[token_id] = text
         return text
 
 

@@ -121,3 +121,14 @@ def test_llama3_vocabularies_take_a_piece_that_is_a_token_whole(tmp_path):
     merged = build_tokenizer(open_gguf(vocab_only_gguf(tmp_path / "gpt2.gguf", "gpt-2")))
     assert whole.encode("abc").tokens == ["abc"]
     assert merged.encode("abc").tokens == ["ab", "c"]
+
+
+def test_token_texts_keep_the_space_in_front_of_a_word(spm):
+    # logprobs' tokens and /tokenize's token_strs: "▁world" alone decodes to "world", after a token to " world"
+    from router.front.openai_format import TokenTexts
+
+    path, sp = spm
+    texts = TokenTexts(Tokenizer.from_dir(path))
+    for text in [t for t in TEXTS + TRICKY[2:] if t.isascii()]:  # a byte token alone is no character
+        assert "".join(texts(t) for t in sp.encode(text)) == " " + text, text  # the leading "▁" is a space too
+    assert texts(sp.piece_to_id("<|im_start|>")) == "<|im_start|>"
