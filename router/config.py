@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from splitserve import labels
 from router.cluster.failover import RetryConfig
 from router.cluster.health import HealthConfig
 from router.front.admission import AdmissionConfig
+from splitserve.engine.gguf_reader import model_name
 
 DISCOVERY_KINDS = ("static", "kubernetes")
 
@@ -51,7 +51,7 @@ class RouterConfig:
     @property
     def model_name(self) -> str:
         """The model id of the OpenAI API."""
-        return self.served_model_name or Path(self.model).resolve().name
+        return self.served_model_name or model_name(self.model)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RouterConfig":

@@ -59,6 +59,7 @@ def register(subparsers) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from splitserve.engine.gguf_reader import model_name
     from splitserve.localcluster.cluster import LocalCluster, model_or_demo
     from splitserve.runtime.cpu_share import host_cores
 
@@ -86,7 +87,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         cluster.start(log=lambda line: print(line, flush=True))
         http = f"  OpenAI API at {cluster.http_url}/v1" if cluster.http_url else ""
-        print(f"cluster ready: router at {cluster.url}{http}  model {model.name}  (Ctrl-C stops it)", flush=True)
+        print(f"cluster ready: router at {cluster.url}{http}  model {model_name(model)}  (Ctrl-C stops it)", flush=True)
         if args.sample:
             _sample(cluster.url, chat=has_chat_template(model))
         if not args.exit_after_sample:

@@ -24,6 +24,12 @@ def is_gguf_path(path: str | Path) -> bool:
     return Path(path).is_file()
 
 
+def model_name(path: str | Path) -> str:
+    """A model's default name (the OpenAI API's model id): its folder's, or its GGUF file's without `.gguf`."""
+    path = Path(path).resolve()
+    return path.name.removesuffix(".gguf") if is_gguf_path(path) else path.name
+
+
 class GGUFFile:
     """Metadata by key and dequantized tensors of one GGUF file."""
 

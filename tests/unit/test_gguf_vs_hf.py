@@ -78,3 +78,12 @@ def test_bench_tokenizer_and_chunk_cache_fingerprint_accept_a_gguf_file(tiny_mod
     path = write_gguf(tiny_model, tmp_path / "tiny.gguf", "F16")
     assert load_tokenizer(path).encode(TEXTS[0]) == Tokenizer.from_dir(tiny_model).encode(TEXTS[0])
     assert len(model_fingerprint(path)) == 16 and model_fingerprint(path) != model_fingerprint(tiny_model)
+
+
+def test_a_gguf_file_is_served_under_its_name_without_the_suffix(tiny_model, tmp_path):
+    from router.config import RouterConfig
+
+    path = write_gguf(tiny_model, tmp_path / "tiny-q8.gguf", "Q8_0")
+    assert RouterConfig(str(path)).model_name == "tiny-q8"
+    assert RouterConfig(str(tiny_model)).model_name == tiny_model.name
+    assert RouterConfig(str(path), served_model_name="mine").model_name == "mine"
