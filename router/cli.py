@@ -45,6 +45,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
          "deadline wins)", type=float)
     add_flag(parser, "--retry-after-s", 1.0, "Retry-After sent with 429 / RESOURCE_EXHAUSTED", type=float)
     add_flag(parser, "--max-request-bytes", 8 << 20, "largest HTTP request body (413 beyond)", type=int)
+    add_flag(parser, "--http-read-timeout-s", 30.0, "an HTTP request's headers and body must arrive within this many "
+             "seconds of its connection opening (or of the previous response) or the connection is closed", type=float)
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

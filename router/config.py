@@ -37,6 +37,7 @@ class RouterConfig:
     policy: str = "least_loaded"
     served_model_name: str | None = None
     max_request_bytes: int = 8 << 20
+    http_read_timeout_s: float = 30.0  # a request's headers and body must arrive within it (slowloris)
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -45,6 +46,8 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("--model is required (the tokenizer and chat template come from it)")
+        if self.http_read_timeout_s <= 0:
+            raise ValueError(f"--http-read-timeout-s must be > 0, got {self.http_read_timeout_s}")
         if self.discovery not in DISCOVERY_KINDS:
             raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_KINDS)}, got {self.discovery!r}")
 
@@ -57,6 +60,7 @@ class RouterConfig:
     def from_args(cls, args: argparse.Namespace) -> "RouterConfig":
         return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
+                   args.http_read_timeout_s,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -56,7 +56,8 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
 
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error)
-    return HttpServer(create_app(context), config.host, config.http_port, security.tls)
+    return HttpServer(create_app(context), config.host, config.http_port, security.tls,
+                      read_timeout_s=config.http_read_timeout_s)
 
 
 async def main(config: RouterConfig) -> None:

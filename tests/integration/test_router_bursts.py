@@ -122,3 +122,38 @@ def test_a_burst_of_grpc_calls_gets_the_promised_codes_never_cancelled(tiny_mode
         assert set(codes) <= {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}, codes  # no node / the router is full
     finally:
         stop([router])
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes sock (recv returns b"") within `seconds`; any answer bytes are read past."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_request_that_does_not_arrive_in_time_loses_its_connection(tiny_model):
+    # slowloris: uvicorn alone kept a silent connection, or one sending its headers a byte at a time, for ever
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    router = router_with_limits(tiny_model, hard, hard, "--http-read-timeout-s", "1")
+    try:
+        host, port = router.extra["http"].rsplit("/", 1)[-1].rsplit(":", 1)
+        connect = lambda: socket.create_connection((host, int(port)), timeout=5)  # noqa: E731
+        silent, partial, slow_body, quick = connect(), connect(), connect(), connect()
+        partial.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        body = b'{"prompt": "x"}'
+        head = b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        slow_body.sendall(head % len(body) + body[:5])
+        quick.sendall(head % len(body) + body[:5])
+        time.sleep(0.3)
+        quick.sendall(body[5:])  # within the deadline: answered, as a request always is
+        quick.settimeout(5)
+        assert quick.recv(100).startswith(b"HTTP/1.1 ")
+        for sock in (silent, partial, slow_body):
+            assert closed_within(sock, 5)
+        assert get(router.extra["http"] + "/health") == 200
+    finally:
+        stop([router])
