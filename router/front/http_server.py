@@ -43,7 +43,8 @@ class _ReadDeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        idle = self.cycle is None or self.cycle.response_complete  # else a pipelined request runs now
+        if idle and not self.transport.is_closing():
             self._arm()  # the next request on this connection (uvicorn's keep-alive timeout covers silence only)
 
     def connection_lost(self, exc) -> None:
