@@ -32,5 +32,10 @@ def test_what_says_otherwise_or_combines_schemas_stays_open():
         assert closed(schema).get("additionalProperties") == schema.get("additionalProperties"), schema
     branches = closed({"allOf": [CITY, {"properties": {"unit": {"type": "string"}}}]})["allOf"]
     assert all("additionalProperties" not in b for b in branches)  # one object described by both
+    union = closed({"type": "object", "properties": {"kind": {"type": "string"}},  # a branch lists only its part
+                    "oneOf": [CITY, {"properties": {"zip": {"type": "string"}}}]})
+    assert all("additionalProperties" not in b for b in union["oneOf"]) and "additionalProperties" not in union
+    conditional = closed({"if": CITY, "then": CITY, "else": CITY})
+    assert all("additionalProperties" not in conditional[k] for k in ("if", "then", "else"))
     nested = closed(dict(CITY, additionalProperties=CITY))["additionalProperties"]
     assert nested["additionalProperties"] is False  # the schema of the other keys is itself closed
