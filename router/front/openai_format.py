@@ -32,12 +32,15 @@ class TokenTexts:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._texts: dict[int, str] = {}
-        self._anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
-        self._anchor_text = tokenizer.decode(self._anchor, skip_special_tokens=False)
+        self._anchor: list[int] | None = None  # made on first use
+        self._anchor_text = ""
 
     def __call__(self, token_id: int) -> str:
         text = self._texts.get(token_id)
         if text is None:
+            if self._anchor is None:
+                self._anchor = self.tokenizer.encode("a", add_special_tokens=False)[-1:]
+                self._anchor_text = self.tokenizer.decode(self._anchor, skip_special_tokens=False)
             both = self.tokenizer.decode(self._anchor + [token_id], skip_special_tokens=False)
             text = both[len(self._anchor_text):] if both.startswith(self._anchor_text) else \
                 self.tokenizer.decode([token_id], skip_special_tokens=False)
