@@ -9,7 +9,7 @@ import grpc
 
 from splitserve.api.v1 import node_pb2
 from splitserve.node_api import Reservation
-from splitserve.rpc.convert import sampling_from_proto
+from splitserve.rpc.convert import kv_target_to_proto, sampling_from_proto
 from splitserve.rpc.node_messages import request_id_of, status_codes, token_chunk
 from decode_node.worker import DecodeWorker
 
@@ -39,7 +39,4 @@ class DecodeServicer:
 
 
 def _reserve_reply(reservation: Reservation) -> node_pb2.ReserveReply:
-    t = reservation.target
-    return node_pb2.ReserveReply(target=node_pb2.KVTarget(node_id=t.node_id, kv_address=t.kv_address,
-                                                          transport=t.transport),
-                                 num_blocks=reservation.num_blocks)
+    return node_pb2.ReserveReply(target=kv_target_to_proto(reservation.target), num_blocks=reservation.num_blocks)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2
-from splitserve.node_api import KVTarget, PrefillResult
-from splitserve.rpc.convert import sampling_from_proto
+from splitserve.node_api import PrefillResult
+from splitserve.rpc.convert import kv_target_from_proto, sampling_from_proto
 from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.rpc.node_messages import request_id_of, spans_of, status_codes
 from prefill_node.chunks import ChunkPath
@@ -24,7 +24,7 @@ class PrefillServicer:
         async with status_codes(context):
             params = sampling_from_proto(request.sampling)
             result = await self.worker.prefill(request_id_of(request), list(request.prompt_token_ids), params,
-                                               _target(request.target), request.num_prior_output_tokens,
+                                               kv_target_from_proto(request.target), request.num_prior_output_tokens,
                                                spans_of(request.chunks))
             return _prefill_reply(result)
 
@@ -46,10 +46,6 @@ class IngestServicer:
             stored = await self.chunk_path.ingest(list(request.documents), request.in_context)
         return node_pb2.IngestReply(num_chunks=len(stored), num_tokens=sum(n for _, n in stored),
                                     chunk_hashes=[h for h, _ in stored])
-
-
-def _target(msg: node_pb2.KVTarget) -> KVTarget:
-    return KVTarget(msg.node_id, msg.kv_address, msg.transport)
 
 
 def _prefill_reply(result: PrefillResult) -> node_pb2.PrefillReply:

@@ -15,7 +15,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.node_api import KVTarget, PrefillResult, Reservation, TokenChunk
-from splitserve.rpc.convert import sampling_to_proto
+from splitserve.rpc.convert import kv_target_from_proto, kv_target_to_proto, sampling_to_proto
 from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from router.cluster.failover import NodeCallError
 from router.cluster.jobs import Job
@@ -46,13 +46,12 @@ class NodeClient:
                                           prefill_node_id=prefill_node_id)
         reply = await self._unary(address, "Reserve", self._stub(address, "Reserve").Reserve(
             request, timeout=self.rpc_timeout_s))
-        t = reply.target
-        return Reservation(KVTarget(t.node_id, t.kv_address, t.transport), reply.num_blocks)
+        return Reservation(kv_target_from_proto(reply.target), reply.num_blocks)
 
     async def prefill(self, address: str, job: Job, target: KVTarget) -> PrefillResult:
         request = node_pb2.PrefillRequest(
             request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=_sampling(job),
-            target=node_pb2.KVTarget(node_id=target.node_id, kv_address=target.kv_address, transport=target.transport),
+            target=kv_target_to_proto(target),
             num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job))
         reply = await self._unary(address, "Prefill", self._stub(address, "Prefill").Prefill(
             request, timeout=self.rpc_timeout_s))

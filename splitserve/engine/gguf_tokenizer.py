@@ -1,13 +1,15 @@
-"""A GGUF file's tokenizer half: byte-level BPE from `tokenizer.ggml.*`, special tokens, chat template.
+"""A GGUF file's tokenizer half: byte-level BPE or SentencePiece BPE from `tokenizer.ggml.*`, special
+tokens, chat template.
 
-Built as transformers builds it from a GGUF (its `byte_level_tokenizer`): the vocabulary and
-merges as stored, control tokens (type 3) added whole as special tokens, user-defined ones
-(type 4) added whole as plain tokens, BOS prepended when `add_bos_token` says so, and the
-text split by the regex named in `tokenizer.ggml.pre`. Llama 3's vocabularies (tiktoken's) take a piece that is
-a token whole, before any merge (`ignore_merges`, as its tokenizer.json and llama.cpp do: "Cửa Việt" is 3
-tokens, not 5). One deliberate difference: "smollm"
-splits digits one by one, as llama.cpp and SmolLM2's own tokenizer.json do (transformers
-falls back to GPT-2's split there and keeps runs of digits together).
+Byte-level BPE (`gpt2`) is built as transformers builds it from a GGUF (its `byte_level_tokenizer`):
+the vocabulary and merges as stored, control tokens (type 3) added whole as special tokens,
+user-defined ones (type 4) added whole as plain tokens, BOS prepended when `add_bos_token` says so,
+and the text split by the regex named in `tokenizer.ggml.pre`. Llama 3's vocabularies (tiktoken's)
+take a piece that is a token whole, before any merge (`ignore_merges`, as its tokenizer.json and
+llama.cpp do: "Cửa Việt" is 3 tokens, not 5). One deliberate difference: "smollm" splits digits one
+by one, as llama.cpp and SmolLM2's own tokenizer.json do (transformers falls back to GPT-2's split
+there and keeps runs of digits together). SentencePiece BPE (`llama`): see `_sentencepiece`.
+benchmarks/gguf_vocab_check.py checks both against llama.cpp's own tokenizer tests.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ from splitserve.kvtransfer.wire import (
     LayerHeader,
     adjacent,
     as_bytes,
+    checksum_words,
     encode_words,
     layer_words,
     request_hash,
@@ -226,8 +227,7 @@ class TorchSender(TrackedSender):
     def _checksum_words(self, job: Job) -> list[int]:
         """The words of a layer's CHECKSUM entry (`LayerHeader(Kind.CHECKSUM, ...).words()`), hashing the
         layer if the caller did not."""
-        return [int(Kind.CHECKSUM), request_hash(job.meta.request_id), job.layer, 0, 0, layer_checksum(job),
-                int(checksum_kind(job))]
+        return checksum_words(job.meta.request_id, job.layer, layer_checksum(job), checksum_kind(job))
 
     def _post(self, flight: _Flight, flights: deque[_Flight]) -> bool:
         rid = (flight.jobs or [o.job for o in flight.owed])[0].meta.request_id

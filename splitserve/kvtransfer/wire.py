@@ -176,6 +176,12 @@ def layer_words(meta: TransferMeta, layer: int, checksum_kind: ChecksumKind, kin
             int(checksum_kind)]
 
 
+def checksum_words(request_id: str, layer: int, checksum: int, checksum_kind: ChecksumKind) -> list[int]:
+    """`LayerHeader(Kind.CHECKSUM, request_hash(request_id), layer, checksum=..., checksum_kind=...).words()`
+    without the object."""
+    return [int(Kind.CHECKSUM), request_hash(request_id), layer, 0, 0, checksum, int(checksum_kind)]
+
+
 def encode_entries(entries: list[LayerHeader]) -> torch.Tensor:
     """int64[HEADER_WORDS]: one header message with 1..MAX_ENTRIES entries."""
     return encode_words([entry.words() for entry in entries])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from splitserve.api.v1 import common_pb2
+from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.engine import SamplingParams
+from splitserve.node_api import KVTarget
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool = False) -> SamplingParams:
@@ -45,3 +46,11 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     if p.grammar is not None:
         msg.grammar = p.grammar
     return msg
+
+
+def kv_target_to_proto(target: KVTarget) -> node_pb2.KVTarget:
+    return node_pb2.KVTarget(node_id=target.node_id, kv_address=target.kv_address, transport=target.transport)
+
+
+def kv_target_from_proto(msg: node_pb2.KVTarget) -> KVTarget:
+    return KVTarget(msg.node_id, msg.kv_address, msg.transport)

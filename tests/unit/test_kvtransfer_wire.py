@@ -19,6 +19,7 @@ from splitserve.kvtransfer.wire import (
     chunk_ranges,
     decode_entries,
     encode_entries,
+    checksum_words,
     encode_words,
     layer_words,
     request_hash,
@@ -94,6 +95,8 @@ def test_a_senders_fast_layer_words_are_the_entrys():
         assert layer_words(META, 1, ChecksumKind.MULSUM_64, kind) == entry.words()
         assert torch.equal(encode_words([entry.words()]), encode_entries([entry]))
         assert decode_entries(encode_words([entry.words(), entry.words()])) == [entry, entry]
+    owed = LayerHeader(Kind.CHECKSUM, request_hash(META.request_id), 1, checksum=-5, checksum_kind=ChecksumKind.MULSUM_64)
+    assert checksum_words(META.request_id, 1, -5, ChecksumKind.MULSUM_64) == owed.words()
 
 
 def test_header_holds_at_most_max_entries():
