@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Callable
 
 import grpc
 
@@ -29,9 +29,13 @@ from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
-from router.front.http_stream import EventStreamResponse, collect, event_stream, numbered, until_disconnect
+from router.front.http_stream import (EventStreamResponse, collect, event_stream, numbered, response_stream,
+                                     until_disconnect)
 from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
+from router.front.responses_format import ResponseWriter, answer_messages, request_fields
+from router.front.responses_models import ResponsesRequest
+from router.front.responses_store import ResponseStore
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
@@ -54,6 +58,7 @@ class HttpContext:
     model_name: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     count_error: Callable = lambda code: None  # (grpc.StatusCode) -> None: the metrics' errors by code
+    responses: ResponseStore = field(default_factory=ResponseStore)  # the Responses API's stored responses
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
@@ -129,16 +134,75 @@ class Endpoints:
         body = ChatCompletionRequest.parse(await self.body(request))
         body.check_supported()
         self.check_model(body.model)
+        job = self.chat_job(body, _request_id(request, "chatcmpl"))
+        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(job.prompt_token_ids),
+                            body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode)
+                  for i in range(body.num_choices)]
+        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
+
+    def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
         frontend = self.ctx.frontend
         prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
-        job = frontend.job(prompt_ids, body.sampling_params(room), _request_id(request, "chatcmpl"), chunks)
-        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids), body.logprobs,
-                            index=i, counts_prompt=i == 0, tool_mode=body.tool_mode) for i in range(body.num_choices)]
-        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
+        return frontend.job(prompt_ids, body.sampling_params(room), request_id, chunks)
+
+    async def responses(self, request: Request):
+        """POST /v1/responses: a chat completion of one choice in the Responses API's words (responses_*.py)."""
+        body = ResponsesRequest.parse(await self.body(request))
+        body.check_supported()
+        self.check_model(body.model)
+        history = self._history(body.previous_response_id)
+        chat = body.chat_request(history)
+        job = self.chat_job(chat, _request_id(request, "resp"))
+        shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(job.prompt_token_ids),
+                          chat.logprobs, tool_mode=chat.tool_mode)
+        writer, conversation = ResponseWriter(shape, request_fields(body, self.ctx.model_name)), \
+            history + body.input_messages()
+
+        def keep(response: dict) -> None:
+            if body.store:
+                self.ctx.responses.put(response, conversation + answer_messages(response["output"]))
+
+        slots, events = self.start([job])
+        headers = {"X-Request-Id": job.request_id}
+        if body.stream:
+            return EventStreamResponse(response_stream(events, writer, slots, keep), headers=headers)
+        [(pieces, finish)] = await self.results(request, events, slots, 1)
+        response = writer.whole(pieces, finish)
+        keep(response)
+        return JSONResponse(response, headers=headers)
+
+    def _history(self, previous_response_id: str | None) -> list[dict]:
+        if previous_response_id is None:
+            return []
+        return self.stored(previous_response_id, "previous_response_id").conversation
+
+    def stored(self, response_id: str, param: str | None = None):
+        entry = self.ctx.responses.get(response_id)
+        if entry is None:
+            raise ApiError(404, f"no stored response with id {response_id!r} (responses are kept in the router's "
+                           "memory: see README)", param=param, code="response_not_found")
+        return entry
+
+    async def get_response(self, response_id: str) -> dict:
+        return self.stored(response_id).response
+
+    async def delete_response(self, response_id: str) -> dict:
+        self.stored(response_id)
+        self.ctx.responses.delete(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):
-        """One job per choice, each admitted and routed on its own; their events merged (`numbered`)."""
+        slots, events = self.start(jobs)
+        headers = {"X-Request-Id": shapes[0].id}
+        if stream:
+            return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
+        results = await self.results(request, events, slots, len(jobs))
+        return JSONResponse(whole_response(shapes, results), headers=headers)
+
+    def start(self, jobs: list[Job]) -> tuple[list, AsyncIterator]:
+        """One job per choice, each admitted and routed on its own; their slots, and their events merged
+        (`numbered`). The caller releases the slots."""
         slots, streams = [], []
         try:
             for job in jobs:
@@ -150,15 +214,15 @@ class Endpoints:
             for slot in slots:
                 slot.release()
             raise
-        events, headers = numbered(streams), {"X-Request-Id": shapes[0].id}
-        if stream:
-            return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
+        return slots, numbered(streams)
+
+    async def results(self, request: Request, events: AsyncIterator, slots: list, n: int) -> list:
+        """Each choice's pieces and finish, once all are in (the client going away cancels them)."""
         try:
-            results = await until_disconnect(request.receive, collect(events, len(jobs)))
+            return await until_disconnect(request.receive, collect(events, n))
         finally:
             for slot in slots:
                 slot.release()
-        return JSONResponse(whole_response(shapes, results), headers=headers)
 
     async def health(self) -> dict:
         nodes = self.ctx.orchestrator.registry.snapshot()
@@ -216,6 +280,9 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/models/{model:path}", endpoints.model, methods=["GET"])
     v1.add_api_route("/completions", endpoints.completions, methods=["POST"])
     v1.add_api_route("/chat/completions", endpoints.chat, methods=["POST"])
+    v1.add_api_route("/responses", endpoints.responses, methods=["POST"])
+    v1.add_api_route("/responses/{response_id}", endpoints.get_response, methods=["GET"])
+    v1.add_api_route("/responses/{response_id}", endpoints.delete_response, methods=["DELETE"])
     app.include_router(v1)
     app.add_api_route("/health", endpoints.health, methods=["GET"])
     add_docs_routes(app, endpoints.check_key)

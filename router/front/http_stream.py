@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi.responses import StreamingResponse
 
@@ -82,6 +82,32 @@ async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes
         log.warning("request %s failed mid-stream: %s", shapes[0].id, exc)
         yield _data(error.body())
         yield DONE
+    finally:
+        await events.aclose()
+        for slot in slots:
+            slot.release()
+
+
+def _event(event: dict) -> bytes:
+    """A Responses API event: named after its type."""
+    return b"event: " + event["type"].encode() + b"\n" + _data(event)
+
+
+async def response_stream(events: AsyncIterator[tuple[int, Piece | Finish]], writer, slots: list[Slot],
+                          on_done: Callable[[dict], None]) -> AsyncIterator[bytes]:
+    """The Responses API's events of one request (responses_format.ResponseWriter); `on_done` gets the
+    finished response. A failure after the 200 went out becomes `error` and `response.failed`."""
+    try:
+        for event in writer.opening():
+            yield _event(event)
+        async for _, item in events:
+            for event in writer.piece(item) if isinstance(item, Piece) else writer.closing(item):
+                yield _event(event)
+        on_done(writer.response)
+    except Exception as exc:
+        log.warning("request %s failed mid-stream: %s", writer.shape.id, exc)
+        for event in writer.failed(from_exception(exc)):
+            yield _event(event)
     finally:
         await events.aclose()
         for slot in slots:

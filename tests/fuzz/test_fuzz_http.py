@@ -49,6 +49,31 @@ PLAUSIBLE = {
     "tool_choice": st.sampled_from(["none", "required", "auto", {"type": "function", "function": {"name": "f"}}]),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})}
 HOSTILE = {"prompt": prompts, "messages": messages, "max_tokens": max_tokens, "stop": stops, "documents": documents}
+# the Responses API (/v1/responses): input items of every kind, some malformed
+parts = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "input_image", None]),
+                                        "text": words | wrong_types}), max_size=2)
+items = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "developer", "tool", 5]),
+                           "content": words | parts | wrong_types}),
+    st.fixed_dictionaries({"type": st.sampled_from(["function_call", "function_call_output", "reasoning",
+                                                    "item_reference", 7]),
+                           "call_id": fs.text | wrong_types, "name": words | wrong_types,
+                           "arguments": fs.text | wrong_types, "output": fs.text | parts | wrong_types}),
+    hostile)
+RESPONSES_PLAUSIBLE = {
+    "input": words | user_messages, "max_output_tokens": st.integers(1, 6), "instructions": words,
+    "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "previous_response_id": fs.text,
+    "tools": st.just([{"type": "function", "name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}]),
+    "tool_choice": st.sampled_from(["none", "required", "auto", {"type": "function", "name": "f"}]),
+    "text": st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}}, {"format": {
+        "type": "json_schema", "name": "n", "schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}}]),
+    "include": st.just(["message.output_text.logprobs"]), "top_logprobs": st.integers(0, 5), "store": st.booleans(),
+    "stream": st.booleans(), "metadata": st.dictionaries(words, words, max_size=3), "seed": st.integers(0, 2**32),
+    "truncation": st.sampled_from(["disabled", "auto"]), "background": st.booleans(), "documents": st.lists(words, max_size=3)}
+RESPONSES_HOSTILE = {"input": st.one_of(st.lists(items, max_size=3), wrong_types), "max_output_tokens": max_tokens,
+                     "tools": st.lists(wrong_types | st.fixed_dictionaries({"type": fs.text, "name": fs.text}),
+                                       max_size=2), "documents": documents}
 
 
 @st.composite
@@ -61,6 +86,14 @@ def bodies(draw) -> tuple[str, dict]:
                           unique=True))
     bad = set(draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)))
     return path, {key: draw(HOSTILE.get(key, hostile) if key in bad else PLAUSIBLE[key]) for key in keys}
+
+
+@st.composite
+def responses_bodies(draw) -> dict:
+    keys = ["input", "max_output_tokens"] + draw(st.lists(
+        st.sampled_from(sorted(RESPONSES_PLAUSIBLE.keys() - {"input", "max_output_tokens"})), max_size=5, unique=True))
+    bad = set(draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)))
+    return {key: draw(RESPONSES_HOSTILE.get(key, hostile) if key in bad else RESPONSES_PLAUSIBLE[key]) for key in keys}
 
 
 bad_utf8_prompt = fs.invalid_utf8.map(lambda b: b'{"prompt": "' + b + b'", "max_tokens": 2}')
@@ -85,7 +118,8 @@ def assert_answered(status: int, payload: bytes) -> None:
     """200 with a completion (or an event stream), else a 4xx with an OpenAI-style error."""
     assert status == 200 or 400 <= status < 500, (status, payload[:300])
     if status == 200:
-        assert payload.startswith(b"data: ") or "choices" in json.loads(payload), payload[:300]
+        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output"}, \
+            payload[:300]
         return
     error = json.loads(payload)["error"]
     assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str)
@@ -100,8 +134,16 @@ def test_hostile_json_bodies(cluster, request):
     assert_answered(status, payload)
 
 
+@fuzz_settings(max_examples=100)
+@given(body=responses_bodies())
+def test_hostile_responses_bodies(cluster, body):
+    status, payload = post(cluster.http_url, "/v1/responses", json.dumps(body).encode())
+    event(f"HTTP {status}")
+    assert_answered(status, payload)
+
+
 @fuzz_settings(max_examples=25)
-@given(path=st.sampled_from(PATHS), body=raw_bodies)
+@given(path=st.sampled_from(PATHS + ("/v1/responses",)), body=raw_bodies)
 def test_bodies_that_are_not_json_or_not_utf8(cluster, path, body):
     status, payload = post(cluster.http_url, path, body)
     assert status == 400, (status, payload[:300])

@@ -1,6 +1,7 @@
 """The real model (SmolLM2-135M-Instruct) through real clusters: the disaggregated path on both KV
 transports equals the single-process engine for concurrent chat requests; a decode node killed
-mid-stream costs nothing; the official `openai` client gets the text `generate --chat` prints."""
+mid-stream costs nothing; the official `openai` client gets the text `generate --chat` prints (chat
+completions and the Responses API, whose follow-up turn sees the first)."""
 
 import asyncio
 import contextlib
@@ -88,6 +89,19 @@ def test_openai_chat_equals_generate_chat(cluster, smollm2_model, generate_chat_
     reply = client.chat.completions.create(model=smollm2_model.name, messages=chat(QUESTIONS[0]), temperature=0,
                                            max_completion_tokens=MAX_TOKENS)
     assert reply.choices[0].message.content == generate_chat_text
+
+
+def test_openai_responses_conversation(cluster, smollm2_model, generate_chat_text):
+    """The Responses API's answer is the chat answer, and a turn after `previous_response_id` sees the first."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=cluster.http_url + "/v1", api_key="unused")
+    first = client.responses.create(model=smollm2_model.name, input=QUESTIONS[0], temperature=0,
+                                    max_output_tokens=MAX_TOKENS)
+    assert first.output_text == generate_chat_text
+    second = client.responses.create(model=smollm2_model.name, input="And of Germany?", temperature=0,
+                                     previous_response_id=first.id, max_output_tokens=MAX_TOKENS)
+    assert "Berlin" in second.output_text
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
