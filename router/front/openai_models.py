@@ -1,10 +1,11 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1, the
-deprecated functions / function_call) are refused with a 400 that names them, never silently dropped. `logit_bias`,
-completions' `echo` (prompt logprobs) and several prompts, `response_format` json_object /
-json_schema (a grammar, splitserve/engine/grammar.py) and tools (auto, required or a named
-function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `repetition_penalty`
+deprecated functions / function_call, vLLM's beam search and the other `UNSUPPORTED` fields) are refused
+with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
+and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
+(`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
+or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`, `repetition_penalty`
 and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
@@ -18,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
-from splitserve.engine.grammar import json_schema_grammar
+from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from router.front import tools
 from router.front.json_schemas import closed
 from router.front.tools import Tool
@@ -84,6 +85,56 @@ class ResponseFormat(BaseModel):
         return json_schema_grammar(closed(schema) if self.json_schema.strict else schema)
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's structured outputs (`structured_outputs`, or the older `guided_json` / `guided_regex` /
+    `guided_choice` / `guided_grammar`): exactly one of a JSON schema (or JSON text of one), a regex, a
+    choice of strings, a Lark grammar (llguidance's, as vLLM's guidance backend reads it; not GBNF) or
+    `json_object: true`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_schema: dict | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def grammar_text(self, param: str) -> str:
+        """llguidance's grammar; InvalidRequest unless exactly one constraint is given."""
+        given = [name for name, value in self if value is not None and value is not False]
+        if len(given) != 1:
+            raise InvalidRequest(f"{param}: give exactly one of json, regex, choice, grammar or json_object", param)
+        if self.json_object:
+            return json_schema_grammar(None)
+        if self.json_schema is not None:
+            return json_schema_grammar(_schema(self.json_schema, param))
+        if self.choice is not None:
+            if not self.choice:
+                raise InvalidRequest(f"{param}: choice needs at least one string", param)
+            return choice_grammar(self.choice)
+        if self.regex is not None:
+            return regex_grammar(self.regex)
+        return lark_grammar(self.grammar)
+
+
+def _schema(value: dict | str, param: str) -> dict:
+    if isinstance(value, dict):
+        return value
+    try:
+        schema = json.loads(value)
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param}: a JSON schema is a JSON object", param)
+    return schema
+
+
+GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
+# vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
+UNSUPPORTED = {"use_beam_search": False, "include_stop_str_in_output": False, "skip_special_tokens": True,
+               "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None, "structural_tag": None}
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -93,6 +144,7 @@ class _Request(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM's: generation ends on any of these (kept in the output)
@@ -107,6 +159,18 @@ class _Request(BaseModel):
     response_format: ResponseFormat | None = None
     documents: list[str] | None = None
     user: str | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    use_beam_search: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    bad_words: list[str] | None = None
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = None
+    structural_tag: str | dict | None = None
 
     @classmethod
     def parse(cls, body: bytes):
@@ -125,20 +189,43 @@ class _Request(BaseModel):
             raise InvalidRequest(f"n must be in [1, {MAX_CHOICES}], got {self.n}", "n")
         if self.response_format is not None:
             self.response_format.check()
+        for name, default in UNSUPPORTED.items():
+            if getattr(self, name) != default:
+                raise InvalidRequest(f"{name} is not supported by this server", name)
+        if self.structured is not None and self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequest("response_format and structured outputs constrain the answer twice: send one",
+                                 "response_format")
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
+
+    @property
+    def structured(self) -> tuple[StructuredOutputs, str] | None:
+        """vLLM's structured outputs and the field they came in, or None."""
+        guided = {name: getattr(self, f"guided_{name}") for name in GUIDED if getattr(self, f"guided_{name}") is not None}
+        if guided and self.structured_outputs is not None:
+            raise InvalidRequest("send structured_outputs or the guided_* fields, not both", "structured_outputs")
+        if guided:
+            return StructuredOutputs.model_validate(guided), f"guided_{next(iter(guided))}"
+        return None if self.structured_outputs is None else (self.structured_outputs, "structured_outputs")
+
+    def _grammar(self) -> str | None:
+        if self.structured is not None:
+            outputs, param = self.structured
+            return outputs.grammar_text(param)
+        return self.response_format.grammar() if self.response_format else None
 
     def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """Engine parameters; ValueError (-> 400) for values out of range."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), seed=self.seed,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), min_p=self.min_p or 0.0,
+            seed=self.seed,
             stop=tuple(stop), stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            logit_bias=self._logit_bias(), grammar=self.response_format.grammar() if self.response_format else None)
+            logit_bias=self._logit_bias(), grammar=self._grammar())
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}
@@ -224,6 +311,8 @@ class ChatCompletionRequest(_Request):
                                      "send tools and tool_choice", legacy)
         if self.tool_mode is not None and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest("tools and a response_format constrain the answer twice: send one", "response_format")
+        if self.tool_mode is not None and self.structured is not None:
+            raise InvalidRequest("tools and structured outputs constrain the answer twice: send one", self.structured[1])
         if not self.messages:
             raise InvalidRequest("messages must hold at least one message", "messages")
         if self.top_logprobs is not None and not self.logprobs:

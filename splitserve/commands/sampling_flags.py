@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-p", type=float, default=0.0,
+                        help="HF's / vLLM's: drop tokens less likely than MIN_P x the likeliest (0: off)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0,
                         help="HF's / vLLM's, on prompt and output tokens (1: off; > 1 discourages repeats)")
     parser.add_argument("--frequency-penalty", type=float, default=0.0,
@@ -45,5 +47,5 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     from splitserve.engine.grammar import json_schema_grammar
 
     grammar = None if args.json_schema is None else json_schema_grammar(args.json_schema or None)
-    return dict(repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+    return dict(min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
                 presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar)

@@ -83,3 +83,24 @@ def json_schema_grammar(schema: dict | None) -> str:
     import llguidance
 
     return llguidance.LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"} if schema is None else schema))
+
+
+def regex_grammar(regex: str) -> str:
+    """llguidance's grammar for texts matching `regex` whole (Rust regex syntax)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_regex(regex)
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """The language of exactly these texts: each a regex of its letters and digits as they are and every
+    other character by its code point (nothing in a choice is read as regex syntax)."""
+    literal = ("".join(c if c.isalnum() else f"\\x{{{ord(c):X}}}" for c in text) for text in choices)
+    return regex_grammar("|".join(f"({text})" for text in literal))
+
+
+def lark_grammar(lark: str) -> str:
+    """llguidance's grammar for a Lark grammar (llguidance's dialect: JSON schemas and regexes may be embedded)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_lark(lark)

@@ -1,4 +1,5 @@
-"""Turns next-token logits into tokens: logit bias, penalties, greedy, temperature, top-k, top-p, per-request seeds.
+"""Turns next-token logits into tokens: logit bias, penalties, greedy, temperature, top-k, top-p, min-p,
+per-request seeds.
 
 A request's logit bias, penalties and grammar mask change its logits before anything else (and so its greedy
 token and its logprobs), in vLLM's order: OpenAI's logit_bias added first; then HF's / vLLM's
@@ -99,6 +100,15 @@ def _penalize(logits: torch.Tensor, req: SampleRequest) -> None:
 
 def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Generator | None) -> int:
     p = req.params
+    probs = distribution(logits, p)
+    if p.seed is not None:
+        generator = torch.Generator().manual_seed((p.seed * _MIX + req.output_index) % (1 << 63))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """What one row [vocab] is sampled from (on the CPU, not normalized): temperature, then top-k, top-p and
+    min-p in the order HF's warpers run (vLLM runs min-p first: the same unless top_p is set too)."""
     # from the maximum down: a tiny temperature gives 0 and -inf (greedy), never inf - inf = nan
     logits = (logits - logits.max()) / p.temperature
     if p.top_k:
@@ -107,9 +117,9 @@ def _sample_row(logits: torch.Tensor, req: SampleRequest, generator: torch.Gener
     probs = torch.softmax(logits, dim=-1).cpu()  # generators live on the CPU, whatever the device
     if p.top_p < 1.0:
         probs = _top_p(probs, p.top_p)
-    if p.seed is not None:
-        generator = torch.Generator().manual_seed((p.seed * _MIX + req.output_index) % (1 << 63))
-    return int(torch.multinomial(probs, 1, generator=generator))
+    if p.min_p:
+        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+    return probs
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

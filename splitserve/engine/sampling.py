@@ -18,6 +18,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0
+    min_p: float = 0.0  # HF's / vLLM's: tokens less likely than min_p x the likeliest are dropped; 0: off
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
@@ -36,6 +37,7 @@ class SamplingParams:
                f"max_tokens must be in [1, 2**32), got {self.max_tokens}")
         _check(0 <= self.temperature < math.inf, f"temperature must be >= 0 and finite, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        _check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}")
         _check(0 <= self.top_k < UINT32_END, f"top_k must be in [0, 2**32) (0 disables it), got {self.top_k}")
         _check(0 <= self.min_tokens < UINT32_END, f"min_tokens must be in [0, 2**32), got {self.min_tokens}")
         _check(self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}")

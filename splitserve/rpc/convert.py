@@ -14,6 +14,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         temperature=msg.temperature,
         top_k=msg.top_k,
         top_p=msg.top_p or 1.0,
+        min_p=msg.min_p,
         seed=msg.seed if msg.HasField("seed") else None,
         stop_token_ids=tuple(msg.stop_token_ids),
         stop=tuple(msg.stop) if with_stop_strings else (),
@@ -32,7 +33,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
 def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-        stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
+        min_p=p.min_p, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias),
     )
     if p.repetition_penalty != 1.0:

@@ -47,7 +47,10 @@ PLAUSIBLE = {
     "tools": st.just([{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"x": {"type": "string"}}}}}]),
     "tool_choice": st.sampled_from(["none", "required", "auto", {"type": "function", "function": {"name": "f"}}]),
-    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})}
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}), "min_p": st.floats(0, 1),
+    "guided_choice": st.lists(fs.text, min_size=1, max_size=3), "guided_regex": st.sampled_from(["[a-z]+", r"\d{1,3}", "(", ""]),
+    "structured_outputs": st.sampled_from([{"json_object": True}, {"grammar": 'start: "a" | "b"'}, {"json": {}},
+                                           {"regex": "x", "choice": ["y"]}, {}])}
 HOSTILE = {"prompt": prompts, "messages": messages, "max_tokens": max_tokens, "stop": stops, "documents": documents}
 # the Responses API (/v1/responses): input items of every kind, some malformed
 parts = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "input_image", None]),

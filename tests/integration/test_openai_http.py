@@ -17,7 +17,7 @@ from splitserve.api.v1 import router_pb2_grpc
 from router.front.intake import Frontend
 from splitserve.client import Client, build_request
 from splitserve.engine import Engine, SamplingParams
-from splitserve.engine.grammar import json_schema_grammar
+from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
 from tests.unit.test_grammar import SCHEMA, _valid
@@ -80,6 +80,20 @@ def test_completion_equals_the_grpc_path(cluster, api, sampling):
         assert plain[0] == penalized[0] and all(a != b for a, b in zip(plain[1:], penalized[1:]))
     assert response.usage.prompt_tokens == expected.final.prompt_tokens
     assert response.usage.completion_tokens == 12 and response.usage.total_tokens == expected.final.prompt_tokens + 12
+
+
+def test_min_p_reaches_the_sampler(cluster, api):
+    """vLLM's min_p: 1.0 keeps only the likeliest token (greedy, whatever the temperature); 0.2 equals gRPC's."""
+    def text(**kwargs):
+        return api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, seed=3,
+                                      extra_body={"ignore_eos": True, **kwargs.pop("extra", {})},
+                                      **kwargs).choices[0].text
+    greedy = text(temperature=0)
+    assert text(temperature=1.5) != greedy and text(temperature=1.5, extra={"min_p": 1.0}) == greedy
+    assert text(temperature=1.0, extra={"min_p": 0.2}) == grpc_result(
+        cluster, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=3, ignore_eos=True, min_p=0.2).text
+    with pytest.raises(openai.BadRequestError, match="min_p"):
+        text(temperature=1.0, extra={"min_p": 2})
 
 
 def test_logit_bias_steers_every_token_like_the_grpc_path(cluster, api):
@@ -148,6 +162,45 @@ def test_response_format_json_schema_is_the_engines_constrained_output(cluster, 
     with pytest.raises(openai.BadRequestError, match="grammar"):
         api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, response_format={
             "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "bogus"}}})
+
+
+@pytest.mark.parametrize("fields, grammar", [
+    ({"guided_choice": ["red", "green or blue", "50% grey"]}, choice_grammar(["red", "green or blue", "50% grey"])),
+    ({"guided_regex": r"[a-z]{2,5}-\d{3}"}, regex_grammar(r"[a-z]{2,5}-\d{3}")),
+    ({"structured_outputs": {"json": SCHEMA}}, json_schema_grammar(SCHEMA)),
+    ({"guided_json": json.dumps(SCHEMA)}, json_schema_grammar(SCHEMA)),
+    ({"structured_outputs": {"grammar": 'start: "yes" | "no" | NUM\nNUM: /[0-9]{1,3}/'}},
+     lark_grammar('start: "yes" | "no" | NUM\nNUM: /[0-9]{1,3}/')),
+], ids=["choice", "regex", "json", "guided_json_text", "lark"])
+def test_vllm_structured_outputs_are_the_engines_constrained_output(cluster, api, tiny_model, fields, grammar):
+    """vLLM's `structured_outputs` and older `guided_*` fields: the engine's output under the same grammar."""
+    prompt = Frontend.from_model_dir(tiny_model).prompt_ids(messages=MESSAGES)
+    expected = Engine(tiny_model).generate([prompt], SamplingParams(max_tokens=30, temperature=0.9, seed=5,
+                                                                    grammar=grammar))[0].text
+    answer = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, temperature=0.9, seed=5,
+                                         extra_body=fields).choices[0]
+    assert answer.message.content == expected and answer.finish_reason == "stop"
+    if "guided_choice" in fields:
+        assert expected in fields["guided_choice"]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"guided_choice": ["a"], "structured_outputs": {"regex": "b"}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_choice": []}, "guided_choice"),
+    ({"guided_json": "[1, 2]"}, "guided_json"),
+    ({"guided_grammar": 'root ::= "yes" | "no"'}, None),  # GBNF (xgrammar's) is not Lark: the grammar check says so
+    ({"use_beam_search": True}, "use_beam_search"),
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ({"skip_special_tokens": False}, "skip_special_tokens"),
+    ({"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
+], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search",
+        "stop-str-in-output", "special-tokens", "allowed-token-ids"])
+def test_what_vllm_has_and_this_server_cannot_honour_is_a_400(api, fields, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=fields)
+    assert err.value.body["param"] == param, err.value.body
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

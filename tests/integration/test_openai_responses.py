@@ -133,6 +133,7 @@ def test_text_format_json_schema_and_logprobs(api):
     (dict(input="x", max_output_tokens=-1), "max_output_tokens"),
     (dict(input="x", tool_choice={"type": "file_search"}, tools=[PICK]), "tool_choice"),
     (dict(input=[]), "input"),
+    (dict(input="x", extra_body={"use_beam_search": True}), "use_beam_search"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(api, body, param):
     with pytest.raises(openai.BadRequestError) as err:
