@@ -47,6 +47,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-request-bytes", 8 << 20, "largest HTTP request body (413 beyond)", type=int)
     add_flag(parser, "--http-read-timeout-s", 30.0, "an HTTP request's headers and body must arrive within this many "
              "seconds of its connection opening (or of the previous response) or the connection is closed", type=float)
+    add_flag(parser, "--generation-config", "auto", "sampling settings an OpenAI request leaves out: auto, the "
+             "model's recommended ones (generation_config.json or GGUF general.sampling.*, as vLLM and llama-server "
+             "read them); none, OpenAI's (temperature 1, no top-k / top-p / min-p)", choices=("auto", "none"))
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

@@ -13,6 +13,7 @@ from router.front.admission import AdmissionConfig
 from splitserve.engine.gguf_reader import model_name
 
 DISCOVERY_KINDS = ("static", "kubernetes")
+GENERATION_CONFIGS = ("auto", "none")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RouterConfig:
     served_model_name: str | None = None
     max_request_bytes: int = 8 << 20
     http_read_timeout_s: float = 30.0  # a request's headers and body must arrive within it (slowloris)
+    generation_config: str = "auto"  # auto: the model's recommended sampling defaults on the OpenAI API; none: OpenAI's
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -48,6 +50,9 @@ class RouterConfig:
             raise ValueError("--model is required (the tokenizer and chat template come from it)")
         if self.http_read_timeout_s <= 0:
             raise ValueError(f"--http-read-timeout-s must be > 0, got {self.http_read_timeout_s}")
+        if self.generation_config not in GENERATION_CONFIGS:
+            raise ValueError(f"--generation-config must be one of {', '.join(GENERATION_CONFIGS)}, "
+                             f"got {self.generation_config!r}")
         if self.discovery not in DISCOVERY_KINDS:
             raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_KINDS)}, got {self.discovery!r}")
 
@@ -60,7 +65,7 @@ class RouterConfig:
     def from_args(cls, args: argparse.Namespace) -> "RouterConfig":
         return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
-                   args.http_read_timeout_s,
+                   args.http_read_timeout_s, args.generation_config,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

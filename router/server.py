@@ -35,7 +35,10 @@ async def build(config: RouterConfig):
     for role, address in static_nodes(config.nodes, config.nodes_file):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry)
-    frontend = Frontend.from_model_dir(config.model)
+    frontend = Frontend.from_model_dir(config.model, config.generation_config)
+    if frontend.sampling_defaults:
+        log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "
+                 "OpenAI's)", frontend.sampling_defaults)
     frontend.grammars.warm()
     admission = make_admission(config.admission)  # load shedding and deadlines, shared by both fronts
     orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)

@@ -112,7 +112,7 @@ class Endpoints:
         body.check_supported()
         self.check_model(body.model)
         request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
-        inputs, params = body.prompt_inputs(), body.sampling_params()
+        inputs, params = body.prompt_inputs(), body.sampling_params(self.ctx.frontend.sampling_defaults)
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or ())
             job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
@@ -144,7 +144,7 @@ class Endpoints:
         frontend = self.ctx.frontend
         prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
-        return frontend.job(prompt_ids, body.sampling_params(room), request_id, chunks)
+        return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks)
 
     async def responses(self, request: Request):
         """POST /v1/responses: a chat completion of one choice in the Responses API's words (responses_*.py)."""
@@ -156,7 +156,7 @@ class Endpoints:
         job = self.chat_job(chat, _request_id(request, "resp"))
         shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(job.prompt_token_ids),
                           chat.logprobs, tool_mode=chat.tool_mode)
-        writer, conversation = ResponseWriter(shape, request_fields(body, self.ctx.model_name)), \
+        writer, conversation = ResponseWriter(shape, request_fields(body, self.ctx.model_name, self.ctx.frontend.sampling_defaults)), \
             history + body.input_messages()
 
         def keep(response: dict) -> None:

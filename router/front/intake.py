@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
+from splitserve.engine import generation_defaults
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.sampling import check_prompt
 from router.cluster.orchestrator import Job
@@ -27,15 +28,20 @@ class Limits:
 
 
 class Frontend:
-    def __init__(self, tokenizer: Tokenizer, limits: Limits):
+    def __init__(self, tokenizer: Tokenizer, limits: Limits, sampling_defaults: dict | None = None):
+        """`sampling_defaults`: what the OpenAI API uses for sampling settings a request leaves out
+        (generation_defaults.py: the model's recommended ones, or none)."""
         self.tokenizer = tokenizer
         self.limits = limits
         self.grammars = Grammars(tokenizer, limits.vocab_size)
+        self.sampling_defaults = dict(sampling_defaults or {})
 
     @classmethod
-    def from_model_dir(cls, model_dir) -> "Frontend":
+    def from_model_dir(cls, model_dir, generation_config: str = "none") -> "Frontend":
+        """`generation_config`: "auto" takes the model's recommended sampling defaults, "none" OpenAI's."""
         cfg = ModelConfig.from_dir(model_dir)
-        return cls(Tokenizer.from_dir(model_dir), Limits(cfg.max_position_embeddings, cfg.vocab_size))
+        defaults = generation_defaults.sampling_defaults(model_dir) if generation_config == "auto" else {}
+        return cls(Tokenizer.from_dir(model_dir), Limits(cfg.max_position_embeddings, cfg.vocab_size), defaults)
 
     def prompt_ids(self, prompt: str | None = None, token_ids: list[int] | None = None,
                    messages: list[dict] | None = None, documents: list[str] = ()) -> list[int]:

@@ -129,6 +129,7 @@ def _schema(value: dict | str, param: str) -> dict:
     return schema
 
 
+SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
 GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
 # vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
 UNSUPPORTED = {"use_beam_search": False, "include_stop_str_in_output": False, "skip_special_tokens": True,
@@ -215,16 +216,17 @@ class _Request(BaseModel):
             return outputs.grammar_text(param)
         return self.response_format.grammar() if self.response_format else None
 
-    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
-        """Engine parameters; ValueError (-> 400) for values out of range."""
+    def sampling(self, max_tokens: int, logprobs: int | None, defaults: dict | None = None) -> SamplingParams:
+        """Engine parameters; ValueError (-> 400) for values out of range. `defaults`: sampling settings for
+        what the request leaves out (the model's recommended ones: Frontend.sampling_defaults), else OpenAI's."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        chosen = {**(defaults or {}), **{name: getattr(self, name) for name in SAMPLING_DEFAULTS if getattr(self, name) is not None}}
         return SamplingParams(
-            max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0), min_p=self.min_p or 0.0,
-            seed=self.seed,
+            max_tokens=max_tokens, temperature=chosen.get("temperature", 1.0), top_p=chosen.get("top_p", 1.0),
+            top_k=max(0, chosen.get("top_k", 0)), min_p=chosen.get("min_p", 0.0),
+            repetition_penalty=chosen.get("repetition_penalty", 1.0), seed=self.seed,
             stop=tuple(stop), stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             logit_bias=self._logit_bias(), grammar=self._grammar())
 
     def _logit_bias(self) -> dict[int, float]:
@@ -260,11 +262,11 @@ class CompletionRequest(_Request):
         """echo with max_tokens 0 (how lm-evaluation-harness scores a text): the prompt and its logprobs alone."""
         return self.echo and self.max_tokens == 0
 
-    def sampling_params(self) -> SamplingParams:
+    def sampling_params(self, defaults: dict | None = None) -> SamplingParams:
         """With echo and logprobs the prompt's tokens are scored too (prompt_logprobs); max_tokens 0 (with echo)
         generates one token, which the response leaves out."""
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
-        params = self.sampling(1 if self.scores_only else max_tokens, self.logprobs)
+        params = self.sampling(1 if self.scores_only else max_tokens, self.logprobs, defaults)
         return replace(params, prompt_logprobs=self.logprobs if self.echo else None)
 
 
@@ -331,11 +333,11 @@ class ChatCompletionRequest(_Request):
         mode = self.tool_mode
         return messages if mode is None else tools.with_tools(messages, tools.system_text(self.tools, mode))
 
-    def sampling_params(self, room: int) -> SamplingParams:
-        """`room`: tokens left in the context after the prompt, the default maximum."""
+    def sampling_params(self, room: int, defaults: dict | None = None) -> SamplingParams:
+        """`room`: tokens left in the context after the prompt, the default maximum; `defaults`: see `sampling`."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        params = self.sampling(room if max_tokens is None else max_tokens, logprobs)
+        params = self.sampling(room if max_tokens is None else max_tokens, logprobs, defaults)
         mode = self.tool_mode
         return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode,
                                                                                  self.parallel_tool_calls))

@@ -20,14 +20,14 @@ from router.front.openai_format import ChatShape, usage
 from router.front.responses_models import ResponsesRequest
 
 
-def request_fields(body: ResponsesRequest, model: str) -> dict:
-    """What a response object repeats of its request."""
+def request_fields(body: ResponsesRequest, model: str, defaults: dict) -> dict:
+    """What a response object repeats of its request (`defaults`: the sampling defaults that filled it in)."""
     text_format = body.text.format if body.text and body.text.format else {"type": "text"}
     return {"model": model, "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
             "previous_response_id": body.previous_response_id, "tools": body.tools or [],
             "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "top_p": 1.0 if body.top_p is None else body.top_p, "top_logprobs": body.top_logprobs,
+            "temperature": defaults.get("temperature", 1.0) if body.temperature is None else body.temperature,
+            "top_p": defaults.get("top_p", 1.0) if body.top_p is None else body.top_p, "top_logprobs": body.top_logprobs,
             "text": {"format": text_format}, "truncation": "disabled", "store": body.store,
             "metadata": body.metadata or {}, "user": body.user}
 

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
                     help="model dtype on every node (default: the nodes' float32)")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
+    up.add_argument("--router-arg", action="append", default=[],
+                    help="extra flag passed to the router, e.g. --router-arg=--generation-config=none (repeatable)")
     up.add_argument("--redis-url", default=None, help="chunk-cache Redis (default: a private redis-server on a free "
                     "loopback port when one is installed, else the local tier alone)")
     up.add_argument("--sample", action="store_true", help="send a sample request once the cluster is up")
@@ -79,7 +81,7 @@ def run_up(args: argparse.Namespace) -> int:
     node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
     cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport, host=args.host, port=args.port,
                            http_port=args.http_port, threads=args.threads or host_cores(), policy=args.policy,
-                           node_args=node_args, redis_url=args.redis_url, private_redis=True, devices=devices,
+                           node_args=node_args, router_args=args.router_arg, redis_url=args.redis_url, private_redis=True, devices=devices,
                            share_cores=args.threads == 0)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

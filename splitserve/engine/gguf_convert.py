@@ -1,7 +1,8 @@
 """`convert_gguf`: a GGUF file -> an HF model folder that transformers and the engine load as is.
 
 Folder: model.safetensors (dequantized, HF names and layouts), config.json,
-generation_config.json (every end-of-generation id), tokenizer.json, tokenizer_config.json and
+generation_config.json (every end-of-generation id, and the recommended sampling settings of
+`general.sampling.*`), tokenizer.json, tokenizer_config.json and
 chat_template.jinja. Dequantizing once here spares each node start the work (and the slow
 metadata parse of the `gguf` reader).
 """
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from splitserve.engine.config import DTYPES
+from splitserve.engine.generation_defaults import gguf_sampling_config
 from splitserve.engine.gguf_model import hf_config, hf_tensors
 from splitserve.engine.gguf_reader import open_gguf
 from splitserve.engine.gguf_tokenizer import build_tokenizer, eos_token_ids, tokenizer_config
@@ -30,7 +32,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float
     out.mkdir(parents=True, exist_ok=True)
     _write_weights(gguf, config, out / "model.safetensors", DTYPES[dtype])
     _write_json(out / "config.json", {**config, "torch_dtype": dtype, "use_cache": True})
-    _write_json(out / "generation_config.json", _generation_config(config, eos_token_ids(gguf)))
+    _write_json(out / "generation_config.json",
+                {**_generation_config(config, eos_token_ids(gguf)), **gguf_sampling_config(gguf)})
     build_tokenizer(gguf).save(str(out / "tokenizer.json"))
     tok_config = tokenizer_config(gguf)
     template = tok_config.pop("chat_template")

@@ -37,6 +37,7 @@ def write_gguf(model_dir: Path, out: Path, quant: str = "F32", arch: str | None 
     arch = arch or config["model_type"]
     writer = gguf.GGUFWriter(str(out), arch)
     _write_config(writer, config)
+    _write_sampling(writer, model_dir)
     if sentencepiece is None:
         _write_tokenizer(writer, model_dir, config["model_type"], tokenizer_model)
     else:
@@ -50,6 +51,18 @@ def write_gguf(model_dir: Path, out: Path, quant: str = "F32", arch: str | None 
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def _write_sampling(writer, model_dir: Path) -> None:
+    """general.sampling.* from generation_config.json, as llama.cpp's converter writes them."""
+    path = model_dir / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    adders = {"temperature": writer.add_sampling_temp, "top_p": writer.add_sampling_top_p,
+              "top_k": writer.add_sampling_top_k, "min_p": writer.add_sampling_min_p,
+              "repetition_penalty": writer.add_sampling_penalty_repeat}
+    for name, add in adders.items():
+        if config.get(name) is not None:
+            add(config[name])
 
 
 def _write_config(writer, config: dict) -> None:
