@@ -142,7 +142,8 @@ class Endpoints:
 
     def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
         frontend = self.ctx.frontend
-        prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or ())
+        prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
+                                                        chat_format=body.chat_format())
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
         return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks)
 

@@ -5,7 +5,8 @@ A client counts a prompt's tokens before sending it, or tokenizes with the serve
 when it has none (lm-evaluation-harness's `tokenizer_backend=remote` reads all three; a GGUF
 model has no tokenizer folder to hand it). /tokenize takes `prompt` (text; `add_special_tokens`,
 default true, adds what a completions prompt gets) or `messages` (the chat template, as a chat
-request is tokenized); it answers `count`, `max_model_len`, `tokens` and, with
+request is tokenized, with the same `add_generation_prompt`, `continue_final_message` and
+`chat_template_kwargs`); it answers `count`, `max_model_len`, `tokens` and, with
 `return_token_strs`, each token's text.
 """
 
@@ -16,18 +17,15 @@ from typing import Callable
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from router.front.openai_models import ChatMessage, InvalidRequest, parse_body
+from router.front.openai_models import ChatMessage, ChatTemplateOptions, InvalidRequest, parse_body
 from splitserve.engine.sampling import check_token_ids
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class TokenizeRequest(ChatTemplateOptions):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
-    add_generation_prompt: bool = True
     return_token_strs: bool = False
 
 
@@ -51,7 +49,7 @@ class TokenizerEndpoints:
             raise InvalidRequest("send one of prompt or messages", "prompt")
         if body.messages is not None:
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            tokens = self.tokenizer.encode_chat(messages, body.add_generation_prompt)
+            tokens = self.tokenizer.encode_chat(messages, chat_format=body.chat_format())
         else:
             tokens = self.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         reply = {"count": len(tokens), "max_model_len": self.endpoints.ctx.frontend.limits.max_model_len,

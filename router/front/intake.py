@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
+from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine import generation_defaults
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.sampling import check_prompt
@@ -48,10 +49,12 @@ class Frontend:
         return self.prompt_and_chunks(prompt, token_ids, messages, documents)[0]
 
     def prompt_and_chunks(self, prompt: str | None = None, token_ids: list[int] | None = None,
-                          messages: list[dict] | None = None, documents: list[str] = ()) -> tuple[list[int], tuple]:
+                          messages: list[dict] | None = None, documents: list[str] = (),
+                          chat_format: ChatFormat | None = None) -> tuple[list[int], tuple]:
         """Prompt ids and the (start, length) span of each document in them. Documents go with a text
         prompt (before it) or chat messages (at the start of the last user message, inside the chat
-        template); each is tokenized alone (documents.py), so its KV can come from the chunk cache."""
+        template, rendered as `chat_format` says); each is tokenized alone (documents.py), so its KV can
+        come from the chunk cache."""
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
         if documents and token_ids is not None:
@@ -60,8 +63,8 @@ class Frontend:
             raise ValueError("documents must be non-empty strings")
         if messages is not None:
             if not documents:
-                return self.tokenizer.encode_chat(messages), ()
-            ids, spans = chat_document_prompt(self.tokenizer, messages, list(documents))
+                return self.tokenizer.encode_chat(messages, chat_format=chat_format), ()
+            ids, spans = chat_document_prompt(self.tokenizer, messages, list(documents), chat_format)
             return ids, tuple(spans)
         if token_ids is not None:
             return list(token_ids), ()

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
+from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from router.front import tools
 from router.front.json_schemas import closed
@@ -294,7 +295,25 @@ class ChatMessage(BaseModel):
         return (self.content or "") + (json.dumps(calls) if calls else "")
 
 
-class ChatCompletionRequest(_Request):
+class ChatTemplateOptions(BaseModel):
+    """vLLM's chat template options (of chat requests and /tokenize): tokenizer.ChatFormat's fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict | None = None
+
+    def chat_format(self) -> ChatFormat:
+        """How the messages become the prompt; InvalidRequest naming the field for a bad combination."""
+        try:
+            return ChatFormat(self.add_generation_prompt, self.continue_final_message, self.chat_template_kwargs or {})
+        except ValueError as exc:
+            param = "chat_template_kwargs" if "variables" in str(exc) else "continue_final_message"
+            raise InvalidRequest(str(exc), param) from None
+
+
+class ChatCompletionRequest(_Request, ChatTemplateOptions):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -304,9 +323,13 @@ class ChatCompletionRequest(_Request):
     parallel_tool_calls: bool = True
     functions: list | None = None  # OpenAI's deprecated tools: refused by name rather than ignored
     function_call: str | dict | None = None
+    chat_template: str | None = None  # a template sent with the request: refused (the model's is served)
 
     def check_supported(self) -> None:
         super().check_supported()
+        if self.chat_template is not None:
+            raise InvalidRequest("chat_template is not supported: the model's own template is used", "chat_template")
+        self.chat_format()
         for legacy in ("functions", "function_call"):
             if getattr(self, legacy) is not None:
                 raise InvalidRequest(f"{legacy} is OpenAI's deprecated form of tool calling and is not supported: "

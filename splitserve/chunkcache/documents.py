@@ -48,12 +48,14 @@ def document_prompt(tokenizer, documents: list[str], prompt: str) -> tuple[list[
     return assemble(special_prefix(tokenizer), chunks, tokenizer.encode(prompt, add_special_tokens=False))
 
 
-def chat_head_and_tail(tokenizer, messages: list[dict], lead: str = "") -> tuple[list[int], list[int]]:
-    """Ids of the chat template before and after the documents' place in the last user message."""
+def chat_head_and_tail(tokenizer, messages: list[dict], lead: str = "",
+                       chat_format=None) -> tuple[list[int], list[int]]:
+    """Ids of the chat template before and after the documents' place in the last user message
+    (`chat_format`: tokenizer.ChatFormat, None for the default)."""
     if not messages or messages[-1].get("role") != "user":
         raise ValueError("documents go inside the last message, which must be from the user")
     last = {**messages[-1], "content": lead + _SENTINEL + (messages[-1].get("content") or "")}
-    text = tokenizer.apply_chat_template([*messages[:-1], last])
+    text = tokenizer.apply_chat_template([*messages[:-1], last], chat_format=chat_format)
     if text.count(_SENTINEL) != 1:
         raise ValueError("cannot place documents inside the chat template's last user message "
                          "(the template dropped or repeated it)")
@@ -61,8 +63,9 @@ def chat_head_and_tail(tokenizer, messages: list[dict], lead: str = "") -> tuple
     return tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False)
 
 
-def chat_document_prompt(tokenizer, messages: list[dict], documents: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
-    head, tail = chat_head_and_tail(tokenizer, messages)
+def chat_document_prompt(tokenizer, messages: list[dict], documents: list[str],
+                         chat_format=None) -> tuple[list[int], list[tuple[int, int]]]:
+    head, tail = chat_head_and_tail(tokenizer, messages, chat_format=chat_format)
     return assemble(head, [chunk_token_ids(tokenizer, d) for d in documents], tail)
 
 

@@ -31,6 +31,29 @@ def _token_text(value) -> str | None:
     return value
 
 
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token", "unk_token",
+                                         "pad_token"})
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How messages become a chat prompt, as transformers' apply_chat_template takes it: the assistant's
+    generation prompt after them, or (`continue_final_message`) the last message left open for the model to
+    go on with; `template_kwargs`: more variables for the template (e.g. Qwen3's `enable_thinking`)."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true "
+                             "(the final message is continued, not answered)")
+        reserved = sorted(set(self.template_kwargs) & RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise ValueError(f"chat template variables cannot set {', '.join(reserved)}")
+
+
 @dataclass
 class Tokenizer:
     backend: HFTokenizer
@@ -80,17 +103,38 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            chat_format: ChatFormat | None = None) -> str:
+        """The prompt text; `chat_format` (when given) says all of how, `add_generation_prompt` included."""
         if not self.chat_template:
             raise ValueError("this model has no chat template (chat_template.jinja, chat_template.json or "
                              "tokenizer_config.json: chat_template)")
-        variables = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "", **self.template_tokens}
-        return _compiled_template(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        fmt = chat_format or ChatFormat(add_generation_prompt)
+        variables = {**fmt.template_kwargs, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                     **self.template_tokens}
+        text = _compiled_template(self.chat_template).render(
+            messages=messages, add_generation_prompt=fmt.add_generation_prompt, **variables)
+        return _cut_after_final_message(text, messages) if fmt.continue_final_message else text
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    chat_format: ChatFormat | None = None) -> list[int]:
         """Chat prompt ids; special tokens come from the template itself (as HF does)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
+        text = self.apply_chat_template(messages, add_generation_prompt, chat_format)
+        return self.encode(text, add_special_tokens=False)
+
+
+def _cut_after_final_message(text: str, messages: list[dict]) -> str:
+    """The rendered chat up to the end of its final message's content (what follows it, the template's end of
+    turn, is dropped), as transformers cuts it: at the message as written, or without the whitespace around
+    it when the template trimmed that."""
+    final = messages[-1].get("content") if messages else None
+    if not isinstance(final, str):
+        raise ValueError("continue_final_message needs a final message with text content")
+    at = text.rfind(final.strip())
+    if at < 0:
+        raise ValueError("continue_final_message: the chat template does not render the final message as sent")
+    whole = text[at:at + len(final)] == final
+    return text[:at + len(final if whole else final.strip())]
 
 
 def _raise_template_error(message: str):

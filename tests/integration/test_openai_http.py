@@ -16,7 +16,8 @@ import pytest
 from splitserve.api.v1 import router_pb2_grpc
 from router.front.intake import Frontend
 from splitserve.client import Client, build_request
-from splitserve.engine import Engine, SamplingParams
+from splitserve.engine import Engine, SamplingParams, Tokenizer
+from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
@@ -239,6 +240,27 @@ def test_tool_calls_required_and_named(cluster, api, stream):
         chunks = [c.choices[0] for c in api.chat.completions.create(stream=True, **kwargs) if c.choices]
         streamed = "".join(c.delta.content or "" for c in chunks)
         assert chunks[-1].finish_reason == choice.finish_reason and streamed == (choice.message.content or "")
+
+
+def test_continue_final_message_continues_the_assistants_text(cluster, api, tiny_model):
+    """vLLM's chat template options: the prompt is the one /tokenize and the tokenizer give for them (held to
+    transformers' apply_chat_template in tests/unit/test_chat_templates.py)."""
+    messages = MESSAGES + [{"role": "assistant", "content": "The river is"}]
+    options = {"continue_final_message": True, "add_generation_prompt": False}
+    ids = Tokenizer.from_dir(tiny_model).encode_chat(messages, chat_format=ChatFormat(**options))
+    status, tokenized = http_json(cluster.http_url + "/tokenize", json.dumps({"messages": messages, **options}).encode())
+    assert status == 200 and tokenized["tokens"] == ids
+    reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                        extra_body={"ignore_eos": True, **options})
+    assert reply.usage.prompt_tokens == len(ids)
+    assert reply.choices[0].message.content == grpc_result(cluster, prompt_token_ids=ids, max_tokens=6,
+                                                           ignore_eos=True).text
+    for extra, param in (({"continue_final_message": True}, "continue_final_message"),
+                         ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+                         ({"chat_template": "{{ messages }}"}, "chat_template")):
+        with pytest.raises(openai.BadRequestError) as err:
+            api.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, extra_body=extra)
+        assert err.value.body["param"] == param
 
 
 def test_tokenizer_endpoints_serve_the_models_tokenizer(cluster, tiny_model):
