@@ -3,7 +3,7 @@
 Keys come from `--api-keys-file` (one per line; blank lines and `#` comments ignored) and from
 the environment variable SPLITSERVE_API_KEYS (comma-separated). No keys from either: auth is
 off. Clients send `Authorization: Bearer KEY` (an HTTP header, or gRPC metadata
-`authorization`). Only SHA-256 digests of the keys are kept, and a presented key is checked
+`authorization`; over HTTP also Anthropic's `x-api-key: KEY`). Only SHA-256 digests of the keys are kept, and a presented key is checked
 by looking up its digest, so the time taken says nothing about how close a wrong key was.
 """
 
@@ -45,6 +45,14 @@ class ApiKeys:
 
     def __len__(self) -> int:
         return len(self._digests)
+
+    def allows_headers(self, headers) -> bool:
+        """`allows` for an HTTP request's headers: `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`
+        (what the anthropic client sends to /v1/messages)."""
+        authorization = headers.get("authorization")
+        if authorization is None and headers.get("x-api-key") is not None:
+            authorization = f"Bearer {headers.get('x-api-key')}"
+        return self.allows(authorization)
 
     def allows(self, authorization: str | None) -> bool:
         """True when auth is off, or `authorization` is 'Bearer <a known key>'."""

@@ -33,6 +33,7 @@ class Finish:
     done: Done
     ttft_s: float
     e2e_s: float
+    stop_string: str | None = None  # the stop string that ended the text (reason "stop"), if one did
 
 
 async def completion(tokenizer: Tokenizer, orchestrator: Orchestrator, job: Job, route: Route,
@@ -48,13 +49,14 @@ async def completion(tokenizer: Tokenizer, orchestrator: Orchestrator, job: Job,
                 if rest:
                     yield Piece([], rest)
                 reason = "stop" if text.stopped else event.finish_reason
-                yield Finish(reason, num_tokens, event, ttft, time.monotonic() - start)
+                yield Finish(reason, num_tokens, event, ttft, time.monotonic() - start, text.stop_string)
                 return
             ttft = ttft or time.monotonic() - start
             num_tokens += len(event.token_ids)
             yield Piece(event.token_ids, text.add(event.token_ids), event.logprobs, event.prompt_logprobs)
             if text.stopped:
-                yield Finish("stop", num_tokens, Done("stop", 0, route), ttft, time.monotonic() - start)
+                yield Finish("stop", num_tokens, Done("stop", 0, route), ttft, time.monotonic() - start,
+                             text.stop_string)
                 return
     finally:
         await events.aclose()

@@ -33,6 +33,8 @@ from router.front.http_stream import (EventStreamResponse, collect, event_stream
                                      until_disconnect)
 from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
+from router.front.anthropic_format import MessageWriter, error_body
+from router.front.anthropic_models import MessagesRequest
 from router.front.responses_format import ResponseWriter, answer_messages, request_fields
 from router.front.responses_models import ResponsesRequest
 from router.front.responses_store import ResponseStore
@@ -84,7 +86,7 @@ class Endpoints:
         self.ctx = ctx
 
     def check_key(self, request: Request) -> None:
-        if not self.ctx.api_keys.allows(request.headers.get("authorization")):
+        if not self.ctx.api_keys.allows_headers(request.headers):
             raise unauthorized()
 
     async def body(self, request: Request) -> bytes:
@@ -142,10 +144,37 @@ class Endpoints:
 
     def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
         frontend = self.ctx.frontend
-        prompt_ids, chunks = frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
-                                                        chat_format=body.chat_format())
+        prompt_ids, chunks = self.chat_prompt(body)
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
         return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks)
+
+    def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], tuple]:
+        return self.ctx.frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
+                                                   chat_format=body.chat_format())
+
+    async def messages(self, request: Request):
+        """POST /v1/messages: Anthropic's Messages API, a chat completion of one choice in its words
+        (anthropic_*.py)."""
+        body = MessagesRequest.parse(await self.body(request))
+        body.check_supported()
+        self.check_model(body.model)
+        chat = body.chat_request()
+        job = self.chat_job(chat, _request_id(request, "msg"))
+        writer = MessageWriter(ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts,
+                                         len(job.prompt_token_ids), False, tool_mode=chat.tool_mode))
+        slots, events = self.start([job])
+        headers = {"X-Request-Id": job.request_id}
+        if body.stream:
+            return EventStreamResponse(response_stream(events, writer, slots), headers=headers)
+        [(pieces, finish)] = await self.results(request, events, slots, 1)
+        return JSONResponse(writer.whole(pieces, finish), headers=headers)
+
+    async def count_message_tokens(self, request: Request) -> dict:
+        """POST /v1/messages/count_tokens: the prompt's tokens, as the model sees them."""
+        body = MessagesRequest.parse(await self.body(request))
+        body.check_supported(counting=True)
+        self.check_model(body.model)
+        return {"input_tokens": len(self.chat_prompt(body.chat_request())[0])}
 
     async def responses(self, request: Request):
         """POST /v1/responses: a chat completion of one choice in the Responses API's words (responses_*.py)."""
@@ -240,6 +269,13 @@ def choice_jobs(job: Job, n: int) -> list[Job]:
                     params=replace(job.params, seed=None if seed is None else (seed + i) % 2**63)) for i in range(n)]
 
 
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    """OpenAI's error shape, or Anthropic's on its Messages API."""
+    if request.url.path.startswith("/v1/messages"):
+        return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+    return error.response()
+
+
 def _request_id(request: Request, prefix: str) -> str:
     given = request.headers.get("x-request-id", "")
     if given and (len(given) > 128 or not given.isprintable()):
@@ -282,6 +318,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/completions", endpoints.completions, methods=["POST"])
     v1.add_api_route("/chat/completions", endpoints.chat, methods=["POST"])
     v1.add_api_route("/responses", endpoints.responses, methods=["POST"])
+    v1.add_api_route("/messages", endpoints.messages, methods=["POST"])
+    v1.add_api_route("/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"])
     v1.add_api_route("/responses/{response_id}", endpoints.get_response, methods=["GET"])
     v1.add_api_route("/responses/{response_id}", endpoints.delete_response, methods=["DELETE"])
     app.include_router(v1)
@@ -297,14 +335,14 @@ def create_app(ctx: HttpContext) -> FastAPI:
             ctx.count_error(REFUSALS[error.status])
         if error.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.url.path, exc)
-        return error.response()
+        return _error_response(request, error)
 
     for exc_type in HANDLED:
         app.add_exception_handler(exc_type, on_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500
-                        else "internal_error", headers=exc.headers).response()
+        return _error_response(request, ApiError(exc.status_code, str(exc.detail), "invalid_request_error"
+                                                 if exc.status_code < 500 else "internal_error", headers=exc.headers))
 
     return app

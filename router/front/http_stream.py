@@ -94,16 +94,18 @@ def _event(event: dict) -> bytes:
 
 
 async def response_stream(events: AsyncIterator[tuple[int, Piece | Finish]], writer, slots: list[Slot],
-                          on_done: Callable[[dict], None]) -> AsyncIterator[bytes]:
-    """The Responses API's events of one request (responses_format.ResponseWriter); `on_done` gets the
-    finished response. A failure after the 200 went out becomes `error` and `response.failed`."""
+                          on_done: Callable[[dict], None] | None = None) -> AsyncIterator[bytes]:
+    """The named events of one request of the Responses API (responses_format.ResponseWriter) or of
+    Anthropic's Messages API (anthropic_format.MessageWriter); `on_done` gets the finished response. A
+    failure after the 200 went out becomes the writer's error events."""
     try:
         for event in writer.opening():
             yield _event(event)
         async for _, item in events:
             for event in writer.piece(item) if isinstance(item, Piece) else writer.closing(item):
                 yield _event(event)
-        on_done(writer.response)
+        if on_done is not None:
+            on_done(writer.response)
     except Exception as exc:
         log.warning("request %s failed mid-stream: %s", writer.shape.id, exc)
         for event in writer.failed(from_exception(exc)):

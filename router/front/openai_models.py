@@ -364,3 +364,17 @@ class ChatCompletionRequest(_Request, ChatTemplateOptions):
         mode = self.tool_mode
         return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode,
                                                                                  self.parallel_tool_calls))
+
+
+def chat_request(body: dict, renamed: dict[str, str]) -> ChatCompletionRequest:
+    """The chat request another API's request amounts to, validated and checked; an error names the field by
+    the other API's name (`renamed`: chat field -> its name there)."""
+    try:
+        chat = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        param = ".".join([renamed.get(loc[0], loc[0])] + loc[1:]) if loc else None
+        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
+    chat.check_supported()
+    return chat

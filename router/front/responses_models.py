@@ -13,9 +13,10 @@ splitserve's extensions (`documents`, `seed`, `stop`, `top_k`, ...) pass through
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from router.front.openai_models import GUIDED, UNSUPPORTED, ChatCompletionRequest, InvalidRequest, parse_body
+from router.front.openai_models import (GUIDED, UNSUPPORTED, ChatCompletionRequest, InvalidRequest, chat_request,
+                                        parse_body)
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # chat fields a Responses request may carry as they are (splitserve's and vLLM's extensions; those refused on
@@ -103,15 +104,7 @@ class ResponsesRequest(BaseModel):
                     tools=[_chat_tool(t, f"tools.{i}") for i, t in enumerate(self.tools)] if self.tools else None,
                     tool_choice=_chat_tool_choice(self.tool_choice), user=self.user,
                     response_format=_chat_format(self.text.format) if self.text and self.text.format else None)
-        try:
-            chat = ChatCompletionRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = [str(p) for p in first["loc"]]
-            param = ".".join([RESPONSES_PARAM.get(loc[0], loc[0])] + loc[1:]) if loc else None
-            raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from None
-        chat.check_supported()
-        return chat
+        return chat_request(body, RESPONSES_PARAM)
 
 
 def _add_item(messages: list[dict], item: dict, where: str) -> None:

@@ -17,6 +17,7 @@ class TextStream:
         self.text = ""
         self.num_sent_chars = 0
         self.stopped = False
+        self.stop_string: str | None = None  # the stop string that ended the text
 
     def add(self, token_ids: list[int]) -> str:
         """Appends tokens; returns the text now safe to show. Sets `stopped` on a stop string."""
@@ -27,7 +28,7 @@ class TextStream:
         for stop in self.stop:
             at = self.text.find(stop, max(0, before - len(stop) + 1))
             if at >= 0:
-                self.text, self.stopped = self.text[:at], True
+                self.text, self.stopped, self.stop_string = self.text[:at], True, stop
         return self._release(len(self.text) if self.stopped else len(self.text) - self.holdback)
 
     def finish(self) -> str:

@@ -91,12 +91,37 @@ def bodies(draw) -> tuple[str, dict]:
     return path, {key: draw(HOSTILE.get(key, hostile) if key in bad else PLAUSIBLE[key]) for key in keys}
 
 
+blocks = st.lists(st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "thinking", 3]), "text": words | wrong_types}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": fs.text | wrong_types, "name": words | wrong_types,
+                           "input": st.dictionaries(words, words, max_size=2) | wrong_types}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": fs.text, "content": words | wrong_types})),
+    max_size=3)
+MESSAGES_PLAUSIBLE = {
+    "messages": user_messages, "max_tokens": st.integers(1, 6), "system": words,
+    "stop_sequences": st.lists(words, max_size=2), "stream": st.booleans(),
+    "tools": st.just([{"name": "f", "input_schema": {"type": "object", "properties": {"x": {"type": "string"}}}}]),
+    "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "f"}, {"type": "none"},
+                                    {"type": "any", "disable_parallel_tool_use": True}]),
+    "output_config": st.sampled_from([{"format": {"type": "json_schema", "schema": {"type": "object"}}}, {}]),
+    "temperature": st.floats(0, 1), "top_k": st.integers(0, 50), "metadata": st.just({"user_id": "u"})}
+MESSAGES_HOSTILE = {"messages": st.one_of(st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["user", "assistant", "system", 1]), "content": words | blocks | wrong_types}),
+    max_size=3), wrong_types), "max_tokens": max_tokens, "system": blocks | wrong_types,
+    "output_config": st.dictionaries(fs.text, hostile, max_size=2)}
+
+
 @st.composite
-def responses_bodies(draw) -> dict:
-    keys = ["input", "max_output_tokens"] + draw(st.lists(
-        st.sampled_from(sorted(RESPONSES_PLAUSIBLE.keys() - {"input", "max_output_tokens"})), max_size=5, unique=True))
+def api_bodies(draw, required: list[str], plausible: dict, hostile_values: dict) -> dict:
+    """A plausible body of another API (the `required` keys and up to five more), up to two fields made hostile."""
+    keys = required + draw(st.lists(st.sampled_from(sorted(plausible.keys() - set(required))), max_size=5,
+                                    unique=True))
     bad = set(draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)))
-    return {key: draw(RESPONSES_HOSTILE.get(key, hostile) if key in bad else RESPONSES_PLAUSIBLE[key]) for key in keys}
+    return {key: draw(hostile_values.get(key, hostile) if key in bad else plausible[key]) for key in keys}
+
+
+messages_bodies = api_bodies(["messages", "max_tokens"], MESSAGES_PLAUSIBLE, MESSAGES_HOSTILE)
+responses_bodies = api_bodies(["input", "max_output_tokens"], RESPONSES_PLAUSIBLE, RESPONSES_HOSTILE)
 
 
 bad_utf8_prompt = fs.invalid_utf8.map(lambda b: b'{"prompt": "' + b + b'", "max_tokens": 2}')
@@ -121,32 +146,26 @@ def assert_answered(status: int, payload: bytes) -> None:
     """200 with a completion (or an event stream), else a 4xx with an OpenAI-style error."""
     assert status == 200 or 400 <= status < 500, (status, payload[:300])
     if status == 200:
-        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output"}, \
+        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output", "content"}, \
             payload[:300]
         return
     error = json.loads(payload)["error"]
     assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str)
 
 
-@fuzz_settings(max_examples=100)
-@given(request=bodies())
+@fuzz_settings(max_examples=300)
+@given(request=bodies() | responses_bodies.map(lambda b: ("/v1/responses", b))
+       | messages_bodies.map(lambda b: ("/v1/messages", b)))
 def test_hostile_json_bodies(cluster, request):
+    """OpenAI's completions and chat, its Responses API, and Anthropic's Messages API."""
     path, body = request
     status, payload = post(cluster.http_url, path, json.dumps(body).encode())
-    event(f"HTTP {status}")
-    assert_answered(status, payload)
-
-
-@fuzz_settings(max_examples=100)
-@given(body=responses_bodies())
-def test_hostile_responses_bodies(cluster, body):
-    status, payload = post(cluster.http_url, "/v1/responses", json.dumps(body).encode())
-    event(f"HTTP {status}")
+    event(f"{path} HTTP {status}")
     assert_answered(status, payload)
 
 
 @fuzz_settings(max_examples=25)
-@given(path=st.sampled_from(PATHS + ("/v1/responses",)), body=raw_bodies)
+@given(path=st.sampled_from(PATHS + ("/v1/responses", "/v1/messages")), body=raw_bodies)
 def test_bodies_that_are_not_json_or_not_utf8(cluster, path, body):
     status, payload = post(cluster.http_url, path, body)
     assert status == 400, (status, payload[:300])

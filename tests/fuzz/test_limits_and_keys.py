@@ -89,13 +89,18 @@ def _app_routes() -> list[tuple[str, str]]:
     return [(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item]
 
 
+def error_code(path: str, body: dict) -> str:
+    """OpenAI's error `code`, or the `type` of Anthropic's error shape (its Messages API)."""
+    return body["error"]["type"] if path.startswith("/v1/messages") else body["error"]["code"]
+
+
 @pytest.mark.parametrize("send", [_declared, _chunked], ids=["content-length", "chunked"])
 def test_http_bodies_over_the_limit_are_413_on_every_post_route(cluster, send):
     posts = [path for method, path in _app_routes() if method == "POST"]
     assert posts, "no POST routes found"
     for path in posts:
         status, body = _post(cluster, path, send)
-        assert status == 413 and body["error"]["code"] == "request_too_large", (path, status, body)
+        assert status == 413 and error_code(path, body) == "request_too_large", (path, status, body)
 
 
 def test_every_http_route_but_the_probes_needs_a_key(cluster):
@@ -103,12 +108,13 @@ def test_every_http_route_but_the_probes_needs_a_key(cluster):
     assert len(routes) >= 3
     url = urlsplit(cluster.http_url)
     for method, path in routes:
-        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": KEY}):
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": KEY}, {"x-api-key": "sk-wrong"}):
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
             conn.request(method, path, b"{}" if method == "POST" else None, headers)
             response = conn.getresponse()
             assert response.status == 401, (method, path, headers, response.status)
-            assert json.loads(response.read())["error"]["code"] == "invalid_api_key"
+            expected = "authentication_error" if path.startswith("/v1/messages") else "invalid_api_key"
+            assert error_code(path, json.loads(response.read())) == expected
             conn.close()
 
 

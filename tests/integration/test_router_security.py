@@ -75,6 +75,22 @@ def test_wrong_or_missing_key_is_401(cluster, certs):
     assert status == 200
 
 
+def test_anthropic_clients_send_their_key_as_x_api_key(cluster, certs):
+    import anthropic
+
+    def client(key: str) -> anthropic.Anthropic:
+        verify = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        return anthropic.Anthropic(base_url=cluster.http_url, api_key=key, max_retries=0, timeout=30,
+                                   http_client=anthropic.DefaultHttpxClient(verify=verify))
+
+    message = client(KEY).messages.create(model="tiny-s0-v1", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert message.usage.output_tokens >= 1
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        client("sk-wrong").messages.create(model="tiny-s0-v1", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body == {"type": "error", "error": {"type": "authentication_error", "message": err.value.body[
+        "error"]["message"]}}
+
+
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
 def test_api_description_needs_a_key_as_the_api_does(cluster, certs, path):
     ca, url = certs / "ca.pem", cluster.http_url + path
