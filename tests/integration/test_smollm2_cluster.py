@@ -1,7 +1,7 @@
 """The real model (SmolLM2-135M-Instruct) through real clusters: the disaggregated path on both KV
 transports equals the single-process engine for concurrent chat requests; a decode node killed
 mid-stream costs nothing; the official `openai` client gets the text `generate --chat` prints (chat
-completions and the Responses API, whose follow-up turn sees the first)."""
+completions, the Responses API, whose follow-up turn sees the first, and Anthropic's Messages API)."""
 
 import asyncio
 import contextlib
@@ -102,6 +102,15 @@ def test_openai_responses_conversation(cluster, smollm2_model, generate_chat_tex
     second = client.responses.create(model=smollm2_model.name, input="And of Germany?", temperature=0,
                                      previous_response_id=first.id, max_output_tokens=MAX_TOKENS)
     assert "Berlin" in second.output_text
+
+
+def test_anthropic_messages_equal_generate_chat(cluster, smollm2_model, generate_chat_text):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=cluster.http_url, api_key="unused")
+    message = client.messages.create(model=smollm2_model.name, max_tokens=MAX_TOKENS, messages=chat(QUESTIONS[0]),
+                                     extra_body={"temperature": 0})
+    assert message.content[0].text == generate_chat_text
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
