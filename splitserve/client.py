@@ -57,9 +57,11 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   repetition_penalty: float | None = None,
                   logit_bias: dict[int, float] | None = None,
                   prompt_logprobs: int | None = None, grammar: str | None = None,
-                  min_p: float = 0.0) -> router_pb2.GenerateRequest:
+                  min_p: float = 0.0, include_stop_str_in_output: bool = False,
+                  skip_special_tokens: bool = True) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                         min_p=min_p,
+                                         min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
+                                         keep_special_tokens=not skip_special_tokens,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
                                          frequency_penalty=frequency_penalty, logit_bias=logit_bias or {})
     if repetition_penalty is not None:

@@ -39,7 +39,7 @@ class Finish:
 async def completion(tokenizer: Tokenizer, orchestrator: Orchestrator, job: Job, route: Route,
                      start: float | None = None) -> AsyncIterator[Piece | Finish]:
     start = time.monotonic() if start is None else start
-    text = TextStream(tokenizer, job.prompt_token_ids, job.params.stop)
+    text = TextStream.for_params(tokenizer, job.prompt_token_ids, job.params)
     num_tokens, ttft = 0, 0.0
     events = orchestrator.run(job, route)
     try:

@@ -133,8 +133,7 @@ def _schema(value: dict | str, param: str) -> dict:
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
 GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
 # vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
-UNSUPPORTED = {"use_beam_search": False, "include_stop_str_in_output": False, "skip_special_tokens": True,
-               "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None, "structural_tag": None}
+UNSUPPORTED = {"use_beam_search": False, "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None, "structural_tag": None}
 
 
 class _Request(BaseModel):
@@ -226,7 +225,8 @@ class _Request(BaseModel):
             max_tokens=max_tokens, temperature=chosen.get("temperature", 1.0), top_p=chosen.get("top_p", 1.0),
             top_k=max(0, chosen.get("top_k", 0)), min_p=chosen.get("min_p", 0.0),
             repetition_penalty=chosen.get("repetition_penalty", 1.0), seed=self.seed,
-            stop=tuple(stop), stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
+            stop=tuple(stop), include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=self._logit_bias(), grammar=self._grammar())
 

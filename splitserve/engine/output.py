@@ -52,7 +52,7 @@ class OutputTracker:
         self.dirty: list[str] = []
 
     def start(self, req: Request) -> None:
-        stream = TextStream(self.tokenizer, req.all_token_ids, req.params.stop)
+        stream = TextStream.for_params(self.tokenizer, req.all_token_ids, req.params)
         self.progress[req.request_id] = _Progress(req, stream)
 
     def add_token(self, req: Request, token_id: int) -> bool:

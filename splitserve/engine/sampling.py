@@ -22,6 +22,8 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False  # vLLM's: the text ends after the stop string, not before it
+    skip_special_tokens: bool = True  # vLLM's: False shows special tokens (EOS, chat markers) in the text
     ignore_eos: bool = False
     logprobs: int | None = None  # top-k logprobs per sampled token; None: off
     prompt_logprobs: int | None = None  # logprob and top-k of each prompt token after the first; None: off

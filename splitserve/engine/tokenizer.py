@@ -204,16 +204,16 @@ class IncrementalDetokenizer:
     already produced; a trailing U+FFFD means an incomplete byte sequence, so it waits.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None, skip_special_tokens: bool = True):
+        self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
         self.ids: list[int] = list(prompt_ids or [])[-6:]
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
 
     def add(self, token_ids: list[int]) -> str:
         self.ids.extend(token_ids)
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
         if full.endswith("\ufffd") or len(full) <= len(prefix):
             return ""
         delta = full[len(prefix):]
@@ -222,7 +222,10 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Text still held back at the end of the stream (an incomplete character decodes as U+FFFD)."""
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
         self.prefix_offset = self.read_offset = len(self.ids)
         return full[len(prefix):]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)

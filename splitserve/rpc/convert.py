@@ -8,7 +8,8 @@ from splitserve.node_api import KVTarget
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool = False) -> SamplingParams:
-    """Raises ValueError (-> INVALID_ARGUMENT) for values out of range."""
+    """Raises ValueError (-> INVALID_ARGUMENT) for values out of range. `with_stop_strings`: the router's
+    reading, with the stop strings and the other text options (nodes make token ids, not text)."""
     return SamplingParams(
         max_tokens=msg.max_tokens,
         temperature=msg.temperature,
@@ -18,6 +19,8 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         seed=msg.seed if msg.HasField("seed") else None,
         stop_token_ids=tuple(msg.stop_token_ids),
         stop=tuple(msg.stop) if with_stop_strings else (),
+        include_stop_str_in_output=with_stop_strings and msg.include_stop_str_in_output,
+        skip_special_tokens=not (with_stop_strings and msg.keep_special_tokens),
         ignore_eos=msg.ignore_eos,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
         min_tokens=msg.min_tokens,
@@ -33,7 +36,8 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
 def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-        min_p=p.min_p, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
+        min_p=p.min_p, include_stop_str_in_output=p.include_stop_str_in_output,
+        keep_special_tokens=not p.skip_special_tokens, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias),
     )
     if p.repetition_penalty != 1.0:

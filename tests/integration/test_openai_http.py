@@ -97,6 +97,27 @@ def test_min_p_reaches_the_sampler(cluster, api):
         text(temperature=1.0, extra={"min_p": 2})
 
 
+def test_stop_string_kept_and_special_tokens_shown_on_request(cluster, api, tiny_model):
+    """vLLM's include_stop_str_in_output and skip_special_tokens: false, over HTTP and gRPC alike."""
+    plain = grpc_result(cluster, prompt=PROMPT, max_tokens=10, ignore_eos=True).text
+    stop = plain[3:6]
+    for include, expected in ((False, plain[:plain.index(stop)]), (True, plain[:plain.index(stop) + len(stop)])):
+        text = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, stop=[stop], extra_body={
+            "ignore_eos": True, "include_stop_str_in_output": include}).choices[0].text
+        assert text == expected == grpc_result(cluster, prompt=PROMPT, max_tokens=10, ignore_eos=True, stop=[stop],
+                                               include_stop_str_in_output=include).text
+    tokenizer = Tokenizer.from_dir(tiny_model)
+    eos = tokenizer.eos_token_ids[0]  # forced by logit_bias: the text shows it only when asked
+    for skip in (True, False):
+        text = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0, logit_bias={str(eos): 100},
+                                      extra_body={"ignore_eos": True, "skip_special_tokens": skip}).choices[0].text
+        assert text == ("" if skip else tokenizer.decode([eos] * 3, skip_special_tokens=False))
+    assert tokenizer.decode([eos], skip_special_tokens=False)  # the EOS token has a text to show
+    streamed = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, stop=[stop], stream=True,
+                                      extra_body={"ignore_eos": True, "include_stop_str_in_output": True})
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == plain[:plain.index(stop) + len(stop)]
+
+
 def test_logit_bias_steers_every_token_like_the_grpc_path(cluster, api):
     forced = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=1,
                                     logit_bias={"42": 100}, extra_body={"ignore_eos": True})
@@ -193,11 +214,9 @@ def test_vllm_structured_outputs_are_the_engines_constrained_output(cluster, api
     ({"guided_json": "[1, 2]"}, "guided_json"),
     ({"guided_grammar": 'root ::= "yes" | "no"'}, None),  # GBNF (xgrammar's) is not Lark: the grammar check says so
     ({"use_beam_search": True}, "use_beam_search"),
-    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
-    ({"skip_special_tokens": False}, "skip_special_tokens"),
     ({"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
 ], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search",
-        "stop-str-in-output", "special-tokens", "allowed-token-ids"])
+        "allowed-token-ids"])
 def test_what_vllm_has_and_this_server_cannot_honour_is_a_400(api, fields, param):
     with pytest.raises(openai.BadRequestError) as err:
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=fields)
