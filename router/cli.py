@@ -40,7 +40,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-queue", 256, "most requests the router holds at once (queued or running on nodes); "
          "beyond it 429 / RESOURCE_EXHAUSTED", type=int)
     # -- issue 4 (HTTP API, load shedding, security): added flags
-    add_flag(parser, "--served-model-name", None, "model id of the OpenAI API (default: the model folder's name)")
+    add_flag(parser, "--served-model-name", None, "model id of the OpenAI API (default: the model folder's name); "
+             "NAME,ALIAS,...: requests may also use the aliases (a response names the one it was asked by)")
     add_flag(parser, "--request-timeout-s", 600.0, "per-request deadline in seconds (0: none; a client's sooner "
          "deadline wins)", type=float)
     add_flag(parser, "--retry-after-s", 1.0, "Retry-After sent with 429 / RESOURCE_EXHAUSTED", type=float)

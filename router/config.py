@@ -50,6 +50,9 @@ class RouterConfig:
             raise ValueError("--model is required (the tokenizer and chat template come from it)")
         if self.http_read_timeout_s <= 0:
             raise ValueError(f"--http-read-timeout-s must be > 0, got {self.http_read_timeout_s}")
+        if any(not name.isprintable() or " " in name for name in self._served_names):
+            raise ValueError(f"--served-model-name: names are comma-separated, without spaces, got "
+                             f"{self.served_model_name!r}")
         if self.generation_config not in GENERATION_CONFIGS:
             raise ValueError(f"--generation-config must be one of {', '.join(GENERATION_CONFIGS)}, "
                              f"got {self.generation_config!r}")
@@ -58,8 +61,17 @@ class RouterConfig:
 
     @property
     def model_name(self) -> str:
-        """The model id of the OpenAI API."""
-        return self.served_model_name or model_name(self.model)
+        """The model id of the OpenAI API (the first of --served-model-name's names)."""
+        return self._served_names[0] if self._served_names else model_name(self.model)
+
+    @property
+    def model_aliases(self) -> tuple[str, ...]:
+        """More names requests may use for the model (--served-model-name's after the first)."""
+        return self._served_names[1:]
+
+    @property
+    def _served_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in (self.served_model_name or "").split(",") if name.strip())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RouterConfig":

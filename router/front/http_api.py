@@ -61,6 +61,7 @@ class HttpContext:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     count_error: Callable = lambda code: None  # (grpc.StatusCode) -> None: the metrics' errors by code
     responses: ResponseStore = field(default_factory=ResponseStore)  # the Responses API's stored responses
+    model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b,...)
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
@@ -93,26 +94,33 @@ class Endpoints:
         return await read_body(request, self.ctx.max_body_bytes)
 
     def check_model(self, model: str | None) -> None:
-        if model and model != self.ctx.model_name:
-            raise ApiError(404, f"model {model!r} does not exist; this server serves {self.ctx.model_name!r}",
+        self.served_name(model)
+
+    def served_name(self, model: str | None) -> str:
+        """The name a response carries: the one the request used (the model or an alias), else the model's;
+        404 for a name this server does not serve."""
+        names = (self.ctx.model_name, *self.ctx.model_aliases)
+        if model and model not in names:
+            raise ApiError(404, f"model {model!r} does not exist; this server serves {' or '.join(map(repr, names))}",
                            param="model", code="model_not_found")
+        return model or self.ctx.model_name
 
     async def models(self) -> dict:
-        return {"object": "list", "data": [self.model_card()]}
+        return {"object": "list", "data": [self.model_card(name) for name in (self.ctx.model_name,
+                                                                                *self.ctx.model_aliases)]}
 
     async def model(self, model: str) -> dict:
         """GET /v1/models/{model} (the openai client's models.retrieve)."""
-        self.check_model(model)
-        return self.model_card()
+        return self.model_card(self.served_name(model))
 
-    def model_card(self) -> dict:
-        return {"id": self.ctx.model_name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
+    def model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
                 "max_model_len": self.ctx.frontend.limits.max_model_len}
 
     async def completions(self, request: Request):
         body = CompletionRequest.parse(await self.body(request))
         body.check_supported()
-        self.check_model(body.model)
+        name = self.served_name(body.model)
         request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
         inputs, params = body.prompt_inputs(), body.sampling_params(self.ctx.frontend.sampling_defaults)
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
@@ -120,7 +128,7 @@ class Endpoints:
             job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
             jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
-            shapes += [CompletionShape(request_id, self.ctx.model_name, self.ctx.texts, len(prompt_ids),
+            shapes += [CompletionShape(request_id, name, self.ctx.texts, len(prompt_ids),
                                        body.logprobs is not None, index=k * n + i, counts_prompt=i == 0, echo=echo)
                        for i in range(n)]
         return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
@@ -135,9 +143,9 @@ class Endpoints:
     async def chat(self, request: Request):
         body = ChatCompletionRequest.parse(await self.body(request))
         body.check_supported()
-        self.check_model(body.model)
+        name = self.served_name(body.model)
         job = self.chat_job(body, _request_id(request, "chatcmpl"))
-        shapes = [ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(job.prompt_token_ids),
+        shapes = [ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                             body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode)
                   for i in range(body.num_choices)]
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
@@ -157,10 +165,10 @@ class Endpoints:
         (anthropic_*.py)."""
         body = MessagesRequest.parse(await self.body(request))
         body.check_supported()
-        self.check_model(body.model)
+        name = self.served_name(body.model)
         chat = body.chat_request()
         job = self.chat_job(chat, _request_id(request, "msg"))
-        writer = MessageWriter(ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts,
+        writer = MessageWriter(ChatShape(job.request_id, name, self.ctx.texts,
                                          len(job.prompt_token_ids), False, tool_mode=chat.tool_mode))
         slots, events = self.start([job])
         headers = {"X-Request-Id": job.request_id}
@@ -180,13 +188,13 @@ class Endpoints:
         """POST /v1/responses: a chat completion of one choice in the Responses API's words (responses_*.py)."""
         body = ResponsesRequest.parse(await self.body(request))
         body.check_supported()
-        self.check_model(body.model)
+        name = self.served_name(body.model)
         history = self._history(body.previous_response_id)
         chat = body.chat_request(history)
         job = self.chat_job(chat, _request_id(request, "resp"))
-        shape = ChatShape(job.request_id, self.ctx.model_name, self.ctx.texts, len(job.prompt_token_ids),
+        shape = ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                           chat.logprobs, tool_mode=chat.tool_mode)
-        writer, conversation = ResponseWriter(shape, request_fields(body, self.ctx.model_name, self.ctx.frontend.sampling_defaults)), \
+        writer, conversation = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults)), \
             history + body.input_messages()
 
         def keep(response: dict) -> None:

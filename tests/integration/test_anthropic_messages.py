@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
 SYSTEM = "Answer briefly."
 QUESTION = "Where is the river?"
+ALIAS = "claude-sonnet-4-5"  # what a tool that asks for Claude by name sends
 PICK = {"name": "pick", "description": "Pick a color", "input_schema": SCHEMA}
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
-    with ParallelCluster(tiny_model, http_port=-1) as c:
+    with ParallelCluster(tiny_model, http_port=-1, router_args=["--served-model-name", f"{MODEL},{ALIAS}"]) as c:
         yield c
 
 
@@ -57,6 +58,15 @@ def test_text_and_usage_equal_the_chat_endpoints_whole_and_streamed(api, chat):
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 10
     assert api.messages.count_tokens(model=MODEL, system=SYSTEM, messages=[{"role": "user", "content": QUESTION}]) \
         .input_tokens == expected.usage.prompt_tokens
+
+
+def test_an_alias_of_the_model_is_served_under_its_name(api, chat):
+    """--served-model-name NAME,ALIAS: a client that asks for the alias gets the model, under that name."""
+    kwargs = dict(max_tokens=6, messages=[{"role": "user", "content": QUESTION}], extra_body={"temperature": 0})
+    by_alias, by_name = api.messages.create(model=ALIAS, **kwargs), api.messages.create(model=MODEL, **kwargs)
+    assert (by_alias.model, by_name.model) == (ALIAS, MODEL) and by_alias.content == by_name.content
+    assert chat([{"role": "user", "content": QUESTION}], max_tokens=2).model == MODEL
+    assert [m.id for m in api.models.list().data] == [MODEL, ALIAS]
 
 
 def test_a_stop_sequence_ends_the_text_and_is_named(api, chat):
@@ -118,7 +128,7 @@ def test_output_config_format_is_a_strict_json_schema(api):
     (dict(messages=[]), 400, "at least one"),
     (dict(messages=[{"role": "user", "content": "x"}], tools=[{"type": "web_search_20250305", "name": "s"}]), 400,
      "client tools"),
-    (dict(messages=[{"role": "user", "content": "x"}], model="claude-sonnet-4-5"), 404, "does not exist"),
+    (dict(messages=[{"role": "user", "content": "x"}], model="claude-opus-4"), 404, "does not exist"),
 ], ids=["image", "thinking", "system-role", "empty", "server-tool", "other-model"])
 def test_errors_are_anthropics_shape(api, body, status, fragment):
     with pytest.raises(anthropic.APIStatusError) as err:
