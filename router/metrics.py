@@ -61,6 +61,9 @@ class RouterMetrics:
                                  ["code"], registry=r)
         self.accept_errors = Counter(f"{p}_accept_errors", "HTTP connections not accepted for lack of file "
                                      "descriptors (failed accept() calls; see the open-files limit)", registry=r)
+        self.http_requests = Counter(f"{p}_http_requests", "HTTP requests answered, by route (its template: "
+                                     "/v1/chat/completions, /v1/responses/{response_id}, ...; 'other' for no route), "
+                                     "method and status", ["route", "method", "status"], registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)
         self.generation_tokens = Counter(f"{p}_generation_tokens", "tokens sent to clients", registry=r)
         self.running = Gauge(f"{p}_requests_running", "requests the orchestrator is running", registry=r)

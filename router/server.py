@@ -58,7 +58,8 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     from router.front.http_server import HttpServer
 
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
-                          config.max_request_bytes, ROUTER.count_error, model_aliases=config.model_aliases)
+                          config.max_request_bytes, ROUTER.count_error, model_aliases=config.model_aliases,
+                          count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc())
     return HttpServer(create_app(context), config.host, config.http_port, security.tls,
                       read_timeout_s=config.http_read_timeout_s)
 

@@ -29,6 +29,7 @@ from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
+from router.front.http_metrics import CountRequests
 from router.front.http_stream import (EventStreamResponse, collect, event_stream, numbered, response_stream,
                                      until_disconnect)
 from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
@@ -62,6 +63,7 @@ class HttpContext:
     count_error: Callable = lambda code: None  # (grpc.StatusCode) -> None: the metrics' errors by code
     responses: ResponseStore = field(default_factory=ResponseStore)  # the Responses API's stored responses
     model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b,...)
+    count_http: Callable = lambda route, method, status: None  # the metrics' HTTP requests by route and status
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
@@ -347,6 +349,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
 
     for exc_type in HANDLED:
         app.add_exception_handler(exc_type, on_error)
+    app.add_middleware(CountRequests, count=ctx.count_http)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

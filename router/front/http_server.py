@@ -114,3 +114,4 @@ class HttpServer:
             await self._task
             self._task = None
         self.sock.close()
+

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.support.cluster import ParallelCluster
+from tests.support.metrics import scrape, value
 from tests.unit.test_grammar import SCHEMA, _valid
 
 pytestmark = pytest.mark.slow
@@ -136,3 +137,20 @@ def test_errors_are_anthropics_shape(api, body, status, fragment):
     assert err.value.status_code == status and err.value.body["type"] == "error"
     assert fragment in err.value.body["error"]["message"]
     assert err.value.body["error"]["type"] == ("invalid_request_error" if status == 400 else "not_found_error")
+
+
+def test_http_requests_are_counted_by_route_and_status(cluster, api):
+    """splitserve_router_http_requests_total: routes by their template, so ids do not make new series."""
+    def counted(**labels) -> float:
+        return value(scrape(cluster.http_url + "/metrics"), "splitserve_router_http_requests_total", **labels)
+
+    before = counted(route="/v1/messages", method="POST", status="200"), counted(route="other", status="404")
+    api.messages.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.NotFoundError):
+        api.messages.create(model="claude-opus-4", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.NotFoundError):
+        api.get("/v1/no-such-route", cast_to=object)
+    assert counted(route="/v1/messages", method="POST", status="200") == before[0] + 1
+    assert counted(route="/v1/messages", method="POST", status="404") >= 1
+    assert counted(route="other", status="404") == before[1] + 1
+
