@@ -198,10 +198,11 @@ class Endpoints:
                           chat.logprobs, tool_mode=chat.tool_mode)
         writer, conversation = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults)), \
             history + body.input_messages()
+        items = body.input_items()
 
         def keep(response: dict) -> None:
             if body.store:
-                self.ctx.responses.put(response, conversation + answer_messages(response["output"]))
+                self.ctx.responses.put(response, conversation + answer_messages(response["output"]), items)
 
         slots, events = self.start([job])
         headers = {"X-Request-Id": job.request_id}
@@ -226,6 +227,22 @@ class Endpoints:
 
     async def get_response(self, response_id: str) -> dict:
         return self.stored(response_id).response
+
+    async def response_input_items(self, response_id: str, limit: int = 20, order: str = "desc",
+                                   after: str | None = None) -> dict:
+        """GET /v1/responses/{id}/input_items: the stored request's input items, a page at a time (OpenAI's
+        cursor: the items after the one with id `after`, in `order`)."""
+        if not 1 <= limit <= 100 or order not in ("asc", "desc"):
+            raise ApiError(400, "limit must be in [1, 100] and order asc or desc", param="limit")
+        items = list(self.stored(response_id).input_items)
+        items = items if order == "asc" else items[::-1]
+        ids = [item["id"] for item in items]
+        if after is not None and after not in ids:
+            raise ApiError(400, f"after: no input item {after!r} in this response", param="after")
+        page = items[ids.index(after) + 1 if after is not None else 0:][:limit]
+        rest = len(items) - (ids.index(page[-1]["id"]) + 1) if page else 0
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": rest > 0}
 
     async def delete_response(self, response_id: str) -> dict:
         self.stored(response_id)
@@ -331,6 +348,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/messages", endpoints.messages, methods=["POST"])
     v1.add_api_route("/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"])
     v1.add_api_route("/responses/{response_id}", endpoints.get_response, methods=["GET"])
+    v1.add_api_route("/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"])
     v1.add_api_route("/responses/{response_id}", endpoints.delete_response, methods=["DELETE"])
     app.include_router(v1)
     app.add_api_route("/health", endpoints.health, methods=["GET"])

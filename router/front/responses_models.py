@@ -13,6 +13,8 @@ splitserve's extensions (`documents`, `seed`, `stop`, `top_k`, ...) pass through
 
 from __future__ import annotations
 
+import uuid
+
 from pydantic import BaseModel, ConfigDict
 
 from router.front.openai_models import (GUIDED, UNSUPPORTED, ChatCompletionRequest, InvalidRequest, chat_request,
@@ -93,6 +95,23 @@ class ResponsesRequest(BaseModel):
         if not messages:
             raise InvalidRequest("input must hold at least one message", "input")
         return messages
+
+    def input_items(self) -> list[dict]:
+        """`input` as the items `GET /v1/responses/{id}/input_items` lists (after input_messages() accepted it):
+        each with an id, messages with their text as one input_text (or, an assistant's, output_text) part."""
+        given = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else self.input
+        items = []
+        for item in given:
+            kind = item.get("type", "message")
+            if kind == "message":
+                part = "output_text" if item["role"] == "assistant" else "input_text"
+                items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": item["role"],
+                              "status": "completed", "content": [{"type": part, "text": _text(item.get("content"),
+                                                                                              "input")}]})
+            elif kind in ("function_call", "function_call_output"):
+                prefix = "fc" if kind == "function_call" else "fco"
+                items.append({**item, "id": item.get("id") or f"{prefix}_{uuid.uuid4().hex}", "status": "completed"})
+        return items
 
     def chat_request(self, history: list[dict]) -> ChatCompletionRequest:
         """The chat request this one amounts to, after `history` (a stored conversation, or [])."""

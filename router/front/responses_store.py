@@ -23,6 +23,7 @@ class StoredResponse:
     response: dict
     conversation: list[dict]  # chat messages, ending with the answer
     size: int
+    input_items: list[dict] = ()  # the request's own input, as GET /v1/responses/{id}/input_items lists it
 
 
 class ResponseStore:
@@ -34,12 +35,12 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, response: dict, conversation: list[dict]) -> None:
-        size = len(json.dumps(response)) + len(json.dumps(conversation))
+    def put(self, response: dict, conversation: list[dict], input_items: list[dict] = ()) -> None:
+        size = len(json.dumps(response)) + len(json.dumps(conversation)) + len(json.dumps(list(input_items)))
         if size > self.max_bytes:
             return
         self.delete(response["id"])
-        self._entries[response["id"]] = StoredResponse(response, conversation, size)
+        self._entries[response["id"]] = StoredResponse(response, conversation, size, list(input_items))
         self.num_bytes += size
         while len(self._entries) > self.max_entries or self.num_bytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)

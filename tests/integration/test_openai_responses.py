@@ -78,6 +78,20 @@ def test_previous_response_id_continues_the_stored_conversation(api):
         api.responses.retrieve(unstored.id)
 
 
+def test_input_items_of_a_stored_response_page_by_page(api):
+    given = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Far away."},
+             {"role": "user", "content": [{"type": "input_text", "text": "Which "}, {"type": "input_text", "text": "sea?"}]}]
+    response = api.responses.create(model=MODEL, input=given, instructions=INSTRUCTIONS, max_output_tokens=2)
+    items = list(api.responses.input_items.list(response.id, order="asc"))  # the client follows the pages itself
+    assert [(i.role, [c.text for c in i.content]) for i in items] == \
+        [("user", [QUESTION]), ("assistant", ["Far away."]), ("user", ["Which sea?"])]
+    assert [c.type for i in items for c in i.content] == ["input_text", "output_text", "input_text"]
+    newest = api.responses.input_items.list(response.id, limit=1)  # OpenAI's default order: newest first
+    assert [i.id for i in newest.data] == [items[-1].id] and newest.has_more
+    after = api.responses.input_items.list(response.id, limit=5, after=items[-1].id)
+    assert [i.id for i in after.data] == [items[1].id, items[0].id] and not after.has_more
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_function_calls_and_their_outputs(api, stream):
     kwargs = dict(model=MODEL, input=QUESTION, tools=[PICK], tool_choice="required", temperature=0.8,
