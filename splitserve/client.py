@@ -10,6 +10,8 @@ With API keys and TLS: `Client("grpcs://HOST:PORT", api_key="KEY", ca_file="cert
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 
 import grpc
@@ -58,7 +60,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   logit_bias: dict[int, float] | None = None,
                   prompt_logprobs: int | None = None, grammar: str | None = None,
                   min_p: float = 0.0, include_stop_str_in_output: bool = False,
-                  skip_special_tokens: bool = True) -> router_pb2.GenerateRequest:
+                  skip_special_tokens: bool = True, continue_final_message: bool = False,
+                  chat_template_kwargs: dict | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
                                          keep_special_tokens=not skip_special_tokens,
@@ -77,6 +80,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
     if messages is not None:
         request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)
+        request.chat.continue_final_message = continue_final_message
+        request.chat.template_kwargs_json = json.dumps(chat_template_kwargs) if chat_template_kwargs else ""
     elif prompt_token_ids is not None:
         request.prompt_token_ids.ids.extend(prompt_token_ids)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -12,6 +13,7 @@ from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.rpc.convert import sampling_from_proto
 from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.rpc.server import GrpcServer
+from splitserve.engine.tokenizer import ChatFormat
 from router.front.completion import Finish, Piece, completion
 from router.front.intake import Frontend
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
@@ -57,7 +59,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             prompt=request.prompt if kind == "prompt" else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
-            documents=list(request.documents))
+            documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None)
         return self.frontend.job(prompt_ids, params, request.request_id, chunks)
 
     async def _responses(self, job: Job, route, start: float):
@@ -72,6 +74,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if task is not None:
             task.cancel()
         return common_pb2.AbortReply(found=task is not None)
+
+
+def _chat_format(chat: router_pb2.ChatMessages) -> ChatFormat:
+    """ValueError (-> INVALID_ARGUMENT) for template variables that are not a JSON object or are reserved."""
+    try:
+        kwargs = json.loads(chat.template_kwargs_json) if chat.template_kwargs_json else {}
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        raise ValueError("template_kwargs_json must be a JSON object")
+    return ChatFormat(not chat.continue_final_message, chat.continue_final_message, kwargs)
 
 
 def _chunk(piece: Piece) -> router_pb2.GenerateResponse:

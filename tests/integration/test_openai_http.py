@@ -274,6 +274,11 @@ def test_continue_final_message_continues_the_assistants_text(cluster, api, tiny
     assert reply.usage.prompt_tokens == len(ids)
     assert reply.choices[0].message.content == grpc_result(cluster, prompt_token_ids=ids, max_tokens=6,
                                                            ignore_eos=True).text
+    over_grpc = grpc_result(cluster, messages=messages, continue_final_message=True, max_tokens=6, ignore_eos=True)
+    assert over_grpc.text == reply.choices[0].message.content and over_grpc.final.prompt_tokens == len(ids)
+    with pytest.raises(grpc.RpcError) as err:  # the same checks over gRPC: reserved template variables
+        grpc_result(cluster, messages=messages, chat_template_kwargs={"messages": []}, max_tokens=2)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for extra, param in (({"continue_final_message": True}, "continue_final_message"),
                          ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
                          ({"chat_template": "{{ messages }}"}, "chat_template")):
