@@ -51,6 +51,10 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--generation-config", "auto", "sampling settings an OpenAI request leaves out: auto, the "
              "model's recommended ones (generation_config.json or GGUF general.sampling.*, as vLLM and llama-server "
              "read them); none, OpenAI's (temperature 1, no top-k / top-p / min-p)", choices=("auto", "none"))
+    add_flag(parser, "--responses-store", "memory", "where the Responses API keeps stored responses "
+             "(previous_response_id): memory (this router only, bounded) or a redis:// URL (shared by router replicas)")
+    add_flag(parser, "--responses-ttl-s", 30 * 24 * 3600.0, "with a Redis responses store: how long each is kept",
+             type=float)
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

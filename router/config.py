@@ -40,6 +40,8 @@ class RouterConfig:
     max_request_bytes: int = 8 << 20
     http_read_timeout_s: float = 30.0  # a request's headers and body must arrive within it (slowloris)
     generation_config: str = "auto"  # auto: the model's recommended sampling defaults on the OpenAI API; none: OpenAI's
+    responses_store: str = "memory"  # the Responses API's stored responses: memory, or a redis:// URL (shared)
+    responses_ttl_s: float = 30 * 24 * 3600.0  # how long Redis keeps each
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -53,6 +55,10 @@ class RouterConfig:
         if any(not name.isprintable() or " " in name for name in self._served_names):
             raise ValueError(f"--served-model-name: names are comma-separated, without spaces, got "
                              f"{self.served_model_name!r}")
+        if self.responses_store != "memory" and not self.responses_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--responses-store must be memory or a redis:// URL, got {self.responses_store!r}")
+        if self.responses_ttl_s <= 0:
+            raise ValueError(f"--responses-ttl-s must be > 0, got {self.responses_ttl_s}")
         if self.generation_config not in GENERATION_CONFIGS:
             raise ValueError(f"--generation-config must be one of {', '.join(GENERATION_CONFIGS)}, "
                              f"got {self.generation_config!r}")
@@ -77,7 +83,7 @@ class RouterConfig:
     def from_args(cls, args: argparse.Namespace) -> "RouterConfig":
         return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
-                   args.http_read_timeout_s, args.generation_config,
+                   args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -57,8 +57,12 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     from router.front.http_api import HttpContext, create_app
     from router.front.http_server import HttpServer
 
+    from router.front.responses_store import RedisResponseStore, ResponseStore
+
+    responses = ResponseStore() if config.responses_store == "memory" else \
+        RedisResponseStore(config.responses_store, config.responses_ttl_s)
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
-                          config.max_request_bytes, ROUTER.count_error, model_aliases=config.model_aliases,
+                          config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc())
     return HttpServer(create_app(context), config.host, config.http_port, security.tls,
                       read_timeout_s=config.http_read_timeout_s)

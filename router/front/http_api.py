@@ -38,7 +38,7 @@ from router.front.anthropic_format import MessageWriter, error_body
 from router.front.anthropic_models import MessagesRequest
 from router.front.responses_format import ResponseWriter, answer_messages, request_fields
 from router.front.responses_models import ResponsesRequest
-from router.front.responses_store import ResponseStore
+from router.front.responses_store import ResponseStore, StoredResponse, StoreUnavailable
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
@@ -49,7 +49,7 @@ REFUSALS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHEN
             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
             504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # What the router raises on purpose; anything else is a bug: 500 and a traceback in the log.
-HANDLED = (ApiError, ValueError, Overloaded, NoRoute, NodeCallError, DeadlineExceeded, ClientGone)
+HANDLED = (ApiError, ValueError, Overloaded, NoRoute, NodeCallError, DeadlineExceeded, ClientGone, StoreUnavailable)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class HttpContext:
     model_name: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     count_error: Callable = lambda code: None  # (grpc.StatusCode) -> None: the metrics' errors by code
-    responses: ResponseStore = field(default_factory=ResponseStore)  # the Responses API's stored responses
+    responses: object = field(default_factory=ResponseStore)  # the Responses API's stored responses (responses_store)
     model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b,...)
     count_http: Callable = lambda route, method, status: None  # the metrics' HTTP requests by route and status
 
@@ -191,7 +191,7 @@ class Endpoints:
         body = ResponsesRequest.parse(await self.body(request))
         body.check_supported()
         name = self.served_name(body.model)
-        history = self._history(body.previous_response_id)
+        history = await self._history(body.previous_response_id)
         chat = body.chat_request(history)
         job = self.chat_job(chat, _request_id(request, "resp"))
         shape = ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
@@ -200,9 +200,14 @@ class Endpoints:
             history + body.input_messages()
         items = body.input_items()
 
-        def keep(response: dict) -> None:
-            if body.store:
-                self.ctx.responses.put(response, conversation + answer_messages(response["output"]), items)
+        async def keep(response: dict) -> None:
+            if not body.store:
+                return
+            try:
+                await self.ctx.responses.put(StoredResponse(response, conversation + answer_messages(response["output"]),
+                                                            items))
+            except StoreUnavailable as exc:  # the answer stands; only its continuation is lost
+                log.warning("response %s not stored: %s", response["id"], exc)
 
         slots, events = self.start([job])
         headers = {"X-Request-Id": job.request_id}
@@ -210,23 +215,23 @@ class Endpoints:
             return EventStreamResponse(response_stream(events, writer, slots, keep), headers=headers)
         [(pieces, finish)] = await self.results(request, events, slots, 1)
         response = writer.whole(pieces, finish)
-        keep(response)
+        await keep(response)
         return JSONResponse(response, headers=headers)
 
-    def _history(self, previous_response_id: str | None) -> list[dict]:
+    async def _history(self, previous_response_id: str | None) -> list[dict]:
         if previous_response_id is None:
             return []
-        return self.stored(previous_response_id, "previous_response_id").conversation
+        return (await self.stored(previous_response_id, "previous_response_id")).conversation
 
-    def stored(self, response_id: str, param: str | None = None):
-        entry = self.ctx.responses.get(response_id)
+    async def stored(self, response_id: str, param: str | None = None) -> StoredResponse:
+        entry = await self.ctx.responses.get(response_id)
         if entry is None:
             raise ApiError(404, f"no stored response with id {response_id!r} (responses are kept in the router's "
                            "memory: see README)", param=param, code="response_not_found")
         return entry
 
     async def get_response(self, response_id: str) -> dict:
-        return self.stored(response_id).response
+        return (await self.stored(response_id)).response
 
     async def response_input_items(self, response_id: str, limit: int = 20, order: str = "desc",
                                    after: str | None = None) -> dict:
@@ -234,7 +239,7 @@ class Endpoints:
         cursor: the items after the one with id `after`, in `order`)."""
         if not 1 <= limit <= 100 or order not in ("asc", "desc"):
             raise ApiError(400, "limit must be in [1, 100] and order asc or desc", param="limit")
-        items = list(self.stored(response_id).input_items)
+        items = list((await self.stored(response_id)).input_items)
         items = items if order == "asc" else items[::-1]
         ids = [item["id"] for item in items]
         if after is not None and after not in ids:
@@ -245,8 +250,8 @@ class Endpoints:
                 "last_id": page[-1]["id"] if page else None, "has_more": rest > 0}
 
     async def delete_response(self, response_id: str) -> dict:
-        self.stored(response_id)
-        self.ctx.responses.delete(response_id)
+        await self.stored(response_id)
+        await self.ctx.responses.delete(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):

@@ -13,6 +13,7 @@ from router.front.admission import DeadlineExceeded, Overloaded
 from router.front.openai_models import InvalidRequest
 from router.cluster.orchestrator import NodeCallError
 from router.cluster.policies import NoRoute
+from router.front.responses_store import StoreUnavailable
 
 # gRPC status of a failed node call -> (HTTP status, error type)
 _GRPC_TO_HTTP = {
@@ -57,6 +58,8 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, Overloaded):
         return ApiError(429, str(exc), "rate_limit_exceeded", code="overloaded",
                         headers={"Retry-After": exc.retry_after})
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(503, str(exc), "service_unavailable", code="response_store_unavailable")
     if isinstance(exc, NoRoute):
         return ApiError(503, str(exc), "service_unavailable", code="no_healthy_nodes")
     if isinstance(exc, ClientGone):

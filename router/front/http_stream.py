@@ -94,7 +94,7 @@ def _event(event: dict) -> bytes:
 
 
 async def response_stream(events: AsyncIterator[tuple[int, Piece | Finish]], writer, slots: list[Slot],
-                          on_done: Callable[[dict], None] | None = None) -> AsyncIterator[bytes]:
+                          on_done: Callable[[dict], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
     """The named events of one request of the Responses API (responses_format.ResponseWriter) or of
     Anthropic's Messages API (anthropic_format.MessageWriter); `on_done` gets the finished response. A
     failure after the 200 went out becomes the writer's error events."""
@@ -105,7 +105,7 @@ async def response_stream(events: AsyncIterator[tuple[int, Piece | Finish]], wri
             for event in writer.piece(item) if isinstance(item, Piece) else writer.closing(item):
                 yield _event(event)
         if on_done is not None:
-            on_done(writer.response)
+            await on_done(writer.response)
     except Exception as exc:
         log.warning("request %s failed mid-stream: %s", writer.shape.id, exc)
         for event in writer.failed(from_exception(exc)):

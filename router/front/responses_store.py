@@ -1,59 +1,124 @@
 """Stored responses of the Responses API, for `previous_response_id` and `GET /v1/responses/{id}`.
 
-In the router's memory, as vLLM keeps them: bounded by count and by size, the least recently
-used dropped first, gone when the router restarts and not shared between router replicas
-(with several, a conversation continues on the replica that stored it, or the client sends it
-whole with `store: false`). Each entry is the response object and the conversation it ends:
-the chat messages of its input after any earlier stored turns, and its answer (without the
-instructions, which do not carry over, as on OpenAI's API).
+Two stores with one (async) interface. `ResponseStore` keeps them in the router's memory, as vLLM
+does: bounded by count and by size, the least recently used dropped first, gone when the router
+restarts and not shared between router replicas. `RedisResponseStore` (`--responses-store
+redis://...`) keeps them in Redis as JSON (never pickled; a value that does not read back as a
+stored response counts as missing), each for `--responses-ttl-s`, so every router replica that
+names the same Redis continues the same conversations. Each entry is the response object, the
+conversation it ends (the chat messages of its input after any earlier stored turns, and its
+answer, without the instructions, which do not carry over, as on OpenAI's API) and its request's
+input items.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_TTL_S = 30 * 24 * 3600  # OpenAI keeps stored responses 30 days
+MAX_ENTRY_BYTES = 16 << 20
+REDIS_PREFIX = "splitserve:response:"
+
+
+class StoreUnavailable(Exception):
+    """The response store (Redis) did not answer: 503."""
 
 
 @dataclass(frozen=True)
 class StoredResponse:
     response: dict
     conversation: list[dict]  # chat messages, ending with the answer
-    size: int
-    input_items: list[dict] = ()  # the request's own input, as GET /v1/responses/{id}/input_items lists it
+    input_items: list[dict] = field(default_factory=list)  # the request's own input, as input_items lists it
+
+    def to_json(self) -> str:
+        return json.dumps({"response": self.response, "conversation": self.conversation,
+                           "input_items": self.input_items})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "StoredResponse | None":
+        """None unless `raw` is what to_json wrote."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("response"), dict) or \
+                not all(isinstance(data.get(k), list) and all(isinstance(x, dict) for x in data[k])
+                        for k in ("conversation", "input_items")):
+            return None
+        return cls(data["response"], data["conversation"], data["input_items"])
 
 
 class ResponseStore:
+    """In the router's memory."""
+
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[StoredResponse, int]] = OrderedDict()
         self.num_bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, response: dict, conversation: list[dict], input_items: list[dict] = ()) -> None:
-        size = len(json.dumps(response)) + len(json.dumps(conversation)) + len(json.dumps(list(input_items)))
+    async def put(self, entry: StoredResponse) -> None:
+        size = len(entry.to_json())
         if size > self.max_bytes:
             return
-        self.delete(response["id"])
-        self._entries[response["id"]] = StoredResponse(response, conversation, size, list(input_items))
+        await self.delete(entry.response["id"])
+        self._entries[entry.response["id"]] = (entry, size)
         self.num_bytes += size
         while len(self._entries) > self.max_entries or self.num_bytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.num_bytes -= dropped.size
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.num_bytes -= dropped
 
-    def get(self, response_id: str) -> StoredResponse | None:
-        entry = self._entries.get(response_id)
-        if entry is not None:
-            self._entries.move_to_end(response_id)
+    async def get(self, response_id: str) -> StoredResponse | None:
+        found = self._entries.get(response_id)
+        if found is None:
+            return None
+        self._entries.move_to_end(response_id)
+        return found[0]
+
+    async def delete(self, response_id: str) -> bool:
+        found = self._entries.pop(response_id, None)
+        if found is not None:
+            self.num_bytes -= found[1]
+        return found is not None
+
+
+class RedisResponseStore:
+    """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
+
+    def __init__(self, url: str, ttl_s: float = DEFAULT_TTL_S, timeout_s: float = 2.0):
+        import redis.asyncio
+
+        self.ttl_s = ttl_s
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    async def put(self, entry: StoredResponse) -> None:
+        value = entry.to_json()
+        if len(value) > MAX_ENTRY_BYTES:
+            return
+        await self._call(self.client.set, REDIS_PREFIX + entry.response["id"], value, ex=max(1, int(self.ttl_s)))
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        raw = await self._call(self.client.get, REDIS_PREFIX + response_id)
+        entry = None if raw is None else StoredResponse.from_json(raw)
+        if raw is not None and entry is None:
+            log.warning("stored response %s does not read back as one; treated as missing", response_id)
         return entry
 
-    def delete(self, response_id: str) -> bool:
-        entry = self._entries.pop(response_id, None)
-        if entry is not None:
-            self.num_bytes -= entry.size
-        return entry is not None
+    async def delete(self, response_id: str) -> bool:
+        return bool(await self._call(self.client.delete, REDIS_PREFIX + response_id))
+
+    async def _call(self, method, *args, **kwargs):
+        import redis
+
+        try:
+            return await method(*args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the response store (Redis) did not answer: {exc}") from None

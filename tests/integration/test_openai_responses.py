@@ -12,6 +12,7 @@ import json
 import openai
 import pytest
 
+from splitserve.localcluster.procs import service_command, spawn, stop
 from tests.support.cluster import ParallelCluster
 from tests.unit.test_grammar import SCHEMA, _valid
 
@@ -156,3 +157,31 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(api, body, param):
     with pytest.raises(openai.NotFoundError):
         api.responses.create(model="no-such-model", input="x")
     assert json.loads(json.dumps(err.value.body))["type"] == "invalid_request_error"
+
+
+def test_router_replicas_sharing_a_redis_store_continue_each_others_conversations(tiny_model, redis_url):
+    """--responses-store redis://...: a response stored through one router is continued, read and deleted
+    through another (what several router replicas behind one Service need)."""
+    with ParallelCluster(tiny_model, prefill=0, decode=0, colocated=1, http_port=-1,
+                         router_args=["--responses-store", redis_url]) as cluster:
+        nodes = ",".join(f"{role}={node.address}" for role, node in cluster.nodes)
+        second = spawn("router-b", service_command("router", "--model", str(tiny_model), "--host", "127.0.0.1",
+                                                   "--port", "0", "--http-port", "-1", "--nodes", nodes,
+                                                   "--responses-store", redis_url))
+        try:
+            one, two = (openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+                        for url in (cluster.http_url, second.extra["http"]))
+            first = one.responses.create(model=MODEL, input=QUESTION, max_output_tokens=6, temperature=0)
+            follow_up = two.responses.create(model=MODEL, input="And the sea?", previous_response_id=first.id,
+                                             max_output_tokens=6, temperature=0)
+            expected = one.chat.completions.create(model=MODEL, temperature=0, max_tokens=6, messages=[
+                {"role": "user", "content": QUESTION}, {"role": "assistant", "content": first.output_text},
+                {"role": "user", "content": "And the sea?"}])
+            assert follow_up.output_text == expected.choices[0].message.content
+            assert two.responses.retrieve(first.id).output_text == first.output_text
+            two.responses.delete(first.id)
+            with pytest.raises(openai.NotFoundError):
+                one.responses.retrieve(first.id)
+        finally:
+            stop([second])
+
