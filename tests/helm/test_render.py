@@ -230,6 +230,8 @@ def test_readme_values_table_is_current():
         ({"model": {"source": "pvc"}}, "model.source is pvc: set model.pvc.claimName"),
         ({"redis": {"mode": "external"}}, "redis.mode is external: set redis.external.host"),
         ({"router": {"tls": {"enabled": True}}}, "router.tls.enabled: set router.tls.secretName"),
+        ({"router": {"responsesStore": "redis"}, "redis": {"mode": "disabled"}},
+         "router.responsesStore is redis: set redis.mode"),
         ({"node": {"tls": {"enabled": True, "secretName": "n"}}}, "node.tls.enabled needs router.tls.enabled"),
         ({"router": {"apiKeys": {"enabled": True}}}, "router.apiKeys.enabled: set router.apiKeys.existingSecret"),
     ],
@@ -256,6 +258,10 @@ VARIANTS = {
     "api-keys-in-chart": {"router": {"apiKeys": {"enabled": True, "keys": ["k1", "k2"]}}},
     "everything-off": {"networkPolicy": {"enabled": False}, "rbac": {"create": False},
                        "router": {"pdb": {"enabled": False}, "serviceAccount": {"create": False, "name": "sa"}}},
+    "responses-in-redis": {"router": {"responsesStore": "redis"}},
+    "responses-in-external-redis-tls": {"router": {"responsesStore": "redis"}, "redis": {
+        "mode": "external", "auth": {"existingSecret": "r"},
+        "external": {"host": "redis.example", "tls": {"enabled": True, "caSecret": "redis-ca"}}}},
     "percent-budgets-and-pull-secrets": {"decode": {"pdb": {"minAvailable": "50%"}},
                                          "imagePullSecrets": ["a", {"name": "b"}]},
 }
@@ -279,6 +285,18 @@ def test_value_variants_render_valid_objects(variant):
             [init] = deployment["spec"]["template"]["spec"]["initContainers"]
             assert init["command"] == ["cp", "-R", "/models/.", init["volumeMounts"][0]["mountPath"]]
             assert init["volumeMounts"][0]["mountPath"] != "/models"
+    if variant.startswith("responses-in"):  # the router names the chart's Redis as the nodes do, password from env
+        [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
+        [store] = [a for a in router["args"] if a.startswith("--responses-store=")]
+        assert store.removeprefix("--responses-store=") in {u.removeprefix("--redis-url=") for u in urls}
+        assert "$(REDIS_PASSWORD)" in store and "REDIS_PASSWORD" in [e["name"] for e in router["env"]]
+        tls = variant.endswith("tls")
+        assert ("redis-tls" in [m["name"] for m in router["volumeMounts"]]) == tls
+        if not tls:
+            [policy] = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-redis")]
+            component = "app.kubernetes.io/component"
+            assert [p["podSelector"]["matchLabels"][component] for p in policy["spec"]["ingress"][0]["from"]] == \
+                ["node", "router"]
     if variant == "api-keys-in-chart":
         [secret] = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
         assert secret["stringData"]["api-keys"] == "k1\nk2\n"

@@ -121,6 +121,37 @@ $(REDIS_PASSWORD) from the container's env, which reads the Secret.
 {{- $url -}}
 {{- end -}}
 
+{{/* REDIS_PASSWORD from the Redis Secret (an env entry) for a pod whose --redis-url names it; empty without auth. */}}
+{{- define "splitserve.redisPasswordEnv" -}}
+{{- if and (ne .Values.redis.mode "disabled") .Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "splitserve.redisSecret" . }}
+      key: {{ include "splitserve.redisSecretKey" . }}
+{{- end }}
+{{- end -}}
+
+{{/* The external Redis's CA (a volume mount and its volume), when its TLS names one. */}}
+{{- define "splitserve.redisTLSMount" -}}
+{{- if and (eq (include "splitserve.redisTLS" .) "true") .Values.redis.external.tls.caSecret }}
+- name: redis-tls
+  mountPath: /etc/splitserve/redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "splitserve.redisTLSVolume" -}}
+{{- if and (eq (include "splitserve.redisTLS" .) "true") .Values.redis.external.tls.caSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.external.tls.caSecret }}
+    items:
+      - key: {{ .Values.redis.external.tls.caKey }}
+        path: ca.pem
+{{- end }}
+{{- end -}}
+
 {{/* Probe timing fields: (dict "probe" .Values.node.probes.readiness). */}}
 {{- define "splitserve.probeTiming" -}}
 periodSeconds: {{ .probe.periodSeconds }}
@@ -219,6 +250,9 @@ maxUnavailable: {{ .pdb.maxUnavailable | default 1 }}
 {{- end -}}
 {{- if and (eq $v.model.source "hostPath") (not $v.model.hostPath.path) -}}
 {{- fail "model.source is hostPath: set model.hostPath.path" -}}
+{{- end -}}
+{{- if and (eq $v.router.responsesStore "redis") (eq $v.redis.mode "disabled") -}}
+{{- fail "router.responsesStore is redis: set redis.mode to internal or external" -}}
 {{- end -}}
 {{- if and (eq $v.redis.mode "external") (not $v.redis.external.host) -}}
 {{- fail "redis.mode is external: set redis.external.host" -}}

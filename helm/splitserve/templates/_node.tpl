@@ -90,13 +90,7 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
       fieldPath: metadata.name
 - name: HOME
   value: /tmp
-{{- if and (ne $v.redis.mode "disabled") $v.redis.auth.enabled }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "splitserve.redisSecret" .root }}
-      key: {{ include "splitserve.redisSecretKey" .root }}
-{{- end }}
+{{- include "splitserve.redisPasswordEnv" .root }}
 {{- if eq $v.node.transport "torch" }}
 {{- with $v.node.nccl }}
 {{- if .debug }}
@@ -233,10 +227,8 @@ spec:
           mountPath: /etc/splitserve/tls
           readOnly: true
         {{- end }}
-        {{- if and (eq (include "splitserve.redisTLS" $root) "true") $v.redis.external.tls.caSecret }}
-        - name: redis-tls
-          mountPath: /etc/splitserve/redis-tls
-          readOnly: true
+        {{- with include "splitserve.redisTLSMount" $root | trim }}
+        {{- . | nindent 8 }}
         {{- end }}
   volumes:
     - name: tmp
@@ -260,13 +252,8 @@ spec:
           - key: {{ $v.node.tls.keyKey }}
             path: node-key.pem
     {{- end }}
-    {{- if and (eq (include "splitserve.redisTLS" $root) "true") $v.redis.external.tls.caSecret }}
-    - name: redis-tls
-      secret:
-        secretName: {{ $v.redis.external.tls.caSecret }}
-        items:
-          - key: {{ $v.redis.external.tls.caKey }}
-            path: ca.pem
+    {{- with include "splitserve.redisTLSVolume" $root | trim }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end -}}
 

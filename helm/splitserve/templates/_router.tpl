@@ -15,6 +15,9 @@
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
+{{- if eq $r.responsesStore "redis" }}
+- --responses-store={{ include "splitserve.redisUrl" . }}
+{{- end }}
 {{- range $r.extraArgs }}
 - {{ . | quote }}
 {{- end }}
