@@ -25,7 +25,7 @@ class TargetOptions:
     """Request settings shared by all targets (a target ignores those it has no use for)."""
 
     model: str | None = None  # None: the server's first model (/v1/models), else left out
-    endpoint: str = "/v1/completions"  # or /v1/chat/completions (HTTP only)
+    endpoint: str = "/v1/completions"  # or /v1/chat/completions, /v1/responses, /v1/messages (HTTP only)
     ignore_eos: bool = True  # force the requested output length where the server supports it
     temperature: float = 0.0
     request_timeout_s: float = 600.0
@@ -107,12 +107,15 @@ def make_target(url: str, options: TargetOptions | None = None) -> Target:
 
 
 class OpenAIHTTPTarget(Target):
-    """Streams `/v1/completions` (or `/v1/chat/completions`) with `stream_options.include_usage`.
+    """Streams `/v1/completions` (or `/v1/chat/completions`) with `stream_options.include_usage`; also
+    OpenAI's Responses API (`/v1/responses`) and Anthropic's Messages API (`/v1/messages`).
 
     Timing follows vLLM's `async_request_openai_completions`: every SSE `data:` event with a
     non-empty `choices` list is one chunk (its text may be empty); the `usage` event gives
-    `completion_tokens`. A non-200 status, an `error` event, an exception or a stream with no
-    chunk is a failure. `ignore_eos` sends vLLM's `ignore_eos: true` and `min_tokens`.
+    `completion_tokens`. On the Responses API each `response.output_text.delta` is a chunk and the
+    final response's `usage.output_tokens` the count; on the Messages API each `content_block_delta`
+    and `message_delta`'s `usage.output_tokens`. A non-200 status, an `error` event, an exception or
+    a stream with no chunk is a failure. `ignore_eos` sends vLLM's `ignore_eos: true` and `min_tokens`.
 
     Servers close keep-alive connections after some requests or some idle time, not always
     announced; a request sent on a pooled connection the server is closing meets a closed or
@@ -126,7 +129,9 @@ class OpenAIHTTPTarget(Target):
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         path = parts.path.rstrip("/")
         self.url = self.base_url + (path if path else options.endpoint)
-        self.chat = self.url.rstrip("/").endswith("chat/completions")
+        self.api = next((api for api in ("chat/completions", "responses", "messages")
+                         if self.url.rstrip("/").endswith("/v1/" + api)), "completions")
+        self.chat = self.api == "chat/completions"
         self.options, self.model = options, options.model
         self._session = self._fresh_session = None
 
@@ -149,7 +154,8 @@ class OpenAIHTTPTarget(Target):
         self._session = self._fresh_session = None
 
     def describe(self) -> dict:
-        return {"url": self.url, "model": self.model, "chat": self.chat, "ignore_eos": self.options.ignore_eos}
+        return {"url": self.url, "model": self.model, "chat": self.chat, "api": self.api,
+                "ignore_eos": self.options.ignore_eos}
 
     async def _first_model(self) -> str | None:
         try:
@@ -160,13 +166,18 @@ class OpenAIHTTPTarget(Target):
             return None
 
     def body(self, request: BenchRequest) -> dict:
-        body = {"stream": True, "stream_options": {"include_usage": True}, "temperature": self.options.temperature}
-        if self.chat:
-            body["messages"] = [{"role": "user", "content": request.prompt}]
-            body["max_completion_tokens"] = request.output_tokens
+        body = {"stream": True, "temperature": self.options.temperature}
+        if self.api in ("completions", "chat/completions"):
+            body["stream_options"] = {"include_usage": True}
+        messages = [{"role": "user", "content": request.prompt}]
+        if self.api == "chat/completions":
+            body.update(messages=messages, max_completion_tokens=request.output_tokens)
+        elif self.api == "responses":
+            body.update(input=request.prompt, max_output_tokens=request.output_tokens)
+        elif self.api == "messages":
+            body.update(messages=messages, max_tokens=request.output_tokens)
         else:
-            body["prompt"] = request.prompt
-            body["max_tokens"] = request.output_tokens
+            body.update(prompt=request.prompt, max_tokens=request.output_tokens)
         if self.model is not None:
             body["model"] = self.model
         if self.options.ignore_eos:
@@ -219,12 +230,28 @@ class OpenAIHTTPTarget(Target):
         if payload == b"[DONE]":
             return usage
         event = json.loads(payload)
-        if event.get("error"):
-            raise RuntimeError(f"server error in stream: {event['error']}")
+        if event.get("error") or event.get("type") in ("error", "response.failed"):
+            raise RuntimeError(f"server error in stream: {event.get('error') or event}")
+        if self.api in ("responses", "messages"):
+            return self._handle_event(event, record, usage)
         if choices := event.get("choices"):
             record.mark_token(self._chunk_text(choices[0]))
         if event.get("usage"):
             usage = event["usage"].get("completion_tokens", usage)
+        return usage
+
+    def _handle_event(self, event: dict, record: RequestRecord, usage: int | None) -> int | None:
+        """A Responses or Messages API event: text deltas are chunks; the end says how many tokens came."""
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            record.mark_token(event.get("delta") or "")
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            record.mark_token(delta.get("text") or delta.get("partial_json") or "")
+        elif kind in ("response.completed", "response.incomplete"):
+            usage = ((event.get("response") or {}).get("usage") or {}).get("output_tokens", usage)
+        elif kind == "message_delta":
+            usage = (event.get("usage") or {}).get("output_tokens", usage)
         return usage
 
     def _chunk_text(self, choice: dict) -> str:

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--url", help="http://HOST:PORT (OpenAI-compatible server), grpc://HOST:PORT (the cluster's router)")
     g.add_argument("--model", help="model name to send (default: the server's first /v1/models entry)")
-    g.add_argument("--endpoint", default="/v1/completions", help="/v1/completions or /v1/chat/completions")
+    g.add_argument("--endpoint", default="/v1/completions", help="/v1/completions, /v1/chat/completions, "
+                   "/v1/responses (OpenAI's Responses API) or /v1/messages (Anthropic's Messages API)")
     g.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                    help="do not force the output length (ignore_eos, min_tokens)")
     g.add_argument("--temperature", type=float, default=0.0)

@@ -121,3 +121,21 @@ def test_http_requests_on_cut_connections_are_retried_not_failed(cluster, bench_
     assert [r.output_tokens for r in result.run.records] == [4] * 8
     assert proxy.num_cuts >= 2 and sum(r.retries for r in records) == proxy.num_cuts
     assert report.result_dict(result)["retries"] == sum(r.retries for r in result.run.records) > 0
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/responses", "/v1/messages"])
+def test_the_responses_and_messages_apis_are_benchmarked_like_chat(cluster, bench_tokenizer, endpoint):
+    """The same requests through OpenAI's Responses API and Anthropic's Messages API: every output token counted,
+    a first-token time and inter-token gaps from their own stream events, the prompt the chat endpoint's."""
+    def run(path):
+        config = BenchConfig(url=cluster.http_url, workload=WorkloadConfig(input_len=24, output_len=5), num_requests=6,
+                             run=RunConfig(max_concurrency=3, max_time_s=60),
+                             target=TargetOptions(headers=AUTH, endpoint=path))
+        return run_benchmark(config, bench_tokenizer)
+
+    result, chat = run(endpoint), run("/v1/chat/completions")
+    assert [r.error for r in result.run.records if not r.success] == []
+    assert [r.output_tokens for r in result.run.records] == [5] * 6
+    assert all(len(r.token_times) >= 2 and r.token_times[0] > r.send_time for r in result.run.records)
+    assert [r.generated_text for r in result.run.records] == [r.generated_text for r in chat.run.records]
+    assert report.result_dict(result)["config"]["target"]["endpoint"] == endpoint
