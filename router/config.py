@@ -55,7 +55,8 @@ class RouterConfig:
         if any(not name.isprintable() or " " in name for name in self._served_names):
             raise ValueError(f"--served-model-name: names are comma-separated, without spaces, got "
                              f"{self.served_model_name!r}")
-        if self.responses_store != "memory" and not self.responses_store.startswith(("redis://", "rediss://", "unix://")):
+        redis_schemes = ("redis://", "rediss://", "unix://")
+        if self.responses_store != "memory" and not self.responses_store.startswith(redis_schemes):
             raise ValueError(f"--responses-store must be memory or a redis:// URL, got {self.responses_store!r}")
         if self.responses_ttl_s <= 0:
             raise ValueError(f"--responses-ttl-s must be > 0, got {self.responses_ttl_s}")

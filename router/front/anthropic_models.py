@@ -19,7 +19,7 @@ import json
 from pydantic import BaseModel, ConfigDict
 
 from router.front.openai_models import ChatCompletionRequest, InvalidRequest, chat_request, parse_body
-from router.front.responses_models import EXTENSIONS
+from router.front.responses_models import EXTENSIONS, text_of
 
 # a chat field whose error names the Messages field it came from
 MESSAGES_PARAM = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences"}
@@ -58,14 +58,15 @@ class MessagesRequest(BaseModel):
             raise InvalidRequest("messages must hold at least one message", "messages")
 
     def chat_messages(self) -> list[dict]:
-        system = [{"role": "system", "content": _text(self.system, "system")}] if self.system else []
+        system = [{"role": "system", "content": text_of(self.system, "system", ("text",))}] if self.system else []
         messages: list[dict] = []
         for i, message in enumerate(self.messages):
             messages += _chat_messages(message, f"messages.{i}")
         return system + messages
 
     def chat_request(self) -> ChatCompletionRequest:
-        body = {name: value for name, value in (self.model_extra or {}).items() if name in EXTENSIONS and name != "stop"}
+        extensions = set(EXTENSIONS) - {"stop"}  # stop_sequences are the stop strings here
+        body = {name: value for name, value in (self.model_extra or {}).items() if name in extensions}
         choice = self.tool_choice or {}
         body.update(model=self.model, stream=self.stream, messages=self.chat_messages(),
                     max_completion_tokens=self.max_tokens, stop=self.stop_sequences, temperature=self.temperature,
@@ -107,7 +108,7 @@ def _chat_messages(message: dict, where: str) -> list[dict]:
     if role == "assistant":
         calls = [_tool_call(block, f"{where}.content") for block in content if block.get("type") == "tool_use"]
         return [{"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}]
-    results = [{"role": "tool", "content": _text(block.get("content") or "", f"{where}.content")}
+    results = [{"role": "tool", "content": text_of(block.get("content") or "", f"{where}.content", ("text",))}
                for block in content if block.get("type") == "tool_result"]
     return results + ([{"role": "user", "content": text}] if text or not results else [])
 
@@ -117,15 +118,6 @@ def _tool_call(block: dict, where: str) -> dict:
         raise InvalidRequest(f"{where}: a tool_use block needs a string id and name", where)
     return {"id": block["id"], "type": "function",
             "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})}}
-
-
-def _text(content, where: str) -> str:
-    """A string, or text blocks joined; other blocks are refused."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
-        return "".join(str(b.get("text") or "") for b in content)
-    raise InvalidRequest(f"{where} must be a string or text blocks", where)
 
 
 def _chat_tool(tool: dict, where: str) -> dict:

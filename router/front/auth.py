@@ -3,7 +3,8 @@
 Keys come from `--api-keys-file` (one per line; blank lines and `#` comments ignored) and from
 the environment variable SPLITSERVE_API_KEYS (comma-separated). No keys from either: auth is
 off. Clients send `Authorization: Bearer KEY` (an HTTP header, or gRPC metadata
-`authorization`; over HTTP also Anthropic's `x-api-key: KEY`). Only SHA-256 digests of the keys are kept, and a presented key is checked
+`authorization`; over HTTP also Anthropic's `x-api-key: KEY`). Only SHA-256 digests of the keys are
+kept, and a presented key is checked
 by looking up its digest, so the time taken says nothing about how close a wrong key was.
 """
 

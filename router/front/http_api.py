@@ -172,12 +172,7 @@ class Endpoints:
         job = self.chat_job(chat, _request_id(request, "msg"))
         writer = MessageWriter(ChatShape(job.request_id, name, self.ctx.texts,
                                          len(job.prompt_token_ids), False, tool_mode=chat.tool_mode))
-        slots, events = self.start([job])
-        headers = {"X-Request-Id": job.request_id}
-        if body.stream:
-            return EventStreamResponse(response_stream(events, writer, slots), headers=headers)
-        [(pieces, finish)] = await self.results(request, events, slots, 1)
-        return JSONResponse(writer.whole(pieces, finish), headers=headers)
+        return await self.serve_one(request, job, writer, body.stream)
 
     async def count_message_tokens(self, request: Request) -> dict:
         """POST /v1/messages/count_tokens: the prompt's tokens, as the model sees them."""
@@ -191,32 +186,37 @@ class Endpoints:
         body = ResponsesRequest.parse(await self.body(request))
         body.check_supported()
         name = self.served_name(body.model)
-        history = await self._history(body.previous_response_id)
-        chat = body.chat_request(history)
+        conversation = await self._history(body.previous_response_id) + body.input_messages()
+        chat = body.chat_request(conversation)
         job = self.chat_job(chat, _request_id(request, "resp"))
         shape = ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                           chat.logprobs, tool_mode=chat.tool_mode)
-        writer, conversation = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults)), \
-            history + body.input_messages()
+        writer = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults))
         items = body.input_items()
 
         async def keep(response: dict) -> None:
             if not body.store:
                 return
             try:
-                await self.ctx.responses.put(StoredResponse(response, conversation + answer_messages(response["output"]),
-                                                            items))
+                answered = conversation + answer_messages(response["output"])
+                await self.ctx.responses.put(StoredResponse(response, answered, items))
             except StoreUnavailable as exc:  # the answer stands; only its continuation is lost
                 log.warning("response %s not stored: %s", response["id"], exc)
 
+        return await self.serve_one(request, job, writer, body.stream, keep)
+
+    async def serve_one(self, request: Request, job: Job, writer, stream: bool, on_done=None):
+        """One choice written by `writer` (the Responses and Messages APIs): its events, or the whole answer;
+        `on_done` (async) gets the finished answer either way."""
         slots, events = self.start([job])
         headers = {"X-Request-Id": job.request_id}
-        if body.stream:
-            return EventStreamResponse(response_stream(events, writer, slots, keep), headers=headers)
+        if stream:
+            return EventStreamResponse(response_stream(events, writer, slots, on_done), headers=headers)
         [(pieces, finish)] = await self.results(request, events, slots, 1)
-        response = writer.whole(pieces, finish)
-        await keep(response)
-        return JSONResponse(response, headers=headers)
+        answer = writer.whole(pieces, finish)
+        if on_done is not None:
+            await on_done(answer)
+        return JSONResponse(answer, headers=headers)
 
     async def _history(self, previous_response_id: str | None) -> list[dict]:
         if previous_response_id is None:

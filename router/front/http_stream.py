@@ -89,7 +89,7 @@ async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes
 
 
 def _event(event: dict) -> bytes:
-    """A Responses API event: named after its type."""
+    """A named event (the Responses and Messages APIs): `event:` its type, then its data."""
     return b"event: " + event["type"].encode() + b"\n" + _data(event)
 
 

@@ -5,8 +5,8 @@ deprecated functions / function_call, vLLM's beam search and the other `UNSUPPOR
 with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
-or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`, `repetition_penalty`
-and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
+or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
+`repetition_penalty` and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
 
@@ -133,7 +133,8 @@ def _schema(value: dict | str, param: str) -> dict:
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
 GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
 # vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
-UNSUPPORTED = {"use_beam_search": False, "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None, "structural_tag": None}
+UNSUPPORTED = {"use_beam_search": False, "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None,
+               "structural_tag": None}
 
 
 class _Request(BaseModel):
@@ -203,7 +204,7 @@ class _Request(BaseModel):
     @property
     def structured(self) -> tuple[StructuredOutputs, str] | None:
         """vLLM's structured outputs and the field they came in, or None."""
-        guided = {name: getattr(self, f"guided_{name}") for name in GUIDED if getattr(self, f"guided_{name}") is not None}
+        guided = {name: value for name in GUIDED if (value := getattr(self, f"guided_{name}")) is not None}
         if guided and self.structured_outputs is not None:
             raise InvalidRequest("send structured_outputs or the guided_* fields, not both", "structured_outputs")
         if guided:
@@ -220,13 +221,15 @@ class _Request(BaseModel):
         """Engine parameters; ValueError (-> 400) for values out of range. `defaults`: sampling settings for
         what the request leaves out (the model's recommended ones: Frontend.sampling_defaults), else OpenAI's."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        chosen = {**(defaults or {}), **{name: getattr(self, name) for name in SAMPLING_DEFAULTS if getattr(self, name) is not None}}
+        sent = {name: value for name in SAMPLING_DEFAULTS if (value := getattr(self, name)) is not None}
+        chosen = {**(defaults or {}), **sent}
         return SamplingParams(
             max_tokens=max_tokens, temperature=chosen.get("temperature", 1.0), top_p=chosen.get("top_p", 1.0),
             top_k=max(0, chosen.get("top_k", 0)), min_p=chosen.get("min_p", 0.0),
             repetition_penalty=chosen.get("repetition_penalty", 1.0), seed=self.seed,
             stop=tuple(stop), include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
+            skip_special_tokens=self.skip_special_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=self._logit_bias(), grammar=self._grammar())
 
@@ -337,7 +340,8 @@ class ChatCompletionRequest(_Request, ChatTemplateOptions):
         if self.tool_mode is not None and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest("tools and a response_format constrain the answer twice: send one", "response_format")
         if self.tool_mode is not None and self.structured is not None:
-            raise InvalidRequest("tools and structured outputs constrain the answer twice: send one", self.structured[1])
+            raise InvalidRequest("tools and structured outputs constrain the answer twice: send one",
+                                 self.structured[1])
         if not self.messages:
             raise InvalidRequest("messages must hold at least one message", "messages")
         if self.top_logprobs is not None and not self.logprobs:

@@ -27,7 +27,8 @@ def request_fields(body: ResponsesRequest, model: str, defaults: dict) -> dict:
             "previous_response_id": body.previous_response_id, "tools": body.tools or [],
             "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": body.parallel_tool_calls,
             "temperature": defaults.get("temperature", 1.0) if body.temperature is None else body.temperature,
-            "top_p": defaults.get("top_p", 1.0) if body.top_p is None else body.top_p, "top_logprobs": body.top_logprobs,
+            "top_p": defaults.get("top_p", 1.0) if body.top_p is None else body.top_p,
+            "top_logprobs": body.top_logprobs,
             "text": {"format": text_format}, "truncation": "disabled", "store": body.store,
             "metadata": body.metadata or {}, "user": body.user}
 
@@ -64,7 +65,8 @@ class ResponseWriter:
 
     def opening(self) -> list[dict]:
         response = self._response("in_progress")
-        return [self._event("response.created", response=response), self._event("response.in_progress", response=response)]
+        return [self._event("response.created", response=response),
+                self._event("response.in_progress", response=response)]
 
     def piece(self, piece: Piece) -> list[dict]:
         chunk = self.shape.chunk(piece, False)
@@ -87,7 +89,8 @@ class ResponseWriter:
         return events + [self._event(f"response.{response['status']}", response=response)]
 
     def failed(self, error: ApiError) -> list[dict]:
-        self.response = {**self._response("failed"), "error": {"code": error.code or error.type, "message": error.message}}
+        self.response = {**self._response("failed"),
+                         "error": {"code": error.code or error.type, "message": error.message}}
         return [self._event("error", code=error.code or error.type, message=error.message, param=error.param),
                 self._event("response.failed", response=self.response)]
 
@@ -101,7 +104,8 @@ class ResponseWriter:
 
     def _response(self, status: str, usage_field: dict | None = None) -> dict:
         return {"id": self.shape.id, "object": "response", "created_at": self.shape.created, "status": status,
-                "error": None, "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
                 "output": [dict(item) for item in self.output], "usage": usage_field, **self.fields}
 
     def _event(self, kind: str, **fields) -> dict:

@@ -106,20 +106,22 @@ class ResponsesRequest(BaseModel):
             if kind == "message":
                 part = "output_text" if item["role"] == "assistant" else "input_text"
                 items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": item["role"],
-                              "status": "completed", "content": [{"type": part, "text": _text(item.get("content"),
-                                                                                              "input")}]})
+                              "status": "completed", "content": [{"type": part, "text": text_of(item.get("content"),
+                                                                                                "input")}]})
             elif kind in ("function_call", "function_call_output"):
                 prefix = "fc" if kind == "function_call" else "fco"
                 items.append({**item, "id": item.get("id") or f"{prefix}_{uuid.uuid4().hex}", "status": "completed"})
         return items
 
-    def chat_request(self, history: list[dict]) -> ChatCompletionRequest:
-        """The chat request this one amounts to, after `history` (a stored conversation, or [])."""
+    def chat_request(self, conversation: list[dict]) -> ChatCompletionRequest:
+        """The chat request this one amounts to; `conversation`: a stored conversation (or none) and then
+        input_messages()."""
         instructions = [{"role": "system", "content": self.instructions}] if self.instructions else []
         body = {name: value for name, value in (self.model_extra or {}).items() if name in EXTENSIONS}
-        body.update(model=self.model, stream=self.stream, messages=instructions + history + self.input_messages(),
+        body.update(model=self.model, stream=self.stream, messages=instructions + conversation,
                     max_completion_tokens=self.max_output_tokens, temperature=self.temperature, top_p=self.top_p,
-                    logprobs=self.logprobs, top_logprobs=self.top_logprobs, parallel_tool_calls=self.parallel_tool_calls,
+                    logprobs=self.logprobs, top_logprobs=self.top_logprobs,
+                    parallel_tool_calls=self.parallel_tool_calls,
                     tools=[_chat_tool(t, f"tools.{i}") for i, t in enumerate(self.tools)] if self.tools else None,
                     tool_choice=_chat_tool_choice(self.tool_choice), user=self.user,
                     response_format=_chat_format(self.text.format) if self.text and self.text.format else None)
@@ -134,7 +136,7 @@ def _add_item(messages: list[dict], item: dict, where: str) -> None:
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise InvalidRequest(f"{where}: role must be user, assistant, system or developer, got {role!r}", where)
-        messages.append({"role": role, "content": _text(item.get("content"), where)})
+        messages.append({"role": role, "content": text_of(item.get("content"), f"{where}.content")})
     elif kind == "function_call":
         call = {"id": _field(item, "call_id", where), "type": "function",
                 "function": {"name": _field(item, "name", where), "arguments": _field(item, "arguments", where)}}
@@ -145,7 +147,7 @@ def _add_item(messages: list[dict], item: dict, where: str) -> None:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
         _field(item, "call_id", where)
-        messages.append({"role": "tool", "content": _text(item.get("output"), where)})
+        messages.append({"role": "tool", "content": text_of(item.get("output"), f"{where}.content")})
     elif kind != "reasoning":
         raise InvalidRequest(f"{where}: input items of type {kind!r} are not supported (messages, function_call and "
                              "function_call_output are)", where)
@@ -158,15 +160,16 @@ def _field(item: dict, name: str, where: str) -> str:
     return value
 
 
-def _text(content, where: str) -> str:
-    """A message's text: a string, or text parts (input_text, output_text); other parts are refused."""
+def text_of(content, param: str, kinds: tuple[str, ...] = TEXT_PARTS) -> str:
+    """A message's text: a string, or content parts of these `kinds` joined (the Responses API's input_text /
+    output_text, the Messages API's text blocks); anything else is a 400 naming `param`."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
-        raise InvalidRequest(f"{where}.content must be a string or a list of content parts", f"{where}.content")
-    kinds = sorted({str(part.get("type")) for part in content} - set(TEXT_PARTS))
-    if kinds:
-        raise InvalidRequest(f"{where}: only text content is supported, got {', '.join(kinds)}", f"{where}.content")
+        raise InvalidRequest(f"{param} must be a string or a list of content parts", param)
+    others = sorted({str(part.get("type")) for part in content} - set(kinds))
+    if others:
+        raise InvalidRequest(f"{param}: only text content is supported, got {', '.join(others)}", param)
     return "".join(str(part.get("text") or "") for part in content)
 
 

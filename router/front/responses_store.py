@@ -94,10 +94,12 @@ class RedisResponseStore:
     """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
 
     def __init__(self, url: str, ttl_s: float = DEFAULT_TTL_S, timeout_s: float = 2.0):
+        import redis
         import redis.asyncio
 
         self.ttl_s = ttl_s
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._unanswered = (redis.RedisError, OSError)
 
     async def put(self, entry: StoredResponse) -> None:
         value = entry.to_json()
@@ -116,9 +118,7 @@ class RedisResponseStore:
         return bool(await self._call(self.client.delete, REDIS_PREFIX + response_id))
 
     async def _call(self, method, *args, **kwargs):
-        import redis
-
         try:
             return await method(*args, **kwargs)
-        except (redis.RedisError, OSError) as exc:
+        except self._unanswered as exc:
             raise StoreUnavailable(f"the response store (Redis) did not answer: {exc}") from None

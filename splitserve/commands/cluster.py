@@ -79,9 +79,10 @@ def run_up(args: argparse.Namespace) -> int:
         print(note, flush=True)
     model = model_or_demo(args.model, DEMO_PRESET)
     node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
-    cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport, host=args.host, port=args.port,
-                           http_port=args.http_port, threads=args.threads or host_cores(), policy=args.policy,
-                           node_args=node_args, router_args=args.router_arg, redis_url=args.redis_url, private_redis=True, devices=devices,
+    cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport,
+                           host=args.host, port=args.port, http_port=args.http_port,
+                           threads=args.threads or host_cores(), policy=args.policy, node_args=node_args,
+                           router_args=args.router_arg, redis_url=args.redis_url, private_redis=True, devices=devices,
                            share_cores=args.threads == 0)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
