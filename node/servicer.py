@@ -3,7 +3,8 @@ calls every role takes.
 
 Prefill and IngestDocuments go to prefill_node/servicer.py, Reserve and Decode to
 decode_node/servicer.py; a call the node's role does not take gets FAILED_PRECONDITION. Handled
-here: the mixed role's Generate (both phases in one engine, no transfer), Abort and Stats.
+here: the mixed role's Generate (both phases in one engine, no transfer), Embed (prefill and mixed
+nodes: a prompt's pooled final hidden states, nothing transferred), Abort and Stats.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import AsyncIterator, Protocol
 import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
+from splitserve.engine.pooling import Pooling, PoolingParams
 from splitserve.rpc.convert import sampling_from_proto
 from splitserve.rpc.node_messages import refuse, request_id_of, spans_of, status_codes, token_chunk
 from splitserve.rpc.server import GrpcServer
@@ -90,6 +92,18 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 outputs = run_streaming(self.engine_loop, rid, admit)
             async for out in outputs:
                 yield token_chunk(out)
+
+    async def Embed(self, request: node_pb2.NodeEmbedRequest, context: grpc.aio.ServicerContext) -> node_pb2.NodeEmbedReply:
+        if self.roles.decode is not None:
+            await refuse(context, f"Embed needs a prefill or mixed node; this one is {self.role}")
+        async with status_codes(context):
+            rid, prompt = request_id_of(request), list(request.prompt_token_ids)
+            pooling = PoolingParams(request.pooling or Pooling.LAST, normalize=not request.no_normalize)
+            admit = lambda engine: engine.add_embedding(prompt, pooling, rid)
+            async for out in run_streaming(self.engine_loop, rid, admit):
+                if out.finished and out.embedding is not None:
+                    return node_pb2.NodeEmbedReply(embedding=out.embedding, num_cached_tokens=out.num_cached_tokens)
+        await context.abort(grpc.StatusCode.ABORTED, f"request {rid} was aborted before its prompt ran")
 
     async def Abort(self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext) -> common_pb2.AbortReply:
         rid = request.request_id

@@ -55,6 +55,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "(previous_response_id): memory (this router only, bounded) or a redis:// URL (shared by router replicas)")
     add_flag(parser, "--responses-ttl-s", 30 * 24 * 3600.0, "with a Redis responses store: how long each is kept",
              type=float)
+    add_flag(parser, "--embedding-pooling", "last", "how /v1/embeddings pools a prompt's final hidden states when "
+             "the request names no `pooling`: last (the last token's, vLLM's default for decoder models) or mean",
+             choices=("last", "mean"))
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

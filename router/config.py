@@ -14,6 +14,7 @@ from splitserve.engine.gguf_reader import model_name
 
 DISCOVERY_KINDS = ("static", "kubernetes")
 GENERATION_CONFIGS = ("auto", "none")
+EMBEDDING_POOLINGS = ("last", "mean")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class RouterConfig:
     generation_config: str = "auto"  # auto: the model's recommended sampling defaults on the OpenAI API; none: OpenAI's
     responses_store: str = "memory"  # the Responses API's stored responses: memory, or a redis:// URL (shared)
     responses_ttl_s: float = 30 * 24 * 3600.0  # how long Redis keeps each
+    embedding_pooling: str = "last"  # how an embedding request that names none pools: last or mean
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -63,6 +65,9 @@ class RouterConfig:
         if self.generation_config not in GENERATION_CONFIGS:
             raise ValueError(f"--generation-config must be one of {', '.join(GENERATION_CONFIGS)}, "
                              f"got {self.generation_config!r}")
+        if self.embedding_pooling not in EMBEDDING_POOLINGS:
+            raise ValueError(f"--embedding-pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, "
+                             f"got {self.embedding_pooling!r}")
         if self.discovery not in DISCOVERY_KINDS:
             raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_KINDS)}, got {self.discovery!r}")
 
@@ -85,6 +90,7 @@ class RouterConfig:
         return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
+                   args.embedding_pooling,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

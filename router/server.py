@@ -35,7 +35,7 @@ async def build(config: RouterConfig):
     for role, address in static_nodes(config.nodes, config.nodes_file):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry)
-    frontend = Frontend.from_model_dir(config.model, config.generation_config)
+    frontend = Frontend.from_model_dir(config.model, config.generation_config, config.embedding_pooling)
     if frontend.sampling_defaults:
         log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "
                  "OpenAI's)", frontend.sampling_defaults)

@@ -1,9 +1,10 @@
-"""A small client for the router's gRPC `Generate` stream, sync and async.
+"""A small client for the router's gRPC `Generate` stream and `Embed`, sync and async.
 
     from splitserve.client import Client
     with Client("grpc://127.0.0.1:50050") as client:
         for event in client.generate(prompt="Hello", max_tokens=16):
             print(event.text, end="")
+        vectors = client.embed(["Hello", "Bonjour"])
 
 With API keys and TLS: `Client("grpcs://HOST:PORT", api_key="KEY", ca_file="certs/ca.pem")`.
 """
@@ -110,6 +111,13 @@ def collect(events, prompt_logprobs: int | None = None) -> Result:
     return Result([t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), final, entries)
 
 
+def embed_request(inputs: list[str | list[int]], pooling: str = "", normalize: bool = True) -> router_pb2.EmbedRequest:
+    """Each input a text or a list of token ids; pooling "last" or "mean" (empty: the router's default)."""
+    items = [router_pb2.EmbedInput(text=i) if isinstance(i, str) else
+             router_pb2.EmbedInput(token_ids=router_pb2.TokenIds(ids=i)) for i in inputs]
+    return router_pb2.EmbedRequest(inputs=items, pooling=pooling, no_normalize=not normalize)
+
+
 def _metadata(api_key: str | None):
     return (("authorization", f"Bearer {api_key}"),) if api_key else None
 
@@ -137,6 +145,11 @@ class Client:
     def complete(self, **kwargs) -> Result:
         return collect(list(self.generate(**kwargs)), kwargs.get("prompt_logprobs"))
 
+    def embed(self, inputs: list[str | list[int]], **kwargs) -> list[list[float]]:
+        """One embedding per input (embed_request's keywords), in order."""
+        reply = self.stub.Embed(embed_request(inputs, **kwargs), timeout=self.timeout_s, metadata=_metadata(self.api_key))
+        return [list(e.values) for e in reply.embeddings]
+
     def close(self) -> None:
         self.channel.close()
 
@@ -161,6 +174,11 @@ class AsyncClient:
 
     async def complete(self, **kwargs) -> Result:
         return collect([e async for e in self.generate(**kwargs)], kwargs.get("prompt_logprobs"))
+
+    async def embed(self, inputs: list[str | list[int]], **kwargs) -> list[list[float]]:
+        reply = await self.stub.Embed(embed_request(inputs, **kwargs), timeout=self.timeout_s,
+                                      metadata=_metadata(self.api_key))
+        return [list(e.values) for e in reply.embeddings]
 
     async def close(self) -> None:
         await self.channel.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Awaitable, TypeVar
 
 T = TypeVar("T")
 
@@ -115,6 +115,16 @@ async def bounded(events: AsyncIterator[T], deadline: float | None) -> AsyncIter
     finally:
         timer.handle.cancel()
         await events.aclose()
+
+
+async def within(work: Awaitable[T], deadline: float | None) -> T:
+    """`work`'s result, or DeadlineExceeded (work cancelled) if `deadline` (event-loop time) passes first."""
+    if deadline is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, max(0.0, deadline - asyncio.get_running_loop().time()))
+    except TimeoutError:
+        raise DeadlineExceeded("the request's deadline passed before it finished") from None
 
 
 class _Deadline:

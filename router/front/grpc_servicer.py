@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 
 import grpc
 
@@ -13,9 +14,12 @@ from splitserve.api.v1 import common_pb2, router_pb2, router_pb2_grpc
 from splitserve.rpc.convert import sampling_from_proto
 from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
 from splitserve.rpc.server import GrpcServer
+from splitserve.engine.pooling import PoolingParams
 from splitserve.engine.tokenizer import ChatFormat
 from router.front.completion import Finish, Piece, completion
+from router.front.embeddings_api import MAX_EMBEDDING_INPUTS
 from router.front.intake import Frontend
+from router.cluster.embedder import Embedder
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
@@ -27,6 +31,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, frontend: Frontend, orchestrator: Orchestrator):
         self.frontend = frontend
         self.orchestrator = orchestrator
+        self.embedder = Embedder(orchestrator)
         self._active: dict[str, asyncio.Task] = {}
 
     def add_to(self, server: GrpcServer) -> None:
@@ -68,6 +73,35 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 yield _chunk(item)
             else:
                 yield _final(job, item)
+
+    async def Embed(self, request: router_pb2.EmbedRequest, context: grpc.aio.ServicerContext):
+        """One embedding per input, computed on prefill or mixed nodes (router/cluster/embedder.py)."""
+        try:
+            prompts = self._embedding_inputs(request)
+            pooling = PoolingParams(request.pooling or self.frontend.embedding_pooling).kind.value
+            embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, pooling, not request.no_normalize)
+        except ValueError as exc:
+            self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NoRoute as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except NodeCallError as exc:
+            await context.abort(exc.code, str(exc))
+        tokens = sum(map(len, prompts))
+        return router_pb2.EmbedResponse(embeddings=[router_pb2.Embedding(values=e.vector) for e in embedded],
+                                        usage=common_pb2.Usage(prompt_tokens=tokens))
+
+    def _embedding_inputs(self, request: router_pb2.EmbedRequest) -> list[list[int]]:
+        if not 0 < len(request.inputs) <= MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"inputs: 1 to {MAX_EMBEDDING_INPUTS} per request, got {len(request.inputs)}")
+        return [self._embedding_input(item) for item in request.inputs]
+
+    def _embedding_input(self, item: router_pb2.EmbedInput) -> list[int]:
+        kind = item.WhichOneof("input")
+        if kind is None:
+            raise ValueError("each input needs text or token_ids")
+        return self.frontend.embedding_input(item.text if kind == "text" else None,
+                                             list(item.token_ids.ids) if kind == "token_ids" else None)
 
     async def Abort(self, request: common_pb2.AbortRequest, context):
         task = self._active.get(request.request_id)

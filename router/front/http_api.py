@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.front.admission import Admission, DeadlineExceeded, Overloaded, bounded
+from router.front.admission import Admission, DeadlineExceeded, Overloaded, bounded, within
 from router.front.auth import ApiKeys
 from router.front.completion import completion
 from router.front.intake import Frontend
@@ -35,10 +35,12 @@ from router.front.http_stream import (EventStreamResponse, collect, event_stream
 from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTexts, Shape, whole_response
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
 from router.front.anthropic_format import MessageWriter, error_body
+from router.front.embeddings_api import EmbeddingRequest, embeddings_body
 from router.front.anthropic_models import MessagesRequest
 from router.front.responses_format import ResponseWriter, answer_messages, request_fields
 from router.front.responses_models import ResponsesRequest
 from router.front.responses_store import ResponseStore, StoredResponse, StoreUnavailable
+from router.cluster.embedder import Embedder
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
@@ -87,6 +89,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Endpoints:
     def __init__(self, ctx: HttpContext):
         self.ctx = ctx
+        self.embedder = Embedder(ctx.orchestrator)
 
     def check_key(self, request: Request) -> None:
         if not self.ctx.api_keys.allows_headers(request.headers):
@@ -204,6 +207,24 @@ class Endpoints:
                 log.warning("response %s not stored: %s", response["id"], exc)
 
         return await self.serve_one(request, job, writer, body.stream, keep)
+
+    async def embeddings(self, request: Request) -> JSONResponse:
+        """POST /v1/embeddings (embeddings_api.py): one vector per input, from prefill or mixed nodes."""
+        body = EmbeddingRequest.parse(await self.body(request))
+        frontend = self.ctx.frontend
+        body.check_supported(frontend.limits.hidden_size)
+        name = self.served_name(body.model)
+        prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens) for item in body.inputs()]
+        request_id = _request_id(request, "embd")
+        slot = self.ctx.admission.admit()
+        try:
+            work = self.embedder.embed(request_id, prompts, body.pooling or frontend.embedding_pooling, body.normalize)
+            embedded = await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
+        finally:
+            slot.release()
+        vectors = [e.vector for e in embedded]
+        return JSONResponse(embeddings_body(vectors, body.encoding_format, name, sum(map(len, prompts))),
+                            headers={"X-Request-Id": request_id})
 
     async def serve_one(self, request: Request, job: Job, writer, stream: bool, on_done=None):
         """One choice written by `writer` (the Responses and Messages APIs): its events, or the whole answer;
@@ -352,6 +373,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/responses", endpoints.responses, methods=["POST"])
     v1.add_api_route("/messages", endpoints.messages, methods=["POST"])
     v1.add_api_route("/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"])
+    v1.add_api_route("/embeddings", endpoints.embeddings, methods=["POST"])
     v1.add_api_route("/responses/{response_id}", endpoints.get_response, methods=["GET"])
     v1.add_api_route("/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"])
     v1.add_api_route("/responses/{response_id}", endpoints.delete_response, methods=["DELETE"])

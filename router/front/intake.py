@@ -13,6 +13,7 @@ from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
 from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine import generation_defaults
 from splitserve.engine.grammar import Grammars
+from splitserve.engine.pooling import Pooling, PoolingParams
 from splitserve.engine.sampling import check_prompt
 from router.cluster.orchestrator import Job
 
@@ -26,23 +27,29 @@ class Limits:
     max_model_len: int
     vocab_size: int
     max_documents: int = MAX_DOCUMENTS
+    hidden_size: int = 0  # the length of an embedding (0: unknown)
 
 
 class Frontend:
-    def __init__(self, tokenizer: Tokenizer, limits: Limits, sampling_defaults: dict | None = None):
+    def __init__(self, tokenizer: Tokenizer, limits: Limits, sampling_defaults: dict | None = None,
+                 embedding_pooling: str = Pooling.LAST.value):
         """`sampling_defaults`: what the OpenAI API uses for sampling settings a request leaves out
-        (generation_defaults.py: the model's recommended ones, or none)."""
+        (generation_defaults.py: the model's recommended ones, or none); `embedding_pooling`: how an
+        embedding request that names none pools (splitserve/engine/pooling.py)."""
         self.tokenizer = tokenizer
         self.limits = limits
         self.grammars = Grammars(tokenizer, limits.vocab_size)
         self.sampling_defaults = dict(sampling_defaults or {})
+        self.embedding_pooling = PoolingParams(embedding_pooling).kind.value
 
     @classmethod
-    def from_model_dir(cls, model_dir, generation_config: str = "none") -> "Frontend":
+    def from_model_dir(cls, model_dir, generation_config: str = "none",
+                       embedding_pooling: str = Pooling.LAST.value) -> "Frontend":
         """`generation_config`: "auto" takes the model's recommended sampling defaults, "none" OpenAI's."""
         cfg = ModelConfig.from_dir(model_dir)
         defaults = generation_defaults.sampling_defaults(model_dir) if generation_config == "auto" else {}
-        return cls(Tokenizer.from_dir(model_dir), Limits(cfg.max_position_embeddings, cfg.vocab_size), defaults)
+        limits = Limits(cfg.max_position_embeddings, cfg.vocab_size, hidden_size=cfg.hidden_size)
+        return cls(Tokenizer.from_dir(model_dir), limits, defaults, embedding_pooling)
 
     def prompt_ids(self, prompt: str | None = None, token_ids: list[int] | None = None,
                    messages: list[dict] | None = None, documents: list[str] = ()) -> list[int]:
@@ -74,6 +81,18 @@ class Frontend:
             ids, spans = document_prompt(self.tokenizer, list(documents), prompt)
             return ids, tuple(spans)
         return (self.tokenizer.encode(prompt) if prompt else []), ()
+
+    def embedding_input(self, prompt: str | None = None, token_ids: list[int] | None = None,
+                        truncate: int | None = None) -> list[int]:
+        """An embedding input's ids (a text encoded as a completions prompt is); `truncate` keeps the last that
+        many (vLLM's truncate_prompt_tokens; -1: the context length). ValueError if it is empty or too long."""
+        ids = self.prompt_ids(prompt, token_ids)
+        if truncate is not None:
+            ids = ids[-(self.limits.max_model_len if truncate == -1 else truncate):]
+        check_prompt(ids, self.limits.vocab_size)
+        if len(ids) > self.limits.max_model_len:
+            raise ValueError(f"input ({len(ids)} tokens) exceeds the context length {self.limits.max_model_len}")
+        return ids
 
     def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = ()) -> Job:
         self.validate(prompt_ids, params)

@@ -4,8 +4,9 @@ from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.engine import Engine, EngineStats
 from splitserve.engine.errors import ModelFormatError
 from splitserve.engine.output import Completion, RequestOutput
+from splitserve.engine.pooling import Pooling, PoolingParams
 from splitserve.engine.sampling import SamplingParams
 from splitserve.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig", "ModelFormatError", "RequestOutput",
-           "SamplingParams", "Tokenizer"]
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig", "ModelFormatError",
+           "Pooling", "PoolingParams", "RequestOutput", "SamplingParams", "Tokenizer"]

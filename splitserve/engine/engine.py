@@ -28,6 +28,7 @@ from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
+from splitserve.engine.pooling import PoolingParams
 from splitserve.engine.request import FinishReason, Request, penalty_history
 from splitserve.engine.runner import ModelRunner
 from splitserve.engine.sampling import SamplingParams, check_prompt
@@ -35,6 +36,7 @@ from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+EMBEDDING_PARAMS = SamplingParams(max_tokens=1)  # an embedding request samples nothing (pooling.py)
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,22 @@ class Engine:
         self.scheduler.add(req)
         return request_id
 
+    def add_embedding(self, prompt_token_ids: list[int], pooling: PoolingParams | None = None,
+                      request_id: str | None = None) -> str:
+        """An embedding request (pooling.py): its finished output carries `embedding`."""
+        pooling = pooling or PoolingParams()
+        request_id = request_id or f"req-{next(self._ids)}"
+        self.validate_embedding(prompt_token_ids, request_id)
+        req = Request(request_id, list(prompt_token_ids), EMBEDDING_PARAMS, self.tokenizer.eos_token_ids,
+                      prefill_only=True, arrival_time_s=time.monotonic(), pooling=pooling)
+        self._track(req)
+        self.scheduler.add(req)
+        return request_id
+
     def validate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str = "",
                  num_prior_output_tokens: int = 0) -> None:
         """Raises ValueError naming the violated limit; changes nothing. An empty request_id skips the id check."""
-        if request_id and (request_id in self.requests or request_id in self.held or request_id in self.reserved):
-            raise ValueError(f"request id {request_id!r} is already in use")
-        check_prompt(prompt_token_ids, self.model_config.vocab_size)
+        self._check_id_and_prompt(prompt_token_ids, request_id)
         params.check_vocab(self.model_config.vocab_size)
         if params.grammar is not None:
             self.grammars.check(params.grammar)
@@ -113,8 +125,23 @@ class Engine:
         if total > self.max_model_len:
             raise ValueError(f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({remaining}) = {total} "
                              f"exceeds the context length {self.max_model_len}")
-        if -(-total // self.config.block_size) > self.pool.num_blocks:
-            raise ValueError(f"prompt + max_tokens = {total} tokens exceeds the KV pool "
+        self._check_fits_pool(total, "prompt + max_tokens")
+
+    def validate_embedding(self, prompt_token_ids: list[int], request_id: str = "") -> None:
+        """validate() for an embedding request: the prompt alone must fit (nothing is generated)."""
+        self._check_id_and_prompt(prompt_token_ids, request_id)
+        if len(prompt_token_ids) > self.max_model_len:
+            raise ValueError(f"input ({len(prompt_token_ids)} tokens) exceeds the context length {self.max_model_len}")
+        self._check_fits_pool(len(prompt_token_ids), "input")
+
+    def _check_id_and_prompt(self, prompt_token_ids: list[int], request_id: str) -> None:
+        if request_id and (request_id in self.requests or request_id in self.held or request_id in self.reserved):
+            raise ValueError(f"request id {request_id!r} is already in use")
+        check_prompt(prompt_token_ids, self.model_config.vocab_size)
+
+    def _check_fits_pool(self, num_tokens: int, what: str) -> None:
+        if -(-num_tokens // self.config.block_size) > self.pool.num_blocks:
+            raise ValueError(f"{what} = {num_tokens} tokens exceeds the KV pool "
                              f"({self.pool.num_blocks * self.config.block_size} tokens)")
 
     def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
@@ -196,6 +223,8 @@ class Engine:
             sample = result.samples.get(chunk.request.request_id)
             if sample is not None:
                 self._append_token(chunk.request, sample.token_id, sample)
+            elif chunk.request.embedding is not None:
+                self._finish(chunk.request, FinishReason.POOLED)
         return self.outputs.drain()
 
     def _append_token(self, req: Request, token_id: int, sample) -> None:
@@ -265,6 +294,14 @@ class Engine:
                 streams[out.request_id].append(out)
                 unfinished.discard(out.request_id) if out.finished else None
         return [collect(streams[i], p) for i, p in zip(ids, prompt_ids)]
+
+    def embed(self, prompts: list[list[int] | str], pooling: PoolingParams | None = None) -> list[list[float]]:
+        """Each prompt's embedding (a text is encoded as the tokenizer does by default)."""
+        ids = [self.add_embedding(self._ids_of(p), pooling) for p in prompts]
+        vectors: dict[str, list[float]] = {}
+        while len(vectors) < len(ids):
+            vectors.update((out.request_id, out.embedding) for out in self.step() if out.embedding is not None)
+        return [vectors[i] for i in ids]
 
     def stream(self, prompt: list[int] | str, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         request_id = self.add_request(self._ids_of(prompt), params)

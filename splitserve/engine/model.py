@@ -130,10 +130,26 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
                 batch: AttentionBatch, sample_rows: torch.Tensor, on_layer_done: LayerHook | None = None):
         """input_ids, positions: [T]; sample_rows: [S] rows whose next-token logits are wanted -> [S, vocab] fp32."""
+        return self.logits(self.residual_stream(input_ids, positions, cache, batch, on_layer_done)[sample_rows])
+
+    @torch.inference_mode()
+    def residual_stream(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
+                        batch: AttentionBatch, on_layer_done: LayerHook | None = None) -> torch.Tensor:
+        """The last layer's output before the final norm: [T, hidden]."""
         x = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.rotary.lookup_signed(positions, x.dtype)  # once per step, shared by every layer
         for i, layer in enumerate(self.layers):
             x = layer.forward(x, cos, sin, cache, i, batch)
             if on_layer_done is not None:
                 on_layer_done(i)
-        return self.lm_head(self.norm(x[sample_rows])).float()
+        return x
+
+    @torch.inference_mode()
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Residual-stream rows [S, hidden] -> next-token logits [S, vocab] fp32."""
+        return self.lm_head(self.norm(rows)).float()
+
+    @torch.inference_mode()
+    def final_hidden(self, rows: torch.Tensor) -> torch.Tensor:
+        """Residual-stream rows [S, hidden] -> HF's `last_hidden_state` rows (after the final norm), fp32."""
+        return self.norm(rows).float()

@@ -21,6 +21,7 @@ class RequestOutput:
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     prompt_logprobs: list | None = None  # params.prompt_logprobs: on the output that ends the prompt (see Request)
+    embedding: list[float] | None = None  # an embedding request's vector: on its finished output
 
 
 @dataclass
@@ -96,7 +97,8 @@ class OutputTracker:
         if req.prompt_logprobs_done and not prog.prompt_logprobs_sent:
             prompt_logprobs, prog.prompt_logprobs_sent = req.prompt_logprobs, True
         return RequestOutput(req.request_id, tokens, new_text, prog.finished, reason, logprobs,
-                             req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens, prompt_logprobs)
+                             req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens, prompt_logprobs,
+                             req.embedding if prog.finished else None)
 
 
 def collect(outputs: list[RequestOutput], prompt_token_ids: list[int]) -> Completion:

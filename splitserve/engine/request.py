@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from splitserve.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from splitserve.engine.pooling import PoolingParams
 
 
 class Status(enum.Enum):
@@ -19,6 +25,7 @@ class FinishReason(str, enum.Enum):
     LENGTH = "length"
     ABORT = "abort"
     PREFILLED = "prefilled"  # prefill-only: prompt done, first token sampled, KV handed over
+    POOLED = "pooled"  # an embedding request: prompt done, its vector taken
 
 
 @dataclass
@@ -47,6 +54,9 @@ class Request:
     matcher: object = field(default=None, repr=False)  # params.grammar's llguidance matcher (grammar.py)
     arrival_time_s: float = 0.0
     keep_blocks: bool = False  # prefill-only: blocks stay allocated until released by the caller
+    pooling: PoolingParams | None = None  # an embedding request (pooling.py): samples nothing
+    pooled_sum: torch.Tensor | None = field(default=None, repr=False)  # its pooled rows so far
+    embedding: list[float] | None = None  # set when its prompt has run
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -67,6 +77,11 @@ class Request:
     @property
     def wants_prompt_logprobs(self) -> bool:
         return self.params.prompt_logprobs is not None
+
+    @property
+    def needs_every_prompt_row(self) -> bool:
+        """Prompt logprobs or mean pooling: no prompt row may come from the prefix cache."""
+        return self.wants_prompt_logprobs or (self.pooling is not None and self.pooling.needs_every_row)
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

@@ -13,6 +13,7 @@ from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
 from splitserve.engine.model import CausalLM, LayerHook
 from splitserve.engine.grammar import allowed_tokens
+from splitserve.engine.pooling import pooled_rows, record as record_pooled
 from splitserve.engine.prompt_logprobs import prompt_rows, record
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -36,12 +37,17 @@ class ModelRunner:
         chunks = sorted(plan.chunks, key=lambda c: c.num_new_tokens > 1)  # decodes first
         input_ids, positions, slots = [], [], []
         logit_rows, sampled, scored = [], [], []  # rows whose logits are computed; which of them sample; prompt rows
+        hidden_rows, pooled = [], []  # rows whose final hidden states embedding requests pool
         for chunk in chunks:
             req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
             rows = prompt_rows(req, start, n, len(logit_rows))
             if rows is not None:
                 scored.append(rows)
                 logit_rows += range(len(input_ids), len(input_ids) + rows.num_rows)
+            pooling = pooled_rows(req, start, n, len(hidden_rows))
+            if pooling is not None:
+                pooled.append(pooling)
+                hidden_rows += range(len(input_ids) + pooling.start - start, len(input_ids) + pooling.end - start)
             input_ids += req.all_token_ids[start:start + n]
             positions += range(start, start + n)
             slots += self.slots(req.block_ids, start, start + n)
@@ -49,11 +55,25 @@ class ModelRunner:
                 sampled.append(len(logit_rows))
                 logit_rows.append(len(input_ids) - 1)
         batch = self._attention_batch(chunks, slots)
-        logits = self.model(self._long(input_ids), self._long(positions), self.cache, batch,
-                            self._long(logit_rows), on_layer_done)
+        input_ids, positions, logit_rows = self._long(input_ids), self._long(positions), self._long(logit_rows)
+        if pooled:
+            logits = self._pool(input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done)
+        else:
+            logits = self.model(input_ids, positions, self.cache, batch, logit_rows, on_layer_done)
         for rows in scored:
             record(rows, logits)
         return StepResult(chunks, self._sample(chunks, logits[sampled] if scored else logits))
+
+    def _pool(self, input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done) -> torch.Tensor:
+        """A step with embedding requests: their rows' final hidden states are recorded; the logits of the
+        others' rows are returned."""
+        stream = self.model.residual_stream(input_ids, positions, self.cache, batch, on_layer_done)
+        hidden = self.model.final_hidden(stream[self._long(hidden_rows)])
+        for rows in pooled:
+            record_pooled(rows, hidden)
+        if not len(logit_rows):
+            return torch.empty(0, self.model.cfg.vocab_size, device=self.device)
+        return self.model.logits(stream[logit_rows])
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
         sampling = [c.request for c in chunks if c.samples]

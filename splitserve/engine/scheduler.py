@@ -27,8 +27,9 @@ class ScheduledChunk:
 
     @property
     def samples(self) -> bool:
-        """True when this chunk reaches the end of the request's tokens, so a token is sampled."""
-        return self.start + self.num_new_tokens == self.request.num_tokens
+        """True when this chunk reaches the end of the request's tokens, so a token is sampled (never for an
+        embedding request)."""
+        return self.start + self.num_new_tokens == self.request.num_tokens and self.request.pooling is None
 
 
 @dataclass
@@ -101,8 +102,9 @@ class Scheduler:
 
     def _take_prefix(self, req: Request) -> int:
         """Reuse cached blocks of the request's prefix; at least one token is left to compute. A request
-        for prompt logprobs computes its whole prompt (a cached block has no logits)."""
-        if req.block_ids or req.wants_prompt_logprobs:
+        for prompt logprobs or mean pooling computes its whole prompt (a cached block has no logits or hidden
+        states)."""
+        if req.block_ids or req.needs_every_prompt_row:
             return 0
         hits = self.pool.lookup_prefix(req.all_token_ids[: req.num_tokens - 1])
         self.pool.acquire(hits)

@@ -24,9 +24,9 @@ NODE_ARGS = ["--num-blocks=128", "--transfer-timeout-s=5", "--kv-checksum", "--c
 ROUTER = "/splitserve.api.v1.Router/"
 NODE = "/splitserve.api.v1.Node/"
 PUSH_KV = "/splitserve.api.v1.KVTransfer/PushKV"
-ROUTER_METHODS = {"Generate": True, "Abort": False}  # method -> server-streaming
+ROUTER_METHODS = {"Generate": True, "Abort": False, "Embed": False}  # method -> server-streaming
 NODE_METHODS = {"Prefill": False, "Reserve": False, "Decode": True, "Generate": True, "Abort": False, "Stats": False,
-                "IngestDocuments": False}
+                "IngestDocuments": False, "Embed": False}
 CLEAR = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
          grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
 RELEASE_S = 20.0  # a fuzzed Reserve that got blocks holds them until it expires (2 x --transfer-timeout-s)

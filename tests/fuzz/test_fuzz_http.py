@@ -1,4 +1,4 @@
-"""HTTP fuzzing of the router's OpenAI API (a real server): JSON bodies with wrong types and hostile
+"""HTTP fuzzing of the router's OpenAI API and Anthropic's Messages API (a real server): JSON bodies with wrong types and hostile
 numbers, invalid UTF-8, bodies that are not JSON, thousands of documents, stop lists of empty
 strings. Every answer is a 200 or a 4xx with an OpenAI-style error body, never a 5xx; the
 service stays healthy. (tests/unit/test_openai_api_models.py fuzzes the pydantic models alone.)"""
@@ -120,7 +120,14 @@ def api_bodies(draw, required: list[str], plausible: dict, hostile_values: dict)
     return {key: draw(hostile_values.get(key, hostile) if key in bad else plausible[key]) for key in keys}
 
 
+EMBEDDINGS_PLAUSIBLE = {
+    "input": words | st.lists(words, min_size=1, max_size=3) | st.lists(st.integers(0, 200), min_size=1, max_size=5),
+    "encoding_format": st.sampled_from(["float", "base64"]), "dimensions": st.sampled_from([64, 8]),
+    "normalize": st.booleans(), "pooling": st.sampled_from(["last", "mean"]), "user": fs.text,
+    "truncate_prompt_tokens": st.sampled_from([-1, 1, 3, 0, -2])}
+EMBEDDINGS_HOSTILE = {"input": prompts | st.lists(st.lists(st.integers(-5, 2**40), max_size=3), max_size=3)}
 messages_bodies = api_bodies(["messages", "max_tokens"], MESSAGES_PLAUSIBLE, MESSAGES_HOSTILE)
+embeddings_bodies = api_bodies(["input"], EMBEDDINGS_PLAUSIBLE, EMBEDDINGS_HOSTILE)
 responses_bodies = api_bodies(["input", "max_output_tokens"], RESPONSES_PLAUSIBLE, RESPONSES_HOSTILE)
 
 
@@ -146,7 +153,8 @@ def assert_answered(status: int, payload: bytes) -> None:
     """200 with a completion (or an event stream), else a 4xx with an OpenAI-style error."""
     assert status == 200 or 400 <= status < 500, (status, payload[:300])
     if status == 200:
-        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output", "content"}, \
+        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output", "content",
+                                                                                           "data"}, \
             payload[:300]
         return
     error = json.loads(payload)["error"]
@@ -155,9 +163,9 @@ def assert_answered(status: int, payload: bytes) -> None:
 
 @fuzz_settings(max_examples=300)
 @given(request=bodies() | responses_bodies.map(lambda b: ("/v1/responses", b))
-       | messages_bodies.map(lambda b: ("/v1/messages", b)))
+       | messages_bodies.map(lambda b: ("/v1/messages", b)) | embeddings_bodies.map(lambda b: ("/v1/embeddings", b)))
 def test_hostile_json_bodies(cluster, request):
-    """OpenAI's completions and chat, its Responses API, and Anthropic's Messages API."""
+    """OpenAI's completions, chat, embeddings and Responses API, and Anthropic's Messages API."""
     path, body = request
     status, payload = post(cluster.http_url, path, json.dumps(body).encode())
     event(f"{path} HTTP {status}")
@@ -165,7 +173,7 @@ def test_hostile_json_bodies(cluster, request):
 
 
 @fuzz_settings(max_examples=25)
-@given(path=st.sampled_from(PATHS + ("/v1/responses", "/v1/messages")), body=raw_bodies)
+@given(path=st.sampled_from(PATHS + ("/v1/responses", "/v1/messages", "/v1/embeddings")), body=raw_bodies)
 def test_bodies_that_are_not_json_or_not_utf8(cluster, path, body):
     status, payload = post(cluster.http_url, path, body)
     assert status == 400, (status, payload[:300])

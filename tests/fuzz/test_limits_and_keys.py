@@ -126,7 +126,8 @@ ROUTER_METHODS = [m.name for m in router_pb2.DESCRIPTOR.services_by_name["Router
                          ids=["missing", "wrong", "no-scheme"])
 def test_every_router_method_refuses_a_caller_without_a_valid_key(cluster, method, metadata):
     generate = method == "Generate"
-    request = router_pb2.GenerateRequest(prompt="hi") if generate else common_pb2.AbortRequest(request_id="x")
+    request = {"Generate": router_pb2.GenerateRequest(prompt="hi"), "Abort": common_pb2.AbortRequest(request_id="x"),
+               "Embed": router_pb2.EmbedRequest(inputs=[router_pb2.EmbedInput(text="hi")])}[method]
     outcome = call(cluster.url, ROUTER + method, request.SerializeToString(), generate, metadata=metadata)
     assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, outcome
 

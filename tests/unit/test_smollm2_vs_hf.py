@@ -122,3 +122,21 @@ def test_prompt_logprobs_equal_hf(smollm2_model, hf):
     result = engine.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=5))[0]
     assert_prompt_logprobs_match_hf(prompt, result.prompt_logprobs, hf)
     assert len(prompt) > 32
+
+
+def test_embeddings_equal_hf_last_hidden_state(smollm2_model, hf):
+    """/v1/embeddings' vectors on the real model: last-token and mean pooling of HF's last_hidden_state (after the
+    final norm), L2-normalized, the texts prefilled in 16-token chunks side by side."""
+    import torch
+
+    from splitserve.engine import PoolingParams
+    from tests.unit.test_embeddings import hf_embedding
+
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=64, max_num_batched_tokens=16))
+    prompts = [engine.tokenizer.encode(text) for text in TEXTS[:6]]
+    for kind in ("last", "mean"):
+        pooling = PoolingParams(kind)
+        for prompt, vector in zip(prompts, engine.embed(prompts, pooling)):
+            ref = hf_embedding(hf, prompt, pooling)
+            assert torch.nn.functional.cosine_similarity(torch.tensor(vector), ref, dim=0) > 1 - 1e-6, kind
+            assert (torch.tensor(vector) - ref).abs().max() < 1e-4, kind

@@ -210,3 +210,23 @@ class IngestReply(_message.Message):
     num_tokens: int
     chunk_hashes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, num_chunks: _Optional[int] = ..., num_tokens: _Optional[int] = ..., chunk_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NodeEmbedRequest(_message.Message):
+    __slots__ = ("request_id", "prompt_token_ids", "pooling", "no_normalize")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    NO_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    pooling: str
+    no_normalize: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., no_normalize: _Optional[bool] = ...) -> None: ...
+
+class NodeEmbedReply(_message.Message):
+    __slots__ = ("embedding", "num_cached_tokens")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    NUM_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    num_cached_tokens: int
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., num_cached_tokens: _Optional[int] = ...) -> None: ...

@@ -73,6 +73,11 @@ class NodeStub:
                 request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.SerializeToString,
                 response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/splitserve.api.v1.Node/Embed',
+                request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.SerializeToString,
+                response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -128,6 +133,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Prefill and mixed nodes: a prompt's final hidden states pooled into one vector (an embedding).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +177,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.IngestDocuments,
                     request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.FromString,
                     response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.FromString,
+                    response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +376,33 @@ class Node:
             '/splitserve.api.v1.Node/IngestDocuments',
             splitserve_dot_api_dot_v1_dot_node__pb2.IngestRequest.SerializeToString,
             splitserve_dot_api_dot_v1_dot_node__pb2.IngestReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.api.v1.Node/Embed',
+            splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.SerializeToString,
+            splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class RouterStub:
                 request_serializer=splitserve_dot_api_dot_v1_dot_common__pb2.AbortRequest.SerializeToString,
                 response_deserializer=splitserve_dot_api_dot_v1_dot_common__pb2.AbortReply.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/splitserve.api.v1.Router/Embed',
+                request_serializer=splitserve_dot_api_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=splitserve_dot_api_dot_v1_dot_router__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -65,6 +70,13 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """One embedding per input (OpenAI's /v1/embeddings), computed on prefill or mixed nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=splitserve_dot_api_dot_v1_dot_common__pb2.AbortRequest.FromString,
                     response_serializer=splitserve_dot_api_dot_v1_dot_common__pb2.AbortReply.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=splitserve_dot_api_dot_v1_dot_router__pb2.EmbedRequest.FromString,
+                    response_serializer=splitserve_dot_api_dot_v1_dot_router__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class Router:
             '/splitserve.api.v1.Router/Abort',
             splitserve_dot_api_dot_v1_dot_common__pb2.AbortRequest.SerializeToString,
             splitserve_dot_api_dot_v1_dot_common__pb2.AbortReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.api.v1.Router/Embed',
+            splitserve_dot_api_dot_v1_dot_router__pb2.EmbedRequest.SerializeToString,
+            splitserve_dot_api_dot_v1_dot_router__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

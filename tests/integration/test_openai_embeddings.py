@@ -1,0 +1,118 @@
+"""OpenAI's embeddings API (`/v1/embeddings`) and the router's gRPC Embed against a real local cluster
+(router + prefill + decode + a mixed node, tiny model), with the official `openai` client. The reference
+is the engine in this process (itself held to HF transformers' last_hidden_state in
+tests/unit/test_embeddings.py): the same texts give the same vectors, whether the client asks for
+floats or for base64 (its default), from a prefill node and, once that node is killed, from the mixed
+node; decode nodes refuse the call."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import openai
+import pytest
+import torch
+
+from splitserve.api.v1 import node_pb2, router_pb2
+from splitserve.client import Client, embed_request
+from splitserve.engine import Engine, EngineConfig, PoolingParams
+from splitserve.localcluster.procs import kill
+from tests.integration.test_openai_http import http_json
+from tests.support.cluster import ParallelCluster, node_stub
+
+pytestmark = pytest.mark.slow
+MODEL = "tiny-s0-v1"
+TEXTS = ["The river starts in the mountains.", "Where is the sea?", "a", "Zwei Flüsse treffen sich hier."]
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model):
+    with ParallelCluster(tiny_model, prefill=1, decode=1, colocated=1, http_port=-1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def api(cluster):
+    with openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(tiny_model, EngineConfig(num_blocks=64))
+
+
+def expected(engine, texts, **pooling) -> list[list[float]]:
+    return engine.embed(texts, PoolingParams(**pooling))
+
+
+def assert_close(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert torch.allclose(torch.tensor(g), torch.tensor(w), atol=1e-5)
+
+
+def test_texts_equal_the_engine_as_floats_and_as_base64(api, engine):
+    floats = api.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
+    assert [d.index for d in floats.data] == [0, 1, 2, 3] and floats.model == MODEL
+    assert_close([d.embedding for d in floats.data], expected(engine, TEXTS))
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == sum(len(engine.tokenizer.encode(t)) for t in TEXTS)
+    default = api.embeddings.create(model=MODEL, input=TEXTS)  # the client asks for base64 and decodes it
+    assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
+    one = api.embeddings.create(model=MODEL, input=TEXTS[1])
+    assert one.data[0].embedding == floats.data[1].embedding
+    assert abs(sum(x * x for x in one.data[0].embedding) - 1.0) < 1e-5
+
+
+def test_token_ids_mean_pooling_unnormalized_and_truncation(api, engine):
+    ids = [engine.tokenizer.encode(t) for t in TEXTS[:2]]
+    got = api.embeddings.create(model=MODEL, input=ids, encoding_format="float",
+                                extra_body={"pooling": "mean", "normalize": False})
+    assert_close([d.embedding for d in got.data], expected(engine, ids, kind="mean", normalize=False))
+    cut = api.embeddings.create(model=MODEL, input=ids[0], extra_body={"truncate_prompt_tokens": 3})
+    assert_close([cut.data[0].embedding], expected(engine, [ids[0][-3:]]))
+    assert cut.usage.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": ""}, "input"), ({"input": []}, "input"), ({"input": [[]]}, None), ({"input": [5000]}, None),
+    ({"input": "x", "dimensions": 8}, "dimensions"), ({"input": "x", "pooling": "cls"}, "pooling"),
+    ({"input": "x", "encoding_format": "int8"}, "encoding_format"), ({"input": "x", "truncate_prompt_tokens": 0},
+                                                                    "truncate_prompt_tokens"),
+    ({"input": ["x"] * 2049}, "input"), ({"input": list(range(2, 4000))}, None),
+])
+def test_bad_input_is_a_400_naming_it(cluster, body, param):
+    status, reply = http_json(cluster.http_url + "/v1/embeddings", json.dumps({"model": MODEL, **body}).encode())
+    assert status == 400, reply
+    assert reply["error"]["param"] == param
+
+
+def test_an_unknown_model_is_a_404(api):
+    with pytest.raises(openai.NotFoundError):
+        api.embeddings.create(model="other", input="x")
+
+
+def test_grpc_embed_equals_http_and_decode_nodes_refuse(cluster, api, engine):
+    ids = engine.tokenizer.encode(TEXTS[0])
+    http = api.embeddings.create(model=MODEL, input=TEXTS[0], encoding_format="float").data[0].embedding
+    with Client(cluster.url, timeout_s=60) as client:
+        assert client.embed([TEXTS[0], ids]) == [http, http]
+        mean = client.embed([ids], pooling="mean", normalize=False)
+        assert_close(mean, expected(engine, [ids], kind="mean", normalize=False))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.Embed(router_pb2.EmbedRequest(inputs=[router_pb2.EmbedInput()]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = client.stub.Embed(embed_request([ids, ids]))
+        assert reply.usage.prompt_tokens == 2 * len(ids)
+    decode = next(s for role, s in cluster.nodes if role == "decode")
+    with pytest.raises(grpc.RpcError) as refused:
+        node_stub(decode.address)[1].Embed(node_pb2.NodeEmbedRequest(request_id="x", prompt_token_ids=ids))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_with_the_prefill_node_dead_the_mixed_node_answers(cluster, api, engine):
+    before = api.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
+    kill(next(s for role, s in cluster.nodes if role == "prefill"))
+    after = api.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
+    assert_close([d.embedding for d in after.data], [d.embedding for d in before.data])

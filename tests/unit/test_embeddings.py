@@ -1,0 +1,106 @@
+"""Embeddings (pooling.py) against HF transformers' `last_hidden_state`: last-row and mean pooling, with
+and without L2 normalization, prompts prefilled in chunks beside generating requests, after a preemption,
+and never pooled from the prefix cache where every row counts."""
+
+import pytest
+import torch
+
+from splitserve.engine import Engine, EngineConfig, Pooling, PoolingParams, SamplingParams
+from tests.support.hf_reference import hf_model
+from tests.unit.test_engine_vs_hf import random_prompts
+
+ATOL = 1e-4
+
+
+def hf_embedding(model, prompt_ids: list[int], pooling: PoolingParams) -> torch.Tensor:
+    with torch.inference_mode():
+        hidden = model.model(torch.tensor([prompt_ids])).last_hidden_state[0].float()
+    vector = hidden.mean(dim=0) if pooling.kind == Pooling.MEAN else hidden[-1]
+    return torch.nn.functional.normalize(vector, dim=0) if pooling.normalize else vector
+
+
+def assert_equal_hf(model, prompts, vectors, pooling):
+    for prompt, vector in zip(prompts, vectors):
+        ref = hf_embedding(model, prompt, pooling)
+        assert len(vector) == ref.numel()
+        assert torch.allclose(torch.tensor(vector), ref, atol=ATOL), (len(prompt), pooling)
+
+
+@pytest.mark.parametrize("pooling", [PoolingParams(Pooling.LAST), PoolingParams(Pooling.MEAN),
+                                     PoolingParams("mean", normalize=False), PoolingParams("last", normalize=False)])
+@pytest.mark.parametrize("preset_fixture", ["tiny_model", "qwen2_tiny_model"])
+def test_chunked_batch_equals_hf(preset_fixture, pooling, request):
+    model_dir = request.getfixturevalue(preset_fixture)
+    engine = Engine(model_dir, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=24))
+    prompts = random_prompts(engine.tokenizer.vocab_size)
+    assert_equal_hf(hf_model(str(model_dir)), prompts, engine.embed(prompts, pooling), pooling)
+    engine.check_integrity()
+    assert engine.num_used_blocks == 0
+
+
+def test_beside_generating_requests_both_are_unchanged(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=24))
+    prompts = random_prompts(engine.tokenizer.vocab_size)
+    alone = engine.generate(prompts[:4], SamplingParams(max_tokens=8, ignore_eos=True))
+    generating = [engine.add_request(p, SamplingParams(max_tokens=8, ignore_eos=True)) for p in prompts[:4]]
+    pooling = PoolingParams(Pooling.MEAN)
+    embedding = {engine.add_embedding(p, pooling): p for p in prompts[4:]}
+    tokens, vectors = {rid: [] for rid in generating}, {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id in tokens:
+                tokens[out.request_id] += out.new_token_ids
+            elif out.finished:
+                assert out.finish_reason == "pooled" and not out.new_token_ids
+                vectors[out.request_id] = out.embedding
+    assert [tokens[rid] for rid in generating] == [c.token_ids for c in alone]
+    assert_equal_hf(hf_model(str(tiny_model)), list(embedding.values()), [vectors[r] for r in embedding], pooling)
+
+
+def test_mean_pooling_never_reads_the_prefix_cache_last_may(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=64))
+    prompt = random_prompts(engine.tokenizer.vocab_size)[6]
+    engine.generate([prompt], SamplingParams(max_tokens=1))  # its blocks are now in the prefix cache
+    model = hf_model(str(tiny_model))
+    for kind, cached in ((Pooling.MEAN, False), (Pooling.LAST, True)):
+        pooling = PoolingParams(kind)
+        out = run_to_end(engine, engine.add_embedding(prompt, pooling))
+        assert (out.num_cached_tokens > 0) == cached, kind
+        assert_equal_hf(model, [prompt], [out.embedding], pooling)
+
+
+def run_to_end(engine: Engine, rid: str):
+    while True:
+        for out in engine.step():
+            if out.request_id == rid and out.finished:
+                return out
+
+
+def test_a_preempted_request_pools_its_prompt_once(tiny_model):
+    # 10 blocks of 4 tokens: the generating request grows into the embedding's blocks mid-prompt and preempts it
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=10, max_num_batched_tokens=8))
+    preempted = []
+    preempt = engine.scheduler._preempt
+    engine.scheduler._preempt = lambda req: (preempted.append(req.request_id), preempt(req))
+    generating = engine.add_request(list(range(2, 10)), SamplingParams(max_tokens=30, ignore_eos=True))
+    prompt = random_prompts(engine.tokenizer.vocab_size)[5]  # 31 tokens
+    pooling = PoolingParams(Pooling.MEAN)
+    out = run_to_end(engine, engine.add_embedding(prompt, pooling))
+    assert preempted and set(preempted) == {out.request_id}
+    assert_equal_hf(hf_model(str(tiny_model)), [prompt], [out.embedding], pooling)
+    while engine.has_unfinished():
+        engine.step()
+    assert generating not in engine.requests and engine.num_used_blocks == 0
+
+
+def test_limits_and_bad_pooling(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=8, max_model_len=64))
+    [vector] = engine.embed([list(range(2, 34))])  # 32 tokens: the whole KV pool, nothing generated
+    assert len(vector) == engine.model_config.hidden_size
+    with pytest.raises(ValueError, match="exceeds the KV pool"):
+        engine.add_embedding(list(range(2, 35)))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_embedding([])
+    with pytest.raises(ValueError, match="pooling must be one of last, mean"):
+        PoolingParams("cls")
+    assert not engine.has_unfinished()
