@@ -147,7 +147,7 @@ def _add_item(messages: list[dict], item: dict, where: str) -> None:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
         _field(item, "call_id", where)
-        messages.append({"role": "tool", "content": text_of(item.get("output"), f"{where}.content")})
+        messages.append({"role": "tool", "content": text_of(item.get("output"), f"{where}.output")})
     elif kind != "reasoning":
         raise InvalidRequest(f"{where}: input items of type {kind!r} are not supported (messages, function_call and "
                              "function_call_output are)", where)

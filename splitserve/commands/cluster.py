@@ -1,4 +1,5 @@
-"""`splitserve up` (a local cluster as processes) and `splitserve complete` (a streaming request)."""
+"""`splitserve up` (a local cluster as processes), `splitserve complete` (a streaming request) and
+`splitserve embed` (embeddings from a router)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,15 @@ def register(subparsers) -> None:
     complete.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     add_sampling_flags(complete)
     complete.set_defaults(func=run_complete)
+
+    embed = subparsers.add_parser("embed", help="embeddings from a router: one JSON line per text")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.add_argument("--url", default=f"grpc://127.0.0.1:{labels.DEFAULT_ROUTER_GRPC_PORT}")
+    embed.add_argument("--pooling", default="", choices=("", "last", "mean"),
+                       help="last token or mean of the final hidden states (default: the router's)")
+    embed.add_argument("--no-normalize", action="store_true", help="the pooled vectors as they are (not L2-normalized)")
+    embed.add_argument("--api-key", default=None)
+    embed.set_defaults(func=run_embed)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -167,4 +177,22 @@ def run_complete(args: argparse.Namespace) -> int:
                                     "completion_tokens": result.final.completion_tokens}}))
     else:
         print()
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+
+    from splitserve.client import Client
+
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            vectors = client.embed(args.texts, pooling=args.pooling, normalize=not args.no_normalize)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    for text, vector in zip(args.texts, vectors):
+        print(json.dumps({"text": text, "embedding": vector}))
     return 0

@@ -1,4 +1,4 @@
-"""`splitserve up`, `complete` and `generate` as a user runs them."""
+"""`splitserve up`, `complete`, `embed` and `generate` as a user runs them."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.cli import main
-from splitserve.engine import Engine, SamplingParams
+from splitserve.engine import Engine, PoolingParams, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,12 @@ def _serves_completes_and_stops_on_sigterm(proc: subprocess.Popen, tiny_model) -
     out = subprocess.run(cli("complete", "--url", url, "--prompt", prompt, "--max-tokens", "24", "--json",
                              "--json-schema", schema), capture_output=True, text=True, timeout=60)
     assert set(json.loads(json.loads(out.stdout)["text"])) == {"n"}  # the answer is the schema's object
+    out = subprocess.run(cli("embed", "--url", url, prompt, "fox", "--pooling", "mean"), capture_output=True, text=True,
+                         timeout=60)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["text"] for line in lines] == [prompt, "fox"]
+    for line, vector in zip(lines, engine.embed([prompt, "fox"], PoolingParams("mean"))):
+        assert max(abs(a - b) for a, b in zip(line["embedding"], vector)) < 1e-5
     # the nodes share the host's cores (--threads 0, the default): one share file, a slot each, idle once served
     shares = [_flag(pid, "--cpu-share") for pid in children if _flag(pid, "--role")]
     files = {share.rpartition(":")[0] for share in shares}

@@ -145,6 +145,8 @@ def test_text_format_json_schema_and_logprobs(api):
      "input.0.content"),
     (dict(input=[{"type": "item_reference", "id": "msg_1"}]), "input.0"),
     (dict(input=[{"type": "function_call_output", "output": "1"}]), "input.0.call_id"),
+    (dict(input=[{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}]),
+     "input.0.output"),
     (dict(input="x", max_output_tokens=-1), "max_output_tokens"),
     (dict(input="x", tool_choice={"type": "file_search"}, tools=[PICK]), "tool_choice"),
     (dict(input=[]), "input"),
