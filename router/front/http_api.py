@@ -36,6 +36,7 @@ from router.front.openai_format import ChatShape, CompletionShape, Echo, TokenTe
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest
 from router.front.anthropic_format import MessageWriter, error_body
 from router.front.embeddings_api import EmbeddingRequest, embeddings_body
+from router.front.rerank_api import RerankRequest, ScoreRequest, rerank_body, score_body
 from router.front.anthropic_models import MessagesRequest
 from router.front.responses_format import ResponseWriter, answer_messages, request_fields
 from router.front.responses_models import ResponsesRequest
@@ -216,15 +217,40 @@ class Endpoints:
         name = self.served_name(body.model)
         prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens) for item in body.inputs()]
         request_id = _request_id(request, "embd")
+        vectors = await self.embed(request, request_id, prompts, body.pooling, body.normalize)
+        return JSONResponse(embeddings_body(vectors, body.encoding_format, name, sum(map(len, prompts))),
+                            headers={"X-Request-Id": request_id})
+
+    async def embed(self, request: Request, request_id: str, prompts: list[list[int]], pooling: str | None = None,
+                    normalize: bool = True) -> list[list[float]]:
+        """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline."""
         slot = self.ctx.admission.admit()
         try:
-            work = self.embedder.embed(request_id, prompts, body.pooling or frontend.embedding_pooling, body.normalize)
+            work = self.embedder.embed(request_id, prompts, pooling or self.ctx.frontend.embedding_pooling, normalize)
             embedded = await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
         finally:
             slot.release()
-        vectors = [e.vector for e in embedded]
-        return JSONResponse(embeddings_body(vectors, body.encoding_format, name, sum(map(len, prompts))),
-                            headers={"X-Request-Id": request_id})
+        return [e.vector for e in embedded]
+
+    async def score(self, request: Request) -> JSONResponse:
+        """POST /v1/score (vLLM's; rerank_api.py): pairs of texts scored by their embeddings' cosine similarity."""
+        body = ScoreRequest.parse(await self.body(request))
+        name = self.served_name(body.model)
+        texts, pairs = body.pairs()
+        prompts = [self.ctx.frontend.embedding_input(text, truncate=body.truncate_prompt_tokens) for text in texts]
+        vectors = await self.embed(request, _request_id(request, "score"), prompts)
+        tokens = sum(len(prompts[a]) + len(prompts[b]) for a, b in pairs)
+        return JSONResponse(score_body(name, vectors, pairs, tokens))
+
+    async def rerank(self, request: Request) -> JSONResponse:
+        """POST /v1/rerank, /rerank, /v2/rerank (Jina's and Cohere's, as vLLM serves them; rerank_api.py)."""
+        body = RerankRequest.parse(await self.body(request))
+        name = self.served_name(body.model)
+        texts, frontend = body.texts(), self.ctx.frontend
+        prompts = [frontend.embedding_input(text, truncate=body.truncate_prompt_tokens,
+                                            head=body.max_tokens_per_doc if i else None) for i, text in enumerate(texts)]
+        vectors = await self.embed(request, _request_id(request, "rerank"), prompts)
+        return JSONResponse(rerank_body(name, body, texts, vectors, sum(map(len, prompts))))
 
     async def serve_one(self, request: Request, job: Job, writer, stream: bool, on_done=None):
         """One choice written by `writer` (the Responses and Messages APIs): its events, or the whole answer;
@@ -374,10 +400,15 @@ def create_app(ctx: HttpContext) -> FastAPI:
     v1.add_api_route("/messages", endpoints.messages, methods=["POST"])
     v1.add_api_route("/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"])
     v1.add_api_route("/embeddings", endpoints.embeddings, methods=["POST"])
+    v1.add_api_route("/score", endpoints.score, methods=["POST"])
+    v1.add_api_route("/rerank", endpoints.rerank, methods=["POST"])
     v1.add_api_route("/responses/{response_id}", endpoints.get_response, methods=["GET"])
     v1.add_api_route("/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"])
     v1.add_api_route("/responses/{response_id}", endpoints.delete_response, methods=["DELETE"])
     app.include_router(v1)
+    keyed = [Depends(endpoints.check_key)]
+    app.add_api_route("/rerank", endpoints.rerank, methods=["POST"], dependencies=keyed)  # Jina's path
+    app.add_api_route("/v2/rerank", endpoints.rerank, methods=["POST"], dependencies=keyed)  # Cohere's
     app.add_api_route("/health", endpoints.health, methods=["GET"])
     add_docs_routes(app, endpoints.check_key)
     add_tokenizer_routes(app, endpoints, endpoints.check_key)

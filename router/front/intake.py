@@ -83,12 +83,15 @@ class Frontend:
         return (self.tokenizer.encode(prompt) if prompt else []), ()
 
     def embedding_input(self, prompt: str | None = None, token_ids: list[int] | None = None,
-                        truncate: int | None = None) -> list[int]:
+                        truncate: int | None = None, head: int | None = None) -> list[int]:
         """An embedding input's ids (a text encoded as a completions prompt is); `truncate` keeps the last that
-        many (vLLM's truncate_prompt_tokens; -1: the context length). ValueError if it is empty or too long."""
+        many (vLLM's truncate_prompt_tokens; -1: the context length), `head` the first that many. ValueError if
+        it is empty or too long."""
         ids = self.prompt_ids(prompt, token_ids)
         if truncate is not None:
             ids = ids[-(self.limits.max_model_len if truncate == -1 else truncate):]
+        if head is not None:
+            ids = ids[:head]
         check_prompt(ids, self.limits.vocab_size)
         if len(ids) > self.limits.max_model_len:
             raise ValueError(f"input ({len(ids)} tokens) exceeds the context length {self.limits.max_model_len}")

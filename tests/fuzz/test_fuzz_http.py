@@ -128,6 +128,13 @@ EMBEDDINGS_PLAUSIBLE = {
 EMBEDDINGS_HOSTILE = {"input": prompts | st.lists(st.lists(st.integers(-5, 2**40), max_size=3), max_size=3)}
 messages_bodies = api_bodies(["messages", "max_tokens"], MESSAGES_PLAUSIBLE, MESSAGES_HOSTILE)
 embeddings_bodies = api_bodies(["input"], EMBEDDINGS_PLAUSIBLE, EMBEDDINGS_HOSTILE)
+texts = words | st.lists(words, min_size=1, max_size=3)
+score_bodies = api_bodies(["text_1", "text_2"], {"text_1": texts, "text_2": texts, "truncate_prompt_tokens": st.just(2)},
+                          {"text_1": prompts, "text_2": prompts})
+rerank_bodies = api_bodies(["query", "documents"], {
+    "query": words, "documents": st.lists(words | st.fixed_dictionaries({"text": words}), min_size=1, max_size=3),
+    "top_n": st.integers(-1, 4), "return_documents": st.booleans(), "max_tokens_per_doc": st.integers(0, 3)},
+    {"documents": st.lists(hostile, max_size=3) | documents})
 responses_bodies = api_bodies(["input", "max_output_tokens"], RESPONSES_PLAUSIBLE, RESPONSES_HOSTILE)
 
 
@@ -154,7 +161,7 @@ def assert_answered(status: int, payload: bytes) -> None:
     assert status == 200 or 400 <= status < 500, (status, payload[:300])
     if status == 200:
         assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output", "content",
-                                                                                           "data"}, \
+                                                                                           "data", "results"}, \
             payload[:300]
         return
     error = json.loads(payload)["error"]
@@ -163,9 +170,10 @@ def assert_answered(status: int, payload: bytes) -> None:
 
 @fuzz_settings(max_examples=300)
 @given(request=bodies() | responses_bodies.map(lambda b: ("/v1/responses", b))
-       | messages_bodies.map(lambda b: ("/v1/messages", b)) | embeddings_bodies.map(lambda b: ("/v1/embeddings", b)))
+       | messages_bodies.map(lambda b: ("/v1/messages", b)) | embeddings_bodies.map(lambda b: ("/v1/embeddings", b))
+       | score_bodies.map(lambda b: ("/v1/score", b)) | rerank_bodies.map(lambda b: ("/v2/rerank", b)))
 def test_hostile_json_bodies(cluster, request):
-    """OpenAI's completions, chat, embeddings and Responses API, and Anthropic's Messages API."""
+    """OpenAI's completions, chat, embeddings and Responses API, Anthropic's Messages API, score and rerank."""
     path, body = request
     status, payload = post(cluster.http_url, path, json.dumps(body).encode())
     event(f"{path} HTTP {status}")

@@ -2,8 +2,9 @@
 (router + prefill + decode + a mixed node, tiny model), with the official `openai` client. The reference
 is the engine in this process (itself held to HF transformers' last_hidden_state in
 tests/unit/test_embeddings.py): the same texts give the same vectors, whether the client asks for
-floats or for base64 (its default), from a prefill node and, once that node is killed, from the mixed
-node; decode nodes refuse the call."""
+floats or for base64 (its default), from a prefill node and, once that node is killed (last test), from
+the mixed node; decode nodes refuse the call. Scores and reranking (vLLM's /v1/score, Jina's and
+Cohere's rerank, the latter with the official `cohere` client) follow the engine's cosine similarity."""
 
 from __future__ import annotations
 
@@ -109,6 +110,50 @@ def test_grpc_embed_equals_http_and_decode_nodes_refuse(cluster, api, engine):
     with pytest.raises(grpc.RpcError) as refused:
         node_stub(decode.address)[1].Embed(node_pb2.NodeEmbedRequest(request_id="x", prompt_token_ids=ids))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def cosine(a, b) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def test_score_pairs_by_cosine_similarity(cluster, engine):
+    vectors = dict(zip(TEXTS, expected(engine, TEXTS)))
+    status, one_to_many = http_json(cluster.http_url + "/v1/score",
+                                    json.dumps({"model": MODEL, "text_1": TEXTS[0], "text_2": TEXTS[1:]}).encode())
+    assert status == 200, one_to_many
+    assert [d["index"] for d in one_to_many["data"]] == [0, 1, 2]
+    for d, text in zip(one_to_many["data"], TEXTS[1:]):
+        assert abs(d["score"] - cosine(vectors[TEXTS[0]], vectors[text])) < 1e-5
+    status, pairwise = http_json(cluster.http_url + "/v1/score",
+                                 json.dumps({"text_1": TEXTS[:2], "text_2": TEXTS[2:]}).encode())
+    assert [round(d["score"], 5) for d in pairwise["data"]] == \
+        [round(cosine(vectors[a], vectors[b]), 5) for a, b in zip(TEXTS[:2], TEXTS[2:])]
+    status, refused = http_json(cluster.http_url + "/v1/score",
+                                json.dumps({"text_1": TEXTS[:2], "text_2": TEXTS[:3]}).encode())
+    assert status == 400 and refused["error"]["param"] == "text_1"
+
+
+def test_cohere_client_reranks_by_the_engines_similarity(cluster, engine):
+    import cohere
+
+    query, documents = TEXTS[1], TEXTS[:1] + TEXTS[2:]
+    vectors = expected(engine, [query] + documents)
+    order = sorted(range(len(documents)), key=lambda i: -cosine(vectors[0], vectors[i + 1]))
+    co = cohere.ClientV2(api_key="unused", base_url=cluster.http_url, timeout=60, max_retries=0)
+    reply = co.rerank(model=MODEL, query=query, documents=documents, top_n=2)
+    assert [r.index for r in reply.results] == order[:2]
+    assert abs(reply.results[0].relevance_score - cosine(vectors[0], vectors[order[0] + 1])) < 1e-5
+    with pytest.raises(cohere.core.api_error.ApiError) as refused:
+        co.rerank(model=MODEL, query=query, documents=[])
+    assert refused.value.status_code == 400
+    # Jina's path and shape: documents as objects, returned unless asked not to
+    status, jina = http_json(cluster.http_url + "/rerank", json.dumps({
+        "model": MODEL, "query": query, "documents": [{"text": d} for d in documents]}).encode())
+    assert status == 200 and [r["index"] for r in jina["results"]] == order
+    assert [r["document"]["text"] for r in jina["results"]] == [documents[i] for i in order]
+    status, bare = http_json(cluster.http_url + "/v1/rerank", json.dumps({
+        "query": query, "documents": documents, "return_documents": False}).encode())
+    assert status == 200 and "document" not in bare["results"][0]
 
 
 def test_with_the_prefill_node_dead_the_mixed_node_answers(cluster, api, engine):
