@@ -93,7 +93,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             async for out in outputs:
                 yield token_chunk(out)
 
-    async def Embed(self, request: node_pb2.NodeEmbedRequest, context: grpc.aio.ServicerContext) -> node_pb2.NodeEmbedReply:
+    async def Embed(self, request: node_pb2.NodeEmbedRequest,
+                    context: grpc.aio.ServicerContext) -> node_pb2.NodeEmbedReply:
         if self.roles.decode is not None:
             await refuse(context, f"Embed needs a prefill or mixed node; this one is {self.role}")
         async with status_codes(context):

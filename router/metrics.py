@@ -66,6 +66,10 @@ class RouterMetrics:
                                      "method and status", ["route", "method", "status"], registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)
         self.generation_tokens = Counter(f"{p}_generation_tokens", "tokens sent to clients", registry=r)
+        self.embeddings = Counter(f"{p}_embeddings", "inputs embedded (/v1/embeddings, score, rerank, gRPC Embed)",
+                                  registry=r)
+        self.embedding_tokens = Counter(f"{p}_embedding_tokens", "tokens of the inputs embedded", registry=r)
+        self.embedding_latency = hist("embedding_latency_seconds", "per input: dispatch to its vector (retries in)")
         self.running = Gauge(f"{p}_requests_running", "requests the orchestrator is running", registry=r)
         self.queue_depth = Gauge(f"{p}_queue_depth", "requests admitted by the router and not yet finished "
                                  "(the load-shedding queue)", registry=r)

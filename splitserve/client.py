@@ -147,7 +147,8 @@ class Client:
 
     def embed(self, inputs: list[str | list[int]], **kwargs) -> list[list[float]]:
         """One embedding per input (embed_request's keywords), in order."""
-        reply = self.stub.Embed(embed_request(inputs, **kwargs), timeout=self.timeout_s, metadata=_metadata(self.api_key))
+        reply = self.stub.Embed(embed_request(inputs, **kwargs), timeout=self.timeout_s,
+                                metadata=_metadata(self.api_key))
         return [list(e.values) for e in reply.embeddings]
 
     def close(self) -> None:

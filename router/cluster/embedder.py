@@ -12,6 +12,7 @@ is lost.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -52,6 +53,14 @@ class Embedder:
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
     async def _embed_one(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> Embedded:
+        start, metrics = time.monotonic(), self.orchestrator.metrics
+        embedded = await self._embed_with_retries(request_id, prompt, pooling, normalize)
+        metrics.embeddings.inc()
+        metrics.embedding_tokens.inc(len(prompt))
+        metrics.embedding_latency.observe(time.monotonic() - start)
+        return embedded
+
+    async def _embed_with_retries(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> Embedded:
         progress = Progress(request_id)
         while True:
             try:

@@ -66,6 +66,7 @@ def encoded(vector: list[float], encoding_format: str) -> list[float] | str:
 
 
 def embeddings_body(vectors: list[list[float]], encoding_format: str, model: str, prompt_tokens: int) -> dict:
-    data = [{"object": "embedding", "index": i, "embedding": encoded(v, encoding_format)} for i, v in enumerate(vectors)]
+    data = [{"object": "embedding", "index": i, "embedding": encoded(v, encoding_format)}
+            for i, v in enumerate(vectors)]
     return {"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}

@@ -248,7 +248,8 @@ class Endpoints:
         name = self.served_name(body.model)
         texts, frontend = body.texts(), self.ctx.frontend
         prompts = [frontend.embedding_input(text, truncate=body.truncate_prompt_tokens,
-                                            head=body.max_tokens_per_doc if i else None) for i, text in enumerate(texts)]
+                                            head=body.max_tokens_per_doc if i else None)
+                   for i, text in enumerate(texts)]
         vectors = await self.embed(request, _request_id(request, "rerank"), prompts)
         return JSONResponse(rerank_body(name, body, texts, vectors, sum(map(len, prompts))))
 

@@ -72,7 +72,8 @@ class RerankRequest(BaseModel):
         if self.top_n is not None and self.top_n < 0:
             raise InvalidRequest(f"top_n must be >= 0 (0: all), got {self.top_n}", "top_n")
         if self.max_tokens_per_doc is not None and self.max_tokens_per_doc < 1:
-            raise InvalidRequest(f"max_tokens_per_doc must be >= 1, got {self.max_tokens_per_doc}", "max_tokens_per_doc")
+            raise InvalidRequest(f"max_tokens_per_doc must be >= 1, got {self.max_tokens_per_doc}",
+                                 "max_tokens_per_doc")
         return [self.query] + [_document_text(d, f"documents.{i}") for i, d in enumerate(self.documents)]
 
 
@@ -95,7 +96,8 @@ def similarity(a: list[float], b: list[float]) -> float:
 
 
 def score_body(model: str, vectors: list[list[float]], pairs: list[tuple[int, int]], prompt_tokens: int) -> dict:
-    data = [{"index": i, "object": "score", "score": similarity(vectors[a], vectors[b])} for i, (a, b) in enumerate(pairs)]
+    data = [{"index": i, "object": "score", "score": similarity(vectors[a], vectors[b])}
+            for i, (a, b) in enumerate(pairs)]
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
             "data": data, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 

@@ -8,5 +8,5 @@ from splitserve.engine.pooling import Pooling, PoolingParams
 from splitserve.engine.sampling import SamplingParams
 from splitserve.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig", "ModelFormatError",
-           "Pooling", "PoolingParams", "RequestOutput", "SamplingParams", "Tokenizer"]
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "IncrementalDetokenizer", "ModelConfig",
+           "ModelFormatError", "Pooling", "PoolingParams", "RequestOutput", "SamplingParams", "Tokenizer"]

@@ -54,8 +54,9 @@ def test_hostile_values_through_the_router(cluster, request):
     assert outcome.code != grpc.StatusCode.OK or _finished(outcome.replies)
 
 
+id_lists = st.builds(router_pb2.TokenIds, ids=fs.token_ids)
 embed_inputs = st.lists(st.one_of(st.builds(router_pb2.EmbedInput, text=fs.text),
-                                  st.builds(router_pb2.EmbedInput, token_ids=st.builds(router_pb2.TokenIds, ids=fs.token_ids)),
+                                  st.builds(router_pb2.EmbedInput, token_ids=id_lists),
                                   st.just(router_pb2.EmbedInput())), max_size=3)
 poolings = st.sampled_from(["", "last", "mean", "cls", "\x00"])
 
@@ -83,9 +84,10 @@ reserves = st.builds(node_pb2.ReserveRequest, request_id=fs.request_ids, num_pro
 decodes = st.builds(node_pb2.DecodeRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
                     first_token_id=fs.uint32, sampling=fs.sampling, num_prior_output_tokens=fs.uint32)
 ingests = st.builds(node_pb2.IngestRequest, documents=fs.documents, in_context=st.booleans())
-embeds = st.builds(node_pb2.NodeEmbedRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids, pooling=poolings,
-                   no_normalize=st.booleans())
-NODE_CALLS = {"mixed": [("Generate", node_generate, True), ("IngestDocuments", ingests, False), ("Embed", embeds, False)],
+embeds = st.builds(node_pb2.NodeEmbedRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
+                   pooling=poolings, no_normalize=st.booleans())
+NODE_CALLS = {"mixed": [("Generate", node_generate, True), ("IngestDocuments", ingests, False),
+                        ("Embed", embeds, False)],
               "prefill": [("Prefill", prefills, False), ("IngestDocuments", ingests, False), ("Embed", embeds, False)],
               "decode": [("Reserve", reserves, False), ("Decode", decodes, True)]}
 

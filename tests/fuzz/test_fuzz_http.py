@@ -1,6 +1,6 @@
-"""HTTP fuzzing of the router's OpenAI API and Anthropic's Messages API (a real server): JSON bodies with wrong types and hostile
-numbers, invalid UTF-8, bodies that are not JSON, thousands of documents, stop lists of empty
-strings. Every answer is a 200 or a 4xx with an OpenAI-style error body, never a 5xx; the
+"""HTTP fuzzing of the router's OpenAI API and Anthropic's Messages API (a real server): JSON bodies with
+wrong types and hostile numbers, invalid UTF-8, bodies that are not JSON, thousands of documents, stop
+lists of empty strings. Every answer is a 200 or a 4xx with an OpenAI-style error body, never a 5xx; the
 service stays healthy. (tests/unit/test_openai_api_models.py fuzzes the pydantic models alone.)"""
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ EMBEDDINGS_HOSTILE = {"input": prompts | st.lists(st.lists(st.integers(-5, 2**40
 messages_bodies = api_bodies(["messages", "max_tokens"], MESSAGES_PLAUSIBLE, MESSAGES_HOSTILE)
 embeddings_bodies = api_bodies(["input"], EMBEDDINGS_PLAUSIBLE, EMBEDDINGS_HOSTILE)
 texts = words | st.lists(words, min_size=1, max_size=3)
-score_bodies = api_bodies(["text_1", "text_2"], {"text_1": texts, "text_2": texts, "truncate_prompt_tokens": st.just(2)},
+score_bodies = api_bodies(["text_1", "text_2"],
+                          {"text_1": texts, "text_2": texts, "truncate_prompt_tokens": st.just(2)},
                           {"text_1": prompts, "text_2": prompts})
 rerank_bodies = api_bodies(["query", "documents"], {
     "query": words, "documents": st.lists(words | st.fixed_dictionaries({"text": words}), min_size=1, max_size=3),
@@ -160,8 +161,8 @@ def assert_answered(status: int, payload: bytes) -> None:
     """200 with a completion (or an event stream), else a 4xx with an OpenAI-style error."""
     assert status == 200 or 400 <= status < 500, (status, payload[:300])
     if status == 200:
-        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & {"choices", "output", "content",
-                                                                                           "data", "results"}, \
+        answers = {"choices", "output", "content", "data", "results"}
+        assert payload.startswith((b"data: ", b"event: ")) or json.loads(payload).keys() & answers, \
             payload[:300]
         return
     error = json.loads(payload)["error"]

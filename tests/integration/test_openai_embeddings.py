@@ -21,6 +21,7 @@ from splitserve.engine import Engine, EngineConfig, PoolingParams
 from splitserve.localcluster.procs import kill
 from tests.integration.test_openai_http import http_json
 from tests.support.cluster import ParallelCluster, node_stub
+from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
@@ -54,11 +55,18 @@ def assert_close(got, want):
         assert torch.allclose(torch.tensor(g), torch.tensor(w), atol=1e-5)
 
 
-def test_texts_equal_the_engine_as_floats_and_as_base64(api, engine):
+def test_texts_equal_the_engine_as_floats_and_as_base64(cluster, api, engine):
+    before = scrape(cluster.http_url + "/metrics")
     floats = api.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
+    after = scrape(cluster.http_url + "/metrics")
+    grown = {"splitserve_router_embeddings_total": 4, "splitserve_router_embedding_latency_seconds_count": 4,
+             "splitserve_router_embedding_tokens_total": floats.usage.prompt_tokens}
+    for name, grown in grown.items():
+        assert value(after, name) - value(before, name) == grown, name
     assert [d.index for d in floats.data] == [0, 1, 2, 3] and floats.model == MODEL
     assert_close([d.embedding for d in floats.data], expected(engine, TEXTS))
-    assert floats.usage.prompt_tokens == floats.usage.total_tokens == sum(len(engine.tokenizer.encode(t)) for t in TEXTS)
+    num_tokens = sum(len(engine.tokenizer.encode(t)) for t in TEXTS)
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == num_tokens
     default = api.embeddings.create(model=MODEL, input=TEXTS)  # the client asks for base64 and decodes it
     assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
     one = api.embeddings.create(model=MODEL, input=TEXTS[1])
