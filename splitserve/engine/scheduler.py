@@ -4,7 +4,9 @@ Every request has `num_computed_tokens` and `num_tokens`; each step gives each r
 request, then each waiting one, as many of its missing tokens as the budget allows. Prefill
 chunks, prefix-cache hits and decodes all follow from that one rule. When blocks run out, the
 most recently admitted running request is preempted: its blocks are freed and it waits to be
-recomputed from its tokens so far.
+recomputed from its tokens so far. Embedding requests (pooling.py) come after generating ones in both
+queues: a chat prefill arriving behind a batch of embeddings runs first, and blocks are taken back from
+embeddings first.
 """
 
 from __future__ import annotations
@@ -51,27 +53,35 @@ class Scheduler:
         self.running: list[Request] = []
 
     def add(self, request: Request) -> None:
-        self.waiting.append(request)
+        _queue(self.waiting, request)
 
     def add_running(self, request: Request) -> None:
         """A request whose blocks and KV are already in place (decode-only entry)."""
         request.status = Status.RUNNING
-        self.running.append(request)
+        _queue(self.running, request)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
+        """Generating requests first (running, then waiting), then embedding requests (running, then waiting:
+        none is admitted while a generating one waits)."""
         out = SchedulerOutput()
-        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        budget = self._schedule_running(out, self.max_num_batched_tokens, embeddings=False)
         if not out.preempted:
-            self._schedule_waiting(out, budget)
+            budget = self._schedule_waiting(out, budget, embeddings=False)
+        budget = self._schedule_running(out, budget, embeddings=True)
+        if not out.preempted and not (self.waiting and self.waiting[0].pooling is None):
+            self._schedule_waiting(out, budget, embeddings=True)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, out: SchedulerOutput, budget: int, embeddings: bool) -> int:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if (req.pooling is not None) != embeddings:
+                i += 1
+                continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if self._grow(req, req.num_computed_tokens + n):
                 out.chunks.append(ScheduledChunk(req, n))
@@ -85,9 +95,11 @@ class Scheduler:
                 break
         return budget
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int, embeddings: bool) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if (req.pooling is not None) != embeddings:
+                break
             cached = self._take_prefix(req)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self._grow(req, req.num_computed_tokens + n):
@@ -96,9 +108,10 @@ class Scheduler:
             self.waiting.popleft()
             req.status = Status.RUNNING
             req.num_cached_tokens = max(req.num_cached_tokens, cached)
-            self.running.append(req)
+            _queue(self.running, req)
             out.chunks.append(ScheduledChunk(req, n))
             budget -= n
+        return budget
 
     def _take_prefix(self, req: Request) -> int:
         """Reuse cached blocks of the request's prefix; at least one token is left to compute. A request
@@ -126,7 +139,7 @@ class Scheduler:
     def _preempt(self, req: Request) -> None:
         self._free(req)
         req.status = Status.WAITING
-        self.waiting.appendleft(req)
+        _queue(self.waiting, req, first_of_its_kind=True)
 
     def _free(self, req: Request) -> None:
         self.pool.release(req.block_ids)
@@ -160,3 +173,18 @@ class Scheduler:
     def release_blocks(self, req: Request) -> None:
         self.pool.release(req.block_ids)
         req.block_ids, req.block_hashes = [], []
+
+
+def _queue(requests, req: Request, first_of_its_kind: bool = False) -> None:
+    """Embedding requests yield to generating ones: a generating request goes before the first embedding
+    request in `requests` (the waiting queue or the running list, both taken front to back, and the running
+    list preempted from the back), an embedding request at the end; `first_of_its_kind` (a preempted request)
+    puts it before the others of its kind instead."""
+    embedding = req.pooling is not None
+    kinds = [r.pooling is not None for r in requests]
+    at = kinds.index(True) if True in kinds else len(kinds)
+    if embedding and not first_of_its_kind:
+        at = len(kinds)
+    elif not embedding and first_of_its_kind:
+        at = 0
+    requests.insert(at, req)

@@ -104,3 +104,18 @@ def test_limits_and_bad_pooling(tiny_model):
     with pytest.raises(ValueError, match="pooling must be one of last, mean"):
         PoolingParams("cls")
     assert not engine.has_unfinished()
+
+
+def test_a_generating_request_goes_before_queued_and_running_embeddings(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=16))
+    prompts = random_prompts(engine.tokenizer.vocab_size)
+    embeddings = [engine.add_embedding(prompts[5]) for _ in range(4)]  # 31 tokens each: 2 steps apiece at least
+    engine.step()  # the first embedding runs: 16 of its tokens
+    chat = engine.add_request(prompts[3], SamplingParams(max_tokens=2, ignore_eos=True))  # 16 tokens
+    first = [out for out in engine.step() if out.request_id == chat]
+    assert first and len(first[0].new_token_ids) == 1  # prefilled whole in the next step, the embeddings waited
+    vectors = {}
+    while engine.has_unfinished():
+        vectors.update((o.request_id, o.embedding) for o in engine.step() if o.embedding is not None)
+    assert set(vectors) == set(embeddings)
+    assert_equal_hf(hf_model(str(tiny_model)), [prompts[5]] * 4, list(vectors.values()), PoolingParams())
