@@ -44,6 +44,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--block-size", 16, "tokens per KV block", type=int)
     add_flag(parser, "--max-num-seqs", 64, "most requests in one batch", type=int)
     add_flag(parser, "--max-batched-tokens", 2048, "token budget of one engine step", type=int)
+    add_flag(parser, "--max-embedding-tokens-per-step", 256, "most of a step's tokens embedding requests take "
+             "(they yield to generating requests; short steps let a prompt arriving behind them start soon)", type=int)
     add_flag(parser, "--redis-url", None, "chunk-cache Redis URL (unset: no Redis tier)")
     add_flag(parser, "--tls-dir", None, "folder with ca.pem, node.pem, node-key.pem for mTLS (callers need a "
          "certificate from the same CA; the gRPC KV transport uses it too)")

@@ -124,6 +124,9 @@ class EngineConfig:
     kv_cache_bytes: int = 256 << 20
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
+    # embeddings (pooling.py) take at most this many of a step's tokens: short steps, so a generating request
+    # arriving behind them waits little (they yield to it, but not in the middle of a step)
+    max_embedding_tokens_per_step: int = 256
     enable_prefix_caching: bool = True
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     seed: int = 0
@@ -134,7 +137,7 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_embedding_tokens_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_blocks < 0 or self.kv_cache_bytes < 0 or self.max_model_len < 0:

@@ -70,7 +70,8 @@ class Engine:
         mc = self.model_config
         self.cache = PagedKVCache(mc.num_layers, num_blocks, config.block_size, mc.num_kv_heads, mc.head_dim,
                                   config.torch_dtype, config.device)
-        self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.max_embedding_tokens_per_step)
         self.runner = ModelRunner(self.model, self.cache, config.device, config.seed)
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks

@@ -5,8 +5,8 @@ request, then each waiting one, as many of its missing tokens as the budget allo
 chunks, prefix-cache hits and decodes all follow from that one rule. When blocks run out, the
 most recently admitted running request is preempted: its blocks are freed and it waits to be
 recomputed from its tokens so far. Embedding requests (pooling.py) come after generating ones in both
-queues: a chat prefill arriving behind a batch of embeddings runs first, and blocks are taken back from
-embeddings first.
+queues and take at most `max_embedding_tokens` of a step: a chat prefill arriving behind a batch of
+embeddings runs in the next (short) step, and blocks are taken back from embeddings first.
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_embedding_tokens_per_step: int | None = None):
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_embedding_tokens = max_embedding_tokens_per_step or max_num_batched_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -65,12 +67,12 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Generating requests first (running, then waiting), then embedding requests (running, then waiting:
-        none is admitted while a generating one waits)."""
+        none is admitted while a generating one waits) within `max_embedding_tokens` of what is left."""
         out = SchedulerOutput()
         budget = self._schedule_running(out, self.max_num_batched_tokens, embeddings=False)
         if not out.preempted:
             budget = self._schedule_waiting(out, budget, embeddings=False)
-        budget = self._schedule_running(out, budget, embeddings=True)
+        budget = self._schedule_running(out, min(budget, self.max_embedding_tokens), embeddings=True)
         if not out.preempted and not (self.waiting and self.waiting[0].pooling is None):
             self._schedule_waiting(out, budget, embeddings=True)
         return out

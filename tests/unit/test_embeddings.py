@@ -119,3 +119,26 @@ def test_a_generating_request_goes_before_queued_and_running_embeddings(tiny_mod
         vectors.update((o.request_id, o.embedding) for o in engine.step() if o.embedding is not None)
     assert set(vectors) == set(embeddings)
     assert_equal_hf(hf_model(str(tiny_model)), [prompts[5]] * 4, list(vectors.values()), PoolingParams())
+
+
+def test_embeddings_take_at_most_their_share_of_a_step(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=64,
+                                             max_embedding_tokens_per_step=8))
+    prompts = random_prompts(engine.tokenizer.vocab_size)
+    for prompt in prompts[4:6]:  # 17 and 31 tokens
+        engine.add_embedding(prompt)
+    engine.add_request(prompts[3], SamplingParams(max_tokens=4, ignore_eos=True))
+    steps, schedule = [], engine.scheduler.schedule
+
+    def recorded():
+        plan = schedule()
+        steps.append((sum(c.num_new_tokens for c in plan.chunks if c.request.pooling is not None),
+                      sum(c.num_new_tokens for c in plan.chunks if c.request.pooling is None)))
+        return plan
+    engine.scheduler.schedule = recorded
+    while engine.has_unfinished():
+        engine.step()
+    assert max(e for e, _ in steps) == 8 and steps[0] == (8, 16)  # the chat prompt whole, embeddings 8 tokens
+    assert sum(e for e, _ in steps) == 17 + 31
+    with pytest.raises(ValueError, match="max_embedding_tokens_per_step"):
+        EngineConfig(max_embedding_tokens_per_step=0)

@@ -47,6 +47,7 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 - --kv-cache-bytes={{ int64 $engine.kvCacheBytes }}
 - --max-num-seqs={{ int64 $engine.maxNumSeqs }}
 - --max-batched-tokens={{ int64 $engine.maxBatchedTokens }}
+- --max-embedding-tokens-per-step={{ int64 $engine.maxEmbeddingTokensPerStep }}
 {{- with $v.node.chunkCache }}
 - --chunk-cache-bytes={{ int64 .localBytes }}
 - --chunk-ttl-s={{ int64 .ttlSeconds }}
