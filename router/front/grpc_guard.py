@@ -45,7 +45,8 @@ class RouterGuard(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(self._stream(handler.unary_stream, authorized), **kwargs)
         if handler.unary_unary is not None:
             admitted = details.method == ROUTER_PREFIX + "Embed"  # work for the nodes; Abort is not
-            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, authorized, admitted), **kwargs)
+            guarded = self._unary(handler.unary_unary, authorized, admitted)
+            return grpc.unary_unary_rpc_method_handler(guarded, **kwargs)
         return handler if authorized else None
 
     async def _refuse(self, context, code: grpc.StatusCode, message: str, trailing_metadata=()) -> None:

@@ -79,7 +79,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             prompts = self._embedding_inputs(request)
             pooling = PoolingParams(request.pooling or self.frontend.embedding_pooling).kind.value
-            embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, pooling, not request.no_normalize)
+            normalize = not request.no_normalize
+            embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, pooling, normalize)
         except ValueError as exc:
             self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
