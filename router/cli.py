@@ -57,7 +57,7 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              type=float)
     add_flag(parser, "--embedding-pooling", "last", "how /v1/embeddings pools a prompt's final hidden states when "
              "the request names no `pooling`: last (the last token's, vLLM's default for decoder models) or mean",
-             choices=("last", "mean"))
+             choices=("last", "mean"))  # router/config.py checks them against the engine's Pooling
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

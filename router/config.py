@@ -11,10 +11,11 @@ from router.cluster.failover import RetryConfig
 from router.cluster.health import HealthConfig
 from router.front.admission import AdmissionConfig
 from splitserve.engine.gguf_reader import model_name
+from splitserve.engine.pooling import Pooling
 
 DISCOVERY_KINDS = ("static", "kubernetes")
 GENERATION_CONFIGS = ("auto", "none")
-EMBEDDING_POOLINGS = ("last", "mean")
+EMBEDDING_POOLINGS = tuple(p.value for p in Pooling)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import grpc
 
@@ -26,13 +25,6 @@ from router.cluster.policies import NoRoute, healthy, pending_prefill_tokens, ti
 DEFAULT_MAX_PARALLEL = 8
 
 
-@dataclass(frozen=True)
-class Embedded:
-    vector: list[float]
-    num_cached_tokens: int
-    node: str
-
-
 class Embedder:
     def __init__(self, orchestrator: Orchestrator, max_parallel: int = DEFAULT_MAX_PARALLEL):
         self.orchestrator = orchestrator
@@ -42,17 +34,18 @@ class Embedder:
     def registry(self):
         return self.orchestrator.registry
 
-    async def embed(self, request_id: str, prompts: list[list[int]], pooling: str, normalize: bool) -> list[Embedded]:
+    async def embed(self, request_id: str, prompts: list[list[int]], pooling: str,
+                    normalize: bool) -> list[list[float]]:
         """One vector per prompt, in order; NoRoute or NodeCallError (after the retries) if one cannot be made."""
         gate = asyncio.Semaphore(self.max_parallel)
 
-        async def one(i: int, prompt: list[int]) -> Embedded:
+        async def one(i: int, prompt: list[int]) -> list[float]:
             async with gate:
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
                 return await self._embed_one(rid, prompt, pooling, normalize)
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    async def _embed_one(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> Embedded:
+    async def _embed_one(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> list[float]:
         start, metrics = time.monotonic(), self.orchestrator.metrics
         embedded = await self._embed_with_retries(request_id, prompt, pooling, normalize)
         metrics.embeddings.inc()
@@ -60,7 +53,8 @@ class Embedder:
         metrics.embedding_latency.observe(time.monotonic() - start)
         return embedded
 
-    async def _embed_with_retries(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> Embedded:
+    async def _embed_with_retries(self, request_id: str, prompt: list[int], pooling: str,
+                                  normalize: bool) -> list[float]:
         progress = Progress(request_id)
         while True:
             try:
@@ -98,10 +92,10 @@ class Embedder:
         self.registry.mark_routed(node.address)
         return node
 
-    async def _call(self, address: str, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> Embedded:
+    async def _call(self, address: str, request_id: str, prompt: list[int], pooling: str,
+                    normalize: bool) -> list[float]:
         self.registry.track(address, "prefill_tokens", len(prompt))
         try:
-            vector, cached = await self.orchestrator.nodes.embed(address, request_id, prompt, pooling, normalize)
+            return await self.orchestrator.nodes.embed(address, request_id, prompt, pooling, normalize)
         finally:
             self.registry.track(address, "prefill_tokens", -len(prompt))
-        return Embedded(vector, cached, address)

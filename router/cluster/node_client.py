@@ -75,13 +75,13 @@ class NodeClient:
         return self._stream(address, "Generate", lambda stub: stub.Generate(request))
 
     async def embed(self, address: str, request_id: str, prompt: list[int], pooling: str,
-                    normalize: bool) -> tuple[list[float], int]:
-        """(the prompt's embedding, its tokens the node took from the prefix cache)."""
+                    normalize: bool) -> list[float]:
+        """The prompt's embedding."""
         request = node_pb2.NodeEmbedRequest(request_id=request_id, prompt_token_ids=prompt, pooling=pooling,
                                             no_normalize=not normalize)
         reply = await self._unary(address, "Embed", self._stub(address, "Embed").Embed(
             request, timeout=self.rpc_timeout_s))
-        return list(reply.embedding), reply.num_cached_tokens
+        return list(reply.embedding)
 
     async def abort(self, address: str, request_id: str) -> None:
         """Best effort: a node that is gone or forgot the request lets its reservation expire on its own."""

@@ -89,7 +89,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except NodeCallError as exc:
             await context.abort(exc.code, str(exc))
         tokens = sum(map(len, prompts))
-        return router_pb2.EmbedResponse(embeddings=[router_pb2.Embedding(values=e.vector) for e in embedded],
+        return router_pb2.EmbedResponse(embeddings=[router_pb2.Embedding(values=v) for v in embedded],
                                         usage=common_pb2.Usage(prompt_tokens=tokens))
 
     def _embedding_inputs(self, request: router_pb2.EmbedRequest) -> list[list[int]]:

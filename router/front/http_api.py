@@ -227,10 +227,9 @@ class Endpoints:
         slot = self.ctx.admission.admit()
         try:
             work = self.embedder.embed(request_id, prompts, pooling or self.ctx.frontend.embedding_pooling, normalize)
-            embedded = await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
+            return await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
         finally:
             slot.release()
-        return [e.vector for e in embedded]
 
     async def score(self, request: Request) -> JSONResponse:
         """POST /v1/score (vLLM's; rerank_api.py): pairs of texts scored by their embeddings' cosine similarity."""

@@ -79,9 +79,13 @@ class Request:
         return self.params.prompt_logprobs is not None
 
     @property
+    def is_embedding(self) -> bool:
+        return self.pooling is not None
+
+    @property
     def needs_every_prompt_row(self) -> bool:
         """Prompt logprobs or mean pooling: no prompt row may come from the prefix cache."""
-        return self.wants_prompt_logprobs or (self.pooling is not None and self.pooling.needs_every_row)
+        return self.wants_prompt_logprobs or (self.is_embedding and self.pooling.needs_every_row)
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

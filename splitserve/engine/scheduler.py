@@ -31,7 +31,7 @@ class ScheduledChunk:
     def samples(self) -> bool:
         """True when this chunk reaches the end of the request's tokens, so a token is sampled (never for an
         embedding request)."""
-        return self.start + self.num_new_tokens == self.request.num_tokens and self.request.pooling is None
+        return self.start + self.num_new_tokens == self.request.num_tokens and not self.request.is_embedding
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Scheduler:
         if not out.preempted:
             budget = self._schedule_waiting(out, budget, embeddings=False)
         budget = self._schedule_running(out, min(budget, self.max_embedding_tokens), embeddings=True)
-        if not out.preempted and not (self.waiting and self.waiting[0].pooling is None):
+        if not out.preempted and not (self.waiting and not self.waiting[0].is_embedding):
             self._schedule_waiting(out, budget, embeddings=True)
         return out
 
@@ -81,7 +81,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            if (req.pooling is not None) != embeddings:
+            if req.is_embedding != embeddings:
                 i += 1
                 continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
@@ -100,7 +100,7 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, embeddings: bool) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            if (req.pooling is not None) != embeddings:
+            if req.is_embedding != embeddings:
                 break
             cached = self._take_prefix(req)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
@@ -182,11 +182,9 @@ def _queue(requests, req: Request, first_of_its_kind: bool = False) -> None:
     request in `requests` (the waiting queue or the running list, both taken front to back, and the running
     list preempted from the back), an embedding request at the end; `first_of_its_kind` (a preempted request)
     puts it before the others of its kind instead."""
-    embedding = req.pooling is not None
-    kinds = [r.pooling is not None for r in requests]
-    at = kinds.index(True) if True in kinds else len(kinds)
-    if embedding and not first_of_its_kind:
-        at = len(kinds)
-    elif not embedding and first_of_its_kind:
-        at = 0
-    requests.insert(at, req)
+    if req.is_embedding and not first_of_its_kind:
+        requests.append(req)
+    elif not req.is_embedding and first_of_its_kind:
+        requests.insert(0, req)
+    else:
+        requests.insert(next((i for i, r in enumerate(requests) if r.is_embedding), len(requests)), req)
