@@ -11,13 +11,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from urllib.parse import urlsplit
 
 from splitserve.bench.arrivals import ArrivalConfig, arrival_offsets
 from splitserve.bench.metrics import BenchmarkMetrics, compute_metrics, output_len
 from splitserve.bench.progress import Progress
 from splitserve.bench.prompts import TokenizerLike, load_tokenizer
 from splitserve.bench.runner import RunConfig, RunResult, run
-from splitserve.bench.targets import TargetOptions, make_target
+from splitserve.bench.targets import TargetOptions, is_embeddings, make_target
 from splitserve.bench.workloads import Workload, WorkloadConfig, make_workload
 
 
@@ -46,6 +47,13 @@ class BenchConfig:
         if math.isinf(self.arrival.rate) and self.num_requests is None and self.run.max_concurrency is None \
                 and self.arrival.kind != "trace":
             raise ValueError("a duration at an infinite request rate needs a concurrency limit (--concurrency C)")
+        if self.embeddings and self.workload.name == "rag" and not self.workload.rag_inline:
+            raise ValueError("an embeddings request has no documents: with the rag workload give --rag-inline")
+
+    @property
+    def embeddings(self) -> bool:
+        """True when the requests are embeddings (the endpoint, or the URL's path, is /v1/embeddings)."""
+        return is_embeddings(self.target.endpoint) or is_embeddings(urlsplit(self.url).path)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -81,7 +89,8 @@ def run_benchmark(config: BenchConfig, tokenizer: TokenizerLike | None = None,
         if record.success and not record.output_tokens:
             record.output_tokens = output_len(record, count)
     metrics = compute_metrics(result.records, result.duration_s, config.percentiles, config.slos_ms)
-    return BenchResult({**config.to_dict(), "target_info": result.target}, metrics, result)
+    return BenchResult({**config.to_dict(), "target_info": result.target, "embeddings": config.embeddings},
+                       metrics, result)
 
 
 def sweep(config: BenchConfig, rates: Sequence[float], tokenizer: TokenizerLike | None = None,

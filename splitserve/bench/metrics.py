@@ -22,6 +22,9 @@ shared/research/benchmark-conventions.md section 2):
 - Goodput: completed requests whose every given SLO (ms) holds with `value <= SLO`, per second.
 - Peak output token throughput: most streamed chunks in a 1 s bucket counted from the first
   send; peak concurrent requests: sweep over the [send, last chunk) intervals.
+- Embeddings (`/v1/embeddings`, gRPC `Embed`), as vLLM's `openai-embeddings` backend: one
+  answer, no stream; its arrival is the one "chunk" (TTFT = E2EL), output tokens 0, so no TPOT,
+  ITL or output throughput; the total token throughput is the input tokens embedded per second.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class RequestRecord:
     done: bool = False
     end_time: float | None = None  # when finish() or fail() was called
     retries: int = 0  # resends after the server closed the connection before answering
+    pooled: bool = False  # an embedding: answered whole, no output tokens
 
     def mark_sent(self) -> None:
         self.send_time = time.perf_counter()
@@ -78,6 +82,12 @@ class RequestRecord:
             self.fail(NO_CHUNK_ERROR)
             return
         self.success, self.done, self.end_time = True, True, time.perf_counter()
+
+    def finish_pooled(self) -> None:
+        """An embedding answered: its arrival is the one chunk; it generated nothing."""
+        self.pooled = True
+        self.mark_token()
+        self.finish(0)
 
     def fail(self, error: str) -> None:
         if self.done:
@@ -98,7 +108,9 @@ class RequestRecord:
 
 
 def output_len(record: RequestRecord, count_tokens: Callable[[str], int] | None = None) -> int:
-    """Server-reported count; else re-tokenized text; else 1 (vLLM's fallbacks)."""
+    """Server-reported count; else re-tokenized text; else 1 (vLLM's fallbacks); 0 for an embedding."""
+    if record.pooled:
+        return 0
     if record.output_tokens:
         return record.output_tokens
     return count_tokens(record.generated_text) if count_tokens else 1
@@ -214,7 +226,7 @@ def peak_metrics(ok: Sequence[RequestRecord]) -> tuple[float, int]:
     t0 = min(r.send_time for r in ok)
     buckets = np.zeros(int(np.ceil(max(r.token_times[-1] for r in ok) - t0)) + 1)
     for r in ok:
-        for t in r.token_times:
+        for t in [] if r.pooled else r.token_times:
             buckets[int(t - t0)] += 1
     events = sorted([(r.send_time, 1) for r in ok] + [(r.token_times[-1], -1) for r in ok])
     level = peak = 0

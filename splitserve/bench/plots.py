@@ -24,7 +24,9 @@ def save_plots(runs: Sequence[dict], out_dir: str | Path) -> list[Path]:
     """CDFs and throughput over time for each run (one line per run); a goodput curve for sweeps."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_cdf(runs, name, label, out_dir / f"{name}_cdf.png") for name, label in CDF_METRICS.items()]
+    pooling = all(d.get("embeddings") for d in runs)  # embeddings: one answer each, E2EL is all there is
+    paths = [_cdf(runs, name, label, out_dir / f"{name}_cdf.png") for name, label in CDF_METRICS.items()
+             if name == "e2el" or not pooling]
     paths.append(_throughput(runs, out_dir / "throughput.png"))
     if len(runs) > 1:
         paths.append(_goodput(runs, out_dir / "goodput_vs_rate.png"))
@@ -48,7 +50,8 @@ def _cdf(runs: Sequence[dict], name: str, xlabel: str, path: Path) -> Path:
 
 def throughput_series(d: dict, bucket_s: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bucket start s, output tokens/s, completed requests/s); a request's output tokens are
-    spread evenly over its streamed chunks."""
+    spread evenly over its streamed chunks. For embeddings the tokens are the inputs embedded."""
+    counted = "prompt_tokens" if d.get("embeddings") else "output_tokens"
     end = max([d["duration"]] + [t for r in d["requests"] for t in r["token_times_s"][-1:]])
     edges = np.arange(0.0, end + bucket_s, bucket_s)
     tokens, done = np.zeros(edges.size), np.zeros(edges.size)
@@ -56,7 +59,7 @@ def throughput_series(d: dict, bucket_s: float = 1.0) -> tuple[np.ndarray, np.nd
         times = r["token_times_s"]
         if not r["success"] or not times:
             continue
-        np.add.at(tokens, (np.asarray(times) // bucket_s).astype(int), (r["output_tokens"] or 0) / len(times))
+        np.add.at(tokens, (np.asarray(times) // bucket_s).astype(int), (r[counted] or 0) / len(times))
         done[int(times[-1] // bucket_s)] += 1
     return edges, tokens / bucket_s, done / bucket_s
 
@@ -68,7 +71,8 @@ def _throughput(runs: Sequence[dict], path: Path) -> Path:
         t, tokens, done = throughput_series(d)
         top.plot(t, tokens, drawstyle="steps-post", label=_label(d))
         bottom.plot(t, done, drawstyle="steps-post", label=_label(d))
-    top.set(ylabel="output tok/s", title="Throughput over time (1 s buckets)")
+    unit = "input tok/s" if all(d.get("embeddings") for d in runs) else "output tok/s"
+    top.set(ylabel=unit, title="Throughput over time (1 s buckets)")
     bottom.set(xlabel="time since start (s)", ylabel="completed req/s")
     return _finish(plt, fig, [top, bottom], top if len(runs) > 1 else None, path)
 

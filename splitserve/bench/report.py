@@ -68,7 +68,7 @@ def result_dict(result: BenchResult) -> dict:
         "percentiles": list(cfg["percentiles"]), "slos_ms": cfg["slos_ms"],
         "warmup_requests": len(result.run.warmup_records),
         "warmup_failed": sum(not r.success for r in result.run.warmup_records),
-        "timed_out": result.run.timed_out,
+        "timed_out": result.run.timed_out, "embeddings": bool(cfg.get("embeddings")),
     }
     out.update(result.metrics.to_dict())
     out["config"] = cfg
@@ -77,10 +77,12 @@ def result_dict(result: BenchResult) -> dict:
 
 
 def format_table(d: dict) -> str:
-    """The final table, in `vllm bench serve`'s layout (plus Std lines)."""
+    """The final table, in `vllm bench serve`'s layout (plus Std lines); for embeddings, the lines
+    vLLM prints for a pooling run (no generated tokens: inputs and end-to-end latency)."""
     lines = ["{s:{c}^{n}}".format(s=" Serving Benchmark Result ", n=50, c="=")]
     row = lambda label, value: lines.append(f"{label:<40} {value:<10}")  # noqa: E731
     num = lambda label, value: lines.append(f"{label:<40} {value:<10.2f}")  # noqa: E731
+    pooling = d.get("embeddings", False)
     row("Successful requests:", d["completed"])
     row("Failed requests:", d["failed"])
     if d.get("retries"):
@@ -91,15 +93,19 @@ def format_table(d: dict) -> str:
         num("Request rate configured (RPS):", float(d["request_rate"]))
     num("Benchmark duration (s):", d["duration"])
     row("Total input tokens:", d["total_input_tokens"])
-    row("Total generated tokens:", d["total_output_tokens"])
+    if not pooling:
+        row("Total generated tokens:", d["total_output_tokens"])
     num("Request throughput (req/s):", d["request_throughput"])
     if d.get("request_goodput") is not None:
         num("Request goodput (req/s):", d["request_goodput"])
-    num("Output token throughput (tok/s):", d["output_throughput"])
-    num("Peak output token throughput (tok/s):", d["max_output_tokens_per_s"])
+    if not pooling:
+        num("Output token throughput (tok/s):", d["output_throughput"])
+        num("Peak output token throughput (tok/s):", d["max_output_tokens_per_s"])
     num("Peak concurrent requests:", d["max_concurrent_requests"])
     num("Total token throughput (tok/s):", d["total_token_throughput"])
     for name, (short, header) in HEADERS.items():
+        if pooling and name != "e2el":
+            continue
         lines.append("{s:{c}^{n}}".format(s=header, n=50, c="-"))
         num(f"Mean {short} (ms):", d[f"mean_{name}_ms"])
         num(f"Median {short} (ms):", d[f"median_{name}_ms"])
@@ -111,14 +117,17 @@ def format_table(d: dict) -> str:
 
 
 def sweep_table(runs: Sequence[dict]) -> str:
-    """One line per rate: the goodput curve."""
-    head = f"{'rate':>8} {'done':>6} {'failed':>6} {'req/s':>8} {'goodput':>8} {'tok/s':>9} {'p99 TTFT':>9} {'p99 TPOT':>9}"
+    """One line per rate: the goodput curve (for embeddings: input tokens/s and p99 E2EL)."""
+    pooling = bool(runs) and runs[0].get("embeddings", False)
+    columns = (("in tok/s", "total_token_throughput"), ("p99 E2EL", "p99_e2el_ms")) if pooling else \
+        (("tok/s", "output_throughput"), ("p99 TTFT", "p99_ttft_ms"), ("p99 TPOT", "p99_tpot_ms"))
+    head = f"{'rate':>8} {'done':>6} {'failed':>6} {'req/s':>8} {'goodput':>8}" + "".join(f" {n:>9}" for n, _ in columns)
     lines = [head]
     for d in runs:
         goodput = d.get("request_goodput")
         lines.append(f"{str(d['request_rate']):>8} {d['completed']:>6} {d['failed']:>6} {d['request_throughput']:>8.2f} "
-                     f"{'-' if goodput is None else f'{goodput:.2f}':>8} {d['output_throughput']:>9.1f} "
-                     f"{d.get('p99_ttft_ms', math.nan):>9.1f} {d.get('p99_tpot_ms', math.nan):>9.1f}")
+                     f"{'-' if goodput is None else f'{goodput:.2f}':>8}"
+                     + "".join(f" {d.get(key, math.nan):>9.1f}" for _, key in columns))
     return "\n".join(lines)
 
 

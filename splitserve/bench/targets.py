@@ -25,7 +25,7 @@ class TargetOptions:
     """Request settings shared by all targets (a target ignores those it has no use for)."""
 
     model: str | None = None  # None: the server's first model (/v1/models), else left out
-    endpoint: str = "/v1/completions"  # or /v1/chat/completions, /v1/responses, /v1/messages (HTTP only)
+    endpoint: str = "/v1/completions"  # or /v1/chat/completions, /v1/responses, /v1/messages (HTTP only), /v1/embeddings
     ignore_eos: bool = True  # force the requested output length where the server supports it
     temperature: float = 0.0
     request_timeout_s: float = 600.0
@@ -106,9 +106,19 @@ def make_target(url: str, options: TargetOptions | None = None) -> Target:
     return _TARGETS[scheme](url, options or TargetOptions())
 
 
+EMBEDDINGS = "/v1/embeddings"
+APIS = ("chat/completions", "responses", "messages", "embeddings")
+
+
+def is_embeddings(path: str) -> bool:
+    """True for an endpoint (or URL) that ends in /v1/embeddings."""
+    return path.rstrip("/").endswith(EMBEDDINGS)
+
+
 class OpenAIHTTPTarget(Target):
     """Streams `/v1/completions` (or `/v1/chat/completions`) with `stream_options.include_usage`; also
-    OpenAI's Responses API (`/v1/responses`) and Anthropic's Messages API (`/v1/messages`).
+    OpenAI's Responses API (`/v1/responses`) and Anthropic's Messages API (`/v1/messages`); posts
+    each prompt to `/v1/embeddings` as one input (not streamed: the answer is the one chunk).
 
     Timing follows vLLM's `async_request_openai_completions`: every SSE `data:` event with a
     non-empty `choices` list is one chunk (its text may be empty); the `usage` event gives
@@ -129,8 +139,7 @@ class OpenAIHTTPTarget(Target):
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         path = parts.path.rstrip("/")
         self.url = self.base_url + (path if path else options.endpoint)
-        self.api = next((api for api in ("chat/completions", "responses", "messages")
-                         if self.url.rstrip("/").endswith("/v1/" + api)), "completions")
+        self.api = next((api for api in APIS if self.url.rstrip("/").endswith("/v1/" + api)), "completions")
         self.chat = self.api == "chat/completions"
         self.options, self.model = options, options.model
         self._session = self._fresh_session = None
@@ -166,6 +175,8 @@ class OpenAIHTTPTarget(Target):
             return None
 
     def body(self, request: BenchRequest) -> dict:
+        if self.api == "embeddings":
+            return self._embeddings_body(request)
         body = {"stream": True, "temperature": self.options.temperature}
         if self.api in ("completions", "chat/completions"):
             body["stream_options"] = {"include_usage": True}
@@ -184,6 +195,10 @@ class OpenAIHTTPTarget(Target):
             body["ignore_eos"], body["min_tokens"] = True, request.output_tokens
         if request.documents is not None:
             body["documents"] = list(request.documents)
+        return body | self.options.extra_body
+
+    def _embeddings_body(self, request: BenchRequest) -> dict:
+        body = {"input": request.prompt} | ({"model": self.model} if self.model is not None else {})
         return body | self.options.extra_body
 
     async def send(self, request: BenchRequest, record: RequestRecord) -> None:
@@ -209,6 +224,10 @@ class OpenAIHTTPTarget(Target):
             if response.status != 200:
                 text = (await response.text())[:300]
                 record.fail(f"HTTP {response.status}: {response.reason}: {text}")
+                return True
+            if self.api == "embeddings":
+                check_embeddings(await response.json(content_type=None))
+                record.finish_pooled()
                 return True
             usage = await self._read_stream(response, record)
         record.finish(usage)
@@ -258,6 +277,14 @@ class OpenAIHTTPTarget(Target):
         if self.chat:
             return (choice.get("delta") or {}).get("content") or ""
         return choice.get("text") or ""
+
+
+def check_embeddings(answer) -> None:
+    """Raise unless an embeddings answer carries a vector (a float list, or base64 text)."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    vector = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+    if not vector or not isinstance(vector, (list, str)):
+        raise RuntimeError(f"no embedding in the answer: {str(answer)[:200]}")
 
 
 def closed_before_response(error: Exception) -> bool:

@@ -11,6 +11,8 @@ count only as failed. Throughputs: completed requests, output tokens, prompt+out
 second of benchmark duration (main run start to last return; warm-up excluded). Goodput:
 completed requests per second meeting every SLO (ms, value <= SLO; a one-token output has
 TPOT 0). Output tokens come from the server's usage (stream_options.include_usage).
+Embeddings (--endpoint /v1/embeddings): each answer is one chunk, so E2EL is the latency and
+the total token throughput the input tokens embedded per second (vLLM's pooling metrics).
 Arrivals: gamma gaps with shape = burstiness and scale = 1/(rate*burstiness) (Poisson at 1).
 """
 
@@ -42,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url", help="http://HOST:PORT (OpenAI-compatible server), grpc://HOST:PORT (the cluster's router)")
     g.add_argument("--model", help="model name to send (default: the server's first /v1/models entry)")
     g.add_argument("--endpoint", default="/v1/completions", help="/v1/completions, /v1/chat/completions, "
-                   "/v1/responses (OpenAI's Responses API) or /v1/messages (Anthropic's Messages API)")
+                   "/v1/responses (OpenAI's Responses API), /v1/messages (Anthropic's Messages API) or "
+                   "/v1/embeddings (one input a request; on grpc:// the router's Embed)")
     g.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                    help="do not force the output length (ignore_eos, min_tokens)")
     g.add_argument("--temperature", type=float, default=0.0)

@@ -5,6 +5,7 @@ room to spare. Once in-process, once through the CLI as a subprocess; then RAG d
 gRPC and over the router's OpenAI HTTP API, with the router's API keys on; then the HTTP API
 behind a hop that resets each keep-alive connection after two requests."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -139,3 +140,32 @@ def test_the_responses_and_messages_apis_are_benchmarked_like_chat(cluster, benc
     assert all(len(r.token_times) >= 2 and r.token_times[0] > r.send_time for r in result.run.records)
     assert [r.generated_text for r in result.run.records] == [r.generated_text for r in chat.run.records]
     assert report.result_dict(result)["config"]["target"]["endpoint"] == endpoint
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_embeddings_are_benchmarked_by_their_latency_and_input_tokens(cluster, bench_tokenizer, tmp_path, scheme):
+    """`--endpoint /v1/embeddings`: each prompt embedded by the cluster (gRPC `Embed`, or OpenAI HTTP), one answer a
+    request: E2EL is the latency, nothing is generated, the token throughput is the inputs embedded per second."""
+    url = cluster.url if scheme == "grpc" else cluster.http_url
+    config = BenchConfig(url=url, workload=WorkloadConfig(input_len=40), num_requests=8, warmup=1,
+                         run=RunConfig(max_concurrency=4, max_time_s=60), percentiles=(50.0, 99.0),
+                         slos_ms={"e2el": 30000.0}, target=TargetOptions(headers=AUTH, endpoint="/v1/embeddings"))
+    result = run_benchmark(config, bench_tokenizer)
+    records = result.run.records
+    assert [r.error for r in records if not r.success] == []
+    assert all(r.pooled and len(r.token_times) == 1 and r.token_times[0] > r.send_time for r in records)
+    m = result.metrics
+    assert (m.completed, m.total_output, m.output_throughput, m.max_output_tokens_per_s) == (8, 0, 0.0, 0.0)
+    assert m.total_input == 8 * 40 and m.total_token_throughput == pytest.approx(m.total_input / m.duration_s)
+    assert m.stats["e2el"].median_ms > 0 and m.stats["tpot"].mean_ms == 0 and m.stats["itl"].mean_ms == 0
+    assert m.request_goodput == pytest.approx(m.request_throughput)
+    d = report.result_dict(result)
+    assert d["embeddings"] is True and d["total_output_tokens"] == 0
+    table = report.format_table(d)
+    assert "P99 E2EL (ms):" in table and "TPOT" not in table and "Output token throughput" not in table
+    pngs = save_plots([json.loads(report.save_json(d, tmp_path / "e.json").read_text())], tmp_path / "plots")
+    assert {p.name for p in pngs} == {"e2el_cdf.png", "throughput.png"}
+    denied = run_benchmark(dataclasses.replace(config, target=TargetOptions(endpoint="/v1/embeddings"), warmup=0),
+                           bench_tokenizer)
+    assert denied.metrics.completed == 0
+    assert all(("UNAUTHENTICATED" if scheme == "grpc" else "HTTP 401") in r.error for r in denied.run.records)

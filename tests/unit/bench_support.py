@@ -28,7 +28,9 @@ class FakeOpenAIServer(ServerThread):
 
     Streams one SSE chunk per output token (`max_tokens` or `max_completion_tokens` of them)
     every `token_delay_s`, then a usage chunk and [DONE]. Every `fail_every`-th POST gets an
-    HTTP 500. `/slow/v1/completions` never answers (time-limit tests). Bodies are kept.
+    HTTP 500. `/slow/v1/completions` never answers (time-limit tests). `/v1/embeddings` answers
+    a 4-float vector after `token_delay_s`, and `{"data": []}` for every `fail_every`-th POST.
+    Bodies are kept.
     """
 
     def __init__(self, fail_every: int = 0, token_delay_s: float = 0.002):
@@ -50,6 +52,7 @@ class FakeOpenAIServer(ServerThread):
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/slow/v1/completions", self._slow)
+        app.router.add_post("/v1/embeddings", self._embed)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -66,6 +69,16 @@ class FakeOpenAIServer(ServerThread):
 
     async def _slow(self, request):
         await asyncio.wait_for(self._stop.wait(), 60)
+
+    async def _embed(self, request):
+        from aiohttp import web
+
+        self.bodies.append(await request.json())
+        fail = self.fail_every and len(self.bodies) % self.fail_every == 0
+        await asyncio.sleep(self.token_delay_s)
+        if fail:
+            return web.json_response({"object": "list", "data": []})
+        return web.json_response({"object": "list", "data": [{"index": 0, "embedding": [0.5, -0.5, 0.5, -0.5]}]})
 
     async def _complete(self, request):
         from aiohttp import web

@@ -116,8 +116,8 @@ def test_rag_workload_through_run_benchmark(fake_router, bench_tokenizer):
     result = run_benchmark(config, bench_tokenizer)
     assert result.metrics.completed == 6 and result.metrics.total_output == 30
     assert all(len(r.documents) == 3 for r in fake_router.requests)
-    assert result.config["target_info"] == {"url": fake_router.url, "protocol": "grpc", "ignore_eos": True,
-                                            "temperature": 0.0, "api_key": True}
+    assert result.config["target_info"] == {"url": fake_router.url, "protocol": "grpc", "api": "generate",
+                                            "ignore_eos": True, "temperature": 0.0, "api_key": True}
     assert result.config["target"]["headers"] == {"Authorization": "<redacted>"}
 
 

@@ -100,11 +100,36 @@ def test_cli_sweep_json_csv_plots(bench_model_dir, tmp_path, capsys):
     assert "(E2EL - TTFT) / (output tokens - 1)" in help_text
 
 
+def test_cli_embeddings_sweep(bench_model_dir, tmp_path, capsys):
+    """`--endpoint /v1/embeddings`: one input per POST, no stream; an answer without a vector is a failure."""
+    parser = argparse.ArgumentParser()
+    bench_cmd.register(parser.add_subparsers())
+    with FakeOpenAIServer(fail_every=4, token_delay_s=0.01) as server:
+        args = parser.parse_args([
+            "bench", "--url", server.url, "--endpoint", "/v1/embeddings", "--tokenizer", str(bench_model_dir),
+            "--input-len", "16", "--num-requests", "4", "--sweep-rates", "50,inf", "--extra-body",
+            '{"encoding_format": "float"}', "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "p"),
+            "--no-progress"])
+        assert args.func(args) == 0
+    assert server.bodies[0] == {"input": server.bodies[0]["input"], "model": "fake-model", "encoding_format": "float"}
+    out = capsys.readouterr()
+    assert out.out.count("Mean E2EL (ms):") == 2 and "TTFT" not in out.out and "in tok/s" in out.out
+    assert "Error 0: RuntimeError: no embedding in the answer" in out.err
+    runs = report.load_runs(tmp_path / "e.json")
+    assert [(r["completed"], r["failed"], r["total_input_tokens"]) for r in runs] == [(3, 1, 48)] * 2
+    assert all(r["embeddings"] and r["total_output_tokens"] == 0 and r["mean_e2el_ms"] >= 10 for r in runs)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["e2el_cdf.png", "goodput_vs_rate.png",
+                                                                 "throughput.png"]
+
+
 def test_cli_reports_bad_configs(capsys):
     parser = argparse.ArgumentParser()
     bench_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["bench", "--url", "http://127.0.0.1:1", "--duration-s", "5"])
     assert args.func(args) == 2 and "concurrency" in capsys.readouterr().err
+    args = parser.parse_args(["bench", "--url", "http://127.0.0.1:1/v1/embeddings", "--workload", "rag",
+                              "--num-requests", "2"])
+    assert args.func(args) == 2 and "--rag-inline" in capsys.readouterr().err
 
 
 def test_time_limit_fails_requests_in_flight(bench_tokenizer):

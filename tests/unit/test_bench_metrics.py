@@ -112,3 +112,13 @@ def test_parsers():
         parse_percentiles("101")
     with pytest.raises(ValueError):
         compute_metrics([], 0.0)
+
+
+def test_an_embedding_counts_its_input_and_latency_only():
+    r = RequestRecord(0, 7, 128)
+    r.mark_sent()
+    r.finish_pooled()
+    assert r.success and r.pooled and len(r.token_times) == 1 and r.ttft_s == r.e2el_s
+    m = compute_metrics([r], 2.0, count_tokens=lambda text: 99)
+    assert (m.total_input, m.total_output, m.output_throughput, m.total_token_throughput) == (7, 0, 0.0, 3.5)
+    assert m.max_output_tokens_per_s == 0 and m.stats["tpot"].mean_ms == 0 and m.stats["e2el"].mean_ms > 0
