@@ -58,6 +58,10 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--embedding-pooling", "last", "how /v1/embeddings pools a prompt's final hidden states when "
              "the request names no `pooling`: last (the last token's, vLLM's default for decoder models) or mean",
              choices=("last", "mean"))  # router/config.py checks them against the engine's Pooling
+    add_flag(parser, "--batch-concurrency", 4, "most lines of Batch API batches (/v1/batches) the router runs at "
+             "once, over all batches (each also takes an admission slot, as a client's request)", type=int)
+    add_flag(parser, "--batch-storage-bytes", 256 << 20, "most bytes of Files API files (batch inputs and outputs) "
+             "the router keeps in memory; an upload that does not fit is refused (413)", type=int)
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",
          action="store_true")

@@ -58,12 +58,16 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     from router.front.http_server import HttpServer
 
     from router.front.responses_store import RedisResponseStore, ResponseStore
+    from router.front.batch_files import FileStore
+    from router.front.batches import Batches
 
+    files = FileStore(config.batch_storage_bytes)
     responses = ResponseStore() if config.responses_store == "memory" else \
         RedisResponseStore(config.responses_store, config.responses_ttl_s)
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
-                          count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc())
+                          count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
+                          files=files, batches=Batches(files, config.batch_concurrency))
     return HttpServer(create_app(context), config.host, config.http_port, security.tls,
                       read_timeout_s=config.http_read_timeout_s)
 

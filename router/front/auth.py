@@ -21,6 +21,14 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def authorization(headers) -> str | None:
+    """The request's `Authorization` header, or Anthropic's `x-api-key: KEY` as `Bearer KEY`."""
+    value = headers.get("authorization")
+    if value is None and headers.get("x-api-key") is not None:
+        value = f"Bearer {headers.get('x-api-key')}"
+    return value
+
+
 class ApiKeys:
     def __init__(self, keys: list[str] = ()):
         bad = [k for k in keys if not k or any(c.isspace() for c in k)]
@@ -50,10 +58,15 @@ class ApiKeys:
     def allows_headers(self, headers) -> bool:
         """`allows` for an HTTP request's headers: `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`
         (what the anthropic client sends to /v1/messages)."""
-        authorization = headers.get("authorization")
-        if authorization is None and headers.get("x-api-key") is not None:
-            authorization = f"Bearer {headers.get('x-api-key')}"
-        return self.allows(authorization)
+        return self.allows(authorization(headers))
+
+    def caller(self, headers) -> str:
+        """Who an (allowed) HTTP request comes from, for what it owns (files, batches): its key's digest in
+        hex, or "" with auth off (one owner)."""
+        if not self._digests:
+            return ""
+        _, _, key = (authorization(headers) or "").partition(" ")
+        return _digest(key.strip()).hex()
 
     def allows(self, authorization: str | None) -> bool:
         """True when auth is off, or `authorization` is 'Bearer <a known key>'."""

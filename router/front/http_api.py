@@ -28,6 +28,10 @@ from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
+from router.front.batch_api import add_batch_routes
+from router.front.batch_files import FileStore
+from router.front.batches import Batches
+from router.front.pages import cursor_page
 from router.front.http_errors import ApiError, ClientGone, from_exception, unauthorized
 from router.front.http_metrics import CountRequests
 from router.front.http_stream import (EventStreamResponse, collect, event_stream, numbered, response_stream,
@@ -67,9 +71,12 @@ class HttpContext:
     responses: object = field(default_factory=ResponseStore)  # the Responses API's stored responses (responses_store)
     model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b,...)
     count_http: Callable = lambda route, method, status: None  # the metrics' HTTP requests by route and status
+    files: FileStore = field(default_factory=FileStore)  # the Files API's (batch inputs and outputs)
+    batches: Batches | None = None  # the Batch API's; None: over `files`, at the default concurrency
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
+        self.batches = self.batches or Batches(self.files)
         self.created = int(time.time())
 
 
@@ -287,14 +294,7 @@ class Endpoints:
         if not 1 <= limit <= 100 or order not in ("asc", "desc"):
             raise ApiError(400, "limit must be in [1, 100] and order asc or desc", param="limit")
         items = list((await self.stored(response_id)).input_items)
-        items = items if order == "asc" else items[::-1]
-        ids = [item["id"] for item in items]
-        if after is not None and after not in ids:
-            raise ApiError(400, f"after: no input item {after!r} in this response", param="after")
-        page = items[ids.index(after) + 1 if after is not None else 0:][:limit]
-        rest = len(items) - (ids.index(page[-1]["id"]) + 1) if page else 0
-        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None, "has_more": rest > 0}
+        return cursor_page(items if order == "asc" else items[::-1], limit, after, "input item")
 
     async def delete_response(self, response_id: str) -> dict:
         await self.stored(response_id)
@@ -412,6 +412,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     app.add_api_route("/health", endpoints.health, methods=["GET"])
     add_docs_routes(app, endpoints.check_key)
     add_tokenizer_routes(app, endpoints, endpoints.check_key)
+    add_batch_routes(app, endpoints, endpoints.check_key)
     _metrics_route(app)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
