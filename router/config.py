@@ -46,6 +46,7 @@ class RouterConfig:
     responses_ttl_s: float = 30 * 24 * 3600.0  # how long Redis keeps each
     embedding_pooling: str = "last"  # how an embedding request that names none pools: last or mean
     batch_concurrency: int = 4  # Batch API lines in flight at once, over all batches
+    batch_priority: int = 1  # the priority of Batch API lines that set none (interactive requests: 0)
     batch_storage_bytes: int = 256 << 20  # Files API: the bytes of files kept in memory
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -96,7 +97,7 @@ class RouterConfig:
         return cls(args.model, args.host, args.port, args.http_port, args.nodes, args.nodes_file, args.discovery,
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
-                   args.embedding_pooling, args.batch_concurrency, args.batch_storage_bytes,
+                   args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

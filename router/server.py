@@ -67,7 +67,8 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
-                          files=files, batches=Batches(files, config.batch_concurrency))
+                          files=files, batches=Batches(files, config.batch_concurrency,
+                                                                config.batch_priority))
     return HttpServer(create_app(context), config.host, config.http_port, security.tls,
                       read_timeout_s=config.http_read_timeout_s)
 

@@ -62,12 +62,13 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   prompt_logprobs: int | None = None, grammar: str | None = None,
                   min_p: float = 0.0, include_stop_str_in_output: bool = False,
                   skip_special_tokens: bool = True, continue_final_message: bool = False,
-                  chat_template_kwargs: dict | None = None) -> router_pb2.GenerateRequest:
+                  chat_template_kwargs: dict | None = None, priority: int = 0) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
                                          keep_special_tokens=not skip_special_tokens,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
-                                         frequency_penalty=frequency_penalty, logit_bias=logit_bias or {})
+                                         frequency_penalty=frequency_penalty, logit_bias=logit_bias or {},
+                                         priority=priority)
     if repetition_penalty is not None:
         sampling.repetition_penalty = repetition_penalty
     if seed is not None:

@@ -5,7 +5,9 @@ A batch is a JSONL file (uploaded with the Files API, batch_files.py), one reque
 line for the batch's `endpoint` (chat, completions, embeddings or responses). The router runs
 the lines itself, at most `--batch-concurrency` of them at a time over all batches, each through
 its own HTTP app in-process (asgi_call.py): a line meets the checks, admission and metrics a
-client's request meets, under the key that created the batch. A line refused for load (429,
+client's request meets, under the key that created the batch. A line that sets no `priority` runs
+at `--batch-priority` (1): interactive requests (0) go first on the nodes and preempt batch lines
+when an engine is full (vLLM's priority scheduling; embeddings have no priority). A line refused for load (429,
 503) waits and is sent again until the batch ends; any other answer is final. Answers go to the
 output file (2xx) or the error file, `{"id", "custom_id", "response": {"status_code",
 "request_id", "body"}, "error"}` a line, in the input's order.
@@ -39,6 +41,8 @@ COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit per batch
 MAX_BATCHES = 10_000  # kept in memory; the oldest finished are forgotten first
 DEFAULT_CONCURRENCY = 4
+DEFAULT_PRIORITY = 1  # behind interactive requests (priority 0), which preempt batch lines when the engine is full
+PRIORITIZED = ("/v1/chat/completions", "/v1/completions", "/v1/responses")  # the endpoints that take a priority
 RETRY_STATUSES = (429, 503)
 MAX_RETRY_WAIT_S = 30.0
 FINAL = ("completed", "failed", "cancelled", "expired")
@@ -82,8 +86,9 @@ class Line:
     body: bytes
 
 
-def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[dict]]:
-    """The file's requests, or the errors that fail the batch (OpenAI's shape: code, message, line)."""
+def parse_lines(data: bytes, endpoint: str, priority: int = DEFAULT_PRIORITY) -> tuple[list[Line], list[dict]]:
+    """The file's requests (a body without a priority gets `priority` where the endpoint takes one), or the
+    errors that fail the batch (OpenAI's shape: code, message, line)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -91,7 +96,7 @@ def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[dict]]:
     lines, errors, seen = [], [], set()
     for number, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():
-            line, error = _parse_line(raw, endpoint, seen, number)
+            line, error = _parse_line(raw, endpoint, seen, number, priority)
             lines += [line] if line else []
             errors += [error] if error else []
     if not lines and not errors:
@@ -102,7 +107,7 @@ def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[dict]]:
     return lines, errors
 
 
-def _parse_line(raw: str, endpoint: str, seen: set, number: int) -> tuple[Line | None, dict | None]:
+def _parse_line(raw: str, endpoint: str, seen: set, number: int, priority: int) -> tuple[Line | None, dict | None]:
     try:
         request = json.loads(raw)
     except ValueError:
@@ -120,6 +125,8 @@ def _parse_line(raw: str, endpoint: str, seen: set, number: int) -> tuple[Line |
     if problem:
         return None, _error("invalid_request", problem[1], number, problem[0])
     seen.add(custom_id)
+    if endpoint in PRIORITIZED:
+        body.setdefault("priority", priority)
     return Line(custom_id, json.dumps(body).encode()), None
 
 
@@ -165,10 +172,10 @@ class Batch:
 class Batches:
     """The batches of this router; `app` (the router's HTTP app) runs their lines."""
 
-    def __init__(self, files: FileStore, concurrency: int = DEFAULT_CONCURRENCY):
+    def __init__(self, files: FileStore, concurrency: int = DEFAULT_CONCURRENCY, priority: int = DEFAULT_PRIORITY):
         if concurrency < 1:
             raise ValueError(f"--batch-concurrency must be >= 1, got {concurrency}")
-        self.files, self.concurrency, self.app = files, concurrency, None
+        self.files, self.concurrency, self.priority, self.app = files, concurrency, priority, None
         self._batches: dict[str, Batch] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -217,7 +224,7 @@ class Batches:
             del self._batches[batch_id]
 
     async def _run(self, batch: Batch, data: bytes) -> None:
-        lines, errors = parse_lines(data, batch.request.endpoint)
+        lines, errors = parse_lines(data, batch.request.endpoint, self.priority)
         if errors:
             batch.errors = errors[:1000]
             batch.enter("failed")

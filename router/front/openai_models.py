@@ -154,6 +154,7 @@ class _Request(BaseModel):
     max_tokens: int | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    priority: int = 0  # vLLM's: lower runs sooner, and preempts running requests of a higher value
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
@@ -231,7 +232,7 @@ class _Request(BaseModel):
             skip_special_tokens=self.skip_special_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias=self._logit_bias(), grammar=self._grammar())
+            logit_bias=self._logit_bias(), grammar=self._grammar(), priority=self.priority)
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}

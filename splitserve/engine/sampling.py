@@ -33,6 +33,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # HF's / vLLM's, on prompt and output tokens: logit / p if > 0 else logit * p
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), ascending ids
     grammar: str | None = None  # llguidance grammar the output must match (grammar.py); None: free text
+    priority: int = 0  # vLLM's: lower runs sooner, and a waiting request preempts running ones of higher value
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -52,6 +53,8 @@ class SamplingParams:
             _check(-2 <= getattr(self, name) <= 2, f"{name} must be in [-2, 2], got {getattr(self, name)}")
         _check(0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
                f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}")
+        _check(isinstance(self.priority, int) and -2**31 <= self.priority < 2**31,
+               f"priority must be an integer in [-2**31, 2**31), got {self.priority}")
         _check(self.grammar is None or (isinstance(self.grammar, str) and self.grammar),
                "grammar must be a non-empty string (llguidance's grammar text)")
         object.__setattr__(self, "logit_bias", _checked_bias(self.logit_bias))

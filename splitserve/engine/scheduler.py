@@ -7,6 +7,12 @@ most recently admitted running request is preempted: its blocks are freed and it
 recomputed from its tokens so far. Embedding requests (pooling.py) come after generating ones in both
 queues and take at most `max_embedding_tokens` of a step: a chat prefill arriving behind a batch of
 embeddings runs in the next (short) step, and blocks are taken back from embeddings first.
+
+Priorities (vLLM's `priority`: lower runs sooner; 0 by default) order both queues before the kind
+does: a request goes behind those of its priority and before any of a higher value. A waiting
+request that cannot start (no sequence slot, or no blocks) preempts the last running request when
+that one's priority value is higher (a batch line for an interactive request), as vLLM's priority
+scheduling does; equal priorities never preempt each other that way.
 """
 
 from __future__ import annotations
@@ -98,15 +104,25 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, embeddings: bool) -> int:
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and budget > 0:
             req = self.waiting[0]
             if req.is_embedding != embeddings:
                 break
+            if len(self.running) >= self.max_num_seqs:
+                freed = self._preempt_for(req, out)
+                if freed is None:
+                    break
+                budget += freed
+                continue
             cached = self._take_prefix(req)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self._grow(req, req.num_computed_tokens + n):
                 self._free(req)
-                break
+                freed = self._preempt_for(req, out)
+                if freed is None:
+                    break
+                budget += freed
+                continue
             self.waiting.popleft()
             req.status = Status.RUNNING
             req.num_cached_tokens = max(req.num_cached_tokens, cached)
@@ -114,6 +130,19 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(req, n))
             budget -= n
         return budget
+
+    def _preempt_for(self, req: Request, out: SchedulerOutput) -> int | None:
+        """Preempt the last running request if its priority value is above `req`'s: the tokens its chunk in
+        this step held (now free for others), or None when it may not be preempted."""
+        if not self.running or self.running[-1].params.priority <= req.params.priority:
+            return None
+        victim = self.running.pop()
+        chunk = next((c for c in out.chunks if c.request is victim), None)
+        if chunk is not None:
+            out.chunks.remove(chunk)
+        self._preempt(victim)
+        out.preempted.append(victim.request_id)
+        return 0 if chunk is None else chunk.num_new_tokens
 
     def _take_prefix(self, req: Request) -> int:
         """Reuse cached blocks of the request's prefix; at least one token is left to compute. A request
@@ -178,13 +207,14 @@ class Scheduler:
 
 
 def _queue(requests, req: Request, first_of_its_kind: bool = False) -> None:
-    """Embedding requests yield to generating ones: a generating request goes before the first embedding
-    request in `requests` (the waiting queue or the running list, both taken front to back, and the running
-    list preempted from the back), an embedding request at the end; `first_of_its_kind` (a preempted request)
-    puts it before the others of its kind instead."""
-    if req.is_embedding and not first_of_its_kind:
-        requests.append(req)
-    elif not req.is_embedding and first_of_its_kind:
-        requests.insert(0, req)
-    else:
-        requests.insert(next((i for i, r in enumerate(requests) if r.is_embedding), len(requests)), req)
+    """Requests go in (priority, kind) order, generating before embedding: `req` goes behind those of its
+    rank, before any of a later one (the waiting queue and the running list are both taken front to back, and
+    the running list preempted from the back); `first_of_its_kind` (a preempted request) puts it before the
+    others of its rank instead."""
+    rank = _rank(req)
+    later = (lambda r: _rank(r) >= rank) if first_of_its_kind else (lambda r: _rank(r) > rank)
+    requests.insert(next((i for i, r in enumerate(requests) if later(r)), len(requests)), req)
+
+
+def _rank(req: Request) -> tuple[int, bool]:
+    return req.params.priority, req.is_embedding

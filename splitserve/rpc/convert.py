@@ -30,6 +30,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         logit_bias=dict(msg.logit_bias),
         prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
         grammar=msg.grammar if msg.HasField("grammar") else None,
+        priority=msg.priority,
     )
 
 
@@ -37,8 +38,9 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
         min_p=p.min_p, include_stop_str_in_output=p.include_stop_str_in_output,
-        keep_special_tokens=not p.skip_special_tokens, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop), ignore_eos=p.ignore_eos, min_tokens=p.min_tokens,
-        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias),
+        keep_special_tokens=not p.skip_special_tokens, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop),
+        ignore_eos=p.ignore_eos, min_tokens=p.min_tokens, presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias), priority=p.priority,
     )
     if p.repetition_penalty != 1.0:
         msg.repetition_penalty = p.repetition_penalty

@@ -38,6 +38,7 @@ PLAUSIBLE = {
     "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50), "seed": st.integers(0, 2**32), "n": st.just(1),
     "stop": st.lists(words, max_size=3), "stream": st.booleans(), "logprobs": st.integers(0, 5) | st.booleans(),
     "top_logprobs": st.integers(0, 5), "min_tokens": st.integers(0, 3), "ignore_eos": st.booleans(),
+    "priority": st.integers(-3, 3) | st.sampled_from([2**31, -(2**31) - 1, 2**70]),
     "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "echo": st.booleans(),
     "logit_bias": st.dictionaries(st.integers(0, 200).map(str), st.floats(-100, 100), max_size=3),
     "stop_token_ids": st.lists(st.integers(0, 200), max_size=2), "best_of": st.just(1), "model": st.none(),

@@ -165,3 +165,54 @@ def test_abort_frees_blocks_mid_generation(engine):
     assert engine.abort(rid)
     assert not engine.abort("unknown")
     assert_clean(engine)
+
+
+def _run(engine, tokens: dict[str, list[int]], steps: int | None = None) -> list[str]:
+    """Step (to the end, or `steps` times), adding each request's new tokens to `tokens`; the ids finished."""
+    finished = []
+    while engine.has_unfinished() and (steps is None or len(finished) + steps > 0):
+        for o in engine.step():
+            tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
+            finished += [o.request_id] if o.finished else []
+        steps = None if steps is None else steps - 1
+    return finished
+
+
+@pytest.mark.parametrize("limit", ["sequences", "blocks"])
+def test_a_waiting_request_of_lower_priority_value_preempts_running_ones(tiny_model, limit):
+    """vLLM's priority scheduling: `urgent` (priority 0) arrives while two batch requests (priority 1) fill
+    the engine (its one sequence slot, or its blocks); the last admitted is preempted, `urgent` finishes first,
+    and every output equals the request run alone (preemption recomputes)."""
+    config = EngineConfig(block_size=4, num_blocks=512, max_num_seqs=2) if limit == "sequences" else \
+        EngineConfig(block_size=4, num_blocks=18, max_num_batched_tokens=32)
+    engine = Engine(tiny_model, config)
+    alone = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=512))
+    batch_prompts, urgent_prompt = prompts(256, [30, 30], seed=7), prompts(256, [12], seed=8)[0]
+    batch_params = SamplingParams(max_tokens=12, ignore_eos=True, priority=1)
+    first = engine.add_request(batch_prompts[0], batch_params)
+    second = engine.add_request(batch_prompts[1], batch_params)
+    tokens = {}
+    assert _run(engine, tokens, steps=2) == []
+    assert {r.request_id for r in engine.scheduler.running} == {first, second}
+    urgent = engine.add_request(urgent_prompt, SamplingParams(max_tokens=4, ignore_eos=True))
+    preempted, original = [], engine.scheduler.schedule
+    engine.scheduler.schedule = lambda: (out := original(), preempted.extend(out.preempted))[0]
+    assert _run(engine, tokens)[0] == urgent
+    assert preempted[0] == second and urgent not in preempted
+    expected = alone.generate(batch_prompts + [urgent_prompt], [batch_params, batch_params,
+                                                                 SamplingParams(max_tokens=4, ignore_eos=True)])
+    assert [tokens[i] for i in (first, second, urgent)] == [c.token_ids for c in expected]
+    assert_clean(engine)
+
+
+def test_priorities_order_the_waiting_queue_and_equal_ones_never_preempt(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=512, max_num_seqs=1))
+    texts = prompts(256, [8, 8, 8, 8], seed=9)
+    ids = [engine.add_request(p, SamplingParams(max_tokens=3, ignore_eos=True, priority=value))
+           for p, value in zip(texts, [0, 2, 1, 0])]
+    preempted, original = [], engine.scheduler.schedule
+    engine.scheduler.schedule = lambda: (out := original(), preempted.extend(out.preempted))[0]
+    assert _run(engine, {}) == [ids[0], ids[3], ids[2], ids[1]] and preempted == []
+    with pytest.raises(ValueError, match="priority must be an integer"):
+        SamplingParams(priority=2**31)
+    assert_clean(engine)
