@@ -62,6 +62,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "once, over all batches (each also takes an admission slot, as a client's request)", type=int)
     add_flag(parser, "--batch-priority", 1, "priority of Batch API lines that set none (vLLM's: lower runs sooner; "
              "interactive requests have 0 and preempt batch lines when a node's engine is full)", type=int)
+    add_flag(parser, "--batch-store", "memory", "where the Files and Batch APIs keep files and batches: memory (this "
+             "router only, gone on restart) or a redis:// URL (shared by router replicas, kept across restarts)")
     add_flag(parser, "--batch-storage-bytes", 256 << 20, "most bytes of Files API files (batch inputs and outputs) "
              "the router keeps in memory; an upload that does not fit is refused (413)", type=int)
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")

@@ -47,7 +47,8 @@ class RouterConfig:
     embedding_pooling: str = "last"  # how an embedding request that names none pools: last or mean
     batch_concurrency: int = 4  # Batch API lines in flight at once, over all batches
     batch_priority: int = 1  # the priority of Batch API lines that set none (interactive requests: 0)
-    batch_storage_bytes: int = 256 << 20  # Files API: the bytes of files kept in memory
+    batch_storage_bytes: int = 256 << 20  # Files API: the bytes of files kept
+    batch_store: str = "memory"  # files and batches: memory, or a redis:// URL (shared by router replicas)
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -62,8 +63,9 @@ class RouterConfig:
             raise ValueError(f"--served-model-name: names are comma-separated, without spaces, got "
                              f"{self.served_model_name!r}")
         redis_schemes = ("redis://", "rediss://", "unix://")
-        if self.responses_store != "memory" and not self.responses_store.startswith(redis_schemes):
-            raise ValueError(f"--responses-store must be memory or a redis:// URL, got {self.responses_store!r}")
+        for flag, store in (("--responses-store", self.responses_store), ("--batch-store", self.batch_store)):
+            if store != "memory" and not store.startswith(redis_schemes):
+                raise ValueError(f"{flag} must be memory or a redis:// URL, got {store!r}")
         if self.responses_ttl_s <= 0:
             raise ValueError(f"--responses-ttl-s must be > 0, got {self.responses_ttl_s}")
         if self.generation_config not in GENERATION_CONFIGS:
@@ -98,6 +100,7 @@ class RouterConfig:
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
+                   args.batch_store,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -58,19 +58,30 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     from router.front.http_server import HttpServer
 
     from router.front.responses_store import RedisResponseStore, ResponseStore
-    from router.front.batch_files import FileStore
-    from router.front.batches import Batches
 
-    files = FileStore(config.batch_storage_bytes)
+    files, batches = batch_stores(config)
     responses = ResponseStore() if config.responses_store == "memory" else \
         RedisResponseStore(config.responses_store, config.responses_ttl_s)
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
-                          files=files, batches=Batches(files, config.batch_concurrency,
-                                                                config.batch_priority))
+                          files=files, batches=batches)
     return HttpServer(create_app(context), config.host, config.http_port, security.tls,
                       read_timeout_s=config.http_read_timeout_s)
+
+
+def batch_stores(config: RouterConfig):
+    """The Files API's store and the Batch API's batches, in memory or in Redis (--batch-store)."""
+    from router.front.batch_files import FileStore, RedisFileStore
+    from router.front.batch_store import RedisBatchStore
+    from router.front.batches import Batches
+
+    if config.batch_store == "memory":
+        files, store = FileStore(config.batch_storage_bytes), None
+    else:
+        url = config.batch_store
+        files, store = RedisFileStore(url, config.batch_storage_bytes), RedisBatchStore(url)
+    return files, Batches(files, config.batch_concurrency, config.batch_priority, store)
 
 
 async def main(config: RouterConfig) -> None:

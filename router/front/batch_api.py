@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from router.front.auth import authorization
 from router.front.batch_files import read_upload
-from router.front.batches import CreateBatch
+from router.front.batch_lines import CreateBatch
 
 
 class BatchEndpoints:
@@ -21,38 +21,38 @@ class BatchEndpoints:
         """POST /v1/files: the body may take what the file store has free."""
         from router.front.http_api import read_body
 
-        body = await read_body(request, self.ctx.files.free_bytes)
+        body = await read_body(request, await self.ctx.files.free_bytes())
         filename, purpose, content = await read_upload(request.headers, body)
-        return self.ctx.files.add(self.owner(request), filename, purpose, content).card()
+        return (await self.ctx.files.add(self.owner(request), filename, purpose, content)).card()
 
     async def list_files(self, request: Request, purpose: str | None = None, limit: int = 10000,
                          order: str = "desc", after: str | None = None) -> dict:
-        return self.ctx.files.listed(self.owner(request), purpose, limit, order, after)
+        return await self.ctx.files.listed(self.owner(request), purpose, limit, order, after)
 
     async def file(self, request: Request, file_id: str) -> dict:
-        return self.ctx.files.get(self.owner(request), file_id).card()
+        return (await self.ctx.files.get(self.owner(request), file_id)).card()
 
     async def content(self, request: Request, file_id: str) -> Response:
-        stored = self.ctx.files.get(self.owner(request), file_id)
+        stored = await self.ctx.files.get(self.owner(request), file_id)
         return Response(stored.data, media_type="application/jsonl")
 
     async def delete_file(self, request: Request, file_id: str) -> dict:
-        self.ctx.files.delete(self.owner(request), file_id)
+        await self.ctx.files.delete(self.owner(request), file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
     async def create(self, request: Request) -> dict:
         body = CreateBatch.parse(await self.endpoints.body(request))
-        return self.ctx.batches.create(self.owner(request), authorization(request.headers), body).card()
+        return (await self.ctx.batches.create(self.owner(request), authorization(request.headers), body)).card()
 
     async def batch(self, request: Request, batch_id: str) -> dict:
-        return self.ctx.batches.get(self.owner(request), batch_id).card()
+        return (await self.ctx.batches.get(self.owner(request), batch_id)).card()
 
     async def list_batches(self, request: Request, limit: int = 20, after: str | None = None) -> dict:
-        return self.ctx.batches.listed(self.owner(request), limit, after)
+        return await self.ctx.batches.listed(self.owner(request), limit, after)
 
     async def cancel(self, request: Request, batch_id: str) -> dict:
         await self.endpoints.body(request)  # none is expected; a huge one is still a 413
-        return self.ctx.batches.cancel(self.owner(request), batch_id).card()
+        return (await self.ctx.batches.cancel(self.owner(request), batch_id)).card()
 
 
 def add_batch_routes(app: FastAPI, endpoints, check_key) -> None:

@@ -59,7 +59,7 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError(429, str(exc), "rate_limit_exceeded", code="overloaded",
                         headers={"Retry-After": exc.retry_after})
     if isinstance(exc, StoreUnavailable):
-        return ApiError(503, str(exc), "service_unavailable", code="response_store_unavailable")
+        return ApiError(503, str(exc), "service_unavailable", code=exc.code)
     if isinstance(exc, NoRoute):
         return ApiError(503, str(exc), "service_unavailable", code="no_healthy_nodes")
     if isinstance(exc, ClientGone):

@@ -14,11 +14,9 @@ input items.
 from __future__ import annotations
 
 import json
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-log = logging.getLogger(__name__)
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_TTL_S = 30 * 24 * 3600  # OpenAI keeps stored responses 30 days
@@ -27,7 +25,11 @@ REDIS_PREFIX = "splitserve:response:"
 
 
 class StoreUnavailable(Exception):
-    """The response store (Redis) did not answer: 503."""
+    """A store in Redis (stored responses, batch files and batches) did not answer: 503 with `code`."""
+
+    def __init__(self, message: str, code: str = "response_store_unavailable"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -94,31 +96,21 @@ class RedisResponseStore:
     """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
 
     def __init__(self, url: str, ttl_s: float = DEFAULT_TTL_S, timeout_s: float = 2.0):
-        import redis
-        import redis.asyncio
+        from router.front.redis_client import RedisClient
 
         self.ttl_s = ttl_s
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._unanswered = (redis.RedisError, OSError)
+        self.redis = RedisClient(url, "response store", "response_store_unavailable", timeout_s)
+        self.client = self.redis.client
 
     async def put(self, entry: StoredResponse) -> None:
         value = entry.to_json()
         if len(value) > MAX_ENTRY_BYTES:
             return
-        await self._call(self.client.set, REDIS_PREFIX + entry.response["id"], value, ex=max(1, int(self.ttl_s)))
+        key = REDIS_PREFIX + entry.response["id"]
+        await self.redis.run(lambda c: c.set(key, value, ex=max(1, int(self.ttl_s))))
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        raw = await self._call(self.client.get, REDIS_PREFIX + response_id)
-        entry = None if raw is None else StoredResponse.from_json(raw)
-        if raw is not None and entry is None:
-            log.warning("stored response %s does not read back as one; treated as missing", response_id)
-        return entry
+        return await self.redis.read(REDIS_PREFIX + response_id, StoredResponse.from_json)
 
     async def delete(self, response_id: str) -> bool:
-        return bool(await self._call(self.client.delete, REDIS_PREFIX + response_id))
-
-    async def _call(self, method, *args, **kwargs):
-        try:
-            return await method(*args, **kwargs)
-        except self._unanswered as exc:
-            raise StoreUnavailable(f"the response store (Redis) did not answer: {exc}") from None
+        return bool(await self.redis.run(lambda c: c.delete(REDIS_PREFIX + response_id)))

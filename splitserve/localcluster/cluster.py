@@ -69,14 +69,24 @@ class LocalCluster:
         try:
             self._start_redis(log)
             self._start_nodes(log)
-            nodes = ",".join(f"{role}={s.address}" for role, s in self.nodes)
-            self.router = spawn("router", service_command(
-                "router", "--model", str(self.model), "--host", self.host, "--port", str(self.port),
-                "--http-port", str(self.http_port), "--nodes", nodes, "--policy", self.policy, *self.router_args), self.ready_timeout_s)
-            log(f"router  {self.router.url}  nodes: {nodes}")
+            self.router = self.start_router(self.port, self.http_port)
+            log(f"router  {self.router.url}  nodes: {self.node_list}")
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def node_list(self) -> str:
+        """The nodes as the router's --nodes flag lists them."""
+        return ",".join(f"{role}={s.address}" for role, s in self.nodes)
+
+    def start_router(self, port: int = 0, http_port: int = -1) -> Service:
+        """A router over this cluster's nodes, with its flags (the cluster's own, or one more replica the
+        caller stops)."""
+        command = service_command("router", "--model", str(self.model), "--host", self.host, "--port", str(port),
+                                  "--http-port", str(http_port), "--nodes", self.node_list, "--policy", self.policy,
+                                  *self.router_args)
+        return spawn("router", command, self.ready_timeout_s)
 
     def _start_redis(self, log) -> None:
         if self.redis_url is None and self.private_redis:

@@ -232,6 +232,8 @@ def test_readme_values_table_is_current():
         ({"router": {"tls": {"enabled": True}}}, "router.tls.enabled: set router.tls.secretName"),
         ({"router": {"responsesStore": "redis"}, "redis": {"mode": "disabled"}},
          "router.responsesStore is redis: set redis.mode"),
+        ({"router": {"batchStore": "redis"}, "redis": {"mode": "disabled"}},
+         "router.batchStore is redis: set redis.mode"),
         ({"node": {"tls": {"enabled": True, "secretName": "n"}}}, "node.tls.enabled needs router.tls.enabled"),
         ({"router": {"apiKeys": {"enabled": True}}}, "router.apiKeys.enabled: set router.apiKeys.existingSecret"),
     ],
@@ -259,6 +261,7 @@ VARIANTS = {
     "everything-off": {"networkPolicy": {"enabled": False}, "rbac": {"create": False},
                        "router": {"pdb": {"enabled": False}, "serviceAccount": {"create": False, "name": "sa"}}},
     "responses-in-redis": {"router": {"responsesStore": "redis"}},
+    "batches-in-redis": {"router": {"batchStore": "redis"}},
     "responses-in-external-redis-tls": {"router": {"responsesStore": "redis"}, "redis": {
         "mode": "external", "auth": {"existingSecret": "r"},
         "external": {"host": "redis.example", "tls": {"enabled": True, "caSecret": "redis-ca"}}}},
@@ -285,10 +288,11 @@ def test_value_variants_render_valid_objects(variant):
             [init] = deployment["spec"]["template"]["spec"]["initContainers"]
             assert init["command"] == ["cp", "-R", "/models/.", init["volumeMounts"][0]["mountPath"]]
             assert init["volumeMounts"][0]["mountPath"] != "/models"
-    if variant.startswith("responses-in"):  # the router names the chart's Redis as the nodes do, password from env
-        [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
-        [store] = [a for a in router["args"] if a.startswith("--responses-store=")]
-        assert store.removeprefix("--responses-store=") in {u.removeprefix("--redis-url=") for u in urls}
+    if variant.startswith(("responses-in", "batches-in")):  # the router names the chart's Redis as the nodes do,
+        [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]  # password from env
+        flag = "--batch-store=" if variant.startswith("batches") else "--responses-store="
+        [store] = [a for a in router["args"] if a.startswith(flag)]
+        assert store.removeprefix(flag) in {u.removeprefix("--redis-url=") for u in urls}
         assert "$(REDIS_PASSWORD)" in store and "REDIS_PASSWORD" in [e["name"] for e in router["env"]]
         tls = variant.endswith("tls")
         assert ("redis-tls" in [m["name"] for m in router["volumeMounts"]]) == tls

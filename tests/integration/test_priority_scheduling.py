@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 
@@ -45,9 +47,12 @@ def long_batch(api: openai.OpenAI, n: int):
                               endpoint="/v1/chat/completions", completion_window="24h")
 
 
-def test_an_interactive_request_preempts_a_running_batch(api):
+def test_an_interactive_request_preempts_a_running_batch(api, cluster):
     batch = long_batch(api, 2)
-    time.sleep(0.3)  # the first line is decoding in the node's one slot, the second waits behind it
+    deadline = time.monotonic() + 30
+    while httpx.get(cluster.http_url + "/health").json()["requests_in_flight"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the first line is decoding in the node's one slot, the second waits behind it
     answer = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                          temperature=0)
     counts = api.batches.retrieve(batch.id).request_counts
@@ -60,17 +65,20 @@ def test_an_interactive_request_preempts_a_running_batch(api):
 
 @pytest.mark.parametrize("priority, first", [(-1, "short"), (0, "long")])
 def test_grpc_priority_decides_who_finishes_first(cluster, priority, first):
-    finished = []
+    finished, decoding = [], threading.Event()
 
-    def run(name: str, **kwargs):
+    def run(name: str, **kwargs) -> int:
+        tokens = 0
         with Client(cluster.url, timeout_s=120) as client:
-            result = client.complete(prompt="Once upon a time", temperature=0, ignore_eos=True, **kwargs)
+            for event in client.generate(prompt="Once upon a time", temperature=0, ignore_eos=True, **kwargs):
+                tokens += len(getattr(event, "token_ids", ()))
+                decoding.set()
         finished.append(name)
-        return result
+        return tokens
 
     with ThreadPoolExecutor(2) as pool:
         long = pool.submit(run, "long", max_tokens=LONG)
-        time.sleep(0.3)
+        assert decoding.wait(30)  # the long request holds the node's one sequence slot
         short = pool.submit(run, "short", max_tokens=4, priority=priority)
-        assert len(short.result().token_ids) == 4 and len(long.result().token_ids) == LONG
+        assert short.result() == 4 and long.result() == LONG
     assert finished[0] == first

@@ -1,19 +1,25 @@
-"""The Batch API's logic alone: parsing batch files, the file store's pages, owners and bound, and the
-in-process ASGI call (its answer, and the disconnect it reports once told to). The whole API runs against a
-real cluster with the openai client in tests/integration/test_openai_batches.py."""
+"""The Batch API's logic alone: parsing batch files, the file stores' pages, owners and bound (in memory and
+in a real redis-server), the batch store in Redis (what reads back, a cancel left for the runner, a batch
+whose runner stopped writing it), and the in-process ASGI call (its answer, and the disconnect it reports
+once told to). The whole API runs against a real cluster with the openai client in
+tests/integration/test_openai_batches.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from fastapi import FastAPI, Request
 
 from router.front import asgi_call
-from router.front.batch_files import FileStore
-from router.front.batches import MAX_LINES, parse_lines
+from router.front.batch_files import FileStore, RedisFileStore
+from router.front.batch_lines import MAX_LINES, CreateBatch, parse_lines
+from router.front.batch_store import REDIS_PREFIX, STALE_S, Batch, RedisBatchStore
+from router.front.batches import Batches
 from router.front.http_errors import ApiError
+from router.front.responses_store import StoreUnavailable
 
 URL = "/v1/embeddings"
 
@@ -40,25 +46,34 @@ def test_parse_lines_keeps_good_lines_in_order_and_names_bad_ones():
 
 
 def test_file_store_pages_owners_and_bound():
-    store = FileStore(max_bytes=10)
-    first, second = store.add("me", "a", "batch", b"1234"), store.add("me", "b", "batch", b"56")
-    store.add("you", "c", "batch", b"7")
-    assert store.free_bytes == 3
+    asyncio.run(_pages_owners_and_bound(FileStore(max_bytes=10)))
+
+
+def test_redis_file_store_pages_owners_and_bound(redis_url):
+    asyncio.run(_pages_owners_and_bound(RedisFileStore(redis_url, max_bytes=10)))
+
+
+async def _pages_owners_and_bound(store) -> None:
+    first, second = await store.add("me", "a", "batch", b"1234"), await store.add("me", "b", "batch", b"56")
+    await store.add("you", "c", "batch", b"7")
+    assert await store.free_bytes() == 3
     with pytest.raises(ApiError) as caught:
-        store.add("me", "d", "batch", b"1234")
-    assert caught.value.status == 413 and store.used_bytes == 7
-    store.add("me", "out", "batch_output", b"12345", output=True)  # a batch's output is never refused
-    page = store.listed("me", "batch", limit=1, order="desc", after=None)
+        await store.add("me", "d", "batch", b"1234")
+    assert caught.value.status == 413 and await store.free_bytes() == 3
+    await store.add("me", "out", "batch_output", b"12345", output=True)  # a batch's output is never refused
+    page = await store.listed("me", "batch", limit=1, order="desc", after=None)
     assert [f["id"] for f in page["data"]] == [second.id] and page["has_more"]
-    page = store.listed("me", "batch", limit=1, order="desc", after=second.id)
+    page = await store.listed("me", "batch", limit=1, order="desc", after=second.id)
     assert [f["id"] for f in page["data"]] == [first.id] and not page["has_more"]
-    assert len(store.listed("me", None, 100, "asc", None)["data"]) == 3
+    assert [f["bytes"] for f in (await store.listed("me", None, 100, "asc", None))["data"]] == [4, 2, 5]
+    assert (await store.get("me", first.id)).data == b"1234"
     with pytest.raises(ApiError) as caught:
-        store.get("you", first.id)
+        await store.get("you", first.id)
     assert caught.value.status == 404
-    store.delete("me", first.id)
+    await store.delete("me", first.id)
     with pytest.raises(ApiError):
-        store.get("me", first.id)
+        await store.get("me", first.id)
+    assert await store.free_bytes() == 2  # 2 + 1 + 5 of 10: the output counts too
 
 
 def test_asgi_post_answers_and_reports_a_disconnect_once_told():
@@ -88,3 +103,48 @@ def test_asgi_post_answers_and_reports_a_disconnect_once_told():
         assert seen["message"] == {"type": "http.disconnect"}
 
     asyncio.run(main())
+
+
+def test_redis_batch_store_round_trip_cancel_flag_and_a_lost_runner(redis_url):
+    import redis
+
+    async def scenario():
+        store = RedisBatchStore(redis_url)
+        request = CreateBatch(input_file_id="file-1", endpoint="/v1/embeddings", completion_window="24h",
+                              metadata={"k": "v"})
+        batch = Batch("batch_a", "me", request, 100, 200, total=3, completed=1, heartbeat_at=time.time(),
+                      authorization="Bearer secret")
+        batch.enter("in_progress")
+        await store.save(batch)
+        again = await store.load("batch_a")
+        assert again.card() == batch.card() and again.authorization is None  # credentials never leave the runner
+        assert b"secret" not in redis.Redis.from_url(redis_url).get(REDIS_PREFIX + "batch_a")
+        assert [b.id for b in await store.owned("me")] == ["batch_a"] and await store.owned("you") == []
+        assert not await store.cancel_requested("batch_a")
+        await store.request_cancel("batch_a")
+        assert await store.cancel_requested("batch_a")
+        redis.Redis.from_url(redis_url).set(REDIS_PREFIX + "batch_b", b"\x80not json")
+        assert await store.load("batch_b") is None and await store.load("batch_c") is None
+        # another router reads a batch whose runner stopped writing it: failed, and written back so
+        batch.heartbeat_at = time.time() - STALE_S - 1
+        await store.save(batch)
+        elsewhere = Batches(FileStore(), store=store)
+        lost = await elsewhere.get("me", "batch_a")
+        assert lost.status == "failed" and lost.errors[0]["code"] == "batch_runner_lost"
+        assert (await store.load("batch_a")).status == "failed"
+        with pytest.raises(ApiError) as caught:
+            await elsewhere.get("you", "batch_a")
+        assert caught.value.status == 404
+
+    asyncio.run(scenario())
+
+
+def test_batch_stores_that_cannot_be_reached_say_so():
+    async def scenario():
+        for call in (lambda: RedisBatchStore("redis://127.0.0.1:1", timeout_s=0.5).load("x"),
+                     lambda: RedisFileStore("redis://127.0.0.1:1", timeout_s=0.5).free_bytes()):
+            with pytest.raises(StoreUnavailable, match="batch store") as caught:
+                await call()
+            assert caught.value.code == "batch_store_unavailable"
+
+    asyncio.run(scenario())

@@ -254,6 +254,9 @@ maxUnavailable: {{ .pdb.maxUnavailable | default 1 }}
 {{- if and (eq $v.router.responsesStore "redis") (eq $v.redis.mode "disabled") -}}
 {{- fail "router.responsesStore is redis: set redis.mode to internal or external" -}}
 {{- end -}}
+{{- if and (eq $v.router.batchStore "redis") (eq $v.redis.mode "disabled") -}}
+{{- fail "router.batchStore is redis: set redis.mode to internal or external" -}}
+{{- end -}}
 {{- if and (eq $v.redis.mode "external") (not $v.redis.external.host) -}}
 {{- fail "redis.mode is external: set redis.external.host" -}}
 {{- end -}}

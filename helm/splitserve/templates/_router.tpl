@@ -18,6 +18,9 @@
 {{- if eq $r.responsesStore "redis" }}
 - --responses-store={{ include "splitserve.redisUrl" . }}
 {{- end }}
+{{- if eq $r.batchStore "redis" }}
+- --batch-store={{ include "splitserve.redisUrl" . }}
+{{- end }}
 {{- range $r.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -35,4 +38,9 @@ grpc:
   port: {{ .root.Values.router.grpcPort }}
 {{- end }}
 {{ include "splitserve.probeTiming" (dict "probe" .probe) }}
+{{- end -}}
+
+{{/* "true" when the router talks to the chart's Redis (stored responses or batches there), else "". */}}
+{{- define "splitserve.router.usesRedis" -}}
+{{- if or (eq .Values.router.responsesStore "redis") (eq .Values.router.batchStore "redis") }}true{{ end -}}
 {{- end -}}

@@ -1,0 +1,144 @@
+"""Batches' state: the batch object of OpenAI's API and where it is kept.
+
+`BatchStore` keeps batches in the router's memory (the router that runs them). `RedisBatchStore`
+(`--batch-store redis://...`) keeps each as JSON (never pickled; a value that does not read back is
+missing) with a sorted set of each owner's batches, so every router replica answers for every batch:
+the replica that created a batch runs its lines and writes its state every half second (its
+`heartbeat_at`), another replica asked to cancel it leaves a flag the runner picks up, and a batch
+whose runner stopped writing for STALE_S (its router died) reads as failed (`batch_runner_lost`).
+The creator's credentials, which its lines are sent with, stay in the running router's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+from router.front.batch_lines import CreateBatch
+
+FINAL = ("completed", "failed", "cancelled", "expired")
+MAX_BATCHES = 10_000  # in memory; the oldest finished are forgotten first
+REDIS_PREFIX = "splitserve:batch:"
+STALE_S = 60.0
+STATE = ("id", "owner", "created_at", "expires_at", "status", "times", "total", "completed", "failed", "errors",
+         "output_file_id", "error_file_id", "heartbeat_at")
+
+
+@dataclass
+class Batch:
+    id: str
+    owner: str
+    request: CreateBatch
+    created_at: int
+    expires_at: int
+    status: str = "validating"
+    times: dict = field(default_factory=dict)  # in_progress, finalizing, completed, ... -> Unix seconds
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: list = field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    heartbeat_at: float = 0.0  # when its runner last wrote it
+    # only where it runs: the creator's credentials (sent with each line), set on cancel
+    authorization: str | None = field(default=None, repr=False)
+    stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def card(self) -> dict:
+        """The batch object of OpenAI's API."""
+        times = {f"{name}_at": self.times.get(name) for name in
+                 ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")}
+        return {"id": self.id, "object": "batch", "endpoint": self.request.endpoint,
+                "errors": {"object": "list", "data": self.errors} if self.errors else None,
+                "input_file_id": self.request.input_file_id, "completion_window": self.request.completion_window,
+                "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+                "created_at": self.created_at, "expires_at": self.expires_at, **times,
+                "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+                "metadata": self.request.metadata}
+
+    def enter(self, status: str) -> None:
+        self.status = status
+        self.times[status] = int(time.time())
+
+    def to_json(self) -> str:
+        return json.dumps({name: getattr(self, name) for name in STATE} | {"request": self.request.model_dump()})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Batch | None":
+        """None unless `raw` is what to_json wrote."""
+        try:
+            data = json.loads(raw)
+            return cls(request=CreateBatch.model_validate(data["request"]), **{name: data[name] for name in STATE})
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class BatchStore:
+    """In the router's memory: the batch objects themselves, which their runner changes in place."""
+
+    def __init__(self):
+        self._batches: dict[str, Batch] = {}
+
+    async def save(self, batch: Batch) -> None:
+        if batch.id not in self._batches:
+            finished = [b.id for b in self._batches.values() if b.final]
+            for batch_id in finished[:max(0, len(self._batches) + 1 - MAX_BATCHES)]:
+                del self._batches[batch_id]
+        self._batches[batch.id] = batch
+
+    async def load(self, batch_id: str) -> Batch | None:
+        return self._batches.get(batch_id)
+
+    async def owned(self, owner: str) -> list[Batch]:
+        """The owner's batches, oldest first."""
+        return [b for b in self._batches.values() if b.owner == owner]
+
+    async def request_cancel(self, batch_id: str) -> None:
+        """Unused in memory: a batch in memory runs in this router, which cancels it itself."""
+
+    async def cancel_requested(self, batch_id: str) -> bool:
+        return False
+
+
+class RedisBatchStore:
+    """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
+
+    def __init__(self, url: str, timeout_s: float = 2.0):
+        from router.front.redis_client import RedisClient
+
+        self.redis = RedisClient(url, "batch store", "batch_store_unavailable", timeout_s)
+
+    async def save(self, batch: Batch) -> None:
+        value = batch.to_json()
+
+        async def write(c):
+            async with c.pipeline(transaction=True) as pipe:
+                pipe.set(REDIS_PREFIX + batch.id, value)
+                pipe.zadd(self._owned(batch.owner), {batch.id: batch.created_at})
+                await pipe.execute()
+
+        await self.redis.run(write)
+
+    async def load(self, batch_id: str) -> Batch | None:
+        return await self.redis.read(REDIS_PREFIX + batch_id, Batch.from_json)
+
+    async def owned(self, owner: str) -> list[Batch]:
+        ids = await self.redis.run(lambda c: c.zrange(self._owned(owner), 0, -1))
+        raws = await self.redis.run(lambda c: c.mget([REDIS_PREFIX + i.decode() for i in ids])) if ids else []
+        return [b for b in (Batch.from_json(r) for r in raws if r is not None) if b is not None]
+
+    async def request_cancel(self, batch_id: str) -> None:
+        await self.redis.run(lambda c: c.set(f"{REDIS_PREFIX}{batch_id}:cancel", 1))
+
+    async def cancel_requested(self, batch_id: str) -> bool:
+        return bool(await self.redis.run(lambda c: c.exists(f"{REDIS_PREFIX}{batch_id}:cancel")))
+
+    @staticmethod
+    def _owned(owner: str) -> str:
+        return f"{REDIS_PREFIX}owner:{owner}"
