@@ -70,6 +70,10 @@ class RouterMetrics:
                                   registry=r)
         self.embedding_tokens = Counter(f"{p}_embedding_tokens", "tokens of the inputs embedded", registry=r)
         self.embedding_latency = hist("embedding_latency_seconds", "per input: dispatch to its vector (retries in)")
+        self.batch_lines = Counter(f"{p}_batch_lines", "Batch API lines answered, by outcome: completed (2xx), failed "
+                                   "(any other answer) or not_sent (batch cancelled or expired first)", ["outcome"],
+                                   registry=r)
+        self.batches_running = Gauge(f"{p}_batches_running", "Batch API batches this router is running", registry=r)
         self.running = Gauge(f"{p}_requests_running", "requests the orchestrator is running", registry=r)
         self.queue_depth = Gauge(f"{p}_queue_depth", "requests admitted by the router and not yet finished "
                                  "(the load-shedding queue)", registry=r)

@@ -81,7 +81,10 @@ def batch_stores(config: RouterConfig):
     else:
         url = config.batch_store
         files, store = RedisFileStore(url, config.batch_storage_bytes), RedisBatchStore(url)
-    return files, Batches(files, config.batch_concurrency, config.batch_priority, store)
+    batches = Batches(files, config.batch_concurrency, config.batch_priority, store,
+                      count_line=lambda outcome: ROUTER.batch_lines.labels(outcome).inc())
+    ROUTER.batches_running.set_function(lambda: batches.num_running)
+    return files, batches
 
 
 async def main(config: RouterConfig) -> None:

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from router.front import asgi_call
 from router.front.batch_files import OUTPUT_PURPOSE, FileStore
@@ -45,14 +46,19 @@ class Batches:
     """The batches of this router (kept in `store`); `app` (the router's HTTP app) runs their lines."""
 
     def __init__(self, files: FileStore, concurrency: int = DEFAULT_CONCURRENCY, priority: int = DEFAULT_PRIORITY,
-                 store: BatchStore | None = None):
+                 store: BatchStore | None = None, count_line: Callable[[str], None] = lambda outcome: None):
         if concurrency < 1:
             raise ValueError(f"--batch-concurrency must be >= 1, got {concurrency}")
         self.files, self.concurrency, self.priority, self.app = files, concurrency, priority, None
         self.store = store or BatchStore()
+        self.count_line = count_line  # the metrics' lines by outcome: completed, failed, not_sent
         self._running: dict[str, Batch] = {}  # the batches this router runs
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
 
     async def create(self, owner: str, authorization: str | None, request: CreateBatch) -> Batch:
         source = await self.files.get(owner, request.input_file_id, "input_file_id")
@@ -160,6 +166,7 @@ class Batches:
         ok = _succeeded(result)
         batch.completed += ok
         batch.failed += not ok
+        self.count_line("completed" if ok else "failed" if result["response"] else "not_sent")
         return result
 
     async def _send(self, batch: Batch, line: Line, line_id: str) -> dict:

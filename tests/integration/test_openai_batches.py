@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 MODEL = "tiny-s0-v1"
 KEYS = ("batch-key-a", "batch-key-b")
 STORAGE = 1 << 20
+LINES = "splitserve_router_batch_lines_total"
 QUESTIONS = ["Where does the river start?", "Name a sea.", "Who built the bridge?"]
 
 
@@ -72,7 +73,8 @@ def rows(api: openai.OpenAI, file_id: str) -> dict[str, dict]:
 
 
 def test_a_chat_batch_answers_as_the_same_requests_sent_one_by_one(api, cluster):
-    refused_before = value(scrape(cluster.http_url + "/metrics"), "splitserve_router_http_requests_total", status="429")
+    before = scrape(cluster.http_url + "/metrics")
+    refused_before = value(before, "splitserve_router_http_requests_total", status="429")
     lines = [chat_line(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
     lines.append(chat_line("wrong-model", "Hello?", model="no-such-model"))
     uploaded = api.files.create(file=jsonl(lines), purpose="batch")
@@ -83,8 +85,12 @@ def test_a_chat_batch_answers_as_the_same_requests_sent_one_by_one(api, cluster)
     batch = finished(api, batch.id)
     assert batch.status == "completed" and batch.completed_at >= batch.in_progress_at >= batch.created_at
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (4, 3, 1)
-    refused = value(scrape(cluster.http_url + "/metrics"), "splitserve_router_http_requests_total", status="429")
+    after = scrape(cluster.http_url + "/metrics")
+    refused = value(after, "splitserve_router_http_requests_total", status="429")
     assert refused > refused_before  # 4 lines at once against a queue of 2: some waited and were sent again
+    grown = lambda o: value(after, LINES, outcome=o) - value(before, LINES, outcome=o)  # noqa: E731
+    assert {o: grown(o) for o in ("completed", "failed", "not_sent")} == {"completed": 3, "failed": 1, "not_sent": 0}
+    assert value(after, "splitserve_router_batches_running") == 0
     output, errors = rows(api, batch.output_file_id), rows(api, batch.error_file_id)
     assert list(output) == ["q0", "q1", "q2"] and list(errors) == ["wrong-model"]
     for i, question in enumerate(QUESTIONS):
