@@ -112,11 +112,12 @@ def collect(events, prompt_logprobs: int | None = None) -> Result:
     return Result([t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), final, entries)
 
 
-def embed_request(inputs: list[str | list[int]], pooling: str = "", normalize: bool = True) -> router_pb2.EmbedRequest:
+def embed_request(inputs: list[str | list[int]], pooling: str = "", normalize: bool = True,
+                  priority: int = 0) -> router_pb2.EmbedRequest:
     """Each input a text or a list of token ids; pooling "last" or "mean" (empty: the router's default)."""
     items = [router_pb2.EmbedInput(text=i) if isinstance(i, str) else
              router_pb2.EmbedInput(token_ids=router_pb2.TokenIds(ids=i)) for i in inputs]
-    return router_pb2.EmbedRequest(inputs=items, pooling=pooling, no_normalize=not normalize)
+    return router_pb2.EmbedRequest(inputs=items, pooling=pooling, no_normalize=not normalize, priority=priority)
 
 
 def _metadata(api_key: str | None):

@@ -21,6 +21,7 @@ from router.cluster.failover import RETRYABLE, NodeCallError, Progress
 from router.cluster.nodes import NodeView
 from router.cluster.orchestrator import Orchestrator
 from router.cluster.policies import NoRoute, healthy, pending_prefill_tokens, tie_break
+from splitserve.engine.pooling import PoolingParams
 
 DEFAULT_MAX_PARALLEL = 8
 
@@ -34,27 +35,25 @@ class Embedder:
     def registry(self):
         return self.orchestrator.registry
 
-    async def embed(self, request_id: str, prompts: list[list[int]], pooling: str,
-                    normalize: bool) -> list[list[float]]:
+    async def embed(self, request_id: str, prompts: list[list[int]], params: PoolingParams) -> list[list[float]]:
         """One vector per prompt, in order; NoRoute or NodeCallError (after the retries) if one cannot be made."""
         gate = asyncio.Semaphore(self.max_parallel)
 
         async def one(i: int, prompt: list[int]) -> list[float]:
             async with gate:
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                return await self._embed_one(rid, prompt, pooling, normalize)
+                return await self._embed_one(rid, prompt, params)
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    async def _embed_one(self, request_id: str, prompt: list[int], pooling: str, normalize: bool) -> list[float]:
+    async def _embed_one(self, request_id: str, prompt: list[int], params: PoolingParams) -> list[float]:
         start, metrics = time.monotonic(), self.orchestrator.metrics
-        embedded = await self._embed_with_retries(request_id, prompt, pooling, normalize)
+        embedded = await self._embed_with_retries(request_id, prompt, params)
         metrics.embeddings.inc()
         metrics.embedding_tokens.inc(len(prompt))
         metrics.embedding_latency.observe(time.monotonic() - start)
         return embedded
 
-    async def _embed_with_retries(self, request_id: str, prompt: list[int], pooling: str,
-                                  normalize: bool) -> list[float]:
+    async def _embed_with_retries(self, request_id: str, prompt: list[int], params: PoolingParams) -> list[float]:
         progress = Progress(request_id)
         while True:
             try:
@@ -64,7 +63,7 @@ class Embedder:
                     raise
                 raise progress.give_up(NodeCallError(grpc.StatusCode.UNAVAILABLE, str(exc))) from None
             try:
-                return await self._call(node.address, progress.node_request_id(), prompt, pooling, normalize)
+                return await self._call(node.address, progress.node_request_id(), prompt, params)
             except NodeCallError as exc:
                 await self._after_failure(node.address, progress, exc)
 
@@ -92,10 +91,9 @@ class Embedder:
         self.registry.mark_routed(node.address)
         return node
 
-    async def _call(self, address: str, request_id: str, prompt: list[int], pooling: str,
-                    normalize: bool) -> list[float]:
+    async def _call(self, address: str, request_id: str, prompt: list[int], params: PoolingParams) -> list[float]:
         self.registry.track(address, "prefill_tokens", len(prompt))
         try:
-            return await self.orchestrator.nodes.embed(address, request_id, prompt, pooling, normalize)
+            return await self.orchestrator.nodes.embed(address, request_id, prompt, params)
         finally:
             self.registry.track(address, "prefill_tokens", -len(prompt))

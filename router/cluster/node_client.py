@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
+from splitserve.engine.pooling import PoolingParams
 from splitserve.node_api import KVTarget, PrefillResult, Reservation, TokenChunk
 from splitserve.rpc.convert import kv_target_from_proto, kv_target_to_proto, sampling_to_proto
 from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
@@ -74,11 +75,10 @@ class NodeClient:
                                                num_prior_output_tokens=job.num_prior_output_tokens)
         return self._stream(address, "Generate", lambda stub: stub.Generate(request))
 
-    async def embed(self, address: str, request_id: str, prompt: list[int], pooling: str,
-                    normalize: bool) -> list[float]:
+    async def embed(self, address: str, request_id: str, prompt: list[int], params: PoolingParams) -> list[float]:
         """The prompt's embedding."""
-        request = node_pb2.NodeEmbedRequest(request_id=request_id, prompt_token_ids=prompt, pooling=pooling,
-                                            no_normalize=not normalize)
+        request = node_pb2.NodeEmbedRequest(request_id=request_id, prompt_token_ids=prompt, pooling=params.kind.value,
+                                            no_normalize=not params.normalize, priority=params.priority)
         reply = await self._unary(address, "Embed", self._stub(address, "Embed").Embed(
             request, timeout=self.rpc_timeout_s))
         return list(reply.embedding)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from router.front.http_errors import ApiError
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
-PRIORITIZED = ("/v1/chat/completions", "/v1/completions", "/v1/responses")  # the endpoints that take a priority
+PRIORITIZED = ENDPOINTS  # every batch endpoint takes a priority
 COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit per batch
 DEFAULT_PRIORITY = 1  # behind interactive requests (priority 0), which preempt batch lines when the engine is full

@@ -6,8 +6,8 @@ out as JSON floats or, with `encoding_format: base64` (what the official `openai
 for unless told otherwise), as the base64 of their little-endian float32 bytes. `dimensions`
 is refused unless it is the model's own size: a model not trained for shortened (Matryoshka)
 embeddings has none to give. Extensions: vLLM's `normalize` (false: the pooled vector as it
-is) and `truncate_prompt_tokens` (keep the last k tokens; -1: the context length), and
-`pooling` (`last` or `mean`; default: the router's --embedding-pooling).
+is), `truncate_prompt_tokens` (keep the last k tokens; -1: the context length) and `priority`
+(lower runs sooner), and `pooling` (`last` or `mean`; default: the router's --embedding-pooling).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from router.front.openai_models import InvalidRequest, parse_body
+from splitserve.engine.pooling import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
 
@@ -34,6 +35,7 @@ class EmbeddingRequest(BaseModel):
     normalize: bool = True
     pooling: Literal["last", "mean"] | None = None
     truncate_prompt_tokens: int | None = None
+    priority: int = 0  # vLLM's: lower runs sooner
 
     @classmethod
     def parse(cls, body: bytes) -> "EmbeddingRequest":
@@ -47,6 +49,10 @@ class EmbeddingRequest(BaseModel):
                                                             or self.truncate_prompt_tokens >= 1):
             raise InvalidRequest(f"truncate_prompt_tokens must be -1 or >= 1, got {self.truncate_prompt_tokens}",
                                  "truncate_prompt_tokens")
+
+    def pooling_params(self, default_pooling: str) -> PoolingParams:
+        """ValueError (-> 400) for a priority out of range."""
+        return PoolingParams(self.pooling or default_pooling, self.normalize, self.priority)
 
     def inputs(self) -> list[dict]:
         """Frontend.embedding_input keywords of each item: `prompt` (text) or `token_ids`."""

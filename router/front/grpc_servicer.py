@@ -78,9 +78,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """One embedding per input, computed on prefill or mixed nodes (router/cluster/embedder.py)."""
         try:
             prompts = self._embedding_inputs(request)
-            pooling = PoolingParams(request.pooling or self.frontend.embedding_pooling).kind.value
-            normalize = not request.no_normalize
-            embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, pooling, normalize)
+            params = PoolingParams(request.pooling or self.frontend.embedding_pooling, not request.no_normalize,
+                                   request.priority)
+            embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, params)
         except ValueError as exc:
             self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

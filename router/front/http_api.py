@@ -46,6 +46,7 @@ from router.front.responses_format import ResponseWriter, answer_messages, reque
 from router.front.responses_models import ResponsesRequest
 from router.front.responses_store import ResponseStore, StoredResponse, StoreUnavailable
 from router.cluster.embedder import Embedder
+from splitserve.engine.pooling import PoolingParams
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
 from router.cluster.policies import NoRoute
 
@@ -224,16 +225,18 @@ class Endpoints:
         name = self.served_name(body.model)
         prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens) for item in body.inputs()]
         request_id = _request_id(request, "embd")
-        vectors = await self.embed(request, request_id, prompts, body.pooling, body.normalize)
+        vectors = await self.embed(request, request_id, prompts, body.pooling_params(frontend.embedding_pooling))
         return JSONResponse(embeddings_body(vectors, body.encoding_format, name, sum(map(len, prompts))),
                             headers={"X-Request-Id": request_id})
 
-    async def embed(self, request: Request, request_id: str, prompts: list[list[int]], pooling: str | None = None,
-                    normalize: bool = True) -> list[list[float]]:
-        """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline."""
+    async def embed(self, request: Request, request_id: str, prompts: list[list[int]],
+                    params: PoolingParams | None = None) -> list[list[float]]:
+        """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline; by
+        default pooled as the router's --embedding-pooling says, normalized."""
         slot = self.ctx.admission.admit()
         try:
-            work = self.embedder.embed(request_id, prompts, pooling or self.ctx.frontend.embedding_pooling, normalize)
+            params = params or PoolingParams(self.ctx.frontend.embedding_pooling)
+            work = self.embedder.embed(request_id, prompts, params)
             return await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
         finally:
             slot.release()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -105,7 +105,8 @@ class Engine:
         pooling = pooling or PoolingParams()
         request_id = request_id or f"req-{next(self._ids)}"
         self.validate_embedding(prompt_token_ids, request_id)
-        req = Request(request_id, list(prompt_token_ids), EMBEDDING_PARAMS, self.tokenizer.eos_token_ids,
+        params = replace(EMBEDDING_PARAMS, priority=pooling.priority)  # the scheduler reads the priority there
+        req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       prefill_only=True, arrival_time_s=time.monotonic(), pooling=pooling)
         self._track(req)
         self.scheduler.add(req)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from splitserve.engine.request import Request
+from splitserve.engine.sampling import check_priority
 
 
 class Pooling(str, enum.Enum):
@@ -27,6 +28,7 @@ class Pooling(str, enum.Enum):
 class PoolingParams:
     kind: Pooling = Pooling.LAST
     normalize: bool = True
+    priority: int = 0  # as SamplingParams.priority: lower runs sooner
 
     def __post_init__(self):
         try:
@@ -34,6 +36,7 @@ class PoolingParams:
         except ValueError:
             raise ValueError(f"pooling must be one of {', '.join(p.value for p in Pooling)}, "
                              f"got {self.kind!r}") from None
+        check_priority(self.priority)
 
     @property
     def needs_every_row(self) -> bool:

@@ -53,8 +53,7 @@ class SamplingParams:
             _check(-2 <= getattr(self, name) <= 2, f"{name} must be in [-2, 2], got {getattr(self, name)}")
         _check(0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
                f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}")
-        _check(isinstance(self.priority, int) and -2**31 <= self.priority < 2**31,
-               f"priority must be an integer in [-2**31, 2**31), got {self.priority}")
+        check_priority(self.priority)
         _check(self.grammar is None or (isinstance(self.grammar, str) and self.grammar),
                "grammar must be a non-empty string (llguidance's grammar text)")
         object.__setattr__(self, "logit_bias", _checked_bias(self.logit_bias))
@@ -100,6 +99,12 @@ def _checked_bias(pairs) -> tuple[tuple[int, float], ...]:
         _check(-MAX_ABS_LOGIT_BIAS <= bias <= MAX_ABS_LOGIT_BIAS,
                f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
     return pairs
+
+
+def check_priority(priority) -> None:
+    """vLLM's request priority (lower runs sooner): an integer that fits the API's int32."""
+    _check(isinstance(priority, int) and not isinstance(priority, bool) and -2**31 <= priority < 2**31,
+           f"priority must be an integer in [-2**31, 2**31), got {priority!r}")
 
 
 def _check(ok: bool, message: str) -> None:

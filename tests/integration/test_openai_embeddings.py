@@ -90,6 +90,7 @@ def test_token_ids_mean_pooling_unnormalized_and_truncation(api, engine):
     ({"input": "x", "encoding_format": "int8"}, "encoding_format"), ({"input": "x", "truncate_prompt_tokens": 0},
                                                                     "truncate_prompt_tokens"),
     ({"input": ["x"] * 2049}, "input"), ({"input": list(range(2, 4000))}, None),
+    ({"input": "x", "priority": 2**31}, None),
 ])
 def test_bad_input_is_a_400_naming_it(cluster, body, param):
     status, reply = http_json(cluster.http_url + "/v1/embeddings", json.dumps({"model": MODEL, **body}).encode())
@@ -107,6 +108,9 @@ def test_grpc_embed_equals_http_and_decode_nodes_refuse(cluster, api, engine):
     http = api.embeddings.create(model=MODEL, input=TEXTS[0], encoding_format="float").data[0].embedding
     with Client(cluster.url, timeout_s=60) as client:
         assert client.embed([TEXTS[0], ids]) == [http, http]
+        assert client.embed([TEXTS[0]], priority=-3) == [http]  # a priority orders the work, the vector is the same
+        assert api.embeddings.create(model=MODEL, input=TEXTS[0], encoding_format="float",
+                                     extra_body={"priority": 2}).data[0].embedding == http
         mean = client.embed([ids], pooling="mean", normalize=False)
         assert_close(mean, expected(engine, [ids], kind="mean", normalize=False))
         with pytest.raises(grpc.RpcError) as refused:

@@ -29,8 +29,9 @@ def line(custom_id="a", **over) -> str:
 
 
 def test_parse_lines_keeps_good_lines_in_order_and_names_bad_ones():
-    lines, errors = parse_lines(f"{line('a')}\n\n{line('b')}\n".encode(), URL)
-    assert [(x.custom_id, json.loads(x.body)) for x in lines] == [("a", {"input": "x"}), ("b", {"input": "x"})]
+    lines, errors = parse_lines(f"{line('a')}\n\n{line('b', body={'input': 'x', 'priority': -1})}\n".encode(), URL)
+    assert [(x.custom_id, json.loads(x.body)) for x in lines] == [("a", {"input": "x", "priority": 1}),
+                                                                  ("b", {"input": "x", "priority": -1})]
     assert errors == []
     bad = "\n".join([line("a"), line("a"), line("c", method="GET"), line("d", body=[]), line("", url=URL), "[1]",
                      "{", line("e", body={"stream": True})])

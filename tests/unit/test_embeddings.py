@@ -142,3 +142,17 @@ def test_embeddings_take_at_most_their_share_of_a_step(tiny_model):
     assert sum(e for e, _ in steps) == 17 + 31
     with pytest.raises(ValueError, match="max_embedding_tokens_per_step"):
         EngineConfig(max_embedding_tokens_per_step=0)
+
+
+def test_an_embedding_of_lower_priority_value_preempts_a_running_batch_request(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=64, max_num_seqs=1))
+    background = engine.add_request(list(range(2, 10)), SamplingParams(max_tokens=30, ignore_eos=True, priority=1))
+    engine.step()
+    prompt = random_prompts(engine.tokenizer.vocab_size)[1]
+    out = run_to_end(engine, engine.add_embedding(prompt, PoolingParams(priority=0)))
+    assert background in engine.requests and not engine.requests[background].is_finished  # it waited
+    assert_equal_hf(hf_model(str(tiny_model)), [prompt], [out.embedding], PoolingParams())
+    while engine.has_unfinished():
+        engine.step()
+    with pytest.raises(ValueError, match="priority must be an integer"):
+        PoolingParams(priority=2**31)
