@@ -21,6 +21,9 @@
 {{- if eq $r.batchStore "redis" }}
 - --batch-store={{ include "splitserve.redisUrl" . }}
 {{- end }}
+- --batch-concurrency={{ int64 $r.batch.concurrency }}
+- --batch-priority={{ int64 $r.batch.priority }}
+- --batch-storage-bytes={{ int64 $r.batch.storageBytes }}
 {{- range $r.extraArgs }}
 - {{ . | quote }}
 {{- end }}
