@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from router.front.openai_models import InvalidRequest, parse_body
+from router.front.openai_models import InvalidRequest, checked_priority, parse_body
 from splitserve.engine.pooling import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
@@ -42,6 +42,7 @@ class EmbeddingRequest(BaseModel):
         return parse_body(cls, body)
 
     def check_supported(self, embedding_size: int) -> None:
+        checked_priority(self.priority)
         if self.dimensions is not None and self.dimensions != embedding_size:
             raise InvalidRequest(f"dimensions: this model's embeddings have {embedding_size} dimensions and cannot "
                                  "be shortened (it was not trained for Matryoshka embeddings)", "dimensions")

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
+from splitserve.engine.sampling import check_priority
 from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from router.front import tools
@@ -137,6 +138,14 @@ UNSUPPORTED = {"use_beam_search": False, "bad_words": None, "allowed_token_ids":
                "structural_tag": None}
 
 
+def checked_priority(priority: int) -> None:
+    """A 400 naming `priority` for one out of range."""
+    try:
+        check_priority(priority)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "priority") from None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -198,6 +207,7 @@ class _Request(BaseModel):
         if self.structured is not None and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest("response_format and structured outputs constrain the answer twice: send one",
                                  "response_format")
+        checked_priority(self.priority)
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")

@@ -90,7 +90,7 @@ def test_token_ids_mean_pooling_unnormalized_and_truncation(api, engine):
     ({"input": "x", "encoding_format": "int8"}, "encoding_format"), ({"input": "x", "truncate_prompt_tokens": 0},
                                                                     "truncate_prompt_tokens"),
     ({"input": ["x"] * 2049}, "input"), ({"input": list(range(2, 4000))}, None),
-    ({"input": "x", "priority": 2**31}, None),
+    ({"input": "x", "priority": 2**31}, "priority"),
 ])
 def test_bad_input_is_a_400_naming_it(cluster, body, param):
     status, reply = http_json(cluster.http_url + "/v1/embeddings", json.dumps({"model": MODEL, **body}).encode())

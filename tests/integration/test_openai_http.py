@@ -443,6 +443,7 @@ BAD = [
     (dict(frequency_penalty=2.5), 400, None),
     (dict(logit_bias={"five": 1}), 400, "logit_bias"),
     (dict(logit_bias={"1000000": 1}), 400, None),  # past the vocabulary
+    (dict(extra_body={"priority": 2**31}), 400, "priority"),
     (dict(model="gpt-4"), 404, "model"),
 ]
 
