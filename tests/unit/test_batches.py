@@ -149,3 +149,67 @@ def test_batch_stores_that_cannot_be_reached_say_so():
             assert caught.value.code == "batch_store_unavailable"
 
     asyncio.run(scenario())
+
+
+def _app_answering(statuses: list[int]) -> FastAPI:
+    """An app whose /v1/embeddings answers the given statuses in turn (then 200s), Retry-After 0 on a 429."""
+    from fastapi.responses import JSONResponse
+
+    app, answers = FastAPI(), iter(statuses)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = await request.json()
+        status = next(answers, 200)
+        return JSONResponse({"input": body["input"], "priority": body.get("priority")}, status_code=status,
+                            headers={"Retry-After": "0", "X-Request-Id": request.headers["x-request-id"]})
+    return app
+
+
+async def _finished(batches: Batches, batch_id: str) -> Batch:
+    for _ in range(200):
+        batch = await batches.get("me", batch_id)
+        if batch.final:
+            return batch
+        await asyncio.sleep(0.02)
+    raise AssertionError(batch.status)
+
+
+def test_a_batch_retries_refusals_for_load_and_keeps_other_answers_in_order():
+    async def scenario():
+        files = FileStore()
+        batches = Batches(files, concurrency=1, priority=3)
+        batches.app = _app_answering([429, 503, 400])
+        data = "\n".join(line(f"c{i}", body={"input": f"text {i}"}) for i in range(3)).encode()
+        source = await files.add("me", "in.jsonl", "batch", data)
+        request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
+        batch = await _finished(batches, (await batches.create("me", "Bearer k", request)).id)
+        assert batch.status == "completed" and (batch.total, batch.completed, batch.failed) == (3, 2, 1)
+        output = [json.loads(x) for x in (await files.get("me", batch.output_file_id)).data.splitlines()]
+        errors = [json.loads(x) for x in (await files.get("me", batch.error_file_id)).data.splitlines()]
+        assert [r["custom_id"] for r in output] == ["c1", "c2"] and [r["custom_id"] for r in errors] == ["c0"]
+        assert errors[0]["response"]["status_code"] == 400  # the 429 and 503 before it were sent again
+        assert output[0]["response"]["body"] == {"input": "text 1", "priority": 3}
+        assert output[0]["response"]["request_id"] == output[0]["id"]
+
+    asyncio.run(scenario())
+
+
+def test_lines_not_sent_in_time_end_as_expired():
+    async def scenario():
+        files = FileStore()
+        batches = Batches(files)
+        batches.app = _app_answering([])
+        source = await files.add("me", "in.jsonl", "batch", (line("a") + "\n" + line("b")).encode())
+        request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
+        created = await batches.create("me", None, request)
+        created.expires_at = 0  # the window has passed before any line goes out
+        batch = await _finished(batches, created.id)
+        assert batch.status == "expired" and batch.output_file_id is None and batch.failed == 2
+        errors = [json.loads(x) for x in (await files.get("me", batch.error_file_id)).data.splitlines()]
+        assert [(r["error"]["code"], r["response"]) for r in errors] == [("batch_expired", None)] * 2
+        with pytest.raises(ApiError) as caught:
+            await batches.cancel("me", batch.id)
+        assert caught.value.status == 409
+
+    asyncio.run(scenario())
