@@ -64,6 +64,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "interactive requests have 0 and preempt batch lines when a node's engine is full)", type=int)
     add_flag(parser, "--batch-store", "memory", "where the Files and Batch APIs keep files and batches: memory (this "
              "router only, gone on restart) or a redis:// URL (shared by router replicas, kept across restarts)")
+    add_flag(parser, "--batch-claim-s", 30.0, "with a Redis batch store: how long a batch's claim outlives a router "
+             "that stopped renewing it, before another replica resumes the batch", type=float)
     add_flag(parser, "--batch-storage-bytes", 256 << 20, "most bytes of Files API files (batch inputs and outputs) "
              "the router keeps in memory; an upload that does not fit is refused (413)", type=int)
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")

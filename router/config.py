@@ -49,6 +49,7 @@ class RouterConfig:
     batch_priority: int = 1  # the priority of Batch API lines that set none (interactive requests: 0)
     batch_storage_bytes: int = 256 << 20  # Files API: the bytes of files kept
     batch_store: str = "memory"  # files and batches: memory, or a redis:// URL (shared by router replicas)
+    batch_claim_s: float = 30.0  # Redis store: a stopped router's batches are resumed elsewhere after this
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -74,6 +75,8 @@ class RouterConfig:
         if self.embedding_pooling not in EMBEDDING_POOLINGS:
             raise ValueError(f"--embedding-pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, "
                              f"got {self.embedding_pooling!r}")
+        if self.batch_claim_s <= 0:
+            raise ValueError(f"--batch-claim-s must be > 0, got {self.batch_claim_s}")
         if self.batch_concurrency < 1 or self.batch_storage_bytes < 1:
             raise ValueError(f"--batch-concurrency and --batch-storage-bytes must be >= 1, got "
                              f"{self.batch_concurrency} and {self.batch_storage_bytes}")
@@ -100,7 +103,7 @@ class RouterConfig:
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
-                   args.batch_store,
+                   args.batch_store, args.batch_claim_s,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -80,7 +80,7 @@ def batch_stores(config: RouterConfig):
         files, store = FileStore(config.batch_storage_bytes), None
     else:
         url = config.batch_store
-        files, store = RedisFileStore(url, config.batch_storage_bytes), RedisBatchStore(url)
+        files, store = RedisFileStore(url, config.batch_storage_bytes), RedisBatchStore(url, config.batch_claim_s)
     batches = Batches(files, config.batch_concurrency, config.batch_priority, store,
                       count_line=lambda outcome: ROUTER.batch_lines.labels(outcome).inc())
     ROUTER.batches_running.set_function(lambda: batches.num_running)

@@ -1,8 +1,10 @@
 """One HTTP request to an ASGI app inside this process, as if it came over the network.
 
 The Batch API runs each line of a batch through the router's own HTTP app this way, so a line
-meets exactly what a client's request meets (its API key, the body limit, validation, admission,
-the metrics, the error shapes) without a socket. After the body the app's `receive()` waits until
+meets exactly what a client's request meets (the body limit, validation, admission, the metrics,
+the error shapes) without a socket. It carries no API key: the scope names the `caller` (the key
+digest that owns the batch) under CALLER, which no request from the network can set, and the key
+check lets such a request through (the batch was created with a valid key). After the body the app's `receive()` waits until
 `gone` is set, then says the client disconnected: how a cancelled batch stops its lines in
 flight (the app then cancels them on the nodes, as for a client that hangs up).
 """
@@ -13,6 +15,9 @@ import asyncio
 from dataclasses import dataclass
 
 
+CALLER = "splitserve.internal_caller"
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -20,8 +25,9 @@ class Answer:
     body: bytes
 
 
-async def post(app, path: str, body: bytes, headers: dict[str, str], gone: asyncio.Event | None = None) -> Answer:
-    """POST `body` to `path`; the whole answer (a streamed one is collected)."""
+async def post(app, path: str, body: bytes, headers: dict[str, str], caller: str,
+               gone: asyncio.Event | None = None) -> Answer:
+    """POST `body` to `path` on behalf of `caller`; the whole answer (a streamed one is collected)."""
     gone = gone or asyncio.Event()
     sent = False
     status, answer_headers, chunks = 500, {}, []
@@ -42,7 +48,7 @@ async def post(app, path: str, body: bytes, headers: dict[str, str], gone: async
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
-    await app(_scope(path, body, headers), receive, send)
+    await app(_scope(path, body, headers) | {CALLER: caller}, receive, send)
     return Answer(status, answer_headers, b"".join(chunks))
 
 

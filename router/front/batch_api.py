@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from router.front.auth import authorization
 from router.front.batch_files import read_upload
 from router.front.batch_lines import CreateBatch
 
@@ -42,7 +41,7 @@ class BatchEndpoints:
 
     async def create(self, request: Request) -> dict:
         body = CreateBatch.parse(await self.endpoints.body(request))
-        return (await self.ctx.batches.create(self.owner(request), authorization(request.headers), body)).card()
+        return (await self.ctx.batches.create(self.owner(request), body)).card()
 
     async def batch(self, request: Request, batch_id: str) -> dict:
         return (await self.ctx.batches.get(self.owner(request), batch_id)).card()

@@ -2,11 +2,13 @@
 
 `BatchStore` keeps batches in the router's memory (the router that runs them). `RedisBatchStore`
 (`--batch-store redis://...`) keeps each as JSON (never pickled; a value that does not read back is
-missing) with a sorted set of each owner's batches, so every router replica answers for every batch:
-the replica that created a batch runs its lines and writes its state every half second (its
-`heartbeat_at`), another replica asked to cancel it leaves a flag the runner picks up, and a batch
-whose runner stopped writing for STALE_S (its router died) reads as failed (`batch_runner_lost`).
-The creator's credentials, which its lines are sent with, stay in the running router's memory.
+missing) with a sorted set of each owner's batches, each answered line's result, and a claim on the
+batch by the replica running it, so every router replica answers for every batch: the replica that
+created a batch claims and runs it, renewing its claim and writing its state every half second;
+another replica asked to cancel it leaves a flag the runner picks up; a claim not renewed for
+`--batch-claim-s` (30; its router stopped: a crash, a rolling update) lapses, and the next replica that reads the
+batch claims it and resumes it, sending only the lines without a stored result (a line in flight
+when its runner stopped is sent again: at least once).
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from router.front.batch_lines import CreateBatch
 FINAL = ("completed", "failed", "cancelled", "expired")
 MAX_BATCHES = 10_000  # in memory; the oldest finished are forgotten first
 REDIS_PREFIX = "splitserve:batch:"
-STALE_S = 60.0
+CLAIM_S = 30.0
 STATE = ("id", "owner", "created_at", "expires_at", "status", "times", "total", "completed", "failed", "errors",
-         "output_file_id", "error_file_id", "heartbeat_at")
+         "output_file_id", "error_file_id")
+# renew or drop a claim only if it is still ours (KEYS[1] the claim, ARGV[1] our token, ARGV[2] ms or 0: drop)
+_IF_OURS = """if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('del', KEYS[1]) end
+return redis.call('pexpire', KEYS[1], ARGV[2])"""
 
 
 @dataclass
@@ -41,10 +47,8 @@ class Batch:
     errors: list = field(default_factory=list)
     output_file_id: str | None = None
     error_file_id: str | None = None
-    heartbeat_at: float = 0.0  # when its runner last wrote it
-    # only where it runs: the creator's credentials (sent with each line), set on cancel
-    authorization: str | None = field(default=None, repr=False)
-    stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # where it runs: set on cancel
+    abandoned: bool = field(default=False, repr=False)  # where it ran: its claim lapsed, another runner has it
 
     @property
     def final(self) -> bool:
@@ -84,6 +88,8 @@ class BatchStore:
 
     def __init__(self):
         self._batches: dict[str, Batch] = {}
+        self._results: dict[str, dict[int, dict]] = {}
+        self._claims: dict[str, str] = {}
 
     async def save(self, batch: Batch) -> None:
         if batch.id not in self._batches:
@@ -105,14 +111,36 @@ class BatchStore:
     async def cancel_requested(self, batch_id: str) -> bool:
         return False
 
+    async def claim(self, batch_id: str, token: str) -> bool:
+        return self._claims.setdefault(batch_id, token) == token
+
+    async def renew(self, batch_id: str, token: str) -> bool:
+        return self._claims.get(batch_id) == token
+
+    async def release(self, batch_id: str, token: str) -> None:
+        if self._claims.get(batch_id) == token:
+            del self._claims[batch_id]
+
+    async def save_result(self, batch_id: str, index: int, result: dict) -> None:
+        self._results.setdefault(batch_id, {})[index] = result
+
+    async def results(self, batch_id: str) -> dict[int, dict]:
+        return dict(self._results.get(batch_id, {}))
+
+    async def drop_results(self, batch_id: str) -> None:
+        self._results.pop(batch_id, None)
+
 
 class RedisBatchStore:
     """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
 
-    def __init__(self, url: str, timeout_s: float = 2.0):
+    def __init__(self, url: str, claim_s: float = CLAIM_S, timeout_s: float = 2.0):
         from router.front.redis_client import RedisClient
 
+        if claim_s <= 0:
+            raise ValueError(f"--batch-claim-s must be > 0, got {claim_s}")
         self.redis = RedisClient(url, "batch store", "batch_store_unavailable", timeout_s)
+        self.claim_ms = int(claim_s * 1000)
 
     async def save(self, batch: Batch) -> None:
         value = batch.to_json()
@@ -138,6 +166,38 @@ class RedisBatchStore:
 
     async def cancel_requested(self, batch_id: str) -> bool:
         return bool(await self.redis.run(lambda c: c.exists(f"{REDIS_PREFIX}{batch_id}:cancel")))
+
+    async def claim(self, batch_id: str, token: str) -> bool:
+        """True when this runner (`token`) now holds the batch: no claim was held, or one lapsed."""
+        key = f"{REDIS_PREFIX}{batch_id}:runner"
+        return bool(await self.redis.run(lambda c: c.set(key, token, nx=True, px=self.claim_ms)))
+
+    async def renew(self, batch_id: str, token: str) -> bool:
+        """False when the claim lapsed and another runner took the batch."""
+        key = f"{REDIS_PREFIX}{batch_id}:runner"
+        return bool(await self.redis.run(lambda c: c.eval(_IF_OURS, 1, key, token, self.claim_ms)))
+
+    async def release(self, batch_id: str, token: str) -> None:
+        await self.redis.run(lambda c: c.eval(_IF_OURS, 1, f"{REDIS_PREFIX}{batch_id}:runner", token, 0))
+
+    async def save_result(self, batch_id: str, index: int, result: dict) -> None:
+        await self.redis.run(lambda c: c.hset(f"{REDIS_PREFIX}{batch_id}:results", str(index), json.dumps(result)))
+
+    async def results(self, batch_id: str) -> dict[int, dict]:
+        """The answered lines' results by index (a value that does not read back is left out: sent again)."""
+        raw = await self.redis.run(lambda c: c.hgetall(f"{REDIS_PREFIX}{batch_id}:results"))
+        results = {}
+        for index, value in raw.items():
+            try:
+                result = json.loads(value)
+                if isinstance(result, dict):
+                    results[int(index)] = result
+            except ValueError:
+                continue
+        return results
+
+    async def drop_results(self, batch_id: str) -> None:
+        await self.redis.run(lambda c: c.delete(f"{REDIS_PREFIX}{batch_id}:results"))
 
     @staticmethod
     def _owned(owner: str) -> str:

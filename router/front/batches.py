@@ -4,9 +4,9 @@ A batch is a JSONL file (uploaded with the Files API, batch_files.py), one reque
 line for the batch's `endpoint` (chat, completions, embeddings or responses; batch_lines.py). The
 router that creates a batch runs its lines, at most `--batch-concurrency` of them at a time over all
 its batches, each through its own HTTP app in-process (asgi_call.py): a line meets the checks,
-admission and metrics a client's request meets, under the key that created the batch. A line that
-sets no `priority` runs at `--batch-priority` (1): interactive requests (0) go first on the nodes and
-preempt batch lines when an engine is full (vLLM's priority scheduling; embeddings have no priority).
+admission and metrics a client's request meets, on behalf of the batch's owner. A line that sets no
+`priority` runs at `--batch-priority` (1): interactive requests (0) go first on the nodes and
+preempt batch lines when an engine is full (vLLM's priority scheduling).
 A line refused for load (429, 503) waits and is sent again until the batch ends; any other answer is
 final. Answers go to the output file (2xx) or the error file, `{"id", "custom_id", "response":
 {"status_code", "request_id", "body"}, "error"}` a line, in the input's order.
@@ -15,7 +15,7 @@ Life of a batch, as on OpenAI: validating (a file whose lines do not all parse f
 `errors` naming each line) -> in_progress -> finalizing -> completed; cancel -> cancelling (lines
 in flight are cancelled on the nodes, lines not sent go to the error file as `batch_cancelled`)
 -> cancelled; lines not sent 24 h after creation go there as `batch_expired` -> expired. Where
-batches are kept, and how router replicas share them: batch_store.py.
+batches are kept, how router replicas share them and resume a stopped router's: batch_store.py.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from router.front import asgi_call
 from router.front.batch_files import OUTPUT_PURPOSE, FileStore
 from router.front.batch_lines import COMPLETION_WINDOW_S, DEFAULT_PRIORITY, CreateBatch, Line, line_error, parse_lines
-from router.front.batch_store import STALE_S, Batch, BatchStore
+from router.front.batch_store import Batch, BatchStore
 from router.front.http_errors import ApiError
 from router.front.pages import cursor_page
 from router.front.responses_store import StoreUnavailable
@@ -52,6 +52,7 @@ class Batches:
         self.files, self.concurrency, self.priority, self.app = files, concurrency, priority, None
         self.store = store or BatchStore()
         self.count_line = count_line  # the metrics' lines by outcome: completed, failed, not_sent
+        self.token = uuid.uuid4().hex  # this router's claims on the batches it runs
         self._running: dict[str, Batch] = {}  # the batches this router runs
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -60,28 +61,24 @@ class Batches:
     def num_running(self) -> int:
         return len(self._running)
 
-    async def create(self, owner: str, authorization: str | None, request: CreateBatch) -> Batch:
+    async def create(self, owner: str, request: CreateBatch) -> Batch:
         source = await self.files.get(owner, request.input_file_id, "input_file_id")
         if source.purpose != "batch":
             raise ApiError(400, f"input_file_id: file {source.id} has purpose {source.purpose!r}, not 'batch'",
                            param="input_file_id")
         now = int(time.time())
         window_s = COMPLETION_WINDOW_S[request.completion_window]
-        batch = Batch(f"batch_{uuid.uuid4().hex}", owner, request, now, now + window_s, heartbeat_at=time.time(),
-                      authorization=authorization)
+        batch = Batch(f"batch_{uuid.uuid4().hex}", owner, request, now, now + window_s)
         await self.store.save(batch)
-        self._running[batch.id] = batch
-        for work in (self._run(batch, source.data), self._watch(batch)):
-            task = asyncio.get_running_loop().create_task(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        await self.store.claim(batch.id, self.token)
+        self._start(batch, source.data, {})
         return batch
 
     async def get(self, owner: str, batch_id: str) -> Batch:
         batch = self._running.get(batch_id) or await self.store.load(batch_id)
         if batch is None or batch.owner != owner:
             raise ApiError(404, f"no batch with id {batch_id!r}", code="batch_not_found")
-        return await self._checked(batch)
+        return await self._resumed(batch)
 
     async def cancel(self, owner: str, batch_id: str) -> Batch:
         batch = await self.get(owner, batch_id)
@@ -101,50 +98,81 @@ class Batches:
         """The owner's batches, newest first, a page after the batch `after`."""
         if not 1 <= limit <= 100:
             raise ApiError(400, "limit must be in [1, 100]", param="limit")
-        batches = [self._running.get(b.id) or await self._checked(b) for b in await self.store.owned(owner)]
+        batches = [self._running.get(b.id) or await self._resumed(b) for b in await self.store.owned(owner)]
         return cursor_page([b.card() for b in reversed(batches)], limit, after, "batch")
 
-    async def _checked(self, batch: Batch) -> Batch:
-        """A batch read from the store whose runner stopped writing it (its router is gone) is failed."""
-        if batch.final or batch.id in self._running or time.time() - batch.heartbeat_at < STALE_S:
+    async def _resumed(self, batch: Batch) -> Batch:
+        """`batch`, claimed and resumed here when it is unfinished and no router runs it (its runner's claim
+        lapsed: that router stopped); as read otherwise."""
+        if batch.final or batch.id in self._running or not await self.store.claim(batch.id, self.token):
             return batch
-        batch.errors = [line_error("batch_runner_lost", f"the router running this batch stopped writing it "
-                                   f"{time.time() - batch.heartbeat_at:.0f} s ago; its answers are lost", None)]
-        batch.enter("failed")
-        await self.store.save(batch)
+        batch = await self.store.load(batch.id) or batch  # its state as its last runner left it
+        try:
+            source = await self.files.get(batch.owner, batch.request.input_file_id)
+        except ApiError:
+            batch.errors = [line_error("input_file_missing", f"the batch's input file {batch.request.input_file_id} "
+                                       "was deleted before the batch could be resumed", None)]
+            batch.enter("failed")
+            await self._save(batch)
+            await self.store.release(batch.id, self.token)
+            return batch
+        log.info("batch %s resumed here: its runner stopped", batch.id)
+        self._start(batch, source.data, await self.store.results(batch.id))
         return batch
 
-    async def _run(self, batch: Batch, data: bytes) -> None:
+    def _start(self, batch: Batch, data: bytes, done: dict[int, dict]) -> None:
+        """Run `batch` here: the lines of `data` without a result in `done`, and its watch."""
+        self._running[batch.id] = batch
+        for work in (self._run(batch, data, done), self._watch(batch)):
+            task = asyncio.get_running_loop().create_task(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: Batch, data: bytes, done: dict[int, dict]) -> None:
         try:
-            await self._run_lines(batch, data)
+            await self._run_lines(batch, data, done)
         except StoreUnavailable as exc:  # its output could not be kept
             batch.errors = [line_error(exc.code, str(exc), None)]
             batch.enter("failed")
         finally:
+            if not batch.abandoned:
+                await self._save(batch)
+                await self._release(batch)
             self._running.pop(batch.id, None)
-            await self._save(batch)
 
-    async def _run_lines(self, batch: Batch, data: bytes) -> None:
+    async def _run_lines(self, batch: Batch, data: bytes, done: dict[int, dict]) -> None:
         # a file of up to --batch-storage-bytes: parsed off the event loop, which keeps serving meanwhile
         lines, errors = await asyncio.to_thread(parse_lines, data, batch.request.endpoint, self.priority)
         if errors:
             batch.errors = errors[:1000]
             batch.enter("failed")
             return
-        batch.total = len(lines)
+        batch.total, batch.completed = len(lines), sum(map(_succeeded, done.values()))
+        batch.failed = len(done) - batch.completed
         if batch.status == "validating":
             batch.enter("in_progress")
-        results = await asyncio.gather(*(self._answer(batch, line) for line in lines))
+        pending = [i for i in range(len(lines)) if i not in done]
+        answered = await asyncio.gather(*(self._answer(batch, i, lines[i]) for i in pending))
+        if batch.abandoned:
+            return
+        results = [{**done, **dict(zip(pending, answered))}[i] for i in range(len(lines))]
         batch.enter("finalizing")
         await self._write_files(batch, results)
         expired = any(r["error"] and r["error"]["code"] == "batch_expired" for r in results)
         batch.enter("cancelled" if batch.stop.is_set() else "expired" if expired else "completed")
 
     async def _watch(self, batch: Batch) -> None:
-        """While the batch runs: write its state (counts, heartbeat) and look for a cancel from another router."""
+        """While the batch runs here: renew the claim, write its state, look for a cancel from another router;
+        a claim found lapsed and taken (this router stalled past --batch-claim-s) abandons the batch to its new
+        runner."""
         while batch.id in self._running:
             await asyncio.sleep(WATCH_S)
             try:
+                if not await self.store.renew(batch.id, self.token):
+                    log.warning("batch %s: its claim lapsed and another router runs it; abandoned here", batch.id)
+                    batch.abandoned = True
+                    batch.stop.set()
+                    return
                 if not batch.stop.is_set() and await self.store.cancel_requested(batch.id):
                     _cancel(batch)
             except StoreUnavailable as exc:
@@ -153,34 +181,46 @@ class Batches:
                 await self._save(batch)
 
     async def _save(self, batch: Batch) -> None:
-        batch.heartbeat_at = time.time()
         try:
             await self.store.save(batch)
         except StoreUnavailable as exc:  # the batch runs on; its state is written again within WATCH_S
             log.warning("batch %s not saved: %s", batch.id, exc)
 
-    async def _answer(self, batch: Batch, line: Line) -> dict:
-        """The line's result object, its answer counted in the batch's request_counts."""
+    async def _release(self, batch: Batch) -> None:
+        try:
+            if batch.final:
+                await self.store.drop_results(batch.id)
+            await self.store.release(batch.id, self.token)
+        except StoreUnavailable as exc:  # the claim lapses by itself; a final batch is never resumed
+            log.warning("batch %s: %s", batch.id, exc)
+
+    async def _answer(self, batch: Batch, index: int, line: Line) -> dict:
+        """The line's result object, counted in the batch's request_counts and kept for a resume."""
         line_id = f"batch_req_{uuid.uuid4().hex}"
         async with self._slot():
             result = await self._send(batch, line, line_id)
+        if batch.abandoned:
+            return result
         ok = _succeeded(result)
         batch.completed += ok
         batch.failed += not ok
         self.count_line("completed" if ok else "failed" if result["response"] else "not_sent")
+        try:
+            await self.store.save_result(batch.id, index, result)
+        except StoreUnavailable as exc:  # kept in memory; only a resume would send the line again
+            log.warning("batch %s: line %d's result not stored: %s", batch.id, index, exc)
         return result
 
     async def _send(self, batch: Batch, line: Line, line_id: str) -> dict:
         headers = {"content-type": "application/json", "x-request-id": line_id}
-        if batch.authorization:
-            headers["authorization"] = batch.authorization
         wait_s = 0.5
         while True:
             stopped = _stopped(batch)
             if stopped:
                 return _result(line_id, line.custom_id, None, line_error(
                     stopped, f"the batch was {stopped[6:]} before this request was sent", None))
-            answer = await asgi_call.post(self.app, batch.request.endpoint, line.body, headers, batch.stop)
+            answer = await asgi_call.post(self.app, batch.request.endpoint, line.body, headers, batch.owner,
+                                          batch.stop)
             if answer.status not in RETRY_STATUSES or batch.stop.is_set():
                 return _result(line_id, line.custom_id, answer, None)
             wait_s = min(MAX_RETRY_WAIT_S, max(wait_s * 2, _retry_after(answer)))

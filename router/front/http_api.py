@@ -28,6 +28,7 @@ from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
+from router.front.asgi_call import CALLER
 from router.front.batch_api import add_batch_routes
 from router.front.batch_files import FileStore
 from router.front.batches import Batches
@@ -101,6 +102,8 @@ class Endpoints:
         self.embedder = Embedder(ctx.orchestrator)
 
     def check_key(self, request: Request) -> None:
+        if request.scope.get(CALLER) is not None:  # a batch line, run in-process (asgi_call.py)
+            return
         if not self.ctx.api_keys.allows_headers(request.headers):
             raise unauthorized()
 

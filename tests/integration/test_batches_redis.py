@@ -1,7 +1,8 @@
 """The Files and Batch APIs shared by two router replicas through a real redis-server (`--batch-store
 redis://...`), with the official `openai` client, tiny model, 1 prefill + 1 decode node: a file uploaded
 to one replica makes a batch on the other, which runs it while the first answers for it (status, output
-file) and cancels it; the replicas share one storage bound."""
+file) and cancels it; the replicas share one storage bound; a batch whose replica crashed mid-run is
+resumed by the other once its claim lapses (`--batch-claim-s 2`), every line answered once in the output."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def replicas(tiny_model, redis_server):
     import redis
 
     redis.Redis.from_url(redis_server.url).flushall()
-    args = ["--batch-store", redis_server.url, "--batch-storage-bytes", str(STORAGE)]
+    args = ["--batch-store", redis_server.url, "--batch-storage-bytes", str(STORAGE), "--batch-claim-s", "2"]
     with ParallelCluster(tiny_model, prefill=1, decode=1, http_port=-1, router_args=args) as cluster:
         second = cluster.start_router()
         try:
@@ -91,3 +92,28 @@ def test_the_replicas_share_one_storage_bound(replicas):
     two.files.delete(kept.id)
     half.seek(0)
     assert two.files.create(file=half, purpose="batch").bytes == kept.bytes
+
+
+def test_a_batch_whose_replica_crashed_is_resumed_by_another(replicas):
+    cluster, _ = replicas
+    one = client(cluster.http_url)
+    doomed = cluster.start_router()
+    try:
+        with client(doomed.extra["http"]) as runner:
+            batch = runner.batches.create(input_file_id=runner.files.create(file=jsonl(16, 300), purpose="batch").id,
+                                          endpoint="/v1/completions", completion_window="24h")
+            deadline = time.monotonic() + 60
+            while one.batches.retrieve(batch.id).request_counts.completed < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        doomed.proc.kill()  # a crash: no drain, its claim left to lapse
+    finally:
+        stop([doomed])
+    partly = one.batches.retrieve(batch.id)
+    assert partly.status == "in_progress" and 1 <= partly.request_counts.completed < 16
+    done = finished(one, batch.id)  # polling it here resumes it once the claim lapses
+    assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (16, 0)
+    rows = [json.loads(line) for line in one.files.content(done.output_file_id).text.splitlines()]
+    assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(16)]
+    direct = one.completions.create(model=MODEL, prompt="Story 15:", max_tokens=300, temperature=0, extra_body={
+        "ignore_eos": True})
+    assert rows[15]["response"]["body"]["choices"][0]["text"] == direct.choices[0].text

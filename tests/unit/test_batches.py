@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from router.front import asgi_call
 from router.front.batch_files import FileStore, RedisFileStore
 from router.front.batch_lines import MAX_LINES, CreateBatch, parse_lines
-from router.front.batch_store import REDIS_PREFIX, STALE_S, Batch, RedisBatchStore
+from router.front.batch_store import REDIS_PREFIX, Batch, RedisBatchStore
 from router.front.batches import Batches
 from router.front.http_errors import ApiError
 from router.front.responses_store import StoreUnavailable
@@ -77,13 +77,13 @@ async def _pages_owners_and_bound(store) -> None:
     assert await store.free_bytes() == 2  # 2 + 1 + 5 of 10: the output counts too
 
 
-def test_asgi_post_answers_and_reports_a_disconnect_once_told():
+def test_asgi_post_answers_for_its_caller_and_reports_a_disconnect_once_told():
     app = FastAPI()
     seen = {}
 
     @app.post("/echo")
     async def echo(request: Request):
-        return {"body": (await request.json()), "key": request.headers.get("authorization")}
+        return {"body": (await request.json()), "caller": request.scope.get(asgi_call.CALLER)}
 
     @app.post("/wait")
     async def wait(request: Request):
@@ -92,11 +92,10 @@ def test_asgi_post_answers_and_reports_a_disconnect_once_told():
         return {}
 
     async def main():
-        answer = await asgi_call.post(app, "/echo", b'{"a": 1}', {"Authorization": "Bearer k",
-                                                                  "content-type": "application/json"})
-        assert answer.status == 200 and json.loads(answer.body) == {"body": {"a": 1}, "key": "Bearer k"}
+        answer = await asgi_call.post(app, "/echo", b'{"a": 1}', {"content-type": "application/json"}, "owner-1")
+        assert answer.status == 200 and json.loads(answer.body) == {"body": {"a": 1}, "caller": "owner-1"}
         gone = asyncio.Event()
-        call = asyncio.create_task(asgi_call.post(app, "/wait", b"{}", {}, gone))
+        call = asyncio.create_task(asgi_call.post(app, "/wait", b"{}", {}, "owner-1", gone))
         await asyncio.sleep(0.05)
         assert not call.done()
         gone.set()
@@ -106,36 +105,60 @@ def test_asgi_post_answers_and_reports_a_disconnect_once_told():
     asyncio.run(main())
 
 
-def test_redis_batch_store_round_trip_cancel_flag_and_a_lost_runner(redis_url):
+def test_redis_batch_store_round_trip_claims_results_and_cancel_flag(redis_url):
     import redis
 
     async def scenario():
         store = RedisBatchStore(redis_url)
         request = CreateBatch(input_file_id="file-1", endpoint="/v1/embeddings", completion_window="24h",
                               metadata={"k": "v"})
-        batch = Batch("batch_a", "me", request, 100, 200, total=3, completed=1, heartbeat_at=time.time(),
-                      authorization="Bearer secret")
+        batch = Batch("batch_a", "me", request, 100, 200, total=3, completed=1)
         batch.enter("in_progress")
         await store.save(batch)
-        again = await store.load("batch_a")
-        assert again.card() == batch.card() and again.authorization is None  # credentials never leave the runner
-        assert b"secret" not in redis.Redis.from_url(redis_url).get(REDIS_PREFIX + "batch_a")
+        assert (await store.load("batch_a")).card() == batch.card()
         assert [b.id for b in await store.owned("me")] == ["batch_a"] and await store.owned("you") == []
         assert not await store.cancel_requested("batch_a")
         await store.request_cancel("batch_a")
         assert await store.cancel_requested("batch_a")
         redis.Redis.from_url(redis_url).set(REDIS_PREFIX + "batch_b", b"\x80not json")
         assert await store.load("batch_b") is None and await store.load("batch_c") is None
-        # another router reads a batch whose runner stopped writing it: failed, and written back so
-        batch.heartbeat_at = time.time() - STALE_S - 1
+        assert await store.claim("batch_a", "router-1") and not await store.claim("batch_a", "router-2")
+        assert await store.renew("batch_a", "router-1") and not await store.renew("batch_a", "router-2")
+        await store.release("batch_a", "router-2")  # not its claim: nothing happens
+        assert not await store.claim("batch_a", "router-2")
+        await store.release("batch_a", "router-1")
+        assert await store.claim("batch_a", "router-2") and not await store.renew("batch_a", "router-1")
+        await store.save_result("batch_a", 2, {"custom_id": "c"})
+        redis.Redis.from_url(redis_url).hset(REDIS_PREFIX + "batch_a:results", "1", b"{broken")
+        assert await store.results("batch_a") == {2: {"custom_id": "c"}}  # what does not read back is sent again
+        await store.drop_results("batch_a")
+        assert await store.results("batch_a") == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_whose_runner_stopped_is_resumed_by_the_next_router_that_reads_it(redis_url):
+    """Router 1 answered line 0 and stopped (its claim lapsed); router 2, asked for the batch, claims it and
+    sends only lines 1 and 2; the output holds all three in order."""
+    async def scenario():
+        files, store = RedisFileStore(redis_url), RedisBatchStore(redis_url)
+        data = "\n".join(line(f"c{i}", body={"input": f"text {i}"}) for i in range(3)).encode()
+        source = await files.add("me", "in.jsonl", "batch", data)
+        request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
+        batch = Batch("batch_r", "me", request, int(time.time()), int(time.time()) + 3600, total=3, completed=1)
+        batch.enter("in_progress")
         await store.save(batch)
-        elsewhere = Batches(FileStore(), store=store)
-        lost = await elsewhere.get("me", "batch_a")
-        assert lost.status == "failed" and lost.errors[0]["code"] == "batch_runner_lost"
-        assert (await store.load("batch_a")).status == "failed"
-        with pytest.raises(ApiError) as caught:
-            await elsewhere.get("you", "batch_a")
-        assert caught.value.status == 404
+        earlier = {"id": "batch_req_0", "custom_id": "c0", "error": None,
+                   "response": {"status_code": 200, "request_id": "batch_req_0", "body": {"input": "from router 1"}}}
+        await store.save_result("batch_r", 0, earlier)
+        router2 = Batches(files, store=store)
+        router2.app = app = _app_answering([])
+        resumed = await _finished(router2, "batch_r")
+        assert resumed.status == "completed" and (resumed.completed, resumed.failed) == (3, 0)
+        output = [json.loads(x) for x in (await files.get("me", resumed.output_file_id)).data.splitlines()]
+        assert [r["response"]["body"]["input"] for r in output] == ["from router 1", "text 1", "text 2"]
+        assert app.state.sent == 2 and await store.results("batch_r") == {}
+        assert (await store.load("batch_r")).status == "completed"
 
     asyncio.run(scenario())
 
@@ -156,10 +179,12 @@ def _app_answering(statuses: list[int]) -> FastAPI:
     from fastapi.responses import JSONResponse
 
     app, answers = FastAPI(), iter(statuses)
+    app.state.sent = 0
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         body = await request.json()
+        app.state.sent += 1
         status = next(answers, 200)
         return JSONResponse({"input": body["input"], "priority": body.get("priority")}, status_code=status,
                             headers={"Retry-After": "0", "X-Request-Id": request.headers["x-request-id"]})
@@ -183,7 +208,7 @@ def test_a_batch_retries_refusals_for_load_and_keeps_other_answers_in_order():
         data = "\n".join(line(f"c{i}", body={"input": f"text {i}"}) for i in range(3)).encode()
         source = await files.add("me", "in.jsonl", "batch", data)
         request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
-        batch = await _finished(batches, (await batches.create("me", "Bearer k", request)).id)
+        batch = await _finished(batches, (await batches.create("me", request)).id)
         assert batch.status == "completed" and (batch.total, batch.completed, batch.failed) == (3, 2, 1)
         output = [json.loads(x) for x in (await files.get("me", batch.output_file_id)).data.splitlines()]
         errors = [json.loads(x) for x in (await files.get("me", batch.error_file_id)).data.splitlines()]
@@ -202,7 +227,7 @@ def test_lines_not_sent_in_time_end_as_expired():
         batches.app = _app_answering([])
         source = await files.add("me", "in.jsonl", "batch", (line("a") + "\n" + line("b")).encode())
         request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
-        created = await batches.create("me", None, request)
+        created = await batches.create("me", request)
         created.expires_at = 0  # the window has passed before any line goes out
         batch = await _finished(batches, created.id)
         assert batch.status == "expired" and batch.output_file_id is None and batch.failed == 2
