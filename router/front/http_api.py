@@ -233,12 +233,10 @@ class Endpoints:
                             headers={"X-Request-Id": request_id})
 
     async def embed(self, request: Request, request_id: str, prompts: list[list[int]],
-                    params: PoolingParams | None = None) -> list[list[float]]:
-        """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline; by
-        default pooled as the router's --embedding-pooling says, normalized."""
+                    params: PoolingParams) -> list[list[float]]:
+        """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline."""
         slot = self.ctx.admission.admit()
         try:
-            params = params or PoolingParams(self.ctx.frontend.embedding_pooling)
             work = self.embedder.embed(request_id, prompts, params)
             return await until_disconnect(request.receive, within(work, self.ctx.admission.deadline()))
         finally:
@@ -250,7 +248,8 @@ class Endpoints:
         name = self.served_name(body.model)
         texts, pairs = body.pairs()
         prompts = [self.ctx.frontend.embedding_input(text, truncate=body.truncate_prompt_tokens) for text in texts]
-        vectors = await self.embed(request, _request_id(request, "score"), prompts)
+        params = body.pooling_params(self.ctx.frontend.embedding_pooling)
+        vectors = await self.embed(request, _request_id(request, "score"), prompts, params)
         tokens = sum(len(prompts[a]) + len(prompts[b]) for a, b in pairs)
         return JSONResponse(score_body(name, vectors, pairs, tokens))
 
@@ -262,7 +261,8 @@ class Endpoints:
         prompts = [frontend.embedding_input(text, truncate=body.truncate_prompt_tokens,
                                             head=body.max_tokens_per_doc if i else None)
                    for i, text in enumerate(texts)]
-        vectors = await self.embed(request, _request_id(request, "rerank"), prompts)
+        params = body.pooling_params(frontend.embedding_pooling)
+        vectors = await self.embed(request, _request_id(request, "rerank"), prompts, params)
         return JSONResponse(rerank_body(name, body, texts, vectors, sum(map(len, prompts))))
 
     async def serve_one(self, request: Request, job: Job, writer, stream: bool, on_done=None):

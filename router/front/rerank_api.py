@@ -8,7 +8,8 @@ text and `text_2` a list scores text_1 against each; two lists of one length sco
 pair. Rerank: `documents` (texts, or Jina's `{"text": ...}` objects) ordered by their score against
 `query`, the best `top_n` (default all) with their index in the request and, unless
 `return_documents` is false, their text. vLLM's `truncate_prompt_tokens` keeps the last that many
-tokens of each text, Cohere's `max_tokens_per_doc` the first that many of each document.
+tokens of each text, Cohere's `max_tokens_per_doc` the first that many of each document; vLLM's
+`priority` orders the embedding work on the nodes (lower runs sooner).
 """
 
 from __future__ import annotations
@@ -20,16 +21,26 @@ import uuid
 from pydantic import BaseModel, ConfigDict
 
 from router.front.embeddings_api import MAX_EMBEDDING_INPUTS
-from router.front.openai_models import InvalidRequest, parse_body
+from router.front.openai_models import InvalidRequest, checked_priority, parse_body
+from splitserve.engine.pooling import PoolingParams
 
 
-class ScoreRequest(BaseModel):
+class _Similarity(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
+    truncate_prompt_tokens: int | None = None
+    priority: int = 0  # vLLM's: lower runs sooner
+
+    def pooling_params(self, pooling: str) -> PoolingParams:
+        """The router's pooling, normalized (cosine similarity), at the request's priority (400 out of range)."""
+        checked_priority(self.priority)
+        return PoolingParams(pooling, priority=self.priority)
+
+
+class ScoreRequest(_Similarity):
     text_1: str | list[str]
     text_2: str | list[str]
-    truncate_prompt_tokens: int | None = None
 
     @classmethod
     def parse(cls, body: bytes) -> "ScoreRequest":
@@ -49,15 +60,11 @@ class ScoreRequest(BaseModel):
         return texts, [(texts.index(a), texts.index(b)) for a, b in zip(firsts, seconds)]
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
+class RerankRequest(_Similarity):
     query: str
     documents: list[str | dict]
     top_n: int | None = None
     return_documents: bool = True
-    truncate_prompt_tokens: int | None = None
     max_tokens_per_doc: int | None = None  # Cohere's
 
     @classmethod

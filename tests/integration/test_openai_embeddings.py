@@ -143,6 +143,13 @@ def test_score_pairs_by_cosine_similarity(cluster, engine):
     status, refused = http_json(cluster.http_url + "/v1/score",
                                 json.dumps({"text_1": TEXTS[:2], "text_2": TEXTS[:3]}).encode())
     assert status == 400 and refused["error"]["param"] == "text_1"
+    status, prioritized = http_json(cluster.http_url + "/v1/score", json.dumps(
+        {"text_1": TEXTS[:2], "text_2": TEXTS[2:], "priority": -2}).encode())  # the order of work, not the scores
+    assert status == 200 and prioritized["data"] == pairwise["data"]
+    for path in ("/v1/score", "/v1/rerank"):
+        body = {"text_1": "a", "text_2": "b"} if path == "/v1/score" else {"query": "a", "documents": ["b"]}
+        status, refused = http_json(cluster.http_url + path, json.dumps(body | {"priority": 2**31}).encode())
+        assert status == 400 and refused["error"]["param"] == "priority"
 
 
 def test_cohere_client_reranks_by_the_engines_similarity(cluster, engine):
