@@ -18,28 +18,18 @@ import os
 import statistics
 from pathlib import Path
 
-from splitserve.bench.arrivals import ArrivalConfig
-from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.provenance import portable_args
-from splitserve.bench.runner import RunConfig
-from splitserve.bench.targets import TargetOptions
 from splitserve.bench.prompts import load_tokenizer
-from splitserve.bench.workloads import WorkloadConfig
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.modelgen import ensure_model
+
+from fixed_load import run_fixed_load
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 
 
 def bench(url: str, endpoint: str, args, tokenizer):
-    config = BenchConfig(url=url, workload=WorkloadConfig(input_len=args.input_len, output_len=args.output_len),
-                         arrival=ArrivalConfig(), num_requests=args.num_requests, percentiles=(50.0, 99.0),
-                         run=RunConfig(max_concurrency=args.concurrency, max_time_s=600),
-                         target=TargetOptions(endpoint=endpoint))
-    result = run_benchmark(config, tokenizer)
-    failed = [r.error for r in result.run.records if not r.success]
-    if failed:
-        raise SystemExit(f"{endpoint}: {len(failed)} requests failed, e.g. {failed[0]}")
+    result = run_fixed_load(url, args, tokenizer, endpoint, max_time_s=600)
     stats = result.metrics.stats
     return {"ttft_ms": stats["ttft"].median_ms, "tpot_ms": stats["tpot"].median_ms,
             "texts": [r.generated_text for r in result.run.records]}

@@ -27,28 +27,19 @@ from pathlib import Path
 
 import openai
 
-from splitserve.bench.arrivals import ArrivalConfig
-from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.provenance import portable_args
 from splitserve.bench.prompts import load_tokenizer
-from splitserve.bench.runner import RunConfig
-from splitserve.bench.targets import TargetOptions
 from splitserve.bench.workloads import WorkloadConfig, make_workload
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.modelgen import ensure_model
+
+from fixed_load import run_fixed_load
 
 CONDITIONS = ("alone", "batch at priority 0", "batch at priority 1")
 
 
 def chat(url: str, args, tokenizer, seed: int) -> dict:
-    workload = WorkloadConfig(input_len=args.input_len, output_len=args.output_len, seed=seed)
-    config = BenchConfig(url=url, workload=workload, arrival=ArrivalConfig(), num_requests=args.num_requests,
-                         percentiles=(50.0, 99.0), run=RunConfig(max_concurrency=args.concurrency, max_time_s=900),
-                         target=TargetOptions(endpoint="/v1/chat/completions"))
-    result = run_benchmark(config, tokenizer)
-    failed = [r.error for r in result.run.records if not r.success]
-    if failed:
-        raise SystemExit(f"{len(failed)} chat requests failed, e.g. {failed[0]}")
+    result = run_fixed_load(url, args, tokenizer, seed=seed)
     s = result.metrics.stats
     return {"ttft_ms": s["ttft"].median_ms, "p99_ttft_ms": s["ttft"].percentiles_ms[-1][1],
             "tpot_ms": s["tpot"].median_ms, "p99_tpot_ms": s["tpot"].percentiles_ms[-1][1],

@@ -27,15 +27,12 @@ from pathlib import Path
 
 import openai
 
-from splitserve.bench.arrivals import ArrivalConfig
-from splitserve.bench.benchmark import BenchConfig, run_benchmark
 from splitserve.bench.provenance import portable_args
 from splitserve.bench.prompts import load_tokenizer
-from splitserve.bench.runner import RunConfig
-from splitserve.bench.targets import TargetOptions
-from splitserve.bench.workloads import WorkloadConfig
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.modelgen import ensure_model
+
+from fixed_load import run_fixed_load
 
 TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "cacheblend_musique_s.json"
 SETUPS = {"1 prefill + 1 decode (1 thread each)": dict(prefill=1, decode=1, threads=1),
@@ -72,15 +69,7 @@ class EmbeddingLoad:
 
 
 def chat(url: str, args, tokenizer) -> dict:
-    config = BenchConfig(url=url, workload=WorkloadConfig(input_len=args.input_len, output_len=args.output_len),
-                         arrival=ArrivalConfig(), num_requests=args.num_requests, percentiles=(50.0, 99.0),
-                         run=RunConfig(max_concurrency=args.concurrency, max_time_s=900),
-                         target=TargetOptions(endpoint="/v1/chat/completions"))
-    result = run_benchmark(config, tokenizer)
-    failed = [r.error for r in result.run.records if not r.success]
-    if failed:
-        raise SystemExit(f"{len(failed)} chat requests failed, e.g. {failed[0]}")
-    stats = result.metrics.stats
+    stats = run_fixed_load(url, args, tokenizer).metrics.stats
     return {"ttft_ms": stats["ttft"].median_ms, "tpot_ms": stats["tpot"].median_ms,
             "p99_tpot_ms": stats["tpot"].percentiles_ms[-1][1]}
 

@@ -18,9 +18,7 @@ class BatchEndpoints:
 
     async def upload(self, request: Request) -> dict:
         """POST /v1/files: the body may take what the file store has free."""
-        from router.front.http_api import read_body
-
-        body = await read_body(request, await self.ctx.files.free_bytes())
+        body = await self.endpoints.body(request, await self.ctx.files.free_bytes())
         filename, purpose, content = await read_upload(request.headers, body)
         return (await self.ctx.files.add(self.owner(request), filename, purpose, content)).card()
 

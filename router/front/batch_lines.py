@@ -2,8 +2,8 @@
 
 Each line of the JSONL file is `{"custom_id": "...", "method": "POST", "url": "<the batch's endpoint>",
 "body": {...}}`; a file whose lines do not all pass fails the batch with errors naming each line (OpenAI's
-shape: code, message, param, line). A body without a `priority` gets the batch priority where the
-endpoint takes one.
+shape: code, message, param, line). A body without a `priority` gets the batch priority (every batch
+endpoint takes one).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from router.front.http_errors import ApiError
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
-PRIORITIZED = ENDPOINTS  # every batch endpoint takes a priority
 COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit per batch
 DEFAULT_PRIORITY = 1  # behind interactive requests (priority 0), which preempt batch lines when the engine is full
@@ -99,8 +98,7 @@ def _parse_line(raw: str, endpoint: str, seen: set, number: int, priority: int) 
     if problem:
         return None, line_error("invalid_request", problem[1], number, problem[0])
     seen.add(custom_id)
-    if endpoint in PRIORITIZED:
-        body.setdefault("priority", priority)
+    body.setdefault("priority", priority)
     return Line(custom_id, json.dumps(body).encode()), None
 
 

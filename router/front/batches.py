@@ -217,8 +217,7 @@ class Batches:
         while True:
             stopped = _stopped(batch)
             if stopped:
-                return _result(line_id, line.custom_id, None, line_error(
-                    stopped, f"the batch was {stopped[6:]} before this request was sent", None))
+                return _result(line_id, line.custom_id, None, stopped)
             answer = await asgi_call.post(self.app, batch.request.endpoint, line.body, headers, batch.owner,
                                           batch.stop)
             if answer.status not in RETRY_STATUSES or batch.stop.is_set():
@@ -252,13 +251,10 @@ def _succeeded(result: dict) -> bool:
     return result["response"] is not None and 200 <= result["response"]["status_code"] < 300
 
 
-def _stopped(batch: Batch) -> str | None:
-    """The error code for a line not sent because the batch was cancelled or ran out of time."""
-    if batch.stop.is_set():
-        return "batch_cancelled"
-    if time.time() >= batch.expires_at:
-        return "batch_expired"
-    return None
+def _stopped(batch: Batch) -> dict | None:
+    """The error of a line not sent because the batch was cancelled or ran out of time, else None."""
+    why = "cancelled" if batch.stop.is_set() else "expired" if time.time() >= batch.expires_at else None
+    return why and line_error(f"batch_{why}", f"the batch was {why} before this request was sent", None)
 
 
 def _retry_after(answer: asgi_call.Answer) -> float:

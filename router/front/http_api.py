@@ -107,8 +107,9 @@ class Endpoints:
         if not self.ctx.api_keys.allows_headers(request.headers):
             raise unauthorized()
 
-    async def body(self, request: Request) -> bytes:
-        return await read_body(request, self.ctx.max_body_bytes)
+    async def body(self, request: Request, limit: int | None = None) -> bytes:
+        """The body within `limit` bytes (default --max-request-bytes), else 413."""
+        return await read_body(request, self.ctx.max_body_bytes if limit is None else limit)
 
     def check_model(self, model: str | None) -> None:
         self.served_name(model)
