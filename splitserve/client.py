@@ -62,13 +62,16 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   prompt_logprobs: int | None = None, grammar: str | None = None,
                   min_p: float = 0.0, include_stop_str_in_output: bool = False,
                   skip_special_tokens: bool = True, continue_final_message: bool = False,
-                  chat_template_kwargs: dict | None = None, priority: int = 0) -> router_pb2.GenerateRequest:
+                  chat_template_kwargs: dict | None = None, priority: int = 0, bad_words: list[str] = (),
+                  allowed_token_ids: list[int] = (),
+                  truncate_prompt_tokens: int | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
                                          keep_special_tokens=not skip_special_tokens,
                                          stop=list(stop), ignore_eos=ignore_eos, presence_penalty=presence_penalty,
                                          frequency_penalty=frequency_penalty, logit_bias=logit_bias or {},
-                                         priority=priority)
+                                         priority=priority, bad_words=list(bad_words),
+                                         allowed_token_ids=list(allowed_token_ids))
     if repetition_penalty is not None:
         sampling.repetition_penalty = repetition_penalty
     if seed is not None:
@@ -80,6 +83,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
     if grammar is not None:
         sampling.grammar = grammar
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
+    if truncate_prompt_tokens is not None:
+        request.truncate_prompt_tokens = truncate_prompt_tokens
     if messages is not None:
         request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)
         request.chat.continue_final_message = continue_final_message

@@ -126,7 +126,7 @@ class NodeClient:
 
 def _sampling(job: Job) -> common_pb2.SamplingParams:
     msg = sampling_to_proto(job.params)
-    del msg.stop[:]
+    del msg.stop[:]  # text the router applies; nodes read token ids
     return msg
 
 

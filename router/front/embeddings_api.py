@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from router.front.openai_models import InvalidRequest, checked_priority, parse_body
+from router.front.openai_models import InvalidRequest, checked_priority, checked_truncate, parse_body
 from splitserve.engine.pooling import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
@@ -46,10 +46,7 @@ class EmbeddingRequest(BaseModel):
         if self.dimensions is not None and self.dimensions != embedding_size:
             raise InvalidRequest(f"dimensions: this model's embeddings have {embedding_size} dimensions and cannot "
                                  "be shortened (it was not trained for Matryoshka embeddings)", "dimensions")
-        if self.truncate_prompt_tokens is not None and not (self.truncate_prompt_tokens == -1
-                                                            or self.truncate_prompt_tokens >= 1):
-            raise InvalidRequest(f"truncate_prompt_tokens must be -1 or >= 1, got {self.truncate_prompt_tokens}",
-                                 "truncate_prompt_tokens")
+        checked_truncate(self.truncate_prompt_tokens)
 
     def pooling_params(self, default_pooling: str) -> PoolingParams:
         """ValueError (-> 400) for a priority out of range."""

@@ -64,7 +64,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             prompt=request.prompt if kind == "prompt" else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
-            documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None)
+            documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None,
+            truncate=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None)
         return self.frontend.job(prompt_ids, params, request.request_id, chunks)
 
     async def _responses(self, job: Job, route, start: float):

@@ -142,7 +142,8 @@ class Endpoints:
         request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
         inputs, params = body.prompt_inputs(), body.sampling_params(self.ctx.frontend.sampling_defaults)
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
-            prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or ())
+            prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or (),
+                                                                     truncate=body.truncate_prompt_tokens)
             job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
             jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
@@ -152,9 +153,10 @@ class Endpoints:
         return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
 
     def _echo(self, prompt_input: dict, prompt_ids: list[int], body: CompletionRequest) -> Echo:
-        """A text prompt is echoed as sent; token ids, or a prompt with documents in front, as the model saw it."""
+        """A text prompt is echoed as sent; token ids, or a prompt with documents in front or truncated, as the model
+        saw it."""
         text = prompt_input.get("prompt")
-        if text is None or body.documents:
+        if text is None or body.documents or body.truncate_prompt_tokens is not None:
             text = self.ctx.frontend.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         return Echo(text, prompt_ids, body.scores_only)
 
@@ -176,7 +178,7 @@ class Endpoints:
 
     def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], tuple]:
         return self.ctx.frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
-                                                   chat_format=body.chat_format())
+                                                   chat_format=body.chat_format(), truncate=body.truncate_prompt_tokens)
 
     async def messages(self, request: Request):
         """POST /v1/messages: Anthropic's Messages API, a chat completion of one choice in its words

@@ -15,6 +15,7 @@ from splitserve.engine import generation_defaults
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.pooling import Pooling, PoolingParams
 from splitserve.engine.sampling import check_prompt
+from splitserve.engine.token_limits import with_bad_word_ids
 from router.cluster.orchestrator import Job
 
 MAX_DOCUMENTS = 64
@@ -57,11 +58,23 @@ class Frontend:
 
     def prompt_and_chunks(self, prompt: str | None = None, token_ids: list[int] | None = None,
                           messages: list[dict] | None = None, documents: list[str] = (),
-                          chat_format: ChatFormat | None = None) -> tuple[list[int], tuple]:
+                          chat_format: ChatFormat | None = None,
+                          truncate: int | None = None) -> tuple[list[int], tuple]:
         """Prompt ids and the (start, length) span of each document in them. Documents go with a text
         prompt (before it) or chat messages (at the start of the last user message, inside the chat
         template, rendered as `chat_format` says); each is tokenized alone (documents.py), so its KV can
-        come from the chunk cache."""
+        come from the chunk cache. `truncate` keeps the prompt's last that many tokens (vLLM's
+        truncate_prompt_tokens; -1: the context length); not with documents."""
+        if truncate is None:
+            return self._prompt_and_chunks(prompt, token_ids, messages, documents, chat_format)
+        if truncate != -1 and truncate < 1:
+            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {truncate}")
+        if documents:
+            raise ValueError("truncate_prompt_tokens does not go with documents (it would cut into them)")
+        ids, _ = self._prompt_and_chunks(prompt, token_ids, messages, (), chat_format)
+        return ids[-(self.limits.max_model_len if truncate == -1 else truncate):], ()
+
+    def _prompt_and_chunks(self, prompt, token_ids, messages, documents, chat_format) -> tuple[list[int], tuple]:
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
         if documents and token_ids is not None:
@@ -87,9 +100,7 @@ class Frontend:
         """An embedding input's ids (a text encoded as a completions prompt is); `truncate` keeps the last that
         many (vLLM's truncate_prompt_tokens; -1: the context length), `head` the first that many. ValueError if
         it is empty or too long."""
-        ids = self.prompt_ids(prompt, token_ids)
-        if truncate is not None:
-            ids = ids[-(self.limits.max_model_len if truncate == -1 else truncate):]
+        ids = self.prompt_and_chunks(prompt, token_ids, truncate=truncate)[0]
         if head is not None:
             ids = ids[:head]
         check_prompt(ids, self.limits.vocab_size)
@@ -98,6 +109,7 @@ class Frontend:
         return ids
 
     def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = ()) -> Job:
+        params = with_bad_word_ids(params, self.tokenizer)
         self.validate(prompt_ids, params)
         if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
             raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters")

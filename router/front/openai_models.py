@@ -6,7 +6,8 @@ with a 400 that names them, never silently dropped. `logit_bias`, completions' `
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
 or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
-`repetition_penalty` and `stop_token_ids` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
+`repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py) and
+`truncate_prompt_tokens` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
 
@@ -134,8 +135,15 @@ def _schema(value: dict | str, param: str) -> dict:
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
 GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
 # vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
-UNSUPPORTED = {"use_beam_search": False, "bad_words": None, "allowed_token_ids": None, "truncate_prompt_tokens": None,
-               "structural_tag": None}
+UNSUPPORTED = {"use_beam_search": False, "structural_tag": None}
+# vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
+TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")
+
+
+def checked_truncate(truncate: int | None) -> None:
+    """A 400 naming `truncate_prompt_tokens` unless it is None, -1 (the context length) or >= 1."""
+    if truncate is not None and truncate != -1 and truncate < 1:
+        raise InvalidRequest(f"truncate_prompt_tokens must be -1 or >= 1, got {truncate}", "truncate_prompt_tokens")
 
 
 def checked_priority(priority: int) -> None:
@@ -208,6 +216,10 @@ class _Request(BaseModel):
             raise InvalidRequest("response_format and structured outputs constrain the answer twice: send one",
                                  "response_format")
         checked_priority(self.priority)
+        checked_truncate(self.truncate_prompt_tokens)
+        if self.truncate_prompt_tokens is not None and self.documents:
+            raise InvalidRequest("truncate_prompt_tokens does not go with documents (it would cut into them)",
+                                 "truncate_prompt_tokens")
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
@@ -242,7 +254,8 @@ class _Request(BaseModel):
             skip_special_tokens=self.skip_special_tokens, stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias=self._logit_bias(), grammar=self._grammar(), priority=self.priority)
+            logit_bias=self._logit_bias(), grammar=self._grammar(), priority=self.priority,
+            allowed_token_ids=tuple(self.allowed_token_ids or ()), bad_words=tuple(self.bad_words or ()))
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}

@@ -17,15 +17,15 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict
 
-from router.front.openai_models import (GUIDED, UNSUPPORTED, ChatCompletionRequest, InvalidRequest, chat_request,
-                                        parse_body)
+from router.front.openai_models import (GUIDED, TOKEN_LIMITS, UNSUPPORTED, ChatCompletionRequest, InvalidRequest,
+                                        chat_request, parse_body)
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # chat fields a Responses request may carry as they are (splitserve's and vLLM's extensions; those refused on
 # chat are refused here too)
 EXTENSIONS = ("documents", "seed", "stop", "stop_token_ids", "top_k", "min_p", "min_tokens", "ignore_eos", "priority",
               "logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty", "structured_outputs",
-              *(f"guided_{name}" for name in GUIDED), *UNSUPPORTED)
+              *(f"guided_{name}" for name in GUIDED), *TOKEN_LIMITS, *UNSUPPORTED)
 # a chat field whose error names the Responses field it came from
 RESPONSES_PARAM = {"messages": "input", "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
                    "tools": "tools", "tool_choice": "tool_choice"}

@@ -35,9 +35,9 @@ from splitserve.chunkcache.selection import ChunkBudget
 from splitserve.chunkcache.store import ChunkStore
 from splitserve.chunkcache.tiers import EVICTIONS
 from splitserve.chunkcache.variants import VariantMeta
-from splitserve.engine.grammar import allowed_tokens
 from splitserve.engine.request import penalty_history
 from splitserve.engine.sampler import Sample, SampleRequest, sample
+from splitserve.engine.token_limits import banned_tokens, next_token_mask
 
 PLANNINGS = ("cachecraft", "ratio")
 
@@ -146,10 +146,9 @@ class ChunkCache:
             _loaded(plan.loading, block=True)
             if on_layer is not None:
                 release(held)
-            banned = tuple(engine.tokenizer.eos_token_ids) + tuple(params.stop_token_ids) \
-                if prior < params.min_tokens and not params.ignore_eos else ()
             history = penalty_history(prompt, [], prior)
-            request = SampleRequest(params, prior, banned, *history, allowed=_grammar_mask(engine, params, history[1]))
+            banned = banned_tokens(params, prior, engine.tokenizer.eos_token_ids, history[1])
+            request = SampleRequest(params, prior, banned, *history, allowed=_first_token_mask(engine, params, history[1]))
             first = sample(result.logits[None].clone(), [request], engine.runner.generator)[0]
         except (CorruptValue, TierUnavailable) as exc:
             engine.cancel_reservation(rid)
@@ -214,10 +213,11 @@ def _loaded(loading: LayerwiseFetch | None, block: bool) -> bool:
     return True
 
 
-def _grammar_mask(engine, params, output_token_ids: list[int]) -> torch.Tensor | None:
-    """The first token's mask under the request's grammar (the engine's own matcher replays it at admission)."""
+def _first_token_mask(engine, params, output_token_ids: list[int]) -> torch.Tensor | None:
+    """The first token's mask under the request's grammar (the engine's own matcher replays it at admission)
+    and its allowed_token_ids."""
     matcher = engine.matcher(params, output_token_ids)
-    return None if matcher is None else allowed_tokens(matcher, engine.model_config.vocab_size, engine.config.device)
+    return next_token_mask(params, matcher, engine.model_config.vocab_size, engine.config.device)
 
 
 def _finish_reason(token: int, params, eos_ids, prior: int) -> str | None:

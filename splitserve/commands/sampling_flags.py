@@ -1,4 +1,4 @@
-"""Sampling-penalty, logit-bias and JSON-schema flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
+"""Sampling-penalty, logit-bias, bad-word, allowed-token and JSON-schema flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
                         help="OpenAI's: minus this for every token already in the output")
     parser.add_argument("--logit-bias", type=_bias, action="append", default=[], metavar="TOKEN_ID=BIAS",
                         help="OpenAI's: add BIAS (-100 to 100) to a token's logit; repeat for more tokens")
+    parser.add_argument("--bad-word", dest="bad_words", action="append", default=[], metavar="WORD",
+                        help="vLLM's bad_words: the output never contains WORD (as a word or inside one); repeat for more")
+    parser.add_argument("--allowed-token-ids", type=_ids, default=(), metavar="ID,ID,...",
+                        help="vLLM's allowed_token_ids: only these tokens are sampled")
     parser.add_argument("--json-schema", type=_schema, default=None, metavar="SCHEMA",
                         help="constrain the answer to this JSON schema (inline JSON, or @file); {} for any JSON object")
 
@@ -42,10 +46,18 @@ def _bias(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS, got {text!r}") from None
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token ids separated by commas, got {text!r}") from None
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     """SamplingParams keywords from the flags above."""
     from splitserve.engine.grammar import json_schema_grammar
 
     grammar = None if args.json_schema is None else json_schema_grammar(args.json_schema or None)
     return dict(min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-                presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar)
+                presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar,
+                bad_words=tuple(args.bad_words), allowed_token_ids=args.allowed_token_ids)

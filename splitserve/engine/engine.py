@@ -34,6 +34,7 @@ from splitserve.engine.runner import ModelRunner
 from splitserve.engine.sampling import SamplingParams, check_prompt
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
+from splitserve.engine.token_limits import with_bad_word_ids
 
 log = logging.getLogger(__name__)
 EMBEDDING_PARAMS = SamplingParams(max_tokens=1)  # an embedding request samples nothing (pooling.py)
@@ -89,7 +90,7 @@ class Engine:
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, prefill_only: bool = False, keep_blocks: bool = False,
                     num_prior_output_tokens: int = 0) -> str:
-        params = params or SamplingParams()
+        params = with_bad_word_ids(params or SamplingParams(), self.tokenizer)
         request_id = request_id or f"req-{next(self._ids)}"
         self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,

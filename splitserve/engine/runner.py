@@ -12,11 +12,11 @@ import torch
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
 from splitserve.engine.model import CausalLM, LayerHook
-from splitserve.engine.grammar import allowed_tokens
 from splitserve.engine.pooling import pooled_rows, record as record_pooled
 from splitserve.engine.prompt_logprobs import prompt_rows, record
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
+from splitserve.engine.token_limits import banned_tokens, next_token_mask
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ModelRunner:
         return {r.request_id: s for r, s in zip(sampling, samples)}
 
     def _allowed(self, req) -> torch.Tensor | None:
-        return None if req.matcher is None else allowed_tokens(req.matcher, self.model.cfg.vocab_size, self.device)
+        return next_token_mask(req.params, req.matcher, self.model.cfg.vocab_size, self.device)
 
     def slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         size = self.block_size
@@ -153,6 +153,5 @@ def native_decode_attention(cache: PagedKVCache, device) -> bool:
 
 
 def _banned(req) -> tuple[int, ...]:
-    if req.num_output_tokens < req.params.min_tokens and not req.params.ignore_eos:
-        return req.eos_token_ids + req.params.stop_token_ids
-    return ()
+    output = req.penalty_history()[1] if req.params.bad_word_ids else ()
+    return banned_tokens(req.params, req.num_output_tokens, req.eos_token_ids, output)

@@ -10,6 +10,8 @@ UINT32_END = 2**32  # counts travel as uint32 between router and nodes
 MAX_REPETITION_PENALTY = 10.0
 MAX_LOGIT_BIAS_TOKENS = 1024
 MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
+MAX_BAD_WORDS = 128  # vLLM's bad_words (its limit): token sequences the output never contains
+MAX_BAD_WORD_TOKENS = 2048  # over all of a request's sequences (a word is spelled twice: vLLM's 1,024 x 2)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), ascending ids
     grammar: str | None = None  # llguidance grammar the output must match (grammar.py); None: free text
     priority: int = 0  # vLLM's: lower runs sooner, and a waiting request preempts running ones of higher value
+    allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these are sampled (sorted, unique); empty: all
+    bad_words: tuple[str, ...] = ()  # vLLM's, as text: the router's reading; it sends them as bad_word_ids
+    bad_word_ids: tuple[tuple[int, ...], ...] = ()  # token sequences never completed in the output (sampler.py)
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -57,6 +62,10 @@ class SamplingParams:
         _check(self.grammar is None or (isinstance(self.grammar, str) and self.grammar),
                "grammar must be a non-empty string (llguidance's grammar text)")
         object.__setattr__(self, "logit_bias", _checked_bias(self.logit_bias))
+        object.__setattr__(self, "allowed_token_ids", tuple(sorted(set(self.allowed_token_ids))))
+        object.__setattr__(self, "bad_words", tuple(self.bad_words))
+        object.__setattr__(self, "bad_word_ids", tuple(tuple(ids) for ids in self.bad_word_ids))
+        _check_bad_words(self.bad_words, self.bad_word_ids)
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
@@ -65,9 +74,11 @@ class SamplingParams:
         return self.temperature == 0
 
     def check_vocab(self, vocab_size: int) -> None:
-        """ValueError unless every stop token id and logit_bias token id is in the vocabulary."""
+        """ValueError unless every token id named (stop, logit_bias, allowed, bad words) is in the vocabulary."""
         check_token_ids("stop token ids", self.stop_token_ids, vocab_size)
         check_token_ids("logit_bias token ids", [token_id for token_id, _ in self.logit_bias], vocab_size)
+        check_token_ids("allowed_token_ids", self.allowed_token_ids, vocab_size)
+        check_token_ids("bad word token ids", [t for ids in self.bad_word_ids for t in ids], vocab_size)
 
     @property
     def penalized(self) -> bool:
@@ -99,6 +110,16 @@ def _checked_bias(pairs) -> tuple[tuple[int, float], ...]:
         _check(-MAX_ABS_LOGIT_BIAS <= bias <= MAX_ABS_LOGIT_BIAS,
                f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
     return pairs
+
+
+def _check_bad_words(words: tuple[str, ...], sequences: tuple[tuple[int, ...], ...]) -> None:
+    _check(all(isinstance(w, str) and w.strip() for w in words), "bad_words must be non-empty strings")
+    _check(len(words) <= MAX_BAD_WORDS, f"at most {MAX_BAD_WORDS} bad_words, got {len(words)}")
+    _check(len(sequences) <= 2 * MAX_BAD_WORDS,
+           f"at most {2 * MAX_BAD_WORDS} bad word token sequences, got {len(sequences)}")
+    _check(all(ids for ids in sequences), "a bad word token sequence is empty")
+    _check(sum(map(len, sequences)) <= MAX_BAD_WORD_TOKENS,
+           f"bad words take at most {MAX_BAD_WORD_TOKENS} tokens in all, got {sum(map(len, sequences))}")
 
 
 def check_priority(priority) -> None:

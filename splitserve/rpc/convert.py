@@ -31,6 +31,9 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
         grammar=msg.grammar if msg.HasField("grammar") else None,
         priority=msg.priority,
+        allowed_token_ids=tuple(msg.allowed_token_ids),
+        bad_words=tuple(msg.bad_words) if with_stop_strings else (),
+        bad_word_ids=tuple(tuple(seq.token_ids) for seq in msg.bad_word_ids),
     )
 
 
@@ -41,6 +44,8 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
         keep_special_tokens=not p.skip_special_tokens, stop_token_ids=list(p.stop_token_ids), stop=list(p.stop),
         ignore_eos=p.ignore_eos, min_tokens=p.min_tokens, presence_penalty=p.presence_penalty,
         frequency_penalty=p.frequency_penalty, logit_bias=dict(p.logit_bias), priority=p.priority,
+        allowed_token_ids=list(p.allowed_token_ids), bad_words=list(p.bad_words),
+        bad_word_ids=[common_pb2.TokenSequence(token_ids=list(ids)) for ids in p.bad_word_ids],
     )
     if p.repetition_penalty != 1.0:
         msg.repetition_penalty = p.repetition_penalty

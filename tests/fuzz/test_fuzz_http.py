@@ -42,6 +42,9 @@ PLAUSIBLE = {
     "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "echo": st.booleans(),
     "logit_bias": st.dictionaries(st.integers(0, 200).map(str), st.floats(-100, 100), max_size=3),
     "stop_token_ids": st.lists(st.integers(0, 200), max_size=2), "best_of": st.just(1), "model": st.none(),
+    "bad_words": st.lists(words | st.sampled_from(["", " ", "x" * 3000]), max_size=3),
+    "allowed_token_ids": st.lists(st.integers(0, 200) | st.sampled_from([-1, 2**32, 10**6]), max_size=4),
+    "truncate_prompt_tokens": st.sampled_from([-1, 1, 3, 0, -2, 2**40]),
     "user": fs.text, "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}, {
         "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {
             "n": {"type": "integer"}}}}}]),

@@ -206,6 +206,39 @@ def test_vllm_structured_outputs_are_the_engines_constrained_output(cluster, api
         assert expected in fields["guided_choice"]
 
 
+def test_vllm_token_limits_equal_the_engine(cluster, api, tiny_model):
+    """bad_words, allowed_token_ids and truncate_prompt_tokens over HTTP and gRPC: the prefill node applies them to
+    the first token, the decode node to the rest; the in-process engine under the same limits says what comes."""
+    frontend, engine = Frontend.from_model_dir(tiny_model), Engine(tiny_model)
+    prompt = frontend.prompt_ids(prompt=PROMPT)
+    free = engine.generate([prompt], SamplingParams(max_tokens=10, ignore_eos=True))[0]
+    words = [frontend.tokenizer.decode([t]).strip() for t in free.token_ids[:4]]
+    words = [w for w in words if w][:2]  # the words it wrote first: banned, it must write others
+    limited = dict(max_tokens=10, ignore_eos=True)
+    expected = engine.generate([prompt], SamplingParams(**limited, bad_words=tuple(words)))[0].text
+    got = api.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=10,
+                                 extra_body={"bad_words": words, "ignore_eos": True}).choices[0].text
+    assert got == expected != free.text
+    assert grpc_result(cluster, prompt=PROMPT, bad_words=words, **limited).text == expected
+    allowed = sorted(set(free.token_ids[3:6]) | {42, 7})
+    expected = engine.generate([prompt], SamplingParams(**limited, allowed_token_ids=tuple(allowed)))[0].token_ids
+    streamed = api.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=10, logprobs=0, stream=True,
+                                      extra_body={"allowed_token_ids": allowed, "ignore_eos": True})
+    tokens = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == [frontend.tokenizer.decode([t], skip_special_tokens=False) for t in expected]
+    messages_ids = frontend.prompt_ids(messages=MESSAGES)
+    expected = engine.generate([messages_ids[-5:]], SamplingParams(max_tokens=6))[0].text
+    chat = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0,
+                                       extra_body={"truncate_prompt_tokens": 5})
+    assert chat.choices[0].message.content == expected and chat.usage.prompt_tokens == 5
+    echoed = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=1, temperature=0, echo=True,
+                                    extra_body={"truncate_prompt_tokens": 3})
+    assert echoed.choices[0].text.startswith(frontend.tokenizer.decode(prompt[-3:], skip_special_tokens=False))
+    assert grpc_result(cluster, prompt=PROMPT, max_tokens=1, truncate_prompt_tokens=3).final.prompt_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="allowed_token_ids"):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"allowed_token_ids": [10**6]})
+
+
 @pytest.mark.parametrize("fields, param", [
     ({"guided_choice": ["a"], "structured_outputs": {"regex": "b"}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
@@ -214,9 +247,11 @@ def test_vllm_structured_outputs_are_the_engines_constrained_output(cluster, api
     ({"guided_json": "[1, 2]"}, "guided_json"),
     ({"guided_grammar": 'root ::= "yes" | "no"'}, None),  # GBNF (xgrammar's) is not Lark: the grammar check says so
     ({"use_beam_search": True}, "use_beam_search"),
-    ({"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
+    ({"structural_tag": "{}"}, "structural_tag"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"truncate_prompt_tokens": 2, "documents": ["a passage"]}, "truncate_prompt_tokens"),
 ], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search",
-        "allowed-token-ids"])
+        "structural-tag", "truncate-0", "truncate-documents"])
 def test_what_vllm_has_and_this_server_cannot_honour_is_a_400(api, fields, param):
     with pytest.raises(openai.BadRequestError) as err:
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=fields)
