@@ -66,8 +66,11 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
                           files=files, batches=batches)
-    return HttpServer(create_app(context), config.host, config.http_port, security.tls,
-                      read_timeout_s=config.http_read_timeout_s)
+    server = HttpServer(create_app(context), config.host, config.http_port, security.tls,
+                        read_timeout_s=config.http_read_timeout_s)
+    server.on_start.append(batches.start_sweeping)  # batches whose router stopped run on without being asked for
+    server.on_stop.append(batches.stop_sweeping)
+    return server
 
 
 def batch_stores(config: RouterConfig):

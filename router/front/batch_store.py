@@ -7,8 +7,9 @@ batch by the replica running it, so every router replica answers for every batch
 created a batch claims and runs it, renewing its claim and writing its state every half second;
 another replica asked to cancel it leaves a flag the runner picks up; a claim not renewed for
 `--batch-claim-s` (30; its router stopped: a crash, a rolling update) lapses, and the next replica that reads the
-batch claims it and resumes it, sending only the lines without a stored result (a line in flight
-when its runner stopped is sent again: at least once).
+batch, or that sweeps the set of unfinished batches (each replica does every half claim period), claims it
+and resumes it, sending only the lines without a stored result (a line in flight when its runner stopped is
+sent again: at least once). So a batch finishes whether or not anyone asks about it, as long as one replica runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from router.front.batch_lines import CreateBatch
 FINAL = ("completed", "failed", "cancelled", "expired")
 MAX_BATCHES = 10_000  # in memory; the oldest finished are forgotten first
 REDIS_PREFIX = "splitserve:batch:"
+UNFINISHED = REDIS_PREFIX + "unfinished"  # a set of the batches not yet final: what the replicas sweep
 CLAIM_S = 30.0
 STATE = ("id", "owner", "created_at", "expires_at", "status", "times", "total", "completed", "failed", "errors",
          "output_file_id", "error_file_id")
@@ -86,6 +88,8 @@ class Batch:
 class BatchStore:
     """In the router's memory: the batch objects themselves, which their runner changes in place."""
 
+    sweep_s = None  # its batches run in this router: no other's to resume
+
     def __init__(self):
         self._batches: dict[str, Batch] = {}
         self._results: dict[str, dict[int, dict]] = {}
@@ -104,6 +108,9 @@ class BatchStore:
     async def owned(self, owner: str) -> list[Batch]:
         """The owner's batches, oldest first."""
         return [b for b in self._batches.values() if b.owner == owner]
+
+    async def unfinished(self) -> list[str]:
+        return []
 
     async def request_cancel(self, batch_id: str) -> None:
         """Unused in memory: a batch in memory runs in this router, which cancels it itself."""
@@ -141,6 +148,7 @@ class RedisBatchStore:
             raise ValueError(f"--batch-claim-s must be > 0, got {claim_s}")
         self.redis = RedisClient(url, "batch store", "batch_store_unavailable", timeout_s)
         self.claim_ms = int(claim_s * 1000)
+        self.sweep_s = claim_s / 2  # how often a replica looks for batches whose runner stopped
 
     async def save(self, batch: Batch) -> None:
         value = batch.to_json()
@@ -149,6 +157,7 @@ class RedisBatchStore:
             async with c.pipeline(transaction=True) as pipe:
                 pipe.set(REDIS_PREFIX + batch.id, value)
                 pipe.zadd(self._owned(batch.owner), {batch.id: batch.created_at})
+                (pipe.srem if batch.final else pipe.sadd)(UNFINISHED, batch.id)
                 await pipe.execute()
 
         await self.redis.run(write)
@@ -160,6 +169,10 @@ class RedisBatchStore:
         ids = await self.redis.run(lambda c: c.zrange(self._owned(owner), 0, -1))
         raws = await self.redis.run(lambda c: c.mget([REDIS_PREFIX + i.decode() for i in ids])) if ids else []
         return [b for b in (Batch.from_json(r) for r in raws if r is not None) if b is not None]
+
+    async def unfinished(self) -> list[str]:
+        """The ids of the batches not yet final, whoever runs them."""
+        return sorted(i.decode() for i in await self.redis.run(lambda c: c.smembers(UNFINISHED)))
 
     async def request_cancel(self, batch_id: str) -> None:
         await self.redis.run(lambda c: c.set(f"{REDIS_PREFIX}{batch_id}:cancel", 1))

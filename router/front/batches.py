@@ -56,6 +56,7 @@ class Batches:
         self._running: dict[str, Batch] = {}  # the batches this router runs
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._sweeper: asyncio.Task | None = None
 
     @property
     def num_running(self) -> int:
@@ -100,6 +101,34 @@ class Batches:
             raise ApiError(400, "limit must be in [1, 100]", param="limit")
         batches = [self._running.get(b.id) or await self._resumed(b) for b in await self.store.owned(owner)]
         return cursor_page([b.card() for b in reversed(batches)], limit, after, "batch")
+
+    def start_sweeping(self) -> None:
+        """On the running loop: every `store.sweep_s`, resume the batches whose runner stopped (none in memory)."""
+        if self.store.sweep_s is not None and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(self.store.sweep_s))
+
+    async def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    async def _sweep_forever(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                log.warning("batches not swept: %s", exc)
+
+    async def sweep(self) -> int:
+        """Resume here each unfinished batch that no router runs; how many were."""
+        resumed = 0
+        for batch_id in await self.store.unfinished():
+            batch = None if batch_id in self._running else await self.store.load(batch_id)
+            if batch is not None and not batch.final:
+                resumed += (await self._resumed(batch)).id in self._running
+        return resumed
 
     async def _resumed(self, batch: Batch) -> Batch:
         """`batch`, claimed and resumed here when it is unfinished and no router runs it (its runner's claim

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable, Callable
 
 import anyio
 import uvicorn
@@ -92,6 +93,8 @@ class HttpServer:
                                 timeout_graceful_shutdown=grace_s, **ssl)
         self.server = _Server(config)
         self._task: asyncio.Task | None = None
+        self.on_start: list[Callable[[], None]] = []  # background work that runs while it serves, started ...
+        self.on_stop: list[Callable[[], Awaitable]] = []  # ... and stopped with it
 
     @property
     def url(self) -> str:
@@ -107,8 +110,12 @@ class HttpServer:
                 self._task.result()  # raises what stopped it
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
+        for start in self.on_start:
+            start()
 
     async def stop(self) -> None:
+        for stop in self.on_stop:
+            await stop()
         if self._task is not None:
             self.server.should_exit = True
             await self._task

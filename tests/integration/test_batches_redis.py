@@ -2,7 +2,8 @@
 redis://...`), with the official `openai` client, tiny model, 1 prefill + 1 decode node: a file uploaded
 to one replica makes a batch on the other, which runs it while the first answers for it (status, output
 file) and cancels it; the replicas share one storage bound; a batch whose replica crashed mid-run is
-resumed by the other once its claim lapses (`--batch-claim-s 2`), every line answered once in the output."""
+resumed by the other once its claim lapses (`--batch-claim-s 2`), without anyone asking about it (the
+replicas sweep the unfinished batches), every line answered once in the output."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import openai
 import pytest
 
+from router.front.batch_store import REDIS_PREFIX, UNFINISHED
 from splitserve.localcluster.procs import stop
 from tests.integration.test_openai_batches import finished
 from tests.support.cluster import ParallelCluster
@@ -94,7 +96,10 @@ def test_the_replicas_share_one_storage_bound(replicas):
     assert two.files.create(file=half, purpose="batch").bytes == kept.bytes
 
 
-def test_a_batch_whose_replica_crashed_is_resumed_by_another(replicas):
+def test_a_batch_whose_replica_crashed_is_resumed_by_another(replicas, redis_server):
+    """Nobody asks about the batch after the crash: the surviving replica's sweep finds it and finishes it."""
+    import redis
+
     cluster, _ = replicas
     one = client(cluster.http_url)
     doomed = cluster.start_router()
@@ -110,7 +115,13 @@ def test_a_batch_whose_replica_crashed_is_resumed_by_another(replicas):
         stop([doomed])
     partly = one.batches.retrieve(batch.id)
     assert partly.status == "in_progress" and 1 <= partly.request_counts.completed < 16
-    done = finished(one, batch.id)  # polling it here resumes it once the claim lapses
+    stored = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 120
+    while json.loads(stored.get(REDIS_PREFIX + batch.id))["status"] != "completed":
+        assert time.monotonic() < deadline, "the batch was not resumed"
+        time.sleep(0.2)
+    assert not stored.sismember(UNFINISHED, batch.id)
+    done = one.batches.retrieve(batch.id)
     assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (16, 0)
     rows = [json.loads(line) for line in one.files.content(done.output_file_id).text.splitlines()]
     assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(16)]

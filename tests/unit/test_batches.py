@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from router.front import asgi_call
 from router.front.batch_files import FileStore, RedisFileStore
 from router.front.batch_lines import MAX_LINES, CreateBatch, parse_lines
-from router.front.batch_store import REDIS_PREFIX, Batch, RedisBatchStore
+from router.front.batch_store import REDIS_PREFIX, Batch, BatchStore, RedisBatchStore
 from router.front.batches import Batches
 from router.front.http_errors import ApiError
 from router.front.responses_store import StoreUnavailable
@@ -159,6 +159,40 @@ def test_a_batch_whose_runner_stopped_is_resumed_by_the_next_router_that_reads_i
         assert [r["response"]["body"]["input"] for r in output] == ["from router 1", "text 1", "text 2"]
         assert app.state.sent == 2 and await store.results("batch_r") == {}
         assert (await store.load("batch_r")).status == "completed"
+
+    asyncio.run(scenario())
+
+
+def test_a_sweep_resumes_the_batches_no_router_runs_without_anyone_asking(redis_url):
+    """The store keeps the set of unfinished batches; a sweep claims and resumes those without a live claim,
+    leaves one another router holds, and the finished batch leaves the set."""
+    async def scenario():
+        files, store = RedisFileStore(redis_url), RedisBatchStore(redis_url)
+        source = await files.add("me", "in.jsonl", "batch", line("c0", body={"input": "text 0"}).encode())
+        request = CreateBatch(input_file_id=source.id, endpoint=URL, completion_window="24h")
+        for batch_id in ("batch_s1", "batch_s2"):
+            batch = Batch(batch_id, "me", request, int(time.time()), int(time.time()) + 3600)
+            batch.enter("in_progress")
+            await store.save(batch)
+        assert {"batch_s1", "batch_s2"} <= set(await store.unfinished())
+        assert await store.claim("batch_s2", "a-live-router")
+        router2 = Batches(files, store=store)
+        router2.app = _app_answering([])
+        assert await router2.sweep() == 1 and await router2.sweep() == 0  # batch_s1 runs here now
+        for _ in range(200):
+            if (await store.load("batch_s1")).final:
+                break
+            await asyncio.sleep(0.02)
+        assert (await store.load("batch_s1")).status == "completed"
+        assert "batch_s1" not in await store.unfinished() and "batch_s2" in await store.unfinished()
+        assert (await store.load("batch_s2")).status == "in_progress"
+        other = await store.load("batch_s2")
+        other.enter("cancelled")
+        await store.save(other)
+        assert "batch_s2" not in await store.unfinished()
+        router2.start_sweeping()  # every half claim period: 15 s by default
+        await router2.stop_sweeping()
+        assert router2.store.sweep_s == 15.0 and await BatchStore().unfinished() == []
 
     asyncio.run(scenario())
 
