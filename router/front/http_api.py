@@ -10,6 +10,8 @@ cancels the request on the nodes. `/health` and `/metrics` need no key (probes, 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -30,6 +32,7 @@ from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.asgi_call import CALLER
 from router.front.batch_api import add_batch_routes
+from router.front.beam_search import beam_results, beam_search, step_params, top_logprobs
 from router.front.batch_files import FileStore
 from router.front.batches import Batches
 from router.front.pages import cursor_page
@@ -139,17 +142,20 @@ class Endpoints:
         body = CompletionRequest.parse(await self.body(request))
         body.check_supported()
         name = self.served_name(body.model)
-        request_id, n, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], []
+        request_id, n, prompt_jobs, jobs, shapes = _request_id(request, "cmpl"), body.num_choices, [], [], []
         inputs, params = body.prompt_inputs(), body.sampling_params(self.ctx.frontend.sampling_defaults)
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or (),
                                                                      truncate=body.truncate_prompt_tokens)
             job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
-            jobs += choice_jobs(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"), n)
+            prompt_jobs.append(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"))
+            jobs += choice_jobs(prompt_jobs[-1], n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
             shapes += [CompletionShape(request_id, name, self.ctx.texts, len(prompt_ids),
                                        body.logprobs is not None, index=k * n + i, counts_prompt=i == 0, echo=echo)
                        for i in range(n)]
+        if body.use_beam_search:
+            return await self.serve_beams(request, prompt_jobs, shapes, body)
         return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
 
     def _echo(self, prompt_input: dict, prompt_ids: list[int], body: CompletionRequest) -> Echo:
@@ -168,6 +174,8 @@ class Endpoints:
         shapes = [ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                             body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode)
                   for i in range(body.num_choices)]
+        if body.use_beam_search:
+            return await self.serve_beams(request, [job], shapes, body)
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
 
     def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
@@ -317,6 +325,27 @@ class Endpoints:
             return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
         results = await self.results(request, events, slots, len(jobs))
         return JSONResponse(whole_response(shapes, results), headers=headers)
+
+    async def serve_beams(self, request: Request, jobs: list[Job], shapes: list[Shape], body) -> JSONResponse:
+        """use_beam_search (beam_search.py): each job's n best beams as its n choices, answered whole."""
+        start, eos = time.monotonic(), self.ctx.frontend.tokenizer.eos_token_ids
+        searches = [beam_search(self._beam_step(request, job, body.num_choices), job.prompt_token_ids,
+                                body.num_choices, job.params.max_tokens, eos, body.ignore_eos, body.length_penalty)
+                    for job in jobs]
+        beams = [beam for found in await asyncio.gather(*searches) for beam in found]
+        results = beam_results(beams, self.ctx.frontend.tokenizer, time.monotonic() - start)
+        return JSONResponse(whole_response(shapes, results), headers={"X-Request-Id": shapes[0].id})
+
+    def _beam_step(self, request: Request, job: Job, width: int):
+        """A beam search's step: one one-token request per beam, each admitted and routed as a request."""
+        steps, params = itertools.count(), step_params(job.params, width)
+
+        async def step(prompts: list[list[int]]) -> list[list[tuple[int, float]]]:
+            t = next(steps)
+            slots, events = self.start([Job(f"{job.request_id}-s{t}-b{i}", prompt, params)
+                                        for i, prompt in enumerate(prompts)])
+            return [top_logprobs(pieces) for pieces, _ in await self.results(request, events, slots, len(prompts))]
+        return step
 
     def start(self, jobs: list[Job]) -> tuple[list, AsyncIterator]:
         """One job per choice, each admitted and routed on its own; their slots, and their events merged

@@ -1,19 +1,20 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1, the
-deprecated functions / function_call, vLLM's beam search and the other `UNSUPPORTED` fields) are refused
+deprecated functions / function_call, the `UNSUPPORTED` fields, and fields a beam search does not take) are refused
 with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
 or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
 `repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py) and
-`truncate_prompt_tokens` are accepted; `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
+`truncate_prompt_tokens` are accepted, and `use_beam_search` (beam_search.py); `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
 last user message inside the chat template).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Literal
 
@@ -26,6 +27,7 @@ from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_
 from router.front import tools
 from router.front.json_schemas import closed
 from router.front.tools import Tool
+from router.front.beam_search import MAX_BEAM_WIDTH
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
 MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
@@ -135,7 +137,12 @@ def _schema(value: dict | str, param: str) -> dict:
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
 GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
 # vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
-UNSUPPORTED = {"use_beam_search": False, "structural_tag": None}
+UNSUPPORTED = {"structural_tag": None}
+# what a use_beam_search request may set (beam_search.py); any other field that changes the output is a 400
+BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
+                      "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
+                      "truncate_prompt_tokens", "stream", "add_generation_prompt", "continue_final_message",
+                      "chat_template_kwargs"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
 TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")
 
@@ -184,7 +191,8 @@ class _Request(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    use_beam_search: bool = False
+    use_beam_search: bool = False  # vLLM's: n beams of a beam search (beam_search.py) instead of n samples
+    length_penalty: float = 1.0  # vLLM's, for beam search: scores are cumulative logprob / length ** this
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     bad_words: list[str] | None = None
@@ -217,12 +225,28 @@ class _Request(BaseModel):
                                  "response_format")
         checked_priority(self.priority)
         checked_truncate(self.truncate_prompt_tokens)
+        if self.use_beam_search:
+            self._check_beam_search()
         if self.truncate_prompt_tokens is not None and self.documents:
             raise InvalidRequest("truncate_prompt_tokens does not go with documents (it would cut into them)",
                                  "truncate_prompt_tokens")
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
+
+    def _check_beam_search(self) -> None:
+        if not 1 <= self.num_choices <= MAX_BEAM_WIDTH:
+            raise InvalidRequest(f"n (the beam width) must be in [1, {MAX_BEAM_WIDTH}] with use_beam_search, "
+                                 f"got {self.n}", "n")
+        if self.stream:
+            raise InvalidRequest("use_beam_search answers whole: stream must be false", "stream")
+        if not math.isfinite(self.length_penalty):
+            raise InvalidRequest(f"length_penalty must be finite, got {self.length_penalty}", "length_penalty")
+        extra = sorted(name for name in self.model_fields_set - BEAM_SEARCH_FIELDS
+                       if getattr(self, name) != type(self).model_fields[name].default)
+        if extra:
+            raise InvalidRequest(f"{extra[0]} does not go with use_beam_search (it takes n, max_tokens, ignore_eos "
+                                 "and length_penalty)", extra[0])
 
     @property
     def structured(self) -> tuple[StructuredOutputs, str] | None:

@@ -68,7 +68,8 @@ class ResponsesRequest(BaseModel):
         return parse_body(cls, body)
 
     def check_supported(self) -> None:
-        refused = {"background": self.background, "conversation": self.conversation, "prompt": self.prompt}
+        refused = {"background": self.background, "conversation": self.conversation, "prompt": self.prompt,
+                   "use_beam_search": (self.model_extra or {}).get("use_beam_search")}  # chat's and completions
         for name, value in refused.items():
             if value:
                 raise InvalidRequest(f"{name} is not supported by this server", name)

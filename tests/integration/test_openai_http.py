@@ -4,6 +4,7 @@ request, usage counts, stop strings, logprobs, errors, and client disconnects.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -239,6 +240,28 @@ def test_vllm_token_limits_equal_the_engine(cluster, api, tiny_model):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"allowed_token_ids": [10**6]})
 
 
+def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_model):
+    """use_beam_search: each step a one-token request per beam through prefill and decode nodes; the beams, best
+    first, are those of the same search answered by the in-process engine (tested against HF: test_beam_search)."""
+    from router.front.beam_search import beam_search
+    from tests.unit.test_beam_search import engine_step
+
+    frontend, engine = Frontend.from_model_dir(tiny_model), Engine(tiny_model)
+    eos = frontend.tokenizer.eos_token_ids
+    for prompt_ids, call in [
+        (frontend.prompt_ids(prompt=PROMPT), lambda: [c.text for c in api.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=6, n=3, extra_body={"use_beam_search": True}).choices]),
+        (frontend.prompt_ids(messages=MESSAGES), lambda: [c.message.content for c in api.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=6, n=3, extra_body={"use_beam_search": True}).choices]),
+    ]:
+        beams = asyncio.run(beam_search(engine_step(engine, 3), prompt_ids, 3, 6, eos))
+        assert call() == [frontend.tokenizer.decode([t for t in b.token_ids if t not in eos]) for b in beams]
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, logprobs=1, extra_body={"use_beam_search": True})
+    with pytest.raises(openai.BadRequestError, match="use_beam_search"):
+        api.responses.create(model=MODEL, input="hi", max_output_tokens=4, extra_body={"use_beam_search": True})
+
+
 @pytest.mark.parametrize("fields, param", [
     ({"guided_choice": ["a"], "structured_outputs": {"regex": "b"}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
@@ -246,11 +269,11 @@ def test_vllm_token_limits_equal_the_engine(cluster, api, tiny_model):
     ({"guided_choice": []}, "guided_choice"),
     ({"guided_json": "[1, 2]"}, "guided_json"),
     ({"guided_grammar": 'root ::= "yes" | "no"'}, None),  # GBNF (xgrammar's) is not Lark: the grammar check says so
-    ({"use_beam_search": True}, "use_beam_search"),
+    ({"use_beam_search": True, "top_p": 0.5}, "top_p"),
     ({"structural_tag": "{}"}, "structural_tag"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ({"truncate_prompt_tokens": 2, "documents": ["a passage"]}, "truncate_prompt_tokens"),
-], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search",
+], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search-top-p",
         "structural-tag", "truncate-0", "truncate-documents"])
 def test_what_vllm_has_and_this_server_cannot_honour_is_a_400(api, fields, param):
     with pytest.raises(openai.BadRequestError) as err:
