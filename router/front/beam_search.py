@@ -12,6 +12,8 @@ With no EOS in play this is exact width-k beam search, as HF transformers' `gene
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -32,7 +34,12 @@ class Beam:
     ended: bool = False  # its last token is EOS
 
     def score(self, prompt_len: int, length_penalty: float) -> float:
-        return self.cum_logprob / (prompt_len + len(self.token_ids) - self.ended) ** length_penalty
+        """Orders beams as vLLM's score, cum_logprob / length ** length_penalty, does: its log-magnitude, negated
+        (no overflow whatever the penalty; a sure beam, cum_logprob 0, is best)."""
+        if self.cum_logprob == 0:
+            return math.inf
+        length = prompt_len + len(self.token_ids) - self.ended
+        return length_penalty * math.log(length) - math.log(-self.cum_logprob)
 
 
 async def beam_search(step: Step, prompt: Sequence[int], width: int, max_tokens: int, eos_token_ids: Sequence[int],

@@ -45,6 +45,7 @@ PLAUSIBLE = {
     "bad_words": st.lists(words | st.sampled_from(["", " ", "x" * 3000]), max_size=3),
     "allowed_token_ids": st.lists(st.integers(0, 200) | st.sampled_from([-1, 2**32, 10**6]), max_size=4),
     "truncate_prompt_tokens": st.sampled_from([-1, 1, 3, 0, -2, 2**40]),
+    "use_beam_search": st.booleans(), "length_penalty": st.floats(allow_nan=True, allow_infinity=True),
     "user": fs.text, "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}, {
         "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {
             "n": {"type": "integer"}}}}}]),

@@ -3,6 +3,7 @@
 made-up distribution, and the fields a beam search refuses."""
 
 import asyncio
+import math
 
 import pytest
 import torch
@@ -50,13 +51,22 @@ TABLE = {(): [(1, -0.1), (EOS, -0.2)], (1,): [(2, -2.0), (3, -2.5)], (1, 2): [(4
 def test_a_beam_ending_in_eos_is_finished_and_scored_by_vllms_rule():
     beams = asyncio.run(beam_search(table_step(TABLE), [7, 7], 2, 3, (EOS,)))
     assert [(b.token_ids, b.ended) for b in beams] == [((EOS,), True), ((1, 2, 4), False)]
-    assert beams[0].score(2, 1.0) == pytest.approx(-0.2 / 2)  # EOS not counted in the length
+    assert beams[0].score(2, 1.0) == pytest.approx(-math.log(0.2 / 2))  # EOS not counted in the length
     # a strong enough length penalty makes the longer beam best: -2.2 / 5**3 > -0.2 / 2**3
     beams = asyncio.run(beam_search(table_step(TABLE), [7, 7], 2, 3, (EOS,), length_penalty=3.0))
     assert beams[0].token_ids == (1, 2, 4)
     (pieces, finish), (_, other) = beam_results([Beam((1, EOS), -1.0, True), Beam((2,), -1.0)], _Ids(), 0.5)
     assert pieces[0].token_ids == [1] and finish.reason == "stop" and finish.num_completion_tokens == 2
     assert other.reason == "length"
+
+
+@pytest.mark.parametrize("penalty", [-1e300, -50.0, 0.0, 0.7, 50.0, 1e300])
+def test_the_score_orders_beams_as_vllms_formula_without_overflowing(penalty):
+    beams = [Beam((1,) * n, cum) for n, cum in [(1, -0.5), (3, -0.9), (6, -2.0), (2, 0.0), (4, -1e-9)]]
+    order = sorted(beams, key=lambda b: b.score(3, penalty), reverse=True)
+    if abs(penalty) < 100:  # where the formula itself is computable
+        assert order == sorted(beams, key=lambda b: b.cum_logprob / (3 + len(b.token_ids)) ** penalty, reverse=True)
+    assert order[0].cum_logprob == 0
 
 
 class _Ids:
