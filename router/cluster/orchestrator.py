@@ -104,9 +104,12 @@ class Orchestrator:
                        num_prior_output_tokens=job.num_prior_output_tokens + len(progress.sent))
 
     async def _attempt(self, job: Job, route: Route):
-        if job.params.max_tokens - job.num_prior_output_tokens < 1:  # every token went out before the failure
+        remaining = job.params.max_tokens - job.num_prior_output_tokens
+        if remaining < 1:  # every token went out before the failure
             yield Done("length", 0, route)
             return
+        if remaining == 1 and not route.colocated:  # the prefill's first token is the answer: no KV to move
+            route = Route(route.prefill, route.prefill)
         stream = self._colocated(job, route) if route.colocated else self._disaggregated(job, route)
         async for event in stream:
             yield event

@@ -7,8 +7,11 @@ import functools
 import grpc
 import pytest
 
+from splitserve.api.v1 import common_pb2, node_pb2
 from splitserve.client import Client
-from tests.support.cluster import ParallelCluster, mixed_prompts, node_stats, reference, send_all, used_blocks_settle_to_zero
+from splitserve.engine import Engine, SamplingParams
+from tests.support.cluster import (ParallelCluster, mixed_prompts, node_stats, node_stub, reference, send_all,
+                                   used_blocks_settle_to_zero)
 
 pytestmark = pytest.mark.slow
 NODE_ARGS = ["--one-shot-max-tokens=64", "--kv-checksum", "--transfer-timeout-s=10"]
@@ -34,6 +37,26 @@ def test_16_concurrent_prompts_equal_the_single_process_engine(cluster, tiny_mod
     assert all(r.final.prefill_node != r.final.decode_node for r in results)
     for _, node in cluster.nodes:
         assert used_blocks_settle_to_zero(node.address)
+
+
+def test_a_one_token_answer_comes_from_the_prefill_node_alone(cluster, tiny_model):
+    """max_tokens 1 (a classifier, a scoring run, a beam-search step): the prefill node's first token is the answer,
+    so the router asks it alone (Generate): no KV reserved, moved or decoded. Asked for more, it refuses."""
+    prompts = mixed_prompts(6, seed=5)
+    with Client(cluster.url, timeout_s=60) as client:
+        results = [client.complete(prompt_token_ids=p, max_tokens=1, ignore_eos=True) for p in prompts]
+    expected = Engine(tiny_model).generate(prompts, SamplingParams(max_tokens=1, ignore_eos=True))
+    assert [r.token_ids for r in results] == [e.token_ids for e in expected]
+    assert all(r.final.decode_node == r.final.prefill_node for r in results)
+    prefill = next(n.address for role, n in cluster.nodes if role == "prefill")
+    channel, stub = node_stub(prefill)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(node_pb2.NodeGenerateRequest(request_id="two", prompt_token_ids=prompts[0],
+                                                            sampling=common_pb2.SamplingParams(max_tokens=2)), timeout=10))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "one-token" in err.value.details()
+    finally:
+        channel.close()
 
 
 BAD_REQUESTS = [
