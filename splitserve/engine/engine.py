@@ -185,7 +185,7 @@ class Engine:
         self._append_token(req, first_token_id, None)
         self.outputs.mark_sent(req)
         if not req.is_finished:
-            self.scheduler.add_running(req)
+            self.scheduler.add_prefilled(req)
 
     def _check_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                          params: SamplingParams, num_prior_output_tokens: int) -> None:

@@ -63,8 +63,12 @@ class Scheduler:
     def add(self, request: Request) -> None:
         _queue(self.waiting, request)
 
-    def add_running(self, request: Request) -> None:
-        """A request whose blocks and KV are already in place (decode-only entry)."""
+    def add_prefilled(self, request: Request) -> None:
+        """A request whose blocks and KV are already in place (decode-only entry): running at once while fewer
+        than max_num_seqs run, else waiting with its blocks (its next step computes one token, as a decode)."""
+        if len(self.running) >= self.max_num_seqs:
+            _queue(self.waiting, request)
+            return
         request.status = Status.RUNNING
         _queue(self.running, request)
 

@@ -141,10 +141,15 @@ class NodeSim(ExactSteps):
         self.touch()
 
     def admit_prefilled(self, req: SimRequest, num_blocks: int) -> None:
-        """Engine.admit_prefilled: the prompt's KV is in the reserved blocks; the first token is out."""
+        """Engine.admit_prefilled: the prompt's KV is in the reserved blocks; the first token is out. Past
+        max_num_seqs running it waits with its blocks (Scheduler.add_prefilled)."""
         req.blocks, req.num_tokens, req.num_computed = num_blocks, req.prompt_tokens + req.outputs, req.prompt_tokens + req.outputs - 1
-        req.seq, req.done_here = next(self.seq), False
         self.touch()
+        if self.num_running >= self.max_num_seqs:
+            self.waiting.append(req)
+            self.max_waiting = max(self.max_waiting, len(self.waiting))
+            return
+        req.seq, req.done_here = next(self.seq), False
         self._enter_decode(req)
 
     # --- one step --------------------------------------------------------------------------------

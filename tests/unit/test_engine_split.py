@@ -54,3 +54,39 @@ def test_reservation_is_refused_when_blocks_run_out_and_cancel_frees(tiny_model)
     engine.cancel_reservation("a")
     engine.check_integrity()
     assert engine.num_used_blocks == 0
+
+
+def test_decode_entries_past_max_num_seqs_wait_and_still_equal_the_single_engine(tiny_model):
+    """A decode node runs at most --max-num-seqs requests at once: prefilled requests past it wait with their KV
+    (no step holds more than 2 of the 4) and come out as the single engine's."""
+    cfg = EngineConfig(block_size=4, num_blocks=128, max_num_batched_tokens=16)
+    single, prefill = Engine(tiny_model, cfg), Engine(tiny_model, cfg)
+    decode = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=128, max_num_batched_tokens=16, max_num_seqs=2))
+    rng = random.Random(1)
+    prompts = [[rng.randrange(5, 200) for _ in range(n)] for n in (3, 9, 14, 6)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    firsts = []
+    for i, prompt in enumerate(prompts):  # all four prefilled and handed over before the decode node steps
+        rid = prefill.add_request(prompt, params, request_id=f"r{i}", prefill_only=True, keep_blocks=True)
+        outs = []
+        while prefill.has_unfinished():
+            outs += prefill.step()
+        firsts.append(outs[-1].new_token_ids[0])
+        held, dst = prefill.held_request(rid), decode.reserve(rid, len(prompt))
+        src = torch.tensor(prefill.runner.slots(held.block_ids, 0, len(prompt)))
+        dst = torch.tensor(decode.runner.slots(dst, 0, len(prompt)))
+        for layer in range(prefill.model_config.num_layers):
+            kv = prefill.cache.read(layer, src)
+            decode.cache.write(layer, dst, kv[0], kv[1])
+        prefill.release(rid)
+        decode.admit_prefilled(rid, prompt, firsts[-1], params)
+    assert len(decode.scheduler.running) == 2 and len(decode.scheduler.waiting) == 2
+    tokens = {f"r{i}": [first] for i, first in enumerate(firsts)}
+    while decode.has_unfinished():
+        outs = decode.step()
+        assert len(decode.scheduler.running) <= 2
+        for out in outs:
+            tokens[out.request_id] += out.new_token_ids
+    assert [tokens[f"r{i}"] for i in range(4)] == [r.token_ids for r in single.generate(prompts, params)]
+    decode.check_integrity()
+    assert decode.num_used_blocks == 0

@@ -67,3 +67,29 @@ def test_a_small_pool_preempts_and_still_finishes_everything():
     assert sim == real
     assert node.num_preemptions > 0
     assert set().union(*(done for _, _, done in sim)) == set(range(6))
+
+
+def test_decode_entries_past_max_num_seqs_wait_as_in_the_engine():
+    """A decode node's prefilled requests (Scheduler.add_prefilled, NodeSim.admit_prefilled): past max_num_seqs
+    they wait with their blocks, and the steps match the engine's."""
+    profile = linear_profile(num_blocks=400, budget=256, max_num_seqs=3)
+    node = NodeSim("decode-00000", "decode", profile)
+    pool = BlockPool(400, 16, enable_prefix_caching=False)
+    scheduler = Scheduler(pool, 3, 256)
+    lengths = [(40, 5), (17, 9), (70, 3), (33, 6), (5, 4), (90, 2)]
+    for i, (prompt, out) in enumerate(lengths):
+        req = Request(str(i), [1] * prompt, SamplingParams(max_tokens=out), output_token_ids=[7])
+        req.block_ids, req.num_computed_tokens = pool.allocate(-(-prompt // 16)), prompt
+        scheduler.add_prefilled(req)
+        sim_req = SimRequest(i, prompt, out, 0.0)
+        sim_req.outputs = 1
+        node.admit_prefilled(sim_req, node.reserve(prompt))
+    assert (len(scheduler.running), len(scheduler.waiting)) == (3, 3) == (node.num_running, len(node.waiting))
+    real, sim = [], []
+    while scheduler.has_work():
+        real.append(real_step(scheduler, {}))
+        _, finished, _ = node.step()
+        sim.append((node.last_tokens, node.last_seqs, {r.rid for r in finished}))
+        assert len(real) < 1000
+    assert sim == real and max(seqs for _, seqs, _ in real) == 3
+    assert node.free_blocks == node.num_blocks == pool.num_free
