@@ -32,6 +32,7 @@ from router.front.http_docs import add_docs_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.asgi_call import CALLER
 from router.front.batch_api import add_batch_routes
+from router.front.best_of import best_results
 from router.front.beam_search import beam_results, beam_search, step_params, top_logprobs
 from router.front.batch_files import FileStore
 from router.front.batches import Batches
@@ -156,6 +157,8 @@ class Endpoints:
                        for i in range(n)]
         if body.use_beam_search:
             return await self.serve_beams(request, prompt_jobs, shapes, body)
+        if body.samples_more:
+            return await self.serve_best_of(request, prompt_jobs, shapes, body.best_of)
         return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
 
     def _echo(self, prompt_input: dict, prompt_ids: list[int], body: CompletionRequest) -> Echo:
@@ -325,6 +328,17 @@ class Endpoints:
             return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
         results = await self.results(request, events, slots, len(jobs))
         return JSONResponse(whole_response(shapes, results), headers=headers)
+
+    async def serve_best_of(self, request: Request, jobs: list[Job], shapes: list[Shape], best_of: int) -> JSONResponse:
+        """best_of > n (best_of.py): best_of samples of each job, its n best as its choices, answered whole."""
+        samples = [sample for job in jobs for sample in choice_jobs(job, best_of)]
+        slots, events = self.start(samples)
+        results = await self.results(request, events, slots, len(samples))
+        response = whole_response(shapes, best_results(results, best_of, len(shapes) // len(jobs)))
+        usage = response["usage"]
+        usage["completion_tokens"] = sum(finish.num_completion_tokens for _, finish in results)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return JSONResponse(response, headers={"X-Request-Id": shapes[0].id})
 
     async def serve_beams(self, request: Request, jobs: list[Job], shapes: list[Shape], body) -> JSONResponse:
         """use_beam_search (beam_search.py): each job's n best beams as its n choices, answered whole."""

@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, best_of > 1, the
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, the
 deprecated functions / function_call, the `UNSUPPORTED` fields, and fields a beam search does not take) are refused
 with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
@@ -296,16 +296,29 @@ class CompletionRequest(_Request):
         super().check_supported()
         if self.suffix:
             raise InvalidRequest("suffix is not supported", "suffix")
-        if self.best_of not in (None, 1):
-            raise InvalidRequest(f"best_of must be 1, got {self.best_of}", "best_of")
+        if self.best_of is not None and not self.num_choices <= self.best_of <= MAX_CHOICES:
+            raise InvalidRequest(f"best_of must be in [n, {MAX_CHOICES}] (n = {self.num_choices}), got {self.best_of}",
+                                 "best_of")
+        if self.samples_more and (self.stream or self.scores_only):
+            raise InvalidRequest("best_of > n answers whole, with generated tokens: stream must be false and "
+                                 "max_tokens at least 1", "best_of")
+
+    @property
+    def num_samples(self) -> int:
+        """Completions sampled per prompt: best_of (OpenAI's: the n best of them are returned), else n."""
+        return self.best_of or self.num_choices
+
+    @property
+    def samples_more(self) -> bool:
+        return self.num_samples > self.num_choices
 
     def prompt_inputs(self) -> list[dict]:
         """Frontend.prompt_ids keywords of each prompt: `prompt` (text) or `token_ids`. A list of texts or of
         token-id lists is several prompts, each with its `n` choices."""
         prompt = self.prompt
         prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
-        if len(prompts) * self.num_choices > MAX_PROMPT_CHOICES:
-            raise InvalidRequest(f"{len(prompts)} prompts x n = {self.num_choices} choices exceeds "
+        if len(prompts) * self.num_samples > MAX_PROMPT_CHOICES:
+            raise InvalidRequest(f"{len(prompts)} prompts x {self.num_samples} samples (n, or best_of) exceeds "
                                  f"{MAX_PROMPT_CHOICES}", "prompt")
         return [{"prompt": p} if isinstance(p, str) else {"token_ids": list(p)} for p in prompts]
 
@@ -318,7 +331,8 @@ class CompletionRequest(_Request):
         """With echo and logprobs the prompt's tokens are scored too (prompt_logprobs); max_tokens 0 (with echo)
         generates one token, which the response leaves out."""
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
-        params = self.sampling(1 if self.scores_only else max_tokens, self.logprobs, defaults)
+        logprobs = self.logprobs if not self.samples_more else self.logprobs or 0  # best_of ranks by them
+        params = self.sampling(1 if self.scores_only else max_tokens, logprobs, defaults)
         return replace(params, prompt_logprobs=self.logprobs if self.echo else None)
 
 

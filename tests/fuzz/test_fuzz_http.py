@@ -41,7 +41,7 @@ PLAUSIBLE = {
     "priority": st.integers(-3, 3) | st.sampled_from([2**31, -(2**31) - 1, 2**70]),
     "documents": st.lists(words, max_size=3), "presence_penalty": st.just(0), "echo": st.booleans(),
     "logit_bias": st.dictionaries(st.integers(0, 200).map(str), st.floats(-100, 100), max_size=3),
-    "stop_token_ids": st.lists(st.integers(0, 200), max_size=2), "best_of": st.just(1), "model": st.none(),
+    "stop_token_ids": st.lists(st.integers(0, 200), max_size=2), "best_of": st.integers(0, 4) | st.just(17), "model": st.none(),
     "bad_words": st.lists(words | st.sampled_from(["", " ", "x" * 3000]), max_size=3),
     "allowed_token_ids": st.lists(st.integers(0, 200) | st.sampled_from([-1, 2**32, 10**6]), max_size=4),
     "truncate_prompt_tokens": st.sampled_from([-1, 1, 3, 0, -2, 2**40]),

@@ -240,6 +240,23 @@ def test_vllm_token_limits_equal_the_engine(cluster, api, tiny_model):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"allowed_token_ids": [10**6]})
 
 
+def test_best_of_returns_the_samples_with_the_highest_logprob_per_token(cluster, api, tiny_model):
+    """best_of 4, n 2, seeded: the four samples are the engine's with seeds 9..12; the two with the highest mean
+    token logprob come back, best first; usage counts all four."""
+    frontend, engine = Frontend.from_model_dir(tiny_model), Engine(tiny_model)
+    prompt = frontend.prompt_ids(prompt=PROMPT)
+    samples = [engine.generate([prompt], SamplingParams(max_tokens=8, temperature=1.0, seed=9 + i, logprobs=0))[0]
+               for i in range(4)]
+    ranked = sorted(samples, key=lambda c: sum(lp for lp, _ in c.logprobs) / len(c.logprobs), reverse=True)
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=9, n=2,
+                                      best_of=4)
+    assert [c.text for c in response.choices] == [c.text for c in ranked[:2]]
+    assert [c.index for c in response.choices] == [0, 1] and response.choices[0].logprobs is None
+    assert response.usage.completion_tokens == sum(len(c.token_ids) for c in samples)
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, best_of=2, stream=True)
+
+
 def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_model):
     """use_beam_search: each step a one-token request per beam through prefill and decode nodes; the beams, best
     first, are those of the same search answered by the in-process engine (tested against HF: test_beam_search)."""
