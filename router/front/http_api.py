@@ -5,7 +5,8 @@ A request's life: API key (401) -> body read within the size limit (413) and val
 -> model name checked (404) -> prompt ids and Job from the Frontend (400) -> a slot from
 Admission (429 + Retry-After) -> a route (503: no healthy nodes) -> `completion()` bounded by
 the request's deadline -> one JSON response, or server-sent events. The client going away
-cancels the request on the nodes. `/health` and `/metrics` need no key (probes, scrapers).
+cancels the request on the nodes. `/health` (and `/ping`), `/version` and `/metrics` need no key (probes,
+scrapers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
 import grpc
+
+import splitserve
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -385,6 +388,9 @@ class Endpoints:
             for slot in slots:
                 slot.release()
 
+    async def version(self) -> dict:
+        return {"version": splitserve.__version__}
+
     async def health(self) -> dict:
         nodes = self.ctx.orchestrator.registry.snapshot()
         return {"status": "ok", "nodes": len(nodes), "healthy_nodes": sum(n.healthy for n in nodes),
@@ -462,6 +468,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
     app.add_api_route("/rerank", endpoints.rerank, methods=["POST"], dependencies=keyed)  # Jina's path
     app.add_api_route("/v2/rerank", endpoints.rerank, methods=["POST"], dependencies=keyed)  # Cohere's
     app.add_api_route("/health", endpoints.health, methods=["GET"])
+    app.add_api_route("/ping", endpoints.health, methods=["GET"])  # SageMaker's probe, as vLLM serves it
+    app.add_api_route("/version", endpoints.version, methods=["GET"])
     add_docs_routes(app, endpoints.check_key)
     add_tokenizer_routes(app, endpoints, endpoints.check_key)
     add_batch_routes(app, endpoints, endpoints.check_key)

@@ -28,7 +28,7 @@ from tests.fuzz.strategies import length_delimited
 pytestmark = pytest.mark.slow
 # probes and Prometheus scrapers (router/front/http_api.py documents both as keyless); /metrics and
 # FastAPI's /openapi.json are not in the schema this test reads the routes from
-OPEN_ROUTES = {"/health", "/metrics"}
+OPEN_ROUTES = {"/health", "/ping", "/version", "/metrics"}
 OVER_LIMIT = length_delimited(2, b"a" * (MAX_MESSAGE_BYTES + 1))  # field 2 (prompt / prompt_token_ids / data)
 
 

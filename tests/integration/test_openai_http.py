@@ -12,6 +12,7 @@ import urllib.request
 
 import grpc
 import openai
+import splitserve
 import pytest
 
 from splitserve.api.v1 import router_pb2_grpc
@@ -557,6 +558,8 @@ def test_api_description_is_open_when_auth_is_off(cluster):
 def test_health_reports_nodes_and_requests(cluster):
     status, body = http_json(cluster.http_url + "/health")
     assert status == 200 and body["status"] == "ok" and body["healthy_nodes"] == 2
+    assert http_json(cluster.http_url + "/ping") == (200, body)
+    assert http_json(cluster.http_url + "/version") == (200, {"version": splitserve.__version__})
 
 
 def test_metrics_are_served_and_count_refusals(cluster):
