@@ -261,7 +261,7 @@ VARIANTS = {
     "everything-off": {"networkPolicy": {"enabled": False}, "rbac": {"create": False},
                        "router": {"pdb": {"enabled": False}, "serviceAccount": {"create": False, "name": "sa"}}},
     "responses-in-redis": {"router": {"responsesStore": "redis"}},
-    "batches-in-redis": {"router": {"batchStore": "redis"}},
+    "batches-in-redis": {"router": {"batchStore": "redis", "batch": {"claimSeconds": 7.5}}},
     "responses-in-external-redis-tls": {"router": {"responsesStore": "redis"}, "redis": {
         "mode": "external", "auth": {"existingSecret": "r"},
         "external": {"host": "redis.example", "tls": {"enabled": True, "caSecret": "redis-ca"}}}},
@@ -293,6 +293,7 @@ def test_value_variants_render_valid_objects(variant):
         flag = "--batch-store=" if variant.startswith("batches") else "--responses-store="
         [store] = [a for a in router["args"] if a.startswith(flag)]
         assert store.removeprefix(flag) in {u.removeprefix("--redis-url=") for u in urls}
+        assert ("--batch-claim-s=7.5" in router["args"]) == variant.startswith("batches")
         assert "$(REDIS_PASSWORD)" in store and "REDIS_PASSWORD" in [e["name"] for e in router["env"]]
         tls = variant.endswith("tls")
         assert ("redis-tls" in [m["name"] for m in router["volumeMounts"]]) == tls

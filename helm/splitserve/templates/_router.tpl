@@ -20,6 +20,7 @@
 {{- end }}
 {{- if eq $r.batchStore "redis" }}
 - --batch-store={{ include "splitserve.redisUrl" . }}
+- --batch-claim-s={{ $r.batch.claimSeconds }}
 {{- end }}
 - --batch-concurrency={{ int64 $r.batch.concurrency }}
 - --batch-priority={{ int64 $r.batch.priority }}
