@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, the
-deprecated functions / function_call, the `UNSUPPORTED` fields, and fields a beam search does not take) are refused
+deprecated functions / function_call, and fields a beam search does not take) are refused
 with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
@@ -28,6 +28,7 @@ from router.front import tools
 from router.front.json_schemas import closed
 from router.front.tools import Tool
 from router.front.beam_search import MAX_BEAM_WIDTH
+from router.front.structural_tags import structural_tag_grammar
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
 MAX_CHOICES = 16  # n: each choice is a request of its own in the cluster
@@ -72,11 +73,13 @@ class ResponseFormat(BaseModel):
 
     type: str
     json_schema: JsonSchema | None = None
+    structures: list | None = None  # type structural_tag (vLLM's): structural_tags.py
+    triggers: list | None = None
 
     def check(self) -> None:
-        if self.type not in ("text", "json_object", "json_schema"):
-            raise InvalidRequest(f"response_format type must be text, json_object or json_schema, got {self.type!r}",
-                                 "response_format")
+        if self.type not in ("text", "json_object", "json_schema", "structural_tag"):
+            raise InvalidRequest("response_format type must be text, json_object, json_schema or structural_tag, "
+                                 f"got {self.type!r}", "response_format")
         if self.type == "json_schema" and self.json_schema is None:
             raise InvalidRequest("response_format json_schema needs its json_schema.schema", "response_format")
 
@@ -86,6 +89,9 @@ class ResponseFormat(BaseModel):
             return None
         if self.type == "json_object":
             return json_schema_grammar(None)
+        if self.type == "structural_tag":
+            return checked_structural_tag({"structures": self.structures, "triggers": self.triggers},
+                                          "response_format")
         schema = self.json_schema.json_schema
         return json_schema_grammar(closed(schema) if self.json_schema.strict else schema)
 
@@ -103,12 +109,16 @@ class StructuredOutputs(BaseModel):
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool | None = None
+    structural_tag: str | dict | None = None  # structural_tags.py
 
     def grammar_text(self, param: str) -> str:
         """llguidance's grammar; InvalidRequest unless exactly one constraint is given."""
         given = [name for name, value in self if value is not None and value is not False]
         if len(given) != 1:
-            raise InvalidRequest(f"{param}: give exactly one of json, regex, choice, grammar or json_object", param)
+            raise InvalidRequest(f"{param}: give exactly one of json, regex, choice, grammar, structural_tag or "
+                                 "json_object", param)
+        if self.structural_tag is not None:
+            return checked_structural_tag(self.structural_tag, param)
         if self.json_object:
             return json_schema_grammar(None)
         if self.json_schema is not None:
@@ -120,6 +130,14 @@ class StructuredOutputs(BaseModel):
         if self.regex is not None:
             return regex_grammar(self.regex)
         return lark_grammar(self.grammar)
+
+
+def checked_structural_tag(spec: dict | str, param: str) -> str:
+    """Its grammar (structural_tags.py), or a 400 naming `param`."""
+    try:
+        return structural_tag_grammar(spec)
+    except ValueError as exc:
+        raise InvalidRequest(f"{param}: {exc}", param) from None
 
 
 def _schema(value: dict | str, param: str) -> dict:
@@ -135,9 +153,9 @@ def _schema(value: dict | str, param: str) -> dict:
 
 
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # a model may recommend these
-GUIDED = ("json", "regex", "choice", "grammar")  # vLLM's older guided_<name> fields
-# vLLM's fields that change the output and that this server does not implement: refused when set (value: the default)
-UNSUPPORTED = {"structural_tag": None}
+# vLLM's older fields of structured outputs -> the structured_outputs key each stands for
+OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                    "guided_grammar": "grammar", "structural_tag": "structural_tag"}
 # what a use_beam_search request may set (beam_search.py); any other field that changes the output is a 400
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
@@ -217,9 +235,6 @@ class _Request(BaseModel):
             raise InvalidRequest(f"n must be in [1, {MAX_CHOICES}], got {self.n}", "n")
         if self.response_format is not None:
             self.response_format.check()
-        for name, default in UNSUPPORTED.items():
-            if getattr(self, name) != default:
-                raise InvalidRequest(f"{name} is not supported by this server", name)
         if self.structured is not None and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest("response_format and structured outputs constrain the answer twice: send one",
                                  "response_format")
@@ -251,11 +266,13 @@ class _Request(BaseModel):
     @property
     def structured(self) -> tuple[StructuredOutputs, str] | None:
         """vLLM's structured outputs and the field they came in, or None."""
-        guided = {name: value for name in GUIDED if (value := getattr(self, f"guided_{name}")) is not None}
-        if guided and self.structured_outputs is not None:
-            raise InvalidRequest("send structured_outputs or the guided_* fields, not both", "structured_outputs")
-        if guided:
-            return StructuredOutputs.model_validate(guided), f"guided_{next(iter(guided))}"
+        older = {field: value for field in OLDER_STRUCTURED if (value := getattr(self, field)) is not None}
+        if older and self.structured_outputs is not None:
+            raise InvalidRequest("send structured_outputs or the older guided_* / structural_tag fields, not both",
+                                 "structured_outputs")
+        if older:
+            outputs = StructuredOutputs.model_validate({OLDER_STRUCTURED[f]: value for f, value in older.items()})
+            return outputs, next(iter(older))
         return None if self.structured_outputs is None else (self.structured_outputs, "structured_outputs")
 
     def _grammar(self) -> str | None:

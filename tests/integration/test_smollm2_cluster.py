@@ -113,6 +113,31 @@ def test_anthropic_messages_equal_generate_chat(cluster, smollm2_model, generate
     assert message.content[0].text == generate_chat_text
 
 
+WEATHER = [{"role": "system", "content": "To call a function, write <function=NAME>{JSON arguments}</function>.\n"
+                                         "Functions: get_weather(city, unit)."},
+           {"role": "user", "content": "Weather in Rome?"},
+           {"role": "assistant", "content": '<function=get_weather>{"city": "Rome"}</function>'},
+           {"role": "user", "content": "How hot is it in Paris, in fahrenheit?"}]
+WEATHER_TAG = {"type": "structural_tag", "triggers": ["<function="], "structures": [{
+    "begin": "<function=get_weather>", "end": "</function>", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}]}
+
+
+def test_a_structural_tag_holds_the_models_own_call_format_to_its_schema(cluster, smollm2_model):
+    """vLLM's structural tags: SmolLM2 writes its call in the format it was shown, but with arguments of its own
+    making; held to the schema between the tags, it writes the call the schema asks for."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=cluster.http_url + "/v1", api_key="unused")
+    ask = functools.partial(client.chat.completions.create, model=smollm2_model.name, messages=WEATHER,
+                            temperature=0, max_completion_tokens=40)
+    assert ask().choices[0].message.content == '<function=get_weather>{"temperature": "77.8F"}</function>'
+    constrained = ask(response_format=WEATHER_TAG).choices[0]
+    assert constrained.message.content == '<function=get_weather>{"city": "Paris", "unit": "fahrenheit"}</function>'
+    assert constrained.finish_reason == "stop"
+
+
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
 def test_decode_node_killed_mid_stream_changes_nothing(smollm2_model, reference, seeded):
     from splitserve.client import Client
