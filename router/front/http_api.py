@@ -156,8 +156,8 @@ class Endpoints:
             jobs += choice_jobs(prompt_jobs[-1], n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
             shapes += [CompletionShape(request_id, name, self.ctx.texts, len(prompt_ids),
-                                       body.logprobs is not None, index=k * n + i, counts_prompt=i == 0, echo=echo)
-                       for i in range(n)]
+                                       body.logprobs is not None, index=k * n + i, counts_prompt=i == 0, echo=echo,
+                                       **_token_id_options(body, prompt_ids)) for i in range(n)]
         if body.use_beam_search:
             return await self.serve_beams(request, prompt_jobs, shapes, body)
         if body.samples_more:
@@ -178,8 +178,8 @@ class Endpoints:
         name = self.served_name(body.model)
         job = self.chat_job(body, _request_id(request, "chatcmpl"))
         shapes = [ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
-                            body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode)
-                  for i in range(body.num_choices)]
+                            body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode,
+                            **_token_id_options(body, job.prompt_token_ids)) for i in range(body.num_choices)]
         if body.use_beam_search:
             return await self.serve_beams(request, [job], shapes, body)
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
@@ -395,6 +395,12 @@ class Endpoints:
         nodes = self.ctx.orchestrator.registry.snapshot()
         return {"status": "ok", "nodes": len(nodes), "healthy_nodes": sum(n.healthy for n in nodes),
                 "requests_in_flight": self.ctx.admission.num_active}
+
+
+def _token_id_options(body, prompt_ids: list[int]) -> dict:
+    """Shape keywords for vLLM's return_token_ids and return_tokens_as_token_ids."""
+    return {"prompt_token_ids": list(prompt_ids) if body.return_token_ids else None,
+            "ids_as_tokens": body.return_tokens_as_token_ids}
 
 
 def choice_jobs(job: Job, n: int) -> list[Job]:

@@ -64,14 +64,20 @@ class Shape(ABC):
     object_name = ""
     chunk_object_name = ""
     scores_only = False  # the choice shows no generated token (completions: echo with max_tokens 0)
+    prompt_ids_at_top = True  # return_token_ids: the prompt's ids in the response (chat), or in each choice
 
     def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool,
-                 index: int = 0, counts_prompt: bool = True):
-        """`counts_prompt`: usage counts this choice's prompt (its prompt's first choice)."""
+                 index: int = 0, counts_prompt: bool = True, prompt_token_ids: list[int] | None = None,
+                 ids_as_tokens: bool = False):
+        """`counts_prompt`: usage counts this choice's prompt (its prompt's first choice); `prompt_token_ids`:
+        vLLM's `return_token_ids` (the prompt's and the output's token ids go with the text), else None;
+        `ids_as_tokens`: vLLM's `return_tokens_as_token_ids` (logprobs name tokens "token_id:N", not by text)."""
         self.id, self.model, self.texts, self.index, self.counts_prompt = request_id, model, texts, index, counts_prompt
         self.num_prompt_tokens, self.logprobs = num_prompt_tokens, logprobs
+        self.prompt_token_ids, self.ids_as_tokens = prompt_token_ids, ids_as_tokens
         self.created = int(time.time())
         self._num_chars = 0  # completions' text_offset
+        self._unsent_ids: list[int] = []  # return_token_ids: generated ids not yet in a chunk
 
     def _envelope(self, object_name: str, choices: list, **extra) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
@@ -79,19 +85,42 @@ class Shape(ABC):
 
     def chunk(self, piece: Piece, usage_field: bool) -> dict | None:
         """The stream chunk of a piece; None when it shows nothing."""
+        self._unsent_ids += self._generated_ids(piece)
         piece = self._shown(piece)
         if piece is None:
             return None
         choice = self._delta_choice(piece)
         choice["logprobs"] = self._logprobs(piece.token_ids, piece.logprobs) if self.logprobs else None
         extra = {"usage": None} if usage_field else {}
-        return self._envelope(self.chunk_object_name, [choice], **extra)
+        return self._with_ids(self._envelope(self.chunk_object_name, [choice], **extra))
 
     def final_chunk(self, finish: Finish, usage_field: bool) -> dict:
         choice = self._delta_choice(Piece([], ""), final=True)
         choice.update(logprobs=None, finish_reason=self._reason(finish))
         extra = {"usage": None} if usage_field else {}
-        return self._envelope(self.chunk_object_name, [choice], **extra)
+        return self._with_ids(self._envelope(self.chunk_object_name, [choice], **extra))
+
+    def _with_ids(self, chunk: dict) -> dict:
+        """return_token_ids, streamed: each chunk the ids generated since the last, the first the prompt's too."""
+        if self.prompt_token_ids is not None:
+            chunk["choices"][0]["token_ids"], self._unsent_ids = self._unsent_ids, []
+            if not self._ids_started:
+                self._ids_started = True
+                self._add_prompt_ids(chunk)
+        return chunk
+
+    _ids_started = False
+
+    def _token(self, token_id: int) -> str:
+        """A token as logprobs name it."""
+        return f"token_id:{token_id}" if self.ids_as_tokens else self.texts(token_id)
+
+    def _generated_ids(self, piece: Piece) -> list[int]:
+        """The generated token ids a piece carries, as return_token_ids reports them."""
+        return piece.token_ids
+
+    def _add_prompt_ids(self, chunk: dict) -> None:
+        (chunk if self.prompt_ids_at_top else chunk["choices"][0])["prompt_token_ids"] = self.prompt_token_ids
 
     def usage_chunk(self, usage_field: dict) -> dict:
         return self._envelope(self.chunk_object_name, [], usage=usage_field)
@@ -100,12 +129,15 @@ class Shape(ABC):
         return whole_response([self], [(pieces, finish)])
 
     def whole_choice(self, pieces: list[Piece], finish: Finish) -> dict:
+        generated = [t for p in pieces for t in self._generated_ids(p)]
         pieces = [shown for shown in map(self._shown, pieces or [Piece([], "")]) if shown is not None]
         token_ids = [t for p in pieces for t in p.token_ids]
         entries = [e for p in pieces for e in p.logprobs]
         choice = self._whole_choice("".join(p.text for p in pieces))
         choice.update(logprobs=self._logprobs(token_ids, entries) if self.logprobs else None,
                       finish_reason=self._reason(finish))
+        if self.prompt_token_ids is not None:
+            choice["token_ids"] = generated
         return choice
 
     def _shown(self, piece: Piece) -> Piece | None:
@@ -139,6 +171,7 @@ class Echo:
 
 class CompletionShape(Shape):
     object_name = chunk_object_name = "text_completion"
+    prompt_ids_at_top = False
 
     def __init__(self, *args, echo: Echo | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -158,14 +191,20 @@ class CompletionShape(Shape):
     def _reason(self, finish: Finish) -> str:
         return "length" if self.scores_only else finish.reason
 
+    def _generated_ids(self, piece: Piece) -> list[int]:
+        return [] if self.scores_only else piece.token_ids  # echo only: the token generated is dropped
+
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:
         return {"index": self.index, "text": piece.text, "logprobs": None, "finish_reason": None}
 
     def _whole_choice(self, text: str) -> dict:
-        return {"index": self.index, "text": text}
+        choice = {"index": self.index, "text": text}
+        if self.prompt_token_ids is not None:
+            choice["prompt_token_ids"] = self.prompt_token_ids
+        return choice
 
     def _logprobs(self, token_ids: list[int], entries: list) -> dict:
-        tokens = [self.texts(t) for t in token_ids]
+        tokens = [self._token(t) for t in token_ids]
         offsets = []
         for token in tokens:
             offsets.append(self._num_chars)
@@ -177,7 +216,7 @@ class CompletionShape(Shape):
         """{text: logprob}, most likely first; of two tokens with one text the likelier stays."""
         out = {}
         for token_id, logprob in top:
-            out.setdefault(self.texts(token_id), logprob)
+            out.setdefault(self._token(token_id), logprob)
         return out
 
 
@@ -237,7 +276,7 @@ class ChatShape(Shape):
         return {"index": self.index, "message": {"role": "assistant", "content": text or "".join(self._answer)}}
 
     def _entry(self, token_id: int, logprob: float) -> dict:
-        token = self.texts(token_id)
+        token = self._token(token_id)
         return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
     def _logprobs(self, token_ids: list[int], entries: list) -> dict:
@@ -248,4 +287,7 @@ class ChatShape(Shape):
 def whole_response(shapes: list[Shape], results: list[tuple[list[Piece], Finish]]) -> dict:
     """The response of a request for len(shapes) choices (one shape and one result per choice)."""
     choices = [shape.whole_choice(pieces, finish) for shape, (pieces, finish) in zip(shapes, results)]
-    return shapes[0]._envelope(shapes[0].object_name, choices, usage=usage(shapes, [finish for _, finish in results]))
+    body = shapes[0]._envelope(shapes[0].object_name, choices, usage=usage(shapes, [finish for _, finish in results]))
+    if shapes[0].prompt_ids_at_top and shapes[0].prompt_token_ids is not None:
+        body["prompt_token_ids"] = shapes[0].prompt_token_ids
+    return body

@@ -209,6 +209,8 @@ class _Request(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    return_token_ids: bool = False  # vLLM's: the prompt's and the output's token ids go with the text
+    return_tokens_as_token_ids: bool = False  # vLLM's: logprobs name tokens "token_id:N"
     use_beam_search: bool = False  # vLLM's: n beams of a beam search (beam_search.py) instead of n samples
     length_penalty: float = 1.0  # vLLM's, for beam search: scores are cumulative logprob / length ** this
     include_stop_str_in_output: bool = False

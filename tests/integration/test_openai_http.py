@@ -241,6 +241,35 @@ def test_vllm_token_limits_equal_the_engine(cluster, api, tiny_model):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"allowed_token_ids": [10**6]})
 
 
+def test_return_token_ids_gives_the_ids_the_grpc_path_gives(cluster, api, tiny_model):
+    """vLLM's return_token_ids: the prompt's ids (each completions choice's; chat: the response's) and the output's,
+    whole or a chunk's worth per chunk (the prompt's on the first); return_tokens_as_token_ids names logprobs' tokens
+    by id."""
+    frontend = Frontend.from_model_dir(tiny_model)
+    asked = {"return_token_ids": True, "ignore_eos": True}
+    prompt_ids, chat_ids = frontend.prompt_ids(prompt=PROMPT), frontend.prompt_ids(messages=MESSAGES)
+    output = grpc_result(cluster, prompt=PROMPT, max_tokens=6, ignore_eos=True).token_ids
+    chat_output = grpc_result(cluster, messages=MESSAGES, max_tokens=6, ignore_eos=True).token_ids
+    choice = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
+                                    extra_body=asked).choices[0]
+    assert (choice.prompt_token_ids, choice.token_ids) == (prompt_ids, output)
+    chunks = [c for c in api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, stream=True,
+                                                extra_body=asked) if c.choices]
+    assert chunks[0].choices[0].prompt_token_ids == prompt_ids
+    assert [t for c in chunks for t in c.choices[0].token_ids] == output
+    reply = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, extra_body=asked)
+    assert (reply.prompt_token_ids, reply.choices[0].token_ids) == (chat_ids, chat_output)
+    chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0,
+                                              stream=True, extra_body=asked))
+    assert chunks[0].prompt_token_ids == chat_ids and [t for c in chunks for t in c.choices[0].token_ids] == chat_output
+    scored = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1,
+                                    extra_body={**asked, "return_tokens_as_token_ids": True}).choices[0]
+    assert scored.token_ids == [] and scored.logprobs.tokens == [f"token_id:{t}" for t in prompt_ids]
+    named = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True,
+                                        extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+    assert [e.token for e in named.choices[0].logprobs.content] == [f"token_id:{t}" for t in chat_output[:3]]
+
+
 def test_best_of_returns_the_samples_with_the_highest_logprob_per_token(cluster, api, tiny_model):
     """best_of 4, n 2, seeded: the four samples are the engine's with seeds 9..12; the two with the highest mean
     token logprob come back, best first; usage counts all four."""
