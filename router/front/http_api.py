@@ -162,7 +162,7 @@ class Endpoints:
             return await self.serve_beams(request, prompt_jobs, shapes, body)
         if body.samples_more:
             return await self.serve_best_of(request, prompt_jobs, shapes, body.best_of)
-        return await self.serve(request, jobs, shapes, body.stream, body.include_usage)
+        return await self.serve(request, jobs, shapes, body.stream, body.include_usage, body.continuous_usage)
 
     def _echo(self, prompt_input: dict, prompt_ids: list[int], body: CompletionRequest) -> Echo:
         """A text prompt is echoed as sent; token ids, or a prompt with documents in front or truncated, as the model
@@ -182,7 +182,8 @@ class Endpoints:
                             **_token_id_options(body, job.prompt_token_ids)) for i in range(body.num_choices)]
         if body.use_beam_search:
             return await self.serve_beams(request, [job], shapes, body)
-        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage)
+        return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage,
+                                body.continuous_usage)
 
     def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
         frontend = self.ctx.frontend
@@ -324,11 +325,13 @@ class Endpoints:
         await self.ctx.responses.delete(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
-    async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool):
+    async def serve(self, request: Request, jobs: list[Job], shapes: list[Shape], stream: bool, include_usage: bool,
+                    continuous_usage: bool = False):
         slots, events = self.start(jobs)
         headers = {"X-Request-Id": shapes[0].id}
         if stream:
-            return EventStreamResponse(event_stream(events, shapes, include_usage, slots), headers=headers)
+            return EventStreamResponse(event_stream(events, shapes, include_usage, slots, continuous_usage),
+                                       headers=headers)
         results = await self.results(request, events, slots, len(jobs))
         return JSONResponse(whole_response(shapes, results), headers=headers)
 

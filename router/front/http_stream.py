@@ -59,21 +59,27 @@ def _data(payload: dict) -> bytes:
 
 
 async def event_stream(events: AsyncIterator[tuple[int, Piece | Finish]], shapes: list[Shape], include_usage: bool,
-                       slots: list[Slot]) -> AsyncIterator[bytes]:
+                       slots: list[Slot], continuous_usage: bool = False) -> AsyncIterator[bytes]:
     """SSE lines: text chunks (each choice's under its index), each choice's chunk with its finish reason,
-    usage over all choices (when asked), [DONE]. `events` is `numbered()`'s.
+    usage over all choices (when asked), [DONE]. `events` is `numbered()`'s. `continuous_usage` (vLLM's
+    continuous_usage_stats): every chunk's `usage` is its choice's so far.
 
     A failure after the 200 went out becomes an `error` event, then [DONE]."""
     finishes: dict[int, Finish] = {}
+    generated = [0] * len(shapes)  # tokens each choice has generated so far
     try:
         async for index, item in events:
+            shape = shapes[index]
             if isinstance(item, Piece):
-                chunk = shapes[index].chunk(item, include_usage)
-                if chunk is not None:
-                    yield _data(chunk)
-                continue
-            yield _data(shapes[index].final_chunk(item, include_usage))
-            finishes[index] = item
+                generated[index] += len(shape.generated_ids(item))
+                chunk = shape.chunk(item, include_usage)
+            else:
+                chunk, finishes[index] = shape.final_chunk(item, include_usage), item
+            if chunk is not None:
+                if continuous_usage:
+                    chunk["usage"] = {"prompt_tokens": shape.num_prompt_tokens, "completion_tokens": generated[index],
+                                      "total_tokens": shape.num_prompt_tokens + generated[index]}
+                yield _data(chunk)
         if include_usage:
             yield _data(shapes[0].usage_chunk(usage(shapes, [finishes[i] for i in range(len(shapes))])))
         yield DONE

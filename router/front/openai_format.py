@@ -85,7 +85,7 @@ class Shape(ABC):
 
     def chunk(self, piece: Piece, usage_field: bool) -> dict | None:
         """The stream chunk of a piece; None when it shows nothing."""
-        self._unsent_ids += self._generated_ids(piece)
+        self._unsent_ids += self.generated_ids(piece)
         piece = self._shown(piece)
         if piece is None:
             return None
@@ -115,7 +115,7 @@ class Shape(ABC):
         """A token as logprobs name it."""
         return f"token_id:{token_id}" if self.ids_as_tokens else self.texts(token_id)
 
-    def _generated_ids(self, piece: Piece) -> list[int]:
+    def generated_ids(self, piece: Piece) -> list[int]:
         """The generated token ids a piece carries, as return_token_ids reports them."""
         return piece.token_ids
 
@@ -129,7 +129,7 @@ class Shape(ABC):
         return whole_response([self], [(pieces, finish)])
 
     def whole_choice(self, pieces: list[Piece], finish: Finish) -> dict:
-        generated = [t for p in pieces for t in self._generated_ids(p)]
+        generated = [t for p in pieces for t in self.generated_ids(p)]
         pieces = [shown for shown in map(self._shown, pieces or [Piece([], "")]) if shown is not None]
         token_ids = [t for p in pieces for t in p.token_ids]
         entries = [e for p in pieces for e in p.logprobs]
@@ -191,7 +191,7 @@ class CompletionShape(Shape):
     def _reason(self, finish: Finish) -> str:
         return "length" if self.scores_only else finish.reason
 
-    def _generated_ids(self, piece: Piece) -> list[int]:
+    def generated_ids(self, piece: Piece) -> list[int]:
         return [] if self.scores_only else piece.token_ids  # echo only: the token generated is dropped
 
     def _delta_choice(self, piece: Piece, final: bool = False) -> dict:

@@ -55,6 +55,7 @@ def parse_body(model: type[BaseModel], body: bytes):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: with include_usage, every chunk carries its choice's usage so far
 
 
 class JsonSchema(BaseModel):
@@ -231,6 +232,10 @@ class _Request(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
     def check_supported(self) -> None:
         if not 1 <= self.num_choices <= MAX_CHOICES:

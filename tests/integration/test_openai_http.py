@@ -270,6 +270,18 @@ def test_return_token_ids_gives_the_ids_the_grpc_path_gives(cluster, api, tiny_m
     assert [e.token for e in named.choices[0].logprobs.content] == [f"token_id:{t}" for t in chat_output[:3]]
 
 
+def test_continuous_usage_stats_put_each_choices_usage_on_every_chunk(cluster, api):
+    chunks = list(api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, n=2, temperature=0, stream=True,
+                                         stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                         extra_body={"ignore_eos": True}))
+    prompt_tokens = chunks[-1].usage.prompt_tokens  # the last chunk: usage over both choices (one prompt)
+    assert chunks[-1].usage.completion_tokens == 10 and not chunks[-1].choices
+    for index in (0, 1):
+        counts = [c.usage.completion_tokens for c in chunks[:-1] if c.choices[0].index == index]
+        assert counts == sorted(counts) and counts[-1] == 5
+        assert all(c.usage.prompt_tokens == prompt_tokens for c in chunks[:-1])
+
+
 def test_best_of_returns_the_samples_with_the_highest_logprob_per_token(cluster, api, tiny_model):
     """best_of 4, n 2, seeded: the four samples are the engine's with seeds 9..12; the two with the highest mean
     token logprob come back, best first; usage counts all four."""
