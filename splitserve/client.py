@@ -64,7 +64,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   skip_special_tokens: bool = True, continue_final_message: bool = False,
                   chat_template_kwargs: dict | None = None, priority: int = 0, bad_words: list[str] = (),
                   allowed_token_ids: list[int] = (),
-                  truncate_prompt_tokens: int | None = None) -> router_pb2.GenerateRequest:
+                  truncate_prompt_tokens: int | None = None,
+                  cache_salt: str | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
                                          keep_special_tokens=not skip_special_tokens,
@@ -82,6 +83,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
         sampling.prompt_logprobs = prompt_logprobs
     if grammar is not None:
         sampling.grammar = grammar
+    if cache_salt is not None:
+        sampling.cache_salt = cache_salt
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
     if truncate_prompt_tokens is not None:
         request.truncate_prompt_tokens = truncate_prompt_tokens

@@ -24,6 +24,7 @@ from typing import AsyncIterator
 import grpc
 
 from splitserve.chunkcache.keys import content_hash
+from splitserve.engine.block_pool import root_hash
 from splitserve.node_api import PrefillResult, TokenChunk
 from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
@@ -66,7 +67,8 @@ class Orchestrator:
     def route_request(job: Job) -> RouteRequest:
         prompt = job.prompt_token_ids
         keys = frozenset(content_hash(prompt[start:start + length]) for start, length in job.chunks)
-        return RouteRequest(len(prompt), job.params.max_tokens, prompt, keys, sum(length for _, length in job.chunks))
+        return RouteRequest(len(prompt), job.params.max_tokens, prompt, keys, sum(length for _, length in job.chunks),
+                            root_hash(job.params.cache_salt))
 
     async def run(self, job: Job, route: Route) -> AsyncIterator[Tokens | Done]:
         progress, timer = Progress(job.request_id), RequestTimer(self.metrics, time.monotonic(), len(job.prompt_token_ids))

@@ -26,6 +26,7 @@ class RouteRequest:
     prompt_token_ids: Sequence[int] = ()  # cache_aware hashes its blocks (router/cluster/prefix_index.py)
     chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
     num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
+    hash_root: bytes = b""  # where its blocks' hash chain starts (a cache salt's: block_pool.root_hash)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
 
     def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
         block_size = next((n.block_size for n in nodes if n.healthy and n.role != labels.ROLE_DECODE), 16)
-        hashes = block_hashes(list(request.prompt_token_ids), block_size)
+        hashes = block_hashes(list(request.prompt_token_ids), block_size, request.hash_root)
         matched = index.matched_blocks(hashes)
 
         def cost(n: NodeView) -> tuple:

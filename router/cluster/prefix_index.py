@@ -14,9 +14,10 @@ from collections import OrderedDict
 from splitserve.engine.block_pool import NO_HASH, chain_hash
 
 
-def block_hashes(token_ids: list[int], block_size: int) -> tuple[bytes, ...]:
-    """Chained hashes of the full blocks of token_ids, as the nodes' block pools compute them."""
-    hashes, parent = [], NO_HASH
+def block_hashes(token_ids: list[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
+    """Chained hashes of the full blocks of token_ids, as the nodes' block pools compute them (from `root`:
+    a cache salt's, block_pool.root_hash)."""
+    hashes, parent = [], root
     for start in range(0, len(token_ids) - block_size + 1, block_size):
         parent = chain_hash(parent, token_ids[start:start + block_size])
         hashes.append(parent)

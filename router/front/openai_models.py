@@ -160,7 +160,7 @@ OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choi
 # what a use_beam_search request may set (beam_search.py); any other field that changes the output is a 400
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
-                      "truncate_prompt_tokens", "stream", "add_generation_prompt", "continue_final_message",
+                      "truncate_prompt_tokens", "stream", "cache_salt", "add_generation_prompt", "continue_final_message",
                       "chat_template_kwargs"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
 TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")
@@ -210,6 +210,7 @@ class _Request(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    cache_salt: str | None = None  # vLLM's: the prompt shares cached KV only with requests of the same salt
     return_token_ids: bool = False  # vLLM's: the prompt's and the output's token ids go with the text
     return_tokens_as_token_ids: bool = False  # vLLM's: logprobs name tokens "token_id:N"
     use_beam_search: bool = False  # vLLM's: n beams of a beam search (beam_search.py) instead of n samples
@@ -303,7 +304,8 @@ class _Request(BaseModel):
             ignore_eos=self.ignore_eos, logprobs=logprobs, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=self._logit_bias(), grammar=self._grammar(), priority=self.priority,
-            allowed_token_ids=tuple(self.allowed_token_ids or ()), bad_words=tuple(self.bad_words or ()))
+            allowed_token_ids=tuple(self.allowed_token_ids or ()), bad_words=tuple(self.bad_words or ()),
+            cache_salt=self.cache_salt)
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}

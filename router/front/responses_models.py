@@ -25,7 +25,7 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # chat are refused here too)
 EXTENSIONS = ("documents", "seed", "stop", "stop_token_ids", "top_k", "min_p", "min_tokens", "ignore_eos", "priority",
               "logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty", "structured_outputs",
-              *OLDER_STRUCTURED, *TOKEN_LIMITS)
+              *OLDER_STRUCTURED, *TOKEN_LIMITS, "cache_salt")
 # a chat field whose error names the Responses field it came from
 RESPONSES_PARAM = {"messages": "input", "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
                    "tools": "tools", "tool_choice": "tool_choice"}

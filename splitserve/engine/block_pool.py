@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 NO_HASH = b""
 
 
+def root_hash(cache_salt: str | None) -> bytes:
+    """Where a prompt's hash chain starts: NO_HASH, or its cache salt's own root (vLLM's cache_salt: prompts under
+    different salts never share cached blocks, so one tenant cannot time another's cached prefixes)."""
+    return NO_HASH if not cache_salt else hashlib.blake2b(b"cache-salt:" + cache_salt.encode(), digest_size=16).digest()
+
+
 def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
     h = hashlib.blake2b(parent, digest_size=16)
     h.update(b"".join(t.to_bytes(4, "little", signed=False) for t in token_ids))
@@ -61,11 +67,12 @@ class BlockPool:
             self.blocks[block_id].ref_count = 1
         return ids
 
-    def lookup_prefix(self, token_ids: list[int]) -> list[int]:
-        """Ids of cached blocks holding the longest full-block prefix of token_ids (no refs taken)."""
+    def lookup_prefix(self, token_ids: list[int], root: bytes = NO_HASH) -> list[int]:
+        """Ids of cached blocks holding the longest full-block prefix of token_ids (no refs taken); `root`: where
+        the hash chain starts (root_hash)."""
         if not self.enable_prefix_caching:
             return []
-        found, parent = [], NO_HASH
+        found, parent = [], root
         for start in range(0, len(token_ids) - self.block_size + 1, self.block_size):
             chunk = token_ids[start:start + self.block_size]
             parent = chain_hash(parent, chunk)

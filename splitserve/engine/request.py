@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from splitserve.engine.block_pool import root_hash
 from splitserve.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -86,6 +87,11 @@ class Request:
     def needs_every_prompt_row(self) -> bool:
         """Prompt logprobs or mean pooling: no prompt row may come from the prefix cache."""
         return self.wants_prompt_logprobs or (self.is_embedding and self.pooling.needs_every_row)
+
+    @property
+    def hash_root(self) -> bytes:
+        """Where its blocks' hash chain starts: its cache salt's root, or the shared one."""
+        return root_hash(self.params.cache_salt)
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

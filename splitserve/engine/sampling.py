@@ -10,6 +10,7 @@ UINT32_END = 2**32  # counts travel as uint32 between router and nodes
 MAX_REPETITION_PENALTY = 10.0
 MAX_LOGIT_BIAS_TOKENS = 1024
 MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
+MAX_SALT_CHARS = 256
 MAX_BAD_WORDS = 128  # vLLM's bad_words (its limit): token sequences the output never contains
 MAX_BAD_WORD_TOKENS = 2048  # over all of a request's sequences (a word is spelled twice: vLLM's 1,024 x 2)
 
@@ -39,6 +40,7 @@ class SamplingParams:
     allowed_token_ids: tuple[int, ...] = ()  # vLLM's: only these are sampled (sorted, unique); empty: all
     bad_words: tuple[str, ...] = ()  # vLLM's, as text: the router's reading; it sends them as bad_word_ids
     bad_word_ids: tuple[tuple[int, ...], ...] = ()  # token sequences never completed in the output (sampler.py)
+    cache_salt: str | None = None  # vLLM's: its prompt shares cached KV only with requests of the same salt
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -66,6 +68,9 @@ class SamplingParams:
         object.__setattr__(self, "bad_words", tuple(self.bad_words))
         object.__setattr__(self, "bad_word_ids", tuple(tuple(ids) for ids in self.bad_word_ids))
         _check_bad_words(self.bad_words, self.bad_word_ids)
+        _check(self.cache_salt is None or (isinstance(self.cache_salt, str) and 0 < len(self.cache_salt) <= MAX_SALT_CHARS
+                                           and self.cache_salt.isprintable()),
+               f"cache_salt must be a non-empty printable string of at most {MAX_SALT_CHARS} characters")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 

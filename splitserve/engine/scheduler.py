@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from splitserve.engine.block_pool import NO_HASH, BlockPool
+from splitserve.engine.block_pool import BlockPool
 from splitserve.engine.request import Request, Status
 
 
@@ -154,7 +154,7 @@ class Scheduler:
         states)."""
         if req.block_ids or req.needs_every_prompt_row:
             return 0
-        hits = self.pool.lookup_prefix(req.all_token_ids[: req.num_tokens - 1])
+        hits = self.pool.lookup_prefix(req.all_token_ids[: req.num_tokens - 1], req.hash_root)
         self.pool.acquire(hits)
         req.block_ids = list(hits)
         req.block_hashes = [self.pool.blocks[b].hash for b in hits]
@@ -192,7 +192,7 @@ class Scheduler:
         tokens = req.all_token_ids
         while (len(req.block_hashes) + 1) * size <= req.num_computed_tokens:
             j = len(req.block_hashes)
-            parent = req.block_hashes[-1] if req.block_hashes else NO_HASH
+            parent = req.block_hashes[-1] if req.block_hashes else req.hash_root
             req.block_hashes.append(self.pool.register_full(req.block_ids[j], parent, tokens[j * size:(j + 1) * size]))
 
     def finish(self, req: Request, keep_blocks: bool = False) -> None:

@@ -34,6 +34,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         allowed_token_ids=tuple(msg.allowed_token_ids),
         bad_words=tuple(msg.bad_words) if with_stop_strings else (),
         bad_word_ids=tuple(tuple(seq.token_ids) for seq in msg.bad_word_ids),
+        cache_salt=msg.cache_salt if msg.HasField("cache_salt") else None,
     )
 
 
@@ -57,6 +58,8 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
         msg.prompt_logprobs = p.prompt_logprobs
     if p.grammar is not None:
         msg.grammar = p.grammar
+    if p.cache_salt is not None:
+        msg.cache_salt = p.cache_salt
     return msg
 
 

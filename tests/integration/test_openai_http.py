@@ -282,6 +282,22 @@ def test_continuous_usage_stats_put_each_choices_usage_on_every_chunk(cluster, a
         assert all(c.usage.prompt_tokens == prompt_tokens for c in chunks[:-1])
 
 
+def test_cache_salt_keeps_cached_prefixes_apart(cluster, api):
+    """Across the cluster (the prefill node's prefix cache): a prompt cached under one salt is a hit under that salt
+    only; a bad salt is a 400 naming it."""
+    prompt = "Salted: " + " ".join(f"word{i}" for i in range(60))
+
+    def cached(salt):
+        body = {"ignore_eos": True} | ({"cache_salt": salt} if salt else {})
+        usage = api.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body=body).usage
+        return usage.prompt_tokens_details.cached_tokens
+
+    assert cached("tenant-a") == 0 and cached("tenant-a") > 0
+    assert cached("tenant-b") == 0 and cached(None) == 0 and cached(None) > 0
+    with pytest.raises(openai.BadRequestError, match="cache_salt"):
+        api.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body={"cache_salt": ""})
+
+
 def test_best_of_returns_the_samples_with_the_highest_logprob_per_token(cluster, api, tiny_model):
     """best_of 4, n 2, seeded: the four samples are the engine's with seeds 9..12; the two with the highest mean
     token logprob come back, best first; usage counts all four."""

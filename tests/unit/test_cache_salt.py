@@ -1,0 +1,53 @@
+"""vLLM's cache_salt: prompts share cached prefix blocks only under the same salt (or none), in a node's engine and
+in the router's guess of where a prefix is cached; a salted prompt skips the shared chunk cache."""
+
+import pytest
+
+from router.cluster.orchestrator import Orchestrator
+from router.cluster.prefix_index import block_hashes
+from router.front.intake import Frontend
+from splitserve.engine import Engine, EngineConfig, SamplingParams
+from splitserve.engine.block_pool import NO_HASH, root_hash
+from splitserve.rpc.convert import sampling_from_proto, sampling_to_proto
+
+
+def cached_tokens(engine: Engine, prompt: list[int], salt: str | None) -> int:
+    rid = engine.add_request(prompt, SamplingParams(max_tokens=2, ignore_eos=True, cache_salt=salt))
+    outs = []
+    while engine.has_unfinished():
+        outs += [o for o in engine.step() if o.request_id == rid]
+    return outs[0].num_cached_tokens
+
+
+def test_cached_blocks_are_shared_only_under_one_salt(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=128))
+    prompt = list(range(5, 45))
+    assert cached_tokens(engine, prompt, None) == 0
+    assert cached_tokens(engine, prompt, None) == 36  # all full blocks but the one holding the last token
+    assert cached_tokens(engine, prompt, "tenant-a") == 0
+    assert cached_tokens(engine, prompt, "tenant-a") == 36
+    assert cached_tokens(engine, prompt, "tenant-b") == 0
+    engine.check_integrity()
+
+
+def test_the_router_hashes_a_salted_prompt_as_its_nodes_do():
+    assert root_hash(None) == root_hash("") == NO_HASH != root_hash("a") != root_hash("b")
+    prompt = list(range(40))
+    assert block_hashes(prompt, 16) != block_hashes(prompt, 16, root_hash("a"))
+
+
+def test_a_salted_prompt_skips_the_chunk_cache_and_its_salt_travels_to_the_nodes(tiny_model):
+    frontend = Frontend.from_model_dir(tiny_model)
+    ids, chunks = frontend.prompt_and_chunks(prompt="the question", documents=["a passage", "another passage"])
+    assert chunks
+    assert frontend.job(ids, SamplingParams(max_tokens=2), "r", chunks).chunks == chunks
+    salted = frontend.job(ids, SamplingParams(max_tokens=2, cache_salt="t"), "r", chunks)
+    assert salted.chunks == () and Orchestrator.route_request(salted).hash_root == root_hash("t")
+    params = SamplingParams(cache_salt="tenant-a")
+    assert sampling_from_proto(sampling_to_proto(params)) == params
+
+
+@pytest.mark.parametrize("salt", ["", "x" * 257, "tab\there"])
+def test_a_bad_salt_is_refused(salt):
+    with pytest.raises(ValueError, match="cache_salt"):
+        SamplingParams(cache_salt=salt)
