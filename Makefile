@@ -46,6 +46,7 @@ clean:
 	rm -rf $(VENV) models
 
 .PHONY: helm-goldens
-# Re-render the Helm chart's golden files (tests/helm/golden/) and its README values table.
+# Re-render the Helm chart's Grafana dashboard, its golden files (tests/helm/golden/) and its README values table.
 helm-goldens: $(STAMP)
+	$(BIN)/python scripts/render_dashboard.py
 	$(BIN)/python scripts/render_helm_goldens.py

@@ -4,6 +4,8 @@ equal their golden files."""
 
 from __future__ import annotations
 
+import json
+
 import kubernetes_validate
 import pytest
 import yaml
@@ -214,6 +216,24 @@ def test_example_renders_equal_their_golden_files(name):
     golden = goldens.golden_path(EXAMPLES[name])
     assert golden.exists(), f"missing {golden}: run `make helm-goldens`"
     assert goldens.manifests_text(rendered(name)) == golden.read_text(), f"{golden.name} is stale: run `make helm-goldens`"
+
+
+def test_the_grafana_dashboard_is_current_and_ships_in_a_configmap():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_dashboard", goldens.ROOT / "scripts" / "render_dashboard.py")
+    dashboard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dashboard)
+    assert dashboard.OUT.read_text() == dashboard.rendered(), "the dashboard is stale: run `make helm-goldens`"
+    values = {"grafanaDashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "LLM"}}}
+    docs = [d for s, t in goldens.render(values).items() if not s.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    [config] = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "llm-splitserve-dashboard"]
+    kubernetes_validate.validate(config, KUBE_VERSION, strict=True)
+    assert config["metadata"]["namespace"] == "monitoring" and config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    assert json.loads(config["data"]["splitserve.json"]) == dashboard.dashboard()
+    default = [d for s, t in goldens.render({}).items() if not s.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    assert not [d for d in of_kind(default, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
 
 
 def test_readme_values_table_is_current():

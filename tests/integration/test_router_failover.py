@@ -18,7 +18,7 @@ import pytest
 from splitserve.client import Client
 from splitserve.localcluster.procs import kill
 from tests.support.cluster import ParallelCluster, node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
-from tests.support.metrics import scrape, value
+from tests.support.metrics import exported_names, scrape, value
 
 pytestmark = pytest.mark.slow
 PROMPT = list(range(20, 60))
@@ -85,6 +85,22 @@ def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model):
     sent, received = (sum(value(s, "splitserve_kv_transfer_bytes_total", direction=d) for _, s in nodes.values())
                       for d in ("send", "receive"))
     assert sent == received == 2 * 2 * 2 * len(PROMPT) * 2 * 16 * 4  # requests x layers x K,V x tokens x heads x dim x fp32
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_services_export(cluster):
+    """Every metric a panel of the chart's dashboard (scripts/render_dashboard.py) reads is declared by the router or
+    by a prefill or decode node."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "helm/splitserve/dashboards/splitserve.json").read_text())
+    queried = {name for p in dashboard["panels"] for t in p.get("targets", [])
+               for name in re.findall(r"splitserve_[a-z0-9_]+", t["expr"])}
+    exported = exported_names(cluster.router.extra["http"] + "/metrics")
+    for role in ("prefill", "decode"):
+        exported |= exported_names(f"http://{alive(cluster, role)[0].extra['metrics']}/metrics")
+    assert len(queried) >= 15 and queried <= exported, sorted(queried - exported)
 
 
 def running_decode(cluster):
