@@ -24,6 +24,7 @@ class SecurityConfig:
     tls_dir: str | None = None  # ca.pem, router.pem, router-key.pem: TLS on the public ports, mTLS to nodes
     tls_server_name: str = ""  # the name node certificates carry when it is not their address
     plaintext_nodes: bool = False  # with tls_dir: TLS on the public ports only
+    cache_salt_per_key: bool = False  # each API key's prompts share cached KV only with that key's
 
 
 @dataclass(frozen=True)
@@ -107,4 +108,5 @@ class RouterConfig:
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),
-                   SecurityConfig(args.api_keys_file, args.tls_dir, args.tls_server_name, args.plaintext_nodes))
+                   SecurityConfig(args.api_keys_file, args.tls_dir, args.tls_server_name, args.plaintext_nodes,
+                                  args.cache_salt_per_key))

@@ -40,11 +40,12 @@ async def build(config: RouterConfig):
         log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "
                  "OpenAI's)", frontend.sampling_defaults)
     frontend.grammars.warm()
+    frontend.salt_per_caller = security.cache_salt_per_key
     admission = make_admission(config.admission)  # load shedding and deadlines, shared by both fronts
     orchestrator.metrics.set_queue_depth_source(lambda: admission.num_active)
     server = GrpcServer(config.host, config.port, [SERVICE_NAME], security.server_credentials(),
                         security.grpc_interceptors(admission))
-    RouterServicer(frontend, orchestrator).add_to(server)
+    RouterServicer(frontend, orchestrator, security.api_keys).add_to(server)
     http = http_server(config, frontend, orchestrator, admission, security)
     return server, registry, http
 

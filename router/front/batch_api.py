@@ -14,7 +14,7 @@ class BatchEndpoints:
         self.endpoints, self.ctx = endpoints, endpoints.ctx
 
     def owner(self, request: Request) -> str:
-        return self.ctx.api_keys.caller(request.headers)
+        return self.endpoints.caller(request)
 
     async def upload(self, request: Request) -> dict:
         """POST /v1/files: the body may take what the file store has free."""

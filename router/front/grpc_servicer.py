@@ -18,6 +18,7 @@ from splitserve.engine.pooling import PoolingParams
 from splitserve.engine.tokenizer import ChatFormat
 from router.front.completion import Finish, Piece, completion
 from router.front.embeddings_api import MAX_EMBEDDING_INPUTS
+from router.front.auth import ApiKeys
 from router.front.intake import Frontend
 from router.cluster.embedder import Embedder
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator
@@ -28,8 +29,8 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, frontend: Frontend, orchestrator: Orchestrator):
-        self.frontend = frontend
+    def __init__(self, frontend: Frontend, orchestrator: Orchestrator, api_keys: ApiKeys | None = None):
+        self.frontend, self.api_keys = frontend, api_keys or ApiKeys()
         self.orchestrator = orchestrator
         self.embedder = Embedder(orchestrator)
         self._active: dict[str, asyncio.Task] = {}
@@ -39,7 +40,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Generate(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
-            job = self._job(request)
+            job = self._job(request, context)
             route = self.orchestrator.route(job)
         except ValueError as exc:
             self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)  # issue 4: metrics
@@ -57,7 +58,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         finally:
             self._active.pop(job.request_id, None)
 
-    def _job(self, request: router_pb2.GenerateRequest) -> Job:
+    def _job(self, request: router_pb2.GenerateRequest, context) -> Job:
         params = sampling_from_proto(request.sampling, with_stop_strings=True)
         kind = request.WhichOneof("input")
         prompt_ids, chunks = self.frontend.prompt_and_chunks(
@@ -66,7 +67,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
             documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None,
             truncate=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None)
-        return self.frontend.job(prompt_ids, params, request.request_id, chunks)
+        caller = self.api_keys.caller(dict(context.invocation_metadata() or ()))
+        return self.frontend.job(prompt_ids, params, request.request_id, chunks, caller)
 
     async def _responses(self, job: Job, route, start: float):
         async for item in completion(self.frontend.tokenizer, self.orchestrator, job, route, start):

@@ -108,6 +108,12 @@ class Endpoints:
         self.ctx = ctx
         self.embedder = Embedder(ctx.orchestrator)
 
+    def caller(self, request: Request) -> str:
+        """Who sent it (auth.ApiKeys.caller), for what it owns and its cache salt: a batch line's owner, else the
+        key's digest ("" with auth off)."""
+        in_process = request.scope.get(CALLER)
+        return in_process if in_process is not None else self.ctx.api_keys.caller(request.headers)
+
     def check_key(self, request: Request) -> None:
         if request.scope.get(CALLER) is not None:  # a batch line, run in-process (asgi_call.py)
             return
@@ -151,7 +157,7 @@ class Endpoints:
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or (),
                                                                      truncate=body.truncate_prompt_tokens)
-            job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks)
+            job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks, self.caller(request))
             prompt_jobs.append(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"))
             jobs += choice_jobs(prompt_jobs[-1], n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
@@ -176,7 +182,7 @@ class Endpoints:
         body = ChatCompletionRequest.parse(await self.body(request))
         body.check_supported()
         name = self.served_name(body.model)
-        job = self.chat_job(body, _request_id(request, "chatcmpl"))
+        job = self.chat_job(body, _request_id(request, "chatcmpl"), self.caller(request))
         shapes = [ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                             body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode,
                             **_token_id_options(body, job.prompt_token_ids)) for i in range(body.num_choices)]
@@ -185,11 +191,12 @@ class Endpoints:
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage,
                                 body.continuous_usage)
 
-    def chat_job(self, body: ChatCompletionRequest, request_id: str) -> Job:
+    def chat_job(self, body: ChatCompletionRequest, request_id: str, caller: str) -> Job:
         frontend = self.ctx.frontend
         prompt_ids, chunks = self.chat_prompt(body)
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
-        return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks)
+        return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks,
+                            caller)
 
     def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], tuple]:
         return self.ctx.frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
@@ -202,7 +209,7 @@ class Endpoints:
         body.check_supported()
         name = self.served_name(body.model)
         chat = body.chat_request()
-        job = self.chat_job(chat, _request_id(request, "msg"))
+        job = self.chat_job(chat, _request_id(request, "msg"), self.caller(request))
         writer = MessageWriter(ChatShape(job.request_id, name, self.ctx.texts,
                                          len(job.prompt_token_ids), False, tool_mode=chat.tool_mode))
         return await self.serve_one(request, job, writer, body.stream)
@@ -221,7 +228,7 @@ class Endpoints:
         name = self.served_name(body.model)
         conversation = await self._history(body.previous_response_id) + body.input_messages()
         chat = body.chat_request(conversation)
-        job = self.chat_job(chat, _request_id(request, "resp"))
+        job = self.chat_job(chat, _request_id(request, "resp"), self.caller(request))
         shape = ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                           chat.logprobs, tool_mode=chat.tool_mode)
         writer = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults))

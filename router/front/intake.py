@@ -5,8 +5,9 @@ Shared by the gRPC and (later) HTTP fronts; raises ValueError with a message for
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from splitserve.chunkcache.documents import chat_document_prompt, document_prompt
 from splitserve.engine import ModelConfig, SamplingParams, Tokenizer
@@ -31,6 +32,12 @@ class Limits:
     hidden_size: int = 0  # the length of an embedding (0: unknown)
 
 
+def caller_salt(caller: str, salt: str | None) -> str:
+    """The cache salt of a request from `caller` that asked for `salt` (or none): one per caller and salt, which
+    no other caller can name (the caller is its key's digest, known to the router only)."""
+    return hashlib.sha256(f"{caller}\0{salt or ''}".encode()).hexdigest()
+
+
 class Frontend:
     def __init__(self, tokenizer: Tokenizer, limits: Limits, sampling_defaults: dict | None = None,
                  embedding_pooling: str = Pooling.LAST.value):
@@ -42,6 +49,7 @@ class Frontend:
         self.grammars = Grammars(tokenizer, limits.vocab_size)
         self.sampling_defaults = dict(sampling_defaults or {})
         self.embedding_pooling = PoolingParams(embedding_pooling).kind.value
+        self.salt_per_caller = False  # --cache-salt-per-key
 
     @classmethod
     def from_model_dir(cls, model_dir, generation_config: str = "none",
@@ -108,8 +116,13 @@ class Frontend:
             raise ValueError(f"input ({len(ids)} tokens) exceeds the context length {self.limits.max_model_len}")
         return ids
 
-    def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = ()) -> Job:
+    def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = (),
+            caller: str = "") -> Job:
+        """`caller`: who sent it (auth.ApiKeys.caller); with `salt_per_caller` its prompt shares cached KV only
+        with the same caller's."""
         params = with_bad_word_ids(params, self.tokenizer)
+        if self.salt_per_caller:
+            params = replace(params, cache_salt=caller_salt(caller, params.cache_salt))
         self.validate(prompt_ids, params)
         if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
             raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters")

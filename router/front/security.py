@@ -26,15 +26,19 @@ class Security:
     tls: TLSFiles | None = None
     plaintext_nodes: bool = False
     tls_server_name: str = ""
+    cache_salt_per_key: bool = False
 
     @classmethod
     def load(cls, config: SecurityConfig) -> "Security":
         """Reads the key file and the TLS files; ValueError when one cannot be read."""
         api_keys = ApiKeys.from_sources(config.api_keys_file)
+        if config.cache_salt_per_key and not api_keys.enabled:
+            raise ValueError("--cache-salt-per-key needs API keys (--api-keys-file or SPLITSERVE_API_KEYS): without "
+                             "them every request comes from the same caller")
         tls = TLSFiles.load(config.tls_dir, "router") if config.tls_dir else None
         log.info("API keys: %s; TLS: %s", f"{len(api_keys)} keys" if api_keys.enabled else "off (no keys)",
                  "on" if tls else "off")
-        return cls(api_keys, tls, config.plaintext_nodes, config.tls_server_name)
+        return cls(api_keys, tls, config.plaintext_nodes, config.tls_server_name, config.cache_salt_per_key)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS on the public gRPC port (clients need no certificate: they bring API keys)."""

@@ -256,6 +256,7 @@ def test_readme_values_table_is_current():
          "router.batchStore is redis: set redis.mode"),
         ({"node": {"tls": {"enabled": True, "secretName": "n"}}}, "node.tls.enabled needs router.tls.enabled"),
         ({"router": {"apiKeys": {"enabled": True}}}, "router.apiKeys.enabled: set router.apiKeys.existingSecret"),
+        ({"router": {"cacheSaltPerKey": True}}, "router.cacheSaltPerKey needs router.apiKeys.enabled"),
     ],
 )
 def test_chart_refuses_values_that_cannot_serve(values, message):
@@ -277,7 +278,7 @@ VARIANTS = {
     "mixed-only": {"prefill": {"enabled": False}, "decode": {"enabled": False}, "mixed": {"enabled": True}},
     "model-from-pvc-subpath": {"model": {"source": "pvc", "pvc": {"claimName": "models", "subPath": "llama"}}},
     "model-copied-from-image": {"model": {"image": {"repository": "models/llama", "tag": "v1"}}},
-    "api-keys-in-chart": {"router": {"apiKeys": {"enabled": True, "keys": ["k1", "k2"]}}},
+    "api-keys-in-chart": {"router": {"apiKeys": {"enabled": True, "keys": ["k1", "k2"]}, "cacheSaltPerKey": True}},
     "everything-off": {"networkPolicy": {"enabled": False}, "rbac": {"create": False},
                        "router": {"pdb": {"enabled": False}, "serviceAccount": {"create": False, "name": "sa"}}},
     "responses-in-redis": {"router": {"responsesStore": "redis"}},
@@ -325,4 +326,4 @@ def test_value_variants_render_valid_objects(variant):
     if variant == "api-keys-in-chart":
         [secret] = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
         assert secret["stringData"]["api-keys"] == "k1\nk2\n"
-        assert "--api-keys-file=/etc/splitserve/api-keys/api-keys" in args
+        assert "--api-keys-file=/etc/splitserve/api-keys/api-keys" in args and "--cache-salt-per-key" in args

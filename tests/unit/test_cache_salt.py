@@ -51,3 +51,18 @@ def test_a_salted_prompt_skips_the_chunk_cache_and_its_salt_travels_to_the_nodes
 def test_a_bad_salt_is_refused(salt):
     with pytest.raises(ValueError, match="cache_salt"):
         SamplingParams(cache_salt=salt)
+
+
+def test_per_key_salts_are_one_per_key_and_salt_and_need_keys(tiny_model):
+    from router.config import SecurityConfig
+    from router.front.intake import caller_salt
+    from router.front.security import Security
+
+    salts = {caller_salt(caller, salt) for caller in ("a" * 64, "b" * 64) for salt in (None, "x", "y")}
+    assert len(salts) == 6 and caller_salt("a" * 64, None) == caller_salt("a" * 64, "")
+    frontend = Frontend.from_model_dir(tiny_model)
+    frontend.salt_per_caller = True
+    job = frontend.job([5, 6, 7], SamplingParams(max_tokens=2, cache_salt="x"), "r", caller="a" * 64)
+    assert job.params.cache_salt == caller_salt("a" * 64, "x")
+    with pytest.raises(ValueError, match="needs API keys"):
+        Security.load(SecurityConfig(cache_salt_per_key=True))

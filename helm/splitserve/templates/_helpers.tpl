@@ -251,6 +251,9 @@ maxUnavailable: {{ .pdb.maxUnavailable | default 1 }}
 {{- if and (eq $v.model.source "hostPath") (not $v.model.hostPath.path) -}}
 {{- fail "model.source is hostPath: set model.hostPath.path" -}}
 {{- end -}}
+{{- if and $v.router.cacheSaltPerKey (not $v.router.apiKeys.enabled) -}}
+{{- fail "router.cacheSaltPerKey needs router.apiKeys.enabled: without keys every request comes from one caller" -}}
+{{- end -}}
 {{- if and (eq $v.router.responsesStore "redis") (eq $v.redis.mode "disabled") -}}
 {{- fail "router.responsesStore is redis: set redis.mode to internal or external" -}}
 {{- end -}}

@@ -12,6 +12,9 @@
 {{- if $r.apiKeys.enabled }}
 - --api-keys-file=/etc/splitserve/api-keys/{{ $r.apiKeys.secretKey }}
 {{- end }}
+{{- if $r.cacheSaltPerKey }}
+- --cache-salt-per-key
+{{- end }}
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
