@@ -8,6 +8,11 @@ The first request also waits one gap. With a request count, the cumulative offse
 rescaled so the last one is exactly N/rate, as vLLM does to steady throughput across seeds.
 An infinite rate sends everything at t=0 (pair it with a concurrency limit: closed loop).
 
+A ramp (vLLM's --ramp-up-strategy) changes the rate from request to request: request i of N is sent
+at the rate start + (end - start) * i / (N - 1) (`linear`) or start * (end / start) ** (i / (N - 1))
+(`exponential`), its gap drawn as above at that rate; the offsets are not rescaled. One run then
+walks the load from light to past capacity, and the report groups requests by the rate they met.
+
 `trace` replays timestamps given by the workload (seconds, sorted): offsets from the first
 one, multiplied by `time_scale` (0.5 = twice as fast), or, with a finite `rate`, rescaled so
 that the N requests span N/rate seconds (rate scaling; N is the request count when one is
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "trace")
+RAMPS = ("linear", "exponential")
 _CHUNK = 4096  # gaps drawn at a time in duration mode
 
 
@@ -34,6 +40,8 @@ class ArrivalConfig:
     seed: int = 0
     time_scale: float = 1.0  # trace only: multiplies the trace's gaps
     normalize: bool = True  # count mode: last offset = N/rate (vLLM)
+    ramp: str | None = None  # linear or exponential: the rate goes from `rate` to `ramp_end` over the requests
+    ramp_end: float | None = None
 
     def __post_init__(self):
         if self.kind not in ARRIVAL_KINDS:
@@ -50,6 +58,26 @@ class ArrivalConfig:
             raise ValueError("trace arrivals: give either a time scale or a rate, not both")
         if self.kind != "trace" and self.time_scale != 1.0:
             raise ValueError("time_scale applies to trace arrivals only")
+        if self.ramp is not None:
+            self._check_ramp()
+
+    def _check_ramp(self) -> None:
+        if self.ramp not in RAMPS:
+            raise ValueError(f"ramp {self.ramp!r}: expected one of {', '.join(RAMPS)}")
+        if self.kind == "trace":
+            raise ValueError("a ramp sets the rate of generated arrivals, not of a trace")
+        if not (math.isfinite(self.rate) and self.ramp_end is not None and math.isfinite(self.ramp_end)
+                and self.ramp_end > 0):
+            raise ValueError("a ramp needs finite start and end rates > 0 (--ramp-up-start-rps, --ramp-up-end-rps)")
+
+    def rate_of(self, index: int, num_requests: int) -> float:
+        """The rate request `index` of `num_requests` is sent at (the configured rate without a ramp)."""
+        if self.ramp is None:
+            return self.rate
+        progress = index / (num_requests - 1) if num_requests > 1 else 0.0
+        if self.ramp == "linear":
+            return self.rate + (self.ramp_end - self.rate) * progress
+        return self.rate * (self.ramp_end / self.rate) ** progress
 
     @property
     def shape(self) -> float:
@@ -79,6 +107,8 @@ def arrival_offsets(
         return iter([0.0] * (num_requests or 0))
     if num_requests is not None:
         return iter(_limit(_counted(config, num_requests), None, duration_s))
+    if config.ramp is not None:
+        raise ValueError("a ramp needs a request count (--num-requests): its rate moves from request to request")
     return _unbounded(config, duration_s)
 
 
@@ -96,17 +126,20 @@ def trace_offsets(config: ArrivalConfig, trace_s: Sequence[float]) -> list[float
     return (offsets * scale).tolist()
 
 
-def _gaps(config: ArrivalConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+def _gaps(config: ArrivalConfig, rng: np.random.Generator, n: int, rates=None) -> np.ndarray:
+    """n gaps at the configured rate, or at `rates` (one per gap)."""
+    rates = np.full(n, config.rate) if rates is None else np.asarray(rates, dtype=float)
     if math.isinf(config.shape):
-        return np.full(n, 1.0 / config.rate)
-    return rng.gamma(shape=config.shape, scale=1.0 / (config.rate * config.shape), size=n)
+        return 1.0 / rates
+    return rng.gamma(shape=config.shape, scale=1.0 / (rates * config.shape), size=n)
 
 
 def _counted(config: ArrivalConfig, n: int) -> list[float]:
     if n == 0:
         return []
-    offsets = np.cumsum(_gaps(config, np.random.default_rng(config.seed), n))
-    if config.normalize and offsets[-1] > 0:
+    rates = [config.rate_of(i, n) for i in range(n)] if config.ramp is not None else None
+    offsets = np.cumsum(_gaps(config, np.random.default_rng(config.seed), n, rates))
+    if config.normalize and config.ramp is None and offsets[-1] > 0:
         offsets *= (n / config.rate) / offsets[-1]
     return offsets.tolist()
 

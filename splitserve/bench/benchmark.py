@@ -47,6 +47,8 @@ class BenchConfig:
         if math.isinf(self.arrival.rate) and self.num_requests is None and self.run.max_concurrency is None \
                 and self.arrival.kind != "trace":
             raise ValueError("a duration at an infinite request rate needs a concurrency limit (--concurrency C)")
+        if self.arrival.ramp is not None and self.num_requests is None:
+            raise ValueError("a ramp needs a request count (--num-requests): its rate moves from request to request")
         if self.embeddings and self.workload.name == "rag" and not self.workload.rag_inline:
             raise ValueError("an embeddings request has no documents: with the rag workload give --rag-inline")
 

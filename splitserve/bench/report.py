@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from splitserve.bench.benchmark import BenchResult
 from splitserve.bench.metrics import RequestRecord, output_len, percentile_word, tpot_s
 from splitserve.bench.provenance import model_id
+from splitserve.bench.ramp import ramp_rows, ramp_table
 
 HEADERS = {
     "ttft": ("TTFT", "Time to First Token"),
@@ -73,6 +74,8 @@ def result_dict(result: BenchResult) -> dict:
     out.update(result.metrics.to_dict())
     out["config"] = cfg
     out["requests"] = request_rows(result)
+    if cfg["arrival"].get("ramp"):
+        out["ramp"] = ramp_rows(cfg["arrival"], out["requests"])
     return out
 
 
@@ -112,6 +115,8 @@ def format_table(d: dict) -> str:
         num(f"Std {short} (ms):", d[f"std_{name}_ms"])
         for p in d["percentiles"]:
             num(f"P{percentile_word(p)} {short} (ms):", d[f"p{percentile_word(p)}_{name}_ms"])
+    if d.get("ramp"):
+        lines.append(ramp_table(d["ramp"]))
     lines.append("=" * 50)
     return "\n".join(lines)
 

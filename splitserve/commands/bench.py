@@ -81,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--time-scale", type=float, default=1.0, help="trace: multiply gaps (0.5 = twice as fast)")
     g.add_argument("--sweep-rates", help="comma list of rates: one run each, for a goodput curve")
+    g.add_argument("--ramp-up-strategy", choices=("linear", "exponential"),
+                   help="vLLM's: the rate moves from --ramp-up-start-rps to --ramp-up-end-rps over --num-requests; "
+                   "the report groups requests by the rate they met")
+    g.add_argument("--ramp-up-start-rps", type=float, help="the ramp's first rate (req/s)")
+    g.add_argument("--ramp-up-end-rps", type=float, help="the ramp's last rate (req/s)")
     g = p.add_argument_group("output")
     g.add_argument("--slo", help="goodput SLOs in ms, e.g. ttft:500,tpot:50 (names: ttft, tpot, e2el)")
     g.add_argument("--percentiles", default="99", help="comma list, e.g. 50,90,99 (vLLM default 99)")
@@ -110,6 +115,19 @@ def _headers(pairs: list[str]) -> dict:
     return headers
 
 
+def _rates(args: argparse.Namespace) -> dict:
+    """ArrivalConfig's rate keywords: a fixed --request-rate, or vLLM's ramp-up flags."""
+    ramp = (args.ramp_up_start_rps, args.ramp_up_end_rps)
+    if args.ramp_up_strategy is None:
+        if ramp != (None, None):
+            raise ValueError("--ramp-up-start-rps and --ramp-up-end-rps go with --ramp-up-strategy")
+        return {"rate": args.request_rate}
+    if None in ramp or math.isfinite(args.request_rate) or args.sweep_rates:
+        raise ValueError("--ramp-up-strategy takes --ramp-up-start-rps and --ramp-up-end-rps, instead of "
+                         "--request-rate or --sweep-rates")
+    return {"rate": ramp[0], "ramp": args.ramp_up_strategy, "ramp_end": ramp[1]}
+
+
 def build_config(args: argparse.Namespace):
     """Parsed flags -> BenchConfig (ValueError on a bad combination)."""
     from splitserve.bench.arrivals import ArrivalConfig
@@ -128,8 +146,8 @@ def build_config(args: argparse.Namespace):
         trace_file=args.trace_file, window_s=_window(args.window), max_input_len=args.max_input_len,
         max_output_len=args.max_output_len, rag_passages=args.rag_passages, rag_zipf=args.rag_zipf,
         rag_inline=args.rag_inline)
-    arrival = ArrivalConfig(kind=kind, rate=args.request_rate, burstiness=args.burstiness, seed=args.seed,
-                            time_scale=args.time_scale)
+    arrival = ArrivalConfig(kind=kind, burstiness=args.burstiness, seed=args.seed, time_scale=args.time_scale,
+                            **_rates(args))
     run = RunConfig(max_concurrency=args.concurrency, duration_s=args.duration_s, max_time_s=args.max_time_s)
     target = TargetOptions(model=args.model, endpoint=args.endpoint, ignore_eos=args.ignore_eos,
                            temperature=args.temperature, request_timeout_s=args.request_timeout_s,

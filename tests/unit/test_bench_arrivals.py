@@ -86,3 +86,28 @@ def test_azure_timestamp_parsing():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         ArrivalConfig(**kwargs)
+
+
+def test_a_ramp_walks_the_rate_from_start_to_end():
+    """Constant gaps make the rates visible: request i's gap is 1 / rate_i (vLLM's linear and exponential ramps)."""
+    linear = ArrivalConfig(kind="constant", rate=2.0, ramp="linear", ramp_end=10.0)
+    gaps = np.diff([0.0, *arrival_offsets(linear, 5)])
+    assert gaps == pytest.approx([1 / 2, 1 / 4, 1 / 6, 1 / 8, 1 / 10])
+    exponential = ArrivalConfig(kind="constant", rate=1.0, ramp="exponential", ramp_end=16.0)
+    assert [exponential.rate_of(i, 5) for i in range(5)] == pytest.approx([1, 2, 4, 8, 16])
+    poisson = ArrivalConfig(kind="poisson", rate=1.0, ramp="linear", ramp_end=20.0, seed=3)
+    offsets = list(arrival_offsets(poisson, 2000))
+    assert np.mean(np.diff(offsets[:200])) > 3 * np.mean(np.diff(offsets[-200:]))  # late gaps are far shorter
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(ramp="sideways", ramp_end=2.0, rate=1.0), "expected one of"),
+    (dict(ramp="linear", rate=1.0), "finite start and end"),
+    (dict(ramp="linear", ramp_end=2.0), "finite start and end"),  # no start: the rate is inf
+    (dict(kind="trace", ramp="linear", rate=1.0, ramp_end=2.0), "not of a trace"),
+])
+def test_a_bad_ramp_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ArrivalConfig(**kwargs)
+    with pytest.raises(ValueError, match="request count"):
+        list(arrival_offsets(ArrivalConfig(rate=1.0, ramp="linear", ramp_end=2.0), duration_s=5.0))

@@ -122,6 +122,30 @@ def test_cli_embeddings_sweep(bench_model_dir, tmp_path, capsys):
                                                                  "throughput.png"]
 
 
+def test_cli_ramp_up_reports_latency_by_offered_load(bench_model_dir, tmp_path, capsys):
+    """vLLM's --ramp-up-strategy: the rate climbs from start to end over the requests; the JSON and the table
+    group them into steps by the rate they met."""
+    parser = argparse.ArgumentParser()
+    bench_cmd.register(parser.add_subparsers())
+    with FakeOpenAIServer() as server:
+        args = parser.parse_args([
+            "bench", "--url", server.url, "--tokenizer", str(bench_model_dir), "--input-len", "8", "--output-len", "3",
+            "--num-requests", "20", "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "20",
+            "--ramp-up-end-rps", "200", "--json", str(tmp_path / "r.json"), "--no-progress"])
+        assert args.func(args) == 0
+    assert "Ramp: latency by offered load" in capsys.readouterr().out
+    [run] = report.load_runs(tmp_path / "r.json")
+    offered = [row["offered_rps"] for row in run["ramp"]]
+    assert len(offered) == 10 and offered == sorted(offered) and 20 <= offered[0] < offered[-1] <= 200
+    assert sum(row["requests"] for row in run["ramp"]) == 20 and all(row["median_ttft_ms"] for row in run["ramp"])
+    for bad in (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1"],
+                ["--ramp-up-start-rps", "1", "--ramp-up-end-rps", "2"],
+                ["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "2",
+                 "--request-rate", "3"]):
+        args = parser.parse_args(["bench", "--url", "http://127.0.0.1:1", "--num-requests", "4", *bad])
+        assert args.func(args) == 2 and "ramp" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_configs(capsys):
     parser = argparse.ArgumentParser()
     bench_cmd.register(parser.add_subparsers())
