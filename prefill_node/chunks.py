@@ -70,14 +70,16 @@ class ChunkPath:
         self._tasks: set[asyncio.Task] = set()
         self._prefilling: dict[str, asyncio.Event] = {}
 
-    async def plan(self, prompt: list[int], spans: list[tuple[int, int]], rid: str | None = None) -> RequestPlan | None:
+    async def plan(self, prompt: list[int], spans: list[tuple[int, int]], rid: str | None = None,
+                   salt: str | None = None) -> RequestPlan | None:
         """The reuse plan, or None when nothing hit (the plain path then runs). Schedules stores of misses
-        and recordings of live variants (which wait for `prefilled(rid)` when rid is given)."""
+        and recordings of live variants (which wait for `prefilled(rid)` when rid is given), all under the
+        request's cache salt."""
         validate_spans(spans, len(prompt))
         window = self.cache.engine.model_config.sliding_window
         if window is not None and len(prompt) > window:
             return None  # a blended prefill attends to every earlier key: no sliding window
-        plan = await asyncio.to_thread(self.cache.plan, prompt, spans)
+        plan = await asyncio.to_thread(self.cache.plan, prompt, spans, salt)
         head = prompt[:spans[0][0]] if spans else []
         live = self.cache.config.live_variants > 0
         for i in plan.misses:
@@ -133,7 +135,7 @@ class ChunkPath:
     async def _store(self, key: str, chunk_ids: list[int], head: list[int]) -> None:
         try:
             [(meta, kv)] = await self._in_background(lambda engine: self.cache.compute_in_context_steps(
-                engine, [chunk_ids], head))
+                engine, [chunk_ids], head, [key]))
             await asyncio.to_thread(self.cache.store.put, meta, kv)
         except Exception:  # a failed store only costs a later miss
             log.exception("storing chunk %s failed", key)
@@ -144,7 +146,7 @@ class ChunkPath:
                        spans: list[tuple[int, int]]):
         """Mixed node: yields RequestOutputs like run_streaming, the first token from the blended prefill."""
         try:
-            plan = await self.plan(prompt, spans, rid)
+            plan = await self.plan(prompt, spans, rid, params.cache_salt)
             first = None
             if plan is not None:
                 stream = OutputStream()

@@ -49,7 +49,7 @@ class PrefillWorker:
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
         blend = chunks and self.chunk_path and params.prompt_logprobs is None  # prompt logprobs: every row computed
-        plan = await self.chunk_path.plan(prompt, list(chunks), rid) if blend else None
+        plan = await self.chunk_path.plan(prompt, list(chunks), rid, params.cache_salt) if blend else None
         try:
             return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start)
         finally:

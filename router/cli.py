@@ -68,9 +68,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "that stopped renewing it, before another replica resumes the batch", type=float)
     add_flag(parser, "--batch-storage-bytes", 256 << 20, "most bytes of Files API files (batch inputs and outputs) "
              "the router keeps in memory; an upload that does not fit is refused (413)", type=int)
-    add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share prefix-cached KV only with that "
-             "key's, so no tenant can time another's prompts; requests then skip the shared chunk cache (needs API "
-             "keys)",
+    add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
+             "only with that key's, so no tenant can time another's prompts (needs API keys)",
              action="store_true")
     add_flag(parser, "--tls-server-name", "", "name the nodes' certificates carry when it is not their address")
     add_flag(parser, "--plaintext-nodes", False, "with --tls-dir: TLS on the public ports only, plaintext to the nodes",

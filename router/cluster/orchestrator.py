@@ -23,7 +23,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from splitserve.chunkcache.keys import content_hash
+from splitserve.chunkcache.keys import content_hash, salted_key
 from splitserve.engine.block_pool import root_hash
 from splitserve.node_api import PrefillResult, TokenChunk
 from splitserve.rpc.logs import request_id
@@ -66,7 +66,8 @@ class Orchestrator:
     @staticmethod
     def route_request(job: Job) -> RouteRequest:
         prompt = job.prompt_token_ids
-        keys = frozenset(content_hash(prompt[start:start + length]) for start, length in job.chunks)
+        salt = job.params.cache_salt
+        keys = frozenset(salted_key(content_hash(prompt[start:start + length]), salt) for start, length in job.chunks)
         return RouteRequest(len(prompt), job.params.max_tokens, prompt, keys, sum(length for _, length in job.chunks),
                             root_hash(job.params.cache_salt))
 

@@ -126,7 +126,6 @@ class Frontend:
         self.validate(prompt_ids, params)
         if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
             raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters")
-        chunks = () if params.cache_salt else chunks  # the chunk cache is shared by all: a salted prompt skips it
         return Job(request_id or f"cmpl-{uuid.uuid4().hex}", prompt_ids, params, chunks=tuple(chunks))
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:

@@ -21,6 +21,14 @@ def content_hash(token_ids) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def salted_key(key: str, salt: str | None) -> str:
+    """A chunk's key under a cache salt (SamplingParams.cache_salt): the chunk cache holds one tenant's variants
+    apart from everyone else's; no salt: the shared key."""
+    if not salt:
+        return key
+    return hashlib.blake2b(f"{salt}\0{key}".encode(), digest_size=16).hexdigest()
+
+
 def prefix_hash(token_ids) -> str:
     """Hash of everything before a chunk: equal hashes mean the chunk's KV was computed in the same context."""
     return content_hash(token_ids)

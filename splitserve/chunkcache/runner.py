@@ -24,7 +24,7 @@ from splitserve.chunkcache.blend import BlendConfig, blended_prefill
 from splitserve.chunkcache.cachecraft import CacheCraftConfig, ChunkContext, choose_variant
 from splitserve.chunkcache.documents import document_head
 from splitserve.chunkcache.format import ChunkKV, CorruptValue
-from splitserve.chunkcache.keys import content_hash, prefix_hash
+from splitserve.chunkcache.keys import content_hash, prefix_hash, salted_key
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch
 from splitserve.chunkcache.chunk_forward import drain
 from splitserve.chunkcache.live import is_exact, record_targets, variants_in_prompt_steps
@@ -94,8 +94,9 @@ class ChunkCache:
         self.shifter = RopeShifter.for_model(engine.model_config)
         self.prefix = document_head(engine.tokenizer) if prefix is None else list(prefix)
 
-    def plan(self, prompt: list[int], spans: list[tuple[int, int]]) -> RequestPlan:
-        keys = [content_hash(prompt[s:s + n]) for s, n in spans]
+    def plan(self, prompt: list[int], spans: list[tuple[int, int]], salt: str | None = None) -> RequestPlan:
+        """`salt`: the request's cache salt; its chunks are looked up (and later stored) under salted keys."""
+        keys = [salted_key(content_hash(prompt[s:s + n]), salt) for s, n in spans]
         found = self.store.variants(list(dict.fromkeys(keys)))
         held = [found.get(key, []) for key in keys]
         contexts = [ChunkContext(s, prefix_hash(prompt[:s]), tuple(keys[:i])) for i, (s, _) in enumerate(spans)]
@@ -179,13 +180,15 @@ class ChunkCache:
         """Engine thread: the chunks one after another; each is stored as computed after those before it."""
         return drain(self.compute_in_context_steps(engine, chunks, prefix))
 
-    def compute_in_context_steps(self, engine, chunks: list[list[int]], prefix: list[int] | None = None):
-        """compute_in_context one layer per step (a generator: EngineLoop.background)."""
+    def compute_in_context_steps(self, engine, chunks: list[list[int]], prefix: list[int] | None = None,
+                                 keys: list[str] | None = None):
+        """compute_in_context one layer per step (a generator: EngineLoop.background); `keys`: what the chunks are
+        stored under (default their content hashes; a salted request's are salted)."""
         tokens, spans = list(self.prefix if prefix is None else prefix), []
         for chunk in chunks:
             spans.append((len(tokens), len(chunk)))
             tokens += chunk
-        keys = [content_hash(c) for c in chunks]
+        keys = keys or [content_hash(c) for c in chunks]
         return (yield from variants_in_prompt_steps(engine.model, tokens, spans, keys, list(range(len(chunks))),
                                                     engine.config.device))
 

@@ -5,6 +5,7 @@ request, usage counts, stop strings, logprobs, errors, and client disconnects.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import urllib.error
@@ -294,6 +295,15 @@ def test_cache_salt_keeps_cached_prefixes_apart(cluster, api):
 
     assert cached("tenant-a") == 0 and cached("tenant-a") > 0
     assert cached("tenant-b") == 0 and cached(None) == 0 and cached(None) > 0
+    # the chunk cache, apart from the prefix cache: each request puts another passage first (no prefix is shared)
+    passages = [f"Salt passage {i}: river {i} joins the Rhine at town {i}." for i in range(16)]
+    orders = itertools.cycle([passages[k:] + passages[:k] for k in range(16)])
+
+    def from_chunks(salt):
+        return grpc_result(cluster, prompt="Which rivers?", documents=next(orders), max_tokens=1, cache_salt=salt).final
+    assert from_chunks("tenant-a").cached_tokens == 0  # its passages' KV is stored under salt A after this
+    assert wait_until(lambda: from_chunks("tenant-a").cached_tokens, 30, interval_s=0.5)
+    assert from_chunks("tenant-b").cached_tokens == 0  # A's chunks are not B's
     with pytest.raises(openai.BadRequestError, match="cache_salt"):
         api.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body={"cache_salt": ""})
 

@@ -7,6 +7,7 @@ from router.cluster.orchestrator import Orchestrator
 from router.cluster.prefix_index import block_hashes
 from router.front.intake import Frontend
 from splitserve.engine import Engine, EngineConfig, SamplingParams
+from splitserve.chunkcache.keys import content_hash, salted_key
 from splitserve.engine.block_pool import NO_HASH, root_hash
 from splitserve.rpc.convert import sampling_from_proto, sampling_to_proto
 
@@ -36,13 +37,14 @@ def test_the_router_hashes_a_salted_prompt_as_its_nodes_do():
     assert block_hashes(prompt, 16) != block_hashes(prompt, 16, root_hash("a"))
 
 
-def test_a_salted_prompt_skips_the_chunk_cache_and_its_salt_travels_to_the_nodes(tiny_model):
+def test_a_salted_prompts_chunks_have_salted_keys_and_its_salt_travels_to_the_nodes(tiny_model):
     frontend = Frontend.from_model_dir(tiny_model)
     ids, chunks = frontend.prompt_and_chunks(prompt="the question", documents=["a passage", "another passage"])
-    assert chunks
-    assert frontend.job(ids, SamplingParams(max_tokens=2), "r", chunks).chunks == chunks
-    salted = frontend.job(ids, SamplingParams(max_tokens=2, cache_salt="t"), "r", chunks)
-    assert salted.chunks == () and Orchestrator.route_request(salted).hash_root == root_hash("t")
+    plain = Orchestrator.route_request(frontend.job(ids, SamplingParams(max_tokens=2), "r", chunks))
+    salted = Orchestrator.route_request(frontend.job(ids, SamplingParams(max_tokens=2, cache_salt="t"), "r", chunks))
+    assert plain.chunk_keys == {content_hash(ids[s:s + n]) for s, n in chunks}
+    assert salted.chunk_keys == {salted_key(k, "t") for k in plain.chunk_keys} and not salted.chunk_keys & plain.chunk_keys
+    assert salted.hash_root == root_hash("t") and salted_key("k", None) == "k"
     params = SamplingParams(cache_salt="tenant-a")
     assert sampling_from_proto(sampling_to_proto(params)) == params
 
