@@ -7,8 +7,9 @@ and several prompts, `response_format` json_object / json_schema and vLLM's stru
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
 or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
 `repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py) and
-`truncate_prompt_tokens` are accepted, and `use_beam_search` (beam_search.py); `documents` is splitserve's RAG extension (retrieved passages, placed before the prompt, or at the start of the
-last user message inside the chat template).
+`truncate_prompt_tokens` are accepted, and `use_beam_search` (beam_search.py); `documents` is splitserve's RAG
+extension (retrieved passages, placed before the prompt, or at the start of the last user message inside the chat
+template).
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choi
 # what a use_beam_search request may set (beam_search.py); any other field that changes the output is a 400
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
-                      "truncate_prompt_tokens", "stream", "cache_salt", "add_generation_prompt", "continue_final_message",
+                      "truncate_prompt_tokens", "stream", "cache_salt", "add_generation_prompt",
+                      "continue_final_message",
                       "chat_template_kwargs"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
 TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")

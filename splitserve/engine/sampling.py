@@ -68,8 +68,8 @@ class SamplingParams:
         object.__setattr__(self, "bad_words", tuple(self.bad_words))
         object.__setattr__(self, "bad_word_ids", tuple(tuple(ids) for ids in self.bad_word_ids))
         _check_bad_words(self.bad_words, self.bad_word_ids)
-        _check(self.cache_salt is None or (isinstance(self.cache_salt, str) and 0 < len(self.cache_salt) <= MAX_SALT_CHARS
-                                           and self.cache_salt.isprintable()),
+        salt = self.cache_salt
+        _check(salt is None or (isinstance(salt, str) and 0 < len(salt) <= MAX_SALT_CHARS and salt.isprintable()),
                f"cache_salt must be a non-empty printable string of at most {MAX_SALT_CHARS} characters")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))

@@ -342,7 +342,8 @@ def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_mode
         beams = asyncio.run(beam_search(engine_step(engine, 3), prompt_ids, 3, 6, eos))
         assert call() == [frontend.tokenizer.decode([t for t in b.token_ids if t not in eos]) for b in beams]
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, logprobs=1, extra_body={"use_beam_search": True})
+        api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, logprobs=1,
+                               extra_body={"use_beam_search": True})
     with pytest.raises(openai.BadRequestError, match="use_beam_search"):
         api.responses.create(model=MODEL, input="hi", max_output_tokens=4, extra_body={"use_beam_search": True})
 
@@ -358,8 +359,8 @@ def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_mode
     ({"structural_tag": "{}"}, "structural_tag"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ({"truncate_prompt_tokens": 2, "documents": ["a passage"]}, "truncate_prompt_tokens"),
-], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf", "beam-search-top-p",
-        "structural-tag", "truncate-0", "truncate-documents"])
+], ids=["both-forms", "two-kinds", "with-response-format", "no-choices", "schema-not-object", "gbnf",
+        "beam-search-top-p", "structural-tag", "truncate-0", "truncate-documents"])
 def test_what_vllm_has_and_this_server_cannot_honour_is_a_400(api, fields, param):
     with pytest.raises(openai.BadRequestError) as err:
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=fields)

@@ -97,7 +97,8 @@ def test_a_grammar_meets_the_allowed_tokens_and_wins_where_they_share_none(engin
     text = engine.generate([prompt], params)[0].text
     assert text and set(text) <= set("".join(tok.decode([t]) for t in digits[:3]))
     grammar = torch.tensor([True, True, False, False])
-    assert torch.equal(combined_mask(grammar, torch.tensor([False, True, True, False])), torch.tensor([False, True, False, False]))
+    both = combined_mask(grammar, torch.tensor([False, True, True, False]))
+    assert torch.equal(both, torch.tensor([False, True, False, False]))
     assert combined_mask(grammar, torch.tensor([False, False, True, True])) is grammar
 
 
@@ -122,7 +123,8 @@ def test_limits_travel_through_protobuf_and_the_cli_flags():
     parser = argparse.ArgumentParser()
     add_sampling_flags(parser)
     args = parser.parse_args(["--bad-word", "river", "--bad-word", "sea", "--allowed-token-ids", "4,9"])
-    assert SamplingParams(**sampling_kwargs(args)) == SamplingParams(bad_words=("river", "sea"), allowed_token_ids=(4, 9))
+    expected = SamplingParams(bad_words=("river", "sea"), allowed_token_ids=(4, 9))
+    assert SamplingParams(**sampling_kwargs(args)) == expected
     with pytest.raises(SystemExit):
         parser.parse_args(["--allowed-token-ids", "4,x"])
 
