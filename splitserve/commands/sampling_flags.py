@@ -22,6 +22,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
                         help="vLLM's bad_words: the output never contains WORD (as a word or inside one); repeat for more")
     parser.add_argument("--allowed-token-ids", type=_ids, default=(), metavar="ID,ID,...",
                         help="vLLM's allowed_token_ids: only these tokens are sampled")
+    parser.add_argument("--cache-salt", default=None, metavar="SALT",
+                        help="vLLM's cache_salt: the prompt shares cached KV only with requests of the same salt")
     parser.add_argument("--json-schema", type=_schema, default=None, metavar="SCHEMA",
                         help="constrain the answer to this JSON schema (inline JSON, or @file); {} for any JSON object")
 
@@ -60,4 +62,4 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     grammar = None if args.json_schema is None else json_schema_grammar(args.json_schema or None)
     return dict(min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
                 presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar,
-                bad_words=tuple(args.bad_words), allowed_token_ids=args.allowed_token_ids)
+                bad_words=tuple(args.bad_words), allowed_token_ids=args.allowed_token_ids, cache_salt=args.cache_salt)

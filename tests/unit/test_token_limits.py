@@ -122,8 +122,9 @@ def test_limits_travel_through_protobuf_and_the_cli_flags():
     assert sampling_from_proto(sampling_to_proto(worded)).bad_words == ()  # nodes read token ids only
     parser = argparse.ArgumentParser()
     add_sampling_flags(parser)
-    args = parser.parse_args(["--bad-word", "river", "--bad-word", "sea", "--allowed-token-ids", "4,9"])
-    expected = SamplingParams(bad_words=("river", "sea"), allowed_token_ids=(4, 9))
+    args = parser.parse_args(["--bad-word", "river", "--bad-word", "sea", "--allowed-token-ids", "4,9",
+                              "--cache-salt", "t"])
+    expected = SamplingParams(bad_words=("river", "sea"), allowed_token_ids=(4, 9), cache_salt="t")
     assert SamplingParams(**sampling_kwargs(args)) == expected
     with pytest.raises(SystemExit):
         parser.parse_args(["--allowed-token-ids", "4,x"])
