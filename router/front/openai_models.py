@@ -161,7 +161,7 @@ OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choi
 # what a use_beam_search request may set (beam_search.py); any other field that changes the output is a 400
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
-                      "truncate_prompt_tokens", "stream", "cache_salt", "add_generation_prompt",
+                      "truncate_prompt_tokens", "stream", "cache_salt", "return_token_ids", "add_generation_prompt",
                       "continue_final_message",
                       "chat_template_kwargs"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)

@@ -333,6 +333,7 @@ def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_mode
 
     frontend, engine = Frontend.from_model_dir(tiny_model), Engine(tiny_model)
     eos = frontend.tokenizer.eos_token_ids
+    beams_of_prompt = asyncio.run(beam_search(engine_step(engine, 3), frontend.prompt_ids(prompt=PROMPT), 3, 6, eos))
     for prompt_ids, call in [
         (frontend.prompt_ids(prompt=PROMPT), lambda: [c.text for c in api.completions.create(
             model=MODEL, prompt=PROMPT, max_tokens=6, n=3, extra_body={"use_beam_search": True}).choices]),
@@ -341,6 +342,9 @@ def test_beam_search_over_the_cluster_equals_the_engines(cluster, api, tiny_mode
     ]:
         beams = asyncio.run(beam_search(engine_step(engine, 3), prompt_ids, 3, 6, eos))
         assert call() == [frontend.tokenizer.decode([t for t in b.token_ids if t not in eos]) for b in beams]
+    ids = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, n=3,
+                                 extra_body={"use_beam_search": True, "return_token_ids": True}).choices
+    assert [c.token_ids for c in ids] == [[t for t in b.token_ids if t not in eos] for b in beams_of_prompt]
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, logprobs=1,
                                extra_body={"use_beam_search": True})
