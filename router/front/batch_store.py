@@ -175,30 +175,30 @@ class RedisBatchStore:
         return sorted(i.decode() for i in await self.redis.run(lambda c: c.smembers(UNFINISHED)))
 
     async def request_cancel(self, batch_id: str) -> None:
-        await self.redis.run(lambda c: c.set(f"{REDIS_PREFIX}{batch_id}:cancel", 1))
+        await self.redis.run(lambda c: c.set(self._key(batch_id, "cancel"), 1))
 
     async def cancel_requested(self, batch_id: str) -> bool:
-        return bool(await self.redis.run(lambda c: c.exists(f"{REDIS_PREFIX}{batch_id}:cancel")))
+        return bool(await self.redis.run(lambda c: c.exists(self._key(batch_id, "cancel"))))
 
     async def claim(self, batch_id: str, token: str) -> bool:
         """True when this runner (`token`) now holds the batch: no claim was held, or one lapsed."""
-        key = f"{REDIS_PREFIX}{batch_id}:runner"
+        key = self._key(batch_id, "runner")
         return bool(await self.redis.run(lambda c: c.set(key, token, nx=True, px=self.claim_ms)))
 
     async def renew(self, batch_id: str, token: str) -> bool:
         """False when the claim lapsed and another runner took the batch."""
-        key = f"{REDIS_PREFIX}{batch_id}:runner"
+        key = self._key(batch_id, "runner")
         return bool(await self.redis.run(lambda c: c.eval(_IF_OURS, 1, key, token, self.claim_ms)))
 
     async def release(self, batch_id: str, token: str) -> None:
-        await self.redis.run(lambda c: c.eval(_IF_OURS, 1, f"{REDIS_PREFIX}{batch_id}:runner", token, 0))
+        await self.redis.run(lambda c: c.eval(_IF_OURS, 1, self._key(batch_id, "runner"), token, 0))
 
     async def save_result(self, batch_id: str, index: int, result: dict) -> None:
-        await self.redis.run(lambda c: c.hset(f"{REDIS_PREFIX}{batch_id}:results", str(index), json.dumps(result)))
+        await self.redis.run(lambda c: c.hset(self._key(batch_id, "results"), str(index), json.dumps(result)))
 
     async def results(self, batch_id: str) -> dict[int, dict]:
         """The answered lines' results by index (a value that does not read back is left out: sent again)."""
-        raw = await self.redis.run(lambda c: c.hgetall(f"{REDIS_PREFIX}{batch_id}:results"))
+        raw = await self.redis.run(lambda c: c.hgetall(self._key(batch_id, "results")))
         results = {}
         for index, value in raw.items():
             try:
@@ -210,7 +210,12 @@ class RedisBatchStore:
         return results
 
     async def drop_results(self, batch_id: str) -> None:
-        await self.redis.run(lambda c: c.delete(f"{REDIS_PREFIX}{batch_id}:results"))
+        await self.redis.run(lambda c: c.delete(self._key(batch_id, "results")))
+
+    @staticmethod
+    def _key(batch_id: str, part: str) -> str:
+        """The key of one of a batch's records: runner (its claim), cancel (the flag), results (per line)."""
+        return f"{REDIS_PREFIX}{batch_id}:{part}"
 
     @staticmethod
     def _owned(owner: str) -> str:

@@ -32,6 +32,17 @@ class Limits:
     hidden_size: int = 0  # the length of an embedding (0: unknown)
 
 
+def check_truncate(truncate: int | None, documents=()) -> None:
+    """ValueError unless vLLM's truncate_prompt_tokens is None, -1 (the context length) or >= 1, and comes
+    without documents (it would cut into them)."""
+    if truncate is None:
+        return
+    if truncate != -1 and truncate < 1:
+        raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {truncate}")
+    if documents:
+        raise ValueError("truncate_prompt_tokens does not go with documents (it would cut into them)")
+
+
 def caller_salt(caller: str, salt: str | None) -> str:
     """The cache salt of a request from `caller` that asked for `salt` (or none): one per caller and salt, which
     no other caller can name (the caller is its key's digest, known to the router only)."""
@@ -75,10 +86,7 @@ class Frontend:
         truncate_prompt_tokens; -1: the context length); not with documents."""
         if truncate is None:
             return self._prompt_and_chunks(prompt, token_ids, messages, documents, chat_format)
-        if truncate != -1 and truncate < 1:
-            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {truncate}")
-        if documents:
-            raise ValueError("truncate_prompt_tokens does not go with documents (it would cut into them)")
+        check_truncate(truncate, documents)
         ids, _ = self._prompt_and_chunks(prompt, token_ids, messages, (), chat_format)
         return ids[-(self.limits.max_model_len if truncate == -1 else truncate):], ()
 

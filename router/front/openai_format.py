@@ -78,6 +78,7 @@ class Shape(ABC):
         self.created = int(time.time())
         self._num_chars = 0  # completions' text_offset
         self._unsent_ids: list[int] = []  # return_token_ids: generated ids not yet in a chunk
+        self._ids_started = False  # return_token_ids: the prompt's ids went out (on the first chunk)
 
     def _envelope(self, object_name: str, choices: list, **extra) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
@@ -108,8 +109,6 @@ class Shape(ABC):
                 self._ids_started = True
                 self._add_prompt_ids(chunk)
         return chunk
-
-    _ids_started = False
 
     def _token(self, token_id: int) -> str:
         """A token as logprobs name it."""

@@ -29,6 +29,7 @@ from router.front import tools
 from router.front.json_schemas import closed
 from router.front.tools import Tool
 from router.front.beam_search import MAX_BEAM_WIDTH
+from router.front.intake import check_truncate
 from router.front.structural_tags import structural_tag_grammar
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's legacy completions default
@@ -162,16 +163,17 @@ OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choi
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
                       "truncate_prompt_tokens", "stream", "cache_salt", "return_token_ids", "add_generation_prompt",
-                      "continue_final_message",
-                      "chat_template_kwargs"}
+                      "continue_final_message", "chat_template_kwargs"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
 TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")
 
 
-def checked_truncate(truncate: int | None) -> None:
-    """A 400 naming `truncate_prompt_tokens` unless it is None, -1 (the context length) or >= 1."""
-    if truncate is not None and truncate != -1 and truncate < 1:
-        raise InvalidRequest(f"truncate_prompt_tokens must be -1 or >= 1, got {truncate}", "truncate_prompt_tokens")
+def checked_truncate(truncate: int | None, documents=()) -> None:
+    """intake.check_truncate's refusal as a 400 naming `truncate_prompt_tokens`."""
+    try:
+        check_truncate(truncate, documents)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "truncate_prompt_tokens") from None
 
 
 def checked_priority(priority: int) -> None:
@@ -249,12 +251,9 @@ class _Request(BaseModel):
             raise InvalidRequest("response_format and structured outputs constrain the answer twice: send one",
                                  "response_format")
         checked_priority(self.priority)
-        checked_truncate(self.truncate_prompt_tokens)
+        checked_truncate(self.truncate_prompt_tokens, self.documents)
         if self.use_beam_search:
             self._check_beam_search()
-        if self.truncate_prompt_tokens is not None and self.documents:
-            raise InvalidRequest("truncate_prompt_tokens does not go with documents (it would cut into them)",
-                                 "truncate_prompt_tokens")
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
