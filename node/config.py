@@ -12,6 +12,7 @@ from splitserve.chunkcache.blend import BlendConfig
 from splitserve.chunkcache.cachecraft import CacheCraftConfig
 from splitserve.chunkcache.runner import ChunkCacheConfig
 from splitserve.engine import EngineConfig
+from splitserve.engine.lora_names import parse_lora_modules
 from splitserve.kvtransfer import TransferConfig, transport_backend
 from splitserve.runtime.cpu_share import parse_cpu_share
 
@@ -99,7 +100,8 @@ def _engine(args: argparse.Namespace) -> EngineConfig:
                         kv_cache_bytes=args.kv_cache_bytes, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_batched_tokens,
                         max_embedding_tokens_per_step=args.max_embedding_tokens_per_step,
-                        enable_prefix_caching=not args.no_prefix_caching)
+                        enable_prefix_caching=not args.no_prefix_caching,
+                        lora_modules=parse_lora_modules(args.lora_modules))
 
 
 def _kv(args: argparse.Namespace) -> KVConfig:

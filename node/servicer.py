@@ -24,7 +24,7 @@ from splitserve.rpc.server import GrpcServer
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
 from decode_node.servicer import DecodeServicer
-from prefill_node.chunks import ChunkPath
+from prefill_node.chunks import ChunkPath, can_blend
 from prefill_node.servicer import IngestServicer, PrefillServicer
 
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
@@ -88,7 +88,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         async with status_codes(context):
             rid = request_id_of(request)
             params = sampling_from_proto(request.sampling)
-            if request.chunks and self.roles.chunk_path is not None and params.prompt_logprobs is None:
+            if request.chunks and self.roles.chunk_path is not None and can_blend(params):
                 outputs = self.roles.chunk_path.generate(rid, prompt, params, prior, spans_of(request.chunks))
             else:
                 admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
@@ -125,7 +125,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, num_total_blocks=s.num_total_blocks,
             num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
             block_size=s.block_size, kv_address=target.kv_address if target else "",
-            transport=target.transport if target else "", **self._chunk_stats())
+            transport=target.transport if target else "", lora_adapters=s.lora_adapters, **self._chunk_stats())
 
     def _chunk_stats(self) -> dict:
         if self.roles.chunk_path is None:

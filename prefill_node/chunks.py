@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 RECORD_WAIT_S = 60.0  # a recording waits at most this long for its request's prefill
 
 
+def can_blend(params: SamplingParams) -> bool:
+    """Whether a request's documents may come from the chunk cache: not when every prompt row is wanted (prompt
+    logprobs), nor under a LoRA adapter (the cached chunks are the base model's KV): those prefill exactly."""
+    return params.prompt_logprobs is None and params.lora is None
+
+
 def build_chunk_path(config: ChunkPathConfig, model_dir: str, engine_loop: EngineLoop) -> "ChunkPath | None":
     """The chunk path of a prefill or mixed node, or None when its chunk cache is off."""
     if not config.enabled:

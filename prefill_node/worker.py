@@ -25,7 +25,7 @@ from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
 from splitserve.runtime.reporting import TransferMetrics
 from prefill_node.blended import BlendedPrefill
-from prefill_node.chunks import ChunkPath
+from prefill_node.chunks import ChunkPath, can_blend
 from prefill_node.senders import SenderPool
 from prefill_node.transfers import Transfers
 
@@ -48,7 +48,7 @@ class PrefillWorker:
                       num_prior_output_tokens: int, chunks: list[tuple[int, int]] = ()) -> PrefillResult:
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
-        blend = chunks and self.chunk_path and params.prompt_logprobs is None  # prompt logprobs: every row computed
+        blend = chunks and self.chunk_path and can_blend(params)
         plan = await self.chunk_path.plan(prompt, list(chunks), rid, params.cache_salt) if blend else None
         try:
             return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start)

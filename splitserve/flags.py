@@ -23,6 +23,8 @@ def env_default(flag: str, default):
         return default
     if isinstance(default, bool):
         return value.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, list):  # a flag of several values (nargs): space-separated
+        return value.split()
     return type(default)(value) if default is not None else value
 
 

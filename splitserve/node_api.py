@@ -70,3 +70,4 @@ class NodeLoad:
     num_running: int
     num_pending_prefill_tokens: int
     chunk_keys: frozenset[str]
+    lora_adapters: frozenset[str] = frozenset()

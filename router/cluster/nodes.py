@@ -42,6 +42,7 @@ class NodeView:
     num_running: int = 0
     num_pending_prefill_tokens: int = 0  # the node's own count, all routers together
     chunk_keys: frozenset[str] = frozenset()  # RAG chunk-caches the node holds (empty until nodes report them)
+    lora_adapters: frozenset[str] = frozenset()  # the LoRA adapters requests may name there (from its Stats)
     last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
 
 
@@ -160,7 +161,8 @@ class NodeRegistry:
         node.view = replace(
             node.view, node_id=s.node_id, free_blocks=s.free_blocks, total_blocks=s.total_blocks,
             block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,
-            num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys)
+            num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys,
+            lora_adapters=s.lora_adapters)
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())

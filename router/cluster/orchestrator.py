@@ -50,7 +50,12 @@ class Orchestrator:
         metrics.watch(registry)
 
     def route(self, job: Job) -> Route:
-        """The first route of a job; NoRoute (-> UNAVAILABLE) when no healthy node can take it."""
+        """The first route of a job; NoRoute (-> UNAVAILABLE) when no healthy node can take it, ValueError when it
+        names a LoRA adapter no healthy node serves."""
+        lora = job.params.lora
+        if lora is not None and lora not in self.lora_adapters():
+            raise ValueError(f"unknown LoRA adapter {lora!r}; the cluster serves "
+                             f"{', '.join(map(repr, self.lora_adapters())) or 'none'}")
         try:
             return self._route(job)
         except NoRoute:
@@ -58,15 +63,21 @@ class Orchestrator:
             raise
 
     def _route(self, job: Job, exclude: set[str] = frozenset()) -> Route:
-        nodes = [n for n in self.registry.snapshot() if n.address not in exclude]
+        lora = job.params.lora
+        nodes = [n for n in self.registry.snapshot()
+                 if n.address not in exclude and (lora is None or lora in n.lora_adapters)]
         route = self.policy(nodes, self.route_request(job))
         self.registry.mark_routed(route.prefill.address, route.decode.address)
         return route
 
+    def lora_adapters(self) -> list[str]:
+        """The LoRA adapters requests may name: those healthy nodes serve (their --lora-modules), sorted."""
+        return sorted({name for n in self.registry.snapshot() if n.healthy for name in n.lora_adapters})
+
     @staticmethod
     def route_request(job: Job) -> RouteRequest:
         prompt = job.prompt_token_ids
-        salt = job.params.cache_salt
+        salt = job.params.kv_namespace
         keys = frozenset(salted_key(content_hash(prompt[start:start + length]), salt) for start, length in job.chunks)
         return RouteRequest(len(prompt), job.params.max_tokens, prompt, keys, sum(length for _, length in job.chunks),
                             root_hash(salt))

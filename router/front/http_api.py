@@ -128,25 +128,40 @@ class Endpoints:
         self.served_name(model)
 
     def served_name(self, model: str | None) -> str:
-        """The name a response carries: the one the request used (the model or an alias), else the model's;
-        404 for a name this server does not serve."""
+        """The name a response carries: the one the request used (the model, an alias or a LoRA adapter's), else
+        the model's; 404 for a name this server does not serve."""
         names = (self.ctx.model_name, *self.ctx.model_aliases)
-        if model and model not in names:
+        if model and model not in names and model not in self.ctx.orchestrator.lora_adapters():
+            names += tuple(self.ctx.orchestrator.lora_adapters())
             raise ApiError(404, f"model {model!r} does not exist; this server serves {' or '.join(map(repr, names))}",
                            param="model", code="model_not_found")
         return model or self.ctx.model_name
 
+    def lora_of(self, name: str) -> str | None:
+        """The LoRA adapter a served name runs (None: the base model)."""
+        return None if name in (self.ctx.model_name, *self.ctx.model_aliases) else name
+
+    def base_name(self, model: str | None) -> str:
+        """served_name for what only the base model serves (embeddings, scores): a LoRA adapter's name is a 400."""
+        name = self.served_name(model)
+        if self.lora_of(name) is not None:
+            raise ApiError(400, f"{name!r} is a LoRA adapter; it serves generation only: embeddings and scores come "
+                                f"from the base model {self.ctx.model_name!r}", param="model")
+        return name
+
     async def models(self) -> dict:
-        return {"object": "list", "data": [self.model_card(name) for name in (self.ctx.model_name,
-                                                                                *self.ctx.model_aliases)]}
+        names = (self.ctx.model_name, *self.ctx.model_aliases, *self.ctx.orchestrator.lora_adapters())
+        return {"object": "list", "data": [self.model_card(name) for name in names]}
 
     async def model(self, model: str) -> dict:
         """GET /v1/models/{model} (the openai client's models.retrieve)."""
         return self.model_card(self.served_name(model))
 
     def model_card(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
+        """A LoRA adapter's card names the base model as its parent (vLLM's)."""
+        card = {"id": name, "object": "model", "created": self.ctx.created, "owned_by": "splitserve",
                 "max_model_len": self.ctx.frontend.limits.max_model_len}
+        return card if self.lora_of(name) is None else {**card, "root": name, "parent": self.ctx.model_name}
 
     async def completions(self, request: Request):
         body = CompletionRequest.parse(await self.body(request))
@@ -157,7 +172,8 @@ class Endpoints:
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or (),
                                                                      truncate=body.truncate_prompt_tokens)
-            job = self.ctx.frontend.job(prompt_ids, params, request_id, chunks, self.caller(request))
+            job = self.ctx.frontend.job(prompt_ids, replace(params, lora=self.lora_of(name)), request_id, chunks,
+                                        self.caller(request))
             prompt_jobs.append(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"))
             jobs += choice_jobs(prompt_jobs[-1], n)
             echo = self._echo(prompt_input, prompt_ids, body) if body.echo else None
@@ -182,7 +198,7 @@ class Endpoints:
         body = ChatCompletionRequest.parse(await self.body(request))
         body.check_supported()
         name = self.served_name(body.model)
-        job = self.chat_job(body, _request_id(request, "chatcmpl"), self.caller(request))
+        job = self.chat_job(body, _request_id(request, "chatcmpl"), self.caller(request), self.lora_of(name))
         shapes = [ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                             body.logprobs, index=i, counts_prompt=i == 0, tool_mode=body.tool_mode,
                             **_token_id_options(body, job.prompt_token_ids)) for i in range(body.num_choices)]
@@ -191,12 +207,12 @@ class Endpoints:
         return await self.serve(request, choice_jobs(job, len(shapes)), shapes, body.stream, body.include_usage,
                                 body.continuous_usage)
 
-    def chat_job(self, body: ChatCompletionRequest, request_id: str, caller: str) -> Job:
+    def chat_job(self, body: ChatCompletionRequest, request_id: str, caller: str, lora: str | None = None) -> Job:
         frontend = self.ctx.frontend
         prompt_ids, chunks = self.chat_prompt(body)
         room = max(1, frontend.limits.max_model_len - len(prompt_ids))
-        return frontend.job(prompt_ids, body.sampling_params(room, frontend.sampling_defaults), request_id, chunks,
-                            caller)
+        params = replace(body.sampling_params(room, frontend.sampling_defaults), lora=lora)
+        return frontend.job(prompt_ids, params, request_id, chunks, caller)
 
     def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], tuple]:
         return self.ctx.frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
@@ -209,7 +225,7 @@ class Endpoints:
         body.check_supported()
         name = self.served_name(body.model)
         chat = body.chat_request()
-        job = self.chat_job(chat, _request_id(request, "msg"), self.caller(request))
+        job = self.chat_job(chat, _request_id(request, "msg"), self.caller(request), self.lora_of(name))
         writer = MessageWriter(ChatShape(job.request_id, name, self.ctx.texts,
                                          len(job.prompt_token_ids), False, tool_mode=chat.tool_mode))
         return await self.serve_one(request, job, writer, body.stream)
@@ -228,7 +244,7 @@ class Endpoints:
         name = self.served_name(body.model)
         conversation = await self._history(body.previous_response_id) + body.input_messages()
         chat = body.chat_request(conversation)
-        job = self.chat_job(chat, _request_id(request, "resp"), self.caller(request))
+        job = self.chat_job(chat, _request_id(request, "resp"), self.caller(request), self.lora_of(name))
         shape = ChatShape(job.request_id, name, self.ctx.texts, len(job.prompt_token_ids),
                           chat.logprobs, tool_mode=chat.tool_mode)
         writer = ResponseWriter(shape, request_fields(body, name, self.ctx.frontend.sampling_defaults))
@@ -250,7 +266,7 @@ class Endpoints:
         body = EmbeddingRequest.parse(await self.body(request))
         frontend = self.ctx.frontend
         body.check_supported(frontend.limits.hidden_size)
-        name = self.served_name(body.model)
+        name = self.base_name(body.model)
         prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens) for item in body.inputs()]
         request_id = _request_id(request, "embd")
         vectors = await self.embed(request, request_id, prompts, body.pooling_params(frontend.embedding_pooling))
@@ -270,7 +286,7 @@ class Endpoints:
     async def score(self, request: Request) -> JSONResponse:
         """POST /v1/score (vLLM's; rerank_api.py): pairs of texts scored by their embeddings' cosine similarity."""
         body = ScoreRequest.parse(await self.body(request))
-        name = self.served_name(body.model)
+        name = self.base_name(body.model)
         texts, pairs = body.pairs()
         prompts = [self.ctx.frontend.embedding_input(text, truncate=body.truncate_prompt_tokens) for text in texts]
         params = body.pooling_params(self.ctx.frontend.embedding_pooling)
@@ -281,7 +297,7 @@ class Endpoints:
     async def rerank(self, request: Request) -> JSONResponse:
         """POST /v1/rerank, /rerank, /v2/rerank (Jina's and Cohere's, as vLLM serves them; rerank_api.py)."""
         body = RerankRequest.parse(await self.body(request))
-        name = self.served_name(body.model)
+        name = self.base_name(body.model)
         texts, frontend = body.texts(), self.ctx.frontend
         prompts = [frontend.embedding_input(text, truncate=body.truncate_prompt_tokens,
                                             head=body.max_tokens_per_doc if i else None)

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     up.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                     help="model dtype on every node (default: the nodes' float32)")
     up.add_argument("--policy", default="least_loaded")
+    up.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                    help="LoRA adapters (PEFT folders) every node loads; the OpenAI API's model NAME runs one")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
     up.add_argument("--router-arg", action="append", default=[],
                     help="extra flag passed to the router, e.g. --router-arg=--generation-config=none (repeatable)")
@@ -89,6 +91,7 @@ def run_up(args: argparse.Namespace) -> int:
         print(note, flush=True)
     model = model_or_demo(args.model, DEMO_PRESET)
     node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
+    node_args += ["--lora-modules", *args.lora_modules] if args.lora_modules else []
     cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport,
                            host=args.host, port=args.port, http_port=args.http_port,
                            threads=args.threads or host_cores(), policy=args.policy, node_args=node_args,

@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    p.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                   help="LoRA adapters (PEFT folders) to load; --lora NAME runs one")
     add_sampling_flags(p)
     p.set_defaults(func=run)
 
@@ -32,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from splitserve.engine import Engine, EngineConfig, SamplingParams
+    from splitserve.engine.lora_names import parse_lora_modules
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **sampling_kwargs(args))
-        engine = Engine(args.model, EngineConfig(dtype=args.dtype, device=args.device))
+        engine = Engine(args.model, EngineConfig(dtype=args.dtype, device=args.device,
+                                                 lora_modules=parse_lora_modules(args.lora_modules)))
         prompts = [_prompt_ids(engine, text, args.chat) for text in args.prompt]
         results = engine.generate(prompts, params)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Sampling-penalty, logit-bias, bad-word, allowed-token and JSON-schema flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
+"""Sampling-penalty, logit-bias, bad-word, allowed-token, LoRA and JSON-schema flags shared by `splitserve generate` (in-process) and `splitserve complete` (a router)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
                         help="vLLM's allowed_token_ids: only these tokens are sampled")
     parser.add_argument("--cache-salt", default=None, metavar="SALT",
                         help="vLLM's cache_salt: the prompt shares cached KV only with requests of the same salt")
+    parser.add_argument("--lora", default=None, metavar="NAME",
+                        help="run the LoRA adapter of this name (one of the nodes' --lora-modules; generate's own)")
     parser.add_argument("--json-schema", type=_schema, default=None, metavar="SCHEMA",
                         help="constrain the answer to this JSON schema (inline JSON, or @file); {} for any JSON object")
 
@@ -62,4 +64,5 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     grammar = None if args.json_schema is None else json_schema_grammar(args.json_schema or None)
     return dict(min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
                 presence_penalty=args.presence_penalty, logit_bias=dict(args.logit_bias), grammar=grammar,
-                bad_words=tuple(args.bad_words), allowed_token_ids=args.allowed_token_ids, cache_salt=args.cache_salt)
+                bad_words=tuple(args.bad_words), allowed_token_ids=args.allowed_token_ids, cache_salt=args.cache_salt,
+                lora=args.lora)

@@ -26,6 +26,7 @@ from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
+from splitserve.engine.lora import load_adapters
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
 from splitserve.engine.pooling import PoolingParams
@@ -50,6 +51,7 @@ class EngineStats:
     num_reserved: int
     num_held: int
     block_size: int
+    lora_adapters: tuple[str, ...] = ()  # the adapters requests may name (EngineConfig.lora_modules)
 
     @property
     def num_used_blocks(self) -> int:
@@ -62,6 +64,7 @@ class Engine:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.model = load_model(model_dir, config.torch_dtype, config.device)
+        self.adapters = load_adapters(config.lora_modules, self.model_config, config.torch_dtype, config.device)
         leave_out_cudnn_sdpa(config.device)
         if config.packed_cpu_linear:
             pack_linears(self.model, quantized=config.quant_cpu_linear)
@@ -73,7 +76,7 @@ class Engine:
                                   config.torch_dtype, config.device)
         self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_embedding_tokens_per_step)
-        self.runner = ModelRunner(self.model, self.cache, config.device, config.seed)
+        self.runner = ModelRunner(self.model, self.cache, config.device, config.seed, self.adapters)
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
@@ -118,6 +121,9 @@ class Engine:
         """Raises ValueError naming the violated limit; changes nothing. An empty request_id skips the id check."""
         self._check_id_and_prompt(prompt_token_ids, request_id)
         params.check_vocab(self.model_config.vocab_size)
+        if params.lora is not None and params.lora not in self.adapters:
+            raise ValueError(f"unknown LoRA adapter {params.lora!r}; this node serves "
+                             f"{', '.join(map(repr, self.adapters)) or 'none'}")
         if params.grammar is not None:
             self.grammars.check(params.grammar)
         remaining = params.max_tokens - num_prior_output_tokens
@@ -322,7 +328,7 @@ class Engine:
         waiting, running = self.scheduler.waiting, self.scheduler.running
         pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
-                           len(self.reserved), len(self.held), self.config.block_size)
+                           len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters))
 
     def kv_slots(self, block_ids: list[int], num_tokens: int) -> torch.Tensor:
         """Cache slots of the first num_tokens positions of a block table: [num_tokens] long."""

@@ -17,6 +17,7 @@ from torch import nn
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, PagedKVCache, paged_attention
 from splitserve.engine.config import ModelConfig
+from splitserve.engine.lora import LoraBatch
 from splitserve.engine.rope import RotaryTable, apply_rotary_signed
 
 
@@ -64,14 +65,18 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, cos, sin_signed, cache: PagedKVCache, layer: int, batch: AttentionBatch):
+    def forward(self, x, cos, sin_signed, cache: PagedKVCache, layer: int, batch: AttentionBatch,
+                lora: LoraBatch | None = None):
         qkv = self.qkv_proj.forward(x)  # [T, q_size + 2 * kv_size]
+        if lora is not None:
+            lora.add(qkv, x, layer, "qkv_proj")
         qk_size = self.q_size + self.kv_size
         qk = self._rotated(qkv, qk_size, cos, sin_signed)  # [T, H + KVH, D]
         q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
         v = qkv[:, qk_size:].unflatten(-1, (self.num_kv_heads, self.head_dim))  # [T, KVH, D]
-        out = paged_attention(q, k, v, cache, layer, batch, self.scale)
-        return self.o_proj.forward(out.reshape(-1, self.q_size))
+        out = paged_attention(q, k, v, cache, layer, batch, self.scale).reshape(-1, self.q_size)
+        projected = self.o_proj.forward(out)
+        return projected if lora is None else lora.add(projected, out, layer, "o_proj")
 
     def _rotated(self, qkv: torch.Tensor, qk_size: int, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
         if self.head_dim % 16 == 0 and _native_rows(qkv) and cos.is_contiguous() and sin_signed.is_contiguous():
@@ -85,12 +90,17 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, layer: int = 0, lora: LoraBatch | None = None):
         gate_up = self.gate_up_proj.forward(x)
+        if lora is not None:
+            lora.add(gate_up, x, layer, "gate_up_proj")
         if _native_rows(gate_up, 16):
-            return self.down_proj.forward(native.layer_ops().silu_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)  # views of one fresh tensor: safe to overwrite
-        return self.down_proj.forward(F.silu(gate, inplace=True).mul_(up))
+            hidden = native.layer_ops().silu_mul(gate_up)
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)  # views of one fresh tensor: safe to overwrite
+            hidden = F.silu(gate, inplace=True).mul_(up)
+        out = self.down_proj.forward(hidden)
+        return out if lora is None else lora.add(out, hidden, layer, "down_proj")
 
 
 class DecoderLayer(nn.Module):
@@ -101,10 +111,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, layer, batch):
-        attended = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, batch)
+    def forward(self, x, cos, sin, cache, layer, batch, lora: LoraBatch | None = None):
+        attended = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, batch, lora)
         x, normed = self.post_attention_layernorm.add_and_norm(attended, x)
-        return x + self.mlp.forward(normed)
+        return x + self.mlp.forward(normed, layer, lora)
 
 
 LayerHook = Callable[[int], None]
@@ -128,18 +138,21 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
-                batch: AttentionBatch, sample_rows: torch.Tensor, on_layer_done: LayerHook | None = None):
-        """input_ids, positions: [T]; sample_rows: [S] rows whose next-token logits are wanted -> [S, vocab] fp32."""
-        return self.logits(self.residual_stream(input_ids, positions, cache, batch, on_layer_done)[sample_rows])
+                batch: AttentionBatch, sample_rows: torch.Tensor, on_layer_done: LayerHook | None = None,
+                lora: LoraBatch | None = None):
+        """input_ids, positions: [T]; sample_rows: [S] rows whose next-token logits are wanted -> [S, vocab] fp32.
+        lora: the rows that run LoRA adapters (lora.py); None: the base model alone."""
+        return self.logits(self.residual_stream(input_ids, positions, cache, batch, on_layer_done, lora)[sample_rows])
 
     @torch.inference_mode()
     def residual_stream(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
-                        batch: AttentionBatch, on_layer_done: LayerHook | None = None) -> torch.Tensor:
+                        batch: AttentionBatch, on_layer_done: LayerHook | None = None,
+                        lora: LoraBatch | None = None) -> torch.Tensor:
         """The last layer's output before the final norm: [T, hidden]."""
         x = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.rotary.lookup_signed(positions, x.dtype)  # once per step, shared by every layer
         for i, layer in enumerate(self.layers):
-            x = layer.forward(x, cos, sin, cache, i, batch)
+            x = layer.forward(x, cos, sin, cache, i, batch, lora)
             if on_layer_done is not None:
                 on_layer_done(i)
         return x

@@ -90,8 +90,8 @@ class Request:
 
     @property
     def hash_root(self) -> bytes:
-        """Where its blocks' hash chain starts: its cache salt's root, or the shared one."""
-        return root_hash(self.params.cache_salt)
+        """Where its blocks' hash chain starts: its cache salt's and adapter's root, or the shared one."""
+        return root_hash(self.params.kv_namespace)
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

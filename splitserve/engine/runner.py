@@ -11,6 +11,7 @@ import torch
 
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
+from splitserve.engine.lora import LoraAdapter, lora_batch
 from splitserve.engine.model import CausalLM, LayerHook
 from splitserve.engine.pooling import pooled_rows, record as record_pooled
 from splitserve.engine.prompt_logprobs import prompt_rows, record
@@ -26,8 +27,10 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, cache: PagedKVCache, device="cpu", seed: int = 0):
+    def __init__(self, model: CausalLM, cache: PagedKVCache, device="cpu", seed: int = 0,
+                 adapters: dict[str, LoraAdapter] | None = None):
         self.model, self.cache, self.device = model, cache, device
+        self.adapters = adapters or {}  # LoRA adapters by name (lora.py)
         self.block_size = cache.block_size
         self.sliding_window = model.cfg.sliding_window
         self.native_decode = native_decode_attention(cache, device)
@@ -38,8 +41,10 @@ class ModelRunner:
         input_ids, positions, slots = [], [], []
         logit_rows, sampled, scored = [], [], []  # rows whose logits are computed; which of them sample; prompt rows
         hidden_rows, pooled = [], []  # rows whose final hidden states embedding requests pool
+        adapter_rows = []  # (adapter or None, first row, end row) of each chunk
         for chunk in chunks:
             req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
+            adapter_rows.append((self.adapters.get(req.params.lora), len(input_ids), len(input_ids) + n))
             rows = prompt_rows(req, start, n, len(logit_rows))
             if rows is not None:
                 scored.append(rows)
@@ -56,18 +61,19 @@ class ModelRunner:
                 logit_rows.append(len(input_ids) - 1)
         batch = self._attention_batch(chunks, slots)
         input_ids, positions, logit_rows = self._long(input_ids), self._long(positions), self._long(logit_rows)
+        lora = lora_batch(adapter_rows, self.device)
         if pooled:
-            logits = self._pool(input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done)
+            logits = self._pool(input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done, lora)
         else:
-            logits = self.model(input_ids, positions, self.cache, batch, logit_rows, on_layer_done)
+            logits = self.model(input_ids, positions, self.cache, batch, logit_rows, on_layer_done, lora)
         for rows in scored:
             record(rows, logits)
         return StepResult(chunks, self._sample(chunks, logits[sampled] if scored else logits))
 
-    def _pool(self, input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done) -> torch.Tensor:
+    def _pool(self, input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done, lora) -> torch.Tensor:
         """A step with embedding requests: their rows' final hidden states are recorded; the logits of the
         others' rows are returned."""
-        stream = self.model.residual_stream(input_ids, positions, self.cache, batch, on_layer_done)
+        stream = self.model.residual_stream(input_ids, positions, self.cache, batch, on_layer_done, lora)
         hidden = self.model.final_hidden(stream[self._long(hidden_rows)])
         for rows in pooled:
             record_pooled(rows, hidden)

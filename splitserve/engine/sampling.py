@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from splitserve.engine.lora_names import check_lora_name
+
 MAX_TOP_LOGPROBS = 20
 UINT32_END = 2**32  # counts travel as uint32 between router and nodes
 MAX_REPETITION_PENALTY = 10.0
@@ -41,6 +43,7 @@ class SamplingParams:
     bad_words: tuple[str, ...] = ()  # vLLM's, as text: the router's reading; it sends them as bad_word_ids
     bad_word_ids: tuple[tuple[int, ...], ...] = ()  # token sequences never completed in the output (sampler.py)
     cache_salt: str | None = None  # vLLM's: its prompt shares cached KV only with requests of the same salt
+    lora: str | None = None  # the LoRA adapter it runs (lora.py; the OpenAI API's model names one); None: the base
 
     def __post_init__(self):
         _check(isinstance(self.max_tokens, int) and 1 <= self.max_tokens < UINT32_END,
@@ -71,8 +74,18 @@ class SamplingParams:
         salt = self.cache_salt
         _check(salt is None or (isinstance(salt, str) and 0 < len(salt) <= MAX_SALT_CHARS and salt.isprintable()),
                f"cache_salt must be a non-empty printable string of at most {MAX_SALT_CHARS} characters")
+        if self.lora is not None:
+            check_lora_name(self.lora)
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    @property
+    def kv_namespace(self) -> str | None:
+        """What its prompt's cached KV is shared under: its cache salt, and its LoRA adapter (an adapter's KV is its
+        own). None: shared with every request of neither."""
+        if self.lora is None:
+            return self.cache_salt
+        return f"{self.cache_salt or ''}\x1flora:{self.lora}"  # a salt is printable: no plain salt reads the same
 
     @property
     def greedy(self) -> bool:

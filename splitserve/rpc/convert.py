@@ -35,6 +35,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams, with_stop_strings: bool 
         bad_words=tuple(msg.bad_words) if with_stop_strings else (),
         bad_word_ids=tuple(tuple(seq.token_ids) for seq in msg.bad_word_ids),
         cache_salt=msg.cache_salt if msg.HasField("cache_salt") else None,
+        lora=msg.lora if msg.HasField("lora") else None,
     )
 
 
@@ -60,6 +61,8 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
         msg.grammar = p.grammar
     if p.cache_salt is not None:
         msg.cache_salt = p.cache_salt
+    if p.lora is not None:
+        msg.lora = p.lora
     return msg
 
 

@@ -24,6 +24,7 @@ from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
 from tests.support.hf_reference import assert_prompt_logprobs_match_hf, hf_model
+from tests.support.lora import write_peft_adapter
 from tests.unit.test_grammar import SCHEMA, _valid
 
 pytestmark = pytest.mark.slow
@@ -31,11 +32,19 @@ MODEL = "tiny-s0-v1"
 PROMPT = "The history of the river"
 MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is the river?"}]
 MAX_BODY = 65536
+LORA = "tiny-lora"
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model):
-    with ParallelCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)]) as c:
+def lora(tiny_model, tmp_path_factory):
+    """A LoRA adapter PEFT wrote for the tiny model, which the nodes serve as LORA."""
+    return write_peft_adapter(tiny_model, tmp_path_factory.mktemp("lora") / LORA, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, lora):
+    with ParallelCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)],
+                         node_args=["--lora-modules", f"{LORA}={lora}"]) as c:
         yield c
 
 
@@ -59,8 +68,9 @@ def http_json(url: str, body: bytes | None = None, headers: dict | None = None) 
         return err.code, json.loads(err.read())
 
 
-def test_models_lists_the_served_model(api):
-    [model] = api.models.list().data
+def test_models_lists_the_served_model_and_its_lora_adapter(api):
+    model, adapter = api.models.list().data
+    assert adapter.id == LORA
     assert model.id == MODEL and model.owned_by == "splitserve"
     assert api.models.retrieve(MODEL) == model
     with pytest.raises(openai.NotFoundError):
@@ -683,3 +693,38 @@ def test_grpc_client_deadline_cancels_the_request(cluster):
             client.complete(prompt=PROMPT, max_tokens=1900, ignore_eos=True)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert _settled(cluster)
+
+
+def test_a_lora_adapter_is_a_model_of_its_own(cluster, api, tiny_model, lora):
+    """vLLM's multi-LoRA: /v1/models lists the adapter with the base model as its parent; naming it runs the
+    adapter on both nodes (the in-process engine with the adapter says what comes, and it is not the base model's);
+    requests of the adapter and of the base model decode side by side; pooled endpoints refuse it."""
+    from splitserve.engine import EngineConfig
+
+    card = next(m for m in api.models.list().data if m.id == LORA)
+    assert card.model_extra["parent"] == MODEL and api.models.retrieve(LORA).id == LORA
+    engine = Engine(tiny_model, EngineConfig(lora_modules=((LORA, str(lora)),)))
+    frontend = Frontend.from_model_dir(tiny_model)
+    chat_ids = frontend.prompt_ids(messages=MESSAGES)
+    params = dict(max_tokens=12, temperature=0.9, seed=3)
+    expected = {name: engine.generate([chat_ids], SamplingParams(**params, lora=name))[0].text for name in (None, LORA)}
+    assert expected[None] != expected[LORA]
+
+    async def both() -> list:
+        async with openai.AsyncOpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0) as client:
+            return await asyncio.gather(*(client.chat.completions.create(model=name, messages=MESSAGES, **params)
+                                          for name in (LORA, MODEL, LORA, MODEL)))
+    answers = asyncio.run(both())
+    assert [a.choices[0].message.content for a in answers] == [expected[LORA], expected[None]] * 2
+    assert answers[0].model == LORA
+    completion = api.completions.create(model=LORA, prompt=PROMPT, max_tokens=8, temperature=0)
+    reference = engine.generate([engine.tokenizer.encode(PROMPT)], SamplingParams(max_tokens=8, lora=LORA))[0]
+    assert completion.choices[0].text == reference.text
+    with Client(cluster.url, timeout_s=60) as client:
+        assert client.complete(prompt=PROMPT, max_tokens=8, lora=LORA).text == reference.text
+        with pytest.raises(grpc.RpcError, match="unknown LoRA adapter 'nope'; the cluster serves 'tiny-lora'"):
+            client.complete(prompt=PROMPT, max_tokens=8, lora="nope")
+    with pytest.raises(openai.BadRequestError, match="is a LoRA adapter; it serves generation only"):
+        api.embeddings.create(model=LORA, input="a river")
+    with pytest.raises(openai.NotFoundError, match=f"or '{LORA}'"):
+        api.completions.create(model="nope", prompt=PROMPT, max_tokens=2)

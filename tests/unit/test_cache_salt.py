@@ -12,8 +12,9 @@ from splitserve.engine.block_pool import NO_HASH, root_hash
 from splitserve.rpc.convert import sampling_from_proto, sampling_to_proto
 
 
-def cached_tokens(engine: Engine, prompt: list[int], salt: str | None) -> int:
-    rid = engine.add_request(prompt, SamplingParams(max_tokens=2, ignore_eos=True, cache_salt=salt))
+def cached_tokens(engine: Engine, prompt: list[int], salt: str | None, lora: str | None = None) -> int:
+    """The prompt tokens a request under this salt (and LoRA adapter) found in the engine's prefix cache."""
+    rid = engine.add_request(prompt, SamplingParams(max_tokens=2, ignore_eos=True, cache_salt=salt, lora=lora))
     outs = []
     while engine.has_unfinished():
         outs += [o for o in engine.step() if o.request_id == rid]

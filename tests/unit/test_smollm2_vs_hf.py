@@ -140,3 +140,21 @@ def test_embeddings_equal_hf_last_hidden_state(smollm2_model, hf):
             ref = hf_embedding(hf, prompt, pooling)
             assert torch.nn.functional.cosine_similarity(torch.tensor(vector), ref, dim=0) > 1 - 1e-6, kind
             assert (torch.tensor(vector) - ref).abs().max() < 1e-4, kind
+
+
+def test_a_lora_adapter_on_the_real_model_equals_peft(smollm2_model, smollm2_hf_reference, tmp_path):
+    """PEFT's adapter (random, every projection) on SmolLM2 against PEFT's own model over HF transformers, in a
+    batch beside the base model: the adapter's rows get its deltas, the base model's rows none."""
+    from tests.support.lora import peft_model, write_peft_adapter
+
+    adapter = write_peft_adapter(smollm2_hf_reference, tmp_path / "adapter", seed=7, rank=8, alpha=16)
+    engine = Engine(smollm2_model, EngineConfig(block_size=16, num_blocks=64, max_num_batched_tokens=48,
+                                                lora_modules=(("a", str(adapter)),)))
+    prompts = [chat_ids(engine.tokenizer, q) for q in QUESTIONS[:2]]
+    params = [SamplingParams(max_tokens=16, ignore_eos=True, logprobs=5, lora=name) for name in ("a", None)]
+    with_adapter, base = engine.generate(prompts, params)
+    reference = greedy_with(peft_model(str(smollm2_hf_reference), str(adapter)), prompts[0], 16)
+    assert_matches_hf(with_adapter.token_ids, with_adapter.logprobs, *reference)
+    plain = engine.generate([prompts[0]], params[1])[0]
+    assert max(abs(a[0] - b[0]) for a, b in zip(with_adapter.logprobs, plain.logprobs)) > 0.05  # it changes the model
+    assert_matches_hf(base.token_ids, base.logprobs, *greedy_with(hf_model(str(smollm2_hf_reference)), prompts[1], 16))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esplitserve/api/v1/common.proto\x12\x11splitserve.api.v1\"\x8e\x06\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\rH\x01\x88\x01\x01\x12\x12\n\nmin_tokens\x18\n \x01(\r\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x0e \x03(\x0b\x32\x30.splitserve.api.v1.SamplingParams.LogitBiasEntry\x12\x1c\n\x0fprompt_logprobs\x18\x0f \x01(\rH\x03\x88\x01\x01\x12\x14\n\x07grammar\x18\x10 \x01(\tH\x04\x88\x01\x01\x12\r\n\x05min_p\x18\x11 \x01(\x02\x12\"\n\x1ainclude_stop_str_in_output\x18\x12 \x01(\x08\x12\x1b\n\x13keep_special_tokens\x18\x13 \x01(\x08\x12\x10\n\x08priority\x18\x14 \x01(\x05\x12\x19\n\x11\x61llowed_token_ids\x18\x15 \x03(\r\x12\x11\n\tbad_words\x18\x16 \x03(\t\x12\x36\n\x0c\x62\x61\x64_word_ids\x18\x17 \x03(\x0b\x32 .splitserve.api.v1.TokenSequence\x12\x17\n\ncache_salt\x18\x18 \x01(\tH\x05\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penaltyB\x12\n\x10_prompt_logprobsB\n\n\x08_grammarB\r\n\x0b_cache_salt\"\"\n\rTokenSequence\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"K\n\x0cTokenLogprob\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12*\n\x03top\x18\x02 \x03(\x0b\x32\x1d.splitserve.api.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"`\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x12\n\ntransfer_s\x18\x03 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x04 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x05 \x01(\x01\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esplitserve/api/v1/common.proto\x12\x11splitserve.api.v1\"\xaa\x06\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\rH\x01\x88\x01\x01\x12\x12\n\nmin_tokens\x18\n \x01(\r\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x0e \x03(\x0b\x32\x30.splitserve.api.v1.SamplingParams.LogitBiasEntry\x12\x1c\n\x0fprompt_logprobs\x18\x0f \x01(\rH\x03\x88\x01\x01\x12\x14\n\x07grammar\x18\x10 \x01(\tH\x04\x88\x01\x01\x12\r\n\x05min_p\x18\x11 \x01(\x02\x12\"\n\x1ainclude_stop_str_in_output\x18\x12 \x01(\x08\x12\x1b\n\x13keep_special_tokens\x18\x13 \x01(\x08\x12\x10\n\x08priority\x18\x14 \x01(\x05\x12\x19\n\x11\x61llowed_token_ids\x18\x15 \x03(\r\x12\x11\n\tbad_words\x18\x16 \x03(\t\x12\x36\n\x0c\x62\x61\x64_word_ids\x18\x17 \x03(\x0b\x32 .splitserve.api.v1.TokenSequence\x12\x17\n\ncache_salt\x18\x18 \x01(\tH\x05\x88\x01\x01\x12\x11\n\x04lora\x18\x19 \x01(\tH\x06\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penaltyB\x12\n\x10_prompt_logprobsB\n\n\x08_grammarB\r\n\x0b_cache_saltB\x07\n\x05_lora\"\"\n\rTokenSequence\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"K\n\x0cTokenLogprob\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12*\n\x03top\x18\x02 \x03(\x0b\x32\x1d.splitserve.api.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"`\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x12\n\ntransfer_s\x18\x03 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x04 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x05 \x01(\x01\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=54
-  _globals['_SAMPLINGPARAMS']._serialized_end=836
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=696
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=744
-  _globals['_TOKENSEQUENCE']._serialized_start=838
-  _globals['_TOKENSEQUENCE']._serialized_end=872
-  _globals['_TOPLOGPROB']._serialized_start=874
-  _globals['_TOPLOGPROB']._serialized_end=921
-  _globals['_TOKENLOGPROB']._serialized_start=923
-  _globals['_TOKENLOGPROB']._serialized_end=998
-  _globals['_USAGE']._serialized_start=1000
-  _globals['_USAGE']._serialized_end=1080
-  _globals['_TIMINGS']._serialized_start=1082
-  _globals['_TIMINGS']._serialized_end=1178
-  _globals['_ABORTREQUEST']._serialized_start=1180
-  _globals['_ABORTREQUEST']._serialized_end=1214
-  _globals['_ABORTREPLY']._serialized_start=1216
-  _globals['_ABORTREPLY']._serialized_end=1243
+  _globals['_SAMPLINGPARAMS']._serialized_end=864
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=715
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=763
+  _globals['_TOKENSEQUENCE']._serialized_start=866
+  _globals['_TOKENSEQUENCE']._serialized_end=900
+  _globals['_TOPLOGPROB']._serialized_start=902
+  _globals['_TOPLOGPROB']._serialized_end=949
+  _globals['_TOKENLOGPROB']._serialized_start=951
+  _globals['_TOKENLOGPROB']._serialized_end=1026
+  _globals['_USAGE']._serialized_start=1028
+  _globals['_USAGE']._serialized_end=1108
+  _globals['_TIMINGS']._serialized_start=1110
+  _globals['_TIMINGS']._serialized_end=1206
+  _globals['_ABORTREQUEST']._serialized_start=1208
+  _globals['_ABORTREQUEST']._serialized_end=1242
+  _globals['_ABORTREPLY']._serialized_start=1244
+  _globals['_ABORTREPLY']._serialized_end=1271
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,181 @@
+"""LoRA adapters, as PEFT saves them, served beside the base model: many adapters in one batch (vLLM's multi-LoRA).
+
+An adapter is a folder written by PEFT's `save_pretrained`: adapter_config.json and adapter_model.safetensors (a
+pickled adapter_model.bin is refused: nothing is unpickled). A targeted projection W then computes
+W x + scale * B (A x), scale = lora_alpha / r (lora_alpha / sqrt(r) with use_rslora; r is each module's own rank,
+so PEFT's rank_pattern needs nothing more). Options that change that formula (DoRA, LoRA biases, alpha_pattern,
+modules_to_save, ...) are refused by name when the adapter loads.
+
+Nothing is merged into the base weights: a request names its adapter (SamplingParams.lora), and after each of a
+layer's four fused projections (qkv, o, gate_up, down) the rows of each adapter in the step get their delta,
+x[rows] @ A^T @ B^T, two small matmuls per adapter and projection. The q, k and v parts of the fused qkv
+projection (and gate, up) are one A, their rows stacked, and one block-diagonal B with the scales folded in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from splitserve.engine.config import ModelConfig
+from splitserve.engine.errors import ModelFormatError
+
+# a PEFT projection -> (our fused projection, its part's index among the fused parts)
+_PARTS = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2), "o_proj": ("o_proj", 0),
+          "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1), "down_proj": ("down_proj", 0)}
+_TENSOR = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+# adapter_config.json options that change the computation, refused when set
+_REFUSED_OPTIONS = ("use_dora", "lora_bias", "alpha_pattern", "modules_to_save", "fan_in_fan_out", "layer_replication",
+                    "trainable_token_indices", "target_parameters", "use_qalora", "use_bdlora",
+                    "alora_invocation_tokens")
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One fused projection's delta: x @ a_t @ b_t (the scales folded into b_t)."""
+
+    a_t: torch.Tensor  # [in, sum of the parts' ranks]
+    b_t: torch.Tensor  # [sum of ranks, out]: block-diagonal over the parts
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    name: str
+    path: str
+    weights: dict[tuple[int, str], LoraWeights]  # (layer, fused projection) -> its delta
+
+
+def load_adapters(modules, cfg: ModelConfig, dtype: torch.dtype, device) -> dict[str, LoraAdapter]:
+    """Each (name, folder) as an adapter of the model `cfg` describes; ModelFormatError for one that does not fit."""
+    return {name: load_adapter(name, Path(path), cfg, dtype, device) for name, path in modules}
+
+
+def load_adapter(name: str, folder: Path, cfg: ModelConfig, dtype: torch.dtype, device) -> LoraAdapter:
+    options = _read_config(folder)
+    parts = _read_parts(folder, cfg)
+    if not parts:
+        raise ModelFormatError(f"{folder}: no LoRA weights of q/k/v/o/gate/up/down projections")
+    weights = {key: _fuse(by_part, options, _in_size(cfg, key[1]), _out_sizes(cfg, key[1]), folder)
+               for key, by_part in parts.items()}
+    weights = {key: LoraWeights(w.a_t.to(dtype=dtype, device=device), w.b_t.to(dtype=dtype, device=device))
+               for key, w in weights.items()}
+    return LoraAdapter(name, str(folder), weights)
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "adapter_config.json"
+    try:
+        options = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not a readable adapter config ({exc})") from None
+    if not isinstance(options, dict) or options.get("peft_type", "LORA") != "LORA":
+        raise ModelFormatError(f"{path}: not a LoRA adapter (peft_type {options.get('peft_type')!r})")
+    refused = [key for key in _REFUSED_OPTIONS if options.get(key)]
+    if options.get("bias", "none") != "none":
+        refused.append("bias")
+    if refused:
+        raise ModelFormatError(f"{path}: LoRA options not served: {', '.join(refused)}")
+    alpha = options.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise ModelFormatError(f"{path}: lora_alpha must be a number, got {alpha!r}")
+    return options
+
+
+def _read_parts(folder: Path, cfg: ModelConfig) -> dict[tuple[int, str], dict[int, dict[str, torch.Tensor]]]:
+    """(layer, fused projection) -> part index -> {"A": [r, in], "B": [out, r]}."""
+    path = folder / "adapter_model.safetensors"
+    if not path.exists():
+        raise ModelFormatError(f"{folder}: no adapter_model.safetensors (a pickled adapter_model.bin is not read)")
+    parts: dict = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                layer, projection, matrix = _tensor_name(key, cfg, path)
+                fused, index = _PARTS[projection]
+                parts.setdefault((layer, fused), {}).setdefault(index, {})[matrix] = f.get_tensor(key).float()
+    except (OSError, SafetensorError) as exc:
+        raise ModelFormatError(f"{path}: unreadable safetensors file ({exc})") from None
+    return parts
+
+
+def _tensor_name(key: str, cfg: ModelConfig, path: Path) -> tuple[int, str, str]:
+    match = _TENSOR.match(key)
+    if match is None or match.group(2) not in _PARTS:
+        raise ModelFormatError(f"{path}: tensor {key!r} is not a LoRA weight of a layer's q/k/v/o/gate/up/down "
+                               f"projection")
+    layer = int(match.group(1))
+    if layer >= cfg.num_layers:
+        raise ModelFormatError(f"{path}: tensor {key!r} names layer {layer}; the model has {cfg.num_layers}")
+    return layer, match.group(2), match.group(3)
+
+
+def _out_sizes(cfg: ModelConfig, fused: str) -> list[int]:
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return {"qkv_proj": [q, kv, kv], "o_proj": [cfg.hidden_size], "gate_up_proj": [cfg.intermediate_size] * 2,
+            "down_proj": [cfg.hidden_size]}[fused]
+
+
+def _in_size(cfg: ModelConfig, fused: str) -> int:
+    return {"o_proj": cfg.num_heads * cfg.head_dim, "down_proj": cfg.intermediate_size}.get(fused, cfg.hidden_size)
+
+
+def _fuse(by_part: dict[int, dict[str, torch.Tensor]], options: dict, in_size: int, out_sizes: list[int],
+          folder: Path) -> LoraWeights:
+    """The parts' A rows stacked, and B block-diagonal with each part's scale folded in."""
+    a_rows, blocks = [], []
+    for index in sorted(by_part):
+        a, b = by_part[index].get("A"), by_part[index].get("B")
+        if a is None or b is None or a.dim() != 2 or a.shape[1] != in_size or b.shape != (out_sizes[index], a.shape[0]):
+            shapes = [None if m is None else tuple(m.shape) for m in (a, b)]
+            raise ModelFormatError(f"{folder}: lora_A / lora_B {shapes} do not fit a projection of {in_size} inputs "
+                                   f"and {out_sizes[index]} outputs (expected [r, {in_size}] and [{out_sizes[index]}, r])")
+        rank = a.shape[0]
+        scale = options["lora_alpha"] / (math.sqrt(rank) if options.get("use_rslora") else rank)
+        a_rows.append(a)
+        blocks.append((index, b * scale))
+    a = torch.cat(a_rows)
+    b_t = torch.zeros(a.shape[0], sum(out_sizes))
+    row = 0
+    for index, b in blocks:
+        col = sum(out_sizes[:index])
+        b_t[row:row + b.shape[1], col:col + b.shape[0]] = b.t()
+        row += b.shape[1]
+    return LoraWeights(a.t().contiguous(), b_t)
+
+
+class LoraBatch:
+    """Which rows of a step's tokens run which adapter; `add` puts the adapters' deltas onto a projection's output."""
+
+    def __init__(self, groups: list[tuple[LoraAdapter, slice | torch.Tensor]]):
+        self.groups = groups  # (adapter, its rows: a slice when they are contiguous)
+
+    def add(self, out: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> torch.Tensor:
+        """out [T, out] += each adapter's delta of x [T, in] on its rows, in place; returns out."""
+        for adapter, rows in self.groups:
+            w = adapter.weights.get((layer, projection))
+            if w is not None:
+                out[rows] += (x[rows] @ w.a_t) @ w.b_t
+        return out
+
+
+def lora_batch(row_ranges: list[tuple[LoraAdapter | None, int, int]], device) -> LoraBatch | None:
+    """The batch for rows [start, end) of each adapter (None: the base model); None when no row has an adapter."""
+    by_adapter: dict[str, tuple[LoraAdapter, list[int]]] = {}
+    for adapter, start, end in row_ranges:
+        if adapter is not None:
+            by_adapter.setdefault(adapter.name, (adapter, []))[1].extend(range(start, end))
+    if not by_adapter:
+        return None
+    return LoraBatch([(adapter, _rows(rows, device)) for adapter, rows in by_adapter.values()])
+
+
+def _rows(rows: list[int], device) -> slice | torch.Tensor:
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, dtype=torch.long, device=device)
