@@ -38,9 +38,12 @@ def prompts(engine: Engine, n: int) -> list[list[int]]:
                                            "country and its population in millions."}]) for i in range(n)]
 
 
-def decode_seconds_per_token(engine: Engine, batch: list[list[int]], params: SamplingParams) -> float:
-    """Seconds per generated token after every request's first (the prefills are left out)."""
-    ids = [engine.add_request(p, params) for p in batch]
+def decode_seconds_per_token(engine: Engine, batch: list[list[int]],
+                             params: SamplingParams | list[SamplingParams]) -> float:
+    """Seconds per generated token after every request's first (the prefills are left out); `params`: all
+    requests', or each one's."""
+    each = params if isinstance(params, list) else [params] * len(batch)
+    ids = [engine.add_request(p, request_params) for p, request_params in zip(batch, each)]
     started, tokens, start = set(), 0, 0.0
     while engine.has_unfinished():
         for out in engine.step():

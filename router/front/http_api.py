@@ -131,8 +131,9 @@ class Endpoints:
         """The name a response carries: the one the request used (the model, an alias or a LoRA adapter's), else
         the model's; 404 for a name this server does not serve."""
         names = (self.ctx.model_name, *self.ctx.model_aliases)
-        if model and model not in names and model not in self.ctx.orchestrator.lora_adapters():
-            names += tuple(self.ctx.orchestrator.lora_adapters())
+        adapters = tuple(self.ctx.orchestrator.lora_adapters()) if model and model not in names else ()
+        if model and model not in names + adapters:
+            names += adapters
             raise ApiError(404, f"model {model!r} does not exist; this server serves {' or '.join(map(repr, names))}",
                            param="model", code="model_not_found")
         return model or self.ctx.model_name

@@ -152,30 +152,36 @@ def _fuse(by_part: dict[int, dict[str, torch.Tensor]], options: dict, in_size: i
 class LoraBatch:
     """Which rows of a step's tokens run which adapter; `add` puts the adapters' deltas onto a projection's output."""
 
-    def __init__(self, groups: list[tuple[LoraAdapter, slice | torch.Tensor]]):
-        self.groups = groups  # (adapter, its rows: a slice when they are contiguous)
+    def __init__(self, groups: list[tuple[LoraAdapter, list[slice | None]]]):
+        self.groups = groups  # (adapter, its runs of contiguous rows; None: every row of the step)
 
     def add(self, out: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> torch.Tensor:
         """out [T, out] += each adapter's delta of x [T, in] on its rows, in place; returns out."""
-        for adapter, rows in self.groups:
+        for adapter, runs in self.groups:
             w = adapter.weights.get((layer, projection))
             if w is not None:
-                out[rows] += (x[rows] @ w.a_t) @ w.b_t
+                for rows in runs:
+                    if rows is None:  # no views to make: a step of one adapter (batch-1 decodes, ~120 per step)
+                        out.addmm_(x @ w.a_t, w.b_t)
+                    else:
+                        out[rows].addmm_(x[rows] @ w.a_t, w.b_t)
         return out
 
 
-def lora_batch(row_ranges: list[tuple[LoraAdapter | None, int, int]], device) -> LoraBatch | None:
-    """The batch for rows [start, end) of each adapter (None: the base model); None when no row has an adapter."""
-    by_adapter: dict[str, tuple[LoraAdapter, list[int]]] = {}
+def lora_batch(row_ranges: list[tuple[LoraAdapter | None, int, int]]) -> LoraBatch | None:
+    """The batch for rows [start, end) of each adapter (None: the base model), adjacent ranges of one adapter
+    joined; None when no row has an adapter. (The runner orders a step's requests by adapter, so each adapter's
+    decodes are one run.)"""
+    runs: dict[str, tuple[LoraAdapter, list[slice | None]]] = {}
     for adapter, start, end in row_ranges:
-        if adapter is not None:
-            by_adapter.setdefault(adapter.name, (adapter, []))[1].extend(range(start, end))
-    if not by_adapter:
-        return None
-    return LoraBatch([(adapter, _rows(rows, device)) for adapter, rows in by_adapter.values()])
-
-
-def _rows(rows: list[int], device) -> slice | torch.Tensor:
-    if rows == list(range(rows[0], rows[0] + len(rows))):
-        return slice(rows[0], rows[0] + len(rows))
-    return torch.tensor(rows, dtype=torch.long, device=device)
+        if adapter is None or start == end:
+            continue
+        group = runs.setdefault(adapter.name, (adapter, []))[1]
+        if group and group[-1].stop == start:
+            group[-1] = slice(group[-1].start, end)
+        else:
+            group.append(slice(start, end))
+    total = sum(end - start for _, start, end in row_ranges)
+    if len(runs) == 1 and next(iter(runs.values()))[1] == [slice(0, total)]:
+        return LoraBatch([(next(iter(runs.values()))[0], [None])])
+    return LoraBatch(list(runs.values())) if runs else None

@@ -37,7 +37,8 @@ class ModelRunner:
         self.generator = torch.Generator().manual_seed(seed)
 
     def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
-        chunks = sorted(plan.chunks, key=lambda c: c.num_new_tokens > 1)  # decodes first
+        # decodes first; each LoRA adapter's requests together, so its rows are one run (lora.py)
+        chunks = sorted(plan.chunks, key=lambda c: (c.num_new_tokens > 1, c.request.params.lora or ""))
         input_ids, positions, slots = [], [], []
         logit_rows, sampled, scored = [], [], []  # rows whose logits are computed; which of them sample; prompt rows
         hidden_rows, pooled = [], []  # rows whose final hidden states embedding requests pool
@@ -61,7 +62,7 @@ class ModelRunner:
                 logit_rows.append(len(input_ids) - 1)
         batch = self._attention_batch(chunks, slots)
         input_ids, positions, logit_rows = self._long(input_ids), self._long(positions), self._long(logit_rows)
-        lora = lora_batch(adapter_rows, self.device)
+        lora = lora_batch(adapter_rows)
         if pooled:
             logits = self._pool(input_ids, positions, batch, logit_rows, hidden_rows, pooled, on_layer_done, lora)
         else:
