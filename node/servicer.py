@@ -11,6 +11,7 @@ nodes: a prompt's pooled final hidden states, nothing transferred), Abort and St
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
@@ -27,6 +28,7 @@ from decode_node.servicer import DecodeServicer
 from prefill_node.chunks import ChunkPath, can_blend
 from prefill_node.servicer import IngestServicer, PrefillServicer
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 
 
@@ -116,6 +118,22 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             found |= await worker.abort(rid)
         found |= await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.abort(rid)))
         return common_pb2.AbortReply(found=found)
+
+    async def LoadLoraAdapter(self, request: node_pb2.LoraAdapterRequest, context: grpc.aio.ServicerContext):
+        """Reads the adapter beside the engine thread (steps go on), then serves it from the engine's."""
+        async with status_codes(context):
+            adapter = await asyncio.to_thread(self.engine_loop.engine.read_adapter, request.name, request.path)
+            await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.add_adapter(adapter)))
+        log.info("LoRA adapter %s loaded from %s", request.name, request.path)
+        return node_pb2.LoraAdapterReply()
+
+    async def UnloadLoraAdapter(self, request: node_pb2.LoraAdapterRequest, context: grpc.aio.ServicerContext):
+        try:
+            await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.remove_adapter(request.name)))
+        except KeyError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, exc.args[0])
+        log.info("LoRA adapter %s unloaded", request.name)
+        return node_pb2.LoraAdapterReply()
 
     async def Stats(self, request: node_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> node_pb2.NodeStats:
         s = await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.stats()))

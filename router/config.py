@@ -51,6 +51,7 @@ class RouterConfig:
     batch_storage_bytes: int = 256 << 20  # Files API: the bytes of files kept
     batch_store: str = "memory"  # files and batches: memory, or a redis:// URL (shared by router replicas)
     batch_claim_s: float = 30.0  # Redis store: a stopped router's batches are resumed elsewhere after this
+    allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's runtime updating)
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -104,7 +105,7 @@ class RouterConfig:
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
-                   args.batch_store, args.batch_claim_s,
+                   args.batch_store, args.batch_claim_s, args.allow_runtime_lora,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

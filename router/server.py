@@ -66,7 +66,7 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
-                          files=files, batches=batches)
+                          files=files, batches=batches, allow_runtime_lora=config.allow_runtime_lora)
     server = HttpServer(create_app(context), config.host, config.http_port, security.tls,
                         read_timeout_s=config.http_read_timeout_s)
     server.on_start.append(batches.start_sweeping)  # batches whose router stopped run on without being asked for

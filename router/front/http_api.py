@@ -32,6 +32,7 @@ from router.front.auth import ApiKeys
 from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
+from router.front.lora_api import add_lora_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.asgi_call import CALLER
 from router.front.batch_api import add_batch_routes
@@ -82,6 +83,7 @@ class HttpContext:
     count_http: Callable = lambda route, method, status: None  # the metrics' HTTP requests by route and status
     files: FileStore = field(default_factory=FileStore)  # the Files API's (batch inputs and outputs)
     batches: Batches | None = None  # the Batch API's; None: over `files`, at the default concurrency
+    allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (lora_api.py)
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)
@@ -506,6 +508,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     add_docs_routes(app, endpoints.check_key)
     add_tokenizer_routes(app, endpoints, endpoints.check_key)
     add_batch_routes(app, endpoints, endpoints.check_key)
+    add_lora_routes(app, endpoints, endpoints.check_key, ctx.allow_runtime_lora)
     _metrics_route(app)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:

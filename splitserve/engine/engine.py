@@ -26,7 +26,8 @@ from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
-from splitserve.engine.lora import load_adapters
+from splitserve.engine.lora import LoraAdapter, load_adapter, load_adapters
+from splitserve.engine.lora_names import check_lora_name
 from splitserve.engine.model import LayerHook
 from splitserve.engine.output import Completion, OutputTracker, RequestOutput, collect
 from splitserve.engine.pooling import PoolingParams
@@ -76,7 +77,7 @@ class Engine:
                                   config.torch_dtype, config.device)
         self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_embedding_tokens_per_step)
-        self.runner = ModelRunner(self.model, self.cache, config.device, config.seed, self.adapters)
+        self.runner = ModelRunner(self.model, self.cache, config.device, config.seed)
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
@@ -97,7 +98,8 @@ class Engine:
         request_id = request_id or f"req-{next(self._ids)}"
         self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,
-                      num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks)
+                      num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks,
+                      adapter=self.adapters.get(params.lora))
         req.matcher = self.matcher(params, req.penalty_history()[1])
         self._track(req)
         self.scheduler.add(req)
@@ -153,6 +155,26 @@ class Engine:
             raise ValueError(f"{what} = {num_tokens} tokens exceeds the KV pool "
                              f"({self.pool.num_blocks * self.config.block_size} tokens)")
 
+    # --- LoRA adapters (lora.py) ------------------------------------------------------------------
+
+    def read_adapter(self, name: str, folder: str | Path) -> LoraAdapter:
+        """A PEFT adapter folder, loaded for this model (ModelFormatError if it does not fit); changes nothing,
+        so it may run on any thread. add_adapter serves it."""
+        check_lora_name(name)
+        return load_adapter(name, Path(folder), self.model_config, self.config.torch_dtype, self.config.device)
+
+    def add_adapter(self, adapter: LoraAdapter) -> None:
+        """Requests may name it from now on; ValueError if its name is taken."""
+        if adapter.name in self.adapters:
+            raise ValueError(f"LoRA adapter {adapter.name!r} is already loaded (from {self.adapters[adapter.name].path})")
+        self.adapters[adapter.name] = adapter
+
+    def remove_adapter(self, name: str) -> None:
+        """New requests may no longer name it (KeyError if unknown); the requests admitted with it run to their
+        end on it (each holds it). Its cached KV is never found again (keyed by the adapter's load_id)."""
+        if self.adapters.pop(name, None) is None:
+            raise KeyError(f"no LoRA adapter {name!r} is loaded")
+
     def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
         """Decode-only: blocks for a prompt whose KV will be written from outside; None if short."""
         if request_id in self.reserved or request_id in self.requests:
@@ -181,7 +203,8 @@ class Engine:
             raise
         block_ids = self.reserved.pop(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
-                      num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher)
+                      num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher,
+                      adapter=self.adapters.get(params.lora))
         req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
         self._track(req)
         if register_prefix:

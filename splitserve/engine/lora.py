@@ -6,7 +6,8 @@ W x + scale * B (A x), scale = lora_alpha / r (lora_alpha / sqrt(r) with use_rsl
 so PEFT's rank_pattern needs nothing more). Options that change that formula (DoRA, LoRA biases, alpha_pattern,
 modules_to_save, ...) are refused by name when the adapter loads.
 
-Nothing is merged into the base weights: a request names its adapter (SamplingParams.lora), and after each of a
+Nothing is merged into the base weights: a request names its adapter (SamplingParams.lora), keeps it from admission
+to its end (an adapter unloaded meanwhile serves the requests it already has), and after each of a
 layer's four fused projections (qkv, o, gate_up, down) the rows of each adapter in the step get their delta,
 x[rows] @ A^T @ B^T, two small matmuls per adapter and projection. The q, k and v parts of the fused qkv
 projection (and gate, up) are one A, their rows stacked, and one block-diagonal B with the scales folded in.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,7 +50,9 @@ class LoraWeights:
 class LoraAdapter:
     name: str
     path: str
-    weights: dict[tuple[int, str], LoraWeights]  # (layer, fused projection) -> its delta
+    weights: dict[tuple[int, str], LoraWeights] = field(repr=False)  # (layer, fused projection) -> its delta
+    # this loading of it: cached KV is keyed by it, so an adapter loaded again under the name finds none of the old
+    load_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def load_adapters(modules, cfg: ModelConfig, dtype: torch.dtype, device) -> dict[str, LoraAdapter]:

@@ -12,6 +12,7 @@ from splitserve.engine.sampling import SamplingParams
 if TYPE_CHECKING:
     import torch
 
+    from splitserve.engine.lora import LoraAdapter
     from splitserve.engine.pooling import PoolingParams
 
 
@@ -58,6 +59,7 @@ class Request:
     pooling: PoolingParams | None = None  # an embedding request (pooling.py): samples nothing
     pooled_sum: torch.Tensor | None = field(default=None, repr=False)  # its pooled rows so far
     embedding: list[float] | None = None  # set when its prompt has run
+    adapter: LoraAdapter | None = field(default=None, repr=False)  # params.lora's, taken at admission (lora.py)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -90,8 +92,10 @@ class Request:
 
     @property
     def hash_root(self) -> bytes:
-        """Where its blocks' hash chain starts: its cache salt's and adapter's root, or the shared one."""
-        return root_hash(self.params.kv_namespace)
+        """Where its blocks' hash chain starts: its cache salt's and LoRA adapter's root (the adapter as loaded: one
+        loaded again under the name shares nothing with it), or the shared one."""
+        namespace = self.params.kv_namespace
+        return root_hash(namespace if self.adapter is None else f"{namespace}\x1f{self.adapter.load_id}")
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

@@ -11,7 +11,7 @@ import torch
 
 from splitserve.engine import native
 from splitserve.engine.attention import AttentionBatch, DecodeBlocks, PagedKVCache, PrefillChunk
-from splitserve.engine.lora import LoraAdapter, lora_batch
+from splitserve.engine.lora import lora_batch
 from splitserve.engine.model import CausalLM, LayerHook
 from splitserve.engine.pooling import pooled_rows, record as record_pooled
 from splitserve.engine.prompt_logprobs import prompt_rows, record
@@ -27,10 +27,8 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, cache: PagedKVCache, device="cpu", seed: int = 0,
-                 adapters: dict[str, LoraAdapter] | None = None):
+    def __init__(self, model: CausalLM, cache: PagedKVCache, device="cpu", seed: int = 0):
         self.model, self.cache, self.device = model, cache, device
-        self.adapters = adapters or {}  # LoRA adapters by name (lora.py)
         self.block_size = cache.block_size
         self.sliding_window = model.cfg.sliding_window
         self.native_decode = native_decode_attention(cache, device)
@@ -45,7 +43,7 @@ class ModelRunner:
         adapter_rows = []  # (adapter or None, first row, end row) of each chunk
         for chunk in chunks:
             req, start, n = chunk.request, chunk.start, chunk.num_new_tokens
-            adapter_rows.append((self.adapters.get(req.params.lora), len(input_ids), len(input_ids) + n))
+            adapter_rows.append((req.adapter, len(input_ids), len(input_ids) + n))
             rows = prompt_rows(req, start, n, len(logit_rows))
             if rows is not None:
                 scored.append(rows)

@@ -8,7 +8,7 @@ import pytest
 from node.config import _engine
 from tests.helm.chart import config_env, splitserve_containers
 from tests.helm.test_chunk_cache_values import node_args
-from tests.helm.test_profile_job import render
+from tests.helm.test_profile_job import parse, render
 
 LORA = "{model: {loraModules: [{name: sql, path: /models/adapters/sql}, {name: chat-v2, path: /models/a/c}]}}"
 
@@ -19,6 +19,14 @@ def test_adapters_reach_every_node_and_no_router(monkeypatch):
     docs = render(LORA)
     router = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
     assert router and all("--lora-modules" not in c["args"] for c in router)
+
+
+def test_runtime_lora_updating_is_a_router_flag(monkeypatch):
+    docs = render("{router: {allowRuntimeLora: true}}")
+    [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
+    assert parse(router["args"], config_env(docs, router), monkeypatch).allow_runtime_lora
+    [router] = [c for _, c in splitserve_containers(render("{}")) if c["args"][0] == "router"]
+    assert "--allow-runtime-lora" not in router["args"]
 
 
 def test_no_adapters_by_default(monkeypatch):

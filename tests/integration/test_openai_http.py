@@ -43,7 +43,7 @@ def lora(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, lora):
-    with ParallelCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY)],
+    with ParallelCluster(tiny_model, http_port=-1, router_args=["--max-request-bytes", str(MAX_BODY), "--allow-runtime-lora"],
                          node_args=["--lora-modules", f"{LORA}={lora}"]) as c:
         yield c
 
@@ -728,3 +728,39 @@ def test_a_lora_adapter_is_a_model_of_its_own(cluster, api, tiny_model, lora):
         api.embeddings.create(model=LORA, input="a river")
     with pytest.raises(openai.NotFoundError, match=f"or '{LORA}'"):
         api.completions.create(model="nope", prompt=PROMPT, max_tokens=2)
+
+
+def post(url: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())["error"]["message"]
+
+
+def test_lora_adapters_load_and_unload_at_runtime(cluster, api, tiny_model, tmp_path):
+    """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter (--allow-runtime-lora): every node loads the folder,
+    the adapter is a model at once and runs on both nodes; a taken name or an adapter that does not load changes
+    nothing; once unloaded, its name is unknown again."""
+    from splitserve.engine import EngineConfig
+
+    folder = write_peft_adapter(tiny_model, tmp_path / "late", seed=9, targets=("q_proj", "up_proj"))
+    load, unload = cluster.http_url + "/v1/load_lora_adapter", cluster.http_url + "/v1/unload_lora_adapter"
+    assert post(load, {"lora_name": "late", "lora_path": str(folder)}) == (
+        200, "Success: LoRA adapter 'late' added successfully.")
+    assert [m.id for m in api.models.list().data] == [MODEL, "late", LORA]  # adapters sorted by name
+    expected = Engine(tiny_model, EngineConfig(lora_modules=(("late", str(folder)),))).generate(
+        [Frontend.from_model_dir(tiny_model).prompt_ids(prompt=PROMPT)], SamplingParams(max_tokens=8, lora="late"))
+    assert api.completions.create(model="late", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text == \
+        expected[0].text
+    assert post(load, {"lora_name": LORA, "lora_path": str(folder)}) == (
+        400, f"the LoRA adapter '{LORA}' has already been loaded")
+    status, message = post(load, {"lora_name": "broken", "lora_path": str(tmp_path / "missing")})
+    assert status == 400 and "not a readable adapter config" in message
+    assert post(load, {"lora_name": "a b", "lora_path": str(folder)})[0] == 400
+    assert "broken" not in [m.id for m in api.models.list().data]
+    assert post(unload, {"lora_name": "late"}) == (200, "Success: LoRA adapter 'late' removed successfully.")
+    assert post(unload, {"lora_name": "late"}) == (404, "no node serves a LoRA adapter 'late'")
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="late", prompt=PROMPT, max_tokens=2)

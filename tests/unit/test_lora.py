@@ -149,3 +149,32 @@ def test_weights_of_a_layer_the_model_lacks_are_refused(tiny_model, adapters, tm
     save_file(tensors, folder / "adapter_model.safetensors")
     with pytest.raises(ModelFormatError, match="layer 7; the model has 2|lm_head"):
         Engine(tiny_model, EngineConfig(num_blocks=16, lora_modules=(("x", str(folder)),)))
+
+
+def test_adapters_load_and_unload_at_runtime(tiny_model, adapters):
+    """A name is served once; a request admitted before its adapter's unload ends on it; no block cached under it
+    is found again, so another adapter loaded under the same name computes its own KV."""
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=128))
+    engine.add_adapter(engine.read_adapter("x", adapters["all"]))
+    with pytest.raises(ValueError, match="'x' is already loaded"):
+        engine.add_adapter(engine.read_adapter("x", adapters["qv-rs"]))
+    prompt = random_prompts(1024)[2]
+    assert cached_tokens(engine, prompt, None, "x") == 0
+    assert cached_tokens(engine, prompt, None, "x") > 0
+    engine.add_request(prompt, greedy("x"), request_id="admitted")
+    engine.step()
+    engine.remove_adapter("x")
+    outputs = []
+    while engine.has_unfinished():
+        outputs += [o for o in engine.step() if o.request_id == "admitted"]
+    ids, logprobs = reference(tiny_model, adapters, "all", prompt)
+    assert [t for o in outputs for t in o.new_token_ids] == ids[1:]
+    with pytest.raises(KeyError, match="no LoRA adapter 'x'"):
+        engine.remove_adapter("x")
+    with pytest.raises(ValueError, match="unknown LoRA adapter 'x'"):
+        engine.add_request(prompt, SamplingParams(lora="x"))
+    engine.add_adapter(engine.read_adapter("x", adapters["qv-rs"]))
+    assert cached_tokens(engine, prompt, None, "x") == 0
+    [ours] = engine.generate([prompt], greedy("x"))
+    assert_matches_hf(ours.token_ids, ours.logprobs, *reference(tiny_model, adapters, "qv-rs", prompt))
+    engine.check_integrity()

@@ -15,6 +15,9 @@
 {{- if $r.cacheSaltPerKey }}
 - --cache-salt-per-key
 {{- end }}
+{{- if $r.allowRuntimeLora }}
+- --allow-runtime-lora
+{{- end }}
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}

@@ -234,3 +234,15 @@ class NodeEmbedReply(_message.Message):
     embedding: _containers.RepeatedScalarFieldContainer[float]
     num_cached_tokens: int
     def __init__(self, embedding: _Optional[_Iterable[float]] = ..., num_cached_tokens: _Optional[int] = ...) -> None: ...
+
+class LoraAdapterRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class LoraAdapterReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

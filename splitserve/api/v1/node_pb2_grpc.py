@@ -78,6 +78,16 @@ class NodeStub:
                 request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.SerializeToString,
                 response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.FromString,
                 _registered_method=True)
+        self.LoadLoraAdapter = channel.unary_unary(
+                '/splitserve.api.v1.Node/LoadLoraAdapter',
+                request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.SerializeToString,
+                response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.FromString,
+                _registered_method=True)
+        self.UnloadLoraAdapter = channel.unary_unary(
+                '/splitserve.api.v1.Node/UnloadLoraAdapter',
+                request_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.SerializeToString,
+                response_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -140,6 +150,21 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadLoraAdapter(self, request, context):
+        """Runtime LoRA updating (the router's /v1/load_lora_adapter): serve a PEFT adapter folder of this node's disk
+        under a name (INVALID_ARGUMENT: a taken name or an adapter that does not fit), or stop taking requests for one
+        (NOT_FOUND: unknown); the requests it already has run to their end on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadLoraAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +207,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.FromString,
                     response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.SerializeToString,
+            ),
+            'LoadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadLoraAdapter,
+                    request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.FromString,
+                    response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.SerializeToString,
+            ),
+            'UnloadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadLoraAdapter,
+                    request_deserializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.FromString,
+                    response_serializer=splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +438,60 @@ class Node:
             '/splitserve.api.v1.Node/Embed',
             splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedRequest.SerializeToString,
             splitserve_dot_api_dot_v1_dot_node__pb2.NodeEmbedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.api.v1.Node/LoadLoraAdapter',
+            splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.SerializeToString,
+            splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.api.v1.Node/UnloadLoraAdapter',
+            splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterRequest.SerializeToString,
+            splitserve_dot_api_dot_v1_dot_node__pb2.LoraAdapterReply.FromString,
             options,
             channel_credentials,
             insecure,
