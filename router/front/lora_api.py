@@ -54,13 +54,13 @@ class LoraEndpoints:
             raise InvalidRequest(f"{body.lora_name!r} names the base model", "lora_name")
         if body.lora_name in self.endpoints.ctx.orchestrator.lora_adapters():
             raise InvalidRequest(f"the LoRA adapter {body.lora_name!r} has already been loaded", "lora_name")
-        await _node_errors(load_everywhere(self.registry, body.lora_name, body.lora_path, NODE_TIMEOUT_S))
+        await _node_errors(load_everywhere(self.registry, body.lora_name, body.lora_path, NODE_TIMEOUT_S), "lora_path")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     async def unload(self, request: Request) -> PlainTextResponse:
         body = parse_body(UnloadLoraRequest, await self.endpoints.body(request))
         _check_name(body.lora_name)
-        await _node_errors(unload_everywhere(self.registry, body.lora_name, NODE_TIMEOUT_S))
+        await _node_errors(unload_everywhere(self.registry, body.lora_name, NODE_TIMEOUT_S), "lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
@@ -78,13 +78,14 @@ def _check_name(name: str) -> None:
         raise InvalidRequest(str(exc), "lora_name") from None
 
 
-async def _node_errors(work) -> None:
+async def _node_errors(work, param: str) -> None:
+    """Runs the nodes' work; a node's refusal as the client's error, naming `param`."""
     try:
         await work
     except LoraUpdateError as exc:
         status = _STATUS.get(exc.code, 503)
         raise ApiError(status, str(exc), "invalid_request_error" if status < 500 else "service_unavailable",
-                       param="lora_name" if status < 500 else None) from None
+                       param=param if status < 500 else None) from None
 
 
 def add_lora_routes(app: FastAPI, endpoints, check_key, allowed: bool) -> None:
