@@ -64,6 +64,8 @@ class RouterMetrics:
         self.http_requests = Counter(f"{p}_http_requests", "HTTP requests answered, by route (its template: "
                                      "/v1/chat/completions, /v1/responses/{response_id}, ...; 'other' for no route), "
                                      "method and status", ["route", "method", "status"], registry=r)
+        self.lora_requests = Counter(f"{p}_lora_requests", "requests run on a LoRA adapter, by the adapter's name",
+                                     ["adapter"], registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)
         self.generation_tokens = Counter(f"{p}_generation_tokens", "tokens sent to clients", registry=r)
         self.embeddings = Counter(f"{p}_embeddings", "inputs embedded (/v1/embeddings, score, rerank, gRPC Embed)",

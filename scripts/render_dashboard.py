@@ -50,6 +50,7 @@ ROUTER_PANELS = [
     ("HTTP requests by route", "reqps", [rate("splitserve_router_http_requests_total", "route")]),
     ("Batch API lines", "short", [rate("splitserve_router_batch_lines_total", "outcome"),
                                   ("sum (splitserve_router_batches_running)", "batches running")]),
+    ("Requests by LoRA adapter", "reqps", [rate("splitserve_router_lora_requests_total", "adapter")]),
 ]
 NODE_PANELS = [
     ("KV blocks used", "percentunit", [("splitserve_kv_blocks_used_ratio", "{{instance}}")]),

@@ -87,6 +87,8 @@ class Orchestrator:
         outcome = "closed"
         request_id.set(job.request_id)  # this request's task: every log line below carries it
         self.metrics.running.inc()
+        if job.params.lora is not None:
+            self.metrics.lora_requests.labels(job.params.lora).inc()
         try:
             while True:
                 try:

@@ -724,6 +724,9 @@ def test_a_lora_adapter_is_a_model_of_its_own(cluster, api, tiny_model, lora):
         assert client.complete(prompt=PROMPT, max_tokens=8, lora=LORA).text == reference.text
         with pytest.raises(grpc.RpcError, match="unknown LoRA adapter 'nope'; the cluster serves 'tiny-lora'"):
             client.complete(prompt=PROMPT, max_tokens=8, lora="nope")
+    metrics = urllib.request.urlopen(cluster.http_url + "/metrics", timeout=30).read().decode()
+    served = [line for line in metrics.splitlines() if line.startswith(f'splitserve_router_lora_requests_total{{adapter="{LORA}"}}')]
+    assert served and float(served[0].split()[-1]) >= 4
     with pytest.raises(openai.BadRequestError, match="is a LoRA adapter; it serves generation only"):
         api.embeddings.create(model=LORA, input="a river")
     with pytest.raises(openai.NotFoundError, match=f"or '{LORA}'"):
