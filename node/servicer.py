@@ -104,7 +104,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await refuse(context, f"Embed needs a prefill or mixed node; this one is {self.role}")
         async with status_codes(context):
             rid, prompt = request_id_of(request), list(request.prompt_token_ids)
-            pooling = PoolingParams(request.pooling or Pooling.LAST, not request.no_normalize, request.priority)
+            pooling = PoolingParams(request.pooling or Pooling.LAST, not request.no_normalize, request.priority,
+                                    request.cache_salt if request.HasField("cache_salt") else None)
             admit = lambda engine: engine.add_embedding(prompt, pooling, rid)
             async for out in run_streaming(self.engine_loop, rid, admit):
                 if out.finished and out.embedding is not None:

@@ -123,11 +123,12 @@ def collect(events, prompt_logprobs: int | None = None) -> Result:
 
 
 def embed_request(inputs: list[str | list[int]], pooling: str = "", normalize: bool = True,
-                  priority: int = 0) -> router_pb2.EmbedRequest:
+                  priority: int = 0, cache_salt: str | None = None) -> router_pb2.EmbedRequest:
     """Each input a text or a list of token ids; pooling "last" or "mean" (empty: the router's default)."""
     items = [router_pb2.EmbedInput(text=i) if isinstance(i, str) else
              router_pb2.EmbedInput(token_ids=router_pb2.TokenIds(ids=i)) for i in inputs]
-    return router_pb2.EmbedRequest(inputs=items, pooling=pooling, no_normalize=not normalize, priority=priority)
+    return router_pb2.EmbedRequest(inputs=items, pooling=pooling, no_normalize=not normalize, priority=priority,
+                                   cache_salt=cache_salt)
 
 
 def _metadata(api_key: str | None):

@@ -78,7 +78,8 @@ class NodeClient:
     async def embed(self, address: str, request_id: str, prompt: list[int], params: PoolingParams) -> list[float]:
         """The prompt's embedding."""
         request = node_pb2.NodeEmbedRequest(request_id=request_id, prompt_token_ids=prompt, pooling=params.kind.value,
-                                            no_normalize=not params.normalize, priority=params.priority)
+                                            no_normalize=not params.normalize, priority=params.priority,
+                                            cache_salt=params.cache_salt)
         reply = await self._unary(address, "Embed", self._stub(address, "Embed").Embed(
             request, timeout=self.rpc_timeout_s))
         return list(reply.embedding)

@@ -36,6 +36,7 @@ class EmbeddingRequest(BaseModel):
     pooling: Literal["last", "mean"] | None = None
     truncate_prompt_tokens: int | None = None
     priority: int = 0  # vLLM's: lower runs sooner
+    cache_salt: str | None = None  # vLLM's: shares cached KV only with requests of the same salt
 
     @classmethod
     def parse(cls, body: bytes) -> "EmbeddingRequest":
@@ -49,8 +50,8 @@ class EmbeddingRequest(BaseModel):
         checked_truncate(self.truncate_prompt_tokens)
 
     def pooling_params(self, default_pooling: str) -> PoolingParams:
-        """ValueError (-> 400) for a priority out of range."""
-        return PoolingParams(self.pooling or default_pooling, self.normalize, self.priority)
+        """ValueError (-> 400) for a priority or a cache_salt out of range."""
+        return PoolingParams(self.pooling or default_pooling, self.normalize, self.priority, self.cache_salt)
 
     def inputs(self) -> list[dict]:
         """Frontend.embedding_input keywords of each item: `prompt` (text) or `token_ids`."""

@@ -81,8 +81,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """One embedding per input, computed on prefill or mixed nodes (router/cluster/embedder.py)."""
         try:
             prompts = self._embedding_inputs(request)
+            caller = self.api_keys.caller(dict(context.invocation_metadata() or ()))
+            salt = self.frontend.salt_for(caller, request.cache_salt if request.HasField("cache_salt") else None)
             params = PoolingParams(request.pooling or self.frontend.embedding_pooling, not request.no_normalize,
-                                   request.priority)
+                                   request.priority, salt)
             embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, params)
         except ValueError as exc:
             self.orchestrator.metrics.count_error(grpc.StatusCode.INVALID_ARGUMENT)

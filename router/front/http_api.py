@@ -279,6 +279,7 @@ class Endpoints:
     async def embed(self, request: Request, request_id: str, prompts: list[list[int]],
                     params: PoolingParams) -> list[list[float]]:
         """The prompts' embeddings (router/cluster/embedder.py) under one admission slot and the deadline."""
+        params = replace(params, cache_salt=self.ctx.frontend.salt_for(self.caller(request), params.cache_salt))
         slot = self.ctx.admission.admit()
         try:
             work = self.embedder.embed(request_id, prompts, params)

@@ -124,13 +124,16 @@ class Frontend:
             raise ValueError(f"input ({len(ids)} tokens) exceeds the context length {self.limits.max_model_len}")
         return ids
 
+    def salt_for(self, caller: str, salt: str | None) -> str | None:
+        """The cache salt a request of `caller` that asked for `salt` runs under: with `salt_per_caller` its
+        caller's own (caller_salt), else the one it asked for."""
+        return caller_salt(caller, salt) if self.salt_per_caller else salt
+
     def job(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "", chunks: tuple = (),
             caller: str = "") -> Job:
         """`caller`: who sent it (auth.ApiKeys.caller); with `salt_per_caller` its prompt shares cached KV only
         with the same caller's."""
-        params = with_bad_word_ids(params, self.tokenizer)
-        if self.salt_per_caller:
-            params = replace(params, cache_salt=caller_salt(caller, params.cache_salt))
+        params = replace(with_bad_word_ids(params, self.tokenizer), cache_salt=self.salt_for(caller, params.cache_salt))
         self.validate(prompt_ids, params)
         if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
             raise ValueError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters")

@@ -111,7 +111,8 @@ class Engine:
         pooling = pooling or PoolingParams()
         request_id = request_id or f"req-{next(self._ids)}"
         self.validate_embedding(prompt_token_ids, request_id)
-        params = replace(EMBEDDING_PARAMS, priority=pooling.priority)  # the scheduler reads the priority there
+        # the scheduler reads the priority there, the prefix cache the salt
+        params = replace(EMBEDDING_PARAMS, priority=pooling.priority, cache_salt=pooling.cache_salt)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       prefill_only=True, arrival_time_s=time.monotonic(), pooling=pooling)
         self._track(req)

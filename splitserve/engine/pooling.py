@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from splitserve.engine.request import Request
-from splitserve.engine.sampling import check_priority
+from splitserve.engine.sampling import check_cache_salt, check_priority
 
 
 class Pooling(str, enum.Enum):
@@ -29,6 +29,7 @@ class PoolingParams:
     kind: Pooling = Pooling.LAST
     normalize: bool = True
     priority: int = 0  # as SamplingParams.priority: lower runs sooner
+    cache_salt: str | None = None  # as SamplingParams.cache_salt: shares cached KV only with requests of this salt
 
     def __post_init__(self):
         try:
@@ -37,6 +38,7 @@ class PoolingParams:
             raise ValueError(f"pooling must be one of {', '.join(p.value for p in Pooling)}, "
                              f"got {self.kind!r}") from None
         check_priority(self.priority)
+        check_cache_salt(self.cache_salt)
 
     @property
     def needs_every_row(self) -> bool:

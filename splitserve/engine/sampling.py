@@ -71,9 +71,7 @@ class SamplingParams:
         object.__setattr__(self, "bad_words", tuple(self.bad_words))
         object.__setattr__(self, "bad_word_ids", tuple(tuple(ids) for ids in self.bad_word_ids))
         _check_bad_words(self.bad_words, self.bad_word_ids)
-        salt = self.cache_salt
-        _check(salt is None or (isinstance(salt, str) and 0 < len(salt) <= MAX_SALT_CHARS and salt.isprintable()),
-               f"cache_salt must be a non-empty printable string of at most {MAX_SALT_CHARS} characters")
+        check_cache_salt(self.cache_salt)
         if self.lora is not None:
             check_lora_name(self.lora)
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -138,6 +136,12 @@ def _check_bad_words(words: tuple[str, ...], sequences: tuple[tuple[int, ...], .
     _check(all(ids for ids in sequences), "a bad word token sequence is empty")
     _check(sum(map(len, sequences)) <= MAX_BAD_WORD_TOKENS,
            f"bad words take at most {MAX_BAD_WORD_TOKENS} tokens in all, got {sum(map(len, sequences))}")
+
+
+def check_cache_salt(salt) -> None:
+    """vLLM's cache_salt: None, or a non-empty printable string of at most MAX_SALT_CHARS characters."""
+    _check(salt is None or (isinstance(salt, str) and 0 < len(salt) <= MAX_SALT_CHARS and salt.isprintable()),
+           f"cache_salt must be a non-empty printable string of at most {MAX_SALT_CHARS} characters")
 
 
 def check_priority(priority) -> None:

@@ -55,3 +55,16 @@ def test_a_client_salt_stays_inside_its_key(cluster):
     assert cached_http(cluster, KEYS[1], text, cache_salt="shared") == 0  # the same salt, another key: a miss
     assert cached_http(cluster, KEYS[0], text, cache_salt="shared") > 0
     assert cached_http(cluster, KEYS[0], text) == 0  # its key without the salt: another cache again
+
+
+def test_embeddings_are_salted_by_key_too(cluster):
+    """An embedding's prompt lands in its key's cache (a completion of the same key finds it), never another's."""
+    text = prompt("embedded")
+    with openai.OpenAI(base_url=cluster.http_url + "/v1", api_key=KEYS[0], max_retries=0) as api:
+        api.embeddings.create(model=MODEL, input=text)
+    assert cached_http(cluster, KEYS[1], text) == 0
+    assert cached_http(cluster, KEYS[0], text) > 0
+    text = prompt("embedded-grpc")
+    with Client(cluster.url, timeout_s=60, api_key=KEYS[1]) as client:
+        client.embed([text])
+    assert cached_grpc(cluster, KEYS[0], text) == 0 and cached_grpc(cluster, KEYS[1], text) > 0

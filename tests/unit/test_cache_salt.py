@@ -32,6 +32,27 @@ def test_cached_blocks_are_shared_only_under_one_salt(tiny_model):
     engine.check_integrity()
 
 
+def test_embeddings_share_cached_blocks_only_under_one_salt(tiny_model):
+    """An embedding's prompt is cached under its salt like a generated one's (the two share it under one salt)."""
+    from splitserve.engine import PoolingParams
+
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=128))
+
+    def embedding_cached(salt: str | None) -> int:
+        rid = engine.add_embedding(prompt, PoolingParams(cache_salt=salt))
+        outs = []
+        while engine.has_unfinished():
+            outs += [o for o in engine.step() if o.request_id == rid]
+        return outs[-1].num_cached_tokens
+
+    prompt = list(range(50, 90))
+    assert embedding_cached("tenant-a") == 0 and embedding_cached("tenant-a") == 36
+    assert embedding_cached(None) == 0 and embedding_cached("tenant-b") == 0
+    assert cached_tokens(engine, prompt, "tenant-a") == 36 and cached_tokens(engine, prompt, "tenant-c") == 0
+    with pytest.raises(ValueError, match="cache_salt"):
+        PoolingParams(cache_salt="")
+
+
 def test_the_router_hashes_a_salted_prompt_as_its_nodes_do():
     assert root_hash(None) == root_hash("") == NO_HASH != root_hash("a") != root_hash("b")
     prompt = list(range(40))

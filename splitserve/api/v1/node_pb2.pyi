@@ -214,18 +214,20 @@ class IngestReply(_message.Message):
     def __init__(self, num_chunks: _Optional[int] = ..., num_tokens: _Optional[int] = ..., chunk_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeEmbedRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "pooling", "no_normalize", "priority")
+    __slots__ = ("request_id", "prompt_token_ids", "pooling", "no_normalize", "priority", "cache_salt")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     NO_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     pooling: str
     no_normalize: bool
     priority: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., no_normalize: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
+    cache_salt: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., no_normalize: _Optional[bool] = ..., priority: _Optional[int] = ..., cache_salt: _Optional[str] = ...) -> None: ...
 
 class NodeEmbedReply(_message.Message):
     __slots__ = ("embedding", "num_cached_tokens")
