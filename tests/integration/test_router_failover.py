@@ -18,6 +18,7 @@ import pytest
 from splitserve.client import Client
 from splitserve.localcluster.procs import kill
 from tests.support.cluster import ParallelCluster, node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
+from tests.support.lora import write_peft_adapter
 from tests.support.metrics import exported_names, scrape, value
 
 pytestmark = pytest.mark.slow
@@ -28,21 +29,32 @@ NODE_ARGS = ["--fault-step-delay-s=0.05", "--fault-kv-send-delay-s=0.4", "--one-
 ROUTER_ARGS = ["--http-port=-1", "--health-interval-s=0.2"]
 
 
+LORA = "tiny-lora"  # the seeded requests run this adapter: a continuation elsewhere must run it too
+
+
 @pytest.fixture(scope="module")
-def cluster(tiny_model):
-    with ParallelCluster(tiny_model, prefill=3, decode=3, node_args=NODE_ARGS, router_args=ROUTER_ARGS) as c:
+def lora(tiny_model, tmp_path_factory):
+    return write_peft_adapter(tiny_model, tmp_path_factory.mktemp("lora") / LORA, seed=5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, lora):
+    with ParallelCluster(tiny_model, prefill=3, decode=3, node_args=NODE_ARGS + ["--lora-modules", f"{LORA}={lora}"],
+                         router_args=ROUTER_ARGS) as c:
         yield c
 
 
 def kwargs(seeded: bool) -> dict:
-    return {**request_kwargs(0, seeded), "max_tokens": NUM_TOKENS}
+    return {**request_kwargs(0, seeded), "max_tokens": NUM_TOKENS, **({"lora": LORA} if seeded else {})}
 
 
 @functools.lru_cache(maxsize=None)
-def expected(model, seeded: bool) -> tuple[int, ...]:
-    from splitserve.engine import Engine, SamplingParams
+def expected(model, seeded: bool, lora=None) -> tuple[int, ...]:
+    """The engine's tokens (with the adapter for the seeded requests, which run it)."""
+    from splitserve.engine import Engine, EngineConfig, SamplingParams
 
-    return tuple(Engine(model).generate([PROMPT], [SamplingParams(**kwargs(seeded))])[0].token_ids)
+    engine = Engine(model, EngineConfig(lora_modules=((LORA, str(lora)),) if lora else ()))
+    return tuple(engine.generate([PROMPT], [SamplingParams(**kwargs(seeded))])[0].token_ids)
 
 
 def alive(cluster, role: str) -> list:
@@ -58,10 +70,10 @@ def complete(cluster, seeded: bool):
         return client.complete(prompt_token_ids=PROMPT, **kwargs(seeded))
 
 
-def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model):
+def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model, lora):
     before = router_metrics(cluster)
     results = [complete(cluster, seeded) for seeded in (False, True)]
-    assert [tuple(r.token_ids) for r in results] == [expected(tiny_model, False), expected(tiny_model, True)]
+    assert [tuple(r.token_ids) for r in results] == [expected(tiny_model, False), expected(tiny_model, True, lora)]
     after = router_metrics(cluster)
     delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
     assert delta("splitserve_router_requests_total", outcome="length") == 2
@@ -124,17 +136,17 @@ def stream_killing_decode_after(cluster, seeded: bool, after: int):
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
-def test_killing_the_decode_node_after_5_tokens_changes_nothing_the_client_sees(cluster, tiny_model, seeded):
+def test_killing_the_decode_node_after_5_tokens_changes_nothing_the_client_sees(cluster, tiny_model, lora, seeded):
     failovers = value(router_metrics(cluster), "splitserve_router_failovers_total", code="UNAVAILABLE")
     tokens, final, victim = stream_killing_decode_after(cluster, seeded, after=5)
-    assert tuple(tokens) == expected(tiny_model, seeded)
+    assert tuple(tokens) == expected(tiny_model, seeded, lora)
     assert final.finish_reason == "length" and final.completion_tokens == NUM_TOKENS
     assert final.decode_node != victim.address
     assert value(router_metrics(cluster), "splitserve_router_failovers_total", code="UNAVAILABLE") == failovers + 1
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
-def test_killing_the_prefill_node_before_it_answers_retries_on_another(cluster, tiny_model, seeded):
+def test_killing_the_prefill_node_before_it_answers_retries_on_another(cluster, tiny_model, lora, seeded):
     result = {}
     thread = threading.Thread(target=lambda: result.update(r=complete(cluster, seeded)))
     thread.start()
@@ -146,7 +158,7 @@ def test_killing_the_prefill_node_before_it_answers_retries_on_another(cluster, 
     assert victim is not None, "the router has no prefill in flight"
     kill(victim)
     thread.join(60)
-    assert tuple(result["r"].token_ids) == expected(tiny_model, seeded)
+    assert tuple(result["r"].token_ids) == expected(tiny_model, seeded, lora)
     assert result["r"].final.prefill_node != victim.address
     for node in alive(cluster, "decode") + alive(cluster, "prefill"):
         assert used_blocks_settle_to_zero(node.address)
