@@ -59,7 +59,8 @@ class GrpcTarget(Target):
     async def _generate(self, request: BenchRequest, record: RequestRecord) -> None:
         stream = self.client.generate(
             prompt=request.prompt, documents=list(request.documents or ()), max_tokens=request.output_tokens,
-            ignore_eos=self.options.ignore_eos, temperature=self.options.temperature)
+            ignore_eos=self.options.ignore_eos, temperature=self.options.temperature,
+            lora=self.options.adapter_for(request))
         record.mark_sent()
         async with contextlib.aclosing(stream):
             await self._read(stream, record)
@@ -91,7 +92,8 @@ class GrpcTarget(Target):
     def describe(self) -> dict:
         return {"url": self.url, "protocol": "grpc", "api": "embed" if self.embeddings else "generate",
                 "ignore_eos": self.options.ignore_eos,
-                "temperature": self.options.temperature, "api_key": self.api_key is not None}
+                "temperature": self.options.temperature, "api_key": self.api_key is not None,
+                **self.options.lora_info()}
 
 
 register_target("grpc", GrpcTarget)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +33,22 @@ class TargetOptions:
     max_connections: int = 0  # 0: unlimited
     headers: dict = field(default_factory=dict)
     extra_body: dict = field(default_factory=dict)
+    lora_modules: tuple[str, ...] = ()  # vLLM bench's: each request names one of these LoRA adapters as its model
 
     def __post_init__(self):
         if not self.endpoint.startswith("/"):
             raise ValueError(f"endpoint must start with '/', got {self.endpoint!r}")
         if self.request_timeout_s <= 0 or self.max_connections < 0:
             raise ValueError("request_timeout_s must be > 0 and max_connections >= 0")
+
+    def lora_info(self) -> dict:
+        """What describe() stores of lora_modules (nothing without them)."""
+        return {"lora_modules": list(self.lora_modules)} if self.lora_modules else {}
+
+    def adapter_for(self, request: BenchRequest) -> str | None:
+        """The LoRA adapter this request names: one of lora_modules, picked at random by its id (the same pick
+        in every run), or None without them."""
+        return random.Random(request.request_id).choice(self.lora_modules) if self.lora_modules else None
 
 
 class Target(ABC):
@@ -164,7 +175,7 @@ class OpenAIHTTPTarget(Target):
 
     def describe(self) -> dict:
         return {"url": self.url, "model": self.model, "chat": self.chat, "api": self.api,
-                "ignore_eos": self.options.ignore_eos}
+                "ignore_eos": self.options.ignore_eos, **self.options.lora_info()}
 
     async def _first_model(self) -> str | None:
         try:
@@ -189,8 +200,9 @@ class OpenAIHTTPTarget(Target):
             body.update(messages=messages, max_tokens=request.output_tokens)
         else:
             body.update(prompt=request.prompt, max_tokens=request.output_tokens)
-        if self.model is not None:
-            body["model"] = self.model
+        model = self.options.adapter_for(request) or self.model
+        if model is not None:
+            body["model"] = model
         if self.options.ignore_eos:
             body["ignore_eos"], body["min_tokens"] = True, request.output_tokens
         if request.documents is not None:

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--url", help="http://HOST:PORT (OpenAI-compatible server), grpc://HOST:PORT (the cluster's router)")
     g.add_argument("--model", help="model name to send (default: the server's first /v1/models entry)")
+    g.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME",
+                   help="vLLM bench's: each request names one of these LoRA adapters as its model (a seeded random "
+                        "pick per request; on grpc:// the request's adapter)")
     g.add_argument("--endpoint", default="/v1/completions", help="/v1/completions, /v1/chat/completions, "
                    "/v1/responses (OpenAI's Responses API), /v1/messages (Anthropic's Messages API) or "
                    "/v1/embeddings (one input a request; on grpc:// the router's Embed)")
@@ -151,7 +154,8 @@ def build_config(args: argparse.Namespace):
     run = RunConfig(max_concurrency=args.concurrency, duration_s=args.duration_s, max_time_s=args.max_time_s)
     target = TargetOptions(model=args.model, endpoint=args.endpoint, ignore_eos=args.ignore_eos,
                            temperature=args.temperature, request_timeout_s=args.request_timeout_s,
-                           extra_body=args.extra_body, headers=_headers(args.header))
+                           extra_body=args.extra_body, headers=_headers(args.header),
+                           lora_modules=tuple(args.lora_modules))
     return BenchConfig(url=args.url, workload=workload, arrival=arrival, run=run, target=target,
                        num_requests=args.num_requests, warmup=args.warmup, tokenizer=args.tokenizer,
                        percentiles=parse_percentiles(args.percentiles), slos_ms=parse_slos(args.slo),

@@ -85,6 +85,19 @@ def test_options_reach_the_router_and_chunks_are_timed(fake_router):
     assert one.success and one.output_tokens == 1 and len(one.token_times) == 1
 
 
+def test_lora_modules_spread_requests_over_the_adapters(fake_router):
+    """vLLM bench's --lora-modules: each request runs one of them, the same one for its id in every run."""
+    requests = [BenchRequest(i, f"p{i}", 2, 1) for i in range(40)]
+    _send_all(fake_router.url, requests, TargetOptions(lora_modules=("sql", "chat")))
+    picked = {r.prompt: r.sampling.lora for r in fake_router.requests}
+    assert set(picked.values()) == {"sql", "chat"}
+    assert picked == {f"p{i}": TargetOptions(lora_modules=("sql", "chat")).adapter_for(r)
+                      for i, r in enumerate(requests)}
+    fake_router.requests.clear()
+    _send_all(fake_router.url, requests[:3], TargetOptions())
+    assert all(not r.sampling.HasField("lora") for r in fake_router.requests)
+
+
 def test_failures_are_recorded_not_raised(fake_router):
     reqs = [BenchRequest(i, p, 1, 2) for i, p in enumerate(["fail", "abort", "cut", "ok"])]
     fail, abort, cut, ok = _send_all(fake_router.url, reqs, TargetOptions(ignore_eos=False))

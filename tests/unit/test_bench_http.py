@@ -56,6 +56,15 @@ def test_end_to_end_outputs_and_failures(bench_tokenizer, tmp_path):
     assert all(matplotlib.image.imread(p).shape[0] > 100 for p in pngs)
 
 
+def test_lora_modules_name_the_model_of_each_request(bench_tokenizer):
+    options = TargetOptions(lora_modules=("sql", "chat", "ahoy"))
+    with FakeOpenAIServer() as server:
+        result = run_benchmark(_config(server.url, target=options), bench_tokenizer)
+    assert result.run.records and all(r.success for r in result.run.records)
+    assert {b["model"] for b in server.bodies} == {"sql", "chat", "ahoy"}
+    assert result.config["target_info"]["lora_modules"] == ["sql", "chat", "ahoy"]
+
+
 def test_chat_documents_and_compare(bench_tokenizer, tmp_path):
     rag = WorkloadConfig(name="rag", rag_passages=2, output_len=3)
     with FakeOpenAIServer() as server:
