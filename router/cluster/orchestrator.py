@@ -52,8 +52,8 @@ class Orchestrator:
     def route(self, job: Job) -> Route:
         """The first route of a job; NoRoute (-> UNAVAILABLE) when no healthy node can take it, ValueError when it
         names a LoRA adapter no healthy node serves."""
-        lora, adapters = job.params.lora, self.lora_adapters()
-        if lora is not None and lora not in adapters:
+        lora = job.params.lora
+        if lora is not None and lora not in (adapters := self.lora_adapters()):
             raise ValueError(f"unknown LoRA adapter {lora!r}; the cluster serves "
                              f"{', '.join(map(repr, adapters)) or 'none'}")
         try:

@@ -67,8 +67,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
             documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None,
             truncate=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None)
-        caller = self.api_keys.caller(dict(context.invocation_metadata() or ()))
-        return self.frontend.job(prompt_ids, params, request.request_id, chunks, caller)
+        return self.frontend.job(prompt_ids, params, request.request_id, chunks, self._caller(context))
 
     async def _responses(self, job: Job, route, start: float):
         async for item in completion(self.frontend.tokenizer, self.orchestrator, job, route, start):
@@ -81,8 +80,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """One embedding per input, computed on prefill or mixed nodes (router/cluster/embedder.py)."""
         try:
             prompts = self._embedding_inputs(request)
-            caller = self.api_keys.caller(dict(context.invocation_metadata() or ()))
-            salt = self.frontend.salt_for(caller, request.cache_salt if request.HasField("cache_salt") else None)
+            salt = self.frontend.salt_for(self._caller(context),
+                                          request.cache_salt if request.HasField("cache_salt") else None)
             params = PoolingParams(request.pooling or self.frontend.embedding_pooling, not request.no_normalize,
                                    request.priority, salt)
             embedded = await self.embedder.embed(f"embd-{uuid.uuid4().hex}", prompts, params)
@@ -96,6 +95,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         tokens = sum(map(len, prompts))
         return router_pb2.EmbedResponse(embeddings=[router_pb2.Embedding(values=v) for v in embedded],
                                         usage=common_pb2.Usage(prompt_tokens=tokens))
+
+    def _caller(self, context) -> str:
+        """Who sent the call (auth.ApiKeys.caller of its metadata): its cache salt's owner."""
+        return self.api_keys.caller(dict(context.invocation_metadata() or ()))
 
     def _embedding_inputs(self, request: router_pb2.EmbedRequest) -> list[list[int]]:
         if not 0 < len(request.inputs) <= MAX_EMBEDDING_INPUTS:

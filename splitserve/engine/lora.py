@@ -45,6 +45,9 @@ class LoraWeights:
     a_t: torch.Tensor  # [in, sum of the parts' ranks]
     b_t: torch.Tensor  # [sum of ranks, out]: block-diagonal over the parts
 
+    def to(self, dtype: torch.dtype, device) -> "LoraWeights":
+        return LoraWeights(self.a_t.to(dtype=dtype, device=device), self.b_t.to(dtype=dtype, device=device))
+
 
 @dataclass(frozen=True)
 class LoraAdapter:
@@ -65,10 +68,8 @@ def load_adapter(name: str, folder: Path, cfg: ModelConfig, dtype: torch.dtype, 
     parts = _read_parts(folder, cfg)
     if not parts:
         raise ModelFormatError(f"{folder}: no LoRA weights of q/k/v/o/gate/up/down projections")
-    weights = {key: _fuse(by_part, options, _in_size(cfg, key[1]), _out_sizes(cfg, key[1]), folder)
+    weights = {key: _fuse(by_part, options, _in_size(cfg, key[1]), _out_sizes(cfg, key[1]), folder).to(dtype, device)
                for key, by_part in parts.items()}
-    weights = {key: LoraWeights(w.a_t.to(dtype=dtype, device=device), w.b_t.to(dtype=dtype, device=device))
-               for key, w in weights.items()}
     return LoraAdapter(name, str(folder), weights)
 
 
@@ -185,7 +186,10 @@ def lora_batch(row_ranges: list[tuple[LoraAdapter | None, int, int]]) -> LoraBat
             group[-1] = slice(group[-1].start, end)
         else:
             group.append(slice(start, end))
+    if not runs:
+        return None
+    groups = list(runs.values())
     total = sum(end - start for _, start, end in row_ranges)
-    if len(runs) == 1 and next(iter(runs.values()))[1] == [slice(0, total)]:
-        return LoraBatch([(next(iter(runs.values()))[0], [None])])
-    return LoraBatch(list(runs.values())) if runs else None
+    if len(groups) == 1 and groups[0][1] == [slice(0, total)]:  # every row of the step: no views needed
+        return LoraBatch([(groups[0][0], [None])])
+    return LoraBatch(groups)

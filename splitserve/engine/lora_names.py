@@ -19,10 +19,10 @@ def parse_lora_modules(specs) -> tuple[tuple[str, str], ...]:
     for spec in specs or ():
         name, sep, path = str(spec).partition("=")
         if not sep or not path:
-            raise ValueError(f"--lora: expected NAME=PATH, got {spec!r}")
+            raise ValueError(f"--lora-modules: expected NAME=PATH, got {spec!r}")
         check_lora_name(name)
         modules.append((name, path))
     names = [name for name, _ in modules]
     if len(set(names)) != len(names):
-        raise ValueError(f"--lora: adapter names must differ, got {names}")
+        raise ValueError(f"--lora-modules: adapter names must differ, got {names}")
     return tuple(modules)
