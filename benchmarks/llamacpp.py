@@ -63,6 +63,16 @@ def convert_f32(hf_dir: Path, out: Path) -> Path:
     return out
 
 
+def convert_lora(adapter_dir: Path, base_dir: Path, out: Path) -> Path:
+    """An f32 GGUF of a PEFT adapter folder, written by llama.cpp's own convert_lora_to_gguf.py."""
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, str(source_tree() / "convert_lora_to_gguf.py"), "--base", str(base_dir), "--outtype", "f32",
+          "--outfile", str(out), str(adapter_dir)])
+    return out
+
+
 def batched_bench(gguf: Path, threads: int, prompt_tokens: int, new_tokens: int, batches: list[int]) -> dict[int, dict]:
     """llama-batched-bench: -> {batch: {"decode_tok_s", "prefill_tok_s"}} (prompts not shared)."""
     ctx = max(batches) * (prompt_tokens + new_tokens) + 256

@@ -65,8 +65,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
          "kept for compatibility)", action="store_true")
     parser.add_argument("--no-kv-checksum", dest="kv_checksum", action="store_false",
                         help="do not checksum transferred KV layers")
-    add_flag(parser, "--lora-modules", [], "LoRA adapters requests may name, as NAME=PATH (a PEFT adapter folder), "
-             "space-separated: the OpenAI API's model NAME runs the base model with that adapter", nargs="+")
+    add_flag(parser, "--lora-modules", [], "LoRA adapters requests may name, as NAME=PATH (a PEFT adapter folder or "
+             "a GGUF LoRA file), space-separated: the OpenAI API's model NAME runs the base model with that adapter",
+             nargs="+")
     add_flag(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
     add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
     add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)

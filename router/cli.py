@@ -69,7 +69,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--batch-storage-bytes", 256 << 20, "most bytes of Files API files (batch inputs and outputs) "
              "the router keeps in memory; an upload that does not fit is refused (413)", type=int)
     add_flag(parser, "--allow-runtime-lora", False, "serve /v1/load_lora_adapter and /v1/unload_lora_adapter: any "
-             "API key may then make every node load a PEFT adapter folder from its disk, or unload one",
+             "API key may then make every node load a LoRA adapter (PEFT folder, GGUF file) from its disk, or unload "
+             "one",
              action="store_true")
     add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
              "only with that key's, so no tenant can time another's prompts (needs API keys)",

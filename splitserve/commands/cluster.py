@@ -38,7 +38,8 @@ def register(subparsers) -> None:
                     help="model dtype on every node (default: the nodes' float32)")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
-                    help="LoRA adapters (PEFT folders) every node loads; the OpenAI API's model NAME runs one")
+                    help="LoRA adapters (PEFT folders or GGUF LoRA files) every node loads; the OpenAI API's model "
+                         "NAME runs one")
     up.add_argument("--node-arg", action="append", default=[], help="extra flag passed to every node (repeatable)")
     up.add_argument("--router-arg", action="append", default=[],
                     help="extra flag passed to the router, e.g. --router-arg=--generation-config=none (repeatable)")

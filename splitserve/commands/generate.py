@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     p.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
-                   help="LoRA adapters (PEFT folders) to load; --lora NAME runs one")
+                   help="LoRA adapters (PEFT folders or GGUF LoRA files) to load; --lora NAME runs one")
     add_sampling_flags(p)
     p.set_defaults(func=run)
 

@@ -132,7 +132,7 @@ class EngineConfig:
     seed: int = 0
     packed_cpu_linear: bool = True  # oneDNN pre-packed weights for fp32 on CPU (see cpu_linear.py)
     quant_cpu_linear: bool = True  # with it, native kernels over weights that are exactly Q4_1/Q8_0 blocks
-    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, PEFT adapter folder): LoRA adapters requests may name
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, PEFT folder or GGUF file): LoRA adapters requests may name
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -159,7 +159,7 @@ class Engine:
     # --- LoRA adapters (lora.py) ------------------------------------------------------------------
 
     def read_adapter(self, name: str, folder: str | Path) -> LoraAdapter:
-        """A PEFT adapter folder, loaded for this model (ModelFormatError if it does not fit); changes nothing,
+        """A PEFT adapter folder or a GGUF LoRA file, loaded for this model (ModelFormatError if it does not fit); changes nothing,
         so it may run on any thread. add_adapter serves it."""
         check_lora_name(name)
         return load_adapter(name, Path(folder), self.model_config, self.config.torch_dtype, self.config.device)

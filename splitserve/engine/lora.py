@@ -1,7 +1,9 @@
-"""LoRA adapters, as PEFT saves them, served beside the base model: many adapters in one batch (vLLM's multi-LoRA).
+"""LoRA adapters, as PEFT or llama.cpp saves them, served beside the base model: many adapters in one batch (vLLM's
+multi-LoRA).
 
 An adapter is a folder written by PEFT's `save_pretrained`: adapter_config.json and adapter_model.safetensors (a
-pickled adapter_model.bin is refused: nothing is unpickled). A targeted projection W then computes
+pickled adapter_model.bin is refused: nothing is unpickled); or a GGUF file written by llama.cpp's
+convert_lora_to_gguf.py (lora_gguf.py). A targeted projection W then computes
 W x + scale * B (A x), scale = lora_alpha / r (lora_alpha / sqrt(r) with use_rslora; r is each module's own rank,
 so PEFT's rank_pattern needs nothing more). Options that change that formula (DoRA, LoRA biases, alpha_pattern,
 modules_to_save, ...) are refused by name when the adapter loads.
@@ -21,12 +23,15 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from splitserve.engine.config import ModelConfig
 from splitserve.engine.errors import ModelFormatError
+from splitserve.engine.gguf_reader import is_gguf_path
+from splitserve.engine.lora_gguf import Matrices, read_gguf_adapter
 
 # a PEFT projection -> (our fused projection, its part's index among the fused parts)
 _PARTS = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2), "o_proj": ("o_proj", 0),
@@ -59,18 +64,33 @@ class LoraAdapter:
 
 
 def load_adapters(modules, cfg: ModelConfig, dtype: torch.dtype, device) -> dict[str, LoraAdapter]:
-    """Each (name, folder) as an adapter of the model `cfg` describes; ModelFormatError for one that does not fit."""
+    """Each (name, path) as an adapter of the model `cfg` describes; ModelFormatError for one that does not fit."""
     return {name: load_adapter(name, Path(path), cfg, dtype, device) for name, path in modules}
 
 
-def load_adapter(name: str, folder: Path, cfg: ModelConfig, dtype: torch.dtype, device) -> LoraAdapter:
-    options = _read_config(folder)
-    parts = _read_parts(folder, cfg)
-    if not parts:
-        raise ModelFormatError(f"{folder}: no LoRA weights of q/k/v/o/gate/up/down projections")
-    weights = {key: _fuse(by_part, options, _in_size(cfg, key[1]), _out_sizes(cfg, key[1]), folder).to(dtype, device)
-               for key, by_part in parts.items()}
-    return LoraAdapter(name, str(folder), weights)
+def load_adapter(name: str, path: Path, cfg: ModelConfig, dtype: torch.dtype, device) -> LoraAdapter:
+    """A PEFT folder, or a GGUF file (llama.cpp's), as an adapter of the model `cfg` describes."""
+    if not path.exists():
+        raise ModelFormatError(f"{path}: no such LoRA adapter (expected a PEFT adapter folder or a GGUF LoRA file)")
+    if is_gguf_path(path):
+        matrices, scale = read_gguf_adapter(path, cfg)
+    else:
+        scale = _peft_scale(_read_config(path))
+        matrices = _read_matrices(path, cfg)
+    if not matrices:
+        raise ModelFormatError(f"{path}: no LoRA weights of q/k/v/o/gate/up/down projections")
+    weights = {key: _fuse(by_part, scale, _in_size(cfg, key[1]), _out_sizes(cfg, key[1]), path).to(dtype, device)
+               for key, by_part in _by_fused_projection(matrices).items()}
+    return LoraAdapter(name, str(path), weights)
+
+
+def _by_fused_projection(matrices: Matrices) -> dict[tuple[int, str], dict[int, dict[str, torch.Tensor]]]:
+    """(layer, fused projection) -> part index -> {"A": [r, in], "B": [out, r]}."""
+    parts: dict = {}
+    for (layer, projection), by_matrix in matrices.items():
+        fused, index = _PARTS[projection]
+        parts.setdefault((layer, fused), {})[index] = by_matrix
+    return parts
 
 
 def _read_config(folder: Path) -> dict:
@@ -92,21 +112,25 @@ def _read_config(folder: Path) -> dict:
     return options
 
 
-def _read_parts(folder: Path, cfg: ModelConfig) -> dict[tuple[int, str], dict[int, dict[str, torch.Tensor]]]:
-    """(layer, fused projection) -> part index -> {"A": [r, in], "B": [out, r]}."""
+def _peft_scale(options: dict) -> Callable[[int], float]:
+    """PEFT's scale for a module of rank r: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
+    alpha, rslora = options["lora_alpha"], bool(options.get("use_rslora"))
+    return lambda rank: alpha / (math.sqrt(rank) if rslora else rank)
+
+
+def _read_matrices(folder: Path, cfg: ModelConfig) -> Matrices:
     path = folder / "adapter_model.safetensors"
     if not path.exists():
         raise ModelFormatError(f"{folder}: no adapter_model.safetensors (a pickled adapter_model.bin is not read)")
-    parts: dict = {}
+    matrices: Matrices = {}
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 layer, projection, matrix = _tensor_name(key, cfg, path)
-                fused, index = _PARTS[projection]
-                parts.setdefault((layer, fused), {}).setdefault(index, {})[matrix] = f.get_tensor(key).float()
+                matrices.setdefault((layer, projection), {})[matrix] = f.get_tensor(key).float()
     except (OSError, SafetensorError) as exc:
         raise ModelFormatError(f"{path}: unreadable safetensors file ({exc})") from None
-    return parts
+    return matrices
 
 
 def _tensor_name(key: str, cfg: ModelConfig, path: Path) -> tuple[int, str, str]:
@@ -130,20 +154,18 @@ def _in_size(cfg: ModelConfig, fused: str) -> int:
     return {"o_proj": cfg.num_heads * cfg.head_dim, "down_proj": cfg.intermediate_size}.get(fused, cfg.hidden_size)
 
 
-def _fuse(by_part: dict[int, dict[str, torch.Tensor]], options: dict, in_size: int, out_sizes: list[int],
-          folder: Path) -> LoraWeights:
+def _fuse(by_part: dict[int, dict[str, torch.Tensor]], scale_of: Callable[[int], float], in_size: int,
+          out_sizes: list[int], path: Path) -> LoraWeights:
     """The parts' A rows stacked, and B block-diagonal with each part's scale folded in."""
     a_rows, blocks = [], []
     for index in sorted(by_part):
         a, b = by_part[index].get("A"), by_part[index].get("B")
         if a is None or b is None or a.dim() != 2 or a.shape[1] != in_size or b.shape != (out_sizes[index], a.shape[0]):
             shapes = [None if m is None else tuple(m.shape) for m in (a, b)]
-            raise ModelFormatError(f"{folder}: lora_A / lora_B {shapes} do not fit a projection of {in_size} inputs "
+            raise ModelFormatError(f"{path}: lora_A / lora_B {shapes} do not fit a projection of {in_size} inputs "
                                    f"and {out_sizes[index]} outputs (expected [r, {in_size}] and [{out_sizes[index]}, r])")
-        rank = a.shape[0]
-        scale = options["lora_alpha"] / (math.sqrt(rank) if options.get("use_rslora") else rank)
         a_rows.append(a)
-        blocks.append((index, b * scale))
+        blocks.append((index, b * scale_of(a.shape[0])))
     a = torch.cat(a_rows)
     b_t = torch.zeros(a.shape[0], sum(out_sizes))
     row = 0

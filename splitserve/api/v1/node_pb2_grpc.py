@@ -151,9 +151,9 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadLoraAdapter(self, request, context):
-        """Runtime LoRA updating (the router's /v1/load_lora_adapter): serve a PEFT adapter folder of this node's disk
-        under a name (INVALID_ARGUMENT: a taken name or an adapter that does not fit), or stop taking requests for one
-        (NOT_FOUND: unknown); the requests it already has run to their end on it.
+        """Runtime LoRA updating (the router's /v1/load_lora_adapter): serve a LoRA adapter of this node's disk (a PEFT
+        folder or a GGUF file) under a name (INVALID_ARGUMENT: a taken name or an adapter that does not fit), or stop
+        taking requests for one (NOT_FOUND: unknown); the requests it already has run to their end on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
