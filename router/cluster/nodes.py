@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -80,6 +81,7 @@ class NodeRegistry:
         self.rpc_timeout_s = rpc_timeout_s
         self._poller: asyncio.Task | None = None
         self._route_seq = itertools.count(1)
+        self.on_refresh: list[Callable[[], None]] = []  # run after each background refresh (lora_admin's reconciling)
 
     def add(self, role: str, address: str) -> None:
         """Adds a node (unhealthy until its first passed check); a known address with a new role is replaced."""
@@ -170,6 +172,8 @@ class NodeRegistry:
     async def _poll_forever(self) -> None:
         while True:
             await self.refresh()
+            for hook in self.on_refresh:
+                hook()
             await asyncio.sleep(self.health_config.interval_s)
 
     async def wait_healthy(self, timeout_s: float) -> bool:

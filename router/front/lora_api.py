@@ -4,8 +4,9 @@
     POST /v1/unload_lora_adapter  {"lora_name": "sql"}
 
 Served with the router's --allow-runtime-lora (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING), behind the API key; the
-path is a folder on the nodes' disks. Success answers vLLM's text; a bad name, a taken name or an adapter that does
-not fit is a 400, an unknown name on unload a 404. An unloaded adapter's requests in flight run to their end.
+path is a PEFT folder or a GGUF LoRA file on the nodes' disks. Success answers vLLM's text; a bad name, a taken name
+or an adapter that does not fit is a 400, an unknown name on unload a 404. An unloaded adapter's requests in flight
+run to their end. A node that joins or restarts later gets the router's runtime adapters loaded (lora_admin.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
-from router.cluster.lora_admin import LoraUpdateError, load_everywhere, unload_everywhere
+from router.cluster.lora_admin import LoraUpdateError, RuntimeAdapters
 from router.front.http_errors import ApiError
 from router.front.openai_models import InvalidRequest, parse_body
 from splitserve.engine.lora_names import check_lora_name
@@ -42,10 +43,14 @@ class LoraEndpoints:
     def __init__(self, endpoints):
         """`endpoints`: http_api.Endpoints (its context and body reading)."""
         self.endpoints = endpoints
+        self._runtime: RuntimeAdapters | None = None
 
     @property
-    def registry(self):
-        return self.endpoints.ctx.orchestrator.registry
+    def runtime(self) -> RuntimeAdapters:
+        """What this router loaded, kept on every healthy node (made at the first call: the registry is there)."""
+        if self._runtime is None:
+            self._runtime = RuntimeAdapters(self.endpoints.ctx.orchestrator.registry, NODE_TIMEOUT_S)
+        return self._runtime
 
     async def load(self, request: Request) -> PlainTextResponse:
         body = parse_body(LoadLoraRequest, await self.endpoints.body(request))
@@ -54,15 +59,14 @@ class LoraEndpoints:
             raise InvalidRequest(f"{body.lora_name!r} names the base model", "lora_name")
         if body.lora_name in self.endpoints.ctx.orchestrator.lora_adapters():
             raise InvalidRequest(f"the LoRA adapter {body.lora_name!r} has already been loaded", "lora_name")
-        await _node_errors(load_everywhere(self.registry, body.lora_name, body.lora_path, NODE_TIMEOUT_S), "lora_path")
+        await _node_errors(self.runtime.load(body.lora_name, body.lora_path), "lora_path")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     async def unload(self, request: Request) -> PlainTextResponse:
         body = parse_body(UnloadLoraRequest, await self.endpoints.body(request))
         _check_name(body.lora_name)
-        await _node_errors(unload_everywhere(self.registry, body.lora_name, NODE_TIMEOUT_S), "lora_name")
+        await _node_errors(self.runtime.unload(body.lora_name), "lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
-
 
     async def off(self, request: Request) -> None:
         """Either route without --allow-runtime-lora (the body limit still holds)."""

@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import openai
@@ -760,10 +761,45 @@ def test_lora_adapters_load_and_unload_at_runtime(cluster, api, tiny_model, tmp_
     assert post(load, {"lora_name": LORA, "lora_path": str(folder)}) == (
         400, f"the LoRA adapter '{LORA}' has already been loaded")
     status, message = post(load, {"lora_name": "broken", "lora_path": str(tmp_path / "missing")})
-    assert status == 400 and "not a readable adapter config" in message
+    assert status == 400 and "missing: no such LoRA adapter" in message
     assert post(load, {"lora_name": "a b", "lora_path": str(folder)})[0] == 400
     assert "broken" not in [m.id for m in api.models.list().data]
     assert post(unload, {"lora_name": "late"}) == (200, "Success: LoRA adapter 'late' removed successfully.")
     assert post(unload, {"lora_name": "late"}) == (404, "no node serves a LoRA adapter 'late'")
     with pytest.raises(openai.NotFoundError):
         api.completions.create(model="late", prompt=PROMPT, max_tokens=2)
+
+
+def test_a_gguf_lora_file_serves_as_the_peft_folder_it_came_from(cluster, api, tiny_model):
+    """A GGUF LoRA file llama.cpp's converter wrote (tests/data/lora), loaded at runtime on every node, answers
+    as the in-process engine does with the PEFT folder it was converted from."""
+    from splitserve.engine import EngineConfig
+
+    fixtures = Path(__file__).resolve().parent.parent / "data" / "lora" / "tiny"
+    load, unload = cluster.http_url + "/v1/load_lora_adapter", cluster.http_url + "/v1/unload_lora_adapter"
+    assert post(load, {"lora_name": "from-gguf", "lora_path": str(fixtures / "adapter-f32.gguf")})[0] == 200
+    expected = Engine(tiny_model, EngineConfig(lora_modules=(("peft", str(fixtures / "peft")),))).generate(
+        [Frontend.from_model_dir(tiny_model).prompt_ids(prompt=PROMPT)], SamplingParams(max_tokens=8, lora="peft"))
+    answer = api.completions.create(model="from-gguf", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
+    assert answer == expected[0].text
+    assert answer != api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
+    assert post(unload, {"lora_name": "from-gguf"})[0] == 200
+
+
+def test_a_node_that_restarts_gets_the_runtime_adapters_back(cluster, api, tiny_model):
+    """A node killed and started again knows only its own --lora-modules; the router loads the adapters it loaded at
+    runtime onto it again as soon as its Stats show them missing, and the adapter answers as before."""
+    from splitserve.localcluster.procs import kill
+    from tests.support.cluster import node_stats, wait_until
+
+    folder = Path(__file__).resolve().parent.parent / "data" / "lora" / "tiny" / "peft"
+    load = cluster.http_url + "/v1/load_lora_adapter"
+    assert post(load, {"lora_name": "kept", "lora_path": str(folder)})[0] == 200
+    before = api.completions.create(model="kept", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
+    decode = next(s for r, s in cluster.nodes if r == "decode")
+    kill(decode)
+    decode.proc.wait(timeout=10)
+    fresh = cluster.restart_node(decode)
+    assert wait_until(lambda: "kept" in node_stats(fresh.address).lora_adapters, timeout_s=30)
+    assert api.completions.create(model="kept", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text == before
+    assert post(cluster.http_url + "/v1/unload_lora_adapter", {"lora_name": "kept"})[0] == 200
