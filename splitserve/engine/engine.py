@@ -81,6 +81,8 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
+        # decode-only: an unloaded adapter -> the reservations made before it was: their decodes still run it
+        self._retired: dict[str, tuple[LoraAdapter, set[str]]] = {}
         self.outputs = OutputTracker(self.tokenizer)
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
         self._ids = itertools.count()
@@ -99,7 +101,7 @@ class Engine:
         self.validate(prompt_token_ids, params, request_id, num_prior_output_tokens)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids, prefill_only,
                       num_prior_output_tokens, arrival_time_s=time.monotonic(), keep_blocks=keep_blocks,
-                      adapter=self.adapters.get(params.lora))
+                      adapter=self.adapter_for(params, request_id))
         req.matcher = self.matcher(params, req.penalty_history()[1])
         self._track(req)
         self.scheduler.add(req)
@@ -123,10 +125,12 @@ class Engine:
                  num_prior_output_tokens: int = 0) -> None:
         """Raises ValueError naming the violated limit; changes nothing. An empty request_id skips the id check."""
         self._check_id_and_prompt(prompt_token_ids, request_id)
+        self._check_params(prompt_token_ids, params, request_id, num_prior_output_tokens)
+
+    def _check_params(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str,
+                      num_prior_output_tokens: int) -> None:
         params.check_vocab(self.model_config.vocab_size)
-        if params.lora is not None and params.lora not in self.adapters:
-            raise ValueError(f"unknown LoRA adapter {params.lora!r}; this node serves "
-                             f"{', '.join(map(repr, self.adapters)) or 'none'}")
+        self.adapter_for(params, request_id)
         if params.grammar is not None:
             self.grammars.check(params.grammar)
         remaining = params.max_tokens - num_prior_output_tokens
@@ -158,11 +162,24 @@ class Engine:
 
     # --- LoRA adapters (lora.py) ------------------------------------------------------------------
 
-    def read_adapter(self, name: str, folder: str | Path) -> LoraAdapter:
-        """A PEFT adapter folder or a GGUF LoRA file, loaded for this model (ModelFormatError if it does not fit); changes nothing,
-        so it may run on any thread. add_adapter serves it."""
+    def read_adapter(self, name: str, path: str | Path) -> LoraAdapter:
+        """A PEFT adapter folder or a GGUF LoRA file, loaded for this model (ModelFormatError if it does not fit);
+        changes nothing, so it may run on any thread. add_adapter serves it."""
         check_lora_name(name)
-        return load_adapter(name, Path(folder), self.model_config, self.config.torch_dtype, self.config.device)
+        return load_adapter(name, Path(path), self.model_config, self.config.torch_dtype, self.config.device)
+
+    def adapter_for(self, params: SamplingParams, request_id: str = "") -> LoraAdapter | None:
+        """The adapter a request runs (None: the base model); ValueError for a name this node does not serve. A
+        request whose KV blocks were reserved before its adapter was unloaded runs the unloaded one."""
+        if params.lora is None:
+            return None
+        retired = self._retired.get(params.lora)
+        if retired is not None and request_id in retired[1]:
+            return retired[0]
+        if params.lora not in self.adapters:
+            raise ValueError(f"unknown LoRA adapter {params.lora!r}; this node serves "
+                             f"{', '.join(map(repr, self.adapters)) or 'none'}")
+        return self.adapters[params.lora]
 
     def add_adapter(self, adapter: LoraAdapter) -> None:
         """Requests may name it from now on; ValueError if its name is taken."""
@@ -172,9 +189,13 @@ class Engine:
 
     def remove_adapter(self, name: str) -> None:
         """New requests may no longer name it (KeyError if unknown); the requests admitted with it run to their
-        end on it (each holds it). Its cached KV is never found again (keyed by the adapter's load_id)."""
-        if self.adapters.pop(name, None) is None:
+        end on it (each holds it), and so do those whose KV blocks are reserved here (their prefill may be running
+        it elsewhere). Its cached KV is never found again (keyed by the adapter's load_id)."""
+        adapter = self.adapters.pop(name, None)
+        if adapter is None:
             raise KeyError(f"no LoRA adapter {name!r} is loaded")
+        if self.reserved:
+            self._retired[name] = (adapter, set(self.reserved))
 
     def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
         """Decode-only: blocks for a prompt whose KV will be written from outside; None if short."""
@@ -189,6 +210,14 @@ class Engine:
         block_ids = self.reserved.pop(request_id, None)
         if block_ids is not None:
             self.pool.release(block_ids)
+        self._forget_retired(request_id)
+
+    def _forget_retired(self, request_id: str) -> None:
+        """The reservation is gone: an unloaded adapter that no reservation waits for any more is let go."""
+        for name, (_, waiting) in list(self._retired.items()):
+            waiting.discard(request_id)
+            if not waiting:
+                del self._retired[name]
 
     def admit_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                         params: SamplingParams, num_prior_output_tokens: int = 0, register_prefix: bool = True) -> None:
@@ -202,10 +231,12 @@ class Engine:
         except ValueError:
             self.cancel_reservation(request_id)
             raise
+        adapter = self.adapter_for(params, request_id)
         block_ids = self.reserved.pop(request_id)
+        self._forget_retired(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher,
-                      adapter=self.adapters.get(params.lora))
+                      adapter=adapter)
         req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
         self._track(req)
         if register_prefix:
@@ -219,9 +250,10 @@ class Engine:
 
     def _check_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                          params: SamplingParams, num_prior_output_tokens: int) -> None:
-        self.validate(prompt_token_ids, params, "", num_prior_output_tokens)
         if request_id not in self.reserved:
             raise ValueError(f"no KV blocks are reserved for request {request_id!r}")
+        check_prompt(prompt_token_ids, self.model_config.vocab_size)
+        self._check_params(prompt_token_ids, params, request_id, num_prior_output_tokens)
         vocab = self.model_config.vocab_size
         if not 0 <= first_token_id < vocab:
             raise ValueError(f"first token id {first_token_id} is outside the vocabulary [0, {vocab})")

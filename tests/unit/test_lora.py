@@ -178,3 +178,44 @@ def test_adapters_load_and_unload_at_runtime(tiny_model, adapters):
     [ours] = engine.generate([prompt], greedy("x"))
     assert_matches_hf(ours.token_ids, ours.logprobs, *reference(tiny_model, adapters, "qv-rs", prompt))
     engine.check_integrity()
+
+
+def test_an_adapter_unloaded_while_a_request_is_between_prefill_and_decode_still_decodes_it(tiny_model, adapters):
+    """Disaggregated: the decode node reserved blocks and the prefill node admitted the request before both unloaded
+    the adapter; the prefill runs it (the request holds it) and so does the decode (its reservation does), giving
+    PEFT's tokens. A reservation made after the unload is refused at admission, and the unloaded adapter is let go
+    once no reservation waits for it."""
+    import torch
+
+    cfg = EngineConfig(block_size=4, num_blocks=128, lora_modules=(("x", str(adapters["all"])),))
+    prefill, decode = Engine(tiny_model, cfg), Engine(tiny_model, cfg)
+    prompt, params = random_prompts(1024)[2], greedy("x")
+    assert decode.reserve("a", len(prompt)) is not None
+    prefill.add_request(prompt, params, request_id="a", prefill_only=True, keep_blocks=True)
+    prefill.remove_adapter("x")
+    decode.remove_adapter("x")
+    first = drain(prefill)
+    src = torch.tensor(prefill.runner.slots(prefill.held_request("a").block_ids, 0, len(prompt)))
+    dst = torch.tensor(decode.runner.slots(decode.reserved["a"], 0, len(prompt)))
+    for layer in range(prefill.model_config.num_layers):
+        kv = prefill.cache.read(layer, src)
+        decode.cache.write(layer, dst, kv[0], kv[1])
+    prefill.release("a")
+    assert decode.reserve("b", len(prompt)) is not None
+    decode.admit_prefilled("a", prompt, first[0], params)
+    tokens = first + drain(decode)
+    ids, _ = reference(tiny_model, adapters, "all", prompt)
+    assert tokens == ids
+    with pytest.raises(ValueError, match="unknown LoRA adapter 'x'"):
+        decode.admit_prefilled("b", prompt, first[0], params)
+    assert "b" not in decode.reserved and decode._retired == {}
+    decode.check_integrity()
+    assert decode.num_used_blocks == 0
+
+
+def drain(engine) -> list[int]:
+    """Steps the engine until it has nothing left; the tokens it generated."""
+    tokens = []
+    while engine.has_unfinished():
+        tokens += [t for o in engine.step() for t in o.new_token_ids]
+    return tokens
