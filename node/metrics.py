@@ -58,6 +58,20 @@ class _EngineGauges:
             family = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
             family.add_metric([], float(value))
             yield family
+        yield from _lora_gauges(s)
+
+
+def _lora_gauges(s):
+    """Per LoRA adapter: its requests waiting and running here (vLLM's lora_requests_info, one series each)."""
+    loaded = GaugeMetricFamily(f"{PREFIX}_lora_adapters_loaded", "LoRA adapters requests may name here")
+    loaded.add_metric([], float(len(s.lora_adapters)))
+    yield loaded
+    for column, (name, doc) in enumerate((("waiting", "requests of the LoRA adapter queued for the engine"),
+                                          ("running", "requests of the LoRA adapter in the running batch"))):
+        family = GaugeMetricFamily(f"{PREFIX}_lora_requests_{name}", doc, labels=["adapter"])
+        for row in s.lora_requests:
+            family.add_metric([row[0]], float(row[1 + column]))
+        yield family
 
 
 class _ChecksumFailures:

@@ -63,6 +63,9 @@ NODE_PANELS = [
     ("KV checksum failures", "short", [("sum (increase(splitserve_kv_transfer_checksum_failures_total"
                                         f"{RATE}))", "failures")]),
     ("Node time to first token", "s", quantiles("splitserve_time_to_first_token_seconds", "instance")),
+    ("LoRA adapters' requests on the nodes", "short", [
+        ("sum by (adapter) (splitserve_lora_requests_waiting)", "waiting {{adapter}}"),
+        ("sum by (adapter) (splitserve_lora_requests_running)", "running {{adapter}}")]),
 ]
 
 

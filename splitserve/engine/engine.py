@@ -53,6 +53,8 @@ class EngineStats:
     num_held: int
     block_size: int
     lora_adapters: tuple[str, ...] = ()  # the adapters requests may name (EngineConfig.lora_modules)
+    # (adapter, requests waiting, requests running) for each adapter loaded or still run by a request
+    lora_requests: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def num_used_blocks(self) -> int:
@@ -384,7 +386,16 @@ class Engine:
         waiting, running = self.scheduler.waiting, self.scheduler.running
         pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
-                           len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters))
+                           len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters),
+                           self._lora_requests(waiting, running))
+
+    def _lora_requests(self, waiting, running) -> tuple[tuple[str, int, int], ...]:
+        counts = {name: [0, 0] for name in self.adapters}
+        for column, requests in enumerate((waiting, running)):
+            for req in requests:
+                if req.adapter is not None:
+                    counts.setdefault(req.adapter.name, [0, 0])[column] += 1
+        return tuple((name, w, r) for name, (w, r) in sorted(counts.items()))
 
     def kv_slots(self, block_ids: list[int], num_tokens: int) -> torch.Tensor:
         """Cache slots of the first num_tokens positions of a block table: [num_tokens] long."""

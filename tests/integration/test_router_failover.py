@@ -91,6 +91,8 @@ def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model, l
         assert value(samples, "splitserve_rpcs_total", method="Prefill" if role == "prefill" else "Decode") >= 1
         assert value(samples, "splitserve_kv_transfer_bytes_total", direction="send" if role == "prefill" else "receive") > 0
         assert value(samples, "splitserve_time_to_first_token_seconds_count") >= 1
+        assert value(samples, "splitserve_lora_adapters_loaded") == 1  # idle: the adapter's series reads 0
+        assert value(samples, "splitserve_lora_requests_running", adapter=LORA) == 0
         if role == "decode":  # the receiver's own count, exported per scrape
             failures = [v for n, _, v in samples if n == "splitserve_kv_transfer_checksum_failures_total"]
             assert failures == [0.0]

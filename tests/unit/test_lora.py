@@ -219,3 +219,20 @@ def drain(engine) -> list[int]:
     while engine.has_unfinished():
         tokens += [t for o in engine.step() for t in o.new_token_ids]
     return tokens
+
+
+def test_the_stats_count_each_adapters_requests_waiting_and_running(tiny_model, adapters):
+    """What the nodes' splitserve_lora_requests_{waiting,running}{adapter} gauges read: every loaded adapter, 0 when
+    idle; an unloaded one while a request still runs it."""
+    modules = tuple((name, str(adapters[name])) for name in ("all", "qv-rs"))
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=128, max_num_seqs=2, lora_modules=modules))
+    assert engine.stats().lora_requests == (("all", 0, 0), ("qv-rs", 0, 0))
+    prompts = random_prompts(1024)[:3]
+    for i, name in enumerate(("all", "all", None)):
+        engine.add_request(prompts[i], greedy(name), request_id=f"r{i}")
+    engine.add_request(prompts[0], greedy("qv-rs"), request_id="r3")
+    engine.step()
+    engine.remove_adapter("all")
+    assert engine.stats().lora_requests == (("all", 0, 2), ("qv-rs", 1, 0))
+    drain(engine)
+    assert engine.stats().lora_requests == (("qv-rs", 0, 0),)
