@@ -374,41 +374,63 @@ class Endpoints:
         return JSONResponse(response, headers={"X-Request-Id": shapes[0].id})
 
     async def serve_beams(self, request: Request, jobs: list[Job], shapes: list[Shape], body) -> JSONResponse:
-        """use_beam_search (beam_search.py): each job's n best beams as its n choices, answered whole."""
+        """use_beam_search (beam_search.py): each job's n best beams as its n choices, answered whole. The search
+        is admitted once, a slot per beam, and its steps run under one deadline: it is refused before any step or
+        not at all, and takes no longer than any other request."""
         start, eos = time.monotonic(), self.ctx.frontend.tokenizer.eos_token_ids
-        searches = [beam_search(self._beam_step(request, job, body.num_choices), job.prompt_token_ids,
-                                body.num_choices, job.params.max_tokens, eos, body.ignore_eos, body.length_penalty)
-                    for job in jobs]
-        beams = [beam for found in await asyncio.gather(*searches) for beam in found]
+        slots, deadline = self.admit(len(jobs) * body.num_choices), self.ctx.admission.deadline()
+        searches = [asyncio.ensure_future(beam_search(
+            self._beam_step(request, job, body.num_choices, deadline), job.prompt_token_ids, body.num_choices,
+            job.params.max_tokens, eos, body.ignore_eos, body.length_penalty)) for job in jobs]
+        try:
+            beams = [beam for found in await asyncio.gather(*searches) for beam in found]
+        finally:  # one search failed (or the client left): the others stop too
+            for search in searches:
+                search.cancel()
+            for slot in slots:
+                slot.release()
         results = beam_results(beams, self.ctx.frontend.tokenizer, time.monotonic() - start)
         return JSONResponse(whole_response(shapes, results), headers={"X-Request-Id": shapes[0].id})
 
-    def _beam_step(self, request: Request, job: Job, width: int):
-        """A beam search's step: one one-token request per beam, each admitted and routed as a request."""
+    def _beam_step(self, request: Request, job: Job, width: int, deadline: float | None):
+        """A beam search's step: one one-token request per beam, routed as a request (the search holds the slots)."""
         steps, params = itertools.count(), step_params(job.params, width)
 
         async def step(prompts: list[list[int]]) -> list[list[tuple[int, float]]]:
             t = next(steps)
-            slots, events = self.start([Job(f"{job.request_id}-s{t}-b{i}", prompt, params)
-                                        for i, prompt in enumerate(prompts)])
-            return [top_logprobs(pieces) for pieces, _ in await self.results(request, events, slots, len(prompts))]
+            events = self.launch([Job(f"{job.request_id}-s{t}-b{i}", prompt, params)
+                                  for i, prompt in enumerate(prompts)], deadline)
+            return [top_logprobs(pieces) for pieces, _ in await self.results(request, events, [], len(prompts))]
         return step
 
     def start(self, jobs: list[Job]) -> tuple[list, AsyncIterator]:
         """One job per choice, each admitted and routed on its own; their slots, and their events merged
         (`numbered`). The caller releases the slots."""
-        slots, streams = [], []
+        slots = self.admit(len(jobs))
         try:
-            for job in jobs:
-                slots.append(self.ctx.admission.admit())
-                route = self.ctx.orchestrator.route(job)
-                streams.append(bounded(completion(self.ctx.frontend.tokenizer, self.ctx.orchestrator, job, route),
-                                       self.ctx.admission.deadline()))
+            return slots, self.launch(jobs, self.ctx.admission.deadline())
         except BaseException:
             for slot in slots:
                 slot.release()
             raise
-        return slots, numbered(streams)
+
+    def admit(self, n: int) -> list:
+        """n admission slots, or Overloaded taking none."""
+        slots = []
+        try:
+            for _ in range(n):
+                slots.append(self.ctx.admission.admit())
+        except BaseException:
+            for slot in slots:
+                slot.release()
+            raise
+        return slots
+
+    def launch(self, jobs: list[Job], deadline: float | None) -> AsyncIterator:
+        """Each job routed, its events bounded by `deadline`, all merged (`numbered`)."""
+        streams = [bounded(completion(self.ctx.frontend.tokenizer, self.ctx.orchestrator, job,
+                                      self.ctx.orchestrator.route(job)), deadline) for job in jobs]
+        return numbered(streams)
 
     async def results(self, request: Request, events: AsyncIterator, slots: list, n: int) -> list:
         """Each choice's pieces and finish, once all are in (the client going away cancels them)."""

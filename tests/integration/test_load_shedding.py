@@ -112,3 +112,30 @@ def test_more_choices_than_slots_is_a_429_that_takes_no_slot(cluster):
 
     assert post(MAX_QUEUE + 1) == 429
     assert post(MAX_QUEUE) == 200  # every slot free again
+
+
+def test_a_beam_search_is_admitted_once_and_ends_at_the_router_deadline(cluster):
+    """use_beam_search holds a slot per beam for the whole search, and all its steps run under one deadline: a
+    search wider than the router's limit is refused before any step, and a long one ends with a 504 at the
+    deadline (each step is short: a deadline per step would let it run on)."""
+    import urllib.error
+    import urllib.request
+
+    def post(width: int, max_tokens: int) -> tuple[int, dict]:
+        body = {"prompt": "x", "max_tokens": max_tokens, "n": width, "use_beam_search": True, "ignore_eos": True}
+        request = urllib.request.Request(cluster.http_url + "/v1/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    assert post(MAX_QUEUE + 1, 2)[0] == 429
+    start = time.monotonic()
+    status, body = post(2, 1000)
+    assert (status, body["error"]["code"]) == (504, "deadline_exceeded")
+    assert time.monotonic() - start < TIMEOUT_S + 1.0
+    assert post(MAX_QUEUE, 2)[0] == 200  # every slot free again
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address, timeout_s=5)
