@@ -450,9 +450,10 @@ class Endpoints:
 
 
 def _token_id_options(body, prompt_ids: list[int]) -> dict:
-    """Shape keywords for vLLM's return_token_ids and return_tokens_as_token_ids."""
+    """Shape keywords for vLLM's return_token_ids, return_tokens_as_token_ids and prompt_logprobs."""
     return {"prompt_token_ids": list(prompt_ids) if body.return_token_ids else None,
-            "ids_as_tokens": body.return_tokens_as_token_ids}
+            "ids_as_tokens": body.return_tokens_as_token_ids,
+            "scored_prompt": list(prompt_ids) if body.prompt_logprobs is not None else None}
 
 
 def choice_jobs(job: Job, n: int) -> list[Job]:

@@ -64,17 +64,19 @@ class Shape(ABC):
     object_name = ""
     chunk_object_name = ""
     scores_only = False  # the choice shows no generated token (completions: echo with max_tokens 0)
-    prompt_ids_at_top = True  # return_token_ids: the prompt's ids in the response (chat), or in each choice
+    # the prompt's ids (return_token_ids) and logprobs (prompt_logprobs) in the response (chat), or in each choice
+    prompt_ids_at_top = True
 
     def __init__(self, request_id: str, model: str, texts: TokenTexts, num_prompt_tokens: int, logprobs: bool,
                  index: int = 0, counts_prompt: bool = True, prompt_token_ids: list[int] | None = None,
-                 ids_as_tokens: bool = False):
+                 ids_as_tokens: bool = False, scored_prompt: list[int] | None = None):
         """`counts_prompt`: usage counts this choice's prompt (its prompt's first choice); `prompt_token_ids`:
         vLLM's `return_token_ids` (the prompt's and the output's token ids go with the text), else None;
-        `ids_as_tokens`: vLLM's `return_tokens_as_token_ids` (logprobs name tokens "token_id:N", not by text)."""
+        `ids_as_tokens`: vLLM's `return_tokens_as_token_ids` (logprobs name tokens "token_id:N", not by text);
+        `scored_prompt`: the prompt's ids when vLLM's `prompt_logprobs` asks for their logprobs, else None."""
         self.id, self.model, self.texts, self.index, self.counts_prompt = request_id, model, texts, index, counts_prompt
         self.num_prompt_tokens, self.logprobs = num_prompt_tokens, logprobs
-        self.prompt_token_ids, self.ids_as_tokens = prompt_token_ids, ids_as_tokens
+        self.prompt_token_ids, self.ids_as_tokens, self.scored_prompt = prompt_token_ids, ids_as_tokens, scored_prompt
         self.created = int(time.time())
         self._num_chars = 0  # completions' text_offset
         self._unsent_ids: list[int] = []  # return_token_ids: generated ids not yet in a chunk
@@ -137,7 +139,22 @@ class Shape(ABC):
                       finish_reason=self._reason(finish))
         if self.prompt_token_ids is not None:
             choice["token_ids"] = generated
+        if self.scored_prompt is not None and not self.prompt_ids_at_top:
+            choice["prompt_logprobs"] = self.prompt_logprobs(pieces)
         return choice
+
+    def prompt_logprobs(self, pieces: list[Piece]) -> list[dict | None]:
+        """vLLM's prompt_logprobs: for each prompt token after the first, {token id: {logprob, rank, decoded_token}}
+        of the token itself and of the top k there (the first token's entry is None)."""
+        entries = next((p.prompt_logprobs for p in pieces if p.prompt_logprobs is not None), None)
+        if entries is None:
+            return [None] * len(self.scored_prompt)
+        out: list[dict | None] = [None]
+        for token_id, (logprob, top, rank) in zip(self.scored_prompt[1:], entries[1:]):
+            scored = {token_id: (logprob, rank), **{t: (v, r) for r, (t, v) in enumerate(top, 1) if t != token_id}}
+            out.append({str(t): {"logprob": v, "rank": r, "decoded_token": self._token(t)}
+                        for t, (v, r) in scored.items()})
+        return out
 
     def _shown(self, piece: Piece) -> Piece | None:
         """What the client sees of a piece (None: nothing)."""
@@ -289,4 +306,6 @@ def whole_response(shapes: list[Shape], results: list[tuple[list[Piece], Finish]
     body = shapes[0]._envelope(shapes[0].object_name, choices, usage=usage(shapes, [finish for _, finish in results]))
     if shapes[0].prompt_ids_at_top and shapes[0].prompt_token_ids is not None:
         body["prompt_token_ids"] = shapes[0].prompt_token_ids
+    if shapes[0].prompt_ids_at_top and shapes[0].scored_prompt is not None:
+        body["prompt_logprobs"] = shapes[0].prompt_logprobs(results[0][0])
     return body

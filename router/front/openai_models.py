@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitserve.engine import SamplingParams
-from splitserve.engine.sampling import check_priority
+from splitserve.engine.sampling import MAX_TOP_LOGPROBS, check_priority
 from splitserve.engine.tokenizer import ChatFormat
 from splitserve.engine.grammar import choice_grammar, json_schema_grammar, lark_grammar, regex_grammar
 from router.front import tools
@@ -225,6 +225,7 @@ class _Request(BaseModel):
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = None
     structural_tag: str | dict | None = None
+    prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and rank, and the top k there
 
     @classmethod
     def parse(cls, body: bytes):
@@ -252,11 +253,22 @@ class _Request(BaseModel):
                                  "response_format")
         checked_priority(self.priority)
         checked_truncate(self.truncate_prompt_tokens, self.documents)
+        self._check_prompt_logprobs()
         if self.use_beam_search:
             self._check_beam_search()
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
         if bad:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {bad[0]!r}", "logit_bias")
+
+    def _check_prompt_logprobs(self) -> None:
+        k = self.prompt_logprobs
+        if k is None:
+            return
+        if not 0 <= k <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (-1, the whole vocabulary, is "
+                                 f"not served), got {k}", "prompt_logprobs")
+        if self.stream:
+            raise InvalidRequest("prompt_logprobs are not available when stream is true", "prompt_logprobs")
 
     def _check_beam_search(self) -> None:
         if not 1 <= self.num_choices <= MAX_BEAM_WIDTH:
@@ -329,6 +341,9 @@ class CompletionRequest(_Request):
         if self.samples_more and (self.stream or self.scores_only):
             raise InvalidRequest("best_of > n answers whole, with generated tokens: stream must be false and "
                                  "max_tokens at least 1", "best_of")
+        if self.echo and self.logprobs is not None and self.prompt_logprobs not in (None, self.logprobs):
+            raise InvalidRequest("echo with logprobs scores the prompt with the same top-k as prompt_logprobs: "
+                                 "send one, or the same number", "prompt_logprobs")
 
     @property
     def num_samples(self) -> int:
@@ -360,7 +375,8 @@ class CompletionRequest(_Request):
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
         logprobs = self.logprobs if not self.samples_more else self.logprobs or 0  # best_of ranks by them
         params = self.sampling(1 if self.scores_only else max_tokens, logprobs, defaults)
-        return replace(params, prompt_logprobs=self.logprobs if self.echo else None)
+        echoed = self.logprobs if self.echo else None
+        return replace(params, prompt_logprobs=echoed if echoed is not None else self.prompt_logprobs)
 
 
 class TextPart(BaseModel):
@@ -453,7 +469,8 @@ class ChatCompletionRequest(_Request, ChatTemplateOptions):
         """`room`: tokens left in the context after the prompt, the default maximum; `defaults`: see `sampling`."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        params = self.sampling(room if max_tokens is None else max_tokens, logprobs, defaults)
+        params = replace(self.sampling(room if max_tokens is None else max_tokens, logprobs, defaults),
+                         prompt_logprobs=self.prompt_logprobs)
         mode = self.tool_mode
         return params if mode is None else replace(params, grammar=tools.grammar(self.tools, mode,
                                                                                  self.parallel_tool_calls))

@@ -53,9 +53,11 @@ def record(rows: PromptRows, logits: torch.Tensor) -> None:
     for lo in range(0, rows.num_rows, ROWS_PER_SLICE):
         hi = min(lo + ROWS_PER_SLICE, rows.num_rows)
         logprobs = torch.log_softmax(logits[rows.first + lo: rows.first + hi].float(), dim=-1)
-        chosen = logprobs.gather(1, targets[lo:hi, None])[:, 0].tolist()
+        chosen = logprobs.gather(1, targets[lo:hi, None])
+        ranks = ((logprobs > chosen).sum(dim=1) + 1).tolist()  # 1 + the tokens likelier than the prompt's
+        chosen = chosen[:, 0].tolist()
         top = torch.topk(logprobs, k) if k else None
         ids, values = (top.indices.tolist(), top.values.tolist()) if top is not None else ([[]] * (hi - lo),) * 2
         for i in range(hi - lo):
-            req.prompt_logprobs[rows.start + lo + i + 1] = (chosen[i], list(zip(ids[i], values[i])))
+            req.prompt_logprobs[rows.start + lo + i + 1] = (chosen[i], list(zip(ids[i], values[i])), ranks[i])
     req.prompt_logprobs_done = rows.completes_prompt

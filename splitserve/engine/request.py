@@ -49,7 +49,7 @@ class Request:
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
     logprobs: list = field(default_factory=list)
-    # params.prompt_logprobs: entry p is (logprob, top) of prompt token p given the ones before it (entry 0:
+    # params.prompt_logprobs: entry p is (logprob, top, rank) of prompt token p given the ones before it (entry 0:
     # None); filled as the prompt's chunks run, complete once `prompt_logprobs_done`
     prompt_logprobs: list = field(default_factory=list)
     prompt_logprobs_done: bool = False

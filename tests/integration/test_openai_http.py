@@ -803,3 +803,36 @@ def test_a_node_that_restarts_gets_the_runtime_adapters_back(cluster, api, tiny_
     assert wait_until(lambda: "kept" in node_stats(fresh.address).lora_adapters, timeout_s=30)
     assert api.completions.create(model="kept", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text == before
     assert post(cluster.http_url + "/v1/unload_lora_adapter", {"lora_name": "kept"})[0] == 200
+
+
+def test_prompt_logprobs_come_as_vllm_sends_them_and_match_hf(cluster, api, tiny_model):
+    """vLLM's prompt_logprobs: completions carry them in each choice, chat at the top of the response; per prompt
+    token after the first, {token id: {logprob, rank, decoded_token}} of the token itself and of the top k, as HF's
+    forward pass over the prompt has them. Streaming with them, -1 and an echo asking for another k are 400s."""
+    import torch
+
+    from tests.support.hf_reference import assert_rank, hf_prompt_logprobs
+
+    frontend, model = Frontend.from_model_dir(tiny_model), hf_model(str(tiny_model))
+    completion = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, n=2, temperature=0,
+                                        extra_body={"prompt_logprobs": 3})
+    chat = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, temperature=0,
+                                       extra_body={"prompt_logprobs": 3})
+    scored = [(frontend.prompt_ids(prompt=PROMPT), c.prompt_logprobs) for c in completion.choices]
+    scored.append((frontend.prompt_ids(messages=MESSAGES), chat.prompt_logprobs))
+    for ids, entries in scored:
+        reference = hf_prompt_logprobs(model, ids)
+        assert len(entries) == len(ids) and entries[0] is None
+        for ref, token, entry in zip(reference, ids[1:], entries[1:]):
+            own = entry[str(token)]
+            assert abs(own["logprob"] - ref[token].item()) < 1e-3
+            assert_rank(own["rank"], ref, token)
+            assert own["decoded_token"] == frontend.tokenizer.decode([token], skip_special_tokens=False)
+            assert {int(t) for t, v in entry.items() if v["rank"] <= 3} == set(torch.topk(ref, 3).indices.tolist())
+    for extra, message in (({"prompt_logprobs": 1, "stream": True}, "not available when stream is true"),
+                           ({"prompt_logprobs": -1}, "prompt_logprobs must be in"),
+                           ({"prompt_logprobs": 2, "echo": True, "logprobs": 1}, "send one, or the same number")):
+        status, body = http_json(cluster.http_url + "/v1/completions",
+                                 json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 2, **extra}).encode())
+        assert status == 400 and message in body["error"]["message"]
+        assert body["error"]["param"] == "prompt_logprobs"

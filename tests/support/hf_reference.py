@@ -35,7 +35,7 @@ def assert_matches_hf(ours_ids: list[int], ours_logprobs: list, hf_ids: list[int
                       atol: float = 1e-3) -> None:
     """Greedy tokens identical; each step's sampled and top-k logprobs within atol."""
     assert ours_ids == hf_ids, f"first difference at step {_first_diff(ours_ids, hf_ids)}"
-    for step, (logprob, top) in enumerate(ours_logprobs):
+    for step, (logprob, top, *_) in enumerate(ours_logprobs):
         ref = hf_logprobs[step]
         assert abs(logprob - ref[ours_ids[step]].item()) < atol, f"step {step}"
         ref_top = torch.topk(ref, len(top))
@@ -51,9 +51,19 @@ def hf_prompt_logprobs(model, prompt_ids: list[int]) -> torch.Tensor:
 
 
 def assert_prompt_logprobs_match_hf(prompt_ids: list[int], entries: list, model, atol: float = 1e-3) -> None:
-    """Our prompt logprobs (entry 0 None) against HF's forward pass: each token's logprob and the top-k."""
+    """Our prompt logprobs (entry 0 None) against HF's forward pass: each token's logprob, its rank in the
+    vocabulary where the entries carry it, and the top-k."""
     assert len(entries) == len(prompt_ids) and entries[0] is None
-    assert_matches_hf(prompt_ids[1:], entries[1:], prompt_ids[1:], hf_prompt_logprobs(model, prompt_ids), atol)
+    reference = hf_prompt_logprobs(model, prompt_ids)
+    assert_matches_hf(prompt_ids[1:], entries[1:], prompt_ids[1:], reference, atol)
+    for ref, token, entry in zip(reference, prompt_ids[1:], entries[1:]):
+        if len(entry) > 2:
+            assert_rank(entry[2], ref, token, atol)
+
+
+def assert_rank(rank: int, ref: torch.Tensor, token: int, atol: float = 1e-3) -> None:
+    """`rank` is the token's place in HF's logprobs `ref` (1: the likeliest), up to ties within atol."""
+    assert (ref > ref[token] + atol).sum() + 1 <= rank <= (ref > ref[token] - atol).sum() + 1
 
 
 def _near_tie(ref: torch.Tensor, top: list, atol: float) -> bool:
