@@ -68,8 +68,12 @@ def step_params(params: SamplingParams, width: int) -> SamplingParams:
 
 
 def top_logprobs(pieces: list[Piece]) -> list[tuple[int, float]]:
-    """A step's answer: its one token's top (token id, logprob) pairs."""
-    return next(list(entry[1]) for piece in pieces for entry in piece.logprobs if entry is not None)
+    """A step's answer: its one token's top (token id, logprob) pairs; RuntimeError if it came without one (a
+    StopIteration would end the search's coroutine in a confusing way)."""
+    top = next((list(entry[1]) for piece in pieces for entry in piece.logprobs if entry is not None), None)
+    if top is None:
+        raise RuntimeError("a beam search step ended without a token")
+    return top
 
 
 def beam_results(beams: list[Beam], tokenizer, e2e_s: float) -> list[tuple[list[Piece], Finish]]:

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from router.front.beam_search import Beam, beam_results, beam_search, step_params
+from router.front.beam_search import Beam, beam_results, beam_search, step_params, top_logprobs
+from router.front.completion import Piece
 from router.front.openai_models import ChatCompletionRequest, CompletionRequest, InvalidRequest
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from tests.support.hf_reference import hf_model
@@ -94,3 +95,9 @@ def test_a_beam_search_takes_its_own_fields():
     CompletionRequest.model_validate({"prompt": "x", "use_beam_search": True, "n": 3, "max_tokens": 5,
                                       "ignore_eos": True, "length_penalty": 0.5, "temperature": 0,
                                       "stream": False}).check_supported()
+
+
+def test_a_step_is_read_from_its_tokens_top_logprobs_and_one_without_a_token_is_a_clear_error():
+    assert top_logprobs([Piece([], ""), Piece([7], "x", [(-0.1, [(7, -0.1), (3, -2.5)])])]) == [(7, -0.1), (3, -2.5)]
+    with pytest.raises(RuntimeError, match="ended without a token"):
+        top_logprobs([Piece([], "")])
