@@ -174,7 +174,8 @@ class Endpoints:
         inputs, params = body.prompt_inputs(), body.sampling_params(self.ctx.frontend.sampling_defaults)
         for k, prompt_input in enumerate(inputs):  # choice k * n + i: prompt k's choice i (OpenAI's order)
             prompt_ids, chunks = self.ctx.frontend.prompt_and_chunks(**prompt_input, documents=body.documents or (),
-                                                                     truncate=body.truncate_prompt_tokens)
+                                                                     truncate=body.truncate_prompt_tokens,
+                                                                     add_special_tokens=body.add_special_tokens)
             job = self.ctx.frontend.job(prompt_ids, replace(params, lora=self.lora_of(name)), request_id, chunks,
                                         self.caller(request))
             prompt_jobs.append(job if len(inputs) == 1 else replace(job, request_id=f"{request_id}-p{k}"))
@@ -219,7 +220,8 @@ class Endpoints:
 
     def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], tuple]:
         return self.ctx.frontend.prompt_and_chunks(messages=body.chat_messages(), documents=body.documents or (),
-                                                   chat_format=body.chat_format(), truncate=body.truncate_prompt_tokens)
+                                                   chat_format=body.chat_format(), truncate=body.truncate_prompt_tokens,
+                                                   add_special_tokens=body.add_special_tokens)
 
     async def messages(self, request: Request):
         """POST /v1/messages: Anthropic's Messages API, a chat completion of one choice in its words

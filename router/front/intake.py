@@ -77,20 +77,23 @@ class Frontend:
 
     def prompt_and_chunks(self, prompt: str | None = None, token_ids: list[int] | None = None,
                           messages: list[dict] | None = None, documents: list[str] = (),
-                          chat_format: ChatFormat | None = None,
-                          truncate: int | None = None) -> tuple[list[int], tuple]:
+                          chat_format: ChatFormat | None = None, truncate: int | None = None,
+                          add_special_tokens: bool | None = None) -> tuple[list[int], tuple]:
         """Prompt ids and the (start, length) span of each document in them. Documents go with a text
         prompt (before it) or chat messages (at the start of the last user message, inside the chat
         template, rendered as `chat_format` says); each is tokenized alone (documents.py), so its KV can
         come from the chunk cache. `truncate` keeps the prompt's last that many tokens (vLLM's
-        truncate_prompt_tokens; -1: the context length); not with documents."""
+        truncate_prompt_tokens; -1: the context length); not with documents. `add_special_tokens` (vLLM's):
+        whether the tokenizer adds its special tokens (e.g. BOS) to a text prompt (default: yes) or to the
+        rendered chat (default: no, the template has its own); prompt token ids are taken as they are."""
         if truncate is None:
-            return self._prompt_and_chunks(prompt, token_ids, messages, documents, chat_format)
+            return self._prompt_and_chunks(prompt, token_ids, messages, documents, chat_format, add_special_tokens)
         check_truncate(truncate, documents)
-        ids, _ = self._prompt_and_chunks(prompt, token_ids, messages, (), chat_format)
+        ids, _ = self._prompt_and_chunks(prompt, token_ids, messages, (), chat_format, add_special_tokens)
         return ids[-(self.limits.max_model_len if truncate == -1 else truncate):], ()
 
-    def _prompt_and_chunks(self, prompt, token_ids, messages, documents, chat_format) -> tuple[list[int], tuple]:
+    def _prompt_and_chunks(self, prompt, token_ids, messages, documents, chat_format,
+                           add_special_tokens: bool | None = None) -> tuple[list[int], tuple]:
         if len(documents) > self.limits.max_documents:
             raise ValueError(f"at most {self.limits.max_documents} documents per request, got {len(documents)}")
         if documents and token_ids is not None:
@@ -99,17 +102,21 @@ class Frontend:
             raise ValueError("documents must be non-empty strings")
         if messages is not None:
             if not documents:
-                return self.tokenizer.encode_chat(messages, chat_format=chat_format), ()
+                return self.tokenizer.encode_chat(messages, chat_format=chat_format,
+                                                  add_special_tokens=bool(add_special_tokens)), ()
+            if add_special_tokens:
+                raise ValueError("add_special_tokens does not go with documents in a chat request")
             ids, spans = chat_document_prompt(self.tokenizer, messages, list(documents), chat_format)
             return ids, tuple(spans)
         if token_ids is not None:
             return list(token_ids), ()
         if prompt is None:
             raise ValueError("one of prompt, prompt_token_ids or messages is required")
+        special = add_special_tokens is not False
         if documents:
-            ids, spans = document_prompt(self.tokenizer, list(documents), prompt)
+            ids, spans = document_prompt(self.tokenizer, list(documents), prompt, special)
             return ids, tuple(spans)
-        return (self.tokenizer.encode(prompt) if prompt else []), ()
+        return (self.tokenizer.encode(prompt, add_special_tokens=special) if prompt else []), ()
 
     def embedding_input(self, prompt: str | None = None, token_ids: list[int] | None = None,
                         truncate: int | None = None, head: int | None = None) -> list[int]:

@@ -6,8 +6,9 @@ with a 400 that names them, never silently dropped. `logit_bias`, completions' `
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
 or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
-`repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py) and
-`truncate_prompt_tokens` are accepted, and `use_beam_search` (beam_search.py); `documents` is splitserve's RAG
+`repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py),
+`truncate_prompt_tokens`, `add_special_tokens` and `prompt_logprobs` are accepted, and `use_beam_search`
+(beam_search.py); `documents` is splitserve's RAG
 extension (retrieved passages, placed before the prompt, or at the start of the last user message inside the chat
 template).
 """
@@ -163,7 +164,7 @@ OLDER_STRUCTURED = {"guided_json": "json", "guided_regex": "regex", "guided_choi
 BEAM_SEARCH_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "use_beam_search",
                       "length_penalty", "ignore_eos", "temperature", "seed", "user", "priority",
                       "truncate_prompt_tokens", "stream", "cache_salt", "return_token_ids", "add_generation_prompt",
-                      "continue_final_message", "chat_template_kwargs"}
+                      "continue_final_message", "chat_template_kwargs", "add_special_tokens"}
 # vLLM's fields honoured here that chat's and completions' bodies carry as they are (Responses takes them too)
 TOKEN_LIMITS = ("bad_words", "allowed_token_ids", "truncate_prompt_tokens")
 
@@ -328,6 +329,7 @@ class CompletionRequest(_Request):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = None
     echo: bool = False
+    add_special_tokens: bool = True  # vLLM's: the tokenizer's special tokens (e.g. BOS) go with a text prompt
     suffix: str | None = None
     best_of: int | None = None
 
@@ -432,6 +434,7 @@ class ChatCompletionRequest(_Request, ChatTemplateOptions):
     functions: list | None = None  # OpenAI's deprecated tools: refused by name rather than ignored
     function_call: str | dict | None = None
     chat_template: str | None = None  # a template sent with the request: refused (the model's is served)
+    add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens too (the template has its own)
 
     def check_supported(self) -> None:
         super().check_supported()

@@ -43,9 +43,12 @@ def assemble(prefix: list[int], chunks: list[list[int]], tail: list[int]) -> tup
     return ids + list(tail), spans
 
 
-def document_prompt(tokenizer, documents: list[str], prompt: str) -> tuple[list[int], list[tuple[int, int]]]:
+def document_prompt(tokenizer, documents: list[str], prompt: str,
+                    special: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    """`special`: the tokenizer's special prefix goes first (a request's add_special_tokens)."""
     chunks = [chunk_token_ids(tokenizer, d) for d in documents]
-    return assemble(special_prefix(tokenizer), chunks, tokenizer.encode(prompt, add_special_tokens=False))
+    prefix = special_prefix(tokenizer) if special else []
+    return assemble(prefix, chunks, tokenizer.encode(prompt, add_special_tokens=False))
 
 
 def chat_head_and_tail(tokenizer, messages: list[dict], lead: str = "",

@@ -117,10 +117,10 @@ class Tokenizer:
         return _cut_after_final_message(text, messages) if fmt.continue_final_message else text
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    chat_format: ChatFormat | None = None) -> list[int]:
-        """Chat prompt ids; special tokens come from the template itself (as HF does)."""
+                    chat_format: ChatFormat | None = None, add_special_tokens: bool = False) -> list[int]:
+        """Chat prompt ids; special tokens come from the template itself (as HF does), unless asked for too."""
         text = self.apply_chat_template(messages, add_generation_prompt, chat_format)
-        return self.encode(text, add_special_tokens=False)
+        return self.encode(text, add_special_tokens=add_special_tokens)
 
 
 def _cut_after_final_message(text: str, messages: list[dict]) -> str:
