@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
 Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, the
-deprecated functions / function_call, and fields a beam search does not take) are refused
-with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
+deprecated functions / function_call, vLLM's prompt_embeds, logits_processors and chat echo, and fields a
+beam search does not take) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
 and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
 (`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
 or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
@@ -227,6 +227,7 @@ class _Request(BaseModel):
     truncate_prompt_tokens: int | None = None
     structural_tag: str | dict | None = None
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and rank, and the top k there
+    logits_processors: list | None = None  # vLLM's server-side processors by name: refused (none is served)
 
     @classmethod
     def parse(cls, body: bytes):
@@ -255,6 +256,9 @@ class _Request(BaseModel):
         checked_priority(self.priority)
         checked_truncate(self.truncate_prompt_tokens, self.documents)
         self._check_prompt_logprobs()
+        if self.logits_processors:
+            raise InvalidRequest("logits_processors are not supported: no custom logits processor is served",
+                                 "logits_processors")
         if self.use_beam_search:
             self._check_beam_search()
         bad = [key for key in self.logit_bias or {} if not (key.isascii() and key.isdigit())]
@@ -330,6 +334,7 @@ class CompletionRequest(_Request):
     logprobs: int | None = None
     echo: bool = False
     add_special_tokens: bool = True  # vLLM's: the tokenizer's special tokens (e.g. BOS) go with a text prompt
+    prompt_embeds: str | list | None = None  # vLLM's prompt as embeddings: refused
     suffix: str | None = None
     best_of: int | None = None
 
@@ -337,6 +342,9 @@ class CompletionRequest(_Request):
         super().check_supported()
         if self.suffix:
             raise InvalidRequest("suffix is not supported", "suffix")
+        if self.prompt_embeds is not None:
+            raise InvalidRequest("prompt_embeds are not supported: send the prompt as text or token ids",
+                                 "prompt_embeds")
         if self.best_of is not None and not self.num_choices <= self.best_of <= MAX_CHOICES:
             raise InvalidRequest(f"best_of must be in [n, {MAX_CHOICES}] (n = {self.num_choices}), got {self.best_of}",
                                  "best_of")
@@ -435,11 +443,14 @@ class ChatCompletionRequest(_Request, ChatTemplateOptions):
     function_call: str | dict | None = None
     chat_template: str | None = None  # a template sent with the request: refused (the model's is served)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens too (the template has its own)
+    echo: bool = False  # vLLM's chat echo (the last message in front of the answer): refused
 
     def check_supported(self) -> None:
         super().check_supported()
         if self.chat_template is not None:
             raise InvalidRequest("chat_template is not supported: the model's own template is used", "chat_template")
+        if self.echo:
+            raise InvalidRequest("echo is not supported on chat completions (completions take it)", "echo")
         self.chat_format()
         for legacy in ("functions", "function_call"):
             if getattr(self, legacy) is not None:

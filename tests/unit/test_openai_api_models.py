@@ -65,6 +65,10 @@ def test_completion_extensions_and_prompt_forms():
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], functions=[{"name": "f"}]), "functions"),
     (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], function_call="auto"), "function_call"),
+    (CompletionRequest, dict(prompt="x", prompt_embeds="AAAA"), "prompt_embeds"),
+    (CompletionRequest, dict(prompt="x", logits_processors=["pkg.Proc"]), "logits_processors"),
+    (ChatCompletionRequest, dict(messages=[{"role": "user", "content": "x"}], echo=True), "echo"),
+    (CompletionRequest, dict(prompt="x", prompt_logprobs=21), "prompt_logprobs"),
 ])
 def test_unsupported_or_invalid_fields_are_refused_by_name(cls, body, param):
     with pytest.raises(InvalidRequest) as err:
