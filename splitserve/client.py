@@ -65,7 +65,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
                   chat_template_kwargs: dict | None = None, priority: int = 0, bad_words: list[str] = (),
                   allowed_token_ids: list[int] = (),
                   truncate_prompt_tokens: int | None = None,
-                  cache_salt: str | None = None, lora: str | None = None) -> router_pb2.GenerateRequest:
+                  cache_salt: str | None = None, lora: str | None = None,
+                  add_special_tokens: bool | None = None) -> router_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                          min_p=min_p, include_stop_str_in_output=include_stop_str_in_output,
                                          keep_special_tokens=not skip_special_tokens,
@@ -90,6 +91,8 @@ def build_request(prompt: str | None = None, prompt_token_ids: list[int] | None 
     request = router_pb2.GenerateRequest(request_id=request_id, sampling=sampling, documents=list(documents))
     if truncate_prompt_tokens is not None:
         request.truncate_prompt_tokens = truncate_prompt_tokens
+    if add_special_tokens is not None:
+        request.add_special_tokens = add_special_tokens
     if messages is not None:
         request.chat.messages.extend(router_pb2.ChatMessage(**m) for m in messages)
         request.chat.continue_final_message = continue_final_message

@@ -66,7 +66,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if kind == "chat" else None,
             documents=list(request.documents), chat_format=_chat_format(request.chat) if kind == "chat" else None,
-            truncate=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None)
+            truncate=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None,
+            add_special_tokens=request.add_special_tokens if request.HasField("add_special_tokens") else None)
         return self.frontend.job(prompt_ids, params, request.request_id, chunks, self._caller(context))
 
     async def _responses(self, job: Job, route, start: float):

@@ -841,7 +841,8 @@ def test_prompt_logprobs_come_as_vllm_sends_them_and_match_hf(cluster, api, tiny
 def test_add_special_tokens_as_vllm_takes_it(cluster, api, tiny_model):
     """vLLM's add_special_tokens: a completions prompt gets the tokenizer's BOS unless it is false (a prompt rendered
     by the client's own template already has one); a chat prompt gets it only when it is true (its template has
-    its own). The answer is the one the prompt's own ids give over gRPC."""
+    its own). The answer is the one the prompt's own ids give over gRPC, where GenerateRequest.add_special_tokens
+    does the same."""
     tokenizer, bos = Frontend.from_model_dir(tiny_model).tokenizer, 0  # the tiny model's BOS
     with_bos, without = tokenizer.encode(PROMPT), tokenizer.encode(PROMPT, add_special_tokens=False)
     assert with_bos == [bos] + without
@@ -850,6 +851,8 @@ def test_add_special_tokens_as_vllm_takes_it(cluster, api, tiny_model):
                                         extra_body={"add_special_tokens": add, "return_token_ids": True}).choices[0]
         assert choice.prompt_token_ids == ids
         assert choice.text == grpc_result(cluster, prompt_token_ids=ids, max_tokens=4).text
+        over_grpc = grpc_result(cluster, prompt=PROMPT, max_tokens=4, add_special_tokens=add)  # GenerateRequest's
+        assert (over_grpc.text, over_grpc.final.prompt_tokens) == (choice.text, len(ids))
     chat_ids = tokenizer.encode_chat(MESSAGES)
     for add, ids in ((False, chat_ids), (True, tokenizer.encode_chat(MESSAGES, add_special_tokens=True))):
         reply = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,

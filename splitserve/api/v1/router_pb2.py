@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from splitserve.api.v1 import common_pb2 as splitserve_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esplitserve/api/v1/router.proto\x12\x11splitserve.api.v1\x1a\x1esplitserve/api/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"~\n\x0c\x43hatMessages\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.splitserve.api.v1.ChatMessage\x12\x1e\n\x16\x63ontinue_final_message\x18\x02 \x01(\x08\x12\x1c\n\x14template_kwargs_json\x18\x03 \x01(\t\"\xb2\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x37\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x1b.splitserve.api.v1.TokenIdsH\x00\x12/\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1f.splitserve.api.v1.ChatMessagesH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x11\n\tdocuments\x18\x06 \x03(\t\x12#\n\x16truncate_prompt_tokens\x18\x07 \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05inputB\x19\n\x17_truncate_prompt_tokens\"\x9d\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x31\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x38\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"\xbb\x01\n\rGenerateFinal\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.splitserve.api.v1.Usage\x12+\n\x07timings\x18\x03 \x01(\x0b\x32\x1a.splitserve.api.v1.Timings\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0cprefill_node\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ode_node\x18\x06 \x01(\t\"\x80\x01\n\x10GenerateResponse\x12\x31\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .splitserve.api.v1.GenerateChunkH\x00\x12\x31\n\x05\x66inal\x18\x02 \x01(\x0b\x32 .splitserve.api.v1.GenerateFinalH\x00\x42\x06\n\x04kind\"W\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x1b.splitserve.api.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x9e\x01\n\x0c\x45mbedRequest\x12-\n\x06inputs\x18\x01 \x03(\x0b\x32\x1d.splitserve.api.v1.EmbedInput\x12\x0f\n\x07pooling\x18\x02 \x01(\t\x12\x14\n\x0cno_normalize\x18\x03 \x01(\x08\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\ncache_salt\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_cache_salt\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"j\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.splitserve.api.v1.Embedding\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.splitserve.api.v1.Usage2\xf4\x01\n\x06Router\x12U\n\x08Generate\x12\".splitserve.api.v1.GenerateRequest\x1a#.splitserve.api.v1.GenerateResponse0\x01\x12G\n\x05\x41\x62ort\x12\x1f.splitserve.api.v1.AbortRequest\x1a\x1d.splitserve.api.v1.AbortReply\x12J\n\x05\x45mbed\x12\x1f.splitserve.api.v1.EmbedRequest\x1a .splitserve.api.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esplitserve/api/v1/router.proto\x12\x11splitserve.api.v1\x1a\x1esplitserve/api/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"~\n\x0c\x43hatMessages\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.splitserve.api.v1.ChatMessage\x12\x1e\n\x16\x63ontinue_final_message\x18\x02 \x01(\x08\x12\x1c\n\x14template_kwargs_json\x18\x03 \x01(\t\"\xea\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x37\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x1b.splitserve.api.v1.TokenIdsH\x00\x12/\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1f.splitserve.api.v1.ChatMessagesH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.splitserve.api.v1.SamplingParams\x12\x11\n\tdocuments\x18\x06 \x03(\t\x12#\n\x16truncate_prompt_tokens\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x08 \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\x19\n\x17_truncate_prompt_tokensB\x15\n\x13_add_special_tokens\"\x9d\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x31\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\x12\x38\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x1f.splitserve.api.v1.TokenLogprob\"\xbb\x01\n\rGenerateFinal\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.splitserve.api.v1.Usage\x12+\n\x07timings\x18\x03 \x01(\x0b\x32\x1a.splitserve.api.v1.Timings\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0cprefill_node\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ode_node\x18\x06 \x01(\t\"\x80\x01\n\x10GenerateResponse\x12\x31\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .splitserve.api.v1.GenerateChunkH\x00\x12\x31\n\x05\x66inal\x18\x02 \x01(\x0b\x32 .splitserve.api.v1.GenerateFinalH\x00\x42\x06\n\x04kind\"W\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x1b.splitserve.api.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x9e\x01\n\x0c\x45mbedRequest\x12-\n\x06inputs\x18\x01 \x03(\x0b\x32\x1d.splitserve.api.v1.EmbedInput\x12\x0f\n\x07pooling\x18\x02 \x01(\t\x12\x14\n\x0cno_normalize\x18\x03 \x01(\x08\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\ncache_salt\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_cache_salt\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"j\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.splitserve.api.v1.Embedding\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.splitserve.api.v1.Usage2\xf4\x01\n\x06Router\x12U\n\x08Generate\x12\".splitserve.api.v1.GenerateRequest\x1a#.splitserve.api.v1.GenerateResponse0\x01\x12G\n\x05\x41\x62ort\x12\x1f.splitserve.api.v1.AbortRequest\x1a\x1d.splitserve.api.v1.AbortReply\x12J\n\x05\x45mbed\x12\x1f.splitserve.api.v1.EmbedRequest\x1a .splitserve.api.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGES']._serialized_start=156
   _globals['_CHATMESSAGES']._serialized_end=282
   _globals['_GENERATEREQUEST']._serialized_start=285
-  _globals['_GENERATEREQUEST']._serialized_end=591
-  _globals['_GENERATECHUNK']._serialized_start=594
-  _globals['_GENERATECHUNK']._serialized_end=751
-  _globals['_GENERATEFINAL']._serialized_start=754
-  _globals['_GENERATEFINAL']._serialized_end=941
-  _globals['_GENERATERESPONSE']._serialized_start=944
-  _globals['_GENERATERESPONSE']._serialized_end=1072
-  _globals['_EMBEDINPUT']._serialized_start=1074
-  _globals['_EMBEDINPUT']._serialized_end=1161
-  _globals['_EMBEDREQUEST']._serialized_start=1164
-  _globals['_EMBEDREQUEST']._serialized_end=1322
-  _globals['_EMBEDDING']._serialized_start=1324
-  _globals['_EMBEDDING']._serialized_end=1351
-  _globals['_EMBEDRESPONSE']._serialized_start=1353
-  _globals['_EMBEDRESPONSE']._serialized_end=1459
-  _globals['_ROUTER']._serialized_start=1462
-  _globals['_ROUTER']._serialized_end=1706
+  _globals['_GENERATEREQUEST']._serialized_end=647
+  _globals['_GENERATECHUNK']._serialized_start=650
+  _globals['_GENERATECHUNK']._serialized_end=807
+  _globals['_GENERATEFINAL']._serialized_start=810
+  _globals['_GENERATEFINAL']._serialized_end=997
+  _globals['_GENERATERESPONSE']._serialized_start=1000
+  _globals['_GENERATERESPONSE']._serialized_end=1128
+  _globals['_EMBEDINPUT']._serialized_start=1130
+  _globals['_EMBEDINPUT']._serialized_end=1217
+  _globals['_EMBEDREQUEST']._serialized_start=1220
+  _globals['_EMBEDREQUEST']._serialized_end=1378
+  _globals['_EMBEDDING']._serialized_start=1380
+  _globals['_EMBEDDING']._serialized_end=1407
+  _globals['_EMBEDRESPONSE']._serialized_start=1409
+  _globals['_EMBEDRESPONSE']._serialized_end=1515
+  _globals['_ROUTER']._serialized_start=1518
+  _globals['_ROUTER']._serialized_end=1762
 # @@protoc_insertion_point(module_scope)
