@@ -83,7 +83,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
-        # decode-only: an unloaded adapter -> the reservations made before it was: their decodes still run it
+        # decode-only: each unloaded adapter (by load_id) and the reservations made before: their decodes still run it
         self._retired: dict[str, tuple[LoraAdapter, set[str]]] = {}
         self.outputs = OutputTracker(self.tokenizer)
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
@@ -175,9 +175,9 @@ class Engine:
         request whose KV blocks were reserved before its adapter was unloaded runs the unloaded one."""
         if params.lora is None:
             return None
-        retired = self._retired.get(params.lora)
-        if retired is not None and request_id in retired[1]:
-            return retired[0]
+        for adapter, waiting in self._retired.values():
+            if adapter.name == params.lora and request_id in waiting:
+                return adapter
         if params.lora not in self.adapters:
             raise ValueError(f"unknown LoRA adapter {params.lora!r}; this node serves "
                              f"{', '.join(map(repr, self.adapters)) or 'none'}")
@@ -197,7 +197,7 @@ class Engine:
         if adapter is None:
             raise KeyError(f"no LoRA adapter {name!r} is loaded")
         if self.reserved:
-            self._retired[name] = (adapter, set(self.reserved))
+            self._retired[adapter.load_id] = (adapter, set(self.reserved))
 
     def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
         """Decode-only: blocks for a prompt whose KV will be written from outside; None if short."""
@@ -216,10 +216,10 @@ class Engine:
 
     def _forget_retired(self, request_id: str) -> None:
         """The reservation is gone: an unloaded adapter that no reservation waits for any more is let go."""
-        for name, (_, waiting) in list(self._retired.items()):
+        for load_id, (_, waiting) in list(self._retired.items()):
             waiting.discard(request_id)
             if not waiting:
-                del self._retired[name]
+                del self._retired[load_id]
 
     def admit_prefilled(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                         params: SamplingParams, num_prior_output_tokens: int = 0, register_prefix: bool = True) -> None:
