@@ -150,7 +150,9 @@ class Shape(ABC):
         if entries is None:
             return [None] * len(self.scored_prompt)
         out: list[dict | None] = [None]
-        for token_id, (logprob, top, rank) in zip(self.scored_prompt[1:], entries[1:]):
+        for token_id, entry in zip(self.scored_prompt[1:], entries[1:]):
+            logprob, top = entry[:2]
+            rank = entry[2] if len(entry) > 2 else None  # a node of an older version sends no rank
             scored = {token_id: (logprob, rank), **{t: (v, r) for r, (t, v) in enumerate(top, 1) if t != token_id}}
             out.append({str(t): {"logprob": v, "rank": r, "decoded_token": self._token(t)}
                         for t, (v, r) in scored.items()})
