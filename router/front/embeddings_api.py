@@ -6,8 +6,8 @@ out as JSON floats or, with `encoding_format: base64` (what the official `openai
 for unless told otherwise), as the base64 of their little-endian float32 bytes. `dimensions`
 is refused unless it is the model's own size: a model not trained for shortened (Matryoshka)
 embeddings has none to give. Extensions: vLLM's `normalize` (false: the pooled vector as it
-is), `truncate_prompt_tokens` (keep the last k tokens; -1: the context length) and `priority`
-(lower runs sooner), and `pooling` (`last` or `mean`; default: the router's --embedding-pooling).
+is), `truncate_prompt_tokens` (keep the last k tokens; -1: the context length), `add_special_tokens`
+(false: no BOS before a text) and `priority` (lower runs sooner), and `pooling` (`last` or `mean`; default: the router's --embedding-pooling).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class EmbeddingRequest(BaseModel):
     truncate_prompt_tokens: int | None = None
     priority: int = 0  # vLLM's: lower runs sooner
     cache_salt: str | None = None  # vLLM's: shares cached KV only with requests of the same salt
+    add_special_tokens: bool = True  # vLLM's: the tokenizer's special tokens (e.g. BOS) go with a text input
 
     @classmethod
     def parse(cls, body: bytes) -> "EmbeddingRequest":

@@ -272,7 +272,8 @@ class Endpoints:
         frontend = self.ctx.frontend
         body.check_supported(frontend.limits.hidden_size)
         name = self.base_name(body.model)
-        prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens) for item in body.inputs()]
+        prompts = [frontend.embedding_input(**item, truncate=body.truncate_prompt_tokens,
+                                            add_special_tokens=body.add_special_tokens) for item in body.inputs()]
         request_id = _request_id(request, "embd")
         vectors = await self.embed(request, request_id, prompts, body.pooling_params(frontend.embedding_pooling))
         return JSONResponse(embeddings_body(vectors, body.encoding_format, name, sum(map(len, prompts))),

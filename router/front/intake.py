@@ -119,11 +119,12 @@ class Frontend:
         return (self.tokenizer.encode(prompt, add_special_tokens=special) if prompt else []), ()
 
     def embedding_input(self, prompt: str | None = None, token_ids: list[int] | None = None,
-                        truncate: int | None = None, head: int | None = None) -> list[int]:
+                        truncate: int | None = None, head: int | None = None,
+                        add_special_tokens: bool = True) -> list[int]:
         """An embedding input's ids (a text encoded as a completions prompt is); `truncate` keeps the last that
         many (vLLM's truncate_prompt_tokens; -1: the context length), `head` the first that many. ValueError if
         it is empty or too long."""
-        ids = self.prompt_and_chunks(prompt, token_ids, truncate=truncate)[0]
+        ids = self.prompt_and_chunks(prompt, token_ids, truncate=truncate, add_special_tokens=add_special_tokens)[0]
         if head is not None:
             ids = ids[:head]
         check_prompt(ids, self.limits.vocab_size)

@@ -74,7 +74,7 @@ def test_texts_equal_the_engine_as_floats_and_as_base64(cluster, api, engine):
     assert abs(sum(x * x for x in one.data[0].embedding) - 1.0) < 1e-5
 
 
-def test_token_ids_mean_pooling_unnormalized_and_truncation(api, engine):
+def test_token_ids_mean_pooling_unnormalized_truncation_and_no_special_tokens(api, engine):
     ids = [engine.tokenizer.encode(t) for t in TEXTS[:2]]
     got = api.embeddings.create(model=MODEL, input=ids, encoding_format="float",
                                 extra_body={"pooling": "mean", "normalize": False})
@@ -82,6 +82,10 @@ def test_token_ids_mean_pooling_unnormalized_and_truncation(api, engine):
     cut = api.embeddings.create(model=MODEL, input=ids[0], extra_body={"truncate_prompt_tokens": 3})
     assert_close([cut.data[0].embedding], expected(engine, [ids[0][-3:]]))
     assert cut.usage.prompt_tokens == 3
+    bare = api.embeddings.create(model=MODEL, input=TEXTS[0], extra_body={"add_special_tokens": False})  # vLLM's
+    without_bos = engine.tokenizer.encode(TEXTS[0], add_special_tokens=False)
+    assert len(without_bos) == len(ids[0]) - 1 and bare.usage.prompt_tokens == len(without_bos)
+    assert_close([bare.data[0].embedding], expected(engine, [without_bos]))
 
 
 @pytest.mark.parametrize("body, param", [
