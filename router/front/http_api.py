@@ -32,6 +32,7 @@ from router.front.auth import ApiKeys
 from router.front.completion import completion
 from router.front.intake import Frontend
 from router.front.http_docs import add_docs_routes
+from router.front.invocations import add_invocations_route
 from router.front.lora_api import add_lora_routes
 from router.front.http_tokenize import add_tokenizer_routes
 from router.front.asgi_call import CALLER
@@ -536,6 +537,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     add_tokenizer_routes(app, endpoints, endpoints.check_key)
     add_batch_routes(app, endpoints, endpoints.check_key)
     add_lora_routes(app, endpoints, endpoints.check_key, ctx.allow_runtime_lora)
+    add_invocations_route(app, endpoints, endpoints.check_key)
     _metrics_route(app)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:

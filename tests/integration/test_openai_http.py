@@ -859,3 +859,28 @@ def test_add_special_tokens_as_vllm_takes_it(cluster, api, tiny_model):
                                             extra_body={"add_special_tokens": add, "return_token_ids": True})
         assert reply.prompt_token_ids == ids
     assert ids == [bos] + chat_ids  # the tokenizer's BOS in front of the template's own
+
+
+def test_sagemaker_invocations_answer_as_the_api_the_body_is_for(cluster, api):
+    """POST /invocations (SageMaker's contract, as vLLM serves it) answers a chat, a completions (streamed too) or an
+    embeddings body as its own route does; a body naming no API is a 400."""
+    url = cluster.http_url + "/invocations"
+    chat = {"model": MODEL, "messages": MESSAGES, "max_tokens": 5, "temperature": 0}
+    status, body = http_json(url, json.dumps(chat).encode())
+    assert status == 200 and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == \
+        api.chat.completions.create(**chat).choices[0].message.content
+    completion = {"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "temperature": 0}
+    status, body = http_json(url, json.dumps(completion).encode())
+    assert status == 200 and body["choices"][0]["text"] == api.completions.create(**completion).choices[0].text
+    request = urllib.request.Request(url, data=json.dumps({**completion, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    chunks = [json.loads(event[6:]) for event in events[:-1]]
+    assert events[-1] == "data: [DONE]"
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == body["choices"][0]["text"]
+    status, body = http_json(url, json.dumps({"model": MODEL, "input": "hello"}).encode())
+    assert status == 200 and body["object"] == "list" and len(body["data"][0]["embedding"]) > 0
+    status, body = http_json(url, json.dumps({"model": MODEL, "text": "x"}).encode())
+    assert status == 400 and "an invocation carries messages" in body["error"]["message"]
