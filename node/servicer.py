@@ -4,7 +4,8 @@ calls every role takes.
 Prefill and IngestDocuments go to prefill_node/servicer.py, Reserve and Decode to
 decode_node/servicer.py; a call the node's role does not take gets FAILED_PRECONDITION. Handled
 here: the mixed role's Generate (both phases in one engine, no transfer; a prefill node's too when the
-answer is one token, its prefill's first: nothing to decode, nothing to transfer), Embed (prefill and mixed
+answer is one token, its prefill's first: nothing to decode, nothing to transfer; a decode node's for a short
+prompt, the router's conditional disaggregation: the prefill costs less than the hand-off), Embed (prefill and mixed
 nodes: a prompt's pooled final hidden states, nothing transferred), Abort and Stats.
 """
 
@@ -83,9 +84,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
     async def Generate(self, request: node_pb2.NodeGenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.TokenChunk]:
         one_token = request.sampling.max_tokens - request.num_prior_output_tokens == 1
-        if self.roles.decode is not None or (self.roles.prefill is not None and not one_token):
-            await refuse(context, f"Generate needs a mixed node, or a prefill node for a one-token answer; this one "
-                         f"is {self.role}")
+        if self.roles.prefill is not None and not one_token:
+            await refuse(context, f"Generate needs a mixed or decode node, or a prefill node for a one-token answer; "
+                         f"this one is {self.role}")
         prompt, prior = list(request.prompt_token_ids), request.num_prior_output_tokens
         async with status_codes(context):
             rid = request_id_of(request)

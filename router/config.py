@@ -52,6 +52,7 @@ class RouterConfig:
     batch_store: str = "memory"  # files and batches: memory, or a redis:// URL (shared by router replicas)
     batch_claim_s: float = 30.0  # Redis store: a stopped router's batches are resumed elsewhere after this
     allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's runtime updating)
+    max_local_prefill_tokens: int = 0  # conditional disaggregation: shorter prompts prefill on their decode node
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -82,6 +83,8 @@ class RouterConfig:
         if self.batch_concurrency < 1 or self.batch_storage_bytes < 1:
             raise ValueError(f"--batch-concurrency and --batch-storage-bytes must be >= 1, got "
                              f"{self.batch_concurrency} and {self.batch_storage_bytes}")
+        if self.max_local_prefill_tokens < 0:
+            raise ValueError(f"--max-local-prefill-tokens must be >= 0 (0: off), got {self.max_local_prefill_tokens}")
         if self.discovery not in DISCOVERY_KINDS:
             raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_KINDS)}, got {self.discovery!r}")
 
@@ -105,7 +108,7 @@ class RouterConfig:
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
-                   args.batch_store, args.batch_claim_s, args.allow_runtime_lora,
+                   args.batch_store, args.batch_claim_s, args.allow_runtime_lora, args.max_local_prefill_tokens,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -34,7 +34,8 @@ async def build(config: RouterConfig):
                             channel_options=security.node_channel_options())
     for role, address in static_nodes(config.nodes, config.nodes_file):
         registry.add(role, address)
-    orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry)
+    orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry,
+                                max_local_prefill_tokens=config.max_local_prefill_tokens)
     frontend = Frontend.from_model_dir(config.model, config.generation_config, config.embedding_pooling)
     if frontend.sampling_defaults:
         log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "

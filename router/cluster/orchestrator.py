@@ -40,9 +40,11 @@ __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
 
 class Orchestrator:
     def __init__(self, registry: NodeRegistry, policy: Policy, rpc_timeout_s: float = 60.0,
-                 retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER):
+                 retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER, max_local_prefill_tokens: int = 0):
+        """`max_local_prefill_tokens`: conditional disaggregation (see `_local`); 0: off."""
         self.registry = registry
         self.policy = policy
+        self.max_local_prefill_tokens = max_local_prefill_tokens
         self.rpc_timeout_s = rpc_timeout_s
         self.retry = retry
         self.metrics = metrics
@@ -66,9 +68,18 @@ class Orchestrator:
         lora = job.params.lora
         nodes = [n for n in self.registry.snapshot()
                  if n.address not in exclude and (lora is None or lora in n.lora_adapters)]
-        route = self.policy(nodes, self.route_request(job))
+        route = self._local(job, self.policy(nodes, self.route_request(job)))
         self.registry.mark_routed(route.prefill.address, route.decode.address)
         return route
+
+    def _local(self, job: Job, route: Route) -> Route:
+        """Conditional disaggregation (Dynamo's): a prompt of at most max_local_prefill_tokens, without documents (the
+        chunk cache is the prefill nodes'), runs whole on the decode node the policy chose. A short prefill there
+        costs its decodes less than the hand-off costs the request: a Reserve, a Prefill and a KV transfer."""
+        if route.colocated or job.chunks or len(job.prompt_token_ids) > self.max_local_prefill_tokens:
+            return route
+        self.metrics.local_prefills.inc()
+        return Route(route.decode, route.decode)
 
     def lora_adapters(self) -> list[str]:
         """The LoRA adapters requests may name: those healthy nodes serve (their --lora-modules), sorted."""

@@ -18,6 +18,9 @@
 {{- if $r.allowRuntimeLora }}
 - --allow-runtime-lora
 {{- end }}
+{{- if $r.maxLocalPrefillTokens }}
+- --max-local-prefill-tokens={{ int64 $r.maxLocalPrefillTokens }}
+{{- end }}
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}

@@ -1,0 +1,45 @@
+"""Conditional disaggregation (the router's --max-local-prefill-tokens, Dynamo's): with real processes, a prompt of at
+most that many tokens runs whole on the decode node the policy chose (no Reserve, no Prefill, no KV transfer), a
+longer one goes through the prefill node; both equal the single-process engine token for token."""
+
+import asyncio
+
+import pytest
+
+from splitserve.client import Client
+from tests.support.cluster import ParallelCluster, mixed_prompts, reference, send_all, used_blocks_settle_to_zero
+from tests.support.metrics import scrape, value
+
+pytestmark = pytest.mark.slow
+LOCAL = 32  # prompts up to this many tokens are prefilled on their decode node
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model):
+    with ParallelCluster(tiny_model, prefill=1, decode=1, http_port=-1,
+                         router_args=["--max-local-prefill-tokens", str(LOCAL)]) as c:
+        yield c
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
+def test_short_prompts_run_on_the_decode_node_and_long_ones_are_split(cluster, tiny_model, seeded):
+    decode = next(n.address for role, n in cluster.nodes if role == "decode")
+    prompts = mixed_prompts(16, seed=3)
+    before = value(scrape(cluster.router.extra["http"] + "/metrics"), "splitserve_router_local_prefills_total")
+    results = asyncio.run(send_all(cluster.url, prompts, seeded))
+    assert [r.token_ids for r in results] == reference(tiny_model, prompts, seeded)
+    for prompt, result in zip(prompts, results):
+        local = len(prompt) <= LOCAL
+        assert (result.final.prefill_node == result.final.decode_node == decode) == local, len(prompt)
+        assert result.final.decode_node == decode
+    after = value(scrape(cluster.router.extra["http"] + "/metrics"), "splitserve_router_local_prefills_total")
+    assert after - before == sum(len(p) <= LOCAL for p in prompts) > 0
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address)
+
+
+def test_a_short_prompt_with_documents_still_goes_to_the_prefill_node(cluster):
+    """Documents are prefilled where the chunk cache is: the prefill node (here without Redis: computed exactly)."""
+    with Client(cluster.url, timeout_s=60) as client:
+        result = client.complete(prompt="Why?", documents=["A short passage."], max_tokens=4)
+    assert result.final.prefill_node != result.final.decode_node
