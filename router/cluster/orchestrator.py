@@ -40,7 +40,8 @@ __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
 
 class Orchestrator:
     def __init__(self, registry: NodeRegistry, policy: Policy, rpc_timeout_s: float = 60.0,
-                 retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER, max_local_prefill_tokens: int = 0):
+                 retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER,
+                 max_local_prefill_tokens: int = 0):
         """`max_local_prefill_tokens`: conditional disaggregation (see `_local`); 0: off."""
         self.registry = registry
         self.policy = policy

@@ -7,7 +7,8 @@ for unless told otherwise), as the base64 of their little-endian float32 bytes. 
 is refused unless it is the model's own size: a model not trained for shortened (Matryoshka)
 embeddings has none to give. Extensions: vLLM's `normalize` (false: the pooled vector as it
 is), `truncate_prompt_tokens` (keep the last k tokens; -1: the context length), `add_special_tokens`
-(false: no BOS before a text) and `priority` (lower runs sooner), and `pooling` (`last` or `mean`; default: the router's --embedding-pooling).
+(false: no BOS before a text) and `priority` (lower runs sooner), and `pooling` (`last` or `mean`; default: the
+router's --embedding-pooling).
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """Request bodies of the OpenAI-compatible API, validated, and their engine SamplingParams.
 
-Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, the
-deprecated functions / function_call, vLLM's prompt_embeds, logits_processors and chat echo, and fields a
-beam search does not take) are refused with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs)
-and several prompts, `response_format` json_object / json_schema and vLLM's structured outputs
-(`structured_outputs`, `guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required
-or a named function: tools.py) are honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`,
-`repetition_penalty`, `stop_token_ids`, `allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py),
-`truncate_prompt_tokens`, `add_special_tokens` and `prompt_logprobs` are accepted, and `use_beam_search`
-(beam_search.py); `documents` is splitserve's RAG
+Unknown fields are ignored, as OpenAI servers do. Fields we cannot honour (suffix, the deprecated functions /
+function_call, vLLM's prompt_embeds, logits_processors and chat echo, and fields a beam search does not take) are
+refused with a 400 that names them, never silently dropped. `logit_bias`, completions' `echo` (prompt logprobs) and
+several prompts, `response_format` json_object / json_schema and vLLM's structured outputs (`structured_outputs`,
+`guided_*`: a grammar, splitserve/engine/grammar.py) and tools (auto, required or a named function: tools.py) are
+honoured. vLLM's extensions `ignore_eos`, `min_tokens`, `top_k`, `min_p`, `repetition_penalty`, `stop_token_ids`,
+`allowed_token_ids`, `bad_words` (splitserve/engine/token_limits.py), `truncate_prompt_tokens`, `add_special_tokens`
+and `prompt_logprobs` are accepted, and `use_beam_search` (beam_search.py); `documents` is splitserve's RAG
 extension (retrieved passages, placed before the prompt, or at the start of the last user message inside the chat
 template).
 """

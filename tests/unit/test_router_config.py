@@ -1,5 +1,5 @@
-"""The router's --max-local-prefill-tokens as its parser and config take it (tests/integration/test_conditional_disagg.py
-runs it in a cluster)."""
+"""The router's --max-local-prefill-tokens as its parser and config take it
+(tests/integration/test_conditional_disagg.py runs it in a cluster)."""
 
 import pytest
 
