@@ -29,7 +29,9 @@ from pathlib import Path
 
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.client import Client
+from splitserve.engine.config import ModelConfig
 from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import stop
 
 ROOT = Path(__file__).resolve().parent
 LENGTHS = (16, 64, 128, 256, 512)
@@ -105,25 +107,16 @@ def main() -> None:
     parser.add_argument("--out", default="results/conditional_disagg_smollm2.json")
     args = parser.parse_args()
     # no prefix cache: both routers get the same prompts under load, and neither may find the other's
-    cluster = LocalCluster(args.model, prefill=1, decode=1, transport="torch", threads=1,
-                           node_args=["--no-prefix-caching"])
-    cluster.start()
-    try:
+    with LocalCluster(args.model, prefill=1, decode=1, transport="torch", threads=1,
+                      node_args=["--no-prefix-caching"]) as cluster:
         second = router_with(cluster, args.threshold)
         third = router_with(cluster, args.loaded_threshold)
         try:
-            from splitserve.engine.config import ModelConfig
-
-            vocab = ModelConfig.from_dir(args.model).vocab_size
             started = time.time()
-            runs = measure({"off": cluster.url, "on": second.url}, vocab, args)
+            runs = measure({"off": cluster.url, "on": second.url}, ModelConfig.from_dir(args.model).vocab_size, args)
             under_load = loaded({"off": cluster.url, "on": third.url}, args)
         finally:
-            from splitserve.localcluster.procs import stop
-
             stop([second, third])
-    finally:
-        cluster.stop()
     out = {"command": {"script": "benchmarks/conditional_disagg.py", **portable_args(vars(args))},
            "model": model_id(args.model), "setup": "1 prefill + 1 decode node, 1 torch thread each, KV over torch/gloo",
            "minutes": round((time.time() - started) / 60, 1), "rows": summary(runs),

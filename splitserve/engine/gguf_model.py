@@ -18,7 +18,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 PERMUTED_ARCHITECTURES = ("llama",)
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
-_LAYER_NAMES = {
+LAYER_NAMES = {  # llama.cpp's tensor of a layer -> the HF module it is (lora_gguf.py reads it too)
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
@@ -104,10 +104,10 @@ def _hf_name(gguf: GGUFFile, name: str) -> tuple[str, str | None]:
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name], None
     match = _LAYER.match(name)
-    if match is None or match.group(2) not in _LAYER_NAMES:
+    if match is None or match.group(2) not in LAYER_NAMES:
         raise gguf.error(f"tensor {name!r} has no place in a {', '.join(ARCHITECTURES)} model")
     layer, module, kind = match.groups()
-    return f"model.layers.{layer}.{_LAYER_NAMES[module]}.{kind}", module
+    return f"model.layers.{layer}.{LAYER_NAMES[module]}.{kind}", module
 
 
 def unpermute_rows(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:

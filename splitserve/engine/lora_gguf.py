@@ -18,14 +18,13 @@ from typing import Callable
 import torch
 
 from splitserve.engine.config import ModelConfig
-from splitserve.engine.gguf_model import ARCHITECTURES, PERMUTED_ARCHITECTURES, unpermute_rows
+from splitserve.engine.gguf_model import ARCHITECTURES, LAYER_NAMES, PERMUTED_ARCHITECTURES, unpermute_rows
 from splitserve.engine.gguf_reader import GGUFFile, open_gguf
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's tensor -> PEFT's projection name
-_PROJECTIONS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
-                "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
+# llama.cpp's tensor -> PEFT's projection name (attn_q -> q_proj, ...; the norms take no LoRA)
+_PROJECTIONS = {tensor: module.rsplit(".", 1)[1] for tensor, module in LAYER_NAMES.items() if module.endswith("_proj")}
 _TENSOR = re.compile(r"^blk\.(\d+)\.(\w+)\.weight\.lora_([ab])$")
 
 # (layer, PEFT projection) -> {"A": [r, in], "B": [out, r]}
