@@ -145,7 +145,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, num_total_blocks=s.num_total_blocks,
             num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
             block_size=s.block_size, kv_address=target.kv_address if target else "",
-            transport=target.transport if target else "", lora_adapters=s.lora_adapters, **self._chunk_stats())
+            transport=target.transport if target else "", lora_adapters=s.lora_adapters,
+            prefix_caching=s.prefix_caching, **self._chunk_stats())
 
     def _chunk_stats(self) -> dict:
         if self.roles.chunk_path is None:

@@ -72,9 +72,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "API key may then make every node load a LoRA adapter (PEFT folder, GGUF file) from its disk, or unload "
              "one",
              action="store_true")
-    add_flag(parser, "--max-local-prefill-tokens", 0, "conditional disaggregation (Dynamo's): a prompt of at most this "
-             "many tokens (without documents) is prefilled on the decode node the policy chose, with no KV transfer "
-             "(0: off)", type=int)
+    add_flag(parser, "--max-local-prefill-tokens", 0, "conditional disaggregation (Dynamo's): a prompt (without "
+             "documents) that leaves at most this many tokens to compute on a decode node, counting the conversation "
+             "that node already holds, is prefilled there, with no KV transfer (0: off)", type=int)
     add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
              "only with that key's, so no tenant can time another's prompts (needs API keys)",
              action="store_true")

@@ -64,8 +64,8 @@ class RouterMetrics:
         self.http_requests = Counter(f"{p}_http_requests", "HTTP requests answered, by route (its template: "
                                      "/v1/chat/completions, /v1/responses/{response_id}, ...; 'other' for no route), "
                                      "method and status", ["route", "method", "status"], registry=r)
-        self.local_prefills = Counter(f"{p}_local_prefills", "requests whose short prompt was prefilled on their "
-                                      "decode node (--max-local-prefill-tokens)", registry=r)
+        self.local_prefills = Counter(f"{p}_local_prefills", "requests run whole on a decode node, which had few "
+                                      "of their prompt tokens left to compute (--max-local-prefill-tokens)", registry=r)
         self.lora_requests = Counter(f"{p}_lora_requests", "requests run on a LoRA adapter, by the adapter's name",
                                      ["adapter"], registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)

@@ -71,3 +71,4 @@ class NodeLoad:
     num_pending_prefill_tokens: int
     chunk_keys: frozenset[str]
     lora_adapters: frozenset[str] = frozenset()
+    prefix_caching: bool = False  # unknown (a node that does not say): no cached prompt blocks to count on

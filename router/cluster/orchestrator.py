@@ -30,6 +30,7 @@ from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
 from router.cluster.jobs import Done, Job, Tokens
+from router.cluster.local_prefill import LocalPrefill
 from router.cluster.node_client import NodeClient
 from router.cluster.nodes import NodeRegistry
 from router.cluster.policies import NoRoute, Policy, Route, RouteRequest
@@ -42,10 +43,10 @@ class Orchestrator:
     def __init__(self, registry: NodeRegistry, policy: Policy, rpc_timeout_s: float = 60.0,
                  retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER,
                  max_local_prefill_tokens: int = 0):
-        """`max_local_prefill_tokens`: conditional disaggregation (see `_local`); 0: off."""
+        """`max_local_prefill_tokens`: conditional disaggregation (router/cluster/local_prefill.py); 0: off."""
         self.registry = registry
         self.policy = policy
-        self.max_local_prefill_tokens = max_local_prefill_tokens
+        self.local_prefill = LocalPrefill(max_local_prefill_tokens)
         self.rpc_timeout_s = rpc_timeout_s
         self.retry = retry
         self.metrics = metrics
@@ -69,18 +70,12 @@ class Orchestrator:
         lora = job.params.lora
         nodes = [n for n in self.registry.snapshot()
                  if n.address not in exclude and (lora is None or lora in n.lora_adapters)]
-        route = self._local(job, self.policy(nodes, self.route_request(job)))
+        chosen = self.policy(nodes, self.route_request(job))
+        route = self.local_prefill.route(job, chosen, nodes)
+        if route is not chosen:
+            self.metrics.local_prefills.inc()
         self.registry.mark_routed(route.prefill.address, route.decode.address)
         return route
-
-    def _local(self, job: Job, route: Route) -> Route:
-        """Conditional disaggregation (Dynamo's): a prompt of at most max_local_prefill_tokens, without documents (the
-        chunk cache is the prefill nodes'), runs whole on the decode node the policy chose. A short prefill there
-        costs its decodes less than the hand-off costs the request: a Reserve, a Prefill and a KV transfer."""
-        if route.colocated or job.chunks or len(job.prompt_token_ids) > self.max_local_prefill_tokens:
-            return route
-        self.metrics.local_prefills.inc()
-        return Route(route.decode, route.decode)
 
     def lora_adapters(self) -> list[str]:
         """The LoRA adapters requests may name: those healthy nodes serve (their --lora-modules), sorted."""
@@ -107,6 +102,7 @@ class Orchestrator:
                     async for event in self._attempt(self._continuation(job, progress), route):
                         if isinstance(event, Done):
                             outcome = event.finish_reason
+                            self.local_prefill.record(job, progress.sent, event.route)
                         else:
                             progress.sent += event.token_ids
                             timer.tokens(len(event.token_ids), time.monotonic())

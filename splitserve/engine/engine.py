@@ -55,6 +55,7 @@ class EngineStats:
     lora_adapters: tuple[str, ...] = ()  # the adapters requests may name (EngineConfig.lora_modules)
     # (adapter, requests waiting, requests running) for each adapter loaded or still run by a request
     lora_requests: tuple[tuple[str, int, int], ...] = ()
+    prefix_caching: bool = True  # EngineConfig.enable_prefix_caching
 
     @property
     def num_used_blocks(self) -> int:
@@ -387,7 +388,7 @@ class Engine:
         pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
                            len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters),
-                           self._lora_requests(waiting, running))
+                           self._lora_requests(waiting, running), self.pool.enable_prefix_caching)
 
     def _lora_requests(self, waiting, running) -> tuple[tuple[str, int, int], ...]:
         counts = {name: [0, 0] for name in self.adapters}

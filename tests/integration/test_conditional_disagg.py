@@ -3,10 +3,12 @@ most that many tokens runs whole on the decode node the policy chose (no Reserve
 longer one goes through the prefill node; both equal the single-process engine token for token."""
 
 import asyncio
+import random
 
 import pytest
 
 from splitserve.client import Client
+from splitserve.engine import Engine, SamplingParams
 from tests.support.cluster import ParallelCluster, mixed_prompts, reference, send_all, used_blocks_settle_to_zero
 from tests.support.metrics import scrape, value
 
@@ -24,7 +26,7 @@ def cluster(tiny_model):
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
 def test_short_prompts_run_on_the_decode_node_and_long_ones_are_split(cluster, tiny_model, seeded):
     decode = next(n.address for role, n in cluster.nodes if role == "decode")
-    prompts = mixed_prompts(16, seed=3)
+    prompts = mixed_prompts(16, seed=3 + seeded)  # not the other case's: the decode node holds those now
     before = value(scrape(cluster.router.extra["http"] + "/metrics"), "splitserve_router_local_prefills_total")
     results = asyncio.run(send_all(cluster.url, prompts, seeded))
     assert [r.token_ids for r in results] == reference(tiny_model, prompts, seeded)
@@ -43,3 +45,26 @@ def test_a_short_prompt_with_documents_still_goes_to_the_prefill_node(cluster):
     with Client(cluster.url, timeout_s=60) as client:
         result = client.complete(prompt="Why?", documents=["A short passage."], max_tokens=4)
     assert result.final.prefill_node != result.final.decode_node
+
+
+
+def test_the_next_turn_runs_on_the_decode_node_that_holds_the_conversation(cluster, tiny_model):
+    """A long first turn is split; the second repeats it with the answer and adds a few tokens: only those are
+    left to compute on the decode node, which holds the rest in its prefix cache, so it runs there (its prompt
+    cached), equal to the single-process engine; a third that adds too much is split again."""
+    decode = next(n.address for role, n in cluster.nodes if role == "decode")
+    rng = random.Random(11)
+    first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
+    with Client(cluster.url, timeout_s=60) as client:
+        turn1 = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
+        second = first + turn1.token_ids + [5, 6, 7, 8]
+        turn2 = client.complete(prompt_token_ids=second, max_tokens=12, ignore_eos=True)
+        third = second + turn2.token_ids + list(range(10, 10 + 2 * LOCAL))
+        turn3 = client.complete(prompt_token_ids=third, max_tokens=4, ignore_eos=True)
+    assert turn1.final.prefill_node != turn1.final.decode_node == decode
+    assert turn2.final.prefill_node == turn2.final.decode_node == decode
+    assert turn2.final.cached_tokens >= len(first)
+    assert turn3.final.prefill_node != turn3.final.decode_node
+    expected = Engine(tiny_model).generate([first, second, third], [SamplingParams(max_tokens=n, ignore_eos=True)
+                                                                    for n in (12, 12, 4)])
+    assert [turn1.token_ids, turn2.token_ids, turn3.token_ids] == [r.token_ids for r in expected]

@@ -1,0 +1,133 @@
+"""Multi-turn chat on the real model with conditional disaggregation: a later turn repeats the conversation so far,
+which its decode node holds in its prefix cache, so only the new message (and the last answer) are left to
+compute, and with --max-local-prefill-tokens the router runs the turn there instead of prefilling the whole
+conversation's missing part on the prefill node and moving all of its KV.
+
+One cluster, 1 prefill + 1 decode node (SmolLM2, KV over torch/gloo, one torch thread each, prefix caching on), and
+two routers over the same nodes: one with conditional disaggregation off, one with it on up to `--threshold`
+tokens. Each conversation asks about one MuSiQue question's passages (the first user message carries `--passages`
+of them, about 600 tokens each), then `FOLLOW_UPS`, greedy, `--max-tokens` per answer, through the official `openai`
+client (chat completions, streamed: TTFT is the first content chunk's). Every conversation runs on both routers, in
+alternating order, each time under a new cache salt (vLLM's `cache_salt`), so neither run finds the other's
+blocks. Reported: median TTFT of the first turn and of the later ones per router, the median of the per-turn ratios
+(on / off), how many turns ran locally, and whether both routers gave the same answers.
+
+    .venv/bin/python benchmarks/conversation_local_prefill.py [--model models/smollm2-135m-instruct] [--conversations 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+from splitserve.bench import traces
+from splitserve.bench.provenance import model_id, portable_args
+from splitserve.localcluster.cluster import LocalCluster
+from splitserve.localcluster.procs import stop
+
+ROOT = Path(__file__).resolve().parent
+FOLLOW_UPS = ("Answer in one short sentence.", "Which people or places do the passages name?",
+              "What is the first passage about?")
+MODEL = "smollm2-135m-instruct"
+
+
+def local_prefills(http_url: str) -> float:
+    with urllib.request.urlopen(http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "splitserve_router_local_prefills_total")
+
+
+def first_message(question: str, passages: tuple[str, ...], count: int) -> str:
+    return "\n\n".join(passages[:count]) + f"\n\nUsing the passages above, answer: {question}"
+
+
+def converse(client: openai.OpenAI, first: str, args) -> list[dict]:
+    """One conversation, turn by turn: TTFT and answer of each."""
+    messages, turns, salt = [{"role": "user", "content": first}], [], uuid.uuid4().hex
+    for follow_up in (None, *FOLLOW_UPS):
+        if follow_up is not None:
+            messages.append({"role": "user", "content": follow_up})
+        started, ttft, parts = time.perf_counter(), None, []
+        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=args.max_tokens,
+                                                temperature=0, stream=True, extra_body={"cache_salt": salt})
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = ttft or time.perf_counter() - started
+                parts.append(chunk.choices[0].delta.content)
+        answer = "".join(parts)
+        messages.append({"role": "assistant", "content": answer})
+        turns.append({"ttft_s": ttft, "answer": answer})
+    return turns
+
+
+def measure(urls: dict[str, str], args) -> dict[str, list[list[dict]]]:
+    questions = traces.load_musique(traces.data_file(traces.MUSIQUE_FILE))
+    clients = {name: openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=300) for name, url in urls.items()}
+    runs = {name: [] for name in urls}
+    for i in range(args.conversations + 1):  # the first warms both paths up and is dropped
+        question, passages = questions[i]
+        first = first_message(question, passages, args.passages)
+        for name in (list(urls) if i % 2 == 0 else list(urls)[::-1]):
+            turns = converse(clients[name], first, args)
+            if i:
+                runs[name].append(turns)
+    return runs
+
+
+def summary(runs: dict[str, list[list[dict]]]) -> dict:
+    off, on = runs["off"], runs["on"]
+    later = lambda conversations: [t["ttft_s"] for c in conversations for t in c[1:]]
+    first = lambda conversations: [c[0]["ttft_s"] for c in conversations]
+    pairs = lambda pick: [b / a for a, b in zip(pick(off), pick(on))]
+    return {
+        "first_turn": {"off_median_ttft_s": round(statistics.median(first(off)), 4),
+                       "on_median_ttft_s": round(statistics.median(first(on)), 4),
+                       "on_over_off": round(statistics.median(pairs(first)), 3)},
+        "later_turns": {"off_median_ttft_s": round(statistics.median(later(off)), 4),
+                        "on_median_ttft_s": round(statistics.median(later(on)), 4),
+                        "on_over_off": round(statistics.median(pairs(later)), 3)},
+        "same_answers": sum(a["answer"] == b["answer"] for x, y in zip(off, on) for a, b in zip(x, y)),
+        "turns": sum(len(c) for c in off),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/smollm2-135m-instruct"))
+    parser.add_argument("--threshold", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--passages", type=int, default=2, help="passages in the first message (about 600 tokens each)")
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--out", default="results/conversation_local_prefill_smollm2.json")
+    args = parser.parse_args()
+    with LocalCluster(args.model, prefill=1, decode=1, transport="torch", threads=1, http_port=-1) as cluster:
+        cluster.router_args = ["--max-local-prefill-tokens", str(args.threshold)]
+        on = cluster.start_router()
+        try:
+            started = time.time()
+            runs = measure({"off": cluster.http_url, "on": on.extra["http"]}, args)
+            local = local_prefills(on.extra["http"])
+        finally:
+            stop([on])
+    out = {"command": {"script": "benchmarks/conversation_local_prefill.py", **portable_args(vars(args))},
+           "model": model_id(args.model), "minutes": round((time.time() - started) / 60, 1),
+           "setup": "1 prefill + 1 decode node, 1 torch thread each, KV over torch/gloo, prefix caching on; "
+                    f"{len(FOLLOW_UPS) + 1} turns per conversation, one warm-up conversation dropped",
+           "local_prefills_on_with_warmup": local, **summary(runs),
+           "per_turn_ttft_s": {name: [[round(t["ttft_s"], 4) for t in c] for c in conversations]
+                               for name, conversations in runs.items()}}
+    print(json.dumps(out, indent=2))
+    (ROOT / args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

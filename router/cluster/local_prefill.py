@@ -1,0 +1,76 @@
+"""Conditional disaggregation (Dynamo's; llm-d's decider counts the tokens not cached): a request that would leave
+at most `max_tokens` prompt tokens to compute on a decode node runs whole there (Generate), skipping the Reserve,
+the Prefill on a prefill node and the KV transfer. Prompts with RAG documents never do: the chunk cache is the
+prefill nodes'.
+
+What a decode node holds is known from what ran there: a request that decoded on a node leaves the KV of its prompt
+and of the tokens it generated in that node's prefix cache (the blocks stay, freed but revivable, until the node
+needs the room). So the next turn of a conversation, which repeats all of it, has only its new tokens to compute,
+and it goes to the decode node that holds the rest, however long the whole prompt is. The router keeps, per decode
+node, an LRU of the block hashes of the sequences that finished there, as large as the node's KV pool: a guess,
+like cache_aware's (the node may have evicted the blocks for requests this router never saw; then the local prefill
+computes more than counted). A node's hits count only where it says it has a prefix cache; a LoRA request's and a
+request for prompt logprobs never count (an adapter's blocks hash from its load, which the router does not know;
+prompt logprobs need every prompt row computed).
+"""
+
+from __future__ import annotations
+
+from splitserve import labels
+from splitserve.engine.block_pool import root_hash
+from router.cluster.jobs import Job
+from router.cluster.nodes import NodeView
+from router.cluster.policies import Route
+from router.cluster.prefix_index import PrefixIndex, block_hashes
+
+
+class LocalPrefill:
+    def __init__(self, max_tokens: int):
+        """max_tokens: the most prompt tokens a decode node computes for a request; 0: conditional disaggregation
+        off."""
+        self.max_tokens = max_tokens
+        self._held: dict[str, PrefixIndex] = {}  # decode node -> the block hashes it probably still holds
+
+    def route(self, job: Job, route: Route, nodes: list[NodeView]) -> Route:
+        """`route` (the policy's), or a local one on the decode node with the fewest tokens left to compute, if they
+        are at most max_tokens (the policy's decode node wins ties)."""
+        if not self.max_tokens or route.colocated or job.chunks:
+            return route
+        decodes = [route.decode] + [n for n in nodes if n.healthy and n.role == labels.ROLE_DECODE
+                                    and n.address != route.decode.address]
+        hashes: dict[int, tuple[bytes, ...]] = {}  # by block size
+        node = min(decodes, key=lambda n: self._uncached(job, n, hashes))
+        if self._uncached(job, node, hashes) > self.max_tokens:
+            return route
+        return Route(node, node)
+
+    def record(self, job: Job, sent: list[int], route: Route) -> None:
+        """The request ran to its end on `route` (having generated `sent`, the last of them never fed back)."""
+        node = route.decode
+        if not self.max_tokens or node.role != labels.ROLE_DECODE or not _reusable(job, node) or job.chunks:
+            return
+        if not route.colocated and len(sent) < 2:  # finished with the prefill's token: the KV never went in
+            return
+        index = self._held.get(node.address)
+        if index is None or index.capacity != node.total_blocks:
+            index = self._held[node.address] = PrefixIndex(node.total_blocks)
+        index.record(block_hashes(job.prompt_token_ids + sent[:-1], node.block_size, _root(job)), node.address)
+
+    def _uncached(self, job: Job, node: NodeView, hashes: dict[int, tuple[bytes, ...]]) -> int:
+        n = len(job.prompt_token_ids)
+        index = self._held.get(node.address)
+        if index is None or not _reusable(job, node):
+            return n
+        if node.block_size not in hashes:
+            hashes[node.block_size] = block_hashes(job.prompt_token_ids, node.block_size, _root(job))
+        matched = index.matched_blocks(hashes[node.block_size]).get(node.address, 0)
+        return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
+
+
+def _reusable(job: Job, node: NodeView) -> bool:
+    return node.prefix_caching and node.total_blocks > 0 and job.params.lora is None \
+        and job.params.prompt_logprobs is None
+
+
+def _root(job: Job) -> bytes:
+    return root_hash(job.params.kv_namespace)

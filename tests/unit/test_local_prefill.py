@@ -1,0 +1,92 @@
+"""Conditional disaggregation's decision (router/cluster/local_prefill.py): which requests run whole on a decode node,
+counting what that node holds from the requests that finished there."""
+
+import pytest
+
+from splitserve import labels
+from splitserve.engine import SamplingParams
+from router.cluster.jobs import Job
+from router.cluster.local_prefill import LocalPrefill
+from router.cluster.nodes import NodeView
+from router.cluster.policies import Route
+
+BLOCK = 4
+PREFILL = NodeView("p:1", labels.ROLE_PREFILL, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True)
+A = NodeView("a:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True)
+B = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True)
+NODES = [PREFILL, A, B]
+POLICY_ROUTE = Route(PREFILL, A)  # what the routing policy chose
+
+
+def job(tokens, **params) -> Job:
+    return Job("r", list(tokens), SamplingParams(max_tokens=8, **params))
+
+
+def finished_on(local: LocalPrefill, node: NodeView, prompt, sent, **params) -> None:
+    local.record(job(prompt, **params), list(sent), Route(PREFILL, node))
+
+
+def test_off_keeps_the_policys_route():
+    assert LocalPrefill(0).route(job(range(3)), POLICY_ROUTE, NODES) is POLICY_ROUTE
+
+
+def test_a_short_prompt_runs_on_the_policys_decode_node_and_a_long_one_is_split():
+    local = LocalPrefill(8)
+    assert local.route(job(range(8)), POLICY_ROUTE, NODES) == Route(A, A)
+    assert local.route(job(range(9)), POLICY_ROUTE, NODES) is POLICY_ROUTE
+
+
+def test_the_next_turn_of_a_conversation_runs_where_the_earlier_turns_are_held():
+    local = LocalPrefill(8)
+    first, answer = list(range(100, 140)), list(range(200, 210))
+    finished_on(local, B, first, answer)
+    # 40 prompt + 9 fed-back answer tokens = 12 full blocks held on B; the next turn adds 6 tokens
+    second = first + answer + [7, 8, 9, 10, 11, 12]
+    assert local.route(job(second), POLICY_ROUTE, NODES) == Route(B, B)
+    assert local.route(job(second + list(range(300, 310))), POLICY_ROUTE, NODES) is POLICY_ROUTE  # 18 left
+    assert local.route(job([1] + second), POLICY_ROUTE, NODES) is POLICY_ROUTE  # another prefix: no hit
+
+
+@pytest.mark.parametrize("params", [{"lora": "ahoy"}, {"prompt_logprobs": 1}, {"cache_salt": "tenant-2"}],
+                         ids=["lora", "prompt_logprobs", "other_salt"])
+def test_hits_do_not_count_where_the_node_would_not_reuse_them(params):
+    local = LocalPrefill(8)
+    prompt = list(range(100, 140))
+    finished_on(local, B, prompt, [1, 2, 3])
+    assert local.route(job(prompt + [5], **params), POLICY_ROUTE, NODES) is POLICY_ROUTE
+
+
+def test_a_node_without_a_prefix_cache_holds_nothing():
+    no_cache = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK)
+    local = LocalPrefill(8)
+    prompt = list(range(100, 140))
+    finished_on(local, no_cache, prompt, [1, 2, 3])
+    assert local.route(job(prompt + [5]), POLICY_ROUTE, [PREFILL, A, no_cache]) is POLICY_ROUTE
+
+
+def test_documents_and_unhealthy_holders_keep_the_policys_route():
+    local = LocalPrefill(8)
+    prompt = list(range(100, 140))
+    finished_on(local, B, prompt, [1, 2, 3])
+    with_documents = Job("r", prompt + [5], SamplingParams(max_tokens=8), chunks=((0, 20),))
+    assert local.route(with_documents, POLICY_ROUTE, NODES) is POLICY_ROUTE
+    down = NodeView("b:1", labels.ROLE_DECODE, total_blocks=64, block_size=BLOCK, prefix_caching=True)
+    assert local.route(job(prompt + [5]), POLICY_ROUTE, [PREFILL, A, down]) is POLICY_ROUTE
+
+
+def test_a_request_that_ended_with_the_prefills_token_left_nothing_on_the_decode_node():
+    local = LocalPrefill(8)
+    prompt = list(range(100, 140))
+    finished_on(local, B, prompt, [1])
+    assert local.route(job(prompt + [5]), POLICY_ROUTE, NODES) is POLICY_ROUTE
+
+
+def test_the_guess_forgets_what_no_longer_fits_the_nodes_pool():
+    small = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=12, block_size=BLOCK, prefix_caching=True)
+    local = LocalPrefill(8)
+    old, new = list(range(100, 140)), list(range(500, 540))
+    finished_on(local, small, old, [1, 2])
+    finished_on(local, small, new, [1, 2])  # 10 more blocks: the 12-block pool cannot hold both
+    nodes = [PREFILL, A, small]
+    assert local.route(job(new + [5]), POLICY_ROUTE, nodes) == Route(small, small)
+    assert local.route(job(old + [5]), POLICY_ROUTE, nodes) is POLICY_ROUTE
