@@ -1,16 +1,17 @@
-"""Multi-turn chat on the real model with conditional disaggregation: a later turn repeats the conversation so far,
-which its decode node holds in its prefix cache, so only the new message (and the last answer) are left to
-compute, and with --max-local-prefill-tokens the router runs the turn there instead of prefilling the whole
-conversation's missing part on the prefill node and moving all of its KV.
+"""Multi-turn chat on the real model: a later turn repeats the conversation so far, which its decode node holds in
+its prefix cache, so only the new message (and the last answer) are left to compute there. With
+--max-local-prefill-tokens the router runs such a turn on that node whole; otherwise (or when the new message is
+long) the prefill node computes it and moves the KV the decode node lacks (its Reserve reuses what it holds).
 
 One cluster, 1 prefill + 1 decode node (SmolLM2, KV over torch/gloo, one torch thread each, prefix caching on), and
 two routers over the same nodes: one with conditional disaggregation off, one with it on up to `--threshold`
 tokens. Each conversation asks about one MuSiQue question's passages (the first user message carries `--passages`
-of them, about 600 tokens each), then `FOLLOW_UPS`, greedy, `--max-tokens` per answer, through the official `openai`
+of them, about 600 tokens each), then `FOLLOW_UPS` (the second brings one more passage: too long to run locally),
+greedy, `--max-tokens` per answer, through the official `openai`
 client (chat completions, streamed: TTFT is the first content chunk's). Every conversation runs on both routers, in
 alternating order, each time under a new cache salt (vLLM's `cache_salt`), so neither run finds the other's
-blocks. Reported: median TTFT of the first turn and of the later ones per router, the median of the per-turn ratios
-(on / off), how many turns ran locally, and whether both routers gave the same answers.
+blocks. Reported per turn: median TTFT on each router and the median of the per-conversation ratios (on / off);
+how many turns ran locally, and whether both routers gave the same answers.
 
     .venv/bin/python benchmarks/conversation_local_prefill.py [--model models/smollm2-135m-instruct] [--conversations 8]
 """
@@ -34,8 +35,8 @@ from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.procs import stop
 
 ROOT = Path(__file__).resolve().parent
-FOLLOW_UPS = ("Answer in one short sentence.", "Which people or places do the passages name?",
-              "What is the first passage about?")
+FOLLOW_UPS = ("Answer in one short sentence.", "Here is one more passage:\n\n{passage}\n\nDoes it change your answer?",
+              "Which people or places do the passages name?")
 MODEL = "smollm2-135m-instruct"
 
 
@@ -50,12 +51,12 @@ def first_message(question: str, passages: tuple[str, ...], count: int) -> str:
     return "\n\n".join(passages[:count]) + f"\n\nUsing the passages above, answer: {question}"
 
 
-def converse(client: openai.OpenAI, first: str, args) -> list[dict]:
+def converse(client: openai.OpenAI, first: str, extra_passage: str, args) -> list[dict]:
     """One conversation, turn by turn: TTFT and answer of each."""
     messages, turns, salt = [{"role": "user", "content": first}], [], uuid.uuid4().hex
     for follow_up in (None, *FOLLOW_UPS):
         if follow_up is not None:
-            messages.append({"role": "user", "content": follow_up})
+            messages.append({"role": "user", "content": follow_up.format(passage=extra_passage)})
         started, ttft, parts = time.perf_counter(), None, []
         stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=args.max_tokens,
                                                 temperature=0, stream=True, extra_body={"cache_salt": salt})
@@ -77,7 +78,7 @@ def measure(urls: dict[str, str], args) -> dict[str, list[list[dict]]]:
         question, passages = questions[i]
         first = first_message(question, passages, args.passages)
         for name in (list(urls) if i % 2 == 0 else list(urls)[::-1]):
-            turns = converse(clients[name], first, args)
+            turns = converse(clients[name], first, passages[args.passages], args)
             if i:
                 runs[name].append(turns)
     return runs
@@ -85,19 +86,15 @@ def measure(urls: dict[str, str], args) -> dict[str, list[list[dict]]]:
 
 def summary(runs: dict[str, list[list[dict]]]) -> dict:
     off, on = runs["off"], runs["on"]
-    later = lambda conversations: [t["ttft_s"] for c in conversations for t in c[1:]]
-    first = lambda conversations: [c[0]["ttft_s"] for c in conversations]
-    pairs = lambda pick: [b / a for a, b in zip(pick(off), pick(on))]
-    return {
-        "first_turn": {"off_median_ttft_s": round(statistics.median(first(off)), 4),
-                       "on_median_ttft_s": round(statistics.median(first(on)), 4),
-                       "on_over_off": round(statistics.median(pairs(first)), 3)},
-        "later_turns": {"off_median_ttft_s": round(statistics.median(later(off)), 4),
-                        "on_median_ttft_s": round(statistics.median(later(on)), 4),
-                        "on_over_off": round(statistics.median(pairs(later)), 3)},
-        "same_answers": sum(a["answer"] == b["answer"] for x, y in zip(off, on) for a, b in zip(x, y)),
-        "turns": sum(len(c) for c in off),
-    }
+    rows = []
+    for turn in range(len(FOLLOW_UPS) + 1):
+        ttft = {name: [c[turn]["ttft_s"] for c in conversations] for name, conversations in runs.items()}
+        rows.append({"turn": turn + 1, "off_median_ttft_s": round(statistics.median(ttft["off"]), 4),
+                     "on_median_ttft_s": round(statistics.median(ttft["on"]), 4),
+                     "on_over_off": round(statistics.median(b / a for a, b in zip(ttft["off"], ttft["on"])), 3)})
+    return {"turns": rows,
+            "same_answers": sum(a["answer"] == b["answer"] for x, y in zip(off, on) for a, b in zip(x, y)),
+            "answers": sum(len(c) for c in off)}
 
 
 def main() -> None:

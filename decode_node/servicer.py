@@ -20,7 +20,9 @@ class DecodeServicer:
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context: grpc.aio.ServicerContext) -> node_pb2.ReserveReply:
         try:
-            reservation = await self.worker.reserve(request_id_of(request), request.num_prompt_tokens)
+            reservation = await self.worker.reserve(
+                request_id_of(request), request.num_prompt_tokens, list(request.prompt_token_ids) or None,
+                request.cache_salt if request.HasField("cache_salt") else None)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reservation is None:
@@ -39,4 +41,5 @@ class DecodeServicer:
 
 
 def _reserve_reply(reservation: Reservation) -> node_pb2.ReserveReply:
-    return node_pb2.ReserveReply(target=kv_target_to_proto(reservation.target), num_blocks=reservation.num_blocks)
+    return node_pb2.ReserveReply(target=kv_target_to_proto(reservation.target), num_blocks=reservation.num_blocks,
+                                 num_cached_tokens=reservation.num_cached_tokens)

@@ -2,7 +2,9 @@
 
 1. `reserve()`: blocks for the prompt's KV are taken from the pool (None -> the router gets
    RESOURCE_EXHAUSTED and tries elsewhere) and the receiver is told to expect the transfer,
-   writing each arriving layer straight into those blocks. A reservation that sees no
+   writing each arriving layer straight into those blocks. Where the router sends the prompt, its
+   leading blocks that the prefix cache holds (an earlier turn of the conversation) are reused
+   and only the rest is transferred. A reservation that sees no
    `decode()` in time expires and frees its blocks.
 2. `decode()`: waits until the receiver reports the transfer DONE (FAILED or a timeout
    frees the blocks and raises), then admits the request into the continuous batch after its
@@ -39,15 +41,22 @@ class DecodeWorker:
         self.transfer_timeout_s = transfer_timeout_s
         self.checksum = checksum
         self.expiry: dict[str, asyncio.TimerHandle] = {}
+        self.sent_tokens: dict[str, int] = {}  # reservation -> the prompt tokens whose KV it receives
 
-    async def reserve(self, rid: str, num_tokens: int) -> Reservation | None:
+    async def reserve(self, rid: str, num_tokens: int, prompt: list[int] | None = None,
+                      cache_salt: str | None = None) -> Reservation | None:
+        """Blocks for the prompt's KV; given the prompt, those of its leading blocks the prefix cache holds are
+        reused and the transfer carries only the rest (Reservation.num_cached_tokens)."""
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
-        meta = self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
-        block_ids = await self._on_engine(lambda engine: engine.reserve(rid, num_tokens))
+        self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
+        block_ids, cached = await self._on_engine(lambda engine: (
+            engine.reserve(rid, num_tokens, prompt, cache_salt), engine.reserved_cached_tokens(rid)))
         if block_ids is None:
             return None
-        slots = self.engine.kv_slots(block_ids, num_tokens)
+        meta = self._meta(rid, num_tokens - cached)
+        self.sent_tokens[rid] = num_tokens - cached
+        slots = self.engine.kv_slots(block_ids, num_tokens, start=cached)
         cache = self.engine.cache
 
         def write_layer(layer: int, kv) -> None:  # on the receiver's thread
@@ -62,7 +71,7 @@ class DecodeWorker:
         self.receiver.expect(meta, write_layer, write_hashed)
         loop = asyncio.get_running_loop()
         self.expiry[rid] = loop.call_later(2 * self.transfer_timeout_s, lambda: loop.create_task(self._expire(rid)))
-        return Reservation(self.target, len(block_ids))
+        return Reservation(self.target, len(block_ids), cached)
 
     async def decode(self, rid: str, prompt: list[int], first_token: int, params: SamplingParams,
                      prior: int) -> AsyncIterator[RequestOutput]:
@@ -76,7 +85,8 @@ class DecodeWorker:
             await self._drop(rid)
             raise
         if self.metrics is not None:
-            self.metrics.kv_received(self._meta(rid, len(prompt)).total_nbytes, time.monotonic() - waited)
+            self.metrics.kv_received(self._meta(rid, self.sent_tokens.pop(rid, 0)).total_nbytes,
+                                     time.monotonic() - waited)
         admit = lambda engine: engine.admit_prefilled(rid, prompt, first_token, params, prior)
         async for out in run_streaming(self.engine_loop, rid, admit):
             yield out
@@ -114,6 +124,7 @@ class DecodeWorker:
             await self._drop(rid)
 
     async def _drop(self, rid: str) -> None:
+        self.sent_tokens.pop(rid, None)
         self.receiver.abort(rid)
         await self._on_engine(lambda engine: engine.cancel_reservation(rid))
 

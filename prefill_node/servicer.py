@@ -25,7 +25,7 @@ class PrefillServicer:
             params = sampling_from_proto(request.sampling)
             result = await self.worker.prefill(request_id_of(request), list(request.prompt_token_ids), params,
                                                kv_target_from_proto(request.target), request.num_prior_output_tokens,
-                                               spans_of(request.chunks))
+                                               spans_of(request.chunks), request.num_target_cached_tokens)
             return _prefill_reply(result)
 
 

@@ -38,6 +38,7 @@ class Transfer:
     sent_bytes: int = 0
     dropped_after: int | None = None  # fault injection: layers sent before the transfer was dropped
     layers: list[torch.Tensor] | None = None  # where its layers are read to: back to back, sent joined
+    skip: int = 0  # leading prompt tokens the decode node holds already: not sent
 
 
 class Transfers:
@@ -50,18 +51,19 @@ class Transfers:
 
     # --- on the asyncio loop ---------------------------------------------------------------------
 
-    def _open(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool) -> Transfer:
+    def _open(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool, skip: int) -> Transfer:
         cfg = self.engine.model_config
-        meta = TransferMeta(rid, cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim, self.engine.config.dtype,
-                            self.checksum)
+        meta = TransferMeta(rid, cfg.num_layers, num_tokens - skip, cfg.num_kv_heads, cfg.head_dim,
+                            self.engine.config.dtype, self.checksum)
         sender.begin(meta)
-        transfer = self.active[rid] = Transfer(sender, meta, layerwise)
+        transfer = self.active[rid] = Transfer(sender, meta, layerwise, skip=skip)
         return transfer
 
     @contextlib.contextmanager
-    def opened(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool):
-        """A transfer open for the block: aborted when the block fails, forgotten after it either way."""
-        transfer = self._open(rid, sender, num_tokens, layerwise)
+    def opened(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool, skip: int = 0):
+        """A transfer of the KV of a prompt's tokens after the first `skip`, open for the block: aborted when the
+        block fails, forgotten after it either way."""
+        transfer = self._open(rid, sender, num_tokens, layerwise, skip)
         try:
             yield transfer
         except BaseException:
@@ -100,7 +102,8 @@ class Transfers:
         finishing = [c.request for c in plan.chunks if c.samples and self._layerwise(c.request.request_id)]
         if not finishing:
             return None
-        slots = {r.request_id: self.engine.kv_slots(r.block_ids, r.num_prompt_tokens) for r in finishing}
+        slots = {r.request_id: self.engine.kv_slots(r.block_ids, r.num_prompt_tokens, self.active[r.request_id].skip)
+                 for r in finishing}
 
         def send_layer(layer: int) -> None:
             for rid, request_slots in slots.items():
@@ -121,7 +124,7 @@ class Transfers:
                 continue
             if not transfer.layerwise:
                 held = engine.held_request(out.request_id)
-                request_slots = engine.kv_slots(held.block_ids, held.num_prompt_tokens)
+                request_slots = engine.kv_slots(held.block_ids, held.num_prompt_tokens, transfer.skip)
                 for layer in range(engine.model_config.num_layers):
                     self.send(out.request_id, layer, request_slots)
             if transfer.dropped_after is None:

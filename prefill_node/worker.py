@@ -5,8 +5,9 @@
    keeps its KV blocks when it finishes. A request whose documents hit the chunk cache takes
    the blended path instead (prefill_node/blended.py).
 2. The engine batches the chunked prefills of concurrent requests. In the step that computes
-   a request's last chunk, after each layer, that layer's KV for the whole prompt is copied
-   out and queued on the sender (prefill_node/transfers.py, the engine loop's step hooks).
+   a request's last chunk, after each layer, that layer's KV for the whole prompt (but the
+   leading tokens the decode node holds already: `target_cached`) is copied out and queued on
+   the sender (prefill_node/transfers.py, the engine loop's step hooks).
    Prompts shorter than `one_shot_max_tokens` send all layers after the step instead.
 3. The step samples the first token; the transfer is finished and awaited, then the blocks
    are released and the first token goes back to the router. A failed or timed-out send, or a
@@ -45,19 +46,25 @@ class PrefillWorker:
         self.transfer_timeout_s = transfer_timeout_s
 
     async def prefill(self, rid: str, prompt: list[int], params: SamplingParams, target: KVTarget,
-                      num_prior_output_tokens: int, chunks: list[tuple[int, int]] = ()) -> PrefillResult:
+                      num_prior_output_tokens: int, chunks: list[tuple[int, int]] = (),
+                      target_cached: int = 0) -> PrefillResult:
+        """`target_cached`: leading prompt tokens whose KV the decode node holds already (not sent)."""
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
+        if not 0 <= target_cached < len(prompt) or (target_cached and chunks):
+            raise ValueError(f"num_target_cached_tokens must be below the prompt's {len(prompt)} tokens, and 0 for a "
+                             f"prompt with documents; got {target_cached}")
         blend = chunks and self.chunk_path and can_blend(params)
         plan = await self.chunk_path.plan(prompt, list(chunks), rid, params.cache_salt) if blend else None
         try:
-            return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start)
+            return await self._prefill(rid, prompt, params, target, num_prior_output_tokens, plan, start,
+                                       target_cached)
         finally:
             if self.chunk_path is not None:
                 self.chunk_path.prefilled(rid)  # live variants it scheduled may be recorded now
 
     async def _prefill(self, rid: str, prompt: list[int], params: SamplingParams, target: KVTarget,
-                       num_prior_output_tokens: int, plan, start: float) -> PrefillResult:
+                       num_prior_output_tokens: int, plan, start: float, target_cached: int) -> PrefillResult:
         sender = await asyncio.to_thread(self.senders.get, target)
         if plan is not None:
             start = time.monotonic()
@@ -65,7 +72,8 @@ class PrefillWorker:
             return self._result(blended.output, start, blended.computed_at, blended.sent_bytes,
                                 plan.num_reused_tokens, blended.computed_rows)
         try:
-            with self.transfers.opened(rid, sender, len(prompt), len(prompt) > self.one_shot_max_tokens) as transfer:
+            layerwise = len(prompt) > self.one_shot_max_tokens
+            with self.transfers.opened(rid, sender, len(prompt), layerwise, target_cached) as transfer:
                 out = await self._run(rid, prompt, params, num_prior_output_tokens)
                 computed = time.monotonic()
                 self.transfers.raise_if_dropped(rid)

@@ -27,6 +27,7 @@ class Reservation:
 
     target: KVTarget
     num_blocks: int
+    num_cached_tokens: int = 0  # leading prompt tokens the node holds already: the prefill node sends the rest
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine.pooling import PoolingParams
-from splitserve.node_api import KVTarget, PrefillResult, Reservation, TokenChunk
+from splitserve.node_api import PrefillResult, Reservation, TokenChunk
 from splitserve.rpc.convert import kv_target_from_proto, kv_target_to_proto, sampling_to_proto
 from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from router.cluster.failover import NodeCallError
@@ -43,17 +43,23 @@ class NodeClient:
         self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}  # address -> its channel's stub
 
     async def reserve(self, address: str, job: Job, prefill_node_id: str) -> Reservation:
+        """The decode node's blocks for the job's KV. A prompt without documents or a LoRA adapter goes along: the
+        node takes the leading blocks its prefix cache holds (an earlier turn) and the transfer carries the rest."""
         request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
                                           prefill_node_id=prefill_node_id)
+        if not job.chunks and job.params.lora is None:
+            request.prompt_token_ids.extend(job.prompt_token_ids)
+            if job.params.cache_salt is not None:
+                request.cache_salt = job.params.cache_salt
         reply = await self._unary(address, "Reserve", self._stub(address, "Reserve").Reserve(
             request, timeout=self.rpc_timeout_s))
-        return Reservation(kv_target_from_proto(reply.target), reply.num_blocks)
+        return Reservation(kv_target_from_proto(reply.target), reply.num_blocks, reply.num_cached_tokens)
 
-    async def prefill(self, address: str, job: Job, target: KVTarget) -> PrefillResult:
+    async def prefill(self, address: str, job: Job, reservation: Reservation) -> PrefillResult:
         request = node_pb2.PrefillRequest(
             request_id=job.request_id, prompt_token_ids=job.prompt_token_ids, sampling=_sampling(job),
-            target=kv_target_to_proto(target),
-            num_prior_output_tokens=job.num_prior_output_tokens, chunks=_spans(job))
+            target=kv_target_to_proto(reservation.target), num_prior_output_tokens=job.num_prior_output_tokens,
+            chunks=_spans(job), num_target_cached_tokens=reservation.num_cached_tokens)
         reply = await self._unary(address, "Prefill", self._stub(address, "Prefill").Prefill(
             request, timeout=self.rpc_timeout_s))
         return PrefillResult(reply.first_token_id, logprob_from_proto(reply.logprob) if reply.HasField("logprob") else None,

@@ -25,7 +25,7 @@ import grpc
 
 from splitserve.chunkcache.keys import content_hash, salted_key
 from splitserve.engine.block_pool import root_hash
-from splitserve.node_api import PrefillResult, TokenChunk
+from splitserve.node_api import PrefillResult, Reservation, TokenChunk
 from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
@@ -191,7 +191,7 @@ class Orchestrator:
         address = route.decode.address
         reservation = await self.nodes.reserve(address, job, route.prefill.node_id)
         try:
-            first = await self._prefill(job, route, reservation.target)
+            first = await self._prefill(job, route, reservation)
         except BaseException:
             await self.nodes.abort(address, job.request_id)
             raise
@@ -213,11 +213,11 @@ class Orchestrator:
                 await self.nodes.abort(address, job.request_id)
             raise
 
-    async def _prefill(self, job: Job, route: Route, target) -> PrefillResult:
+    async def _prefill(self, job: Job, route: Route, reservation: Reservation) -> PrefillResult:
         n, address = len(job.prompt_token_ids), route.prefill.address
         self.registry.track(address, "prefill_tokens", n)
         try:
-            return await self.nodes.prefill(address, job, target)
+            return await self.nodes.prefill(address, job, reservation)
         finally:
             self.registry.track(address, "prefill_tokens", -n)
 

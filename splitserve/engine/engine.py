@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from splitserve.engine.attention import PagedKVCache, leave_out_cudnn_sdpa
-from splitserve.engine.block_pool import BlockPool
+from splitserve.engine.block_pool import BlockPool, root_hash
 from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
@@ -33,7 +33,7 @@ from splitserve.engine.output import Completion, OutputTracker, RequestOutput, c
 from splitserve.engine.pooling import PoolingParams
 from splitserve.engine.request import FinishReason, Request, penalty_history
 from splitserve.engine.runner import ModelRunner
-from splitserve.engine.sampling import SamplingParams, check_prompt
+from splitserve.engine.sampling import SamplingParams, check_cache_salt, check_prompt
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
 from splitserve.engine.token_limits import with_bad_word_ids
@@ -84,6 +84,8 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
+        # decode-only: the prompt tokens and cache salt of a reservation's leading blocks taken from the prefix cache
+        self._reserved_prefix: dict[str, tuple[list[int], str | None]] = {}
         # decode-only: each unloaded adapter (by load_id) and the reservations made before: their decodes still run it
         self._retired: dict[str, tuple[LoraAdapter, set[str]]] = {}
         self.outputs = OutputTracker(self.tokenizer)
@@ -200,17 +202,41 @@ class Engine:
         if self.reserved:
             self._retired[adapter.load_id] = (adapter, set(self.reserved))
 
-    def reserve(self, request_id: str, num_tokens: int) -> list[int] | None:
-        """Decode-only: blocks for a prompt whose KV will be written from outside; None if short."""
+    def reserve(self, request_id: str, num_tokens: int, prompt_token_ids: list[int] | None = None,
+                cache_salt: str | None = None) -> list[int] | None:
+        """Decode-only: blocks for a prompt whose KV will be written from outside; None if short. Given the prompt
+        (and its cache salt), its leading full blocks held in the prefix cache are taken as they are
+        (`reserved_cached_tokens`): only the KV after them is to be written."""
         if request_id in self.reserved or request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        block_ids = self.pool.allocate(-(-num_tokens // self.config.block_size))
-        if block_ids is not None:
-            self.reserved[request_id] = block_ids
-        return block_ids
+        hits = self._cached_prefix(num_tokens, prompt_token_ids, cache_salt)
+        self.pool.acquire(hits)
+        rest = self.pool.allocate(-(-num_tokens // self.config.block_size) - len(hits))
+        if rest is None:
+            self.pool.release(hits)
+            return None
+        self.reserved[request_id] = hits + rest
+        if hits:
+            self._reserved_prefix[request_id] = (prompt_token_ids[:len(hits) * self.config.block_size], cache_salt)
+        return hits + rest
+
+    def _cached_prefix(self, num_tokens: int, prompt_token_ids: list[int] | None, cache_salt: str | None) -> list[int]:
+        if prompt_token_ids is None:
+            return []
+        if len(prompt_token_ids) != num_tokens:
+            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, the reservation is for {num_tokens}")
+        check_cache_salt(cache_salt)
+        if num_tokens > self.pool.num_blocks * self.config.block_size:  # cannot fit: refused below without hashing
+            return []
+        return self.pool.lookup_prefix(prompt_token_ids[:-1], root_hash(cache_salt))  # the last one is always sent
+
+    def reserved_cached_tokens(self, request_id: str) -> int:
+        """Leading prompt tokens of a reservation whose KV came from the prefix cache (not to be written)."""
+        return len(self._reserved_prefix.get(request_id, ((), None))[0])
 
     def cancel_reservation(self, request_id: str) -> None:
         block_ids = self.reserved.pop(request_id, None)
+        self._reserved_prefix.pop(request_id, None)
         if block_ids is not None:
             self.pool.release(block_ids)
         self._forget_retired(request_id)
@@ -236,13 +262,15 @@ class Engine:
             raise
         adapter = self.adapter_for(params, request_id)
         block_ids = self.reserved.pop(request_id)
+        cached, _ = self._reserved_prefix.pop(request_id, ((), None))
         self._forget_retired(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher,
                       adapter=adapter)
         req.block_ids, req.num_computed_tokens = block_ids, len(prompt_token_ids)
         self._track(req)
-        if register_prefix:
+        if register_prefix:  # the blocks from the prefix cache are registered already
+            req.block_hashes = [self.pool.blocks[b].hash for b in block_ids[:len(cached) // self.config.block_size]]
             self.scheduler._register_full_blocks(req)
         else:  # later blocks chain from a private salt, so none of this request's blocks is ever matched
             req.block_hashes = [os.urandom(16)] * (len(prompt_token_ids) // self.config.block_size)
@@ -264,6 +292,10 @@ class Engine:
         if len(self.reserved[request_id]) != num_blocks:
             raise ValueError(f"a {len(prompt_token_ids)}-token prompt needs {num_blocks} KV blocks; "
                              f"{len(self.reserved[request_id])} were reserved for request {request_id!r}")
+        cached, salt = self._reserved_prefix.get(request_id, ((), None))
+        if cached and (list(prompt_token_ids[:len(cached)]) != cached or params.kv_namespace != salt):
+            raise ValueError(f"request {request_id!r} reserved its first {len(cached)} prompt tokens' KV from the "
+                             "prefix cache for another prompt or cache salt (or without its LoRA adapter)")
 
     def matcher(self, params: SamplingParams, output_token_ids: list[int]):
         """The grammar's matcher after the output so far (None without a grammar); ValueError if it does not fit.
@@ -398,9 +430,10 @@ class Engine:
                     counts.setdefault(req.adapter.name, [0, 0])[column] += 1
         return tuple((name, w, r) for name, (w, r) in sorted(counts.items()))
 
-    def kv_slots(self, block_ids: list[int], num_tokens: int) -> torch.Tensor:
-        """Cache slots of the first num_tokens positions of a block table: [num_tokens] long."""
-        return torch.tensor(self.runner.slots(block_ids, 0, num_tokens), dtype=torch.long, device=self.config.device)
+    def kv_slots(self, block_ids: list[int], num_tokens: int, start: int = 0) -> torch.Tensor:
+        """Cache slots of positions [start, num_tokens) of a block table: [num_tokens - start] long."""
+        return torch.tensor(self.runner.slots(block_ids, start, num_tokens), dtype=torch.long,
+                            device=self.config.device)
 
     def check_integrity(self) -> None:
         self.pool.check_integrity()

@@ -78,9 +78,10 @@ node_generate = st.builds(node_pb2.NodeGenerateRequest, request_id=fs.request_id
 targets = st.builds(node_pb2.KVTarget, node_id=fs.text, transport=st.sampled_from(["", "grpc", "torch", "zzz"]),
                     kv_address=st.sampled_from(["", "nonsense", "127.0.0.1:1", "127.0.0.1:99999", "[::1]:0"]))
 prefills = st.builds(node_pb2.PrefillRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
-                     sampling=fs.sampling, target=targets, num_prior_output_tokens=fs.uint32, chunks=spans)
+                     sampling=fs.sampling, target=targets, num_prior_output_tokens=fs.uint32, chunks=spans,
+                     num_target_cached_tokens=fs.uint32)
 reserves = st.builds(node_pb2.ReserveRequest, request_id=fs.request_ids, num_prompt_tokens=fs.uint32,
-                     prefill_node_id=fs.text)
+                     prefill_node_id=fs.text, prompt_token_ids=fs.token_ids, cache_salt=fs.text)
 decodes = st.builds(node_pb2.DecodeRequest, request_id=fs.request_ids, prompt_token_ids=fs.token_ids,
                     first_token_id=fs.uint32, sampling=fs.sampling, num_prior_output_tokens=fs.uint32)
 ingests = st.builds(node_pb2.IngestRequest, documents=fs.documents, in_context=st.booleans())

@@ -59,6 +59,30 @@ def test_a_one_token_answer_comes_from_the_prefill_node_alone(cluster, tiny_mode
         channel.close()
 
 
+def test_the_next_turn_moves_only_the_kv_the_decode_node_lacks(cluster, tiny_model):
+    """Turn 2 repeats turn 1's prompt and answer: the decode node's Reserve takes those blocks from its prefix cache
+    (the reply says how many tokens), the prefill node sends the KV of the rest, and the tokens are the engine's."""
+    decode = next(n.address for role, n in cluster.nodes if role == "decode")
+    first = mixed_prompts(16, seed=9)[13]  # 400 tokens
+    with Client(cluster.url, timeout_s=60) as client:
+        answer = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True).token_ids
+        second = first + answer + [5, 6, 7]
+        channel, stub = node_stub(decode)
+        try:
+            probe = stub.Reserve(node_pb2.ReserveRequest(request_id="probe", num_prompt_tokens=len(second),
+                                                         prompt_token_ids=second), timeout=10)
+            stub.Abort(common_pb2.AbortRequest(request_id="probe"), timeout=10)
+        finally:
+            channel.close()
+        assert probe.num_cached_tokens == (len(first) + len(answer) - 1) // 16 * 16  # the last answer token: not fed
+        turn2 = client.complete(prompt_token_ids=second, max_tokens=8, ignore_eos=True)
+    assert turn2.final.prefill_node != turn2.final.decode_node == decode
+    (expected_turn2,) = Engine(tiny_model).generate([second], SamplingParams(max_tokens=8, ignore_eos=True))
+    assert turn2.token_ids == expected_turn2.token_ids
+    for _, node in cluster.nodes:
+        assert used_blocks_settle_to_zero(node.address)
+
+
 BAD_REQUESTS = [
     (dict(prompt=""), "empty"),
     (dict(prompt_token_ids=[10**6]), "token ids"),

@@ -9,7 +9,10 @@ import torch
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 
 
-def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: SamplingParams) -> list[int]:
+def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: SamplingParams,
+              reuse: bool = False) -> list[int]:
+    """reuse: the decode engine is given the prompt at reservation, takes what its prefix cache holds, and only the
+    KV after that is copied."""
     rid = prefill.add_request(prompt, params, prefill_only=True, keep_blocks=True)
     outs = []
     while prefill.has_unfinished():
@@ -17,9 +20,10 @@ def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: Sampli
     (first,) = [t for o in outs for t in o.new_token_ids]
     assert outs[-1].finish_reason == "prefilled"
     held = prefill.held_request(rid)
-    slots = torch.tensor(prefill.runner.slots(held.block_ids, 0, len(prompt)))
-    assert decode.reserve(rid, len(prompt)) is not None
-    dst = torch.tensor(decode.runner.slots(decode.reserved[rid], 0, len(prompt)))
+    assert decode.reserve(rid, len(prompt), prompt if reuse else None, params.cache_salt) is not None
+    skip = decode.reserved_cached_tokens(rid)
+    slots = torch.tensor(prefill.runner.slots(held.block_ids, skip, len(prompt)))
+    dst = torch.tensor(decode.runner.slots(decode.reserved[rid], skip, len(prompt)))
     for layer in range(prefill.model_config.num_layers):
         kv = prefill.cache.read(layer, slots)  # [2, n, kv_heads, head_dim]
         decode.cache.write(layer, dst, kv[0], kv[1])
@@ -45,6 +49,44 @@ def test_split_equals_single_engine(tiny_model, params):
     for engine in (single, prefill, decode):
         engine.check_integrity()
         assert engine.num_used_blocks == 0
+
+
+def test_a_conversations_next_turn_reuses_the_decode_engines_blocks_and_equals_the_single_engine(tiny_model):
+    """Turn 2 repeats turn 1's prompt and answer: the decode engine reserves those blocks from its prefix cache, only
+    the rest of the KV is copied in, and the tokens are the single engine's; a salted turn finds none of them."""
+    cfg = EngineConfig(block_size=4, num_blocks=128, max_num_batched_tokens=16)
+    single, prefill, decode = Engine(tiny_model, cfg), Engine(tiny_model, cfg), Engine(tiny_model, cfg)
+    params = SamplingParams(max_tokens=9, ignore_eos=True)
+    rng = random.Random(2)
+    first = [rng.randrange(5, 200) for _ in range(23)]
+    answer = run_split(prefill, decode, first, params)
+    second = first + answer + [7, 8, 9]
+    assert decode.reserve("probe", len(second), second) is not None
+    assert decode.reserved_cached_tokens("probe") == (len(first) + len(answer) - 1) // 4 * 4  # the last is not fed
+    decode.cancel_reservation("probe")
+    tokens = run_split(prefill, decode, second, params, reuse=True)
+    assert tokens == single.generate([second], params)[0].token_ids
+    assert decode.reserve("salted", len(second), second, "tenant") is not None
+    assert decode.reserved_cached_tokens("salted") == 0
+    decode.cancel_reservation("salted")
+    for engine in (single, prefill, decode):
+        engine.check_integrity()
+        assert engine.num_used_blocks == 0
+
+
+def test_a_reuse_for_another_prompt_is_refused_and_frees_the_reservation(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=64))
+    prompt = list(range(10, 30))
+    engine.generate([prompt], SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match="the prompt has 20 tokens"):
+        engine.reserve("r", 21, prompt)
+    assert engine.num_used_blocks == 0 and "r" not in engine.reserved
+    assert engine.reserve("r", 20, prompt) is not None and engine.reserved_cached_tokens("r") == 16
+    other = prompt[:5] + [99] + prompt[6:]
+    with pytest.raises(ValueError, match="reserved its first 16 prompt tokens"):
+        engine.admit_prefilled("r", other, 3, SamplingParams(max_tokens=2))
+    assert engine.num_used_blocks == 0 and "r" not in engine.reserved
+    engine.check_integrity()
 
 
 def test_reservation_is_refused_when_blocks_run_out_and_cancel_frees(tiny_model):
