@@ -74,7 +74,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              action="store_true")
     add_flag(parser, "--max-local-prefill-tokens", 0, "conditional disaggregation (Dynamo's): a prompt (without "
              "documents) that leaves at most this many tokens to compute on a decode node, counting the conversation "
-             "that node already holds, is prefilled there, with no KV transfer (0: off)", type=int)
+             "that node already holds, is prefilled there, with no KV transfer; a longer one holding a conversation goes split to "
+             "that node (0: off)", type=int)
     add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
              "only with that key's, so no tenant can time another's prompts (needs API keys)",
              action="store_true")

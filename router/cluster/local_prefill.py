@@ -1,17 +1,19 @@
-"""Conditional disaggregation (Dynamo's; llm-d's decider counts the tokens not cached): a request that would leave
-at most `max_tokens` prompt tokens to compute on a decode node runs whole there (Generate), skipping the Reserve,
-the Prefill on a prefill node and the KV transfer. Prompts with RAG documents never do: the chunk cache is the
-prefill nodes'.
+"""Conditional disaggregation (Dynamo's; llm-d's decider counts the tokens not cached): a request that would leave at
+most `max_tokens` prompt tokens to compute on a decode node runs whole there (Generate), skipping the Reserve, the
+Prefill on a prefill node and the KV transfer. Prompts with RAG documents never do: the chunk cache is the prefill
+nodes'.
 
 What a decode node holds is known from what ran there: a request that decoded on a node leaves the KV of its prompt
 and of the tokens it generated in that node's prefix cache (the blocks stay, freed but revivable, until the node
 needs the room). So the next turn of a conversation, which repeats all of it, has only its new tokens to compute,
-and it goes to the decode node that holds the rest, however long the whole prompt is. The router keeps, per decode
-node, an LRU of the block hashes of the sequences that finished there, as large as the node's KV pool: a guess,
-like cache_aware's (the node may have evicted the blocks for requests this router never saw; then the local prefill
-computes more than counted). A node's hits count only where it says it has a prefix cache; a LoRA request's and a
-request for prompt logprobs never count (an adapter's blocks hash from its load, which the router does not know;
-prompt logprobs need every prompt row computed).
+and it goes to the decode node that holds the rest, however long the whole prompt is. A turn with too much new to
+run there stays split but goes to that decode node too (its Reserve takes the blocks it holds, so only the KV after
+them moves), unless it runs more than AFFINITY_SLACK requests more than the policy's choice. The router keeps, per
+decode node, an LRU of the block hashes of the sequences that finished there, as large as the node's KV pool: a
+guess, like cache_aware's (the node may have evicted the blocks for requests this router never saw; then the local
+prefill computes more than counted). A node's hits count only where it says it has a prefix cache; a LoRA request's
+and a request for prompt logprobs never count (an adapter's blocks hash from its load, which the router does not
+know; prompt logprobs need every prompt row computed).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from router.cluster.policies import Route
 from router.cluster.prefix_index import PrefixIndex, block_hashes
 
 
+AFFINITY_SLACK = 2  # a split request goes to the decode node holding its prefix if it runs at most this many more
+
+
 class LocalPrefill:
     def __init__(self, max_tokens: int):
         """max_tokens: the most prompt tokens a decode node computes for a request; 0: conditional disaggregation
@@ -33,16 +38,22 @@ class LocalPrefill:
 
     def route(self, job: Job, route: Route, nodes: list[NodeView]) -> Route:
         """`route` (the policy's), or a local one on the decode node with the fewest tokens left to compute, if they
-        are at most max_tokens (the policy's decode node wins ties)."""
+        are at most max_tokens (the policy's decode node wins ties). A request that stays split goes to the decode
+        node holding the most of it, unless that node runs more than AFFINITY_SLACK requests more than the policy's
+        (its Reserve then reuses those blocks: less KV to move)."""
         if not self.max_tokens or route.colocated or job.chunks:
             return route
         decodes = [route.decode] + [n for n in nodes if n.healthy and n.role == labels.ROLE_DECODE
                                     and n.address != route.decode.address]
         hashes: dict[int, tuple[bytes, ...]] = {}  # by block size
-        node = min(decodes, key=lambda n: self._uncached(job, n, hashes))
-        if self._uncached(job, node, hashes) > self.max_tokens:
-            return route
-        return Route(node, node)
+        uncached = {n.address: self._uncached(job, n, hashes) for n in decodes}
+        node = min(decodes, key=lambda n: uncached[n.address])
+        if uncached[node.address] <= self.max_tokens:
+            return Route(node, node)
+        if uncached[node.address] < uncached[route.decode.address] \
+                and node.inflight_decodes <= route.decode.inflight_decodes + AFFINITY_SLACK:
+            return Route(route.prefill, node)
+        return route
 
     def record(self, job: Job, sent: list[int], route: Route) -> None:
         """The request ran to its end on `route` (having generated `sent`, the last of them never fed back)."""

@@ -72,7 +72,7 @@ class Orchestrator:
                  if n.address not in exclude and (lora is None or lora in n.lora_adapters)]
         chosen = self.policy(nodes, self.route_request(job))
         route = self.local_prefill.route(job, chosen, nodes)
-        if route is not chosen:
+        if route.colocated and not chosen.colocated:
             self.metrics.local_prefills.inc()
         self.registry.mark_routed(route.prefill.address, route.decode.address)
         return route

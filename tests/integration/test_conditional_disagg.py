@@ -68,3 +68,22 @@ def test_the_next_turn_runs_on_the_decode_node_that_holds_the_conversation(clust
     expected = Engine(tiny_model).generate([first, second, third], [SamplingParams(max_tokens=n, ignore_eos=True)
                                                                     for n in (12, 12, 4)])
     assert [turn1.token_ids, turn2.token_ids, turn3.token_ids] == [r.token_ids for r in expected]
+
+
+def test_a_long_next_turn_goes_split_to_the_decode_node_holding_the_conversation(tiny_model):
+    """1 prefill + 2 decode nodes: turn 2 adds too much to run locally, so it is split, but to the decode node that
+    decoded turn 1 (least_loaded alone would pick the other, as idle and less recently routed), whose Reserve takes
+    turn 1's blocks from its prefix cache; the tokens are the single-process engine's."""
+    rng = random.Random(12)
+    first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
+    router_args = ["--max-local-prefill-tokens", str(LOCAL)]
+    with ParallelCluster(tiny_model, prefill=1, decode=2, router_args=router_args) as c, \
+            Client(c.url, timeout_s=60) as client:
+        turn1 = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
+        second = first + turn1.token_ids + list(range(10, 10 + 2 * LOCAL))
+        turn2 = client.complete(prompt_token_ids=second, max_tokens=6, ignore_eos=True)
+    assert turn1.final.prefill_node != turn1.final.decode_node
+    assert turn2.final.prefill_node != turn2.final.decode_node == turn1.final.decode_node
+    expected = Engine(tiny_model).generate([first, second],
+                                           [SamplingParams(max_tokens=n, ignore_eos=True) for n in (12, 6)])
+    assert [turn1.token_ids, turn2.token_ids] == [r.token_ids for r in expected]

@@ -43,7 +43,7 @@ def test_the_next_turn_of_a_conversation_runs_where_the_earlier_turns_are_held()
     # 40 prompt + 9 fed-back answer tokens = 12 full blocks held on B; the next turn adds 6 tokens
     second = first + answer + [7, 8, 9, 10, 11, 12]
     assert local.route(job(second), POLICY_ROUTE, NODES) == Route(B, B)
-    assert local.route(job(second + list(range(300, 310))), POLICY_ROUTE, NODES) is POLICY_ROUTE  # 18 left
+    assert local.route(job(second + list(range(300, 310))), POLICY_ROUTE, NODES) == Route(PREFILL, B)  # 18: split
     assert local.route(job([1] + second), POLICY_ROUTE, NODES) is POLICY_ROUTE  # another prefix: no hit
 
 
@@ -90,3 +90,15 @@ def test_the_guess_forgets_what_no_longer_fits_the_nodes_pool():
     nodes = [PREFILL, A, small]
     assert local.route(job(new + [5]), POLICY_ROUTE, nodes) == Route(small, small)
     assert local.route(job(old + [5]), POLICY_ROUTE, nodes) is POLICY_ROUTE
+
+
+def test_a_turn_with_too_much_new_stays_split_but_goes_to_the_decode_node_holding_the_rest():
+    local = LocalPrefill(8)
+    first = list(range(100, 140))
+    finished_on(local, B, first, [1, 2, 3])
+    long_turn = job(first + [1, 2] + list(range(300, 330)))
+    assert local.route(long_turn, POLICY_ROUTE, NODES) == Route(PREFILL, B)
+    busy = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True,
+                    inflight_decodes=3)  # more than AFFINITY_SLACK beyond the policy's idle choice
+    assert local.route(long_turn, POLICY_ROUTE, [PREFILL, A, busy]) is POLICY_ROUTE
+    assert local.route(job(range(500, 540)), POLICY_ROUTE, NODES) is POLICY_ROUTE  # held nowhere
