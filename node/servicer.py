@@ -146,7 +146,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
             block_size=s.block_size, kv_address=target.kv_address if target else "",
             transport=target.transport if target else "", lora_adapters=s.lora_adapters,
-            prefix_caching=s.prefix_caching, **self._chunk_stats())
+            prefix_caching=s.prefix_caching, sends_partial_kv=self.roles.prefill is not None, **self._chunk_stats())
 
     def _chunk_stats(self) -> dict:
         if self.roles.chunk_path is None:

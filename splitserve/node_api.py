@@ -73,3 +73,4 @@ class NodeLoad:
     chunk_keys: frozenset[str]
     lora_adapters: frozenset[str] = frozenset()
     prefix_caching: bool = False  # unknown (a node that does not say): no cached prompt blocks to count on
+    sends_partial_kv: bool = False  # a prefill node honouring PrefillRequest.num_target_cached_tokens

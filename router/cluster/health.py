@@ -79,4 +79,4 @@ async def fetch_load(channel: grpc.aio.Channel, timeout_s: float) -> NodeLoad | 
         return None
     return NodeLoad(s.node_id, s.num_free_blocks, s.num_total_blocks, s.block_size or 16, s.num_waiting,
                     s.num_running, s.num_pending_prefill_tokens, frozenset(s.chunk_keys), frozenset(s.lora_adapters),
-                    s.prefix_caching)
+                    s.prefix_caching, s.sends_partial_kv)

@@ -20,6 +20,7 @@ from splitserve.rpc.convert import kv_target_from_proto, kv_target_to_proto, sam
 from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from router.cluster.failover import NodeCallError
 from router.cluster.jobs import Job
+from router.cluster.nodes import NodeView
 from router.cluster.stall import CallWatch, cancelled_when_down
 
 ABORT_TIMEOUT_S = 5.0
@@ -42,15 +43,9 @@ class NodeClient:
         self.rpc_timeout_s = rpc_timeout_s
         self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}  # address -> its channel's stub
 
-    async def reserve(self, address: str, job: Job, prefill_node_id: str) -> Reservation:
-        """The decode node's blocks for the job's KV. A prompt without documents or a LoRA adapter goes along: the
-        node takes the leading blocks its prefix cache holds (an earlier turn) and the transfer carries the rest."""
-        request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
-                                          prefill_node_id=prefill_node_id)
-        if not job.chunks and job.params.lora is None:
-            request.prompt_token_ids.extend(job.prompt_token_ids)
-            if job.params.cache_salt is not None:
-                request.cache_salt = job.params.cache_salt
+    async def reserve(self, address: str, job: Job, prefill: NodeView) -> Reservation:
+        """The decode node's blocks for the job's KV (see reserve_request)."""
+        request = reserve_request(job, prefill)
         reply = await self._unary(address, "Reserve", self._stub(address, "Reserve").Reserve(
             request, timeout=self.rpc_timeout_s))
         return Reservation(kv_target_from_proto(reply.target), reply.num_blocks, reply.num_cached_tokens)
@@ -129,6 +124,19 @@ class NodeClient:
         finally:
             if not finished:
                 call.cancel()
+
+
+def reserve_request(job: Job, prefill: NodeView) -> node_pb2.ReserveRequest:
+    """Reserve for the job, whose prefill node is `prefill`. The prompt goes along (the decode node then takes the
+    leading blocks its prefix cache holds, an earlier turn, and the transfer carries the rest) unless the request has
+    documents (blended KV) or a LoRA adapter, or the prefill node is one that would send the whole KV anyway."""
+    request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
+                                      prefill_node_id=prefill.node_id)
+    if prefill.sends_partial_kv and not job.chunks and job.params.lora is None:
+        request.prompt_token_ids.extend(job.prompt_token_ids)
+        if job.params.cache_salt is not None:
+            request.cache_salt = job.params.cache_salt
+    return request
 
 
 def _sampling(job: Job) -> common_pb2.SamplingParams:

@@ -45,6 +45,7 @@ class NodeView:
     chunk_keys: frozenset[str] = frozenset()  # RAG chunk-caches the node holds (empty until nodes report them)
     lora_adapters: frozenset[str] = frozenset()  # the LoRA adapters requests may name there (from its Stats)
     prefix_caching: bool = False  # it reuses cached prompt blocks (from its Stats; unknown until then: no)
+    sends_partial_kv: bool = False  # a prefill node that sends only the KV its decode node lacks (from its Stats)
     last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
 
 
@@ -165,7 +166,7 @@ class NodeRegistry:
             node.view, node_id=s.node_id, free_blocks=s.free_blocks, total_blocks=s.total_blocks,
             block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys,
-            lora_adapters=s.lora_adapters, prefix_caching=s.prefix_caching)
+            lora_adapters=s.lora_adapters, prefix_caching=s.prefix_caching, sends_partial_kv=s.sends_partial_kv)
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())

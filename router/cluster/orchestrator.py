@@ -189,7 +189,7 @@ class Orchestrator:
 
     async def _reserve_prefill_decode(self, job: Job, route: Route):
         address = route.decode.address
-        reservation = await self.nodes.reserve(address, job, route.prefill.node_id)
+        reservation = await self.nodes.reserve(address, job, route.prefill)
         try:
             first = await self._prefill(job, route, reservation)
         except BaseException:

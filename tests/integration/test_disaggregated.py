@@ -63,6 +63,8 @@ def test_the_next_turn_moves_only_the_kv_the_decode_node_lacks(cluster, tiny_mod
     """Turn 2 repeats turn 1's prompt and answer: the decode node's Reserve takes those blocks from its prefix cache
     (the reply says how many tokens), the prefill node sends the KV of the rest, and the tokens are the engine's."""
     decode = next(n.address for role, n in cluster.nodes if role == "decode")
+    prefill = next(n.address for role, n in cluster.nodes if role == "prefill")
+    assert node_stats(prefill).sends_partial_kv and not node_stats(decode).sends_partial_kv
     first = mixed_prompts(16, seed=9)[13]  # 400 tokens
     with Client(cluster.url, timeout_s=60) as client:
         answer = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True).token_ids
