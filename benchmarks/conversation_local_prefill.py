@@ -22,17 +22,16 @@ import argparse
 import json
 import statistics
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve.bench import traces
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.procs import stop
+from prom import kv_received_bytes, metric_sum
 
 ROOT = Path(__file__).resolve().parent
 FOLLOW_UPS = ("Answer in one short sentence.", "Here is one more passage:\n\n{passage}\n\nDoes it change your answer?",
@@ -40,24 +39,17 @@ FOLLOW_UPS = ("Answer in one short sentence.", "Here is one more passage:\n\n{pa
 MODEL = "smollm2-135m-instruct"
 
 
-def local_prefills(http_url: str) -> float:
-    with urllib.request.urlopen(http_url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "splitserve_router_local_prefills_total")
-
-
 def first_message(question: str, passages: tuple[str, ...], count: int) -> str:
     return "\n\n".join(passages[:count]) + f"\n\nUsing the passages above, answer: {question}"
 
 
-def converse(client: openai.OpenAI, first: str, extra_passage: str, args) -> list[dict]:
-    """One conversation, turn by turn: TTFT and answer of each."""
+def converse(client: openai.OpenAI, first: str, extra_passage: str, kv_received, args) -> list[dict]:
+    """One conversation, turn by turn: TTFT, answer and the KV the decode nodes received for each."""
     messages, turns, salt = [{"role": "user", "content": first}], [], uuid.uuid4().hex
     for follow_up in (None, *FOLLOW_UPS):
         if follow_up is not None:
             messages.append({"role": "user", "content": follow_up.format(passage=extra_passage)})
-        started, ttft, parts = time.perf_counter(), None, []
+        received, started, ttft, parts = kv_received(), time.perf_counter(), None, []
         stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=args.max_tokens,
                                                 temperature=0, stream=True, extra_body={"cache_salt": salt})
         for chunk in stream:
@@ -66,11 +58,11 @@ def converse(client: openai.OpenAI, first: str, extra_passage: str, args) -> lis
                 parts.append(chunk.choices[0].delta.content)
         answer = "".join(parts)
         messages.append({"role": "assistant", "content": answer})
-        turns.append({"ttft_s": ttft, "answer": answer})
+        turns.append({"ttft_s": ttft, "answer": answer, "kv_mb": (kv_received() - received) / 1e6})
     return turns
 
 
-def measure(urls: dict[str, str], args) -> dict[str, list[list[dict]]]:
+def measure(urls: dict[str, str], kv_received, args) -> dict[str, list[list[dict]]]:
     questions = traces.load_musique(traces.data_file(traces.MUSIQUE_FILE))
     clients = {name: openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=300) for name, url in urls.items()}
     runs = {name: [] for name in urls}
@@ -78,7 +70,7 @@ def measure(urls: dict[str, str], args) -> dict[str, list[list[dict]]]:
         question, passages = questions[i]
         first = first_message(question, passages, args.passages)
         for name in (list(urls) if i % 2 == 0 else list(urls)[::-1]):
-            turns = converse(clients[name], first, passages[args.passages], args)
+            turns = converse(clients[name], first, passages[args.passages], kv_received, args)
             if i:
                 runs[name].append(turns)
     return runs
@@ -89,9 +81,12 @@ def summary(runs: dict[str, list[list[dict]]]) -> dict:
     rows = []
     for turn in range(len(FOLLOW_UPS) + 1):
         ttft = {name: [c[turn]["ttft_s"] for c in conversations] for name, conversations in runs.items()}
+        kv = {name: [c[turn]["kv_mb"] for c in conversations] for name, conversations in runs.items()}
         rows.append({"turn": turn + 1, "off_median_ttft_s": round(statistics.median(ttft["off"]), 4),
                      "on_median_ttft_s": round(statistics.median(ttft["on"]), 4),
-                     "on_over_off": round(statistics.median(b / a for a, b in zip(ttft["off"], ttft["on"])), 3)})
+                     "on_over_off": round(statistics.median(b / a for a, b in zip(ttft["off"], ttft["on"])), 3),
+                     "off_median_kv_mb": round(statistics.median(kv["off"]), 2),
+                     "on_median_kv_mb": round(statistics.median(kv["on"]), 2)})
     return {"turns": rows,
             "same_answers": sum(a["answer"] == b["answer"] for x, y in zip(off, on) for a, b in zip(x, y)),
             "answers": sum(len(c) for c in off)}
@@ -104,20 +99,24 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--passages", type=int, default=2, help="passages in the first message (about 600 tokens each)")
     parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--decode", type=int, default=1, help="decode nodes")
     parser.add_argument("--out", default="results/conversation_local_prefill_smollm2.json")
     args = parser.parse_args()
-    with LocalCluster(args.model, prefill=1, decode=1, transport="torch", threads=1, http_port=-1) as cluster:
+    with LocalCluster(args.model, prefill=1, decode=args.decode, transport="torch", threads=1, http_port=-1,
+                      node_args=["--metrics-port=-1"]) as cluster:
         cluster.router_args = ["--max-local-prefill-tokens", str(args.threshold)]
         on = cluster.start_router()
+        decodes = [s.extra["metrics"] for role, s in cluster.nodes if role == "decode"]
         try:
             started = time.time()
-            runs = measure({"off": cluster.http_url, "on": on.extra["http"]}, args)
-            local = local_prefills(on.extra["http"])
+            runs = measure({"off": cluster.http_url, "on": on.extra["http"]}, lambda: kv_received_bytes(decodes), args)
+            local = metric_sum(on.extra["http"] + "/metrics", "splitserve_router_local_prefills_total")
         finally:
             stop([on])
     out = {"command": {"script": "benchmarks/conversation_local_prefill.py", **portable_args(vars(args))},
            "model": model_id(args.model), "minutes": round((time.time() - started) / 60, 1),
-           "setup": "1 prefill + 1 decode node, 1 torch thread each, KV over torch/gloo, prefix caching on; "
+           "setup": f"1 prefill + {args.decode} decode node(s), 1 torch thread each, KV over torch/gloo, prefix "
+                    "caching on; "
                     f"{len(FOLLOW_UPS) + 1} turns per conversation, one warm-up conversation dropped",
            "local_prefills_on_with_warmup": local, **summary(runs),
            "per_turn_ttft_s": {name: [[round(t["ttft_s"], 4) for t in c] for c in conversations]

@@ -19,26 +19,17 @@ import argparse
 import json
 import statistics
 import subprocess
-import urllib.request
 import uuid
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve.bench import traces
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.client import Client
 from splitserve.localcluster.cluster import LocalCluster
+from prom import kv_received_bytes
 
 ROOT = Path(__file__).resolve().parent
 FOLLOW_UP = "Answer in one short sentence."
-
-
-def received_bytes(metrics_address: str) -> float:
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "splitserve_kv_transfer_bytes_total" and s.labels.get("direction") == "receive")
 
 
 def conversation(client: Client, decode_metrics: str, question: str, passages: tuple[str, ...], args) -> dict:
@@ -49,11 +40,11 @@ def conversation(client: Client, decode_metrics: str, question: str, passages: t
     messages += [{"role": "assistant", "content": answer.text}, {"role": "user", "content": FOLLOW_UP}]
     row = {"prompt_tokens": 0}
     for name in ("follow_up", "again"):
-        before = received_bytes(decode_metrics)
+        before = kv_received_bytes([decode_metrics])
         result = client.complete(messages=messages, max_tokens=4, cache_salt=salt)
         assert result.final.prefill_node != result.final.decode_node
         row["prompt_tokens"] = result.final.prompt_tokens
-        row[name] = {"ttft_s": result.final.ttft_s, "kv_mb": (received_bytes(decode_metrics) - before) / 1e6}
+        row[name] = {"ttft_s": result.final.ttft_s, "kv_mb": (kv_received_bytes([decode_metrics]) - before) / 1e6}
     return row
 
 
@@ -83,7 +74,8 @@ def main() -> None:
 
 
 def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return git.stdout.strip()
 
 
 if __name__ == "__main__":
