@@ -76,6 +76,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "documents) that leaves at most this many tokens to compute on a decode node, counting the conversation "
              "that node already holds, is prefilled there, with no KV transfer; a longer one holding a conversation goes split to "
              "that node (0: off)", type=int)
+    add_flag(parser, "--no-decode-affinity", False, "send each split request to the policy's decode node, not to the "
+             "one holding the most of its prompt in its prefix cache (a conversation's next turn: only the KV it "
+             "lacks moves)", action="store_true")
     add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
              "only with that key's, so no tenant can time another's prompts (needs API keys)",
              action="store_true")

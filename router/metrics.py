@@ -66,6 +66,9 @@ class RouterMetrics:
                                      "method and status", ["route", "method", "status"], registry=r)
         self.local_prefills = Counter(f"{p}_local_prefills", "requests run whole on a decode node, which had few "
                                       "of their prompt tokens left to compute (--max-local-prefill-tokens)", registry=r)
+        self.decode_affinity_routes = Counter(f"{p}_decode_affinity_routes", "split requests sent to the decode "
+                                              "node holding more of their prompt than the policy's choice",
+                                              registry=r)
         self.lora_requests = Counter(f"{p}_lora_requests", "requests run on a LoRA adapter, by the adapter's name",
                                      ["adapter"], registry=r)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of requests run", registry=r)

@@ -35,7 +35,8 @@ async def build(config: RouterConfig):
     for role, address in static_nodes(config.nodes, config.nodes_file):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry,
-                                max_local_prefill_tokens=config.max_local_prefill_tokens)
+                                max_local_prefill_tokens=config.max_local_prefill_tokens,
+                                decode_affinity=config.decode_affinity)
     frontend = Frontend.from_model_dir(config.model, config.generation_config, config.embedding_pooling)
     if frontend.sampling_defaults:
         log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "

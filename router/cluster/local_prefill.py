@@ -1,14 +1,17 @@
-"""Conditional disaggregation (Dynamo's; llm-d's decider counts the tokens not cached): a request that would leave at
-most `max_tokens` prompt tokens to compute on a decode node runs whole there (Generate), skipping the Reserve, the
-Prefill on a prefill node and the KV transfer. Prompts with RAG documents never do: the chunk cache is the prefill
-nodes'.
+"""Where a request's decode work goes, by what the decode nodes hold.
+
+Decode affinity (on unless --no-decode-affinity): a split request goes to the decode node holding the most of its
+prompt, unless that node runs more than AFFINITY_SLACK requests more than the policy's choice; its Reserve takes the
+blocks held there, so only the KV after them moves. Conditional disaggregation (Dynamo's; llm-d's decider counts
+the tokens not cached; --max-local-prefill-tokens): a request that would leave at most `max_tokens` prompt tokens to
+compute on a decode node runs whole there (Generate), skipping the Reserve, the Prefill on a prefill node and the
+KV transfer. Prompts with RAG documents do neither: the chunk cache is the prefill nodes'.
 
 What a decode node holds is known from what ran there: a request that decoded on a node leaves the KV of its prompt
 and of the tokens it generated in that node's prefix cache (the blocks stay, freed but revivable, until the node
 needs the room). So the next turn of a conversation, which repeats all of it, has only its new tokens to compute,
-and it goes to the decode node that holds the rest, however long the whole prompt is. A turn with too much new to
-run there stays split but goes to that decode node too (its Reserve takes the blocks it holds, so only the KV after
-them moves), unless it runs more than AFFINITY_SLACK requests more than the policy's choice. The router keeps, per
+and it goes to the decode node that holds the rest, however long the whole prompt is; a turn with too much new to
+run there (or every turn, without conditional disaggregation) goes split to that node. The router keeps, per
 decode node, an LRU of the block hashes of the sequences that finished there, as large as the node's KV pool: a
 guess, like cache_aware's (the node may have evicted the blocks for requests this router never saw; then the local
 prefill computes more than counted). A node's hits count only where it says it has a prefix cache; a LoRA request's
@@ -30,10 +33,11 @@ AFFINITY_SLACK = 2  # a split request goes to the decode node holding its prefix
 
 
 class LocalPrefill:
-    def __init__(self, max_tokens: int):
+    def __init__(self, max_tokens: int, affinity: bool = True):
         """max_tokens: the most prompt tokens a decode node computes for a request; 0: conditional disaggregation
-        off."""
+        off. affinity: split requests go to the decode node holding their prefix (within AFFINITY_SLACK)."""
         self.max_tokens = max_tokens
+        self.affinity = affinity
         self._held: dict[str, PrefixIndex] = {}  # decode node -> the block hashes it probably still holds
 
     def route(self, job: Job, route: Route, nodes: list[NodeView]) -> Route:
@@ -41,16 +45,18 @@ class LocalPrefill:
         are at most max_tokens (the policy's decode node wins ties). A request that stays split goes to the decode
         node holding the most of it, unless that node runs more than AFFINITY_SLACK requests more than the policy's
         (its Reserve then reuses those blocks: less KV to move)."""
-        if not self.max_tokens or route.colocated or job.chunks:
+        if not self.enabled or route.colocated or job.chunks:
             return route
         decodes = [route.decode] + [n for n in nodes if n.healthy and n.role == labels.ROLE_DECODE
                                     and n.address != route.decode.address]
+        if not self.max_tokens and len(decodes) == 1:
+            return route
         hashes: dict[int, tuple[bytes, ...]] = {}  # by block size
         uncached = {n.address: self._uncached(job, n, hashes) for n in decodes}
         node = min(decodes, key=lambda n: uncached[n.address])
         if uncached[node.address] <= self.max_tokens:
             return Route(node, node)
-        if uncached[node.address] < uncached[route.decode.address] \
+        if self.affinity and uncached[node.address] < uncached[route.decode.address] \
                 and node.inflight_decodes <= route.decode.inflight_decodes + AFFINITY_SLACK:
             return Route(route.prefill, node)
         return route
@@ -58,7 +64,7 @@ class LocalPrefill:
     def record(self, job: Job, sent: list[int], route: Route) -> None:
         """The request ran to its end on `route` (having generated `sent`, the last of them never fed back)."""
         node = route.decode
-        if not self.max_tokens or node.role != labels.ROLE_DECODE or not _reusable(job, node) or job.chunks:
+        if not self.enabled or node.role != labels.ROLE_DECODE or not _reusable(job, node) or job.chunks:
             return
         if not route.colocated and len(sent) < 2:  # finished with the prefill's token: the KV never went in
             return
@@ -66,6 +72,10 @@ class LocalPrefill:
         if index is None or index.capacity != node.total_blocks:
             index = self._held[node.address] = PrefixIndex(node.total_blocks)
         index.record(block_hashes(job.prompt_token_ids + sent[:-1], node.block_size, _root(job)), node.address)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.max_tokens) or self.affinity
 
     def _uncached(self, job: Job, node: NodeView, hashes: dict[int, tuple[bytes, ...]]) -> int:
         n = len(job.prompt_token_ids)

@@ -42,11 +42,12 @@ __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
 class Orchestrator:
     def __init__(self, registry: NodeRegistry, policy: Policy, rpc_timeout_s: float = 60.0,
                  retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER,
-                 max_local_prefill_tokens: int = 0):
-        """`max_local_prefill_tokens`: conditional disaggregation (router/cluster/local_prefill.py); 0: off."""
+                 max_local_prefill_tokens: int = 0, decode_affinity: bool = True):
+        """`max_local_prefill_tokens`: conditional disaggregation (router/cluster/local_prefill.py), 0: off;
+        `decode_affinity`: split requests go to the decode node holding their prefix (the same module)."""
         self.registry = registry
         self.policy = policy
-        self.local_prefill = LocalPrefill(max_local_prefill_tokens)
+        self.local_prefill = LocalPrefill(max_local_prefill_tokens, decode_affinity)
         self.rpc_timeout_s = rpc_timeout_s
         self.retry = retry
         self.metrics = metrics
@@ -74,6 +75,8 @@ class Orchestrator:
         route = self.local_prefill.route(job, chosen, nodes)
         if route.colocated and not chosen.colocated:
             self.metrics.local_prefills.inc()
+        elif route.decode.address != chosen.decode.address:
+            self.metrics.decode_affinity_routes.inc()
         self.registry.mark_routed(route.prefill.address, route.decode.address)
         return route
 

@@ -23,3 +23,8 @@ def test_conditional_disaggregation_is_off_unless_set(monkeypatch):
 def test_a_negative_threshold_is_refused_by_the_schema():
     with pytest.raises(Exception, match="maxLocalPrefillTokens|minimum"):
         render("{router: {maxLocalPrefillTokens: -1}}")
+
+
+def test_decode_affinity_is_on_unless_turned_off(monkeypatch):
+    assert router_config("{}", monkeypatch).decode_affinity
+    assert not router_config("{router: {decodeAffinity: false}}", monkeypatch).decode_affinity

@@ -70,20 +70,26 @@ def test_the_next_turn_runs_on_the_decode_node_that_holds_the_conversation(clust
     assert [turn1.token_ids, turn2.token_ids, turn3.token_ids] == [r.token_ids for r in expected]
 
 
-def test_a_long_next_turn_goes_split_to_the_decode_node_holding_the_conversation(tiny_model):
+@pytest.mark.parametrize("router_args", [["--max-local-prefill-tokens", str(LOCAL)], [], ["--no-decode-affinity"]],
+                         ids=["local_prefill", "default", "no_affinity"])
+def test_a_long_next_turn_goes_split_to_the_decode_node_holding_the_conversation(tiny_model, router_args):
     """1 prefill + 2 decode nodes: turn 2 adds too much to run locally, so it is split, but to the decode node that
-    decoded turn 1 (least_loaded alone would pick the other, as idle and less recently routed), whose Reserve takes
-    turn 1's blocks from its prefix cache; the tokens are the single-process engine's."""
+    decoded turn 1 (least_loaded alone would pick the other, as idle and less recently routed, and does with
+    --no-decode-affinity), whose Reserve takes turn 1's blocks from its prefix cache; the tokens are the
+    single-process engine's."""
     rng = random.Random(12)
     first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
-    router_args = ["--max-local-prefill-tokens", str(LOCAL)]
-    with ParallelCluster(tiny_model, prefill=1, decode=2, router_args=router_args) as c, \
+    with ParallelCluster(tiny_model, prefill=1, decode=2, http_port=-1, router_args=router_args) as c, \
             Client(c.url, timeout_s=60) as client:
         turn1 = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
         second = first + turn1.token_ids + list(range(10, 10 + 2 * LOCAL))
         turn2 = client.complete(prompt_token_ids=second, max_tokens=6, ignore_eos=True)
+        routes = value(scrape(c.router.extra["http"] + "/metrics"), "splitserve_router_decode_affinity_routes_total")
+    affinity = "--no-decode-affinity" not in router_args
     assert turn1.final.prefill_node != turn1.final.decode_node
-    assert turn2.final.prefill_node != turn2.final.decode_node == turn1.final.decode_node
+    assert turn2.final.prefill_node != turn2.final.decode_node
+    assert (turn2.final.decode_node == turn1.final.decode_node) == affinity
+    assert routes == affinity
     expected = Engine(tiny_model).generate([first, second],
                                            [SamplingParams(max_tokens=n, ignore_eos=True) for n in (12, 6)])
     assert [turn1.token_ids, turn2.token_ids] == [r.token_ids for r in expected]

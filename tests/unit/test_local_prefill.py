@@ -30,6 +30,22 @@ def test_off_keeps_the_policys_route():
     assert LocalPrefill(0).route(job(range(3)), POLICY_ROUTE, NODES) is POLICY_ROUTE
 
 
+def test_without_local_prefill_a_next_turn_goes_split_to_the_decode_node_holding_the_conversation():
+    routing = LocalPrefill(0)
+    first = list(range(100, 140))
+    finished_on(routing, B, first, [1, 2, 3])
+    assert routing.route(job(first + [1, 2, 7]), POLICY_ROUTE, NODES) == Route(PREFILL, B)
+    assert routing.route(job(range(500, 540)), POLICY_ROUTE, NODES) is POLICY_ROUTE  # held nowhere
+
+
+def test_no_decode_affinity_keeps_the_policys_decode_node_for_split_requests():
+    first = list(range(100, 140))
+    for routing in LocalPrefill(0, affinity=False), LocalPrefill(8, affinity=False):
+        finished_on(routing, B, first, [1, 2, 3])
+        assert routing.route(job(first + [1, 2] + list(range(300, 330))), POLICY_ROUTE, NODES) is POLICY_ROUTE
+    assert routing.route(job(first + [1, 2, 7]), POLICY_ROUTE, NODES) == Route(B, B)  # local prefill still counts it
+
+
 def test_a_short_prompt_runs_on_the_policys_decode_node_and_a_long_one_is_split():
     local = LocalPrefill(8)
     assert local.route(job(range(8)), POLICY_ROUTE, NODES) == Route(A, A)

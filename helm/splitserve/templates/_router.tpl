@@ -21,6 +21,9 @@
 {{- if $r.maxLocalPrefillTokens }}
 - --max-local-prefill-tokens={{ int64 $r.maxLocalPrefillTokens }}
 {{- end }}
+{{- if not $r.decodeAffinity }}
+- --no-decode-affinity
+{{- end }}
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
