@@ -4,22 +4,25 @@ its prefix cache, so only the new message (and the last answer) are left to comp
 long) the prefill node computes it and moves the KV the decode node lacks (its Reserve reuses what it holds).
 
 One cluster, 1 prefill + 1 decode node (SmolLM2, KV over torch/gloo, one torch thread each, prefix caching on), and
-two routers over the same nodes: one with conditional disaggregation off, one with it on up to `--threshold`
-tokens. Each conversation asks about one MuSiQue question's passages (the first user message carries `--passages`
-of them, about 600 tokens each), then `FOLLOW_UPS` (the second brings one more passage: too long to run locally),
-greedy, `--max-tokens` per answer, through the official `openai`
+two routers over the same nodes: "off" (`--off-args`, default `--no-decode-affinity`: each request to the policy's
+nodes) and "on" (`--on-args`, default conditional disaggregation up to 128 tokens). With `--decode 2 --on-args ""`
+it measures decode affinity alone (the router's default). Each conversation asks about one MuSiQue question's
+passages (the first user message carries `--passages` of them, about 600 tokens each), then `FOLLOW_UPS` (the second
+brings one more passage: too long to run locally), greedy, `--max-tokens` per answer, through the official `openai`
 client (chat completions, streamed: TTFT is the first content chunk's). Every conversation runs on both routers, in
-alternating order, each time under a new cache salt (vLLM's `cache_salt`), so neither run finds the other's
-blocks. Reported per turn: median TTFT on each router and the median of the per-conversation ratios (on / off);
-how many turns ran locally, and whether both routers gave the same answers.
+alternating order, each time under a new cache salt (vLLM's `cache_salt`), so neither run finds the other's blocks.
+Reported per turn: median TTFT on each router and the median of the per-conversation ratios (on / off); how many
+turns ran locally, and whether both routers gave the same answers.
 
     .venv/bin/python benchmarks/conversation_local_prefill.py [--model models/smollm2-135m-instruct] [--conversations 8]
+        [--decode 2] [--on-args="--max-local-prefill-tokens 128"] [--off-args=--no-decode-affinity]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import time
 import uuid
@@ -95,7 +98,8 @@ def summary(runs: dict[str, list[list[dict]]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/smollm2-135m-instruct"))
-    parser.add_argument("--threshold", type=int, default=128)
+    parser.add_argument("--on-args", default="--max-local-prefill-tokens 128", help="the 'on' router's flags")
+    parser.add_argument("--off-args", default="--no-decode-affinity", help="the 'off' router's flags")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--passages", type=int, default=2, help="passages in the first message (about 600 tokens each)")
     parser.add_argument("--conversations", type=int, default=8)
@@ -103,22 +107,24 @@ def main() -> None:
     parser.add_argument("--out", default="results/conversation_local_prefill_smollm2.json")
     args = parser.parse_args()
     with LocalCluster(args.model, prefill=1, decode=args.decode, transport="torch", threads=1, http_port=-1,
-                      node_args=["--metrics-port=-1"]) as cluster:
-        cluster.router_args = ["--max-local-prefill-tokens", str(args.threshold)]
+                      node_args=["--metrics-port=-1"], router_args=shlex.split(args.off_args)) as cluster:
+        cluster.router_args = shlex.split(args.on_args)
         on = cluster.start_router()
         decodes = [s.extra["metrics"] for role, s in cluster.nodes if role == "decode"]
         try:
             started = time.time()
-            runs = measure({"off": cluster.http_url, "on": on.extra["http"]}, lambda: kv_received_bytes(decodes), args)
-            local = metric_sum(on.extra["http"] + "/metrics", "splitserve_router_local_prefills_total")
+            urls = {"off": cluster.http_url, "on": on.extra["http"]}
+            runs = measure(urls, lambda: kv_received_bytes(decodes), args)
+            routes = {name: {kind: metric_sum(url + "/metrics", f"splitserve_router_{kind}_total")
+                             for kind in ("local_prefills", "decode_affinity_routes")} for name, url in urls.items()}
         finally:
             stop([on])
     out = {"command": {"script": "benchmarks/conversation_local_prefill.py", **portable_args(vars(args))},
            "model": model_id(args.model), "minutes": round((time.time() - started) / 60, 1),
            "setup": f"1 prefill + {args.decode} decode node(s), 1 torch thread each, KV over torch/gloo, prefix "
-                    "caching on; "
+                    f"caching on; routers off: {args.off_args!r}, on: {args.on_args!r}; "
                     f"{len(FOLLOW_UPS) + 1} turns per conversation, one warm-up conversation dropped",
-           "local_prefills_on_with_warmup": local, **summary(runs),
+           "routes_with_warmup": routes, **summary(runs),
            "per_turn_ttft_s": {name: [[round(t["ttft_s"], 4) for t in c] for c in conversations]
                                for name, conversations in runs.items()}}
     print(json.dumps(out, indent=2))
