@@ -138,7 +138,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         return node_pb2.LoraAdapterReply()
 
     async def Stats(self, request: node_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> node_pb2.NodeStats:
-        s = await asyncio.wrap_future(self.engine_loop.call(lambda engine: engine.stats()))
+        after = request.kv_blocks_after if request.kv_blocks_node_id == self.node_id else -1  # -1: all it holds
+        want = request.want_kv_blocks
+
+        def read(engine):
+            changes = engine.pool.changes(after) if want and engine.pool.enable_prefix_caching else None
+            return engine.stats(), changes
+        s, changes = await asyncio.wrap_future(self.engine_loop.call(read))
+        kv_blocks = node_pb2.KvBlocks(snapshot=changes.snapshot, stored=changes.stored, removed=changes.removed,
+                                      seq=changes.seq) if changes is not None else None
         target = self.roles.decode.worker.target if self.roles.decode is not None else None
         return node_pb2.NodeStats(
             node_id=self.node_id, role=self.role, num_waiting=s.num_waiting, num_running=s.num_running,
@@ -146,7 +154,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             num_free_blocks=s.num_free_blocks, num_used_blocks=s.num_used_blocks, num_reserved=s.num_reserved,
             block_size=s.block_size, kv_address=target.kv_address if target else "",
             transport=target.transport if target else "", lora_adapters=s.lora_adapters,
-            prefix_caching=s.prefix_caching, sends_partial_kv=self.roles.prefill is not None, **self._chunk_stats())
+            prefix_caching=s.prefix_caching, sends_partial_kv=self.roles.prefill is not None, kv_blocks=kv_blocks,
+            **self._chunk_stats())
 
     def _chunk_stats(self) -> dict:
         if self.roles.chunk_path is None:

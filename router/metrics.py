@@ -23,6 +23,9 @@ NODE_GAUGES = {  # name suffix -> (help, NodeView attribute)
     "node_kv_blocks_total": ("KV blocks in the node's pool", "total_blocks"),
     "node_requests_waiting": ("requests queued in the node's engine (last Stats)", "num_waiting"),
     "node_requests_running": ("requests in the node's running batch (last Stats)", "num_running"),
+    "node_kv_blocks_held": ("blocks the router counts in the node's prefix cache (what the node reports, and the "
+                            "sequences finished there since; a guess for a node that does not report them)",
+                            "held_blocks"),
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from splitserve.engine.block_log import BlockChanges
+
 Logprob = tuple[float, list[tuple[int, float]]]  # (logprob of the token, [(token id, logprob)] of the top k)
 
 
@@ -74,3 +76,4 @@ class NodeLoad:
     lora_adapters: frozenset[str] = frozenset()
     prefix_caching: bool = False  # unknown (a node that does not say): no cached prompt blocks to count on
     sends_partial_kv: bool = False  # a prefill node honouring PrefillRequest.num_target_cached_tokens
+    kv_blocks: BlockChanges | None = None  # what its prefix cache gained and lost (None: the node does not say)

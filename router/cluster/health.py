@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
+from splitserve.engine.block_log import BlockChanges
 from splitserve.node_api import NodeLoad
 
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
@@ -71,12 +72,17 @@ class HealthState:
         return changed
 
 
-async def fetch_load(channel: grpc.aio.Channel, timeout_s: float) -> NodeLoad | None:
-    """The node's Stats, or None when it did not answer (a busy engine answers late)."""
+async def fetch_load(channel: grpc.aio.Channel, timeout_s: float,
+                     kv_cursor: tuple[str, int] = ("", 0)) -> NodeLoad | None:
+    """The node's Stats, with the changes of its prefix cache since `kv_cursor` (node instance, seq), or None when
+    it did not answer (a busy engine answers late)."""
+    request = node_pb2.StatsRequest(want_kv_blocks=True, kv_blocks_node_id=kv_cursor[0], kv_blocks_after=kv_cursor[1])
     try:
-        s = await node_pb2_grpc.NodeStub(channel).Stats(node_pb2.StatsRequest(), timeout=timeout_s)
+        s = await node_pb2_grpc.NodeStub(channel).Stats(request, timeout=timeout_s)
     except grpc.aio.AioRpcError:
         return None
+    kv = s.kv_blocks
+    blocks = BlockChanges(kv.snapshot, tuple(kv.stored), tuple(kv.removed), kv.seq) if s.HasField("kv_blocks") else None
     return NodeLoad(s.node_id, s.num_free_blocks, s.num_total_blocks, s.block_size or 16, s.num_waiting,
                     s.num_running, s.num_pending_prefill_tokens, frozenset(s.chunk_keys), frozenset(s.lora_adapters),
-                    s.prefix_caching, s.sends_partial_kv)
+                    s.prefix_caching, s.sends_partial_kv, blocks)

@@ -11,12 +11,11 @@ What a decode node holds is known from what ran there: a request that decoded on
 and of the tokens it generated in that node's prefix cache (the blocks stay, freed but revivable, until the node
 needs the room). So the next turn of a conversation, which repeats all of it, has only its new tokens to compute,
 and it goes to the decode node that holds the rest, however long the whole prompt is; a turn with too much new to
-run there (or every turn, without conditional disaggregation) goes split to that node. The router keeps, per
-decode node, an LRU of the block hashes of the sequences that finished there, as large as the node's KV pool: a
-guess, like cache_aware's (the node may have evicted the blocks for requests this router never saw; then the local
-prefill computes more than counted). A node's hits count only where it says it has a prefix cache; a LoRA request's
-and a request for prompt logprobs never count (an adapter's blocks hash from its load, which the router does not
-know; prompt logprobs need every prompt row computed).
+run there (or every turn, without conditional disaggregation) goes split to that node. What a node holds is its
+`holdings` (router/cluster/holdings.py: the blocks it reports, and those of the sequences that finished there since).
+A node's hits count only where it says it has a prefix cache; a LoRA request's and a request for prompt logprobs
+never count (an adapter's blocks hash from its load, which the router does not know; prompt logprobs need every
+prompt row computed).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from splitserve.engine.block_pool import root_hash
 from router.cluster.jobs import Job
 from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
-from router.cluster.prefix_index import PrefixIndex, block_hashes
+from router.cluster.prefix_index import block_hashes
 
 
 AFFINITY_SLACK = 2  # a split request goes to the decode node holding its prefix if it runs at most this many more
@@ -38,7 +37,6 @@ class LocalPrefill:
         off. affinity: split requests go to the decode node holding their prefix (within AFFINITY_SLACK)."""
         self.max_tokens = max_tokens
         self.affinity = affinity
-        self._held: dict[str, PrefixIndex] = {}  # decode node -> the block hashes it probably still holds
 
     def route(self, job: Job, route: Route, nodes: list[NodeView]) -> Route:
         """`route` (the policy's), or a local one on the decode node with the fewest tokens left to compute, if they
@@ -68,10 +66,8 @@ class LocalPrefill:
             return
         if not route.colocated and len(sent) < 2:  # finished with the prefill's token: the KV never went in
             return
-        index = self._held.get(node.address)
-        if index is None or index.capacity != node.total_blocks:
-            index = self._held[node.address] = PrefixIndex(node.total_blocks)
-        index.record(block_hashes(job.prompt_token_ids + sent[:-1], node.block_size, _root(job)), node.address)
+        sequence = job.prompt_token_ids + sent[:-1]
+        node.holdings.add(block_hashes(sequence, node.block_size, _root(job)), node.total_blocks)
 
     @property
     def enabled(self) -> bool:
@@ -79,12 +75,11 @@ class LocalPrefill:
 
     def _uncached(self, job: Job, node: NodeView, hashes: dict[int, tuple[bytes, ...]]) -> int:
         n = len(job.prompt_token_ids)
-        index = self._held.get(node.address)
-        if index is None or not _reusable(job, node):
+        if not len(node.holdings) or not _reusable(job, node):
             return n
         if node.block_size not in hashes:
             hashes[node.block_size] = block_hashes(job.prompt_token_ids, node.block_size, _root(job))
-        matched = index.matched_blocks(hashes[node.block_size]).get(node.address, 0)
+        matched = node.holdings.leading(hashes[node.block_size])
         return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
 
 

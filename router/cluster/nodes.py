@@ -21,6 +21,7 @@ from splitserve import labels
 from splitserve.grpc_util import aio_channel
 from router.cluster import health
 from router.cluster.health import HealthConfig, HealthState
+from router.cluster.holdings import BlockHoldings
 from router.cluster.stall import CallWatch
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ class NodeView:
     prefix_caching: bool = False  # it reuses cached prompt blocks (from its Stats; unknown until then: no)
     sends_partial_kv: bool = False  # a prefill node that sends only the KV its decode node lacks (from its Stats)
     last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
+    # the blocks its prefix cache holds (router/cluster/holdings.py; one object per node, updated in place)
+    holdings: BlockHoldings = field(default_factory=BlockHoldings, compare=False, repr=False)
+
+    @property
+    def held_blocks(self) -> int:
+        return len(self.holdings)
 
 
 def parse_static_nodes(spec: str) -> list[tuple[str, str]]:
@@ -159,9 +166,11 @@ class NodeRegistry:
             await self._poll_stats(node)
 
     async def _poll_stats(self, node: _Node) -> None:
-        s = await health.fetch_load(node.channel, self.rpc_timeout_s)
+        s = await health.fetch_load(node.channel, self.rpc_timeout_s, node.view.holdings.cursor())
         if s is None:
             return  # a busy engine answers late: keep the last numbers, health decides membership
+        if s.kv_blocks is not None:
+            node.view.holdings.apply(s.node_id, s.kv_blocks)
         node.view = replace(
             node.view, node_id=s.node_id, free_blocks=s.free_blocks, total_blocks=s.total_blocks,
             block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,

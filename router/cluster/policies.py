@@ -138,8 +138,9 @@ def cached_tokens(n: NodeView, request: RouteRequest, matched_blocks: int) -> fl
 def cache_aware(index_capacity: int = 65536) -> Policy:
     """Prefill where the request starts soonest counting reuse: minimum of (tokens queued on
     the node + prompt tokens it would still compute), as Mooncake's TTFT estimate in tokens.
-    Prefix hits come from an LRU of the block hashes this router routed; chunk hits from the
-    chunk keys nodes report in Stats (none yet: prefix hits alone). Decode: least loaded."""
+    Prefix hits: the blocks a node reports holding (NodeView.holdings) or, where more, an LRU of the block hashes
+    this router routed there (at once, before the node's next report); chunk hits from the chunk keys nodes report
+    in Stats (none yet: prefix hits alone). Decode: least loaded."""
     index = PrefixIndex(index_capacity)
 
     def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
@@ -148,7 +149,8 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
         matched = index.matched_blocks(hashes)
 
         def cost(n: NodeView) -> tuple:
-            work = request.num_prompt_tokens - cached_tokens(n, request, matched.get(n.address, 0))
+            held = max(matched.get(n.address, 0), n.holdings.leading(hashes) if n.prefix_caching else 0)
+            work = request.num_prompt_tokens - cached_tokens(n, request, held)
             return (pending_prefill_tokens(n) + work, *tie_break(n))
         route = split_or_colocated(nodes, lambda ps: min(ps, key=cost), lambda ds: min(ds, key=decode_load),
                                    lambda ms: min(ms, key=cost))

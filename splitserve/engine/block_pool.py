@@ -12,6 +12,8 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from splitserve.engine.block_log import BlockChanges, BlockLog
+
 NO_HASH = b""
 
 
@@ -44,6 +46,7 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached: dict[bytes, int] = {}
+        self.log = BlockLog(max(1024, 2 * num_blocks))  # for the routers: what `cached` gained and lost
 
     @property
     def num_blocks(self) -> int:
@@ -107,8 +110,14 @@ class BlockPool:
             block = self.blocks[block_id]
             self._forget_hash(block)
             block.hash, block.token_ids = block_hash, list(token_ids)
-            self.cached.setdefault(block_hash, block_id)
+            if block_hash not in self.cached:
+                self.cached[block_hash] = block_id
+                self.log.touch(block_hash)
         return block_hash
+
+    def changes(self, after: int) -> BlockChanges:
+        """The cached blocks stored and removed since the log's cursor `after` (block_log.py)."""
+        return self.log.changes(after, self.cached)
 
     def check_integrity(self) -> None:
         used = sum(1 for b in self.blocks if b.ref_count > 0)
@@ -126,4 +135,5 @@ class BlockPool:
     def _forget_hash(self, block: Block) -> None:
         if block.hash and self.cached.get(block.hash) == block.block_id:
             del self.cached[block.hash]
+            self.log.touch(block.hash)
         block.hash, block.token_ids = NO_HASH, []

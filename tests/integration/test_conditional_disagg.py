@@ -9,7 +9,16 @@ import pytest
 
 from splitserve.client import Client
 from splitserve.engine import Engine, SamplingParams
-from tests.support.cluster import ParallelCluster, mixed_prompts, reference, send_all, used_blocks_settle_to_zero
+from splitserve.localcluster.procs import stop
+from tests.support.cluster import (
+    ParallelCluster,
+    mixed_prompts,
+    node_stats,
+    reference,
+    send_all,
+    used_blocks_settle_to_zero,
+    wait_until,
+)
 from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.slow
@@ -93,3 +102,31 @@ def test_a_long_next_turn_goes_split_to_the_decode_node_holding_the_conversation
     expected = Engine(tiny_model).generate([first, second],
                                            [SamplingParams(max_tokens=n, ignore_eos=True) for n in (12, 6)])
     assert [turn1.token_ids, turn2.token_ids] == [r.token_ids for r in expected]
+
+
+def held_blocks(router_http: str, node: str) -> float:
+    return value(scrape(router_http + "/metrics"), "splitserve_router_node_kv_blocks_held", node=node, role="decode")
+
+
+def test_another_router_replica_sends_the_next_turn_where_the_conversation_is(tiny_model):
+    """Two router replicas over 1 prefill + 2 decode nodes. Router B routes a one-block request first, so its
+    least_loaded would send the next one to the other decode node; turn 1 goes through router A, and turn 2 (too
+    long to run locally: split) through router B, which knows where turn 1 is only from the decode nodes' reports
+    of their prefix caches (NodeStats.kv_blocks): it goes to turn 1's decode node."""
+    rng = random.Random(13)
+    first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
+    with ParallelCluster(tiny_model, prefill=1, decode=2, http_port=-1) as c, Client(c.url, timeout_s=60) as a:
+        replica = c.start_router()
+        try:
+            with Client(replica.address, timeout_s=60) as b:
+                warm = b.complete(prompt_token_ids=[7, 8, 9], max_tokens=2, ignore_eos=True)
+                turn1 = a.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
+                block_size = node_stats(turn1.final.decode_node).block_size
+                held = (len(first) + len(turn1.token_ids) - 1) // block_size
+                assert wait_until(lambda: held_blocks(replica.extra["http"], turn1.final.decode_node) >= held, 10)
+                second = first + turn1.token_ids + list(range(10, 10 + 2 * LOCAL))
+                turn2 = b.complete(prompt_token_ids=second, max_tokens=6, ignore_eos=True)
+        finally:
+            stop([replica])
+    assert warm.final.decode_node == turn1.final.decode_node  # so router B's own choice was the other node
+    assert turn2.final.prefill_node != turn2.final.decode_node == turn1.final.decode_node

@@ -1,11 +1,14 @@
 """Conditional disaggregation's decision (router/cluster/local_prefill.py): which requests run whole on a decode node,
 counting what that node holds from the requests that finished there."""
 
+from dataclasses import replace
+
 import pytest
 
 from splitserve import labels
 from splitserve.engine import SamplingParams
 from router.cluster.jobs import Job
+from router.cluster.holdings import BlockHoldings
 from router.cluster.local_prefill import LocalPrefill
 from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
@@ -16,6 +19,14 @@ A = NodeView("a:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_siz
 B = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True)
 NODES = [PREFILL, A, B]
 POLICY_ROUTE = Route(PREFILL, A)  # what the routing policy chose
+
+
+@pytest.fixture(autouse=True)
+def nothing_held():
+    """Fresh nodes for each test: what a node holds lives on its view (NodeView.holdings)."""
+    global PREFILL, A, B, NODES, POLICY_ROUTE
+    PREFILL, A, B = (replace(node, holdings=BlockHoldings()) for node in (PREFILL, A, B))
+    NODES, POLICY_ROUTE = [PREFILL, A, B], Route(PREFILL, A)
 
 
 def job(tokens, **params) -> Job:
@@ -86,7 +97,7 @@ def test_documents_and_unhealthy_holders_keep_the_policys_route():
     finished_on(local, B, prompt, [1, 2, 3])
     with_documents = Job("r", prompt + [5], SamplingParams(max_tokens=8), chunks=((0, 20),))
     assert local.route(with_documents, POLICY_ROUTE, NODES) is POLICY_ROUTE
-    down = NodeView("b:1", labels.ROLE_DECODE, total_blocks=64, block_size=BLOCK, prefix_caching=True)
+    down = replace(B, healthy=False)
     assert local.route(job(prompt + [5]), POLICY_ROUTE, [PREFILL, A, down]) is POLICY_ROUTE
 
 
@@ -114,7 +125,6 @@ def test_a_turn_with_too_much_new_stays_split_but_goes_to_the_decode_node_holdin
     finished_on(local, B, first, [1, 2, 3])
     long_turn = job(first + [1, 2] + list(range(300, 330)))
     assert local.route(long_turn, POLICY_ROUTE, NODES) == Route(PREFILL, B)
-    busy = NodeView("b:1", labels.ROLE_DECODE, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True,
-                    inflight_decodes=3)  # more than AFFINITY_SLACK beyond the policy's idle choice
+    busy = replace(B, inflight_decodes=3)  # more than AFFINITY_SLACK beyond the policy's idle choice
     assert local.route(long_turn, POLICY_ROUTE, [PREFILL, A, busy]) is POLICY_ROUTE
     assert local.route(job(range(500, 540)), POLICY_ROUTE, NODES) is POLICY_ROUTE  # held nowhere

@@ -5,9 +5,11 @@ from collections import Counter
 
 import pytest
 
+from router.cluster.holdings import BlockHoldings
 from router.cluster.nodes import NodeRegistry, NodeView, parse_static_nodes
 from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
 from router.cluster.prefix_index import PrefixIndex, block_hashes
+from splitserve.engine.block_log import BlockChanges
 from splitserve.engine.block_pool import BlockPool
 
 REQ = RouteRequest(num_prompt_tokens=100, max_tokens=10)
@@ -93,6 +95,18 @@ def test_cache_aware_returns_to_the_node_holding_the_prefix():
     first = policy(nodes, cache_request()).prefill.address
     loaded = [node(n.address, n.role, inflight_prefill_tokens=100 if n.address == first else 0) for n in nodes]
     assert policy(loaded, cache_request(PROMPT + [7, 8, 9])).prefill.address == first  # 192 cached > 100 queued
+
+
+def test_cache_aware_counts_the_blocks_a_node_reports_holding():
+    """Another router replica's requests (or ones from before this router started) left the prefix on p2, which
+    reports it in its Stats; this router never routed it there. Only a node that says it caches counts."""
+    reported = BlockHoldings()
+    reported.apply("p2-instance", BlockChanges(True, block_hashes(PROMPT, 16), (), 1))
+    for caching in (True, False):
+        nodes = [node("p1", "prefill", inflight_prefill_tokens=100), node("d1", "decode"),
+                 node("p2", "prefill", inflight_prefill_tokens=150, holdings=reported, prefix_caching=caching)]
+        chosen = get_policy("cache_aware")(nodes, cache_request(PROMPT + [7])).prefill.address
+        assert chosen == ("p2" if caching else "p1")
 
 
 def test_cache_aware_trades_the_hit_against_load():

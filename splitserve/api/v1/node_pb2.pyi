@@ -136,11 +136,29 @@ class TokenChunk(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., prompt_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("want_kv_blocks", "kv_blocks_node_id", "kv_blocks_after")
+    WANT_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    want_kv_blocks: bool
+    kv_blocks_node_id: str
+    kv_blocks_after: int
+    def __init__(self, want_kv_blocks: _Optional[bool] = ..., kv_blocks_node_id: _Optional[str] = ..., kv_blocks_after: _Optional[int] = ...) -> None: ...
+
+class KvBlocks(_message.Message):
+    __slots__ = ("snapshot", "stored", "removed", "seq")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    snapshot: bool
+    stored: _containers.RepeatedScalarFieldContainer[bytes]
+    removed: _containers.RepeatedScalarFieldContainer[bytes]
+    seq: int
+    def __init__(self, snapshot: _Optional[bool] = ..., stored: _Optional[_Iterable[bytes]] = ..., removed: _Optional[_Iterable[bytes]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv")
+    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv", "kv_blocks")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +176,7 @@ class NodeStats(_message.Message):
     LORA_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
     SENDS_PARTIAL_KV_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     num_waiting: int
@@ -175,7 +194,8 @@ class NodeStats(_message.Message):
     lora_adapters: _containers.RepeatedScalarFieldContainer[str]
     prefix_caching: bool
     sends_partial_kv: bool
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ...) -> None: ...
+    kv_blocks: KvBlocks
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ..., kv_blocks: _Optional[_Union[KvBlocks, _Mapping]] = ...) -> None: ...
 
 class ChunkCacheStats(_message.Message):
     __slots__ = ("num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")
