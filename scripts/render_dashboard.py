@@ -51,6 +51,9 @@ ROUTER_PANELS = [
     ("Batch API lines", "short", [rate("splitserve_router_batch_lines_total", "outcome"),
                                   ("sum (splitserve_router_batches_running)", "batches running")]),
     ("Requests by LoRA adapter", "reqps", [rate("splitserve_router_lora_requests_total", "adapter")]),
+    ("Routes by what decode nodes hold", "reqps", [
+        rate("splitserve_router_decode_affinity_routes_total", legend="split, to the node holding the prompt"),
+        rate("splitserve_router_local_prefills_total", legend="run whole on a decode node")]),
 ]
 NODE_PANELS = [
     ("KV blocks used", "percentunit", [("splitserve_kv_blocks_used_ratio", "{{instance}}")]),
