@@ -49,7 +49,7 @@ class ClusterSim(SharedHostSteps):
         self.inflight = 0
         self.unfinished = 0
         self.itl: list[tuple[float, int]] = []  # (step seconds, requests that got a token)
-        self.transfer_memo: dict[tuple[int, int], tuple[float, float, int]] = {}
+        self.transfer_memo: dict[tuple[int, int, int], tuple[float, float, int]] = {}
 
     # --- the event loop --------------------------------------------------------------------------
 
@@ -223,6 +223,8 @@ class ClusterSim(SharedHostSteps):
             req.full.add(req.decode_node.name)
             return self._retry(req)
         req.reserved = blocks
+        held = self.prefix[req.decode_node.name].hit_tokens(req)  # Reserve takes them; then it holds the whole prompt
+        req.sent_tokens = req.prompt_tokens - min(held, req.prompt_tokens - 1)
         self.router.track(req.prefill_node, prefill_tokens=req.prompt_tokens)
         req.prefill_only, req.outputs = True, 0
         self.call(req.prefill_node, self._add_request, (req.prefill_node, req))
@@ -237,19 +239,20 @@ class ClusterSim(SharedHostSteps):
         """Layer-wise: layer l's send follows its compute, so the end is the later of the last
         layer's own send after the step and the whole send after the first layer. One-shot:
         the whole send after the step."""
-        whole, last, layers = self._transfer_times(node.profile, req.prompt_tokens)
+        whole, last, layers = self._transfer_times(node.profile, req.prompt_tokens, req.sent_tokens)
         if not layers:
             return start + seconds + whole
         return max(start + seconds + last, start + seconds / layers + whole)
 
-    def _transfer_times(self, profile: Profile, prompt_tokens: int) -> tuple[float, float, int]:
-        """(whole send, last layer's send, layers; 0 layers: one-shot) for a prompt's KV, memoized per
-        profile and length (a large simulation sends a million prompts of a few thousand lengths)."""
-        key = (id(profile), prompt_tokens)
+    def _transfer_times(self, profile: Profile, prompt_tokens: int, sent_tokens: int) -> tuple[float, float, int]:
+        """(whole send, last layer's send, layers; 0 layers: one-shot, as the prefill node decides by the prompt's
+        length) for the KV of `sent_tokens` of a prompt, memoized per profile and lengths (a large simulation sends
+        a million prompts of a few thousand lengths)."""
+        key = (id(profile), prompt_tokens, sent_tokens)
         times = self.transfer_memo.get(key)
         if times is None:
             shape = profile.engine
-            num_bytes = prompt_tokens * shape.kv_bytes_per_token
+            num_bytes = sent_tokens * shape.kv_bytes_per_token
             whole = profile.transfer_s(self.config.transport, num_bytes)
             if prompt_tokens <= shape.one_shot_max_tokens:
                 times = (whole, 0.0, 0)

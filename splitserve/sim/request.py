@@ -14,7 +14,7 @@ class SimRequest:
                  "num_computed", "blocks", "seq", "outputs", "dbase", "tok_base", "out_base", "dgen", "gbase", "gfirst",
                  "done_here",
                  "prefill_only", "first_token_s", "finish_s", "error", "retries", "full", "route", "reserved",
-                 "prefill_node", "decode_node")
+                 "prefill_node", "decode_node", "sent_tokens")
 
     def __init__(self, rid: int, prompt_tokens: int, target: int, arrival_s: float, cached_tokens: int = 0,
                  hash_ids: tuple[int, ...] = ()):
@@ -29,6 +29,7 @@ class SimRequest:
         self.error = ""
         self.retries, self.full, self.route, self.reserved = 0, set(), None, 0
         self.prefill_node = self.decode_node = None
+        self.sent_tokens = prompt_tokens  # whose KV the transfer moves: the prompt's after what the decode node held
 
     def __hash__(self) -> int:
         return self.rid

@@ -41,6 +41,19 @@ def test_one_disaggregated_request_adds_the_reservation_and_the_transfer():
     assert long.first_token_s - long.arrival_s == pytest.approx(6 * HOP + layerwise)
 
 
+def test_a_later_turn_moves_only_the_kv_its_decode_node_lacks():
+    """As Reserve with the prompt (ec6647f): the decode node takes the leading blocks it holds from an earlier
+    request and the prefill node sends the KV after them; a prompt it holds nothing of moves whole."""
+    first = SimRequest(0, 2000, 4, 0.0, hash_ids=(1, 2, 3, 4))
+    later = SimRequest(1, 2000, 4, 10.0, hash_ids=(1, 2, 3, 9))  # 3 blocks of 512 tokens in common
+    other = SimRequest(2, 2000, 4, 20.0, hash_ids=(7, 8, 9, 10))
+    sim = run(ClusterConfig(1, 1, 0, hop_s=HOP), [first, later, other])
+    assert (first.sent_tokens, later.sent_tokens, other.sent_tokens) == (2000, 2000 - 3 * 512, 2000)
+    profile, kv = sim.nodes[0].profile, 16384
+    whole, _, layers = sim._transfer_times(profile, 2000, later.sent_tokens)
+    assert whole == pytest.approx(profile.transfer_s("torch", later.sent_tokens * kv)) and layers == 8
+
+
 def test_a_queue_builds_when_the_rate_exceeds_capacity():
     def ttfts(gap_s: float) -> np.ndarray:
         reqs = [SimRequest(i, 1000, 2, i * gap_s) for i in range(60)]
