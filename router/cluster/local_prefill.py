@@ -54,8 +54,7 @@ class LocalPrefill:
         node = min(decodes, key=lambda n: uncached[n.address])
         if uncached[node.address] <= self.max_tokens:
             return Route(node, node)
-        if self.affinity and uncached[node.address] < uncached[route.decode.address] \
-                and node.inflight_decodes <= route.decode.inflight_decodes + AFFINITY_SLACK:
+        if self.affinity and holder_wins(route.decode, node, uncached):
             return Route(route.prefill, node)
         return route
 
@@ -81,6 +80,14 @@ class LocalPrefill:
             hashes[node.block_size] = block_hashes(job.prompt_token_ids, node.block_size, _root(job))
         matched = node.holdings.leading(hashes[node.block_size])
         return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
+
+
+def holder_wins(chosen: NodeView, holder: NodeView, uncached: dict[str, int]) -> bool:
+    """Decode affinity's rule: `holder` (the decode node with the fewest prompt tokens left uncached) takes a split
+    request instead of the policy's `chosen` when it has fewer uncached and runs at most AFFINITY_SLACK requests more
+    (the simulator applies it too, splitserve/sim/cluster.py)."""
+    return uncached[holder.address] < uncached[chosen.address] \
+        and holder.inflight_decodes <= chosen.inflight_decodes + AFFINITY_SLACK
 
 
 def _reusable(job: Job, node: NodeView) -> bool:

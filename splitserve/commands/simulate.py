@@ -44,7 +44,8 @@ def handle(args: argparse.Namespace) -> int:
         config = ClusterConfig(prefill=args.prefill, decode=args.decode, mixed=args.mixed, policy=args.policy,
                                transport=args.transport, max_queue=args.max_queue, hop_s=args.hop_ms / 1000,
                                router=args.router, host_cores=args.host_cores, nodes_per_host=args.nodes_per_host,
-                               step_jitter=args.step_jitter, seed=args.jitter_seed)
+                               step_jitter=args.step_jitter, seed=args.jitter_seed,
+                               decode_affinity=not args.no_decode_affinity)
         profiles = role_profiles(args)
         requests, run = load_requests(args)
         result = simulate(requests, config, profiles, {**run, "label": args.label},

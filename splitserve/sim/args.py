@@ -53,6 +53,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--step-jitter", action="store_true",
                    help="decode steps drawn from the profile's measured spread (seeded), one by one; default: its median")
     g.add_argument("--jitter-seed", type=int, default=0, help="seed of --step-jitter's draws")
+    g.add_argument("--no-decode-affinity", action="store_true",
+                   help="as the router's flag: split requests go to the policy's decode node, not the one holding "
+                        "the most of their prompt")
 
 
 def workload_spec(args: argparse.Namespace):

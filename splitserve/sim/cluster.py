@@ -21,6 +21,7 @@ import heapq
 from collections import deque
 from itertools import count
 
+from router.cluster.local_prefill import holder_wins
 from splitserve.sim.config import ROLES, ClusterConfig, build_nodes, make_router
 from splitserve.sim.jump import apply_jump, plan_jump
 from splitserve.sim.node import NodeSim
@@ -41,6 +42,9 @@ class ClusterSim(SharedHostSteps):
         self.nodes = build_nodes(config, profiles)
         self.router = make_router(config, self.nodes)
         self.prefix = {n.name: PrefixCache(n.num_blocks * n.block_size) for n in self.nodes}
+        self.first_block_holders: dict[int, set[str]] = {}  # a prompt's first hash block -> decode nodes holding it
+        if config.decode_affinity:
+            self.router.prefer_decode = self._prefer_decode
         self.events: list = []  # (time, order, fn, arg), a heap
         self.hops: deque = deque()  # the same, for events one hop from when they were made: already in order
         self.order = count()
@@ -187,6 +191,26 @@ class ClusterSim(SharedHostSteps):
             self.router.track(decode, decodes=1)
             self.call(decode, self._reserve, req)
 
+    def _prefer_decode(self, req: SimRequest, chosen: NodeSim, exclude) -> NodeSim:
+        """Decode affinity (router/cluster/local_prefill.py): the decode node holding the most of the prompt instead
+        of the policy's, by `holder_wins`. The router knows what each node holds from its reports; here the
+        candidates are the decode nodes whose cache has the prompt's first block (the others hold none of it)."""
+        names = self.first_block_holders.get(req.hash_ids[0]) if req.hash_ids else None
+        if not names:
+            return chosen
+        uncached = {chosen.name: self._uncached(req, chosen.name)}
+        for name in sorted(names):
+            if name not in exclude and name != chosen.name:
+                uncached[name] = self._uncached(req, name)
+                if uncached[name] == req.prompt_tokens:
+                    names.discard(name)  # evicted since
+        best = min(uncached, key=uncached.get)  # the policy's choice first: it wins ties
+        holder = self.router.by_address[best]
+        return holder if holder_wins(self.router.view(chosen), self.router.view(holder), uncached) else chosen
+
+    def _uncached(self, req: SimRequest, name: str) -> int:
+        return req.prompt_tokens - min(self.prefix[name].held_tokens(req), req.prompt_tokens - 1)
+
     def _retry(self, req: SimRequest) -> None:
         if req.retries >= self.config.max_retries:
             return self._fail(req, "RESOURCE_EXHAUSTED: no decode node could reserve the KV blocks")
@@ -225,6 +249,8 @@ class ClusterSim(SharedHostSteps):
         req.reserved = blocks
         held = self.prefix[req.decode_node.name].hit_tokens(req)  # Reserve takes them; then it holds the whole prompt
         req.sent_tokens = req.prompt_tokens - min(held, req.prompt_tokens - 1)
+        if req.hash_ids:
+            self.first_block_holders.setdefault(req.hash_ids[0], set()).add(req.decode_node.name)
         self.router.track(req.prefill_node, prefill_tokens=req.prompt_tokens)
         req.prefill_only, req.outputs = True, 0
         self.call(req.prefill_node, self._add_request, (req.prefill_node, req))

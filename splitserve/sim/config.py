@@ -32,6 +32,7 @@ class ClusterConfig:
     router: str = "auto"  # exact (router/cluster/policies.py per request), index (heaps), auto: index above 64 nodes
     step_jitter: bool = False  # decode steps drawn from the profile's measured spread (jitter.py)
     seed: int = 0  # of the step jitter's draws
+    decode_affinity: bool = True  # the router's default (--no-decode-affinity: False)
 
     def __post_init__(self):
         if min(self.prefill, self.decode, self.mixed) < 0 or self.prefill + self.decode + self.mixed == 0:

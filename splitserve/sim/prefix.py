@@ -14,18 +14,23 @@ class PrefixCache:
         self.capacity = max(1, capacity_tokens // BLOCK_TOKENS)
         self.blocks: OrderedDict[int, None] = OrderedDict()
 
-    def hit_tokens(self, req) -> int:
-        """Tokens of req's prompt found cached; then its blocks become the most recent."""
-        if not req.hash_ids:
-            return 0
+    def held_tokens(self, req) -> int:
+        """Tokens of req's prompt found cached (nothing changes)."""
         hits = 0
         for h in req.hash_ids:
             if h not in self.blocks:
                 break
             hits += 1
+        return min(hits * BLOCK_TOKENS, req.prompt_tokens)
+
+    def hit_tokens(self, req) -> int:
+        """Tokens of req's prompt found cached; then its blocks become the most recent."""
+        if not req.hash_ids:
+            return 0
+        held = self.held_tokens(req)
         for h in req.hash_ids:
             self.blocks[h] = None
             self.blocks.move_to_end(h)
         while len(self.blocks) > self.capacity:
             self.blocks.popitem(last=False)
-        return min(hits * BLOCK_TOKENS, req.prompt_tokens)
+        return held

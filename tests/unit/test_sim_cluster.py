@@ -54,6 +54,18 @@ def test_a_later_turn_moves_only_the_kv_its_decode_node_lacks():
     assert whole == pytest.approx(profile.transfer_s("torch", later.sent_tokens * kv)) and layers == 8
 
 
+@pytest.mark.parametrize("router", ["exact", "index"])
+@pytest.mark.parametrize("affinity", [True, False], ids=["affinity", "no_affinity"])
+def test_decode_affinity_sends_a_later_turn_to_the_decode_node_holding_it(router, affinity):
+    """1 prefill + 2 decode nodes, one request at a time: least_loaded alone alternates the decode nodes (the least
+    recently routed wins ties), so the later turn would land on the other one and move its whole prompt."""
+    first = SimRequest(0, 2000, 4, 0.0, hash_ids=(1, 2, 3, 4))
+    later = SimRequest(1, 2000, 4, 10.0, hash_ids=(1, 2, 3, 9))
+    run(ClusterConfig(1, 2, 0, hop_s=HOP, router=router, decode_affinity=affinity), [first, later])
+    assert (later.decode_node is first.decode_node) == affinity
+    assert later.sent_tokens == (2000 - 3 * 512 if affinity else 2000)
+
+
 def test_a_queue_builds_when_the_rate_exceeds_capacity():
     def ttfts(gap_s: float) -> np.ndarray:
         reqs = [SimRequest(i, 1000, 2, i * gap_s) for i in range(60)]
