@@ -59,7 +59,8 @@ def handle(args: argparse.Namespace) -> int:
         base = ClusterConfig(transport=args.transport, max_queue=args.max_queue, hop_s=args.hop_ms / 1000,
                              router=args.router, host_cores=args.host_cores, nodes_per_host=args.nodes_per_host,
                              step_jitter=args.step_jitter, seed=args.jitter_seed,
-                             decode_affinity=not args.no_decode_affinity)
+                             decode_affinity=not args.no_decode_affinity,
+                             max_local_prefill_tokens=args.max_local_prefill_tokens)
         config = PlanConfig(parse_slos(args.slo), args.attainment, tuple(p for p in args.policies.split(",") if p),
                             args.max_nodes, base)
         if args.num_requests is None and args.duration_s is None and not args.replay:

@@ -45,7 +45,8 @@ def handle(args: argparse.Namespace) -> int:
                                transport=args.transport, max_queue=args.max_queue, hop_s=args.hop_ms / 1000,
                                router=args.router, host_cores=args.host_cores, nodes_per_host=args.nodes_per_host,
                                step_jitter=args.step_jitter, seed=args.jitter_seed,
-                               decode_affinity=not args.no_decode_affinity)
+                               decode_affinity=not args.no_decode_affinity,
+                               max_local_prefill_tokens=args.max_local_prefill_tokens)
         profiles = role_profiles(args)
         requests, run = load_requests(args)
         result = simulate(requests, config, profiles, {**run, "label": args.label},

@@ -56,6 +56,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-decode-affinity", action="store_true",
                    help="as the router's flag: split requests go to the policy's decode node, not the one holding "
                         "the most of their prompt")
+    g.add_argument("--max-local-prefill-tokens", type=int, default=0,
+                   help="as the router's flag: a prompt leaving at most this many tokens to compute on a decode node "
+                        "runs whole there (0: off)")
 
 
 def workload_spec(args: argparse.Namespace):

@@ -43,8 +43,8 @@ class ClusterSim(SharedHostSteps):
         self.router = make_router(config, self.nodes)
         self.prefix = {n.name: PrefixCache(n.num_blocks * n.block_size) for n in self.nodes}
         self.first_block_holders: dict[int, set[str]] = {}  # a prompt's first hash block -> decode nodes holding it
-        if config.decode_affinity:
-            self.router.prefer_decode = self._prefer_decode
+        if config.decode_affinity or config.max_local_prefill_tokens:
+            self.router.prefer_route = self._prefer_route
         self.events: list = []  # (time, order, fn, arg), a heap
         self.hops: deque = deque()  # the same, for events one hop from when they were made: already in order
         self.order = count()
@@ -191,22 +191,36 @@ class ClusterSim(SharedHostSteps):
             self.router.track(decode, decodes=1)
             self.call(decode, self._reserve, req)
 
-    def _prefer_decode(self, req: SimRequest, chosen: NodeSim, exclude) -> NodeSim:
-        """Decode affinity (router/cluster/local_prefill.py): the decode node holding the most of the prompt instead
-        of the policy's, by `holder_wins`. The router knows what each node holds from its reports; here the
-        candidates are the decode nodes whose cache has the prompt's first block (the others hold none of it)."""
-        names = self.first_block_holders.get(req.hash_ids[0]) if req.hash_ids else None
-        if not names:
-            return chosen
+    def _prefer_route(self, req: SimRequest, prefill: NodeSim, chosen: NodeSim, exclude) -> tuple[NodeSim, NodeSim]:
+        """Where what the decode nodes hold sends a split request (router/cluster/local_prefill.py): whole to the
+        decode node with the fewest prompt tokens left to compute when they are at most --max-local-prefill-tokens
+        (conditional disaggregation; not for a RAG request, whose chunk hits the prefill nodes have), else split to
+        the one holding the most of it by `holder_wins` (decode affinity). The router knows what each node holds
+        from its reports; here the candidates are the decode nodes whose cache has the prompt's first block."""
+        uncached = self._uncached_on_holders(req, chosen, exclude)
+        best = self.router.by_address[min(uncached, key=uncached.get)]  # the policy's choice first: it wins ties
+        if uncached[best.name] <= self.config.max_local_prefill_tokens and not req.cached_tokens:
+            return best, best
+        if self.config.decode_affinity and holder_wins(self.router.view(chosen), self.router.view(best), uncached):
+            return prefill, best
+        return prefill, chosen
+
+    def _uncached_on_holders(self, req: SimRequest, chosen: NodeSim, exclude) -> dict[str, int]:
+        """Prompt tokens left to compute on the policy's decode node and on each holding the prompt's first block."""
         uncached = {chosen.name: self._uncached(req, chosen.name)}
+        names = self.first_block_holders.get(req.hash_ids[0], set()) if req.hash_ids else set()
         for name in sorted(names):
             if name not in exclude and name != chosen.name:
                 uncached[name] = self._uncached(req, name)
                 if uncached[name] == req.prompt_tokens:
                     names.discard(name)  # evicted since
-        best = min(uncached, key=uncached.get)  # the policy's choice first: it wins ties
-        holder = self.router.by_address[best]
-        return holder if holder_wins(self.router.view(chosen), self.router.view(holder), uncached) else chosen
+        return uncached
+
+    def _hit_on_decode_node(self, req: SimRequest, node: NodeSim) -> int:
+        """The prompt tokens `node`'s prefix cache holds; then it holds all of the prompt."""
+        if req.hash_ids:
+            self.first_block_holders.setdefault(req.hash_ids[0], set()).add(node.name)
+        return self.prefix[node.name].hit_tokens(req)
 
     def _uncached(self, req: SimRequest, name: str) -> int:
         return req.prompt_tokens - min(self.prefix[name].held_tokens(req), req.prompt_tokens - 1)
@@ -231,7 +245,9 @@ class ClusterSim(SharedHostSteps):
 
     def _add_request(self, item) -> None:
         node, req = item
-        req.cached_tokens = max(req.cached_tokens, self.prefix[node.name].hit_tokens(req))
+        on_decode = node.role == "decode"  # run whole there (conditional disaggregation)
+        hit = self._hit_on_decode_node(req, node) if on_decode else self.prefix[node.name].hit_tokens(req)
+        req.cached_tokens = max(req.cached_tokens, hit)
         node.add_request(req)
 
     # --- disaggregated -------------------------------------------------------------------------
@@ -247,10 +263,8 @@ class ClusterSim(SharedHostSteps):
             req.full.add(req.decode_node.name)
             return self._retry(req)
         req.reserved = blocks
-        held = self.prefix[req.decode_node.name].hit_tokens(req)  # Reserve takes them; then it holds the whole prompt
+        held = self._hit_on_decode_node(req, req.decode_node)  # Reserve takes them; then it holds the whole prompt
         req.sent_tokens = req.prompt_tokens - min(held, req.prompt_tokens - 1)
-        if req.hash_ids:
-            self.first_block_holders.setdefault(req.hash_ids[0], set()).add(req.decode_node.name)
         self.router.track(req.prefill_node, prefill_tokens=req.prompt_tokens)
         req.prefill_only, req.outputs = True, 0
         self.call(req.prefill_node, self._add_request, (req.prefill_node, req))

@@ -60,7 +60,7 @@ class ExactRouter:
         self.stats = {n.name: NodeStats(total_blocks=n.num_blocks, free_blocks=n.num_blocks) for n in nodes}
         self.inflight = {n.name: [0, 0] for n in nodes}  # prefill tokens, decodes
         self.last_routed, self.route_seq = {n.name: 0 for n in nodes}, 0  # the load tie-break (NodeView.last_routed)
-        self.prefer_decode = None  # (req, the policy's decode node, excluded) -> the decode node it goes to
+        self.prefer_route = None  # (req, the policy's prefill and decode nodes, excluded) -> the nodes it goes to
 
     def poll(self) -> list:
         """Refresh the Stats of the nodes that changed since the last poll; those nodes."""
@@ -91,10 +91,10 @@ class ExactRouter:
     def route(self, req, exclude: frozenset | set = frozenset()):
         """(prefill node, decode node); the same mixed node twice means colocated. NoRoute when none. A split
         request's decode node may then give way to one holding more of its prompt (`prefer_decode`: decode
-        affinity, router/cluster/local_prefill.py)."""
+        affinity) or run whole on one (conditional disaggregation): `prefer_route`, router/cluster/local_prefill.py."""
         prefill, decode = self._choose(req, exclude)
-        if self.prefer_decode is not None and prefill is not decode:
-            decode = self.prefer_decode(req, decode, exclude)
+        if self.prefer_route is not None and prefill is not decode:
+            prefill, decode = self.prefer_route(req, prefill, decode, exclude)
         self.mark_routed(prefill, decode)
         return prefill, decode
 

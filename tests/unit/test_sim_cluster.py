@@ -66,6 +66,22 @@ def test_decode_affinity_sends_a_later_turn_to_the_decode_node_holding_it(router
     assert later.sent_tokens == (2000 - 3 * 512 if affinity else 2000)
 
 
+def test_conditional_disaggregation_runs_what_is_left_short_on_the_decode_node_holding_the_rest():
+    """--max-local-prefill-tokens 600: a short prompt runs whole on its decode node; a later turn whose first 3
+    blocks its decode node holds (from turn 1, split) has 464 tokens left: it runs there too; a long new prompt
+    stays split."""
+    short = SimRequest(0, 300, 4, 0.0)
+    first = SimRequest(1, 2000, 4, 10.0, hash_ids=(1, 2, 3, 4))
+    later = SimRequest(2, 2000, 4, 20.0, hash_ids=(1, 2, 3, 9))
+    other = SimRequest(3, 2000, 4, 30.0, hash_ids=(7, 8, 9, 10))
+    run(ClusterConfig(1, 2, 0, hop_s=HOP, max_local_prefill_tokens=600), [short, first, later, other])
+    assert short.prefill_node is short.decode_node and short.decode_node.role == "decode"
+    assert first.prefill_node.role == "prefill"
+    assert later.prefill_node is later.decode_node is first.decode_node and later.cached_tokens == 3 * 512
+    assert other.prefill_node.role == "prefill"
+    assert all(r.finish_s is not None and not r.error for r in (short, first, later, other))
+
+
 def test_a_queue_builds_when_the_rate_exceeds_capacity():
     def ttfts(gap_s: float) -> np.ndarray:
         reqs = [SimRequest(i, 1000, 2, i * gap_s) for i in range(60)]
