@@ -9,7 +9,7 @@ import pytest
 
 from splitserve.client import Client
 from splitserve.engine import Engine, SamplingParams
-from splitserve.localcluster.procs import stop
+from splitserve.localcluster.procs import kill, stop
 from tests.support.cluster import (
     ParallelCluster,
     mixed_prompts,
@@ -130,3 +130,21 @@ def test_another_router_replica_sends_the_next_turn_where_the_conversation_is(ti
             stop([replica])
     assert warm.final.decode_node == turn1.final.decode_node  # so router B's own choice was the other node
     assert turn2.final.prefill_node != turn2.final.decode_node == turn1.final.decode_node
+
+
+def test_a_restarted_decode_node_holds_nothing_in_the_routers_view(tiny_model):
+    """The router counts the blocks a turn left on its decode node; when that node dies and comes back (a new
+    instance, an empty pool), its first report replaces what the router counted, so routing stops counting on the
+    lost conversation; the next turn runs there from scratch."""
+    rng = random.Random(14)
+    first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
+    with ParallelCluster(tiny_model, prefill=1, decode=1, http_port=-1) as c, Client(c.url, timeout_s=60) as client:
+        turn1 = client.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
+        router_http, decode = c.router.extra["http"], next(s for role, s in c.nodes if role == "decode")
+        assert wait_until(lambda: held_blocks(router_http, decode.address) > 0, 10)
+        kill(decode)
+        decode.proc.wait(timeout=10)
+        fresh = c.restart_node(decode)
+        assert wait_until(lambda: held_blocks(router_http, fresh.address) == 0, 30)
+        turn2 = client.complete(prompt_token_ids=first + turn1.token_ids + [5, 6, 7], max_tokens=4, ignore_eos=True)
+    assert turn2.final.decode_node == fresh.address and len(turn2.token_ids) == 4
