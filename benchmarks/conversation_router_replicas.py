@@ -1,14 +1,17 @@
 """Multi-turn chat through two router replicas, as a load balancer in front of them would send it: each turn of a
-conversation goes through either replica (drawn at random, the same draws on every run: `--seed`). A turn's decode node should be the one holding the conversation (decode
-affinity: its Reserve reuses the earlier turns, so only the new KV moves); a replica learns what the other's turns
-left on the decode nodes only from the nodes' reports of their prefix caches (NodeStats.kv_blocks).
+conversation goes through either replica (drawn at random, the same draws on every run: `--seed`). A turn's decode
+node should be the one holding the conversation (decode affinity: its Reserve reuses the earlier turns, so only the
+new KV moves); a replica learns what the other's turns left on the decode nodes only from the nodes' reports of
+their prefix caches (NodeStats.kv_blocks).
 
-One cluster (SmolLM2, 1 prefill + `--decode` decode nodes, KV over torch/gloo, one torch thread each, prefix caching on) and
-two router replicas with the default flags; the chats of benchmarks/conversation_local_prefill.py (two MuSiQue
-passages and a question, then three follow-ups, the second bringing one more passage), greedy, `--think-s` between
-an answer and the next message (a user reading it), each under a fresh cache salt, through the official `openai`
-client. Reported per turn: median TTFT and the median KV the decode nodes received. Run it at two commits (a `git
-worktree` and PYTHONPATH) to compare routers that read the reports with routers that cannot.
+One cluster (SmolLM2, 1 prefill + `--decode` decode nodes, KV over torch/gloo, one torch thread each, prefix caching
+on) and two router replicas with the default flags; the chats of benchmarks/conversation_local_prefill.py (two
+MuSiQue passages and a question, then three follow-ups, the second bringing one more passage), greedy, `--think-s`
+between an answer and the next message (a user reading it), each under a fresh cache salt, through the official
+`openai` client. Reported per turn: median TTFT and the median KV the decode nodes received. Run it at two commits
+(a `git worktree`, with PYTHONPATH set to it and the worktree as the working directory: the services start with
+`python -m`, which puts the working directory first) to compare routers that read the reports with routers that
+cannot.
 
     .venv/bin/python benchmarks/conversation_router_replicas.py [--conversations 8] [--think-s 1.0] [--decode 2]
 """
@@ -85,10 +88,11 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(splitserve.__file__).parent).stdout.strip()
     out = {"command": {"script": "benchmarks/conversation_router_replicas.py", **portable_args(vars(args))},
-           "model": model_id(args.model), "splitserve_commit": commit, "minutes": round((time.time() - started) / 60, 1),
-           "setup": f"1 prefill + {args.decode} decode nodes, 1 torch thread each, KV over torch/gloo, prefix caching on; two router "
-                    f"replicas, each turn through either (drawn with --seed); {len(FOLLOW_UPS) + 1} turns per conversation, one "
-                    "warm-up conversation dropped",
+           "model": model_id(args.model), "splitserve_commit": commit,
+           "minutes": round((time.time() - started) / 60, 1),
+           "setup": f"1 prefill + {args.decode} decode nodes, 1 torch thread each, KV over torch/gloo, prefix caching "
+                    f"on; two router replicas, each turn through either (drawn with --seed); {len(FOLLOW_UPS) + 1} "
+                    "turns per conversation, one warm-up conversation dropped",
            "decode_affinity_routes_with_warmup": affinity, "turns": summary(runs),
            "follow_up_kv_mb_total": total_follow_up_kv_mb(runs),
            "answers": [[t["answer"] for t in c] for c in runs],

@@ -74,8 +74,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              action="store_true")
     add_flag(parser, "--max-local-prefill-tokens", 0, "conditional disaggregation (Dynamo's): a prompt (without "
              "documents) that leaves at most this many tokens to compute on a decode node, counting the conversation "
-             "that node already holds, is prefilled there, with no KV transfer; a longer one holding a conversation goes split to "
-             "that node (0: off)", type=int)
+             "that node already holds, is prefilled there, with no KV transfer; a longer one holding a conversation "
+             "goes split to that node (0: off)", type=int)
     add_flag(parser, "--no-decode-affinity", False, "send each split request to the policy's decode node, not to the "
              "one holding the most of its prompt in its prefix cache (a conversation's next turn: only the KV it "
              "lacks moves)", action="store_true")
