@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from splitserve.engine import SamplingParams
 from splitserve.node_api import Logprob
 from router.cluster.policies import Route
+from router.cluster.prefix_index import PromptHashes
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,11 @@ class Job:
     params: SamplingParams  # stop strings are the router's; nodes never see them
     num_prior_output_tokens: int = 0
     chunks: tuple[tuple[int, int], ...] = ()  # RAG documents as (start, length) spans of the prompt
+    # the prompt's block hashes, computed once for every routing step (made anew by dataclasses.replace)
+    hashes: PromptHashes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hashes", PromptHashes(self.prompt_token_ids))
 
 
 @dataclass

@@ -25,7 +25,6 @@ from splitserve.engine.block_pool import root_hash
 from router.cluster.jobs import Job
 from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
-from router.cluster.prefix_index import block_hashes
 
 
 AFFINITY_SLACK = 2  # a split request goes to the decode node holding its prefix if it runs at most this many more
@@ -49,8 +48,7 @@ class LocalPrefill:
                                     and n.address != route.decode.address]
         if not self.max_tokens and len(decodes) == 1:
             return route
-        hashes: dict[int, tuple[bytes, ...]] = {}  # by block size
-        uncached = {n.address: self._uncached(job, n, hashes) for n in decodes}
+        uncached = {n.address: self._uncached(job, n) for n in decodes}
         node = min(decodes, key=lambda n: uncached[n.address])
         if uncached[node.address] <= self.max_tokens:
             return Route(node, node)
@@ -65,20 +63,17 @@ class LocalPrefill:
             return
         if not route.colocated and len(sent) < 2:  # finished with the prefill's token: the KV never went in
             return
-        sequence = job.prompt_token_ids + sent[:-1]
-        node.holdings.add(block_hashes(sequence, node.block_size, _root(job)), node.total_blocks)
+        node.holdings.add(job.hashes.extended(sent[:-1], node.block_size, _root(job)), node.total_blocks)
 
     @property
     def enabled(self) -> bool:
         return bool(self.max_tokens) or self.affinity
 
-    def _uncached(self, job: Job, node: NodeView, hashes: dict[int, tuple[bytes, ...]]) -> int:
+    def _uncached(self, job: Job, node: NodeView) -> int:
         n = len(job.prompt_token_ids)
         if not len(node.holdings) or not _reusable(job, node):
             return n
-        if node.block_size not in hashes:
-            hashes[node.block_size] = block_hashes(job.prompt_token_ids, node.block_size, _root(job))
-        matched = node.holdings.leading(hashes[node.block_size])
+        matched = node.holdings.leading(job.hashes.blocks(node.block_size, _root(job)))
         return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
 
 

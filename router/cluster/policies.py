@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable
 
 from splitserve import labels
 from router.cluster.nodes import NodeView
-from router.cluster.prefix_index import PrefixIndex, block_hashes
+from router.cluster.prefix_index import PrefixIndex, PromptHashes
 
 
 @dataclass(frozen=True)
 class RouteRequest:
     num_prompt_tokens: int
     max_tokens: int
-    prompt_token_ids: Sequence[int] = ()  # cache_aware hashes its blocks (router/cluster/prefix_index.py)
+    prompt: PromptHashes = field(default_factory=lambda: PromptHashes(()))  # cache_aware reads its block hashes
     chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
     num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
     hash_root: bytes = b""  # where its blocks' hash chain starts (a cache salt's: block_pool.root_hash)
@@ -145,7 +145,7 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
 
     def choose(nodes: list[NodeView], request: RouteRequest) -> Route:
         block_size = next((n.block_size for n in nodes if n.healthy and n.role != labels.ROLE_DECODE), 16)
-        hashes = block_hashes(list(request.prompt_token_ids), block_size, request.hash_root)
+        hashes = request.prompt.blocks(block_size, request.hash_root)
         matched = index.matched_blocks(hashes)
 
         def cost(n: NodeView) -> tuple:

@@ -11,17 +11,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from splitserve.engine.block_pool import NO_HASH, chain_hash
+from collections.abc import Sequence
+
+from splitserve.engine.block_pool import NO_HASH, block_hashes
 
 
-def block_hashes(token_ids: list[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
-    """Chained hashes of the full blocks of token_ids, as the nodes' block pools compute them (from `root`:
-    a cache salt's, block_pool.root_hash)."""
-    hashes, parent = [], root
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = chain_hash(parent, token_ids[start:start + block_size])
-        hashes.append(parent)
-    return tuple(hashes)
+class PromptHashes:
+    """A prompt's block hashes (block_pool.block_hashes, as the nodes' block pools compute them), computed once per
+    block size and root (block_pool.root_hash) however many routing steps ask for them."""
+
+    def __init__(self, token_ids: Sequence[int]):
+        self.token_ids = token_ids
+        self._hashes: dict[tuple[int, bytes], tuple[bytes, ...]] = {}
+
+    def blocks(self, block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
+        key = (block_size, root)
+        if key not in self._hashes:
+            self._hashes[key] = block_hashes(list(self.token_ids), block_size, root)
+        return self._hashes[key]
+
+    def extended(self, more: Sequence[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
+        """The block hashes of the prompt followed by `more`, hashing only what follows the prompt's full blocks."""
+        head = self.blocks(block_size, root)
+        tail = list(self.token_ids[len(head) * block_size:]) + list(more)
+        return head + block_hashes(tail, block_size, head[-1] if head else root)
 
 
 class PrefixIndex:

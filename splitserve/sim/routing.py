@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.cluster.nodes import NodeView
+from router.cluster.prefix_index import PromptHashes
 from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
 
 POLICIES = ("round_robin", "least_loaded", "cache_aware", "splitwise")
@@ -106,7 +107,7 @@ class ExactRouter:
 
     def _choose(self, req, exclude):
         ids = synthetic_token_ids(req) if self.policy_name == "cache_aware" and req.hash_ids else ()
-        request = RouteRequest(req.prompt_tokens, req.target, ids)
+        request = RouteRequest(req.prompt_tokens, req.target, PromptHashes(ids))
         route = self.policy([self.view(n) for n in self.nodes if n.name not in exclude], request)
         return self.by_address[route.prefill.address], self.by_address[route.decode.address]
 

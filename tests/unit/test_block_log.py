@@ -4,9 +4,8 @@ router makes of it (router/cluster/holdings.py)."""
 import pytest
 
 from splitserve.engine import block_log
-from splitserve.engine.block_pool import BlockPool
+from splitserve.engine.block_pool import BlockPool, block_hashes
 from router.cluster.holdings import BlockHoldings
-from router.cluster.prefix_index import block_hashes
 from tests.unit.test_block_pool import full
 
 

@@ -4,11 +4,10 @@ in the router's guess of where a prefix is cached; a salted prompt skips the sha
 import pytest
 
 from router.cluster.orchestrator import Orchestrator
-from router.cluster.prefix_index import block_hashes
 from router.front.intake import Frontend
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.chunkcache.keys import content_hash, salted_key
-from splitserve.engine.block_pool import NO_HASH, root_hash
+from splitserve.engine.block_pool import NO_HASH, block_hashes, root_hash
 from splitserve.rpc.convert import sampling_from_proto, sampling_to_proto
 
 

@@ -7,11 +7,14 @@ import pytest
 
 from splitserve import labels
 from splitserve.engine import SamplingParams
+from splitserve.engine.block_pool import block_hashes
 from router.cluster.jobs import Job
 from router.cluster.holdings import BlockHoldings
 from router.cluster.local_prefill import LocalPrefill
 from router.cluster.nodes import NodeView
-from router.cluster.policies import Route
+from router.cluster import prefix_index
+from router.cluster.orchestrator import Orchestrator
+from router.cluster.policies import Route, get_policy
 
 BLOCK = 4
 PREFILL = NodeView("p:1", labels.ROLE_PREFILL, healthy=True, total_blocks=64, block_size=BLOCK, prefix_caching=True)
@@ -128,3 +131,21 @@ def test_a_turn_with_too_much_new_stays_split_but_goes_to_the_decode_node_holdin
     busy = replace(B, inflight_decodes=3)  # more than AFFINITY_SLACK beyond the policy's idle choice
     assert local.route(long_turn, POLICY_ROUTE, [PREFILL, A, busy]) is POLICY_ROUTE
     assert local.route(job(range(500, 540)), POLICY_ROUTE, NODES) is POLICY_ROUTE  # held nowhere
+
+
+def test_a_request_hashes_its_prompt_once_across_policy_affinity_and_record(monkeypatch):
+    """cache_aware, decode affinity and the record at the end share the job's hashes: the router's event loop hashes
+    the prompt once, and at the end only what follows its full blocks."""
+    hashed = []
+
+    def counting(token_ids, block_size, root=b""):
+        hashed.append(len(token_ids))
+        return block_hashes(token_ids, block_size, root)
+    monkeypatch.setattr(prefix_index, "block_hashes", counting)
+    local, prompt, sent = LocalPrefill(0), list(range(100, 143)), [1, 2, 3, 4, 5]
+    finished_on(local, B, prompt[:20], [9, 9])
+    hashed.clear()
+    request = job(prompt)
+    route = local.route(request, get_policy("cache_aware")(NODES, Orchestrator.route_request(request)), NODES)
+    local.record(request, sent, route)
+    assert route.decode is B and hashed == [43, 43 % BLOCK + len(sent) - 1]

@@ -1,6 +1,8 @@
 """Routing policies as pure functions of a node snapshot."""
 
 import asyncio
+import hashlib
+import struct
 from collections import Counter
 
 import pytest
@@ -8,9 +10,9 @@ import pytest
 from router.cluster.holdings import BlockHoldings
 from router.cluster.nodes import NodeRegistry, NodeView, parse_static_nodes
 from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
-from router.cluster.prefix_index import PrefixIndex, block_hashes
+from router.cluster.prefix_index import PrefixIndex, PromptHashes
 from splitserve.engine.block_log import BlockChanges
-from splitserve.engine.block_pool import BlockPool
+from splitserve.engine.block_pool import BlockPool, block_hashes, chain_hash, root_hash
 
 REQ = RouteRequest(num_prompt_tokens=100, max_tokens=10)
 
@@ -65,7 +67,7 @@ PROMPT = list(range(5, 5 + 200))  # 12 full blocks of 16
 
 
 def cache_request(prompt=PROMPT, **kw):
-    return RouteRequest(len(prompt), 10, prompt_token_ids=prompt, **kw)
+    return RouteRequest(len(prompt), 10, PromptHashes(prompt), **kw)
 
 
 def test_block_hashes_equal_the_block_pools_prefix_hashes():
@@ -76,6 +78,26 @@ def test_block_hashes_equal_the_block_pools_prefix_hashes():
         pool_hashes.append(parent)
     assert block_hashes(PROMPT, 16) == tuple(pool_hashes)
     assert block_hashes(PROMPT[:40], 16) == tuple(pool_hashes[:2])  # chained: a prefix's hashes are a prefix
+
+
+def test_block_hashes_are_the_released_format():
+    """blake2b-128 of the parent's hash then the block's token ids as little-endian uint32s: routers and nodes of
+    different releases must agree on it (a rolling upgrade runs both)."""
+    def released(parent, tokens):
+        return hashlib.blake2b(parent + b"".join(t.to_bytes(4, "little") for t in tokens), digest_size=16).digest()
+    tokens, root = [0, 1, 70000, 2**32 - 1] * 9, root_hash("tenant")
+    expected = (released(root, tokens[:16]), released(released(root, tokens[:16]), tokens[16:32]))
+    assert block_hashes(tokens, 16, root) == expected and chain_hash(root, tokens[:16]) == expected[0]
+    with pytest.raises(struct.error):
+        block_hashes([-1] * 16, 16)
+
+
+@pytest.mark.parametrize("prompt_len,more", [(0, 40), (5, 3), (16, 0), (33, 17), (200, 64)])
+def test_a_prompts_hashes_extended_by_its_output_equal_the_whole_sequences(prompt_len, more):
+    hashes = PromptHashes(PROMPT[:prompt_len])
+    tail = list(range(900, 900 + more))
+    assert hashes.extended(tail, 16, b"r") == block_hashes(PROMPT[:prompt_len] + tail, 16, b"r")
+    assert hashes.blocks(16, b"r") == block_hashes(PROMPT[:prompt_len], 16, b"r")
 
 
 def test_prefix_index_matches_the_longest_routed_prefix_and_evicts_least_recent():
