@@ -63,7 +63,8 @@ def measure(policy_name: str, tokens: int, decodes: int, new: int, repeats: int)
     views = nodes(decodes, prompt[:-new])
     times = [one_request(policy, local, [replace(v) for v in views], prompt, output) for _ in range(repeats)]
     return {"policy": policy_name, "prompt_tokens": tokens, "decode_nodes": decodes,
-            "median_us": round(statistics.median(times) * 1e6, 1), "p90_us": round(sorted(times)[int(0.9 * repeats)] * 1e6, 1)}
+            "median_us": round(statistics.median(times) * 1e6, 1),
+            "p90_us": round(sorted(times)[int(0.9 * repeats)] * 1e6, 1)}
 
 
 def main() -> None:

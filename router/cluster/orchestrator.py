@@ -89,8 +89,8 @@ class Orchestrator:
         prompt = job.prompt_token_ids
         salt = job.params.kv_namespace
         keys = frozenset(salted_key(content_hash(prompt[start:start + length]), salt) for start, length in job.chunks)
-        return RouteRequest(len(prompt), job.params.max_tokens, job.hashes, keys, sum(length for _, length in job.chunks),
-                            root_hash(salt))
+        return RouteRequest(len(prompt), job.params.max_tokens, job.hashes, keys,
+                            sum(length for _, length in job.chunks), root_hash(salt))
 
     async def run(self, job: Job, route: Route) -> AsyncIterator[Tokens | Done]:
         progress, timer = Progress(job.request_id), RequestTimer(self.metrics, time.monotonic(), len(job.prompt_token_ids))
