@@ -22,7 +22,8 @@ class DecodeServicer:
         try:
             reservation = await self.worker.reserve(
                 request_id_of(request), request.num_prompt_tokens, list(request.prompt_token_ids) or None,
-                request.cache_salt if request.HasField("cache_salt") else None)
+                request.cache_salt if request.HasField("cache_salt") else None,
+                request.lora if request.HasField("lora") else None)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reservation is None:

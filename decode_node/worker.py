@@ -44,14 +44,15 @@ class DecodeWorker:
         self.sent_tokens: dict[str, int] = {}  # reservation -> the prompt tokens whose KV it receives
 
     async def reserve(self, rid: str, num_tokens: int, prompt: list[int] | None = None,
-                      cache_salt: str | None = None) -> Reservation | None:
-        """Blocks for the prompt's KV; given the prompt, those of its leading blocks the prefix cache holds are
-        reused and the transfer carries only the rest (Reservation.num_cached_tokens)."""
+                      cache_salt: str | None = None, lora: str | None = None) -> Reservation | None:
+        """Blocks for the prompt's KV; given the prompt, those of its leading blocks the prefix cache holds (under
+        its cache salt and LoRA adapter) are reused and the transfer carries only the rest
+        (Reservation.num_cached_tokens)."""
         if num_tokens < 1:
             raise ValueError("num_prompt_tokens must be >= 1")
         self._meta(rid, num_tokens)  # ValueError (a bad request id) before any block is taken
         block_ids, cached = await self._on_engine(lambda engine: (
-            engine.reserve(rid, num_tokens, prompt, cache_salt), engine.reserved_cached_tokens(rid)))
+            engine.reserve(rid, num_tokens, prompt, cache_salt, lora), engine.reserved_cached_tokens(rid)))
         if block_ids is None:
             return None
         meta = self._meta(rid, num_tokens - cached)

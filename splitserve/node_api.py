@@ -77,3 +77,4 @@ class NodeLoad:
     prefix_caching: bool = False  # unknown (a node that does not say): no cached prompt blocks to count on
     sends_partial_kv: bool = False  # a prefill node honouring PrefillRequest.num_target_cached_tokens
     kv_blocks: BlockChanges | None = None  # what its prefix cache gained and lost (None: the node does not say)
+    lora_load_ids: tuple[tuple[str, str], ...] = ()  # (adapter, the id of its load there): NodeStats.lora_load_ids

@@ -13,15 +13,15 @@ needs the room). So the next turn of a conversation, which repeats all of it, ha
 and it goes to the decode node that holds the rest, however long the whole prompt is; a turn with too much new to
 run there (or every turn, without conditional disaggregation) goes split to that node. What a node holds is its
 `holdings` (router/cluster/holdings.py: the blocks it reports, and those of the sequences that finished there since).
-A node's hits count only where it says it has a prefix cache; a LoRA request's and a request for prompt logprobs
-never count (an adapter's blocks hash from its load, which the router does not know; prompt logprobs need every
-prompt row computed).
+A node's hits count only where it says it has a prefix cache; a request for prompt logprobs never counts (they need
+every prompt row computed), nor does a LoRA request on a node that does not report its adapters' loads (an adapter's
+blocks hash from its load: NodeStats.lora_load_ids).
 """
 
 from __future__ import annotations
 
 from splitserve import labels
-from splitserve.engine.block_pool import root_hash
+from splitserve.engine.block_pool import kv_root
 from router.cluster.jobs import Job
 from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
@@ -59,11 +59,12 @@ class LocalPrefill:
     def record(self, job: Job, sent: list[int], route: Route) -> None:
         """The request ran to its end on `route` (having generated `sent`, the last of them never fed back)."""
         node = route.decode
-        if not self.enabled or node.role != labels.ROLE_DECODE or not _reusable(job, node) or job.chunks:
+        root = _root(job, node)
+        if not self.enabled or node.role != labels.ROLE_DECODE or root is None or job.chunks:
             return
         if not route.colocated and len(sent) < 2:  # finished with the prefill's token: the KV never went in
             return
-        node.holdings.add(job.hashes.extended(sent[:-1], node.block_size, _root(job)), node.total_blocks)
+        node.holdings.add(job.hashes.extended(sent[:-1], node.block_size, root), node.total_blocks)
 
     @property
     def enabled(self) -> bool:
@@ -71,9 +72,10 @@ class LocalPrefill:
 
     def _uncached(self, job: Job, node: NodeView) -> int:
         n = len(job.prompt_token_ids)
-        if not len(node.holdings) or not _reusable(job, node):
+        root = _root(job, node) if len(node.holdings) else None
+        if root is None:
             return n
-        matched = node.holdings.leading(job.hashes.blocks(node.block_size, _root(job)))
+        matched = node.holdings.leading(job.hashes.blocks(node.block_size, root))
         return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
 
 
@@ -85,10 +87,13 @@ def holder_wins(chosen: NodeView, holder: NodeView, uncached: dict[str, int]) ->
         and holder.inflight_decodes <= chosen.inflight_decodes + AFFINITY_SLACK
 
 
-def _reusable(job: Job, node: NodeView) -> bool:
-    return node.prefix_caching and node.total_blocks > 0 and job.params.lora is None \
-        and job.params.prompt_logprobs is None
-
-
-def _root(job: Job) -> bytes:
-    return root_hash(job.params.kv_namespace)
+def _root(job: Job, node: NodeView) -> bytes | None:
+    """Where the job's block hashes start on `node` (block_pool.kv_root); None where none of its blocks would be
+    reused there (no prefix cache, prompt logprobs, a LoRA adapter whose load the node does not report)."""
+    if not node.prefix_caching or node.total_blocks <= 0 or job.params.prompt_logprobs is not None:
+        return None
+    lora = job.params.lora
+    if lora is None:
+        return kv_root(job.params.kv_namespace)
+    load_id = node.lora_load_id(lora)
+    return None if load_id is None else kv_root(job.params.kv_namespace, load_id)

@@ -20,7 +20,7 @@ from splitserve.rpc.convert import kv_target_from_proto, kv_target_to_proto, sam
 from splitserve.rpc.logprobs import logprob_from_proto, prompt_logprobs_from_proto
 from router.cluster.failover import NodeCallError
 from router.cluster.jobs import Job
-from router.cluster.nodes import NodeView
+from router.cluster.policies import Route
 from router.cluster.stall import CallWatch, cancelled_when_down
 
 ABORT_TIMEOUT_S = 5.0
@@ -43,9 +43,9 @@ class NodeClient:
         self.rpc_timeout_s = rpc_timeout_s
         self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}  # address -> its channel's stub
 
-    async def reserve(self, address: str, job: Job, prefill: NodeView) -> Reservation:
-        """The decode node's blocks for the job's KV (see reserve_request)."""
-        request = reserve_request(job, prefill)
+    async def reserve(self, job: Job, route: Route) -> Reservation:
+        """The route's decode node's blocks for the job's KV (see reserve_request)."""
+        request, address = reserve_request(job, route), route.decode.address
         reply = await self._unary(address, "Reserve", self._stub(address, "Reserve").Reserve(
             request, timeout=self.rpc_timeout_s))
         return Reservation(kv_target_from_proto(reply.target), reply.num_blocks, reply.num_cached_tokens)
@@ -126,16 +126,20 @@ class NodeClient:
                 call.cancel()
 
 
-def reserve_request(job: Job, prefill: NodeView) -> node_pb2.ReserveRequest:
-    """Reserve for the job, whose prefill node is `prefill`. The prompt goes along (the decode node then takes the
-    leading blocks its prefix cache holds, an earlier turn, and the transfer carries the rest) unless the request has
-    documents (blended KV) or a LoRA adapter, or the prefill node is one that would send the whole KV anyway."""
+def reserve_request(job: Job, route: Route) -> node_pb2.ReserveRequest:
+    """Reserve for the job on the route's decode node. The prompt goes along (the decode node then takes the leading
+    blocks its prefix cache holds, an earlier turn, and the transfer carries the rest) unless the request has
+    documents (blended KV), the prefill node is one that would send the whole KV anyway, or the request's LoRA
+    adapter is one the decode node does not say it reuses blocks of (NodeStats.lora_load_ids: an older release)."""
+    prefill, decode, lora = route.prefill, route.decode, job.params.lora
     request = node_pb2.ReserveRequest(request_id=job.request_id, num_prompt_tokens=len(job.prompt_token_ids),
                                       prefill_node_id=prefill.node_id)
-    if prefill.sends_partial_kv and not job.chunks and job.params.lora is None:
+    if prefill.sends_partial_kv and not job.chunks and (lora is None or decode.lora_load_id(lora) is not None):
         request.prompt_token_ids.extend(job.prompt_token_ids)
         if job.params.cache_salt is not None:
             request.cache_salt = job.params.cache_salt
+        if lora is not None:
+            request.lora = lora
     return request
 
 

@@ -47,6 +47,7 @@ class NodeView:
     lora_adapters: frozenset[str] = frozenset()  # the LoRA adapters requests may name there (from its Stats)
     prefix_caching: bool = False  # it reuses cached prompt blocks (from its Stats; unknown until then: no)
     sends_partial_kv: bool = False  # a prefill node that sends only the KV its decode node lacks (from its Stats)
+    lora_load_ids: tuple[tuple[str, str], ...] = ()  # (adapter, the id of its load there), from its Stats
     last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
     # the blocks its prefix cache holds (router/cluster/holdings.py; one object per node, updated in place)
     holdings: BlockHoldings = field(default_factory=BlockHoldings, compare=False, repr=False)
@@ -54,6 +55,10 @@ class NodeView:
     @property
     def held_blocks(self) -> int:
         return len(self.holdings)
+
+    def lora_load_id(self, adapter: str) -> str | None:
+        """The id of the adapter's load there (its prompts' blocks hash from it); None if the node does not say."""
+        return next((load_id for name, load_id in self.lora_load_ids if name == adapter), None)
 
 
 def parse_static_nodes(spec: str) -> list[tuple[str, str]]:
@@ -175,7 +180,8 @@ class NodeRegistry:
             node.view, node_id=s.node_id, free_blocks=s.free_blocks, total_blocks=s.total_blocks,
             block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys,
-            lora_adapters=s.lora_adapters, prefix_caching=s.prefix_caching, sends_partial_kv=s.sends_partial_kv)
+            lora_adapters=s.lora_adapters, prefix_caching=s.prefix_caching, sends_partial_kv=s.sends_partial_kv,
+            lora_load_ids=s.lora_load_ids)
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())

@@ -192,7 +192,7 @@ class Orchestrator:
 
     async def _reserve_prefill_decode(self, job: Job, route: Route):
         address = route.decode.address
-        reservation = await self.nodes.reserve(address, job, route.prefill)
+        reservation = await self.nodes.reserve(job, route)
         try:
             first = await self._prefill(job, route, reservation)
         except BaseException:

@@ -24,6 +24,12 @@ def root_hash(cache_salt: str | None) -> bytes:
     return NO_HASH if not cache_salt else hashlib.blake2b(b"cache-salt:" + cache_salt.encode(), digest_size=16).digest()
 
 
+def kv_root(namespace: str | None, adapter_load_id: str | None = None) -> bytes:
+    """Where a request's hash chain starts: its KV namespace's root (SamplingParams.kv_namespace) and, with a LoRA
+    adapter, that of the adapter as loaded (LoraAdapter.load_id: one loaded again under the name shares nothing)."""
+    return root_hash(namespace if adapter_load_id is None else f"{namespace}\x1f{adapter_load_id}")
+
+
 def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
     """The hash of a block holding token_ids after the prefix whose last block hashed to `parent`."""
     return _chained(parent, _token_bytes(token_ids))

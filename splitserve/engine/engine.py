@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from splitserve.engine.attention import PagedKVCache, leave_out_cudnn_sdpa
-from splitserve.engine.block_pool import BlockPool, root_hash
+from splitserve.engine.block_pool import BlockPool, kv_root
 from splitserve.engine.config import EngineConfig, ModelConfig
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
@@ -33,7 +33,7 @@ from splitserve.engine.output import Completion, OutputTracker, RequestOutput, c
 from splitserve.engine.pooling import PoolingParams
 from splitserve.engine.request import FinishReason, Request, penalty_history
 from splitserve.engine.runner import ModelRunner
-from splitserve.engine.sampling import SamplingParams, check_cache_salt, check_prompt
+from splitserve.engine.sampling import SamplingParams, check_cache_salt, check_prompt, kv_namespace
 from splitserve.engine.scheduler import Scheduler, SchedulerOutput
 from splitserve.engine.tokenizer import Tokenizer
 from splitserve.engine.token_limits import with_bad_word_ids
@@ -56,6 +56,8 @@ class EngineStats:
     # (adapter, requests waiting, requests running) for each adapter loaded or still run by a request
     lora_requests: tuple[tuple[str, int, int], ...] = ()
     prefix_caching: bool = True  # EngineConfig.enable_prefix_caching
+    # (adapter, its load_id) for each adapter requests may name: their prompts' blocks hash from kv_root with it
+    lora_load_ids: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_used_blocks(self) -> int:
@@ -84,8 +86,9 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.held: dict[str, Request] = {}  # finished prefill-only requests keeping their blocks
         self.reserved: dict[str, list[int]] = {}  # decode-only: blocks waiting for their KV
-        # decode-only: the prompt tokens and cache salt of a reservation's leading blocks taken from the prefix cache
-        self._reserved_prefix: dict[str, tuple[list[int], str | None]] = {}
+        # decode-only: a reservation's leading blocks taken from the prefix cache: their prompt tokens, KV namespace
+        # (cache salt, LoRA adapter) and the adapter's load_id (None without)
+        self._reserved_prefix: dict[str, tuple[list[int], str | None, str | None]] = {}
         # decode-only: each unloaded adapter (by load_id) and the reservations made before: their decodes still run it
         self._retired: dict[str, tuple[LoraAdapter, set[str]]] = {}
         self.outputs = OutputTracker(self.tokenizer)
@@ -203,13 +206,13 @@ class Engine:
             self._retired[adapter.load_id] = (adapter, set(self.reserved))
 
     def reserve(self, request_id: str, num_tokens: int, prompt_token_ids: list[int] | None = None,
-                cache_salt: str | None = None) -> list[int] | None:
+                cache_salt: str | None = None, lora: str | None = None) -> list[int] | None:
         """Decode-only: blocks for a prompt whose KV will be written from outside; None if short. Given the prompt
-        (and its cache salt), its leading full blocks held in the prefix cache are taken as they are
+        (its cache salt, its LoRA adapter), its leading full blocks held in the prefix cache are taken as they are
         (`reserved_cached_tokens`): only the KV after them is to be written."""
         if request_id in self.reserved or request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        hits = self._cached_prefix(num_tokens, prompt_token_ids, cache_salt)
+        hits, namespace, load_id = self._cached_prefix(num_tokens, prompt_token_ids, cache_salt, lora)
         self.pool.acquire(hits)
         rest = self.pool.allocate(-(-num_tokens // self.config.block_size) - len(hits))
         if rest is None:
@@ -217,18 +220,25 @@ class Engine:
             return None
         self.reserved[request_id] = hits + rest
         if hits:
-            self._reserved_prefix[request_id] = (prompt_token_ids[:len(hits) * self.config.block_size], cache_salt)
+            cached = prompt_token_ids[:len(hits) * self.config.block_size]
+            self._reserved_prefix[request_id] = (cached, namespace, load_id)
         return hits + rest
 
-    def _cached_prefix(self, num_tokens: int, prompt_token_ids: list[int] | None, cache_salt: str | None) -> list[int]:
+    def _cached_prefix(self, num_tokens: int, prompt_token_ids: list[int] | None, cache_salt: str | None,
+                       lora: str | None) -> tuple[list[int], str | None, str | None]:
+        """The prompt's leading cached blocks, its KV namespace and its adapter's load_id (ValueError for an
+        adapter this node does not serve)."""
         if prompt_token_ids is None:
-            return []
+            return [], None, None
         if len(prompt_token_ids) != num_tokens:
             raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, the reservation is for {num_tokens}")
         check_cache_salt(cache_salt)
+        adapter = self.adapter_for(SamplingParams(lora=lora))
+        namespace, load_id = kv_namespace(cache_salt, lora), _load_id(adapter)
         if num_tokens > self.pool.num_blocks * self.config.block_size:  # cannot fit: refused below without hashing
-            return []
-        return self.pool.lookup_prefix(prompt_token_ids[:-1], root_hash(cache_salt))  # the last one is always sent
+            return [], namespace, load_id
+        # the last prompt token is always sent
+        return self.pool.lookup_prefix(prompt_token_ids[:-1], kv_root(namespace, load_id)), namespace, load_id
 
     def reserved_cached_tokens(self, request_id: str) -> int:
         """Leading prompt tokens of a reservation whose KV came from the prefix cache (not to be written)."""
@@ -262,7 +272,7 @@ class Engine:
             raise
         adapter = self.adapter_for(params, request_id)
         block_ids = self.reserved.pop(request_id)
-        cached, _ = self._reserved_prefix.pop(request_id, ((), None))
+        cached = self._reserved_prefix.pop(request_id, ((), None, None))[0]
         self._forget_retired(request_id)
         req = Request(request_id, list(prompt_token_ids), params, self.tokenizer.eos_token_ids,
                       num_prior_output_tokens=num_prior_output_tokens, arrival_time_s=time.monotonic(), matcher=matcher,
@@ -292,10 +302,11 @@ class Engine:
         if len(self.reserved[request_id]) != num_blocks:
             raise ValueError(f"a {len(prompt_token_ids)}-token prompt needs {num_blocks} KV blocks; "
                              f"{len(self.reserved[request_id])} were reserved for request {request_id!r}")
-        cached, salt = self._reserved_prefix.get(request_id, ((), None))
-        if cached and (list(prompt_token_ids[:len(cached)]) != cached or params.kv_namespace != salt):
+        cached, namespace, load_id = self._reserved_prefix.get(request_id, ((), None, None))
+        if cached and (list(prompt_token_ids[:len(cached)]) != cached or params.kv_namespace != namespace
+                       or _load_id(self.adapter_for(params, request_id)) != load_id):
             raise ValueError(f"request {request_id!r} reserved its first {len(cached)} prompt tokens' KV from the "
-                             "prefix cache for another prompt or cache salt (or without its LoRA adapter)")
+                             "prefix cache for another prompt, cache salt or LoRA adapter")
 
     def matcher(self, params: SamplingParams, output_token_ids: list[int]):
         """The grammar's matcher after the output so far (None without a grammar); ValueError if it does not fit.
@@ -420,7 +431,8 @@ class Engine:
         pending = sum(r.num_tokens - r.num_computed_tokens for r in list(waiting) + running if r.num_computed_tokens < r.num_prompt_tokens)
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
                            len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters),
-                           self._lora_requests(waiting, running), self.pool.enable_prefix_caching)
+                           self._lora_requests(waiting, running), self.pool.enable_prefix_caching,
+                           tuple((name, adapter.load_id) for name, adapter in self.adapters.items()))
 
     def _lora_requests(self, waiting, running) -> tuple[tuple[str, int, int], ...]:
         counts = {name: [0, 0] for name in self.adapters}
@@ -441,3 +453,7 @@ class Engine:
     @property
     def num_used_blocks(self) -> int:
         return self.pool.num_used
+
+
+def _load_id(adapter: LoraAdapter | None) -> str | None:
+    return None if adapter is None else adapter.load_id

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from splitserve.engine.block_pool import root_hash
+from splitserve.engine.block_pool import kv_root
 from splitserve.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -94,8 +94,7 @@ class Request:
     def hash_root(self) -> bytes:
         """Where its blocks' hash chain starts: its cache salt's and LoRA adapter's root (the adapter as loaded: one
         loaded again under the name shares nothing with it), or the shared one."""
-        namespace = self.params.kv_namespace
-        return root_hash(namespace if self.adapter is None else f"{namespace}\x1f{self.adapter.load_id}")
+        return kv_root(self.params.kv_namespace, None if self.adapter is None else self.adapter.load_id)
 
     def penalty_history(self) -> tuple[list[int], list[int]]:
         return penalty_history(self.prompt_token_ids, self.output_token_ids, self.num_prior_output_tokens)

@@ -79,11 +79,7 @@ class SamplingParams:
 
     @property
     def kv_namespace(self) -> str | None:
-        """What its prompt's cached KV is shared under: its cache salt, and its LoRA adapter (an adapter's KV is its
-        own). None: shared with every request of neither."""
-        if self.lora is None:
-            return self.cache_salt
-        return f"{self.cache_salt or ''}\x1flora:{self.lora}"  # a salt is printable: no plain salt reads the same
+        return kv_namespace(self.cache_salt, self.lora)
 
     @property
     def greedy(self) -> bool:
@@ -136,6 +132,14 @@ def _check_bad_words(words: tuple[str, ...], sequences: tuple[tuple[int, ...], .
     _check(all(ids for ids in sequences), "a bad word token sequence is empty")
     _check(sum(map(len, sequences)) <= MAX_BAD_WORD_TOKENS,
            f"bad words take at most {MAX_BAD_WORD_TOKENS} tokens in all, got {sum(map(len, sequences))}")
+
+
+def kv_namespace(cache_salt: str | None, lora: str | None) -> str | None:
+    """What a prompt's cached KV is shared under: its cache salt, and its LoRA adapter (an adapter's KV is its own).
+    None: shared with every request of neither."""
+    if lora is None:
+        return cache_salt
+    return f"{cache_salt or ''}\x1flora:{lora}"  # a salt is printable: no plain salt reads the same
 
 
 def check_cache_salt(salt) -> None:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from splitserve.client import Client
-from splitserve.engine import Engine, SamplingParams
+from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.localcluster.procs import kill, stop
 from tests.support.cluster import (
     ParallelCluster,
@@ -19,6 +19,7 @@ from tests.support.cluster import (
     used_blocks_settle_to_zero,
     wait_until,
 )
+from tests.support.lora import write_peft_adapter
 from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.slow
@@ -148,3 +149,36 @@ def test_a_restarted_decode_node_holds_nothing_in_the_routers_view(tiny_model):
         assert wait_until(lambda: held_blocks(router_http, fresh.address) == 0, 30)
         turn2 = client.complete(prompt_token_ids=first + turn1.token_ids + [5, 6, 7], max_tokens=4, ignore_eos=True)
     assert turn2.final.decode_node == fresh.address and len(turn2.token_ids) == 4
+
+
+def test_a_lora_conversations_next_turn_moves_only_the_kv_its_decode_node_lacks(tiny_model, tmp_path):
+    """1 prefill + 2 decode nodes serving a LoRA adapter (each its own load): turn 2 of a conversation under the
+    adapter goes split to the decode node turn 1 left its blocks on (it reports the adapter's load id, so the router
+    hashes the prompt as that node does), whose Reserve takes them: the KV received for turn 2 is that of the tokens
+    after turn 1 alone. The tokens are the single-process engine's with the adapter."""
+    adapter = write_peft_adapter(tiny_model, tmp_path / "ahoy", seed=6)
+    rng = random.Random(15)
+    first = [rng.randrange(5, 1000) for _ in range(3 * LOCAL + 5)]
+    params = dict(max_tokens=12, ignore_eos=True, lora="ahoy")
+    with ParallelCluster(tiny_model, prefill=1, decode=2, http_port=-1,
+                         node_args=["--lora-modules", f"ahoy={adapter}", "--metrics-port=-1"]) as c, \
+            Client(c.url, timeout_s=60) as client:
+        turn1 = client.complete(prompt_token_ids=first, **params)
+        decode = next(n for role, n in c.nodes if n.address == turn1.final.decode_node)
+        received = kv_bytes_received(decode)
+        assert wait_until(lambda: held_blocks(c.router.extra["http"], decode.address) > 0, 10)
+        second = first + turn1.token_ids + list(range(10, 10 + 2 * LOCAL))
+        turn2 = client.complete(prompt_token_ids=second, **params)
+        turn2_bytes = kv_bytes_received(decode) - received
+    assert turn1.final.prefill_node != turn1.final.decode_node
+    assert turn2.final.prefill_node != turn2.final.decode_node == decode.address
+    held = (len(first) + len(turn1.token_ids) - 1) // 16 * 16
+    assert turn2_bytes == (len(second) - held) * received / len(first)
+    engine = Engine(tiny_model, EngineConfig(lora_modules=(("ahoy", str(adapter)),)))
+    expected = engine.generate([first, second], SamplingParams(**params))
+    assert [turn1.token_ids, turn2.token_ids] == [r.token_ids for r in expected]
+
+
+def kv_bytes_received(node) -> float:
+    return value(scrape(f"http://{node.extra['metrics']}/metrics"), "splitserve_kv_transfer_bytes_total",
+                 direction="receive")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from splitserve.engine import Engine, EngineConfig, SamplingParams
+from tests.support.lora import write_peft_adapter
 
 
 def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: SamplingParams,
@@ -20,7 +21,7 @@ def run_split(prefill: Engine, decode: Engine, prompt: list[int], params: Sampli
     (first,) = [t for o in outs for t in o.new_token_ids]
     assert outs[-1].finish_reason == "prefilled"
     held = prefill.held_request(rid)
-    assert decode.reserve(rid, len(prompt), prompt if reuse else None, params.cache_salt) is not None
+    assert decode.reserve(rid, len(prompt), prompt if reuse else None, params.cache_salt, params.lora) is not None
     skip = decode.reserved_cached_tokens(rid)
     slots = torch.tensor(prefill.runner.slots(held.block_ids, skip, len(prompt)))
     dst = torch.tensor(decode.runner.slots(decode.reserved[rid], skip, len(prompt)))
@@ -69,6 +70,36 @@ def test_a_conversations_next_turn_reuses_the_decode_engines_blocks_and_equals_t
     assert decode.reserve("salted", len(second), second, "tenant") is not None
     assert decode.reserved_cached_tokens("salted") == 0
     decode.cancel_reservation("salted")
+    for engine in (single, prefill, decode):
+        engine.check_integrity()
+        assert engine.num_used_blocks == 0
+
+
+def test_a_lora_conversations_next_turn_reuses_the_blocks_of_the_adapter_as_loaded_there(tiny_model, tmp_path):
+    """Prefill and decode engines load the adapter each (their own load ids): turn 2 under the adapter reserves turn
+    1's blocks on the decode engine and equals the single engine; the base model and another load find none, and a
+    reservation made under the adapter is refused to a request without it."""
+    adapter = write_peft_adapter(tiny_model, tmp_path / "ahoy", seed=4)
+    cfg = EngineConfig(block_size=4, num_blocks=128, max_num_batched_tokens=16, lora_modules=(("ahoy", str(adapter)),))
+    single, prefill, decode = Engine(tiny_model, cfg), Engine(tiny_model, cfg), Engine(tiny_model, cfg)
+    params = SamplingParams(max_tokens=9, ignore_eos=True, lora="ahoy")
+    first = [random.Random(3).randrange(5, 200) for _ in range(23)]
+    second = first + run_split(prefill, decode, first, params) + [7, 8, 9]
+    held = (len(second) - 4) // 4 * 4
+    assert decode.reserve("base", len(second), second) is not None and decode.reserved_cached_tokens("base") == 0
+    assert decode.reserve("lora", len(second), second, lora="ahoy") is not None
+    assert decode.reserved_cached_tokens("lora") == held
+    with pytest.raises(ValueError, match="another prompt, cache salt or LoRA adapter"):
+        decode.admit_prefilled("lora", second, 3, SamplingParams(max_tokens=2))
+    decode.cancel_reservation("base")
+    assert run_split(prefill, decode, second, params, reuse=True) == single.generate([second], params)[0].token_ids
+    decode.remove_adapter("ahoy")
+    decode.add_adapter(decode.read_adapter("ahoy", adapter))  # loaded again: shares nothing
+    assert decode.reserve("again", len(second), second, lora="ahoy") is not None
+    assert decode.reserved_cached_tokens("again") == 0
+    decode.cancel_reservation("again")
+    with pytest.raises(ValueError, match="unknown LoRA adapter"):
+        decode.reserve("gone", len(second), second, lora="other")
     for engine in (single, prefill, decode):
         engine.check_integrity()
         assert engine.num_used_blocks == 0

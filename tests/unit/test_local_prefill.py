@@ -78,12 +78,25 @@ def test_the_next_turn_of_a_conversation_runs_where_the_earlier_turns_are_held()
 
 
 @pytest.mark.parametrize("params", [{"lora": "ahoy"}, {"prompt_logprobs": 1}, {"cache_salt": "tenant-2"}],
-                         ids=["lora", "prompt_logprobs", "other_salt"])
+                         ids=["lora_base_turn", "prompt_logprobs", "other_salt"])
 def test_hits_do_not_count_where_the_node_would_not_reuse_them(params):
     local = LocalPrefill(8)
     prompt = list(range(100, 140))
     finished_on(local, B, prompt, [1, 2, 3])
     assert local.route(job(prompt + [5], **params), POLICY_ROUTE, NODES) is POLICY_ROUTE
+
+
+def test_a_lora_conversation_counts_on_the_node_reporting_the_adapters_load_and_nowhere_else():
+    """A LoRA request's blocks hash from the adapter's load on each node (NodeStats.lora_load_ids): its next turn
+    runs where the last one left them; the same node without the load reported, or after a reload, counts none."""
+    holder = replace(B, lora_load_ids=(("ahoy", "load-1"),))
+    local, prompt = LocalPrefill(8), list(range(100, 140))
+    finished_on(local, holder, prompt, [1, 2, 3], lora="ahoy")
+    nodes = [PREFILL, A, holder]
+    assert local.route(job(prompt + [1, 2, 5], lora="ahoy"), POLICY_ROUTE, nodes) == Route(holder, holder)
+    assert local.route(job(prompt + [1, 2, 5]), POLICY_ROUTE, nodes) is POLICY_ROUTE  # the base model's prompt
+    for reloaded in (replace(holder, lora_load_ids=()), replace(holder, lora_load_ids=(("ahoy", "load-2"),))):
+        assert local.route(job(prompt + [1, 2, 5], lora="ahoy"), POLICY_ROUTE, [PREFILL, A, reloaded]) is POLICY_ROUTE
 
 
 def test_a_node_without_a_prefix_cache_holds_nothing():

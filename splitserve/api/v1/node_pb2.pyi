@@ -68,18 +68,20 @@ class PrefillReply(_message.Message):
     def __init__(self, first_token_id: _Optional[int] = ..., logprob: _Optional[_Union[_common_pb2.TokenLogprob, _Mapping]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., num_reused_tokens: _Optional[int] = ..., num_computed_tokens: _Optional[float] = ..., prompt_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("request_id", "num_prompt_tokens", "prefill_node_id", "prompt_token_ids", "cache_salt")
+    __slots__ = ("request_id", "num_prompt_tokens", "prefill_node_id", "prompt_token_ids", "cache_salt", "lora")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     num_prompt_tokens: int
     prefill_node_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     cache_salt: str
-    def __init__(self, request_id: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., prefill_node_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    lora: str
+    def __init__(self, request_id: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., prefill_node_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ..., lora: _Optional[str] = ...) -> None: ...
 
 class ReserveReply(_message.Message):
     __slots__ = ("target", "num_blocks", "num_cached_tokens")
@@ -158,7 +160,14 @@ class KvBlocks(_message.Message):
     def __init__(self, snapshot: _Optional[bool] = ..., stored: _Optional[_Iterable[bytes]] = ..., removed: _Optional[_Iterable[bytes]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv", "kv_blocks")
+    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv", "kv_blocks", "lora_load_ids")
+    class LoraLoadIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +186,7 @@ class NodeStats(_message.Message):
     PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
     SENDS_PARTIAL_KV_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LORA_LOAD_IDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     num_waiting: int
@@ -195,7 +205,8 @@ class NodeStats(_message.Message):
     prefix_caching: bool
     sends_partial_kv: bool
     kv_blocks: KvBlocks
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ..., kv_blocks: _Optional[_Union[KvBlocks, _Mapping]] = ...) -> None: ...
+    lora_load_ids: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ..., kv_blocks: _Optional[_Union[KvBlocks, _Mapping]] = ..., lora_load_ids: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ChunkCacheStats(_message.Message):
     __slots__ = ("num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")
