@@ -14,9 +14,11 @@ alternating order, each time under a new cache salt (vLLM's `cache_salt`), so ne
 Reported per turn: median TTFT on each router and the median of the per-conversation ratios (on / off); how many
 turns ran locally, and whether both routers gave the same answers. `--concurrency N` runs N conversations at once
 (the routers alternating batch by batch): then the KV received and the wall time come as each router's totals.
+`--lora NAME=PATH` has the nodes serve a LoRA adapter and every turn run it.
 
     .venv/bin/python benchmarks/conversation_local_prefill.py [--model models/smollm2-135m-instruct] [--conversations 8]
         [--decode 2] [--concurrency 4] [--on-args="--max-local-prefill-tokens 128"] [--off-args=--no-decode-affinity]
+        [--lora ahoy=.cache/adapters/smollm2-ahoy]
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def converse(clients: list[openai.OpenAI], first: str, extra_passage: str, kv_re
             messages.append({"role": "user", "content": follow_up.format(passage=extra_passage)})
         received, started, ttft, parts = kv_received(), time.perf_counter(), None, []
         client = clients[turn % len(clients)]
-        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=args.max_tokens,
-                                                temperature=0, stream=True, extra_body={"cache_salt": salt})
+        stream = client.chat.completions.create(model=args.lora_name or MODEL, messages=messages,
+                                                max_tokens=args.max_tokens, temperature=0, stream=True,
+                                                extra_body={"cache_salt": salt})
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 ttft = ttft or time.perf_counter() - started
@@ -124,10 +127,13 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--decode", type=int, default=1, help="decode nodes")
     parser.add_argument("--concurrency", type=int, default=1, help="conversations at once (>1: KV as batch totals)")
+    parser.add_argument("--lora", help="NAME=PATH: the nodes serve this adapter and every request runs it")
     parser.add_argument("--out", default="results/conversation_local_prefill_smollm2.json")
     args = parser.parse_args()
+    args.lora_name = args.lora.partition("=")[0] if args.lora else None
+    lora_args = ["--lora-modules", args.lora] if args.lora else []
     with LocalCluster(args.model, prefill=1, decode=args.decode, transport="torch", threads=1, http_port=-1,
-                      node_args=["--metrics-port=-1"], router_args=shlex.split(args.off_args)) as cluster:
+                      node_args=["--metrics-port=-1", *lora_args], router_args=shlex.split(args.off_args)) as cluster:
         cluster.router_args = shlex.split(args.on_args)
         on = cluster.start_router()
         decodes = [s.extra["metrics"] for role, s in cluster.nodes if role == "decode"]

@@ -21,7 +21,6 @@ blocks hash from its load: NodeStats.lora_load_ids).
 from __future__ import annotations
 
 from splitserve import labels
-from splitserve.engine.block_pool import kv_root
 from router.cluster.jobs import Job
 from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
@@ -92,8 +91,4 @@ def _root(job: Job, node: NodeView) -> bytes | None:
     reused there (no prefix cache, prompt logprobs, a LoRA adapter whose load the node does not report)."""
     if not node.prefix_caching or node.total_blocks <= 0 or job.params.prompt_logprobs is not None:
         return None
-    lora = job.params.lora
-    if lora is None:
-        return kv_root(job.params.kv_namespace)
-    load_id = node.lora_load_id(lora)
-    return None if load_id is None else kv_root(job.params.kv_namespace, load_id)
+    return node.hash_root(job.params.kv_namespace, job.params.lora)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 
 from splitserve import labels
+from splitserve.engine.block_pool import kv_root
 from splitserve.grpc_util import aio_channel
 from router.cluster import health
 from router.cluster.health import HealthConfig, HealthState
@@ -55,6 +56,14 @@ class NodeView:
     @property
     def held_blocks(self) -> int:
         return len(self.holdings)
+
+    def hash_root(self, namespace: str | None, lora: str | None) -> bytes | None:
+        """Where the block hashes of a prompt under `namespace` (SamplingParams.kv_namespace) start there
+        (block_pool.kv_root): with a LoRA adapter, from the adapter's load there; None if the node does not say."""
+        if lora is None:
+            return kv_root(namespace)
+        load_id = self.lora_load_id(lora)
+        return None if load_id is None else kv_root(namespace, load_id)
 
     def lora_load_id(self, adapter: str) -> str | None:
         """The id of the adapter's load there (its prompts' blocks hash from it); None if the node does not say."""

@@ -24,7 +24,6 @@ from typing import AsyncIterator
 import grpc
 
 from splitserve.chunkcache.keys import content_hash, salted_key
-from splitserve.engine.block_pool import root_hash
 from splitserve.node_api import PrefillResult, Reservation, TokenChunk
 from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
@@ -90,7 +89,7 @@ class Orchestrator:
         salt = job.params.kv_namespace
         keys = frozenset(salted_key(content_hash(prompt[start:start + length]), salt) for start, length in job.chunks)
         return RouteRequest(len(prompt), job.params.max_tokens, job.hashes, keys,
-                            sum(length for _, length in job.chunks), root_hash(salt))
+                            sum(length for _, length in job.chunks), salt, job.params.lora)
 
     async def run(self, job: Job, route: Route) -> AsyncIterator[Tokens | Done]:
         progress, timer = Progress(job.request_id), RequestTimer(self.metrics, time.monotonic(), len(job.prompt_token_ids))

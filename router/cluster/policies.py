@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from splitserve import labels
+from splitserve.engine.block_pool import kv_root
 from router.cluster.nodes import NodeView
 from router.cluster.prefix_index import PrefixIndex, PromptHashes
 
@@ -26,7 +27,13 @@ class RouteRequest:
     prompt: PromptHashes = field(default_factory=lambda: PromptHashes(()))  # cache_aware reads its block hashes
     chunk_keys: frozenset[str] = frozenset()  # keys of the request's RAG chunks
     num_chunk_tokens: int = 0  # prompt tokens those chunks cover (0: unknown)
-    hash_root: bytes = b""  # where its blocks' hash chain starts (a cache salt's: block_pool.root_hash)
+    namespace: str | None = None  # what its cached KV is shared under (SamplingParams.kv_namespace)
+    lora: str | None = None  # its LoRA adapter: its blocks hash from the adapter's load on each node
+
+    @property
+    def hash_root(self) -> bytes:
+        """Where its blocks' hash chain starts in this router's own index (the namespace's, whatever the node)."""
+        return kv_root(self.namespace)
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
         matched = index.matched_blocks(hashes)
 
         def cost(n: NodeView) -> tuple:
-            held = max(matched.get(n.address, 0), n.holdings.leading(hashes) if n.prefix_caching else 0)
+            held = max(matched.get(n.address, 0), reported_hits(n, request))
             work = request.num_prompt_tokens - cached_tokens(n, request, held)
             return (pending_prefill_tokens(n) + work, *tie_break(n))
         route = split_or_colocated(nodes, lambda ps: min(ps, key=cost), lambda ds: min(ds, key=decode_load),
@@ -157,6 +164,12 @@ def cache_aware(index_capacity: int = 65536) -> Policy:
         index.record(hashes, route.prefill.address)
         return route
     return choose
+
+
+def reported_hits(n: NodeView, request: RouteRequest) -> int:
+    """Leading blocks of the prompt that n's prefix cache holds (NodeView.holdings), hashed as n hashes them."""
+    root = n.hash_root(request.namespace, request.lora) if n.prefix_caching else None
+    return 0 if root is None else n.holdings.leading(request.prompt.blocks(n.block_size, root))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from router.cluster.nodes import NodeRegistry, NodeView, parse_static_nodes
 from router.cluster.policies import NoRoute, RouteRequest, SplitwiseConfig, get_policy, splitwise
 from router.cluster.prefix_index import PrefixIndex, PromptHashes
 from splitserve.engine.block_log import BlockChanges
-from splitserve.engine.block_pool import BlockPool, block_hashes, chain_hash, root_hash
+from splitserve.engine.block_pool import BlockPool, block_hashes, chain_hash, kv_root, root_hash
 
 REQ = RouteRequest(num_prompt_tokens=100, max_tokens=10)
 
@@ -129,6 +129,21 @@ def test_cache_aware_counts_the_blocks_a_node_reports_holding():
                  node("p2", "prefill", inflight_prefill_tokens=150, holdings=reported, prefix_caching=caching)]
         chosen = get_policy("cache_aware")(nodes, cache_request(PROMPT + [7])).prefill.address
         assert chosen == ("p2" if caching else "p1")
+
+
+def test_cache_aware_counts_a_lora_prompts_blocks_hashed_from_the_adapters_load_on_each_node():
+    """p2 holds the prompt as run with adapter `ahoy` as loaded there (load-9): a request under the adapter counts
+    it where p2 reports that load, not after a reload (another load id) or where p2 does not say; the base
+    model's prompt never does."""
+    reported = BlockHoldings()
+    reported.apply("p2-instance", BlockChanges(True, block_hashes(PROMPT, 16, kv_root("\x1flora:ahoy", "load-9")), (), 1))
+    lora = cache_request(PROMPT + [7], namespace="\x1flora:ahoy", lora="ahoy")
+    for load_ids, request, expected in [((("ahoy", "load-9"),), lora, "p2"), ((("ahoy", "load-10"),), lora, "p1"),
+                                        ((), lora, "p1"), ((("ahoy", "load-9"),), cache_request(PROMPT + [7]), "p1")]:
+        nodes = [node("p1", "prefill", inflight_prefill_tokens=100), node("d1", "decode"),
+                 node("p2", "prefill", inflight_prefill_tokens=150, holdings=reported, prefix_caching=True,
+                      lora_load_ids=load_ids)]
+        assert get_policy("cache_aware")(nodes, request).prefill.address == expected
 
 
 def test_cache_aware_trades_the_hit_against_load():
