@@ -79,6 +79,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--no-decode-affinity", False, "send each split request to the policy's decode node, not to the "
              "one holding the most of its prompt in its prefix cache (a conversation's next turn: only the KV it "
              "lacks moves)", action="store_true")
+    add_flag(parser, "--decode-affinity-slack", 2, "decode affinity gives a split request to the decode "
+             "node holding its prompt only if that node runs at most this many requests more than the policy's "
+             "choice (0: only when it is no busier)", type=int)
     add_flag(parser, "--cache-salt-per-key", False, "each API key's prompts share cached KV (prefix and chunk cache) "
              "only with that key's, so no tenant can time another's prompts (needs API keys)",
              action="store_true")

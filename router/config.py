@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from splitserve import labels
 from router.cluster.failover import RetryConfig
 from router.cluster.health import HealthConfig
+from router.cluster.local_prefill import AFFINITY_SLACK
 from router.front.admission import AdmissionConfig
 from splitserve.engine.gguf_reader import model_name
 from splitserve.engine.pooling import Pooling
@@ -54,6 +55,7 @@ class RouterConfig:
     allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's runtime updating)
     max_local_prefill_tokens: int = 0  # conditional disaggregation: shorter prompts prefill on their decode node
     decode_affinity: bool = True  # split requests go to the decode node holding their prefix (local_prefill.py)
+    decode_affinity_slack: int = AFFINITY_SLACK  # ... if it runs at most this many requests more than the policy's
     health: HealthConfig = field(default_factory=HealthConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -110,7 +112,7 @@ class RouterConfig:
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
                    args.batch_store, args.batch_claim_s, args.allow_runtime_lora, args.max_local_prefill_tokens,
-                   not args.no_decode_affinity,
+                   not args.no_decode_affinity, args.decode_affinity_slack,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),
                    AdmissionConfig(args.max_queue, args.retry_after_s, args.request_timeout_s),

@@ -36,7 +36,8 @@ async def build(config: RouterConfig):
         registry.add(role, address)
     orchestrator = Orchestrator(registry, get_policy(config.policy), retry=config.retry,
                                 max_local_prefill_tokens=config.max_local_prefill_tokens,
-                                decode_affinity=config.decode_affinity)
+                                decode_affinity=config.decode_affinity,
+                                decode_affinity_slack=config.decode_affinity_slack)
     frontend = Frontend.from_model_dir(config.model, config.generation_config, config.embedding_pooling)
     if frontend.sampling_defaults:
         log.info("OpenAI API sampling defaults from the model's generation config: %s (--generation-config none: "

@@ -1,8 +1,8 @@
 """Where a request's decode work goes, by what the decode nodes hold.
 
 Decode affinity (on unless --no-decode-affinity): a split request goes to the decode node holding the most of its
-prompt, unless that node runs more than AFFINITY_SLACK requests more than the policy's choice; its Reserve takes the
-blocks held there, so only the KV after them moves. Conditional disaggregation (Dynamo's; llm-d's decider counts
+prompt, unless that node runs more than `slack` requests (--decode-affinity-slack, default AFFINITY_SLACK) more than
+the policy's choice; its Reserve takes the blocks held there, so only the KV after them moves. Conditional disaggregation (Dynamo's; llm-d's decider counts
 the tokens not cached; --max-local-prefill-tokens): a request that would leave at most `max_tokens` prompt tokens to
 compute on a decode node runs whole there (Generate), skipping the Reserve, the Prefill on a prefill node and the
 KV transfer. Prompts with RAG documents do neither: the chunk cache is the prefill nodes'.
@@ -26,20 +26,26 @@ from router.cluster.nodes import NodeView
 from router.cluster.policies import Route
 
 
-AFFINITY_SLACK = 2  # a split request goes to the decode node holding its prefix if it runs at most this many more
+# default --decode-affinity-slack: a split request goes to the decode node holding its prefix if that runs at most
+# this many requests more than the policy's choice
+AFFINITY_SLACK = 2
 
 
 class LocalPrefill:
-    def __init__(self, max_tokens: int, affinity: bool = True):
+    def __init__(self, max_tokens: int, affinity: bool = True, slack: int = AFFINITY_SLACK):
         """max_tokens: the most prompt tokens a decode node computes for a request; 0: conditional disaggregation
-        off. affinity: split requests go to the decode node holding their prefix (within AFFINITY_SLACK)."""
+        off. affinity: split requests go to the decode node holding their prefix if it runs at most `slack` requests
+        more than the policy's."""
+        if slack < 0:
+            raise ValueError(f"the decode affinity slack must be >= 0, got {slack}")
         self.max_tokens = max_tokens
         self.affinity = affinity
+        self.slack = slack
 
     def route(self, job: Job, route: Route, nodes: list[NodeView]) -> Route:
         """`route` (the policy's), or a local one on the decode node with the fewest tokens left to compute, if they
         are at most max_tokens (the policy's decode node wins ties). A request that stays split goes to the decode
-        node holding the most of it, unless that node runs more than AFFINITY_SLACK requests more than the policy's
+        node holding the most of it, unless that node runs more than `slack` requests more than the policy's
         (its Reserve then reuses those blocks: less KV to move)."""
         if not self.enabled or route.colocated or job.chunks:
             return route
@@ -51,7 +57,7 @@ class LocalPrefill:
         node = min(decodes, key=lambda n: uncached[n.address])
         if uncached[node.address] <= self.max_tokens:
             return Route(node, node)
-        if self.affinity and holder_wins(route.decode, node, uncached):
+        if self.affinity and holder_wins(route.decode, node, uncached, self.slack):
             return Route(route.prefill, node)
         return route
 
@@ -78,12 +84,12 @@ class LocalPrefill:
         return n - min(matched * node.block_size, n - 1)  # the last prompt token is always computed
 
 
-def holder_wins(chosen: NodeView, holder: NodeView, uncached: dict[str, int]) -> bool:
+def holder_wins(chosen: NodeView, holder: NodeView, uncached: dict[str, int], slack: int = AFFINITY_SLACK) -> bool:
     """Decode affinity's rule: `holder` (the decode node with the fewest prompt tokens left uncached) takes a split
-    request instead of the policy's `chosen` when it has fewer uncached and runs at most AFFINITY_SLACK requests more
+    request instead of the policy's `chosen` when it has fewer uncached and runs at most `slack` requests more
     (the simulator applies it too, splitserve/sim/cluster.py)."""
     return uncached[holder.address] < uncached[chosen.address] \
-        and holder.inflight_decodes <= chosen.inflight_decodes + AFFINITY_SLACK
+        and holder.inflight_decodes <= chosen.inflight_decodes + slack
 
 
 def _root(job: Job, node: NodeView) -> bytes | None:

@@ -29,7 +29,7 @@ from splitserve.rpc.logs import request_id
 from router.cluster.failover import RETRYABLE, NodeCallError, Progress, RetryConfig
 from router.metrics import ROUTER, RequestTimer, RouterMetrics
 from router.cluster.jobs import Done, Job, Tokens
-from router.cluster.local_prefill import LocalPrefill
+from router.cluster.local_prefill import AFFINITY_SLACK, LocalPrefill
 from router.cluster.node_client import NodeClient
 from router.cluster.nodes import NodeRegistry
 from router.cluster.policies import NoRoute, Policy, Route, RouteRequest
@@ -41,12 +41,14 @@ __all__ = ["Done", "Job", "NodeCallError", "Orchestrator", "Tokens"]
 class Orchestrator:
     def __init__(self, registry: NodeRegistry, policy: Policy, rpc_timeout_s: float = 60.0,
                  retry: RetryConfig = RetryConfig(), metrics: RouterMetrics = ROUTER,
-                 max_local_prefill_tokens: int = 0, decode_affinity: bool = True):
+                 max_local_prefill_tokens: int = 0, decode_affinity: bool = True,
+                 decode_affinity_slack: int = AFFINITY_SLACK):
         """`max_local_prefill_tokens`: conditional disaggregation (router/cluster/local_prefill.py), 0: off;
-        `decode_affinity`: split requests go to the decode node holding their prefix (the same module)."""
+        `decode_affinity`: split requests go to the decode node holding their prefix if it runs at most
+        `decode_affinity_slack` requests more than the policy's choice (the same module)."""
         self.registry = registry
         self.policy = policy
-        self.local_prefill = LocalPrefill(max_local_prefill_tokens, decode_affinity)
+        self.local_prefill = LocalPrefill(max_local_prefill_tokens, decode_affinity, decode_affinity_slack)
         self.rpc_timeout_s = rpc_timeout_s
         self.retry = retry
         self.metrics = metrics

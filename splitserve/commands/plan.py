@@ -50,7 +50,7 @@ def parse_kind(text: str):
 
 def handle(args: argparse.Namespace) -> int:
     from splitserve.bench.metrics import parse_slos
-    from splitserve.sim.args import load_requests
+    from splitserve.sim.args import load_requests, routing_options
     from splitserve.sim.cluster import ClusterConfig
     from splitserve.sim.planner import PlanConfig, Planner, helm_values, summary_table
 
@@ -58,9 +58,7 @@ def handle(args: argparse.Namespace) -> int:
         kinds = [parse_kind(k) for k in args.kind] or ([parse_kind(f"default={args.profile}")] if args.profile else [])
         base = ClusterConfig(transport=args.transport, max_queue=args.max_queue, hop_s=args.hop_ms / 1000,
                              router=args.router, host_cores=args.host_cores, nodes_per_host=args.nodes_per_host,
-                             step_jitter=args.step_jitter, seed=args.jitter_seed,
-                             decode_affinity=not args.no_decode_affinity,
-                             max_local_prefill_tokens=args.max_local_prefill_tokens)
+                             step_jitter=args.step_jitter, seed=args.jitter_seed, **routing_options(args))
         config = PlanConfig(parse_slos(args.slo), args.attainment, tuple(p for p in args.policies.split(",") if p),
                             args.max_nodes, base)
         if args.num_requests is None and args.duration_s is None and not args.replay:

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from splitserve.bench.metrics import parse_percentiles, parse_slos
     from splitserve.bench.report import format_table, save_json
-    from splitserve.sim.args import load_requests, role_profiles
+    from splitserve.sim.args import load_requests, role_profiles, routing_options
     from splitserve.sim.cluster import ClusterConfig
     from splitserve.sim.runner import simulate
 
@@ -44,9 +44,7 @@ def handle(args: argparse.Namespace) -> int:
         config = ClusterConfig(prefill=args.prefill, decode=args.decode, mixed=args.mixed, policy=args.policy,
                                transport=args.transport, max_queue=args.max_queue, hop_s=args.hop_ms / 1000,
                                router=args.router, host_cores=args.host_cores, nodes_per_host=args.nodes_per_host,
-                               step_jitter=args.step_jitter, seed=args.jitter_seed,
-                               decode_affinity=not args.no_decode_affinity,
-                               max_local_prefill_tokens=args.max_local_prefill_tokens)
+                               step_jitter=args.step_jitter, seed=args.jitter_seed, **routing_options(args))
         profiles = role_profiles(args)
         requests, run = load_requests(args)
         result = simulate(requests, config, profiles, {**run, "label": args.label},

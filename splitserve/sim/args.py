@@ -56,6 +56,8 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-decode-affinity", action="store_true",
                    help="as the router's flag: split requests go to the policy's decode node, not the one holding "
                         "the most of their prompt")
+    g.add_argument("--decode-affinity-slack", type=int, default=2,  # router.cluster.local_prefill.AFFINITY_SLACK
+                   help="as the router's flag: the holder takes a split request if it runs at most this many more")
     g.add_argument("--max-local-prefill-tokens", type=int, default=0,
                    help="as the router's flag: a prompt leaving at most this many tokens to compute on a decode node "
                         "runs whole there (0: off)")
@@ -111,3 +113,9 @@ def role_profiles(args: argparse.Namespace) -> dict[str, Profile]:
     if not profiles:
         raise ValueError("give --profile PROFILE.json (from `splitserve profile`) or per-role profiles")
     return profiles
+
+
+def routing_options(args: argparse.Namespace) -> dict:
+    """ClusterConfig's settings of the router's decode-node choice, from the flags above."""
+    return {"decode_affinity": not args.no_decode_affinity, "decode_affinity_slack": args.decode_affinity_slack,
+            "max_local_prefill_tokens": args.max_local_prefill_tokens}

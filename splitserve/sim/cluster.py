@@ -201,7 +201,8 @@ class ClusterSim(SharedHostSteps):
         best = self.router.by_address[min(uncached, key=uncached.get)]  # the policy's choice first: it wins ties
         if uncached[best.name] <= self.config.max_local_prefill_tokens and not req.cached_tokens:
             return best, best
-        if self.config.decode_affinity and holder_wins(self.router.view(chosen), self.router.view(best), uncached):
+        if self.config.decode_affinity and holder_wins(self.router.view(chosen), self.router.view(best), uncached,
+                                                          self.config.decode_affinity_slack):
             return prefill, best
         return prefill, chosen
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from router.cluster.local_prefill import AFFINITY_SLACK
 from router.cluster.policies import SplitwiseConfig
 from splitserve.sim.host import HostModel, assign_hosts
 from splitserve.sim.node import NodeSim
@@ -33,6 +34,7 @@ class ClusterConfig:
     step_jitter: bool = False  # decode steps drawn from the profile's measured spread (jitter.py)
     seed: int = 0  # of the step jitter's draws
     decode_affinity: bool = True  # the router's default (--no-decode-affinity: False)
+    decode_affinity_slack: int = AFFINITY_SLACK  # the router's --decode-affinity-slack
     max_local_prefill_tokens: int = 0  # the router's conditional disaggregation (0: off)
 
     def __post_init__(self):
@@ -42,8 +44,9 @@ class ClusterConfig:
             raise ValueError("prefill and decode pools come together (or add mixed nodes)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.max_local_prefill_tokens < 0:
-            raise ValueError(f"max_local_prefill_tokens must be >= 0, got {self.max_local_prefill_tokens}")
+        if self.max_local_prefill_tokens < 0 or self.decode_affinity_slack < 0:
+            raise ValueError(f"max_local_prefill_tokens and decode_affinity_slack must be >= 0, got "
+                             f"{self.max_local_prefill_tokens}, {self.decode_affinity_slack}")
         if self.max_queue < 1 or self.hop_s < 0 or self.poll_interval_s <= 0:
             raise ValueError("max_queue must be >= 1, hop_s >= 0, poll_interval_s > 0")
         if self.host_cores < 0 or self.nodes_per_host < 0:

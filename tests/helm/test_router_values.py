@@ -28,3 +28,10 @@ def test_a_negative_threshold_is_refused_by_the_schema():
 def test_decode_affinity_is_on_unless_turned_off(monkeypatch):
     assert router_config("{}", monkeypatch).decode_affinity
     assert not router_config("{router: {decodeAffinity: false}}", monkeypatch).decode_affinity
+
+
+def test_the_decode_affinity_slack_reaches_the_router_and_a_negative_one_is_refused(monkeypatch):
+    assert router_config("{}", monkeypatch).decode_affinity_slack == 2
+    assert router_config("{router: {decodeAffinitySlack: 0}}", monkeypatch).decode_affinity_slack == 0
+    with pytest.raises(Exception, match="decodeAffinitySlack|minimum"):
+        render("{router: {decodeAffinitySlack: -1}}")

@@ -86,6 +86,21 @@ def test_hits_do_not_count_where_the_node_would_not_reuse_them(params):
     assert local.route(job(prompt + [5], **params), POLICY_ROUTE, NODES) is POLICY_ROUTE
 
 
+@pytest.mark.parametrize("slack, busier, holder_wins", [(0, 0, True), (0, 1, False), (3, 3, True), (3, 4, False)])
+def test_the_decode_affinity_slack_bounds_how_much_busier_the_holder_may_be(slack, busier, holder_wins):
+    """--decode-affinity-slack: the holder takes the split request while it runs at most `slack` more requests."""
+    local, first = LocalPrefill(0, slack=slack), list(range(100, 140))
+    finished_on(local, B, first, [1, 2, 3])
+    busy = replace(B, inflight_decodes=busier)
+    route = local.route(job(first + [1, 2] + list(range(300, 330))), POLICY_ROUTE, [PREFILL, A, busy])
+    assert (route == Route(PREFILL, busy)) == holder_wins
+
+
+def test_a_negative_decode_affinity_slack_is_refused():
+    with pytest.raises(ValueError, match="slack must be >= 0"):
+        LocalPrefill(0, slack=-1)
+
+
 def test_a_lora_conversation_counts_on_the_node_reporting_the_adapters_load_and_nowhere_else():
     """A LoRA request's blocks hash from the adapter's load on each node (NodeStats.lora_load_ids): its next turn
     runs where the last one left them; the same node without the load reported, or after a reload, counts none."""

@@ -66,6 +66,16 @@ def test_decode_affinity_sends_a_later_turn_to_the_decode_node_holding_it(router
     assert later.sent_tokens == (2000 - 3 * 512 if affinity else 2000)
 
 
+def test_the_decode_affinity_slack_keeps_a_later_turn_off_a_holder_that_is_busier():
+    """The holder of turn 1 still decodes it when turn 2 comes: 1 request more than the other decode node, more than
+    --decode-affinity-slack 0 allows, so turn 2 goes to the policy's node (with the default 2 it goes to the holder)."""
+    for slack, to_holder in ((0, False), (2, True)):
+        first = SimRequest(0, 2000, 400, 0.0, hash_ids=(1, 2, 3, 4))
+        later = SimRequest(1, 2000, 4, 5.0, hash_ids=(1, 2, 3, 9))
+        run(ClusterConfig(1, 2, 0, hop_s=HOP, decode_affinity_slack=slack), [first, later])
+        assert (later.decode_node is first.decode_node) == to_holder
+
+
 def test_conditional_disaggregation_runs_what_is_left_short_on_the_decode_node_holding_the_rest():
     """--max-local-prefill-tokens 600: a short prompt runs whole on its decode node; a later turn whose first 3
     blocks its decode node holds (from turn 1, split) has 464 tokens left: it runs there too; a long new prompt

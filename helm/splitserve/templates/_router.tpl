@@ -24,6 +24,9 @@
 {{- if not $r.decodeAffinity }}
 - --no-decode-affinity
 {{- end }}
+{{- if ne (int64 $r.decodeAffinitySlack) 2 }}
+- --decode-affinity-slack={{ int64 $r.decodeAffinitySlack }}
+{{- end }}
 {{- if $r.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
