@@ -2,10 +2,11 @@
 
 Decode affinity (on unless --no-decode-affinity): a split request goes to the decode node holding the most of its
 prompt, unless that node runs more than `slack` requests (--decode-affinity-slack, default AFFINITY_SLACK) more than
-the policy's choice; its Reserve takes the blocks held there, so only the KV after them moves. Conditional disaggregation (Dynamo's; llm-d's decider counts
-the tokens not cached; --max-local-prefill-tokens): a request that would leave at most `max_tokens` prompt tokens to
-compute on a decode node runs whole there (Generate), skipping the Reserve, the Prefill on a prefill node and the
-KV transfer. Prompts with RAG documents do neither: the chunk cache is the prefill nodes'.
+the policy's choice; its Reserve takes the blocks held there, so only the KV after them moves. Conditional
+disaggregation (Dynamo's; llm-d's decider counts the tokens not cached; --max-local-prefill-tokens): a request that
+would leave at most `max_tokens` prompt tokens to compute on a decode node runs whole there (Generate), skipping the
+Reserve, the Prefill on a prefill node and the KV transfer. Prompts with RAG documents do neither: the chunk cache
+is the prefill nodes'.
 
 What a decode node holds is known from what ran there: a request that decoded on a node leaves the KV of its prompt
 and of the tokens it generated in that node's prefix cache (the blocks stay, freed but revivable, until the node

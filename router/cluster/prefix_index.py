@@ -10,7 +10,6 @@ which is all a routing score needs.
 from __future__ import annotations
 
 from collections import OrderedDict
-
 from collections.abc import Sequence
 
 from splitserve.engine.block_pool import NO_HASH, block_hashes

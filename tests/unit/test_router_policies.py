@@ -136,7 +136,8 @@ def test_cache_aware_counts_a_lora_prompts_blocks_hashed_from_the_adapters_load_
     it where p2 reports that load, not after a reload (another load id) or where p2 does not say; the base
     model's prompt never does."""
     reported = BlockHoldings()
-    reported.apply("p2-instance", BlockChanges(True, block_hashes(PROMPT, 16, kv_root("\x1flora:ahoy", "load-9")), (), 1))
+    held = block_hashes(PROMPT, 16, kv_root("\x1flora:ahoy", "load-9"))
+    reported.apply("p2-instance", BlockChanges(True, held, (), 1))
     lora = cache_request(PROMPT + [7], namespace="\x1flora:ahoy", lora="ahoy")
     for load_ids, request, expected in [((("ahoy", "load-9"),), lora, "p2"), ((("ahoy", "load-10"),), lora, "p1"),
                                         ((), lora, "p1"), ((("ahoy", "load-9"),), cache_request(PROMPT + [7]), "p1")]:
