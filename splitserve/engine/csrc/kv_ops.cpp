@@ -191,11 +191,25 @@ int64_t gather_mulsum(const at::Tensor& k, const at::Tensor& v, const at::Tensor
   });
 }
 
+// Copies a row into the pool with non-temporal stores where it is 32-byte aligned (no read of the pool's lines
+// before they are written: a transferred layer lands in memory larger than the cache), else with memcpy.
+void write_row(uint8_t* dst, const uint8_t* src, int64_t nbytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % 32 != 0 || nbytes % 32 != 0) {
+    std::memcpy(dst, src, nbytes);
+    return;
+  }
+  for (int64_t i = 0; i < nbytes; i += 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+  }
+}
+
 int64_t scatter(const at::Tensor& kv, at::Tensor& k, at::Tensor& v, const at::Tensor& slots, int64_t seed, Hash hash) {
   const LayerRows rows = layer_rows(kv, k, v, slots);
   const uint8_t* src = static_cast<const uint8_t*>(kv.data_ptr());
   return copy_and_hash(rows, src, seed, hash, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) std::memcpy(rows.pool_row(r), src + r * rows.row_bytes, rows.row_bytes);
+    for (int64_t r = r0; r < r1; ++r) write_row(rows.pool_row(r), src + r * rows.row_bytes, rows.row_bytes);
+    _mm_sfence();  // this thread's streamed rows are visible before the layer is reported written
   });
 }
 
