@@ -17,7 +17,7 @@ from splitserve.engine.block_pool import NO_HASH, block_hashes
 
 class PromptHashes:
     """A prompt's block hashes (block_pool.block_hashes, as the nodes' block pools compute them), computed once per
-    block size and root (block_pool.root_hash) however many routing steps ask for them."""
+    block size and root (block_pool.kv_root) however many routing steps ask for them."""
 
     def __init__(self, token_ids: Sequence[int]):
         self.token_ids = token_ids
@@ -26,7 +26,7 @@ class PromptHashes:
     def blocks(self, block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
         key = (block_size, root)
         if key not in self._hashes:
-            self._hashes[key] = block_hashes(list(self.token_ids), block_size, root)
+            self._hashes[key] = block_hashes(self.token_ids, block_size, root)
         return self._hashes[key]
 
     def extended(self, more: Sequence[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:

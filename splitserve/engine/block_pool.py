@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from splitserve.engine.block_log import BlockChanges, BlockLog
@@ -35,7 +36,7 @@ def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
     return _chained(parent, _token_bytes(token_ids))
 
 
-def block_hashes(token_ids: list[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
+def block_hashes(token_ids: Sequence[int], block_size: int, root: bytes = NO_HASH) -> tuple[bytes, ...]:
     """Chained hashes of the full blocks of token_ids from `root` (each as chain_hash), the whole run packed once."""
     end = len(token_ids) - len(token_ids) % block_size
     data, step = memoryview(_token_bytes(token_ids[:end])), 4 * block_size
@@ -46,7 +47,7 @@ def block_hashes(token_ids: list[int], block_size: int, root: bytes = NO_HASH) -
     return tuple(hashes)
 
 
-def _token_bytes(token_ids: list[int]) -> bytes:
+def _token_bytes(token_ids: Sequence[int]) -> bytes:
     """Token ids as little-endian uint32s (struct.error for one outside [0, 2**32))."""
     return struct.pack(f"<{len(token_ids)}I", *token_ids)
 

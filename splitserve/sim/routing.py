@@ -91,8 +91,8 @@ class ExactRouter:
 
     def route(self, req, exclude: frozenset | set = frozenset()):
         """(prefill node, decode node); the same mixed node twice means colocated. NoRoute when none. A split
-        request's decode node may then give way to one holding more of its prompt (`prefer_decode`: decode
-        affinity) or run whole on one (conditional disaggregation): `prefer_route`, router/cluster/local_prefill.py."""
+        request's decode node may then give way to one holding more of its prompt (decode affinity) or run whole on
+        one (conditional disaggregation): `prefer_route`, router/cluster/local_prefill.py."""
         prefill, decode = self._choose(req, exclude)
         if self.prefer_route is not None and prefill is not decode:
             prefill, decode = self.prefer_route(req, prefill, decode, exclude)
