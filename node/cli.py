@@ -68,6 +68,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--lora-modules", [], "LoRA adapters requests may name, as NAME=PATH (a PEFT adapter folder or "
              "a GGUF LoRA file), space-separated: the OpenAI API's model NAME runs the base model with that adapter",
              nargs="+")
+    add_flag(parser, "--speculative-config", "", "n-gram speculative decoding (prompt lookup), as vLLM's JSON: "
+             "'{\"method\": \"ngram\", \"num_speculative_tokens\": 3}', optionally with prompt_lookup_max (4), "
+             "prompt_lookup_min (3) and disable_by_batch_size; empty: off")
     add_flag(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
     add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
     add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)

@@ -13,6 +13,7 @@ from splitserve.chunkcache.cachecraft import CacheCraftConfig
 from splitserve.chunkcache.runner import ChunkCacheConfig
 from splitserve.engine import EngineConfig
 from splitserve.engine.lora_names import parse_lora_modules
+from splitserve.engine.speculation import NgramSpeculation
 from splitserve.kvtransfer import TransferConfig, transport_backend
 from splitserve.runtime.cpu_share import parse_cpu_share
 
@@ -101,7 +102,8 @@ def _engine(args: argparse.Namespace) -> EngineConfig:
                         max_num_batched_tokens=args.max_batched_tokens,
                         max_embedding_tokens_per_step=args.max_embedding_tokens_per_step,
                         enable_prefix_caching=not args.no_prefix_caching,
-                        lora_modules=parse_lora_modules(args.lora_modules))
+                        lora_modules=parse_lora_modules(args.lora_modules),
+                        speculative=NgramSpeculation.from_json(args.speculative_config))
 
 
 def _kv(args: argparse.Namespace) -> KVConfig:

@@ -59,6 +59,16 @@ class _EngineGauges:
             family.add_metric([], float(value))
             yield family
         yield from _lora_gauges(s)
+        yield from _speculation_counters(s)
+
+
+def _speculation_counters(s):
+    """--speculative-config: drafts checked and drafts kept (vLLM's spec_decode_num_draft/accepted_tokens)."""
+    for name, doc, value in (("spec_decode_draft_tokens", "speculative drafts checked", s.spec_draft_tokens),
+                             ("spec_decode_accepted_tokens", "speculative drafts kept", s.spec_accepted_tokens)):
+        family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+        family.add_metric([], float(value))
+        yield family
 
 
 def _lora_gauges(s):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from splitserve.engine.errors import ModelFormatError
+from splitserve.engine.speculation import NgramSpeculation
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -133,6 +134,7 @@ class EngineConfig:
     packed_cpu_linear: bool = True  # oneDNN pre-packed weights for fp32 on CPU (see cpu_linear.py)
     quant_cpu_linear: bool = True  # with it, native kernels over weights that are exactly Q4_1/Q8_0 blocks
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, PEFT folder or GGUF file): LoRA adapters requests may name
+    speculative: NgramSpeculation | None = None  # n-gram speculative decoding (speculation.py); None: off
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

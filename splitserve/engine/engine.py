@@ -58,6 +58,8 @@ class EngineStats:
     prefix_caching: bool = True  # EngineConfig.enable_prefix_caching
     # (adapter, its load_id) for each adapter requests may name: their prompts' blocks hash from kv_root with it
     lora_load_ids: tuple[tuple[str, str], ...] = ()
+    spec_draft_tokens: int = 0  # speculation.py, since start: drafts checked
+    spec_accepted_tokens: int = 0  # and of those, kept
 
     @property
     def num_used_blocks(self) -> int:
@@ -94,6 +96,7 @@ class Engine:
         self.outputs = OutputTracker(self.tokenizer)
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
         self._ids = itertools.count()
+        self.spec_counts = [0, 0]  # drafts checked, drafts kept (speculation.py)
 
     def _blocks_for(self, num_bytes: int) -> int:
         per_block = self.model_config.kv_bytes_per_token(self.config.torch_dtype) * self.config.block_size
@@ -325,18 +328,46 @@ class Engine:
     def step(self, make_layer_hook: Callable[[SchedulerOutput], LayerHook | None] | None = None) -> list[RequestOutput]:
         """One engine step. make_layer_hook(plan) may return a function called after each layer
         of this step wrote its KV (the prefill node streams KV from there)."""
+        self._draft()
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return self.outputs.drain()
         result = self.runner.execute(plan, make_layer_hook(plan) if make_layer_hook else None)
         self.scheduler.commit(plan)
         for chunk in result.chunks:
-            sample = result.samples.get(chunk.request.request_id)
-            if sample is not None:
-                self._append_token(chunk.request, sample.token_id, sample)
+            samples = result.samples.get(chunk.request.request_id)
+            if samples is not None:
+                self._append_samples(chunk, samples)
             elif chunk.request.embedding is not None:
                 self._finish(chunk.request, FinishReason.POOLED)
         return self.outputs.drain()
+
+    def _draft(self) -> None:
+        """Speculation's drafts for each decoding request (speculation.py): none under a grammar, none past its
+        max_tokens (the token after the last kept draft comes too)."""
+        spec = self.config.speculative
+        if spec is None:
+            return
+        drafting = spec.drafting(len(self.scheduler.running))
+        for req in self.scheduler.running:
+            decoding = req.num_tokens - req.num_computed_tokens == 1 and not req.prefill_only
+            limit = req.params.max_tokens - req.num_output_tokens - 1
+            usable = drafting and decoding and req.matcher is None and not req.is_embedding
+            req.draft_token_ids = spec.propose(req.all_token_ids, limit) if usable else []
+
+    def _append_samples(self, chunk, samples) -> None:
+        """The sampled token, then one more after each draft equal to the token sampled at its place, until one
+        differs or the request ends; the KV of the drafts after that is dropped (written over later)."""
+        req, drafts = chunk.request, chunk.draft_token_ids
+        self._append_token(req, samples[0].token_id, samples[0])
+        kept = 0
+        while kept < len(drafts) and not req.is_finished and samples[kept].token_id == drafts[kept]:
+            kept += 1
+            self._append_token(req, samples[kept].token_id, samples[kept])
+        if drafts:
+            req.num_computed_tokens -= len(drafts) - kept
+            self.spec_counts[0] += len(drafts)
+            self.spec_counts[1] += kept
 
     def _append_token(self, req: Request, token_id: int, sample) -> None:
         req.output_token_ids.append(token_id)
@@ -432,7 +463,8 @@ class Engine:
         return EngineStats(len(waiting), len(running), pending, self.pool.num_blocks, self.pool.num_free,
                            len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters),
                            self._lora_requests(waiting, running), self.pool.enable_prefix_caching,
-                           tuple((name, adapter.load_id) for name, adapter in self.adapters.items()))
+                           tuple((name, adapter.load_id) for name, adapter in self.adapters.items()),
+                           *self.spec_counts)
 
     def _lora_requests(self, waiting, running) -> tuple[tuple[str, int, int], ...]:
         counts = {name: [0, 0] for name in self.adapters}

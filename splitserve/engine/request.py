@@ -60,6 +60,7 @@ class Request:
     pooled_sum: torch.Tensor | None = field(default=None, repr=False)  # its pooled rows so far
     embedding: list[float] | None = None  # set when its prompt has run
     adapter: LoraAdapter | None = field(default=None, repr=False)  # params.lora's, taken at admission (lora.py)
+    draft_token_ids: list[int] = field(default_factory=list)  # speculation.py: its next step checks these drafts
 
     @property
     def all_token_ids(self) -> list[int]:

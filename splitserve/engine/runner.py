@@ -23,7 +23,7 @@ from splitserve.engine.token_limits import banned_tokens, next_token_mask
 @dataclass
 class StepResult:
     chunks: list[ScheduledChunk]  # in the order they ran
-    samples: dict[str, Sample]  # request_id -> sampled token, for chunks that sample
+    samples: dict[str, list[Sample]]  # request_id -> its sampled token (one more after each draft), for chunks that sample
 
 
 class ModelRunner:
@@ -52,12 +52,13 @@ class ModelRunner:
             if pooling is not None:
                 pooled.append(pooling)
                 hidden_rows += range(len(input_ids) + pooling.start - start, len(input_ids) + pooling.end - start)
-            input_ids += req.all_token_ids[start:start + n]
+            input_ids += chunk.input_token_ids()
             positions += range(start, start + n)
             slots += self.slots(req.block_ids, start, start + n)
-            if chunk.samples:
-                sampled.append(len(logit_rows))
-                logit_rows.append(len(input_ids) - 1)
+            if chunk.samples:  # the last row, and each draft's
+                rows = 1 + len(chunk.draft_token_ids)
+                sampled += range(len(logit_rows), len(logit_rows) + rows)
+                logit_rows += range(len(input_ids) - rows, len(input_ids))
         batch = self._attention_batch(chunks, slots)
         input_ids, positions, logit_rows = self._long(input_ids), self._long(positions), self._long(logit_rows)
         lora = lora_batch(adapter_rows)
@@ -80,13 +81,21 @@ class ModelRunner:
             return torch.empty(0, self.model.cfg.vocab_size, device=self.device)
         return self.model.logits(stream[logit_rows])
 
-    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, Sample]:
-        sampling = [c.request for c in chunks if c.samples]
-        reqs = [SampleRequest(r.params, r.num_output_tokens, _banned(r),
-                              *(r.penalty_history() if r.params.penalized else ((), ())), self._allowed(r))
-                for r in sampling]
-        samples = sample(logits, reqs, self.generator) if reqs else []
-        return {r.request_id: s for r, s in zip(sampling, samples)}
+    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, list[Sample]]:
+        """Each sampling chunk's token, and after each of its drafts the token that follows it (the drafts before a
+        row are its history: penalties, bans, the seeded draw's index)."""
+        sampling = [c for c in chunks if c.samples]
+        rows = [(c.request, c.draft_token_ids[:i]) for c in sampling for i in range(1 + len(c.draft_token_ids))]
+        samples = iter(sample(logits, [self._sample_request(r, drafts) for r, drafts in rows], self.generator)
+                       if rows else [])
+        return {c.request.request_id: [next(samples) for _ in range(1 + len(c.draft_token_ids))] for c in sampling}
+
+    def _sample_request(self, req, drafts: list[int]) -> SampleRequest:
+        prompt, output = req.penalty_history() if req.params.penalized or req.params.bad_word_ids else ((), [])
+        output = output + drafts
+        return SampleRequest(req.params, req.num_output_tokens + len(drafts),
+                             banned_tokens(req.params, req.num_output_tokens + len(drafts), req.eos_token_ids, output),
+                             prompt, output, self._allowed(req))
 
     def _allowed(self, req) -> torch.Tensor | None:
         return next_token_mask(req.params, req.matcher, self.model.cfg.vocab_size, self.device)
@@ -155,8 +164,3 @@ class ModelRunner:
 def native_decode_attention(cache: PagedKVCache, device) -> bool:
     """Whether decodes go to native.py's attention: a CPU fp32 cache on a machine with the kernels."""
     return torch.device(device).type == "cpu" and cache.k[0].dtype == torch.float32 and native.attention_ops() is not None
-
-
-def _banned(req) -> tuple[int, ...]:
-    output = req.penalty_history()[1] if req.params.bad_word_ids else ()
-    return banned_tokens(req.params, req.num_output_tokens, req.eos_token_ids, output)

@@ -28,6 +28,7 @@ from splitserve.engine.request import Request, Status
 class ScheduledChunk:
     request: Request
     num_new_tokens: int
+    draft_token_ids: list[int] = field(default_factory=list)  # speculation.py: its last num_new_tokens are these
 
     @property
     def start(self) -> int:
@@ -36,8 +37,13 @@ class ScheduledChunk:
     @property
     def samples(self) -> bool:
         """True when this chunk reaches the end of the request's tokens, so a token is sampled (never for an
-        embedding request)."""
-        return self.start + self.num_new_tokens == self.request.num_tokens and not self.request.is_embedding
+        embedding request); one more after each draft."""
+        end = self.start + self.num_new_tokens - len(self.draft_token_ids)
+        return end == self.request.num_tokens and not self.request.is_embedding
+
+    def input_token_ids(self) -> list[int]:
+        drafts = self.draft_token_ids
+        return self.request.all_token_ids[self.start:self.start + self.num_new_tokens - len(drafts)] + drafts
 
 
 @dataclass
@@ -95,9 +101,10 @@ class Scheduler:
                 i += 1
                 continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if self._grow(req, req.num_computed_tokens + n):
-                out.chunks.append(ScheduledChunk(req, n))
-                budget -= n
+            drafts = self._drafts_that_fit(req, n, budget)
+            if drafts or self._grow(req, req.num_computed_tokens + n):
+                out.chunks.append(ScheduledChunk(req, n + len(drafts), drafts))
+                budget -= n + len(drafts)
                 i += 1
                 continue
             victim = self.running.pop()
@@ -106,6 +113,14 @@ class Scheduler:
             if victim is req:
                 break
         return budget
+
+    def _drafts_that_fit(self, req: Request, n: int, budget: int) -> list[int]:
+        """The drafts a decoding request checks this step (speculation.py): those the budget takes, if the blocks
+        for them are free (else none: drafts never preempt anyone)."""
+        drafts = req.draft_token_ids[:budget - n] if n == 1 else []
+        if drafts and not self._grow(req, req.num_computed_tokens + n + len(drafts)):
+            return []
+        return drafts
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, embeddings: bool) -> int:
         while self.waiting and budget > 0:
@@ -188,9 +203,10 @@ class Scheduler:
             self._register_full_blocks(chunk.request)
 
     def _register_full_blocks(self, req: Request) -> None:
+        """Blocks whose tokens are all computed and known (a step's kept drafts join the tokens after commit())."""
         size = self.pool.block_size
         tokens = req.all_token_ids
-        while (len(req.block_hashes) + 1) * size <= req.num_computed_tokens:
+        while (len(req.block_hashes) + 1) * size <= min(req.num_computed_tokens, len(tokens)):
             j = len(req.block_hashes)
             parent = req.block_hashes[-1] if req.block_hashes else req.hash_root
             req.block_hashes.append(self.pool.register_full(req.block_ids[j], parent, tokens[j * size:(j + 1) * size]))
