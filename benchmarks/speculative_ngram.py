@@ -13,7 +13,8 @@ with and without the flag, asked alternately by the official `openai` client, st
 first content chunk / later tokens) and end-to-end time.
 
     .venv/bin/python benchmarks/speculative_ngram.py [--model models/smollm2-135m-instruct] [--prompts 8]
-        [--config '{"method": "ngram", "num_speculative_tokens": 3}'] [--threads 1] [--served]
+        [--config '{"method": "ngram", "num_speculative_tokens": 3}'] [--threads 1] [--workloads quote chat]
+        [--served]
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def compare(engines: dict[str, Engine], prompts: list[list[int]], params: Sampli
     drafted, kept = (a - b for a, b in zip(engines["speculative"].spec_counts, before))
     tokens = sum(map(len, answers["plain"]))
     rates = {name: statistics.median(r) for name, r in rates.items()}
-    return {"tokens": tokens, "plain_tok_s": round(rates["plain"], 1), "speculative_tok_s": round(rates["speculative"], 1),
+    same = sum(a == b for a, b in zip(answers["plain"], answers["speculative"]))
+    return {"tokens": tokens, "plain_tok_s": round(rates["plain"], 1),
+            "speculative_tok_s": round(rates["speculative"], 1),
             "ratio": round(rates["speculative"] / rates["plain"], 3), "drafted": drafted // repeats,
-            "kept": kept // repeats, "same_answers": sum(a == b for a, b in zip(answers["plain"], answers["speculative"])),
+            "kept": kept // repeats, "same_answers": same,
             "answers": len(prompts)}
 
 
@@ -105,9 +108,9 @@ def _joined(runs: list[dict]) -> dict:
     """Per-prompt runs as one row: summed tokens and drafts, median rates and the median of per-prompt ratios."""
     drafted, kept = sum(r["drafted"] for r in runs), sum(r["kept"] for r in runs)
     return {"tokens": sum(r["tokens"] for r in runs),
-            "plain_tok_s": statistics.median(r["plain_tok_s"] for r in runs),
-            "speculative_tok_s": statistics.median(r["speculative_tok_s"] for r in runs),
-            "ratio_median": statistics.median(r["ratio"] for r in runs),
+            "plain_tok_s": round(statistics.median(r["plain_tok_s"] for r in runs), 2),
+            "speculative_tok_s": round(statistics.median(r["speculative_tok_s"] for r in runs), 2),
+            "ratio_median": round(statistics.median(r["ratio"] for r in runs), 4),
             "ratio_range": [min(r["ratio"] for r in runs), max(r["ratio"] for r in runs)],
             "drafted": drafted, "kept": kept, "kept_share": round(kept / drafted, 3) if drafted else None,
             "same_answers": sum(r["same_answers"] for r in runs), "answers": len(runs)}
@@ -137,7 +140,8 @@ def served(args, texts: dict[str, list[str]]) -> dict:
                              for name, v in rows.items()}
             out[workload]["tpot_ratio"] = round(out[workload]["speculative"]["tpot_ms_median"]
                                                 / out[workload]["plain"]["tpot_ms_median"], 3)
-            out[workload]["same_answers"] = sum(a["text"] == b["text"] for a, b in zip(rows["plain"], rows["speculative"]))
+            pairs = zip(rows["plain"], rows["speculative"])
+            out[workload]["same_answers"] = sum(a["text"] == b["text"] for a, b in pairs)
             out[workload]["answers"] = len(rows["plain"])
             print("served", workload, json.dumps(out[workload]), flush=True)
     return out
@@ -167,11 +171,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workloads", nargs="+", default=["quote", "summarize", "rag_qa", "chat"])
     parser.add_argument("--served", action="store_true")
     parser.add_argument("--out", default="results/speculative_ngram.json")
     args = parser.parse_args()
     started = time.time()
-    texts = workloads(args.prompts)
+    texts = {name: prompts for name, prompts in workloads(args.prompts).items() if name in args.workloads}
     out = {"command": {"script": "benchmarks/speculative_ngram.py", **portable_args(vars(args))},
            "model": model_id(args.model), "in_process": in_process(args, texts)}
     if args.served:

@@ -23,7 +23,8 @@ from splitserve.engine.token_limits import banned_tokens, next_token_mask
 @dataclass
 class StepResult:
     chunks: list[ScheduledChunk]  # in the order they ran
-    samples: dict[str, list[Sample]]  # request_id -> its sampled token (one more after each draft), for chunks that sample
+    # request_id -> its sampled token (one more after each draft), for chunks that sample
+    samples: dict[str, list[Sample]]
 
 
 class ModelRunner:

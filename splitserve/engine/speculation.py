@@ -58,9 +58,11 @@ class NgramSpeculation:
             raise ValueError("--speculative-config must be a JSON object")
         unknown = sorted(set(config) - KEYS)
         if unknown:
-            raise ValueError(f"--speculative-config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+            raise ValueError(f"--speculative-config: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(KEYS))}")
         if config.get("method") != "ngram":
-            raise ValueError(f"--speculative-config: method must be \"ngram\" (prompt lookup), got {config.get('method')!r}")
+            raise ValueError(f"--speculative-config: method must be \"ngram\" (prompt lookup), "
+                             f"got {config.get('method')!r}")
         values = {key: config[key] for key in KEYS - {"method"} if key in config}
         wrong = sorted(k for k, v in values.items() if not isinstance(v, int) or isinstance(v, bool))
         if wrong:

@@ -31,7 +31,7 @@ def brute_force(tokens: list[int], spec: NgramSpeculation, limit: int) -> list[i
 def test_lookup_takes_the_longest_suffix_and_its_latest_earlier_occurrence():
     spec = NgramSpeculation(3, max_ngram=3, min_ngram=1)
     assert spec.propose([1, 2, 3, 9, 2, 3, 7, 8, 5, 2, 3], limit=8) == [7, 8, 5]  # latest "2 3"
-    assert spec.propose([1, 2, 3, 4, 5, 0, 2, 3, 4, 6, 3, 4], limit=8) == [6, 3, 4]  # "3 4" after "2 3 4": latest 2-gram
+    assert spec.propose([1, 2, 3, 4, 5, 0, 2, 3, 4, 6, 3, 4], limit=8) == [6, 3, 4]  # the latest "3 4"
     assert spec.propose([4, 5, 6, 4, 5], limit=2) == [6, 4]
     assert spec.propose([1, 2, 3], limit=8) == []
     assert spec.propose([7, 7], limit=8) == [7]

@@ -48,6 +48,9 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 - --max-num-seqs={{ int64 $engine.maxNumSeqs }}
 - --max-batched-tokens={{ int64 $engine.maxBatchedTokens }}
 - --max-embedding-tokens-per-step={{ int64 $engine.maxEmbeddingTokensPerStep }}
+{{- with $engine.speculativeConfig }}
+- {{ printf "--speculative-config=%s" (toJson .) | quote }}
+{{- end }}
 {{- with $v.node.chunkCache }}
 - --chunk-cache-bytes={{ int64 .localBytes }}
 - --chunk-ttl-s={{ int64 .ttlSeconds }}
