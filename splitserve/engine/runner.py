@@ -15,6 +15,7 @@ from splitserve.engine.lora import lora_batch
 from splitserve.engine.model import CausalLM, LayerHook
 from splitserve.engine.pooling import pooled_rows, record as record_pooled
 from splitserve.engine.prompt_logprobs import prompt_rows, record
+from splitserve.engine.request import Request
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.scheduler import ScheduledChunk, SchedulerOutput
 from splitserve.engine.token_limits import banned_tokens, next_token_mask
@@ -36,8 +37,8 @@ class ModelRunner:
         self.generator = torch.Generator().manual_seed(seed)
 
     def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
-        # decodes first; each LoRA adapter's requests together, so its rows are one run (lora.py)
-        chunks = sorted(plan.chunks, key=lambda c: (c.num_new_tokens > 1, c.request.params.lora or ""))
+        # decodes (with their drafts) first; each LoRA adapter's requests together, so its rows are one run (lora.py)
+        chunks = sorted(plan.chunks, key=lambda c: (not _decodes(c), c.request.params.lora or ""))
         input_ids, positions, slots = [], [], []
         logit_rows, sampled, scored = [], [], []  # rows whose logits are computed; which of them sample; prompt rows
         hidden_rows, pooled = [], []  # rows whose final hidden states embedding requests pool
@@ -106,41 +107,42 @@ class ModelRunner:
         return [block_ids[p // size] * size + p % size for p in range(start, end)]
 
     def _attention_batch(self, chunks: list[ScheduledChunk], slots: list[int]) -> AttentionBatch:
-        decodes = [c for c in chunks if c.num_new_tokens == 1]
-        blocks = self._decode_blocks(decodes) if decodes and self.native_decode else None
-        slots_d, mask = self._decode_tables(decodes) if decodes and blocks is None else (None, None)
-        prefills, offset = [], len(decodes)
+        decodes = [c for c in chunks if _decodes(c)]
+        # one query row per token: a decode's, and each draft's at its own position (it sees the drafts before it)
+        rows = [(c.request, p) for c in decodes for p in range(c.start, c.start + c.num_new_tokens)]
+        blocks = self._decode_blocks(rows) if rows and self.native_decode else None
+        slots_d, mask = self._decode_tables(rows) if rows and blocks is None else (None, None)
+        prefills, offset = [], len(rows)
         for chunk in chunks[len(decodes):]:
             prefills.append(self._prefill_chunk(chunk, offset))
             offset += chunk.num_new_tokens
-        return AttentionBatch(self._long(slots), len(decodes), slots_d, mask, prefills, blocks)
+        return AttentionBatch(self._long(slots), len(rows), slots_d, mask, prefills, blocks)
 
-    def _block_tables(self, decodes: list[ScheduledChunk]) -> torch.Tensor:
-        """[Bd, W]: each decode's blocks up to its query's, padded with block 0."""
-        width = max(-(-(c.start + 1) // self.block_size) for c in decodes)
-        return self._long([c.request.block_ids[:width] + [0] * (width - min(width, len(c.request.block_ids)))
-                           for c in decodes])
+    def _block_tables(self, rows: list[tuple[Request, int]]) -> torch.Tensor:
+        """[Bd, W]: each decode row's blocks up to its query's, padded with block 0."""
+        width = max(-(-(position + 1) // self.block_size) for _, position in rows)
+        return self._long([req.block_ids[:width] + [0] * (width - min(width, len(req.block_ids))) for req, _ in rows])
 
-    def _decode_blocks(self, decodes: list[ScheduledChunk]) -> DecodeBlocks:
-        positions = self._long([c.start for c in decodes])
-        return DecodeBlocks(self._block_tables(decodes), positions, self.sliding_window or 0)
+    def _decode_blocks(self, rows: list[tuple[Request, int]]) -> DecodeBlocks:
+        positions = self._long([position for _, position in rows])
+        return DecodeBlocks(self._block_tables(rows), positions, self.sliding_window or 0)
 
-    def _decode_tables(self, decodes: list[ScheduledChunk]):
+    def _decode_tables(self, rows: list[tuple[Request, int]]):
         size = self.block_size
-        tables = self._block_tables(decodes)
+        tables = self._block_tables(rows)
         offsets = torch.arange(size, device=self.device)
-        num_keys = max(c.start + 1 for c in decodes)  # L: the longest context; shorter ones are masked
-        slots = (tables[:, :, None] * size + offsets).view(len(decodes), -1)[:, :num_keys].flatten()  # [Bd * L]
-        if self._all_keys_visible(decodes, num_keys):
+        num_keys = max(position + 1 for _, position in rows)  # L: the longest context; shorter ones are masked
+        slots = (tables[:, :, None] * size + offsets).view(len(rows), -1)[:, :num_keys].flatten()  # [Bd * L]
+        if self._all_keys_visible(rows, num_keys):
             return slots, None  # SDPA without a mask: its fastest path (batch 1, equal lengths)
         key_pos = torch.arange(num_keys, device=self.device)
-        query_pos = self._long([c.start for c in decodes])[:, None]
+        query_pos = self._long([position for _, position in rows])[:, None]
         mask = self._visible(query_pos, key_pos)  # [Bd, L]
         return slots, mask[:, None, None, :]
 
-    def _all_keys_visible(self, decodes: list[ScheduledChunk], num_keys: int) -> bool:
+    def _all_keys_visible(self, rows: list[tuple[Request, int]], num_keys: int) -> bool:
         window_ok = self.sliding_window is None or num_keys <= self.sliding_window
-        return window_ok and all(c.start + 1 == num_keys for c in decodes)
+        return window_ok and all(position + 1 == num_keys for _, position in rows)
 
     def _prefill_chunk(self, chunk: ScheduledChunk, offset: int) -> PrefillChunk:
         start, n = chunk.start, chunk.num_new_tokens
@@ -165,3 +167,8 @@ class ModelRunner:
 def native_decode_attention(cache: PagedKVCache, device) -> bool:
     """Whether decodes go to native.py's attention: a CPU fp32 cache on a machine with the kernels."""
     return torch.device(device).type == "cpu" and cache.k[0].dtype == torch.float32 and native.attention_ops() is not None
+
+
+def _decodes(chunk: ScheduledChunk) -> bool:
+    """A decode's chunk: one token, or one and its drafts (each row then attends as a decode does)."""
+    return chunk.num_new_tokens == 1 or bool(chunk.draft_token_ids)
