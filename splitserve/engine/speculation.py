@@ -6,14 +6,14 @@ Configured as vLLM's `--speculative-config '{"method": "ngram", "num_speculative
 that occurred before proposes the K tokens that followed its latest earlier occurrence. Answers that quote their
 prompt (RAG, summaries, code edits) draft well; a request with no match decodes as usual.
 
-The step computes the request's last token and the drafts (1 + K rows: where a step is bound by reading the
-weights, as a small batch on a CPU is, it costs little more than one row), samples the token after each row as
-plain decoding would (the same logit processors, with the drafts before it as the history; a seeded request draws
-its n-th token from (seed, n)), and keeps the sampled tokens up to and including the first one that differs from
-its draft. With a deterministic draft this is rejection sampling: each kept token is a sample of the model's own
-distribution, so greedy answers are plain decoding's (up to fp32 summation order: the drafts' rows run through
-the chunked-prefill attention) and sampled ones keep their distribution. Requests under a grammar are not
-speculated (its matcher would have to follow each draft).
+The step computes the request's last token and the drafts (1 + K rows, each attending as a decode does, through
+the request's block table up to its own position; a few rows cost less than as many steps, as the weights are
+read once), samples the token after each row as plain decoding would (the same logit processors, with the drafts
+before it as the history; a seeded request draws its n-th token from (seed, n)), and keeps the sampled tokens up
+to and including the first one that differs from its draft. With a deterministic draft this is rejection
+sampling: each kept token is a sample of the model's own distribution, so greedy answers are plain decoding's (up
+to fp32 summation order: the linear kernels' order depends on the row count) and sampled ones keep their
+distribution. Requests under a grammar are not speculated (its matcher would have to follow each draft).
 """
 
 from __future__ import annotations
