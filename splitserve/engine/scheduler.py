@@ -28,7 +28,7 @@ from splitserve.engine.request import Request, Status
 class ScheduledChunk:
     request: Request
     num_new_tokens: int
-    draft_token_ids: list[int] = field(default_factory=list)  # speculation.py: its last num_new_tokens are these
+    draft_token_ids: list[int] = field(default_factory=list)  # speculation.py: its last tokens are these drafts
 
     @property
     def start(self) -> int:
