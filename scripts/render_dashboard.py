@@ -69,6 +69,9 @@ NODE_PANELS = [
     ("LoRA adapters' requests on the nodes", "short", [
         ("sum by (adapter) (splitserve_lora_requests_waiting)", "waiting {{adapter}}"),
         ("sum by (adapter) (splitserve_lora_requests_running)", "running {{adapter}}")]),
+    ("Speculative drafts kept (--speculative-config)", "percentunit", [
+        (f"sum by (instance) (rate(splitserve_spec_decode_accepted_tokens_total{RATE})) / sum by (instance) "
+         f"(rate(splitserve_spec_decode_draft_tokens_total{RATE}))", "{{instance}}")]),
 ]
 
 
