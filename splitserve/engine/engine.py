@@ -350,9 +350,9 @@ class Engine:
             return
         drafting = spec.drafting(len(self.scheduler.running))
         for req in self.scheduler.running:
-            decoding = req.num_tokens - req.num_computed_tokens == 1 and not req.prefill_only
+            decoding = req.num_tokens - req.num_computed_tokens == 1 and not req.prefill_only  # embeddings are too
             limit = req.params.max_tokens - req.num_output_tokens - 1
-            usable = drafting and decoding and req.matcher is None and not req.is_embedding
+            usable = drafting and decoding and req.matcher is None
             req.draft_token_ids = spec.propose(req.all_token_ids, limit) if usable else []
 
     def _append_samples(self, chunk, samples) -> None:

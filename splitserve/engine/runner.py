@@ -84,20 +84,24 @@ class ModelRunner:
         return self.model.logits(stream[logit_rows])
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> dict[str, list[Sample]]:
-        """Each sampling chunk's token, and after each of its drafts the token that follows it (the drafts before a
-        row are its history: penalties, bans, the seeded draw's index)."""
+        """Each sampling chunk's token, and after each of its drafts the token that follows it."""
         sampling = [c for c in chunks if c.samples]
-        rows = [(c.request, c.draft_token_ids[:i]) for c in sampling for i in range(1 + len(c.draft_token_ids))]
-        samples = iter(sample(logits, [self._sample_request(r, drafts) for r, drafts in rows], self.generator)
-                       if rows else [])
+        reqs = [row for c in sampling for row in self._sample_requests(c)]
+        samples = iter(sample(logits, reqs, self.generator) if reqs else [])
         return {c.request.request_id: [next(samples) for _ in range(1 + len(c.draft_token_ids))] for c in sampling}
 
-    def _sample_request(self, req, drafts: list[int]) -> SampleRequest:
+    def _sample_requests(self, chunk: ScheduledChunk) -> list[SampleRequest]:
+        """The chunk's last row, then each draft's: the drafts before a row are its history (penalties, bans, the
+        seeded draw's index)."""
+        req, drafts = chunk.request, chunk.draft_token_ids
         prompt, output = req.penalty_history() if req.params.penalized or req.params.bad_word_ids else ((), [])
-        output = output + drafts
-        return SampleRequest(req.params, req.num_output_tokens + len(drafts),
-                             banned_tokens(req.params, req.num_output_tokens + len(drafts), req.eos_token_ids, output),
-                             prompt, output, self._allowed(req))
+        allowed = self._allowed(req)
+        rows = []
+        for i in range(1 + len(drafts)):
+            history, index = output + drafts[:i], req.num_output_tokens + i
+            banned = banned_tokens(req.params, index, req.eos_token_ids, history)
+            rows.append(SampleRequest(req.params, index, banned, prompt, history, allowed))
+        return rows
 
     def _allowed(self, req) -> torch.Tensor | None:
         return next_token_mask(req.params, req.matcher, self.model.cfg.vocab_size, self.device)
