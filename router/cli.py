@@ -72,6 +72,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
              "API key may then make every node load a LoRA adapter (PEFT folder, GGUF file) from its disk, or unload "
              "one",
              action="store_true")
+    add_flag(parser, "--lora-store", "memory", "with --allow-runtime-lora, where the adapters loaded at runtime are "
+             "recorded: memory (this router only, gone on restart) or a redis:// URL (shared by router replicas, kept "
+             "across restarts: any replica then loads them onto nodes that join or restart)")
     add_flag(parser, "--max-local-prefill-tokens", 0, "conditional disaggregation (Dynamo's): a prompt (without "
              "documents) that leaves at most this many tokens to compute on a decode node, counting the conversation "
              "that node already holds, is prefilled there, with no KV transfer; a longer one holding a conversation "

@@ -53,6 +53,7 @@ class RouterConfig:
     batch_store: str = "memory"  # files and batches: memory, or a redis:// URL (shared by router replicas)
     batch_claim_s: float = 30.0  # Redis store: a stopped router's batches are resumed elsewhere after this
     allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's runtime updating)
+    lora_store: str = "memory"  # where the adapters loaded at runtime are recorded: memory, or a redis:// URL (shared)
     max_local_prefill_tokens: int = 0  # conditional disaggregation: shorter prompts prefill on their decode node
     decode_affinity: bool = True  # split requests go to the decode node holding their prefix (local_prefill.py)
     decode_affinity_slack: int = AFFINITY_SLACK  # ... if it runs at most this many requests more than the policy's
@@ -70,9 +71,12 @@ class RouterConfig:
             raise ValueError(f"--served-model-name: names are comma-separated, without spaces, got "
                              f"{self.served_model_name!r}")
         redis_schemes = ("redis://", "rediss://", "unix://")
-        for flag, store in (("--responses-store", self.responses_store), ("--batch-store", self.batch_store)):
+        for flag, store in (("--responses-store", self.responses_store), ("--batch-store", self.batch_store),
+                            ("--lora-store", self.lora_store)):
             if store != "memory" and not store.startswith(redis_schemes):
                 raise ValueError(f"{flag} must be memory or a redis:// URL, got {store!r}")
+        if self.lora_store != "memory" and not self.allow_runtime_lora:
+            raise ValueError("--lora-store records the adapters loaded at runtime: it needs --allow-runtime-lora")
         if self.responses_ttl_s <= 0:
             raise ValueError(f"--responses-ttl-s must be > 0, got {self.responses_ttl_s}")
         if self.generation_config not in GENERATION_CONFIGS:
@@ -111,7 +115,8 @@ class RouterConfig:
                    args.k8s_namespace, args.k8s_selector, args.policy, args.served_model_name, args.max_request_bytes,
                    args.http_read_timeout_s, args.generation_config, args.responses_store, args.responses_ttl_s,
                    args.embedding_pooling, args.batch_concurrency, args.batch_priority, args.batch_storage_bytes,
-                   args.batch_store, args.batch_claim_s, args.allow_runtime_lora, args.max_local_prefill_tokens,
+                   args.batch_store, args.batch_claim_s, args.allow_runtime_lora, args.lora_store,
+                   args.max_local_prefill_tokens,
                    not args.no_decode_affinity, args.decode_affinity_slack,
                    HealthConfig(args.health_interval_s, args.health_timeout_s, args.unhealthy_after),
                    RetryConfig(args.max_retries, args.retry_backoff_s, max(1.0, args.retry_backoff_s)),

@@ -69,12 +69,24 @@ def http_server(config: RouterConfig, frontend: Frontend, orchestrator: Orchestr
     context = HttpContext(frontend, orchestrator, admission, security.api_keys, config.model_name,
                           config.max_request_bytes, ROUTER.count_error, responses, model_aliases=config.model_aliases,
                           count_http=lambda *labels: ROUTER.http_requests.labels(*labels).inc(),
-                          files=files, batches=batches, allow_runtime_lora=config.allow_runtime_lora)
+                          files=files, batches=batches, allow_runtime_lora=config.allow_runtime_lora,
+                          runtime_loras=runtime_loras(config, orchestrator))
     server = HttpServer(create_app(context), config.host, config.http_port, security.tls,
                         read_timeout_s=config.http_read_timeout_s)
     server.on_start.append(batches.start_sweeping)  # batches whose router stopped run on without being asked for
     server.on_stop.append(batches.stop_sweeping)
     return server
+
+
+def runtime_loras(config: RouterConfig, orchestrator: Orchestrator):
+    """With --allow-runtime-lora, the adapters loaded at runtime over --lora-store, reconciled from the start (a
+    replica that loaded nothing itself still puts the shared ones back on nodes that restart)."""
+    if not config.allow_runtime_lora:
+        return None
+    from router.cluster.lora_admin import LOAD_TIMEOUT_S, RuntimeAdapters
+    from router.cluster.lora_store import lora_store
+
+    return RuntimeAdapters(orchestrator.registry, LOAD_TIMEOUT_S, lora_store(config.lora_store))
 
 
 def batch_stores(config: RouterConfig):

@@ -7,10 +7,12 @@ healthy nodes or by none. Unloading asks every node that lists it: new requests 
 it already has run to their end on it. Either way the router then re-reads the nodes' Stats, so `/v1/models` and
 routing see the change at once.
 
-The router keeps what it loaded (`RuntimeAdapters`): a node that joins later, or restarts and comes back without
-them, gets each loaded as soon as its Stats show it missing (after every background refresh); one that cannot
-load it (its disk lacks the path) is asked again every `retry_s`. Until then the router routes an adapter's
-requests only to nodes that list it. What another router loaded, or this one before it restarted, is not known.
+The router records what was loaded in its store (`RuntimeAdapters` over lora_store.py: this router's memory, or
+Redis shared by the router replicas): a node that joins later, or restarts and comes back without them, gets each
+loaded as soon as its Stats show it missing (after every background refresh, by whichever router sees it first);
+one that cannot load it (its disk lacks the path) is asked again every `retry_s`. Until then the routers route an
+adapter's requests only to nodes that list it. A node still listing an adapter unloaded lately (a load raced the
+unload, or its unload failed) is asked to unload it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import time
 
 import grpc
 
+from router.cluster.lora_store import MemoryLoraStore
 from router.cluster.nodes import NodeRegistry
 from router.cluster.policies import NoRoute
+from router.front.responses_store import StoreUnavailable
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 60.0  # a node reads an adapter's weights in this time
 
 
 class LoraUpdateError(Exception):
@@ -36,17 +42,22 @@ class LoraUpdateError(Exception):
         self.code = code
 
 
-async def load_everywhere(registry: NodeRegistry, name: str, path: str, timeout_s: float) -> None:
-    """Every healthy node serves `path` as `name`, or none does; NoRoute without a healthy node."""
+async def load_everywhere(registry: NodeRegistry, name: str, path: str, timeout_s: float) -> list[str]:
+    """Every healthy node serves `path` as `name` (returned: their addresses), or none does; NoRoute without a
+    healthy node."""
     nodes = _healthy(registry)
     outcomes = await asyncio.gather(*(_call(registry, a, "LoadLoraAdapter", name, path, timeout_s) for a in nodes))
     failures = [(address, exc) for address, exc in zip(nodes, outcomes) if exc is not None]
     if failures:
-        loaded = [address for address, exc in zip(nodes, outcomes) if exc is None]
-        await asyncio.gather(*(_call(registry, a, "UnloadLoraAdapter", name, "", timeout_s) for a in loaded))
+        await _unload_from(registry, [address for address, exc in zip(nodes, outcomes) if exc is None], name, timeout_s)
         address, exc = failures[0]
         raise LoraUpdateError(exc.code(), f"node {address}: {exc.details()}")
     await registry.refresh()
+    return nodes
+
+
+async def _unload_from(registry: NodeRegistry, nodes: list[str], name: str, timeout_s: float) -> None:
+    await asyncio.gather(*(_call(registry, a, "UnloadLoraAdapter", name, "", timeout_s) for a in nodes))
 
 
 async def unload_everywhere(registry: NodeRegistry, name: str, timeout_s: float) -> None:
@@ -65,54 +76,103 @@ async def unload_everywhere(registry: NodeRegistry, name: str, timeout_s: float)
 
 
 class RuntimeAdapters:
-    """The adapters this router loaded at runtime (name -> path), kept loaded on every healthy node."""
+    """The adapters loaded at runtime, kept on every healthy node by every router that shares `store`."""
 
-    def __init__(self, registry: NodeRegistry, timeout_s: float, retry_s: float = 30.0):
+    def __init__(self, registry: NodeRegistry, timeout_s: float, store=None, retry_s: float = 30.0):
         self.registry, self.timeout_s, self.retry_s = registry, timeout_s, retry_s
-        self.paths: dict[str, str] = {}
-        self._loading: set[tuple[str, str]] = set()  # (node, name) asked now
+        self.store = store if store is not None else MemoryLoraStore()
+        self._asked: set[tuple[str, str]] = set()  # (node, name) asked to load or unload now
         self._retry_at: dict[tuple[str, str], float] = {}  # (node, name) that failed -> when to ask again
         self._tasks: set[asyncio.Task] = set()
         registry.on_refresh.append(self.reconcile)
 
     async def load(self, name: str, path: str) -> None:
-        await load_everywhere(self.registry, name, path, self.timeout_s)
-        self.paths[name] = path
+        nodes = await load_everywhere(self.registry, name, path, self.timeout_s)
+        try:
+            await self.store.add(name, path)
+        except StoreUnavailable:  # unrecorded, it would not come back to nodes that restart: none keeps it
+            await _unload_from(self.registry, nodes, name, self.timeout_s)
+            await self.registry.refresh()
+            raise
 
     async def unload(self, name: str) -> None:
-        self.paths.pop(name, None)  # first: no node gets it back meanwhile
+        await self.store.remove(name)  # first: no node gets it back meanwhile
         await unload_everywhere(self.registry, name, self.timeout_s)
 
     def reconcile(self) -> None:
-        """Asks each healthy node that lacks one of the adapters to load it (not waiting for the answers)."""
+        """Reads the store and, without waiting for the answers, asks each healthy node lacking one of its adapters to
+        load it, and each node still listing one unloaded lately to unload it."""
+        if not any(task.get_name() == "lora-reconcile" for task in self._tasks):
+            self._start(self._reconcile(), "lora-reconcile")
+
+    async def _reconcile(self) -> None:
+        try:
+            wanted = await self.store.read()
+        except StoreUnavailable as exc:
+            log.warning("runtime LoRA adapters not reconciled: %s", exc)
+            return
         now = time.monotonic()
         for node in self.registry.snapshot():
-            for name, path in self.paths.items():
-                key = (node.address, name)
-                if node.healthy and name not in node.lora_adapters and key not in self._loading \
-                        and self._retry_at.get(key, 0.0) <= now:
-                    self._loading.add(key)
-                    task = asyncio.get_running_loop().create_task(self._load_on(node.address, name, path))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            if not node.healthy:
+                continue
+            for name, path in wanted.paths.items():
+                if name not in node.lora_adapters and self._may_ask(node.address, name, now):
+                    self._start(self._load_on(node.address, name, path))
+            for name in wanted.unloaded - wanted.paths.keys():
+                if name in node.lora_adapters and self._may_ask(node.address, name, now):
+                    self._start(self._unload_on(node.address, name))
+
+    def _may_ask(self, address: str, name: str, now: float) -> bool:
+        key = (address, name)
+        return key not in self._asked and self._retry_at.get(key, 0.0) <= now
+
+    def _start(self, work, name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _load_on(self, address: str, name: str, path: str) -> None:
         key = (address, name)
+        self._asked.add(key)
         try:
             error = await _call(self.registry, address, "LoadLoraAdapter", name, path, self.timeout_s)
-            if error is not None:
+            await self.registry.refresh()
+            if error is not None and not self._lists(address, name):  # listed: another router was there first
                 self._retry_at[key] = time.monotonic() + self.retry_s
                 log.warning("a node cannot load a runtime LoRA adapter; asking again in %.0f s: %s", self.retry_s,
                             error.details(), extra={"node": address, "adapter": name})
                 return
             self._retry_at.pop(key, None)
-            if name in self.paths:
+            wanted = await self._still_wanted(name)
+            if wanted:
                 log.info("LoRA adapter loaded on a node that lacked it", extra={"node": address, "adapter": name})
-            else:  # unloaded while this node loaded it
+            elif wanted is False and error is None:  # unloaded while this node loaded it
                 await _call(self.registry, address, "UnloadLoraAdapter", name, "", self.timeout_s)
-            await self.registry.refresh()
+                await self.registry.refresh()
         finally:
-            self._loading.discard(key)
+            self._asked.discard(key)
+
+    async def _unload_on(self, address: str, name: str) -> None:
+        key = (address, name)
+        self._asked.add(key)
+        try:
+            if await self._still_wanted(name) is False:
+                log.info("a node still held an unloaded LoRA adapter; unloading it",
+                         extra={"node": address, "adapter": name})
+                await _call(self.registry, address, "UnloadLoraAdapter", name, "", self.timeout_s)
+                await self.registry.refresh()
+        finally:
+            self._asked.discard(key)
+
+    async def _still_wanted(self, name: str) -> bool | None:
+        """Whether the store has `name` loaded now (None when it did not answer: nothing is undone then)."""
+        try:
+            return name in (await self.store.read()).paths
+        except StoreUnavailable:
+            return None
+
+    def _lists(self, address: str, name: str) -> bool:
+        return any(n.address == address and name in n.lora_adapters for n in self.registry.snapshot())
 
 
 def _healthy(registry: NodeRegistry) -> list[str]:

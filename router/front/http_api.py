@@ -85,6 +85,7 @@ class HttpContext:
     files: FileStore = field(default_factory=FileStore)  # the Files API's (batch inputs and outputs)
     batches: Batches | None = None  # the Batch API's; None: over `files`, at the default concurrency
     allow_runtime_lora: bool = False  # /v1/load_lora_adapter and /v1/unload_lora_adapter (lora_api.py)
+    runtime_loras: object = None  # lora_admin.RuntimeAdapters over --lora-store; None: made at the first call
 
     def __post_init__(self):
         self.texts = TokenTexts(self.frontend.tokenizer)

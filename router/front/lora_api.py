@@ -6,7 +6,8 @@
 Served with the router's --allow-runtime-lora (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING), behind the API key; the
 path is a PEFT folder or a GGUF LoRA file on the nodes' disks. Success answers vLLM's text; a bad name, a taken name
 or an adapter that does not fit is a 400, an unknown name on unload a 404. An unloaded adapter's requests in flight
-run to their end. A node that joins or restarts later gets the router's runtime adapters loaded (lora_admin.py).
+run to their end. A node that joins or restarts later gets the runtime adapters loaded (lora_admin.py), by any
+router replica when they share a --lora-store in Redis.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
-from router.cluster.lora_admin import LoraUpdateError, RuntimeAdapters
+from router.cluster.lora_admin import LOAD_TIMEOUT_S, LoraUpdateError, RuntimeAdapters
 from router.front.http_errors import ApiError
 from router.front.openai_models import InvalidRequest, parse_body
 from splitserve.engine.lora_names import check_lora_name
 
-NODE_TIMEOUT_S = 60.0  # a node reads the adapter's weights in this time
 _STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404}
 
 
@@ -43,14 +43,15 @@ class LoraEndpoints:
     def __init__(self, endpoints):
         """`endpoints`: http_api.Endpoints (its context and body reading)."""
         self.endpoints = endpoints
-        self._runtime: RuntimeAdapters | None = None
 
     @property
     def runtime(self) -> RuntimeAdapters:
-        """What this router loaded, kept on every healthy node (made at the first call: the registry is there)."""
-        if self._runtime is None:
-            self._runtime = RuntimeAdapters(self.endpoints.ctx.orchestrator.registry, NODE_TIMEOUT_S)
-        return self._runtime
+        """The adapters loaded at runtime, kept on every healthy node: the server's (over --lora-store), or this
+        router's own in memory, made at the first call (the registry is there then)."""
+        ctx = self.endpoints.ctx
+        if ctx.runtime_loras is None:
+            ctx.runtime_loras = RuntimeAdapters(ctx.orchestrator.registry, LOAD_TIMEOUT_S)
+        return ctx.runtime_loras
 
     async def load(self, request: Request) -> PlainTextResponse:
         body = parse_body(LoadLoraRequest, await self.endpoints.body(request))

@@ -29,6 +29,18 @@ def test_runtime_lora_updating_is_a_router_flag(monkeypatch):
     assert "--allow-runtime-lora" not in router["args"]
 
 
+def test_runtime_adapters_recorded_in_the_charts_redis_reach_the_router(monkeypatch):
+    """router.loraStore: redis gives every replica the chart's Redis URL (password from the secret), so they share
+    the runtime adapters; memory, or runtime updating off, gives none."""
+    docs = render("{router: {allowRuntimeLora: true, loraStore: redis, replicas: 3}}")
+    [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
+    config = parse(router["args"], config_env(docs, router), monkeypatch)
+    assert config.lora_store.startswith("redis://") and "REDIS_PASSWORD" in config_env(docs, router)
+    for values in ("{router: {allowRuntimeLora: true}}", "{router: {loraStore: redis}}"):
+        [router] = [c for _, c in splitserve_containers(render(values)) if c["args"][0] == "router"]
+        assert parse(router["args"], config_env(render(values), router), monkeypatch).lora_store == "memory"
+
+
 def test_no_adapters_by_default(monkeypatch):
     for args in node_args("{}", monkeypatch):
         assert _engine(args).lora_modules == ()

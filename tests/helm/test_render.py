@@ -254,6 +254,8 @@ def test_readme_values_table_is_current():
          "router.responsesStore is redis: set redis.mode"),
         ({"router": {"batchStore": "redis"}, "redis": {"mode": "disabled"}},
          "router.batchStore is redis: set redis.mode"),
+        ({"router": {"allowRuntimeLora": True, "loraStore": "redis"}, "redis": {"mode": "disabled"}},
+         "router.loraStore is redis: set redis.mode"),
         ({"node": {"tls": {"enabled": True, "secretName": "n"}}}, "node.tls.enabled needs router.tls.enabled"),
         ({"router": {"apiKeys": {"enabled": True}}}, "router.apiKeys.enabled: set router.apiKeys.existingSecret"),
         ({"router": {"cacheSaltPerKey": True}}, "router.cacheSaltPerKey needs router.apiKeys.enabled"),

@@ -31,3 +31,19 @@ def test_bad_bodies_are_400s_before_any_node_is_asked():
                           ({"lora_name": "x", "lora_path": "/a", "extra": 1}, "extra")):
         reply = client.post("/v1/load_lora_adapter", json=body, headers=headers)
         assert reply.status_code == 400 and message in reply.json()["error"]["message"], reply.json()
+
+
+def test_an_unload_the_store_cannot_record_is_a_503_that_changes_nothing():
+    from tests.unit.test_lora_reconcile import DownStore, FakeRegistry
+
+    from router.cluster.lora_admin import RuntimeAdapters
+
+    store = DownStore()
+    store.down = True
+    frontend = Frontend.__new__(Frontend)
+    frontend.tokenizer = None
+    runtime = RuntimeAdapters(FakeRegistry([]), 1.0, store)
+    client = TestClient(create_app(HttpContext(frontend, None, None, ApiKeys(["k"]), "m", allow_runtime_lora=True,
+                                               runtime_loras=runtime)))
+    reply = client.post("/v1/unload_lora_adapter", json={"lora_name": "x"}, headers={"Authorization": "Bearer k"})
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "lora_store_unavailable"

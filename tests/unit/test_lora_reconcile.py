@@ -10,7 +10,10 @@ import pytest
 
 from router.cluster import lora_admin
 from router.cluster.lora_admin import RuntimeAdapters
+from router.cluster.lora_store import (REDIS_LOADED, UNLOADED_KEEP_S, MemoryLoraStore, RedisLoraStore,
+                                      RuntimeLoras)
 from router.cluster.nodes import NodeView
+from router.front.responses_store import StoreUnavailable
 
 
 class FakeRegistry:
@@ -55,12 +58,12 @@ def test_a_node_lacking_an_adapter_is_asked_once_and_a_failing_one_again_after_r
     async def scenario():
         runtime = RuntimeAdapters(registry, timeout_s=1.0, retry_s=30.0)
         assert registry.on_refresh == [runtime.reconcile]
-        runtime.paths["x"] = "/adapters/x"
+        await runtime.store.add("x", "/adapters/x")
         runtime.reconcile()
-        runtime.reconcile()  # asked already: not again while it loads
+        runtime.reconcile()  # under way: not again
         await asyncio.sleep(0.01)
         assert sorted(made) == [("b:1", "LoadLoraAdapter", "x"), ("c:1", "LoadLoraAdapter", "x")]
-        assert registry.refreshes == 1  # after the one that loaded it
+        assert registry.refreshes == 2  # after each answer
         made.clear()
         registry.nodes[1] = NodeView("b:1", "decode", healthy=True, lora_adapters=frozenset({"x"}))
         now[0] += 29.0
@@ -81,10 +84,116 @@ def test_an_adapter_unloaded_while_a_node_loads_it_is_unloaded_there_too(calls):
 
     async def scenario():
         runtime = RuntimeAdapters(registry, timeout_s=1.0)
-        runtime.paths["x"] = "/adapters/x"
+        await runtime.store.add("x", "/adapters/x")
         runtime.reconcile()
-        del runtime.paths["x"]  # what unload() does first
+        while not made:
+            await asyncio.sleep(0)
+        await runtime.store.remove("x")  # what unload() does first
         await asyncio.sleep(0.01)
         assert made == [("b:1", "LoadLoraAdapter", "x"), ("b:1", "UnloadLoraAdapter", "x")]
 
     asyncio.run(scenario())
+
+
+def test_a_replica_sharing_the_store_keeps_what_another_loaded_and_unloads_what_another_unloaded(calls):
+    """Two routers over one store (Redis in a deployment: tests/integration/test_lora_store_redis.py): the one that
+    loaded nothing puts the adapter on a node that lacks it, and takes an unloaded one off a node still listing it
+    (a load that raced the unload), but not once it is loaded again."""
+    made, _ = calls
+    registry = FakeRegistry([NodeView("b:1", "decode", healthy=True)])
+
+    async def scenario():
+        store = MemoryLoraStore()
+        loader = RuntimeAdapters(FakeRegistry([NodeView("a:1", "decode", healthy=True)]), 1.0, store)
+        other = RuntimeAdapters(registry, 1.0, store)
+        await loader.load("x", "/adapters/x")
+        made.clear()
+        other.reconcile()
+        await asyncio.sleep(0.01)
+        assert made == [("b:1", "LoadLoraAdapter", "x")]
+        made.clear()
+        registry.nodes[0] = NodeView("b:1", "decode", healthy=True, lora_adapters=frozenset({"x"}))
+        await store.remove("x")
+        other.reconcile()
+        await asyncio.sleep(0.01)
+        assert made == [("b:1", "UnloadLoraAdapter", "x")]
+        made.clear()
+        await store.add("x", "/adapters/x2")
+        other.reconcile()
+        await asyncio.sleep(0.01)
+        assert made == []
+
+    asyncio.run(scenario())
+
+
+class DownStore(MemoryLoraStore):
+    """A store whose Redis stops answering once `down` is set."""
+
+    down = False
+
+    async def read(self):
+        if self.down:
+            raise StoreUnavailable("the runtime LoRA store (Redis) did not answer", "lora_store_unavailable")
+        return await super().read()
+
+    async def add(self, name, path):
+        await self.read()
+        await super().add(name, path)
+
+    async def remove(self, name):
+        await self.read()
+        await super().remove(name)
+
+
+def test_a_store_that_does_not_answer_changes_nothing(calls, caplog):
+    """Loading when the store cannot record it is undone on the nodes (a 503 to the client); reconciling without
+    the store asks no node anything."""
+    made, _ = calls
+    registry = FakeRegistry([NodeView("b:1", "decode", healthy=True), NodeView("c:1", "prefill", healthy=True)])
+
+    async def scenario():
+        store = DownStore()
+        runtime = RuntimeAdapters(registry, 1.0, store)
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            await runtime.load("x", "/adapters/x")
+        calls_made = [(n, m, "x") for m in ("LoadLoraAdapter", "UnloadLoraAdapter") for n in ("b:1", "c:1")]
+        assert sorted(made) == sorted(calls_made)
+        made.clear()
+        runtime.reconcile()
+        await asyncio.sleep(0.01)
+        assert made == [] and "not reconciled" in caplog.text
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_the_stores_record_loads_and_recent_unloads_alike(kind, request):
+    now = [1000.0]
+    if kind == "memory":
+        store = MemoryLoraStore(clock=lambda: now[0])
+    else:
+        store = RedisLoraStore(request.getfixturevalue("redis_url"), clock=lambda: now[0])
+
+    async def scenario():
+        assert await store.read() == RuntimeLoras()
+        await store.add("x", "/a/x")
+        await store.add("y", "/a/ÿ")
+        await store.remove("y")
+        assert await store.read() == RuntimeLoras({"x": "/a/x"}, frozenset({"y"}))
+        now[0] += UNLOADED_KEEP_S + 1
+        await store.remove("x")
+        await store.add("y", "/a/y2")
+        assert await store.read() == RuntimeLoras({"y": "/a/y2"}, frozenset({"x"}))
+        now[0] += UNLOADED_KEEP_S + 1
+        assert await store.read() == RuntimeLoras({"y": "/a/y2"})
+
+    asyncio.run(scenario())
+
+
+def test_a_redis_field_that_is_not_text_is_skipped(redis_url, caplog):
+    import redis
+
+    redis.Redis.from_url(redis_url).hset(REDIS_LOADED, mapping={"x": "/a/x", "bad": b"\xff\xfe"})
+    loras = asyncio.run(RedisLoraStore(redis_url).read())
+    assert loras.paths == {"x": "/a/x"} and "not UTF-8" in caplog.text

@@ -260,6 +260,9 @@ maxUnavailable: {{ .pdb.maxUnavailable | default 1 }}
 {{- if and (eq $v.router.batchStore "redis") (eq $v.redis.mode "disabled") -}}
 {{- fail "router.batchStore is redis: set redis.mode to internal or external" -}}
 {{- end -}}
+{{- if and $v.router.allowRuntimeLora (eq $v.router.loraStore "redis") (eq $v.redis.mode "disabled") -}}
+{{- fail "router.loraStore is redis: set redis.mode to internal or external" -}}
+{{- end -}}
 {{- if and (eq $v.redis.mode "external") (not $v.redis.external.host) -}}
 {{- fail "redis.mode is external: set redis.external.host" -}}
 {{- end -}}

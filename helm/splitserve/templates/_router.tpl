@@ -17,6 +17,9 @@
 {{- end }}
 {{- if $r.allowRuntimeLora }}
 - --allow-runtime-lora
+{{- if eq $r.loraStore "redis" }}
+- --lora-store={{ include "splitserve.redisUrl" . }}
+{{- end }}
 {{- end }}
 {{- if $r.maxLocalPrefillTokens }}
 - --max-local-prefill-tokens={{ int64 $r.maxLocalPrefillTokens }}
@@ -59,7 +62,10 @@ grpc:
 {{ include "splitserve.probeTiming" (dict "probe" .probe) }}
 {{- end -}}
 
-{{/* "true" when the router talks to the chart's Redis (stored responses or batches there), else "". */}}
+{{/* "true" when the router talks to the chart's Redis (stored responses, batches or runtime LoRA adapters
+there), else "". */}}
 {{- define "splitserve.router.usesRedis" -}}
-{{- if or (eq .Values.router.responsesStore "redis") (eq .Values.router.batchStore "redis") }}true{{ end -}}
+{{- $r := .Values.router -}}
+{{- $loras := and $r.allowRuntimeLora (eq $r.loraStore "redis") -}}
+{{- if or (eq $r.responsesStore "redis") (eq $r.batchStore "redis") $loras }}true{{ end -}}
 {{- end -}}
