@@ -41,7 +41,7 @@ def build_decode(config: NodeConfig, node_id: str, engine_loop: EngineLoop, serv
                  metrics: DecodeMetrics) -> DecodeRole:
     receiver, kv_address = _receiver(config, server)
     metrics.watch_kv_receiver(receiver)
-    target = KVTarget(node_id, kv_address, config.kv.transport)
+    target = KVTarget(node_id, kv_address, config.kv.transport, config.engine.kv_dtype)
     worker = DecodeWorker(engine_loop, receiver, target, metrics, config.kv.timeout_s, config.kv.checksum)
     return DecodeRole(DecodeServicer(worker), worker, receiver.close)
 

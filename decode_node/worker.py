@@ -150,7 +150,7 @@ class DecodeWorker:
             return "forgotten by the receiver"
 
     def _meta(self, rid: str, num_tokens: int) -> TransferMeta:
-        cfg, dtype = self.engine.model_config, self.engine.config.dtype
+        cfg, dtype = self.engine.model_config, self.engine.config.kv_dtype
         return TransferMeta(rid, cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim, dtype, self.checksum)
 
     async def _on_engine(self, fn: Callable):

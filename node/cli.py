@@ -35,6 +35,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--kv-port", labels.DEFAULT_KV_PORT, "decode node: rendezvous port for KV transfer groups", type=int)
     add_flag(parser, "--device", "cpu", "torch device (cpu, cuda, cuda:0, ...)")
     add_flag(parser, "--dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16"))
+    add_flag(parser, "--kv-cache-dtype", "auto", "KV cache dtype (vLLM's): auto (the model's), or float16 / bfloat16 "
+             "for half an fp32 model's KV bytes (twice the tokens in --kv-cache-bytes, half the bytes to transfer); "
+             "every node must use the same", choices=labels.KV_CACHE_DTYPES)
     add_flag(parser, "--threads", 1, "torch intra-op threads (with --cpu-share: the cores the host's nodes share)",
              type=int)
     add_flag(parser, "--cpu-share", None, "FILE:SLOT: this node shares --threads cores with the other nodes mapping "

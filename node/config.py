@@ -97,7 +97,8 @@ class NodeConfig:
 
 
 def _engine(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(dtype=args.dtype, device=args.device, block_size=args.block_size, num_blocks=args.num_blocks,
+    return EngineConfig(dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, device=args.device,
+                        block_size=args.block_size, num_blocks=args.num_blocks,
                         kv_cache_bytes=args.kv_cache_bytes, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_batched_tokens,
                         max_embedding_tokens_per_step=args.max_embedding_tokens_per_step,

@@ -54,7 +54,7 @@ class Transfers:
     def _open(self, rid: str, sender: KVSender, num_tokens: int, layerwise: bool, skip: int) -> Transfer:
         cfg = self.engine.model_config
         meta = TransferMeta(rid, cfg.num_layers, num_tokens - skip, cfg.num_kv_heads, cfg.head_dim,
-                            self.engine.config.dtype, self.checksum)
+                            self.engine.config.kv_dtype, self.checksum)
         sender.begin(meta)
         transfer = self.active[rid] = Transfer(sender, meta, layerwise, skip=skip)
         return transfer

@@ -51,6 +51,10 @@ class PrefillWorker:
         """`target_cached`: leading prompt tokens whose KV the decode node holds already (not sent)."""
         start = time.monotonic()
         self.engine.validate(prompt, params, rid, num_prior_output_tokens)
+        kv_dtype = self.engine.config.kv_dtype
+        if target.kv_dtype and target.kv_dtype != kv_dtype:
+            raise ValueError(f"the decode node {target.node_id} keeps its KV cache in {target.kv_dtype}, this prefill "
+                             f"node in {kv_dtype}: give every node the same --dtype and --kv-cache-dtype")
         if not 0 <= target_cached < len(prompt) or (target_cached and chunks):
             raise ValueError(f"num_target_cached_tokens must be below the prompt's {len(prompt)} tokens, and 0 for a "
                              f"prompt with documents; got {target_cached}")

@@ -14,6 +14,7 @@ ROLE_MIXED = "mixed"  # colocated: takes both phases (Splitwise's mixed pool)
 NODE_ROLES = (ROLE_PREFILL, ROLE_DECODE, ROLE_MIXED)
 # KV transports a node names (its --transport, its KVTarget): see splitserve.kvtransfer.transport_backend
 KV_TRANSPORTS = ("torch", "gloo", "grpc")
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # --kv-cache-dtype: auto is the model's dtype
 
 # Default ports, used by the services' flags and the chart.
 DEFAULT_ROUTER_GRPC_PORT = 50050

@@ -21,6 +21,7 @@ class KVTarget:
     node_id: str
     kv_address: str
     transport: str
+    kv_dtype: str = ""  # the decode node's KV cache dtype (--dtype, --kv-cache-dtype); "": not said
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                     "fewer, and then the KV goes over gloo through host memory) or cuda:INDEX (every node on it)")
     up.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                     help="model dtype on every node (default: the nodes' float32)")
+    up.add_argument("--kv-cache-dtype", default=None, choices=labels.KV_CACHE_DTYPES,
+                    help="KV cache dtype on every node (default: auto, the model's); float16 / bfloat16 halve an fp32 "
+                         "model's KV")
     up.add_argument("--policy", default="least_loaded")
     up.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                     help="LoRA adapters (PEFT folders or GGUF LoRA files) every node loads; the OpenAI API's model "
@@ -92,6 +95,7 @@ def run_up(args: argparse.Namespace) -> int:
         print(note, flush=True)
     model = model_or_demo(args.model, DEMO_PRESET)
     node_args = (["--dtype", args.dtype] if args.dtype else []) + args.node_arg
+    node_args += ["--kv-cache-dtype", args.kv_cache_dtype] if args.kv_cache_dtype else []
     node_args += ["--lora-modules", *args.lora_modules] if args.lora_modules else []
     cluster = LocalCluster(model, prefill=prefill, decode=decode, colocated=args.colocated, transport=transport,
                            host=args.host, port=args.port, http_port=args.http_port,

@@ -66,9 +66,10 @@ class PagedKVCache:
         return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Stores the K/V of `slots`, rounded to the cache's dtype (--kv-cache-dtype) where it is not theirs."""
         k_flat, v_flat = self.flat(layer)
-        k_flat.index_copy_(0, slots, k)
-        v_flat.index_copy_(0, slots, v)
+        k_flat.index_copy_(0, slots, k.to(k_flat.dtype))
+        v_flat.index_copy_(0, slots, v.to(v_flat.dtype))
 
     def read(self, layer: int, slots: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The K/V at `slots` as one tensor [2, len(slots), kv_heads, head_dim] (for KV transfer),
@@ -114,8 +115,8 @@ def _decode_attention(q, cache, layer, batch, scale):
     k_flat, v_flat = cache.flat(layer)
     bd, heads, head_dim = q.shape
     kv_heads = k_flat.shape[1]
-    k_all = k_flat.index_select(0, batch.decode_slots).view(bd, -1, kv_heads, head_dim)  # [Bd, L, kv_heads, D]
-    v_all = v_flat.index_select(0, batch.decode_slots).view(bd, -1, kv_heads, head_dim)
+    k_all = k_flat.index_select(0, batch.decode_slots).to(q.dtype).view(bd, -1, kv_heads, head_dim)  # [Bd, L, ...]
+    v_all = v_flat.index_select(0, batch.decode_slots).to(q.dtype).view(bd, -1, kv_heads, head_dim)
     # a KV head's query heads (h = kv_head * group + g, as HF's repeat_kv) go in as `group` query rows
     q_grouped = q.reshape(bd, kv_heads, heads // kv_heads, head_dim)
     out = F.scaled_dot_product_attention(
@@ -127,7 +128,8 @@ def _decode_attention(q, cache, layer, batch, scale):
 def _prefill_attention(q, k, v, cache, layer, chunk: PrefillChunk, scale):
     if chunk.context_slots is not None:
         k_flat, v_flat = cache.flat(layer)
-        k, v = k_flat.index_select(0, chunk.context_slots), v_flat.index_select(0, chunk.context_slots)
+        k = k_flat.index_select(0, chunk.context_slots).to(q.dtype)
+        v = v_flat.index_select(0, chunk.context_slots).to(q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
         attn_mask=None if chunk.mask is None else chunk.mask[None, None],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from splitserve import labels
 from splitserve.engine.errors import ModelFormatError
 from splitserve.engine.speculation import NgramSpeculation
 
@@ -120,6 +121,9 @@ class EngineConfig:
 
     dtype: str = "float32"
     device: str = "cpu"
+    # the KV cache's dtype (vLLM's --kv-cache-dtype): auto is the model's; float16 / bfloat16 halve an fp32 model's
+    # KV (twice the tokens in kv_cache_bytes, half the bytes to transfer and to read a decode step)
+    kv_cache_dtype: str = "auto"
     block_size: int = 16
     num_blocks: int = 0  # 0: derived from kv_cache_bytes
     kv_cache_bytes: int = 256 << 20
@@ -140,6 +144,9 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.kv_cache_dtype not in labels.KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be auto or one of {', '.join(DTYPES)}, got {self.kv_cache_dtype!r}"
+                             + (" (fp8 KV caches are not supported)" if "fp8" in str(self.kv_cache_dtype) else ""))
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_embedding_tokens_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -149,3 +156,12 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's dtype by name: kv_cache_dtype, the model's for auto."""
+        return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
+
+    @property
+    def kv_torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.kv_dtype]

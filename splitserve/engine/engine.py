@@ -81,7 +81,7 @@ class Engine:
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
         mc = self.model_config
         self.cache = PagedKVCache(mc.num_layers, num_blocks, config.block_size, mc.num_kv_heads, mc.head_dim,
-                                  config.torch_dtype, config.device)
+                                  config.kv_torch_dtype, config.device)
         self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_embedding_tokens_per_step)
         self.runner = ModelRunner(self.model, self.cache, config.device, config.seed)
@@ -99,7 +99,7 @@ class Engine:
         self.spec_counts = [0, 0]  # drafts checked, drafts kept (speculation.py)
 
     def _blocks_for(self, num_bytes: int) -> int:
-        per_block = self.model_config.kv_bytes_per_token(self.config.torch_dtype) * self.config.block_size
+        per_block = self.model_config.kv_bytes_per_token(self.config.kv_torch_dtype) * self.config.block_size
         return max(1, num_bytes // per_block)
 
     # --- admission ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class ModelRunner:
         self.model, self.cache, self.device = model, cache, device
         self.block_size = cache.block_size
         self.sliding_window = model.cfg.sliding_window
-        self.native_decode = native_decode_attention(cache, device)
+        self.native_decode = native_decode_attention(cache, model.embed_tokens.weight.dtype, device)
         self.generator = torch.Generator().manual_seed(seed)
 
     def execute(self, plan: SchedulerOutput, on_layer_done: LayerHook | None = None) -> StepResult:
@@ -168,9 +168,11 @@ class ModelRunner:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
 
-def native_decode_attention(cache: PagedKVCache, device) -> bool:
-    """Whether decodes go to native.py's attention: a CPU fp32 cache on a machine with the kernels."""
-    return torch.device(device).type == "cpu" and cache.k[0].dtype == torch.float32 and native.attention_ops() is not None
+def native_decode_attention(cache: PagedKVCache, model_dtype: torch.dtype, device) -> bool:
+    """Whether decodes go to native.py's attention: an fp32 model on CPU, its cache in fp32, float16 or bfloat16, on a
+    machine with the kernels."""
+    return torch.device(device).type == "cpu" and model_dtype == torch.float32 and \
+        cache.k[0].dtype in (torch.float32, torch.float16, torch.bfloat16) and native.attention_ops() is not None
 
 
 def _decodes(chunk: ScheduledChunk) -> bool:

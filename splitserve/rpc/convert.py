@@ -67,8 +67,9 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
 
 
 def kv_target_to_proto(target: KVTarget) -> node_pb2.KVTarget:
-    return node_pb2.KVTarget(node_id=target.node_id, kv_address=target.kv_address, transport=target.transport)
+    return node_pb2.KVTarget(node_id=target.node_id, kv_address=target.kv_address, transport=target.transport,
+                             kv_dtype=target.kv_dtype)
 
 
 def kv_target_from_proto(msg: node_pb2.KVTarget) -> KVTarget:
-    return KVTarget(msg.node_id, msg.kv_address, msg.transport)
+    return KVTarget(msg.node_id, msg.kv_address, msg.transport, msg.kv_dtype)

@@ -87,7 +87,7 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     decode = decode_points(engine, plan, ratios)
     log(f"decode: {len(decode)} batch shapes measured ({time.perf_counter() - started:.1f}s)")
     mc = engine.model_config
-    shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.torch_dtype),
+    shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.kv_torch_dtype),
                          len(engine.tokenizer.encode("")))  # the router encodes text prompts with special tokens
     row_buckets = pads_rows(engine)
     del engine

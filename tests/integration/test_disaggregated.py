@@ -139,3 +139,33 @@ def test_the_gloo_transport_moves_host_copies_and_equals_the_single_process_engi
         targets = {node_stats(a).transport for a in [n.address for role, n in c.nodes if role == "decode"]}
     assert [r.token_ids for r in results] == expected(tiny_model, 8, 11, False)
     assert targets == {"gloo"}
+
+
+def test_a_16_bit_kv_cache_equals_the_single_process_engine_and_a_mismatch_is_named(tiny_model):
+    """--kv-cache-dtype float16 on both nodes: the KV travels and decodes in float16, and the answers are the
+    single-process engine's with the same cache. A decode node restarted with bfloat16 (the same bytes a token) is
+    refused by name, not fed the other dtype's bits."""
+    from splitserve.engine import EngineConfig
+    from splitserve.localcluster.procs import kill
+    from tests.support.cluster import wait_until
+
+    prompts = mixed_prompts(8, seed=13)
+    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=[*NODE_ARGS, "--kv-cache-dtype=float16"]) as c:
+        results = asyncio.run(send_all(c.url, prompts, seeded=False))
+        decode = next(n for role, n in c.nodes if role == "decode")
+        kill(decode)
+        decode.proc.wait(timeout=10)
+        c.node_args = [*NODE_ARGS, "--kv-cache-dtype=bfloat16"]
+        c.restart_node(decode)
+
+        def refusal() -> str:
+            with Client(c.url, timeout_s=30) as client:
+                try:
+                    client.complete(prompt_token_ids=prompts[0], max_tokens=4)
+                except Exception as exc:  # noqa: BLE001 - what the client says is what is checked
+                    return str(exc)
+            return "answered"
+        assert wait_until(lambda: "keeps its KV cache in bfloat16, this prefill node in float16" in refusal(),
+                          timeout_s=30, interval_s=0.5), refusal()
+    expected_tokens = reference(tiny_model, prompts, False, EngineConfig(kv_cache_dtype="float16"))
+    assert [r.token_ids for r in results] == expected_tokens

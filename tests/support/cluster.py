@@ -34,8 +34,8 @@ def request_kwargs(i: int, seeded: bool) -> dict:
     return kwargs
 
 
-def reference(model_dir, prompts, seeded: bool) -> list[list[int]]:
-    engine = Engine(model_dir)
+def reference(model_dir, prompts, seeded: bool, config=None) -> list[list[int]]:
+    engine = Engine(model_dir, config)
     params = []
     for i in range(len(prompts)):
         kw = request_kwargs(i, seeded)

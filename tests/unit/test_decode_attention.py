@@ -43,6 +43,20 @@ def test_matches_sdpa_over_the_gathered_keys(heads, kv_heads, head_dim, window):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (12, 1, 128), (10, 2, 8)])
+def test_a_16_bit_cache_reads_as_its_values_widened_to_fp32(dtype, heads, kv_heads, head_dim):
+    """--kv-cache-dtype float16 / bfloat16: the kernel's answer is SDPA's over the same 16-bit keys and values
+    in fp32, to fp32 rounding (nothing is lost beyond storing them)."""
+    q, k, v, tables, positions = inputs(heads, kv_heads, head_dim, [0, 15, 16, 100, 300])
+    k16, v16 = k.to(dtype), v.to(dtype)
+    out = native.attention_ops().paged_decode_attention(q, k16, v16, tables, positions, 20, head_dim ** -0.5)
+    expected = reference(q, k16.float(), v16.float(), tables, positions, 20, head_dim ** -0.5)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, reference(q, k, v, tables, positions, 20, head_dim ** -0.5), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
 def test_extreme_scores_stay_finite_and_exact():
     q, k, v, tables, positions = inputs(3, 1, 64, [40, 63])
     q[0] *= 100  # scores far apart: the softmax is one-hot up to fp32
@@ -61,7 +75,11 @@ def test_bad_input_gets_a_clear_error():
     bad_tables[1, 1] = k.shape[0]
     with pytest.raises(RuntimeError, match="not in the cache"):
         attend(q, k, v, bad_tables, positions, 0, 0.125)
-    with pytest.raises(RuntimeError, match="float32"):
+    with pytest.raises(RuntimeError, match="q must be float32"):
         attend(q.double(), k, v, tables, positions, 0, 0.125)
+    with pytest.raises(RuntimeError, match="k and v must both be float32, float16 or bfloat16"):
+        attend(q, k.half(), v, tables, positions, 0, 0.125)
+    with pytest.raises(RuntimeError, match="k and v must both be float32, float16 or bfloat16"):
+        attend(q, k.double(), v.double(), tables, positions, 0, 0.125)
     with pytest.raises(RuntimeError, match="multiple of KV heads"):
         attend(q[:, :8].contiguous(), k, v, tables, positions, 0, 0.125)

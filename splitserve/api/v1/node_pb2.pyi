@@ -16,14 +16,16 @@ class ChunkSpan(_message.Message):
     def __init__(self, start: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class KVTarget(_message.Message):
-    __slots__ = ("node_id", "kv_address", "transport")
+    __slots__ = ("node_id", "kv_address", "transport", "kv_dtype")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KV_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    KV_DTYPE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     kv_address: str
     transport: str
-    def __init__(self, node_id: _Optional[str] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+    kv_dtype: str
+    def __init__(self, node_id: _Optional[str] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., kv_dtype: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "num_prior_output_tokens", "chunks", "num_target_cached_tokens")

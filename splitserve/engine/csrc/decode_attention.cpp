@@ -1,17 +1,18 @@
-// Decode attention read in place from the paged KV cache (fp32, CPU): one query token per request.
+// Decode attention read in place from the paged KV cache (CPU): one query token per request.
 //
 // torch's SDPA needs the keys gathered into one padded tensor first (an index_select of every request's
 // blocks, then a masked attention over the longest context); this reads each key and value row where it
 // lies, through the request's block table, and only the positions the query sees.
 //
 //   q            [B, H, D]            float32, the step's decode queries
-//   k, v         [NB, BS, KVH, D]     float32, one layer's cache pools
+//   k, v         [NB, BS, KVH, D]     float32, float16 or bfloat16, one layer's cache pools
 //   block_tables [B, W]               int64, the request's blocks in order (padding past its last is ignored)
 //   positions    [B]                  int64, the query's position: it sees keys lo..position, where
 //                                     lo = max(0, position - window + 1) with a window, else 0
 //   out          [B, H, D]            softmax(q . k * scale) . v per head; head h reads KV head h / (H / KVH)
 //
-// Scores and sums are fp32, as SDPA's CPU kernels keep them; D must be a multiple of 8.
+// Scores and sums are fp32, as SDPA's CPU kernels keep them (16-bit keys and values are widened to fp32 as
+// they are loaded); D must be a multiple of 8.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -29,7 +30,10 @@
 namespace {
 
 using splitserve::exp8;
-using splitserve::prefetch_floats;
+using splitserve::Bf16Values;
+using splitserve::Fp16Values;
+using splitserve::Fp32Values;
+using splitserve::prefetch_values;
 using splitserve::sum8;
 
 struct Shapes {
@@ -45,17 +49,17 @@ struct Shapes {
 // (benchmarks/decode_attention_kernel.py): batch 8 at 530 keys 18.2 -> 13.6 ms, batch 1 at 600 keys
 // 3.8 -> 2.6 ms, batch 32 78 -> 59 ms; reading the same bytes in the same order with no arithmetic
 // took 11.8 ms at batch 8. Prefetching two blocks ahead, or a whole block at once, was no faster.
-template <typename Visit>
-inline void for_each_key(const float* pool, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
+template <typename E, typename Visit>
+inline void for_each_key(const E* pool, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                          const Shapes& s, Visit visit) {
   const int64_t row = s.kv_heads * s.head_dim, last_block = position / s.block_size;
   for (int64_t p = lo, j = 0; p <= position;) {
     const int64_t block = p / s.block_size, in_block = p % s.block_size;
     const int64_t run = std::min(s.block_size - in_block, position + 1 - p);
-    const float* first = pool + (table[block] * s.block_size + in_block) * row + kv * s.head_dim;
-    const float* ahead = pool + (table[std::min(block + 1, last_block)] * s.block_size + in_block) * row + kv * s.head_dim;
+    const E* first = pool + (table[block] * s.block_size + in_block) * row + kv * s.head_dim;
+    const E* ahead = pool + (table[std::min(block + 1, last_block)] * s.block_size + in_block) * row + kv * s.head_dim;
     for (int64_t i = 0; i < run; ++i) {
-      prefetch_floats(ahead + i * row, s.head_dim);
+      prefetch_values(ahead + i * row, s.head_dim);
       visit(j + i, first + i * row);
     }
     p += run;
@@ -68,16 +72,16 @@ constexpr int64_t kScoreHeads = 4;  // query heads one pass over the keys scores
 // scores[g][j] = q_g . k_j * scale for G query heads: two accumulators a head (even and odd stretches of
 // 8 lanes), so that 2G chains of FMAs run side by side; G is a template argument so that they stay in
 // registers.
-template <int G>
-void score_keys_for(const float* q, const float* k, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
-                    float scale, const Shapes& s, float* scores, int64_t keys) {
-  for_each_key(k, table, lo, position, kv, s, [&](int64_t j, const float* kj) {
+template <typename Kv, int G>
+void score_keys_for(const float* q, const typename Kv::E* k, const int64_t* table, int64_t lo, int64_t position,
+                    int64_t kv, float scale, const Shapes& s, float* scores, int64_t keys) {
+  for_each_key(k, table, lo, position, kv, s, [&](int64_t j, const typename Kv::E* kj) {
     __m256 acc[G][2];
     #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= s.head_dim; i += 16) {
-      const __m256 k0 = _mm256_loadu_ps(kj + i), k1 = _mm256_loadu_ps(kj + i + 8);
+      const __m256 k0 = Kv::load8(kj + i), k1 = Kv::load8(kj + i + 8);
       #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
         acc[g][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i), k0, acc[g][0]);
@@ -85,7 +89,7 @@ void score_keys_for(const float* q, const float* k, const int64_t* table, int64_
       }
     }
     if (i < s.head_dim) {  // head_dim is a multiple of 8: one stretch left
-      const __m256 k0 = _mm256_loadu_ps(kj + i);
+      const __m256 k0 = Kv::load8(kj + i);
       #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) acc[g][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * s.head_dim + i), k0, acc[g][0]);
     }
@@ -94,12 +98,13 @@ void score_keys_for(const float* q, const float* k, const int64_t* table, int64_
   });
 }
 
-void score_keys(const float* q, const float* k, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
+template <typename Kv>
+void score_keys(const float* q, const typename Kv::E* k, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
                 float scale, const Shapes& s, float* scores, int64_t keys) {
   for (int64_t g0 = 0; g0 < s.group; g0 += kScoreHeads) {
     const float* qg = q + g0 * s.head_dim;
     float* sg = scores + g0 * keys;
-#define SPLITSERVE_HEADS(G) score_keys_for<G>(qg, k, table, lo, position, kv, scale, s, sg, keys); break
+#define SPLITSERVE_HEADS(G) score_keys_for<Kv, G>(qg, k, table, lo, position, kv, scale, s, sg, keys); break
     switch (std::min(kScoreHeads, s.group - g0)) {
       case 1: SPLITSERVE_HEADS(1);
       case 2: SPLITSERVE_HEADS(2);
@@ -133,8 +138,8 @@ constexpr int64_t kWeighHeads = 3;  // query heads one pass over the values serv
 
 // out_h[0..8C) = sum_j weights[h][j] v_j[0..8C) for H query heads at once: H x C accumulators in registers,
 // each value row loaded once for all H.
-template <int H, int C>
-void weigh_values_for(const float* weights, int64_t keys, const float* v, const int64_t* table, int64_t lo,
+template <typename Kv, int H, int C>
+void weigh_values_for(const float* weights, int64_t keys, const typename Kv::E* v, const int64_t* table, int64_t lo,
                       int64_t position, int64_t kv, const Shapes& s, float* out) {
   __m256 acc[H][C];
   #pragma GCC unroll 4
@@ -142,10 +147,10 @@ void weigh_values_for(const float* weights, int64_t keys, const float* v, const 
     #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[h][c] = _mm256_setzero_ps();
   }
-  for_each_key(v, table, lo, position, kv, s, [&](int64_t j, const float* vj) {
+  for_each_key(v, table, lo, position, kv, s, [&](int64_t j, const typename Kv::E* vj) {
     __m256 row[C];
     #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) row[c] = _mm256_loadu_ps(vj + 8 * c);
+    for (int c = 0; c < C; ++c) row[c] = Kv::load8(vj + 8 * c);
     #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
       const __m256 w = _mm256_broadcast_ss(weights + h * keys + j);
@@ -160,10 +165,10 @@ void weigh_values_for(const float* weights, int64_t keys, const float* v, const 
   }
 }
 
-template <int H>
-void weigh_lanes(int64_t lanes, const float* weights, int64_t keys, const float* v, const int64_t* table, int64_t lo,
-                 int64_t position, int64_t kv, const Shapes& s, float* out) {
-#define SPLITSERVE_LANES(C) return weigh_values_for<H, C>(weights, keys, v, table, lo, position, kv, s, out)
+template <typename Kv, int H>
+void weigh_lanes(int64_t lanes, const float* weights, int64_t keys, const typename Kv::E* v, const int64_t* table,
+                 int64_t lo, int64_t position, int64_t kv, const Shapes& s, float* out) {
+#define SPLITSERVE_LANES(C) return weigh_values_for<Kv, H, C>(weights, keys, v, table, lo, position, kv, s, out)
   switch (lanes) {
     case 1: SPLITSERVE_LANES(1);
     case 2: SPLITSERVE_LANES(2);
@@ -174,37 +179,43 @@ void weigh_lanes(int64_t lanes, const float* weights, int64_t keys, const float*
 }
 
 // out_g = sum_j weights[g][j] v_j for every query head of the group: up to 3 heads and 32 lanes a pass.
-void weigh_values(const float* weights, const float* v, const int64_t* table, int64_t lo, int64_t position, int64_t kv,
-                  const Shapes& s, int64_t keys, float* out) {
+template <typename Kv>
+void weigh_values(const float* weights, const typename Kv::E* v, const int64_t* table, int64_t lo, int64_t position,
+                  int64_t kv, const Shapes& s, int64_t keys, float* out) {
   for (int64_t g0 = 0; g0 < s.group; g0 += kWeighHeads) {
     for (int64_t d0 = 0; d0 < s.head_dim; d0 += 32) {
       const int64_t lanes = std::min<int64_t>(4, (s.head_dim - d0) / 8);
       const float* wg = weights + g0 * keys;
       float* od = out + g0 * s.head_dim + d0;
       switch (std::min(kWeighHeads, s.group - g0)) {
-        case 1: weigh_lanes<1>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
-        case 2: weigh_lanes<2>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
-        default: weigh_lanes<3>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
+        case 1: weigh_lanes<Kv, 1>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
+        case 2: weigh_lanes<Kv, 2>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
+        default: weigh_lanes<Kv, 3>(lanes, wg, keys, v + d0, table, lo, position, kv, s, od); break;
       }
     }
   }
 }
 
 // One request's query heads that share KV head `kv`. `scores` has room for group x keys floats.
-void attend_one_kv_head(const float* q, const float* k, const float* v, const int64_t* table, int64_t lo,
-                        int64_t position, int64_t kv, float scale, const Shapes& s, float* scores, float* out) {
+template <typename Kv>
+void attend_one_kv_head(const float* q, const typename Kv::E* k, const typename Kv::E* v, const int64_t* table,
+                        int64_t lo, int64_t position, int64_t kv, float scale, const Shapes& s, float* scores,
+                        float* out) {
   const int64_t keys = position - lo + 1;
-  score_keys(q, k, table, lo, position, kv, scale, s, scores, keys);
+  score_keys<Kv>(q, k, table, lo, position, kv, scale, s, scores, keys);
   softmax_rows(scores, s.group, keys);
-  weigh_values(scores, v, table, lo, position, kv, s, keys, out);
+  weigh_values<Kv>(scores, v, table, lo, position, kv, s, keys, out);
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& tables,
                   const at::Tensor& positions) {
   for (const at::Tensor* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "q, k and v must be contiguous float32 CPU tensors");
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "q, k and v must be contiguous CPU tensors");
   }
+  const auto kv_type = k.scalar_type();
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "q must be float32");
+  TORCH_CHECK(v.scalar_type() == kv_type && (kv_type == at::kFloat || kv_type == at::kHalf || kv_type == at::kBFloat16),
+              "k and v must both be float32, float16 or bfloat16");
   TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && k.sizes() == v.sizes(), "q must be [B, H, D], k and v [NB, BS, KVH, D]");
   TORCH_CHECK(q.size(2) == k.size(3) && q.size(2) % 8 == 0, "head_dim must match and be a multiple of 8");
   TORCH_CHECK(q.size(1) % k.size(2) == 0, "heads must be a multiple of KV heads");
@@ -228,29 +239,41 @@ void check_reach(const int64_t* tables, const int64_t* positions, int64_t lo_win
   }
 }
 
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& block_tables, const at::Tensor& positions, int64_t window,
-                                  double scale) {
-  check_inputs(q, k, v, block_tables, positions);
-  const Shapes s{q.size(1), k.size(2), q.size(1) / k.size(2), q.size(2), k.size(1), block_tables.size(1), k.size(0)};
-  const int64_t batch = q.size(0);
-  const int64_t* tables = block_tables.data_ptr<int64_t>();
-  const int64_t* pos = positions.data_ptr<int64_t>();
-  check_reach(tables, pos, window, s, batch);
-  at::Tensor out = at::empty(q.sizes(), q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+template <typename Kv>
+void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const int64_t* tables,
+                const int64_t* pos, int64_t window, float scale, const Shapes& s, at::Tensor& out) {
+  const float* qp = q.data_ptr<float>();
+  const auto* kp = reinterpret_cast<const typename Kv::E*>(k.data_ptr());
+  const auto* vp = reinterpret_cast<const typename Kv::E*>(v.data_ptr());
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, q.size(0) * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, kv = task % s.kv_heads, position = pos[b];
       const int64_t lo = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
       scores.resize(s.group * (position - lo + 1));
       const int64_t first_head = (b * s.heads + kv * s.group) * s.head_dim;
-      attend_one_kv_head(qp + first_head, kp, vp, tables + b * s.table_width, lo, position, kv,
-                         static_cast<float>(scale), s, scores.data(), op + first_head);
+      attend_one_kv_head<Kv>(qp + first_head, kp, vp, tables + b * s.table_width, lo, position, kv, scale, s,
+                             scores.data(), op + first_head);
     }
   });
+}
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& block_tables, const at::Tensor& positions, int64_t window,
+                                  double scale) {
+  check_inputs(q, k, v, block_tables, positions);
+  const Shapes s{q.size(1), k.size(2), q.size(1) / k.size(2), q.size(2), k.size(1), block_tables.size(1), k.size(0)};
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  check_reach(tables, pos, window, s, q.size(0));
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  const auto scale_f = static_cast<float>(scale);
+  switch (k.scalar_type()) {
+    case at::kHalf: attend_all<Fp16Values>(q, k, v, tables, pos, window, scale_f, s, out); break;
+    case at::kBFloat16: attend_all<Bf16Values>(q, k, v, tables, pos, window, scale_f, s, out); break;
+    default: attend_all<Fp32Values>(q, k, v, tables, pos, window, scale_f, s, out); break;
+  }
   return out;
 }
 

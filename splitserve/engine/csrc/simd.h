@@ -19,13 +19,35 @@ inline float sum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Asks the cache for the lines holding floats[0..n).
-inline void prefetch_floats(const float* floats, int64_t n) {
-  const char* bytes = reinterpret_cast<const char*>(floats);
-  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(float)); offset += 64) {
+// Asks the cache for the lines holding values[0..n).
+template <typename E>
+inline void prefetch_values(const E* values, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(values);
+  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(E)); offset += 64) {
     _mm_prefetch(bytes + offset, _MM_HINT_T0);
   }
 }
+
+// How a KV cache stores its values: `E` in memory, `load8` 8 of them into fp32 lanes.
+struct Fp32Values {
+  using E = float;
+  static __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+};
+
+struct Fp16Values {  // IEEE half (F16C converts)
+  using E = uint16_t;
+  static __m256 load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+};
+
+struct Bf16Values {  // bfloat16: the upper half of an fp32
+  using E = uint16_t;
+  static __m256 load8(const uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+};
 
 // e^x for each lane, Cephes' single-precision method (range reduction by ln 2, a degree-5 polynomial,
 // then 2^n in the exponent bits): within 2 ulp over [-87, 88]; lanes below -87.3 give about 1e-38.

@@ -1,0 +1,121 @@
+"""The KV cache in float16 / bfloat16 for an fp32 model (`--kv-cache-dtype`) against the fp32 cache, on the real
+model: what it buys (tokens per KV byte, bytes a prefill node sends, decode step time where attention reads long
+contexts) and what it costs in answers.
+
+Speed: engines with each cache dtype in one process (`--threads`), each shape (batch x context) prefilled once per
+engine with random tokens, then `--steps` decode steps timed one by one, the dtypes alternating step by step round
+after round (`--repeats`); median step time per (shape, dtype) and its ratio to fp32's.
+Quality: chat questions (chat template), the fp32 cache's greedy answer (`--max-tokens`), then teacher-forced: each
+prompt + answer scored with `prompt_logprobs` in 16-token chunks (every chunk attends to the earlier ones through
+the cache) by the fp32 and the 16-bit engines: top-1 agreement over the answer positions, the mean |change| of the
+chosen token's logprob; and the 16-bit engine's own greedy answer, compared whole with fp32's.
+
+    .venv/bin/python benchmarks/kv_cache_dtype.py [--model models/smollm2-135m-instruct] [--threads 2]
+        [--shapes 1x2048 8x1024 32x512] [--steps 12] [--repeats 3] [--questions 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from router.front.intake import Frontend
+from splitserve.bench.provenance import model_id, portable_args
+from splitserve.engine import Engine, EngineConfig, SamplingParams
+
+ROOT = Path(__file__).resolve().parent
+DTYPES = ("float32", "float16", "bfloat16")
+QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.", "Explain photosynthesis briefly.",
+             "Give three tips for learning a language.", "Describe a sunset over the sea.", "How do vaccines work?",
+             "What are the benefits of regular exercise?", "Write a haiku about winter.", "Why is the sky blue?",
+             "Explain how a bicycle works.", "List five fruits and say one thing about each.",
+             "How do airplanes stay in the air?", "What is machine learning?", "Tell me a fun fact about octopuses.",
+             "How should I prepare for a job interview?", "Summarize the plot of Romeo and Juliet."]
+
+
+def engines(model: str, batched: int, kv_bytes: int) -> dict[str, Engine]:
+    return {d: Engine(model, EngineConfig(kv_cache_dtype=d, max_num_batched_tokens=batched, kv_cache_bytes=kv_bytes,
+                                          max_num_seqs=64)) for d in DTYPES}
+
+
+def prefill(engine: Engine, batch: int, context: int, steps: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(batch):
+        engine.add_request([rng.randrange(100, 40000) for _ in range(context)],
+                           SamplingParams(max_tokens=steps + 8, ignore_eos=True))
+    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.requests.values()):
+        engine.step()
+
+
+def speed(args) -> dict:
+    out = {}
+    for shape in args.shapes:
+        batch, context = map(int, shape.split("x"))
+        built = engines(args.model, 2048, (batch * (context + args.steps * args.repeats + 64) * 46080) + (64 << 20))
+        for engine in built.values():
+            prefill(engine, batch, context, args.steps * args.repeats, seed=batch)
+        times = {d: [] for d in DTYPES}
+        for _ in range(args.repeats * args.steps):
+            for dtype, engine in built.items():
+                start = time.perf_counter()
+                engine.step()
+                times[dtype].append(time.perf_counter() - start)
+        medians = {d: statistics.median(t) * 1e3 for d, t in times.items()}
+        out[shape] = {"step_ms": {d: round(m, 2) for d, m in medians.items()},
+                      "vs_fp32": {d: round(medians[d] / medians["float32"], 3) for d in DTYPES[1:]},
+                      "kv_tokens_per_GiB": {d: e._blocks_for(1 << 30) * e.config.block_size for d, e in built.items()}}
+        print(shape, json.dumps(out[shape]), flush=True)
+        del built
+    return out
+
+
+def quality(args) -> dict:
+    frontend = Frontend.from_model_dir(args.model)
+    chats = [frontend.prompt_ids(messages=[{"role": "user", "content": q}]) for q in QUESTIONS[:args.questions]]
+    built = engines(args.model, 16, 256 << 20)
+    greedy = SamplingParams(max_tokens=args.max_tokens)
+    answers = {d: [o.token_ids for o in e.generate(chats, greedy)] for d, e in built.items()}
+    forced = [c + a for c, a in zip(chats, answers["float32"])]
+    scoring = SamplingParams(max_tokens=1, prompt_logprobs=1)
+    scored = {d: e.generate(forced, scoring) for d, e in built.items()}
+    out = {}
+    for dtype in DTYPES[1:]:
+        agree, moved = [], []
+        for chat, ref, got in zip(chats, scored["float32"], scored[dtype]):
+            for r, g in list(zip(ref.prompt_logprobs, got.prompt_logprobs))[len(chat):]:
+                agree.append(r[1][0][0] == g[1][0][0])
+                moved.append(abs(r[0] - g[0]))
+        same = sum(a == b for a, b in zip(answers["float32"], answers[dtype]))
+        out[dtype] = {"teacher_forced_top1": round(sum(agree) / len(agree), 4), "positions": len(agree),
+                      "mean_abs_logprob_change": round(statistics.mean(moved), 5),
+                      "max_abs_logprob_change": round(max(moved), 4),
+                      "greedy_answers_identical": f"{same}/{len(chats)}"}
+        print(dtype, json.dumps(out[dtype]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shapes", nargs="+", default=["1x2048", "8x1024", "32x512"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", default="results/kv_cache_dtype_smollm2.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {"command": {"script": "benchmarks/kv_cache_dtype.py", **portable_args(vars(args))},
+           "model": model_id(args.model), "torch_threads": args.threads, "speed": speed(args), "quality": quality(args)}
+    (ROOT / args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
