@@ -40,6 +40,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         config = ProfileConfig(
             model_dir=args.model, quick=args.quick, threads=args.threads, device=args.device, dtype=args.dtype,
+            kv_cache_dtype=args.kv_cache_dtype,
             backends=tuple(b for b in args.backends.split(",") if b), kv_cache_bytes=args.kv_cache_bytes,
             num_blocks=args.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_batched_tokens, one_shot_max_tokens=args.one_shot_max_tokens, corun=args.corun)

@@ -41,10 +41,12 @@ FULL = MeasurePlan((16, 64, 256, 320, 384, 512, 576, 640, 768, 1024, 2048, 4096)
                    2048, 70_000, (256, 512))
 
 
-def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu"):
+def make_engine(model_dir: str | Path, plan: MeasurePlan, dtype: str = "float32", device: str = "cpu",
+                kv_cache_dtype: str = "auto"):
     from splitserve.engine import Engine, EngineConfig
 
-    return Engine(model_dir, EngineConfig(dtype=dtype, device=device, enable_prefix_caching=False,
+    return Engine(model_dir, EngineConfig(dtype=dtype, kv_cache_dtype=kv_cache_dtype, device=device,
+                                          enable_prefix_caching=False,
                                           max_num_seqs=max(plan.decode_batches),
                                           max_num_batched_tokens=plan.max_num_batched_tokens,
                                           num_blocks=-(-plan.max_kv_tokens // 16), max_model_len=0))

@@ -1,4 +1,4 @@
-"""The node flags that shape a profile (device, dtype, threads, KV pool, scheduler limits, one-shot
+"""The node flags that shape a profile (device, dtype, KV cache dtype, threads, KV pool, scheduler limits, one-shot
 KV sends), defined once in node/cli.py: `splitserve profile` takes their definitions and defaults from there, so
 a profile is measured for what a node started with the same flags would run."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-SHAPE_FLAGS = ("--device", "--dtype", "--threads", "--kv-cache-bytes", "--num-blocks", "--block-size", "--max-num-seqs", "--max-batched-tokens",
-               "--one-shot-max-tokens")
+SHAPE_FLAGS = ("--device", "--dtype", "--kv-cache-dtype", "--threads", "--kv-cache-bytes", "--num-blocks",
+               "--block-size", "--max-num-seqs", "--max-batched-tokens", "--one-shot-max-tokens")
 
 
 def _node_parser() -> argparse.ArgumentParser:

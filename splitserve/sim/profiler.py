@@ -24,6 +24,7 @@ class ProfileConfig:
     threads: int = NODE.threads
     device: str = NODE.device
     dtype: str = NODE.dtype
+    kv_cache_dtype: str = NODE.kv_cache_dtype  # the KV pool's (and the transfers') dtype: auto is the model's
     backends: tuple[str, ...] = ("torch", "grpc")
     # the node's serving flags (its KV capacity and scheduler limits), defaults from node/cli.py
     kv_cache_bytes: int = NODE.kv_cache_bytes
@@ -79,7 +80,7 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     started = time.perf_counter()
     plan = QUICK if config.quick else FULL
     plan = type(plan)(**{**vars(plan), "max_num_batched_tokens": config.max_num_batched_tokens})
-    engine = make_engine(config.model_dir, plan, config.dtype, config.device)
+    engine = make_engine(config.model_dir, plan, config.dtype, config.device, config.kv_cache_dtype)
     warm_up(engine)
     prefill = prefill_points(engine, plan)
     log(f"prefill: {len(prefill)} steps measured ({time.perf_counter() - started:.1f}s)")
@@ -89,9 +90,9 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
     mc = engine.model_config
     shape = engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.kv_torch_dtype),
                          len(engine.tokenizer.encode("")))  # the router encodes text prompts with special tokens
-    row_buckets = pads_rows(engine)
+    row_buckets, kv_dtype = pads_rows(engine), engine.config.kv_dtype
     del engine
-    layout = dict(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, dtype=config.dtype)
+    layout = dict(num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, dtype=kv_dtype)
     tokens = [64, 1024] if config.quick else [16, 256, 2048, 8192]
     transfer = {b: transfer_points(b, layout, tokens, 2 if config.quick else 3) for b in config.backends}
     log(f"transfer: {', '.join(transfer)} measured ({time.perf_counter() - started:.1f}s)")
@@ -106,7 +107,8 @@ def run_profile(config: ProfileConfig, log=print) -> Profile:
         step=StepModel.fit(steps, row_buckets=row_buckets), engine=shape,
         transfer={b: Breakpoints.through_medians(p) for b, p in transfer.items()},
         meta={"model": Path(config.model_dir).name, "model_dir": config.model_name, "threads": config.threads,
-              "device": config.device, "dtype": config.dtype, "quick": config.quick, "host": platform.node(),
+              "device": config.device, "dtype": config.dtype, "kv_cache_dtype": kv_dtype, "quick": config.quick,
+              "host": platform.node(),
               "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "profile_seconds": round(time.perf_counter() - started, 1)},
         points={"steps": [vars(p) for p in steps], "transfer": {b: [list(x) for x in p] for b, p in transfer.items()},

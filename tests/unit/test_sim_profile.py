@@ -36,6 +36,10 @@ def test_the_kv_capacity_is_the_engines(tiny_model):
     mc = engine.model_config
     assert engine_shape(config, mc, mc.kv_bytes_per_token(engine.config.torch_dtype)).num_blocks == engine.pool.num_blocks
     assert engine_shape(ProfileConfig(str(tiny_model), num_blocks=9), mc, 1024).num_blocks == 9
+    half = Engine(tiny_model, EngineConfig(kv_cache_bytes=1 << 20, kv_cache_dtype="float16"))
+    assert engine_shape(config, mc, mc.kv_bytes_per_token(half.config.kv_torch_dtype)).num_blocks == \
+        half.pool.num_blocks == 2 * engine.pool.num_blocks
+    assert profile_args("--kv-cache-dtype", "float16").kv_cache_dtype == "float16"
 
 
 def test_the_model_is_recorded_without_a_machine_path(tiny_model, tmp_path, monkeypatch):
