@@ -11,7 +11,8 @@ the cache) by the fp32 and the 16-bit engines: top-1 agreement over the answer p
 chosen token's logprob; and the 16-bit engine's own greedy answer, compared whole with fp32's.
 
     .venv/bin/python benchmarks/kv_cache_dtype.py [--model models/smollm2-135m-instruct] [--threads 2]
-        [--shapes 1x2048 8x1024 32x512] [--steps 12] [--repeats 3] [--questions 16]
+        [--shapes 1x2048 8x1024 32x512] [--steps 12] [--repeats 3] [--questions 16] [--parts speed quality]
+        [--served]
 """
 
 from __future__ import annotations
@@ -100,6 +101,35 @@ def quality(args) -> dict:
     return out
 
 
+def served(args) -> dict:
+    """RAG prompts (three MuSiQue passages and the question, ~1,800 tokens) at concurrency 1 through two 1 prefill +
+    1 decode clusters (one thread per node), fp32 and float16 KV, asked alternately by the official `openai` client,
+    streamed: TTFT (the KV moves between the nodes before the first decode) and TPOT (each step reads the context)."""
+    import openai
+
+    from speculative_ngram import _ask, workloads
+    from splitserve.localcluster.cluster import LocalCluster
+
+    texts = workloads(args.served_prompts)["rag_qa"]
+    with LocalCluster(args.model, threads=1, http_port=-1) as fp32, \
+            LocalCluster(args.model, threads=1, http_port=-1, node_args=["--kv-cache-dtype=float16"]) as half:
+        clients = {name: openai.OpenAI(base_url=c.http_url + "/v1", api_key="unused", timeout=600)
+                   for name, c in (("float32", fp32), ("float16", half))}
+        rows = {name: [] for name in clients}
+        for r in range(args.repeats):
+            for text in texts:
+                for name in (list(clients) if r % 2 == 0 else list(clients)[::-1]):
+                    rows[name].append(_ask(clients[name], Path(args.model).name, text, args.served_tokens))
+    out = {name: {metric: round(statistics.median(x[metric] for x in v), 2) for metric in ("ttft_ms", "tpot_ms")}
+           for name, v in rows.items()}
+    out["tpot_ratio"] = round(out["float16"]["tpot_ms"] / out["float32"]["tpot_ms"], 3)
+    out["ttft_ratio"] = round(out["float16"]["ttft_ms"] / out["float32"]["ttft_ms"], 3)
+    out["same_answers"] = f"{sum(a['text'] == b['text'] for a, b in zip(rows['float32'], rows['float16']))}/" \
+                          f"{len(rows['float32'])}"
+    print("served", json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/smollm2-135m-instruct")
@@ -109,11 +139,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--served", action="store_true", help="also the served comparison (1P+1D, concurrency 1)")
+    parser.add_argument("--served-prompts", type=int, default=6)
+    parser.add_argument("--served-tokens", type=int, default=128)
+    parser.add_argument("--parts", nargs="*", default=["speed", "quality"], choices=["speed", "quality"])
     parser.add_argument("--out", default="results/kv_cache_dtype_smollm2.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = {"command": {"script": "benchmarks/kv_cache_dtype.py", **portable_args(vars(args))},
-           "model": model_id(args.model), "torch_threads": args.threads, "speed": speed(args), "quality": quality(args)}
+           "model": model_id(args.model), "torch_threads": args.threads}
+    out.update({part: {"speed": speed, "quality": quality}[part](args) for part in args.parts})
+    if args.served:
+        out["served"] = served(args)
     (ROOT / args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
