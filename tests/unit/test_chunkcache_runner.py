@@ -16,9 +16,11 @@ from splitserve.engine import Engine, EngineConfig, SamplingParams
 DOCS = ["the river runs north past the old mill", "a bridge was built in 1820 by the town", "nobody lives there now"]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16))
+@pytest.fixture(scope="module", params=["auto", "float16"], ids=["kv-model-dtype", "kv-float16"])
+def engine(tiny_model, request):
+    """With the model's KV dtype, and with a 16-bit cache (--kv-cache-dtype): blended KV is written rounded as a
+    prefill's is, so a blend at ratio 1 still generates what the engine does."""
+    return Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16, kv_cache_dtype=request.param))
 
 
 def _generate_blended(engine, cache, ids, spans, params):
