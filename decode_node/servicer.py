@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import grpc
 
 from splitserve.api.v1 import node_pb2
+from splitserve.engine.errors import UnknownAdapter
 from splitserve.node_api import Reservation
 from splitserve.rpc.convert import kv_target_to_proto, sampling_from_proto
 from splitserve.rpc.node_messages import request_id_of, status_codes, token_chunk
@@ -24,6 +25,8 @@ class DecodeServicer:
                 request_id_of(request), request.num_prompt_tokens, list(request.prompt_token_ids) or None,
                 request.cache_salt if request.HasField("cache_salt") else None,
                 request.lora if request.HasField("lora") else None)
+        except UnknownAdapter as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reservation is None:

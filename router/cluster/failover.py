@@ -54,6 +54,7 @@ class Progress:
     retries: int = 0
     dead: set[str] = field(default_factory=set)  # nodes that failed a health check after a failure
     full: set[str] = field(default_factory=set)  # decode nodes that refused a reservation (cleared when nothing else is left)
+    lacking: set[str] = field(default_factory=set)  # nodes that said they do not serve the request's LoRA adapter (now)
     refused: bool = False  # some decode node refused a reservation
     errors: list[str] = field(default_factory=list)
 

@@ -146,12 +146,13 @@ class Orchestrator:
         """The route of the next attempt after exc, or the error for the client."""
         self.metrics.node_errors.labels(exc.call or "route", exc.code.name).inc()
         progress.record(exc)
-        if exc.code not in RETRYABLE:
+        gone = self._lacks_adapter(job, progress, exc)  # listed a moment ago: another node may still serve it
+        if exc.code not in RETRYABLE and not gone:
             raise progress.give_up(exc)
         if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.call == "Reserve":
             progress.full.add(exc.address)
             progress.refused = True
-        else:
+        elif not gone:
             progress.dead |= await self._dead_nodes(route)
         while progress.retries < self.retry.max_retries:
             progress.retries += 1
@@ -160,12 +161,24 @@ class Orchestrator:
                         len(progress.sent))
             await asyncio.sleep(self.retry.backoff(progress.retries))
             try:
-                return self._route(self._continuation(job, progress), progress.dead | progress.full)
+                return self._route(self._continuation(job, progress), progress.dead | progress.full | progress.lacking)
             except NoRoute as no_route:
+                if gone:  # no other node serves the adapter: it is gone (404 on HTTP), not the cluster
+                    raise progress.give_up(exc) from None
                 exc = NodeCallError(grpc.StatusCode.UNAVAILABLE, str(no_route))
                 progress.record(exc)
                 progress.full.clear()  # reservations free up: the full nodes may take it next time
         raise progress.give_up(exc)
+
+    @staticmethod
+    def _lacks_adapter(job: Job, progress: Progress, exc: NodeCallError) -> bool:
+        """Whether exc is a node saying it does not serve the job's LoRA adapter (NOT_FOUND: unloaded, or restarted
+        without it, since the Stats the router routed by): the node is left out of this job's routes, and where no
+        route is left the NOT_FOUND is the answer (404 on HTTP)."""
+        if exc.code != grpc.StatusCode.NOT_FOUND or job.params.lora is None or not exc.address:
+            return False
+        progress.lacking.add(exc.address)
+        return True
 
     async def _dead_nodes(self, route: Route) -> set[str]:
         addresses = {route.prefill.address, route.decode.address}

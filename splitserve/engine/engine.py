@@ -23,6 +23,7 @@ import torch
 from splitserve.engine.attention import PagedKVCache, leave_out_cudnn_sdpa
 from splitserve.engine.block_pool import BlockPool, kv_root
 from splitserve.engine.config import EngineConfig, ModelConfig
+from splitserve.engine.errors import UnknownAdapter
 from splitserve.engine.grammar import Grammars
 from splitserve.engine.cpu_linear import pack_linears
 from splitserve.engine.loader import load_model
@@ -188,7 +189,7 @@ class Engine:
             if adapter.name == params.lora and request_id in waiting:
                 return adapter
         if params.lora not in self.adapters:
-            raise ValueError(f"unknown LoRA adapter {params.lora!r}; this node serves "
+            raise UnknownAdapter(f"unknown LoRA adapter {params.lora!r}; this node serves "
                              f"{', '.join(map(repr, self.adapters)) or 'none'}")
         return self.adapters[params.lora]
 

@@ -1,4 +1,4 @@
-"""Errors the engine raises for model files it cannot load."""
+"""Errors the engine raises: model files it cannot load, LoRA adapters it does not serve."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ class ModelFormatError(ValueError):
     The message is one line that names the file and the problem; entry points print it and exit
     non-zero instead of showing a traceback.
     """
+
+
+class UnknownAdapter(ValueError):
+    """A request names a LoRA adapter this node does not serve (now): a node answers NOT_FOUND, so that a router
+    whose view of the node is a moment old (the adapter unloaded, the node restarted) sends it elsewhere."""

@@ -13,6 +13,7 @@ import grpc
 
 from splitserve.api.v1 import node_pb2
 from splitserve.engine import RequestOutput
+from splitserve.engine.errors import UnknownAdapter
 from splitserve.kvtransfer import TransferError
 from splitserve.kvtransfer.base import MAX_REQUEST_ID_CHARS
 from splitserve.rpc.logprobs import logprob_to_proto, prompt_logprobs_to_proto
@@ -21,9 +22,12 @@ from splitserve.runtime.output_stream import EngineError
 
 @contextlib.asynccontextmanager
 async def status_codes(context: grpc.aio.ServicerContext):
-    """Maps the workers' failures to status codes: bad input, failed transfer, failed engine step."""
+    """Maps the workers' failures to status codes: bad input (NOT_FOUND for a LoRA adapter this node does not serve),
+    failed transfer, failed engine step."""
     try:
         yield
+    except UnknownAdapter as exc:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     except ValueError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except TransferError as exc:
