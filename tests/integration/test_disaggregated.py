@@ -141,16 +141,18 @@ def test_the_gloo_transport_moves_host_copies_and_equals_the_single_process_engi
     assert targets == {"gloo"}
 
 
-def test_a_16_bit_kv_cache_equals_the_single_process_engine_and_a_mismatch_is_named(tiny_model):
-    """--kv-cache-dtype float16 on both nodes: the KV travels and decodes in float16, and the answers are the
-    single-process engine's with the same cache. A decode node restarted with bfloat16 (the same bytes a token) is
+@pytest.mark.parametrize("transport", ["torch", "grpc"])
+def test_a_16_bit_kv_cache_equals_the_single_process_engine_and_a_mismatch_is_named(tiny_model, transport):
+    """--kv-cache-dtype float16 on both nodes: the KV travels (gloo or gRPC) and decodes in float16, and the answers
+    are the single-process engine's with the same cache. A decode node restarted with bfloat16 (the same bytes a token) is
     refused by name, not fed the other dtype's bits."""
     from splitserve.engine import EngineConfig
     from splitserve.localcluster.procs import kill
     from tests.support.cluster import wait_until
 
     prompts = mixed_prompts(8, seed=13)
-    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=[*NODE_ARGS, "--kv-cache-dtype=float16"]) as c:
+    with ParallelCluster(tiny_model, prefill=1, decode=1, transport=transport,
+                         node_args=[*NODE_ARGS, "--kv-cache-dtype=float16"]) as c:
         results = asyncio.run(send_all(c.url, prompts, seeded=False))
         decode = next(n for role, n in c.nodes if role == "decode")
         kill(decode)
