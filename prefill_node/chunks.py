@@ -58,9 +58,10 @@ def build_chunk_path(config: ChunkPathConfig, model_dir: str, engine_loop: Engin
     remote = None
     if config.redis_url:
         layout = (engine.model_config.num_layers, engine.model_config.num_kv_heads, engine.model_config.head_dim)
-        remote = RedisTier(config.redis_url, model_fingerprint(model_dir), engine.config.dtype, config.ttl_s,
-                           config.int8, layout=layout)
-    store = ChunkStore(LocalTier(config.local_bytes, config.cache.eviction), remote, config.cache.craft.max_variants)
+        remote = RedisTier(config.redis_url, model_fingerprint(model_dir), engine.config.kv_dtype, config.ttl_s,
+                           config.int8, layout=layout)  # keys and values in the KV cache's dtype (--kv-cache-dtype)
+    store = ChunkStore(LocalTier(config.local_bytes, config.cache.eviction), remote, config.cache.craft.max_variants,
+                       engine.config.kv_torch_dtype)
     blend = config.cache.blend
     log.info("chunk cache: local tier %d bytes, redis %s, blend layers %s ratios %s, planning %s",
              config.local_bytes, config.redis_url or "off (local tier only)", blend.check_layers, blend.ratios,

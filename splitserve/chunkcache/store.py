@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from splitserve.chunkcache.cachecraft import variants_to_evict
 from splitserve.chunkcache.format import ChunkKV
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch, PendingKV
@@ -24,9 +26,13 @@ log = logging.getLogger(__name__)
 
 
 class ChunkStore:
-    def __init__(self, local: LocalTier, remote: RedisTier | None = None, max_variants: int = 5):
+    def __init__(self, local: LocalTier, remote: RedisTier | None = None, max_variants: int = 5,
+                 dtype: torch.dtype | None = None):
+        """dtype: what chunk KV is kept in, in both tiers (the node's KV cache's, --kv-cache-dtype: a 16-bit cache
+        keeps its chunks in 16 bits too, half the bytes to hold and to read from Redis); None: as computed."""
         self.local, self.remote = local, remote
         self.max_variants = max_variants
+        self.dtype = dtype
         self.metrics = Metrics()
 
     def variants(self, chunks: list[str]) -> dict[str, list[VariantMeta]]:
@@ -80,6 +86,8 @@ class ChunkStore:
         self.metrics.add(redis_bytes_read=self.remote.bytes_read - before)
 
     def put(self, meta: VariantMeta, kv: ChunkKV) -> None:
+        if self.dtype is not None and kv.k.dtype != self.dtype:
+            kv = ChunkKV(kv.k.to(self.dtype), kv.v.to(self.dtype), kv.positions)
         self.local.put(meta, kv)
         if self.remote is not None:
             before = self.remote.bytes_written

@@ -15,7 +15,7 @@ import redis
 from router.front.intake import Frontend
 from splitserve.bench import traces
 from splitserve.client import AsyncClient, Client
-from splitserve.engine import Engine, SamplingParams
+from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.localcluster.cluster import LocalCluster
 from splitserve.localcluster.redis_server import RedisServer
 from tests.support.cluster import ParallelCluster, node_stats, used_blocks_settle_to_zero, wait_until
@@ -30,20 +30,25 @@ def _documents(n: int, offset: int = 0) -> list[str]:
     return [c[:400] for c in ctxs[offset:offset + n]]
 
 
-def _reference(model, question: str, docs: list[str], max_tokens: int = 8, messages: list[dict] | None = None) -> list[int]:
+def _reference(model, question: str, docs: list[str], max_tokens: int = 8, messages: list[dict] | None = None,
+               kv_cache_dtype: str = "auto") -> list[int]:
     prompt = None if messages else question
     ids, _ = Frontend.from_model_dir(model).prompt_and_chunks(prompt=prompt, messages=messages, documents=docs)
-    return Engine(model).generate([ids], SamplingParams(max_tokens=max_tokens, ignore_eos=True))[0].token_ids
+    engine = Engine(model, EngineConfig(kv_cache_dtype=kv_cache_dtype))
+    return engine.generate([ids], SamplingParams(max_tokens=max_tokens, ignore_eos=True))[0].token_ids
 
 
 def _prefill_address(cluster) -> str:
     return next(s.address for role, s in cluster.nodes if role in ("prefill", "mixed"))
 
 
-def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, redis_url, tmp_path):
+@pytest.mark.parametrize("kv_dtype", ["auto", "float16"])
+def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, redis_url, tmp_path, kv_dtype):
+    """With --kv-cache-dtype float16 the chunks are kept (and keyed in Redis) in float16 too."""
     docs, question = _documents(3), "which of these is the oldest?"
-    expected = _reference(tiny_model, question, docs)
-    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=NODE_ARGS, redis_url=redis_url) as cluster:
+    expected = _reference(tiny_model, question, docs, kv_cache_dtype=kv_dtype)
+    node_args = [*NODE_ARGS, f"--kv-cache-dtype={kv_dtype}"]
+    with ParallelCluster(tiny_model, prefill=1, decode=1, node_args=node_args, redis_url=redis_url) as cluster:
         prefill = _prefill_address(cluster)
         with Client(cluster.url, timeout_s=60) as client:
             first = client.complete(prompt=question, documents=docs, max_tokens=8, ignore_eos=True)
@@ -62,8 +67,8 @@ def test_documents_blend_and_ingest_through_a_disaggregated_cluster(tiny_model, 
             # ingest computes after the chat head a chat request puts before its documents: reused as they are
             messages = [{"role": "user", "content": question}]
             exact = client.complete(messages=messages, documents=docs, max_tokens=8, ignore_eos=True)
-            assert exact.token_ids == _reference(tiny_model, question, docs, messages=messages)
-        assert redis.Redis.from_url(redis_url).keys("ss:cc:v1:*")
+            assert exact.token_ids == _reference(tiny_model, question, docs, messages=messages, kv_cache_dtype=kv_dtype)
+        assert redis.Redis.from_url(redis_url).keys(f"ss:cc:v1:*:{'float32' if kv_dtype == 'auto' else kv_dtype}:*")
         for _, node in cluster.nodes:
             assert used_blocks_settle_to_zero(node.address)
 

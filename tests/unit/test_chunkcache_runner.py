@@ -39,7 +39,7 @@ def _chat(engine, docs, question):
 
 def test_plan_misses_then_hits(engine):
     ids, spans = _chat(engine, DOCS, "where is the mill?")
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24), dtype=engine.config.kv_torch_dtype))
     plan = cache.plan(ids, spans)
     assert plan.misses == [0, 1, 2] and not plan.placed
     assert cache.store.metrics.snapshot()["misses"] == 3
@@ -54,7 +54,7 @@ def test_chunks_are_computed_after_the_chat_head_by_default(engine):
     """Ingested chunks (no request yet) sit behind the head a chat request puts before its documents;
     a model without a chat template computes them after its special prefix."""
     ids, spans = _chat(engine, DOCS, "where is the mill?")
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24), dtype=engine.config.kv_torch_dtype))
     assert cache.prefix == document_head(engine.tokenizer) == ids[:spans[0][0]]
     meta, kv = cache.compute_alone(engine, ids[spans[0][0]:sum(spans[0])])
     assert meta.start == spans[0][0] and kv.positions[0] == spans[0][0]
@@ -70,7 +70,7 @@ def test_chunks_are_computed_after_the_chat_head_by_default(engine):
 def test_ratio_one_generates_what_the_engine_generates(engine, penalties):
     ids, spans = document_prompt(engine.tokenizer, DOCS[::-1], "who built the bridge?")
     config = ChunkCacheConfig(BlendConfig((1,), (1.0,)), planning="ratio")
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)), config)
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24), dtype=engine.config.kv_torch_dtype), config)
     for s, n in spans:
         cache.store.put(*cache.compute_alone(engine, ids[s:s + n]))
     params = SamplingParams(max_tokens=6, ignore_eos=True, **penalties)  # penalized: the blend samples another first token
@@ -83,7 +83,7 @@ def test_ratio_one_generates_what_the_engine_generates(engine, penalties):
 
 def test_in_context_variants_are_reused_exactly(engine):
     ids, spans = _chat(engine, DOCS, "what runs north?")
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)))
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24), dtype=engine.config.kv_torch_dtype))
     for meta, kv in cache.compute_in_context(engine, [ids[s:s + n] for s, n in spans]):
         cache.store.put(meta, kv)
     params = SamplingParams(max_tokens=5, ignore_eos=True)
@@ -101,7 +101,7 @@ def test_chunks_computed_after_a_given_prefix_are_exact_there(engine):
     """A chunk computed after the prompt head (not the special prefix) is reused as is where it sits first."""
     head = engine.tokenizer.encode("Read these passages:", add_special_tokens=True)
     chunk = engine.tokenizer.encode(DOCS[0] + "\n\n", add_special_tokens=False)
-    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24)), prefix=head)
+    cache = ChunkCache(engine, ChunkStore(LocalTier(1 << 24), dtype=engine.config.kv_torch_dtype), prefix=head)
     meta, kv = cache.compute_alone(engine, chunk)
     assert meta.start == len(head) and kv.positions.tolist() == list(range(len(head), len(head) + len(chunk)))
     cache.store.put(meta, kv)

@@ -91,6 +91,21 @@ def test_redis_round_trip_bit_identical(redis_url):
     assert tier.hits("c1") == {meta.variant_id: 1}
 
 
+def test_a_16_bit_kv_cache_keeps_its_chunks_in_16_bits_in_both_tiers(redis_url):
+    """--kv-cache-dtype float16: chunk KV computed in fp32 is stored rounded, as the cache would hold it, under keys
+    of its own dtype: half the bytes locally and in Redis, and read back exactly as stored."""
+    meta, kv = _meta(), _kv()
+    wide = ChunkStore(LocalTier(1 << 20), RedisTier(redis_url, FP, "float32"))
+    half = ChunkStore(LocalTier(1 << 20), RedisTier(redis_url, FP, "float16"), dtype=torch.float16)
+    wide.put(meta, kv)
+    half.put(meta, kv)
+    assert half.local.num_bytes * 2 == wide.local.num_bytes
+    assert half.remote.bytes_written < 0.6 * wide.remote.bytes_written
+    out = RedisTier(redis_url, FP, "float16").fetch([("c1", meta.variant_id)])[("c1", meta.variant_id)]
+    assert out.k.dtype == torch.float16 and torch.equal(out.k, kv.k.half()) and torch.equal(out.v, kv.v.half())
+    assert torch.equal(wide.remote.fetch([("c1", meta.variant_id)])[("c1", meta.variant_id)].k, kv.k)
+
+
 def test_redis_corrupt_value_is_a_miss_and_deleted(redis_url):
     tier = RedisTier(redis_url, FP, "float32")
     meta = _meta()
