@@ -12,7 +12,7 @@ chosen token's logprob; and the 16-bit engine's own greedy answer, compared whol
 
     .venv/bin/python benchmarks/kv_cache_dtype.py [--model models/smollm2-135m-instruct] [--threads 2]
         [--shapes 1x2048 8x1024 32x512] [--steps 12] [--repeats 3] [--questions 16] [--parts speed quality]
-        [--served]
+        [--served] [--parts chunks --rounds 9]
 """
 
 from __future__ import annotations
@@ -101,6 +101,62 @@ def quality(args) -> dict:
     return out
 
 
+def chunks(args) -> dict:
+    """RAG blending with Redis the only chunk tier (a private redis-server, layer-by-layer loading), in process: an
+    fp32-KV engine over chunks stored in fp32 and a float16-KV engine over the same passages stored in float16,
+    alternating (ABBA) over rounds of 4 MuSiQue passages in a random order and a question; TTFT = plan (Redis
+    reads) + blended prefill (the nodes' defaults: Cache-Craft planning) + the first token, the bytes read, and
+    whether the first tokens agree."""
+    from splitserve.bench import traces
+    from splitserve.chunkcache.documents import document_prompt
+    from splitserve.chunkcache.keys import model_fingerprint
+    from splitserve.chunkcache.redis_tier import RedisTier
+    from splitserve.chunkcache.runner import ChunkCache, ChunkCacheConfig
+    from splitserve.chunkcache.store import ChunkStore
+    from splitserve.chunkcache.tiers import LocalTier
+    from splitserve.localcluster.redis_server import start_private_redis
+
+    items = json.loads(traces.data_file(traces.MUSIQUE_FILE).read_text())
+    pool = list(dict.fromkeys(c["text"] for item in items[:3] for c in item["ctxs"]))[:8]
+    redis_server, caches = start_private_redis(), {}
+    try:
+        for dtype in ("float32", "float16"):
+            engine = Engine(args.model, EngineConfig(kv_cache_dtype=dtype, kv_cache_bytes=512 << 20))
+            cfg = engine.model_config
+            tier = RedisTier(redis_server.url, model_fingerprint(args.model), dtype, timeout_s=10.0,
+                             layout=(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim))
+            cache = ChunkCache(engine, ChunkStore(LocalTier(0), tier, dtype=engine.config.kv_torch_dtype),
+                               ChunkCacheConfig(live_variants=0))
+            ids, spans = document_prompt(engine.tokenizer, pool, "")
+            for s, n in spans:
+                cache.store.put(*cache.compute_alone(engine, ids[s:s + n], ids[:spans[0][0]]))
+            caches[dtype] = (engine, cache, tier)
+        rng, rounds = random.Random(0), []
+        for r in range(args.rounds + 1):  # round 0 warms up
+            ids, spans = document_prompt(caches["float32"][0].tokenizer, rng.sample(pool, 4),
+                                         items[r % len(items)]["question"])
+            out = {}
+            for dtype in (("float32", "float16") if r % 2 == 0 else ("float16", "float32")):
+                engine, cache, tier = caches[dtype]
+                before, start = tier.bytes_read, time.perf_counter()
+                outcome = cache.blend(engine, "r", ids, cache.plan(ids, spans), SamplingParams(max_tokens=1), 0)
+                out[dtype] = {"ttft_s": time.perf_counter() - start, "bytes_read": tier.bytes_read - before,
+                              "token": outcome.sample.token_id}
+                engine.cancel_reservation("r")
+            if r:
+                rounds.append(out)
+    finally:
+        redis_server.stop()
+    med = lambda dtype, key: statistics.median(x[dtype][key] for x in rounds)
+    out = {d: {"ttft_s": round(med(d, "ttft_s"), 4), "bytes_read": med(d, "bytes_read")}
+           for d in ("float32", "float16")}
+    out["ttft_ratio"] = round(statistics.median(x["float16"]["ttft_s"] / x["float32"]["ttft_s"] for x in rounds), 3)
+    out["same_first_token"] = f"{sum(x['float16']['token'] == x['float32']['token'] for x in rounds)}/{len(rounds)}"
+    out["prompt_tokens"] = "4 passages + question"
+    print("chunks", json.dumps(out), flush=True)
+    return out
+
+
 def served(args) -> dict:
     """RAG prompts (three MuSiQue passages and the question, ~1,800 tokens) at concurrency 1 through two 1 prefill +
     1 decode clusters (one thread per node), fp32 and float16 KV, asked alternately by the official `openai` client,
@@ -142,13 +198,14 @@ def main() -> None:
     parser.add_argument("--served", action="store_true", help="also the served comparison (1P+1D, concurrency 1)")
     parser.add_argument("--served-prompts", type=int, default=6)
     parser.add_argument("--served-tokens", type=int, default=128)
-    parser.add_argument("--parts", nargs="*", default=["speed", "quality"], choices=["speed", "quality"])
+    parser.add_argument("--parts", nargs="*", default=["speed", "quality"], choices=["speed", "quality", "chunks"])
+    parser.add_argument("--rounds", type=int, default=9, help="chunks: measured rounds")
     parser.add_argument("--out", default="results/kv_cache_dtype_smollm2.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = {"command": {"script": "benchmarks/kv_cache_dtype.py", **portable_args(vars(args))},
            "model": model_id(args.model), "torch_threads": args.threads}
-    out.update({part: {"speed": speed, "quality": quality}[part](args) for part in args.parts})
+    out.update({part: {"speed": speed, "quality": quality, "chunks": chunks}[part](args) for part in args.parts})
     if args.served:
         out["served"] = served(args)
     (ROOT / args.out).write_text(json.dumps(out, indent=2) + "\n")
