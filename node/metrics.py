@@ -18,7 +18,7 @@ from typing import Callable
 
 import grpc
 from google.protobuf.message import Message
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from splitserve.engine import RequestOutput
@@ -118,8 +118,14 @@ class NodeMetrics:
                                   ["method", "code"], registry=r)
 
     def watch_engine(self, engine_loop: EngineLoop) -> None:
-        """Reads the engine's gauges (KV blocks, queue, batch) at each scrape."""
+        """Reads the engine's gauges (KV blocks, queue, batch) at each scrape; its KV cache's settings as labels of
+        `splitserve_cache_config_info` (vLLM's `cache_config_info`), which is 1."""
         self.registry.register(_EngineGauges(engine_loop))
+        engine = engine_loop.engine
+        info = Gauge(f"{PREFIX}_cache_config_info", "the node's KV cache: block size, dtype, blocks, prefix caching",
+                     ["block_size", "cache_dtype", "num_blocks", "enable_prefix_caching"], registry=self.registry)
+        info.labels(str(engine.config.block_size), engine.config.kv_dtype, str(engine.pool.num_blocks),
+                    str(engine.config.enable_prefix_caching).lower()).set(1)
 
     def watch_kv_receiver(self, receiver) -> None:
         """Decode nodes: `splitserve_kv_transfer_checksum_failures_total` from receiver.num_checksum_failures."""

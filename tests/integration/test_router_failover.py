@@ -88,6 +88,9 @@ def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model, l
              if n.address in used}
     for role, samples in nodes.values():
         assert value(samples, "splitserve_kv_blocks_total") > 0
+        blocks = str(int(value(samples, "splitserve_kv_blocks_total")))
+        assert value(samples, "splitserve_cache_config_info", block_size="16", cache_dtype="float32", num_blocks=blocks,
+                     enable_prefix_caching="true") == 1
         assert value(samples, "splitserve_rpcs_total", method="Prefill" if role == "prefill" else "Decode") >= 1
         assert value(samples, "splitserve_kv_transfer_bytes_total", direction="send" if role == "prefill" else "receive") > 0
         assert value(samples, "splitserve_time_to_first_token_seconds_count") >= 1

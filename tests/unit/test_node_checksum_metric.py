@@ -1,4 +1,4 @@
-"""Decode nodes export their KV receiver's checksum failures as a Prometheus counter."""
+"""Node metrics read from its parts: the KV receiver's checksum failures (decode nodes), the KV cache's settings."""
 
 from __future__ import annotations
 
@@ -39,3 +39,21 @@ def test_the_decode_role_exports_its_receivers_counter(monkeypatch):
     role = decode_setup.build_decode(NodeConfig.from_args(args), "n1", SimpleNamespace(engine=None),
                                      SimpleNamespace(server=None, port=50051), metrics)
     assert role.worker.receiver is receiver and sample(metrics) == 2.0
+
+
+def test_the_kv_cache_settings_are_the_labels_of_cache_config_info(tiny_model):
+    """vLLM's cache_config_info: 1, labelled with the node's block size, KV dtype (--kv-cache-dtype resolved),
+    blocks and prefix caching."""
+    from splitserve.engine import Engine, EngineConfig
+
+    engine = Engine(tiny_model, EngineConfig(kv_cache_dtype="float16", num_blocks=40, enable_prefix_caching=False))
+    from concurrent.futures import Future
+
+    def call(fn):  # the engine loop's call, run here
+        done = Future()
+        done.set_result(fn(engine))
+        return done
+    metrics = NodeMetrics("decode")
+    metrics.watch_engine(SimpleNamespace(engine=engine, call=call))
+    assert (b'splitserve_cache_config_info{block_size="16",cache_dtype="float16",enable_prefix_caching="false",'
+            b'num_blocks="40"} 1.0') in generate_latest(metrics.registry)
