@@ -116,15 +116,19 @@ class RuntimeAdapters:
             if not node.healthy:
                 continue
             for name, path in wanted.paths.items():
-                if name not in node.lora_adapters and self._may_ask(node.address, name, now):
+                if name not in node.lora_adapters and self._claim(node.address, name, now):
                     self._start(self._load_on(node.address, name, path))
             for name in wanted.unloaded - wanted.paths.keys():
-                if name in node.lora_adapters and self._may_ask(node.address, name, now):
+                if name in node.lora_adapters and self._claim(node.address, name, now):
                     self._start(self._unload_on(node.address, name))
 
-    def _may_ask(self, address: str, name: str, now: float) -> bool:
+    def _claim(self, address: str, name: str, now: float) -> bool:
+        """Whether to ask `address` about `name` now (not asked already, not failed within retry_s); marks it asked."""
         key = (address, name)
-        return key not in self._asked and self._retry_at.get(key, 0.0) <= now
+        if key in self._asked or self._retry_at.get(key, 0.0) > now:
+            return False
+        self._asked.add(key)
+        return True
 
     def _start(self, work, name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -133,7 +137,6 @@ class RuntimeAdapters:
 
     async def _load_on(self, address: str, name: str, path: str) -> None:
         key = (address, name)
-        self._asked.add(key)
         try:
             error = await _call(self.registry, address, "LoadLoraAdapter", name, path, self.timeout_s)
             await self.registry.refresh()
@@ -154,7 +157,6 @@ class RuntimeAdapters:
 
     async def _unload_on(self, address: str, name: str) -> None:
         key = (address, name)
-        self._asked.add(key)
         try:
             if await self._still_wanted(name) is False:
                 log.info("a node still held an unloaded LoRA adapter; unloading it",
