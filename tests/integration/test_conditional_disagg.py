@@ -4,6 +4,7 @@ longer one goes through the prefill node; both equal the single-process engine t
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -121,6 +122,9 @@ def test_another_router_replica_sends_the_next_turn_where_the_conversation_is(ti
         try:
             with Client(replica.address, timeout_s=60) as b:
                 warm = b.complete(prompt_token_ids=[7, 8, 9], max_tokens=2, ignore_eos=True)
+                decodes = [s.address for role, s in c.nodes if role == "decode"]
+                assert wait_until(lambda: all(node_stats(d).num_running == 0 for d in decodes), 10)
+                time.sleep(1.0)  # two health intervals: router A sees both decode nodes idle, as they are
                 turn1 = a.complete(prompt_token_ids=first, max_tokens=12, ignore_eos=True)
                 block_size = node_stats(turn1.final.decode_node).block_size
                 held = (len(first) + len(turn1.token_ids) - 1) // block_size
