@@ -1,4 +1,5 @@
-"""The engine on CUDA matches HF transformers on CUDA (skipped without a GPU)."""
+"""The engine on CUDA matches HF transformers on CUDA, and with a 16-bit KV cache the CPU engine with the same cache
+(skipped without a GPU)."""
 
 import random
 
@@ -22,3 +23,17 @@ def test_tiny_fp32_on_cuda_matches_hf(tiny_model):
                           pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device="cuda"))
         assert result.token_ids == out[0, len(prompt):].tolist()
     engine.check_integrity()
+
+
+def test_a_16_bit_kv_cache_on_cuda_decodes_as_the_cpu_engine_with_the_same_cache(tiny_model):
+    """--kv-cache-dtype float16 under the fp32 model on CUDA (SDPA over the gathered blocks, widened to fp32): the
+    same tokens, and logprobs within fp32 rounding, as the CPU engine with the same cache (its native kernel)."""
+    config = dict(kv_cache_dtype="float16", num_blocks=256, block_size=4, max_num_batched_tokens=24)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(5, 500) for _ in range(n)] for n in (1, 9, 33)]
+    params = SamplingParams(max_tokens=16, ignore_eos=True, logprobs=1)
+    cuda = Engine(tiny_model, EngineConfig(device="cuda", **config)).generate(prompts, params)
+    cpu = Engine(tiny_model, EngineConfig(**config)).generate(prompts, params)
+    assert [r.token_ids for r in cuda] == [r.token_ids for r in cpu]
+    for a, b in zip(cuda, cpu):
+        assert [lp for lp, _ in a.logprobs] == pytest.approx([lp for lp, _ in b.logprobs], abs=1e-3)
