@@ -84,6 +84,7 @@ class RuntimeAdapters:
         self._asked: set[tuple[str, str]] = set()  # (node, name) asked to load or unload now
         self._retry_at: dict[tuple[str, str], float] = {}  # (node, name) that failed -> when to ask again
         self._tasks: set[asyncio.Task] = set()
+        self._store_down = False  # the store did not answer the last reconciling (said once, not every refresh)
         registry.on_refresh.append(self.reconcile)
 
     async def load(self, name: str, path: str) -> None:
@@ -109,8 +110,13 @@ class RuntimeAdapters:
         try:
             wanted = await self.store.read()
         except StoreUnavailable as exc:
-            log.warning("runtime LoRA adapters not reconciled: %s", exc)
+            if not self._store_down:
+                log.warning("runtime LoRA adapters not reconciled until the store answers: %s", exc)
+            self._store_down = True
             return
+        if self._store_down:
+            log.info("the runtime LoRA store answers again; reconciling")
+            self._store_down = False
         now = time.monotonic()
         for node in self.registry.snapshot():
             if not node.healthy:

@@ -160,9 +160,10 @@ def test_a_store_that_does_not_answer_changes_nothing(calls, caplog):
         calls_made = [(n, m, "x") for m in ("LoadLoraAdapter", "UnloadLoraAdapter") for n in ("b:1", "c:1")]
         assert sorted(made) == sorted(calls_made)
         made.clear()
-        runtime.reconcile()
-        await asyncio.sleep(0.01)
-        assert made == [] and "not reconciled" in caplog.text
+        for _ in range(3):
+            runtime.reconcile()
+            await asyncio.sleep(0.01)
+        assert made == [] and caplog.text.count("not reconciled") == 1  # said once, not every refresh
 
     asyncio.run(scenario())
 
