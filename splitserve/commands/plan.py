@@ -76,7 +76,7 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print("cheapest meeting the SLOs:\n" + summary_table([chosen]))
         if args.helm:
-            print(helm_values(chosen, args.max_queue))
+            print(helm_values(chosen, args.max_queue, kinds))
     _save(args, planner, frontier, chosen, run)
     return 0 if chosen is not None else 1
 

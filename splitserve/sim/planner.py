@@ -145,9 +145,14 @@ class Planner:
         return out
 
 
-def helm_values(c: Candidate, max_queue: int) -> str:
-    """values.yaml keys of helm/splitserve for the chosen configuration."""
+def helm_values(c: Candidate, max_queue: int, kinds: list[NodeKind] = ()) -> str:
+    """values.yaml keys of helm/splitserve for the chosen configuration; `model.kvCacheDtype` too where its kinds'
+    profiles were measured with a KV cache dtype other than the model's (their capacity and transfers assume it)."""
     lines = ["routing:", f"  policy: {c.policy}", f"  maxQueue: {max_queue}"]
+    measured = {k.profile.meta.get("kv_cache_dtype", k.profile.meta.get("dtype")) for k in kinds if k.name in c.kinds}
+    model_dtypes = {k.profile.meta.get("dtype") for k in kinds if k.name in c.kinds}
+    if len(measured) == 1 and measured != model_dtypes:
+        lines += ["model:", f"  kvCacheDtype: {measured.pop()}"]
     for role, n in (("prefill", c.prefill), ("decode", c.decode), ("mixed", c.mixed)):
         lines += [f"{role}:", f"  enabled: {'true' if n else 'false'}"] + ([f"  replicas: {n}"] if n else [])
     return "\n".join(lines)

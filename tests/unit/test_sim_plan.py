@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from splitserve.bench.report import compare, format_table, save_json
 from splitserve.sim.cluster import ClusterConfig
@@ -41,3 +42,7 @@ def test_plan_picks_the_smallest_pool_that_meets_the_slos():
     assert [c.cost for c in frontier] == sorted(c.cost for c in frontier)
     values = helm_values(best, 256)
     assert "routing:\n  policy: least_loaded" in values and "replicas:" in values
+    assert "kvCacheDtype" not in helm_values(best, 256, planner.kinds)  # profiled with the model's KV dtype
+    half = [replace(k, profile=replace(k.profile, meta={**k.profile.meta, "dtype": "float32",
+                                                         "kv_cache_dtype": "float16"})) for k in planner.kinds]
+    assert "model:\n  kvCacheDtype: float16" in helm_values(best, 256, half)
