@@ -12,7 +12,7 @@ chosen token's logprob; and the 16-bit engine's own greedy answer, compared whol
 
     .venv/bin/python benchmarks/kv_cache_dtype.py [--model models/smollm2-135m-instruct] [--threads 2]
         [--shapes 1x2048 8x1024 32x512] [--steps 12] [--repeats 3] [--questions 16] [--parts speed quality]
-        [--served] [--parts chunks --rounds 9]
+        [--served] [--parts chunks --rounds 9] [--llamacpp]
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ def engines(model: str, batched: int, kv_bytes: int) -> dict[str, Engine]:
                                           max_num_seqs=64)) for d in DTYPES}
 
 
+def _llamacpp_step_ms(args, batch: int, context: int) -> float:
+    """llama-batched-bench's decode at this shape (-npp context -ntg 32 -npl batch), as ms per step."""
+    import llamacpp
+
+    gguf = llamacpp.convert_f32(Path(args.model), llamacpp.CACHE / "gguf" / f"{Path(args.model).name}-f32.gguf")
+    tok_s = llamacpp.batched_bench(gguf, args.threads, context, 32, [batch])[batch]["decode_tok_s"]
+    return batch * 1e3 / tok_s
+
+
 def prefill(engine: Engine, batch: int, context: int, steps: int, seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(batch):
@@ -62,14 +71,19 @@ def speed(args) -> dict:
         for engine in built.values():
             prefill(engine, batch, context, args.steps * args.repeats, seed=batch)
         times = {d: [] for d in DTYPES}
-        for _ in range(args.repeats * args.steps):
+        peer = []  # llama.cpp's decode step at the same shape (f16 KV, its default), between our rounds
+        for i in range(args.repeats * args.steps):
+            if args.llamacpp and i % args.steps == 0:
+                peer.append(_llamacpp_step_ms(args, batch, context))
             for dtype, engine in built.items():
                 start = time.perf_counter()
                 engine.step()
                 times[dtype].append(time.perf_counter() - start)
         medians = {d: statistics.median(t) * 1e3 for d, t in times.items()}
+        if peer:
+            medians["llama.cpp"] = statistics.median(peer)
         out[shape] = {"step_ms": {d: round(m, 2) for d, m in medians.items()},
-                      "vs_fp32": {d: round(medians[d] / medians["float32"], 3) for d in DTYPES[1:]},
+                      "vs_fp32": {d: round(medians[d] / medians["float32"], 3) for d in medians if d != "float32"},
                       "kv_tokens_per_GiB": {d: e._blocks_for(1 << 30) * e.config.block_size for d, e in built.items()}}
         print(shape, json.dumps(out[shape]), flush=True)
         del built
@@ -196,6 +210,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--served", action="store_true", help="also the served comparison (1P+1D, concurrency 1)")
+    parser.add_argument("--llamacpp", action="store_true", help="speed: llama.cpp's decode step at each shape too "
+                        "(llama-batched-bench, f16 KV: build it first with benchmarks/vs_llamacpp.py --build)")
     parser.add_argument("--served-prompts", type=int, default=6)
     parser.add_argument("--served-tokens", type=int, default=128)
     parser.add_argument("--parts", nargs="*", default=["speed", "quality"], choices=["speed", "quality", "chunks"])
