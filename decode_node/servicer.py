@@ -8,7 +8,6 @@ from typing import AsyncIterator
 import grpc
 
 from splitserve.api.v1 import node_pb2
-from splitserve.engine.errors import UnknownAdapter
 from splitserve.node_api import Reservation
 from splitserve.rpc.convert import kv_target_to_proto, sampling_from_proto
 from splitserve.rpc.node_messages import request_id_of, status_codes, token_chunk
@@ -20,15 +19,11 @@ class DecodeServicer:
         self.worker = worker
 
     async def Reserve(self, request: node_pb2.ReserveRequest, context: grpc.aio.ServicerContext) -> node_pb2.ReserveReply:
-        try:
+        async with status_codes(context):  # bad input: INVALID_ARGUMENT; an adapter not served here: NOT_FOUND
             reservation = await self.worker.reserve(
                 request_id_of(request), request.num_prompt_tokens, list(request.prompt_token_ids) or None,
                 request.cache_salt if request.HasField("cache_salt") else None,
                 request.lora if request.HasField("lora") else None)
-        except UnknownAdapter as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if reservation is None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"decode node {self.worker.target.node_id}: not "
                                 f"enough free KV blocks for {request.num_prompt_tokens} tokens")

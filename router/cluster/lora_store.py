@@ -60,17 +60,19 @@ class RedisLoraStore:
         self.redis = RedisClient(url, "runtime LoRA store", "lora_store_unavailable", timeout_s)
         self._clock = clock
 
+    async def _atomically(self, queue) -> list:
+        """The answers of the commands `queue(pipeline)` queues, run as one MULTI/EXEC transaction."""
+        async def run(client):
+            async with client.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                return await pipe.execute()
+        return await self.redis.run(run)
+
     async def read(self) -> RuntimeLoras:
         since = self._clock() - UNLOADED_KEEP_S
-
-        async def both(client):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(REDIS_UNLOADED, "-inf", since)
-                pipe.hgetall(REDIS_LOADED)
-                pipe.zrange(REDIS_UNLOADED, 0, -1)
-                return await pipe.execute()
-
-        _, loaded, unloaded = await self.redis.run(both)
+        _, loaded, unloaded = await self._atomically(lambda pipe: (pipe.zremrangebyscore(REDIS_UNLOADED, "-inf", since),
+                                                                   pipe.hgetall(REDIS_LOADED),
+                                                                   pipe.zrange(REDIS_UNLOADED, 0, -1)))
         paths = {}
         for name, path in loaded.items():
             try:
@@ -80,20 +82,11 @@ class RedisLoraStore:
         return RuntimeLoras(paths, frozenset(name.decode(errors="replace") for name in unloaded))
 
     async def add(self, name: str, path: str) -> None:
-        async def write(client):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hset(REDIS_LOADED, name, path)
-                pipe.zrem(REDIS_UNLOADED, name)
-                await pipe.execute()
-        await self.redis.run(write)
+        await self._atomically(lambda pipe: (pipe.hset(REDIS_LOADED, name, path), pipe.zrem(REDIS_UNLOADED, name)))
 
     async def remove(self, name: str) -> None:
-        async def write(client):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hdel(REDIS_LOADED, name)
-                pipe.zadd(REDIS_UNLOADED, {name: self._clock()})
-                await pipe.execute()
-        await self.redis.run(write)
+        await self._atomically(lambda pipe: (pipe.hdel(REDIS_LOADED, name),
+                                             pipe.zadd(REDIS_UNLOADED, {name: self._clock()})))
 
 
 def lora_store(where: str):
