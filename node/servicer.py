@@ -155,7 +155,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             block_size=s.block_size, kv_address=target.kv_address if target else "",
             transport=target.transport if target else "", lora_adapters=s.lora_adapters,
             prefix_caching=s.prefix_caching, sends_partial_kv=self.roles.prefill is not None, kv_blocks=kv_blocks,
-            lora_load_ids=dict(s.lora_load_ids),
+            lora_load_ids=dict(s.lora_load_ids), startup_lora_adapters=s.startup_lora_adapters,
             **self._chunk_stats())
 
     def _chunk_stats(self) -> dict:

@@ -79,3 +79,4 @@ class NodeLoad:
     sends_partial_kv: bool = False  # a prefill node honouring PrefillRequest.num_target_cached_tokens
     kv_blocks: BlockChanges | None = None  # what its prefix cache gained and lost (None: the node does not say)
     lora_load_ids: tuple[tuple[str, str], ...] = ()  # (adapter, the id of its load there): NodeStats.lora_load_ids
+    startup_lora_adapters: frozenset[str] = frozenset()  # NodeStats.startup_lora_adapters

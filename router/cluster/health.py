@@ -85,4 +85,5 @@ async def fetch_load(channel: grpc.aio.Channel, timeout_s: float,
     blocks = BlockChanges(kv.snapshot, tuple(kv.stored), tuple(kv.removed), kv.seq) if s.HasField("kv_blocks") else None
     return NodeLoad(s.node_id, s.num_free_blocks, s.num_total_blocks, s.block_size or 16, s.num_waiting,
                     s.num_running, s.num_pending_prefill_tokens, frozenset(s.chunk_keys), frozenset(s.lora_adapters),
-                    s.prefix_caching, s.sends_partial_kv, blocks, tuple(sorted(s.lora_load_ids.items())))
+                    s.prefix_caching, s.sends_partial_kv, blocks, tuple(sorted(s.lora_load_ids.items())),
+                    frozenset(s.startup_lora_adapters))

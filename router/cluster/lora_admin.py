@@ -12,7 +12,8 @@ Redis shared by the router replicas): a node that joins later, or restarts and c
 loaded as soon as its Stats show it missing (after every background refresh, by whichever router sees it first);
 one that cannot load it (its disk lacks the path) is asked again every `retry_s`. Until then the routers route an
 adapter's requests only to nodes that list it. A node still listing an adapter unloaded lately (a load raced the
-unload, or its unload failed) is asked to unload it.
+unload, or its unload failed) is asked to unload it, unless the node loaded it at start from its own --lora-modules
+(restarted after the unload, it serves what its flags say, whenever it restarts).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import grpc
 from router.cluster.lora_store import MemoryLoraStore
 from router.cluster.nodes import NodeRegistry
 from router.cluster.policies import NoRoute
-from router.front.responses_store import StoreUnavailable
+from router.redis_client import StoreUnavailable
 from splitserve.api.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,14 @@ class RuntimeAdapters:
                 if name not in node.lora_adapters and self._claim(node.address, name, now):
                     self._start(self._load_on(node.address, name, path))
             for name in wanted.unloaded - wanted.paths.keys():
-                if name in node.lora_adapters and self._claim(node.address, name, now):
+                if self._held_at_runtime(node, name) and self._claim(node.address, name, now):
                     self._start(self._unload_on(node.address, name))
+
+    @staticmethod
+    def _held_at_runtime(node, name: str) -> bool:
+        """The node serves `name` and not from its own flags (those stay: a node restarted soon after an unload serves
+        what its --lora-modules say, as it would later)."""
+        return name in node.lora_adapters and name not in node.startup_lora_adapters
 
     def _claim(self, address: str, name: str, now: float) -> bool:
         """Whether to ask `address` about `name` now (not asked already, not failed within retry_s); marks it asked."""

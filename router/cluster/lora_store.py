@@ -55,7 +55,7 @@ class RedisLoraStore:
     StoreUnavailable (a 503 on the load and unload routes, a warning when reconciling)."""
 
     def __init__(self, url: str, timeout_s: float = 2.0, clock=time.time):
-        from router.front.redis_client import RedisClient
+        from router.redis_client import RedisClient
 
         self.redis = RedisClient(url, "runtime LoRA store", "lora_store_unavailable", timeout_s)
         self._clock = clock

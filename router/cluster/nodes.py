@@ -49,6 +49,7 @@ class NodeView:
     prefix_caching: bool = False  # it reuses cached prompt blocks (from its Stats; unknown until then: no)
     sends_partial_kv: bool = False  # a prefill node that sends only the KV its decode node lacks (from its Stats)
     lora_load_ids: tuple[tuple[str, str], ...] = ()  # (adapter, the id of its load there), from its Stats
+    startup_lora_adapters: frozenset[str] = frozenset()  # those of lora_adapters from its own flags (from its Stats)
     last_routed: int = 0  # this router's sequence number of its last route there (0: never); policies break load ties by it
     # the blocks its prefix cache holds (router/cluster/holdings.py; one object per node, updated in place)
     holdings: BlockHoldings = field(default_factory=BlockHoldings, compare=False, repr=False)
@@ -190,7 +191,7 @@ class NodeRegistry:
             block_size=s.block_size, num_waiting=s.num_waiting, num_running=s.num_running,
             num_pending_prefill_tokens=s.num_pending_prefill_tokens, chunk_keys=s.chunk_keys,
             lora_adapters=s.lora_adapters, prefix_caching=s.prefix_caching, sends_partial_kv=s.sends_partial_kv,
-            lora_load_ids=s.lora_load_ids)
+            lora_load_ids=s.lora_load_ids, startup_lora_adapters=s.startup_lora_adapters)
 
     def start_polling(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())

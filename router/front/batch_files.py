@@ -108,7 +108,7 @@ class RedisFileStore:
     and the bytes of all files in one counter; StoreUnavailable when Redis does not answer."""
 
     def __init__(self, url: str, max_bytes: int = DEFAULT_STORAGE_BYTES, timeout_s: float = 2.0):
-        from router.front.redis_client import RedisClient
+        from router.redis_client import RedisClient
 
         if max_bytes < 1:
             raise ValueError(f"--batch-storage-bytes must be >= 1, got {max_bytes}")

@@ -142,7 +142,7 @@ class RedisBatchStore:
     """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
 
     def __init__(self, url: str, claim_s: float = CLAIM_S, timeout_s: float = 2.0):
-        from router.front.redis_client import RedisClient
+        from router.redis_client import RedisClient
 
         if claim_s <= 0:
             raise ValueError(f"--batch-claim-s must be > 0, got {claim_s}")

@@ -33,7 +33,7 @@ from router.front.batch_lines import COMPLETION_WINDOW_S, DEFAULT_PRIORITY, Crea
 from router.front.batch_store import Batch, BatchStore
 from router.front.http_errors import ApiError
 from router.front.pages import cursor_page
-from router.front.responses_store import StoreUnavailable
+from router.redis_client import StoreUnavailable
 
 log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 4

@@ -54,7 +54,8 @@ from router.front.rerank_api import RerankRequest, ScoreRequest, rerank_body, sc
 from router.front.anthropic_models import MessagesRequest
 from router.front.responses_format import ResponseWriter, answer_messages, request_fields
 from router.front.responses_models import ResponsesRequest
-from router.front.responses_store import ResponseStore, StoredResponse, StoreUnavailable
+from router.front.responses_store import ResponseStore, StoredResponse
+from router.redis_client import StoreUnavailable
 from router.cluster.embedder import Embedder
 from splitserve.engine.pooling import PoolingParams
 from router.cluster.orchestrator import Job, NodeCallError, Orchestrator

@@ -13,7 +13,7 @@ from router.front.admission import DeadlineExceeded, Overloaded
 from router.front.openai_models import InvalidRequest
 from router.cluster.orchestrator import NodeCallError
 from router.cluster.policies import NoRoute
-from router.front.responses_store import StoreUnavailable
+from router.redis_client import StoreUnavailable
 
 # gRPC status of a failed node call -> (HTTP status, error type)
 _GRPC_TO_HTTP = {

@@ -24,14 +24,6 @@ MAX_ENTRY_BYTES = 16 << 20
 REDIS_PREFIX = "splitserve:response:"
 
 
-class StoreUnavailable(Exception):
-    """A store in Redis (stored responses, batch files and batches) did not answer: 503 with `code`."""
-
-    def __init__(self, message: str, code: str = "response_store_unavailable"):
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass(frozen=True)
 class StoredResponse:
     response: dict
@@ -96,7 +88,7 @@ class RedisResponseStore:
     """In Redis, shared by router replicas; StoreUnavailable when Redis does not answer."""
 
     def __init__(self, url: str, ttl_s: float = DEFAULT_TTL_S, timeout_s: float = 2.0):
-        from router.front.redis_client import RedisClient
+        from router.redis_client import RedisClient
 
         self.ttl_s = ttl_s
         self.redis = RedisClient(url, "response store", "response_store_unavailable", timeout_s)

@@ -61,6 +61,8 @@ class EngineStats:
     lora_load_ids: tuple[tuple[str, str], ...] = ()
     spec_draft_tokens: int = 0  # speculation.py, since start: drafts checked
     spec_accepted_tokens: int = 0  # and of those, kept
+    # those of lora_adapters loaded at start (--lora-modules) and not unloaded since: the node's own configuration
+    startup_lora_adapters: tuple[str, ...] = ()
 
     @property
     def num_used_blocks(self) -> int:
@@ -74,6 +76,7 @@ class Engine:
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.model = load_model(model_dir, config.torch_dtype, config.device)
         self.adapters = load_adapters(config.lora_modules, self.model_config, config.torch_dtype, config.device)
+        self._startup_adapters = dict(self.adapters)  # name -> the adapter loaded at start
         leave_out_cudnn_sdpa(config.device)
         if config.packed_cpu_linear:
             pack_linears(self.model, quantized=config.quant_cpu_linear)
@@ -465,7 +468,10 @@ class Engine:
                            len(self.reserved), len(self.held), self.config.block_size, tuple(self.adapters),
                            self._lora_requests(waiting, running), self.pool.enable_prefix_caching,
                            tuple((name, adapter.load_id) for name, adapter in self.adapters.items()),
-                           *self.spec_counts)
+                           *self.spec_counts, self._startup_adapter_names())
+
+    def _startup_adapter_names(self) -> tuple[str, ...]:
+        return tuple(name for name, adapter in self._startup_adapters.items() if self.adapters.get(name) is adapter)
 
     def _lora_requests(self, waiting, running) -> tuple[tuple[str, int, int], ...]:
         counts = {name: [0, 0] for name in self.adapters}

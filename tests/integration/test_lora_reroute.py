@@ -28,10 +28,12 @@ def cluster(tiny_model, tmp_path_factory):
 
 
 def unload_behind_the_routers_back(address: str) -> None:
+    assert list(node_stats(address).startup_lora_adapters) == [LORA]  # from its flags
     channel, stub = node_stub(address)
     with channel:
         stub.UnloadLoraAdapter(node_pb2.LoraAdapterRequest(name=LORA), timeout=10)
-    assert LORA not in node_stats(address).lora_adapters
+    stats = node_stats(address)
+    assert LORA not in stats.lora_adapters and not stats.startup_lora_adapters
 
 
 def test_a_node_that_no_longer_serves_the_adapter_sends_the_request_elsewhere(cluster):

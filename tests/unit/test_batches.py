@@ -19,7 +19,7 @@ from router.front.batch_lines import MAX_LINES, CreateBatch, parse_lines
 from router.front.batch_store import REDIS_PREFIX, Batch, BatchStore, RedisBatchStore
 from router.front.batches import Batches
 from router.front.http_errors import ApiError
-from router.front.responses_store import StoreUnavailable
+from router.redis_client import StoreUnavailable
 
 URL = "/v1/embeddings"
 

@@ -221,6 +221,15 @@ def drain(engine) -> list[int]:
     return tokens
 
 
+def test_the_stats_name_the_adapters_loaded_at_start_until_they_are_unloaded(tiny_model, adapters):
+    engine = Engine(tiny_model, EngineConfig(block_size=4, num_blocks=32, lora_modules=(("x", str(adapters["all"])),)))
+    engine.add_adapter(engine.read_adapter("y", adapters["qv-rs"]))
+    assert (engine.stats().lora_adapters, engine.stats().startup_lora_adapters) == (("x", "y"), ("x",))
+    engine.remove_adapter("x")
+    engine.add_adapter(engine.read_adapter("x", adapters["all"]))  # loaded again at runtime: no longer the flags'
+    assert (engine.stats().lora_adapters, engine.stats().startup_lora_adapters) == (("y", "x"), ())
+
+
 def test_the_stats_count_each_adapters_requests_waiting_and_running(tiny_model, adapters):
     """What the nodes' splitserve_lora_requests_{waiting,running}{adapter} gauges read: every loaded adapter, 0 when
     idle; an unloaded one while a request still runs it."""

@@ -13,7 +13,7 @@ from router.cluster.lora_admin import RuntimeAdapters
 from router.cluster.lora_store import (REDIS_LOADED, UNLOADED_KEEP_S, MemoryLoraStore, RedisLoraStore,
                                       RuntimeLoras)
 from router.cluster.nodes import NodeView
-from router.front.responses_store import StoreUnavailable
+from router.redis_client import StoreUnavailable
 
 
 class FakeRegistry:
@@ -122,6 +122,26 @@ def test_a_replica_sharing_the_store_keeps_what_another_loaded_and_unloads_what_
         other.reconcile()
         await asyncio.sleep(0.01)
         assert made == []
+
+    asyncio.run(scenario())
+
+
+def test_an_unloaded_adapter_that_a_restarted_node_loads_from_its_own_flags_stays(calls):
+    """A node restarted after an unload serves what its --lora-modules say, however soon: only what it loaded at
+    runtime is taken off again."""
+    made, _ = calls
+    registry = FakeRegistry([NodeView("a:1", "decode", healthy=True, lora_adapters=frozenset({"x", "y"}),
+                                      startup_lora_adapters=frozenset({"x"}))])
+
+    async def scenario():
+        runtime = RuntimeAdapters(registry, 1.0)
+        await runtime.store.add("x", "/adapters/x")
+        await runtime.store.add("y", "/adapters/y")
+        await runtime.store.remove("x")
+        await runtime.store.remove("y")
+        runtime.reconcile()
+        await asyncio.sleep(0.01)
+        assert made == [("a:1", "UnloadLoraAdapter", "y")]
 
     asyncio.run(scenario())
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from router.front.responses_format import answer_messages
-from router.front.responses_store import (REDIS_PREFIX, RedisResponseStore, ResponseStore, StoredResponse,
-                                          StoreUnavailable)
+from router.front.responses_store import REDIS_PREFIX, RedisResponseStore, ResponseStore, StoredResponse
+from router.redis_client import StoreUnavailable
 
 
 def entry(rid: str, text: str = "hi", conversation: list | None = None) -> StoredResponse:

@@ -162,7 +162,7 @@ class KvBlocks(_message.Message):
     def __init__(self, snapshot: _Optional[bool] = ..., stored: _Optional[_Iterable[bytes]] = ..., removed: _Optional[_Iterable[bytes]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv", "kv_blocks", "lora_load_ids")
+    __slots__ = ("node_id", "role", "num_waiting", "num_running", "num_pending_prefill_tokens", "num_total_blocks", "num_free_blocks", "num_used_blocks", "num_reserved", "block_size", "kv_address", "transport", "chunk_cache", "chunk_keys", "lora_adapters", "prefix_caching", "sends_partial_kv", "kv_blocks", "lora_load_ids", "startup_lora_adapters")
     class LoraLoadIdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class NodeStats(_message.Message):
     SENDS_PARTIAL_KV_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LORA_LOAD_IDS_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_LORA_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     num_waiting: int
@@ -208,7 +209,8 @@ class NodeStats(_message.Message):
     sends_partial_kv: bool
     kv_blocks: KvBlocks
     lora_load_ids: _containers.ScalarMap[str, str]
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ..., kv_blocks: _Optional[_Union[KvBlocks, _Mapping]] = ..., lora_load_ids: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    startup_lora_adapters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_pending_prefill_tokens: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_reserved: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_address: _Optional[str] = ..., transport: _Optional[str] = ..., chunk_cache: _Optional[_Union[ChunkCacheStats, _Mapping]] = ..., chunk_keys: _Optional[_Iterable[str]] = ..., lora_adapters: _Optional[_Iterable[str]] = ..., prefix_caching: _Optional[bool] = ..., sends_partial_kv: _Optional[bool] = ..., kv_blocks: _Optional[_Union[KvBlocks, _Mapping]] = ..., lora_load_ids: _Optional[_Mapping[str, str]] = ..., startup_lora_adapters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChunkCacheStats(_message.Message):
     __slots__ = ("num_local_chunks", "local_bytes", "redis", "local_hits", "redis_hits", "misses", "redis_errors", "corrupt_values", "blended_requests", "recompute_fraction", "blend_time_s", "redis_bytes_read", "redis_bytes_written")

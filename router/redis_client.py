@@ -1,5 +1,5 @@
-"""A Redis connection for the router's stores (stored responses, batch files, batches): calls that fail
-become StoreUnavailable (a 503 naming the store) instead of hanging or leaking the client's errors.
+"""A Redis connection for the router's stores (stored responses, batch files, batches, runtime LoRA adapters): calls
+that fail become StoreUnavailable (a 503 naming the store) instead of hanging or leaking the client's errors.
 Values are JSON or plain fields, never pickled."""
 
 from __future__ import annotations
@@ -7,9 +7,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from router.front.responses_store import StoreUnavailable
-
 log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """A store in Redis (stored responses, batch files and batches, runtime LoRA adapters) did not answer: 503 with
+    `code`."""
+
+    def __init__(self, message: str, code: str = "response_store_unavailable"):
+        super().__init__(message)
+        self.code = code
 
 
 class RedisClient:
