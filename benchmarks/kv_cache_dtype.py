@@ -177,7 +177,7 @@ def served(args) -> dict:
     streamed: TTFT (the KV moves between the nodes before the first decode) and TPOT (each step reads the context)."""
     import openai
 
-    from speculative_ngram import _ask, workloads
+    from served_prompts import ask_streamed, workloads
     from splitserve.localcluster.cluster import LocalCluster
 
     texts = workloads(args.served_prompts)["rag_qa"]
@@ -189,7 +189,7 @@ def served(args) -> dict:
         for r in range(args.repeats):
             for text in texts:
                 for name in (list(clients) if r % 2 == 0 else list(clients)[::-1]):
-                    rows[name].append(_ask(clients[name], Path(args.model).name, text, args.served_tokens))
+                    rows[name].append(ask_streamed(clients[name], Path(args.model).name, text, args.served_tokens))
     out = {name: {metric: round(statistics.median(x[metric] for x in v), 2) for metric in ("ttft_ms", "tpot_ms")}
            for name, v in rows.items()}
     out["tpot_ratio"] = round(out["float16"]["tpot_ms"] / out["float32"]["tpot_ms"], 3)

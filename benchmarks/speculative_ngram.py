@@ -27,26 +27,12 @@ from pathlib import Path
 
 import torch
 
-from splitserve.bench import traces
+from served_prompts import CHAT, ask_streamed, workloads
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.engine.speculation import NgramSpeculation
 
 ROOT = Path(__file__).resolve().parent
-CHAT = ["Write a short story about a cat who learns to swim.", "Explain how a bicycle works.",
-        "List five fruits and say one thing about each.", "Give me advice for my first day at a new job.",
-        "Describe a sunset over the sea.", "What are the benefits of regular exercise?",
-        "Write a poem about autumn leaves.", "How do airplanes stay in the air?"]
-
-
-def workloads(count: int) -> dict[str, list[str]]:
-    questions = traces.load_musique(traces.data_file(traces.MUSIQUE_FILE))[:count]
-    first = [passages[0] for _, passages in questions]
-    return {"quote": [f"Repeat the following passage exactly:\n\n{p}" for p in first],
-            "summarize": [f"Summarize the following passage in two sentences:\n\n{p}" for p in first],
-            "rag_qa": ["\n\n".join(passages[:3]) + f"\n\nUsing the passages above, answer in a sentence or two: {q}"
-                       for q, passages in questions],
-            "chat": [CHAT[i % len(CHAT)] for i in range(count)]}
 
 
 def timed(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> tuple[list[list[int]], float, int]:
@@ -133,7 +119,7 @@ def served(args, texts: dict[str, list[str]]) -> dict:
             for r in range(args.repeats):
                 for text in prompts:
                     for name in (list(clients) if r % 2 == 0 else list(clients)[::-1]):
-                        rows[name].append(_ask(clients[name], model, text, args.max_tokens))
+                        rows[name].append(ask_streamed(clients[name], model, text, args.max_tokens))
             out[workload] = {name: {"tpot_ms_median": round(statistics.median(x["tpot_ms"] for x in v), 2),
                                     "e2e_s_median": round(statistics.median(x["e2e_s"] for x in v), 3),
                                     "ttft_ms_median": round(statistics.median(x["ttft_ms"] for x in v), 1)}
@@ -145,22 +131,6 @@ def served(args, texts: dict[str, list[str]]) -> dict:
             out[workload]["answers"] = len(rows["plain"])
             print("served", workload, json.dumps(out[workload]), flush=True)
     return out
-
-
-def _ask(client, model: str, text: str, max_tokens: int) -> dict:
-    start = time.perf_counter()
-    first, chunks, tokens = None, [], 0
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], temperature=0,
-                                            max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
-    for chunk in stream:
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
-            first = first or time.perf_counter()
-            chunks.append(chunk.choices[0].delta.content)
-    end = time.perf_counter()
-    return {"ttft_ms": (first - start) * 1000, "tpot_ms": (end - first) * 1000 / max(1, tokens - 1),
-            "e2e_s": end - start, "text": "".join(chunks)}
 
 
 def main() -> None:
