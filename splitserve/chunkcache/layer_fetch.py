@@ -15,15 +15,14 @@ before `wait()` returned (ChunkCache.blend holds layer-wise sends back until the
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from splitserve.chunkcache.format import (_CODE_DTYPES, _HEADER, FLAG_INT8, FLAG_PRE_ROPE, HEADER_BYTES, MAGIC,
-                                          VERSION, ChunkKV, CorruptValue, _Reader, _read_layer)
+                                          VERSION, ChunkKV, CorruptValue, _Reader, _read_layer, checksum_hasher)
 from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.tiers import VariantKey
 from splitserve.chunkcache.variants import VariantMeta
@@ -42,7 +41,7 @@ class _Value:
     first_byte: int  # offset of layer 0
     layer_bytes: int
     checksum: bytes
-    hasher: "hashlib._Hash" = field(default_factory=lambda: hashlib.blake2b(digest_size=8))
+    hasher: object  # format.checksum_hasher of the value's flags
 
 
 @dataclass
@@ -106,7 +105,8 @@ class LayerwiseFetch:
         per_tensor = n * heads * dim * (1 if int8 else dtype.itemsize) + (4 * n if int8 else 0)
         if pos_bytes + num_layers * 2 * per_tensor != payload_len:
             raise CorruptValue("payload length does not match its shapes")
-        value = _Value(key, (n, heads, dim), dtype, int8, None, header_len + pos_bytes, 2 * per_tensor, checksum)
+        value = _Value(key, (n, heads, dim), dtype, int8, None, header_len + pos_bytes, 2 * per_tensor, checksum,
+                       checksum_hasher(flags))
         if pos_bytes:
             raw = head[header_len:header_len + pos_bytes]
             value.hasher.update(raw)

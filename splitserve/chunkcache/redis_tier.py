@@ -10,26 +10,21 @@ A put writes the KV before the metadata, so a reader that sees metadata finds th
 Redis evicted it; a metadata entry whose KV is gone, or a value that fails to decode, is
 deleted and reported missing; so is a value whose dtype or shape (layers, KV heads, head dim)
 is not the model's, whatever its checksum says. Any connection error marks the tier down for
-`retry_after_s` (calls fail fast with TierUnavailable meanwhile), so a dead Redis costs a
-request nothing.
+`retry_after_s` (calls fail fast with TierUnavailable meanwhile: splitserve/redis_pipe.py), so a
+dead Redis costs a request nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import redis
 import torch
 
 from splitserve.chunkcache.format import ChunkKV, CorruptValue, decode, encode
 from splitserve.chunkcache.keys import KEY_PREFIX
 from splitserve.chunkcache.tiers import Tier, VariantKey
 from splitserve.chunkcache.variants import VariantMeta
-
-
-class TierUnavailable(Exception):
-    """The tier cannot be reached now; the caller treats it as a miss."""
+from splitserve.redis_pipe import RedisPipe
 
 
 class RedisTier(Tier):
@@ -38,14 +33,12 @@ class RedisTier(Tier):
     def __init__(self, url: str, fingerprint: bytes, dtype: str, ttl_s: int = 86400, quantize: bool = False,
                  retry_after_s: float = 1.0, timeout_s: float = 1.0, max_connections: int = 16,
                  layout: tuple[int, int, int] | None = None):
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-                                           max_connections=max_connections)
+        self.pipe = RedisPipe(url, timeout_s, retry_after_s, max_connections)
+        self.client = self.pipe.client  # redis-py's, for direct reads (tests, tools)
         self.fingerprint, self.ttl_s, self.quantize = fingerprint, ttl_s, quantize
         self.base = f"{KEY_PREFIX}:{fingerprint.hex()}:{dtype}"
         self.dtype = getattr(torch, dtype)
         self.layout = layout  # (num_layers, num_kv_heads, head_dim) of the model; None: not checked
-        self.retry_after_s = retry_after_s
-        self._down_until = 0.0
         self.num_corrupt = 0
         self.bytes_read = self.bytes_written = 0
 
@@ -53,17 +46,7 @@ class RedisTier(Tier):
         return f"{self.base}:{chunk}:{suffix}"
 
     def _run(self, build) -> list:
-        """Runs the commands build(pipeline) queues, in one round trip."""
-        if time.monotonic() < self._down_until:
-            raise TierUnavailable("redis marked down")
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            return pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            self._down_until = time.monotonic() + self.retry_after_s
-            self.client.connection_pool.disconnect()  # no stale connection survives a restart of Redis
-            raise TierUnavailable(str(exc)) from exc
+        return self.pipe.run(build)
 
     def metas(self, chunks: list[str]) -> dict[str, list[VariantMeta]]:
         replies = self._run(lambda p: [p.hgetall(self._key(c, "m")) for c in chunks])
@@ -149,7 +132,4 @@ class RedisTier(Tier):
                              p.hdel(self._key(chunk, "h"), vid)])
 
     def ping(self) -> bool:
-        try:
-            return bool(self._run(lambda p: p.ping())[0])
-        except TierUnavailable:
-            return False
+        return self.pipe.ping()

@@ -28,7 +28,6 @@ from splitserve.chunkcache.keys import content_hash, prefix_hash, salted_key
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch
 from splitserve.chunkcache.chunk_forward import drain
 from splitserve.chunkcache.live import is_exact, record_targets, variants_in_prompt_steps
-from splitserve.chunkcache.redis_tier import TierUnavailable
 from splitserve.chunkcache.reuse import PlacedChunk, place_chunks
 from splitserve.chunkcache.rope import RopeShifter
 from splitserve.chunkcache.selection import ChunkBudget
@@ -38,6 +37,7 @@ from splitserve.chunkcache.variants import VariantMeta
 from splitserve.engine.request import penalty_history
 from splitserve.engine.sampler import Sample, SampleRequest, sample
 from splitserve.engine.token_limits import banned_tokens, next_token_mask
+from splitserve.redis_pipe import TierUnavailable
 
 PLANNINGS = ("cachecraft", "ratio")
 

@@ -18,9 +18,10 @@ from splitserve.chunkcache.cachecraft import variants_to_evict
 from splitserve.chunkcache.format import ChunkKV
 from splitserve.chunkcache.layer_fetch import LayerwiseFetch, PendingKV
 from splitserve.chunkcache.metrics import Metrics
-from splitserve.chunkcache.redis_tier import RedisTier, TierUnavailable
+from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.tiers import LocalTier, VariantKey
 from splitserve.chunkcache.variants import VariantMeta
+from splitserve.redis_pipe import TierUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import pytest
 import redis
 import torch
 
-from splitserve.chunkcache.format import HEADER_BYTES, ChunkKV, CorruptValue, decode, encode
+from splitserve.chunkcache.format import FLAG_XXH3, HEADER_BYTES, ChunkKV, CorruptValue, decode, encode
 from splitserve.chunkcache.keys import content_hash, storage_key
 from splitserve.chunkcache.redis_tier import RedisTier
 from splitserve.chunkcache.store import ChunkStore
@@ -54,6 +57,21 @@ def test_corruption_is_detected():
         decode(bytes(blob), FP)
     with pytest.raises(CorruptValue, match="fingerprint"):
         decode(encode(_kv(), FP), bytes(16))
+
+
+def test_values_written_with_the_older_blake2b_checksum_are_still_read():
+    """Values carry xxh3-64 checksums since 2026-12-07 (flag bit 2); a Redis may hold older ones (blake2b-64)."""
+    kv, blob = _kv(), bytearray(encode(_kv(), FP))
+    flags = struct.unpack_from("<H", blob, 6)[0]
+    assert flags & FLAG_XXH3
+    payload = bytes(blob[HEADER_BYTES:])
+    struct.pack_into("<H", blob, 6, flags & ~FLAG_XXH3)
+    blob[HEADER_BYTES - 16:HEADER_BYTES - 8] = hashlib.blake2b(payload, digest_size=8).digest()
+    out = decode(bytes(blob), FP)
+    assert torch.equal(out.k, kv.k) and torch.equal(out.v, kv.v)
+    blob[HEADER_BYTES + 3] ^= 1
+    with pytest.raises(CorruptValue, match="checksum"):
+        decode(bytes(blob), FP)
 
 
 def test_keys_are_position_independent_and_model_specific():
