@@ -72,6 +72,8 @@ class NodeConfig:
     fault_signals: bool = False
     step_log: str | None = None  # JSONL of every engine step (runtime/step_log.py)
     cpu_share: str | None = None  # FILE:SLOT: threads = this node's share of them (runtime/cpu_share.py)
+    prefix_store_url: str | None = None  # prefill and mixed nodes: prompt blocks shared through this Redis
+    prefix_store_ttl_s: int = 86400
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -80,6 +82,12 @@ class NodeConfig:
             raise ValueError(f"role must be one of {', '.join(labels.NODE_ROLES)}, got {self.role!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.prefix_store_ttl_s < 1:
+            raise ValueError(f"--prefix-store-ttl-s must be >= 1, got {self.prefix_store_ttl_s}")
+        if self.prefix_store_url is not None and not self.prefix_store_url.startswith(("redis://", "rediss://",
+                                                                                           "unix://")):
+            raise ValueError(f"--prefix-store-url must be a redis://, rediss:// or unix:// URL, "
+                             f"got {self.prefix_store_url!r}")
         if self.cpu_share is not None:
             path = Path(parse_cpu_share(self.cpu_share)[0])
             if not path.absolute().parent.is_dir():
@@ -93,7 +101,8 @@ class NodeConfig:
     def from_args(cls, args: argparse.Namespace) -> "NodeConfig":
         return cls(args.role, args.model, _engine(args), _kv(args), _chunks(args), args.host, args.port,
                    args.advertise_host, args.metrics_port, args.threads, args.tls_dir, args.fault_step_delay_s,
-                   args.fault_signals, args.step_log, args.cpu_share)
+                   args.fault_signals, args.step_log, args.cpu_share, args.prefix_store_url or None,
+                   args.prefix_store_ttl_s)
 
 
 def _engine(args: argparse.Namespace) -> EngineConfig:

@@ -18,6 +18,7 @@ import torch
 
 from splitserve import labels
 from splitserve.engine import Engine
+from splitserve.prefixstore.node_path import build_prefix_store
 from splitserve.rpc.logs import setup_logging
 from splitserve.rpc.server import GrpcServer, serve_until_signal
 from splitserve.runtime.cpu_share import CpuShare, parse_cpu_share
@@ -29,6 +30,7 @@ from splitserve.tls import TLSFiles
 from decode_node.setup import DecodeRole, build_decode
 from node.config import NodeConfig
 from node.metrics import EngineObserver, NodeMetrics, RpcInterceptor
+from node.prefix_metrics import PrefixStoreCollector
 from node.servicer import SERVICE_NAME, NodeServicer, Roles
 from prefill_node.chunk_metrics import ChunkCacheCollector
 from prefill_node.chunks import build_chunk_path
@@ -56,16 +58,22 @@ async def main(config: NodeConfig) -> None:
     chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:
         metrics.registry.register(ChunkCacheCollector(chunk_path))
-    roles, closers, decode = Roles(chunk_path=chunk_path), [], None
+    prefix_store = None if config.role == labels.ROLE_DECODE else \
+        build_prefix_store(config.prefix_store_url, config.prefix_store_ttl_s, config.model, engine_loop)
+    if prefix_store is not None:
+        metrics.registry.register(PrefixStoreCollector(prefix_store))
+    roles, closers, decode = Roles(chunk_path=chunk_path, prefix_store=prefix_store), [], None
     if transfers is not None:
         prefill = build_prefill(config, node_id, engine_loop, transfers, chunk_path, metrics,
-                                tls.client_credentials() if tls else None)
-        roles, closers = Roles(prefill.servicer, None, chunk_path, (prefill.worker,)), [prefill.close]
+                                tls.client_credentials() if tls else None, prefix_store)
+        roles, closers = Roles(prefill.servicer, None, chunk_path, (prefill.worker,), prefix_store), [prefill.close]
         if config.fault_signals:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, transfers.arm_drop)
     elif config.role == labels.ROLE_DECODE:
         decode = build_decode(config, node_id, engine_loop, server, metrics)
         roles, closers = Roles(None, decode.servicer, None, (decode.worker,)), [decode.close]
+    if prefix_store is not None:
+        closers.append(prefix_store.close)
     NodeServicer(node_id, config.role, engine_loop, roles).add_to(server)
     metrics_address = metrics.serve(config.host, config.metrics_port)
     engine_loop.start()

@@ -20,6 +20,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine.pooling import Pooling, PoolingParams
+from splitserve.prefixstore.node_path import PrefixStore, shared_admission
 from splitserve.rpc.convert import sampling_from_proto
 from splitserve.rpc.node_messages import refuse, request_id_of, spans_of, status_codes, token_chunk
 from splitserve.rpc.server import GrpcServer
@@ -46,6 +47,7 @@ class Roles:
     decode: DecodeServicer | None = None
     chunk_path: ChunkPath | None = None  # prefill and mixed nodes with a chunk cache
     workers: tuple[Abortable, ...] = ()
+    prefix_store: PrefixStore | None = None  # prefill and mixed nodes with --prefix-store-url
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
@@ -94,10 +96,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             if request.chunks and self.roles.chunk_path is not None and can_blend(params):
                 outputs = self.roles.chunk_path.generate(rid, prompt, params, prior, spans_of(request.chunks))
             else:
-                admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
-                outputs = run_streaming(self.engine_loop, rid, admit)
+                outputs = self._generate(rid, prompt, params, prior)
             async for out in outputs:
                 yield token_chunk(out)
+
+    async def _generate(self, rid: str, prompt: list[int], params, prior: int) -> AsyncIterator:
+        """The plain path: the engine alone, with the prompt blocks the prefix store holds (if the node has one)."""
+        admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
+        admission = await shared_admission(self.roles.prefix_store, prompt, params, admit)
+        async for out in run_streaming(self.engine_loop, rid, admission.admit):
+            admission.prefilled()
+            yield out
 
     async def Embed(self, request: node_pb2.NodeEmbedRequest,
                     context: grpc.aio.ServicerContext) -> node_pb2.NodeEmbedReply:

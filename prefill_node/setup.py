@@ -12,6 +12,7 @@ from typing import Callable
 import grpc
 
 from splitserve.engine import Engine
+from splitserve.prefixstore.node_path import PrefixStore
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.reporting import TransferMetrics
 from node.config import NodeConfig
@@ -31,10 +32,10 @@ class PrefillRole:
 
 def build_prefill(config: NodeConfig, node_id: str, engine_loop: EngineLoop, transfers: Transfers,
                   chunk_path: ChunkPath | None, metrics: TransferMetrics,
-                  credentials: grpc.ChannelCredentials | None) -> PrefillRole:
+                  credentials: grpc.ChannelCredentials | None, prefix_store: PrefixStore | None = None) -> PrefillRole:
     senders = SenderPool(node_id, config.kv.transfer_config(config.engine.device), config.engine.device, credentials)
     worker = PrefillWorker(engine_loop, transfers, senders, chunk_path, metrics, config.kv.one_shot_max_tokens,
-                           config.kv.timeout_s)
+                           config.kv.timeout_s, prefix_store)
     return PrefillRole(PrefillServicer(worker), worker, senders.close)
 
 

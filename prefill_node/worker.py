@@ -4,6 +4,8 @@
    pair's process group on first use) and admits the prompt as a prefill-only request that
    keeps its KV blocks when it finishes. A request whose documents hit the chunk cache takes
    the blended path instead (prefill_node/blended.py).
+   With a prefix store (splitserve/prefixstore), the prompt blocks it holds and this node lacks are read into
+   the pool first; the blocks it lacks are stored after the prefill.
 2. The engine batches the chunked prefills of concurrent requests. In the step that computes
    a request's last chunk, after each layer, that layer's KV for the whole prompt (but the
    leading tokens the decode node holds already: `target_cached`) is copied out and queued on
@@ -22,6 +24,7 @@ import time
 
 from splitserve.engine import Engine, RequestOutput, SamplingParams
 from splitserve.node_api import KVTarget, PrefillResult
+from splitserve.prefixstore.node_path import PrefixStore, shared_admission
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
 from splitserve.runtime.reporting import TransferMetrics
@@ -34,7 +37,8 @@ from prefill_node.transfers import Transfers
 class PrefillWorker:
     def __init__(self, engine_loop: EngineLoop, transfers: Transfers, senders: SenderPool,
                  chunk_path: ChunkPath | None = None, metrics: TransferMetrics | None = None,
-                 one_shot_max_tokens: int = 256, transfer_timeout_s: float = 30.0):
+                 one_shot_max_tokens: int = 256, transfer_timeout_s: float = 30.0,
+                 prefix_store: PrefixStore | None = None):
         self.engine_loop = engine_loop
         self.engine: Engine = engine_loop.engine
         self.transfers = transfers
@@ -44,6 +48,7 @@ class PrefillWorker:
         self.metrics = metrics
         self.one_shot_max_tokens = one_shot_max_tokens
         self.transfer_timeout_s = transfer_timeout_s
+        self.prefix_store = prefix_store
 
     async def prefill(self, rid: str, prompt: list[int], params: SamplingParams, target: KVTarget,
                       num_prior_output_tokens: int, chunks: list[tuple[int, int]] = (),
@@ -90,7 +95,9 @@ class PrefillWorker:
     async def _run(self, rid: str, prompt: list[int], params: SamplingParams, prior: int) -> RequestOutput:
         admit = lambda engine: engine.add_request(prompt, params, rid, prefill_only=True, keep_blocks=True,
                                                   num_prior_output_tokens=prior)
-        outputs = [out async for out in run_streaming(self.engine_loop, rid, admit)]
+        admission = await shared_admission(self.prefix_store, prompt, params, admit)
+        outputs = [out async for out in run_streaming(self.engine_loop, rid, admission.admit)]
+        admission.prefilled()  # the blocks are kept until the caller releases them
         return _merge(outputs)
 
     def _result(self, out: RequestOutput, start: float, computed: float, kv_bytes: int, num_reused_tokens: int = 0,

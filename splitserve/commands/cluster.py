@@ -48,6 +48,8 @@ def register(subparsers) -> None:
                     help="extra flag passed to the router, e.g. --router-arg=--generation-config=none (repeatable)")
     up.add_argument("--redis-url", default=None, help="chunk-cache Redis (default: a private redis-server on a free "
                     "loopback port when one is installed, else the local tier alone)")
+    up.add_argument("--prefix-store", action="store_true", help="prefill and mixed nodes share prompt KV blocks "
+                    "through that Redis (--prefix-store-url): a prompt one node computed, another reads")
     up.add_argument("--sample", action="store_true", help="send a sample request once the cluster is up")
     up.add_argument("--exit-after-sample", action="store_true", help="stop the cluster after the sample request")
     up.set_defaults(func=run_up)
@@ -101,7 +103,7 @@ def run_up(args: argparse.Namespace) -> int:
                            host=args.host, port=args.port, http_port=args.http_port,
                            threads=args.threads or host_cores(), policy=args.policy, node_args=node_args,
                            router_args=args.router_arg, redis_url=args.redis_url, private_redis=True, devices=devices,
-                           share_cores=args.threads == 0)
+                           share_cores=args.threads == 0, prefix_store=args.prefix_store)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -25,7 +25,7 @@ class LocalCluster:
                  host: str = "127.0.0.1", port: int = 0, http_port: int = 0, threads: int = 1,
                  policy: str = "least_loaded", node_args: list[str] = (), router_args: list[str] = (),
                  redis_url: str | None = None, private_redis: bool = False, ready_timeout_s: float = 120.0,
-                 devices: list[str] = (), share_cores: bool = False):
+                 devices: list[str] = (), share_cores: bool = False, prefix_store: bool = False):
         if colocated == 0 and (prefill == 0 or decode == 0):
             raise ValueError("need at least one prefill and one decode node, or a colocated node")
         self.model, self.transport, self.host = Path(model), transport, host
@@ -36,6 +36,7 @@ class LocalCluster:
         self.router: Service | None = None
         # chunk-cache Redis: a given URL, else a private redis-server when asked (None if none is installed)
         self.redis_url, self.private_redis, self.redis = redis_url, private_redis, None
+        self.prefix_store = prefix_store  # prefill and mixed nodes share prompt blocks through that Redis too
         self.ready_timeout_s = ready_timeout_s  # per process: how long to wait for its READY line
         self.devices = list(devices)  # node k (in start order) gets --device devices[k]; empty: the nodes' default
         self.node_devices: dict[str, str] = {}  # node name -> its device, kept across restarts
@@ -98,6 +99,11 @@ class LocalCluster:
                 "redis   none: redis-server is not installed, the chunk cache runs with its local tier only")
         if self.redis_url:
             self.node_args += ["--redis-url", self.redis_url]
+        if self.redis_url and self.prefix_store:
+            self.node_args += ["--prefix-store-url", self.redis_url]
+            log(f"prefix store on {self.redis_url}: the nodes share prompt blocks")
+        elif self.prefix_store:
+            log("prefix store off: no Redis (give --redis-url, or install redis-server)")
 
     def _start_nodes(self, log) -> None:
         for role, count in self.counts.items():

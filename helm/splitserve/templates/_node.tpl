@@ -72,6 +72,13 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 {{- if ne $v.redis.mode "disabled" }}
 - --redis-url={{ include "splitserve.redisUrl" .root }}
 {{- end }}
+{{- if and $v.node.prefixStore.enabled (ne .role "decode") }}
+{{- if eq $v.redis.mode "disabled" }}
+{{- fail "node.prefixStore.enabled needs the chart's Redis (redis.mode internal or external)" }}
+{{- end }}
+- --prefix-store-url={{ include "splitserve.redisUrl" .root }}
+- --prefix-store-ttl-s={{ int64 $v.node.prefixStore.ttlSeconds }}
+{{- end }}
 {{- if $v.node.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
