@@ -65,8 +65,8 @@ def import_blocks(engine: Engine, blocks: PromptBlocks, start: int, kvs: list[Ch
     """Engine thread: blocks start, start + 1, ... (their KV `kvs`, in order) join the prefix cache as free cached
     blocks, to be taken by the request admitted next; stops where the pool has no free block. Returns how many."""
     pool, cache = engine.pool, engine.cache
-    ahead = [pool.cached[h] for h in blocks.hashes[:start] if h in pool.cached]
-    pool.acquire(ahead)  # the blocks before `start` found here stay while the others are allocated
+    here = [pool.cached[h] for h in blocks.hashes[:start + len(kvs)] if h in pool.cached]
+    pool.acquire(here)  # the prompt's blocks found here stay while the others are allocated
     added = []
     for j, kv in enumerate(kvs, start):
         if blocks.hashes[j] in pool.cached:
@@ -79,7 +79,7 @@ def import_blocks(engine: Engine, blocks: PromptBlocks, start: int, kvs: list[Ch
             cache.v[layer][fresh[0]].copy_(kv.v[layer])
         pool.register_full(fresh[0], blocks.parent(j), list(blocks.token_ids[j]))
         added.append(fresh[0])
-    pool.release(ahead + added)  # free and cached, the prompt's first blocks evicted last
+    pool.release(here + added)  # free and cached; those found here evicted last
     return len(added)
 
 

@@ -88,6 +88,9 @@ def test_a_prompt_computed_on_one_node_is_read_on_another_with_the_same_answer(n
     again = second.generate(PROMPT, rid="again")  # now in its own prefix cache: Redis is not asked
     same_answers(again, computed)
     assert second.store.stats()["requested_tokens"] == 96
+    for node in (first, second):  # every block reference taken for an import or export is given back
+        node.loop.call(lambda engine: engine.check_integrity()).result()
+        assert node.loop.call(lambda engine: engine.pool.num_used).result() == 0
 
 
 def test_a_longer_prompt_reads_the_shared_prefix_and_stores_its_own_blocks(nodes, redis_url):
