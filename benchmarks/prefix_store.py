@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from served_prompts import ask_streamed
 from splitserve.bench import traces
 from splitserve.bench.provenance import model_id, portable_args
 from splitserve.engine import Engine, EngineConfig, SamplingParams
@@ -169,16 +170,10 @@ def _conversation(client, model: str, messages: list[dict], args) -> list[tuple[
     """(TTFT ms, cached prompt tokens) of each turn."""
     results = []
     for turn in range(args.turns):
-        start, first, text, usage = time.perf_counter(), None, "", None
-        for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=args.served_max_tokens,
-                                                    temperature=0, stream=True, stream_options={"include_usage": True}):
-            if chunk.choices and chunk.choices[0].delta.content:
-                first = first or time.perf_counter()
-                text += chunk.choices[0].delta.content
-            usage = chunk.usage or usage
-        results.append((1000 * (first - start), usage.prompt_tokens_details.cached_tokens))
+        answer = ask_streamed(client, model, messages, args.served_max_tokens)
+        results.append((answer["ttft_ms"], answer["cached_tokens"]))
         time.sleep(args.think_s)
-        messages += [{"role": "assistant", "content": text},
+        messages += [{"role": "assistant", "content": answer["text"]},
                      {"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]}]
     return results
 
