@@ -288,9 +288,40 @@ VARIANTS = {
     "responses-in-external-redis-tls": {"router": {"responsesStore": "redis"}, "redis": {
         "mode": "external", "auth": {"existingSecret": "r"},
         "external": {"host": "redis.example", "tls": {"enabled": True, "caSecret": "redis-ca"}}}},
+    "batches-in-external-state-redis": {"router": {"batchStore": "redis"}, "redis": {
+        "mode": "external", "auth": {"existingSecret": "r"}, "external": {"host": "kv.example", "state": {"host": "state.example", "port": 6380}}}},
     "percent-budgets-and-pull-secrets": {"decode": {"pdb": {"minAvailable": "50%"}},
                                          "imagePullSecrets": ["a", {"name": "b"}]},
 }
+
+
+def check_router_state_redis(variant: str, docs: list[dict], node_urls: set[str]) -> None:
+    """The router's stores name a Redis that never evicts (the in-chart one of its state, reached by the router
+    alone) or the external one the values name; the nodes' KV values stay on the other; password from env."""
+    [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]
+    flag = "--batch-store=" if variant.startswith("batches") else "--responses-store="
+    [store] = [a.removeprefix(flag) for a in router["args"] if a.startswith(flag)]
+    assert ("--batch-claim-s=7.5" in router["args"]) == (variant == "batches-in-redis")
+    assert "REDIS_PASSWORD" in [e["name"] for e in router["env"]]
+    assert ("redis-tls" in [m["name"] for m in router["volumeMounts"]]) == variant.endswith("tls")
+    if variant.endswith("tls"):  # external, no state host: the same Redis as the nodes'
+        assert {store} == node_urls and "$(REDIS_PASSWORD)" in store
+        return
+    if variant.endswith("external-state-redis"):
+        assert store == "redis://:$(REDIS_PASSWORD)@state.example:6380/0"
+        assert node_urls == {"redis://:$(REDIS_PASSWORD)@kv.example:6379/0"}
+        return
+    assert store == "redis://:$(REDIS_PASSWORD)@llm-splitserve-redis-state:6379/0"
+    assert node_urls == {"redis://:$(REDIS_PASSWORD)@llm-splitserve-redis:6379/0"}
+    redis_args = {s["metadata"]["name"]: s["spec"]["template"]["spec"]["containers"][0]["args"]
+                  for s in of_kind(docs, "StatefulSet")}
+    policy = {name: args[args.index("--maxmemory-policy") + 1] for name, args in redis_args.items()}
+    assert policy == {"llm-splitserve-redis": "allkeys-lru", "llm-splitserve-redis-state": "noeviction"}
+    assert {s["metadata"]["name"] for s in of_kind(docs, "Service")} >= {"llm-splitserve-redis-state"}
+    component = "app.kubernetes.io/component"
+    clients = {d["metadata"]["name"]: [p["podSelector"]["matchLabels"][component] for p in d["spec"]["ingress"][0]["from"]]
+               for d in of_kind(docs, "NetworkPolicy") if "-redis" in d["metadata"]["name"]}
+    assert clients == {"llm-splitserve-redis": ["node"], "llm-splitserve-redis-state": ["router"]}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -311,20 +342,8 @@ def test_value_variants_render_valid_objects(variant):
             [init] = deployment["spec"]["template"]["spec"]["initContainers"]
             assert init["command"] == ["cp", "-R", "/models/.", init["volumeMounts"][0]["mountPath"]]
             assert init["volumeMounts"][0]["mountPath"] != "/models"
-    if variant.startswith(("responses-in", "batches-in")):  # the router names the chart's Redis as the nodes do,
-        [router] = [c for _, c in splitserve_containers(docs) if c["args"][0] == "router"]  # password from env
-        flag = "--batch-store=" if variant.startswith("batches") else "--responses-store="
-        [store] = [a for a in router["args"] if a.startswith(flag)]
-        assert store.removeprefix(flag) in {u.removeprefix("--redis-url=") for u in urls}
-        assert ("--batch-claim-s=7.5" in router["args"]) == variant.startswith("batches")
-        assert "$(REDIS_PASSWORD)" in store and "REDIS_PASSWORD" in [e["name"] for e in router["env"]]
-        tls = variant.endswith("tls")
-        assert ("redis-tls" in [m["name"] for m in router["volumeMounts"]]) == tls
-        if not tls:
-            [policy] = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-redis")]
-            component = "app.kubernetes.io/component"
-            assert [p["podSelector"]["matchLabels"][component] for p in policy["spec"]["ingress"][0]["from"]] == \
-                ["node", "router"]
+    if variant.startswith(("responses-in", "batches-in")):
+        check_router_state_redis(variant, docs, {u.removeprefix("--redis-url=") for u in urls})
     if variant == "api-keys-in-chart":
         [secret] = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
         assert secret["stringData"]["api-keys"] == "k1\nk2\n"

@@ -85,19 +85,18 @@ redis-password
 {{- end -}}
 {{- end -}}
 
-{{- define "splitserve.redisHost" -}}
-{{- if eq .Values.redis.mode "internal" -}}
-{{- printf "%s-redis" (include "splitserve.fullname" .) -}}
+{{/*
+host:port of the Redis that holds the KV values (chunk cache, prefix store), or with "state" true the one that
+holds the router's state: (dict "root" . "state" false).
+*/}}
+{{- define "splitserve.redisEndpoint" -}}
+{{- $r := .root.Values.redis -}}
+{{- if eq $r.mode "internal" -}}
+{{- printf "%s-redis%s:%v" (include "splitserve.fullname" .root) (ternary "-state" "" .state) $r.internal.port -}}
+{{- else if and .state $r.external.state.host -}}
+{{- printf "%s:%v" $r.external.state.host $r.external.state.port -}}
 {{- else -}}
-{{- .Values.redis.external.host -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "splitserve.redisPort" -}}
-{{- if eq .Values.redis.mode "internal" -}}
-{{- .Values.redis.internal.port -}}
-{{- else -}}
-{{- .Values.redis.external.port -}}
+{{- printf "%s:%v" $r.external.host $r.external.port -}}
 {{- end -}}
 {{- end -}}
 
@@ -106,16 +105,19 @@ redis-password
 {{- end -}}
 
 {{/*
-The nodes' --redis-url. The password is never written into the pod spec: Kubernetes expands
-$(REDIS_PASSWORD) from the container's env, which reads the Secret.
+The nodes' --redis-url and --prefix-store-url; with (dict "root" . "state" true) the router's store URLs. The
+password is never written into the pod spec: Kubernetes expands $(REDIS_PASSWORD) from the container's env, which
+reads the Secret.
 */}}
 {{- define "splitserve.redisUrl" -}}
-{{- $r := .Values.redis -}}
-{{- $scheme := ternary "rediss" "redis" (eq (include "splitserve.redisTLS" .) "true") -}}
+{{- $root := .root | default . -}}
+{{- $r := $root.Values.redis -}}
+{{- $scheme := ternary "rediss" "redis" (eq (include "splitserve.redisTLS" $root) "true") -}}
 {{- $user := ternary $r.external.username "" (eq $r.mode "external") -}}
 {{- $auth := ternary (printf "%s:$(REDIS_PASSWORD)@" $user) "" $r.auth.enabled -}}
-{{- $url := printf "%s://%s%s:%v/%v" $scheme $auth (include "splitserve.redisHost" .) (include "splitserve.redisPort" .) $r.db -}}
-{{- if and (eq (include "splitserve.redisTLS" .) "true") $r.external.tls.caSecret -}}
+{{- $at := include "splitserve.redisEndpoint" (dict "root" $root "state" (default false .state)) -}}
+{{- $url := printf "%s://%s%s/%v" $scheme $auth $at $r.db -}}
+{{- if and (eq (include "splitserve.redisTLS" $root) "true") $r.external.tls.caSecret -}}
 {{- $url = printf "%s?ssl_ca_certs=/etc/splitserve/redis-tls/ca.pem" $url -}}
 {{- end -}}
 {{- $url -}}

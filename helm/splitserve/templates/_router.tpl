@@ -18,7 +18,7 @@
 {{- if $r.allowRuntimeLora }}
 - --allow-runtime-lora
 {{- if eq $r.loraStore "redis" }}
-- --lora-store={{ include "splitserve.redisUrl" . }}
+- --lora-store={{ include "splitserve.redisUrl" (dict "root" . "state" true) }}
 {{- end }}
 {{- end }}
 {{- if $r.maxLocalPrefillTokens }}
@@ -34,10 +34,10 @@
 - --tls-dir=/etc/splitserve/tls
 {{- end }}
 {{- if eq $r.responsesStore "redis" }}
-- --responses-store={{ include "splitserve.redisUrl" . }}
+- --responses-store={{ include "splitserve.redisUrl" (dict "root" . "state" true) }}
 {{- end }}
 {{- if eq $r.batchStore "redis" }}
-- --batch-store={{ include "splitserve.redisUrl" . }}
+- --batch-store={{ include "splitserve.redisUrl" (dict "root" . "state" true) }}
 - --batch-claim-s={{ $r.batch.claimSeconds }}
 {{- end }}
 - --batch-concurrency={{ int64 $r.batch.concurrency }}
