@@ -38,11 +38,12 @@ class DecodeRole:
 
 
 def build_decode(config: NodeConfig, node_id: str, engine_loop: EngineLoop, server: GrpcServer,
-                 metrics: DecodeMetrics) -> DecodeRole:
+                 metrics: DecodeMetrics, prefix_store: PrefixStore | None = None) -> DecodeRole:
     receiver, kv_address = _receiver(config, server)
     metrics.watch_kv_receiver(receiver)
     target = KVTarget(node_id, kv_address, config.kv.transport, config.engine.kv_dtype)
-    worker = DecodeWorker(engine_loop, receiver, target, metrics, config.kv.timeout_s, config.kv.checksum)
+    worker = DecodeWorker(engine_loop, receiver, target, metrics, config.kv.timeout_s, config.kv.checksum,
+                          prefix_store)
     return DecodeRole(DecodeServicer(worker), worker, receiver.close)
 
 

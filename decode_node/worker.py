@@ -8,7 +8,9 @@
    `decode()` in time expires and frees its blocks.
 2. `decode()`: waits until the receiver reports the transfer DONE (FAILED or a timeout
    frees the blocks and raises), then admits the request into the continuous batch after its
-   first token (sampled on the prefill node) and streams the tokens that follow.
+   first token (sampled on the prefill node) and streams the tokens that follow. With a prefix
+   store, the blocks its output filled are stored once it finished (a conversation's next turn
+   sends the answer back inside its prompt, to a prefill node that reads them).
 3. Abort, or the client going away, frees everything at whatever stage the request is.
 """
 
@@ -23,6 +25,7 @@ from typing import AsyncIterator, Callable
 from splitserve.engine import Engine, RequestOutput, SamplingParams
 from splitserve.kvtransfer import KVReceiver, RecvState, TransferError, TransferMeta, scatter_checksummed, scatter_layer
 from splitserve.node_api import KVTarget, Reservation
+from splitserve.prefixstore.node_path import PrefixStore, storing_outputs
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
 from splitserve.runtime.reporting import TransferMetrics
@@ -32,8 +35,10 @@ REAP_INTERVAL_S = 0.1
 
 class DecodeWorker:
     def __init__(self, engine_loop: EngineLoop, receiver: KVReceiver, target: KVTarget,
-                 metrics: TransferMetrics | None = None, transfer_timeout_s: float = 30.0, checksum: bool = True):
+                 metrics: TransferMetrics | None = None, transfer_timeout_s: float = 30.0, checksum: bool = True,
+                 prefix_store: PrefixStore | None = None):
         self.engine_loop = engine_loop
+        self.prefix_store = prefix_store
         self.engine: Engine = engine_loop.engine
         self.receiver = receiver
         self.target = target  # this node, as prefill nodes reach it
@@ -89,7 +94,8 @@ class DecodeWorker:
             self.metrics.kv_received(self._meta(rid, self.sent_tokens.pop(rid, 0)).total_nbytes,
                                      time.monotonic() - waited)
         admit = lambda engine: engine.admit_prefilled(rid, prompt, first_token, params, prior)
-        async for out in run_streaming(self.engine_loop, rid, admit):
+        outputs = run_streaming(self.engine_loop, rid, admit)  # from the token after first_token on
+        async for out in storing_outputs(self.prefix_store, prompt + [first_token], params, outputs):
             yield out
 
     async def _await_kv(self, rid: str) -> None:

@@ -77,8 +77,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--no-prefix-caching", False, "turn off the engine's prefix cache (baselines)", action="store_true")
     add_flag(parser, "--chunk-cache-bytes", 256 << 20, "chunk-cache local tier budget in bytes (0: no chunk cache)", type=int)
     add_flag(parser, "--chunk-ttl-s", 86400, "chunk-cache Redis TTL in seconds", type=int)
-    add_flag(parser, "--prefix-store-url", None, "prefill and mixed nodes: share prompt KV blocks with every node "
-             "naming this Redis (redis://...): a prompt block another node computed is read, not computed (unset: off)")
+    add_flag(parser, "--prefix-store-url", None, "share prompt KV blocks with every node naming this Redis "
+             "(redis://...): a prompt block another node computed is read, not computed; decode and mixed nodes also "
+             "store the blocks their answers filled, for a conversation's next turn (unset: off)")
     add_flag(parser, "--prefix-store-ttl-s", 86400, "how long the prefix store's Redis keeps a block, in seconds",
              type=int)
     add_flag(parser, "--chunk-int8", False, "store chunk KV in Redis as int8 with per-token scales", action="store_true")

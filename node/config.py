@@ -72,7 +72,7 @@ class NodeConfig:
     fault_signals: bool = False
     step_log: str | None = None  # JSONL of every engine step (runtime/step_log.py)
     cpu_share: str | None = None  # FILE:SLOT: threads = this node's share of them (runtime/cpu_share.py)
-    prefix_store_url: str | None = None  # prefill and mixed nodes: prompt blocks shared through this Redis
+    prefix_store_url: str | None = None  # prompt (and answer) blocks shared through this Redis
     prefix_store_ttl_s: int = 86400
 
     def __post_init__(self) -> None:

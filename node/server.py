@@ -58,8 +58,7 @@ async def main(config: NodeConfig) -> None:
     chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:
         metrics.registry.register(ChunkCacheCollector(chunk_path))
-    prefix_store = None if config.role == labels.ROLE_DECODE else \
-        build_prefix_store(config.prefix_store_url, config.prefix_store_ttl_s, config.model, engine_loop)
+    prefix_store = build_prefix_store(config.prefix_store_url, config.prefix_store_ttl_s, config.model, engine_loop)
     if prefix_store is not None:
         metrics.registry.register(PrefixStoreCollector(prefix_store))
     roles, closers, decode = Roles(chunk_path=chunk_path, prefix_store=prefix_store), [], None
@@ -70,7 +69,7 @@ async def main(config: NodeConfig) -> None:
         if config.fault_signals:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, transfers.arm_drop)
     elif config.role == labels.ROLE_DECODE:
-        decode = build_decode(config, node_id, engine_loop, server, metrics)
+        decode = build_decode(config, node_id, engine_loop, server, metrics, prefix_store)
         roles, closers = Roles(None, decode.servicer, None, (decode.worker,)), [decode.close]
     if prefix_store is not None:
         closers.append(prefix_store.close)

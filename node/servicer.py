@@ -20,7 +20,7 @@ import grpc
 
 from splitserve.api.v1 import common_pb2, node_pb2, node_pb2_grpc
 from splitserve.engine.pooling import Pooling, PoolingParams
-from splitserve.prefixstore.node_path import PrefixStore, shared_admission
+from splitserve.prefixstore.node_path import PrefixStore, shared_admission, storing_outputs
 from splitserve.rpc.convert import sampling_from_proto
 from splitserve.rpc.node_messages import refuse, request_id_of, spans_of, status_codes, token_chunk
 from splitserve.rpc.server import GrpcServer
@@ -47,7 +47,7 @@ class Roles:
     decode: DecodeServicer | None = None
     chunk_path: ChunkPath | None = None  # prefill and mixed nodes with a chunk cache
     workers: tuple[Abortable, ...] = ()
-    prefix_store: PrefixStore | None = None  # prefill and mixed nodes with --prefix-store-url
+    prefix_store: PrefixStore | None = None  # nodes with --prefix-store-url
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
@@ -101,10 +101,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 yield token_chunk(out)
 
     async def _generate(self, rid: str, prompt: list[int], params, prior: int) -> AsyncIterator:
-        """The plain path: the engine alone, with the prompt blocks the prefix store holds (if the node has one)."""
+        """The plain path: the engine alone, with the prompt blocks the prefix store holds (if the node has one),
+        storing there the prompt's blocks after its prefill and the output's once it finished."""
         admit = lambda engine: engine.add_request(prompt, params, rid, num_prior_output_tokens=prior)
-        admission = await shared_admission(self.roles.prefix_store, prompt, params, admit)
-        async for out in run_streaming(self.engine_loop, rid, admission.admit):
+        store = self.roles.prefix_store
+        admission = await shared_admission(store, prompt, params, admit)
+        async for out in storing_outputs(store, prompt, params, run_streaming(self.engine_loop, rid, admission.admit)):
             admission.prefilled()
             yield out
 

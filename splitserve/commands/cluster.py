@@ -48,8 +48,9 @@ def register(subparsers) -> None:
                     help="extra flag passed to the router, e.g. --router-arg=--generation-config=none (repeatable)")
     up.add_argument("--redis-url", default=None, help="chunk-cache Redis (default: a private redis-server on a free "
                     "loopback port when one is installed, else the local tier alone)")
-    up.add_argument("--prefix-store", action="store_true", help="prefill and mixed nodes share prompt KV blocks "
-                    "through that Redis (--prefix-store-url): a prompt one node computed, another reads")
+    up.add_argument("--prefix-store", action="store_true", help="the nodes share prompt KV blocks through "
+                    "that Redis (--prefix-store-url): a prompt one node computed (or an answer it generated), another "
+                    "reads")
     up.add_argument("--sample", action="store_true", help="send a sample request once the cluster is up")
     up.add_argument("--exit-after-sample", action="store_true", help="stop the cluster after the sample request")
     up.set_defaults(func=run_up)

@@ -36,7 +36,7 @@ class LocalCluster:
         self.router: Service | None = None
         # chunk-cache Redis: a given URL, else a private redis-server when asked (None if none is installed)
         self.redis_url, self.private_redis, self.redis = redis_url, private_redis, None
-        self.prefix_store = prefix_store  # prefill and mixed nodes share prompt blocks through that Redis too
+        self.prefix_store = prefix_store  # the nodes share prompt blocks through that Redis too
         self.ready_timeout_s = ready_timeout_s  # per process: how long to wait for its READY line
         self.devices = list(devices)  # node k (in start order) gets --device devices[k]; empty: the nodes' default
         self.node_devices: dict[str, str] = {}  # node name -> its device, kept across restarts

@@ -1,4 +1,4 @@
-"""A node's prefix store around its admissions (prefill and mixed nodes):
+"""A node's prefix store around its admissions and its finished requests:
 
 1. Before a request is admitted, the blocks of its prompt that this node's prefix cache lacks are read from Redis
    on a reader thread (the leading run Redis holds), then written into free blocks of the pool on the engine thread
@@ -6,6 +6,8 @@
 2. After its prefill, the blocks Redis is not known to hold are copied out on the engine thread (one index_select
    per layer) and written to Redis on a writer thread, off the request's path; at most `max_pending_stores` at a
    time (more: not stored, counted).
+3. After a request finished on a mixed or decode node, the blocks its output filled are stored the same way: a
+   conversation's next turn sends this answer back inside its prompt, and reads them wherever it lands.
 
 Redis not answering is counted and costs nothing else: the request is computed as without the store.
 """
@@ -18,10 +20,10 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from splitserve.chunkcache.keys import model_fingerprint
-from splitserve.engine import Engine, SamplingParams
+from splitserve.engine import Engine, RequestOutput, SamplingParams
 from splitserve.prefixstore.engine_blocks import (ExportedBlocks, PromptBlocks, cached_here, export_blocks,
                                                   import_blocks, shareable_blocks)
 from splitserve.prefixstore.redis_blocks import RedisBlocks
@@ -101,10 +103,20 @@ class PrefixStore:
 
     def prefilled(self, blocks: PromptBlocks | None) -> None:
         """After the prompt's prefill: stores the blocks Redis lacks (those still in the prefix cache)."""
-        if blocks is None:
-            return
+        if blocks is not None:
+            self._store_from(blocks, 0)
+
+    def generated(self, prompt: list[int], params: SamplingParams, output_token_ids: list[int]) -> None:
+        """After a request finished: stores the blocks its output filled (the prompt's own were stored after its
+        prefill, here or on a prefill node). Its last token was never computed, as a prompt's last token."""
+        blocks = shareable_blocks(self.engine, prompt + output_token_ids, params)
+        if blocks is not None:
+            self._store_from(blocks, (len(prompt) - 1) // self.redis.block_size)
+
+    def _store_from(self, blocks: PromptBlocks, first: int) -> None:
+        """Stores blocks first, first + 1, ... that Redis is not known to hold and the prefix cache holds."""
         with self._lock:
-            wanted = [j for j, h in enumerate(blocks.hashes) if h not in self._known]
+            wanted = [j for j in range(first, len(blocks.hashes)) if blocks.hashes[j] not in self._known]
             if not wanted:
                 return
             if self._pending_stores >= self.max_pending_stores:
@@ -190,8 +202,19 @@ class Admission:
             self.blocks = None  # once
 
 
+async def storing_outputs(store: PrefixStore | None, prompt: list[int], params: SamplingParams,
+                          outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    """`outputs` (a request's, continuing `prompt`); once it finished, the blocks its output filled are stored."""
+    generated: list[int] = []
+    async for out in outputs:
+        generated += out.new_token_ids
+        if out.finished and store is not None and out.finish_reason != "abort":
+            store.generated(prompt, params, generated)
+        yield out
+
+
 def build_prefix_store(url: str | None, ttl_s: int, model_dir: str, engine_loop: EngineLoop) -> PrefixStore | None:
-    """The prefix store of a prefill or mixed node (None without a URL). Its keys carry the model's fingerprint,
+    """The prefix store of a node (None without a URL). Its keys carry the model's fingerprint,
     the KV cache's dtype (--kv-cache-dtype) and the block size: only nodes computing the same KV share blocks."""
     if not url:
         return None

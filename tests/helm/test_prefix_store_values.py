@@ -1,4 +1,4 @@
-"""node.prefixStore reaches the prefill and mixed nodes' command lines (not the decode nodes'), rendered by Helm's
+"""node.prefixStore reaches every node's command line (decode nodes store their answers' blocks), rendered by Helm's
 own engine and parsed by the node's parser into its configuration; without the chart's Redis it is refused."""
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ def test_off_by_default(monkeypatch):
     assert {c.prefix_store_url for c in node_configs("{mixed: {enabled: true}}", monkeypatch).values()} == {None}
 
 
-def test_on_the_prefill_and_mixed_nodes_share_the_charts_redis(monkeypatch):
+def test_on_every_node_shares_the_charts_redis(monkeypatch):
     configs = node_configs(ON, monkeypatch)
     assert set(configs) == {"prefill", "decode", "mixed"}
-    assert configs["decode"].prefix_store_url is None
-    for role in ("prefill", "mixed"):
+    for role in configs:
         assert configs[role].prefix_store_url == configs[role].chunks.redis_url
         assert configs[role].prefix_store_url.startswith("redis://") and configs[role].prefix_store_ttl_s == 600
 

@@ -15,7 +15,7 @@ import torch
 from splitserve.chunkcache.keys import model_fingerprint
 from splitserve.engine import Engine, EngineConfig, SamplingParams
 from splitserve.prefixstore.engine_blocks import shareable_blocks
-from splitserve.prefixstore.node_path import PrefixStore, build_prefix_store, shared_admission
+from splitserve.prefixstore.node_path import PrefixStore, build_prefix_store, shared_admission, storing_outputs
 from splitserve.prefixstore.redis_blocks import RedisBlocks
 from splitserve.runtime.engine_loop import EngineLoop
 from splitserve.runtime.output_stream import run_streaming
@@ -38,7 +38,8 @@ class Node:
             admit = lambda engine: engine.add_request(prompt, params, rid)
             admission = await shared_admission(self.store, prompt, params, admit)
             outs = []
-            async for out in run_streaming(self.loop, rid, admission.admit):
+            async for out in storing_outputs(self.store, prompt, params,
+                                             run_streaming(self.loop, rid, admission.admit)):
                 admission.prefilled()
                 outs.append(out)
             return outs
@@ -100,8 +101,20 @@ def test_a_longer_prompt_reads_the_shared_prefix_and_stores_its_own_blocks(nodes
     reference = nodes(url="redis://127.0.0.1:1").generate(longer)  # computed in full (no Redis there)
     read = second.generate(longer)
     same_answers(read, reference)
-    assert read[2] == 96 and second.store.stats()["stored_tokens"] == 128 - 96
+    assert read[2] == 96 and second.store.stats()["stored_tokens"] == 128 - 96 + 16  # + the block its answer filled
+    assert len(block_keys(redis_url)) == 9
+
+
+def test_an_answer_stored_where_it_was_generated_is_read_by_the_next_turn_elsewhere(nodes, redis_url):
+    first, second = nodes(), nodes()
+    answer = first.generate(PROMPT, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0]
+    assert first.store.stats()["stored_tokens"] == 96 + 32  # 139 tokens computed: the answer filled blocks 6 and 7
     assert len(block_keys(redis_url)) == 8
+    next_turn = PROMPT + answer + random.Random(9).choices(range(3, 1000), k=20)
+    reference = nodes(url="redis://127.0.0.1:1").generate(next_turn)
+    read = second.generate(next_turn)
+    same_answers(read, reference)
+    assert read[2] == 128 and second.store.stats()["hit_tokens"] == 128
 
 
 def test_the_export_buffer_is_reused(nodes):

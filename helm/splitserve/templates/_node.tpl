@@ -72,7 +72,7 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 {{- if ne $v.redis.mode "disabled" }}
 - --redis-url={{ include "splitserve.redisUrl" .root }}
 {{- end }}
-{{- if and $v.node.prefixStore.enabled (ne .role "decode") }}
+{{- if $v.node.prefixStore.enabled }}
 {{- if eq $v.redis.mode "disabled" }}
 {{- fail "node.prefixStore.enabled needs the chart's Redis (redis.mode internal or external)" }}
 {{- end }}
