@@ -11,8 +11,9 @@ through the same admission path the nodes take; the lengths alternate within eve
 other (one pair of engines at a time); medians over `--repeats`, and the read / computed ratio.
 
 `--served`: conversations through a real cluster, 2 prefill + 1 decode nodes (`splitserve up`'s layout, the
-host's cores shared), round robin so that every turn lands on the other prefill node, with and without
-`--prefix-store` (one cluster after the other, a private redis-server each); each conversation is a system prompt
+host's cores shared), round robin so that every turn lands on the other prefill node, `--variants` one cluster after
+the other (a private redis-server each): without a store (`plain`), with `--prefix-store` (`prefix_store`: the
+decode node stores the answers too), and with it but `--no-prefix-store-answers`; each conversation is a system prompt
 of MuSiQue passages (about `--served-tokens`) and `--turns` user turns, each sent `--think-s` after the answer
 before it (a user reading it: a prompt's blocks are in Redis about 0.15 s after its prefill on an idle node, 1-1.5 s
 on this 2-core host while the decode node takes the cores), answers greedy (`--served-max-tokens`), streamed by
@@ -148,18 +149,23 @@ def conversations(args, count: int) -> list[list[dict]]:
     return out
 
 
+VARIANTS = ("plain", "prefix_store", "prefix_store_prompts_only")  # the last: --no-prefix-store-answers
+
+
 def served(args) -> dict:
     import openai
 
     from splitserve.localcluster.cluster import LocalCluster
 
     chats, out = conversations(args, args.conversations), {}
-    for store in (False, True):
+    for name in args.variants:
+        node_args = ["--no-prefix-store-answers"] if name == "prefix_store_prompts_only" else []
         with LocalCluster(args.model, prefill=2, decode=1, http_port=-1, policy="round_robin", private_redis=True,
-                          threads=args.threads, share_cores=True, prefix_store=store) as cluster:
+                          threads=args.threads, share_cores=True, prefix_store=name != "plain",
+                          node_args=node_args) as cluster:
             client = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", timeout=600)
             turns = [_conversation(client, Path(args.model).name, list(c), args) for c in chats]
-        out["prefix_store" if store else "plain"] = {
+        out[name] = {
             f"turn_{t}": {"ttft_ms_median": round(statistics.median(c[t][0] for c in turns), 1),
                           "cached_tokens_median": statistics.median(c[t][1] for c in turns)}
             for t in range(args.turns)}
@@ -191,6 +197,8 @@ def main() -> None:
     parser.add_argument("--served-tokens", type=int, default=1500)
     parser.add_argument("--served-max-tokens", type=int, default=24)
     parser.add_argument("--think-s", type=float, default=2.0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="served clusters, one after the other")
     parser.add_argument("--out", default=None, help="default results/prefix_store_smollm2[_served].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

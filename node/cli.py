@@ -80,6 +80,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--prefix-store-url", None, "share prompt KV blocks with every node naming this Redis "
              "(redis://...): a prompt block another node computed is read, not computed; decode and mixed nodes also "
              "store the blocks their answers filled, for a conversation's next turn (unset: off)")
+    parser.add_argument("--no-prefix-store-answers", dest="prefix_store_answers", action="store_false",
+                        help="decode and mixed nodes store no answer blocks in the prefix store (for traffic whose "
+                        "answers never come back in a later prompt)")
     add_flag(parser, "--prefix-store-ttl-s", 86400, "how long the prefix store's Redis keeps a block, in seconds",
              type=int)
     add_flag(parser, "--chunk-int8", False, "store chunk KV in Redis as int8 with per-token scales", action="store_true")

@@ -74,6 +74,7 @@ class NodeConfig:
     cpu_share: str | None = None  # FILE:SLOT: threads = this node's share of them (runtime/cpu_share.py)
     prefix_store_url: str | None = None  # prompt (and answer) blocks shared through this Redis
     prefix_store_ttl_s: int = 86400
+    prefix_store_answers: bool = True  # decode and mixed nodes store the blocks their answers filled
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -102,7 +103,7 @@ class NodeConfig:
         return cls(args.role, args.model, _engine(args), _kv(args), _chunks(args), args.host, args.port,
                    args.advertise_host, args.metrics_port, args.threads, args.tls_dir, args.fault_step_delay_s,
                    args.fault_signals, args.step_log, args.cpu_share, args.prefix_store_url or None,
-                   args.prefix_store_ttl_s)
+                   args.prefix_store_ttl_s, args.prefix_store_answers)
 
 
 def _engine(args: argparse.Namespace) -> EngineConfig:

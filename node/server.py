@@ -58,7 +58,8 @@ async def main(config: NodeConfig) -> None:
     chunk_path = build_chunk_path(config.chunks, config.model, engine_loop)
     if chunk_path is not None:
         metrics.registry.register(ChunkCacheCollector(chunk_path))
-    prefix_store = build_prefix_store(config.prefix_store_url, config.prefix_store_ttl_s, config.model, engine_loop)
+    prefix_store = build_prefix_store(config.prefix_store_url, config.prefix_store_ttl_s, config.model, engine_loop,
+                                      config.prefix_store_answers)
     if prefix_store is not None:
         metrics.registry.register(PrefixStoreCollector(prefix_store))
     roles, closers, decode = Roles(chunk_path=chunk_path, prefix_store=prefix_store), [], None

@@ -41,8 +41,10 @@ COUNTS = ("requested_tokens", "hit_tokens", "stored_tokens", "redis_errors", "sk
 
 
 class PrefixStore:
-    def __init__(self, engine_loop: EngineLoop, redis: RedisBlocks, max_pending_stores: int = 4):
+    def __init__(self, engine_loop: EngineLoop, redis: RedisBlocks, max_pending_stores: int = 4,
+                 store_answers: bool = True):
         self.engine_loop, self.redis, self.max_pending_stores = engine_loop, redis, max_pending_stores
+        self.store_answers = store_answers  # generated(): off, answers are not stored
         self.engine: Engine = engine_loop.engine
         # their torch work (decoding, encoding values) stays serial, or it slows the engine thread's (torch_threads.py)
         self._reader = ThreadPoolExecutor(2, "prefix-store-read", initializer=keep_this_thread_serial)
@@ -109,6 +111,8 @@ class PrefixStore:
     def generated(self, prompt: list[int], params: SamplingParams, output_token_ids: list[int]) -> None:
         """After a request finished: stores the blocks its output filled (the prompt's own were stored after its
         prefill, here or on a prefill node). Its last token was never computed, as a prompt's last token."""
+        if not self.store_answers:
+            return
         blocks = shareable_blocks(self.engine, prompt + output_token_ids, params)
         if blocks is not None:
             self._store_from(blocks, (len(prompt) - 1) // self.redis.block_size)
@@ -213,7 +217,8 @@ async def storing_outputs(store: PrefixStore | None, prompt: list[int], params: 
         yield out
 
 
-def build_prefix_store(url: str | None, ttl_s: int, model_dir: str, engine_loop: EngineLoop) -> PrefixStore | None:
+def build_prefix_store(url: str | None, ttl_s: int, model_dir: str, engine_loop: EngineLoop,
+                       store_answers: bool = True) -> PrefixStore | None:
     """The prefix store of a node (None without a URL). Its keys carry the model's fingerprint,
     the KV cache's dtype (--kv-cache-dtype) and the block size: only nodes computing the same KV share blocks."""
     if not url:
@@ -224,5 +229,6 @@ def build_prefix_store(url: str | None, ttl_s: int, model_dir: str, engine_loop:
                         (mc.num_layers, mc.num_kv_heads, mc.head_dim), ttl_s)
     if not redis.pipe.ping():
         log.warning("prefix store: Redis at %s does not answer now; prompts are computed until it does", url)
-    log.info("prefix store: prompt blocks shared through %s (TTL %d s)", url, ttl_s)
-    return PrefixStore(engine_loop, redis)
+    log.info("prefix store: prompt%s blocks shared through %s (TTL %d s)", " and answer" if store_answers else "",
+             url, ttl_s)
+    return PrefixStore(engine_loop, redis, store_answers=store_answers)

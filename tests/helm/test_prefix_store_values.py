@@ -31,6 +31,12 @@ def test_on_every_node_shares_the_charts_redis(monkeypatch):
         assert configs[role].prefix_store_url.startswith("redis://") and configs[role].prefix_store_ttl_s == 600
 
 
+def test_answers_can_be_left_out(monkeypatch):
+    assert {c.prefix_store_answers for c in node_configs(ON, monkeypatch).values()} == {True}
+    off = "{node: {prefixStore: {enabled: true, answers: false}}, mixed: {enabled: true}}"
+    assert {c.prefix_store_answers for c in node_configs(off, monkeypatch).values()} == {False}
+
+
 @pytest.mark.parametrize("bad, message", [
     ("{node: {prefixStore: {enabled: true}}, redis: {mode: disabled}}", "needs the chart's Redis"),
     ("{node: {prefixStore: {ttlSeconds: 0}}}", "prefixStore"),

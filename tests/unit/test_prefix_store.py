@@ -117,6 +117,13 @@ def test_an_answer_stored_where_it_was_generated_is_read_by_the_next_turn_elsewh
     assert read[2] == 128 and second.store.stats()["hit_tokens"] == 128
 
 
+def test_without_answers_only_the_prompt_is_stored(nodes, redis_url):
+    node = nodes()
+    node.store.store_answers = False  # --no-prefix-store-answers
+    node.generate(PROMPT, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    assert node.store.stats()["stored_tokens"] == 96 and len(block_keys(redis_url)) == 6
+
+
 def test_the_export_buffer_is_reused(nodes):
     node = nodes()
     node.generate(PROMPT)

@@ -78,6 +78,9 @@ the role as a parameter: (dict "root" $ "role" "prefill"). Each pool's values li
 {{- end }}
 - --prefix-store-url={{ include "splitserve.redisUrl" .root }}
 - --prefix-store-ttl-s={{ int64 $v.node.prefixStore.ttlSeconds }}
+{{- if not $v.node.prefixStore.answers }}
+- --no-prefix-store-answers
+{{- end }}
 {{- end }}
 {{- if $v.node.tls.enabled }}
 - --tls-dir=/etc/splitserve/tls
