@@ -125,7 +125,9 @@ class EngineLoop:
             self._run_calls(calls)
             if self.engine.has_unfinished():
                 self._step()
-            elif self._idle():
+                continue
+            self._deliver(self.engine.outputs.drain())  # e.g. an abort's last output: no step is left to send it
+            if self._idle():
                 self._run_piece()
         self._fail_pending()
 
@@ -186,6 +188,9 @@ class EngineLoop:
             time.sleep(self.fault_step_delay_s)
         if self.hooks is not None:
             self.hooks.after_step(self.engine, outputs)
+        self._deliver(outputs)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
             with self._wake:
                 sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)

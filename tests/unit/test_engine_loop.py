@@ -81,3 +81,27 @@ def test_a_consumer_cancelled_around_admission_leaves_no_reservation_or_request(
 
 async def _drain(outputs) -> list:
     return [o async for o in outputs]
+
+
+def test_an_abort_of_the_only_request_ends_its_stream(tiny_model):
+    """The Abort RPC stops a request through a call on the engine thread: its last output (finish reason abort)
+    reaches the stream even when no other request is left to step (it used to wait for the next request)."""
+    loop = EngineLoop(Engine(tiny_model, EngineConfig(num_blocks=64, block_size=4)))
+    loop.start()
+
+    async def main():
+        admit = lambda e: e.add_request([5, 6, 7, 8], SamplingParams(max_tokens=200, ignore_eos=True), "r")
+        outs = []
+        async for out in run_streaming(loop, "r", admit):
+            outs.append(out)
+            if len(outs) == 1:
+                assert await asyncio.wrap_future(loop.call(lambda e: e.abort("r")))
+        return outs
+
+    try:
+        outs = asyncio.run(asyncio.wait_for(main(), 10))
+        assert outs[-1].finished and outs[-1].finish_reason == "abort"
+        assert sum(len(o.new_token_ids) for o in outs) < 200
+        assert loop.call(lambda e: e.num_used_blocks).result(5) == 0
+    finally:
+        loop.stop()

@@ -7,7 +7,14 @@ import threading
 from splitserve.runtime.engine_loop import EngineLoop
 
 
+class _NoOutputs:
+    def drain(self) -> list:
+        return []
+
+
 class _IdleEngine:
+    outputs = _NoOutputs()
+
     def has_unfinished(self) -> bool:
         return False
 
