@@ -133,6 +133,8 @@ def _summary(dtype: str, n: int, row: dict, repeats: int) -> dict:
 
 
 FOLLOW_UPS = ["Answer in one sentence.", "Say it more briefly.", "Which passage says so?", "Why?"]
+LONG_FOLLOW_UPS = ["Explain in detail how the passages lead to that answer.",
+                   "Write a detailed summary of everything the passages say about it."]  # --long-answers
 
 
 def conversations(args, count: int) -> list[list[dict]]:
@@ -167,20 +169,24 @@ def served(args) -> dict:
             turns = [_conversation(client, Path(args.model).name, list(c), args) for c in chats]
         out[name] = {
             f"turn_{t}": {"ttft_ms_median": round(statistics.median(c[t][0] for c in turns), 1),
-                          "cached_tokens_median": statistics.median(c[t][1] for c in turns)}
+                          "cached_tokens_median": statistics.median(c[t][1] for c in turns),
+                          "prompt_tokens_before_median": statistics.median(c[t][2] for c in turns),
+                          "answer_tokens_median": statistics.median(c[t][3] for c in turns)}
             for t in range(args.turns)}
     return out
 
 
-def _conversation(client, model: str, messages: list[dict], args) -> list[tuple[float, int]]:
-    """(TTFT ms, cached prompt tokens) of each turn."""
-    results = []
+def _conversation(client, model: str, messages: list[dict], args) -> list[tuple[float, int, int, int]]:
+    """(TTFT ms, cached prompt tokens, prompt and answer tokens of the turns before, answer tokens) of each turn."""
+    results, before = [], 0
+    follow_ups = LONG_FOLLOW_UPS if args.long_answers else FOLLOW_UPS
     for turn in range(args.turns):
         answer = ask_streamed(client, model, messages, args.served_max_tokens)
-        results.append((answer["ttft_ms"], answer["cached_tokens"]))
+        results.append((answer["ttft_ms"], answer["cached_tokens"], before, answer["completion_tokens"]))
+        before = answer["prompt_tokens"] + answer["completion_tokens"]
         time.sleep(args.think_s)
         messages += [{"role": "assistant", "content": answer["text"]},
-                     {"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]}]
+                     {"role": "user", "content": follow_ups[turn % len(follow_ups)]}]
     return results
 
 
@@ -197,6 +203,7 @@ def main() -> None:
     parser.add_argument("--served-tokens", type=int, default=1500)
     parser.add_argument("--served-max-tokens", type=int, default=24)
     parser.add_argument("--think-s", type=float, default=2.0)
+    parser.add_argument("--long-answers", action="store_true", help="follow-ups that ask for long answers")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="served clusters, one after the other")
     parser.add_argument("--out", default=None, help="default results/prefix_store_smollm2[_served].json")

@@ -29,12 +29,12 @@ def ask_streamed(client, model: str, text: str | list[dict], max_tokens: int) ->
     answer and the prompt tokens the server took from a cache."""
     messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
     start = time.perf_counter()
-    first, chunks, tokens, cached = None, [], 0, 0
+    first, chunks, tokens, cached, prompt_tokens = None, [], 0, 0, 0
     stream = client.chat.completions.create(model=model, messages=messages, temperature=0,
                                             max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
+            tokens, prompt_tokens = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
             details = chunk.usage.prompt_tokens_details
             cached = details.cached_tokens if details is not None else 0
         if chunk.choices and chunk.choices[0].delta.content:
@@ -42,4 +42,5 @@ def ask_streamed(client, model: str, text: str | list[dict], max_tokens: int) ->
             chunks.append(chunk.choices[0].delta.content)
     end = time.perf_counter()
     return {"ttft_ms": (first - start) * 1000, "tpot_ms": (end - first) * 1000 / max(1, tokens - 1),
-            "e2e_s": end - start, "text": "".join(chunks), "cached_tokens": cached}
+            "e2e_s": end - start, "text": "".join(chunks), "cached_tokens": cached, "completion_tokens": tokens,
+            "prompt_tokens": prompt_tokens}
