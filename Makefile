@@ -31,7 +31,7 @@ run: $(STAMP) $(MODEL_DIR)
 	$(BIN)/splitserve up --model $(MODEL_DIR) --prefill 1 --decode 1 --sample
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=25
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -1,7 +1,7 @@
 """The chaos suite's cluster, mode and report.
 
-Short mode (the default, what CI runs): each fault once under a short load, the soak for 2
-minutes. Long mode (`SPLITSERVE_CHAOS_LONG=1`, run locally; `python benchmarks/reliability.py`):
+Short mode (the default, what CI runs): each fault once under a short load, the soak for 75
+s. Long mode (`SPLITSERVE_CHAOS_LONG=1`, run locally; `python benchmarks/reliability.py`):
 each fault several times under a longer load, a 30-minute soak, and the report goes to
 benchmarks/results/reliability.json (short mode writes it under pytest's temporary folder, or
 to $SPLITSERVE_RELIABILITY_JSON).
