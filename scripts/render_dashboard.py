@@ -69,6 +69,13 @@ NODE_PANELS = [
     ("LoRA adapters' requests on the nodes", "short", [
         ("sum by (adapter) (splitserve_lora_requests_waiting)", "waiting {{adapter}}"),
         ("sum by (adapter) (splitserve_lora_requests_running)", "running {{adapter}}")]),
+    ("RAG chunk cache: chunks found and missed", "short", [
+        rate("splitserve_chunk_cache_hits_total", "tier", "found ({{tier}} tier)"),
+        rate("splitserve_chunk_cache_misses_total", legend="missed (computed)")]),
+    ("Prefix store: prompt tokens (--prefix-store-url)", "short", [
+        rate("splitserve_prefix_store_requested_tokens_total", legend="lacked, looked up in Redis"),
+        rate("splitserve_prefix_store_hit_tokens_total", legend="read from Redis"),
+        rate("splitserve_prefix_store_stored_tokens_total", legend="stored (prompts and answers)")]),
     ("Speculative drafts kept (--speculative-config)", "percentunit", [
         (f"sum by (instance) (rate(splitserve_spec_decode_accepted_tokens_total{RATE})) / sum by (instance) "
          f"(rate(splitserve_spec_decode_draft_tokens_total{RATE}))", "{{instance}}")]),

@@ -8,6 +8,7 @@ equal the single-process engine's, greedy and seeded (the re-dispatched continua
 token n from (seed, n) as the first node would have).
 """
 
+import collections
 import functools
 import threading
 import time
@@ -15,6 +16,7 @@ import time
 import grpc
 import pytest
 
+from node.prefix_metrics import PrefixStoreCollector
 from splitserve.client import Client
 from splitserve.localcluster.procs import kill
 from tests.support.cluster import ParallelCluster, node_stats, request_kwargs, used_blocks_settle_to_zero, wait_until
@@ -104,6 +106,13 @@ def test_metrics_of_router_and_nodes_move_as_requests_run(cluster, tiny_model, l
     assert sent == received == 2 * 2 * 2 * len(PROMPT) * 2 * 16 * 4  # requests x layers x K,V x tokens x heads x dim x fp32
 
 
+class _NoPrefixStore:
+    """The prefix store's metrics are declared by nodes that have one (--prefix-store-url; these do not)."""
+
+    def stats(self) -> dict:
+        return collections.defaultdict(int)
+
+
 def test_the_grafana_dashboard_queries_only_metrics_the_services_export(cluster):
     """Every metric a panel of the chart's dashboard (scripts/render_dashboard.py) reads is declared by the router or
     by a prefill or decode node."""
@@ -117,6 +126,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_services_export(cluster)
     exported = exported_names(cluster.router.extra["http"] + "/metrics")
     for role in ("prefill", "decode"):
         exported |= exported_names(f"http://{alive(cluster, role)[0].extra['metrics']}/metrics")
+    exported |= {family.name + "_total" for family in PrefixStoreCollector(_NoPrefixStore()).collect()}
     assert len(queried) >= 15 and queried <= exported, sorted(queried - exported)
 
 
