@@ -26,7 +26,7 @@ class RedisPipe:
 
     def run(self, build) -> list:
         """Runs the commands build(pipeline) queues, in one round trip."""
-        if time.monotonic() < self._down_until:
+        if self.marked_down:
             raise TierUnavailable("redis marked down")
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -36,6 +36,11 @@ class RedisPipe:
             self._down_until = time.monotonic() + self.retry_after_s
             self.client.connection_pool.disconnect()  # no stale connection survives a restart of Redis
             raise TierUnavailable(str(exc)) from exc
+
+    @property
+    def marked_down(self) -> bool:
+        """Whether calls fail fast now (a call failed less than retry_after_s ago)."""
+        return time.monotonic() < self._down_until
 
     def ping(self) -> bool:
         try:

@@ -118,7 +118,10 @@ class PrefixStore:
             self._store_from(blocks, (len(prompt) - 1) // self.redis.block_size)
 
     def _store_from(self, blocks: PromptBlocks, first: int) -> None:
-        """Stores blocks first, first + 1, ... that Redis is not known to hold and the prefix cache holds."""
+        """Stores blocks first, first + 1, ... that Redis is not known to hold and the prefix cache holds; nothing
+        while Redis is marked down (no copy on the engine thread for a write that would fail)."""
+        if self.redis.marked_down:
+            return
         with self._lock:
             wanted = [j for j in range(first, len(blocks.hashes)) if blocks.hashes[j] not in self._known]
             if not wanted:

@@ -35,6 +35,11 @@ class RedisBlocks:
         self._lock = threading.Lock()
         self.counts = {"bytes_read": 0, "bytes_written": 0, "corrupt_values": 0}
 
+    @property
+    def marked_down(self) -> bool:
+        """A read or a write failed just now: a store would fail too."""
+        return self.pipe.marked_down or self.writes.marked_down
+
     def key(self, block_hash: bytes) -> str:
         return f"{self.base}:{block_hash.hex()}"
 

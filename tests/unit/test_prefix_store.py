@@ -163,7 +163,7 @@ def test_a_value_from_other_positions_or_another_shape_is_not_trusted(nodes, red
 def test_a_redis_that_does_not_answer_costs_nothing_but_the_reuse(nodes, caplog):
     node = nodes(url="redis://127.0.0.1:1")
     plain = node.generate(PROMPT)
-    assert plain[2] == 0 and node.store.stats()["redis_errors"] >= 1
+    assert plain[2] == 0 and node.store.stats()["redis_errors"] == 1  # the read; no store tried while marked down
     assert sum("prefix store: a Redis read failed" in r.getMessage() for r in caplog.records) == 1
     same_answers(node.generate(PROMPT, rid="again"), plain)  # its own prefix cache still works
 
