@@ -4,9 +4,10 @@ own engine and parsed by the node's parser into its configuration; without the c
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from node.config import NodeConfig
-from tests.helm.chart import config_env, splitserve_containers
+from tests.helm.chart import config_env, goldens, splitserve_containers
 from tests.helm.test_profile_job import parse, render
 
 ON = "{node: {prefixStore: {enabled: true, ttlSeconds: 600}}, mixed: {enabled: true}}"
@@ -29,6 +30,11 @@ def test_on_every_node_shares_the_charts_redis(monkeypatch):
     for role in configs:
         assert configs[role].prefix_store_url == configs[role].chunks.redis_url
         assert configs[role].prefix_store_url.startswith("redis://") and configs[role].prefix_store_ttl_s == 600
+
+
+def test_the_notes_say_how_to_size_redis_for_it():
+    notes = next(text for source, text in goldens.render(yaml.safe_load(ON)).items() if source.endswith("NOTES.txt"))
+    assert "Prefix store: on, in that Redis (maxmemory 1gb, LRU)" in notes and "redis.internal.maxmemory" in notes
 
 
 def test_answers_can_be_left_out(monkeypatch):
