@@ -95,7 +95,7 @@ class DecodeWorker:
                                      time.monotonic() - waited)
         admit = lambda engine: engine.admit_prefilled(rid, prompt, first_token, params, prior)
         outputs = run_streaming(self.engine_loop, rid, admit)  # from the token after first_token on
-        async for out in storing_outputs(self.prefix_store, prompt + [first_token], params, outputs):
+        async for out in storing_outputs(self.prefix_store, prompt, params, outputs, sent=(first_token,)):
             yield out
 
     async def _await_kv(self, rid: str) -> None:

@@ -210,9 +210,11 @@ class Admission:
 
 
 async def storing_outputs(store: PrefixStore | None, prompt: list[int], params: SamplingParams,
-                          outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-    """`outputs` (a request's, continuing `prompt`); once it finished, the blocks its output filled are stored."""
-    generated: list[int] = []
+                          outputs: AsyncIterator[RequestOutput],
+                          sent: tuple[int, ...] = ()) -> AsyncIterator[RequestOutput]:
+    """`outputs` (a request's: its tokens after `prompt` and the tokens `sent` elsewhere, as a decode node's first
+    token); once it finished, the blocks its output filled are stored."""
+    generated = list(sent)
     async for out in outputs:
         generated += out.new_token_ids
         if out.finished and store is not None and out.finish_reason != "abort":

@@ -117,6 +117,13 @@ def test_an_answer_stored_where_it_was_generated_is_read_by_the_next_turn_elsewh
     assert read[2] == 128 and second.store.stats()["hit_tokens"] == 128
 
 
+def test_the_block_holding_a_prompts_last_token_is_stored_with_the_answer(nodes, redis_url):
+    node = nodes()
+    node.generate(PROMPT[:96], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    assert node.store.stats()["stored_tokens"] == 80 + 48  # the prompt's blocks 0-4, then 5 (its last token) to 7
+    assert len(block_keys(redis_url)) == 8
+
+
 def test_without_answers_only_the_prompt_is_stored(nodes, redis_url):
     node = nodes()
     node.store.store_answers = False  # --no-prefix-store-answers
