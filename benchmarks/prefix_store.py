@@ -17,7 +17,9 @@ decode node stores the answers too), and with it but `--no-prefix-store-answers`
 of MuSiQue passages (about `--served-tokens`) and `--turns` user turns, each sent `--think-s` after the answer
 before it (a user reading it: a prompt's blocks are in Redis about 0.15 s after its prefill on an idle node, 1-1.5 s
 on this 2-core host while the decode node takes the cores), answers greedy (`--served-max-tokens`), streamed by
-the official `openai` client: median TTFT per turn and median cached prompt tokens.
+the official `openai` client: median TTFT per turn and median cached prompt tokens; `answers_as_plain`: per turn,
+the conversations whose answers so far are word for word the plain cluster's. `--long-answers`: follow-ups that
+ask for long answers (the case the decode node's stored answers are for).
 
     .venv/bin/python benchmarks/prefix_store.py [--model models/smollm2-135m-instruct] [--threads 2]
         [--lengths 512 1024 2048] [--repeats 5] [--kv-dtypes auto float16] [--served [--conversations 6]]
@@ -159,7 +161,7 @@ def served(args) -> dict:
 
     from splitserve.localcluster.cluster import LocalCluster
 
-    chats, out = conversations(args, args.conversations), {}
+    chats, out, answers = conversations(args, args.conversations), {}, {}
     for name in args.variants:
         node_args = ["--no-prefix-store-answers"] if name == "prefix_store_prompts_only" else []
         with LocalCluster(args.model, prefill=2, decode=1, http_port=-1, policy="round_robin", private_redis=True,
@@ -167,22 +169,35 @@ def served(args) -> dict:
                           node_args=node_args) as cluster:
             client = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", timeout=600)
             turns = [_conversation(client, Path(args.model).name, list(c), args) for c in chats]
+        answers[name] = [[turn[4] for turn in c] for c in turns]
         out[name] = {
             f"turn_{t}": {"ttft_ms_median": round(statistics.median(c[t][0] for c in turns), 1),
                           "cached_tokens_median": statistics.median(c[t][1] for c in turns),
                           "prompt_tokens_before_median": statistics.median(c[t][2] for c in turns),
                           "answer_tokens_median": statistics.median(c[t][3] for c in turns)}
             for t in range(args.turns)}
+    if "plain" in answers:
+        out["answers_as_plain"] = {name: _same_answers(answers["plain"], texts, args.turns)
+                                   for name, texts in answers.items() if name != "plain"}
     return out
 
 
-def _conversation(client, model: str, messages: list[dict], args) -> list[tuple[float, int, int, int]]:
-    """(TTFT ms, cached prompt tokens, prompt and answer tokens of the turns before, answer tokens) of each turn."""
+def _same_answers(plain: list[list[str]], other: list[list[str]], turns: int) -> dict:
+    """Per turn: conversations whose answers up to it are the plain cluster's, word for word (greedy; after a
+    first difference the conversations differ)."""
+    return {f"turn_{t}": f"{sum(p[:t + 1] == o[:t + 1] for p, o in zip(plain, other))}/{len(plain)}"
+            for t in range(turns)}
+
+
+def _conversation(client, model: str, messages: list[dict], args) -> list[tuple[float, int, int, int, str]]:
+    """(TTFT ms, cached prompt tokens, prompt and answer tokens of the turns before, answer tokens, answer) of each
+    turn."""
     results, before = [], 0
     follow_ups = LONG_FOLLOW_UPS if args.long_answers else FOLLOW_UPS
     for turn in range(args.turns):
         answer = ask_streamed(client, model, messages, args.served_max_tokens)
-        results.append((answer["ttft_ms"], answer["cached_tokens"], before, answer["completion_tokens"]))
+        results.append((answer["ttft_ms"], answer["cached_tokens"], before, answer["completion_tokens"],
+                        answer["text"]))
         before = answer["prompt_tokens"] + answer["completion_tokens"]
         time.sleep(args.think_s)
         messages += [{"role": "assistant", "content": answer["text"]},
