@@ -44,7 +44,7 @@ class PrefixStore:
     def __init__(self, engine_loop: EngineLoop, redis: RedisBlocks, max_pending_stores: int = 4,
                  store_answers: bool = True):
         self.engine_loop, self.redis, self.max_pending_stores = engine_loop, redis, max_pending_stores
-        self.store_answers = store_answers  # generated(): off, answers are not stored
+        self.store_answers = store_answers  # off: storing_outputs() stores no answer
         self.engine: Engine = engine_loop.engine
         # their torch work (decoding, encoding values) stays serial, or it slows the engine thread's (torch_threads.py)
         self._reader = ThreadPoolExecutor(2, "prefix-store-read", initializer=keep_this_thread_serial)
@@ -111,8 +111,6 @@ class PrefixStore:
     def generated(self, prompt: list[int], params: SamplingParams, output_token_ids: list[int]) -> None:
         """After a request finished: stores the blocks its output filled (the prompt's own were stored after its
         prefill, here or on a prefill node). Its last token was never computed, as a prompt's last token."""
-        if not self.store_answers:
-            return
         blocks = shareable_blocks(self.engine, prompt + output_token_ids, params)
         if blocks is not None:
             self._store_from(blocks, (len(prompt) - 1) // self.redis.block_size)
@@ -209,15 +207,21 @@ class Admission:
             self.blocks = None  # once
 
 
-async def storing_outputs(store: PrefixStore | None, prompt: list[int], params: SamplingParams,
-                          outputs: AsyncIterator[RequestOutput],
-                          sent: tuple[int, ...] = ()) -> AsyncIterator[RequestOutput]:
+def storing_outputs(store: PrefixStore | None, prompt: list[int], params: SamplingParams,
+                    outputs: AsyncIterator[RequestOutput], sent: tuple[int, ...] = ()) -> AsyncIterator[RequestOutput]:
     """`outputs` (a request's: its tokens after `prompt` and the tokens `sent` elsewhere, as a decode node's first
-    token); once it finished, the blocks its output filled are stored."""
-    generated = list(sent)
+    token); once it finished, the blocks its output filled are stored. Without a store storing answers: `outputs`
+    itself (no per-token work)."""
+    if store is None or not store.store_answers:
+        return outputs
+    return _storing_outputs(store, prompt, params, outputs, list(sent))
+
+
+async def _storing_outputs(store: PrefixStore, prompt: list[int], params: SamplingParams,
+                           outputs: AsyncIterator[RequestOutput], generated: list[int]) -> AsyncIterator[RequestOutput]:
     async for out in outputs:
         generated += out.new_token_ids
-        if out.finished and store is not None and out.finish_reason != "abort":
+        if out.finished and out.finish_reason != "abort":
             store.generated(prompt, params, generated)
         yield out
 
